@@ -1,0 +1,557 @@
+//! The document codec: plaintext stream → sealed segments → stripes of k data + m parity
+//! shards with BLAKE3 ids, and back.
+//!
+//! Encoding reads any `Read` (or `AsyncRead`, through [`encode_async`]) one stripe at a time,
+//! never holding more than a few stripes, and hands each [`EncodedStripe`] to a sink as soon
+//! as it is ready. A stripe holds whole segments, so every stripe is sealed, coded and hashed
+//! independently: stripes of one batch run on all rayon threads while the next batch is read.
+//!
+//! Decoding takes, per stripe, whatever shards could be fetched. A shard that does not hash
+//! to its id counts as missing (and is reported); data shards are rebuilt only when one is
+//! missing; fewer than k intact shards is an error naming the stripe, never wrong bytes.
+//!
+//! Architecture invariant: the codec never does network or disk I/O of its own and never
+//! panics on untrusted input (manifests and shards); it only reads the plaintext it is given.
+
+use std::io::{self, Read, Write};
+
+use bytes::Bytes;
+use rayon::prelude::*;
+
+use crate::crypto::{
+    CipherSuite, DataKey, NONCE_PREFIX_LEN, SegmentAuthError, SegmentCipher, TAG_LEN,
+};
+use crate::erasure::{Erasure, ErasureError};
+use crate::id::ShardId;
+use crate::manifest::{CodingParams, MANIFEST_VERSION, Manifest, ManifestError, StripeGeometry};
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CodecError {
+    #[error("invalid coding parameters or manifest: {0}")]
+    Manifest(#[from] ManifestError),
+    #[error(transparent)]
+    Erasure(#[from] ErasureError),
+    #[error("reading the document failed: {0}")]
+    Read(#[source] io::Error),
+    #[error("writing the document failed: {0}")]
+    Write(#[source] io::Error),
+    #[error(
+        "stripe {stripe} cannot be rebuilt: only {intact} intact shards, {k} needed \
+         ({missing} missing, {corrupt} corrupt)"
+    )]
+    StripeUnrecoverable {
+        stripe: u64,
+        intact: usize,
+        k: usize,
+        missing: usize,
+        corrupt: usize,
+    },
+    #[error("stripe {stripe}: {source}")]
+    Auth {
+        stripe: u64,
+        #[source]
+        source: SegmentAuthError,
+    },
+    #[error("stripe {stripe}: got {got} shard slots, expected k + m = {expected}")]
+    ShardSlots {
+        stripe: u64,
+        expected: usize,
+        got: usize,
+    },
+    #[error("stripe {stripe} does not exist (the document has {count})")]
+    NoSuchStripe { stripe: u64, count: u64 },
+    #[error("the document is too large: {0} segments exceed the STREAM counter")]
+    TooLarge(u64),
+    #[error("the receiver of encoded stripes went away")]
+    Cancelled,
+    #[error("encoding task failed: {0}")]
+    Task(String),
+}
+
+/// Labels recorded in the manifest.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DocumentInfo {
+    pub department: String,
+    pub document_type: String,
+    /// Milliseconds since the Unix epoch; `None` means now.
+    pub created_at_ms: Option<u64>,
+}
+
+/// One coded stripe: k data shards then m parity shards, with their ids.
+#[derive(Debug, Clone)]
+pub struct EncodedStripe {
+    pub index: u64,
+    pub shards: Vec<Bytes>,
+    pub ids: Vec<ShardId>,
+}
+
+/// What decoding one stripe found.
+#[derive(Debug, Clone)]
+pub struct OpenedStripe {
+    pub index: u64,
+    pub plaintext: Vec<u8>,
+    /// Slots whose shard was offered but did not match its id (to be reported for repair).
+    pub corrupt: Vec<usize>,
+    /// Whether data shards had to be rebuilt from parity.
+    pub rebuilt: bool,
+}
+
+/// Seals, codes and opens the stripes of one document. Shared by all threads working on it.
+pub struct StripeCodec {
+    params: CodingParams,
+    cipher: SegmentCipher,
+    erasure: Erasure,
+}
+
+impl StripeCodec {
+    pub fn new(
+        params: CodingParams,
+        key: &DataKey,
+        nonce_prefix: &[u8; NONCE_PREFIX_LEN],
+    ) -> Result<Self, CodecError> {
+        params.validate()?;
+        Ok(Self {
+            params,
+            cipher: SegmentCipher::new(key, nonce_prefix),
+            erasure: Erasure::new(params.k.into(), params.m.into())?,
+        })
+    }
+
+    pub fn for_manifest(manifest: &Manifest, key: &DataKey) -> Result<Self, CodecError> {
+        manifest.validate()?;
+        Self::new(manifest.params, key, &manifest.nonce_prefix)
+    }
+
+    pub fn params(&self) -> &CodingParams {
+        &self.params
+    }
+
+    /// Seals and codes one stripe read by [`StripeReader`].
+    pub fn seal(&self, chunk: PlainStripe) -> Result<EncodedStripe, CodecError> {
+        let g = chunk.geometry;
+        let sealed_len = self.params.sealed_segment_len() as usize;
+        let seg_len = self.params.segment_size as usize;
+        let k = usize::from(self.params.k);
+        let shard_len = g.shard_len as usize;
+        if g.first_segment + g.segments > u64::from(u32::MAX) + 1 {
+            return Err(CodecError::TooLarge(g.first_segment + g.segments));
+        }
+        let mut buf = chunk.buf;
+        buf.truncate(k * shard_len);
+        let plain_len = g.plain_len as usize;
+        let last_segment = g.segments as usize - 1;
+        buf[..g.cipher_len as usize]
+            .par_chunks_mut(sealed_len)
+            .enumerate()
+            .for_each(|(j, seg)| {
+                let len = if j == last_segment {
+                    plain_len - j * seg_len
+                } else {
+                    seg_len
+                };
+                let position = (g.first_segment + j as u64) as u32;
+                self.cipher
+                    .seal_in_place(position, g.last && j == last_segment, seg, len);
+            });
+        let data: Vec<&[u8]> = buf.chunks(shard_len).collect();
+        let parity = self.erasure.encode(&data)?;
+        let data = Bytes::from(buf);
+        let mut shards: Vec<Bytes> = (0..k)
+            .map(|i| data.slice(i * shard_len..(i + 1) * shard_len))
+            .collect();
+        shards.extend(parity.into_iter().map(Bytes::from));
+        let ids = shards.par_iter().map(|s| ShardId::of(s)).collect();
+        Ok(EncodedStripe {
+            index: g.index,
+            shards,
+            ids,
+        })
+    }
+
+    /// Verifies, rebuilds if needed, and opens stripe `index` of `manifest` from the shards
+    /// that could be fetched (`None` for a missing one), one slot per shard id.
+    pub fn open(
+        &self,
+        manifest: &Manifest,
+        index: u64,
+        shards: Vec<Option<Bytes>>,
+    ) -> Result<OpenedStripe, CodecError> {
+        let count = manifest.stripe_count();
+        let ids = manifest
+            .stripes
+            .get(index as usize)
+            .ok_or(CodecError::NoSuchStripe {
+                stripe: index,
+                count,
+            })?;
+        let k = usize::from(self.params.k);
+        if shards.len() != ids.len() {
+            return Err(CodecError::ShardSlots {
+                stripe: index,
+                expected: ids.len(),
+                got: shards.len(),
+            });
+        }
+        let g = manifest.stripe(index);
+        let shard_len = g.shard_len as usize;
+        let verified: Vec<(Option<Bytes>, bool)> = shards
+            .into_par_iter()
+            .zip(ids.par_iter())
+            .map(|(shard, id)| match shard {
+                Some(s) if s.len() == shard_len && id.verifies(&s) => (Some(s), false),
+                Some(_) => (None, true),
+                None => (None, false),
+            })
+            .collect();
+        let corrupt: Vec<usize> = verified
+            .iter()
+            .enumerate()
+            .filter_map(|(i, (_, bad))| bad.then_some(i))
+            .collect();
+        let intact = verified.iter().filter(|(s, _)| s.is_some()).count();
+        let rebuilt = verified[..k].iter().any(|(s, _)| s.is_none());
+        let mut buf = Vec::with_capacity(k * shard_len);
+        if !rebuilt {
+            for (s, _) in &verified[..k] {
+                buf.extend_from_slice(s.as_ref().expect("checked present"));
+            }
+        } else {
+            let mut slots: Vec<Option<Vec<u8>>> = verified
+                .into_iter()
+                .map(|(s, _)| s.map(Vec::from))
+                .collect();
+            self.erasure
+                .reconstruct_data(&mut slots)
+                .map_err(|e| match e {
+                    ErasureError::TooFewShards { .. } => CodecError::StripeUnrecoverable {
+                        stripe: index,
+                        intact,
+                        k,
+                        missing: ids.len() - intact - corrupt.len(),
+                        corrupt: corrupt.len(),
+                    },
+                    other => CodecError::Erasure(other),
+                })?;
+            for s in &slots[..k] {
+                buf.extend_from_slice(s.as_ref().expect("reconstructed"));
+            }
+        }
+        buf.truncate(g.cipher_len as usize);
+        let sealed_len = self.params.sealed_segment_len() as usize;
+        let seg_len = self.params.segment_size as usize;
+        let last_segment = g.segments as usize - 1;
+        let opened: Vec<usize> = buf
+            .par_chunks_mut(sealed_len)
+            .enumerate()
+            .map(|(j, seg)| {
+                let position = (g.first_segment + j as u64) as u32;
+                self.cipher
+                    .open_in_place(position, g.last && j == last_segment, seg)
+                    .map_err(|source| CodecError::Auth {
+                        stripe: index,
+                        source,
+                    })
+            })
+            .collect::<Result<_, _>>()?;
+        // Segments lie at the sealed stride; close the gaps the tags leave.
+        let mut plain_len = 0;
+        for (j, len) in opened.into_iter().enumerate() {
+            buf.copy_within(j * sealed_len..j * sealed_len + len, plain_len);
+            plain_len += len;
+        }
+        debug_assert!(seg_len > 0);
+        buf.truncate(plain_len);
+        Ok(OpenedStripe {
+            index,
+            plaintext: buf,
+            corrupt,
+            rebuilt,
+        })
+    }
+}
+
+/// One stripe's plaintext, laid out at the sealed-segment stride, ready for [`StripeCodec::seal`].
+pub struct PlainStripe {
+    pub geometry: StripeGeometry,
+    buf: Vec<u8>,
+}
+
+/// Reads a plaintext stream one stripe at a time, looking one stripe ahead so it knows which
+/// stripe holds the final segment.
+pub struct StripeReader<R> {
+    reader: R,
+    params: CodingParams,
+    next_index: u64,
+    offset: u64,
+    ahead: Option<(Vec<u8>, usize)>,
+    done: bool,
+}
+
+impl<R: Read> StripeReader<R> {
+    pub fn new(reader: R, params: CodingParams) -> Self {
+        Self {
+            reader,
+            params,
+            next_index: 0,
+            offset: 0,
+            ahead: None,
+            done: false,
+        }
+    }
+
+    /// Plaintext bytes read so far (of the stripes already returned).
+    pub fn bytes_read(&self) -> u64 {
+        self.offset
+    }
+
+    /// Reads one stripe's worth of plaintext into a fresh buffer at the sealed stride.
+    fn fill(&mut self) -> Result<(Vec<u8>, usize), CodecError> {
+        let k = usize::from(self.params.k);
+        let full = k * self.params.full_shard_len() as usize;
+        let seg = self.params.segment_size as usize;
+        let sealed = self.params.sealed_segment_len() as usize;
+        let mut buf = vec![0u8; full];
+        let mut total = 0;
+        for j in 0..self.params.segments_per_stripe as usize {
+            let n = read_full(&mut self.reader, &mut buf[j * sealed..j * sealed + seg])
+                .map_err(CodecError::Read)?;
+            total += n;
+            if n < seg {
+                break;
+            }
+        }
+        Ok((buf, total))
+    }
+
+    pub fn next_stripe(&mut self) -> Result<Option<PlainStripe>, CodecError> {
+        if self.done {
+            return Ok(None);
+        }
+        let full_plain =
+            self.params.segments_per_stripe as usize * self.params.segment_size as usize;
+        let (buf, len) = match self.ahead.take() {
+            Some(a) => a,
+            None => self.fill()?,
+        };
+        let last = if len < full_plain {
+            true
+        } else {
+            let next = self.fill()?;
+            let eof = next.1 == 0;
+            if !eof {
+                self.ahead = Some(next);
+            }
+            eof
+        };
+        self.done = last;
+        let segments = if last {
+            (len as u64)
+                .div_ceil(self.params.segment_size.into())
+                .max(1)
+        } else {
+            self.params.segments_per_stripe.into()
+        };
+        let index = self.next_index;
+        let first_segment = index * u64::from(self.params.segments_per_stripe);
+        let cipher_len = len as u64 + segments * TAG_LEN as u64;
+        let geometry = StripeGeometry {
+            index,
+            first_segment,
+            segments,
+            plain_offset: self.offset,
+            plain_len: len as u64,
+            cipher_len,
+            shard_len: cipher_len.div_ceil(self.params.k.into()),
+            last,
+        };
+        self.next_index += 1;
+        self.offset += len as u64;
+        Ok(Some(PlainStripe { geometry, buf }))
+    }
+}
+
+fn read_full(reader: &mut impl Read, mut buf: &mut [u8]) -> io::Result<usize> {
+    let want = buf.len();
+    while !buf.is_empty() {
+        match reader.read(buf) {
+            Ok(0) => break,
+            Ok(n) => buf = &mut buf[n..],
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(want - buf.len())
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Encodes a document under a fresh random data key. Each stripe goes to `sink` as soon as
+/// it is coded, in order; the manifest and key come back at the end.
+///
+/// Runs on the current rayon pool: `pool.install(|| encode(..))` picks the thread count.
+pub fn encode<R, F>(
+    reader: R,
+    params: CodingParams,
+    info: DocumentInfo,
+    sink: F,
+) -> Result<(Manifest, DataKey), CodecError>
+where
+    R: Read + Send,
+    F: FnMut(EncodedStripe) -> Result<(), CodecError>,
+{
+    let key = DataKey::generate();
+    let manifest = encode_with_key(reader, params, info, &key, rand::random(), sink)?;
+    Ok((manifest, key))
+}
+
+/// [`encode`] with a caller-chosen key and nonce prefix (for `rekey` and for pinned test
+/// vectors). Never reuse a key for two documents.
+pub fn encode_with_key<R, F>(
+    reader: R,
+    params: CodingParams,
+    info: DocumentInfo,
+    key: &DataKey,
+    nonce_prefix: [u8; NONCE_PREFIX_LEN],
+    mut sink: F,
+) -> Result<Manifest, CodecError>
+where
+    R: Read + Send,
+    F: FnMut(EncodedStripe) -> Result<(), CodecError>,
+{
+    let codec = StripeCodec::new(params, key, &nonce_prefix)?;
+    let mut reader = StripeReader::new(reader, params);
+    let batch = rayon::current_num_threads().max(1);
+    let read_batch = |r: &mut StripeReader<R>| -> Result<Vec<PlainStripe>, CodecError> {
+        let mut out = Vec::with_capacity(batch);
+        while out.len() < batch {
+            match r.next_stripe()? {
+                Some(s) => out.push(s),
+                None => break,
+            }
+        }
+        Ok(out)
+    };
+    let mut stripes = Vec::new();
+    let mut current = read_batch(&mut reader)?;
+    while !current.is_empty() {
+        // Code this batch on every thread while the next one is read.
+        let (coded, next) = rayon::join(
+            || {
+                current
+                    .into_par_iter()
+                    .map(|s| codec.seal(s))
+                    .collect::<Result<Vec<_>, _>>()
+            },
+            || read_batch(&mut reader),
+        );
+        for stripe in coded? {
+            stripes.push(stripe.ids.clone());
+            sink(stripe)?;
+        }
+        current = next?;
+    }
+    let size = reader.bytes_read();
+    let manifest = Manifest {
+        version: MANIFEST_VERSION,
+        suite: CipherSuite::ChaCha20Poly1305StreamBe32Blake3,
+        nonce_prefix,
+        params,
+        shard_len: params.full_shard_len() as u32,
+        size,
+        department: info.department,
+        document_type: info.document_type,
+        created_at_ms: info.created_at_ms.unwrap_or_else(now_ms),
+        stripes,
+    };
+    manifest.validate()?;
+    Ok(manifest)
+}
+
+/// The blocking task behind [`encode_async`]; it yields the manifest and the data key.
+pub type EncodeTask = tokio::task::JoinHandle<Result<(Manifest, DataKey), CodecError>>;
+
+/// Encodes an async stream on the blocking pool. Stripes arrive on the returned channel,
+/// which holds at most `in_flight` of them (backpressure keeps memory bounded); the task
+/// yields the manifest and key once the last stripe has been sent.
+pub fn encode_async<R>(
+    reader: R,
+    params: CodingParams,
+    info: DocumentInfo,
+    in_flight: usize,
+) -> (tokio::sync::mpsc::Receiver<EncodedStripe>, EncodeTask)
+where
+    R: tokio::io::AsyncRead + Unpin + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(in_flight.max(1));
+    let bridge = tokio_util::io::SyncIoBridge::new(reader);
+    let task = tokio::task::spawn_blocking(move || {
+        encode(bridge, params, info, |stripe| {
+            tx.blocking_send(stripe).map_err(|_| CodecError::Cancelled)
+        })
+    });
+    (rx, task)
+}
+
+/// Summary of a decode.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DecodeReport {
+    pub bytes: u64,
+    pub stripes_rebuilt: u64,
+    /// (stripe, slot) of every shard that did not match its id.
+    pub corrupt: Vec<(u64, usize)>,
+}
+
+/// Decodes a whole document, fetching each stripe's shards with `fetch` (one slot per shard
+/// id, `None` where missing) and writing the plaintext in order. Stripes of a batch are
+/// opened on all rayon threads while the previous batch is written.
+pub fn decode<W, F>(
+    manifest: &Manifest,
+    key: &DataKey,
+    fetch: F,
+    mut writer: W,
+) -> Result<DecodeReport, CodecError>
+where
+    W: Write + Send,
+    F: Fn(u64) -> Vec<Option<Bytes>> + Sync,
+{
+    let codec = StripeCodec::for_manifest(manifest, key)?;
+    let batch = rayon::current_num_threads().max(1) as u64;
+    let count = manifest.stripe_count();
+    let mut report = DecodeReport::default();
+    let open_batch = |start: u64| -> Result<Vec<OpenedStripe>, CodecError> {
+        (start..(start + batch).min(count))
+            .into_par_iter()
+            .map(|i| codec.open(manifest, i, fetch(i)))
+            .collect()
+    };
+    let write_batch = |w: &mut W, opened: &[OpenedStripe]| -> Result<(), CodecError> {
+        for s in opened {
+            w.write_all(&s.plaintext).map_err(CodecError::Write)?;
+        }
+        Ok(())
+    };
+    let mut pending: Vec<OpenedStripe> = Vec::new();
+    let mut start = 0;
+    while start < count {
+        let (opened, written) =
+            rayon::join(|| open_batch(start), || write_batch(&mut writer, &pending));
+        written?;
+        pending = opened?;
+        for s in &pending {
+            report.bytes += s.plaintext.len() as u64;
+            report.stripes_rebuilt += u64::from(s.rebuilt);
+            report
+                .corrupt
+                .extend(s.corrupt.iter().map(|&c| (s.index, c)));
+        }
+        start += batch;
+    }
+    write_batch(&mut writer, &pending)?;
+    writer.flush().map_err(CodecError::Write)?;
+    Ok(report)
+}
