@@ -1,10 +1,22 @@
 //! The `dangan` command line: parses arguments, calls the library, prints.
 
-use anyhow::Result;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
 
 use dangan::bench::{self, CodecBenchOptions};
+use dangan::client::{Client, ClientOptions};
+use dangan::codec::DocumentInfo;
+use dangan::config::{ClusterFile, NodeFile};
+use dangan::id::DocumentId;
+use dangan::identity::{Identity, PublicId, Role};
+use dangan::keyring::Keyring;
 use dangan::manifest::CodingParams;
+use dangan::tls::Membership;
 
 #[derive(Parser)]
 #[command(
@@ -17,11 +29,86 @@ struct Cli {
     command: Command,
 }
 
+/// Where a client finds its identity, the cluster and its keyring.
+#[derive(clap::Args)]
+struct ClientArgs {
+    /// This client's key file.
+    #[arg(long, default_value = "config/keys/department.key")]
+    key: PathBuf,
+    /// The cluster file.
+    #[arg(long, default_value = "config/cluster.toml")]
+    cluster: PathBuf,
+    /// Directory of document keys kept by this client.
+    #[arg(long, default_value = "config/keyring")]
+    keyring: PathBuf,
+}
+
 #[derive(Subcommand)]
 enum Command {
+    /// Run a whole cluster in this process and tell the put/get story on it.
+    Demo {
+        /// Size of the large file, MiB.
+        #[arg(long, default_value_t = 64)]
+        big_mib: usize,
+    },
+    /// Run one storage peer.
+    Node {
+        #[arg(long, default_value = "config/node.toml")]
+        config: PathBuf,
+    },
+    /// Manage identity keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Write keys and configs for a cluster of peers on this machine.
+    LocalConfig {
+        /// Directory to write into (must not exist).
+        dir: PathBuf,
+        #[arg(long, default_value_t = 6)]
+        peers: usize,
+        #[arg(long, default_value_t = 7101)]
+        base_port: u16,
+    },
+    /// Store a document; prints its id.
+    Put {
+        file: PathBuf,
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Owning department label recorded in the manifest.
+        #[arg(long, default_value = "department")]
+        department: String,
+        /// Document type recorded in the manifest.
+        #[arg(long = "type", default_value = "document")]
+        document_type: String,
+    },
+    /// Fetch a document by id.
+    Get {
+        id: DocumentId,
+        #[arg(short, long)]
+        output: PathBuf,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Measure this machine.
     #[command(subcommand)]
     Bench(BenchCommand),
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Create a new identity key file (and its .pub file).
+    New {
+        #[arg(long, value_parser = parse_role, default_value = "department")]
+        role: Role,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Print the public id of a key or .pub file.
+    Show { file: PathBuf },
+}
+
+fn parse_role(s: &str) -> Result<Role, String> {
+    s.parse()
+        .map_err(|e: dangan::identity::IdentityError| e.to_string())
 }
 
 #[derive(Subcommand)]
@@ -50,7 +137,7 @@ fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -71,7 +158,217 @@ fn main() -> Result<()> {
                 params,
             })?;
             println!("{report}");
+            Ok(())
         }
+        Command::Keys(KeysCommand::New { role, out }) => {
+            let identity = Identity::generate(role);
+            identity
+                .save(&out)
+                .with_context(|| format!("writing {}", out.display()))?;
+            println!("{}", identity.public());
+            Ok(())
+        }
+        Command::Keys(KeysCommand::Show { file }) => {
+            println!("{}", PublicId::load(&file)?);
+            Ok(())
+        }
+        Command::LocalConfig {
+            dir,
+            peers,
+            base_port,
+        } => local_config(&dir, peers, base_port),
+        command => runtime()?.block_on(run_async(command)),
     }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+async fn run_async(command: Command) -> Result<()> {
+    match command {
+        Command::Demo { big_mib } => {
+            let start = Instant::now();
+            dangan::demo::run(big_mib, &mut |line| println!("{line}")).await?;
+            println!("demo finished in {:.1} s", start.elapsed().as_secs_f64());
+            Ok(())
+        }
+        Command::Node { config } => {
+            let cfg = NodeFile::load(&config)?;
+            let identity = Identity::load(&cfg.key)?;
+            let cluster = ClusterFile::load(&cfg.cluster)?;
+            if !cluster.members.contains(&identity.public()) {
+                bail!(
+                    "this peer's identity {} is not in {}",
+                    identity.public(),
+                    cfg.cluster.display()
+                );
+            }
+            let membership = Membership::new();
+            membership.replace(cluster.members.iter().copied());
+            let handle = dangan::peer::start(
+                &identity,
+                Arc::new(membership),
+                cfg.listen,
+                &cfg.data_dir,
+                cfg.limits,
+            )
+            .await?;
+            println!("peer {} serving on {}", handle.id(), handle.addr());
+            tokio::signal::ctrl_c()
+                .await
+                .context("waiting for Ctrl-C")?;
+            handle.shutdown().await;
+            Ok(())
+        }
+        Command::Put {
+            file,
+            client,
+            department,
+            document_type,
+        } => {
+            let (c, keyring) = connect(&client)?;
+            let f = tokio::fs::File::open(&file)
+                .await
+                .with_context(|| format!("opening {}", file.display()))?;
+            let size = f.metadata().await?.len();
+            let bar = progress_bar(size, "put");
+            let pb = bar.clone();
+            let receipt = c
+                .put(
+                    f,
+                    Some(size),
+                    DocumentInfo {
+                        department,
+                        document_type,
+                        created_at_ms: None,
+                    },
+                    &move |done, total| {
+                        pb.set_length(total);
+                        pb.set_position(done);
+                    },
+                )
+                .await?;
+            bar.finish_and_clear();
+            keyring.save(&receipt.id, &receipt.key)?;
+            if !receipt.shards_missing.is_empty() {
+                eprintln!(
+                    "warning: {} shard writes failed; the document is stored below full redundancy",
+                    receipt.shards_missing.len()
+                );
+            }
+            println!("{}", receipt.id);
+            c.close().await;
+            Ok(())
+        }
+        Command::Get { id, output, client } => {
+            let (c, keyring) = connect(&client)?;
+            let key = keyring.load(&id)?;
+            let tmp = output.with_extension("dangan-partial");
+            let f = tokio::fs::File::create(&tmp)
+                .await
+                .with_context(|| format!("creating {}", tmp.display()))?;
+            let bar = progress_bar(0, "get");
+            let pb = bar.clone();
+            let result = c
+                .get(&id, &key, f, &move |done, total| {
+                    pb.set_length(total);
+                    pb.set_position(done);
+                })
+                .await;
+            bar.finish_and_clear();
+            let report = match result {
+                Ok(r) => r,
+                Err(e) => {
+                    let _ = tokio::fs::remove_file(&tmp).await;
+                    return Err(e.into());
+                }
+            };
+            tokio::fs::rename(&tmp, &output).await?;
+            for (stripe, slot, peer) in &report.corrupt {
+                eprintln!(
+                    "warning: corrupt shard (stripe {stripe}, slot {slot}) on peer {}; reported for repair",
+                    peer.short()
+                );
+            }
+            println!("{} bytes written to {}", report.bytes, output.display());
+            c.close().await;
+            Ok(())
+        }
+        _ => unreachable!("synchronous commands are handled in main"),
+    }
+}
+
+fn connect(args: &ClientArgs) -> Result<(Client, Keyring)> {
+    let identity = Identity::load(&args.key)?;
+    let cluster = ClusterFile::load(&args.cluster)?;
+    let membership = Membership::new();
+    membership.replace(cluster.members.iter().copied());
+    let client = Client::new(
+        &identity,
+        Arc::new(membership),
+        cluster.layout,
+        ClientOptions {
+            params: cluster.params,
+            write_quorum: cluster.write_quorum,
+            ..ClientOptions::default()
+        },
+    )?;
+    Ok((client, Keyring::open(&args.keyring)?))
+}
+
+fn progress_bar(len: u64, verb: &str) -> ProgressBar {
+    let bar = ProgressBar::new(len);
+    bar.set_style(
+        ProgressStyle::with_template(&format!(
+            "{verb} [{{elapsed_precise}}] [{{bar:40}}] {{bytes}}/{{total_bytes}} {{bytes_per_sec}} eta {{eta}}"
+        ))
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    bar.enable_steady_tick(Duration::from_millis(200));
+    bar
+}
+
+fn local_config(dir: &Path, peers: usize, base_port: u16) -> Result<()> {
+    if dir.exists() {
+        bail!("{} already exists; choose a new directory", dir.display());
+    }
+    std::fs::create_dir_all(dir.join("keys"))?;
+    let mut cluster = String::from(
+        "# Cluster written by `dangan local-config`: peers on this machine.\n\
+         epoch = 1\n\n[coding]\nk = 4\nm = 2\nshard_kib = 1024\n\n",
+    );
+    for i in 1..=peers {
+        let id = Identity::generate(Role::Node);
+        id.save(dir.join(format!("keys/peer{i}.key")))?;
+        let port = base_port + i as u16 - 1;
+        cluster.push_str(&format!(
+            "[[peer]]\nid = \"{}\"\naddr = \"127.0.0.1:{port}\"\nzone = \"zone-{}\"\nweight = 100\n\n",
+            id.public(),
+            (i - 1) % 3
+        ));
+        std::fs::write(
+            dir.join(format!("node{i}.toml")),
+            format!(
+                "listen = \"127.0.0.1:{port}\"\ndata_dir = \"data/peer{i}\"\nkey = \"keys/peer{i}.key\"\ncluster = \"cluster.toml\"\n"
+            ),
+        )?;
+    }
+    let dept = Identity::generate(Role::Department);
+    dept.save(dir.join("keys/department.key"))?;
+    cluster.push_str(&format!(
+        "[[client]]\nid = \"{}\"\nname = \"department\"\n",
+        dept.public()
+    ));
+    std::fs::write(dir.join("cluster.toml"), cluster)?;
+    println!(
+        "wrote {} peers and a department key to {}",
+        peers,
+        dir.display()
+    );
     Ok(())
 }

@@ -82,6 +82,8 @@ pub struct DocumentInfo {
 #[derive(Debug, Clone)]
 pub struct EncodedStripe {
     pub index: u64,
+    /// Plaintext bytes this stripe carries.
+    pub plain_len: u64,
     pub shards: Vec<Bytes>,
     pub ids: Vec<ShardId>,
 }
@@ -164,6 +166,7 @@ impl StripeCodec {
         let ids = shards.par_iter().map(|s| ShardId::of(s)).collect();
         Ok(EncodedStripe {
             index: g.index,
+            plain_len: g.plain_len,
             shards,
             ids,
         })

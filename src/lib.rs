@@ -1,12 +1,22 @@
 //! Dangan: a distributed document store for government departments.
 //!
 //! See `ARCHITECTURE.md` for the code map. Layers, bottom up: `id`; `crypto`, `erasure`,
-//! `manifest`; `codec`; `bench`.
+//! `manifest`, `identity`, `placement`, `store`, `keyring`; `codec`, `tls`, `proto`;
+//! `peer`, `client`; `config`; `demo`, `bench`.
 
 pub mod bench;
+pub mod client;
 pub mod codec;
+pub mod config;
 pub mod crypto;
+pub mod demo;
 pub mod erasure;
 pub mod id;
+pub mod identity;
+pub mod keyring;
 pub mod manifest;
+pub mod peer;
+pub mod placement;
+pub mod proto;
 pub mod store;
+pub mod tls;

@@ -181,7 +181,7 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
 }
 
 /// What a put did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PutOutcome {
     /// The bytes were not here before and are now durable.
     Stored,
@@ -191,7 +191,7 @@ pub enum PutOutcome {
 }
 
 /// What a delete did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum DeleteOutcome {
     /// The last reference went away; row and body are gone.
     Removed,

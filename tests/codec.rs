@@ -216,7 +216,12 @@ fn forge_stripe(params: CodingParams, cipher: &[u8], index: u64) -> EncodedStrip
         .chain(parity.into_iter().map(Bytes::from))
         .collect();
     let ids = shards.iter().map(|s| ShardId::of(s)).collect();
-    EncodedStripe { index, shards, ids }
+    EncodedStripe {
+        index,
+        plain_len: cipher.len() as u64,
+        shards,
+        ids,
+    }
 }
 
 fn ciphertext(stripe: &EncodedStripe, k: usize, len: usize) -> Vec<u8> {

@@ -1,0 +1,866 @@
+//! The client side of the store: put a document into the cluster, get it back by id.
+//!
+//! put: the plaintext streams through the codec on the blocking pool; each coded stripe is
+//! placed on k + m distinct peers (`placement`) and its shards upload in parallel, with at
+//! most `stripes_in_flight` stripes between the encoder and the peers (backpressure, bounded
+//! memory). A stripe counts as stored once `write_quorum` peers have acknowledged a durable
+//! write; the manifest is written last, to the peers its document id places it on. A put
+//! that fails midway never writes the manifest, so no partial document can be fetched.
+//!
+//! get: the manifest comes from the first placed peer that returns bytes hashing to the id;
+//! for each stripe the client asks for the k data shards, asks for a parity shard whenever
+//! one fails, and hedges with one more after `hedge_after` if any is slow; peers that fail
+//! to connect are marked down and skipped for `down_for` (one connection attempt per period). Stripes are opened on the blocking
+//! pool, `stripes_in_flight` at a time, and written in order.
+//!
+//! Not for: serving (`peer`), deciding who may read (the access layer, later), keeping keys
+//! (see `keyring`).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::stream::{FuturesUnordered, StreamExt};
+use quinn::RecvStream;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::task::JoinSet;
+use tracing::{debug, warn};
+
+use crate::codec::{self, CodecError, DocumentInfo, EncodedStripe, StripeCodec};
+use crate::crypto::DataKey;
+use crate::id::{DocumentId, ShardId};
+use crate::identity::{Identity, PublicId};
+use crate::manifest::{CodingParams, Manifest, ManifestError};
+use crate::placement::{Layout, NodeInfo, PlacementError};
+use crate::proto::{self, ProtoError, Request, Response};
+use crate::tls::{self, TrustPolicy};
+
+/// How a client behaves; the defaults suit a LAN cluster.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// Where the client's QUIC endpoint binds.
+    pub bind: SocketAddr,
+    /// How documents are cut and coded.
+    pub params: CodingParams,
+    /// Durable shard acknowledgements needed per stripe; `None` means all k + m.
+    pub write_quorum: Option<usize>,
+    /// Stripes between the codec and the peers at once, each way.
+    pub stripes_in_flight: usize,
+    pub connect_timeout: Duration,
+    pub request_timeout: Duration,
+    /// Ask one more peer for a stripe if the ones asked have not all answered by then.
+    pub hedge_after: Duration,
+    /// How long a peer that failed to connect (or closed its connection) is skipped.
+    pub down_for: Duration,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        Self {
+            bind: SocketAddr::from(([0, 0, 0, 0], 0)),
+            params: CodingParams::default(),
+            write_quorum: None,
+            stripes_in_flight: 4,
+            connect_timeout: Duration::from_secs(3),
+            request_timeout: Duration::from_secs(60),
+            hedge_after: Duration::from_millis(500),
+            down_for: Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    #[error("placement: {0}")]
+    Placement(#[from] PlacementError),
+    #[error("starting the client endpoint: {0}")]
+    Tls(#[from] tls::TlsError),
+    #[error("write quorum {quorum} is impossible with k + m = {width}")]
+    Quorum { quorum: usize, width: usize },
+    #[error(
+        "stripe {stripe}: only {stored} of the {needed} shard writes needed were acknowledged \
+         ({errors})"
+    )]
+    StripeNotStored {
+        stripe: u64,
+        stored: usize,
+        needed: usize,
+        errors: String,
+    },
+    #[error("manifest of {id}: stored on {stored} peers, {needed} needed ({errors})")]
+    ManifestNotStored {
+        id: DocumentId,
+        stored: usize,
+        needed: usize,
+        errors: String,
+    },
+    #[error("document {id} was not found on any of the peers it is placed on ({errors})")]
+    NotFound { id: DocumentId, errors: String },
+    #[error(
+        "stripe {stripe}: fewer than {k} intact shards could be fetched; unreachable or \
+         failing: {errors}"
+    )]
+    StripeUnavailable {
+        stripe: u64,
+        k: usize,
+        errors: String,
+    },
+    #[error("peer {peer} at {addr}: {source}")]
+    Peer {
+        peer: String,
+        addr: String,
+        #[source]
+        source: ProtoError,
+    },
+    #[error("writing the document: {0}")]
+    Write(#[source] std::io::Error),
+    #[error("a background task failed: {0}")]
+    Task(String),
+}
+
+/// What a successful put produced. The key is the only way to read the document back: keep
+/// it (`keyring`) or wrap it for readers (grants).
+#[derive(Debug)]
+pub struct PutReceipt {
+    pub id: DocumentId,
+    pub manifest: Manifest,
+    pub key: DataKey,
+    /// Shards written and acknowledged durable.
+    pub shards_stored: u64,
+    /// (stripe, slot, peer) of shard writes that failed while the stripe still met quorum.
+    pub shards_missing: Vec<(u64, usize, PublicId)>,
+}
+
+/// What a get found on the way.
+#[derive(Debug, Default)]
+pub struct GetReport {
+    pub bytes: u64,
+    pub stripes_rebuilt: u64,
+    /// (stripe, slot, peer) of shards that were corrupt (refused by the peer or by the client).
+    pub corrupt: Vec<(u64, usize, PublicId)>,
+}
+
+/// Progress of a long transfer: (bytes done, bytes in all).
+pub type Progress<'a> = &'a (dyn Fn(u64, u64) + Send + Sync);
+
+/// The id stripes are placed by: BLAKE3 of the stripe's shard ids in order.
+pub fn stripe_key(ids: &[ShardId]) -> [u8; 32] {
+    let mut h = blake3::Hasher::new();
+    for id in ids {
+        h.update(id.as_bytes());
+    }
+    *h.finalize().as_bytes()
+}
+
+/// A client of one cluster.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    endpoint: quinn::Endpoint,
+    layout: Layout,
+    options: ClientOptions,
+    conns: Mutex<HashMap<PublicId, Arc<tokio::sync::Mutex<Option<quinn::Connection>>>>>,
+    down: Mutex<HashMap<PublicId, Instant>>,
+}
+
+impl Client {
+    /// A client with `identity`, trusting peers by `trust`, placing by `layout`.
+    /// Must be called within a tokio runtime.
+    pub fn new(
+        identity: &Identity,
+        trust: Arc<dyn TrustPolicy>,
+        layout: Layout,
+        options: ClientOptions,
+    ) -> Result<Self, ClientError> {
+        options.params.validate()?;
+        let width = options.params.width();
+        if let Some(q) = options.write_quorum
+            && (q < usize::from(options.params.k) || q > width)
+        {
+            return Err(ClientError::Quorum { quorum: q, width });
+        }
+        let endpoint = tls::endpoint(options.bind, identity, trust)?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                endpoint,
+                layout,
+                options,
+                conns: Mutex::new(HashMap::new()),
+                down: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+
+    pub fn layout(&self) -> &Layout {
+        &self.inner.layout
+    }
+
+    pub fn options(&self) -> &ClientOptions {
+        &self.inner.options
+    }
+
+    /// Closes every connection.
+    pub async fn close(&self) {
+        self.inner.endpoint.close(0u32.into(), b"client closing");
+        self.inner.endpoint.wait_idle().await;
+    }
+
+    /// Stores a document read from `reader` (`size` bytes if known, for progress).
+    pub async fn put<R>(
+        &self,
+        reader: R,
+        size: Option<u64>,
+        info: DocumentInfo,
+        progress: Progress<'_>,
+    ) -> Result<PutReceipt, ClientError>
+    where
+        R: AsyncRead + Unpin + Send + 'static,
+    {
+        let opts = &self.inner.options;
+        let width = opts.params.width();
+        let quorum = opts.write_quorum.unwrap_or(width);
+        let in_flight = opts.stripes_in_flight.max(1);
+        let (mut stripes, encoder) = codec::encode_async(reader, opts.params, info, in_flight);
+        let mut uploads: JoinSet<Result<StripeUpload, ClientError>> = JoinSet::new();
+        let mut done = 0u64;
+        let mut shards_stored = 0u64;
+        let mut shards_missing = Vec::new();
+        let total = size.unwrap_or(0);
+        let mut finish = |up: StripeUpload| {
+            done += up.plain_len;
+            shards_stored += up.stored as u64;
+            shards_missing.extend(up.missing);
+            progress(done, total.max(done));
+        };
+        let mut failure = None;
+        loop {
+            // Keep at most `in_flight` stripes uploading; take the next when one finishes.
+            if uploads.len() >= in_flight {
+                match join(uploads.join_next().await) {
+                    Ok(up) => finish(up),
+                    Err(e) => {
+                        failure = Some(e);
+                        break;
+                    }
+                }
+                continue;
+            }
+            let Some(stripe) = stripes.recv().await else {
+                break;
+            };
+            let client = self.clone();
+            uploads.spawn(async move { client.upload_stripe(stripe, quorum).await });
+        }
+        if failure.is_none() {
+            while let Some(res) = uploads.join_next().await {
+                match join(Some(res)) {
+                    Ok(up) => finish(up),
+                    Err(e) => {
+                        failure = Some(e);
+                        break;
+                    }
+                }
+            }
+        }
+        if let Some(e) = failure {
+            uploads.abort_all();
+            drop(stripes);
+            let _ = encoder.await;
+            return Err(e);
+        }
+        let (manifest, key) = encoder
+            .await
+            .map_err(|e| ClientError::Task(e.to_string()))??;
+        let id = self.store_manifest(&manifest, quorum).await?;
+        Ok(PutReceipt {
+            id,
+            manifest,
+            key,
+            shards_stored,
+            shards_missing,
+        })
+    }
+
+    async fn upload_stripe(
+        &self,
+        stripe: EncodedStripe,
+        quorum: usize,
+    ) -> Result<StripeUpload, ClientError> {
+        let nodes: Vec<NodeInfo> = self
+            .inner
+            .layout
+            .place(&stripe_key(&stripe.ids), stripe.ids.len())?
+            .into_iter()
+            .cloned()
+            .collect();
+        let mut writes = FuturesUnordered::new();
+        for (slot, ((id, body), node)) in stripe
+            .ids
+            .iter()
+            .zip(stripe.shards.iter())
+            .zip(nodes)
+            .enumerate()
+        {
+            let client = self.clone();
+            let (id, body) = (*id, body.clone());
+            writes.push(async move {
+                let req = Request::PutShard {
+                    id,
+                    len: body.len() as u64,
+                };
+                let res = client
+                    .call(&node, &req, Some(&body))
+                    .await
+                    .and_then(|r| match r.0 {
+                        Response::Stored(_) => Ok(()),
+                        other => Err(client.unexpected(&node, &other)),
+                    });
+                (slot, node, res)
+            });
+        }
+        let mut stored = 0;
+        let mut missing = Vec::new();
+        let mut errors = Vec::new();
+        while let Some((slot, node, res)) = writes.next().await {
+            match res {
+                Ok(()) => stored += 1,
+                Err(e) => {
+                    debug!(stripe = stripe.index, slot, error = %e, "shard write failed");
+                    errors.push(e.to_string());
+                    missing.push((stripe.index, slot, node_id(&node)));
+                }
+            }
+        }
+        if stored < quorum {
+            return Err(ClientError::StripeNotStored {
+                stripe: stripe.index,
+                stored,
+                needed: quorum,
+                errors: errors.join("; "),
+            });
+        }
+        for (stripe, slot, peer) in &missing {
+            warn!(stripe, slot, peer = %peer.short(), "shard not written; stripe below full redundancy until repaired");
+        }
+        Ok(StripeUpload {
+            plain_len: stripe.plain_len,
+            stored,
+            missing,
+        })
+    }
+
+    /// The peers a document's manifest lives on.
+    fn manifest_nodes(&self, id: &DocumentId) -> Result<Vec<NodeInfo>, ClientError> {
+        let width = self.inner.options.params.width().min(
+            self.inner
+                .layout
+                .nodes
+                .iter()
+                .filter(|n| n.weight > 0)
+                .count(),
+        );
+        Ok(self
+            .inner
+            .layout
+            .place(id.as_bytes(), width)?
+            .into_iter()
+            .cloned()
+            .collect())
+    }
+
+    async fn store_manifest(
+        &self,
+        manifest: &Manifest,
+        quorum: usize,
+    ) -> Result<DocumentId, ClientError> {
+        let bytes = Bytes::from(manifest.encode());
+        let id = DocumentId::of(&bytes);
+        let nodes = self.manifest_nodes(&id)?;
+        let needed = quorum.min(nodes.len());
+        let mut writes: FuturesUnordered<_> = nodes
+            .into_iter()
+            .map(|node| {
+                let bytes = bytes.clone();
+                async move {
+                    let req = Request::PutManifest {
+                        id,
+                        len: bytes.len() as u64,
+                    };
+                    match self.call(&node, &req, Some(&bytes)).await {
+                        Ok((Response::Stored(_), _)) => Ok(()),
+                        Ok((other, _)) => Err(self.unexpected(&node, &other)),
+                        Err(e) => Err(e),
+                    }
+                }
+            })
+            .collect();
+        let mut stored = 0;
+        let mut errors = Vec::new();
+        while let Some(res) = writes.next().await {
+            match res {
+                Ok(()) => stored += 1,
+                Err(e) => errors.push(e.to_string()),
+            }
+        }
+        if stored < needed {
+            return Err(ClientError::ManifestNotStored {
+                id,
+                stored,
+                needed,
+                errors: errors.join("; "),
+            });
+        }
+        Ok(id)
+    }
+
+    /// Fetches and checks a document's manifest from the first placed peer that has it.
+    pub async fn manifest(&self, id: &DocumentId) -> Result<Manifest, ClientError> {
+        let nodes = self.manifest_nodes(id)?;
+        let order = (0..nodes.len()).collect();
+        let hedged = self
+            .hedged(&nodes, order, 1, |node, _| async move {
+                let body = match self
+                    .call(&node, &Request::GetManifest { id: *id }, None)
+                    .await?
+                {
+                    (Response::Manifest { len }, mut recv) => {
+                        read_checked_body(&mut recv, len, proto::MAX_MANIFEST_BODY)
+                            .await
+                            .map_err(|e| self.peer_error(&node, e))?
+                    }
+                    (other, _) => return Err(self.unexpected(&node, &other)),
+                };
+                if !id.verifies(&body) {
+                    warn!(peer = %node_id(&node).short(), document = %id, "peer served a manifest that does not match its id");
+                    return Err(self.peer_error(
+                        &node,
+                        ProtoError::Unexpected("manifest does not match its id".into()),
+                    ));
+                }
+                Ok(Bytes::from(body))
+            })
+            .await;
+        match hedged.results.into_iter().flatten().next() {
+            Some(body) => Ok(Manifest::decode(&body)?),
+            None => Err(ClientError::NotFound {
+                id: *id,
+                errors: hedged
+                    .failures
+                    .iter()
+                    .map(|(_, e)| e.to_string())
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            }),
+        }
+    }
+
+    /// Fetches document `id`, opens it with `key` and writes the plaintext to `writer`.
+    pub async fn get<W>(
+        &self,
+        id: &DocumentId,
+        key: &DataKey,
+        mut writer: W,
+        progress: Progress<'_>,
+    ) -> Result<GetReport, ClientError>
+    where
+        W: AsyncWrite + Unpin,
+    {
+        let manifest = Arc::new(self.manifest(id).await?);
+        let codec = Arc::new(StripeCodec::for_manifest(&manifest, key)?);
+        let mut report = GetReport::default();
+        let in_flight = self.inner.options.stripes_in_flight.max(1);
+        let mut opened = futures::stream::iter(0..manifest.stripe_count())
+            .map(|i| {
+                let (manifest, codec) = (manifest.clone(), codec.clone());
+                async move { self.fetch_and_open(manifest, codec, i).await }
+            })
+            .buffered(in_flight);
+        while let Some(res) = opened.next().await {
+            let (stripe, corrupt) = res?;
+            writer
+                .write_all(&stripe.plaintext)
+                .await
+                .map_err(ClientError::Write)?;
+            report.bytes += stripe.plaintext.len() as u64;
+            report.stripes_rebuilt += u64::from(stripe.rebuilt);
+            report.corrupt.extend(corrupt);
+            progress(report.bytes, manifest.size);
+        }
+        writer.flush().await.map_err(ClientError::Write)?;
+        for (stripe, slot, peer) in &report.corrupt {
+            warn!(document = %id, stripe, slot, peer = %peer.short(), "corrupt shard reported for repair");
+        }
+        Ok(report)
+    }
+
+    async fn fetch_and_open(
+        &self,
+        manifest: Arc<Manifest>,
+        codec: Arc<StripeCodec>,
+        index: u64,
+    ) -> Result<(codec::OpenedStripe, Vec<(u64, usize, PublicId)>), ClientError> {
+        let ids = manifest.stripes[index as usize].clone();
+        let nodes: Vec<NodeInfo> = self
+            .inner
+            .layout
+            .place(&stripe_key(&ids), ids.len())?
+            .into_iter()
+            .cloned()
+            .collect();
+        let k = usize::from(manifest.params.k);
+        let mut fetched = self.fetch_stripe(index, &ids, &nodes, k, None).await;
+        loop {
+            let shards = fetched.shards.clone();
+            let (m, c) = (manifest.clone(), codec.clone());
+            let opened = tokio::task::spawn_blocking(move || c.open(&m, index, shards))
+                .await
+                .map_err(|e| ClientError::Task(e.to_string()))?;
+            match opened {
+                Ok(stripe) => {
+                    let mut corrupt = fetched.corrupt.clone();
+                    corrupt.extend(
+                        stripe
+                            .corrupt
+                            .iter()
+                            .map(|&s| (index, s, node_id(&nodes[s]))),
+                    );
+                    return Ok((stripe, corrupt));
+                }
+                // Some fetched shards were bad: ask the slots not yet tried, once.
+                Err(CodecError::StripeUnrecoverable { .. }) if !fetched.untried.is_empty() => {
+                    let untried = std::mem::take(&mut fetched.untried);
+                    let more = self
+                        .fetch_stripe(index, &ids, &nodes, untried.len(), Some(untried))
+                        .await;
+                    for (slot, shard) in more.shards.into_iter().enumerate() {
+                        if shard.is_some() {
+                            fetched.shards[slot] = shard;
+                        }
+                    }
+                    fetched.corrupt.extend(more.corrupt);
+                    fetched.errors.extend(more.errors);
+                }
+                Err(CodecError::StripeUnrecoverable { .. }) => {
+                    return Err(ClientError::StripeUnavailable {
+                        stripe: index,
+                        k,
+                        errors: fetched.errors.join("; "),
+                    });
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Asks placed peers for a stripe's shards until `want` have arrived: data slots first,
+    /// healthy peers first, one more whenever one fails or `hedge_after` passes.
+    async fn fetch_stripe(
+        &self,
+        index: u64,
+        ids: &[ShardId],
+        nodes: &[NodeInfo],
+        want: usize,
+        only: Option<Vec<usize>>,
+    ) -> Fetched {
+        let order = only.unwrap_or_else(|| (0..ids.len()).collect());
+        let hedged = self
+            .hedged(nodes, order, want, |node, slot| {
+                let id = ids[slot];
+                async move {
+                    match self.call(&node, &Request::GetShard { id }, None).await? {
+                        (Response::Shard { len }, mut recv) => {
+                            read_checked_body(&mut recv, len, proto::MAX_SHARD_BODY)
+                                .await
+                                .map(Bytes::from)
+                                .map_err(|e| self.peer_error(&node, e))
+                        }
+                        (other, _) => Err(self.unexpected(&node, &other)),
+                    }
+                }
+            })
+            .await;
+        let mut corrupt = Vec::new();
+        let mut errors = Vec::new();
+        for (slot, e) in hedged.failures {
+            if let ClientError::Peer {
+                source:
+                    ProtoError::Remote {
+                        code: proto::ErrorCode::Corrupt,
+                        ..
+                    },
+                ..
+            } = &e
+            {
+                corrupt.push((index, slot, node_id(&nodes[slot])));
+            }
+            debug!(stripe = index, slot, error = %e, "shard fetch failed");
+            errors.push(e.to_string());
+        }
+        Fetched {
+            shards: hedged.results,
+            corrupt,
+            errors,
+            untried: hedged.untried,
+        }
+    }
+
+    /// Runs `request` against the slots of `order` until `want` succeed: `want` at first
+    /// (peers marked down last), one more whenever one fails, and one more each time
+    /// `hedge_after` passes without enough answers.
+    async fn hedged<T, F, Fut>(
+        &self,
+        nodes: &[NodeInfo],
+        mut order: Vec<usize>,
+        want: usize,
+        request: F,
+    ) -> Hedged<T>
+    where
+        T: Clone,
+        F: Fn(NodeInfo, usize) -> Fut,
+        Fut: std::future::Future<Output = Result<T, ClientError>>,
+    {
+        order.sort_by_key(|&slot| self.is_down(&node_id(&nodes[slot])));
+        let mut order = order.into_iter();
+        let mut results = vec![None; nodes.len()];
+        let mut failures = Vec::new();
+        let mut pending = FuturesUnordered::new();
+        let launch = |slot: usize| {
+            let fut = request(nodes[slot].clone(), slot);
+            async move { (slot, fut.await) }
+        };
+        for slot in order.by_ref().take(want) {
+            pending.push(launch(slot));
+        }
+        let mut got = 0;
+        let hedge_after = self.inner.options.hedge_after;
+        let hedge = tokio::time::sleep(hedge_after);
+        tokio::pin!(hedge);
+        while got < want && !pending.is_empty() {
+            tokio::select! {
+                Some((slot, res)) = pending.next() => match res {
+                    Ok(value) => {
+                        results[slot] = Some(value);
+                        got += 1;
+                    }
+                    Err(e) => {
+                        failures.push((slot, e));
+                        if let Some(next) = order.next() {
+                            pending.push(launch(next));
+                        }
+                    }
+                },
+                () = &mut hedge => {
+                    if let Some(next) = order.next() {
+                        pending.push(launch(next));
+                    }
+                    hedge.as_mut().reset(tokio::time::Instant::now() + hedge_after);
+                }
+            }
+        }
+        Hedged {
+            results,
+            failures,
+            untried: order.collect(),
+        }
+    }
+
+    fn is_down(&self, peer: &PublicId) -> bool {
+        let down = self.inner.down.lock().expect("down map lock");
+        down.get(peer).is_some_and(|until| Instant::now() < *until)
+    }
+
+    fn mark_down(&self, peer: PublicId) {
+        let until = Instant::now() + self.inner.options.down_for;
+        self.inner
+            .down
+            .lock()
+            .expect("down map lock")
+            .insert(peer, until);
+    }
+
+    fn peer_error(&self, node: &NodeInfo, source: ProtoError) -> ClientError {
+        ClientError::Peer {
+            peer: node_id(node).short(),
+            addr: node.addr.clone(),
+            source,
+        }
+    }
+
+    fn unexpected(&self, node: &NodeInfo, resp: &Response) -> ClientError {
+        let source = match proto::expect_ok(resp.clone()) {
+            Err(e) => e,
+            Ok(other) => ProtoError::Unexpected(format!("{other:?}")),
+        };
+        self.peer_error(node, source)
+    }
+
+    /// A live connection to `node`, reusing the pooled one.
+    async fn connection(&self, node: &NodeInfo) -> Result<quinn::Connection, ClientError> {
+        let peer = node_id(node);
+        let slot = self
+            .inner
+            .conns
+            .lock()
+            .expect("connection pool lock")
+            .entry(peer)
+            .or_default()
+            .clone();
+        let mut slot = slot.lock().await;
+        if let Some(conn) = slot.as_ref() {
+            if conn.close_reason().is_none() {
+                return Ok(conn.clone());
+            }
+            // The peer closed the connection (it stopped or restarted): fail fast so the
+            // caller asks another peer now, and ask this one last for a while.
+            let reason = conn
+                .close_reason()
+                .map(|r| r.to_string())
+                .unwrap_or_default();
+            self.mark_down(peer);
+            *slot = None;
+            return Err(self.peer_error(
+                node,
+                ProtoError::Io(std::io::Error::new(
+                    std::io::ErrorKind::ConnectionReset,
+                    format!("connection closed: {reason}"),
+                )),
+            ));
+        }
+        let err = |source: ProtoError| self.peer_error(node, source);
+        if self.is_down(&peer) {
+            // One failed attempt per `down_for`: callers move on to other peers at once.
+            return Err(err(ProtoError::Io(std::io::Error::new(
+                std::io::ErrorKind::NotConnected,
+                "peer is down (a recent connection attempt failed)",
+            ))));
+        }
+        let addr: SocketAddr = node.addr.parse().map_err(|_| {
+            err(ProtoError::Io(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("bad peer address {:?}", node.addr),
+            )))
+        })?;
+        let connect = tls::connect(&self.inner.endpoint, addr);
+        let (conn, who) =
+            match tokio::time::timeout(self.inner.options.connect_timeout, connect).await {
+                Ok(Ok(c)) => c,
+                Ok(Err(e)) => {
+                    self.mark_down(peer);
+                    return Err(err(ProtoError::Io(std::io::Error::other(e))));
+                }
+                Err(_) => {
+                    self.mark_down(peer);
+                    return Err(err(ProtoError::Io(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "connect timed out",
+                    ))));
+                }
+            };
+        if who != peer {
+            conn.close(1u32.into(), b"unexpected identity");
+            return Err(err(ProtoError::Unexpected(format!(
+                "address {addr} answered as {}, expected {}",
+                who.short(),
+                peer.short()
+            ))));
+        }
+        *slot = Some(conn.clone());
+        Ok(conn)
+    }
+
+    /// Sends one request (and its body) on a fresh stream and reads the answer's header.
+    async fn call(
+        &self,
+        node: &NodeInfo,
+        req: &Request,
+        body: Option<&Bytes>,
+    ) -> Result<(Response, RecvStream), ClientError> {
+        let timeout = self.inner.options.request_timeout;
+        let exchange = async {
+            let conn = self.connection(node).await?;
+            let io = |e: std::io::Error| self.peer_error(node, ProtoError::Io(e));
+            let (mut send, mut recv) = conn
+                .open_bi()
+                .await
+                .map_err(|e| io(std::io::Error::other(e)))?;
+            proto::write_frame(&mut send, req)
+                .await
+                .map_err(|e| self.peer_error(node, e))?;
+            if let Some(body) = body {
+                send.write_all(body)
+                    .await
+                    .map_err(|e| io(std::io::Error::other(e)))?;
+            }
+            let _ = send.finish();
+            let resp: Response = proto::read_frame(&mut recv)
+                .await
+                .map_err(|e| self.peer_error(node, e))?;
+            Ok((resp, recv))
+        };
+        match tokio::time::timeout(timeout, exchange).await {
+            Ok(Ok((Response::Error { code, message }, _))) => {
+                Err(self.peer_error(node, ProtoError::Remote { code, message }))
+            }
+            Ok(res) => res,
+            Err(_) => Err(self.peer_error(
+                node,
+                ProtoError::Io(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no answer within {timeout:?}"),
+                )),
+            )),
+        }
+    }
+}
+
+struct StripeUpload {
+    plain_len: u64,
+    stored: usize,
+    missing: Vec<(u64, usize, PublicId)>,
+}
+
+struct Hedged<T> {
+    results: Vec<Option<T>>,
+    failures: Vec<(usize, ClientError)>,
+    untried: Vec<usize>,
+}
+
+struct Fetched {
+    shards: Vec<Option<Bytes>>,
+    corrupt: Vec<(u64, usize, PublicId)>,
+    errors: Vec<String>,
+    untried: Vec<usize>,
+}
+
+fn join<T>(
+    res: Option<Result<Result<T, ClientError>, tokio::task::JoinError>>,
+) -> Result<T, ClientError> {
+    match res {
+        Some(Ok(r)) => r,
+        Some(Err(e)) => Err(ClientError::Task(e.to_string())),
+        None => Err(ClientError::Task("no upload in flight".into())),
+    }
+}
+
+async fn read_checked_body(
+    recv: &mut RecvStream,
+    len: u64,
+    max: u64,
+) -> Result<Vec<u8>, ProtoError> {
+    proto::check_body_len("body", len, max)?;
+    proto::read_body(recv, len).await
+}
+
+fn node_id(node: &NodeInfo) -> PublicId {
+    node.key
+}

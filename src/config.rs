@@ -1,0 +1,281 @@
+//! Configuration files, read in two stages: a documented serde struct as written by an
+//! operator, then `validate` into typed values that the rest of the code trusts.
+//!
+//! Relative paths in a file are resolved against the directory of that file, so a config
+//! directory can be moved as a whole.
+//!
+//! The cluster file lists the storage peers (identity, address, failure zone, capacity
+//! weight) and the clients allowed to connect. It is the membership and placement layout
+//! until the chain takes that role over; its shape (epoch, nodes) is the chain's.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::identity::PublicId;
+use crate::manifest::CodingParams;
+use crate::peer::PeerLimits;
+use crate::placement::{Layout, NodeInfo};
+
+/// Largest config file read.
+pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} is larger than {MAX_CONFIG_BYTES} bytes")]
+    TooLarge { path: PathBuf },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+/// `cluster.toml`: who is in the cluster and how documents are coded.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterFile {
+    /// Layout epoch; bump it whenever peers, zones or weights change.
+    #[serde(default = "one")]
+    pub epoch: u64,
+    /// Coding parameters for new documents.
+    #[serde(default)]
+    pub coding: CodingSection,
+    /// Storage peers.
+    #[serde(default, rename = "peer")]
+    pub peers: Vec<PeerEntry>,
+    /// Clients (departments, operators) allowed to connect.
+    #[serde(default, rename = "client")]
+    pub clients: Vec<ClientEntry>,
+}
+
+fn one() -> u64 {
+    1
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CodingSection {
+    /// Data shards per stripe.
+    pub k: u16,
+    /// Parity shards per stripe: any m peers of a stripe may be lost.
+    pub m: u16,
+    /// Target shard size in KiB.
+    pub shard_kib: u64,
+    /// Durable acknowledgements needed per stripe (default: all k + m).
+    #[serde(default)]
+    pub write_quorum: Option<usize>,
+}
+
+impl Default for CodingSection {
+    fn default() -> Self {
+        let p = CodingParams::default();
+        Self {
+            k: p.k,
+            m: p.m,
+            shard_kib: p.full_shard_len() >> 10,
+            write_quorum: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerEntry {
+    /// Public identity (`dgn1…`), from `dangan keys new --role node`.
+    pub id: PublicId,
+    /// `host:port` the peer listens on (UDP).
+    pub addr: SocketAddr,
+    /// Failure zone (rack, room, site): shards of a stripe spread over zones first.
+    pub zone: String,
+    /// Relative capacity; 0 takes no new shards.
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+}
+
+fn default_weight() -> u32 {
+    100
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientEntry {
+    pub id: PublicId,
+    /// Who this is, for operators reading logs.
+    pub name: String,
+}
+
+/// A validated cluster.
+#[derive(Debug, Clone)]
+pub struct Cluster {
+    pub layout: Layout,
+    pub params: CodingParams,
+    pub write_quorum: Option<usize>,
+    /// Every identity allowed to connect: peers and clients.
+    pub members: Vec<PublicId>,
+}
+
+impl ClusterFile {
+    pub fn load(path: &Path) -> Result<Cluster, ConfigError> {
+        let file: ClusterFile = read_toml(path)?;
+        file.validate(path)
+    }
+
+    pub fn validate(self, path: &Path) -> Result<Cluster, ConfigError> {
+        let invalid = |message: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            message,
+        };
+        if self.peers.is_empty() {
+            return Err(invalid("no [[peer]] entries".into()));
+        }
+        let params = CodingParams::with_shard_len(
+            self.coding.k,
+            self.coding.m,
+            CodingParams::default().segment_size,
+            self.coding.shard_kib << 10,
+        );
+        params
+            .validate()
+            .map_err(|e| invalid(format!("[coding]: {e}")))?;
+        if let Some(q) = self.coding.write_quorum
+            && (q < usize::from(params.k) || q > params.width())
+        {
+            return Err(invalid(format!(
+                "[coding] write_quorum {q} must be between k = {} and k + m = {}",
+                params.k,
+                params.width()
+            )));
+        }
+        let nodes = self
+            .peers
+            .iter()
+            .map(|p| NodeInfo {
+                key: p.id,
+                zone: p.zone.clone(),
+                weight: p.weight,
+                addr: p.addr.to_string(),
+            })
+            .collect();
+        let layout = Layout::new(self.epoch, nodes).map_err(|e| invalid(e.to_string()))?;
+        let active = layout.nodes.iter().filter(|n| n.weight > 0).count();
+        if active < params.width() {
+            return Err(invalid(format!(
+                "k + m = {} needs at least that many peers with weight > 0, found {active}",
+                params.width()
+            )));
+        }
+        let mut members: Vec<PublicId> = self.peers.iter().map(|p| p.id).collect();
+        members.extend(self.clients.iter().map(|c| c.id));
+        Ok(Cluster {
+            layout,
+            params,
+            write_quorum: self.coding.write_quorum,
+            members,
+        })
+    }
+}
+
+/// `node.toml`: one storage peer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeFile {
+    /// UDP address to listen on.
+    pub listen: SocketAddr,
+    /// Where the shard store lives.
+    pub data_dir: PathBuf,
+    /// This peer's key file (`dangan keys new --role node`).
+    pub key: PathBuf,
+    /// The cluster file.
+    pub cluster: PathBuf,
+    #[serde(default)]
+    pub limits: LimitsSection,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsSection {
+    pub max_connections: usize,
+    pub max_concurrent_requests: usize,
+    pub queue_timeout_ms: u64,
+    pub request_timeout_secs: u64,
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        let d = PeerLimits::default();
+        Self {
+            max_connections: d.max_connections,
+            max_concurrent_requests: d.max_concurrent_requests,
+            queue_timeout_ms: d.queue_timeout.as_millis() as u64,
+            request_timeout_secs: d.request_timeout.as_secs(),
+        }
+    }
+}
+
+/// A validated node config with resolved paths.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub key: PathBuf,
+    pub cluster: PathBuf,
+    pub limits: PeerLimits,
+}
+
+impl NodeFile {
+    pub fn load(path: &Path) -> Result<NodeConfig, ConfigError> {
+        let file: NodeFile = read_toml(path)?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let invalid = |message: &str| ConfigError::Invalid {
+            path: path.to_owned(),
+            message: message.to_owned(),
+        };
+        let l = file.limits;
+        if l.max_connections == 0 || l.max_concurrent_requests == 0 {
+            return Err(invalid("[limits] values must be at least 1"));
+        }
+        if l.request_timeout_secs == 0 {
+            return Err(invalid("[limits] request_timeout_secs must be at least 1"));
+        }
+        Ok(NodeConfig {
+            listen: file.listen,
+            data_dir: base.join(file.data_dir),
+            key: base.join(file.key),
+            cluster: base.join(file.cluster),
+            limits: PeerLimits {
+                max_connections: l.max_connections,
+                max_concurrent_requests: l.max_concurrent_requests,
+                queue_timeout: Duration::from_millis(l.queue_timeout_ms),
+                request_timeout: Duration::from_secs(l.request_timeout_secs),
+                ..PeerLimits::default()
+            },
+        })
+    }
+}
+
+fn read_toml<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, ConfigError> {
+    let read = |source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    };
+    let len = std::fs::metadata(path).map_err(read)?.len();
+    if len > MAX_CONFIG_BYTES {
+        return Err(ConfigError::TooLarge {
+            path: path.to_owned(),
+        });
+    }
+    let text = std::fs::read_to_string(path).map_err(read)?;
+    toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })
+}

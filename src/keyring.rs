@@ -1,0 +1,118 @@
+//! A department's local keyring: the data key of every document it stored, by document id.
+//!
+//! Until grants carry wrapped keys on chain, this is where `dangan put` keeps the key that
+//! `dangan get` needs. One file per document, `<dir>/<document id>.key`, holding the key as
+//! 64 hex digits, created with mode 0600 and never overwritten.
+//!
+//! Not for: sharing keys with anyone (that is what grants are for).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use crate::crypto::DataKey;
+use crate::id::DocumentId;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum KeyringError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("no key for document {id} in {dir} (was it stored from this keyring?)")]
+    Missing { id: DocumentId, dir: PathBuf },
+    #[error("{path} does not hold a 32-byte hex key")]
+    Malformed { path: PathBuf },
+}
+
+#[derive(Debug, Clone)]
+pub struct Keyring {
+    dir: PathBuf,
+}
+
+impl Keyring {
+    pub fn open(dir: impl Into<PathBuf>) -> Result<Self, KeyringError> {
+        let dir = dir.into();
+        std::fs::create_dir_all(&dir).map_err(|source| KeyringError::Io {
+            path: dir.clone(),
+            source,
+        })?;
+        Ok(Self { dir })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn path(&self, id: &DocumentId) -> PathBuf {
+        self.dir.join(format!("{id}.key"))
+    }
+
+    /// Saves the key of document `id`, durably. A key already saved for `id` is kept.
+    pub fn save(&self, id: &DocumentId, key: &DataKey) -> Result<(), KeyringError> {
+        let path = self.path(id);
+        let io = |source| KeyringError::Io {
+            path: path.clone(),
+            source,
+        };
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+        let mut file = match opts.open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(()),
+            Err(e) => return Err(io(e)),
+        };
+        file.write_all(hex::encode(key.as_bytes()).as_bytes())
+            .map_err(io)?;
+        file.sync_all().map_err(io)?;
+        Ok(())
+    }
+
+    pub fn load(&self, id: &DocumentId) -> Result<DataKey, KeyringError> {
+        let path = self.path(id);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(KeyringError::Missing {
+                    id: *id,
+                    dir: self.dir.clone(),
+                });
+            }
+            Err(source) => return Err(KeyringError::Io { path, source }),
+        };
+        let mut key = [0u8; 32];
+        hex::decode_to_slice(text.trim(), &mut key)
+            .map_err(|_| KeyringError::Malformed { path })?;
+        Ok(DataKey::from_bytes(key))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_round_trip_and_missing_is_clear() {
+        let dir = tempfile::tempdir().unwrap();
+        let ring = Keyring::open(dir.path().join("ring")).unwrap();
+        let id = DocumentId::of(b"doc");
+        let key = DataKey::generate();
+        ring.save(&id, &key).unwrap();
+        assert_eq!(ring.load(&id).unwrap(), key);
+        ring.save(&id, &DataKey::generate()).unwrap();
+        assert_eq!(
+            ring.load(&id).unwrap(),
+            key,
+            "an existing key is never replaced"
+        );
+        let other = DocumentId::of(b"other");
+        assert!(matches!(
+            ring.load(&other),
+            Err(KeyringError::Missing { .. })
+        ));
+    }
+}

@@ -1,0 +1,458 @@
+//! A storage peer: serves the wire protocol (`proto`) over QUIC from its `ShardStore`.
+//!
+//! Goals: acknowledge a shard only once it is durable; never serve bytes that do not match
+//! their id; keep serving everyone else whatever one client sends; bound what any client can
+//! make it hold (connections, requests in flight, frame and body sizes, time per request).
+//!
+//! Durable writes go through one committer thread per peer that gathers concurrent puts into
+//! one redb transaction (group commit), so many small shards share one fsync. A body is
+//! checked against its id before it joins a batch, so a bad shard never fails other
+//! clients' puts.
+//!
+//! Not for: deciding placement, talking to the chain, access control beyond "the TLS
+//! handshake accepted this identity" (grants come with the access layer).
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use quinn::{RecvStream, SendStream};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn};
+
+use crate::id::ShardId;
+use crate::identity::{Identity, PublicId};
+use crate::proto::{
+    self, ErrorCode, MAX_LIST, MAX_MANIFEST_BODY, MAX_SHARD_BODY, ProtoError, Request, Response,
+};
+use crate::store::{PutOutcome, ShardStore, StoreError};
+use crate::tls::{self, TrustPolicy};
+
+/// Limits that keep one slow or hostile client from exhausting a peer.
+#[derive(Debug, Clone)]
+pub struct PeerLimits {
+    /// Open connections at once; more are refused during the handshake.
+    pub max_connections: usize,
+    /// Requests being served at once across all connections.
+    pub max_concurrent_requests: usize,
+    /// How long a request waits for a slot before it is answered `Busy`.
+    pub queue_timeout: Duration,
+    /// Time for a whole request, from its first byte to the last byte of the answer.
+    pub request_timeout: Duration,
+    /// Most shards gathered into one durable commit.
+    pub commit_batch: usize,
+}
+
+impl Default for PeerLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: 1024,
+            max_concurrent_requests: 256,
+            queue_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(60),
+            commit_batch: 64,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PeerError {
+    #[error("opening the shard store: {0}")]
+    Store(#[from] StoreError),
+    #[error("starting the QUIC endpoint: {0}")]
+    Tls(#[from] tls::TlsError),
+    #[error("the peer's local address is unknown: {0}")]
+    Addr(#[source] std::io::Error),
+}
+
+/// Counters a peer keeps about what it served and refused.
+#[derive(Debug, Default)]
+pub struct PeerStats {
+    pub requests: AtomicU64,
+    pub shards_stored: AtomicU64,
+    pub shards_served: AtomicU64,
+    pub corrupt_detected: AtomicU64,
+    pub refused: AtomicU64,
+}
+
+struct State {
+    store: Arc<ShardStore>,
+    committer: mpsc::UnboundedSender<CommitJob>,
+    slots: Semaphore,
+    limits: PeerLimits,
+    stats: Arc<PeerStats>,
+}
+
+type CommitJob = (ShardId, Bytes, oneshot::Sender<Result<PutOutcome, String>>);
+
+/// A running peer. Dropping the handle does not stop it; call [`PeerHandle::shutdown`].
+pub struct PeerHandle {
+    id: PublicId,
+    addr: SocketAddr,
+    endpoint: quinn::Endpoint,
+    accept: JoinHandle<()>,
+    store: Arc<ShardStore>,
+    stats: Arc<PeerStats>,
+}
+
+impl PeerHandle {
+    pub fn id(&self) -> PublicId {
+        self.id
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn store(&self) -> &Arc<ShardStore> {
+        &self.store
+    }
+
+    pub fn stats(&self) -> &Arc<PeerStats> {
+        &self.stats
+    }
+
+    /// Stops accepting, closes every connection, waits for the socket to be released.
+    pub async fn shutdown(self) {
+        self.endpoint.close(0u32.into(), b"peer shutting down");
+        self.accept.abort();
+        let _ = self.accept.await;
+        self.endpoint.wait_idle().await;
+        info!(peer = %self.id.short(), "peer stopped");
+    }
+}
+
+/// Opens the store in `data_dir` and serves on `listen` until shut down.
+pub async fn start(
+    identity: &Identity,
+    trust: Arc<dyn TrustPolicy>,
+    listen: SocketAddr,
+    data_dir: &Path,
+    limits: PeerLimits,
+) -> Result<PeerHandle, PeerError> {
+    let store = {
+        let dir = data_dir.to_path_buf();
+        tokio::task::spawn_blocking(move || ShardStore::open(&dir))
+            .await
+            .expect("opening the store does not panic")?
+    };
+    let store = Arc::new(store);
+    let endpoint = tls::endpoint(listen, identity, trust)?;
+    let addr = endpoint.local_addr().map_err(PeerError::Addr)?;
+    let stats = Arc::new(PeerStats::default());
+    let state = Arc::new(State {
+        store: store.clone(),
+        committer: spawn_committer(store.clone(), limits.commit_batch, stats.clone()),
+        slots: Semaphore::new(limits.max_concurrent_requests),
+        limits: limits.clone(),
+        stats: stats.clone(),
+    });
+    let accept = tokio::spawn(accept_loop(endpoint.clone(), state));
+    let id = identity.public();
+    info!(peer = %id.short(), %addr, dir = %data_dir.display(), "peer serving");
+    Ok(PeerHandle {
+        id,
+        addr,
+        endpoint,
+        accept,
+        store,
+        stats,
+    })
+}
+
+/// Group commit: one thread drains every put waiting and commits them in one transaction.
+fn spawn_committer(
+    store: Arc<ShardStore>,
+    batch: usize,
+    stats: Arc<PeerStats>,
+) -> mpsc::UnboundedSender<CommitJob> {
+    let (tx, mut rx) = mpsc::unbounded_channel::<CommitJob>();
+    std::thread::Builder::new()
+        .name("dangan-commit".into())
+        .spawn(move || {
+            while let Some(first) = rx.blocking_recv() {
+                let mut jobs = vec![first];
+                while jobs.len() < batch.max(1) {
+                    match rx.try_recv() {
+                        Ok(job) => jobs.push(job),
+                        Err(_) => break,
+                    }
+                }
+                let items: Vec<(ShardId, &[u8])> =
+                    jobs.iter().map(|(id, b, _)| (*id, b.as_ref())).collect();
+                match store.put_batch(&items) {
+                    Ok(outcomes) => {
+                        stats
+                            .shards_stored
+                            .fetch_add(jobs.len() as u64, Ordering::Relaxed);
+                        for ((_, _, reply), outcome) in jobs.into_iter().zip(outcomes) {
+                            let _ = reply.send(Ok(outcome));
+                        }
+                    }
+                    Err(e) => {
+                        warn!(error = %e, shards = jobs.len(), "durable commit failed");
+                        let msg = e.to_string();
+                        for (_, _, reply) in jobs {
+                            let _ = reply.send(Err(msg.clone()));
+                        }
+                    }
+                }
+            }
+        })
+        .expect("spawning the commit thread");
+    tx
+}
+
+async fn accept_loop(endpoint: quinn::Endpoint, state: Arc<State>) {
+    let connections = Arc::new(Semaphore::new(state.limits.max_connections));
+    while let Some(incoming) = endpoint.accept().await {
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            state.stats.refused.fetch_add(1, Ordering::Relaxed);
+            warn!(remote = %incoming.remote_address(), "connection limit reached; refusing");
+            incoming.refuse();
+            continue;
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let remote = incoming.remote_address();
+            let conn = match incoming.await {
+                Ok(conn) => conn,
+                Err(e) => {
+                    state.stats.refused.fetch_add(1, Ordering::Relaxed);
+                    info!(%remote, error = %e, "handshake refused");
+                    return;
+                }
+            };
+            let Some(who) = tls::peer_identity(&conn) else {
+                conn.close(1u32.into(), b"no identity");
+                return;
+            };
+            debug!(%remote, client = %who.short(), "connection accepted");
+            serve_connection(conn, who, state).await;
+            drop(permit);
+        });
+    }
+}
+
+async fn serve_connection(conn: quinn::Connection, who: PublicId, state: Arc<State>) {
+    loop {
+        let (send, recv) = match conn.accept_bi().await {
+            Ok(streams) => streams,
+            Err(e) => {
+                debug!(client = %who.short(), reason = %e, "connection ended");
+                return;
+            }
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            serve_stream(send, recv, who, state).await;
+        });
+    }
+}
+
+async fn serve_stream(
+    mut send: SendStream,
+    mut recv: RecvStream,
+    who: PublicId,
+    state: Arc<State>,
+) {
+    state.stats.requests.fetch_add(1, Ordering::Relaxed);
+    let permit = match tokio::time::timeout(state.limits.queue_timeout, state.slots.acquire()).await
+    {
+        Ok(Ok(p)) => p,
+        _ => {
+            state.stats.refused.fetch_add(1, Ordering::Relaxed);
+            let _ = recv.stop(ErrorCode::Busy.as_u32().into());
+            let _ = answer(&mut send, &error(ErrorCode::Busy, "peer is busy"), None).await;
+            return;
+        }
+    };
+    let timeout = state.limits.request_timeout;
+    match tokio::time::timeout(timeout, handle(&mut send, &mut recv, &state)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => debug!(client = %who.short(), error = %e, "request failed"),
+        Err(_) => {
+            warn!(client = %who.short(), ?timeout, "request timed out");
+            let _ = recv.stop(ErrorCode::Timeout.as_u32().into());
+            let _ = send.reset(ErrorCode::Timeout.as_u32().into());
+        }
+    }
+    drop(permit);
+}
+
+fn error(code: ErrorCode, message: impl Into<String>) -> Response {
+    Response::Error {
+        code,
+        message: message.into(),
+    }
+}
+
+async fn answer(
+    send: &mut SendStream,
+    resp: &Response,
+    body: Option<&[u8]>,
+) -> Result<(), ProtoError> {
+    proto::write_frame(send, resp).await?;
+    if let Some(body) = body {
+        send.write_all(body).await.map_err(std::io::Error::from)?;
+    }
+    send.finish()
+        .map_err(|e| ProtoError::Io(std::io::Error::other(e)))?;
+    Ok(())
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f)
+        .await
+        .expect("store calls do not panic")
+}
+
+async fn handle(
+    send: &mut SendStream,
+    recv: &mut RecvStream,
+    state: &Arc<State>,
+) -> Result<(), ProtoError> {
+    let req: Request = match proto::read_frame(recv).await {
+        Ok(req) => req,
+        Err(e @ (ProtoError::Malformed(_) | ProtoError::TooLarge { .. })) => {
+            let code = if matches!(e, ProtoError::TooLarge { .. }) {
+                ErrorCode::TooLarge
+            } else {
+                ErrorCode::Malformed
+            };
+            state.stats.refused.fetch_add(1, Ordering::Relaxed);
+            let _ = recv.stop(code.as_u32().into());
+            return answer(send, &error(code, e.to_string()), None).await;
+        }
+        Err(e) => return Err(e),
+    };
+    let store = state.store.clone();
+    match req {
+        Request::PutShard { id, len } => {
+            if let Err(e) = proto::check_body_len("shard", len, MAX_SHARD_BODY) {
+                let _ = recv.stop(ErrorCode::TooLarge.as_u32().into());
+                return answer(send, &error(ErrorCode::TooLarge, e.to_string()), None).await;
+            }
+            let body = Bytes::from(proto::read_body(recv, len).await?);
+            let checked = body.clone();
+            if !blocking(move || id.verifies(&checked)).await {
+                state.stats.refused.fetch_add(1, Ordering::Relaxed);
+                let msg = format!("body does not hash to shard {id}");
+                return answer(send, &error(ErrorCode::HashMismatch, msg), None).await;
+            }
+            let (tx, rx) = oneshot::channel();
+            let resp = if state.committer.send((id, body, tx)).is_err() {
+                error(ErrorCode::Internal, "commit thread stopped")
+            } else {
+                match rx.await {
+                    Ok(Ok(outcome)) => Response::Stored(outcome),
+                    Ok(Err(msg)) => error(ErrorCode::Internal, msg),
+                    Err(_) => error(ErrorCode::Internal, "commit thread stopped"),
+                }
+            };
+            answer(send, &resp, None).await
+        }
+        Request::GetShard { id } => match blocking(move || store.get(&id)).await {
+            Ok(Some(bytes)) => {
+                state.stats.shards_served.fetch_add(1, Ordering::Relaxed);
+                let resp = Response::Shard {
+                    len: bytes.len() as u64,
+                };
+                answer(send, &resp, Some(&bytes)).await
+            }
+            Ok(None) => answer(send, &Response::NotFound, None).await,
+            Err(e) => answer(send, &store_error(state, e), None).await,
+        },
+        Request::HasShard { id } => {
+            let resp = match blocking(move || store.has(&id)).await {
+                Ok(has) => Response::Has(has),
+                Err(e) => store_error(state, e),
+            };
+            answer(send, &resp, None).await
+        }
+        Request::DeleteShard { id } => {
+            let resp = match blocking(move || store.delete(&id)).await {
+                Ok(outcome) => Response::Deleted(outcome),
+                Err(e) => store_error(state, e),
+            };
+            answer(send, &resp, None).await
+        }
+        Request::ListShards { after, limit } => {
+            let limit = limit.min(MAX_LIST) as usize;
+            let resp = match blocking(move || store.list_from(after, limit)).await {
+                Ok(ids) => Response::List(ids),
+                Err(e) => store_error(state, e),
+            };
+            answer(send, &resp, None).await
+        }
+        Request::Usage => {
+            let resp = match blocking(move || store.usage()).await {
+                Ok(u) => Response::Usage(u),
+                Err(e) => store_error(state, e),
+            };
+            answer(send, &resp, None).await
+        }
+        Request::PutManifest { id, len } => {
+            if let Err(e) = proto::check_body_len("manifest", len, MAX_MANIFEST_BODY) {
+                let _ = recv.stop(ErrorCode::TooLarge.as_u32().into());
+                return answer(send, &error(ErrorCode::TooLarge, e.to_string()), None).await;
+            }
+            let body = proto::read_body(recv, len).await?;
+            let resp = match blocking(move || store.put_blob(&id.0, &body)).await {
+                Ok(outcome) => Response::Stored(outcome),
+                Err(e) => store_error(state, e),
+            };
+            answer(send, &resp, None).await
+        }
+        Request::GetManifest { id } => match blocking(move || store.get_blob(&id.0)).await {
+            Ok(Some(bytes)) => {
+                let resp = Response::Manifest {
+                    len: bytes.len() as u64,
+                };
+                answer(send, &resp, Some(&bytes)).await
+            }
+            Ok(None) => answer(send, &Response::NotFound, None).await,
+            Err(e) => answer(send, &store_error(state, e), None).await,
+        },
+        Request::Ping => answer(send, &Response::Pong, None).await,
+    }
+}
+
+fn store_error(state: &State, e: StoreError) -> Response {
+    match e {
+        StoreError::Corrupt { id } => {
+            state.stats.corrupt_detected.fetch_add(1, Ordering::Relaxed);
+            warn!(shard = %id, "corrupt shard found on read; not served, needs repair");
+            error(
+                ErrorCode::Corrupt,
+                format!("stored copy of {id} is corrupt"),
+            )
+        }
+        StoreError::CorruptBlob { key } => {
+            state.stats.corrupt_detected.fetch_add(1, Ordering::Relaxed);
+            let id = hex::encode(key);
+            warn!(manifest = %id, "corrupt manifest found on read; not served");
+            error(
+                ErrorCode::Corrupt,
+                format!("stored manifest {id} is corrupt"),
+            )
+        }
+        StoreError::HashMismatch { id } => error(
+            ErrorCode::HashMismatch,
+            format!("body does not hash to {id}"),
+        ),
+        StoreError::BlobHashMismatch { key } => error(
+            ErrorCode::HashMismatch,
+            format!("body does not hash to {}", hex::encode(key)),
+        ),
+        other => {
+            warn!(error = %other, "store failure");
+            error(ErrorCode::Internal, other.to_string())
+        }
+    }
+}

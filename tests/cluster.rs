@@ -1,0 +1,282 @@
+//! A cluster of real peers in one process: round trips, lost peers, corruption, hostile
+//! clients, a peer killed mid-put.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use common::*;
+use dangan::client::{ClientError, stripe_key};
+use dangan::demo::LocalCluster;
+use dangan::id::ShardId;
+use dangan::identity::{Identity, Role};
+use dangan::proto::{self, ErrorCode, Request, Response};
+use dangan::tls;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn documents_of_several_sizes_round_trip() {
+    let cluster = LocalCluster::start(6, 3).await.unwrap();
+    let client = cluster.client(options()).unwrap();
+    for size in [0usize, 1, 50 << 10, (1 << 20) + 17, 3 << 20] {
+        let bytes = data(size, size as u64);
+        let receipt = put(&client, &bytes).await.unwrap();
+        assert_eq!(receipt.manifest.size, size as u64);
+        assert!(receipt.shards_missing.is_empty());
+        let (out, report) = get(&client, &receipt.id, &receipt.key).await.unwrap();
+        assert_eq!(out, bytes, "size {size}");
+        assert_eq!(report.stripes_rebuilt, 0);
+    }
+    // Every shard of every stripe is on its placed peer, and on no other.
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shards_land_on_their_placed_peers() {
+    let cluster = LocalCluster::start(7, 3).await.unwrap();
+    let client = cluster.client(options()).unwrap();
+    let receipt = put(&client, &data(2 << 20, 5)).await.unwrap();
+    for ids in &receipt.manifest.stripes {
+        let placed = cluster.layout().place(&stripe_key(ids), ids.len()).unwrap();
+        for (id, node) in ids.iter().zip(placed) {
+            let i = cluster.index_of(&node.key).unwrap();
+            assert!(cluster.peer(i).unwrap().store().has(id).unwrap());
+        }
+    }
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn m_stopped_peers_lose_nothing_and_m_plus_one_names_the_stripes() {
+    let mut cluster = LocalCluster::start(6, 3).await.unwrap();
+    let client = cluster.client(options()).unwrap();
+    let bytes = data(2 << 20, 9);
+    let receipt = put(&client, &bytes).await.unwrap();
+    cluster.stop_peer(0).await.unwrap();
+    cluster.stop_peer(3).await.unwrap();
+    let (out, report) = get(&client, &receipt.id, &receipt.key).await.unwrap();
+    assert_eq!(out, bytes);
+    assert!(report.stripes_rebuilt > 0);
+
+    cluster.stop_peer(1).await.unwrap();
+    let fresh = cluster.client(options()).unwrap();
+    let t = std::time::Instant::now();
+    let res = get(&fresh, &receipt.id, &receipt.key).await;
+    eprintln!("get with m+1 down took {:?}", t.elapsed());
+    match res {
+        Err(ClientError::StripeUnavailable { stripe, k, .. }) => {
+            assert_eq!(k, 4);
+            assert!(stripe < receipt.manifest.stripe_count());
+        }
+        Err(ClientError::NotFound { .. }) => {
+            panic!("the manifest is on all six peers; three are up")
+        }
+        other => panic!("expected an unavailable stripe, got {other:?}"),
+    }
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_shard_in_a_peer_store_is_survived_and_reported() {
+    let cluster = LocalCluster::start(6, 3).await.unwrap();
+    let client = cluster.client(options()).unwrap();
+    let bytes = data(600 << 10, 11);
+    let receipt = put(&client, &bytes).await.unwrap();
+    let ids = &receipt.manifest.stripes[0];
+    let first = cluster.layout().place(&stripe_key(ids), ids.len()).unwrap()[0].key;
+    let victim = cluster.index_of(&first).unwrap();
+    let store = cluster.peer(victim).unwrap().store().clone();
+    assert!(store.corrupt_for_test(&ids[0], 1000).unwrap());
+
+    let (out, report) = get(&client, &receipt.id, &receipt.key).await.unwrap();
+    assert_eq!(out, bytes);
+    assert_eq!(report.corrupt, vec![(0, 0, first)]);
+    assert_eq!(report.stripes_rebuilt, 1);
+    let stats = cluster.peer(victim).unwrap().stats();
+    assert_eq!(stats.corrupt_detected.load(Ordering::Relaxed), 1);
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_with_an_unknown_key_is_refused() {
+    let cluster = LocalCluster::start(6, 3).await.unwrap();
+    let stranger = Identity::generate(Role::Department);
+    let client = cluster.client_as(&stranger, options()).unwrap();
+    let err = put(&client, &data(1000, 1)).await.unwrap_err();
+    assert!(
+        matches!(err, ClientError::StripeNotStored { stored: 0, .. }),
+        "{err}"
+    );
+    for i in 0..cluster.len() {
+        let peer = cluster.peer(i).unwrap();
+        assert_eq!(peer.store().usage().unwrap().shards, 0);
+        assert_eq!(peer.stats().requests.load(Ordering::Relaxed), 0);
+    }
+    cluster.shutdown().await;
+}
+
+/// Opens a raw stream to peer 0 as a trusted client.
+async fn raw_stream(
+    cluster: &LocalCluster,
+    identity: &Identity,
+) -> (quinn::Endpoint, quinn::SendStream, quinn::RecvStream) {
+    let endpoint = tls::endpoint(
+        "127.0.0.1:0".parse().unwrap(),
+        identity,
+        Arc::new(cluster.membership().clone()),
+    )
+    .unwrap();
+    let (conn, _) = tls::connect(&endpoint, cluster.peer(0).unwrap().addr())
+        .await
+        .unwrap();
+    let (send, recv) = conn.open_bi().await.unwrap();
+    (endpoint, send, recv)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_oversized_and_abandoned_requests_leave_the_peer_healthy() {
+    let cluster = LocalCluster::start(6, 3).await.unwrap();
+    let me = Identity::generate(Role::Department);
+    cluster.membership().add(me.public());
+
+    // Garbage header.
+    let (_ep, mut send, mut recv) = raw_stream(&cluster, &me).await;
+    send.write_all(&[5, 0, 0, 0, 0xff, 0xfe, 0xfd, 0xfc, 0xfb])
+        .await
+        .unwrap();
+    send.finish().unwrap();
+    let resp: Response = proto::read_frame(&mut recv).await.unwrap();
+    assert!(
+        matches!(
+            resp,
+            Response::Error {
+                code: ErrorCode::Malformed,
+                ..
+            }
+        ),
+        "{resp:?}"
+    );
+
+    // A frame length over the limit.
+    let (_ep, mut send, mut recv) = raw_stream(&cluster, &me).await;
+    send.write_all(&u32::MAX.to_le_bytes()).await.unwrap();
+    let resp: Response = proto::read_frame(&mut recv).await.unwrap();
+    assert!(
+        matches!(
+            resp,
+            Response::Error {
+                code: ErrorCode::TooLarge,
+                ..
+            }
+        ),
+        "{resp:?}"
+    );
+
+    // A shard body over the limit.
+    let (_ep, mut send, mut recv) = raw_stream(&cluster, &me).await;
+    let id = ShardId::of(b"x");
+    proto::write_frame(&mut send, &Request::PutShard { id, len: u64::MAX })
+        .await
+        .unwrap();
+    let resp: Response = proto::read_frame(&mut recv).await.unwrap();
+    assert!(
+        matches!(
+            resp,
+            Response::Error {
+                code: ErrorCode::TooLarge,
+                ..
+            }
+        ),
+        "{resp:?}"
+    );
+
+    // A body that does not match its id.
+    let (_ep, mut send, mut recv) = raw_stream(&cluster, &me).await;
+    proto::write_frame(&mut send, &Request::PutShard { id, len: 3 })
+        .await
+        .unwrap();
+    send.write_all(b"abc").await.unwrap();
+    send.finish().unwrap();
+    let resp: Response = proto::read_frame(&mut recv).await.unwrap();
+    assert!(
+        matches!(
+            resp,
+            Response::Error {
+                code: ErrorCode::HashMismatch,
+                ..
+            }
+        ),
+        "{resp:?}"
+    );
+
+    // A client that vanishes halfway through a body.
+    let body = data(100_000, 3);
+    let (ep, mut send, _recv) = raw_stream(&cluster, &me).await;
+    proto::write_frame(
+        &mut send,
+        &Request::PutShard {
+            id: ShardId::of(&body),
+            len: body.len() as u64,
+        },
+    )
+    .await
+    .unwrap();
+    send.write_all(&body[..50_000]).await.unwrap();
+    ep.close(0u32.into(), b"gone");
+    drop(ep);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let store = cluster.peer(0).unwrap().store();
+    assert_eq!(store.usage().unwrap().shards, 0, "nothing was stored");
+    assert!(!store.has(&ShardId::of(&body)).unwrap());
+
+    // The peer still serves everyone else.
+    let client = cluster.client(options()).unwrap();
+    let bytes = data(300 << 10, 4);
+    let receipt = put(&client, &bytes).await.unwrap();
+    assert_eq!(
+        get(&client, &receipt.id, &receipt.key).await.unwrap().0,
+        bytes
+    );
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_killed_mid_put_never_leaves_an_unreadable_document() {
+    for quorum in [None, Some(5)] {
+        let mut cluster = LocalCluster::start(6, 3).await.unwrap();
+        let client = cluster
+            .client(dangan::client::ClientOptions {
+                write_quorum: quorum,
+                stripes_in_flight: 1,
+                ..options()
+            })
+            .unwrap();
+        let bytes = data(8 << 20, 21);
+        let put_task = {
+            let client = client.clone();
+            let bytes = bytes.clone();
+            tokio::spawn(async move { put(&client, &bytes).await })
+        };
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        cluster.stop_peer(2).await.unwrap();
+        match put_task.await.unwrap() {
+            Ok(receipt) => {
+                let (out, _) = get(&client, &receipt.id, &receipt.key).await.unwrap();
+                assert_eq!(out, bytes, "quorum {quorum:?}");
+            }
+            Err(e) => {
+                assert!(
+                    quorum.is_none(),
+                    "with quorum 5 of 6 the put must succeed: {e}"
+                );
+                assert!(
+                    matches!(e, ClientError::StripeNotStored { .. }),
+                    "a clean, named failure: {e}"
+                );
+            }
+        }
+        cluster.shutdown().await;
+    }
+}
