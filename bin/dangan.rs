@@ -5,6 +5,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -113,6 +116,19 @@ fn parse_role(s: &str) -> Result<Role, String> {
 
 #[derive(Subcommand)]
 enum BenchCommand {
+    /// A local cluster: large put/get throughput against the QUIC transport floor,
+    /// certificate latency, peak memory.
+    Cluster {
+        /// Size of the large document, MiB (streamed, never held in memory).
+        #[arg(long, default_value_t = 256)]
+        size_mib: u64,
+        /// Certificates to put and get.
+        #[arg(long, default_value_t = 500)]
+        certificates: usize,
+        /// Certificates in flight at once.
+        #[arg(long, default_value_t = 16)]
+        in_flight: usize,
+    },
     /// Each codec stage alone on one core, then whole encode and decode.
     Codec {
         /// Document size in MiB.
@@ -177,6 +193,20 @@ fn main() -> Result<()> {
             peers,
             base_port,
         } => local_config(&dir, peers, base_port),
+        Command::Bench(BenchCommand::Cluster {
+            size_mib,
+            certificates,
+            in_flight,
+        }) => {
+            let report = runtime()?.block_on(bench::cluster(bench::ClusterBenchOptions {
+                document: size_mib << 20,
+                certificates,
+                in_flight,
+                ..bench::ClusterBenchOptions::default()
+            }))?;
+            println!("{report}");
+            Ok(())
+        }
         command => runtime()?.block_on(run_async(command)),
     }
 }

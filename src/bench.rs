@@ -6,6 +6,7 @@
 
 use std::fmt;
 use std::io::{Cursor, Write};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -251,5 +252,318 @@ pub fn codec(options: CodecBenchOptions) -> Result<CodecBenchReport, CodecError>
             decode_degraded_n,
         ),
         options,
+    })
+}
+
+/// A deterministic document of any size generated on the fly (never held in memory): a
+/// random 1 MiB block with the block number written into its first 8 bytes.
+pub struct SampleStream {
+    block: Vec<u8>,
+    size: u64,
+    pos: u64,
+}
+
+impl SampleStream {
+    pub fn new(size: u64, seed: u64) -> Self {
+        Self {
+            block: sample_data(1 << 20, seed),
+            size,
+            pos: 0,
+        }
+    }
+
+    /// Fills `out` with the bytes at the current position and advances.
+    fn fill(&mut self, out: &mut [u8]) -> usize {
+        let n = (out.len() as u64).min(self.size - self.pos) as usize;
+        let mut done = 0;
+        while done < n {
+            let pos = self.pos + done as u64;
+            let block_no = pos >> 20;
+            let off = (pos & ((1 << 20) - 1)) as usize;
+            let take = (n - done).min((1 << 20) - off);
+            let dst = &mut out[done..done + take];
+            dst.copy_from_slice(&self.block[off..off + take]);
+            // Stamp the block number over bytes 0..8 of each block.
+            let stamp = block_no.to_le_bytes();
+            for (i, b) in dst.iter_mut().enumerate().take(8usize.saturating_sub(off)) {
+                *b ^= stamp[off + i];
+            }
+            done += take;
+        }
+        self.pos += n as u64;
+        n
+    }
+}
+
+impl tokio::io::AsyncRead for SampleStream {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let n = self.fill(buf.initialize_unfilled());
+        buf.advance(n);
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+/// Checks written bytes against a [`SampleStream`] as they arrive, holding nothing.
+pub struct SampleCheck {
+    expected: SampleStream,
+    scratch: Vec<u8>,
+    mismatch: bool,
+}
+
+impl SampleCheck {
+    pub fn new(size: u64, seed: u64) -> Self {
+        Self {
+            expected: SampleStream::new(size, seed),
+            scratch: Vec::new(),
+            mismatch: false,
+        }
+    }
+
+    /// Whether exactly the expected bytes were written.
+    pub fn matched(&self) -> bool {
+        !self.mismatch && self.expected.pos == self.expected.size
+    }
+}
+
+impl tokio::io::AsyncWrite for SampleCheck {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let this = &mut *self;
+        this.scratch.resize(buf.len(), 0);
+        let n = this.expected.fill(&mut this.scratch);
+        if n != buf.len() || this.scratch[..] != *buf {
+            this.mismatch = true;
+        }
+        std::task::Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+/// Peak resident memory of this process so far (VmHWM), in bytes, where the OS reports it.
+pub fn peak_rss() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// What `dangan bench cluster` measures.
+#[derive(Debug, Clone)]
+pub struct ClusterBenchOptions {
+    pub peers: usize,
+    pub document: u64,
+    pub certificates: usize,
+    pub certificate_size: usize,
+    pub in_flight: usize,
+}
+
+impl Default for ClusterBenchOptions {
+    fn default() -> Self {
+        Self {
+            peers: 6,
+            document: 256 << 20,
+            certificates: 500,
+            certificate_size: 50 << 10,
+            in_flight: 16,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Latency {
+    pub p50: Duration,
+    pub p99: Duration,
+    pub per_second: f64,
+}
+
+fn latency(mut times: Vec<Duration>, wall: Duration) -> Latency {
+    times.sort();
+    let at = |q: f64| times[((times.len() as f64 * q) as usize).min(times.len() - 1)];
+    Latency {
+        p50: at(0.50),
+        p99: at(0.99),
+        per_second: times.len() as f64 / wall.as_secs_f64(),
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ClusterBenchReport {
+    pub options: ClusterBenchOptions,
+    pub transport_floor_mb_s: f64,
+    pub put: Figure,
+    pub get: Figure,
+    pub cert_put: Latency,
+    pub cert_get: Latency,
+    pub peak_rss: Option<u64>,
+}
+
+impl fmt::Display for ClusterBenchReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let o = &self.options;
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        writeln!(
+            f,
+            "cluster benchmark: {} peers on 127.0.0.1 in this process (QUIC + mutual TLS, redb)",
+            o.peers
+        )?;
+        writeln!(
+            f,
+            "transport floor (one quinn connection, same settings): {:>8.0} MB/s",
+            self.transport_floor_mb_s
+        )?;
+        for (name, fig) in [("put", &self.put), ("get", &self.get)] {
+            writeln!(
+                f,
+                "{name} {:>5} MiB document: {:>8.0} MB/s = {:.2} of the transport floor (target >= {})",
+                o.document >> 20,
+                fig.mb_per_s(),
+                fig.mb_per_s() / self.transport_floor_mb_s,
+                if name == "put" { "0.30" } else { "0.40" }
+            )?;
+        }
+        for (name, l) in [("put", &self.cert_put), ("get", &self.cert_get)] {
+            writeln!(
+                f,
+                "{name} {} KiB certificates, {} in flight: p50 {:.2} ms, p99 {:.2} ms, {:.0} documents/s{}",
+                o.certificate_size >> 10,
+                o.in_flight,
+                ms(l.p50),
+                ms(l.p99),
+                l.per_second,
+                if name == "put" {
+                    " (target p99 < 10 ms)"
+                } else {
+                    ""
+                }
+            )?;
+        }
+        match self.peak_rss {
+            Some(rss) => write!(f, "peak RSS of the process: {} MiB", rss >> 20),
+            None => write!(f, "peak RSS of the process: not reported by this OS"),
+        }
+    }
+}
+
+/// Runs the cluster benchmark on a [`crate::demo::LocalCluster`].
+pub async fn cluster(
+    options: ClusterBenchOptions,
+) -> Result<ClusterBenchReport, crate::demo::DemoError> {
+    use crate::client::ClientOptions;
+    use crate::demo::{DemoError, LocalCluster};
+
+    let floor = crate::tls::measure_transport_floor(256 << 20)
+        .await
+        .map_err(|e| DemoError::Check(format!("transport floor: {e}")))?;
+    let cluster = LocalCluster::start(options.peers, 3).await?;
+    let client = cluster.client(ClientOptions::default())?;
+    let info = || DocumentInfo {
+        department: "bench".into(),
+        document_type: "bench".into(),
+        created_at_ms: None,
+    };
+
+    let size = options.document;
+    let start = Instant::now();
+    let receipt = client
+        .put(SampleStream::new(size, 3), Some(size), info(), &|_, _| {})
+        .await?;
+    let put = figure("put", size as usize, start.elapsed());
+    let mut check = SampleCheck::new(size, 3);
+    let start = Instant::now();
+    client
+        .get(&receipt.id, &receipt.key, &mut check, &|_, _| {})
+        .await?;
+    let get = figure("get", size as usize, start.elapsed());
+    if !check.matched() {
+        return Err(DemoError::Check("the document read back differs".into()));
+    }
+
+    // Certificates: `in_flight` workers, each putting then getting its share.
+    let cert = Arc::new(sample_data(options.certificate_size, 9));
+    let per_worker = options.certificates.div_ceil(options.in_flight.max(1));
+    let run = |phase_get: bool, ids: Arc<Vec<(crate::id::DocumentId, DataKey)>>| {
+        let client = client.clone();
+        let cert = cert.clone();
+        async move {
+            let mut tasks = tokio::task::JoinSet::new();
+            for w in 0..options.in_flight.max(1) {
+                let (client, cert, ids) = (client.clone(), cert.clone(), ids.clone());
+                tasks.spawn(async move {
+                    let mut times = Vec::new();
+                    let mut made = Vec::new();
+                    for i in 0..per_worker {
+                        let t = Instant::now();
+                        if phase_get {
+                            let Some((id, key)) = ids.get(w * per_worker + i) else {
+                                break;
+                            };
+                            let mut out = Vec::new();
+                            client.get(id, key, &mut out, &|_, _| {}).await?;
+                            if out != *cert {
+                                return Err(DemoError::Check("certificate differs".into()));
+                            }
+                        } else {
+                            let r = client
+                                .put(
+                                    std::io::Cursor::new(cert.as_ref().clone()),
+                                    None,
+                                    info(),
+                                    &|_, _| {},
+                                )
+                                .await?;
+                            made.push((r.id, r.key));
+                        }
+                        times.push(t.elapsed());
+                    }
+                    Ok::<_, DemoError>((times, made))
+                });
+            }
+            let mut times = Vec::new();
+            let mut made = Vec::new();
+            while let Some(res) = tasks.join_next().await {
+                let (t, m) = res.map_err(|e| DemoError::Check(e.to_string()))??;
+                times.extend(t);
+                made.extend(m);
+            }
+            Ok::<_, DemoError>((times, made))
+        }
+    };
+    let start = Instant::now();
+    let (times, made) = run(false, Arc::new(Vec::new())).await?;
+    let cert_put = latency(times, start.elapsed());
+    let start = Instant::now();
+    let (times, _) = run(true, Arc::new(made)).await?;
+    let cert_get = latency(times, start.elapsed());
+
+    client.close().await;
+    cluster.shutdown().await;
+    Ok(ClusterBenchReport {
+        options,
+        transport_floor_mb_s: floor,
+        put,
+        get,
+        cert_put,
+        cert_get,
+        peak_rss: peak_rss(),
     })
 }

@@ -140,7 +140,8 @@ impl StripeCodec {
             return Err(CodecError::TooLarge(g.first_segment + g.segments));
         }
         let mut buf = chunk.buf;
-        buf.truncate(k * shard_len);
+        // Room for the tags and zero padding up to k whole shards.
+        buf.resize(k * shard_len, 0);
         let plain_len = g.plain_len as usize;
         let last_segment = g.segments as usize - 1;
         buf[..g.cipher_len as usize]
@@ -308,15 +309,17 @@ impl<R: Read> StripeReader<R> {
         self.offset
     }
 
-    /// Reads one stripe's worth of plaintext into a fresh buffer at the sealed stride.
+    /// Reads one stripe's worth of plaintext into a fresh buffer at the sealed stride. The
+    /// buffer grows segment by segment, so a small document costs only its own size.
     fn fill(&mut self) -> Result<(Vec<u8>, usize), CodecError> {
         let k = usize::from(self.params.k);
         let full = k * self.params.full_shard_len() as usize;
         let seg = self.params.segment_size as usize;
         let sealed = self.params.sealed_segment_len() as usize;
-        let mut buf = vec![0u8; full];
+        let mut buf = Vec::with_capacity(full);
         let mut total = 0;
         for j in 0..self.params.segments_per_stripe as usize {
+            buf.resize(j * sealed + seg, 0);
             let n = read_full(&mut self.reader, &mut buf[j * sealed..j * sealed + seg])
                 .map_err(CodecError::Read)?;
             total += n;

@@ -9,6 +9,10 @@ use reed_solomon_erasure::galois_8::ReedSolomon;
 /// Largest k + m that GF(2^8) Reed-Solomon supports.
 pub const MAX_TOTAL_SHARDS: usize = 256;
 
+/// Bytes of each shard coded at a time, so that k + m column slices stay in L2 cache.
+/// Coding whole 1 MiB shards at once streams through memory and runs at a fifth the speed.
+const COLUMN_CHUNK: usize = 32 << 10;
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ErasureError {
@@ -59,28 +63,62 @@ impl Erasure {
         let len = data.first().map_or(0, |d| d.len());
         let mut parity = vec![vec![0u8; len]; self.m];
         if let Some(rs) = &self.rs {
-            rs.encode_sep(data, &mut parity)
-                .map_err(|e| ErasureError::Coding(format!("{e:?}")))?;
+            // Code column slices that stay in cache instead of whole shards: the bytes at one
+            // offset of every shard form one independent codeword.
+            for start in (0..len).step_by(COLUMN_CHUNK) {
+                let end = (start + COLUMN_CHUNK).min(len);
+                let d: Vec<&[u8]> = data.iter().map(|s| &s[start..end]).collect();
+                let mut p: Vec<&mut [u8]> = parity.iter_mut().map(|s| &mut s[start..end]).collect();
+                rs.encode_sep(&d, &mut p)
+                    .map_err(|e| ErasureError::Coding(format!("{e:?}")))?;
+            }
         }
         Ok(parity)
     }
 
     /// Fills in every missing data shard from any k present shards. Parity shards that are
-    /// missing stay missing. `shards` holds k + m entries.
+    /// missing stay missing. `shards` holds k + m entries of one length.
     pub fn reconstruct_data(&self, shards: &mut [Option<Vec<u8>>]) -> Result<(), ErasureError> {
-        let present = shards.iter().filter(|s| s.is_some()).count();
-        if shards[..self.k].iter().all(Option::is_some) {
+        let present: Vec<bool> = shards.iter().map(Option::is_some).collect();
+        let count = present.iter().filter(|p| **p).count();
+        if present[..self.k].iter().all(|p| *p) {
             return Ok(());
         }
-        if present < self.k {
-            return Err(ErasureError::TooFewShards { present, k: self.k });
+        if count < self.k {
+            return Err(ErasureError::TooFewShards {
+                present: count,
+                k: self.k,
+            });
         }
-        let rs = self
-            .rs
-            .as_ref()
-            .ok_or(ErasureError::TooFewShards { present, k: self.k })?;
-        rs.reconstruct_data(shards)
-            .map_err(|e| ErasureError::Coding(format!("{e:?}")))
+        let rs = self.rs.as_ref().ok_or(ErasureError::TooFewShards {
+            present: count,
+            k: self.k,
+        })?;
+        let len = shards.iter().flatten().map(Vec::len).next().unwrap_or(0);
+        if shards.iter().flatten().any(|s| s.len() != len) {
+            return Err(ErasureError::Coding("shards differ in length".into()));
+        }
+        let mut bufs: Vec<Vec<u8>> = shards
+            .iter_mut()
+            .map(|s| s.take().unwrap_or_else(|| vec![0u8; len]))
+            .collect();
+        for start in (0..len).step_by(COLUMN_CHUNK) {
+            let end = (start + COLUMN_CHUNK).min(len);
+            let mut cols: Vec<(&mut [u8], bool)> = bufs
+                .iter_mut()
+                .zip(&present)
+                .map(|(b, p)| (&mut b[start..end], *p))
+                .collect();
+            rs.reconstruct_data(&mut cols)
+                .map_err(|e| ErasureError::Coding(format!("{e:?}")))?;
+        }
+        for (i, (slot, buf)) in shards.iter_mut().zip(bufs).enumerate() {
+            // Data shards are all rebuilt now; parity that was missing stays missing.
+            if i < self.k || present[i] {
+                *slot = Some(buf);
+            }
+        }
+        Ok(())
     }
 }
 

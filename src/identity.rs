@@ -186,7 +186,8 @@ impl PublicId {
         let path = path.as_ref();
         let text = read_small(path)?;
         let trimmed = text.trim();
-        if trimmed.starts_with(PUBLIC_ID_PREFIX) && !trimmed.contains('\n') {
+        // Key files are TOML and always contain `=`; anything else is a `.pub` file.
+        if !trimmed.contains('=') {
             return trimmed
                 .parse()
                 .map_err(|e: IdentityError| IdentityError::BadPublicIdFile {
@@ -664,6 +665,15 @@ mod tests {
             assert!(msg.contains(name), "{name}: message lacks the path: {msg}");
             assert!(PublicId::load(&path).is_err(), "{name}");
         }
+        let bad_pub = dir.path().join("bad.pub");
+        fs::write(&bad_pub, "dgn1abc\n").unwrap();
+        let err = PublicId::load(&bad_pub).unwrap_err();
+        assert!(
+            matches!(err, IdentityError::BadPublicIdFile { .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("bad.pub"), "{err}");
+
         let missing = Identity::load(dir.path().join("missing")).unwrap_err();
         assert!(matches!(missing, IdentityError::Io { .. }), "{missing}");
 

@@ -24,12 +24,11 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
-use crate::id::ShardId;
 use crate::identity::{Identity, PublicId};
 use crate::proto::{
     self, ErrorCode, MAX_LIST, MAX_MANIFEST_BODY, MAX_SHARD_BODY, ProtoError, Request, Response,
 };
-use crate::store::{PutOutcome, ShardStore, StoreError};
+use crate::store::{Prepared, PutOutcome, ShardStore, StoreError};
 use crate::tls::{self, TrustPolicy};
 
 /// Limits that keep one slow or hostile client from exhausting a peer.
@@ -88,7 +87,13 @@ struct State {
     stats: Arc<PeerStats>,
 }
 
-type CommitJob = (ShardId, Bytes, oneshot::Sender<Result<PutOutcome, String>>);
+/// One durable write waiting for the committer: a prepared shard or a manifest record.
+enum Pending {
+    Shard(Prepared),
+    Record([u8; 32], Bytes),
+}
+
+type CommitJob = (Pending, oneshot::Sender<Result<PutOutcome, String>>);
 
 /// A running peer. Dropping the handle does not stop it; call [`PeerHandle::shutdown`].
 pub struct PeerHandle {
@@ -165,7 +170,8 @@ pub async fn start(
     })
 }
 
-/// Group commit: one thread drains every put waiting and commits them in one transaction.
+/// Group commit: one thread drains every durable write waiting (shards already prepared,
+/// their large bodies on disk; manifest records) and commits them in one transaction.
 fn spawn_committer(
     store: Arc<ShardStore>,
     batch: usize,
@@ -183,21 +189,41 @@ fn spawn_committer(
                         Err(_) => break,
                     }
                 }
-                let items: Vec<(ShardId, &[u8])> =
-                    jobs.iter().map(|(id, b, _)| (*id, b.as_ref())).collect();
-                match store.put_batch(&items) {
-                    Ok(outcomes) => {
+                let mut shards = Vec::new();
+                let mut records = Vec::new();
+                let mut shard_replies = Vec::new();
+                let mut record_replies = Vec::new();
+                for (pending, reply) in jobs {
+                    match pending {
+                        Pending::Shard(p) => {
+                            shards.push(p);
+                            shard_replies.push(reply);
+                        }
+                        Pending::Record(key, bytes) => {
+                            records.push((key, bytes));
+                            record_replies.push(reply);
+                        }
+                    }
+                }
+                let record_refs: Vec<([u8; 32], &[u8])> =
+                    records.iter().map(|(k, b)| (*k, b.as_ref())).collect();
+                match store.commit(&shards, &record_refs) {
+                    Ok((shard_outcomes, record_outcomes)) => {
                         stats
                             .shards_stored
-                            .fetch_add(jobs.len() as u64, Ordering::Relaxed);
-                        for ((_, _, reply), outcome) in jobs.into_iter().zip(outcomes) {
+                            .fetch_add(shards.len() as u64, Ordering::Relaxed);
+                        for (reply, outcome) in shard_replies
+                            .into_iter()
+                            .zip(shard_outcomes)
+                            .chain(record_replies.into_iter().zip(record_outcomes))
+                        {
                             let _ = reply.send(Ok(outcome));
                         }
                     }
                     Err(e) => {
-                        warn!(error = %e, shards = jobs.len(), "durable commit failed");
+                        warn!(error = %e, writes = shards.len() + records.len(), "durable commit failed");
                         let msg = e.to_string();
-                        for (_, _, reply) in jobs {
+                        for reply in shard_replies.into_iter().chain(record_replies) {
                             let _ = reply.send(Err(msg.clone()));
                         }
                     }
@@ -206,6 +232,19 @@ fn spawn_committer(
         })
         .expect("spawning the commit thread");
     tx
+}
+
+/// Queues a durable write and waits for its group commit.
+async fn commit(state: &State, pending: Pending) -> Response {
+    let (tx, rx) = oneshot::channel();
+    if state.committer.send((pending, tx)).is_err() {
+        return error(ErrorCode::Internal, "commit thread stopped");
+    }
+    match rx.await {
+        Ok(Ok(outcome)) => Response::Stored(outcome),
+        Ok(Err(msg)) => error(ErrorCode::Internal, msg),
+        Err(_) => error(ErrorCode::Internal, "commit thread stopped"),
+    }
 }
 
 async fn accept_loop(endpoint: quinn::Endpoint, state: Arc<State>) {
@@ -339,20 +378,13 @@ async fn handle(
                 return answer(send, &error(ErrorCode::TooLarge, e.to_string()), None).await;
             }
             let body = Bytes::from(proto::read_body(recv, len).await?);
-            let checked = body.clone();
-            if !blocking(move || id.verifies(&checked)).await {
-                state.stats.refused.fetch_add(1, Ordering::Relaxed);
-                let msg = format!("body does not hash to shard {id}");
-                return answer(send, &error(ErrorCode::HashMismatch, msg), None).await;
-            }
-            let (tx, rx) = oneshot::channel();
-            let resp = if state.committer.send((id, body, tx)).is_err() {
-                error(ErrorCode::Internal, "commit thread stopped")
-            } else {
-                match rx.await {
-                    Ok(Ok(outcome)) => Response::Stored(outcome),
-                    Ok(Err(msg)) => error(ErrorCode::Internal, msg),
-                    Err(_) => error(ErrorCode::Internal, "commit thread stopped"),
+            // Hash check and, for large shards, the durable body write run here, in parallel
+            // with other requests; only the small redb commit is shared.
+            let resp = match blocking(move || store.prepare(&id, body)).await {
+                Ok(prepared) => commit(state, Pending::Shard(prepared)).await,
+                Err(e) => {
+                    state.stats.refused.fetch_add(1, Ordering::Relaxed);
+                    store_error(state, e)
                 }
             };
             answer(send, &resp, None).await
@@ -403,9 +435,14 @@ async fn handle(
                 return answer(send, &error(ErrorCode::TooLarge, e.to_string()), None).await;
             }
             let body = proto::read_body(recv, len).await?;
-            let resp = match blocking(move || store.put_blob(&id.0, &body)).await {
-                Ok(outcome) => Response::Stored(outcome),
-                Err(e) => store_error(state, e),
+            let resp = if id.verifies(&body) {
+                commit(state, Pending::Record(id.0, Bytes::from(body))).await
+            } else {
+                state.stats.refused.fetch_add(1, Ordering::Relaxed);
+                error(
+                    ErrorCode::HashMismatch,
+                    format!("manifest body does not hash to {id}"),
+                )
             };
             answer(send, &resp, None).await
         }

@@ -74,6 +74,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
+use bytes::Bytes;
 use redb::{
     Database, Durability, ReadableDatabase, ReadableTable, Table, TableDefinition, TableHandle,
 };
@@ -177,6 +178,19 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
     move |source| StoreError::Io {
         path: path.to_path_buf(),
         source,
+    }
+}
+
+/// A shard checked and, if large, durably written, waiting for [`ShardStore::commit`].
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    id: ShardId,
+    bytes: Bytes,
+}
+
+impl Prepared {
+    pub fn id(&self) -> &ShardId {
+        &self.id
     }
 }
 
@@ -313,10 +327,7 @@ impl ShardStore {
         let body_dir = dir.join(BODY_DIR);
         let tmp_dir = body_dir.join(TMP_DIR);
         fs::create_dir_all(&tmp_dir).map_err(io_err(&tmp_dir))?;
-        for b in 0..=255u8 {
-            let sub = body_dir.join(hex::encode([b]));
-            fs::create_dir_all(&sub).map_err(io_err(&sub))?;
-        }
+        // The 256 sub-directories of `blobs/` are made on first use (see write_body_file).
         sync_dir(&body_dir)?;
         sync_dir(dir)?;
 
@@ -353,47 +364,60 @@ impl ShardStore {
     /// All hashes are checked first: one mismatch refuses the whole batch and changes nothing.
     /// The same id may appear twice: the first is `Stored`, the second `AlreadyPresent`.
     pub fn put_batch(&self, items: &[(ShardId, &[u8])]) -> Result<Vec<PutOutcome>, StoreError> {
-        if items.is_empty() {
-            return Ok(Vec::new());
-        }
         for (id, bytes) in items {
             if !id.verifies(bytes) {
                 return Err(StoreError::HashMismatch { id: *id });
             }
         }
-        let _guards = self.lock_ids(items.iter().map(|(id, _)| id));
+        let prepared = items
+            .iter()
+            .map(|(id, bytes)| self.prepare(id, Bytes::copy_from_slice(bytes)))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(self.commit(&prepared, &[])?.0)
+    }
 
-        // Large bodies not yet present are written (and made durable) before the
-        // transaction. The stripe locks keep the presence check valid until commit.
-        let mut written: Vec<ShardId> = Vec::new();
-        {
-            let large: Vec<&(ShardId, &[u8])> = items
-                .iter()
-                .filter(|(_, b)| b.len() > self.inline_max)
-                .collect();
-            if !large.is_empty() {
-                let txn = self.db.begin_read()?;
-                let shards = txn.open_table(SHARDS)?;
-                for (id, bytes) in large {
-                    if written.contains(id) || shards.get(&id.0)?.is_some() {
-                        continue;
-                    }
-                    self.write_body_file(id, bytes)?;
-                    written.push(*id);
-                }
+    /// First half of a put, safe to run on many threads at once: checks the hash and, for a
+    /// large body not stored yet, writes its file durably. Nothing is visible until
+    /// [`commit`](Self::commit); a prepared body that is never committed is an orphan that
+    /// the next `open` removes.
+    pub fn prepare(&self, id: &ShardId, bytes: Bytes) -> Result<Prepared, StoreError> {
+        if !id.verifies(&bytes) {
+            return Err(StoreError::HashMismatch { id: *id });
+        }
+        if bytes.len() > self.inline_max && !self.body_path(id).exists() {
+            self.write_body_file(id, &bytes)?;
+        }
+        Ok(Prepared { id: *id, bytes })
+    }
+
+    /// Second half of a put: ONE durable redb transaction for all `shards` (each from
+    /// [`prepare`](Self::prepare)) and all `blobs` (replicated records keyed by their BLAKE3
+    /// hash; idempotent). Returns the outcome of each shard and each blob, in order.
+    pub fn commit(
+        &self,
+        shards: &[Prepared],
+        blobs: &[([u8; 32], &[u8])],
+    ) -> Result<(Vec<PutOutcome>, Vec<PutOutcome>), StoreError> {
+        for (key, bytes) in blobs {
+            if !ShardId(*key).verifies(bytes) {
+                return Err(StoreError::BlobHashMismatch { key: *key });
             }
         }
-
+        if shards.is_empty() && blobs.is_empty() {
+            return Ok((Vec::new(), Vec::new()));
+        }
+        let _guards = self.lock_ids(shards.iter().map(|p| &p.id));
         let mut txn = self.db.begin_write()?;
         txn.set_durability(Durability::Immediate)?;
-        let mut outcomes = Vec::with_capacity(items.len());
+        let mut outcomes = Vec::with_capacity(shards.len());
+        let mut blob_outcomes = Vec::with_capacity(blobs.len());
         {
-            let mut shards = txn.open_table(SHARDS)?;
+            let mut table = txn.open_table(SHARDS)?;
             let mut inline = txn.open_table(INLINE)?;
             let mut meta = txn.open_table(META)?;
             let mut usage = read_usage(&meta)?;
-            for (id, bytes) in items {
-                let existing = match shards.get(&id.0)? {
+            for Prepared { id, bytes } in shards {
+                let existing = match table.get(&id.0)? {
                     Some(v) => Some(decode_shard(v.value())?),
                     None => None,
                 };
@@ -404,18 +428,15 @@ impl ShardStore {
                     }
                     None => {
                         let body = if bytes.len() > self.inline_max {
-                            if !written.contains(id) {
-                                // Cannot happen while every mutation takes the stripe lock.
-                                return Err(StoreError::Record {
-                                    what: "shard",
-                                    detail: format!(
-                                        "internal: body file of {id} was not written before commit"
-                                    ),
-                                });
+                            // A delete racing between prepare and this commit may have
+                            // unlinked the file (same content, same name): write it again.
+                            // The stripe locks hold off further deletes until commit.
+                            if !self.body_path(id).exists() {
+                                self.write_body_file(id, bytes)?;
                             }
                             BodyLocation::File
                         } else {
-                            inline.insert(&id.0, *bytes)?;
+                            inline.insert(&id.0, bytes.as_ref())?;
                             BodyLocation::Inline
                         };
                         usage.shards += 1;
@@ -429,15 +450,24 @@ impl ShardStore {
                         (rec, PutOutcome::Stored)
                     }
                 };
-                shards.insert(&id.0, encode("shard", &rec)?.as_slice())?;
+                table.insert(&id.0, encode("shard", &rec)?.as_slice())?;
                 outcomes.push(outcome);
             }
             write_usage(&mut meta, &usage)?;
+            let mut records = txn.open_table(BLOBS)?;
+            for (key, bytes) in blobs {
+                if records.get(key)?.is_some() {
+                    blob_outcomes.push(PutOutcome::AlreadyPresent);
+                } else {
+                    records.insert(key, *bytes)?;
+                    blob_outcomes.push(PutOutcome::Stored);
+                }
+            }
         }
         // If the commit fails, body files written above stay as orphans; the next `open`
         // removes them. Unlinking them here could race an ambiguous (durable) commit.
         txn.commit()?;
-        Ok(outcomes)
+        Ok((outcomes, blob_outcomes))
     }
 
     /// The bytes of `id`, re-hashed: `Ok(None)` if absent, [`StoreError::Corrupt`] if the
@@ -625,26 +655,8 @@ impl ShardStore {
     /// Stores a small record (a manifest) under `key` = BLAKE3(bytes), durably. Idempotent:
     /// storing it again is `AlreadyPresent`; records have no refcount.
     pub fn put_blob(&self, key: &[u8; 32], bytes: &[u8]) -> Result<PutOutcome, StoreError> {
-        if !ShardId(*key).verifies(bytes) {
-            return Err(StoreError::BlobHashMismatch { key: *key });
-        }
-        let mut txn = self.db.begin_write()?;
-        txn.set_durability(Durability::Immediate)?;
-        let outcome = {
-            let mut blobs = txn.open_table(BLOBS)?;
-            if blobs.get(key)?.is_some() {
-                PutOutcome::AlreadyPresent
-            } else {
-                blobs.insert(key, bytes)?;
-                PutOutcome::Stored
-            }
-        };
-        if outcome == PutOutcome::Stored {
-            txn.commit()?;
-        } else {
-            txn.abort()?;
-        }
-        Ok(outcome)
+        let (_, mut outcomes) = self.commit(&[], &[(*key, bytes)])?;
+        Ok(outcomes.pop().unwrap_or(PutOutcome::AlreadyPresent))
     }
 
     /// The record under `key`, re-hashed ([`StoreError::CorruptBlob`] on mismatch).
@@ -778,8 +790,17 @@ impl ShardStore {
             f.sync_data().map_err(io_err(&tmp))?;
             drop(f);
             let path = self.body_path(id);
-            fs::rename(&tmp, &path).map_err(io_err(&path))?;
-            sync_dir(path.parent().unwrap_or(&self.body_dir))
+            let parent = path.parent().unwrap_or(&self.body_dir);
+            if let Err(e) = fs::rename(&tmp, &path) {
+                if e.kind() != io::ErrorKind::NotFound || parent.exists() {
+                    return Err(io_err(&path)(e));
+                }
+                // First body in this sub-directory: make it durable, then move in.
+                fs::create_dir_all(parent).map_err(io_err(parent))?;
+                sync_dir(&self.body_dir)?;
+                fs::rename(&tmp, &path).map_err(io_err(&path))?;
+            }
+            sync_dir(parent)
         })();
         if result.is_err() {
             let _ = fs::remove_file(&tmp);
@@ -802,7 +823,13 @@ impl ShardStore {
         let mut unknown = 0u64;
         for b in 0..=255u8 {
             let sub = self.body_dir.join(hex::encode([b]));
-            for entry in fs::read_dir(&sub).map_err(io_err(&sub))? {
+            let entries = match fs::read_dir(&sub) {
+                Ok(entries) => entries,
+                // Sub-directories are made on first use.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io_err(&sub)(e)),
+            };
+            for entry in entries {
                 let entry = entry.map_err(io_err(&sub))?;
                 let path = entry.path();
                 let id = entry
@@ -1099,9 +1126,11 @@ mod tests {
             let s = ShardStore::open(dir.path()).unwrap();
             s.put(&kept_id, &kept).unwrap();
             let orphan_path = s.body_path(&orphan_id);
+            fs::create_dir_all(orphan_path.parent().unwrap()).unwrap();
             fs::write(&orphan_path, &orphan).unwrap();
             let tmp_path = s.tmp_dir.join("half-written.tmp");
             fs::write(&tmp_path, b"junk").unwrap();
+            fs::create_dir_all(s.body_dir.join("00")).unwrap();
             let stray_path = s.body_dir.join("00").join("README");
             fs::write(&stray_path, b"not ours").unwrap();
             (orphan_path, tmp_path, stray_path)

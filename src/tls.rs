@@ -537,7 +537,7 @@ pub fn client_config(
     client_config_with(identity, trust, transport_config())
 }
 
-/// How an endpoint is built; [`Tuning::dangan`] is what [`endpoint`] uses, the others exist
+/// How an endpoint is built; [`Tuning::DANGAN`] is what [`endpoint`] uses, the others exist
 /// to measure what each setting is worth.
 #[derive(Debug, Clone, Copy)]
 struct Tuning {
@@ -545,8 +545,6 @@ struct Tuning {
     transport: bool,
     /// Requested socket buffer size; `None` keeps the OS default.
     socket_buffer: Option<usize>,
-    /// Largest UDP payload MTU discovery may reach; `None` keeps quinn's 1452/1472.
-    max_udp_payload: Option<u16>,
 }
 
 impl Tuning {
@@ -554,12 +552,10 @@ impl Tuning {
     const QUINN_DEFAULT: Tuning = Tuning {
         transport: false,
         socket_buffer: None,
-        max_udp_payload: None,
     };
     const DANGAN: Tuning = Tuning {
         transport: true,
         socket_buffer: Some(SOCKET_BUFFER_BYTES),
-        max_udp_payload: None,
     };
 }
 
@@ -593,15 +589,11 @@ fn endpoint_with(
     tuning: Tuning,
 ) -> Result<quinn::Endpoint, TlsError> {
     let transport = || {
-        let mut t = if tuning.transport {
+        if tuning.transport {
             transport_config()
         } else {
             quinn::TransportConfig::default()
-        };
-        if let Some(max) = tuning.max_udp_payload {
-            t.initial_mtu(max).min_mtu(max).mtu_discovery_config(None);
         }
-        t
     };
     let server = server_config_with(identity, trust.clone(), transport())?;
     let client = client_config_with(identity, trust, transport())?;
@@ -610,20 +602,16 @@ fn endpoint_with(
         context: "start QUIC endpoint".into(),
         source: std::io::Error::other("no async runtime found (call from within tokio)"),
     })?;
-    let mut endpoint_config = quinn::EndpointConfig::default();
-    if let Some(max) = tuning.max_udp_payload {
-        endpoint_config
-            .max_udp_payload_size(max)
-            .map_err(|e| TlsError::Io {
-                context: "configure QUIC endpoint".into(),
-                source: std::io::Error::other(e),
-            })?;
-    }
-    let mut endpoint = quinn::Endpoint::new(endpoint_config, Some(server), socket, runtime)
-        .map_err(|source| TlsError::Io {
-            context: format!("start QUIC endpoint on {bind}"),
-            source,
-        })?;
+    let mut endpoint = quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(server),
+        socket,
+        runtime,
+    )
+    .map_err(|source| TlsError::Io {
+        context: format!("start QUIC endpoint on {bind}"),
+        source,
+    })?;
     endpoint.set_default_client_config(client);
     Ok(endpoint)
 }
@@ -1061,7 +1049,6 @@ mod tests {
                 Tuning {
                     transport: true,
                     socket_buffer: None,
-                    max_udp_payload: None,
                 },
             ),
             (
@@ -1069,24 +1056,9 @@ mod tests {
                 Tuning {
                     transport: false,
                     socket_buffer: Some(SOCKET_BUFFER_BYTES),
-                    max_udp_payload: None,
                 },
             ),
             ("dangan (both)", Tuning::DANGAN),
-            (
-                "both + 9000 B MTU",
-                Tuning {
-                    max_udp_payload: Some(8972),
-                    ..Tuning::DANGAN
-                },
-            ),
-            (
-                "both + 64 KiB MTU",
-                Tuning {
-                    max_udp_payload: Some(65_527),
-                    ..Tuning::DANGAN
-                },
-            ),
         ];
         for round in 0..3 {
             for (name, tuning) in variants {
