@@ -66,8 +66,11 @@ enum Command {
     LocalConfig {
         /// Directory to write into (must not exist).
         dir: PathBuf,
+        /// Number of peers (at least 2). The coding fits it: 2 peers 1 + 1, 3: 2 + 1,
+        /// 4: 3 + 1, 5: 4 + 1, 6 or more: 4 + 2 (k + m).
         #[arg(long, default_value_t = 6)]
         peers: usize,
+        /// UDP port of peer 1; peer i listens on 127.0.0.1:(base_port + i - 1).
         #[arg(long, default_value_t = 7101)]
         base_port: u16,
     },
@@ -363,19 +366,43 @@ fn progress_bar(len: u64, verb: &str) -> ProgressBar {
     bar
 }
 
+/// Coding parameters `local-config` writes for `peers` peers: k + m never exceeds the peer
+/// count (the cluster file is refused otherwise). m = 2 from six peers on, else m = 1; k
+/// takes the remaining peers, at most 4. So 2 peers: 1 + 1, 3: 2 + 1, 4: 3 + 1, 5: 4 + 1,
+/// 6 or more: 4 + 2 (the library default).
+fn local_coding(peers: usize) -> (u16, u16) {
+    let m = if peers >= 6 { 2 } else { 1 };
+    let k = peers.saturating_sub(usize::from(m)).clamp(1, 4) as u16;
+    (k, m)
+}
+
 fn local_config(dir: &Path, peers: usize, base_port: u16) -> Result<()> {
+    if peers < 2 {
+        bail!(
+            "--peers {peers}: a cluster needs at least 2 peers (one data shard and one parity shard)"
+        );
+    }
+    if base_port == 0 {
+        bail!("--base-port must be a real port (1..=65535), not 0");
+    }
+    let last_port = u16::try_from(usize::from(base_port) + peers - 1).map_err(|_| {
+        anyhow::anyhow!("--base-port {base_port} + {peers} peers runs past port 65535")
+    })?;
     if dir.exists() {
         bail!("{} already exists; choose a new directory", dir.display());
     }
+    let (k, m) = local_coding(peers);
     std::fs::create_dir_all(dir.join("keys"))?;
-    let mut cluster = String::from(
-        "# Cluster written by `dangan local-config`: peers on this machine.\n\
-         epoch = 1\n\n[coding]\nk = 4\nm = 2\nshard_kib = 1024\n\n",
+    let mut cluster = format!(
+        "# Cluster written by `dangan local-config`: {peers} peers on this machine.\n\
+         # k + m = {width} shards per stripe on {width} different peers; any {m} of them may be lost.\n\
+         epoch = 1\n\n[coding]\nk = {k}\nm = {m}\nshard_kib = 1024\n\n",
+        width = k + m
     );
     for i in 1..=peers {
         let id = Identity::generate(Role::Node);
         id.save(dir.join(format!("keys/peer{i}.key")))?;
-        let port = base_port + i as u16 - 1;
+        let port = base_port + (i - 1) as u16;
         cluster.push_str(&format!(
             "[[peer]]\nid = \"{}\"\naddr = \"127.0.0.1:{port}\"\nzone = \"zone-{}\"\nweight = 100\n\n",
             id.public(),
@@ -394,11 +421,17 @@ fn local_config(dir: &Path, peers: usize, base_port: u16) -> Result<()> {
         "[[client]]\nid = \"{}\"\nname = \"department\"\n",
         dept.public()
     ));
-    std::fs::write(dir.join("cluster.toml"), cluster)?;
+    let cluster_path = dir.join("cluster.toml");
+    std::fs::write(&cluster_path, cluster)?;
+    // What we wrote must be what `node`, `put` and `get` accept.
+    ClusterFile::load(&cluster_path)?;
+    let d = dir.display();
     println!(
-        "wrote {} peers and a department key to {}",
-        peers,
-        dir.display()
+        "wrote {peers} peers (127.0.0.1:{base_port}-{last_port}) and a department key to {d}\n\
+         coding: k = {k}, m = {m} (each stripe on {} peers; any {m} may be lost)\n\
+         start each peer:  dangan node --config {d}/node1.toml   (… node{peers}.toml)\n\
+         then:             dangan put FILE --key {d}/keys/department.key --cluster {d}/cluster.toml --keyring {d}/keyring",
+        k + m
     );
     Ok(())
 }

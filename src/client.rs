@@ -37,6 +37,9 @@ use crate::placement::{Layout, NodeInfo, PlacementError};
 use crate::proto::{self, ProtoError, Request, Response};
 use crate::tls::{self, TrustPolicy};
 
+/// Fewest peers a manifest is written to (more when m + 1 is larger).
+pub const MANIFEST_REPLICAS: usize = 3;
+
 /// How a client behaves; the defaults suit a LAN cluster.
 #[derive(Debug, Clone)]
 pub struct ClientOptions {
@@ -211,6 +214,30 @@ impl Client {
 
     /// Closes every connection.
     pub async fn close(&self) {
+        let slots: Vec<_> = self
+            .inner
+            .conns
+            .lock()
+            .expect("connection pool lock")
+            .iter()
+            .map(|(id, slot)| (*id, slot.clone()))
+            .collect();
+        for (id, slot) in slots {
+            // A slot held by a connection attempt to a dead peer has no statistics to give.
+            if let Ok(guard) = slot.try_lock()
+                && let Some(conn) = guard.as_ref()
+            {
+                let stats = conn.stats();
+                debug!(
+                    peer = %id.short(),
+                    sent_packets = stats.path.sent_packets,
+                    lost_packets = stats.path.lost_packets,
+                    congestion_events = stats.path.congestion_events,
+                    rtt = ?stats.path.rtt,
+                    "connection statistics"
+                );
+            }
+        }
         self.inner.endpoint.close(0u32.into(), b"client closing");
         self.inner.endpoint.wait_idle().await;
     }
@@ -359,25 +386,34 @@ impl Client {
         })
     }
 
-    /// The peers a document's manifest lives on.
+    /// The peers a document's manifest is written to: `max(3, m + 1)` of them (capped at the
+    /// live peers), so that losing any m peers loses no manifest.
     fn manifest_nodes(&self, id: &DocumentId) -> Result<Vec<NodeInfo>, ClientError> {
-        let width = self.inner.options.params.width().min(
-            self.inner
-                .layout
-                .nodes
-                .iter()
-                .filter(|n| n.weight > 0)
-                .count(),
-        );
+        let live = self.live_nodes();
+        let replicas = (usize::from(self.inner.options.params.m) + 1)
+            .max(MANIFEST_REPLICAS)
+            .min(live);
         Ok(self
             .inner
             .layout
-            .place(id.as_bytes(), width)?
+            .place(id.as_bytes(), replicas)?
             .into_iter()
             .cloned()
             .collect())
     }
 
+    fn live_nodes(&self) -> usize {
+        self.inner
+            .layout
+            .nodes
+            .iter()
+            .filter(|n| n.weight > 0)
+            .count()
+    }
+
+    /// Writes the manifest to its placed replicas; a replica that fails is replaced by the
+    /// next peer of the layout (readers ask every peer in that same order). It needs as many
+    /// copies as the write quorum allows: all replicas, less the shards a stripe may lack.
     async fn store_manifest(
         &self,
         manifest: &Manifest,
@@ -385,47 +421,59 @@ impl Client {
     ) -> Result<DocumentId, ClientError> {
         let bytes = Bytes::from(manifest.encode());
         let id = DocumentId::of(&bytes);
-        let nodes = self.manifest_nodes(&id)?;
-        let needed = quorum.min(nodes.len());
-        let mut writes: FuturesUnordered<_> = nodes
-            .into_iter()
-            .map(|node| {
+        let nodes = self.manifest_candidates(&id)?;
+        let replicas = self.manifest_nodes(&id)?.len();
+        let slack = self.inner.options.params.width() - quorum;
+        let needed = replicas.saturating_sub(slack).max(1);
+        let order = (0..nodes.len()).collect();
+        let hedged = self
+            .hedged(&nodes, order, replicas, |node, _| {
                 let bytes = bytes.clone();
                 async move {
                     let req = Request::PutManifest {
                         id,
                         len: bytes.len() as u64,
                     };
-                    match self.call(&node, &req, Some(&bytes)).await {
-                        Ok((Response::Stored(_), _)) => Ok(()),
-                        Ok((other, _)) => Err(self.unexpected(&node, &other)),
-                        Err(e) => Err(e),
+                    match self.call(&node, &req, Some(&bytes)).await? {
+                        (Response::Stored(_), _) => Ok(()),
+                        (other, _) => Err(self.unexpected(&node, &other)),
                     }
                 }
             })
-            .collect();
-        let mut stored = 0;
-        let mut errors = Vec::new();
-        while let Some(res) = writes.next().await {
-            match res {
-                Ok(()) => stored += 1,
-                Err(e) => errors.push(e.to_string()),
-            }
-        }
+            .await;
+        let stored = hedged.results.iter().flatten().count();
         if stored < needed {
             return Err(ClientError::ManifestNotStored {
                 id,
                 stored,
                 needed,
-                errors: errors.join("; "),
+                errors: hedged
+                    .failures
+                    .iter()
+                    .map(|(_, e)| e.to_string())
+                    .collect::<Vec<_>>()
+                    .join("; "),
             });
         }
         Ok(id)
     }
 
-    /// Fetches and checks a document's manifest from the first placed peer that has it.
+    /// Every live peer in the order a manifest is written and read: its placed replicas,
+    /// then the rest of the layout.
+    fn manifest_candidates(&self, id: &DocumentId) -> Result<Vec<NodeInfo>, ClientError> {
+        let mut nodes = self.manifest_nodes(id)?;
+        for node in &self.inner.layout.nodes {
+            if node.weight > 0 && !nodes.iter().any(|n| n.key == node.key) {
+                nodes.push(node.clone());
+            }
+        }
+        Ok(nodes)
+    }
+
+    /// Fetches and checks a document's manifest from the first peer that has it, asking in
+    /// [`Client::manifest_candidates`] order.
     pub async fn manifest(&self, id: &DocumentId) -> Result<Manifest, ClientError> {
-        let nodes = self.manifest_nodes(id)?;
+        let nodes = self.manifest_candidates(id)?;
         let order = (0..nodes.len()).collect();
         let hedged = self
             .hedged(&nodes, order, 1, |node, _| async move {
@@ -788,23 +836,29 @@ impl Client {
         let timeout = self.inner.options.request_timeout;
         let exchange = async {
             let conn = self.connection(node).await?;
-            let io = |e: std::io::Error| self.peer_error(node, ProtoError::Io(e));
-            let (mut send, mut recv) = conn
-                .open_bi()
-                .await
-                .map_err(|e| io(std::io::Error::other(e)))?;
+            // A stream error says little ("connection lost"); the connection's close reason
+            // says why (e.g. the peer refused our identity during the handshake).
+            let io = |e: &dyn std::fmt::Display| {
+                let why = match conn.close_reason() {
+                    Some(reason) => format!("{e}: {reason}"),
+                    None => e.to_string(),
+                };
+                self.peer_error(node, ProtoError::Io(std::io::Error::other(why)))
+            };
+            let (mut send, mut recv) = conn.open_bi().await.map_err(|e| io(&e))?;
             proto::write_frame(&mut send, req)
                 .await
-                .map_err(|e| self.peer_error(node, e))?;
+                .map_err(|e| io(&e))?;
             if let Some(body) = body {
-                send.write_all(body)
-                    .await
-                    .map_err(|e| io(std::io::Error::other(e)))?;
+                // Hands the buffer to quinn without a copy.
+                send.write_chunk(body.clone()).await.map_err(|e| io(&e))?;
             }
             let _ = send.finish();
-            let resp: Response = proto::read_frame(&mut recv)
-                .await
-                .map_err(|e| self.peer_error(node, e))?;
+            let resp: Response = match proto::read_frame(&mut recv).await {
+                Ok(resp) => resp,
+                Err(e) if e.is_transport() => return Err(io(&e)),
+                Err(e) => return Err(self.peer_error(node, e)),
+            };
             Ok((resp, recv))
         };
         match tokio::time::timeout(timeout, exchange).await {

@@ -263,7 +263,7 @@ async fn accept_loop(endpoint: quinn::Endpoint, state: Arc<State>) {
                 Ok(conn) => conn,
                 Err(e) => {
                     state.stats.refused.fetch_add(1, Ordering::Relaxed);
-                    info!(%remote, error = %e, "handshake refused");
+                    warn!(%remote, error = %e, "connection refused during the handshake");
                     return;
                 }
             };
@@ -334,11 +334,11 @@ fn error(code: ErrorCode, message: impl Into<String>) -> Response {
 async fn answer(
     send: &mut SendStream,
     resp: &Response,
-    body: Option<&[u8]>,
+    body: Option<Bytes>,
 ) -> Result<(), ProtoError> {
     proto::write_frame(send, resp).await?;
     if let Some(body) = body {
-        send.write_all(body).await.map_err(std::io::Error::from)?;
+        send.write_chunk(body).await.map_err(std::io::Error::from)?;
     }
     send.finish()
         .map_err(|e| ProtoError::Io(std::io::Error::other(e)))?;
@@ -395,7 +395,7 @@ async fn handle(
                 let resp = Response::Shard {
                     len: bytes.len() as u64,
                 };
-                answer(send, &resp, Some(&bytes)).await
+                answer(send, &resp, Some(Bytes::from(bytes))).await
             }
             Ok(None) => answer(send, &Response::NotFound, None).await,
             Err(e) => answer(send, &store_error(state, e), None).await,
@@ -451,7 +451,7 @@ async fn handle(
                 let resp = Response::Manifest {
                     len: bytes.len() as u64,
                 };
-                answer(send, &resp, Some(&bytes)).await
+                answer(send, &resp, Some(Bytes::from(bytes))).await
             }
             Ok(None) => answer(send, &Response::NotFound, None).await,
             Err(e) => answer(send, &store_error(state, e), None).await,

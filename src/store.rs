@@ -20,8 +20,7 @@
 //!     table "shards-v1"        [u8; 32]  -> postcard ShardRecord {format, refcount, len, body}
 //!     table "inline-v1"        [u8; 32]  -> raw body bytes of shards <= INLINE_MAX
 //!     table "blobs-v1"         [u8; 32]  -> raw bytes of small replicated records (manifests)
-//! <dir>/blobs/00 .. blobs/ff/  bodies larger than INLINE_MAX, one file per shard, named by
-//!                              the 64-hex id, in the sub-directory of its first byte
+//! <dir>/blobs/<64-hex id>      bodies larger than INLINE_MAX, one file per shard
 //! <dir>/blobs/tmp/             bodies being written (never trusted; removed on open)
 //! ```
 //! Table names carry their format version; `meta-v1/"format"` holds the store format,
@@ -31,9 +30,10 @@
 //!
 //! # The commit-point invariant
 //! A shard exists if and only if its row in `shards-v1` is committed. A large body is
-//! written to `blobs/tmp`, `fdatasync`'d, renamed to `blobs/ab/<id>`, its directory
-//! `fsync`'d, and only *then* is the row committed (redb commits are durable, i.e. fsync'd,
-//! before they return). So a committed row always has a durable body; a body file without a
+//! written to `blobs/tmp`, `fdatasync`'d and renamed to `blobs/<id>` ([`ShardStore::prepare`],
+//! in parallel across requests); the commit that records it first `fsync`s `blobs/` once for
+//! its whole batch, and only *then* is the row committed (redb commits are durable, i.e.
+//! fsync'd, before they return). So a committed row always has a durable body; a body file without a
 //! committed row is an orphan (a crash or failure between rename and commit) and `open`
 //! removes it, as well as anything left in `blobs/tmp`. Deleting commits the row's removal
 //! first and unlinks the file afterwards, so a crash in between leaves only an orphan.
@@ -88,7 +88,7 @@ use crate::id::ShardId;
 pub const INLINE_MAX: usize = 16 * 1024;
 
 /// The store format this code reads and writes (`meta-v1/"format"`).
-pub const STORE_FORMAT: u32 = 1;
+pub const STORE_FORMAT: u32 = 2;
 
 /// Format byte that starts every postcard record this module writes.
 const RECORD_FORMAT: u8 = 1;
@@ -226,7 +226,7 @@ pub struct Usage {
 enum BodyLocation {
     /// In `inline-v1` under the same key.
     Inline,
-    /// In `blobs/ab/<hex id>`.
+    /// In `blobs/<hex id>`.
     File,
 }
 
@@ -411,6 +411,7 @@ impl ShardStore {
         txn.set_durability(Durability::Immediate)?;
         let mut outcomes = Vec::with_capacity(shards.len());
         let mut blob_outcomes = Vec::with_capacity(blobs.len());
+        let mut new_files = false;
         {
             let mut table = txn.open_table(SHARDS)?;
             let mut inline = txn.open_table(INLINE)?;
@@ -434,6 +435,7 @@ impl ShardStore {
                             if !self.body_path(id).exists() {
                                 self.write_body_file(id, bytes)?;
                             }
+                            new_files = true;
                             BodyLocation::File
                         } else {
                             inline.insert(&id.0, bytes.as_ref())?;
@@ -463,6 +465,11 @@ impl ShardStore {
                     blob_outcomes.push(PutOutcome::Stored);
                 }
             }
+        }
+        // Bodies were fdatasync'd by `prepare`; one directory fsync makes their renames
+        // durable before the rows that point at them commit.
+        if new_files {
+            sync_dir(&self.body_dir)?;
         }
         // If the commit fails, body files written above stay as orphans; the next `open`
         // removes them. Unlinking them here could race an ambiguous (durable) commit.
@@ -764,9 +771,7 @@ impl ShardStore {
     }
 
     fn body_path(&self, id: &ShardId) -> PathBuf {
-        self.body_dir
-            .join(hex::encode(&id.0[..1]))
-            .join(id.to_string())
+        self.body_dir.join(id.to_string())
     }
 
     /// Takes the stripe locks of `ids` in ascending order (no deadlock between batches).
@@ -790,17 +795,9 @@ impl ShardStore {
             f.sync_data().map_err(io_err(&tmp))?;
             drop(f);
             let path = self.body_path(id);
-            let parent = path.parent().unwrap_or(&self.body_dir);
-            if let Err(e) = fs::rename(&tmp, &path) {
-                if e.kind() != io::ErrorKind::NotFound || parent.exists() {
-                    return Err(io_err(&path)(e));
-                }
-                // First body in this sub-directory: make it durable, then move in.
-                fs::create_dir_all(parent).map_err(io_err(parent))?;
-                sync_dir(&self.body_dir)?;
-                fs::rename(&tmp, &path).map_err(io_err(&path))?;
-            }
-            sync_dir(parent)
+            // The rename is made durable by the one directory fsync of the commit that
+            // records this body (see `commit`), not here: one fsync per batch, not per shard.
+            fs::rename(&tmp, &path).map_err(io_err(&path))
         })();
         if result.is_err() {
             let _ = fs::remove_file(&tmp);
@@ -821,35 +818,29 @@ impl ShardStore {
         let shards = txn.open_table(SHARDS)?;
         let mut orphans = 0u64;
         let mut unknown = 0u64;
-        for b in 0..=255u8 {
-            let sub = self.body_dir.join(hex::encode([b]));
-            let entries = match fs::read_dir(&sub) {
-                Ok(entries) => entries,
-                // Sub-directories are made on first use.
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(io_err(&sub)(e)),
+        for entry in fs::read_dir(&self.body_dir).map_err(io_err(&self.body_dir))? {
+            let entry = entry.map_err(io_err(&self.body_dir))?;
+            let path = entry.path();
+            if path == self.tmp_dir {
+                continue;
+            }
+            let id = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<ShardId>().ok())
+                .filter(|_| path.is_file());
+            let Some(id) = id else {
+                unknown += 1;
+                warn!(path = %path.display(), "unexpected entry in the shard body directory; left alone");
+                continue;
             };
-            for entry in entries {
-                let entry = entry.map_err(io_err(&sub))?;
-                let path = entry.path();
-                let id = entry
-                    .file_name()
-                    .to_str()
-                    .and_then(|n| n.parse::<ShardId>().ok())
-                    .filter(|id| id.0[0] == b && path.is_file());
-                let Some(id) = id else {
-                    unknown += 1;
-                    warn!(path = %path.display(), "unexpected entry in the shard body directory; left alone");
-                    continue;
-                };
-                let live = match shards.get(&id.0)? {
-                    Some(v) => decode_shard(v.value())?.body == BodyLocation::File,
-                    None => false,
-                };
-                if !live {
-                    remove_quietly(&path);
-                    orphans += 1;
-                }
+            let live = match shards.get(&id.0)? {
+                Some(v) => decode_shard(v.value())?.body == BodyLocation::File,
+                None => false,
+            };
+            if !live {
+                remove_quietly(&path);
+                orphans += 1;
             }
         }
         if temps + orphans + unknown > 0 {
@@ -1126,12 +1117,10 @@ mod tests {
             let s = ShardStore::open(dir.path()).unwrap();
             s.put(&kept_id, &kept).unwrap();
             let orphan_path = s.body_path(&orphan_id);
-            fs::create_dir_all(orphan_path.parent().unwrap()).unwrap();
             fs::write(&orphan_path, &orphan).unwrap();
             let tmp_path = s.tmp_dir.join("half-written.tmp");
             fs::write(&tmp_path, b"junk").unwrap();
-            fs::create_dir_all(s.body_dir.join("00")).unwrap();
-            let stray_path = s.body_dir.join("00").join("README");
+            let stray_path = s.body_dir.join("README");
             fs::write(&stray_path, b"not ours").unwrap();
             (orphan_path, tmp_path, stray_path)
         };

@@ -254,12 +254,26 @@ async fn a_peer_killed_mid_put_never_leaves_an_unreadable_document() {
             })
             .unwrap();
         let bytes = data(8 << 20, 21);
+        let first_stripe = Arc::new(tokio::sync::Notify::new());
         let put_task = {
             let client = client.clone();
             let bytes = bytes.clone();
-            tokio::spawn(async move { put(&client, &bytes).await })
+            let first_stripe = first_stripe.clone();
+            tokio::spawn(async move {
+                let notify = move |_done: u64, _total: u64| first_stripe.notify_one();
+                client
+                    .put(
+                        std::io::Cursor::new(bytes.clone()),
+                        Some(bytes.len() as u64),
+                        info(),
+                        &notify,
+                    )
+                    .await
+            })
         };
-        tokio::time::sleep(Duration::from_millis(30)).await;
+        // Kill a peer once the first stripe is stored, while the rest is in flight.
+        first_stripe.notified().await;
+        assert!(!put_task.is_finished(), "the put must still be running");
         cluster.stop_peer(2).await.unwrap();
         match put_task.await.unwrap() {
             Ok(receipt) => {

@@ -1,0 +1,597 @@
+//! The `dangan` binary as separate processes: `local-config`, three `dangan node` peers,
+//! `put` and `get` of a 3 MiB document, a stranger's key refused, an unknown id, a killed
+//! peer. Also: the example configs in `config/` load, and `local-config` writes a coding
+//! that fits the number of peers.
+
+use std::fs::{self, File};
+use std::net::UdpSocket;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use dangan::config::{ClusterFile, NodeFile};
+use dangan::identity::PublicId;
+use dangan::peer::PeerLimits;
+
+const BIN: &str = env!("CARGO_BIN_EXE_dangan");
+/// Longest any one command may take before the test fails.
+const COMMAND_LIMIT: Duration = Duration::from_secs(30);
+/// Longest a peer may take to print "serving on".
+const START_LIMIT: Duration = Duration::from_secs(10);
+const PEERS: usize = 3;
+
+/// What a finished command left behind.
+struct Run {
+    ok: bool,
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    fn describe(&self) -> String {
+        format!(
+            "exit {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.code, self.stdout, self.stderr
+        )
+    }
+
+    fn expect_ok(self, what: &str) -> Run {
+        assert!(self.ok, "{what} failed: {}", self.describe());
+        self
+    }
+
+    fn expect_fail(self, what: &str) -> Run {
+        assert!(
+            !self.ok,
+            "{what} should have failed but succeeded: {}",
+            self.describe()
+        );
+        self
+    }
+}
+
+/// `dangan ARGS` with a quiet, deterministic environment (no backtraces in error output).
+fn dangan<I, S>(args: I) -> Command
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .env("RUST_BACKTRACE", "0")
+        .env("RUST_LIB_BACKTRACE", "0")
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null());
+    cmd
+}
+
+/// Runs `cmd` to completion with its output in files under `logs` (no pipe to fill up),
+/// killing it and failing the test if it takes longer than [`COMMAND_LIMIT`].
+fn run(mut cmd: Command, logs: &Path, name: &str) -> Run {
+    let out = logs.join(format!("{name}.stdout"));
+    let err = logs.join(format!("{name}.stderr"));
+    cmd.stdout(File::create(&out).unwrap())
+        .stderr(File::create(&err).unwrap());
+    let mut child = cmd.spawn().expect("spawning dangan");
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if start.elapsed() > COMMAND_LIMIT {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "{name} did not finish within {COMMAND_LIMIT:?}; stderr:\n{}",
+                fs::read_to_string(&err).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    println!("{name}: {:.2} s", start.elapsed().as_secs_f64());
+    Run {
+        ok: status.success(),
+        code: status.code(),
+        stdout: fs::read_to_string(&out).unwrap(),
+        stderr: fs::read_to_string(&err).unwrap(),
+    }
+}
+
+/// A running `dangan node`, killed (and reaped) when dropped, so no peer outlives the test
+/// even when an assertion panics.
+struct Node {
+    child: Child,
+    stdout: PathBuf,
+    stderr: PathBuf,
+}
+
+impl Node {
+    /// Starts `dangan node --config CONFIG` and waits until it prints "serving on".
+    /// `Err` carries the peer's stderr if it exited first.
+    fn start(config: &Path, logs: &Path, name: &str) -> Result<Node, String> {
+        let stdout = logs.join(format!("{name}.stdout"));
+        let stderr = logs.join(format!("{name}.stderr"));
+        let mut cmd = dangan([Path::new("node"), Path::new("--config"), config]);
+        cmd.stdout(File::create(&stdout).unwrap())
+            .stderr(File::create(&stderr).unwrap());
+        let mut node = Node {
+            child: cmd.spawn().expect("spawning dangan node"),
+            stdout,
+            stderr,
+        };
+        let start = Instant::now();
+        loop {
+            let out = fs::read_to_string(&node.stdout).unwrap_or_default();
+            if out.contains("serving on") {
+                return Ok(node);
+            }
+            if let Some(status) = node.child.try_wait().unwrap() {
+                return Err(format!(
+                    "{name} exited ({status}) before serving; stderr:\n{}",
+                    fs::read_to_string(&node.stderr).unwrap_or_default()
+                ));
+            }
+            if start.elapsed() > START_LIMIT {
+                return Err(format!(
+                    "{name} did not print \"serving on\" within {START_LIMIT:?}; stderr:\n{}",
+                    fs::read_to_string(&node.stderr).unwrap_or_default()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn serving_line(&self) -> String {
+        fs::read_to_string(&self.stdout)
+            .unwrap()
+            .lines()
+            .find(|l| l.contains("serving on"))
+            .unwrap()
+            .to_owned()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A base port such that `base..base + n` are all free UDP ports on 127.0.0.1 right now
+/// (`local-config` gives peer i the port `base + i - 1`). The probe sockets are closed on
+/// return, so another process could still take a port before the peers bind it; the caller
+/// retries on "address in use".
+fn free_port_range(n: u16) -> u16 {
+    for _ in 0..100 {
+        let first = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let base = first.local_addr().unwrap().port();
+        if base.checked_add(n - 1).is_none() {
+            continue;
+        }
+        let rest: Result<Vec<UdpSocket>, _> = (1..n)
+            .map(|i| UdpSocket::bind(("127.0.0.1", base + i)))
+            .collect();
+        if rest.is_ok() {
+            return base;
+        }
+    }
+    panic!("no range of {n} consecutive free UDP ports found on 127.0.0.1");
+}
+
+/// Deterministic pseudo-random bytes (splitmix64).
+fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        out.extend_from_slice(&(z ^ (z >> 31)).to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// A local cluster written by `dangan local-config` with its peers running.
+struct Cluster {
+    dir: PathBuf,
+    nodes: Vec<Option<Node>>,
+}
+
+impl Cluster {
+    /// `local-config` into `root/clusterN` on free ports, then one `dangan node` per peer.
+    /// Retries with new ports if a port was taken between probing and binding.
+    fn start(root: &Path) -> Cluster {
+        let mut last_failure = String::new();
+        for attempt in 1..=3 {
+            let dir = root.join(format!("cluster{attempt}"));
+            let base = free_port_range(PEERS as u16);
+            let lc = run(
+                dangan([
+                    "local-config".as_ref(),
+                    dir.as_os_str(),
+                    "--peers".as_ref(),
+                    PEERS.to_string().as_ref(),
+                    "--base-port".as_ref(),
+                    base.to_string().as_ref(),
+                ]),
+                root,
+                &format!("local-config{attempt}"),
+            )
+            .expect_ok("local-config");
+            assert!(
+                lc.stdout.contains("k = 2, m = 1"),
+                "local-config with 3 peers must choose k = 2, m = 1: {}",
+                lc.describe()
+            );
+            let cluster = ClusterFile::load(&dir.join("cluster.toml"))
+                .expect("local-config writes a valid cluster");
+            assert_eq!(cluster.layout.nodes.len(), PEERS);
+            assert_eq!((cluster.params.k, cluster.params.m), (2, 1));
+
+            let mut nodes = Vec::new();
+            let mut failed = None;
+            for i in 1..=PEERS {
+                let config = dir.join(format!("node{i}.toml"));
+                match Node::start(&config, root, &format!("attempt{attempt}-node{i}")) {
+                    Ok(node) => {
+                        let line = node.serving_line();
+                        let port = base + i as u16 - 1;
+                        assert!(
+                            line.ends_with(&format!("serving on 127.0.0.1:{port}")),
+                            "node{i}: {line}"
+                        );
+                        nodes.push(Some(node));
+                    }
+                    Err(e) => {
+                        failed = Some(e);
+                        break;
+                    }
+                }
+            }
+            match failed {
+                None => return Cluster { dir, nodes },
+                Some(e) if e.to_lowercase().contains("in use") => {
+                    last_failure = e;
+                    drop(nodes);
+                }
+                Some(e) => panic!("{e}"),
+            }
+        }
+        panic!("peers could not bind their ports in 3 attempts; last: {last_failure}");
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.dir.join(rel)
+    }
+
+    /// `--key KEY --cluster DIR/cluster.toml --keyring KEYRING`
+    fn client_args(&self, key: &Path, keyring: &Path) -> Vec<PathBuf> {
+        vec![
+            "--key".into(),
+            key.to_owned(),
+            "--cluster".into(),
+            self.path("cluster.toml"),
+            "--keyring".into(),
+            keyring.to_owned(),
+        ]
+    }
+
+    /// Kills peer `i` (1-based), as a crash would: SIGKILL, no shutdown.
+    fn kill(&mut self, i: usize) {
+        let node = self.nodes[i - 1].take().expect("peer already stopped");
+        drop(node);
+    }
+}
+
+fn is_document_id(s: &str) -> bool {
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+#[test]
+fn peers_as_separate_processes_put_get_lose_one_and_refuse_strangers() {
+    let started = Instant::now();
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let logs = root.join("logs");
+    fs::create_dir(&logs).unwrap();
+    let mut cluster = Cluster::start(root);
+    let dept_key = cluster.path("keys/department.key");
+    let keyring = cluster.path("keyring");
+    let client = cluster.client_args(&dept_key, &keyring);
+
+    // 1. put a 3 MiB document (two stripes of 2 MiB with k = 2); the last line is its id.
+    let input = root.join("input.bin");
+    let bytes = pseudo_random(3 << 20, 0xd0c);
+    fs::write(&input, &bytes).unwrap();
+    let mut put = dangan(["put".as_ref(), input.as_os_str()]);
+    put.args(&client);
+    let put = run(put, &logs, "put").expect_ok("put");
+    let id = put
+        .stdout
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .trim()
+        .to_owned();
+    assert!(
+        is_document_id(&id),
+        "put must print a document id last: {}",
+        put.describe()
+    );
+    assert!(
+        keyring.join(format!("{id}.key")).is_file(),
+        "put keeps the document key in the keyring"
+    );
+
+    // 2. get it back.
+    let out1 = root.join("out1.bin");
+    let mut get = dangan(["get".as_ref(), id.as_ref(), "-o".as_ref(), out1.as_os_str()]);
+    get.args(&client);
+    let get = run(get, &logs, "get").expect_ok("get");
+    assert!(
+        get.stdout
+            .contains(&format!("{} bytes written", bytes.len())),
+        "{}",
+        get.describe()
+    );
+    assert!(
+        fs::read(&out1).unwrap() == bytes,
+        "get returned other bytes"
+    );
+
+    // 3. A key that is not in the cluster file: every peer refuses it, nothing is stored.
+    let stranger_key = root.join("stranger.key");
+    let keys_new = run(
+        dangan([
+            "keys".as_ref(),
+            "new".as_ref(),
+            "--role".as_ref(),
+            "department".as_ref(),
+            "--out".as_ref(),
+            stranger_key.as_os_str(),
+        ]),
+        &logs,
+        "keys-new",
+    )
+    .expect_ok("keys new");
+    let stranger_id: PublicId = keys_new
+        .stdout
+        .trim()
+        .parse()
+        .expect("keys new prints an id");
+    let members = ClusterFile::load(&cluster.path("cluster.toml"))
+        .unwrap()
+        .members;
+    assert!(!members.contains(&stranger_id));
+    let stranger_ring = root.join("stranger-keyring");
+    let mut put = dangan(["put".as_ref(), input.as_os_str()]);
+    put.args(cluster.client_args(&stranger_key, &stranger_ring));
+    let refused = run(put, &logs, "put-stranger").expect_fail("put with a key not in the cluster");
+    assert!(
+        // Stripes go out in parallel, so any stripe may be the one reported.
+        refused.stderr.contains("Error: stripe ")
+            && refused.stderr.contains("only 0 of the 3 shard writes"),
+        "the refusal must name the stripe and that no peer acknowledged a shard: {}",
+        refused.describe()
+    );
+    assert!(
+        fs::read_dir(&stranger_ring).map_or(true, |mut d| d.next().is_none()),
+        "a refused put keeps no key"
+    );
+
+    // 4. An id that was never stored, with no key for it in the keyring.
+    let unknown = blake3::hash(b"never stored").to_hex().to_string();
+    let out2 = root.join("out2.bin");
+    let mut get = dangan([
+        "get".as_ref(),
+        unknown.as_ref(),
+        "-o".as_ref(),
+        out2.as_os_str(),
+    ]);
+    get.args(&client);
+    let missing = run(get, &logs, "get-unknown").expect_fail("get of an unknown id");
+    assert!(
+        missing
+            .stderr
+            .contains(&format!("no key for document {unknown}")),
+        "the error must say the document's key was not found: {}",
+        missing.describe()
+    );
+    assert!(!out2.exists(), "a failed get writes no output");
+
+    // 5. An id that was never stored, with a key for it: the peers do not have it.
+    fs::copy(
+        keyring.join(format!("{id}.key")),
+        keyring.join(format!("{unknown}.key")),
+    )
+    .unwrap();
+    let mut get = dangan([
+        "get".as_ref(),
+        unknown.as_ref(),
+        "-o".as_ref(),
+        out2.as_os_str(),
+    ]);
+    get.args(&client);
+    let missing = run(get, &logs, "get-unknown-with-key").expect_fail("get of an unknown id");
+    assert!(
+        missing.stderr.contains(&unknown) && missing.stderr.contains("not found"),
+        "the error must say the document was not found: {}",
+        missing.describe()
+    );
+    assert!(!out2.exists(), "a failed get writes no output");
+    assert!(
+        !out2.with_extension("dangan-partial").exists(),
+        "a failed get removes its partial output"
+    );
+
+    // 6. Kill one peer (m = 1): every stripe is still readable from the other two.
+    cluster.kill(2);
+    let out3 = root.join("out3.bin");
+    let mut get = dangan(["get".as_ref(), id.as_ref(), "-o".as_ref(), out3.as_os_str()]);
+    get.args(&client);
+    run(get, &logs, "get-one-peer-down").expect_ok("get with one peer down");
+    assert!(
+        fs::read(&out3).unwrap() == bytes,
+        "get with one peer down returned other bytes"
+    );
+
+    for (i, node) in cluster.nodes.iter().enumerate() {
+        if let Some(node) = node {
+            let err = fs::read_to_string(&node.stderr).unwrap();
+            assert!(!err.contains("panicked"), "peer {} panicked:\n{err}", i + 1);
+        }
+    }
+    println!(
+        "separate-process test took {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+}
+
+#[test]
+fn local_config_fits_the_coding_to_the_peers_and_refuses_fewer_than_two() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (peers, k, m) in [
+        (2, 1, 1),
+        (3, 2, 1),
+        (4, 3, 1),
+        (5, 4, 1),
+        (6, 4, 2),
+        (7, 4, 2),
+    ] {
+        let dir = tmp.path().join(format!("p{peers}"));
+        let r = run(
+            dangan([
+                "local-config".as_ref(),
+                dir.as_os_str(),
+                "--peers".as_ref(),
+                peers.to_string().as_ref(),
+                "--base-port".as_ref(),
+                "17101".as_ref(),
+            ]),
+            tmp.path(),
+            &format!("lc{peers}"),
+        )
+        .expect_ok("local-config");
+        assert!(
+            r.stdout.contains(&format!("k = {k}, m = {m}")),
+            "{}",
+            r.describe()
+        );
+        let cluster = ClusterFile::load(&dir.join("cluster.toml")).unwrap_or_else(|e| {
+            panic!("local-config --peers {peers} wrote an invalid cluster: {e}")
+        });
+        assert_eq!(
+            (cluster.params.k, cluster.params.m),
+            (k, m),
+            "{peers} peers"
+        );
+        assert_eq!(cluster.layout.nodes.len(), peers);
+        assert_eq!(cluster.members.len(), peers + 1, "peers and the department");
+        for i in 1..=peers {
+            let node = NodeFile::load(&dir.join(format!("node{i}.toml"))).unwrap();
+            assert_eq!(node.listen.port(), 17100 + i as u16);
+            assert_eq!(node.key, dir.join(format!("keys/peer{i}.key")));
+            assert!(node.key.is_file());
+        }
+    }
+    for peers in ["0", "1"] {
+        let dir = tmp.path().join(format!("refused{peers}"));
+        let r = run(
+            dangan([
+                "local-config".as_ref(),
+                dir.as_os_str(),
+                "--peers".as_ref(),
+                peers.as_ref(),
+            ]),
+            tmp.path(),
+            &format!("lc-refused{peers}"),
+        )
+        .expect_fail("local-config with fewer than 2 peers");
+        assert!(r.stderr.contains("at least 2 peers"), "{}", r.describe());
+        assert!(!dir.exists(), "a refused local-config writes nothing");
+    }
+    let dir = tmp.path().join("past-65535");
+    let r = run(
+        dangan([
+            "local-config".as_ref(),
+            dir.as_os_str(),
+            "--peers".as_ref(),
+            "3".as_ref(),
+            "--base-port".as_ref(),
+            "65534".as_ref(),
+        ]),
+        tmp.path(),
+        "lc-ports",
+    )
+    .expect_fail("local-config past port 65535");
+    assert!(r.stderr.contains("65535"), "{}", r.describe());
+    assert!(!dir.exists());
+}
+
+#[test]
+fn example_configs_load() {
+    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+
+    let cluster = ClusterFile::load(&config.join("cluster.toml")).unwrap();
+    assert_eq!(cluster.layout.epoch, 1);
+    assert_eq!(cluster.layout.nodes.len(), 3, "three peers");
+    assert_eq!((cluster.params.k, cluster.params.m), (2, 1));
+    assert_eq!(cluster.params.width(), cluster.layout.nodes.len());
+    assert_eq!(
+        cluster.params.full_shard_len() >> 10,
+        1024,
+        "shard_kib = 1024"
+    );
+    assert_eq!(cluster.write_quorum, None, "write_quorum is commented out");
+    assert_eq!(cluster.members.len(), 4, "three peers and one department");
+    let mut addrs: Vec<String> = cluster
+        .layout
+        .nodes
+        .iter()
+        .map(|n| n.addr.clone())
+        .collect();
+    addrs.sort();
+    assert_eq!(
+        addrs,
+        ["127.0.0.1:7101", "127.0.0.1:7102", "127.0.0.1:7103"]
+    );
+    let mut zones: Vec<&str> = cluster
+        .layout
+        .nodes
+        .iter()
+        .map(|n| n.zone.as_str())
+        .collect();
+    zones.sort();
+    zones.dedup();
+    assert_eq!(zones.len(), 3, "one zone per peer");
+    assert!(cluster.layout.nodes.iter().all(|n| n.weight == 100));
+
+    let node = NodeFile::load(&config.join("node.toml")).unwrap();
+    assert_eq!(node.listen.to_string(), "127.0.0.1:7101");
+    assert!(
+        cluster
+            .layout
+            .nodes
+            .iter()
+            .any(|n| n.addr == node.listen.to_string()),
+        "node.toml is one of the cluster's peers"
+    );
+    assert_eq!(node.data_dir, config.join("data/peer1"));
+    assert_eq!(node.key, config.join("keys/peer1.key"));
+    assert_eq!(node.cluster, config.join("cluster.toml"));
+    // node.toml spells out the defaults; if they change, so must the file.
+    let d = PeerLimits::default();
+    assert_eq!(node.limits.max_connections, d.max_connections);
+    assert_eq!(
+        node.limits.max_concurrent_requests,
+        d.max_concurrent_requests
+    );
+    assert_eq!(node.limits.queue_timeout, d.queue_timeout);
+    assert_eq!(node.limits.request_timeout, d.request_timeout);
+}
