@@ -65,7 +65,7 @@ impl Default for ClientOptions {
             bind: SocketAddr::from(([0, 0, 0, 0], 0)),
             params: CodingParams::default(),
             write_quorum: None,
-            stripes_in_flight: 4,
+            stripes_in_flight: 2,
             connect_timeout: Duration::from_secs(3),
             request_timeout: Duration::from_secs(60),
             hedge_after: Duration::from_millis(500),

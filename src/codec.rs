@@ -316,9 +316,13 @@ impl<R: Read> StripeReader<R> {
         let full = k * self.params.full_shard_len() as usize;
         let seg = self.params.segment_size as usize;
         let sealed = self.params.sealed_segment_len() as usize;
-        let mut buf = Vec::with_capacity(full);
+        let mut buf = Vec::with_capacity(sealed);
         let mut total = 0;
         for j in 0..self.params.segments_per_stripe as usize {
+            if j == 1 {
+                // More than one segment: room for the whole stripe at once.
+                buf.reserve_exact(full - buf.len());
+            }
             buf.resize(j * sealed + seg, 0);
             let n = read_full(&mut self.reader, &mut buf[j * sealed..j * sealed + seg])
                 .map_err(CodecError::Read)?;

@@ -90,6 +90,9 @@ pub const INLINE_MAX: usize = 16 * 1024;
 /// The store format this code reads and writes (`meta-v1/"format"`).
 pub const STORE_FORMAT: u32 = 2;
 
+/// redb's in-process page cache per store.
+pub const REDB_CACHE_BYTES: usize = 16 << 20;
+
 /// Format byte that starts every postcard record this module writes.
 const RECORD_FORMAT: u8 = 1;
 
@@ -332,7 +335,12 @@ impl ShardStore {
         sync_dir(dir)?;
 
         let db_path = dir.join(DB_FILE);
-        let db = Database::create(&db_path)?;
+        // redb's page cache lives in the process; the index is small and bodies above
+        // INLINE_MAX live in files (the OS caches those), so a small cache suffices and
+        // keeps many peers in one process within their memory budget.
+        let db = Database::builder()
+            .set_cache_size(REDB_CACHE_BYTES)
+            .create(&db_path)?;
         init_tables(&db, &db_path)?;
 
         let store = ShardStore {
