@@ -534,10 +534,12 @@ where
     let count = manifest.stripe_count();
     let mut report = DecodeReport::default();
     let open_batch = |start: u64| -> Result<Vec<OpenedStripe>, CodecError> {
-        (start..(start + batch).min(count))
+        // Collect every result first so that an error names the lowest failing stripe.
+        let results: Vec<Result<OpenedStripe, CodecError>> = (start..(start + batch).min(count))
             .into_par_iter()
             .map(|i| codec.open(manifest, i, fetch(i)))
-            .collect()
+            .collect();
+        results.into_iter().collect()
     };
     let write_batch = |w: &mut W, opened: &[OpenedStripe]| -> Result<(), CodecError> {
         for s in opened {
