@@ -10,6 +10,23 @@
 //! to its id counts as missing (and is reported); data shards are rebuilt only when one is
 //! missing; fewer than k intact shards is an error naming the stripe, never wrong bytes.
 //!
+//! ```
+//! use dangan::codec::{self, DocumentInfo};
+//! use dangan::manifest::CodingParams;
+//!
+//! let plain = b"Certificate of birth".repeat(1000);
+//! let mut stripes = Vec::new();
+//! let (manifest, key) = codec::encode(&plain[..], CodingParams::default(), DocumentInfo::default(), |s| {
+//!     stripes.push(s);
+//!     Ok(())
+//! })?;
+//! let mut out = Vec::new();
+//! let fetch = |i: u64| stripes[i as usize].shards.iter().cloned().map(Some).collect();
+//! codec::decode(&manifest, &key, fetch, &mut out)?;
+//! assert_eq!(out, plain);
+//! # Ok::<(), dangan::codec::CodecError>(())
+//! ```
+//!
 //! Architecture invariant: the codec never does network or disk I/O of its own and never
 //! panics on untrusted input (manifests and shards); it only reads the plaintext it is given.
 

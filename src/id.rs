@@ -4,6 +4,16 @@
 //! digits of the 32-byte BLAKE3 hash. Parsing accepts upper case too and rejects anything
 //! else with a clear error.
 //!
+//! ```
+//! use dangan::id::DocumentId;
+//!
+//! let id = DocumentId::of(b"canonical manifest bytes");
+//! let text = id.to_string();
+//! assert_eq!(text.len(), 64);
+//! assert_eq!(text.parse::<DocumentId>().unwrap(), id);
+//! assert!("not an id".parse::<DocumentId>().is_err());
+//! ```
+//!
 //! Not for: keyed hashing or Merkle trees (those live with the chain).
 
 use std::fmt;
