@@ -447,12 +447,7 @@ impl Client {
                 id,
                 stored,
                 needed,
-                errors: hedged
-                    .failures
-                    .iter()
-                    .map(|(_, e)| e.to_string())
-                    .collect::<Vec<_>>()
-                    .join("; "),
+                errors: hedged.errors(),
             });
         }
         Ok(id)
@@ -498,16 +493,11 @@ impl Client {
                 Ok(Bytes::from(body))
             })
             .await;
-        match hedged.results.into_iter().flatten().next() {
-            Some(body) => Ok(Manifest::decode(&body)?),
+        match hedged.results.iter().flatten().next() {
+            Some(body) => Ok(Manifest::decode(body)?),
             None => Err(ClientError::NotFound {
                 id: *id,
-                errors: hedged
-                    .failures
-                    .iter()
-                    .map(|(_, e)| e.to_string())
-                    .collect::<Vec<_>>()
-                    .join("; "),
+                errors: hedged.errors(),
             }),
         }
     }
@@ -887,6 +877,14 @@ struct Hedged<T> {
     results: Vec<Option<T>>,
     failures: Vec<(usize, ClientError)>,
     untried: Vec<usize>,
+}
+
+impl<T> Hedged<T> {
+    /// Every failure, for an error message.
+    fn errors(&self) -> String {
+        let all: Vec<String> = self.failures.iter().map(|(_, e)| e.to_string()).collect();
+        all.join("; ")
+    }
 }
 
 struct Fetched {

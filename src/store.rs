@@ -646,13 +646,8 @@ impl ShardStore {
             return Err(StoreError::HashMismatch { id: *id });
         }
         let _guards = self.lock_ids(std::iter::once(id));
-        let rec = {
-            let txn = self.db.begin_read()?;
-            let shards = txn.open_table(SHARDS)?;
-            match shards.get(&id.0)? {
-                Some(v) => decode_shard(v.value())?,
-                None => return Ok(false),
-            }
+        let Some(rec) = self.record(id)? else {
+            return Ok(false);
         };
         match rec.body {
             BodyLocation::File => self.write_body_file(id, bytes)?,
@@ -725,17 +720,22 @@ impl ShardStore {
     /// TEST AID, not for production use: flips the lowest bit of byte
     /// `byte_index % len` of the stored body of `id` in place (the inline row or the body
     /// file), bypassing every check, to simulate disk corruption in tests of other modules.
+    /// The committed record of `id`, if any.
+    fn record(&self, id: &ShardId) -> Result<Option<ShardRecord>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let shards = txn.open_table(SHARDS)?;
+        match shards.get(&id.0)? {
+            Some(v) => Ok(Some(decode_shard(v.value())?)),
+            None => Ok(None),
+        }
+    }
+
     /// Returns `false` if the shard is not present.
     #[doc(hidden)]
     pub fn corrupt_for_test(&self, id: &ShardId, byte_index: usize) -> Result<bool, StoreError> {
         let _guards = self.lock_ids(std::iter::once(id));
-        let rec = {
-            let txn = self.db.begin_read()?;
-            let shards = txn.open_table(SHARDS)?;
-            match shards.get(&id.0)? {
-                Some(v) => decode_shard(v.value())?,
-                None => return Ok(false),
-            }
+        let Some(rec) = self.record(id)? else {
+            return Ok(false);
         };
         if rec.len == 0 {
             return Ok(false);
