@@ -294,3 +294,64 @@ async fn a_peer_killed_mid_put_never_leaves_an_unreadable_document() {
         cluster.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_client_cannot_hold_a_peer_hostage() {
+    let tmp = tempfile::tempdir().unwrap();
+    let limits = dangan::peer::PeerLimits {
+        max_concurrent_requests: 2,
+        queue_timeout: Duration::from_millis(300),
+        request_timeout: Duration::from_secs(1),
+        ..Default::default()
+    };
+    let cluster = LocalCluster::start_in(tmp.path(), 6, 3, limits)
+        .await
+        .unwrap();
+    let me = Identity::generate(Role::Department);
+    cluster.membership().add(me.public());
+
+    // Two requests that announce a body and never send it take both request slots.
+    let mut hung = Vec::new();
+    for _ in 0..2 {
+        let (ep, mut send, recv) = raw_stream(&cluster, &me).await;
+        let req = Request::PutShard {
+            id: ShardId::of(b"never sent"),
+            len: 100_000,
+        };
+        proto::write_frame(&mut send, &req).await.unwrap();
+        hung.push((ep, send, recv));
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    // A third request waits at most the queue timeout, then is told the peer is busy.
+    let (_ep, mut send, mut recv) = raw_stream(&cluster, &me).await;
+    proto::write_frame(&mut send, &Request::Ping).await.unwrap();
+    send.finish().unwrap();
+    let resp: Response = proto::read_frame(&mut recv).await.unwrap();
+    assert!(
+        matches!(
+            resp,
+            Response::Error {
+                code: ErrorCode::Busy,
+                ..
+            }
+        ),
+        "{resp:?}"
+    );
+
+    // Once the request time limit passes, the hung requests are cut off and the slots free.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    for (_ep, _send, recv) in &mut hung {
+        assert!(
+            proto::read_frame::<_, Response>(recv).await.is_err(),
+            "the hung stream was reset"
+        );
+    }
+    let (_ep, mut send, mut recv) = raw_stream(&cluster, &me).await;
+    proto::write_frame(&mut send, &Request::Ping).await.unwrap();
+    send.finish().unwrap();
+    let resp: Response = proto::read_frame(&mut recv).await.unwrap();
+    assert_eq!(resp, Response::Pong);
+    assert_eq!(cluster.peer(0).unwrap().store().usage().unwrap().shards, 0);
+    cluster.shutdown().await;
+}
