@@ -5,6 +5,7 @@
 //! `peer`, `client`; `config`; `demo`, `bench`.
 
 pub mod bench;
+pub mod chain;
 pub mod client;
 pub mod codec;
 pub mod config;

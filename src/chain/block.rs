@@ -1,0 +1,409 @@
+//! Blocks: a batch of transactions, the header that commits to them and to the state they
+//! produce, and the validators' signatures that make a header final.
+//!
+//! A header holds the height, the previous header's hash, the Merkle root of the block's
+//! transactions, the state root after applying them, the time and the proposer. Every
+//! validator that applied the block and reached the same state root signs the header hash;
+//! a header is final once a majority of the current validators has signed it, so no single
+//! department can rewrite history alone. [`TxInclusion`] lets anyone holding a final header
+//! check that a transaction is in its block without trusting whoever served it.
+//!
+//! Not for: ordering blocks among validators (consensus) or storing them.
+
+use serde::{Deserialize, Serialize};
+
+use super::merkle::{self, Hash, MerkleError, Proof};
+use super::state::State;
+use super::tx::{Signature, SignedTx, TxError};
+use crate::identity::{Identity, PublicId};
+
+/// Domain separation for header signatures.
+pub const HEADER_DOMAIN: &[u8] = b"dangan/header/v1\0";
+/// Most transactions in one block.
+pub const MAX_BLOCK_TXS: usize = 10_000;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockHeader {
+    pub height: u64,
+    /// Hash of the previous header; all zeros for the first block.
+    pub prev: Hash,
+    /// Merkle root of the transactions (leaf = BLAKE3 leaf hash of each encoded SignedTx).
+    pub tx_root: Hash,
+    /// State root after applying the block.
+    pub state_root: Hash,
+    /// Milliseconds since the Unix epoch, as the proposer saw it.
+    pub time_ms: u64,
+    pub proposer: PublicId,
+}
+
+impl BlockHeader {
+    pub fn hash(&self) -> Hash {
+        *blake3::hash(&postcard::to_allocvec(self).expect("encoding into memory cannot fail"))
+            .as_bytes()
+    }
+
+    fn signing_bytes(&self) -> Vec<u8> {
+        let mut out = HEADER_DOMAIN.to_vec();
+        out.extend_from_slice(&self.hash());
+        out
+    }
+}
+
+/// A header with the signatures gathered so far.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedHeader {
+    pub header: BlockHeader,
+    pub signatures: Vec<(PublicId, Signature)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Block {
+    pub header: SignedHeader,
+    pub txs: Vec<SignedTx>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BlockError {
+    #[error("block {height} does not follow height {expected}")]
+    Height { height: u64, expected: u64 },
+    #[error("block {0} does not link to the previous header")]
+    Link(u64),
+    #[error("block {0}: its transactions do not match the header's transaction root")]
+    TxRoot(u64),
+    #[error("block {height}: transaction {index} is invalid: {source}")]
+    Tx {
+        height: u64,
+        index: usize,
+        #[source]
+        source: TxError,
+    },
+    #[error("block {0}: applying it gives another state root than the header says")]
+    StateRoot(u64),
+    #[error("block {0} has more than {MAX_BLOCK_TXS} transactions")]
+    TooManyTxs(u64),
+    #[error("block {height}: {signer} is not a validator")]
+    NotValidator { height: u64, signer: PublicId },
+    #[error("block {height}: the signature of {signer} does not verify")]
+    BadSignature { height: u64, signer: PublicId },
+    #[error("block {height}: signed by {signed} of {validators} validators, a majority is needed")]
+    NotFinal {
+        height: u64,
+        signed: usize,
+        validators: usize,
+    },
+    #[error("inclusion proof: {0}")]
+    Proof(#[from] MerkleError),
+}
+
+fn tx_leaves(txs: &[SignedTx]) -> Vec<Hash> {
+    txs.iter().map(|t| merkle::leaf_hash(&t.encode())).collect()
+}
+
+impl SignedHeader {
+    /// Adds `identity`'s signature (a validator that applied the block).
+    pub fn sign(&mut self, identity: &Identity) {
+        let me = identity.public();
+        if self.signatures.iter().all(|(who, _)| *who != me) {
+            let sig = Signature::from_bytes(identity.sign(&self.header.signing_bytes()));
+            self.signatures.push((me, sig));
+        }
+    }
+
+    /// Checks that a majority of `validators` signed this header, and every signature.
+    pub fn verify_final(&self, validators: &[PublicId]) -> Result<(), BlockError> {
+        let height = self.header.height;
+        let msg = self.header.signing_bytes();
+        let mut signed: Vec<PublicId> = Vec::new();
+        for (signer, sig) in &self.signatures {
+            if !validators.contains(signer) {
+                return Err(BlockError::NotValidator {
+                    height,
+                    signer: *signer,
+                });
+            }
+            signer
+                .verify(&msg, &sig.to_bytes())
+                .map_err(|_| BlockError::BadSignature {
+                    height,
+                    signer: *signer,
+                })?;
+            if !signed.contains(signer) {
+                signed.push(*signer);
+            }
+        }
+        if signed.len() * 2 <= validators.len() {
+            return Err(BlockError::NotFinal {
+                height,
+                signed: signed.len(),
+                validators: validators.len(),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl Block {
+    /// Builds the next block on `state` from `candidates`, in order: transactions that do
+    /// not apply are left out and returned with their reasons. `state` becomes the state
+    /// after the block; the header carries the proposer's signature.
+    pub fn propose(
+        state: &mut State,
+        prev: &BlockHeader,
+        candidates: Vec<SignedTx>,
+        proposer: &Identity,
+        time_ms: u64,
+    ) -> (Block, Vec<(SignedTx, TxError)>) {
+        let height = prev.height + 1;
+        let mut txs = Vec::new();
+        let mut refused = Vec::new();
+        for tx in candidates.into_iter().take(MAX_BLOCK_TXS) {
+            match state.apply(&tx, height) {
+                Ok(()) => txs.push(tx),
+                Err(e) => refused.push((tx, e)),
+            }
+        }
+        let header = BlockHeader {
+            height,
+            prev: prev.hash(),
+            tx_root: merkle::root(&tx_leaves(&txs)),
+            state_root: state.root(),
+            time_ms,
+            proposer: proposer.public(),
+        };
+        let mut header = SignedHeader {
+            header,
+            signatures: Vec::new(),
+        };
+        header.sign(proposer);
+        (Block { header, txs }, refused)
+    }
+
+    /// Checks this block against the previous header and applies it to `state`. On any
+    /// error `state` is unchanged.
+    pub fn apply(&self, state: &mut State, prev: &BlockHeader) -> Result<(), BlockError> {
+        let h = &self.header.header;
+        if h.height != prev.height + 1 {
+            return Err(BlockError::Height {
+                height: h.height,
+                expected: prev.height + 1,
+            });
+        }
+        if h.prev != prev.hash() {
+            return Err(BlockError::Link(h.height));
+        }
+        if self.txs.len() > MAX_BLOCK_TXS {
+            return Err(BlockError::TooManyTxs(h.height));
+        }
+        if merkle::root(&tx_leaves(&self.txs)) != h.tx_root {
+            return Err(BlockError::TxRoot(h.height));
+        }
+        let mut next = state.clone();
+        for (index, tx) in self.txs.iter().enumerate() {
+            next.apply(tx, h.height).map_err(|source| BlockError::Tx {
+                height: h.height,
+                index,
+                source,
+            })?;
+        }
+        if next.root() != h.state_root {
+            return Err(BlockError::StateRoot(h.height));
+        }
+        *state = next;
+        Ok(())
+    }
+
+    /// Proof that transaction `index` of this block is in it.
+    pub fn inclusion(&self, index: usize) -> Result<TxInclusion, BlockError> {
+        let proof = merkle::prove(&tx_leaves(&self.txs), index)?;
+        Ok(TxInclusion {
+            tx: self.txs[index].clone(),
+            proof,
+            header: self.header.clone(),
+        })
+    }
+}
+
+/// A transaction, its Merkle path and the signed header it is under: checkable offline by
+/// anyone who knows the validator set.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TxInclusion {
+    pub tx: SignedTx,
+    pub proof: Proof,
+    pub header: SignedHeader,
+}
+
+impl TxInclusion {
+    /// Checks the transaction's signature, its path to the header's transaction root, and
+    /// that a majority of `validators` signed the header.
+    pub fn verify(&self, validators: &[PublicId]) -> Result<(), BlockError> {
+        let height = self.header.header.height;
+        self.tx
+            .verify_signature()
+            .map_err(|source| BlockError::Tx {
+                height,
+                index: self.proof.index as usize,
+                source,
+            })?;
+        self.proof.verify(
+            &merkle::leaf_hash(&self.tx.encode()),
+            &self.header.header.tx_root,
+        )?;
+        self.header.verify_final(validators)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chain::state::{Genesis, GenesisAccount};
+    use crate::chain::tx::{Tx, TxBody};
+    use crate::id::DocumentId;
+    use crate::identity::Role;
+
+    fn genesis_header(state: &State) -> BlockHeader {
+        BlockHeader {
+            height: 0,
+            prev: [0; 32],
+            tx_root: merkle::root(&[]),
+            state_root: state.root(),
+            time_ms: 0,
+            proposer: PublicId::from_bytes(
+                *Identity::from_seed([1; 32], Role::Validator)
+                    .public()
+                    .as_bytes(),
+            )
+            .unwrap(),
+        }
+    }
+
+    struct Chain {
+        validators: Vec<Identity>,
+        dept: Identity,
+        state: State,
+    }
+
+    fn chain(n_validators: usize) -> Chain {
+        let validators: Vec<Identity> = (0..n_validators)
+            .map(|_| Identity::generate(Role::Validator))
+            .collect();
+        let dept = Identity::generate(Role::Department);
+        let acct = |i: &Identity, role| GenesisAccount {
+            id: i.public(),
+            role,
+            name: String::new(),
+        };
+        let genesis = Genesis {
+            chain_id: "test".into(),
+            validators: validators
+                .iter()
+                .map(|v| acct(v, Role::Validator))
+                .collect(),
+            accounts: vec![acct(&dept, Role::Department)],
+            nodes: Vec::new(),
+        };
+        Chain {
+            state: State::genesis(&genesis).unwrap(),
+            validators,
+            dept,
+        }
+    }
+
+    fn register(dept: &Identity, nonce: u64) -> SignedTx {
+        Tx {
+            sender: dept.public(),
+            nonce,
+            body: TxBody::RegisterDocument {
+                document: DocumentId::of(&nonce.to_le_bytes()),
+            },
+        }
+        .sign(dept)
+    }
+
+    #[test]
+    fn proposed_blocks_apply_on_other_validators_and_become_final() {
+        let mut c = chain(3);
+        let genesis = genesis_header(&c.state);
+        let mut follower = c.state.clone();
+        let txs: Vec<SignedTx> = (1..=5).map(|n| register(&c.dept, n)).collect();
+        let mut replay = txs.clone();
+        replay.push(register(&c.dept, 3)); // a replay inside the batch is left out
+        let (mut block, refused) =
+            Block::propose(&mut c.state, &genesis, replay, &c.validators[0], 1000);
+        assert_eq!(block.txs, txs);
+        assert_eq!(refused.len(), 1);
+        block.apply(&mut follower, &genesis).unwrap();
+        assert_eq!(follower.root(), c.state.root());
+
+        let ids: Vec<PublicId> = c.validators.iter().map(|v| v.public()).collect();
+        assert!(matches!(
+            block.header.verify_final(&ids),
+            Err(BlockError::NotFinal { signed: 1, .. })
+        ));
+        block.header.sign(&c.validators[1]);
+        block.header.verify_final(&ids).unwrap();
+
+        let proof = block.inclusion(2).unwrap();
+        proof.verify(&ids).unwrap();
+        let bytes = postcard::to_allocvec(&proof).unwrap();
+        for i in 0..bytes.len() {
+            let mut bad = bytes.clone();
+            bad[i] ^= 0x01;
+            let Ok(bad) = postcard::from_bytes::<TxInclusion>(&bad) else {
+                continue;
+            };
+            assert!(bad.verify(&ids).is_err(), "flipped byte {i} still verifies");
+        }
+    }
+
+    #[test]
+    fn tampered_blocks_are_refused_and_change_nothing() {
+        let mut c = chain(1);
+        let genesis = genesis_header(&c.state);
+        let before = c.state.clone();
+        let txs: Vec<SignedTx> = (1..=3).map(|n| register(&c.dept, n)).collect();
+        let (block, _) = Block::propose(&mut c.state, &genesis, txs, &c.validators[0], 5);
+        let mut s = before.clone();
+
+        let mut dropped = block.clone();
+        dropped.txs.pop();
+        assert_eq!(dropped.apply(&mut s, &genesis), Err(BlockError::TxRoot(1)));
+        let mut wrong_root = block.clone();
+        wrong_root.header.header.state_root[0] ^= 1;
+        assert_eq!(
+            wrong_root.apply(&mut s, &genesis),
+            Err(BlockError::StateRoot(1))
+        );
+        let mut unlinked = block.clone();
+        unlinked.header.header.prev[0] ^= 1;
+        assert_eq!(unlinked.apply(&mut s, &genesis), Err(BlockError::Link(1)));
+        assert_eq!(s, before);
+        block.apply(&mut s, &genesis).unwrap();
+        // The same block again is at the wrong height.
+        assert!(matches!(
+            block.apply(&mut s, &block.header.header),
+            Err(BlockError::Height { .. })
+        ));
+    }
+
+    #[test]
+    fn signatures_from_outsiders_or_forged_are_refused() {
+        let mut c = chain(1);
+        let genesis = genesis_header(&c.state);
+        let (mut block, _) = Block::propose(&mut c.state, &genesis, vec![], &c.validators[0], 5);
+        let ids = vec![c.validators[0].public()];
+        block.header.verify_final(&ids).unwrap();
+        let outsider = Identity::generate(Role::Validator);
+        block.header.sign(&outsider);
+        assert!(matches!(
+            block.header.verify_final(&ids),
+            Err(BlockError::NotValidator { .. })
+        ));
+        block.header.signatures.pop();
+        block.header.header.time_ms += 1;
+        assert!(matches!(
+            block.header.verify_final(&ids),
+            Err(BlockError::BadSignature { .. })
+        ));
+    }
+}

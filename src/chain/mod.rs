@@ -1,0 +1,10 @@
+//! The consortium chain: transactions, ledger state and Merkle proofs.
+//!
+//! Today: signed transactions (`tx`), the state they change and its root (`state`), and
+//! BLAKE3 Merkle trees with inclusion proofs (`merkle`). Blocks, their store and consensus
+//! among department validators come next (see ARCHITECTURE.md, "Not built yet").
+
+pub mod block;
+pub mod merkle;
+pub mod state;
+pub mod tx;

@@ -1,0 +1,609 @@
+//! Ledger state: accounts and roles, validators, registered documents, and the cluster
+//! layout; and [`State::apply`], the only code that changes it.
+//!
+//! `apply` checks everything first — signature, sender account, nonce, the sender's role,
+//! and the transaction's own conditions — and only then changes anything, so a refused
+//! transaction leaves the state exactly as it was. The state root is a Merkle root over the
+//! canonical encoding of every entry in key order, so two validators that applied the same
+//! transactions agree on it byte for byte.
+//!
+//! Not for: ordering transactions (consensus), persistence (the ledger store), or reading
+//! shards.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use super::merkle::{self, Hash};
+use super::tx::{MAX_LABEL, SignedTx, TxBody, TxError};
+use crate::id::DocumentId;
+use crate::identity::{PublicId, Role};
+use crate::placement::{Layout, NodeInfo};
+
+/// An account: its role and the nonce of its last applied transaction.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Account {
+    pub role: Role,
+    pub nonce: u64,
+}
+
+/// A registered document.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DocumentRecord {
+    /// The department that registered it.
+    pub owner: PublicId,
+    /// Height of the block that registered it.
+    pub height: u64,
+    /// The newer version, once superseded.
+    pub superseded_by: Option<DocumentId>,
+}
+
+/// The genesis file: the chain's first validators, accounts and storage peers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Genesis {
+    pub chain_id: String,
+    #[serde(rename = "validator")]
+    pub validators: Vec<GenesisAccount>,
+    #[serde(default, rename = "account")]
+    pub accounts: Vec<GenesisAccount>,
+    #[serde(default, rename = "node")]
+    pub nodes: Vec<NodeInfo>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GenesisAccount {
+    pub id: PublicId,
+    /// Role of an `[[account]]` (validators are always `validator`).
+    #[serde(default = "validator_role")]
+    pub role: Role,
+    /// Who this is, for people reading the file.
+    #[serde(default)]
+    pub name: String,
+}
+
+fn validator_role() -> Role {
+    Role::Validator
+}
+
+impl Genesis {
+    pub fn load(path: &Path) -> Result<Self, TxError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| TxError::Invalid(format!("reading {}: {e}", path.display())))?;
+        toml::from_str(&text).map_err(|e| TxError::Invalid(format!("{}: {e}", path.display())))
+    }
+}
+
+/// Everything the chain knows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct State {
+    pub chain_id: String,
+    pub accounts: BTreeMap<PublicId, Account>,
+    pub validators: BTreeSet<PublicId>,
+    pub documents: BTreeMap<DocumentId, DocumentRecord>,
+    pub layout: Layout,
+}
+
+/// One entry of the state, as hashed into the state root.
+#[derive(Serialize)]
+enum Entry<'a> {
+    ChainId(&'a str),
+    Account(&'a PublicId, &'a Account),
+    Validator(&'a PublicId),
+    Document(&'a DocumentId, &'a DocumentRecord),
+    Layout(&'a Layout),
+}
+
+impl State {
+    /// The state a genesis file describes.
+    pub fn genesis(genesis: &Genesis) -> Result<Self, TxError> {
+        if genesis.validators.is_empty() {
+            return Err(TxError::Invalid("genesis names no validator".into()));
+        }
+        let mut accounts = BTreeMap::new();
+        let mut add =
+            |id: PublicId, role: Role| match accounts.insert(id, Account { role, nonce: 0 }) {
+                Some(_) => Err(TxError::AccountExists(id)),
+                None => Ok(()),
+            };
+        for v in &genesis.validators {
+            add(v.id, Role::Validator)?;
+        }
+        for a in &genesis.accounts {
+            add(a.id, a.role)?;
+        }
+        for n in &genesis.nodes {
+            add(n.key, Role::Node)?;
+        }
+        let layout = Layout::new(1, genesis.nodes.clone())
+            .map_err(|e| TxError::Invalid(format!("genesis layout: {e}")))?;
+        Ok(Self {
+            chain_id: genesis.chain_id.clone(),
+            accounts,
+            validators: genesis.validators.iter().map(|v| v.id).collect(),
+            documents: BTreeMap::new(),
+            layout,
+        })
+    }
+
+    /// Merkle root over every entry in key order.
+    pub fn root(&self) -> Hash {
+        let mut leaves = Vec::with_capacity(
+            2 + self.accounts.len() + self.validators.len() + self.documents.len(),
+        );
+        let mut push = |e: Entry<'_>| {
+            leaves.push(merkle::leaf_hash(
+                &postcard::to_allocvec(&e).expect("encoding into memory cannot fail"),
+            ));
+        };
+        push(Entry::ChainId(&self.chain_id));
+        for (id, a) in &self.accounts {
+            push(Entry::Account(id, a));
+        }
+        for id in &self.validators {
+            push(Entry::Validator(id));
+        }
+        for (id, d) in &self.documents {
+            push(Entry::Document(id, d));
+        }
+        push(Entry::Layout(&self.layout));
+        merkle::root(&leaves)
+    }
+
+    /// Checks `stx` against the current state and, only if every check passes, applies it.
+    pub fn apply(&mut self, stx: &SignedTx, height: u64) -> Result<(), TxError> {
+        stx.verify_signature()?;
+        let tx = &stx.tx;
+        let sender = tx.sender;
+        let account = self
+            .accounts
+            .get(&sender)
+            .ok_or(TxError::UnknownSender(sender))?;
+        let expected = account.nonce + 1;
+        if tx.nonce != expected {
+            return Err(TxError::BadNonce {
+                sender,
+                expected,
+                got: tx.nonce,
+            });
+        }
+        let role = account.role;
+        let require = |wanted: Role, action: &'static str| {
+            if role == wanted {
+                Ok(())
+            } else {
+                Err(TxError::Forbidden {
+                    sender,
+                    role: role.to_string(),
+                    action,
+                })
+            }
+        };
+        // Each arm checks first and returns the change; nothing is mutated until all pass.
+        let change: Box<dyn FnOnce(&mut State)> = match &tx.body {
+            TxBody::RegisterDocument { document } => {
+                require(Role::Department, "register documents")?;
+                if self.documents.contains_key(document) {
+                    return Err(TxError::AlreadyRegistered(*document));
+                }
+                let document = *document;
+                Box::new(move |s| {
+                    s.documents.insert(
+                        document,
+                        DocumentRecord {
+                            owner: sender,
+                            height,
+                            superseded_by: None,
+                        },
+                    );
+                })
+            }
+            TxBody::Supersede { old, new } => {
+                require(Role::Department, "supersede documents")?;
+                let record = self
+                    .documents
+                    .get(old)
+                    .ok_or(TxError::NotRegistered(*old))?;
+                if record.owner != sender {
+                    return Err(TxError::NotOwner {
+                        document: *old,
+                        owner: record.owner,
+                    });
+                }
+                if record.superseded_by.is_some() {
+                    return Err(TxError::AlreadySuperseded(*old));
+                }
+                if self.documents.contains_key(new) {
+                    return Err(TxError::AlreadyRegistered(*new));
+                }
+                let (old, new) = (*old, *new);
+                Box::new(move |s| {
+                    if let Some(r) = s.documents.get_mut(&old) {
+                        r.superseded_by = Some(new);
+                    }
+                    s.documents.insert(
+                        new,
+                        DocumentRecord {
+                            owner: sender,
+                            height,
+                            superseded_by: None,
+                        },
+                    );
+                })
+            }
+            TxBody::AddNode {
+                node,
+                addr,
+                zone,
+                weight,
+            } => {
+                require(Role::Operator, "change the cluster layout")?;
+                if addr.len() > MAX_LABEL || zone.len() > MAX_LABEL {
+                    return Err(TxError::Invalid("address or zone too long".into()));
+                }
+                if self.layout.nodes.iter().any(|n| n.key == *node) {
+                    return Err(TxError::NodeExists(*node));
+                }
+                if self.accounts.contains_key(node) {
+                    return Err(TxError::AccountExists(*node));
+                }
+                let mut nodes = self.layout.nodes.clone();
+                nodes.push(NodeInfo {
+                    key: *node,
+                    zone: zone.clone(),
+                    weight: *weight,
+                    addr: addr.clone(),
+                });
+                let layout = self.next_layout(nodes)?;
+                let node = *node;
+                Box::new(move |s| {
+                    s.accounts.insert(
+                        node,
+                        Account {
+                            role: Role::Node,
+                            nonce: 0,
+                        },
+                    );
+                    s.layout = layout;
+                })
+            }
+            TxBody::DrainNode { node } => {
+                require(Role::Operator, "change the cluster layout")?;
+                let nodes = self.with_weights(&[(*node, 0)])?;
+                let layout = self.next_layout(nodes)?;
+                Box::new(move |s| s.layout = layout)
+            }
+            TxBody::RemoveNode { node } => {
+                require(Role::Operator, "change the cluster layout")?;
+                let current = self
+                    .layout
+                    .nodes
+                    .iter()
+                    .find(|n| n.key == *node)
+                    .ok_or(TxError::NoSuchNode(*node))?;
+                if current.weight != 0 {
+                    return Err(TxError::NotDrained(*node));
+                }
+                let nodes = self
+                    .layout
+                    .nodes
+                    .iter()
+                    .filter(|n| n.key != *node)
+                    .cloned()
+                    .collect();
+                let layout = self.next_layout(nodes)?;
+                let node = *node;
+                Box::new(move |s| {
+                    s.accounts.remove(&node);
+                    s.layout = layout;
+                })
+            }
+            TxBody::SetLayout { weights } => {
+                require(Role::Operator, "change the cluster layout")?;
+                let nodes = self.with_weights(weights)?;
+                let layout = self.next_layout(nodes)?;
+                Box::new(move |s| s.layout = layout)
+            }
+            TxBody::AddValidator { validator } => {
+                require(Role::Validator, "change the validator set")?;
+                if self.validators.contains(validator) {
+                    return Err(TxError::ValidatorExists(*validator));
+                }
+                if self.accounts.contains_key(validator) {
+                    return Err(TxError::AccountExists(*validator));
+                }
+                let v = *validator;
+                Box::new(move |s| {
+                    s.validators.insert(v);
+                    s.accounts.insert(
+                        v,
+                        Account {
+                            role: Role::Validator,
+                            nonce: 0,
+                        },
+                    );
+                })
+            }
+            TxBody::RemoveValidator { validator } => {
+                require(Role::Validator, "change the validator set")?;
+                if !self.validators.contains(validator) {
+                    return Err(TxError::NoSuchValidator(*validator));
+                }
+                if self.validators.len() == 1 {
+                    return Err(TxError::LastValidator);
+                }
+                let v = *validator;
+                Box::new(move |s| {
+                    s.validators.remove(&v);
+                    s.accounts.remove(&v);
+                })
+            }
+        };
+        change(self);
+        if let Some(account) = self.accounts.get_mut(&sender) {
+            account.nonce = expected;
+        }
+        Ok(())
+    }
+
+    /// The layout's nodes with some weights changed; every named node must exist.
+    fn with_weights(&self, weights: &[(PublicId, u32)]) -> Result<Vec<NodeInfo>, TxError> {
+        let mut nodes = self.layout.nodes.clone();
+        for (key, weight) in weights {
+            let node = nodes
+                .iter_mut()
+                .find(|n| n.key == *key)
+                .ok_or(TxError::NoSuchNode(*key))?;
+            node.weight = *weight;
+        }
+        Ok(nodes)
+    }
+
+    fn next_layout(&self, nodes: Vec<NodeInfo>) -> Result<Layout, TxError> {
+        Layout::new(self.layout.epoch + 1, nodes).map_err(|e| TxError::Invalid(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chain::tx::Tx;
+    use crate::identity::Identity;
+
+    struct World {
+        validator: Identity,
+        dept: Identity,
+        other_dept: Identity,
+        operator: Identity,
+        citizen: Identity,
+        state: State,
+    }
+
+    fn world() -> World {
+        let validator = Identity::generate(Role::Validator);
+        let dept = Identity::generate(Role::Department);
+        let other_dept = Identity::generate(Role::Department);
+        let operator = Identity::generate(Role::Operator);
+        let citizen = Identity::generate(Role::Citizen);
+        let acct = |i: &Identity, role| GenesisAccount {
+            id: i.public(),
+            role,
+            name: String::new(),
+        };
+        let nodes = (0..3)
+            .map(|i| NodeInfo {
+                key: Identity::generate(Role::Node).public(),
+                zone: format!("z{i}"),
+                weight: 100,
+                addr: format!("127.0.0.1:{}", 7000 + i),
+            })
+            .collect();
+        let genesis = Genesis {
+            chain_id: "test".into(),
+            validators: vec![acct(&validator, Role::Validator)],
+            accounts: vec![
+                acct(&dept, Role::Department),
+                acct(&other_dept, Role::Department),
+                acct(&operator, Role::Operator),
+                acct(&citizen, Role::Citizen),
+            ],
+            nodes,
+        };
+        let state = State::genesis(&genesis).unwrap();
+        World {
+            validator,
+            dept,
+            other_dept,
+            operator,
+            citizen,
+            state,
+        }
+    }
+
+    fn tx(who: &Identity, nonce: u64, body: TxBody) -> SignedTx {
+        Tx {
+            sender: who.public(),
+            nonce,
+            body,
+        }
+        .sign(who)
+    }
+
+    fn doc(n: u8) -> DocumentId {
+        DocumentId::of(&[n])
+    }
+
+    /// Applies and asserts that a refusal changed nothing.
+    fn refused(state: &mut State, stx: &SignedTx) -> TxError {
+        let before = state.clone();
+        let root = state.root();
+        let err = state.apply(stx, 9).unwrap_err();
+        assert_eq!(*state, before);
+        assert_eq!(state.root(), root);
+        err
+    }
+
+    #[test]
+    fn departments_register_and_supersede_their_documents() {
+        let mut w = world();
+        let root0 = w.state.root();
+        w.state
+            .apply(
+                &tx(&w.dept, 1, TxBody::RegisterDocument { document: doc(1) }),
+                1,
+            )
+            .unwrap();
+        assert_ne!(w.state.root(), root0);
+        assert_eq!(w.state.documents[&doc(1)].owner, w.dept.public());
+        w.state
+            .apply(
+                &tx(
+                    &w.dept,
+                    2,
+                    TxBody::Supersede {
+                        old: doc(1),
+                        new: doc(2),
+                    },
+                ),
+                2,
+            )
+            .unwrap();
+        assert_eq!(w.state.documents[&doc(1)].superseded_by, Some(doc(2)));
+        assert_eq!(w.state.accounts[&w.dept.public()].nonce, 2);
+    }
+
+    #[test]
+    fn replayed_forged_wrong_role_and_invalid_transactions_change_nothing() {
+        let mut w = world();
+        let first = tx(&w.dept, 1, TxBody::RegisterDocument { document: doc(1) });
+        w.state.apply(&first, 1).unwrap();
+        // Replay.
+        assert!(matches!(
+            refused(&mut w.state, &first),
+            TxError::BadNonce { .. }
+        ));
+        // Skipped nonce.
+        let skip = tx(&w.dept, 5, TxBody::RegisterDocument { document: doc(3) });
+        assert!(matches!(
+            refused(&mut w.state, &skip),
+            TxError::BadNonce { .. }
+        ));
+        // Forged: signed by someone else.
+        let mut forged = tx(&w.dept, 2, TxBody::RegisterDocument { document: doc(4) });
+        forged.signature =
+            crate::chain::tx::Signature::from_bytes(w.citizen.sign(&forged.tx.signing_bytes()));
+        assert!(matches!(
+            refused(&mut w.state, &forged),
+            TxError::BadSignature(_)
+        ));
+        // Unknown sender.
+        let stranger = Identity::generate(Role::Department);
+        let t = tx(&stranger, 1, TxBody::RegisterDocument { document: doc(5) });
+        assert!(matches!(
+            refused(&mut w.state, &t),
+            TxError::UnknownSender(_)
+        ));
+        // Wrong roles.
+        let t = tx(&w.citizen, 1, TxBody::RegisterDocument { document: doc(6) });
+        assert!(matches!(
+            refused(&mut w.state, &t),
+            TxError::Forbidden { .. }
+        ));
+        let node = w.state.layout.nodes[0].key;
+        let t = tx(&w.dept, 2, TxBody::DrainNode { node });
+        assert!(matches!(
+            refused(&mut w.state, &t),
+            TxError::Forbidden { .. }
+        ));
+        let t = tx(
+            &w.operator,
+            1,
+            TxBody::AddValidator {
+                validator: w.citizen.public(),
+            },
+        );
+        assert!(matches!(
+            refused(&mut w.state, &t),
+            TxError::Forbidden { .. }
+        ));
+        // Another department's document.
+        let t = tx(
+            &w.other_dept,
+            1,
+            TxBody::Supersede {
+                old: doc(1),
+                new: doc(7),
+            },
+        );
+        assert!(matches!(
+            refused(&mut w.state, &t),
+            TxError::NotOwner { .. }
+        ));
+        // Duplicate registration.
+        let t = tx(
+            &w.other_dept,
+            1,
+            TxBody::RegisterDocument { document: doc(1) },
+        );
+        assert!(matches!(
+            refused(&mut w.state, &t),
+            TxError::AlreadyRegistered(_)
+        ));
+        // Removing a node that is not drained; the last validator.
+        let t = tx(&w.operator, 1, TxBody::RemoveNode { node });
+        assert!(matches!(refused(&mut w.state, &t), TxError::NotDrained(_)));
+        let t = tx(
+            &w.validator,
+            1,
+            TxBody::RemoveValidator {
+                validator: w.validator.public(),
+            },
+        );
+        assert_eq!(refused(&mut w.state, &t), TxError::LastValidator);
+    }
+
+    #[test]
+    fn operators_change_the_layout_in_epochs() {
+        let mut w = world();
+        let new_node = Identity::generate(Role::Node).public();
+        let add = TxBody::AddNode {
+            node: new_node,
+            addr: "127.0.0.1:7100".into(),
+            zone: "z0".into(),
+            weight: 100,
+        };
+        w.state.apply(&tx(&w.operator, 1, add), 1).unwrap();
+        assert_eq!(w.state.layout.epoch, 2);
+        assert_eq!(w.state.accounts[&new_node].role, Role::Node);
+        w.state
+            .apply(&tx(&w.operator, 2, TxBody::DrainNode { node: new_node }), 2)
+            .unwrap();
+        assert_eq!(w.state.layout.epoch, 3);
+        w.state
+            .apply(
+                &tx(&w.operator, 3, TxBody::RemoveNode { node: new_node }),
+                3,
+            )
+            .unwrap();
+        assert_eq!(w.state.layout.epoch, 4);
+        assert!(!w.state.accounts.contains_key(&new_node));
+        assert_eq!(w.state.layout.nodes.len(), 3);
+    }
+
+    #[test]
+    fn the_same_transactions_give_the_same_root() {
+        let mut a = world();
+        let mut b = State { ..a.state.clone() };
+        let txs = [
+            tx(&a.dept, 1, TxBody::RegisterDocument { document: doc(1) }),
+            tx(&a.dept, 2, TxBody::RegisterDocument { document: doc(2) }),
+        ];
+        for (h, t) in txs.iter().enumerate() {
+            a.state.apply(t, h as u64).unwrap();
+            b.apply(t, h as u64).unwrap();
+        }
+        assert_eq!(a.state.root(), b.root());
+    }
+}
