@@ -145,22 +145,30 @@ impl SignedHeader {
 
 impl Block {
     /// Builds the next block on `state` from `candidates`, in order: transactions that do
-    /// not apply are left out and returned with their reasons. `state` becomes the state
-    /// after the block; the header carries the proposer's signature.
+    /// not apply are left out. Returns the block and, for each candidate in order, its index
+    /// in the block or why it was refused. `state` becomes the state after the block; the
+    /// header carries the proposer's signature.
     pub fn propose(
         state: &mut State,
         prev: &BlockHeader,
         candidates: Vec<SignedTx>,
         proposer: &Identity,
         time_ms: u64,
-    ) -> (Block, Vec<(SignedTx, TxError)>) {
+    ) -> (Block, Vec<Result<u32, TxError>>) {
         let height = prev.height + 1;
         let mut txs = Vec::new();
-        let mut refused = Vec::new();
-        for tx in candidates.into_iter().take(MAX_BLOCK_TXS) {
+        let mut outcomes = Vec::with_capacity(candidates.len());
+        for (n, tx) in candidates.into_iter().enumerate() {
+            if n >= MAX_BLOCK_TXS {
+                outcomes.push(Err(TxError::Invalid("block full; submit again".into())));
+                continue;
+            }
             match state.apply(&tx, height) {
-                Ok(()) => txs.push(tx),
-                Err(e) => refused.push((tx, e)),
+                Ok(()) => {
+                    outcomes.push(Ok(txs.len() as u32));
+                    txs.push(tx);
+                }
+                Err(e) => outcomes.push(Err(e)),
             }
         }
         let header = BlockHeader {
@@ -176,7 +184,7 @@ impl Block {
             signatures: Vec::new(),
         };
         header.sign(proposer);
-        (Block { header, txs }, refused)
+        (Block { header, txs }, outcomes)
     }
 
     /// Checks this block against the previous header and applies it to `state`. On any
@@ -328,10 +336,11 @@ mod tests {
         let txs: Vec<SignedTx> = (1..=5).map(|n| register(&c.dept, n)).collect();
         let mut replay = txs.clone();
         replay.push(register(&c.dept, 3)); // a replay inside the batch is left out
-        let (mut block, refused) =
+        let (mut block, outcomes) =
             Block::propose(&mut c.state, &genesis, replay, &c.validators[0], 1000);
         assert_eq!(block.txs, txs);
-        assert_eq!(refused.len(), 1);
+        assert_eq!(outcomes[..5], [Ok(0), Ok(1), Ok(2), Ok(3), Ok(4)]);
+        assert!(matches!(outcomes[5], Err(TxError::BadNonce { .. })));
         block.apply(&mut follower, &genesis).unwrap();
         assert_eq!(follower.root(), c.state.root());
 

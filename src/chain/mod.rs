@@ -5,6 +5,8 @@
 //! among department validators come next (see ARCHITECTURE.md, "Not built yet").
 
 pub mod block;
+pub mod ledger;
 pub mod merkle;
 pub mod state;
+pub mod store;
 pub mod tx;

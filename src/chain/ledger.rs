@@ -1,0 +1,236 @@
+//! A validator's ledger: accepts signed transactions, batches whatever is waiting into the
+//! next block (group commit: one block, one durable write, however many transactions), and
+//! answers queries with inclusion proofs.
+//!
+//! This is the one-validator form, where the validator's own signature is the majority; the
+//! same block and store code will sit behind consensus among several validators.
+//!
+//! Not for: the network service in front of it, or consensus.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, warn};
+
+use super::block::{Block, BlockHeader, TxInclusion};
+use super::state::{DocumentRecord, Genesis, State};
+use super::store::{ChainStore, ChainStoreError};
+use super::tx::{SignedTx, TxError};
+use crate::id::DocumentId;
+use crate::identity::{Identity, PublicId};
+
+/// Most transactions gathered into one block.
+pub const MAX_BATCH: usize = 4096;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LedgerError {
+    #[error(transparent)]
+    Store(#[from] ChainStoreError),
+    #[error("transaction refused: {0}")]
+    Refused(#[from] TxError),
+    #[error("the ledger stopped")]
+    Stopped,
+    #[error("{0} is not a validator of this chain")]
+    NotValidator(PublicId),
+}
+
+/// Where a committed transaction sits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TxReceipt {
+    pub height: u64,
+    pub index: u32,
+    pub tx_id: [u8; 32],
+    /// From submission to the durable block.
+    pub latency: Duration,
+}
+
+/// A summary of the chain.
+#[derive(Debug, Clone)]
+pub struct ChainStatus {
+    pub chain_id: String,
+    pub height: u64,
+    pub tip_hash: [u8; 32],
+    pub state_root: [u8; 32],
+    pub validators: Vec<PublicId>,
+    pub documents: usize,
+    pub layout_epoch: u64,
+}
+
+struct Tip {
+    state: State,
+    header: BlockHeader,
+}
+
+type Job = (
+    SignedTx,
+    Instant,
+    oneshot::Sender<Result<TxReceipt, TxError>>,
+);
+
+pub struct Ledger {
+    store: Arc<ChainStore>,
+    tip: Arc<Mutex<Tip>>,
+    submit: Option<mpsc::UnboundedSender<Job>>,
+    committer: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Ledger {
+    /// Stops the commit thread after the block in progress, so the chain file is closed
+    /// when the ledger is gone.
+    fn drop(&mut self) {
+        self.submit.take();
+        if let Some(t) = self.committer.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Ledger {
+    /// Opens the chain in `path` (verifying it) and starts committing blocks signed by
+    /// `validator`. Must be called within a tokio runtime.
+    pub fn open(path: &Path, genesis: &Genesis, validator: Identity) -> Result<Self, LedgerError> {
+        let (store, state, header) = ChainStore::open(path, genesis)?;
+        if !state.validators.contains(&validator.public()) {
+            return Err(LedgerError::NotValidator(validator.public()));
+        }
+        let store = Arc::new(store);
+        let tip = Arc::new(Mutex::new(Tip { state, header }));
+        let (submit, rx) = mpsc::unbounded_channel();
+        let (s, t) = (store.clone(), tip.clone());
+        let committer = std::thread::Builder::new()
+            .name("dangan-ledger".into())
+            .spawn(move || commit_loop(rx, s, t, validator))
+            .expect("spawning the ledger thread");
+        Ok(Self {
+            store,
+            tip,
+            submit: Some(submit),
+            committer: Some(committer),
+        })
+    }
+
+    /// Submits a transaction and waits until the block holding it is durable.
+    pub async fn submit(&self, tx: SignedTx) -> Result<TxReceipt, LedgerError> {
+        let (reply, rx) = oneshot::channel();
+        self.submit
+            .as_ref()
+            .ok_or(LedgerError::Stopped)?
+            .send((tx, Instant::now(), reply))
+            .map_err(|_| LedgerError::Stopped)?;
+        Ok(rx.await.map_err(|_| LedgerError::Stopped)??)
+    }
+
+    pub fn status(&self) -> ChainStatus {
+        let tip = self.tip.lock().expect("ledger lock");
+        ChainStatus {
+            chain_id: tip.state.chain_id.clone(),
+            height: tip.header.height,
+            tip_hash: tip.header.hash(),
+            state_root: tip.state.root(),
+            validators: tip.state.validators.iter().copied().collect(),
+            documents: tip.state.documents.len(),
+            layout_epoch: tip.state.layout.epoch,
+        }
+    }
+
+    /// A copy of the current state.
+    pub fn state(&self) -> State {
+        self.tip.lock().expect("ledger lock").state.clone()
+    }
+
+    pub fn block(&self, height: u64) -> Result<Option<Block>, LedgerError> {
+        Ok(self.store.block(height)?)
+    }
+
+    /// A registered document's record and the proof of the transaction that registered it.
+    pub fn document(
+        &self,
+        id: &DocumentId,
+    ) -> Result<Option<(DocumentRecord, TxInclusion)>, LedgerError> {
+        let Some(record) = self
+            .tip
+            .lock()
+            .expect("ledger lock")
+            .state
+            .documents
+            .get(id)
+            .cloned()
+        else {
+            return Ok(None);
+        };
+        let Some((height, index)) = self.store.document_location(id)? else {
+            return Ok(None);
+        };
+        let Some(block) = self.store.block(height)? else {
+            return Ok(None);
+        };
+        let proof = block
+            .inclusion(index as usize)
+            .map_err(|e| ChainStoreError::Tampered { height, source: e })?;
+        Ok(Some((record, proof)))
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Takes whatever is waiting, makes one block of it, stores it, answers everyone.
+fn commit_loop(
+    mut rx: mpsc::UnboundedReceiver<Job>,
+    store: Arc<ChainStore>,
+    tip: Arc<Mutex<Tip>>,
+    validator: Identity,
+) {
+    while let Some(first) = rx.blocking_recv() {
+        let mut jobs = vec![first];
+        while jobs.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(_) => break,
+            }
+        }
+        let (mut state, prev) = {
+            let t = tip.lock().expect("ledger lock");
+            (t.state.clone(), t.header.clone())
+        };
+        let candidates: Vec<SignedTx> = jobs.iter().map(|(tx, _, _)| tx.clone()).collect();
+        let (block, outcomes) = Block::propose(&mut state, &prev, candidates, &validator, now_ms());
+        let failed = |e: &ChainStoreError| TxError::Invalid(format!("block not stored: {e}"));
+        let stored = if block.txs.is_empty() {
+            Ok(())
+        } else {
+            store.append(&block)
+        };
+        if let Err(e) = &stored {
+            warn!(error = %e, "storing a block failed; its transactions are refused");
+        } else if !block.txs.is_empty() {
+            debug!(
+                height = block.header.header.height,
+                txs = block.txs.len(),
+                "block committed"
+            );
+            let mut t = tip.lock().expect("ledger lock");
+            t.state = state;
+            t.header = block.header.header.clone();
+        }
+        for ((tx, submitted, reply), outcome) in jobs.into_iter().zip(outcomes) {
+            let answer = match (outcome, &stored) {
+                (Err(e), _) => Err(e),
+                (Ok(_), Err(e)) => Err(failed(e)),
+                (Ok(index), Ok(())) => Ok(TxReceipt {
+                    height: block.header.header.height,
+                    index,
+                    tx_id: tx.id(),
+                    latency: submitted.elapsed(),
+                }),
+            };
+            let _ = reply.send(answer);
+        }
+    }
+}

@@ -1,0 +1,231 @@
+//! The chain on disk: blocks by height in redb, with indexes from transaction id and from
+//! document id to where the transaction sits. One durable redb transaction per block.
+//!
+//! Opening replays every stored block on the genesis state and checks each link, transaction
+//! root, state root and signature, so bytes altered on disk are found before the chain is
+//! used (cost: one pass over the chain at start; state snapshots can shorten it later).
+//!
+//! Tables (format version in the name): `blocks-v1` height → postcard `Block`;
+//! `txs-v1` transaction id → (height, index); `docs-v1` document id → (height, index) of the
+//! transaction that registered it; `meta-v1` "format" and "tip".
+
+use std::path::Path;
+
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+
+use super::block::{Block, BlockError, BlockHeader};
+use super::merkle;
+use super::state::{Genesis, State};
+use super::tx::{TxBody, TxError};
+use crate::id::DocumentId;
+use crate::identity::PublicId;
+
+const BLOCKS: TableDefinition<u64, &[u8]> = TableDefinition::new("blocks-v1");
+const TXS: TableDefinition<&[u8; 32], (u64, u32)> = TableDefinition::new("txs-v1");
+const DOCS: TableDefinition<&[u8; 32], (u64, u32)> = TableDefinition::new("docs-v1");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta-v1");
+/// The on-disk format this code reads and writes.
+pub const CHAIN_FORMAT: u64 = 1;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ChainStoreError {
+    #[error("chain database: {0}")]
+    Database(#[from] Box<redb::Error>),
+    #[error("chain database format {found} is not supported (this build reads {CHAIN_FORMAT})")]
+    Format { found: u64 },
+    #[error("stored block {height} does not decode: {reason}")]
+    Decode { height: u64, reason: String },
+    #[error("stored block {height} failed verification: {source}")]
+    Tampered {
+        height: u64,
+        #[source]
+        source: BlockError,
+    },
+    #[error("genesis: {0}")]
+    Genesis(#[from] TxError),
+}
+
+macro_rules! from_redb {
+    ($($t:ty),*) => {$(
+        impl From<$t> for ChainStoreError {
+            fn from(e: $t) -> Self {
+                ChainStoreError::Database(Box::new(e.into()))
+            }
+        }
+    )*};
+}
+from_redb!(
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError,
+    redb::SetDurabilityError
+);
+
+/// The header every chain starts from: height 0, committing to the genesis state.
+pub fn genesis_header(state: &State) -> BlockHeader {
+    BlockHeader {
+        height: 0,
+        prev: [0; 32],
+        tx_root: merkle::root(&[]),
+        state_root: state.root(),
+        time_ms: 0,
+        proposer: *state
+            .validators
+            .iter()
+            .next()
+            .expect("genesis validates that it names a validator"),
+    }
+}
+
+pub struct ChainStore {
+    db: Database,
+}
+
+impl ChainStore {
+    /// Opens (or creates) the chain at `path`, verifies every stored block from `genesis`,
+    /// and returns the store, the state at the tip and the tip header.
+    pub fn open(
+        path: &Path,
+        genesis: &Genesis,
+    ) -> Result<(Self, State, BlockHeader), ChainStoreError> {
+        let db = Database::create(path)?;
+        let txn = db.begin_write()?;
+        let format = {
+            let mut meta = txn.open_table(META)?;
+            let found = meta.get("format")?.map(|v| v.value());
+            match found {
+                Some(f) => f,
+                None => {
+                    meta.insert("format", CHAIN_FORMAT)?;
+                    meta.insert("tip", 0)?;
+                    CHAIN_FORMAT
+                }
+            }
+        };
+        txn.open_table(BLOCKS)?;
+        txn.open_table(TXS)?;
+        txn.open_table(DOCS)?;
+        txn.commit()?;
+        if format != CHAIN_FORMAT {
+            return Err(ChainStoreError::Format { found: format });
+        }
+        let store = Self { db };
+        let mut state = State::genesis(genesis)?;
+        let mut tip = genesis_header(&state);
+        let mut validators: Vec<PublicId> = state.validators.iter().copied().collect();
+        for height in 1..=store.tip_height()? {
+            let block = store
+                .block(height)?
+                .ok_or_else(|| ChainStoreError::Decode {
+                    height,
+                    reason: "missing".into(),
+                })?;
+            let tampered = |source| ChainStoreError::Tampered { height, source };
+            block.header.verify_final(&validators).map_err(tampered)?;
+            block.apply(&mut state, &tip).map_err(tampered)?;
+            validators = state.validators.iter().copied().collect();
+            tip = block.header.header.clone();
+        }
+        Ok((store, state, tip))
+    }
+
+    pub fn tip_height(&self) -> Result<u64, ChainStoreError> {
+        let txn = self.db.begin_read()?;
+        let meta = txn.open_table(META)?;
+        Ok(meta.get("tip")?.map_or(0, |v| v.value()))
+    }
+
+    pub fn block(&self, height: u64) -> Result<Option<Block>, ChainStoreError> {
+        let txn = self.db.begin_read()?;
+        let blocks = txn.open_table(BLOCKS)?;
+        let Some(bytes) = blocks.get(height)? else {
+            return Ok(None);
+        };
+        postcard::from_bytes(bytes.value())
+            .map(Some)
+            .map_err(|e| ChainStoreError::Decode {
+                height,
+                reason: e.to_string(),
+            })
+    }
+
+    /// Where transaction `id` was committed: (height, index in block).
+    pub fn tx_location(&self, id: &[u8; 32]) -> Result<Option<(u64, u32)>, ChainStoreError> {
+        let txn = self.db.begin_read()?;
+        let txs = txn.open_table(TXS)?;
+        Ok(txs.get(id)?.map(|v| v.value()))
+    }
+
+    /// Where the transaction that registered `document` was committed.
+    pub fn document_location(
+        &self,
+        document: &DocumentId,
+    ) -> Result<Option<(u64, u32)>, ChainStoreError> {
+        let txn = self.db.begin_read()?;
+        let docs = txn.open_table(DOCS)?;
+        Ok(docs.get(document.as_bytes())?.map(|v| v.value()))
+    }
+
+    /// Appends the next block durably, with its indexes.
+    pub fn append(&self, block: &Block) -> Result<(), ChainStoreError> {
+        let height = block.header.header.height;
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(Durability::Immediate)?;
+        {
+            let mut blocks = txn.open_table(BLOCKS)?;
+            let bytes = postcard::to_allocvec(block).expect("encoding into memory cannot fail");
+            blocks.insert(height, bytes.as_slice())?;
+            let mut txs = txn.open_table(TXS)?;
+            let mut docs = txn.open_table(DOCS)?;
+            for (index, tx) in block.txs.iter().enumerate() {
+                let at = (height, index as u32);
+                txs.insert(&tx.id(), at)?;
+                match &tx.tx.body {
+                    TxBody::RegisterDocument { document } => {
+                        docs.insert(document.as_bytes(), at)?;
+                    }
+                    TxBody::Supersede { new, .. } => {
+                        docs.insert(new.as_bytes(), at)?;
+                    }
+                    _ => {}
+                }
+            }
+            let mut meta = txn.open_table(META)?;
+            meta.insert("tip", height)?;
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Test aid: opens the database without verifying the chain (to tamper with it).
+    #[doc(hidden)]
+    pub fn raw_for_test(path: &Path) -> Result<Self, ChainStoreError> {
+        Ok(Self {
+            db: Database::create(path)?,
+        })
+    }
+
+    /// Test aid: overwrites the stored bytes of block `height` (to simulate tampering).
+    #[doc(hidden)]
+    pub fn overwrite_block_for_test(
+        &self,
+        height: u64,
+        bytes: &[u8],
+    ) -> Result<(), ChainStoreError> {
+        let txn = self.db.begin_write()?;
+        txn.open_table(BLOCKS)?.insert(height, bytes)?;
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Test aid: the stored bytes of block `height`.
+    #[doc(hidden)]
+    pub fn block_bytes_for_test(&self, height: u64) -> Result<Option<Vec<u8>>, ChainStoreError> {
+        let txn = self.db.begin_read()?;
+        let blocks = txn.open_table(BLOCKS)?;
+        Ok(blocks.get(height)?.map(|v| v.value().to_vec()))
+    }
+}

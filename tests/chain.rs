@@ -1,0 +1,180 @@
+//! The one-validator ledger on real redb files: group commit, replay protection, restart,
+//! tampering on disk, inclusion proofs.
+
+use std::sync::Arc;
+
+use dangan::chain::ledger::{Ledger, LedgerError};
+use dangan::chain::state::{Genesis, GenesisAccount};
+use dangan::chain::store::{ChainStore, ChainStoreError};
+use dangan::chain::tx::{SignedTx, Tx, TxBody, TxError};
+use dangan::id::DocumentId;
+use dangan::identity::{Identity, PublicId, Role};
+
+struct Setup {
+    genesis: Genesis,
+    validator: Identity,
+    departments: Vec<Identity>,
+}
+
+fn setup(departments: usize) -> Setup {
+    let validator = Identity::generate(Role::Validator);
+    let departments: Vec<Identity> = (0..departments)
+        .map(|_| Identity::generate(Role::Department))
+        .collect();
+    let acct = |i: &Identity, role| GenesisAccount {
+        id: i.public(),
+        role,
+        name: String::new(),
+    };
+    Setup {
+        genesis: Genesis {
+            chain_id: "test".into(),
+            validators: vec![acct(&validator, Role::Validator)],
+            accounts: departments
+                .iter()
+                .map(|d| acct(d, Role::Department))
+                .collect(),
+            nodes: Vec::new(),
+        },
+        validator,
+        departments,
+    }
+}
+
+fn register(dept: &Identity, nonce: u64) -> SignedTx {
+    let mut seed = dept.public().as_bytes().to_vec();
+    seed.extend(nonce.to_le_bytes());
+    Tx {
+        sender: dept.public(),
+        nonce,
+        body: TxBody::RegisterDocument {
+            document: DocumentId::of(&seed),
+        },
+    }
+    .sign(dept)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registrations_are_group_committed_proved_and_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("chain.redb");
+    let s = setup(8);
+    let ledger = Arc::new(Ledger::open(&path, &s.genesis, s.validator.clone()).unwrap());
+
+    // 8 departments × 100 registrations each, all in flight at once.
+    let mut tasks = tokio::task::JoinSet::new();
+    for dept in &s.departments {
+        let (ledger, dept) = (ledger.clone(), dept.clone());
+        tasks.spawn(async move {
+            let mut receipts = Vec::new();
+            // Each department's nonces must arrive in order: submit them in sequence.
+            for nonce in 1..=100 {
+                receipts.push(ledger.submit(register(&dept, nonce)).await.unwrap());
+            }
+            receipts
+        });
+    }
+    let mut receipts = Vec::new();
+    while let Some(r) = tasks.join_next().await {
+        receipts.extend(r.unwrap());
+    }
+    assert_eq!(receipts.len(), 800);
+    let status = ledger.status();
+    assert_eq!(status.documents, 800);
+    assert!(
+        status.height < 800,
+        "group commit: {} blocks for 800 transactions",
+        status.height
+    );
+
+    // A replay is refused with its reason and changes nothing.
+    let replay = register(&s.departments[0], 5);
+    assert!(matches!(
+        ledger.submit(replay).await,
+        Err(LedgerError::Refused(TxError::BadNonce { .. }))
+    ));
+    assert_eq!(ledger.status().state_root, status.state_root);
+
+    // Every registration has a proof that checks against the validator set alone.
+    let validators: Vec<PublicId> = vec![s.validator.public()];
+    let doc = match &register(&s.departments[3], 42).tx.body {
+        TxBody::RegisterDocument { document } => *document,
+        _ => unreachable!(),
+    };
+    let (record, proof) = ledger.document(&doc).unwrap().unwrap();
+    assert_eq!(record.owner, s.departments[3].public());
+    proof.verify(&validators).unwrap();
+    assert!(
+        ledger
+            .document(&DocumentId::of(b"never"))
+            .unwrap()
+            .is_none()
+    );
+
+    // Restart from disk: same height, same state root.
+    drop(ledger);
+    let reopened = Ledger::open(&path, &s.genesis, s.validator.clone()).unwrap();
+    let again = reopened.status();
+    assert_eq!(again.height, status.height);
+    assert_eq!(again.state_root, status.state_root);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tampered_block_on_disk_is_detected_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("chain.redb");
+    let s = setup(1);
+    {
+        let ledger = Ledger::open(&path, &s.genesis, s.validator.clone()).unwrap();
+        for nonce in 1..=3 {
+            ledger
+                .submit(register(&s.departments[0], nonce))
+                .await
+                .unwrap();
+        }
+    }
+    let (store, _, tip) = ChainStore::open(&path, &s.genesis).unwrap();
+    assert_eq!(tip.height, 3);
+    let original = store.block_bytes_for_test(2).unwrap().unwrap();
+    drop(store);
+    let mut detected = 0;
+    for i in (0..original.len()).step_by(7) {
+        let mut bad = original.clone();
+        bad[i] ^= 0x20;
+        overwrite(&path, &s.genesis, &bad);
+        store_reopen_err(&path, &s.genesis);
+        detected += 1;
+    }
+    assert!(detected > 10);
+    overwrite(&path, &s.genesis, &original);
+    ChainStore::open(&path, &s.genesis).unwrap();
+}
+
+/// Writes `bytes` as block 2, bypassing verification (the store is opened with the check
+/// already failing, so go through a fresh handle of the raw table).
+fn overwrite(path: &std::path::Path, genesis: &Genesis, bytes: &[u8]) {
+    // Opening verifies the chain and may refuse it; the raw writer does not.
+    let _ = genesis;
+    ChainStore::raw_for_test(path)
+        .unwrap()
+        .overwrite_block_for_test(2, bytes)
+        .unwrap();
+}
+
+/// Opening must fail (a changed byte anywhere in a stored block is caught).
+fn store_reopen_err(path: &std::path::Path, genesis: &Genesis) -> ChainStoreError {
+    match ChainStore::open(path, genesis) {
+        Ok(_) => panic!("a tampered block was accepted"),
+        Err(e) => {
+            assert!(
+                matches!(
+                    e,
+                    ChainStoreError::Tampered { height: 2, .. }
+                        | ChainStoreError::Decode { height: 2, .. }
+                ),
+                "{e}"
+            );
+            e
+        }
+    }
+}
