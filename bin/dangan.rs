@@ -119,6 +119,15 @@ fn parse_role(s: &str) -> Result<Role, String> {
 
 #[derive(Subcommand)]
 enum BenchCommand {
+    /// The ledger alone: registrations per second and commit latency, one validator.
+    Chain {
+        /// Departments submitting at once (each submits its registrations in sequence).
+        #[arg(long, default_value_t = 256)]
+        departments: usize,
+        /// Registrations per department.
+        #[arg(long, default_value_t = 100)]
+        each: usize,
+    },
     /// A local cluster: large put/get throughput against the QUIC transport floor,
     /// certificate latency, peak memory.
     Cluster {
@@ -207,6 +216,11 @@ fn main() -> Result<()> {
                 in_flight,
                 ..bench::ClusterBenchOptions::default()
             }))?;
+            println!("{report}");
+            Ok(())
+        }
+        Command::Bench(BenchCommand::Chain { departments, each }) => {
+            let report = runtime()?.block_on(bench::chain(departments, each))?;
             println!("{report}");
             Ok(())
         }

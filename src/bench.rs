@@ -614,3 +614,99 @@ pub async fn cluster(
         peak_rss: peak_rss(),
     })
 }
+
+/// What `dangan bench chain` measured: one validator in this process, its chain in a
+/// temporary redb file, `departments` clients each submitting in sequence.
+#[derive(Debug, Clone)]
+pub struct ChainBenchReport {
+    pub departments: usize,
+    pub registrations: usize,
+    pub blocks: u64,
+    pub commit: Latency,
+}
+
+impl fmt::Display for ChainBenchReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "chain benchmark: 1 validator in this process (no network), {} departments submitting at once",
+            self.departments
+        )?;
+        write!(
+            f,
+            "{} registrations in {} blocks: {:.0} registrations/s, commit latency p50 {:.2} ms, p99 {:.2} ms",
+            self.registrations,
+            self.blocks,
+            self.commit.per_second,
+            self.commit.p50.as_secs_f64() * 1e3,
+            self.commit.p99.as_secs_f64() * 1e3
+        )
+    }
+}
+
+/// Registers `per_department` documents from each of `departments` departments at once.
+pub async fn chain(
+    departments: usize,
+    per_department: usize,
+) -> Result<ChainBenchReport, crate::chain::ledger::LedgerError> {
+    use crate::chain::ledger::Ledger;
+    use crate::chain::state::{Genesis, GenesisAccount};
+    use crate::chain::tx::{Tx, TxBody};
+    use crate::identity::{Identity, Role};
+
+    let dir = tempfile::tempdir()
+        .map_err(|e| crate::chain::tx::TxError::Invalid(format!("temporary directory: {e}")))?;
+    let validator = Identity::generate(Role::Validator);
+    let depts: Vec<Identity> = (0..departments.max(1))
+        .map(|_| Identity::generate(Role::Department))
+        .collect();
+    let account = |i: &Identity, role| GenesisAccount {
+        id: i.public(),
+        role,
+        name: String::new(),
+    };
+    let genesis = Genesis {
+        chain_id: "bench".into(),
+        validators: vec![account(&validator, Role::Validator)],
+        accounts: depts.iter().map(|d| account(d, Role::Department)).collect(),
+        nodes: Vec::new(),
+    };
+    let ledger = Arc::new(Ledger::open(
+        &dir.path().join("chain.redb"),
+        &genesis,
+        validator,
+    )?);
+    let start = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for dept in depts.iter().cloned() {
+        let ledger = ledger.clone();
+        tasks.spawn(async move {
+            let mut times = Vec::with_capacity(per_department);
+            for nonce in 1..=per_department as u64 {
+                let mut seed = dept.public().as_bytes().to_vec();
+                seed.extend(nonce.to_le_bytes());
+                let tx = Tx {
+                    sender: dept.public(),
+                    nonce,
+                    body: TxBody::RegisterDocument {
+                        document: crate::id::DocumentId::of(&seed),
+                    },
+                }
+                .sign(&dept);
+                times.push(ledger.submit(tx).await?.latency);
+            }
+            Ok::<_, crate::chain::ledger::LedgerError>(times)
+        });
+    }
+    let mut times = Vec::new();
+    while let Some(r) = tasks.join_next().await {
+        times.extend(r.map_err(|e| crate::chain::tx::TxError::Invalid(e.to_string()))??);
+    }
+    let wall = start.elapsed();
+    Ok(ChainBenchReport {
+        departments: depts.len(),
+        registrations: times.len(),
+        blocks: ledger.status().height,
+        commit: latency(times, wall),
+    })
+}
