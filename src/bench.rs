@@ -678,7 +678,8 @@ pub async fn chain(
     )?);
     let start = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
-    for dept in depts.iter().cloned() {
+    let department_count = depts.len();
+    for dept in depts {
         let ledger = ledger.clone();
         tasks.spawn(async move {
             let mut times = Vec::with_capacity(per_department);
@@ -704,7 +705,7 @@ pub async fn chain(
     }
     let wall = start.elapsed();
     Ok(ChainBenchReport {
-        departments: depts.len(),
+        departments: department_count,
         registrations: times.len(),
         blocks: ledger.status().height,
         commit: latency(times, wall),
