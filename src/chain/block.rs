@@ -265,25 +265,10 @@ impl TxInclusion {
 mod tests {
     use super::*;
     use crate::chain::state::{Genesis, GenesisAccount};
+    use crate::chain::store::genesis_header;
     use crate::chain::tx::{Tx, TxBody};
     use crate::id::DocumentId;
     use crate::identity::Role;
-
-    fn genesis_header(state: &State) -> BlockHeader {
-        BlockHeader {
-            height: 0,
-            prev: [0; 32],
-            tx_root: merkle::root(&[]),
-            state_root: state.root(),
-            time_ms: 0,
-            proposer: PublicId::from_bytes(
-                *Identity::from_seed([1; 32], Role::Validator)
-                    .public()
-                    .as_bytes(),
-            )
-            .unwrap(),
-        }
-    }
 
     struct Chain {
         validators: Vec<Identity>,
