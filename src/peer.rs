@@ -28,7 +28,7 @@ use crate::identity::{Identity, PublicId};
 use crate::proto::{
     self, ErrorCode, MAX_LIST, MAX_MANIFEST_BODY, MAX_SHARD_BODY, ProtoError, Request, Response,
 };
-use crate::store::{Prepared, PutOutcome, ShardStore, StoreError};
+use crate::store::{INLINE_MAX, Prepared, PutOutcome, ShardStore, StoreError};
 use crate::tls::{self, TrustPolicy};
 
 /// Limits that keep one slow or hostile client from exhausting a peer.
@@ -380,7 +380,13 @@ async fn handle(
             let body = Bytes::from(proto::read_body(recv, len).await?);
             // Hash check and, for large shards, the durable body write run here, in parallel
             // with other requests; only the small redb commit is shared.
-            let resp = match blocking(move || store.prepare(&id, body)).await {
+            // A small body is only hashed (microseconds): no thread hop for it.
+            let prepared = if body.len() <= INLINE_MAX {
+                store.prepare(&id, body)
+            } else {
+                blocking(move || store.prepare(&id, body)).await
+            };
+            let resp = match prepared {
                 Ok(prepared) => commit(state, Pending::Shard(prepared)).await,
                 Err(e) => {
                     state.stats.refused.fetch_add(1, Ordering::Relaxed);
