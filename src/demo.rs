@@ -229,7 +229,8 @@ pub fn sample_certificate() -> Vec<u8> {
     doc
 }
 
-async fn put_bytes(
+/// Stores `data` from memory as a document of the civil registry.
+pub async fn put_bytes(
     client: &Client,
     data: Vec<u8>,
     document_type: &str,
@@ -249,7 +250,8 @@ async fn put_bytes(
         .await
 }
 
-async fn get_bytes(
+/// Fetches a whole document into memory.
+pub async fn get_bytes(
     client: &Client,
     id: &DocumentId,
     key: &DataKey,

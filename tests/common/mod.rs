@@ -1,8 +1,6 @@
 //! Shared helpers for integration tests: real peers on 127.0.0.1, real redb, real QUIC.
 #![allow(dead_code)]
 
-use std::io::Cursor;
-
 use dangan::client::{Client, ClientError, ClientOptions, GetReport, PutReceipt};
 use dangan::codec::DocumentInfo;
 use dangan::crypto::DataKey;
@@ -40,14 +38,7 @@ pub fn info() -> DocumentInfo {
 }
 
 pub async fn put(client: &Client, bytes: &[u8]) -> Result<PutReceipt, ClientError> {
-    client
-        .put(
-            Cursor::new(bytes.to_vec()),
-            Some(bytes.len() as u64),
-            info(),
-            &|_, _| {},
-        )
-        .await
+    dangan::demo::put_bytes(client, bytes.to_vec(), "test").await
 }
 
 pub async fn get(
@@ -55,7 +46,5 @@ pub async fn get(
     id: &DocumentId,
     key: &DataKey,
 ) -> Result<(Vec<u8>, GetReport), ClientError> {
-    let mut out = Vec::new();
-    let report = client.get(id, key, &mut out, &|_, _| {}).await?;
-    Ok((out, report))
+    dangan::demo::get_bytes(client, id, key).await
 }
