@@ -178,3 +178,38 @@ fn store_reopen_err(path: &std::path::Path, genesis: &Genesis) -> ChainStoreErro
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_sender_may_have_many_transactions_in_flight() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = setup(1);
+    let ledger = Arc::new(
+        Ledger::open(
+            &dir.path().join("chain.redb"),
+            &s.genesis,
+            s.validator.clone(),
+        )
+        .unwrap(),
+    );
+    let dept = &s.departments[0];
+    // Submitted all at once, in reverse nonce order: each waits for the ones before it.
+    let mut tasks = tokio::task::JoinSet::new();
+    for nonce in (1..=50).rev() {
+        let (ledger, tx) = (ledger.clone(), register(dept, nonce));
+        tasks.spawn(async move { ledger.submit(tx).await });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r.unwrap().unwrap();
+    }
+    assert_eq!(ledger.status().documents, 50);
+
+    // A gap that never fills is refused once the wait runs out.
+    let start = std::time::Instant::now();
+    let err = ledger.submit(register(dept, 60)).await.unwrap_err();
+    assert!(
+        matches!(err, LedgerError::Refused(TxError::BadNonce { .. })),
+        "{err}"
+    );
+    assert!(start.elapsed() >= dangan::chain::ledger::NONCE_GAP_WAIT);
+    assert_eq!(ledger.status().documents, 50);
+}

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tracing::{debug, warn};
 
 use super::block::{Block, BlockHeader, TxInclusion};
@@ -73,7 +73,7 @@ type Job = (
 pub struct Ledger {
     store: Arc<ChainStore>,
     tip: Arc<Mutex<Tip>>,
-    submit: Option<mpsc::UnboundedSender<Job>>,
+    submit: Option<std::sync::mpsc::Sender<Job>>,
     committer: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -98,7 +98,7 @@ impl Ledger {
         }
         let store = Arc::new(store);
         let tip = Arc::new(Mutex::new(Tip { state, header }));
-        let (submit, rx) = mpsc::unbounded_channel();
+        let (submit, rx) = std::sync::mpsc::channel();
         let (s, t) = (store.clone(), tip.clone());
         let committer = std::thread::Builder::new()
             .name("dangan-ledger".into())
@@ -180,26 +180,50 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// How long a transaction whose nonce is ahead of its sender's waits for the ones before it.
+pub const NONCE_GAP_WAIT: Duration = Duration::from_secs(2);
+
 /// Takes whatever is waiting, makes one block of it, stores it, answers everyone.
+///
+/// Transactions of one sender are applied in nonce order, whatever order they arrived in;
+/// one whose nonce is ahead waits up to [`NONCE_GAP_WAIT`] for the missing ones, so a
+/// client may have several transactions in flight at once.
 fn commit_loop(
-    mut rx: mpsc::UnboundedReceiver<Job>,
+    rx: std::sync::mpsc::Receiver<Job>,
     store: Arc<ChainStore>,
     tip: Arc<Mutex<Tip>>,
     validator: Identity,
 ) {
-    while let Some(first) = rx.blocking_recv() {
-        let mut jobs = vec![first];
+    let mut waiting: Vec<(Job, Instant)> = Vec::new();
+    loop {
+        let first = match waiting.iter().map(|(_, until)| *until).min() {
+            None => match rx.recv() {
+                Ok(job) => Some(job),
+                Err(_) => return,
+            },
+            Some(until) => match rx.recv_timeout(until.saturating_duration_since(Instant::now())) {
+                Ok(job) => Some(job),
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => None,
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+            },
+        };
+        let now = Instant::now();
+        let mut jobs: Vec<(Job, Instant)> = std::mem::take(&mut waiting);
+        if let Some(job) = first {
+            jobs.push((job, now + NONCE_GAP_WAIT));
+        }
         while jobs.len() < MAX_BATCH {
             match rx.try_recv() {
-                Ok(job) => jobs.push(job),
+                Ok(job) => jobs.push((job, now + NONCE_GAP_WAIT)),
                 Err(_) => break,
             }
         }
+        jobs.sort_by_key(|((tx, _, _), _)| (tx.tx.sender, tx.tx.nonce));
         let (mut state, prev) = {
             let t = tip.lock().expect("ledger lock");
             (t.state.clone(), t.header.clone())
         };
-        let candidates: Vec<SignedTx> = jobs.iter().map(|(tx, _, _)| tx.clone()).collect();
+        let candidates: Vec<SignedTx> = jobs.iter().map(|((tx, _, _), _)| tx.clone()).collect();
         let (block, outcomes) = Block::propose(&mut state, &prev, candidates, &validator, now_ms());
         let failed = |e: &ChainStoreError| TxError::Invalid(format!("block not stored: {e}"));
         let stored = if block.txs.is_empty() {
@@ -219,8 +243,14 @@ fn commit_loop(
             t.state = state;
             t.header = block.header.header.clone();
         }
-        for ((tx, submitted, reply), outcome) in jobs.into_iter().zip(outcomes) {
+        for (((tx, submitted, reply), until), outcome) in jobs.into_iter().zip(outcomes) {
             let answer = match (outcome, &stored) {
+                (Err(TxError::BadNonce { expected, got, .. }), _)
+                    if got > expected && Instant::now() < until =>
+                {
+                    waiting.push(((tx, submitted, reply), until));
+                    continue;
+                }
                 (Err(e), _) => Err(e),
                 (Ok(_), Err(e)) => Err(failed(e)),
                 (Ok(index), Ok(())) => Ok(TxReceipt {
