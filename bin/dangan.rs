@@ -262,6 +262,7 @@ async fn run_async(command: Command) -> Result<()> {
                 cfg.listen,
                 &cfg.data_dir,
                 cfg.limits,
+                None,
             )
             .await?;
             println!("peer {} serving on {}", handle.id(), handle.addr());

@@ -91,6 +91,7 @@ impl LocalCluster {
                 SocketAddr::from(([127, 0, 0, 1], 0)),
                 &dir,
                 limits.clone(),
+                None,
             )
             .await?;
             slots.push(Slot {
@@ -191,6 +192,7 @@ impl LocalCluster {
                 slot.addr,
                 &slot.dir,
                 limits,
+                None,
             )
             .await?;
             slot.handle = Some(handle);

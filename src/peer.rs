@@ -24,9 +24,12 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
+use crate::chain::ledger::{Ledger, LedgerError};
+use crate::chain::tx::SignedTx;
 use crate::identity::{Identity, PublicId};
 use crate::proto::{
-    self, ErrorCode, MAX_LIST, MAX_MANIFEST_BODY, MAX_SHARD_BODY, ProtoError, Request, Response,
+    self, ErrorCode, MAX_LIST, MAX_MANIFEST_BODY, MAX_SHARD_BODY, MAX_TX_BODY, ProtoError, Request,
+    Response,
 };
 use crate::store::{INLINE_MAX, Prepared, PutOutcome, ShardStore, StoreError};
 use crate::tls::{self, TrustPolicy};
@@ -83,6 +86,7 @@ struct State {
     store: Arc<ShardStore>,
     committer: mpsc::UnboundedSender<CommitJob>,
     slots: Semaphore,
+    ledger: Option<Arc<Ledger>>,
     limits: PeerLimits,
     stats: Arc<PeerStats>,
 }
@@ -132,13 +136,15 @@ impl PeerHandle {
     }
 }
 
-/// Opens the store in `data_dir` and serves on `listen` until shut down.
+/// Opens the store in `data_dir` and serves on `listen` until shut down; with a `ledger`,
+/// the peer is also a validator and answers chain requests.
 pub async fn start(
     identity: &Identity,
     trust: Arc<dyn TrustPolicy>,
     listen: SocketAddr,
     data_dir: &Path,
     limits: PeerLimits,
+    ledger: Option<Arc<Ledger>>,
 ) -> Result<PeerHandle, PeerError> {
     let store = {
         let dir = data_dir.to_path_buf();
@@ -154,6 +160,7 @@ pub async fn start(
         store: store.clone(),
         committer: spawn_committer(store.clone(), limits.commit_batch, stats.clone()),
         slots: Semaphore::new(limits.max_concurrent_requests),
+        ledger,
         limits: limits.clone(),
         stats: stats.clone(),
     });
@@ -463,6 +470,72 @@ async fn handle(
             Err(e) => answer(send, &store_error(state, e), None).await,
         },
         Request::Ping => answer(send, &Response::Pong, None).await,
+        Request::SubmitTx { len } => {
+            if let Err(e) = proto::check_body_len("transaction", len, MAX_TX_BODY) {
+                let _ = recv.stop(ErrorCode::TooLarge.as_u32().into());
+                return answer(send, &error(ErrorCode::TooLarge, e.to_string()), None).await;
+            }
+            let body = proto::read_body(recv, len).await?;
+            let Some(ledger) = &state.ledger else {
+                return answer(send, &not_validator(), None).await;
+            };
+            let resp = match SignedTx::decode(&body) {
+                Err(e) => error(ErrorCode::Refused, e.to_string()),
+                Ok(tx) => match ledger.submit(tx).await {
+                    Ok(r) => Response::Committed {
+                        height: r.height,
+                        index: r.index,
+                    },
+                    Err(e) => error(ErrorCode::Refused, e.to_string()),
+                },
+            };
+            answer(send, &resp, None).await
+        }
+        Request::GetDocument { id } => {
+            let Some(ledger) = state.ledger.clone() else {
+                return answer(send, &not_validator(), None).await;
+            };
+            let found = blocking(move || ledger.document(&id)).await;
+            chain_answer(send, found).await
+        }
+        Request::GetBlock { height } => {
+            let Some(ledger) = state.ledger.clone() else {
+                return answer(send, &not_validator(), None).await;
+            };
+            let found = blocking(move || ledger.block(height)).await;
+            chain_answer(send, found).await
+        }
+        Request::ChainStatus => {
+            let Some(ledger) = &state.ledger else {
+                return answer(send, &not_validator(), None).await;
+            };
+            chain_answer(send, Ok(Some(ledger.status()))).await
+        }
+    }
+}
+
+fn not_validator() -> Response {
+    error(ErrorCode::NotValidator, "this peer runs no validator")
+}
+
+/// Answers a chain query: the record's postcard bytes, `NotFound`, or the error.
+async fn chain_answer<T: serde::Serialize>(
+    send: &mut SendStream,
+    found: Result<Option<T>, LedgerError>,
+) -> Result<(), ProtoError> {
+    match found {
+        Ok(Some(record)) => {
+            let body = postcard::to_allocvec(&record).expect("encoding into memory cannot fail");
+            let resp = Response::ChainBody {
+                len: body.len() as u64,
+            };
+            answer(send, &resp, Some(Bytes::from(body))).await
+        }
+        Ok(None) => answer(send, &Response::NotFound, None).await,
+        Err(e) => {
+            warn!(error = %e, "chain query failed");
+            answer(send, &error(ErrorCode::Internal, e.to_string()), None).await
+        }
     }
 }
 

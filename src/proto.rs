@@ -24,6 +24,10 @@ use crate::store::{DeleteOutcome, PutOutcome, Usage};
 pub const MAX_FRAME: usize = 64 << 10;
 /// Largest shard body accepted.
 pub const MAX_SHARD_BODY: u64 = MAX_SHARD_LEN;
+/// Largest chain transaction body accepted.
+pub const MAX_TX_BODY: u64 = crate::chain::tx::MAX_TX_BYTES as u64;
+/// Largest chain record (block, proof, status) accepted by a client.
+pub const MAX_CHAIN_BODY: u64 = 64 << 20;
 /// Largest manifest body accepted.
 pub const MAX_MANIFEST_BODY: u64 = MAX_MANIFEST_BYTES as u64;
 /// Most ids one `ListShards` answer carries.
@@ -64,6 +68,22 @@ pub enum Request {
         id: DocumentId,
     },
     Ping,
+    /// Submit a signed chain transaction (`len` body bytes follow) to a validator; answered
+    /// `Committed` once its block is durable, or `Error { Refused, reason }`.
+    SubmitTx {
+        len: u64,
+    },
+    /// A registered document's record and inclusion proof: `ChainBody` with the postcard
+    /// bytes of `(DocumentRecord, TxInclusion)`, or `NotFound`.
+    GetDocument {
+        id: DocumentId,
+    },
+    /// A block by height: `ChainBody` with the postcard bytes of the `Block`, or `NotFound`.
+    GetBlock {
+        height: u64,
+    },
+    /// The chain's status: `ChainBody` with the postcard bytes of `ChainStatus`.
+    ChainStatus,
 }
 
 /// What a peer answers.
@@ -88,6 +108,15 @@ pub enum Response {
         code: ErrorCode,
         message: String,
     },
+    /// The transaction is in block `height` at `index`, durably.
+    Committed {
+        height: u64,
+        index: u32,
+    },
+    /// `len` body bytes of a chain record follow (see the request).
+    ChainBody {
+        len: u64,
+    },
 }
 
 /// Why a peer refused a request. Also used as the QUIC application close/stop code.
@@ -108,6 +137,10 @@ pub enum ErrorCode {
     Timeout = 6,
     /// The peer failed internally (disk error); its log says why.
     Internal = 7,
+    /// A chain transaction was refused; the message says why. Nothing changed.
+    Refused = 8,
+    /// This peer runs no validator.
+    NotValidator = 9,
 }
 
 impl ErrorCode {

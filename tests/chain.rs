@@ -213,3 +213,125 @@ async fn one_sender_may_have_many_transactions_in_flight() {
     assert!(start.elapsed() >= dangan::chain::ledger::NONCE_GAP_WAIT);
     assert_eq!(ledger.status().documents, 50);
 }
+
+/// One request on a fresh stream: header, optional body; the answer and its body, if any.
+async fn ask(
+    conn: &quinn::Connection,
+    req: &dangan::proto::Request,
+    body: Option<&[u8]>,
+) -> (dangan::proto::Response, Vec<u8>) {
+    use dangan::proto::{self, Response};
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    proto::write_frame(&mut send, req).await.unwrap();
+    if let Some(b) = body {
+        send.write_all(b).await.unwrap();
+    }
+    send.finish().unwrap();
+    let resp: Response = proto::read_frame(&mut recv).await.unwrap();
+    let body = match &resp {
+        Response::ChainBody { len } => proto::read_body(&mut recv, *len).await.unwrap(),
+        _ => Vec::new(),
+    };
+    (resp, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_validator_peer_serves_transactions_proofs_blocks_and_status() {
+    use dangan::chain::block::{Block, TxInclusion};
+    use dangan::chain::ledger::ChainStatus;
+    use dangan::chain::state::DocumentRecord;
+    use dangan::proto::{ErrorCode, Request, Response};
+    use dangan::tls::{self, Membership};
+
+    let dir = tempfile::tempdir().unwrap();
+    let s = setup(1);
+    let dept = s.departments[0].clone();
+    let node = Identity::generate(Role::Node);
+    let membership = Membership::new();
+    membership.add(node.public());
+    membership.add(dept.public());
+    let ledger = Arc::new(
+        Ledger::open(
+            &dir.path().join("chain.redb"),
+            &s.genesis,
+            s.validator.clone(),
+        )
+        .unwrap(),
+    );
+    let peer = dangan::peer::start(
+        &node,
+        Arc::new(membership.clone()),
+        "127.0.0.1:0".parse().unwrap(),
+        &dir.path().join("store"),
+        Default::default(),
+        Some(ledger.clone()),
+    )
+    .await
+    .unwrap();
+    let endpoint =
+        tls::endpoint("127.0.0.1:0".parse().unwrap(), &dept, Arc::new(membership)).unwrap();
+    let (conn, _) = tls::connect(&endpoint, peer.addr()).await.unwrap();
+
+    let tx = register(&dept, 1);
+    let bytes = tx.encode();
+    let (resp, _) = ask(
+        &conn,
+        &Request::SubmitTx {
+            len: bytes.len() as u64,
+        },
+        Some(&bytes),
+    )
+    .await;
+    assert_eq!(
+        resp,
+        Response::Committed {
+            height: 1,
+            index: 0
+        }
+    );
+
+    // The same transaction again is refused with the reason.
+    let (resp, _) = ask(
+        &conn,
+        &Request::SubmitTx {
+            len: bytes.len() as u64,
+        },
+        Some(&bytes),
+    )
+    .await;
+    match resp {
+        Response::Error {
+            code: ErrorCode::Refused,
+            message,
+        } => {
+            assert!(message.contains("nonce"), "{message}")
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+
+    let TxBody::RegisterDocument { document } = tx.tx.body else {
+        unreachable!()
+    };
+    let (resp, body) = ask(&conn, &Request::GetDocument { id: document }, None).await;
+    assert!(matches!(resp, Response::ChainBody { .. }));
+    let (record, proof): (DocumentRecord, TxInclusion) = postcard::from_bytes(&body).unwrap();
+    assert_eq!(record.owner, dept.public());
+    proof.verify(&[s.validator.public()]).unwrap();
+    let (resp, _) = ask(
+        &conn,
+        &Request::GetDocument {
+            id: DocumentId::of(b"none"),
+        },
+        None,
+    )
+    .await;
+    assert_eq!(resp, Response::NotFound);
+
+    let (_, body) = ask(&conn, &Request::GetBlock { height: 1 }, None).await;
+    let block: Block = postcard::from_bytes(&body).unwrap();
+    assert_eq!(block.txs, vec![tx]);
+    let (_, body) = ask(&conn, &Request::ChainStatus, None).await;
+    let status: ChainStatus = postcard::from_bytes(&body).unwrap();
+    assert_eq!((status.height, status.documents), (1, 1));
+    peer.shutdown().await;
+}

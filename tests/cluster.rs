@@ -181,6 +181,15 @@ async fn garbage_oversized_and_abandoned_requests_leave_the_peer_healthy() {
     let resp: Response = proto::read_frame(&mut recv).await.unwrap();
     expect_error(&resp, ErrorCode::HashMismatch);
 
+    // Chain requests to a peer that runs no validator.
+    let (_ep, mut send, mut recv) = raw_stream(&cluster, &me).await;
+    proto::write_frame(&mut send, &Request::ChainStatus)
+        .await
+        .unwrap();
+    send.finish().unwrap();
+    let resp: Response = proto::read_frame(&mut recv).await.unwrap();
+    expect_error(&resp, ErrorCode::NotValidator);
+
     // A client that vanishes halfway through a body.
     let body = data(100_000, 3);
     let (ep, mut send, _recv) = raw_stream(&cluster, &me).await;

@@ -48,7 +48,7 @@ pub struct TxReceipt {
 }
 
 /// A summary of the chain.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ChainStatus {
     pub chain_id: String,
     pub height: u64,
