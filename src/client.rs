@@ -28,6 +28,9 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::task::JoinSet;
 use tracing::{debug, warn};
 
+use crate::chain::block::TxInclusion;
+use crate::chain::state::{Account, DocumentRecord};
+use crate::chain::tx::{Tx, TxBody};
 use crate::codec::{self, CodecError, DocumentInfo, EncodedStripe, StripeCodec};
 use crate::crypto::DataKey;
 use crate::id::{DocumentId, ShardId};
@@ -55,6 +58,9 @@ pub struct ClientOptions {
     pub request_timeout: Duration,
     /// Ask one more peer for a stripe if the ones asked have not all answered by then.
     pub hedge_after: Duration,
+    /// The chain to register documents on and check registrations against; `None` until
+    /// the command-line path hosts a validator (the embedded cluster always has one).
+    pub chain: Option<ChainLink>,
     /// How long a peer that failed to connect (or closed its connection) is skipped.
     pub down_for: Duration,
 }
@@ -70,6 +76,7 @@ impl Default for ClientOptions {
             request_timeout: Duration::from_secs(60),
             hedge_after: Duration::from_millis(500),
             down_for: Duration::from_secs(5),
+            chain: None,
         }
     }
 }
@@ -122,6 +129,10 @@ pub enum ClientError {
         #[source]
         source: ProtoError,
     },
+    #[error("document {id} is not registered on the chain")]
+    NotRegistered { id: DocumentId },
+    #[error("chain: {0}")]
+    Chain(String),
     #[error("writing the document: {0}")]
     Write(#[source] std::io::Error),
     #[error("a background task failed: {0}")]
@@ -139,6 +150,8 @@ pub struct PutReceipt {
     pub shards_stored: u64,
     /// (stripe, slot, peer) of shard writes that failed while the stripe still met quorum.
     pub shards_missing: Vec<(u64, usize, PublicId)>,
+    /// (block height, index) of the `RegisterDocument` transaction, when a chain is linked.
+    pub registered: Option<(u64, u32)>,
 }
 
 /// What a get found on the way.
@@ -162,6 +175,14 @@ pub fn stripe_key(ids: &[ShardId]) -> [u8; 32] {
     *h.finalize().as_bytes()
 }
 
+/// Where the chain is: the peer that runs a validator, and the validator set whose
+/// signatures make a block final (from the genesis file).
+#[derive(Debug, Clone)]
+pub struct ChainLink {
+    pub validator: NodeInfo,
+    pub validators: Vec<PublicId>,
+}
+
 /// A client of one cluster.
 #[derive(Clone)]
 pub struct Client {
@@ -169,6 +190,9 @@ pub struct Client {
 }
 
 struct Inner {
+    identity: Identity,
+    /// The next nonce for this client's transactions, once known.
+    nonce: tokio::sync::Mutex<Option<u64>>,
     endpoint: quinn::Endpoint,
     layout: Layout,
     options: ClientOptions,
@@ -195,6 +219,8 @@ impl Client {
         let endpoint = tls::endpoint(options.bind, identity, trust)?;
         Ok(Self {
             inner: Arc::new(Inner {
+                identity: identity.clone(),
+                nonce: tokio::sync::Mutex::new(None),
                 endpoint,
                 layout,
                 options,
@@ -309,13 +335,114 @@ impl Client {
             .await
             .map_err(|e| ClientError::Task(e.to_string()))??;
         let id = self.store_manifest(&manifest, quorum).await?;
+        // Only now, with every shard durable and the manifest written, does the document
+        // come into existence: its registration on the chain.
+        let registered = match &self.inner.options.chain {
+            Some(chain) => Some(self.register(chain, id).await?),
+            None => None,
+        };
         Ok(PutReceipt {
             id,
             manifest,
             key,
             shards_stored,
             shards_missing,
+            registered,
         })
+    }
+
+    /// Submits `RegisterDocument` for `id`, signed by this client, and waits for its block.
+    async fn register(&self, chain: &ChainLink, id: DocumentId) -> Result<(u64, u32), ClientError> {
+        let mut next = self.inner.nonce.lock().await;
+        let nonce = match *next {
+            Some(n) => n,
+            None => self.account_nonce(chain).await? + 1,
+        };
+        *next = Some(nonce + 1);
+        drop(next);
+        let tx = Tx {
+            sender: self.inner.identity.public(),
+            nonce,
+            body: TxBody::RegisterDocument { document: id },
+        }
+        .sign(&self.inner.identity);
+        let bytes = Bytes::from(tx.encode());
+        let req = Request::SubmitTx {
+            len: bytes.len() as u64,
+        };
+        match self.call(&chain.validator, &req, Some(&bytes)).await {
+            Ok((Response::Committed { height, index }, _)) => Ok((height, index)),
+            Ok((other, _)) => Err(self.unexpected(&chain.validator, &other)),
+            Err(e) => {
+                // The nonce may not have been used: ask the chain again next time.
+                *self.inner.nonce.lock().await = None;
+                Err(ClientError::Chain(format!("registering {id}: {e}")))
+            }
+        }
+    }
+
+    /// The last nonce the chain has applied for this client.
+    async fn account_nonce(&self, chain: &ChainLink) -> Result<u64, ClientError> {
+        let me = self.inner.identity.public();
+        match self
+            .chain_query(chain, &Request::GetAccount { id: me })
+            .await?
+        {
+            Some(body) => postcard::from_bytes::<Account>(&body)
+                .map(|a| a.nonce)
+                .map_err(|e| ClientError::Chain(format!("account record: {e}"))),
+            None => Err(ClientError::Chain(format!(
+                "this client ({me}) has no account on the chain"
+            ))),
+        }
+    }
+
+    /// A chain query: the record's bytes, or `None` if the chain has no such record.
+    async fn chain_query(
+        &self,
+        chain: &ChainLink,
+        req: &Request,
+    ) -> Result<Option<Vec<u8>>, ClientError> {
+        let node = &chain.validator;
+        match self.call(node, req, None).await? {
+            (Response::ChainBody { len }, mut recv) => {
+                read_checked_body(&mut recv, len, proto::MAX_CHAIN_BODY)
+                    .await
+                    .map(Some)
+                    .map_err(|e| self.peer_error(node, e))
+            }
+            (Response::NotFound, _) => Ok(None),
+            (other, _) => Err(self.unexpected(node, &other)),
+        }
+    }
+
+    /// Checks on the chain that `id` is registered: the registering transaction, its Merkle
+    /// path and a majority of validator signatures, verified here rather than trusted.
+    pub async fn check_registered(
+        &self,
+        chain: &ChainLink,
+        id: &DocumentId,
+    ) -> Result<DocumentRecord, ClientError> {
+        let body = self
+            .chain_query(chain, &Request::GetDocument { id: *id })
+            .await?
+            .ok_or(ClientError::NotRegistered { id: *id })?;
+        let (record, proof): (DocumentRecord, TxInclusion) = postcard::from_bytes(&body)
+            .map_err(|e| ClientError::Chain(format!("registration record: {e}")))?;
+        proof
+            .verify(&chain.validators)
+            .map_err(|e| ClientError::Chain(format!("registration proof of {id}: {e}")))?;
+        let registers = match &proof.tx.tx.body {
+            TxBody::RegisterDocument { document } => document == id,
+            TxBody::Supersede { new, .. } => new == id,
+            _ => false,
+        };
+        if !registers || proof.tx.tx.sender != record.owner {
+            return Err(ClientError::Chain(format!(
+                "the chain answered with a proof of another transaction for {id}"
+            )));
+        }
+        Ok(record)
     }
 
     async fn upload_stripe(
@@ -513,6 +640,9 @@ impl Client {
     where
         W: AsyncWrite + Unpin,
     {
+        if let Some(chain) = &self.inner.options.chain {
+            self.check_registered(chain, id).await?;
+        }
         let manifest = Arc::new(self.manifest(id).await?);
         let codec = Arc::new(StripeCodec::for_manifest(&manifest, key)?);
         let mut report = GetReport::default();

@@ -11,7 +11,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::bench::sample_data;
-use crate::client::{Client, ClientError, ClientOptions, GetReport, PutReceipt};
+use crate::chain::ledger::{Ledger, LedgerError};
+use crate::chain::state::{Genesis, GenesisAccount};
+use crate::client::{ChainLink, Client, ClientError, ClientOptions, GetReport, PutReceipt};
 use crate::codec::DocumentInfo;
 use crate::crypto::DataKey;
 use crate::id::DocumentId;
@@ -30,6 +32,8 @@ pub enum DemoError {
     Client(#[from] ClientError),
     #[error(transparent)]
     Placement(#[from] PlacementError),
+    #[error("embedded validator: {0}")]
+    Ledger(#[from] LedgerError),
     #[error("temporary directory: {0}")]
     Io(#[from] std::io::Error),
     #[error("peer {0} is not running")]
@@ -50,6 +54,10 @@ struct Slot {
 pub struct LocalCluster {
     _tmp: Option<tempfile::TempDir>,
     slots: Vec<Slot>,
+    /// The embedded validator: a peer outside the layout that serves the chain.
+    validator: Option<PeerHandle>,
+    ledger: Arc<Ledger>,
+    chain: ChainLink,
     membership: Membership,
     layout: Layout,
     client_identity: Identity,
@@ -111,9 +119,54 @@ impl LocalCluster {
                 addr: s.addr.to_string(),
             })
             .collect();
+
+        // One validator in this process, the embedded default; the department has an account.
+        let signer = Identity::generate(Role::Validator);
+        let account = |id: &Identity, role| GenesisAccount {
+            id: id.public(),
+            role,
+            name: String::new(),
+        };
+        let genesis = Genesis {
+            chain_id: "local".into(),
+            validators: vec![account(&signer, Role::Validator)],
+            accounts: vec![account(&client_identity, Role::Department)],
+            nodes: Vec::new(),
+        };
+        let chain_dir = root.join("validator");
+        std::fs::create_dir_all(&chain_dir)?;
+        let validators = vec![signer.public()];
+        let ledger = Arc::new(Ledger::open(
+            &chain_dir.join("chain.redb"),
+            &genesis,
+            signer,
+        )?);
+        let host = Identity::generate(Role::Node);
+        membership.add(host.public());
+        let validator = peer::start(
+            &host,
+            Arc::new(membership.clone()),
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+            &chain_dir.join("store"),
+            limits.clone(),
+            Some(ledger.clone()),
+        )
+        .await?;
+        let chain = ChainLink {
+            validator: NodeInfo {
+                key: host.public(),
+                zone: "validator".into(),
+                weight: 0,
+                addr: validator.addr().to_string(),
+            },
+            validators,
+        };
         Ok(Self {
             _tmp: None,
             layout: Layout::new(1, nodes)?,
+            validator: Some(validator),
+            ledger,
+            chain,
             slots,
             membership,
             client_identity,
@@ -164,6 +217,7 @@ impl LocalCluster {
             self.layout.clone(),
             ClientOptions {
                 bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+                chain: Some(self.chain.clone()),
                 ..options
             },
         )
@@ -200,11 +254,24 @@ impl LocalCluster {
         Ok(())
     }
 
+    /// Where the embedded chain is, for clients.
+    pub fn chain(&self) -> &ChainLink {
+        &self.chain
+    }
+
+    /// The embedded validator's ledger.
+    pub fn ledger(&self) -> &Arc<Ledger> {
+        &self.ledger
+    }
+
     pub async fn shutdown(mut self) {
         for slot in &mut self.slots {
             if let Some(h) = slot.handle.take() {
                 h.shutdown().await;
             }
+        }
+        if let Some(v) = self.validator.take() {
+            v.shutdown().await;
         }
     }
 }
@@ -218,6 +285,12 @@ fn ms(d: Duration) -> String {
 
 fn mbps(bytes: u64, d: Duration) -> String {
     format!("{:.0} MB/s", bytes as f64 / d.as_secs_f64() / 1e6)
+}
+
+fn block_of(receipt: &PutReceipt) -> String {
+    receipt
+        .registered
+        .map_or("(none)".into(), |(height, _)| height.to_string())
 }
 
 /// A sample birth certificate of about 50 KiB (text plus an embedded "scan").
@@ -294,21 +367,23 @@ pub async fn run(big_mib: usize, step: Step<'_>) -> Result<(), DemoError> {
     let t = Instant::now();
     let cert_put = put_bytes(&client, cert.clone(), "birth-certificate").await?;
     step(&format!(
-        "put certificate ({} bytes) -> document {} in {}",
+        "put certificate ({} bytes) -> document {} in {}, registered in block {}",
         cert.len(),
         cert_put.id,
-        ms(t.elapsed())
+        ms(t.elapsed()),
+        block_of(&cert_put)
     ));
     let big = sample_data(big_mib << 20, 7);
     let t = Instant::now();
     let big_put = put_bytes(&client, big.clone(), "archive-scan").await?;
     let d = t.elapsed();
     step(&format!(
-        "put {big_mib} MiB file -> document {} in {} ({}, {} shards)",
+        "put {big_mib} MiB file -> document {} in {} ({}, {} shards), registered in block {}",
         big_put.id,
         ms(d),
         mbps(big.len() as u64, d),
-        big_put.shards_stored
+        big_put.shards_stored,
+        block_of(&big_put)
     ));
 
     let fetch_both = |label: &'static str| {
@@ -363,6 +438,13 @@ pub async fn run(big_mib: usize, step: Step<'_>) -> Result<(), DemoError> {
     for line in fetch_both("with 2 peers down").await? {
         step(&line);
     }
+    let status = cluster.ledger().status();
+    step(&format!(
+        "chain: {} blocks, {} documents registered, state root {}",
+        status.height,
+        status.documents,
+        hex::encode(&status.state_root[..8])
+    ));
     client.close().await;
     cluster.shutdown().await;
     step("all checks passed; cluster stopped and its temporary files removed");

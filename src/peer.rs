@@ -505,6 +505,12 @@ async fn handle(
             let found = blocking(move || ledger.block(height)).await;
             chain_answer(send, found).await
         }
+        Request::GetAccount { id } => {
+            let Some(ledger) = &state.ledger else {
+                return answer(send, &not_validator(), None).await;
+            };
+            chain_answer(send, Ok(ledger.account(&id))).await
+        }
         Request::ChainStatus => {
             let Some(ledger) = &state.ledger else {
                 return answer(send, &not_validator(), None).await;

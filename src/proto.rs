@@ -84,6 +84,11 @@ pub enum Request {
     },
     /// The chain's status: `ChainBody` with the postcard bytes of `ChainStatus`.
     ChainStatus,
+    /// An account (role, last nonce): `ChainBody` with the postcard bytes of `Account`, or
+    /// `NotFound`.
+    GetAccount {
+        id: crate::identity::PublicId,
+    },
 }
 
 /// What a peer answers.

@@ -326,3 +326,46 @@ async fn a_slow_client_cannot_hold_a_peer_hostage() {
     assert_eq!(cluster.peer(0).unwrap().store().usage().unwrap().shards, 0);
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_put_registers_on_chain_and_a_get_refuses_what_is_not_registered() {
+    let cluster = LocalCluster::start(6, 3).await.unwrap();
+    let client = cluster.client(options()).unwrap();
+    let bytes = data(300 << 10, 31);
+    let receipt = put(&client, &bytes).await.unwrap();
+    let (height, _) = receipt
+        .registered
+        .expect("the embedded cluster has a chain");
+    assert!(height >= 1);
+    let state = cluster.ledger().state();
+    assert!(state.documents.contains_key(&receipt.id));
+    let record = client
+        .check_registered(cluster.chain(), &receipt.id)
+        .await
+        .unwrap();
+    assert_eq!(record.height, height);
+
+    // Shards and manifest written without a registration: readable bytes on the peers, but
+    // not a document.
+    // Its identity is not a member; let it in so that only the chain stands in the way.
+    let stranger = Identity::generate(Role::Department);
+    cluster.membership().add(stranger.public());
+    let unlinked = dangan::client::Client::new(
+        &stranger,
+        Arc::new(cluster.membership().clone()),
+        cluster.layout().clone(),
+        dangan::client::ClientOptions {
+            bind: "127.0.0.1:0".parse().unwrap(),
+            chain: None,
+            ..options()
+        },
+    )
+    .unwrap();
+    let orphan = put(&unlinked, &bytes).await.unwrap();
+    assert!(orphan.registered.is_none());
+    match get(&client, &orphan.id, &orphan.key).await {
+        Err(ClientError::NotRegistered { id }) => assert_eq!(id, orphan.id),
+        other => panic!("expected NotRegistered, got {other:?}"),
+    }
+    cluster.shutdown().await;
+}

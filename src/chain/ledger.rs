@@ -136,6 +136,17 @@ impl Ledger {
         }
     }
 
+    /// An account as of the last block.
+    pub fn account(&self, id: &PublicId) -> Option<super::state::Account> {
+        self.tip
+            .lock()
+            .expect("ledger lock")
+            .state
+            .accounts
+            .get(id)
+            .cloned()
+    }
+
     /// A copy of the current state.
     pub fn state(&self) -> State {
         self.tip.lock().expect("ledger lock").state.clone()
