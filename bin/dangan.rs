@@ -12,6 +12,8 @@ use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use dangan::bench::{self, CodecBenchOptions};
+use dangan::chain::ledger::Ledger;
+use dangan::chain::state::Genesis;
 use dangan::client::{Client, ClientOptions};
 use dangan::codec::DocumentInfo;
 use dangan::config::{ClusterFile, NodeFile};
@@ -94,9 +96,21 @@ enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Ask the chain's validator how the chain stands.
+    #[command(subcommand)]
+    Chain(ChainCommand),
     /// Measure this machine.
     #[command(subcommand)]
     Bench(BenchCommand),
+}
+
+#[derive(Subcommand)]
+enum ChainCommand {
+    /// Height, tip, state root, validators, documents registered.
+    Status {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
 }
 
 #[derive(Subcommand)]
@@ -256,13 +270,28 @@ async fn run_async(command: Command) -> Result<()> {
             }
             let membership = Membership::new();
             membership.replace(cluster.members.iter().copied());
+            let ledger = match &cfg.validator {
+                None => None,
+                Some(v) => {
+                    let signer = Identity::load(&v.key)?;
+                    let genesis = Genesis::load(&v.genesis)?;
+                    let ledger = Ledger::open(&v.chain, &genesis, signer)
+                        .with_context(|| format!("opening the chain {}", v.chain.display()))?;
+                    let status = ledger.status();
+                    println!(
+                        "validator of chain {:?}: height {}, {} documents",
+                        status.chain_id, status.height, status.documents
+                    );
+                    Some(Arc::new(ledger))
+                }
+            };
             let handle = dangan::peer::start(
                 &identity,
                 Arc::new(membership),
                 cfg.listen,
                 &cfg.data_dir,
                 cfg.limits,
-                None,
+                ledger,
             )
             .await?;
             println!("peer {} serving on {}", handle.id(), handle.addr());
@@ -346,6 +375,21 @@ async fn run_async(command: Command) -> Result<()> {
             c.close().await;
             Ok(())
         }
+        Command::Chain(ChainCommand::Status { client }) => {
+            let (c, _) = connect(&client)?;
+            let status = c.chain_status().await?;
+            println!("chain:        {}", status.chain_id);
+            println!("height:       {}", status.height);
+            println!("tip:          {}", hex::encode(status.tip_hash));
+            println!("state root:   {}", hex::encode(status.state_root));
+            println!("documents:    {}", status.documents);
+            println!("layout epoch: {}", status.layout_epoch);
+            for v in &status.validators {
+                println!("validator:    {v}");
+            }
+            c.close().await;
+            Ok(())
+        }
         _ => unreachable!("synchronous commands are handled in main"),
     }
 }
@@ -362,6 +406,7 @@ fn connect(args: &ClientArgs) -> Result<(Client, Keyring)> {
         ClientOptions {
             params: cluster.params,
             write_quorum: cluster.write_quorum,
+            chain: cluster.chain,
             ..ClientOptions::default()
         },
     )?;
@@ -408,6 +453,8 @@ fn local_config(dir: &Path, peers: usize, base_port: u16) -> Result<()> {
     }
     let (k, m) = local_coding(peers);
     std::fs::create_dir_all(dir.join("keys"))?;
+    std::fs::create_dir_all(dir.join("data"))?;
+    let mut validator_peer = None;
     let mut cluster = format!(
         "# Cluster written by `dangan local-config`: {peers} peers on this machine.\n\
          # k + m = {width} shards per stripe on {width} different peers; any {m} of them may be lost.\n\
@@ -423,18 +470,40 @@ fn local_config(dir: &Path, peers: usize, base_port: u16) -> Result<()> {
             id.public(),
             (i - 1) % 3
         ));
-        std::fs::write(
-            dir.join(format!("node{i}.toml")),
-            format!(
-                "listen = \"127.0.0.1:{port}\"\ndata_dir = \"data/peer{i}\"\nkey = \"keys/peer{i}.key\"\ncluster = \"cluster.toml\"\n"
-            ),
-        )?;
+        let mut node = format!(
+            "listen = \"127.0.0.1:{port}\"\ndata_dir = \"data/peer{i}\"\nkey = \"keys/peer{i}.key\"\ncluster = \"cluster.toml\"\n"
+        );
+        if i == 1 {
+            // The first node also runs the chain's one validator.
+            node.push_str(
+                "\n[validator]\nkey = \"keys/validator.key\"\ngenesis = \"genesis.toml\"\nchain = \"data/chain.redb\"\n",
+            );
+            validator_peer = Some(id.public());
+        }
+        std::fs::write(dir.join(format!("node{i}.toml")), node)?;
     }
     let dept = Identity::generate(Role::Department);
     dept.save(dir.join("keys/department.key"))?;
     cluster.push_str(&format!(
         "[[client]]\nid = \"{}\"\nname = \"department\"\n",
         dept.public()
+    ));
+    let validator = Identity::generate(Role::Validator);
+    validator.save(dir.join("keys/validator.key"))?;
+    std::fs::write(
+        dir.join("genesis.toml"),
+        format!(
+            "# Genesis written by `dangan local-config`: one validator, one department.\n\
+             chain_id = \"local\"\n\n[[validator]]\nid = \"{}\"\nname = \"validator\"\n\n\
+             [[account]]\nid = \"{}\"\nrole = \"department\"\nname = \"department\"\n",
+            validator.public(),
+            dept.public()
+        ),
+    )?;
+    cluster.push_str(&format!(
+        "\n[chain]\nvalidator_peer = \"{}\"\nvalidators = [\"{}\"]\n",
+        validator_peer.expect("at least two peers"),
+        validator.public()
     ));
     let cluster_path = dir.join("cluster.toml");
     std::fs::write(&cluster_path, cluster)?;

@@ -29,6 +29,7 @@ use tokio::task::JoinSet;
 use tracing::{debug, warn};
 
 use crate::chain::block::TxInclusion;
+use crate::chain::ledger::ChainStatus;
 use crate::chain::state::{Account, DocumentRecord};
 use crate::chain::tx::{Tx, TxBody};
 use crate::codec::{self, CodecError, DocumentInfo, EncodedStripe, StripeCodec};
@@ -129,7 +130,7 @@ pub enum ClientError {
         #[source]
         source: ProtoError,
     },
-    #[error("document {id} is not registered on the chain")]
+    #[error("document {id} was not found on the chain: it is not registered")]
     NotRegistered { id: DocumentId },
     #[error("chain: {0}")]
     Chain(String),
@@ -414,6 +415,21 @@ impl Client {
             (Response::NotFound, _) => Ok(None),
             (other, _) => Err(self.unexpected(node, &other)),
         }
+    }
+
+    /// The chain's status, from the validator.
+    pub async fn chain_status(&self) -> Result<ChainStatus, ClientError> {
+        let chain = self
+            .inner
+            .options
+            .chain
+            .as_ref()
+            .ok_or_else(|| ClientError::Chain("this cluster has no [chain] section".into()))?;
+        let body = self
+            .chain_query(chain, &Request::ChainStatus)
+            .await?
+            .ok_or_else(|| ClientError::Chain("the validator has no status".into()))?;
+        postcard::from_bytes(&body).map_err(|e| ClientError::Chain(format!("status: {e}")))
     }
 
     /// Checks on the chain that `id` is registered: the registering transaction, its Merkle

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::client::ChainLink;
 use crate::identity::PublicId;
 use crate::manifest::CodingParams;
 use crate::peer::PeerLimits;
@@ -55,6 +56,19 @@ pub struct ClusterFile {
     /// Clients (departments, operators) allowed to connect.
     #[serde(default, rename = "client")]
     pub clients: Vec<ClientEntry>,
+    /// Where the chain is. Without it, documents are not registered on a chain.
+    #[serde(default)]
+    pub chain: Option<ChainSection>,
+}
+
+/// `[chain]`: which peer runs the validator and which validators sign blocks.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChainSection {
+    /// The id of the `[[peer]]` whose node runs the validator (its `[validator]` section).
+    pub validator_peer: PublicId,
+    /// The validators' ids (as in the genesis file): their signatures make a block final.
+    pub validators: Vec<PublicId>,
 }
 
 fn one() -> u64 {
@@ -121,6 +135,8 @@ pub struct Cluster {
     pub write_quorum: Option<usize>,
     /// Every identity allowed to connect: peers and clients.
     pub members: Vec<PublicId>,
+    /// Where the chain is, if the cluster has one.
+    pub chain: Option<ChainLink>,
 }
 
 impl ClusterFile {
@@ -175,11 +191,39 @@ impl ClusterFile {
         }
         let mut members: Vec<PublicId> = self.peers.iter().map(|p| p.id).collect();
         members.extend(self.clients.iter().map(|c| c.id));
+        let chain = match &self.chain {
+            None => None,
+            Some(c) => {
+                let host = self
+                    .peers
+                    .iter()
+                    .find(|p| p.id == c.validator_peer)
+                    .ok_or_else(|| {
+                        invalid(format!(
+                            "[chain] validator_peer {} is not a [[peer]]",
+                            c.validator_peer
+                        ))
+                    })?;
+                if c.validators.is_empty() {
+                    return Err(invalid("[chain] validators is empty".into()));
+                }
+                Some(ChainLink {
+                    validator: NodeInfo {
+                        key: host.id,
+                        zone: host.zone.clone(),
+                        weight: host.weight,
+                        addr: host.addr.to_string(),
+                    },
+                    validators: c.validators.clone(),
+                })
+            }
+        };
         Ok(Cluster {
             layout,
             params,
             write_quorum: self.coding.write_quorum,
             members,
+            chain,
         })
     }
 }
@@ -198,6 +242,21 @@ pub struct NodeFile {
     pub cluster: PathBuf,
     #[serde(default)]
     pub limits: LimitsSection,
+    /// Present on the node that runs the chain's validator.
+    #[serde(default)]
+    pub validator: Option<ValidatorSection>,
+}
+
+/// `[validator]`: this node also runs the chain's validator.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ValidatorSection {
+    /// The validator's key file (`dangan keys new --role validator`), listed in the genesis.
+    pub key: PathBuf,
+    /// The genesis file: chain id, validators, accounts.
+    pub genesis: PathBuf,
+    /// The chain database (redb).
+    pub chain: PathBuf,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -229,6 +288,8 @@ pub struct NodeConfig {
     pub key: PathBuf,
     pub cluster: PathBuf,
     pub limits: PeerLimits,
+    /// The validator section with its paths resolved.
+    pub validator: Option<ValidatorSection>,
 }
 
 impl NodeFile {
@@ -258,6 +319,11 @@ impl NodeFile {
                 request_timeout: Duration::from_secs(l.request_timeout_secs),
                 ..PeerLimits::default()
             },
+            validator: file.validator.map(|v| ValidatorSection {
+                key: base.join(v.key),
+                genesis: base.join(v.genesis),
+                chain: base.join(v.chain),
+            }),
         })
     }
 }

@@ -430,6 +430,16 @@ fn peers_as_separate_processes_put_get_lose_one_and_refuse_strangers() {
         "a failed get removes its partial output"
     );
 
+    // The put was registered on the chain run by node 1's validator.
+    let mut status = dangan(["chain", "status"]);
+    status.args(&client);
+    let status = run(status, &logs, "chain-status").expect_ok("chain status");
+    assert!(
+        status.stdout.contains("documents:    1"),
+        "one registered document: {}",
+        status.describe()
+    );
+
     // 6. Kill one peer (m = 1): every stripe is still readable from the other two.
     cluster.kill(2);
     let out3 = root.join("out3.bin");
