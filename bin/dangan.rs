@@ -99,6 +99,13 @@ enum Command {
     /// Ask the chain's validator how the chain stands.
     #[command(subcommand)]
     Chain(ChainCommand),
+    /// Check that a document is registered: its registration's Merkle path and the
+    /// validators' signatures, verified here.
+    Verify {
+        id: DocumentId,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Measure this machine.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -108,6 +115,18 @@ enum Command {
 enum ChainCommand {
     /// Height, tip, state root, validators, documents registered.
     Status {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// One block: its header, signatures and transactions (checked against the validators).
+    Block {
+        height: u64,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// One transaction by id (64 hex digits), with its inclusion proof checked.
+    Tx {
+        id: String,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -387,6 +406,70 @@ async fn run_async(command: Command) -> Result<()> {
             for v in &status.validators {
                 println!("validator:    {v}");
             }
+            c.close().await;
+            Ok(())
+        }
+        Command::Chain(ChainCommand::Block { height, client }) => {
+            let (c, _) = connect(&client)?;
+            let Some(block) = c.chain_block(height).await? else {
+                bail!("no block at height {height}");
+            };
+            let h = &block.header.header;
+            println!("block {} (hash {})", h.height, hex::encode(h.hash()));
+            println!("previous:   {}", hex::encode(h.prev));
+            println!("tx root:    {}", hex::encode(h.tx_root));
+            println!("state root: {}", hex::encode(h.state_root));
+            println!("time (ms):  {}", h.time_ms);
+            println!("proposer:   {}", h.proposer);
+            println!(
+                "signed by {} validator(s); final (majority checked)",
+                block.header.signatures.len()
+            );
+            for tx in &block.txs {
+                println!(
+                    "tx {} from {} nonce {}: {:?}",
+                    hex::encode(tx.id()),
+                    tx.tx.sender.short(),
+                    tx.tx.nonce,
+                    tx.tx.body
+                );
+            }
+            c.close().await;
+            Ok(())
+        }
+        Command::Chain(ChainCommand::Tx { id, client }) => {
+            let mut raw = [0u8; 32];
+            hex::decode_to_slice(id.trim(), &mut raw)
+                .context("a transaction id is 64 hex digits")?;
+            let (c, _) = connect(&client)?;
+            let Some(proof) = c.chain_tx(raw).await? else {
+                bail!("no committed transaction {id}");
+            };
+            println!(
+                "transaction {} in block {} at index {}: proof verified",
+                id, proof.header.header.height, proof.proof.index
+            );
+            println!(
+                "from {} nonce {}: {:?}",
+                proof.tx.tx.sender, proof.tx.tx.nonce, proof.tx.tx.body
+            );
+            c.close().await;
+            Ok(())
+        }
+        Command::Verify { id, client } => {
+            let (c, _) = connect(&client)?;
+            let chain = c.chain_link()?.clone();
+            let record = c.check_registered(&chain, &id).await?;
+            println!(
+                "document {id} is registered: block {}, owner {}, inclusion proof and {} validator signature(s) verified{}",
+                record.height,
+                record.owner,
+                chain.validators.len(),
+                record
+                    .superseded_by
+                    .map(|n| format!("; superseded by {n}"))
+                    .unwrap_or_default()
+            );
             c.close().await;
             Ok(())
         }

@@ -28,7 +28,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::task::JoinSet;
 use tracing::{debug, warn};
 
-use crate::chain::block::TxInclusion;
+use crate::chain::block::{Block, TxInclusion};
 use crate::chain::ledger::ChainStatus;
 use crate::chain::state::{Account, DocumentRecord};
 use crate::chain::tx::{Tx, TxBody};
@@ -417,14 +417,55 @@ impl Client {
         }
     }
 
-    /// The chain's status, from the validator.
-    pub async fn chain_status(&self) -> Result<ChainStatus, ClientError> {
-        let chain = self
-            .inner
+    /// A block by height, from the validator (checked: majority-signed by the validators).
+    pub async fn chain_block(&self, height: u64) -> Result<Option<Block>, ClientError> {
+        let chain = self.chain_link()?;
+        let Some(body) = self
+            .chain_query(chain, &Request::GetBlock { height })
+            .await?
+        else {
+            return Ok(None);
+        };
+        let block: Block =
+            postcard::from_bytes(&body).map_err(|e| ClientError::Chain(format!("block: {e}")))?;
+        block
+            .header
+            .verify_final(&chain.validators)
+            .map_err(|e| ClientError::Chain(e.to_string()))?;
+        Ok(Some(block))
+    }
+
+    /// A committed transaction by id, with its proof verified here.
+    pub async fn chain_tx(&self, id: [u8; 32]) -> Result<Option<TxInclusion>, ClientError> {
+        let chain = self.chain_link()?;
+        let Some(body) = self.chain_query(chain, &Request::GetTx { id }).await? else {
+            return Ok(None);
+        };
+        let proof: TxInclusion = postcard::from_bytes(&body)
+            .map_err(|e| ClientError::Chain(format!("transaction proof: {e}")))?;
+        proof
+            .verify(&chain.validators)
+            .map_err(|e| ClientError::Chain(e.to_string()))?;
+        if proof.tx.id() != id {
+            return Err(ClientError::Chain(
+                "the validator answered with another transaction".into(),
+            ));
+        }
+        Ok(Some(proof))
+    }
+
+    /// The chain this client registers on.
+    pub fn chain_link(&self) -> Result<&ChainLink, ClientError> {
+        self.inner
             .options
             .chain
             .as_ref()
-            .ok_or_else(|| ClientError::Chain("this cluster has no [chain] section".into()))?;
+            .ok_or_else(|| ClientError::Chain("this cluster has no [chain] section".into()))
+    }
+
+    /// The chain's status, from the validator.
+    pub async fn chain_status(&self) -> Result<ChainStatus, ClientError> {
+        let chain = self.chain_link()?;
         let body = self
             .chain_query(chain, &Request::ChainStatus)
             .await?

@@ -505,6 +505,13 @@ async fn handle(
             let found = blocking(move || ledger.block(height)).await;
             chain_answer(send, found).await
         }
+        Request::GetTx { id } => {
+            let Some(ledger) = state.ledger.clone() else {
+                return answer(send, &not_validator(), None).await;
+            };
+            let found = blocking(move || ledger.transaction(&id)).await;
+            chain_answer(send, found).await
+        }
         Request::GetAccount { id } => {
             let Some(ledger) = &state.ledger else {
                 return answer(send, &not_validator(), None).await;

@@ -89,6 +89,11 @@ pub enum Request {
     GetAccount {
         id: crate::identity::PublicId,
     },
+    /// A committed transaction with its proof: `ChainBody` with the postcard bytes of a
+    /// `TxInclusion`, or `NotFound`.
+    GetTx {
+        id: [u8; 32],
+    },
 }
 
 /// What a peer answers.

@@ -440,6 +440,24 @@ fn peers_as_separate_processes_put_get_lose_one_and_refuse_strangers() {
         status.describe()
     );
 
+    // Anyone with the cluster file can check the registration: proof and signatures.
+    let mut verify = dangan(["verify", id.as_str()]);
+    verify.args(&client);
+    let verified = run(verify, &logs, "verify").expect_ok("verify");
+    assert!(
+        verified.stdout.contains("is registered: block 1"),
+        "{}",
+        verified.describe()
+    );
+    let mut verify = dangan(["verify", unknown.as_str()]);
+    verify.args(&client);
+    let refused = run(verify, &logs, "verify-unknown").expect_fail("verify of an unknown id");
+    assert!(refused.stderr.contains("not registered"), "{}", refused.describe());
+    let mut block = dangan(["chain", "block", "1"]);
+    block.args(&client);
+    let block = run(block, &logs, "chain-block").expect_ok("chain block 1");
+    assert!(block.stdout.contains("RegisterDocument"), "{}", block.describe());
+
     // 6. Kill one peer (m = 1): every stripe is still readable from the other two.
     cluster.kill(2);
     let out3 = root.join("out3.bin");

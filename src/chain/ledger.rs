@@ -156,6 +156,20 @@ impl Ledger {
         Ok(self.store.block(height)?)
     }
 
+    /// A committed transaction and its proof, by transaction id.
+    pub fn transaction(&self, id: &[u8; 32]) -> Result<Option<TxInclusion>, LedgerError> {
+        let Some((height, index)) = self.store.tx_location(id)? else {
+            return Ok(None);
+        };
+        let Some(block) = self.store.block(height)? else {
+            return Ok(None);
+        };
+        let proof = block
+            .inclusion(index as usize)
+            .map_err(|e| ChainStoreError::Tampered { height, source: e })?;
+        Ok(Some(proof))
+    }
+
     /// A registered document's record and the proof of the transaction that registered it.
     pub fn document(
         &self,
