@@ -452,11 +452,19 @@ fn peers_as_separate_processes_put_get_lose_one_and_refuse_strangers() {
     let mut verify = dangan(["verify", unknown.as_str()]);
     verify.args(&client);
     let refused = run(verify, &logs, "verify-unknown").expect_fail("verify of an unknown id");
-    assert!(refused.stderr.contains("not registered"), "{}", refused.describe());
+    assert!(
+        refused.stderr.contains("not registered"),
+        "{}",
+        refused.describe()
+    );
     let mut block = dangan(["chain", "block", "1"]);
     block.args(&client);
     let block = run(block, &logs, "chain-block").expect_ok("chain block 1");
-    assert!(block.stdout.contains("RegisterDocument"), "{}", block.describe());
+    assert!(
+        block.stdout.contains("RegisterDocument"),
+        "{}",
+        block.describe()
+    );
 
     // 6. Kill one peer (m = 1): every stripe is still readable from the other two.
     cluster.kill(2);
