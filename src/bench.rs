@@ -660,15 +660,13 @@ pub async fn chain(
     let depts: Vec<Identity> = (0..departments.max(1))
         .map(|_| Identity::generate(Role::Department))
         .collect();
-    let account = |i: &Identity, role| GenesisAccount {
-        id: i.public(),
-        role,
-        name: String::new(),
-    };
     let genesis = Genesis {
         chain_id: "bench".into(),
-        validators: vec![account(&validator, Role::Validator)],
-        accounts: depts.iter().map(|d| account(d, Role::Department)).collect(),
+        validators: vec![GenesisAccount::of(&validator, Role::Validator)],
+        accounts: depts
+            .iter()
+            .map(|d| GenesisAccount::of(d, Role::Department))
+            .collect(),
         nodes: Vec::new(),
     };
     let ledger = Arc::new(Ledger::open(

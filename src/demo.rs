@@ -122,15 +122,10 @@ impl LocalCluster {
 
         // One validator in this process, the embedded default; the department has an account.
         let signer = Identity::generate(Role::Validator);
-        let account = |id: &Identity, role| GenesisAccount {
-            id: id.public(),
-            role,
-            name: String::new(),
-        };
         let genesis = Genesis {
             chain_id: "local".into(),
-            validators: vec![account(&signer, Role::Validator)],
-            accounts: vec![account(&client_identity, Role::Department)],
+            validators: vec![GenesisAccount::of(&signer, Role::Validator)],
+            accounts: vec![GenesisAccount::of(&client_identity, Role::Department)],
             nodes: Vec::new(),
         };
         let chain_dir = root.join("validator");

@@ -21,18 +21,13 @@ fn setup(departments: usize) -> Setup {
     let departments: Vec<Identity> = (0..departments)
         .map(|_| Identity::generate(Role::Department))
         .collect();
-    let acct = |i: &Identity, role| GenesisAccount {
-        id: i.public(),
-        role,
-        name: String::new(),
-    };
     Setup {
         genesis: Genesis {
             chain_id: "test".into(),
-            validators: vec![acct(&validator, Role::Validator)],
+            validators: vec![GenesisAccount::of(&validator, Role::Validator)],
             accounts: departments
                 .iter()
-                .map(|d| acct(d, Role::Department))
+                .map(|d| GenesisAccount::of(d, Role::Department))
                 .collect(),
             nodes: Vec::new(),
         },

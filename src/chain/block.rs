@@ -281,18 +281,13 @@ mod tests {
             .map(|_| Identity::generate(Role::Validator))
             .collect();
         let dept = Identity::generate(Role::Department);
-        let acct = |i: &Identity, role| GenesisAccount {
-            id: i.public(),
-            role,
-            name: String::new(),
-        };
         let genesis = Genesis {
             chain_id: "test".into(),
             validators: validators
                 .iter()
-                .map(|v| acct(v, Role::Validator))
+                .map(|v| GenesisAccount::of(v, Role::Validator))
                 .collect(),
-            accounts: vec![acct(&dept, Role::Department)],
+            accounts: vec![GenesisAccount::of(&dept, Role::Department)],
             nodes: Vec::new(),
         };
         Chain {

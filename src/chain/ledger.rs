@@ -158,9 +158,14 @@ impl Ledger {
 
     /// A committed transaction and its proof, by transaction id.
     pub fn transaction(&self, id: &[u8; 32]) -> Result<Option<TxInclusion>, LedgerError> {
-        let Some((height, index)) = self.store.tx_location(id)? else {
-            return Ok(None);
-        };
+        match self.store.tx_location(id)? {
+            Some((height, index)) => self.proof_at(height, index),
+            None => Ok(None),
+        }
+    }
+
+    /// The inclusion proof of transaction `index` of block `height`.
+    fn proof_at(&self, height: u64, index: u32) -> Result<Option<TxInclusion>, LedgerError> {
         let Some(block) = self.store.block(height)? else {
             return Ok(None);
         };
@@ -189,13 +194,7 @@ impl Ledger {
         let Some((height, index)) = self.store.document_location(id)? else {
             return Ok(None);
         };
-        let Some(block) = self.store.block(height)? else {
-            return Ok(None);
-        };
-        let proof = block
-            .inclusion(index as usize)
-            .map_err(|e| ChainStoreError::Tampered { height, source: e })?;
-        Ok(Some((record, proof)))
+        Ok(self.proof_at(height, index)?.map(|proof| (record, proof)))
     }
 }
 

@@ -64,6 +64,17 @@ pub struct GenesisAccount {
     pub name: String,
 }
 
+impl GenesisAccount {
+    /// The genesis entry of `identity` with `role` (and no name).
+    pub fn of(identity: &crate::identity::Identity, role: Role) -> Self {
+        Self {
+            id: identity.public(),
+            role,
+            name: String::new(),
+        }
+    }
+}
+
 fn validator_role() -> Role {
     Role::Validator
 }
@@ -387,11 +398,6 @@ mod tests {
         let other_dept = Identity::generate(Role::Department);
         let operator = Identity::generate(Role::Operator);
         let citizen = Identity::generate(Role::Citizen);
-        let acct = |i: &Identity, role| GenesisAccount {
-            id: i.public(),
-            role,
-            name: String::new(),
-        };
         let nodes = (0..3)
             .map(|i| NodeInfo {
                 key: Identity::generate(Role::Node).public(),
@@ -402,12 +408,12 @@ mod tests {
             .collect();
         let genesis = Genesis {
             chain_id: "test".into(),
-            validators: vec![acct(&validator, Role::Validator)],
+            validators: vec![GenesisAccount::of(&validator, Role::Validator)],
             accounts: vec![
-                acct(&dept, Role::Department),
-                acct(&other_dept, Role::Department),
-                acct(&operator, Role::Operator),
-                acct(&citizen, Role::Citizen),
+                GenesisAccount::of(&dept, Role::Department),
+                GenesisAccount::of(&other_dept, Role::Department),
+                GenesisAccount::of(&operator, Role::Operator),
+                GenesisAccount::of(&citizen, Role::Citizen),
             ],
             nodes,
         };
