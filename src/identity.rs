@@ -162,6 +162,11 @@ impl PublicId {
         &self.0
     }
 
+    /// Any 32 bytes, unchecked: only for bounds and lookups, never for verifying.
+    pub(crate) fn from_raw(bytes: [u8; PUBLIC_ID_LEN]) -> Self {
+        Self(bytes)
+    }
+
     pub fn to_bytes(self) -> [u8; PUBLIC_ID_LEN] {
         self.0
     }

@@ -10,12 +10,13 @@
 //! Not for: ordering transactions (consensus), persistence (the ledger store), or reading
 //! shards.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
 use super::merkle::{self, Hash};
+use super::rooted::RootedMap;
 use super::tx::{MAX_LABEL, SignedTx, TxBody, TxError};
 use crate::id::DocumentId;
 use crate::identity::{PublicId, Role};
@@ -91,9 +92,10 @@ impl Genesis {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct State {
     pub chain_id: String,
-    pub accounts: BTreeMap<PublicId, Account>,
+    /// Changed only through [`State::apply`] (the map keeps its root cache in step).
+    pub accounts: RootedMap<PublicId, Account>,
     pub validators: BTreeSet<PublicId>,
-    pub documents: BTreeMap<DocumentId, DocumentRecord>,
+    pub documents: RootedMap<DocumentId, DocumentRecord>,
     pub layout: Layout,
 }
 
@@ -113,7 +115,7 @@ impl State {
         if genesis.validators.is_empty() {
             return Err(TxError::Invalid("genesis names no validator".into()));
         }
-        let mut accounts = BTreeMap::new();
+        let mut accounts = RootedMap::new();
         let mut add =
             |id: PublicId, role: Role| match accounts.insert(id, Account { role, nonce: 0 }) {
                 Some(_) => Err(TxError::AccountExists(id)),
@@ -134,32 +136,24 @@ impl State {
             chain_id: genesis.chain_id.clone(),
             accounts,
             validators: genesis.validators.iter().map(|v| v.id).collect(),
-            documents: BTreeMap::new(),
+            documents: RootedMap::new(),
             layout,
         })
     }
 
-    /// Merkle root over every entry in key order.
+    /// The state root: a Merkle root over the chain id, the accounts' root, every validator,
+    /// the documents' root and the layout. Accounts and documents are [`RootedMap`]s, so a
+    /// block pays for the entries it changed, not for the whole state.
     pub fn root(&self) -> Hash {
-        let mut leaves = Vec::with_capacity(
-            2 + self.accounts.len() + self.validators.len() + self.documents.len(),
-        );
-        let mut push = |e: Entry<'_>| {
-            leaves.push(merkle::leaf_hash(
-                &postcard::to_allocvec(&e).expect("encoding into memory cannot fail"),
-            ));
+        let leaf = |e: Entry<'_>| {
+            merkle::leaf_hash(&postcard::to_allocvec(&e).expect("encoding into memory cannot fail"))
         };
-        push(Entry::ChainId(&self.chain_id));
-        for (id, a) in &self.accounts {
-            push(Entry::Account(id, a));
-        }
-        for id in &self.validators {
-            push(Entry::Validator(id));
-        }
-        for (id, d) in &self.documents {
-            push(Entry::Document(id, d));
-        }
-        push(Entry::Layout(&self.layout));
+        let mut leaves = Vec::with_capacity(4 + self.validators.len());
+        leaves.push(leaf(Entry::ChainId(&self.chain_id)));
+        leaves.push(self.accounts.root(|id, a| leaf(Entry::Account(id, a))));
+        leaves.extend(self.validators.iter().map(|id| leaf(Entry::Validator(id))));
+        leaves.push(self.documents.root(|id, d| leaf(Entry::Document(id, d))));
+        leaves.push(leaf(Entry::Layout(&self.layout)));
         merkle::root(&leaves)
     }
 
