@@ -315,27 +315,29 @@ impl Client {
             let client = self.clone();
             uploads.spawn(async move { client.upload_stripe(stripe, quorum).await });
         }
-        if failure.is_none() {
-            while let Some(res) = uploads.join_next().await {
-                match join(Some(res)) {
-                    Ok(up) => finish(up),
-                    Err(e) => {
-                        failure = Some(e);
-                        break;
-                    }
-                }
-            }
-        }
         if let Some(e) = failure {
             uploads.abort_all();
             drop(stripes);
             let _ = encoder.await;
             return Err(e);
         }
+        // Every stripe has left the encoder, so the manifest is ready: it is written while
+        // the last stripes finish (for a one-stripe certificate, that saves a round trip).
         let (manifest, key) = encoder
             .await
             .map_err(|e| ClientError::Task(e.to_string()))??;
-        let id = self.store_manifest(&manifest, quorum).await?;
+        let drain = async {
+            while let Some(res) = uploads.join_next().await {
+                finish(join(Some(res))?);
+            }
+            Ok::<(), ClientError>(())
+        };
+        let (drained, stored) = tokio::join!(drain, self.store_manifest(&manifest, quorum));
+        if let Err(e) = drained {
+            uploads.abort_all();
+            return Err(e);
+        }
+        let id = stored?;
         // Only now, with every shard durable and the manifest written, does the document
         // come into existence: its registration on the chain.
         let registered = match &self.inner.options.chain {
