@@ -331,6 +331,12 @@ impl Identity {
         self.key.sign(msg).to_bytes()
     }
 
+    /// A 32-byte secret for `context`, derived from this identity's secret key (BLAKE3
+    /// key derivation), so one key file holds every key the identity needs. Secret material.
+    pub(crate) fn derive_secret(&self, context: &str) -> [u8; 32] {
+        blake3::derive_key(context, self.key.as_bytes())
+    }
+
     /// The key as PKCS#8 v1 DER (RFC 8410: the 16-byte fixed header, then the 32-byte
     /// seed), for building the TLS certificate. Secret material.
     pub(crate) fn pkcs8_der(&self) -> Vec<u8> {

@@ -12,6 +12,7 @@ pub mod config;
 pub mod crypto;
 pub mod demo;
 pub mod erasure;
+pub mod grant;
 pub mod id;
 pub mod identity;
 pub mod keyring;

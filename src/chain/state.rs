@@ -10,7 +10,7 @@
 //! Not for: ordering transactions (consensus), persistence (the ledger store), or reading
 //! shards.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use super::merkle::{self, Hash};
 use super::rooted::RootedMap;
 use super::tx::{MAX_LABEL, SignedTx, TxBody, TxError};
+use crate::grant::{SEALED_LEN, WrappedKey};
 use crate::id::DocumentId;
 use crate::identity::{PublicId, Role};
 use crate::placement::{Layout, NodeInfo};
@@ -38,6 +39,46 @@ pub struct DocumentRecord {
     pub height: u64,
     /// The newer version, once superseded.
     pub superseded_by: Option<DocumentId>,
+    /// Who else may read it, and with which wrapped data key.
+    pub grants: BTreeMap<PublicId, GrantRecord>,
+}
+
+/// A reader's grant on a document.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GrantRecord {
+    /// The document's data key sealed to the grantee.
+    pub wrapped: WrappedKey,
+    /// Unix milliseconds after which the grant no longer counts.
+    pub expires_ms: Option<u64>,
+    /// Height of the block that granted it.
+    pub height: u64,
+}
+
+/// Most grants one document may hold.
+pub const MAX_GRANTS: usize = 4096;
+
+impl DocumentRecord {
+    fn new(owner: PublicId, height: u64) -> Self {
+        Self {
+            owner,
+            height,
+            superseded_by: None,
+            grants: BTreeMap::new(),
+        }
+    }
+
+    /// Whether `reader` may read this document at `now_ms`: the owning department, or a
+    /// grantee whose grant has not expired.
+    pub fn may_read(&self, reader: &PublicId, now_ms: u64) -> bool {
+        *reader == self.owner || self.live_grant(reader, now_ms).is_some()
+    }
+
+    /// `reader`'s grant, if it has one that has not expired at `now_ms`.
+    pub fn live_grant(&self, reader: &PublicId, now_ms: u64) -> Option<&GrantRecord> {
+        self.grants
+            .get(reader)
+            .filter(|g| g.expires_ms.is_none_or(|e| now_ms < e))
+    }
 }
 
 /// The genesis file: the chain's first validators, accounts and storage peers.
@@ -195,28 +236,13 @@ impl State {
                 }
                 let document = *document;
                 Box::new(move |s| {
-                    s.documents.insert(
-                        document,
-                        DocumentRecord {
-                            owner: sender,
-                            height,
-                            superseded_by: None,
-                        },
-                    );
+                    s.documents
+                        .insert(document, DocumentRecord::new(sender, height));
                 })
             }
             TxBody::Supersede { old, new } => {
                 require(Role::Department, "supersede documents")?;
-                let record = self
-                    .documents
-                    .get(old)
-                    .ok_or(TxError::NotRegistered(*old))?;
-                if record.owner != sender {
-                    return Err(TxError::NotOwner {
-                        document: *old,
-                        owner: record.owner,
-                    });
-                }
+                let record = self.owned(old, sender)?;
                 if record.superseded_by.is_some() {
                     return Err(TxError::AlreadySuperseded(*old));
                 }
@@ -228,14 +254,7 @@ impl State {
                     if let Some(r) = s.documents.get_mut(&old) {
                         r.superseded_by = Some(new);
                     }
-                    s.documents.insert(
-                        new,
-                        DocumentRecord {
-                            owner: sender,
-                            height,
-                            superseded_by: None,
-                        },
-                    );
+                    s.documents.insert(new, DocumentRecord::new(sender, height));
                 })
             }
             TxBody::AddNode {
@@ -311,6 +330,59 @@ impl State {
                 let layout = self.next_layout(nodes)?;
                 Box::new(move |s| s.layout = layout)
             }
+            TxBody::Grant {
+                document,
+                grantee,
+                wrapped,
+                expires_ms,
+            } => {
+                require(Role::Department, "grant access")?;
+                let record = self.owned(document, sender)?;
+                if record.superseded_by.is_some() {
+                    return Err(TxError::Superseded(*document));
+                }
+                if wrapped.sealed.len() != SEALED_LEN {
+                    return Err(TxError::Invalid(format!(
+                        "a wrapped key is {SEALED_LEN} bytes, not {}",
+                        wrapped.sealed.len()
+                    )));
+                }
+                if *grantee == sender {
+                    return Err(TxError::Invalid(
+                        "a department always reads its own documents".into(),
+                    ));
+                }
+                if record.grants.len() >= MAX_GRANTS && !record.grants.contains_key(grantee) {
+                    return Err(TxError::TooManyGrants(*document));
+                }
+                let (document, grantee) = (*document, *grantee);
+                let grant = GrantRecord {
+                    wrapped: wrapped.clone(),
+                    expires_ms: *expires_ms,
+                    height,
+                };
+                Box::new(move |s| {
+                    if let Some(r) = s.documents.get_mut(&document) {
+                        r.grants.insert(grantee, grant);
+                    }
+                })
+            }
+            TxBody::Revoke { document, grantee } => {
+                require(Role::Department, "revoke access")?;
+                let record = self.owned(document, sender)?;
+                if !record.grants.contains_key(grantee) {
+                    return Err(TxError::NoSuchGrant {
+                        document: *document,
+                        grantee: *grantee,
+                    });
+                }
+                let (document, grantee) = (*document, *grantee);
+                Box::new(move |s| {
+                    if let Some(r) = s.documents.get_mut(&document) {
+                        r.grants.remove(&grantee);
+                    }
+                })
+            }
             TxBody::AddValidator { validator } => {
                 require(Role::Validator, "change the validator set")?;
                 if self.validators.contains(validator) {
@@ -351,6 +423,21 @@ impl State {
             account.nonce = expected;
         }
         Ok(())
+    }
+
+    /// `document`'s record, if it is registered and `sender` owns it.
+    fn owned(&self, document: &DocumentId, sender: PublicId) -> Result<&DocumentRecord, TxError> {
+        let record = self
+            .documents
+            .get(document)
+            .ok_or(TxError::NotRegistered(*document))?;
+        if record.owner != sender {
+            return Err(TxError::NotOwner {
+                document: *document,
+                owner: record.owner,
+            });
+        }
+        Ok(record)
     }
 
     /// The layout's nodes with some weights changed; every named node must exist.
@@ -590,6 +677,103 @@ mod tests {
         assert_eq!(w.state.layout.epoch, 4);
         assert!(!w.state.accounts.contains_key(&new_node));
         assert_eq!(w.state.layout.nodes.len(), 3);
+    }
+
+    #[test]
+    fn owners_grant_and_revoke_and_grants_expire() {
+        let mut w = world();
+        let (d, c) = (doc(1), w.citizen.public());
+        w.state
+            .apply(&tx(&w.dept, 1, TxBody::RegisterDocument { document: d }), 1)
+            .unwrap();
+        let address = crate::grant::GrantAddress::of(&w.citizen);
+        let key = crate::crypto::DataKey::generate();
+        let wrapped = WrappedKey::wrap(&key, &d, &address).unwrap();
+        let grant = |expires_ms| TxBody::Grant {
+            document: d,
+            grantee: c,
+            wrapped: wrapped.clone(),
+            expires_ms,
+        };
+        // Another department may not grant what it does not own; a citizen may not grant.
+        assert!(matches!(
+            refused(&mut w.state, &tx(&w.other_dept, 1, grant(None))),
+            TxError::NotOwner { .. }
+        ));
+        assert!(matches!(
+            refused(&mut w.state, &tx(&w.citizen, 1, grant(None))),
+            TxError::Forbidden { .. }
+        ));
+        let mut short = wrapped.clone();
+        short.sealed.pop();
+        let bad = TxBody::Grant {
+            document: d,
+            grantee: c,
+            wrapped: short,
+            expires_ms: None,
+        };
+        assert!(matches!(
+            refused(&mut w.state, &tx(&w.dept, 2, bad)),
+            TxError::Invalid(_)
+        ));
+        let record = &w.state.documents[&d];
+        assert!(record.may_read(&w.dept.public(), 0));
+        assert!(!record.may_read(&c, 0));
+        w.state
+            .apply(&tx(&w.dept, 2, grant(Some(1_000))), 2)
+            .unwrap();
+        let record = &w.state.documents[&d];
+        assert!(record.may_read(&c, 999));
+        assert!(!record.may_read(&c, 1_000), "expired");
+        assert!(!record.may_read(&w.other_dept.public(), 0));
+        assert_eq!(
+            record
+                .live_grant(&c, 0)
+                .unwrap()
+                .wrapped
+                .unwrap(&d, &w.citizen)
+                .unwrap()
+                .as_bytes(),
+            key.as_bytes()
+        );
+        w.state
+            .apply(
+                &tx(
+                    &w.dept,
+                    3,
+                    TxBody::Revoke {
+                        document: d,
+                        grantee: c,
+                    },
+                ),
+                3,
+            )
+            .unwrap();
+        assert!(!w.state.documents[&d].may_read(&c, 0));
+        assert!(matches!(
+            refused(
+                &mut w.state,
+                &tx(
+                    &w.dept,
+                    4,
+                    TxBody::Revoke {
+                        document: d,
+                        grantee: c
+                    }
+                )
+            ),
+            TxError::NoSuchGrant { .. }
+        ));
+        // A superseded document takes no new grants.
+        let sup = TxBody::Supersede {
+            old: d,
+            new: doc(2),
+        };
+        w.state.apply(&tx(&w.dept, 4, sup), 4).unwrap();
+        assert_eq!(
+            refused(&mut w.state, &tx(&w.dept, 5, grant(None))),
+            TxError::Superseded(d)
+        );
     }
 
     #[test]

@@ -45,6 +45,20 @@ pub enum TxBody {
     AddValidator { validator: PublicId },
     /// A validator removes a validator (never the last one).
     RemoveValidator { validator: PublicId },
+    /// The owning department lets `grantee` read `document`: its data key sealed to the
+    /// grantee (see `crate::grant`), until `expires_ms` (Unix milliseconds) if set. Granting
+    /// again to the same grantee replaces the grant (e.g. after a rekey).
+    Grant {
+        document: DocumentId,
+        grantee: PublicId,
+        wrapped: crate::grant::WrappedKey,
+        expires_ms: Option<u64>,
+    },
+    /// The owning department withdraws `grantee`'s grant.
+    Revoke {
+        document: DocumentId,
+        grantee: PublicId,
+    },
 }
 
 /// An unsigned transaction.
@@ -139,6 +153,15 @@ pub enum TxError {
     AccountExists(PublicId),
     #[error("invalid field: {0}")]
     Invalid(String),
+    #[error("document {0} was superseded; grant its newer version")]
+    Superseded(DocumentId),
+    #[error("{grantee} holds no grant on document {document}")]
+    NoSuchGrant {
+        document: DocumentId,
+        grantee: PublicId,
+    },
+    #[error("document {0} already has the most grants a document may have")]
+    TooManyGrants(DocumentId),
 }
 
 impl Tx {
