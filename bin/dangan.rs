@@ -17,9 +17,10 @@ use dangan::chain::state::Genesis;
 use dangan::client::{Client, ClientOptions};
 use dangan::codec::DocumentInfo;
 use dangan::config::{ClusterFile, NodeFile};
+use dangan::grant::GrantAddress;
 use dangan::id::DocumentId;
 use dangan::identity::{Identity, PublicId, Role};
-use dangan::keyring::Keyring;
+use dangan::keyring::{Keyring, KeyringError};
 use dangan::manifest::CodingParams;
 use dangan::tls::Membership;
 
@@ -87,6 +88,28 @@ enum Command {
         /// Document type recorded in the manifest.
         #[arg(long = "type", default_value = "document")]
         document_type: String,
+        /// Grant addresses (`dga1…`, from `dangan keys address`) that may read it.
+        #[arg(long = "grant")]
+        grants: Vec<GrantAddress>,
+    },
+    /// Let the holder of a grant address read one of your documents.
+    Grant {
+        id: DocumentId,
+        /// The reader's grant address (`dga1…`, from `dangan keys address`).
+        address: GrantAddress,
+        /// The grant lapses after this many days (default: never).
+        #[arg(long)]
+        expires_in_days: Option<u64>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Withdraw a reader's grant on one of your documents.
+    Revoke {
+        id: DocumentId,
+        /// The reader's public id (`dgn1…`).
+        reader: PublicId,
+        #[command(flatten)]
+        client: ClientArgs,
     },
     /// Fetch a document by id.
     Get {
@@ -143,6 +166,9 @@ enum KeysCommand {
     },
     /// Print the public id of a key or .pub file.
     Show { file: PathBuf },
+    /// Print the grant address (`dga1…`) of a key file: give it to a department so it can
+    /// grant you access to documents.
+    Address { file: PathBuf },
 }
 
 fn parse_role(s: &str) -> Result<Role, String> {
@@ -231,6 +257,10 @@ fn main() -> Result<()> {
         }
         Command::Keys(KeysCommand::Show { file }) => {
             println!("{}", PublicId::load(&file)?);
+            Ok(())
+        }
+        Command::Keys(KeysCommand::Address { file }) => {
+            println!("{}", GrantAddress::of(&Identity::load(&file)?));
             Ok(())
         }
         Command::LocalConfig {
@@ -325,6 +355,7 @@ async fn run_async(command: Command) -> Result<()> {
             client,
             department,
             document_type,
+            grants,
         } => {
             let (c, keyring) = connect(&client)?;
             let f = tokio::fs::File::open(&file)
@@ -356,13 +387,44 @@ async fn run_async(command: Command) -> Result<()> {
                     receipt.shards_missing.len()
                 );
             }
+            for to in &grants {
+                c.grant(receipt.id, &receipt.key, to, None)
+                    .await
+                    .with_context(|| format!("granting {} to {}", receipt.id, to.id))?;
+                eprintln!("granted to {}", to.id);
+            }
             println!("{}", receipt.id);
+            c.close().await;
+            Ok(())
+        }
+        Command::Grant {
+            id,
+            address,
+            expires_in_days,
+            client,
+        } => {
+            let (c, keyring) = connect(&client)?;
+            let key = keyring.load(&id)?;
+            let expires_ms = expires_in_days.map(|d| dangan::now_ms() + d * 86_400_000);
+            let (height, _) = c.grant(id, &key, &address, expires_ms).await?;
+            println!("granted {id} to {} in block {height}", address.id);
+            c.close().await;
+            Ok(())
+        }
+        Command::Revoke { id, reader, client } => {
+            let (c, _) = connect(&client)?;
+            let (height, _) = c.revoke(id, reader).await?;
+            println!("revoked {reader}'s grant on {id} in block {height}");
             c.close().await;
             Ok(())
         }
         Command::Get { id, output, client } => {
             let (c, keyring) = connect(&client)?;
-            let key = keyring.load(&id)?;
+            // A department has the key in its keyring; anyone else reads through a grant.
+            let key = match keyring.load(&id) {
+                Err(KeyringError::Missing { .. }) => c.granted_key(&id).await?,
+                other => other?,
+            };
             let tmp = output.with_extension("dangan-partial");
             let f = tokio::fs::File::create(&tmp)
                 .await

@@ -34,6 +34,7 @@ use crate::chain::state::{Account, DocumentRecord};
 use crate::chain::tx::{Tx, TxBody};
 use crate::codec::{self, CodecError, DocumentInfo, EncodedStripe, StripeCodec};
 use crate::crypto::DataKey;
+use crate::grant::{GrantAddress, WrappedKey};
 use crate::id::{DocumentId, ShardId};
 use crate::identity::{Identity, PublicId};
 use crate::manifest::{CodingParams, Manifest, ManifestError};
@@ -134,6 +135,10 @@ pub enum ClientError {
     NotRegistered { id: DocumentId },
     #[error("chain: {0}")]
     Chain(String),
+    #[error("{reader} holds no live grant on document {id}")]
+    NotGranted { id: DocumentId, reader: PublicId },
+    #[error(transparent)]
+    Grant(#[from] crate::grant::GrantError),
     #[error("writing the document: {0}")]
     Write(#[source] std::io::Error),
     #[error("a background task failed: {0}")]
@@ -356,6 +361,14 @@ impl Client {
 
     /// Submits `RegisterDocument` for `id`, signed by this client, and waits for its block.
     async fn register(&self, chain: &ChainLink, id: DocumentId) -> Result<(u64, u32), ClientError> {
+        self.submit(chain, TxBody::RegisterDocument { document: id })
+            .await
+            .map_err(|e| ClientError::Chain(format!("registering {id}: {e}")))
+    }
+
+    /// Signs `body` with this client's key and the next nonce of its account, submits it
+    /// to the validator and waits until its block is final: (height, index in the block).
+    pub async fn submit(&self, chain: &ChainLink, body: TxBody) -> Result<(u64, u32), ClientError> {
         let mut next = self.inner.nonce.lock().await;
         let nonce = match *next {
             Some(n) => n,
@@ -366,7 +379,7 @@ impl Client {
         let tx = Tx {
             sender: self.inner.identity.public(),
             nonce,
-            body: TxBody::RegisterDocument { document: id },
+            body,
         }
         .sign(&self.inner.identity);
         let bytes = Bytes::from(tx.encode());
@@ -379,9 +392,55 @@ impl Client {
             Err(e) => {
                 // The nonce may not have been used: ask the chain again next time.
                 *self.inner.nonce.lock().await = None;
-                Err(ClientError::Chain(format!("registering {id}: {e}")))
+                Err(e)
             }
         }
+    }
+
+    /// Lets the holder of `to` read document `id` (this client must own it): its data key
+    /// `key`, sealed to them, committed as a `Grant` until `expires_ms` if set.
+    pub async fn grant(
+        &self,
+        id: DocumentId,
+        key: &DataKey,
+        to: &GrantAddress,
+        expires_ms: Option<u64>,
+    ) -> Result<(u64, u32), ClientError> {
+        let wrapped = WrappedKey::wrap(key, &id, to)?;
+        let body = TxBody::Grant {
+            document: id,
+            grantee: to.id,
+            wrapped,
+            expires_ms,
+        };
+        self.submit(self.chain_link()?, body).await
+    }
+
+    /// Withdraws `grantee`'s grant on `id`.
+    pub async fn revoke(
+        &self,
+        id: DocumentId,
+        grantee: PublicId,
+    ) -> Result<(u64, u32), ClientError> {
+        let body = TxBody::Revoke {
+            document: id,
+            grantee,
+        };
+        self.submit(self.chain_link()?, body).await
+    }
+
+    /// The data key of `id` from this client's live grant on the chain, unwrapped with its
+    /// own key.
+    pub async fn granted_key(&self, id: &DocumentId) -> Result<DataKey, ClientError> {
+        let record = self.check_registered(self.chain_link()?, id).await?;
+        let me = self.inner.identity.public();
+        let grant = record
+            .live_grant(&me, crate::now_ms())
+            .ok_or(ClientError::NotGranted {
+                id: *id,
+                reader: me,
+            })?;
+        Ok(grant.wrapped.unwrap(id, &self.inner.identity)?)
     }
 
     /// The last nonce the chain has applied for this client.

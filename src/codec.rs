@@ -411,12 +411,6 @@ fn read_full(reader: &mut impl Read, mut buf: &mut [u8]) -> io::Result<usize> {
     Ok(want - buf.len())
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 /// Encodes a document under a fresh random data key. Each stripe goes to `sink` as soon as
 /// it is coded, in order; the manifest and key come back at the end.
 ///
@@ -492,7 +486,7 @@ where
         size,
         department: info.department,
         document_type: info.document_type,
-        created_at_ms: info.created_at_ms.unwrap_or_else(now_ms),
+        created_at_ms: info.created_at_ms.unwrap_or_else(crate::now_ms),
         stripes,
     };
     manifest.validate()?;

@@ -22,3 +22,10 @@ pub mod placement;
 pub mod proto;
 pub mod store;
 pub mod tls;
+
+/// Milliseconds since the Unix epoch by this machine's clock (0 if the clock is before it).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

@@ -198,12 +198,6 @@ impl Ledger {
     }
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 /// How long a transaction whose nonce is ahead of its sender's waits for the ones before it.
 pub const NONCE_GAP_WAIT: Duration = Duration::from_secs(2);
 
@@ -248,7 +242,8 @@ fn commit_loop(
             (t.state.clone(), t.header.clone())
         };
         let candidates: Vec<SignedTx> = jobs.iter().map(|((tx, _, _), _)| tx.clone()).collect();
-        let (block, outcomes) = Block::propose(&mut state, &prev, candidates, &validator, now_ms());
+        let (block, outcomes) =
+            Block::propose(&mut state, &prev, candidates, &validator, crate::now_ms());
         let failed = |e: &ChainStoreError| TxError::Invalid(format!("block not stored: {e}"));
         let stored = if block.txs.is_empty() {
             Ok(())

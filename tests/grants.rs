@@ -1,0 +1,68 @@
+//! Grants on a real local cluster: a department stores a certificate and grants it to a
+//! citizen, who unwraps the data key from the chain and reads the document; anyone without
+//! a live grant gets no key.
+
+mod common;
+
+use dangan::client::ClientError;
+use dangan::demo::LocalCluster;
+use dangan::grant::GrantAddress;
+use dangan::identity::{Identity, Role};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_granted_citizen_reads_and_others_get_no_key() {
+    let cluster = LocalCluster::start(6, 3).await.unwrap();
+    let dept = cluster.client(common::options()).unwrap();
+    let citizen = Identity::generate(Role::Citizen);
+    let stranger = Identity::generate(Role::Citizen);
+    // Peers still admit readers by membership; enforcing grants on peers comes next.
+    cluster.membership().add(citizen.public());
+    cluster.membership().add(stranger.public());
+    let as_citizen = cluster.client_as(&citizen, common::options()).unwrap();
+    let as_stranger = cluster.client_as(&stranger, common::options()).unwrap();
+
+    let bytes = common::data(50 << 10, 7);
+    let put = common::put(&dept, &bytes).await.unwrap();
+    let id = put.id;
+    assert!(matches!(
+        as_citizen.granted_key(&id).await,
+        Err(ClientError::NotGranted { .. })
+    ));
+
+    dept.grant(id, &put.key, &GrantAddress::of(&citizen), None)
+        .await
+        .unwrap();
+    let key = as_citizen.granted_key(&id).await.unwrap();
+    let (got, _) = common::get(&as_citizen, &id, &key).await.unwrap();
+    assert_eq!(got, bytes);
+    assert!(matches!(
+        as_stranger.granted_key(&id).await,
+        Err(ClientError::NotGranted { .. })
+    ));
+
+    // A citizen cannot grant, and a grant can't be copied to another reader.
+    assert!(
+        as_citizen
+            .grant(id, &key, &GrantAddress::of(&stranger), None)
+            .await
+            .is_err()
+    );
+
+    dept.revoke(id, citizen.public()).await.unwrap();
+    assert!(matches!(
+        as_citizen.granted_key(&id).await,
+        Err(ClientError::NotGranted { .. })
+    ));
+    // An expired grant counts for nothing.
+    dept.grant(id, &put.key, &GrantAddress::of(&citizen), Some(1))
+        .await
+        .unwrap();
+    assert!(matches!(
+        as_citizen.granted_key(&id).await,
+        Err(ClientError::NotGranted { .. })
+    ));
+    for c in [dept, as_citizen, as_stranger] {
+        c.close().await;
+    }
+    cluster.shutdown().await;
+}
