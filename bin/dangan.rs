@@ -22,6 +22,7 @@ use dangan::id::DocumentId;
 use dangan::identity::{Identity, PublicId, Role};
 use dangan::keyring::{Keyring, KeyringError};
 use dangan::manifest::CodingParams;
+use dangan::receipt::Receipt;
 use dangan::tls::Membership;
 
 #[derive(Parser)]
@@ -116,6 +117,9 @@ enum Command {
         id: DocumentId,
         #[arg(short, long)]
         output: PathBuf,
+        /// Also write an offline-verifiable receipt (manifest + registration proof) here.
+        #[arg(long)]
+        receipt: Option<PathBuf>,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -123,9 +127,15 @@ enum Command {
     #[command(subcommand)]
     Chain(ChainCommand),
     /// Check that a document is registered: its registration's Merkle path and the
-    /// validators' signatures, verified here.
+    /// validators' signatures, verified here. With --receipt, offline: only the cluster
+    /// file's validator set is used.
     Verify {
-        id: DocumentId,
+        /// The document id (optional with --receipt).
+        #[arg(required_unless_present = "receipt")]
+        id: Option<DocumentId>,
+        /// A receipt written by `dangan get --receipt`, checked with no network.
+        #[arg(long)]
+        receipt: Option<PathBuf>,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -418,11 +428,19 @@ async fn run_async(command: Command) -> Result<()> {
             c.close().await;
             Ok(())
         }
-        Command::Get { id, output, client } => {
+        Command::Get {
+            id,
+            output,
+            receipt,
+            client,
+        } => {
             let (c, keyring) = connect(&client)?;
             // A department has the key in its keyring; anyone else reads through a grant.
             let key = match keyring.load(&id) {
-                Err(KeyringError::Missing { .. }) => c.granted_key(&id).await?,
+                Err(missing @ KeyringError::Missing { .. }) => c
+                    .granted_key(&id)
+                    .await
+                    .with_context(|| format!("{missing}, nor a grant on the chain"))?,
                 other => other?,
             };
             let tmp = output.with_extension("dangan-partial");
@@ -453,6 +471,12 @@ async fn run_async(command: Command) -> Result<()> {
                 );
             }
             println!("{} bytes written to {}", report.bytes, output.display());
+            if let Some(path) = receipt {
+                let r = c.receipt(&id).await?;
+                std::fs::write(&path, r.encode())
+                    .with_context(|| format!("writing {}", path.display()))?;
+                println!("receipt written to {}", path.display());
+            }
             c.close().await;
             Ok(())
         }
@@ -518,12 +542,46 @@ async fn run_async(command: Command) -> Result<()> {
             c.close().await;
             Ok(())
         }
-        Command::Verify { id, client } => {
+        Command::Verify {
+            id,
+            receipt: Some(path),
+            client,
+        } => {
+            let cluster = ClusterFile::load(&client.cluster)?;
+            let chain = cluster
+                .chain
+                .context("the cluster file names no [chain] validators to check against")?;
+            let bytes =
+                std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+            let r = Receipt::decode(&bytes)?;
+            if let Some(id) = id
+                && id != r.document
+            {
+                bail!("the receipt is for document {}, not {id}", r.document);
+            }
+            let manifest = r.verify(&chain.validators)?;
+            println!(
+                "receipt verified offline: document {} ({} bytes, {}), registered in block {} by {}, signed by {} of {} validators",
+                r.document,
+                manifest.size,
+                manifest.document_type,
+                r.registration.header.header.height,
+                r.registration.tx.tx.sender,
+                r.registration.header.signatures.len(),
+                chain.validators.len()
+            );
+            Ok(())
+        }
+        Command::Verify {
+            id: Some(id),
+            receipt: None,
+            client,
+        } => {
             let (c, _) = connect(&client)?;
             let chain = c.chain_link()?.clone();
             let record = c.check_registered(&chain, &id).await?;
             println!(
-                "document {id} is registered: block {}, owner {}, inclusion proof and {} validator signature(s) verified{}",
+                "document {id} is registered: block {}, owner {}, inclusion proof and the signatures of a majority of {} validator(s) verified{}",
                 record.height,
                 record.owner,
                 chain.validators.len(),

@@ -40,6 +40,7 @@ use crate::identity::{Identity, PublicId};
 use crate::manifest::{CodingParams, Manifest, ManifestError};
 use crate::placement::{Layout, NodeInfo, PlacementError};
 use crate::proto::{self, ProtoError, Request, Response};
+use crate::receipt::Receipt;
 use crate::tls::{self, TrustPolicy};
 
 /// Fewest peers a manifest is written to (more when m + 1 is larger).
@@ -541,6 +542,15 @@ impl Client {
         chain: &ChainLink,
         id: &DocumentId,
     ) -> Result<DocumentRecord, ClientError> {
+        Ok(self.registration(chain, id).await?.0)
+    }
+
+    /// `id`'s record and the verified proof of the transaction that registered it.
+    async fn registration(
+        &self,
+        chain: &ChainLink,
+        id: &DocumentId,
+    ) -> Result<(DocumentRecord, TxInclusion), ClientError> {
         let body = self
             .chain_query(chain, &Request::GetDocument { id: *id })
             .await?
@@ -548,19 +558,31 @@ impl Client {
         let (record, proof): (DocumentRecord, TxInclusion) = postcard::from_bytes(&body)
             .map_err(|e| ClientError::Chain(format!("registration record: {e}")))?;
         proof
-            .verify(&chain.validators)
+            .verify_registration(id, &chain.validators)
             .map_err(|e| ClientError::Chain(format!("registration proof of {id}: {e}")))?;
-        let registers = match &proof.tx.tx.body {
-            TxBody::RegisterDocument { document } => document == id,
-            TxBody::Supersede { new, .. } => new == id,
-            _ => false,
-        };
-        if !registers || proof.tx.tx.sender != record.owner {
+        if proof.tx.tx.sender != record.owner {
             return Err(ClientError::Chain(format!(
-                "the chain answered with a proof of another transaction for {id}"
+                "the chain answered with a proof of another department's transaction for {id}"
             )));
         }
-        Ok(record)
+        Ok((record, proof))
+    }
+
+    /// An offline-verifiable receipt for `id`: its manifest and the proof of its
+    /// registration, both checked here first.
+    pub async fn receipt(&self, id: &DocumentId) -> Result<Receipt, ClientError> {
+        let chain = self.chain_link()?;
+        let (_, registration) = self.registration(chain, id).await?;
+        let manifest = self.manifest(id).await?;
+        let receipt = Receipt {
+            document: *id,
+            manifest: manifest.encode(),
+            registration,
+        };
+        receipt
+            .verify(&chain.validators)
+            .map_err(|e| ClientError::Chain(e.to_string()))?;
+        Ok(receipt)
     }
 
     async fn upload_stripe(

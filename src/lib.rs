@@ -20,6 +20,7 @@ pub mod manifest;
 pub mod peer;
 pub mod placement;
 pub mod proto;
+pub mod receipt;
 pub mod store;
 pub mod tls;
 

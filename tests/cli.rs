@@ -449,6 +449,36 @@ fn peers_as_separate_processes_put_get_lose_one_and_refuse_strangers() {
         "{}",
         verified.describe()
     );
+    // A receipt written by get verifies with no network, and only for its document.
+    let receipt = root.join("receipt.bin");
+    let out3 = root.join("out3.bin");
+    let mut get = dangan([
+        "get".as_ref(),
+        id.as_ref(),
+        "-o".as_ref(),
+        out3.as_os_str(),
+        "--receipt".as_ref(),
+        receipt.as_os_str(),
+    ]);
+    get.args(&client);
+    run(get, &logs, "get-receipt").expect_ok("get --receipt");
+    let mut verify = dangan(["verify".as_ref(), "--receipt".as_ref(), receipt.as_os_str()]);
+    verify.args(&client);
+    let offline = run(verify, &logs, "verify-receipt").expect_ok("verify --receipt");
+    assert!(
+        offline.stdout.contains("receipt verified offline") && offline.stdout.contains(id.as_str()),
+        "{}",
+        offline.describe()
+    );
+    let mut verify = dangan([
+        "verify".as_ref(),
+        unknown.as_ref(),
+        "--receipt".as_ref(),
+        receipt.as_os_str(),
+    ]);
+    verify.args(&client);
+    run(verify, &logs, "verify-receipt-other").expect_fail("a receipt for another id");
+
     let mut verify = dangan(["verify", unknown.as_str()]);
     verify.args(&client);
     let refused = run(verify, &logs, "verify-unknown").expect_fail("verify of an unknown id");

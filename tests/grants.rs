@@ -8,6 +8,7 @@ use dangan::client::ClientError;
 use dangan::demo::LocalCluster;
 use dangan::grant::GrantAddress;
 use dangan::identity::{Identity, Role};
+use dangan::receipt::Receipt;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_granted_citizen_reads_and_others_get_no_key() {
@@ -65,4 +66,34 @@ async fn a_granted_citizen_reads_and_others_get_no_key() {
         c.close().await;
     }
     cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receipt_verifies_offline_and_fails_after_any_change() {
+    let cluster = LocalCluster::start(6, 3).await.unwrap();
+    let dept = cluster.client(common::options()).unwrap();
+    let put = common::put(&dept, &common::data(50 << 10, 9))
+        .await
+        .unwrap();
+    let receipt = dept.receipt(&put.id).await.unwrap();
+    dept.close().await;
+    let validators = cluster.chain().validators.clone();
+    cluster.shutdown().await;
+
+    // No network from here on.
+    let bytes = receipt.encode();
+    let decoded = Receipt::decode(&bytes).unwrap();
+    let manifest = decoded.verify(&validators).unwrap();
+    assert_eq!(manifest, put.manifest);
+    for i in 0..bytes.len() {
+        for bit in [0x01u8, 0x80] {
+            let mut bad = bytes.clone();
+            bad[i] ^= bit;
+            let refused = Receipt::decode(&bad).and_then(|r| r.verify(&validators));
+            assert!(refused.is_err(), "byte {i} bit {bit:#x} went unnoticed");
+        }
+    }
+    // Another validator set does not vouch for it.
+    let stranger = Identity::generate(Role::Validator).public();
+    assert!(decoded.verify(&[stranger]).is_err());
 }

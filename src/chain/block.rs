@@ -94,6 +94,8 @@ pub enum BlockError {
     },
     #[error("inclusion proof: {0}")]
     Proof(#[from] MerkleError),
+    #[error("the proven transaction does not register document {0}")]
+    NotRegistration(crate::id::DocumentId),
 }
 
 fn tx_leaves(txs: &[SignedTx]) -> Vec<Hash> {
@@ -258,6 +260,25 @@ impl TxInclusion {
             &self.header.header.tx_root,
         )?;
         self.header.verify_final(validators)
+    }
+
+    /// [`verify`](Self::verify), and that the transaction is the one that registered
+    /// `document` (a `RegisterDocument`, or the `Supersede` that introduced it).
+    pub fn verify_registration(
+        &self,
+        document: &crate::id::DocumentId,
+        validators: &[PublicId],
+    ) -> Result<(), BlockError> {
+        use super::tx::TxBody;
+        let registers = match &self.tx.tx.body {
+            TxBody::RegisterDocument { document: d } => d == document,
+            TxBody::Supersede { new, .. } => new == document,
+            _ => false,
+        };
+        if !registers {
+            return Err(BlockError::NotRegistration(*document));
+        }
+        self.verify(validators)
     }
 }
 
