@@ -61,6 +61,9 @@ pub struct LocalCluster {
     membership: Membership,
     layout: Layout,
     client_identity: Identity,
+    /// The operator: may change the layout on chain and run the operations workers.
+    operator: Identity,
+    root: PathBuf,
     limits: PeerLimits,
 }
 
@@ -85,6 +88,8 @@ impl LocalCluster {
         let membership = Membership::new();
         let client_identity = Identity::generate(Role::Department);
         membership.add(client_identity.public());
+        let operator = Identity::generate(Role::Operator);
+        membership.add(operator.public());
         let identities: Vec<Identity> =
             (0..peers).map(|_| Identity::generate(Role::Node)).collect();
         for id in &identities {
@@ -110,7 +115,7 @@ impl LocalCluster {
                 handle: Some(handle),
             });
         }
-        let nodes = slots
+        let nodes: Vec<NodeInfo> = slots
             .iter()
             .map(|s| NodeInfo {
                 key: s.identity.public(),
@@ -125,8 +130,11 @@ impl LocalCluster {
         let genesis = Genesis {
             chain_id: "local".into(),
             validators: vec![GenesisAccount::of(&signer, Role::Validator)],
-            accounts: vec![GenesisAccount::of(&client_identity, Role::Department)],
-            nodes: Vec::new(),
+            accounts: vec![
+                GenesisAccount::of(&client_identity, Role::Department),
+                GenesisAccount::of(&operator, Role::Operator),
+            ],
+            nodes: nodes.clone(),
         };
         let chain_dir = root.join("validator");
         std::fs::create_dir_all(&chain_dir)?;
@@ -165,8 +173,94 @@ impl LocalCluster {
             slots,
             membership,
             client_identity,
+            operator,
+            root: root.to_path_buf(),
             limits,
         })
+    }
+
+    /// Starts one more peer in `zone` (trusted, but in no layout until an `AddNode`);
+    /// returns its index and its layout entry.
+    pub async fn add_peer(&mut self, zone: &str) -> Result<(usize, NodeInfo), DemoError> {
+        let identity = Identity::generate(Role::Node);
+        self.membership.add(identity.public());
+        let i = self.slots.len();
+        let dir = self.root.join(format!("peer-{i}"));
+        let handle = peer::start(
+            &identity,
+            Arc::new(self.membership.clone()),
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+            &dir,
+            self.limits.clone(),
+            None,
+        )
+        .await?;
+        let info = NodeInfo {
+            key: identity.public(),
+            zone: zone.to_string(),
+            weight: 100,
+            addr: handle.addr().to_string(),
+        };
+        self.slots.push(Slot {
+            zone: zone.to_string(),
+            addr: handle.addr(),
+            identity,
+            dir,
+            handle: Some(handle),
+        });
+        Ok((i, info))
+    }
+
+    /// The operator's identity (an `Operator` account on the chain, trusted by every peer).
+    pub fn operator(&self) -> &Identity {
+        &self.operator
+    }
+
+    /// A client with the operator's identity, placing by `layout` and falling back to
+    /// `previous` (what the operations workers use).
+    pub fn operator_client(
+        &self,
+        layout: Layout,
+        previous: Option<Layout>,
+        options: ClientOptions,
+    ) -> Result<Client, ClientError> {
+        Client::with_layouts(
+            &self.operator,
+            Arc::new(self.membership.clone()),
+            layout,
+            previous,
+            ClientOptions {
+                bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+                chain: Some(self.chain.clone()),
+                ..options
+            },
+        )
+    }
+
+    /// A department client placing by `layout` and falling back to `previous`.
+    pub fn client_with_layouts(
+        &self,
+        layout: Layout,
+        previous: Option<Layout>,
+        options: ClientOptions,
+    ) -> Result<Client, ClientError> {
+        Client::with_layouts(
+            &self.client_identity,
+            Arc::new(self.membership.clone()),
+            layout,
+            previous,
+            ClientOptions {
+                bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+                chain: Some(self.chain.clone()),
+                ..options
+            },
+        )
+    }
+
+    /// Takes the chain's current layout as the cluster's (after a layout transaction).
+    pub fn sync_layout(&mut self) -> &Layout {
+        self.layout = self.ledger.state().layout;
+        &self.layout
     }
 
     pub fn layout(&self) -> &Layout {

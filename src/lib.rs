@@ -16,6 +16,7 @@ pub mod id;
 pub mod identity;
 pub mod keyring;
 pub mod manifest;
+pub mod ops;
 pub mod peer;
 pub mod placement;
 pub mod proto;
