@@ -711,3 +711,223 @@ pub async fn scrub(
     );
     Ok(report)
 }
+
+/// The layout a finished rebalance left in place, kept in `dir/rebalance.redb`.
+const SETTLED: TableDefinition<'static, &'static str, &'static [u8]> =
+    TableDefinition::new("settled-layout-v1");
+
+impl Journal {
+    /// The last layout every shard was moved to (by a finished rebalance), if recorded.
+    pub fn settled(&self) -> Result<Option<Layout>, OpsError> {
+        let err = |e: &dyn std::fmt::Display| OpsError::Journal(e.to_string());
+        let txn = self.db.begin_read().map_err(|e| err(&e))?;
+        let table = match txn.open_table(SETTLED) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(err(&e)),
+        };
+        match table.get("layout").map_err(|e| err(&e))? {
+            Some(v) => postcard::from_bytes(v.value())
+                .map(Some)
+                .map_err(|e| err(&e)),
+            None => Ok(None),
+        }
+    }
+
+    /// Records `layout` as settled.
+    pub fn set_settled(&self, layout: &Layout) -> Result<(), OpsError> {
+        let err = |e: &dyn std::fmt::Display| OpsError::Journal(e.to_string());
+        let bytes = postcard::to_allocvec(layout).map_err(|e| err(&e))?;
+        let txn = self.db.begin_write().map_err(|e| err(&e))?;
+        {
+            let mut table = txn.open_table(SETTLED).map_err(|e| err(&e))?;
+            table
+                .insert("layout", bytes.as_slice())
+                .map_err(|e| err(&e))?;
+        }
+        txn.commit().map_err(|e| err(&e))
+    }
+}
+
+/// One peer as `dangan cluster status` shows it.
+#[derive(Debug, Clone)]
+pub struct PeerStatus {
+    pub node: NodeInfo,
+    /// What it stores, or why it did not answer.
+    pub usage: Result<crate::store::Usage, String>,
+}
+
+/// The cluster as an operator sees it.
+#[derive(Debug, Clone)]
+pub struct ClusterStatus {
+    pub layout: Layout,
+    /// The layout a rebalance still has to move shards from, if any.
+    pub moving_from: Option<Layout>,
+    pub peers: Vec<PeerStatus>,
+    pub documents: u64,
+    pub stripes: u64,
+    /// Stripes with fewer than k + m shards on their placed peers.
+    pub stripes_below: u64,
+}
+
+/// An operator's view of a cluster: the layout from the chain (the cluster file's when the
+/// chain has none), the operator's data directory (rebalance journal, settled layout), and
+/// the workers. The command line is a thin shell over this.
+pub struct Operator {
+    identity: crate::identity::Identity,
+    trust: Arc<dyn crate::tls::TrustPolicy>,
+    options: crate::client::ClientOptions,
+    file_layout: Layout,
+    dir: std::path::PathBuf,
+}
+
+impl Operator {
+    pub fn new(
+        identity: &crate::identity::Identity,
+        trust: Arc<dyn crate::tls::TrustPolicy>,
+        file_layout: Layout,
+        options: crate::client::ClientOptions,
+        dir: &Path,
+    ) -> Self {
+        Self {
+            identity: identity.clone(),
+            trust,
+            options,
+            file_layout,
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    fn client(&self, layout: Layout, previous: Option<Layout>) -> Result<Client, OpsError> {
+        Ok(Client::with_layouts(
+            &self.identity,
+            self.trust.clone(),
+            layout,
+            previous,
+            self.options.clone(),
+        )?)
+    }
+
+    /// The current layout: the chain's when it has one with nodes, else the cluster file's.
+    pub async fn layout(&self) -> Result<Layout, OpsError> {
+        if self.options.chain.is_none() {
+            return Ok(self.file_layout.clone());
+        }
+        let client = self.client(self.file_layout.clone(), None)?;
+        let layout = client.chain_layout().await;
+        client.close().await;
+        let layout = layout?;
+        Ok(if layout.nodes.is_empty() {
+            self.file_layout.clone()
+        } else {
+            layout
+        })
+    }
+
+    /// (current layout, the settled layout it differs from, if any).
+    async fn layouts(&self) -> Result<(Layout, Option<Layout>), OpsError> {
+        let current = self.layout().await?;
+        let settled = Journal::open(&self.dir, 0, 0)?.settled()?;
+        let previous = settled.filter(|s| s.epoch < current.epoch && *s != current);
+        Ok((current, previous))
+    }
+
+    /// Submits a layout transaction (AddNode, DrainNode, RemoveNode, SetLayout) and returns
+    /// the new layout. The layout before it is remembered as settled if nothing is yet, so
+    /// that `rebalance` knows where shards are.
+    pub async fn change_layout(&self, body: crate::chain::tx::TxBody) -> Result<Layout, OpsError> {
+        let current = self.layout().await?;
+        {
+            let journal = Journal::open(&self.dir, 0, 0)?;
+            if journal.settled()?.is_none() {
+                journal.set_settled(&current)?;
+            }
+        }
+        let client = self.client(current, None)?;
+        let result = async {
+            let chain = client.chain_link()?.clone();
+            client.submit(&chain, body).await?;
+            client.chain_layout().await
+        }
+        .await;
+        client.close().await;
+        Ok(result?)
+    }
+
+    /// Moves every shard to its place under the current layout, from the settled one;
+    /// resumable (journal in the data directory). Records the layout as settled when
+    /// nothing failed.
+    pub async fn rebalance(
+        &self,
+        options: &OpsOptions,
+        progress: OnProgress<'_>,
+    ) -> Result<ConvergeReport, OpsError> {
+        let (current, previous) = self.layouts().await?;
+        let from = previous.as_ref().map_or(current.epoch, |p| p.epoch);
+        let client = self.client(current.clone(), previous)?;
+        let journal = Journal::open(&self.dir, from, current.epoch)?;
+        let report = converge(&client, Some(&journal), options, progress).await;
+        client.close().await;
+        let report = report?;
+        if report.failures.is_empty() && !options.dry_run {
+            journal.set_settled(&current)?;
+        }
+        Ok(report)
+    }
+
+    /// Rebuilds what is missing or corrupt under the current layout.
+    pub async fn repair(
+        &self,
+        options: &OpsOptions,
+        progress: OnProgress<'_>,
+    ) -> Result<ConvergeReport, OpsError> {
+        let (current, previous) = self.layouts().await?;
+        let client = self.client(current, previous)?;
+        let report = converge(&client, None, options, progress).await;
+        client.close().await;
+        report
+    }
+
+    /// Re-hashes every shard on every peer; corrupt copies are quarantined by their peer.
+    pub async fn scrub(
+        &self,
+        options: &OpsOptions,
+        progress: OnProgress<'_>,
+    ) -> Result<ScrubReport, OpsError> {
+        let (current, previous) = self.layouts().await?;
+        let client = self.client(current, previous)?;
+        let report = scrub(&client, options, progress).await;
+        client.close().await;
+        report
+    }
+
+    /// Peers with their usage, and how many stripes are below full redundancy.
+    pub async fn status(&self, progress: OnProgress<'_>) -> Result<ClusterStatus, OpsError> {
+        let (current, previous) = self.layouts().await?;
+        let client = self.client(current.clone(), previous.clone())?;
+        let mut peers = Vec::new();
+        for node in &current.nodes {
+            let usage = client.usage(node).await.map_err(|e| e.to_string());
+            peers.push(PeerStatus {
+                node: node.clone(),
+                usage,
+            });
+        }
+        let check = OpsOptions {
+            dry_run: true,
+            parallel: 8,
+            ..OpsOptions::default()
+        };
+        let report = converge(&client, None, &check, progress).await;
+        client.close().await;
+        let report = report?;
+        Ok(ClusterStatus {
+            layout: current,
+            moving_from: previous,
+            peers,
+            documents: report.documents,
+            stripes: report.stripes,
+            stripes_below: report.stripes_below,
+        })
+    }
+}
