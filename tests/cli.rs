@@ -528,7 +528,11 @@ fn local_config_fits_the_coding_to_the_peers_and_refuses_fewer_than_two() {
             "{peers} peers"
         );
         assert_eq!(cluster.layout.nodes.len(), peers);
-        assert_eq!(cluster.members.len(), peers + 1, "peers and the department");
+        assert_eq!(
+            cluster.members.len(),
+            peers + 2,
+            "peers, the department and the operator"
+        );
         for i in 1..=peers {
             let node = NodeFile::load(&dir.join(format!("node{i}.toml"))).unwrap();
             assert_eq!(node.listen.port(), 17100 + i as u16);
