@@ -697,11 +697,7 @@ async fn rebalance(
         tokio::spawn(async move {
             let quarter = std::sync::atomic::AtomicU64::new(0);
             let progress = move |p: crate::ops::Progress| {
-                let q = if p.total == 0 {
-                    4
-                } else {
-                    p.done * 4 / p.total
-                };
+                let q = (p.done * 4).checked_div(p.total).unwrap_or(4);
                 if q > quarter.swap(q, std::sync::atomic::Ordering::Relaxed) || p.done == 0 {
                     let _ = tx.send(p);
                 }
