@@ -263,6 +263,16 @@ enum BenchCommand {
         #[arg(long, default_value_t = 16)]
         in_flight: usize,
     },
+    /// Operations on a local cluster: shards moved against the minimum when adding and
+    /// draining a peer, rebalance and repair MB/s, scrub MB/s.
+    Ops {
+        /// Documents stored first.
+        #[arg(long, default_value_t = 8)]
+        documents: usize,
+        /// Size of each document, MiB.
+        #[arg(long, default_value_t = 32)]
+        size_mib: u64,
+    },
     /// Each codec stage alone on one core, then whole encode and decode.
     Codec {
         /// Document size in MiB.
@@ -337,6 +347,18 @@ fn main() -> Result<()> {
                 certificates,
                 in_flight,
                 ..bench::ClusterBenchOptions::default()
+            }))?;
+            println!("{report}");
+            Ok(())
+        }
+        Command::Bench(BenchCommand::Ops {
+            documents,
+            size_mib,
+        }) => {
+            let report = runtime()?.block_on(bench::ops(bench::OpsBenchOptions {
+                documents,
+                document: size_mib << 20,
+                ..bench::OpsBenchOptions::default()
             }))?;
             println!("{report}");
             Ok(())
