@@ -151,7 +151,7 @@ struct OpsArgs {
     #[arg(long, default_value_t = 0.0)]
     rate_mb: f64,
     /// Stripes (or peers, for scrub) worked on at once.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 8)]
     parallel: usize,
     /// Only count; change nothing.
     #[arg(long)]

@@ -61,7 +61,7 @@ impl Default for OpsOptions {
     fn default() -> Self {
         Self {
             rate: None,
-            parallel: 4,
+            parallel: 8,
             dry_run: false,
         }
     }
@@ -440,24 +440,25 @@ async fn converge_stripe(
 
     // Which slots are already in place: journal first, then ask the placed peer.
     let mut state = vec![0u8; width];
-    let mut present = vec![false; width];
-    for slot in 0..width {
-        if let Some(j) = journal {
-            state[slot] = j.get(&key, slot)?;
+    if let Some(j) = journal {
+        for (slot, s) in state.iter_mut().enumerate() {
+            *s = j.get(&key, slot)?;
         }
-        if state[slot] == DONE {
-            present[slot] = true;
-            out.resumed += 1;
-            continue;
-        }
-        present[slot] = match client.shard_has(&new[slot], &ids[slot]).await {
-            Ok(has) => has,
-            Err(e) => {
+    }
+    out.resumed = state.iter().filter(|&&s| s == DONE).count() as u64;
+    let checks = (0..width).map(|slot| {
+        let (node, id, done) = (&new[slot], &ids[slot], state[slot] == DONE);
+        async move {
+            if done {
+                return true;
+            }
+            client.shard_has(node, id).await.unwrap_or_else(|e| {
                 debug!(slot, error = %e, "placed peer unreachable");
                 false
-            }
-        };
-    }
+            })
+        }
+    });
+    let mut present: Vec<bool> = futures::future::join_all(checks).await;
     out.below = present.iter().any(|p| !p);
     if options.dry_run {
         return Ok(out);
@@ -565,7 +566,9 @@ async fn rebuild(
     let ids = &manifest.stripes[index];
     let k = usize::from(manifest.params.k);
     let m = usize::from(manifest.params.m);
-    let fetches = (0..ids.len()).map(|slot| async move {
+    // Data slots first (no decoding needed if all k arrive), then parity as needed.
+    let mut fetched: Vec<Option<Bytes>> = vec![None; ids.len()];
+    let fetch = |slot: usize| async move {
         let mut sources = vec![&new[slot]];
         if let Some(old) = old
             && old[slot].key != new[slot].key
@@ -574,13 +577,31 @@ async fn rebuild(
         }
         for node in sources {
             if let Ok(Some(b)) = client.shard_get(node, &ids[slot]).await {
-                return Some(b);
+                return (slot, Some(b));
             }
         }
-        None
-    });
-    let fetched: Vec<Option<Bytes>> = futures::future::join_all(fetches).await;
-    let found = fetched.iter().flatten().count();
+        (slot, None)
+    };
+    let mut pending = futures::stream::FuturesUnordered::new();
+    let mut next = 0;
+    while next < k {
+        pending.push(fetch(next));
+        next += 1;
+    }
+    let mut found = 0;
+    while let Some((slot, shard)) = pending.next().await {
+        if shard.is_some() {
+            found += 1;
+            fetched[slot] = shard;
+        } else if next < ids.len() {
+            pending.push(fetch(next));
+            next += 1;
+        }
+        if found == k {
+            break;
+        }
+    }
+    drop(pending);
     if found < k {
         warn!(
             stripe = index,
@@ -929,5 +950,49 @@ impl Operator {
             stripes: report.stripes,
             stripes_below: report.stripes_below,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn throttle_holds_the_rate() {
+        let throttle = Throttle::new(Some(10e6));
+        let start = Instant::now();
+        for _ in 0..3 {
+            throttle.take(1_000_000).await;
+        }
+        let elapsed = start.elapsed().as_secs_f64();
+        assert!((0.29..1.0).contains(&elapsed), "{elapsed}");
+        let free = Throttle::new(None);
+        let start = Instant::now();
+        free.take(u64::MAX / 2).await;
+        assert!(start.elapsed() < Duration::from_millis(50));
+    }
+
+    #[test]
+    fn journal_survives_reopening_and_keeps_changes_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        let stripe = [7u8; 32];
+        {
+            let j = Journal::open(dir.path(), 1, 2).unwrap();
+            assert_eq!(j.get(&stripe, 3).unwrap(), 0);
+            j.set(&stripe, 3, COPIED).unwrap();
+            j.set(&stripe, 4, DONE).unwrap();
+            assert_eq!(j.settled().unwrap(), None);
+            let layout = Layout::new(2, Vec::new()).unwrap();
+            j.set_settled(&layout).unwrap();
+        }
+        let j = Journal::open(dir.path(), 1, 2).unwrap();
+        assert_eq!(j.get(&stripe, 3).unwrap(), COPIED);
+        assert_eq!(j.get(&stripe, 4).unwrap(), DONE);
+        assert_eq!(j.done().unwrap(), 1);
+        assert_eq!(j.settled().unwrap().unwrap().epoch, 2);
+        drop(j);
+        let other = Journal::open(dir.path(), 2, 3).unwrap();
+        assert_eq!(other.get(&stripe, 4).unwrap(), 0);
+        assert_eq!(other.done().unwrap(), 0);
     }
 }
