@@ -110,7 +110,8 @@ const META_FORMAT: &str = "format";
 const META_USAGE: &str = "usage";
 
 const DB_FILE: &str = "shards.redb";
-const BODY_DIR: &str = "blobs";
+/// Directory (inside the store's directory) of the body files of large shards.
+pub const BODY_DIR: &str = "blobs";
 const TMP_DIR: &str = "tmp";
 
 /// Number of striped locks serialising operations on the same id.
