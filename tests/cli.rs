@@ -1,7 +1,8 @@
 //! The `dangan` binary as separate processes: `local-config`, three `dangan node` peers,
 //! `put` and `get` of a 3 MiB document, a stranger's key refused, an unknown id, a killed
-//! peer. Also: the example configs in `config/` load, and `local-config` writes a coding
-//! that fits the number of peers.
+//! peer. Also: the example configs in `config/` load, `local-config` writes a coding that
+//! fits the number of peers, and the operator commands (`cluster status`, `scrub`, repair)
+//! find and fix a bit flipped on a peer's disk.
 
 use std::fs::{self, File};
 use std::net::UdpSocket;
