@@ -437,7 +437,7 @@ async fn run_async(command: Command) -> Result<()> {
             department,
             document_type,
         } => {
-            let (c, keyring) = connect(&client)?;
+            let (c, keyring) = connect(&client).await?;
             let f = tokio::fs::File::open(&file)
                 .await
                 .with_context(|| format!("opening {}", file.display()))?;
@@ -472,7 +472,7 @@ async fn run_async(command: Command) -> Result<()> {
             Ok(())
         }
         Command::Get { id, output, client } => {
-            let (c, keyring) = connect(&client)?;
+            let (c, keyring) = connect(&client).await?;
             let key = keyring.load(&id)?;
             let tmp = output.with_extension("dangan-partial");
             let f = tokio::fs::File::create(&tmp)
@@ -506,7 +506,7 @@ async fn run_async(command: Command) -> Result<()> {
             Ok(())
         }
         Command::Chain(ChainCommand::Status { client }) => {
-            let (c, _) = connect(&client)?;
+            let (c, _) = connect(&client).await?;
             let status = c.chain_status().await?;
             println!("chain:        {}", status.chain_id);
             println!("height:       {}", status.height);
@@ -521,7 +521,7 @@ async fn run_async(command: Command) -> Result<()> {
             Ok(())
         }
         Command::Chain(ChainCommand::Block { height, client }) => {
-            let (c, _) = connect(&client)?;
+            let (c, _) = connect(&client).await?;
             let Some(block) = c.chain_block(height).await? else {
                 bail!("no block at height {height}");
             };
@@ -552,7 +552,7 @@ async fn run_async(command: Command) -> Result<()> {
             let mut raw = [0u8; 32];
             hex::decode_to_slice(id.trim(), &mut raw)
                 .context("a transaction id is 64 hex digits")?;
-            let (c, _) = connect(&client)?;
+            let (c, _) = connect(&client).await?;
             let Some(proof) = c.chain_tx(raw).await? else {
                 bail!("no committed transaction {id}");
             };
@@ -568,7 +568,7 @@ async fn run_async(command: Command) -> Result<()> {
             Ok(())
         }
         Command::Verify { id, client } => {
-            let (c, _) = connect(&client)?;
+            let (c, _) = connect(&client).await?;
             let chain = c.chain_link()?.clone();
             let record = c.check_registered(&chain, &id).await?;
             println!(
@@ -734,12 +734,14 @@ async fn run_async(command: Command) -> Result<()> {
     }
 }
 
-fn connect(args: &ClientArgs) -> Result<(Client, Keyring)> {
+/// A client placing by the chain's layout (the cluster file's if the chain has none; reads
+/// fall back to the file's).
+async fn connect(args: &ClientArgs) -> Result<(Client, Keyring)> {
     let identity = Identity::load(&args.key)?;
     let cluster = ClusterFile::load(&args.cluster)?;
     let membership = Membership::new();
     membership.replace(cluster.members.iter().copied());
-    let client = Client::new(
+    let client = Client::with_chain_layout(
         &identity,
         Arc::new(membership),
         cluster.layout,
@@ -749,7 +751,8 @@ fn connect(args: &ClientArgs) -> Result<(Client, Keyring)> {
             chain: cluster.chain,
             ..ClientOptions::default()
         },
-    )?;
+    )
+    .await?;
     Ok((client, Keyring::open(&args.keyring)?))
 }
 

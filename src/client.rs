@@ -251,6 +251,39 @@ impl Client {
         &self.inner.layout
     }
 
+    /// A client placing by the chain's layout when the cluster has a chain whose layout
+    /// has nodes, falling back to `file_layout` (the cluster file's) for reads; by
+    /// `file_layout` alone otherwise.
+    pub async fn with_chain_layout(
+        identity: &Identity,
+        trust: Arc<dyn TrustPolicy>,
+        file_layout: Layout,
+        options: ClientOptions,
+    ) -> Result<Self, ClientError> {
+        let client = Self::new(
+            identity,
+            trust.clone(),
+            file_layout.clone(),
+            options.clone(),
+        )?;
+        if options.chain.is_none() {
+            return Ok(client);
+        }
+        let layout = client.chain_layout().await;
+        client.close().await;
+        let layout = match layout {
+            Ok(layout) if !layout.nodes.is_empty() && layout != file_layout => layout,
+            Ok(_) => return Self::new(identity, trust, file_layout, options),
+            // The chain will be needed again (registration, proofs) and say why then.
+            Err(e) => {
+                warn!(error = %e, "no layout from the chain; placing by the cluster file");
+                return Self::new(identity, trust, file_layout, options);
+            }
+        };
+        debug!(epoch = layout.epoch, "placing by the chain's layout");
+        Self::with_layouts(identity, trust, layout, Some(file_layout), options)
+    }
+
     /// The layout reads fall back to during a layout change.
     pub fn previous_layout(&self) -> Option<&Layout> {
         self.inner.previous.as_ref()
