@@ -981,6 +981,38 @@ mod tests {
         }
 
         proptest! {
+            #![proptest_config(ProptestConfig::with_cases(48))]
+            /// In one zone of equal weights, appending a node moves exactly the slots it
+            /// takes and draining one moves exactly the slots it held, whatever the sizes.
+            #[test]
+            fn equal_weights_move_exactly_the_minimum(
+                n in 2u32..12,
+                width_less in 0usize..4,
+                drained in 0u32..12,
+            ) {
+                let width = (n as usize).saturating_sub(width_less).max(1);
+                let nodes: Vec<NodeInfo> = (0..n).map(|i| node(i, "a", 1)).collect();
+                let ss: Vec<[u8; 32]> = stripes(200).collect();
+                let before = layout(nodes.clone());
+                let mut with = nodes;
+                with.push(node(n, "a", 1));
+                let after = layout(with.clone());
+                if before.place(&ss[0], width).is_ok() {
+                    let stats = moved(&before, &after, ss.iter().copied(), width).unwrap();
+                    prop_assert_eq!(stats.moved_slots, held_by(&after, &key(n), &ss, width));
+                }
+                let drained = drained % (n + 1);
+                let mut drained_nodes = with;
+                drained_nodes[drained as usize].weight = 0;
+                let drained_layout = layout(drained_nodes);
+                if drained_layout.place(&ss[0], width).is_ok() {
+                    let stats = moved(&after, &drained_layout, ss.iter().copied(), width).unwrap();
+                    prop_assert_eq!(stats.moved_slots, held_by(&after, &key(drained), &ss, width));
+                }
+            }
+        }
+
+        proptest! {
             #[test]
             fn place_is_sound(l in arb_layout(), width in 1usize..10, stripe in any::<[u8; 32]>()) {
                 let live = l.nodes.iter().filter(|n| n.weight > 0).count();
