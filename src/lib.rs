@@ -2,7 +2,7 @@
 //!
 //! See `ARCHITECTURE.md` for the code map. Layers, bottom up: `id`; `crypto`, `erasure`,
 //! `manifest`, `identity`, `placement`, `store`, `keyring`; `codec`, `tls`, `proto`;
-//! `peer`, `client`; `config`; `demo`, `bench`.
+//! `peer`, `client`; `config`; `ops` (repair, rebalance, scrub); `demo`, `bench`.
 
 pub mod bench;
 pub mod chain;
