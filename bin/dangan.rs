@@ -14,6 +14,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use dangan::bench::{self, CodecBenchOptions};
 use dangan::chain::ledger::Ledger;
 use dangan::chain::state::Genesis;
+use dangan::chain::tx::TxBody;
 use dangan::client::{Client, ClientOptions};
 use dangan::codec::DocumentInfo;
 use dangan::config::{ClusterFile, NodeFile};
@@ -22,6 +23,7 @@ use dangan::id::DocumentId;
 use dangan::identity::{Identity, PublicId, Role};
 use dangan::keyring::{Keyring, KeyringError};
 use dangan::manifest::CodingParams;
+use dangan::ops::{self, Operator, OpsOptions};
 use dangan::receipt::Receipt;
 use dangan::tls::Membership;
 
@@ -142,6 +144,93 @@ enum Command {
     /// Measure this machine.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Operate the cluster: status, add, drain and remove peers (layout on chain).
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+    /// Move every shard to its place under the current layout (resumable: run it again
+    /// after a crash), then delete the old copies.
+    Rebalance {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(flatten)]
+        ops: OpsArgs,
+    },
+    /// Rebuild every shard missing from its placed peer (a peer lost, a corrupt copy).
+    Repair {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(flatten)]
+        ops: OpsArgs,
+    },
+    /// Re-hash every shard on every peer; corrupt copies are quarantined, then repaired.
+    Scrub {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(flatten)]
+        ops: OpsArgs,
+        /// Only report; do not repair what is found.
+        #[arg(long)]
+        no_repair: bool,
+    },
+}
+
+/// How an operations worker runs.
+#[derive(clap::Args)]
+struct OpsArgs {
+    /// The operator's data directory (rebalance journal, settled layout).
+    #[arg(long, default_value = "config/operator")]
+    data_dir: PathBuf,
+    /// Throttle in MB/s (0: no limit).
+    #[arg(long, default_value_t = 0.0)]
+    rate_mb: f64,
+    /// Stripes (or peers, for scrub) worked on at once.
+    #[arg(long, default_value_t = 8)]
+    parallel: usize,
+    /// Only count; change nothing.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// Peers, zones, capacity, usage, health and stripes below full redundancy.
+    Status {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[arg(long, default_value = "config/operator")]
+        data_dir: PathBuf,
+    },
+    /// Add a storage peer to the layout (a new epoch); then run `dangan rebalance`.
+    Add {
+        /// The peer's public id (dgn1…).
+        id: PublicId,
+        #[arg(long)]
+        addr: String,
+        #[arg(long)]
+        zone: String,
+        #[arg(long, default_value_t = 100)]
+        weight: u32,
+        #[command(flatten)]
+        client: ClientArgs,
+        #[arg(long, default_value = "config/operator")]
+        data_dir: PathBuf,
+    },
+    /// Drain a peer (weight 0, a new epoch); then run `dangan rebalance`.
+    Drain {
+        id: PublicId,
+        #[command(flatten)]
+        client: ClientArgs,
+        #[arg(long, default_value = "config/operator")]
+        data_dir: PathBuf,
+    },
+    /// Remove a drained peer from the layout.
+    Remove {
+        id: PublicId,
+        #[command(flatten)]
+        client: ClientArgs,
+        #[arg(long, default_value = "config/operator")]
+        data_dir: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -209,6 +298,16 @@ enum BenchCommand {
         /// Certificates in flight at once.
         #[arg(long, default_value_t = 16)]
         in_flight: usize,
+    },
+    /// Operations on a local cluster: shards moved against the minimum when adding and
+    /// draining a peer, rebalance and repair MB/s, scrub MB/s.
+    Ops {
+        /// Documents stored first.
+        #[arg(long, default_value_t = 8)]
+        documents: usize,
+        /// Size of each document, MiB.
+        #[arg(long, default_value_t = 32)]
+        size_mib: u64,
     },
     /// Each codec stage alone on one core, then whole encode and decode.
     Codec {
@@ -292,6 +391,18 @@ fn main() -> Result<()> {
             println!("{report}");
             Ok(())
         }
+        Command::Bench(BenchCommand::Ops {
+            documents,
+            size_mib,
+        }) => {
+            let report = runtime()?.block_on(bench::ops(bench::OpsBenchOptions {
+                documents,
+                document: size_mib << 20,
+                ..bench::OpsBenchOptions::default()
+            }))?;
+            println!("{report}");
+            Ok(())
+        }
         Command::Bench(BenchCommand::Chain { departments, each }) => {
             let report = runtime()?.block_on(bench::chain(departments, each))?;
             println!("{report}");
@@ -367,7 +478,7 @@ async fn run_async(command: Command) -> Result<()> {
             document_type,
             grants,
         } => {
-            let (c, keyring) = connect(&client)?;
+            let (c, keyring) = connect(&client).await?;
             let f = tokio::fs::File::open(&file)
                 .await
                 .with_context(|| format!("opening {}", file.display()))?;
@@ -413,7 +524,7 @@ async fn run_async(command: Command) -> Result<()> {
             expires_in_days,
             client,
         } => {
-            let (c, keyring) = connect(&client)?;
+            let (c, keyring) = connect(&client).await?;
             let key = keyring.load(&id)?;
             let expires_ms = expires_in_days.map(|d| dangan::now_ms() + d * 86_400_000);
             let (height, _) = c.grant(id, &key, &address, expires_ms).await?;
@@ -422,7 +533,7 @@ async fn run_async(command: Command) -> Result<()> {
             Ok(())
         }
         Command::Revoke { id, reader, client } => {
-            let (c, _) = connect(&client)?;
+            let (c, _) = connect(&client).await?;
             let (height, _) = c.revoke(id, reader).await?;
             println!("revoked {reader}'s grant on {id} in block {height}");
             c.close().await;
@@ -434,7 +545,7 @@ async fn run_async(command: Command) -> Result<()> {
             receipt,
             client,
         } => {
-            let (c, keyring) = connect(&client)?;
+            let (c, keyring) = connect(&client).await?;
             // A department has the key in its keyring; anyone else reads through a grant.
             let key = match keyring.load(&id) {
                 Err(missing @ KeyringError::Missing { .. }) => c
@@ -481,7 +592,7 @@ async fn run_async(command: Command) -> Result<()> {
             Ok(())
         }
         Command::Chain(ChainCommand::Status { client }) => {
-            let (c, _) = connect(&client)?;
+            let (c, _) = connect(&client).await?;
             let status = c.chain_status().await?;
             println!("chain:        {}", status.chain_id);
             println!("height:       {}", status.height);
@@ -496,7 +607,7 @@ async fn run_async(command: Command) -> Result<()> {
             Ok(())
         }
         Command::Chain(ChainCommand::Block { height, client }) => {
-            let (c, _) = connect(&client)?;
+            let (c, _) = connect(&client).await?;
             let Some(block) = c.chain_block(height).await? else {
                 bail!("no block at height {height}");
             };
@@ -527,7 +638,7 @@ async fn run_async(command: Command) -> Result<()> {
             let mut raw = [0u8; 32];
             hex::decode_to_slice(id.trim(), &mut raw)
                 .context("a transaction id is 64 hex digits")?;
-            let (c, _) = connect(&client)?;
+            let (c, _) = connect(&client).await?;
             let Some(proof) = c.chain_tx(raw).await? else {
                 bail!("no committed transaction {id}");
             };
@@ -577,7 +688,7 @@ async fn run_async(command: Command) -> Result<()> {
             receipt: None,
             client,
         } => {
-            let (c, _) = connect(&client)?;
+            let (c, _) = connect(&client).await?;
             let chain = c.chain_link()?.clone();
             let record = c.check_registered(&chain, &id).await?;
             println!(
@@ -593,16 +704,164 @@ async fn run_async(command: Command) -> Result<()> {
             c.close().await;
             Ok(())
         }
+        Command::Cluster(ClusterCommand::Status { client, data_dir }) => {
+            let op = operator(&client, &data_dir)?;
+            let bar = ops_bar("checking stripes");
+            let pb = bar.clone();
+            let status = op
+                .status(&move |p| {
+                    pb.set_length(p.total);
+                    pb.set_position(p.done);
+                })
+                .await?;
+            bar.finish_and_clear();
+            println!("layout epoch {}", status.layout.epoch);
+            if let Some(from) = &status.moving_from {
+                println!("rebalance pending from epoch {}", from.epoch);
+            }
+            println!(
+                "{:<14} {:<10} {:>6} {:>8} {:>12}  health",
+                "peer", "zone", "weight", "shards", "used"
+            );
+            for p in &status.peers {
+                let (shards, used, health) = match &p.usage {
+                    Ok(u) => (
+                        u.shards.to_string(),
+                        format!("{:.1} MB", u.bytes as f64 / 1e6),
+                        "up".to_string(),
+                    ),
+                    Err(e) => ("-".into(), "-".into(), format!("DOWN ({e})")),
+                };
+                let health = if p.node.weight == 0 {
+                    format!("{health}, draining")
+                } else {
+                    health
+                };
+                println!(
+                    "{:<14} {:<10} {:>6} {:>8} {:>12}  {health}",
+                    p.node.key.short(),
+                    p.node.zone,
+                    p.node.weight,
+                    shards,
+                    used
+                );
+            }
+            println!(
+                "{} documents, {} stripes, {} below full redundancy",
+                status.documents, status.stripes, status.stripes_below
+            );
+            Ok(())
+        }
+        Command::Cluster(ClusterCommand::Add {
+            id,
+            addr,
+            zone,
+            weight,
+            client,
+            data_dir,
+        }) => {
+            let op = operator(&client, &data_dir)?;
+            let layout = op
+                .change_layout(TxBody::AddNode {
+                    node: id,
+                    addr,
+                    zone,
+                    weight,
+                })
+                .await?;
+            println!(
+                "added {}: layout epoch {}; now run `dangan rebalance`",
+                id.short(),
+                layout.epoch
+            );
+            Ok(())
+        }
+        Command::Cluster(ClusterCommand::Drain {
+            id,
+            client,
+            data_dir,
+        }) => {
+            let op = operator(&client, &data_dir)?;
+            let layout = op.change_layout(TxBody::DrainNode { node: id }).await?;
+            println!(
+                "draining {}: layout epoch {}; now run `dangan rebalance`",
+                id.short(),
+                layout.epoch
+            );
+            Ok(())
+        }
+        Command::Cluster(ClusterCommand::Remove {
+            id,
+            client,
+            data_dir,
+        }) => {
+            let op = operator(&client, &data_dir)?;
+            let layout = op.change_layout(TxBody::RemoveNode { node: id }).await?;
+            println!("removed {}: layout epoch {}", id.short(), layout.epoch);
+            Ok(())
+        }
+        Command::Rebalance { client, ops } => {
+            let op = operator(&client, &ops.data_dir)?;
+            let bar = ops_bar("rebalance");
+            let report = op.rebalance(&ops.options(), &bar_progress(&bar)).await?;
+            bar.finish_and_clear();
+            print_converge("rebalance", &report);
+            Ok(())
+        }
+        Command::Repair { client, ops } => {
+            let op = operator(&client, &ops.data_dir)?;
+            let bar = ops_bar("repair");
+            let report = op.repair(&ops.options(), &bar_progress(&bar)).await?;
+            bar.finish_and_clear();
+            print_converge("repair", &report);
+            Ok(())
+        }
+        Command::Scrub {
+            client,
+            ops,
+            no_repair,
+        } => {
+            let op = operator(&client, &ops.data_dir)?;
+            let bar = ops_bar("scrub");
+            let report = op.scrub(&ops.options(), &bar_progress(&bar)).await?;
+            bar.finish_and_clear();
+            println!(
+                "scrub: {} shards ({:.1} MB) re-hashed on {} peers at {:.0} MB/s; {} corrupt",
+                report.shards_checked,
+                report.bytes as f64 / 1e6,
+                report.peers,
+                report.mb_per_s(),
+                report.corrupt.len()
+            );
+            for (peer, shard) in &report.corrupt {
+                println!(
+                    "corrupt: shard {shard} on peer {} (quarantined)",
+                    peer.short()
+                );
+            }
+            for f in &report.failures {
+                eprintln!("warning: {f}");
+            }
+            if !report.corrupt.is_empty() && !no_repair && !ops.dry_run {
+                let bar = ops_bar("repair");
+                let repair = op.repair(&ops.options(), &bar_progress(&bar)).await?;
+                bar.finish_and_clear();
+                print_converge("repair", &repair);
+            }
+            Ok(())
+        }
         _ => unreachable!("synchronous commands are handled in main"),
     }
 }
 
-fn connect(args: &ClientArgs) -> Result<(Client, Keyring)> {
+/// A client placing by the chain's layout (the cluster file's if the chain has none; reads
+/// fall back to the file's).
+async fn connect(args: &ClientArgs) -> Result<(Client, Keyring)> {
     let identity = Identity::load(&args.key)?;
     let cluster = ClusterFile::load(&args.cluster)?;
     let membership = Membership::new();
     membership.replace(cluster.members.iter().copied());
-    let client = Client::new(
+    let client = Client::with_chain_layout(
         &identity,
         Arc::new(membership),
         cluster.layout,
@@ -612,8 +871,87 @@ fn connect(args: &ClientArgs) -> Result<(Client, Keyring)> {
             chain: cluster.chain,
             ..ClientOptions::default()
         },
-    )?;
+    )
+    .await?;
     Ok((client, Keyring::open(&args.keyring)?))
+}
+
+impl OpsArgs {
+    fn options(&self) -> OpsOptions {
+        OpsOptions {
+            rate: (self.rate_mb > 0.0).then_some(self.rate_mb * 1e6),
+            parallel: self.parallel.max(1),
+            dry_run: self.dry_run,
+        }
+    }
+}
+
+fn operator(args: &ClientArgs, data_dir: &Path) -> Result<Operator> {
+    let identity = Identity::load(&args.key)?;
+    let cluster = ClusterFile::load(&args.cluster)?;
+    let membership = Membership::new();
+    membership.replace(cluster.members.iter().copied());
+    Ok(Operator::new(
+        &identity,
+        Arc::new(membership),
+        cluster.layout,
+        ClientOptions {
+            params: cluster.params,
+            write_quorum: cluster.write_quorum,
+            chain: cluster.chain,
+            ..ClientOptions::default()
+        },
+        data_dir,
+    ))
+}
+
+fn ops_bar(verb: &str) -> ProgressBar {
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template(&format!(
+            "{verb} [{{elapsed_precise}}] [{{bar:40}}] {{pos}}/{{len}} {{msg}} eta {{eta}}"
+        ))
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    bar.enable_steady_tick(Duration::from_millis(200));
+    bar
+}
+
+fn bar_progress(bar: &ProgressBar) -> impl Fn(ops::Progress) + Send + Sync + use<> {
+    let bar = bar.clone();
+    move |p: ops::Progress| {
+        bar.set_length(p.total);
+        bar.set_position(p.done);
+        bar.set_message(format!("{:.1} MB", p.bytes as f64 / 1e6));
+    }
+}
+
+fn print_converge(what: &str, r: &ops::ConvergeReport) {
+    println!(
+        "{what}: {} documents, {} stripes ({} were below full redundancy); {} shards moved, {} rebuilt, {} old copies deleted, {} resumed from the journal; {} manifests written, {} deleted; {:.1} MB in {:.1} s ({:.0} MB/s)",
+        r.documents,
+        r.stripes,
+        r.stripes_below,
+        r.shards_moved,
+        r.shards_rebuilt,
+        r.shards_deleted,
+        r.shards_resumed,
+        r.manifests_written,
+        r.manifests_deleted,
+        r.bytes as f64 / 1e6,
+        r.elapsed.as_secs_f64(),
+        r.mb_per_s()
+    );
+    for f in &r.failures {
+        eprintln!("warning: {f}");
+    }
+    if !r.failures.is_empty() {
+        eprintln!(
+            "{} problems left; run the command again once the peers are back",
+            r.failures.len()
+        );
+    }
 }
 
 fn progress_bar(len: u64, verb: &str) -> ProgressBar {
@@ -658,6 +996,7 @@ fn local_config(dir: &Path, peers: usize, base_port: u16) -> Result<()> {
     std::fs::create_dir_all(dir.join("keys"))?;
     std::fs::create_dir_all(dir.join("data"))?;
     let mut validator_peer = None;
+    let mut genesis_nodes = String::new();
     let mut cluster = format!(
         "# Cluster written by `dangan local-config`: {peers} peers on this machine.\n\
          # k + m = {width} shards per stripe on {width} different peers; any {m} of them may be lost.\n\
@@ -670,6 +1009,11 @@ fn local_config(dir: &Path, peers: usize, base_port: u16) -> Result<()> {
         let port = base_port + (i - 1) as u16;
         cluster.push_str(&format!(
             "[[peer]]\nid = \"{}\"\naddr = \"127.0.0.1:{port}\"\nzone = \"zone-{}\"\nweight = 100\n\n",
+            id.public(),
+            (i - 1) % 3
+        ));
+        genesis_nodes.push_str(&format!(
+            "\n[[node]]\nkey = \"{}\"\naddr = \"127.0.0.1:{port}\"\nzone = \"zone-{}\"\nweight = 100\n",
             id.public(),
             (i - 1) % 3
         ));
@@ -691,16 +1035,25 @@ fn local_config(dir: &Path, peers: usize, base_port: u16) -> Result<()> {
         "[[client]]\nid = \"{}\"\nname = \"department\"\n",
         dept.public()
     ));
+    let operator = Identity::generate(Role::Operator);
+    operator.save(dir.join("keys/operator.key"))?;
+    cluster.push_str(&format!(
+        "\n[[client]]\nid = \"{}\"\nname = \"operator\"\n",
+        operator.public()
+    ));
     let validator = Identity::generate(Role::Validator);
     validator.save(dir.join("keys/validator.key"))?;
     std::fs::write(
         dir.join("genesis.toml"),
         format!(
-            "# Genesis written by `dangan local-config`: one validator, one department.\n\
+            "# Genesis written by `dangan local-config`: one validator, one department, one operator.\n\
              chain_id = \"local\"\n\n[[validator]]\nid = \"{}\"\nname = \"validator\"\n\n\
-             [[account]]\nid = \"{}\"\nrole = \"department\"\nname = \"department\"\n",
+             [[account]]\nid = \"{}\"\nrole = \"department\"\nname = \"department\"\n\n\
+             [[account]]\nid = \"{}\"\nrole = \"operator\"\nname = \"operator\"\n\n\
+             # The storage peers: the chain's first layout (epoch 1).\n{genesis_nodes}",
             validator.public(),
-            dept.public()
+            dept.public(),
+            operator.public()
         ),
     )?;
     cluster.push_str(&format!(

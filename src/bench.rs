@@ -709,3 +709,245 @@ pub async fn chain(
         commit: latency(times, wall),
     })
 }
+
+/// What `dangan bench ops` measures.
+#[derive(Debug, Clone)]
+pub struct OpsBenchOptions {
+    /// Documents stored before the layout changes.
+    pub documents: usize,
+    /// Size of each, bytes.
+    pub document: u64,
+    /// Peers at the start, all in one zone (the case where slots matter most).
+    pub peers: usize,
+}
+
+impl Default for OpsBenchOptions {
+    fn default() -> Self {
+        Self {
+            documents: 8,
+            document: 32 << 20,
+            peers: 6,
+        }
+    }
+}
+
+/// One operation measured.
+#[derive(Debug, Clone, Default)]
+pub struct OpsPhase {
+    /// Shards the layout change forces to move (the floor), 0 for repair and scrub.
+    pub floor: u64,
+    /// Shards moved (or rebuilt, for repair; checked, for scrub).
+    pub shards: u64,
+    pub bytes: u64,
+    pub elapsed: Duration,
+}
+
+impl OpsPhase {
+    pub fn mb_per_s(&self) -> f64 {
+        self.bytes as f64 / self.elapsed.as_secs_f64().max(1e-9) / 1e6
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct OpsBenchReport {
+    pub options: Option<OpsBenchOptions>,
+    pub total_shards: u64,
+    pub add: OpsPhase,
+    pub drain: OpsPhase,
+    pub repair: OpsPhase,
+    pub scrub: OpsPhase,
+}
+
+impl fmt::Display for OpsBenchReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(o) = &self.options {
+            writeln!(
+                f,
+                "ops bench: {} peers in one zone, {} documents of {} MiB, {} shards (k + m = 4 + 2)",
+                o.peers,
+                o.documents,
+                o.document >> 20,
+                self.total_shards
+            )?;
+        }
+        let n = self.options.as_ref().map_or(6, |o| o.peers) as f64;
+        let line = |f: &mut fmt::Formatter<'_>, name: &str, p: &OpsPhase, ideal: f64| {
+            writeln!(
+                f,
+                "{name:<22} moved {:>5} shards; floor {:>5} ({:.2}x); 1/{} of all = {:.1}; {:>7.1} MB in {:>6.2} s = {:>6.0} MB/s",
+                p.shards,
+                p.floor,
+                p.shards as f64 / p.floor.max(1) as f64,
+                ideal,
+                self.total_shards as f64 / ideal,
+                p.bytes as f64 / 1e6,
+                p.elapsed.as_secs_f64(),
+                p.mb_per_s()
+            )
+        };
+        line(f, "add a peer (rebalance)", &self.add, n + 1.0)?;
+        line(f, "drain a peer (rebalance)", &self.drain, n + 1.0)?;
+        writeln!(
+            f,
+            "{:<22} rebuilt {:>5} shards of a lost peer; {:>7.1} MB in {:>6.2} s = {:>6.0} MB/s",
+            "lose a peer (repair)",
+            self.repair.shards,
+            self.repair.bytes as f64 / 1e6,
+            self.repair.elapsed.as_secs_f64(),
+            self.repair.mb_per_s()
+        )?;
+        write!(
+            f,
+            "{:<22} re-hashed {:>5} shards on every peer; {:>7.1} MB in {:>6.2} s = {:>6.0} MB/s",
+            "scrub",
+            self.scrub.shards,
+            self.scrub.bytes as f64 / 1e6,
+            self.scrub.elapsed.as_secs_f64(),
+            self.scrub.mb_per_s()
+        )
+    }
+}
+
+/// Adds a peer, drains one, loses one and scrubs, on a local cluster; see [`OpsBenchReport`].
+pub async fn ops(options: OpsBenchOptions) -> Result<OpsBenchReport, crate::demo::DemoError> {
+    use crate::chain::tx::TxBody;
+    use crate::client::{ClientOptions, stripe_key};
+    use crate::demo::{DemoError, LocalCluster};
+    use crate::ops::{self, Journal, OpsOptions};
+
+    let mut cluster = LocalCluster::start(options.peers, 1).await?;
+    let client = cluster.client(ClientOptions::default())?;
+    let mut stripes = Vec::new();
+    for i in 0..options.documents {
+        let bytes = sample_data(options.document as usize, 100 + i as u64);
+        let receipt = crate::demo::put_bytes(&client, bytes, "bench").await?;
+        stripes.extend(receipt.manifest.stripes.iter().map(|ids| stripe_key(ids)));
+    }
+    client.close().await;
+    let width = crate::manifest::CodingParams::default().width();
+    let mut report = OpsBenchReport {
+        options: Some(options.clone()),
+        total_shards: (stripes.len() * width) as u64,
+        ..OpsBenchReport::default()
+    };
+    let journal_dir = tempfile::tempdir()?;
+
+    async fn change(
+        cluster: &mut LocalCluster,
+        body: TxBody,
+    ) -> Result<(crate::placement::Layout, crate::placement::Layout), DemoError> {
+        let old = cluster.layout().clone();
+        let op = cluster.operator_client(old.clone(), None, ClientOptions::default())?;
+        let done = op.submit(cluster.chain(), body).await;
+        op.close().await;
+        done?;
+        Ok((old, cluster.sync_layout().clone()))
+    }
+    // A lost peer costs one connection attempt: keep it short so it does not skew the rates.
+    let fast = || ClientOptions {
+        connect_timeout: Duration::from_millis(300),
+        ..ClientOptions::default()
+    };
+    let run = |cluster: &LocalCluster, old, new: crate::placement::Layout, journal: bool| {
+        let op = cluster.operator_client(new.clone(), old, fast());
+        let dir = journal_dir.path().to_path_buf();
+        async move {
+            let op = op?;
+            let journal = match (journal, op.previous_layout()) {
+                (true, Some(p)) => Some(Journal::open(&dir, p.epoch, new.epoch)?),
+                _ => None,
+            };
+            let r = ops::converge(&op, journal.as_ref(), &OpsOptions::default(), &|_| {}).await;
+            op.close().await;
+            let r = r?;
+            if !r.failures.is_empty() {
+                return Err(DemoError::Check(r.failures.join("; ")));
+            }
+            Ok::<_, DemoError>(r)
+        }
+    };
+
+    // Add a peer.
+    let (_, added) = cluster.add_peer("zone-0").await?;
+    let (old, new) = change(
+        &mut cluster,
+        TxBody::AddNode {
+            node: added.key,
+            addr: added.addr.clone(),
+            zone: added.zone.clone(),
+            weight: added.weight,
+        },
+    )
+    .await?;
+    let floor = stripes
+        .iter()
+        .map(|s| {
+            new.place(s, width)
+                .map(|p| p.iter().filter(|n| n.key == added.key).count() as u64)
+        })
+        .sum::<Result<u64, _>>()?;
+    let r = run(&cluster, Some(old), new, true).await?;
+    report.add = OpsPhase {
+        floor,
+        shards: r.shards_moved + r.shards_rebuilt,
+        bytes: r.bytes,
+        elapsed: r.elapsed,
+    };
+
+    // Drain the first peer.
+    let drained = cluster.peer(0).ok_or(DemoError::PeerStopped(0))?.id();
+    let floor = cluster
+        .peer(0)
+        .ok_or(DemoError::PeerStopped(0))?
+        .store()
+        .usage()
+        .map_err(|e| DemoError::Check(e.to_string()))?
+        .shards;
+    let (old, new) = change(&mut cluster, TxBody::DrainNode { node: drained }).await?;
+    let r = run(&cluster, Some(old), new, true).await?;
+    report.drain = OpsPhase {
+        floor,
+        shards: r.shards_moved + r.shards_rebuilt,
+        bytes: r.bytes,
+        elapsed: r.elapsed,
+    };
+
+    // Lose a peer for good: stop it, take it out of placement, repair. (First one more
+    // peer, so that k + m peers stay live.)
+    let (_, spare) = cluster.add_peer("zone-0").await?;
+    let (old, new) = change(
+        &mut cluster,
+        TxBody::AddNode {
+            node: spare.key,
+            addr: spare.addr.clone(),
+            zone: spare.zone.clone(),
+            weight: spare.weight,
+        },
+    )
+    .await?;
+    run(&cluster, Some(old), new, true).await?;
+    let lost = cluster.peer(1).ok_or(DemoError::PeerStopped(1))?.id();
+    cluster.stop_peer(1).await?;
+    let (_, new) = change(&mut cluster, TxBody::DrainNode { node: lost }).await?;
+    let r = run(&cluster, None, new.clone(), false).await?;
+    report.repair = OpsPhase {
+        floor: 0,
+        shards: r.shards_rebuilt,
+        bytes: r.bytes,
+        elapsed: r.elapsed,
+    };
+
+    // Scrub every live peer.
+    let op = cluster.operator_client(new, None, fast())?;
+    let s = ops::scrub(&op, &OpsOptions::default(), &|_| {}).await;
+    op.close().await;
+    let s = s?;
+    report.scrub = OpsPhase {
+        floor: 0,
+        shards: s.shards_checked,
+        bytes: s.bytes,
+        elapsed: s.elapsed,
+    };
+    cluster.shutdown().await;
+    Ok(report)
+}

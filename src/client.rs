@@ -41,6 +41,7 @@ use crate::manifest::{CodingParams, Manifest, ManifestError};
 use crate::placement::{Layout, NodeInfo, PlacementError};
 use crate::proto::{self, ProtoError, Request, Response};
 use crate::receipt::Receipt;
+use crate::store::{DeleteOutcome, PutOutcome, ScrubPage, Usage};
 use crate::tls::{self, TrustPolicy};
 
 /// Fewest peers a manifest is written to (more when m + 1 is larger).
@@ -202,6 +203,8 @@ struct Inner {
     nonce: tokio::sync::Mutex<Option<u64>>,
     endpoint: quinn::Endpoint,
     layout: Layout,
+    /// The layout before the current one while a rebalance runs: reads fall back to it.
+    previous: Option<Layout>,
     options: ClientOptions,
     conns: Mutex<HashMap<PublicId, Arc<tokio::sync::Mutex<Option<quinn::Connection>>>>>,
     down: Mutex<HashMap<PublicId, Instant>>,
@@ -214,6 +217,18 @@ impl Client {
         identity: &Identity,
         trust: Arc<dyn TrustPolicy>,
         layout: Layout,
+        options: ClientOptions,
+    ) -> Result<Self, ClientError> {
+        Self::with_layouts(identity, trust, layout, None, options)
+    }
+
+    /// Like [`Client::new`], during a layout change: shards and manifests are looked for
+    /// under `layout` first and under `previous` after.
+    pub fn with_layouts(
+        identity: &Identity,
+        trust: Arc<dyn TrustPolicy>,
+        layout: Layout,
+        previous: Option<Layout>,
         options: ClientOptions,
     ) -> Result<Self, ClientError> {
         options.params.validate()?;
@@ -230,6 +245,7 @@ impl Client {
                 nonce: tokio::sync::Mutex::new(None),
                 endpoint,
                 layout,
+                previous,
                 options,
                 conns: Mutex::new(HashMap::new()),
                 down: Mutex::new(HashMap::new()),
@@ -239,6 +255,44 @@ impl Client {
 
     pub fn layout(&self) -> &Layout {
         &self.inner.layout
+    }
+
+    /// A client placing by the chain's layout when the cluster has a chain whose layout
+    /// has nodes, falling back to `file_layout` (the cluster file's) for reads; by
+    /// `file_layout` alone otherwise.
+    pub async fn with_chain_layout(
+        identity: &Identity,
+        trust: Arc<dyn TrustPolicy>,
+        file_layout: Layout,
+        options: ClientOptions,
+    ) -> Result<Self, ClientError> {
+        let client = Self::new(
+            identity,
+            trust.clone(),
+            file_layout.clone(),
+            options.clone(),
+        )?;
+        if options.chain.is_none() {
+            return Ok(client);
+        }
+        let layout = client.chain_layout().await;
+        client.close().await;
+        let layout = match layout {
+            Ok(layout) if !layout.nodes.is_empty() && layout != file_layout => layout,
+            Ok(_) => return Self::new(identity, trust, file_layout, options),
+            // The chain will be needed again (registration, proofs) and say why then.
+            Err(e) => {
+                warn!(error = %e, "no layout from the chain; placing by the cluster file");
+                return Self::new(identity, trust, file_layout, options);
+            }
+        };
+        debug!(epoch = layout.epoch, "placing by the chain's layout");
+        Self::with_layouts(identity, trust, layout, Some(file_layout), options)
+    }
+
+    /// The layout reads fall back to during a layout change.
+    pub fn previous_layout(&self) -> Option<&Layout> {
+        self.inner.previous.as_ref()
     }
 
     pub fn options(&self) -> &ClientOptions {
@@ -655,7 +709,7 @@ impl Client {
 
     /// The peers a document's manifest is written to: `max(3, m + 1)` of them (capped at the
     /// live peers), so that losing any m peers loses no manifest.
-    fn manifest_nodes(&self, id: &DocumentId) -> Result<Vec<NodeInfo>, ClientError> {
+    pub fn manifest_nodes(&self, id: &DocumentId) -> Result<Vec<NodeInfo>, ClientError> {
         let live = self.live_nodes();
         let replicas = (usize::from(self.inner.options.params.m) + 1)
             .max(MANIFEST_REPLICAS)
@@ -724,8 +778,16 @@ impl Client {
     /// then the rest of the layout.
     fn manifest_candidates(&self, id: &DocumentId) -> Result<Vec<NodeInfo>, ClientError> {
         let mut nodes = self.manifest_nodes(id)?;
-        for node in &self.inner.layout.nodes {
+        let previous = self.inner.previous.iter().flat_map(|l| &l.nodes);
+        for node in self.inner.layout.nodes.iter().chain(previous) {
             if node.weight > 0 && !nodes.iter().any(|n| n.key == node.key) {
+                nodes.push(node.clone());
+            }
+        }
+        // A draining peer (weight 0) may still hold copies until the rebalance ends.
+        let draining = self.inner.layout.nodes.iter().filter(|n| n.weight == 0);
+        for node in draining {
+            if !nodes.iter().any(|n| n.key == node.key) {
                 nodes.push(node.clone());
             }
         }
@@ -827,6 +889,7 @@ impl Client {
             .collect();
         let k = usize::from(manifest.params.k);
         let mut fetched = self.fetch_stripe(index, &ids, &nodes, k, None).await;
+        let mut tried_previous = false;
         loop {
             let shards = fetched.shards.clone();
             let (m, c) = (manifest.clone(), codec.clone());
@@ -856,6 +919,30 @@ impl Client {
                         }
                     }
                     fetched.corrupt.extend(more.corrupt);
+                    fetched.errors.extend(more.errors);
+                }
+                // During a layout change, shards not yet moved sit on their old peers.
+                Err(CodecError::StripeUnrecoverable { .. })
+                    if !tried_previous && self.inner.previous.is_some() =>
+                {
+                    tried_previous = true;
+                    let previous = self.inner.previous.as_ref().expect("checked above");
+                    let old: Vec<NodeInfo> = previous
+                        .place(&stripe_key(&ids), ids.len())?
+                        .into_iter()
+                        .cloned()
+                        .collect();
+                    let slots: Vec<usize> = (0..ids.len())
+                        .filter(|&s| fetched.shards[s].is_none() && old[s].key != nodes[s].key)
+                        .collect();
+                    let more = self
+                        .fetch_stripe(index, &ids, &old, slots.len(), Some(slots))
+                        .await;
+                    for (slot, shard) in more.shards.into_iter().enumerate() {
+                        if shard.is_some() {
+                            fetched.shards[slot] = shard;
+                        }
+                    }
                     fetched.errors.extend(more.errors);
                 }
                 Err(CodecError::StripeUnrecoverable { .. }) => {
@@ -1134,6 +1221,186 @@ impl Client {
                 )),
             )),
         }
+    }
+}
+
+/// One request to one peer, for the operations workers (`ops`): no hedging, no quorum.
+impl Client {
+    /// Shard `id` from `node`, verified against its id; `None` if the peer has none.
+    pub async fn shard_get(
+        &self,
+        node: &NodeInfo,
+        id: &ShardId,
+    ) -> Result<Option<Bytes>, ClientError> {
+        match self
+            .call(node, &Request::GetShard { id: *id }, None)
+            .await?
+        {
+            (Response::Shard { len }, mut recv) => {
+                let body = read_checked_body(&mut recv, len, proto::MAX_SHARD_BODY)
+                    .await
+                    .map_err(|e| self.peer_error(node, e))?;
+                if !id.verifies(&body) {
+                    return Err(self.peer_error(
+                        node,
+                        ProtoError::Unexpected(format!("shard {id} does not match its id")),
+                    ));
+                }
+                Ok(Some(Bytes::from(body)))
+            }
+            (Response::NotFound, _) => Ok(None),
+            (other, _) => Err(self.unexpected(node, &other)),
+        }
+    }
+
+    /// Stores a shard on `node`; `Ok` once the peer checked its hash and made it durable.
+    pub async fn shard_put(
+        &self,
+        node: &NodeInfo,
+        id: &ShardId,
+        body: &Bytes,
+    ) -> Result<PutOutcome, ClientError> {
+        let req = Request::PutShard {
+            id: *id,
+            len: body.len() as u64,
+        };
+        match self.call(node, &req, Some(body)).await? {
+            (Response::Stored(outcome), _) => Ok(outcome),
+            (other, _) => Err(self.unexpected(node, &other)),
+        }
+    }
+
+    /// Whether `node` has a committed row for shard `id` (not re-hashed; scrub does that).
+    pub async fn shard_has(&self, node: &NodeInfo, id: &ShardId) -> Result<bool, ClientError> {
+        match self
+            .call(node, &Request::HasShard { id: *id }, None)
+            .await?
+        {
+            (Response::Has(has), _) => Ok(has),
+            (other, _) => Err(self.unexpected(node, &other)),
+        }
+    }
+
+    /// Drops one reference to shard `id` on `node`.
+    pub async fn shard_delete(
+        &self,
+        node: &NodeInfo,
+        id: &ShardId,
+    ) -> Result<DeleteOutcome, ClientError> {
+        match self
+            .call(node, &Request::DeleteShard { id: *id }, None)
+            .await?
+        {
+            (Response::Deleted(outcome), _) => Ok(outcome),
+            (other, _) => Err(self.unexpected(node, &other)),
+        }
+    }
+
+    /// The manifest of `id` held by `node`, checked against the id; `None` if it has none.
+    pub async fn manifest_get(
+        &self,
+        node: &NodeInfo,
+        id: &DocumentId,
+    ) -> Result<Option<Bytes>, ClientError> {
+        match self
+            .call(node, &Request::GetManifest { id: *id }, None)
+            .await?
+        {
+            (Response::Manifest { len }, mut recv) => {
+                let body = read_checked_body(&mut recv, len, proto::MAX_MANIFEST_BODY)
+                    .await
+                    .map_err(|e| self.peer_error(node, e))?;
+                if !id.verifies(&body) {
+                    return Err(self.peer_error(
+                        node,
+                        ProtoError::Unexpected("manifest does not match its id".into()),
+                    ));
+                }
+                Ok(Some(Bytes::from(body)))
+            }
+            (Response::NotFound, _) => Ok(None),
+            (other, _) => Err(self.unexpected(node, &other)),
+        }
+    }
+
+    /// Stores manifest bytes (which hash to `id`) on `node`, durably.
+    pub async fn manifest_put(
+        &self,
+        node: &NodeInfo,
+        id: &DocumentId,
+        body: &Bytes,
+    ) -> Result<(), ClientError> {
+        let req = Request::PutManifest {
+            id: *id,
+            len: body.len() as u64,
+        };
+        match self.call(node, &req, Some(body)).await? {
+            (Response::Stored(_), _) => Ok(()),
+            (other, _) => Err(self.unexpected(node, &other)),
+        }
+    }
+
+    /// Removes the manifest of `id` from `node`.
+    pub async fn manifest_delete(
+        &self,
+        node: &NodeInfo,
+        id: &DocumentId,
+    ) -> Result<DeleteOutcome, ClientError> {
+        match self
+            .call(node, &Request::DeleteManifest { id: *id }, None)
+            .await?
+        {
+            (Response::Deleted(outcome), _) => Ok(outcome),
+            (other, _) => Err(self.unexpected(node, &other)),
+        }
+    }
+
+    /// What `node` stores.
+    pub async fn usage(&self, node: &NodeInfo) -> Result<Usage, ClientError> {
+        match self.call(node, &Request::Usage, None).await? {
+            (Response::Usage(usage), _) => Ok(usage),
+            (other, _) => Err(self.unexpected(node, &other)),
+        }
+    }
+
+    /// Asks `node` to re-hash one page of its shards (quarantining corrupt ones).
+    pub async fn scrub_page(
+        &self,
+        node: &NodeInfo,
+        after: Option<ShardId>,
+        limit: u32,
+    ) -> Result<ScrubPage, ClientError> {
+        match self
+            .call(node, &Request::Scrub { after, limit }, None)
+            .await?
+        {
+            (Response::Scrubbed(page), _) => Ok(page),
+            (other, _) => Err(self.unexpected(node, &other)),
+        }
+    }
+
+    /// The cluster layout committed on the chain.
+    pub async fn chain_layout(&self) -> Result<Layout, ClientError> {
+        let chain = self.chain_link()?;
+        let body = self
+            .chain_query(chain, &Request::GetLayout)
+            .await?
+            .ok_or_else(|| ClientError::Chain("the validator has no layout".into()))?;
+        postcard::from_bytes(&body).map_err(|e| ClientError::Chain(format!("layout: {e}")))
+    }
+
+    /// Up to `limit` registered document ids after `after`, in id order.
+    pub async fn chain_documents(
+        &self,
+        after: Option<DocumentId>,
+        limit: u32,
+    ) -> Result<Vec<DocumentId>, ClientError> {
+        let chain = self.chain_link()?;
+        let body = self
+            .chain_query(chain, &Request::ListDocuments { after, limit })
+            .await?
+            .ok_or_else(|| ClientError::Chain("the validator listed no documents".into()))?;
+        postcard::from_bytes(&body).map_err(|e| ClientError::Chain(format!("document list: {e}")))
     }
 }
 

@@ -40,6 +40,8 @@ pub enum DemoError {
     PeerStopped(usize),
     #[error("check failed: {0}")]
     Check(String),
+    #[error(transparent)]
+    Ops(#[from] crate::ops::OpsError),
 }
 
 struct Slot {
@@ -61,6 +63,9 @@ pub struct LocalCluster {
     membership: Membership,
     layout: Layout,
     client_identity: Identity,
+    /// The operator: may change the layout on chain and run the operations workers.
+    operator: Identity,
+    root: PathBuf,
     limits: PeerLimits,
 }
 
@@ -85,6 +90,8 @@ impl LocalCluster {
         let membership = Membership::new();
         let client_identity = Identity::generate(Role::Department);
         membership.add(client_identity.public());
+        let operator = Identity::generate(Role::Operator);
+        membership.add(operator.public());
         let identities: Vec<Identity> =
             (0..peers).map(|_| Identity::generate(Role::Node)).collect();
         for id in &identities {
@@ -110,7 +117,7 @@ impl LocalCluster {
                 handle: Some(handle),
             });
         }
-        let nodes = slots
+        let nodes: Vec<NodeInfo> = slots
             .iter()
             .map(|s| NodeInfo {
                 key: s.identity.public(),
@@ -125,8 +132,11 @@ impl LocalCluster {
         let genesis = Genesis {
             chain_id: "local".into(),
             validators: vec![GenesisAccount::of(&signer, Role::Validator)],
-            accounts: vec![GenesisAccount::of(&client_identity, Role::Department)],
-            nodes: Vec::new(),
+            accounts: vec![
+                GenesisAccount::of(&client_identity, Role::Department),
+                GenesisAccount::of(&operator, Role::Operator),
+            ],
+            nodes: nodes.clone(),
         };
         let chain_dir = root.join("validator");
         std::fs::create_dir_all(&chain_dir)?;
@@ -165,8 +175,94 @@ impl LocalCluster {
             slots,
             membership,
             client_identity,
+            operator,
+            root: root.to_path_buf(),
             limits,
         })
+    }
+
+    /// Starts one more peer in `zone` (trusted, but in no layout until an `AddNode`);
+    /// returns its index and its layout entry.
+    pub async fn add_peer(&mut self, zone: &str) -> Result<(usize, NodeInfo), DemoError> {
+        let identity = Identity::generate(Role::Node);
+        self.membership.add(identity.public());
+        let i = self.slots.len();
+        let dir = self.root.join(format!("peer-{i}"));
+        let handle = peer::start(
+            &identity,
+            Arc::new(self.membership.clone()),
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+            &dir,
+            self.limits.clone(),
+            None,
+        )
+        .await?;
+        let info = NodeInfo {
+            key: identity.public(),
+            zone: zone.to_string(),
+            weight: 100,
+            addr: handle.addr().to_string(),
+        };
+        self.slots.push(Slot {
+            zone: zone.to_string(),
+            addr: handle.addr(),
+            identity,
+            dir,
+            handle: Some(handle),
+        });
+        Ok((i, info))
+    }
+
+    /// The operator's identity (an `Operator` account on the chain, trusted by every peer).
+    pub fn operator(&self) -> &Identity {
+        &self.operator
+    }
+
+    /// A client with the operator's identity, placing by `layout` and falling back to
+    /// `previous` (what the operations workers use).
+    pub fn operator_client(
+        &self,
+        layout: Layout,
+        previous: Option<Layout>,
+        options: ClientOptions,
+    ) -> Result<Client, ClientError> {
+        Client::with_layouts(
+            &self.operator,
+            Arc::new(self.membership.clone()),
+            layout,
+            previous,
+            ClientOptions {
+                bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+                chain: Some(self.chain.clone()),
+                ..options
+            },
+        )
+    }
+
+    /// A department client placing by `layout` and falling back to `previous`.
+    pub fn client_with_layouts(
+        &self,
+        layout: Layout,
+        previous: Option<Layout>,
+        options: ClientOptions,
+    ) -> Result<Client, ClientError> {
+        Client::with_layouts(
+            &self.client_identity,
+            Arc::new(self.membership.clone()),
+            layout,
+            previous,
+            ClientOptions {
+                bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+                chain: Some(self.chain.clone()),
+                ..options
+            },
+        )
+    }
+
+    /// Takes the chain's current layout as the cluster's (after a layout transaction).
+    pub fn sync_layout(&mut self) -> &Layout {
+        self.layout = self.ledger.state().layout;
+        &self.layout
     }
 
     pub fn layout(&self) -> &Layout {
@@ -441,7 +537,201 @@ pub async fn run(big_mib: usize, step: Step<'_>) -> Result<(), DemoError> {
         hex::encode(&status.state_root[..8])
     ));
     client.close().await;
+
+    // Operations: the stopped peers come back, a seventh peer joins, one peer is drained.
+    for &v in &victims {
+        cluster.restart_peer(v).await?;
+        step(&format!("restarted peer {v}"));
+    }
+    let docs = [(&cert_put, &cert), (&big_put, &big)];
+    let (_, added) = cluster.add_peer("zone-0").await?;
+    let change = crate::chain::tx::TxBody::AddNode {
+        node: added.key,
+        addr: added.addr.clone(),
+        zone: added.zone.clone(),
+        weight: added.weight,
+    };
+    let (old, new) = change_layout(&mut cluster, change).await?;
+    step(&format!(
+        "added a seventh peer {} in zone-0: layout epoch {} on chain; {} shards must move (1/7 of all: {:.1})",
+        added.key.short(),
+        new.epoch,
+        slots_moved(&old, &new, &docs)?,
+        docs.iter()
+            .map(|(r, _)| r.manifest.stripes.len() * 6)
+            .sum::<usize>() as f64
+            / 7.0
+    ));
+    let report = rebalance(&cluster, old, new, step).await?;
+    step(&format!(
+        "rebalance: {} shards moved, {} old copies deleted, {:.1} MB at {:.0} MB/s",
+        report.shards_moved,
+        report.shards_deleted,
+        report.bytes as f64 / 1e6,
+        report.mb_per_s()
+    ));
+    let drained = cluster.peer(0).ok_or(DemoError::PeerStopped(0))?.id();
+    let held = cluster
+        .peer(0)
+        .ok_or(DemoError::PeerStopped(0))?
+        .store()
+        .usage()
+        .map_err(|e| DemoError::Check(e.to_string()))?
+        .shards;
+    let (old, new) = change_layout(
+        &mut cluster,
+        crate::chain::tx::TxBody::DrainNode { node: drained },
+    )
+    .await?;
+    step(&format!(
+        "draining peer 0 ({} shards): layout epoch {}; {} shards must move",
+        held,
+        new.epoch,
+        slots_moved(&old, &new, &docs)?
+    ));
+    let report = rebalance(&cluster, old, new, step).await?;
+    let left = cluster
+        .peer(0)
+        .ok_or(DemoError::PeerStopped(0))?
+        .store()
+        .usage()
+        .map_err(|e| DemoError::Check(e.to_string()))?;
+    step(&format!(
+        "rebalance: {} shards moved, {} old copies deleted; peer 0 now holds {} shards",
+        report.shards_moved, report.shards_deleted, left.shards
+    ));
+    if left.shards != 0 {
+        return Err(DemoError::Check(
+            "the drained peer still holds shards".into(),
+        ));
+    }
+    let operator = cluster.operator_client(
+        cluster.layout().clone(),
+        None,
+        ClientOptions {
+            params,
+            ..ClientOptions::default()
+        },
+    )?;
+    let check = crate::ops::converge(
+        &operator,
+        None,
+        &crate::ops::OpsOptions {
+            dry_run: true,
+            ..Default::default()
+        },
+        &|_| {},
+    )
+    .await?;
+    operator.close().await;
+    if check.stripes_below != 0 {
+        return Err(DemoError::Check(format!(
+            "{} stripes below full redundancy",
+            check.stripes_below
+        )));
+    }
+    let client = cluster.client(ClientOptions {
+        params,
+        ..ClientOptions::default()
+    })?;
+    for (receipt, bytes) in docs {
+        let (out, report) = get_bytes(&client, &receipt.id, &receipt.key).await?;
+        if &out != bytes || report.stripes_rebuilt != 0 {
+            return Err(DemoError::Check(
+                "a document differs after the layout changes".into(),
+            ));
+        }
+    }
+    step(&format!(
+        "every document reads back identical on the new layout; all {} stripes at full redundancy (k + m = {} shards on placed peers)",
+        check.stripes,
+        params.width()
+    ));
+    client.close().await;
     cluster.shutdown().await;
     step("all checks passed; cluster stopped and its temporary files removed");
     Ok(())
+}
+
+/// Submits a layout transaction as the operator; returns (old, new) layouts.
+async fn change_layout(
+    cluster: &mut LocalCluster,
+    body: crate::chain::tx::TxBody,
+) -> Result<(Layout, Layout), DemoError> {
+    let old = cluster.layout().clone();
+    let operator = cluster.operator_client(old.clone(), None, ClientOptions::default())?;
+    let submitted = operator.submit(cluster.chain(), body).await;
+    operator.close().await;
+    submitted?;
+    let new = cluster.sync_layout().clone();
+    Ok((old, new))
+}
+
+fn slots_moved(
+    old: &Layout,
+    new: &Layout,
+    docs: &[(&PutReceipt, &Vec<u8>)],
+) -> Result<u64, DemoError> {
+    let stripes = docs.iter().flat_map(|(r, _)| {
+        r.manifest
+            .stripes
+            .iter()
+            .map(|ids| crate::client::stripe_key(ids))
+    });
+    Ok(crate::placement::moved(old, new, stripes, 6)?.moved_slots)
+}
+
+/// Runs a rebalance from `old` to `new`, telling its progress in quarter steps.
+async fn rebalance(
+    cluster: &LocalCluster,
+    old: Layout,
+    new: Layout,
+    step: Step<'_>,
+) -> Result<crate::ops::ConvergeReport, DemoError> {
+    let journal_dir = cluster.root.join("operator");
+    let journal = crate::ops::Journal::open(&journal_dir, old.epoch, new.epoch)?;
+    let operator = cluster.operator_client(new, Some(old), ClientOptions::default())?;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let task = {
+        let operator = operator.clone();
+        tokio::spawn(async move {
+            let quarter = std::sync::atomic::AtomicU64::new(0);
+            let progress = move |p: crate::ops::Progress| {
+                let q = (p.done * 4).checked_div(p.total).unwrap_or(4);
+                if q > quarter.swap(q, std::sync::atomic::Ordering::Relaxed) || p.done == 0 {
+                    let _ = tx.send(p);
+                }
+            };
+            crate::ops::converge(
+                &operator,
+                Some(&journal),
+                &crate::ops::OpsOptions::default(),
+                &progress,
+            )
+            .await
+        })
+    };
+    let started = Instant::now();
+    while let Some(p) = rx.recv().await {
+        let eta = if p.done == 0 {
+            "-".to_string()
+        } else {
+            let left = started.elapsed().as_secs_f64() * (p.total - p.done) as f64 / p.done as f64;
+            format!("{left:.1} s")
+        };
+        step(&format!(
+            "  rebalance {}/{} stripes ({:.1} MB), eta {eta}",
+            p.done,
+            p.total,
+            p.bytes as f64 / 1e6
+        ));
+    }
+    let report = task
+        .await
+        .map_err(|e| DemoError::Check(format!("rebalance task: {e}")))??;
+    operator.close().await;
+    if !report.failures.is_empty() {
+        return Err(DemoError::Check(report.failures.join("; ")));
+    }
+    Ok(report)
 }

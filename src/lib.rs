@@ -2,7 +2,7 @@
 //!
 //! See `ARCHITECTURE.md` for the code map. Layers, bottom up: `id`; `crypto`, `erasure`,
 //! `manifest`, `identity`, `placement`, `store`, `keyring`; `codec`, `tls`, `proto`;
-//! `peer`, `client`; `config`; `demo`, `bench`.
+//! `peer`, `client`; `config`; `ops` (repair, rebalance, scrub); `demo`, `bench`.
 
 pub mod bench;
 pub mod chain;
@@ -17,6 +17,7 @@ pub mod id;
 pub mod identity;
 pub mod keyring;
 pub mod manifest;
+pub mod ops;
 pub mod peer;
 pub mod placement;
 pub mod proto;

@@ -28,10 +28,10 @@ use crate::chain::ledger::{Ledger, LedgerError};
 use crate::chain::tx::SignedTx;
 use crate::identity::{Identity, PublicId};
 use crate::proto::{
-    self, ErrorCode, MAX_LIST, MAX_MANIFEST_BODY, MAX_SHARD_BODY, MAX_TX_BODY, ProtoError, Request,
-    Response,
+    self, ErrorCode, MAX_LIST, MAX_MANIFEST_BODY, MAX_SCRUB, MAX_SHARD_BODY, MAX_TX_BODY,
+    ProtoError, Request, Response,
 };
-use crate::store::{INLINE_MAX, Prepared, PutOutcome, ShardStore, StoreError};
+use crate::store::{DeleteOutcome, INLINE_MAX, Prepared, PutOutcome, ShardStore, StoreError};
 use crate::tls::{self, TrustPolicy};
 
 /// Limits that keep one slow or hostile client from exhausting a peer.
@@ -523,6 +523,55 @@ async fn handle(
                 return answer(send, &not_validator(), None).await;
             };
             chain_answer(send, Ok(Some(ledger.status()))).await
+        }
+        Request::DeleteManifest { id } => {
+            let resp = match blocking(move || store.delete_blob(&id.0)).await {
+                Ok(true) => Response::Deleted(DeleteOutcome::Removed),
+                Ok(false) => Response::Deleted(DeleteOutcome::NotFound),
+                Err(e) => store_error(state, e),
+            };
+            answer(send, &resp, None).await
+        }
+        Request::Scrub { after, limit } => {
+            let limit = limit.clamp(1, MAX_SCRUB) as usize;
+            let resp = match blocking(move || store.scrub(after, limit)).await {
+                Ok(page) => {
+                    state
+                        .stats
+                        .corrupt_detected
+                        .fetch_add(page.corrupt.len() as u64, Ordering::Relaxed);
+                    Response::Scrubbed(page)
+                }
+                Err(e) => store_error(state, e),
+            };
+            answer(send, &resp, None).await
+        }
+        Request::GetLayout => {
+            let Some(ledger) = &state.ledger else {
+                return answer(send, &not_validator(), None).await;
+            };
+            chain_answer(send, Ok(Some(ledger.state().layout))).await
+        }
+        Request::ListDocuments { after, limit } => {
+            let Some(ledger) = state.ledger.clone() else {
+                return answer(send, &not_validator(), None).await;
+            };
+            let limit = limit.min(MAX_LIST) as usize;
+            let ids = blocking(move || {
+                let state = ledger.state();
+                let from = match after {
+                    Some(a) => std::ops::Bound::Excluded(a),
+                    None => std::ops::Bound::Unbounded,
+                };
+                state
+                    .documents
+                    .range((from, std::ops::Bound::Unbounded))
+                    .take(limit)
+                    .map(|(id, _)| *id)
+                    .collect::<Vec<_>>()
+            })
+            .await;
+            chain_answer(send, Ok(Some(ids))).await
         }
     }
 }

@@ -18,7 +18,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::id::{DocumentId, ShardId};
 use crate::manifest::{MAX_MANIFEST_BYTES, MAX_SHARD_LEN};
-use crate::store::{DeleteOutcome, PutOutcome, Usage};
+use crate::store::{DeleteOutcome, PutOutcome, ScrubPage, Usage};
 
 /// Largest header frame, in bytes (a list of 1,000 shard ids fits easily).
 pub const MAX_FRAME: usize = 64 << 10;
@@ -32,6 +32,8 @@ pub const MAX_CHAIN_BODY: u64 = 64 << 20;
 pub const MAX_MANIFEST_BODY: u64 = MAX_MANIFEST_BYTES as u64;
 /// Most ids one `ListShards` answer carries.
 pub const MAX_LIST: u32 = 1000;
+/// Most shards one `Scrub` request re-hashes (each up to [`MAX_SHARD_BODY`]).
+pub const MAX_SCRUB: u32 = 64;
 
 /// What a client asks of a peer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -94,6 +96,24 @@ pub enum Request {
     GetTx {
         id: [u8; 32],
     },
+    /// Remove a stored manifest (rebalance moves manifests too): `Deleted`.
+    DeleteManifest {
+        id: DocumentId,
+    },
+    /// Re-hash up to `limit` (capped at [`MAX_SCRUB`]) stored shards after `after`,
+    /// quarantining corrupt ones for repair: `Scrubbed`.
+    Scrub {
+        after: Option<ShardId>,
+        limit: u32,
+    },
+    /// The chain's current cluster layout: `ChainBody` with the postcard bytes of a `Layout`.
+    GetLayout,
+    /// Registered document ids after `after`, at most `limit` (capped at [`MAX_LIST`]):
+    /// `ChainBody` with the postcard bytes of a `Vec<DocumentId>`.
+    ListDocuments {
+        after: Option<DocumentId>,
+        limit: u32,
+    },
 }
 
 /// What a peer answers.
@@ -127,6 +147,8 @@ pub enum Response {
     ChainBody {
         len: u64,
     },
+    /// One page of a scrub.
+    Scrubbed(ScrubPage),
 }
 
 /// Why a peer refused a request. Also used as the QUIC application close/stop code.

@@ -110,7 +110,8 @@ const META_FORMAT: &str = "format";
 const META_USAGE: &str = "usage";
 
 const DB_FILE: &str = "shards.redb";
-const BODY_DIR: &str = "blobs";
+/// Directory (inside the store's directory) of the body files of large shards.
+pub const BODY_DIR: &str = "blobs";
 const TMP_DIR: &str = "tmp";
 
 /// Number of striped locks serialising operations on the same id.
@@ -216,6 +217,19 @@ pub enum DeleteOutcome {
     Decremented,
     /// No such shard.
     NotFound,
+}
+
+/// What one page of a scrub found.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScrubPage {
+    /// Shards re-hashed.
+    pub checked: u32,
+    /// Bytes of the shards that verified.
+    pub bytes: u64,
+    /// Shards that did not verify; they were quarantined (removed) for repair.
+    pub corrupt: Vec<ShardId>,
+    /// The last id of the page: pass it as `after` for the next page; `None` at the end.
+    pub last: Option<ShardId>,
 }
 
 /// Unique shards held and their logical size (each body counted once, whatever its refcount).
@@ -560,6 +574,40 @@ impl ShardStore {
 
     /// Drops one reference; at zero removes the row (committed first) and then the body.
     pub fn delete(&self, id: &ShardId) -> Result<DeleteOutcome, StoreError> {
+        self.drop_refs(id, false)
+    }
+
+    /// Removes a shard whatever its refcount (a corrupt copy found by [`ShardStore::scrub`]),
+    /// so that repair writes it again from the other shards of its stripe.
+    pub fn quarantine(&self, id: &ShardId) -> Result<DeleteOutcome, StoreError> {
+        self.drop_refs(id, true)
+    }
+
+    /// Re-hashes up to `limit` shards after `after` (in id order, as `list_from`), and
+    /// quarantines every one that does not verify. The page ends at `last`.
+    pub fn scrub(&self, after: Option<ShardId>, limit: usize) -> Result<ScrubPage, StoreError> {
+        let ids = self.list_from(after, limit)?;
+        let mut page = ScrubPage {
+            last: ids.last().copied(),
+            ..ScrubPage::default()
+        };
+        for id in ids {
+            page.checked += 1;
+            match self.get(&id) {
+                Ok(Some(bytes)) => page.bytes += bytes.len() as u64,
+                Ok(None) => {}
+                Err(StoreError::Corrupt { .. }) => {
+                    warn!(shard = %id, "scrub: corrupt shard quarantined for repair");
+                    self.quarantine(&id)?;
+                    page.corrupt.push(id);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(page)
+    }
+
+    fn drop_refs(&self, id: &ShardId, all: bool) -> Result<DeleteOutcome, StoreError> {
         let _guards = self.lock_ids(std::iter::once(id));
         let mut txn = self.db.begin_write()?;
         txn.set_durability(Durability::Immediate)?;
@@ -569,7 +617,7 @@ impl ShardStore {
                 Some(v) => decode_shard(v.value())?,
                 None => return Ok(DeleteOutcome::NotFound),
             };
-            if rec.refcount > 1 {
+            if rec.refcount > 1 && !all {
                 rec.refcount -= 1;
                 shards.insert(&id.0, encode("shard", &rec)?.as_slice())?;
                 (DeleteOutcome::Decremented, false)

@@ -1,7 +1,8 @@
 //! The `dangan` binary as separate processes: `local-config`, three `dangan node` peers,
 //! `put` and `get` of a 3 MiB document, a stranger's key refused, an unknown id, a killed
-//! peer. Also: the example configs in `config/` load, and `local-config` writes a coding
-//! that fits the number of peers.
+//! peer. Also: the example configs in `config/` load, `local-config` writes a coding that
+//! fits the number of peers, and the operator commands (`cluster status`, `scrub`, repair)
+//! find and fix a bit flipped on a peer's disk.
 
 use std::fs::{self, File};
 use std::net::UdpSocket;
@@ -558,7 +559,11 @@ fn local_config_fits_the_coding_to_the_peers_and_refuses_fewer_than_two() {
             "{peers} peers"
         );
         assert_eq!(cluster.layout.nodes.len(), peers);
-        assert_eq!(cluster.members.len(), peers + 1, "peers and the department");
+        assert_eq!(
+            cluster.members.len(),
+            peers + 2,
+            "peers, the department and the operator"
+        );
         for i in 1..=peers {
             let node = NodeFile::load(&dir.join(format!("node{i}.toml"))).unwrap();
             assert_eq!(node.listen.port(), 17100 + i as u16);
@@ -660,4 +665,78 @@ fn example_configs_load() {
     );
     assert_eq!(node.limits.queue_timeout, d.queue_timeout);
     assert_eq!(node.limits.request_timeout, d.request_timeout);
+}
+
+#[test]
+fn operator_commands_status_scrub_and_repair_a_flipped_bit_on_disk() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let logs = root.join("logs");
+    fs::create_dir(&logs).unwrap();
+    let cluster = Cluster::start(root);
+    let keyring = cluster.path("keyring");
+    let client = cluster.client_args(&cluster.path("keys/department.key"), &keyring);
+    let mut operator = cluster.client_args(&cluster.path("keys/operator.key"), &keyring);
+    operator.extend(["--data-dir".into(), root.join("operator")]);
+
+    let input = root.join("input.bin");
+    let bytes = pseudo_random(3 << 20, 0x0b5);
+    fs::write(&input, &bytes).unwrap();
+    let mut put = dangan(["put".as_ref(), input.as_os_str()]);
+    put.args(&client);
+    let put = run(put, &logs, "put").expect_ok("put");
+    let id = put
+        .stdout
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .trim()
+        .to_owned();
+
+    let status = |name: &str| {
+        let mut cmd = dangan(["cluster", "status"]);
+        cmd.args(&operator);
+        run(cmd, &logs, name).expect_ok("cluster status")
+    };
+    let s = status("status1");
+    assert!(s.stdout.contains("layout epoch 1"), "{}", s.describe());
+    assert!(
+        s.stdout
+            .contains("1 documents, 2 stripes, 0 below full redundancy"),
+        "{}",
+        s.describe()
+    );
+
+    // Flip one bit of one shard body on peer 2's disk, behind the peer's back.
+    let body_dir = cluster.path("data/peer2").join(dangan::store::BODY_DIR);
+    let victim = fs::read_dir(&body_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.is_file())
+        .expect("peer 2 stores a shard body file");
+    let mut body = fs::read(&victim).unwrap();
+    body[1234] ^= 1;
+    fs::write(&victim, body).unwrap();
+
+    let mut scrub = dangan(["scrub", "--rate-mb", "100"]);
+    scrub.args(&operator);
+    let scrub = run(scrub, &logs, "scrub").expect_ok("scrub");
+    assert!(scrub.stdout.contains("; 1 corrupt"), "{}", scrub.describe());
+    assert!(
+        scrub.stdout.contains("repair: 1 documents, 2 stripes (1 were below full redundancy); 0 shards moved, 1 rebuilt"),
+        "{}",
+        scrub.describe()
+    );
+    let s = status("status2");
+    assert!(
+        s.stdout.contains("0 below full redundancy"),
+        "{}",
+        s.describe()
+    );
+
+    let out = root.join("out.bin");
+    let mut get = dangan(["get".as_ref(), id.as_ref(), "-o".as_ref(), out.as_os_str()]);
+    get.args(&client);
+    run(get, &logs, "get").expect_ok("get");
+    assert!(fs::read(&out).unwrap() == bytes);
 }
