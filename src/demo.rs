@@ -536,13 +536,65 @@ pub async fn run(big_mib: usize, step: Step<'_>) -> Result<(), DemoError> {
         status.documents,
         hex::encode(&status.state_root[..8])
     ));
-    client.close().await;
 
     // Operations: the stopped peers come back, a seventh peer joins, one peer is drained.
     for &v in &victims {
         cluster.restart_peer(v).await?;
         step(&format!("restarted peer {v}"));
     }
+    // Grants: the department lets a citizen read the certificate; the citizen takes the data
+    // key from the chain, reads the document and keeps a receipt that verifies offline.
+    let citizen = Identity::generate(Role::Citizen);
+    let neighbour = Identity::generate(Role::Citizen);
+    // Peers still admit readers by membership; serving by grant is the next step.
+    cluster.membership().add(citizen.public());
+    cluster.membership().add(neighbour.public());
+    let (height, _) = client
+        .grant(
+            cert_put.id,
+            &cert_put.key,
+            &crate::grant::GrantAddress::of(&citizen),
+            None,
+        )
+        .await?;
+    step(&format!(
+        "granted the certificate to citizen {} (data key sealed to them with HPKE) in block {height}",
+        citizen.public().short()
+    ));
+    let as_citizen = cluster.client_as(&citizen, ClientOptions::default())?;
+    let t = Instant::now();
+    let key = as_citizen.granted_key(&cert_put.id).await?;
+    let (out, _) = get_bytes(&as_citizen, &cert_put.id, &key).await?;
+    if out != cert {
+        return Err(DemoError::Check("the citizen's copy differs".into()));
+    }
+    let receipt = as_citizen.receipt(&cert_put.id).await?.encode();
+    step(&format!(
+        "citizen fetched the certificate with the key from their grant in {}: identical; receipt of {} bytes",
+        ms(t.elapsed()),
+        receipt.len()
+    ));
+    let manifest = crate::receipt::Receipt::decode(&receipt)
+        .and_then(|r| r.verify(&cluster.chain().validators))
+        .map_err(|e| DemoError::Check(format!("the receipt does not verify: {e}")))?;
+    step(&format!(
+        "receipt verified offline against the validator set: {} bytes of {}",
+        manifest.size, manifest.document_type
+    ));
+    let as_neighbour = cluster.client_as(&neighbour, ClientOptions::default())?;
+    match as_neighbour.granted_key(&cert_put.id).await {
+        Err(e) => step(&format!("another citizen asks for the key: refused ({e})")),
+        Ok(_) => {
+            return Err(DemoError::Check(
+                "a citizen without a grant got the data key".into(),
+            ));
+        }
+    }
+    as_citizen.close().await;
+    as_neighbour.close().await;
+
+    client.close().await;
+
     let docs = [(&cert_put, &cert), (&big_put, &big)];
     let (_, added) = cluster.add_peer("zone-0").await?;
     let change = crate::chain::tx::TxBody::AddNode {
