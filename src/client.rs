@@ -30,7 +30,7 @@ use tracing::{debug, warn};
 
 use crate::chain::block::{Block, TxInclusion};
 use crate::chain::ledger::ChainStatus;
-use crate::chain::state::{Account, DocumentRecord};
+use crate::chain::state::{Account, ChainLayouts, DocumentRecord};
 use crate::chain::tx::{Tx, TxBody};
 use crate::codec::{self, CodecError, DocumentInfo, EncodedStripe, StripeCodec};
 use crate::crypto::DataKey;
@@ -275,10 +275,10 @@ impl Client {
         if options.chain.is_none() {
             return Ok(client);
         }
-        let layout = client.chain_layout().await;
+        let layouts = client.chain_layouts().await;
         client.close().await;
-        let layout = match layout {
-            Ok(layout) if !layout.nodes.is_empty() && layout != file_layout => layout,
+        let (layout, previous) = match layouts {
+            Ok(l) if !l.current.nodes.is_empty() => (l.current, l.previous),
             Ok(_) => return Self::new(identity, trust, file_layout, options),
             // The chain will be needed again (registration, proofs) and say why then.
             Err(e) => {
@@ -286,8 +286,13 @@ impl Client {
                 return Self::new(identity, trust, file_layout, options);
             }
         };
+        // Reads fall back to the chain's previous layout during a change, or else to the
+        // cluster file's, whichever differs from the current one.
+        let previous = previous
+            .filter(|p| *p != layout)
+            .or(Some(file_layout).filter(|f| *f != layout));
         debug!(epoch = layout.epoch, "placing by the chain's layout");
-        Self::with_layouts(identity, trust, layout, Some(file_layout), options)
+        Self::with_layouts(identity, trust, layout, previous, options)
     }
 
     /// The layout reads fall back to during a layout change.
@@ -1381,6 +1386,11 @@ impl Client {
 
     /// The cluster layout committed on the chain.
     pub async fn chain_layout(&self) -> Result<Layout, ClientError> {
+        Ok(self.chain_layouts().await?.current)
+    }
+
+    /// The chain's current layout and the one before the last change.
+    pub async fn chain_layouts(&self) -> Result<ChainLayouts, ClientError> {
         let chain = self.chain_link()?;
         let body = self
             .chain_query(chain, &Request::GetLayout)

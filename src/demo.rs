@@ -259,6 +259,26 @@ impl LocalCluster {
         )
     }
 
+    /// A department client as `dangan put|get` make it: placing by the chain's layout and
+    /// falling back to the chain's previous one (or else to `file_layout`).
+    pub async fn chain_client(
+        &self,
+        file_layout: Layout,
+        options: ClientOptions,
+    ) -> Result<Client, ClientError> {
+        Client::with_chain_layout(
+            &self.client_identity,
+            Arc::new(self.membership.clone()),
+            file_layout,
+            ClientOptions {
+                bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+                chain: Some(self.chain.clone()),
+                ..options
+            },
+        )
+        .await
+    }
+
     /// Takes the chain's current layout as the cluster's (after a layout transaction).
     pub fn sync_layout(&mut self) -> &Layout {
         self.layout = self.ledger.state().layout;

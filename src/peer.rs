@@ -550,7 +550,7 @@ async fn handle(
             let Some(ledger) = &state.ledger else {
                 return answer(send, &not_validator(), None).await;
             };
-            chain_answer(send, Ok(Some(ledger.state().layout))).await
+            chain_answer(send, Ok(Some(ledger.state().layouts()))).await
         }
         Request::ListDocuments { after, limit } => {
             let Some(ledger) = state.ledger.clone() else {

@@ -185,9 +185,14 @@ async fn adding_a_seventh_peer_in_one_zone_moves_the_minimum_and_every_document_
     let op = cluster
         .operator_client(new.clone(), Some(old.clone()), common::options())
         .unwrap();
+    // The reader is built as `dangan get` builds it: both layouts come from the chain (its
+    // cluster file already names the new layout, so the fallback can only be the chain's).
     let reader = cluster
-        .client_with_layouts(new.clone(), Some(old.clone()), common::options())
+        .chain_client(new.clone(), common::options())
+        .await
         .unwrap();
+    assert_eq!(reader.layout(), &new);
+    assert_eq!(reader.previous_layout(), Some(&old));
     let docs = Arc::new(docs);
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let reads = {

@@ -138,6 +138,16 @@ pub struct State {
     pub validators: BTreeSet<PublicId>,
     pub documents: RootedMap<DocumentId, DocumentRecord>,
     pub layout: Layout,
+    /// The layout before the last change: readers fall back to it while the rebalance to
+    /// `layout` is under way.
+    pub previous_layout: Option<Layout>,
+}
+
+/// The current and the previous layout, as the chain serves them to clients.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChainLayouts {
+    pub current: Layout,
+    pub previous: Option<Layout>,
 }
 
 /// One entry of the state, as hashed into the state root.
@@ -148,6 +158,7 @@ enum Entry<'a> {
     Validator(&'a PublicId),
     Document(&'a DocumentId, &'a DocumentRecord),
     Layout(&'a Layout),
+    PreviousLayout(&'a Option<Layout>),
 }
 
 impl State {
@@ -179,6 +190,7 @@ impl State {
             validators: genesis.validators.iter().map(|v| v.id).collect(),
             documents: RootedMap::new(),
             layout,
+            previous_layout: None,
         })
     }
 
@@ -195,6 +207,7 @@ impl State {
         leaves.extend(self.validators.iter().map(|id| leaf(Entry::Validator(id))));
         leaves.push(self.documents.root(|id, d| leaf(Entry::Document(id, d))));
         leaves.push(leaf(Entry::Layout(&self.layout)));
+        leaves.push(leaf(Entry::PreviousLayout(&self.previous_layout)));
         merkle::root(&leaves)
     }
 
@@ -290,14 +303,14 @@ impl State {
                             nonce: 0,
                         },
                     );
-                    s.layout = layout;
+                    s.set_layout(layout);
                 })
             }
             TxBody::DrainNode { node } => {
                 require(Role::Operator, "change the cluster layout")?;
                 let nodes = self.with_weights(&[(*node, 0)])?;
                 let layout = self.next_layout(nodes)?;
-                Box::new(move |s| s.layout = layout)
+                Box::new(move |s| s.set_layout(layout))
             }
             TxBody::RemoveNode { node } => {
                 require(Role::Operator, "change the cluster layout")?;
@@ -321,14 +334,14 @@ impl State {
                 let node = *node;
                 Box::new(move |s| {
                     s.accounts.remove(&node);
-                    s.layout = layout;
+                    s.set_layout(layout);
                 })
             }
             TxBody::SetLayout { weights } => {
                 require(Role::Operator, "change the cluster layout")?;
                 let nodes = self.with_weights(weights)?;
                 let layout = self.next_layout(nodes)?;
-                Box::new(move |s| s.layout = layout)
+                Box::new(move |s| s.set_layout(layout))
             }
             TxBody::Grant {
                 document,
@@ -423,6 +436,19 @@ impl State {
             account.nonce = expected;
         }
         Ok(())
+    }
+
+    /// Starts a new layout epoch; the current layout becomes the previous one.
+    fn set_layout(&mut self, layout: Layout) {
+        self.previous_layout = Some(std::mem::replace(&mut self.layout, layout));
+    }
+
+    /// Both layouts, for clients.
+    pub fn layouts(&self) -> ChainLayouts {
+        ChainLayouts {
+            current: self.layout.clone(),
+            previous: self.previous_layout.clone(),
+        }
     }
 
     /// `document`'s record, if it is registered and `sender` owns it.
@@ -663,6 +689,7 @@ mod tests {
         };
         w.state.apply(&tx(&w.operator, 1, add), 1).unwrap();
         assert_eq!(w.state.layout.epoch, 2);
+        assert_eq!(w.state.previous_layout.as_ref().unwrap().epoch, 1);
         assert_eq!(w.state.accounts[&new_node].role, Role::Node);
         w.state
             .apply(&tx(&w.operator, 2, TxBody::DrainNode { node: new_node }), 2)
