@@ -9,6 +9,7 @@
 use std::path::Path;
 
 use dangan::chain::block::Block;
+use dangan::chain::ledger::ChainStatus;
 use dangan::chain::merkle;
 use dangan::chain::state::{DocumentRecord, Genesis, GenesisAccount};
 use dangan::chain::tx::{SignedTx, Tx, TxBody};
@@ -333,6 +334,18 @@ fn blocks(block: &Block) {
     let leaf = merkle::leaf_hash(&inclusion.tx.encode());
     let proof = (inclusion.proof.clone(), leaf, block.header.header.tx_root);
     put("block", "proof", &with_mode(3, &encoded(&proof)));
+    let account = w.state.accounts.values().next().unwrap();
+    put("block", "account", &with_mode(4, &encoded(account)));
+    let status = ChainStatus {
+        chain_id: w.state.chain_id.clone(),
+        height: 1,
+        tip_hash: block.header.header.hash(),
+        state_root: block.header.header.state_root,
+        validators: w.validators.clone(),
+        documents: 3,
+        layout_epoch: 4,
+    };
+    put("block", "chain_status", &with_mode(5, &encoded(&status)));
 }
 
 fn encoded<T: serde::Serialize>(value: &T) -> Vec<u8> {

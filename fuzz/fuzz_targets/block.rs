@@ -4,7 +4,8 @@
 //! its genesis state.
 //!
 //! The first byte picks what the rest is: a `Block`, a `TxInclusion`, a
-//! `(DocumentRecord, TxInclusion)`, or a raw Merkle `(Proof, leaf, root)`.
+//! `(DocumentRecord, TxInclusion)`, a raw Merkle `(Proof, leaf, root)`, or the other chain
+//! records a client decodes (`Account`, `ChainStatus`).
 //!
 //! Properties: nothing panics; whatever decodes re-encodes to bytes that decode to the same
 //! value; a block that does not apply leaves the state unchanged; a block that applies has
@@ -12,8 +13,9 @@
 #![no_main]
 
 use dangan::chain::block::{Block, TxInclusion};
+use dangan::chain::ledger::ChainStatus;
 use dangan::chain::merkle::{self, Hash, Proof};
-use dangan::chain::state::DocumentRecord;
+use dangan::chain::state::{Account, DocumentRecord};
 use dangan_fuzz::world;
 use libfuzzer_sys::fuzz_target;
 use serde::{Serialize, de::DeserializeOwned};
@@ -35,7 +37,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let w = world();
-    match mode % 4 {
+    match mode % 6 {
         0 => {
             let Some(block) = decode::<Block>(rest) else {
                 return;
@@ -69,10 +71,16 @@ fuzz_target!(|data: &[u8]| {
                 let _ = inclusion.verify(&w.validators);
             }
         }
-        _ => {
+        3 => {
             if let Some((proof, leaf, root)) = decode::<(Proof, Hash, Hash)>(rest) {
                 let _ = proof.verify(&leaf, &root);
             }
+        }
+        4 => {
+            let _ = decode::<Account>(rest);
+        }
+        _ => {
+            let _ = decode::<ChainStatus>(rest);
         }
     }
 });
