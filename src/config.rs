@@ -157,7 +157,7 @@ impl ClusterFile {
             self.coding.k,
             self.coding.m,
             CodingParams::default().segment_size,
-            self.coding.shard_kib << 10,
+            self.coding.shard_kib.saturating_mul(1024),
         );
         params
             .validate()

@@ -121,7 +121,12 @@ impl CodingParams {
     /// Picks segments per stripe so that full shards come as close as possible to `target`.
     pub fn with_shard_len(k: u16, m: u16, segment_size: u32, target: u64) -> Self {
         let sealed = u64::from(segment_size) + TAG_LEN as u64;
-        let segs = ((u64::from(k.max(1)) * target + sealed / 2) / sealed).max(1);
+        // Saturating: a huge target must give a shard `validate` refuses, not wrap around.
+        let segs = (u64::from(k.max(1))
+            .saturating_mul(target)
+            .saturating_add(sealed / 2)
+            / sealed)
+            .max(1);
         Self {
             k,
             m,
@@ -350,6 +355,16 @@ mod tests {
         let p = CodingParams::default();
         assert_eq!(p.full_shard_len(), (64 * ((64 << 10) + 16)) / 4);
         assert_eq!(CodingParams::with_shard_len(4, 2, 64 << 10, 1 << 20), p);
+    }
+
+    /// Found with the `config` fuzz target (`shard_kib = 2^53`): `k * target` overflowed,
+    /// a panic in debug builds and, wrapped in release builds, a tiny shard.
+    #[test]
+    fn a_huge_target_shard_length_is_refused_not_wrapped() {
+        for target in [1 << 63, u64::MAX] {
+            let p = CodingParams::with_shard_len(2, 1, 64 << 10, target);
+            assert!(matches!(p.validate(), Err(ManifestError::ShardTooLarge(_))));
+        }
     }
 
     #[test]
