@@ -19,6 +19,7 @@ use dangan::id::{DocumentId, ShardId};
 use dangan::identity::{Identity, Role};
 use dangan::manifest::CodingParams;
 use dangan::proto::{ErrorCode, Request, Response, encode_frame};
+use dangan::receipt::Receipt;
 use dangan::store::PutOutcome;
 
 #[path = "../fuzz/src/lib.rs"]
@@ -47,10 +48,40 @@ fn with_mode(mode: u8, bytes: &[u8]) -> Vec<u8> {
 #[ignore = "writes fuzz/seeds; run by hand when a format changes"]
 fn write_fuzz_seeds() {
     wire_frames();
-    manifests();
+    let manifest = manifests();
     let block = transactions_and_block();
     blocks(&block);
+    receipts(&manifest);
     configs();
+}
+
+/// A receipt that verifies against the fuzz world: `manifest` registered in a block signed
+/// by both validators.
+fn receipts(manifest: &[u8]) {
+    let w = world();
+    let document = DocumentId::of(manifest);
+    let register = tx(
+        &w.identities[DEPARTMENT],
+        1,
+        TxBody::RegisterDocument { document },
+    );
+    let mut state = w.state.clone();
+    let (mut block, outcomes) = Block::propose(
+        &mut state,
+        &w.genesis,
+        vec![register],
+        &w.identities[VALIDATOR],
+        1_700_000_000_000,
+    );
+    assert!(outcomes[0].is_ok());
+    block.header.sign(&w.identities[VALIDATOR_2]);
+    let receipt = Receipt {
+        document,
+        manifest: manifest.to_vec(),
+        registration: block.inclusion(0).unwrap(),
+    };
+    receipt.verify(&w.validators).unwrap();
+    put("receipt", "receipt", &receipt.encode());
 }
 
 fn wire_frames() {
@@ -135,7 +166,9 @@ fn wire_frames() {
     }
 }
 
-fn manifests() {
+/// Writes the manifest seeds; returns the default-coding one.
+fn manifests() -> Vec<u8> {
+    let mut last = Vec::new();
     let params = |k, m, segments_per_stripe| CodingParams {
         k,
         m,
@@ -167,7 +200,9 @@ fn manifests() {
         )
         .unwrap();
         put("manifest", name, &manifest.encode());
+        last = manifest.encode();
     }
+    last
 }
 
 fn tx(who: &Identity, nonce: u64, body: TxBody) -> SignedTx {
@@ -325,6 +360,7 @@ fn blocks(block: &Block) {
         owner: block.txs[1].tx.sender,
         height: 1,
         superseded_by: None,
+        grants: Default::default(),
     };
     put(
         "block",
