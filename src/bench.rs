@@ -669,11 +669,8 @@ pub async fn chain(
             .collect(),
         nodes: Vec::new(),
     };
-    let ledger = Arc::new(Ledger::open(
-        &dir.path().join("chain.redb"),
-        &genesis,
-        validator,
-    )?);
+    let ledger =
+        Arc::new(Ledger::open_single(&dir.path().join("chain.redb"), &genesis, validator).await?);
     let start = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     let department_count = depts.len();

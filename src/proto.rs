@@ -94,6 +94,28 @@ pub enum Request {
     GetTx {
         id: [u8; 32],
     },
+    /// Validator to validator: a consensus message (`len` body bytes of its postcard
+    /// encoding follow); answered `ChainBody` with the postcard bytes of the result.
+    /// Refused unless the caller hosts a validator.
+    Raft {
+        kind: RaftKind,
+        len: u64,
+    },
+    /// Validator to validator: the leader's proposed block (`len` body bytes, postcard
+    /// `Block`); answered `ChainBody` with the postcard bytes of the endorser's
+    /// `Result<(PublicId, Signature), String>`: its header signature once it applied the
+    /// block on its own state and reached the same state root.
+    Endorse {
+        len: u64,
+    },
+}
+
+/// Which consensus message a [`Request::Raft`] carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RaftKind {
+    AppendEntries,
+    Vote,
+    InstallSnapshot,
 }
 
 /// What a peer answers.
@@ -151,6 +173,9 @@ pub enum ErrorCode {
     Refused = 8,
     /// This peer runs no validator.
     NotValidator = 9,
+    /// The chain has no leader at the moment (an election is under way), or this validator
+    /// cannot reach it: ask another validator, or again shortly. Nothing changed.
+    Unavailable = 10,
 }
 
 impl ErrorCode {
