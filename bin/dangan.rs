@@ -156,8 +156,16 @@ fn parse_role(s: &str) -> Result<Role, String> {
 
 #[derive(Subcommand)]
 enum BenchCommand {
-    /// The ledger alone: registrations per second and commit latency, one validator.
+    /// The chain alone: registrations per second and commit latency, with 1 or 3
+    /// validators (raft) on loopback QUIC, departments submitting over the network.
     Chain {
+        /// Validators, each hosted by its own peer (1 or 3; more works too).
+        #[arg(long, default_value_t = 1)]
+        validators: usize,
+        /// Offered load in registrations per second, all departments together (default:
+        /// each department submits as soon as its previous registration is answered).
+        #[arg(long)]
+        rate: Option<f64>,
         /// Departments submitting at once (each submits its registrations in sequence).
         #[arg(long, default_value_t = 256)]
         departments: usize,
@@ -257,8 +265,13 @@ fn main() -> Result<()> {
             println!("{report}");
             Ok(())
         }
-        Command::Bench(BenchCommand::Chain { departments, each }) => {
-            let report = runtime()?.block_on(bench::chain(departments, each))?;
+        Command::Bench(BenchCommand::Chain {
+            validators,
+            departments,
+            each,
+            rate,
+        }) => {
+            let report = runtime()?.block_on(bench::chain(validators, departments, each, rate))?;
             println!("{report}");
             Ok(())
         }

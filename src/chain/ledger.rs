@@ -103,6 +103,8 @@ pub struct Ledger {
     shared: Arc<Shared>,
     raft: Raft,
     net: Arc<Net>,
+    /// A handle on the raft log, to know when raft has let go of it.
+    log: LogStore,
     me: u64,
     submit: Mutex<Option<mpsc::UnboundedSender<Job>>>,
     committer: Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -192,7 +194,7 @@ impl Ledger {
         }
         .validate()
         .map_err(|e| LedgerError::Log(e.to_string()))?;
-        let raft = Raft::new(me, Arc::new(config), NetFactory(net.clone()), log, machine)
+        let raft = Raft::new(me, Arc::new(config), NetFactory(net.clone()), log.clone(), machine)
             .await
             .map_err(|e| LedgerError::Log(e.to_string()))?;
         if !raft
@@ -219,6 +221,7 @@ impl Ledger {
             shared,
             raft,
             net,
+            log,
             me,
             submit: Mutex::new(Some(submit)),
             committer: Mutex::new(Some(committer)),
@@ -237,6 +240,14 @@ impl Ledger {
         let _ = self.raft.shutdown().await;
         if let Some(links) = &self.net.links {
             links.close().await;
+        }
+        // Raft's storage tasks end shortly after its core: wait until they let go of the
+        // chain and log files, so they can be opened again at once.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while (Arc::strong_count(&self.shared) > 1 || self.log.refs() > 1)
+            && Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 
@@ -506,8 +517,16 @@ fn now_ms() -> u64 {
 /// How long a transaction whose nonce is ahead of its sender's waits for the ones before it.
 pub const NONCE_GAP_WAIT: Duration = Duration::from_secs(2);
 
+/// Blocks the leader has in consensus at once: each next block is proposed on the state
+/// after the previous one, before that one is committed.
+pub const BLOCKS_IN_FLIGHT: usize = 4;
+
 /// The leader's block maker: takes whatever is waiting, makes one block of it, gathers a
-/// majority of endorsements, commits it through raft, answers everyone.
+/// majority of endorsements, hands it to raft and goes on with the next batch (up to
+/// [`BLOCKS_IN_FLIGHT`] blocks in consensus at once); each block's transactions are
+/// answered once it is committed and applied. Raft keeps the blocks in the order they were
+/// handed over; if one of them is skipped (a leader change), the ones after it are too, and
+/// their transactions are proposed again on the applied tip.
 ///
 /// Transactions of one sender are applied in nonce order, whatever order they arrived in;
 /// one whose nonce is ahead waits up to [`NONCE_GAP_WAIT`] for the missing ones, so a
@@ -519,32 +538,33 @@ async fn commit_loop(
     net: Arc<Net>,
     me: u64,
 ) {
+    let (retry_tx, mut retry_rx) = mpsc::unbounded_channel::<(Job, Instant)>();
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(BLOCKS_IN_FLIGHT));
+    let reset = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // The last block handed to raft and the state after it, while it may not be applied.
+    let mut spec: Option<(super::block::BlockHeader, State)> = None;
     let mut waiting: Vec<(Job, Instant)> = Vec::new();
-    let mut retry_now = false;
     loop {
-        let first = if retry_now {
-            retry_now = false;
-            rx.try_recv().ok()
-        } else {
-            match waiting.iter().map(|(_, until)| *until).min() {
-                None => match rx.recv().await {
-                    Some(job) => Some(job),
-                    None => return,
-                },
-                Some(until) => {
-                    let wait = until.saturating_duration_since(Instant::now());
-                    match tokio::time::timeout(wait, rx.recv()).await {
-                        Ok(Some(job)) => Some(job),
-                        Err(_) => None,
-                        Ok(None) => return,
-                    }
-                }
+        let deadline = waiting.iter().map(|(_, until)| *until).min();
+        let sleep = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d.into()).await,
+                None => std::future::pending().await,
             }
         };
+        let mut jobs: Vec<(Job, Instant)> = Vec::new();
+        tokio::select! {
+            job = rx.recv() => match job {
+                Some(job) => jobs.push((job, Instant::now() + NONCE_GAP_WAIT)),
+                None => return,
+            },
+            Some(job) = retry_rx.recv() => jobs.push(job),
+            _ = sleep => {}
+        }
         let now = Instant::now();
-        let mut jobs: Vec<(Job, Instant)> = std::mem::take(&mut waiting);
-        if let Some(job) = first {
-            jobs.push((job, now + NONCE_GAP_WAIT));
+        jobs.append(&mut waiting);
+        while let Ok(job) = retry_rx.try_recv() {
+            jobs.push(job);
         }
         while jobs.len() < MAX_BATCH {
             match rx.try_recv() {
@@ -555,10 +575,23 @@ async fn commit_loop(
         if jobs.is_empty() {
             continue;
         }
+        // One more block in consensus: wait for room before proposing on the newest state.
+        let permit = in_flight
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed");
         jobs.sort_by_key(|((tx, _, _), _)| (tx.tx.sender, tx.tx.nonce));
-        let (state, prev) = {
-            let t = shared.tip.lock().expect("ledger lock");
-            (t.state.clone(), t.header.clone())
+        if reset.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            spec = None;
+        }
+        let applied_height = *shared.applied.borrow();
+        let (state, prev) = match &spec {
+            Some((h, st)) if h.height > applied_height => (st.clone(), h.clone()),
+            _ => {
+                let t = shared.tip.lock().expect("ledger lock");
+                (t.state.clone(), t.header.clone())
+            }
         };
         let validators: Vec<PublicId> = state.validators.iter().copied().collect();
         let candidates: Vec<SignedTx> = jobs.iter().map(|((tx, _, _), _)| tx.clone()).collect();
@@ -589,26 +622,24 @@ async fn commit_loop(
             continue;
         }
         let height = block.header.header.height;
-        match finalize(&shared, &raft, &net, me, block, after, &validators).await {
-            Ok(Applied::Block { height: h }) if h == height => {
-                debug!(height, txs = included.len(), "block committed");
-                for (((tx, submitted, reply), _), index) in included {
-                    let _ = reply.send(Ok(TxReceipt {
-                        height,
-                        index,
-                        tx_id: tx.id(),
-                        latency: submitted.elapsed(),
-                    }));
-                }
+        let header = block.header.header.clone();
+        let written = match endorse(&net, me, block, &validators).await {
+            Ok(block) => {
+                shared
+                    .prepared
+                    .lock()
+                    .expect("prepared lock")
+                    .insert(header.hash(), (header.clone(), after.clone()));
+                raft.client_write_ff(block)
+                    .await
+                    .map_err(|e| LedgerError::Unavailable(e.to_string()))
             }
-            Ok(other) => {
-                // Another leader's block took this height: propose these again on the tip.
-                debug!(
-                    ?other,
-                    "block not applied; proposing its transactions again"
-                );
-                waiting.extend(included.into_iter().map(|(job, _)| job));
-                retry_now = true;
+            Err(e) => Err(e),
+        };
+        let pending = match written {
+            Ok(pending) => {
+                spec = Some((header, after));
+                pending
             }
             Err(e) => {
                 warn!(error = %e, height, "block not committed; its transactions are refused");
@@ -616,22 +647,61 @@ async fn commit_loop(
                 for ((_, _, reply), _) in included.into_iter().map(|(job, _)| job) {
                     let _ = reply.send(Err(LedgerError::Unavailable(msg.clone())));
                 }
+                continue;
             }
-        }
+        };
+        let (raft, retry_tx, reset) = (raft.clone(), retry_tx.clone(), reset.clone());
+        tokio::spawn(async move {
+            let outcome = match pending.await {
+                Ok(Ok(resp)) => Ok(resp.data),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err("raft stopped".to_string()),
+            };
+            drop(permit);
+            match outcome {
+                Ok(Applied::Block { height: h }) if h == height => {
+                    // Followers learn the new commit index at once.
+                    let _ = raft.trigger().heartbeat().await;
+                    debug!(height, txs = included.len(), "block committed");
+                    for (((tx, submitted, reply), _), index) in included {
+                        let _ = reply.send(Ok(TxReceipt {
+                            height,
+                            index,
+                            tx_id: tx.id(),
+                            latency: submitted.elapsed(),
+                        }));
+                    }
+                }
+                Ok(other) => {
+                    // Another block took this height: propose these again on the tip.
+                    debug!(
+                        ?other,
+                        height, "block not applied; proposing its transactions again"
+                    );
+                    reset.store(true, std::sync::atomic::Ordering::SeqCst);
+                    for (job, _) in included {
+                        let _ = retry_tx.send(job);
+                    }
+                }
+                Err(e) => {
+                    reset.store(true, std::sync::atomic::Ordering::SeqCst);
+                    warn!(error = %e, height, "block not committed; its transactions are refused");
+                    for ((_, _, reply), _) in included.into_iter().map(|(job, _)| job) {
+                        let _ = reply.send(Err(LedgerError::Unavailable(e.clone())));
+                    }
+                }
+            }
+        });
     }
 }
 
-/// Gathers a majority of endorsements for `block` (the leader's own signature included)
-/// and commits it through raft; returns what applying it did.
-async fn finalize(
-    shared: &Arc<Shared>,
-    raft: &Raft,
+/// Gathers a majority of endorsements for `block` (the leader's own signature included).
+async fn endorse(
     net: &Arc<Net>,
     me: u64,
     mut block: Block,
-    after: State,
     validators: &[PublicId],
-) -> Result<Applied, LedgerError> {
+) -> Result<Block, LedgerError> {
     let needed = validators.len() / 2 + 1;
     if block.header.signatures.len() < needed {
         let body = postcard::to_allocvec(&block).expect("encoding into memory cannot fail");
@@ -668,23 +738,9 @@ async fn finalize(
             }
         }
     }
-    if let Err(e) = block.header.verify_final(validators) {
-        // A bad signature among the endorsements: keep only the valid ones and try again.
-        return Err(LedgerError::Unavailable(format!("block not final: {e}")));
-    }
-    let header = block.header.header.clone();
-    shared
-        .prepared
-        .lock()
-        .expect("prepared lock")
-        .insert(header.hash(), (header, after));
-    match raft.client_write(block).await {
-        Ok(resp) => {
-            // Followers learn the new commit index at once, so they can endorse the next
-            // block on it.
-            let _ = raft.trigger().heartbeat().await;
-            Ok(resp.data)
-        }
-        Err(e) => Err(LedgerError::Unavailable(e.to_string())),
-    }
+    block
+        .header
+        .verify_final(validators)
+        .map_err(|e| LedgerError::Unavailable(format!("block not final: {e}")))?;
+    Ok(block)
 }

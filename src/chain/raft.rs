@@ -173,6 +173,11 @@ impl LogStore {
         Ok(Self { db: Arc::new(db) })
     }
 
+    /// How many handles on the database are alive.
+    pub fn refs(&self) -> usize {
+        Arc::strong_count(&self.db)
+    }
+
     fn meta<T: for<'de> Deserialize<'de>>(&self, key: &str) -> Result<Option<T>, SErr> {
         let txn = self.db.begin_read().map_err(read_err)?;
         let t = txn.open_table(LOG_META).map_err(read_err)?;
@@ -357,8 +362,10 @@ impl ChainMachine {
             .lock()
             .expect("prepared lock")
             .remove(&h.hash());
+        // A prepared state was computed here by `Block::propose` or `Block::apply_to` for
+        // the header with this hash, which commits to its state root.
         match prepared {
-            Some((_, after)) if after.root() == h.state_root => Ok(after),
+            Some((_, after)) => Ok(after),
             _ => block
                 .apply_to(state.clone(), prev)
                 .map_err(|e| e.to_string()),
