@@ -429,6 +429,27 @@ impl Client {
         }
     }
 
+    /// Asks every validator host but the one that answered last; the first record found.
+    async fn chain_query_others(&self, chain: &ChainLink, req: &Request) -> Option<Vec<u8>> {
+        let n = chain.hosts.len();
+        let last = self
+            .inner
+            .chain_host
+            .load(std::sync::atomic::Ordering::Relaxed)
+            % n.max(1);
+        for (i, node) in chain.hosts.iter().enumerate() {
+            if i == last {
+                continue;
+            }
+            if let Ok((Response::ChainBody { len }, mut recv)) = self.call(node, req, None).await
+                && let Ok(body) = read_checked_body(&mut recv, len, proto::MAX_CHAIN_BODY).await
+            {
+                return Some(body);
+            }
+        }
+        None
+    }
+
     /// One request to the chain: to the validator host that answered last, then to each
     /// other host in turn while they are unreachable or answer `Unavailable` (no leader
     /// yet). A definite answer (including a refusal) ends the search.
@@ -567,10 +588,16 @@ impl Client {
         chain: &ChainLink,
         id: &DocumentId,
     ) -> Result<DocumentRecord, ClientError> {
-        let body = self
-            .chain_query(chain, &Request::GetDocument { id: *id })
-            .await?
-            .ok_or(ClientError::NotRegistered { id: *id })?;
+        let req = Request::GetDocument { id: *id };
+        let body = match self.chain_query(chain, &req).await? {
+            Some(body) => body,
+            // A validator that lags (just restarted) may not have the block yet: only
+            // "not registered" from every reachable validator is an answer.
+            None => self
+                .chain_query_others(chain, &req)
+                .await
+                .ok_or(ClientError::NotRegistered { id: *id })?,
+        };
         let (record, proof): (DocumentRecord, TxInclusion) = postcard::from_bytes(&body)
             .map_err(|e| ClientError::Chain(format!("registration record: {e}")))?;
         proof

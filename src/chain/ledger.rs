@@ -194,9 +194,15 @@ impl Ledger {
         }
         .validate()
         .map_err(|e| LedgerError::Log(e.to_string()))?;
-        let raft = Raft::new(me, Arc::new(config), NetFactory(net.clone()), log.clone(), machine)
-            .await
-            .map_err(|e| LedgerError::Log(e.to_string()))?;
+        let raft = Raft::new(
+            me,
+            Arc::new(config),
+            NetFactory(net.clone()),
+            log.clone(),
+            machine,
+        )
+        .await
+        .map_err(|e| LedgerError::Log(e.to_string()))?;
         if !raft
             .is_initialized()
             .await
