@@ -12,7 +12,7 @@ use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use dangan::bench::{self, CodecBenchOptions};
-use dangan::chain::ledger::Ledger;
+use dangan::chain::ledger::{Ledger, ValidatorNet};
 use dangan::chain::state::Genesis;
 use dangan::chain::tx::TxBody;
 use dangan::client::{Client, ClientOptions};
@@ -79,6 +79,10 @@ enum Command {
         /// UDP port of peer 1; peer i listens on 127.0.0.1:(base_port + i - 1).
         #[arg(long, default_value_t = 7101)]
         base_port: u16,
+        /// Chain validators (1 or 3 or more, at most --peers): nodes 1..=N each host one,
+        /// ordered by raft; a block is final once a majority signed it.
+        #[arg(long, default_value_t = 1)]
+        validators: usize,
     },
     /// Store a document; prints its id.
     Put {
@@ -277,8 +281,16 @@ fn parse_role(s: &str) -> Result<Role, String> {
 
 #[derive(Subcommand)]
 enum BenchCommand {
-    /// The ledger alone: registrations per second and commit latency, one validator.
+    /// The chain alone: registrations per second and commit latency, with 1 or 3
+    /// validators (raft) on loopback QUIC, departments submitting over the network.
     Chain {
+        /// Validators, each hosted by its own peer (1 or 3; more works too).
+        #[arg(long, default_value_t = 1)]
+        validators: usize,
+        /// Offered load in registrations per second, all departments together (default:
+        /// each department submits as soon as its previous registration is answered).
+        #[arg(long)]
+        rate: Option<f64>,
         /// Departments submitting at once (each submits its registrations in sequence).
         #[arg(long, default_value_t = 256)]
         departments: usize,
@@ -376,7 +388,8 @@ fn main() -> Result<()> {
             dir,
             peers,
             base_port,
-        } => local_config(&dir, peers, base_port),
+            validators,
+        } => local_config(&dir, peers, base_port, validators),
         Command::Bench(BenchCommand::Cluster {
             size_mib,
             certificates,
@@ -403,8 +416,13 @@ fn main() -> Result<()> {
             println!("{report}");
             Ok(())
         }
-        Command::Bench(BenchCommand::Chain { departments, each }) => {
-            let report = runtime()?.block_on(bench::chain(departments, each))?;
+        Command::Bench(BenchCommand::Chain {
+            validators,
+            departments,
+            each,
+            rate,
+        }) => {
+            let report = runtime()?.block_on(bench::chain(validators, departments, each, rate))?;
             println!("{report}");
             Ok(())
         }
@@ -445,7 +463,13 @@ async fn run_async(command: Command) -> Result<()> {
                 Some(v) => {
                     let signer = Identity::load(&v.key)?;
                     let genesis = Genesis::load(&v.genesis)?;
-                    let ledger = Ledger::open(&v.chain, &genesis, signer)
+                    let net = cluster.chain.as_ref().map(|c| ValidatorNet {
+                        host_identity: identity.clone(),
+                        trust: Arc::new(membership.clone()),
+                        hosts: c.validators.iter().copied().zip(c.hosts.clone()).collect(),
+                    });
+                    let ledger = Ledger::open(&v.chain, &genesis, signer, net)
+                        .await
                         .with_context(|| format!("opening the chain {}", v.chain.display()))?;
                     let status = ledger.status();
                     println!(
@@ -461,14 +485,18 @@ async fn run_async(command: Command) -> Result<()> {
                 cfg.listen,
                 &cfg.data_dir,
                 cfg.limits,
-                ledger,
+                ledger.clone(),
             )
             .await?;
+            let ledger_handle = ledger;
             println!("peer {} serving on {}", handle.id(), handle.addr());
             tokio::signal::ctrl_c()
                 .await
                 .context("waiting for Ctrl-C")?;
             handle.shutdown().await;
+            if let Some(ledger) = &ledger_handle {
+                ledger.shutdown().await;
+            }
             Ok(())
         }
         Command::Put {
@@ -977,7 +1005,7 @@ fn local_coding(peers: usize) -> (u16, u16) {
     (k, m)
 }
 
-fn local_config(dir: &Path, peers: usize, base_port: u16) -> Result<()> {
+fn local_config(dir: &Path, peers: usize, base_port: u16, validators: usize) -> Result<()> {
     if peers < 2 {
         bail!(
             "--peers {peers}: a cluster needs at least 2 peers (one data shard and one parity shard)"
@@ -985,6 +1013,9 @@ fn local_config(dir: &Path, peers: usize, base_port: u16) -> Result<()> {
     }
     if base_port == 0 {
         bail!("--base-port must be a real port (1..=65535), not 0");
+    }
+    if validators == 0 || validators > peers {
+        bail!("--validators {validators}: between 1 and --peers ({peers})");
     }
     let last_port = u16::try_from(usize::from(base_port) + peers - 1).map_err(|_| {
         anyhow::anyhow!("--base-port {base_port} + {peers} peers runs past port 65535")
@@ -995,7 +1026,11 @@ fn local_config(dir: &Path, peers: usize, base_port: u16) -> Result<()> {
     let (k, m) = local_coding(peers);
     std::fs::create_dir_all(dir.join("keys"))?;
     std::fs::create_dir_all(dir.join("data"))?;
-    let mut validator_peer = None;
+    let validator_keys: Vec<Identity> = (0..validators)
+        .map(|_| Identity::generate(Role::Validator))
+        .collect();
+    let mut chain_section =
+        String::from("\n# The chain's validators and the peers hosting them.\n[chain]\n");
     let mut genesis_nodes = String::new();
     let mut cluster = format!(
         "# Cluster written by `dangan local-config`: {peers} peers on this machine.\n\
@@ -1020,12 +1055,23 @@ fn local_config(dir: &Path, peers: usize, base_port: u16) -> Result<()> {
         let mut node = format!(
             "listen = \"127.0.0.1:{port}\"\ndata_dir = \"data/peer{i}\"\nkey = \"keys/peer{i}.key\"\ncluster = \"cluster.toml\"\n"
         );
-        if i == 1 {
-            // The first node also runs the chain's one validator.
-            node.push_str(
-                "\n[validator]\nkey = \"keys/validator.key\"\ngenesis = \"genesis.toml\"\nchain = \"data/chain.redb\"\n",
-            );
-            validator_peer = Some(id.public());
+        if i <= validators {
+            // Nodes 1..=validators each host one of the chain's validators.
+            let v = &validator_keys[i - 1];
+            let name = if validators == 1 {
+                "validator".to_string()
+            } else {
+                format!("validator{i}")
+            };
+            v.save(dir.join(format!("keys/{name}.key")))?;
+            node.push_str(&format!(
+                "\n[validator]\nkey = \"keys/{name}.key\"\ngenesis = \"genesis.toml\"\nchain = \"data/chain{i}.redb\"\n",
+            ));
+            chain_section.push_str(&format!(
+                "\n[[chain.validator]]\nid = \"{}\"\npeer = \"{}\"\n",
+                v.public(),
+                id.public()
+            ));
         }
         std::fs::write(dir.join(format!("node{i}.toml")), node)?;
     }
@@ -1041,26 +1087,26 @@ fn local_config(dir: &Path, peers: usize, base_port: u16) -> Result<()> {
         "\n[[client]]\nid = \"{}\"\nname = \"operator\"\n",
         operator.public()
     ));
-    let validator = Identity::generate(Role::Validator);
-    validator.save(dir.join("keys/validator.key"))?;
-    std::fs::write(
-        dir.join("genesis.toml"),
-        format!(
-            "# Genesis written by `dangan local-config`: one validator, one department, one operator.\n\
-             chain_id = \"local\"\n\n[[validator]]\nid = \"{}\"\nname = \"validator\"\n\n\
-             [[account]]\nid = \"{}\"\nrole = \"department\"\nname = \"department\"\n\n\
-             [[account]]\nid = \"{}\"\nrole = \"operator\"\nname = \"operator\"\n\n\
-             # The storage peers: the chain's first layout (epoch 1).\n{genesis_nodes}",
-            validator.public(),
-            dept.public(),
-            operator.public()
-        ),
-    )?;
-    cluster.push_str(&format!(
-        "\n[chain]\nvalidator_peer = \"{}\"\nvalidators = [\"{}\"]\n",
-        validator_peer.expect("at least two peers"),
-        validator.public()
+    let mut genesis = format!(
+        "# Genesis written by `dangan local-config`: {validators} validator(s), one department, one operator.\n\
+         chain_id = \"local\"\n"
+    );
+    for (n, v) in validator_keys.iter().enumerate() {
+        genesis.push_str(&format!(
+            "\n[[validator]]\nid = \"{}\"\nname = \"validator{}\"\n",
+            v.public(),
+            n + 1
+        ));
+    }
+    genesis.push_str(&format!(
+        "\n[[account]]\nid = \"{}\"\nrole = \"department\"\nname = \"department\"\n\n\
+         [[account]]\nid = \"{}\"\nrole = \"operator\"\nname = \"operator\"\n\n\
+         # The storage peers: the chain's first layout (epoch 1).\n{genesis_nodes}",
+        dept.public(),
+        operator.public()
     ));
+    std::fs::write(dir.join("genesis.toml"), genesis)?;
+    cluster.push_str(&chain_section);
     let cluster_path = dir.join("cluster.toml");
     std::fs::write(&cluster_path, cluster)?;
     // What we wrote must be what `node`, `put` and `get` accept.

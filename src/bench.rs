@@ -615,11 +615,15 @@ pub async fn cluster(
     })
 }
 
-/// What `dangan bench chain` measured: one validator in this process, its chain in a
-/// temporary redb file, `departments` clients each submitting in sequence.
+/// What `dangan bench chain` measured: `validators` validators, each hosted by a peer on
+/// 127.0.0.1 with its chain in a temporary redb file, and `departments` departments
+/// submitting `RegisterDocument` over QUIC (`SubmitTx`), each in sequence.
 #[derive(Debug, Clone)]
 pub struct ChainBenchReport {
+    pub validators: usize,
     pub departments: usize,
+    /// Offered load, registrations per second in all (`None`: as fast as answered).
+    pub rate: Option<f64>,
     pub registrations: usize,
     pub blocks: u64,
     pub commit: Latency,
@@ -627,10 +631,14 @@ pub struct ChainBenchReport {
 
 impl fmt::Display for ChainBenchReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let load = match self.rate {
+            Some(r) => format!("offered {r:.0} registrations/s"),
+            None => "each as fast as answered".to_string(),
+        };
         writeln!(
             f,
-            "chain benchmark: 1 validator in this process (no network), {} departments submitting at once",
-            self.departments
+            "chain benchmark: {} validator(s) on loopback QUIC (raft), {} departments submitting at once, {load}",
+            self.validators, self.departments
         )?;
         write!(
             f,
@@ -644,44 +652,144 @@ impl fmt::Display for ChainBenchReport {
     }
 }
 
-/// Registers `per_department` documents from each of `departments` departments at once.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ChainBenchError {
+    #[error("validator: {0}")]
+    Ledger(#[from] crate::chain::ledger::LedgerError),
+    #[error("peer: {0}")]
+    Peer(#[from] crate::peer::PeerError),
+    #[error("client: {0}")]
+    Client(#[from] crate::client::ClientError),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("a submitting task failed: {0}")]
+    Task(String),
+}
+
+/// Registers `per_department` documents from each of `departments` departments at once,
+/// through `validators` validators over loopback QUIC; with `rate`, the departments
+/// together offer that many registrations per second (each on a fixed schedule) instead
+/// of submitting as fast as they are answered.
 pub async fn chain(
+    validators: usize,
     departments: usize,
     per_department: usize,
-) -> Result<ChainBenchReport, crate::chain::ledger::LedgerError> {
-    use crate::chain::ledger::Ledger;
+    rate: Option<f64>,
+) -> Result<ChainBenchReport, ChainBenchError> {
+    use crate::chain::ledger::{Ledger, ValidatorNet};
     use crate::chain::state::{Genesis, GenesisAccount};
     use crate::chain::tx::{Tx, TxBody};
+    use crate::client::{ChainLink, Client, ClientOptions};
     use crate::identity::{Identity, Role};
+    use crate::placement::{Layout, NodeInfo};
+    use crate::tls::Membership;
 
-    let dir = tempfile::tempdir()
-        .map_err(|e| crate::chain::tx::TxError::Invalid(format!("temporary directory: {e}")))?;
-    let validator = Identity::generate(Role::Validator);
+    let validators = validators.max(1);
+    let dir = tempfile::tempdir()?;
+    let keys: Vec<Identity> = (0..validators)
+        .map(|_| Identity::generate(Role::Validator))
+        .collect();
+    let hosts: Vec<Identity> = (0..validators)
+        .map(|_| Identity::generate(Role::Node))
+        .collect();
     let depts: Vec<Identity> = (0..departments.max(1))
         .map(|_| Identity::generate(Role::Department))
         .collect();
+    // A few client endpoints carry every department's (already signed) transactions.
+    let senders: Vec<Identity> = (0..8)
+        .map(|_| Identity::generate(Role::Department))
+        .collect();
+    let membership = Membership::new();
+    for id in hosts.iter().chain(&senders) {
+        membership.add(id.public());
+    }
     let genesis = Genesis {
         chain_id: "bench".into(),
-        validators: vec![GenesisAccount::of(&validator, Role::Validator)],
+        validators: keys
+            .iter()
+            .map(|v| GenesisAccount::of(v, Role::Validator))
+            .collect(),
         accounts: depts
             .iter()
             .map(|d| GenesisAccount::of(d, Role::Department))
             .collect(),
         nodes: Vec::new(),
     };
-    let ledger = Arc::new(Ledger::open(
-        &dir.path().join("chain.redb"),
-        &genesis,
-        validator,
-    )?);
+    let mut addrs = Vec::new();
+    for _ in 0..validators {
+        addrs.push(std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?);
+    }
+    let nodes: Vec<NodeInfo> = (0..validators)
+        .map(|i| NodeInfo {
+            key: hosts[i].public(),
+            zone: "validators".into(),
+            weight: 0,
+            addr: addrs[i].to_string(),
+        })
+        .collect();
+    let mut running = Vec::new();
+    for i in 0..validators {
+        let net = (validators > 1).then(|| ValidatorNet {
+            host_identity: hosts[i].clone(),
+            trust: Arc::new(membership.clone()),
+            hosts: keys.iter().map(|k| k.public()).zip(nodes.clone()).collect(),
+        });
+        let vdir = dir.path().join(format!("v{i}"));
+        std::fs::create_dir_all(&vdir)?;
+        let ledger =
+            Arc::new(Ledger::open(&vdir.join("chain.redb"), &genesis, keys[i].clone(), net).await?);
+        let peer = crate::peer::start(
+            &hosts[i],
+            Arc::new(membership.clone()),
+            addrs[i],
+            &vdir.join("store"),
+            crate::peer::PeerLimits {
+                max_concurrent_requests: 4096,
+                ..Default::default()
+            },
+            Some(ledger.clone()),
+        )
+        .await?;
+        running.push((ledger, peer));
+    }
+    // Wait for a leader.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while running.iter().all(|(l, _)| l.leader().is_none()) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let link = ChainLink {
+        hosts: nodes.clone(),
+        validators: keys.iter().map(|k| k.public()).collect(),
+    };
+    let mut clients = Vec::new();
+    for sender in &senders {
+        clients.push(Client::new(
+            sender,
+            Arc::new(membership.clone()),
+            Layout::new(0, Vec::new()).map_err(crate::client::ClientError::from)?,
+            ClientOptions {
+                bind: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+                chain: Some(link.clone()),
+                ..ClientOptions::default()
+            },
+        )?);
+    }
+    let interval = rate.map(|r| Duration::from_secs_f64(depts.len() as f64 / r.max(1.0)));
     let start = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     let department_count = depts.len();
-    for dept in depts {
-        let ledger = ledger.clone();
+    for (n, dept) in depts.into_iter().enumerate() {
+        let client = clients[n % clients.len()].clone();
         tasks.spawn(async move {
             let mut times = Vec::with_capacity(per_department);
+            // Spread the departments' schedules over one interval.
+            let offset = interval.map(|i| i.mul_f64(n as f64 / department_count as f64));
             for nonce in 1..=per_department as u64 {
+                if let (Some(i), Some(o)) = (interval, offset) {
+                    let due = start + o + i * (nonce as u32 - 1);
+                    tokio::time::sleep_until(due.into()).await;
+                }
                 let mut seed = dept.public().as_bytes().to_vec();
                 seed.extend(nonce.to_le_bytes());
                 let tx = Tx {
@@ -692,20 +800,32 @@ pub async fn chain(
                     },
                 }
                 .sign(&dept);
-                times.push(ledger.submit(tx).await?.latency);
+                let submitted = Instant::now();
+                client.submit_tx(&tx).await?;
+                times.push(submitted.elapsed());
             }
-            Ok::<_, crate::chain::ledger::LedgerError>(times)
+            Ok::<_, crate::client::ClientError>(times)
         });
     }
     let mut times = Vec::new();
     while let Some(r) = tasks.join_next().await {
-        times.extend(r.map_err(|e| crate::chain::tx::TxError::Invalid(e.to_string()))??);
+        times.extend(r.map_err(|e| ChainBenchError::Task(e.to_string()))??);
     }
     let wall = start.elapsed();
+    let blocks = running[0].0.status().height;
+    for c in &clients {
+        c.close().await;
+    }
+    for (ledger, peer) in running {
+        peer.shutdown().await;
+        ledger.shutdown().await;
+    }
     Ok(ChainBenchReport {
+        validators,
         departments: department_count,
+        rate,
         registrations: times.len(),
-        blocks: ledger.status().height,
+        blocks,
         commit: latency(times, wall),
     })
 }

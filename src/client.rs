@@ -31,7 +31,7 @@ use tracing::{debug, warn};
 use crate::chain::block::{Block, TxInclusion};
 use crate::chain::ledger::ChainStatus;
 use crate::chain::state::{Account, ChainLayouts, DocumentRecord};
-use crate::chain::tx::{Tx, TxBody};
+use crate::chain::tx::{SignedTx, Tx, TxBody};
 use crate::codec::{self, CodecError, DocumentInfo, EncodedStripe, StripeCodec};
 use crate::crypto::DataKey;
 use crate::grant::{GrantAddress, WrappedKey};
@@ -183,11 +183,12 @@ pub fn stripe_key(ids: &[ShardId]) -> [u8; 32] {
     *h.finalize().as_bytes()
 }
 
-/// Where the chain is: the peer that runs a validator, and the validator set whose
-/// signatures make a block final (from the genesis file).
+/// Where the chain is: the peers that host validators (asked in turn: one that is down or
+/// answers `Unavailable` is skipped), and the validator set whose signatures make a block
+/// final (from the genesis file).
 #[derive(Debug, Clone)]
 pub struct ChainLink {
-    pub validator: NodeInfo,
+    pub hosts: Vec<NodeInfo>,
     pub validators: Vec<PublicId>,
 }
 
@@ -208,6 +209,8 @@ struct Inner {
     options: ClientOptions,
     conns: Mutex<HashMap<PublicId, Arc<tokio::sync::Mutex<Option<quinn::Connection>>>>>,
     down: Mutex<HashMap<PublicId, Instant>>,
+    /// Index in `ChainLink::hosts` of the validator host that answered last.
+    chain_host: std::sync::atomic::AtomicUsize,
 }
 
 impl Client {
@@ -249,6 +252,7 @@ impl Client {
                 options,
                 conns: Mutex::new(HashMap::new()),
                 down: Mutex::new(HashMap::new()),
+                chain_host: std::sync::atomic::AtomicUsize::new(0),
             }),
         })
     }
@@ -442,13 +446,8 @@ impl Client {
             body,
         }
         .sign(&self.inner.identity);
-        let bytes = Bytes::from(tx.encode());
-        let req = Request::SubmitTx {
-            len: bytes.len() as u64,
-        };
-        match self.call(&chain.validator, &req, Some(&bytes)).await {
-            Ok((Response::Committed { height, index }, _)) => Ok((height, index)),
-            Ok((other, _)) => Err(self.unexpected(&chain.validator, &other)),
+        match self.submit_tx(&tx).await {
+            Ok(at) => Ok(at),
             Err(e) => {
                 // The nonce may not have been used: ask the chain again next time.
                 *self.inner.nonce.lock().await = None;
@@ -503,6 +502,20 @@ impl Client {
         Ok(grant.wrapped.unwrap(id, &self.inner.identity)?)
     }
 
+    /// Submits a signed transaction to the chain (its validator hosts in turn, see
+    /// [`ChainLink`]) and waits until its block is committed: (height, index in block).
+    pub async fn submit_tx(&self, tx: &SignedTx) -> Result<(u64, u32), ClientError> {
+        let chain = self.chain_link()?;
+        let bytes = Bytes::from(tx.encode());
+        let req = Request::SubmitTx {
+            len: bytes.len() as u64,
+        };
+        match self.chain_call(chain, &req, Some(&bytes)).await? {
+            (Response::Committed { height, index }, _, _) => Ok((height, index)),
+            (other, _, node) => Err(self.unexpected(&node, &other)),
+        }
+    }
+
     /// The last nonce the chain has applied for this client.
     async fn account_nonce(&self, chain: &ChainLink) -> Result<u64, ClientError> {
         let me = self.inner.identity.public();
@@ -525,16 +538,111 @@ impl Client {
         chain: &ChainLink,
         req: &Request,
     ) -> Result<Option<Vec<u8>>, ClientError> {
-        let node = &chain.validator;
-        match self.call(node, req, None).await? {
-            (Response::ChainBody { len }, mut recv) => {
+        match self.chain_call(chain, req, None).await? {
+            (Response::ChainBody { len }, mut recv, node) => {
                 read_checked_body(&mut recv, len, proto::MAX_CHAIN_BODY)
                     .await
                     .map(Some)
-                    .map_err(|e| self.peer_error(node, e))
+                    .map_err(|e| self.peer_error(&node, e))
             }
-            (Response::NotFound, _) => Ok(None),
-            (other, _) => Err(self.unexpected(node, &other)),
+            (Response::NotFound, _, _) => Ok(None),
+            (other, _, node) => Err(self.unexpected(&node, &other)),
+        }
+    }
+
+    /// Asks every validator host but the one that answered last; the first record found.
+    async fn chain_query_others(&self, chain: &ChainLink, req: &Request) -> Option<Vec<u8>> {
+        let n = chain.hosts.len();
+        let last = self
+            .inner
+            .chain_host
+            .load(std::sync::atomic::Ordering::Relaxed)
+            % n.max(1);
+        for (i, node) in chain.hosts.iter().enumerate() {
+            if i == last {
+                continue;
+            }
+            if let Ok((Response::ChainBody { len }, mut recv)) = self.call(node, req, None).await
+                && let Ok(body) = read_checked_body(&mut recv, len, proto::MAX_CHAIN_BODY).await
+            {
+                return Some(body);
+            }
+        }
+        None
+    }
+
+    /// One request to the chain: to the validator host that answered last, then to each
+    /// other host in turn while they are unreachable or answer `Unavailable` (no leader
+    /// yet). A definite answer (including a refusal) ends the search.
+    async fn chain_call(
+        &self,
+        chain: &ChainLink,
+        req: &Request,
+        body: Option<&Bytes>,
+    ) -> Result<(Response, RecvStream, NodeInfo), ClientError> {
+        let n = chain.hosts.len();
+        if n == 0 {
+            return Err(ClientError::Chain("no validator hosts configured".into()));
+        }
+        let first = self
+            .inner
+            .chain_host
+            .load(std::sync::atomic::Ordering::Relaxed)
+            % n;
+        let mut last = None;
+        // Two rounds: a leader election takes about a second.
+        for attempt in 0..2 * n {
+            let i = (first + attempt) % n;
+            let node = &chain.hosts[i];
+            match self.call(node, req, body).await {
+                Ok((resp, recv)) => {
+                    self.inner
+                        .chain_host
+                        .store(i, std::sync::atomic::Ordering::Relaxed);
+                    return Ok((resp, recv, node.clone()));
+                }
+                Err(e) if Self::worth_another_host(&e) => {
+                    debug!(host = %node.key.short(), error = %e, "validator host failed; trying the next");
+                    last = Some(e);
+                    if attempt + 1 == n {
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.expect("at least one host was asked"))
+    }
+
+    fn worth_another_host(e: &ClientError) -> bool {
+        match e {
+            ClientError::Peer { source, .. } => match source {
+                ProtoError::Remote { code, .. } => {
+                    matches!(code, proto::ErrorCode::Unavailable | proto::ErrorCode::Busy)
+                }
+                other => other.is_transport(),
+            },
+            _ => false,
+        }
+    }
+
+    /// Sends one chain request to `node` (validator to validator): the answer and, for a
+    /// `ChainBody`, its bytes (at most [`proto::MAX_CHAIN_BODY`]).
+    pub async fn chain_request(
+        &self,
+        node: &NodeInfo,
+        req: &Request,
+        body: Option<Bytes>,
+    ) -> Result<(Response, Option<Vec<u8>>), ClientError> {
+        let (resp, mut recv) = self.call(node, req, body.as_ref()).await?;
+        match resp {
+            Response::ChainBody { len } => {
+                let bytes = read_checked_body(&mut recv, len, proto::MAX_CHAIN_BODY)
+                    .await
+                    .map_err(|e| self.peer_error(node, e))?;
+                Ok((resp, Some(bytes)))
+            }
+            other => Ok((other, None)),
         }
     }
 
@@ -610,10 +718,16 @@ impl Client {
         chain: &ChainLink,
         id: &DocumentId,
     ) -> Result<(DocumentRecord, TxInclusion), ClientError> {
-        let body = self
-            .chain_query(chain, &Request::GetDocument { id: *id })
-            .await?
-            .ok_or(ClientError::NotRegistered { id: *id })?;
+        let req = Request::GetDocument { id: *id };
+        let body = match self.chain_query(chain, &req).await? {
+            Some(body) => body,
+            // A validator that lags (just restarted) may not have the block yet: only
+            // "not registered" from every reachable validator is an answer.
+            None => self
+                .chain_query_others(chain, &req)
+                .await
+                .ok_or(ClientError::NotRegistered { id: *id })?,
+        };
         let (record, proof): (DocumentRecord, TxInclusion) = postcard::from_bytes(&body)
             .map_err(|e| ClientError::Chain(format!("registration record: {e}")))?;
         proof

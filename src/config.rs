@@ -61,14 +61,29 @@ pub struct ClusterFile {
     pub chain: Option<ChainSection>,
 }
 
-/// `[chain]`: which peer runs the validator and which validators sign blocks.
+/// `[chain]`: the validators (as in the genesis file), each with the `[[peer]]` whose node
+/// hosts it (that node's `node.toml` has the `[validator]` section). Their signatures make
+/// a block final; clients and validators reach them at their peers' addresses.
+///
+/// ```toml
+/// [[chain.validator]]
+/// id = "dgn1…"    # the validator's key (dangan keys new --role validator)
+/// peer = "dgn1…"  # the node key of the [[peer]] that hosts it
+/// ```
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ChainSection {
-    /// The id of the `[[peer]]` whose node runs the validator (its `[validator]` section).
-    pub validator_peer: PublicId,
-    /// The validators' ids (as in the genesis file): their signatures make a block final.
-    pub validators: Vec<PublicId>,
+    #[serde(rename = "validator")]
+    pub validators: Vec<ValidatorEntry>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ValidatorEntry {
+    /// The validator's id, as in the genesis file.
+    pub id: PublicId,
+    /// The id of the `[[peer]]` that hosts it.
+    pub peer: PublicId,
 }
 
 fn one() -> u64 {
@@ -194,27 +209,27 @@ impl ClusterFile {
         let chain = match &self.chain {
             None => None,
             Some(c) => {
-                let host = self
-                    .peers
-                    .iter()
-                    .find(|p| p.id == c.validator_peer)
-                    .ok_or_else(|| {
+                if c.validators.is_empty() {
+                    return Err(invalid("[chain] names no validator".into()));
+                }
+                let mut hosts = Vec::new();
+                for v in &c.validators {
+                    let host = self.peers.iter().find(|p| p.id == v.peer).ok_or_else(|| {
                         invalid(format!(
-                            "[chain] validator_peer {} is not a [[peer]]",
-                            c.validator_peer
+                            "[[chain.validator]] {}: its peer {} is not a [[peer]]",
+                            v.id, v.peer
                         ))
                     })?;
-                if c.validators.is_empty() {
-                    return Err(invalid("[chain] validators is empty".into()));
-                }
-                Some(ChainLink {
-                    validator: NodeInfo {
+                    hosts.push(NodeInfo {
                         key: host.id,
                         zone: host.zone.clone(),
                         weight: host.weight,
                         addr: host.addr.to_string(),
-                    },
-                    validators: c.validators.clone(),
+                    });
+                }
+                Some(ChainLink {
+                    hosts,
+                    validators: c.validators.iter().map(|v| v.id).collect(),
                 })
             }
         };

@@ -141,11 +141,8 @@ impl LocalCluster {
         let chain_dir = root.join("validator");
         std::fs::create_dir_all(&chain_dir)?;
         let validators = vec![signer.public()];
-        let ledger = Arc::new(Ledger::open(
-            &chain_dir.join("chain.redb"),
-            &genesis,
-            signer,
-        )?);
+        let ledger =
+            Arc::new(Ledger::open_single(&chain_dir.join("chain.redb"), &genesis, signer).await?);
         let host = Identity::generate(Role::Node);
         membership.add(host.public());
         let validator = peer::start(
@@ -158,12 +155,12 @@ impl LocalCluster {
         )
         .await?;
         let chain = ChainLink {
-            validator: NodeInfo {
+            hosts: vec![NodeInfo {
                 key: host.public(),
                 zone: "validator".into(),
                 weight: 0,
                 addr: validator.addr().to_string(),
-            },
+            }],
             validators,
         };
         Ok(Self {
@@ -384,6 +381,7 @@ impl LocalCluster {
         if let Some(v) = self.validator.take() {
             v.shutdown().await;
         }
+        self.ledger.shutdown().await;
     }
 }
 

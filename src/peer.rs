@@ -28,8 +28,8 @@ use crate::chain::ledger::{Ledger, LedgerError};
 use crate::chain::tx::SignedTx;
 use crate::identity::{Identity, PublicId};
 use crate::proto::{
-    self, ErrorCode, MAX_LIST, MAX_MANIFEST_BODY, MAX_SCRUB, MAX_SHARD_BODY, MAX_TX_BODY,
-    ProtoError, Request, Response,
+    self, ErrorCode, MAX_CHAIN_BODY, MAX_LIST, MAX_MANIFEST_BODY, MAX_SCRUB, MAX_SHARD_BODY,
+    MAX_TX_BODY, ProtoError, Request, Response,
 };
 use crate::store::{DeleteOutcome, INLINE_MAX, Prepared, PutOutcome, ShardStore, StoreError};
 use crate::tls::{self, TrustPolicy};
@@ -319,7 +319,7 @@ async fn serve_stream(
         }
     };
     let timeout = state.limits.request_timeout;
-    match tokio::time::timeout(timeout, handle(&mut send, &mut recv, &state)).await {
+    match tokio::time::timeout(timeout, handle(&mut send, &mut recv, &state, who)).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => debug!(client = %who.short(), error = %e, "request failed"),
         Err(_) => {
@@ -362,6 +362,7 @@ async fn handle(
     send: &mut SendStream,
     recv: &mut RecvStream,
     state: &Arc<State>,
+    who: PublicId,
 ) -> Result<(), ProtoError> {
     let req: Request = match proto::read_frame(recv).await {
         Ok(req) => req,
@@ -486,10 +487,42 @@ async fn handle(
                         height: r.height,
                         index: r.index,
                     },
+                    Err(e @ (LedgerError::Unavailable(_) | LedgerError::Stopped)) => {
+                        error(ErrorCode::Unavailable, e.to_string())
+                    }
                     Err(e) => error(ErrorCode::Refused, e.to_string()),
                 },
             };
             answer(send, &resp, None).await
+        }
+        Request::Raft { kind, len } => {
+            let Some(body) = validator_body(send, recv, state, &who, len).await? else {
+                return Ok(());
+            };
+            let ledger = state.ledger.clone().expect("checked by validator_body");
+            match ledger.raft_message(kind, &body).await {
+                Ok(bytes) => {
+                    let resp = Response::ChainBody {
+                        len: bytes.len() as u64,
+                    };
+                    proto_answer(send, &resp, Some(Bytes::from(bytes))).await
+                }
+                Err(e) => {
+                    state.stats.refused.fetch_add(1, Ordering::Relaxed);
+                    answer(send, &error(ErrorCode::Malformed, e.to_string()), None).await
+                }
+            }
+        }
+        Request::Endorse { len } => {
+            let Some(body) = validator_body(send, recv, state, &who, len).await? else {
+                return Ok(());
+            };
+            let ledger = state.ledger.clone().expect("checked by validator_body");
+            let answer = ledger.endorse(&body).await;
+            let resp = Response::ChainBody {
+                len: answer.len() as u64,
+            };
+            proto_answer(send, &resp, Some(Bytes::from(answer))).await
         }
         Request::GetDocument { id } => {
             let Some(ledger) = state.ledger.clone() else {
@@ -574,6 +607,43 @@ async fn handle(
             chain_answer(send, Ok(Some(ids))).await
         }
     }
+}
+
+/// Reads the body of a validator-to-validator request, or answers the refusal (`None`):
+/// only a peer hosting a validator of this chain may send one.
+async fn validator_body(
+    send: &mut SendStream,
+    recv: &mut RecvStream,
+    state: &State,
+    who: &PublicId,
+    len: u64,
+) -> Result<Option<Vec<u8>>, ProtoError> {
+    if let Err(e) = proto::check_body_len("consensus message", len, MAX_CHAIN_BODY) {
+        let _ = recv.stop(ErrorCode::TooLarge.as_u32().into());
+        answer(send, &error(ErrorCode::TooLarge, e.to_string()), None).await?;
+        return Ok(None);
+    }
+    let Some(ledger) = &state.ledger else {
+        let _ = recv.stop(ErrorCode::NotValidator.as_u32().into());
+        answer(send, &not_validator(), None).await?;
+        return Ok(None);
+    };
+    if !ledger.is_validator_host(who) {
+        state.stats.refused.fetch_add(1, Ordering::Relaxed);
+        let _ = recv.stop(ErrorCode::Refused.as_u32().into());
+        let msg = format!("{} hosts no validator of this chain", who.short());
+        answer(send, &error(ErrorCode::Refused, msg), None).await?;
+        return Ok(None);
+    }
+    Ok(Some(proto::read_body(recv, len).await?))
+}
+
+async fn proto_answer(
+    send: &mut SendStream,
+    resp: &Response,
+    body: Option<Bytes>,
+) -> Result<(), ProtoError> {
+    answer(send, resp, body).await
 }
 
 fn not_validator() -> Response {

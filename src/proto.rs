@@ -106,7 +106,8 @@ pub enum Request {
         after: Option<ShardId>,
         limit: u32,
     },
-    /// The chain's current cluster layout: `ChainBody` with the postcard bytes of a `Layout`.
+    /// The chain's current and previous cluster layouts: `ChainBody` with the postcard
+    /// bytes of a `ChainLayouts`.
     GetLayout,
     /// Registered document ids after `after`, at most `limit` (capped at [`MAX_LIST`]):
     /// `ChainBody` with the postcard bytes of a `Vec<DocumentId>`.
@@ -114,6 +115,28 @@ pub enum Request {
         after: Option<DocumentId>,
         limit: u32,
     },
+    /// Validator to validator: a consensus message (`len` body bytes of its postcard
+    /// encoding follow); answered `ChainBody` with the postcard bytes of the result.
+    /// Refused unless the caller hosts a validator.
+    Raft {
+        kind: RaftKind,
+        len: u64,
+    },
+    /// Validator to validator: the leader's proposed block (`len` body bytes, postcard
+    /// `Block`); answered `ChainBody` with the postcard bytes of the endorser's
+    /// `Result<(PublicId, Signature), String>`: its header signature once it applied the
+    /// block on its own state and reached the same state root.
+    Endorse {
+        len: u64,
+    },
+}
+
+/// Which consensus message a [`Request::Raft`] carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RaftKind {
+    AppendEntries,
+    Vote,
+    InstallSnapshot,
 }
 
 /// What a peer answers.
@@ -173,6 +196,9 @@ pub enum ErrorCode {
     Refused = 8,
     /// This peer runs no validator.
     NotValidator = 9,
+    /// The chain has no leader at the moment (an election is under way), or this validator
+    /// cannot reach it: ask another validator, or again shortly. Nothing changed.
+    Unavailable = 10,
 }
 
 impl ErrorCode {

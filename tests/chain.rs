@@ -54,7 +54,11 @@ async fn registrations_are_group_committed_proved_and_survive_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("chain.redb");
     let s = setup(8);
-    let ledger = Arc::new(Ledger::open(&path, &s.genesis, s.validator.clone()).unwrap());
+    let ledger = Arc::new(
+        Ledger::open_single(&path, &s.genesis, s.validator.clone())
+            .await
+            .unwrap(),
+    );
 
     // 8 departments × 100 registrations each, all in flight at once.
     let mut tasks = tokio::task::JoinSet::new();
@@ -107,8 +111,11 @@ async fn registrations_are_group_committed_proved_and_survive_a_restart() {
     );
 
     // Restart from disk: same height, same state root.
+    ledger.shutdown().await;
     drop(ledger);
-    let reopened = Ledger::open(&path, &s.genesis, s.validator.clone()).unwrap();
+    let reopened = Ledger::open_single(&path, &s.genesis, s.validator.clone())
+        .await
+        .unwrap();
     let again = reopened.status();
     assert_eq!(again.height, status.height);
     assert_eq!(again.state_root, status.state_root);
@@ -120,13 +127,16 @@ async fn a_tampered_block_on_disk_is_detected_on_open() {
     let path = dir.path().join("chain.redb");
     let s = setup(1);
     {
-        let ledger = Ledger::open(&path, &s.genesis, s.validator.clone()).unwrap();
+        let ledger = Ledger::open_single(&path, &s.genesis, s.validator.clone())
+            .await
+            .unwrap();
         for nonce in 1..=3 {
             ledger
                 .submit(register(&s.departments[0], nonce))
                 .await
                 .unwrap();
         }
+        ledger.shutdown().await;
     }
     let (store, _, tip) = ChainStore::open(&path, &s.genesis).unwrap();
     assert_eq!(tip.height, 3);
@@ -179,11 +189,12 @@ async fn one_sender_may_have_many_transactions_in_flight() {
     let dir = tempfile::tempdir().unwrap();
     let s = setup(1);
     let ledger = Arc::new(
-        Ledger::open(
+        Ledger::open_single(
             &dir.path().join("chain.redb"),
             &s.genesis,
             s.validator.clone(),
         )
+        .await
         .unwrap(),
     );
     let dept = &s.departments[0];
@@ -246,11 +257,12 @@ async fn a_validator_peer_serves_transactions_proofs_blocks_and_status() {
     membership.add(node.public());
     membership.add(dept.public());
     let ledger = Arc::new(
-        Ledger::open(
+        Ledger::open_single(
             &dir.path().join("chain.redb"),
             &s.genesis,
             s.validator.clone(),
         )
+        .await
         .unwrap(),
     );
     let peer = dangan::peer::start(

@@ -192,6 +192,13 @@ impl Block {
     /// Checks this block against the previous header and applies it to `state`. On any
     /// error `state` is unchanged.
     pub fn apply(&self, state: &mut State, prev: &BlockHeader) -> Result<(), BlockError> {
+        *state = self.apply_to(state.clone(), prev)?;
+        Ok(())
+    }
+
+    /// Checks this block against the previous header and returns `state` after it (for a
+    /// caller that owns a copy already: no second copy is made).
+    pub fn apply_to(&self, mut next: State, prev: &BlockHeader) -> Result<State, BlockError> {
         let h = &self.header.header;
         if h.height != prev.height + 1 {
             return Err(BlockError::Height {
@@ -208,7 +215,6 @@ impl Block {
         if merkle::root(&tx_leaves(&self.txs)) != h.tx_root {
             return Err(BlockError::TxRoot(h.height));
         }
-        let mut next = state.clone();
         for (index, tx) in self.txs.iter().enumerate() {
             next.apply(tx, h.height).map_err(|source| BlockError::Tx {
                 height: h.height,
@@ -219,8 +225,13 @@ impl Block {
         if next.root() != h.state_root {
             return Err(BlockError::StateRoot(h.height));
         }
-        *state = next;
-        Ok(())
+        Ok(next)
+    }
+
+    /// The signature `identity` gives this block's header (an endorsement).
+    pub fn endorsement(&self, identity: &Identity) -> (PublicId, Signature) {
+        let sig = Signature::from_bytes(identity.sign(&self.header.header.signing_bytes()));
+        (identity.public(), sig)
     }
 
     /// Proof that transaction `index` of this block is in it.

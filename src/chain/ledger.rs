@@ -1,28 +1,43 @@
 //! A validator's ledger: accepts signed transactions, batches whatever is waiting into the
-//! next block (group commit: one block, one durable write, however many transactions), and
-//! answers queries with inclusion proofs.
+//! next block (group commit: one block, one consensus round, however many transactions),
+//! and answers queries with inclusion proofs.
 //!
-//! This is the one-validator form, where the validator's own signature is the majority; the
-//! same block and store code will sit behind consensus among several validators.
+//! Blocks are ordered by raft (`raft`). Only the leader's committer makes blocks: it
+//! proposes one on its applied tip, sends it to the other validators, each of which applies
+//! it to its own state and returns its header signature if it reaches the same state root
+//! (an endorsement); once a majority signed, the now final block goes through raft and every
+//! validator applies it. A transaction submitted to a follower is forwarded to the leader.
+//! One validator is the same code with a one-member raft and no endorsements to gather.
 //!
-//! Not for: the network service in front of it, or consensus.
+//! Not for: the network service in front of it (`peer`), the raft log and state machine.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::oneshot;
-use tracing::{debug, warn};
+use bytes::Bytes;
+use futures::StreamExt;
+use openraft::BasicNode;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, info, warn};
 
-use super::block::{Block, BlockHeader, TxInclusion};
+use super::block::{Block, TxInclusion};
+use super::raft::{self, Applied, ChainMachine, LogStore, Net, NetFactory, Raft, Shared};
 use super::state::{DocumentRecord, Genesis, State};
 use super::store::{ChainStore, ChainStoreError};
-use super::tx::{SignedTx, TxError};
+use super::tx::{Signature, SignedTx, TxError};
+use crate::client::{Client, ClientOptions};
 use crate::id::DocumentId;
 use crate::identity::{Identity, PublicId};
+use crate::placement::{Layout, NodeInfo};
+use crate::proto::{ErrorCode, ProtoError, RaftKind, Request, Response};
+use crate::tls::TrustPolicy;
 
 /// Most transactions gathered into one block.
 pub const MAX_BATCH: usize = 4096;
+/// How long the leader waits for endorsements of a block.
+pub const ENDORSE_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -31,10 +46,29 @@ pub enum LedgerError {
     Store(#[from] ChainStoreError),
     #[error("transaction refused: {0}")]
     Refused(#[from] TxError),
+    #[error("transaction refused by the leader: {0}")]
+    RefusedByLeader(String),
     #[error("the ledger stopped")]
     Stopped,
     #[error("{0} is not a validator of this chain")]
     NotValidator(PublicId),
+    #[error("the chain is unavailable: {0}")]
+    Unavailable(String),
+    #[error("consensus log: {0}")]
+    Log(String),
+    #[error("validator {0} has no host in the chain's configuration")]
+    NoHost(PublicId),
+    #[error("malformed consensus message: {0}")]
+    Malformed(String),
+}
+
+/// How a validator reaches the others: the identity and trust of the node that hosts it
+/// (its QUIC connections), and the peer hosting each validator of the chain.
+pub struct ValidatorNet {
+    pub host_identity: Identity,
+    pub trust: Arc<dyn TrustPolicy>,
+    /// (validator id, the peer hosting it), one per validator.
+    pub hosts: Vec<(PublicId, NodeInfo)>,
 }
 
 /// Where a committed transaction sits.
@@ -59,72 +93,352 @@ pub struct ChainStatus {
     pub layout_epoch: u64,
 }
 
-struct Tip {
-    state: State,
-    header: BlockHeader,
-}
-
 type Job = (
     SignedTx,
     Instant,
-    oneshot::Sender<Result<TxReceipt, TxError>>,
+    oneshot::Sender<Result<TxReceipt, LedgerError>>,
 );
 
 pub struct Ledger {
-    store: Arc<ChainStore>,
-    tip: Arc<Mutex<Tip>>,
-    submit: Option<std::sync::mpsc::Sender<Job>>,
-    committer: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Drop for Ledger {
-    /// Stops the commit thread after the block in progress, so the chain file is closed
-    /// when the ledger is gone.
-    fn drop(&mut self) {
-        self.submit.take();
-        if let Some(t) = self.committer.take() {
-            let _ = t.join();
-        }
-    }
+    shared: Arc<Shared>,
+    raft: Raft,
+    net: Arc<Net>,
+    /// A handle on the raft log, to know when raft has let go of it.
+    log: LogStore,
+    me: u64,
+    submit: Mutex<Option<mpsc::UnboundedSender<Job>>>,
+    committer: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl Ledger {
-    /// Opens the chain in `path` (verifying it) and starts committing blocks signed by
-    /// `validator`. Must be called within a tokio runtime.
-    pub fn open(path: &Path, genesis: &Genesis, validator: Identity) -> Result<Self, LedgerError> {
-        let (store, state, header) = ChainStore::open(path, genesis)?;
-        if !state.validators.contains(&validator.public()) {
-            return Err(LedgerError::NotValidator(validator.public()));
+    /// A one-validator chain in `path` (the embedded default): a one-member raft.
+    pub async fn open_single(
+        path: &Path,
+        genesis: &Genesis,
+        validator: Identity,
+    ) -> Result<Self, LedgerError> {
+        Self::open(path, genesis, validator, None).await
+    }
+
+    /// Opens the chain in `path` (verifying it) and its raft log next to it
+    /// (`<path>.raft`), joins the validators named by `net` (alone without one), and starts
+    /// committing blocks signed by `validator`. Must be called within a tokio runtime.
+    pub async fn open(
+        path: &Path,
+        genesis: &Genesis,
+        validator: Identity,
+        net: Option<ValidatorNet>,
+    ) -> Result<Self, LedgerError> {
+        let (store, state, header) = {
+            let (path, genesis) = (path.to_owned(), genesis.clone());
+            tokio::task::spawn_blocking(move || ChainStore::open(&path, &genesis))
+                .await
+                .map_err(|e| LedgerError::Log(e.to_string()))??
+        };
+        let me_id = validator.public();
+        if !state.validators.contains(&me_id) {
+            return Err(LedgerError::NotValidator(me_id));
         }
-        let store = Arc::new(store);
-        let tip = Arc::new(Mutex::new(Tip { state, header }));
-        let (submit, rx) = std::sync::mpsc::channel();
-        let (s, t) = (store.clone(), tip.clone());
-        let committer = std::thread::Builder::new()
-            .name("dangan-ledger".into())
-            .spawn(move || commit_loop(rx, s, t, validator))
-            .expect("spawning the ledger thread");
+        let me = raft::node_id(&me_id);
+        let mut hosts = BTreeMap::new();
+        let links = match net {
+            None => None,
+            Some(net) => {
+                for (v, node) in net.hosts {
+                    hosts.insert(raft::node_id(&v), (v, node));
+                }
+                let options = ClientOptions {
+                    bind: std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
+                    connect_timeout: Duration::from_secs(1),
+                    request_timeout: Duration::from_secs(10),
+                    down_for: Duration::from_millis(200),
+                    ..ClientOptions::default()
+                };
+                let layout = Layout::new(0, Vec::new())
+                    .map_err(|e| LedgerError::Unavailable(e.to_string()))?;
+                Some(
+                    Client::new(&net.host_identity, net.trust, layout, options)
+                        .map_err(|e| LedgerError::Unavailable(e.to_string()))?,
+                )
+            }
+        };
+        let members: BTreeMap<u64, BasicNode> = state
+            .validators
+            .iter()
+            .map(|v| {
+                let id = raft::node_id(v);
+                let addr = hosts.get(&id).map(|(_, n)| n.addr.clone());
+                match addr {
+                    Some(addr) => Ok((id, BasicNode { addr })),
+                    None if id == me => Ok((id, BasicNode::default())),
+                    None => Err(LedgerError::NoHost(*v)),
+                }
+            })
+            .collect::<Result<_, _>>()?;
+        let net = Arc::new(Net { links, hosts });
+        let shared = Arc::new(Shared::new(store, state, header, validator));
+        let machine = ChainMachine::new(shared.clone())?;
+        let log_path = path.with_extension("raft");
+        let log = tokio::task::spawn_blocking(move || LogStore::open(&log_path))
+            .await
+            .map_err(|e| LedgerError::Log(e.to_string()))?
+            .map_err(|e| LedgerError::Log(e.to_string()))?;
+        let config = openraft::Config {
+            cluster_name: "dangan-chain".into(),
+            heartbeat_interval: 100,
+            election_timeout_min: 400,
+            election_timeout_max: 800,
+            max_payload_entries: 16,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(2000),
+            ..openraft::Config::default()
+        }
+        .validate()
+        .map_err(|e| LedgerError::Log(e.to_string()))?;
+        let raft = Raft::new(
+            me,
+            Arc::new(config),
+            NetFactory(net.clone()),
+            log.clone(),
+            machine,
+        )
+        .await
+        .map_err(|e| LedgerError::Log(e.to_string()))?;
+        if !raft
+            .is_initialized()
+            .await
+            .map_err(|e| LedgerError::Log(e.to_string()))?
+        {
+            // Every validator initializes with the same members: allowed, and whichever
+            // starts first does not have to wait for the others' configs.
+            if let Err(e) = raft.initialize(members).await {
+                debug!(error = %e, "raft already initialized");
+            }
+        }
+        let (submit, rx) = mpsc::unbounded_channel();
+        let committer = tokio::spawn(commit_loop(
+            rx,
+            shared.clone(),
+            raft.clone(),
+            net.clone(),
+            me,
+        ));
+        info!(validator = %me_id.short(), node = me, "validator started");
         Ok(Self {
-            store,
-            tip,
-            submit: Some(submit),
-            committer: Some(committer),
+            shared,
+            raft,
+            net,
+            log,
+            me,
+            submit: Mutex::new(Some(submit)),
+            committer: Mutex::new(Some(committer)),
         })
     }
 
-    /// Submits a transaction and waits until the block holding it is durable.
+    /// Stops committing and consensus, and closes the validator's connections; the chain
+    /// and log files are closed once the ledger is dropped.
+    pub async fn shutdown(&self) {
+        self.submit.lock().expect("submit lock").take();
+        let committer = self.committer.lock().expect("committer lock").take();
+        if let Some(c) = committer {
+            c.abort();
+            let _ = c.await;
+        }
+        let _ = self.raft.shutdown().await;
+        if let Some(links) = &self.net.links {
+            links.close().await;
+        }
+        // Raft's storage tasks end shortly after its core: wait until they let go of the
+        // chain and log files, so they can be opened again at once.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while (Arc::strong_count(&self.shared) > 1 || self.log.refs() > 1)
+            && Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// The raft node id of the current leader, if one is known.
+    pub fn leader(&self) -> Option<u64> {
+        self.raft.metrics().borrow().current_leader
+    }
+
+    /// This validator's raft node id.
+    pub fn node_id(&self) -> u64 {
+        self.me
+    }
+
+    /// Whether `who` is the node identity of a peer hosting one of the validators.
+    pub fn is_validator_host(&self, who: &PublicId) -> bool {
+        self.net.hosts.values().any(|(_, n)| n.key == *who)
+    }
+
+    /// Submits a transaction and waits until the block holding it is durable on a majority
+    /// of validators and applied here or on the leader. On a follower it is forwarded to
+    /// the leader; during an election it waits for one (a few seconds at most).
     pub async fn submit(&self, tx: SignedTx) -> Result<TxReceipt, LedgerError> {
+        let start = Instant::now();
+        let mut last = LedgerError::Unavailable("no leader elected".into());
+        // Whether an earlier attempt may have committed the transaction after all.
+        let mut ambiguous = false;
+        for _ in 0..30 {
+            let result = match self.leader() {
+                Some(l) if l == self.me => self.submit_here(tx.clone(), start).await,
+                Some(l) => self.forward(l, &tx, start).await,
+                None => Err(LedgerError::Unavailable("no leader elected".into())),
+            };
+            match result {
+                Err(e @ LedgerError::Unavailable(_)) => {
+                    ambiguous = true;
+                    last = e;
+                    tokio::time::sleep(Duration::from_millis(150)).await;
+                }
+                Err(LedgerError::Refused(TxError::BadNonce { expected, got, .. }))
+                    if got < expected && ambiguous =>
+                {
+                    // Possibly our own earlier attempt, committed after all.
+                    return match self.committed_receipt(&tx, start) {
+                        Some(r) => Ok(r),
+                        None => Err(LedgerError::Refused(TxError::BadNonce {
+                            expected,
+                            got,
+                            sender: tx.tx.sender,
+                        })),
+                    };
+                }
+                other => return other,
+            }
+        }
+        Err(last)
+    }
+
+    fn committed_receipt(&self, tx: &SignedTx, start: Instant) -> Option<TxReceipt> {
+        let id = tx.id();
+        let (height, index) = self.shared.store.tx_location(&id).ok()??;
+        Some(TxReceipt {
+            height,
+            index,
+            tx_id: id,
+            latency: start.elapsed(),
+        })
+    }
+
+    async fn submit_here(&self, tx: SignedTx, start: Instant) -> Result<TxReceipt, LedgerError> {
         let (reply, rx) = oneshot::channel();
         self.submit
+            .lock()
+            .expect("submit lock")
             .as_ref()
             .ok_or(LedgerError::Stopped)?
-            .send((tx, Instant::now(), reply))
+            .send((tx, start, reply))
             .map_err(|_| LedgerError::Stopped)?;
-        Ok(rx.await.map_err(|_| LedgerError::Stopped)??)
+        rx.await.map_err(|_| LedgerError::Stopped)?
+    }
+
+    async fn forward(
+        &self,
+        leader: u64,
+        tx: &SignedTx,
+        start: Instant,
+    ) -> Result<TxReceipt, LedgerError> {
+        let Some(links) = &self.net.links else {
+            return Err(LedgerError::Unavailable("no network".into()));
+        };
+        let Some((_, node)) = self.net.hosts.get(&leader) else {
+            return Err(LedgerError::Unavailable(format!(
+                "leader {leader} has no host"
+            )));
+        };
+        let bytes = Bytes::from(tx.encode());
+        let req = Request::SubmitTx {
+            len: bytes.len() as u64,
+        };
+        match links.chain_request(node, &req, Some(bytes)).await {
+            Ok((Response::Committed { height, index }, _)) => Ok(TxReceipt {
+                height,
+                index,
+                tx_id: tx.id(),
+                latency: start.elapsed(),
+            }),
+            Ok((other, _)) => Err(LedgerError::Unavailable(format!(
+                "the leader answered {other:?}"
+            ))),
+            Err(crate::client::ClientError::Peer {
+                source:
+                    ProtoError::Remote {
+                        code: ErrorCode::Refused,
+                        message,
+                    },
+                ..
+            }) => Err(LedgerError::RefusedByLeader(message)),
+            Err(e) => Err(LedgerError::Unavailable(format!(
+                "forwarding to the leader: {e}"
+            ))),
+        }
+    }
+
+    /// Serves a consensus message from another validator (postcard bytes in and out).
+    pub async fn raft_message(&self, kind: RaftKind, body: &[u8]) -> Result<Vec<u8>, LedgerError> {
+        raft::serve_rpc(&self.raft, kind, body)
+            .await
+            .map_err(LedgerError::Malformed)
+    }
+
+    /// Endorses a block proposed by the leader: applies it on this validator's own state
+    /// (the tip, or a block it endorsed just before) and, if that reaches the header's
+    /// state root, returns this validator's header signature. Answer: postcard bytes of
+    /// `Result<(PublicId, Signature), String>`.
+    pub async fn endorse(&self, body: &[u8]) -> Vec<u8> {
+        let answer = self.endorse_block(body).await;
+        postcard::to_allocvec(&answer).expect("encoding into memory cannot fail")
+    }
+
+    async fn endorse_block(&self, body: &[u8]) -> Result<(PublicId, Signature), String> {
+        let block: Block =
+            postcard::from_bytes(body).map_err(|e| format!("malformed block: {e}"))?;
+        let h = block.header.header.clone();
+        let proposer_signed = block
+            .header
+            .signatures
+            .iter()
+            .any(|(who, _)| *who == h.proposer);
+        if !proposer_signed {
+            return Err("the proposer did not sign the block".into());
+        }
+        let mut applied = self.shared.applied.subscribe();
+        let deadline = Instant::now() + ENDORSE_TIMEOUT;
+        let (prev, state) = loop {
+            if let Some(found) = self.shared.state_after(&h.prev) {
+                break found;
+            }
+            if *applied.borrow() >= h.height {
+                return Err(format!("height {} is already applied here", h.height));
+            }
+            let wait = deadline.saturating_duration_since(Instant::now());
+            if tokio::time::timeout(wait, applied.changed()).await.is_err() || wait.is_zero() {
+                return Err(format!("the parent of block {} is unknown here", h.height));
+            }
+        };
+        let validators: Vec<PublicId> = state.validators.iter().copied().collect();
+        if !validators.contains(&h.proposer) {
+            return Err(format!("proposer {} is not a validator", h.proposer));
+        }
+        let shared = self.shared.clone();
+        tokio::task::spawn_blocking(move || {
+            let after = block.apply_to(state, &prev).map_err(|e| e.to_string())?;
+            let endorsement = block.endorsement(&shared.validator);
+            shared
+                .prepared
+                .lock()
+                .expect("prepared lock")
+                .insert(h.hash(), (h, after));
+            Ok(endorsement)
+        })
+        .await
+        .map_err(|e| e.to_string())?
     }
 
     pub fn status(&self) -> ChainStatus {
-        let tip = self.tip.lock().expect("ledger lock");
+        let tip = self.shared.tip.lock().expect("ledger lock");
         ChainStatus {
             chain_id: tip.state.chain_id.clone(),
             height: tip.header.height,
@@ -138,7 +452,8 @@ impl Ledger {
 
     /// An account as of the last block.
     pub fn account(&self, id: &PublicId) -> Option<super::state::Account> {
-        self.tip
+        self.shared
+            .tip
             .lock()
             .expect("ledger lock")
             .state
@@ -149,16 +464,16 @@ impl Ledger {
 
     /// A copy of the current state.
     pub fn state(&self) -> State {
-        self.tip.lock().expect("ledger lock").state.clone()
+        self.shared.tip.lock().expect("ledger lock").state.clone()
     }
 
     pub fn block(&self, height: u64) -> Result<Option<Block>, LedgerError> {
-        Ok(self.store.block(height)?)
+        Ok(self.shared.store.block(height)?)
     }
 
     /// A committed transaction and its proof, by transaction id.
     pub fn transaction(&self, id: &[u8; 32]) -> Result<Option<TxInclusion>, LedgerError> {
-        match self.store.tx_location(id)? {
+        match self.shared.store.tx_location(id)? {
             Some((height, index)) => self.proof_at(height, index),
             None => Ok(None),
         }
@@ -166,7 +481,7 @@ impl Ledger {
 
     /// The inclusion proof of transaction `index` of block `height`.
     fn proof_at(&self, height: u64, index: u32) -> Result<Option<TxInclusion>, LedgerError> {
-        let Some(block) = self.store.block(height)? else {
+        let Some(block) = self.shared.store.block(height)? else {
             return Ok(None);
         };
         let proof = block
@@ -181,6 +496,7 @@ impl Ledger {
         id: &DocumentId,
     ) -> Result<Option<(DocumentRecord, TxInclusion)>, LedgerError> {
         let Some(record) = self
+            .shared
             .tip
             .lock()
             .expect("ledger lock")
@@ -191,7 +507,7 @@ impl Ledger {
         else {
             return Ok(None);
         };
-        let Some((height, index)) = self.store.document_location(id)? else {
+        let Some((height, index)) = self.shared.store.document_location(id)? else {
             return Ok(None);
         };
         Ok(self.proof_at(height, index)?.map(|proof| (record, proof)))
@@ -201,34 +517,54 @@ impl Ledger {
 /// How long a transaction whose nonce is ahead of its sender's waits for the ones before it.
 pub const NONCE_GAP_WAIT: Duration = Duration::from_secs(2);
 
-/// Takes whatever is waiting, makes one block of it, stores it, answers everyone.
+/// Blocks the leader has in consensus at once: each next block is proposed on the state
+/// after the previous one, before that one is committed.
+pub const BLOCKS_IN_FLIGHT: usize = 4;
+
+/// The leader's block maker: takes whatever is waiting, makes one block of it, gathers a
+/// majority of endorsements, hands it to raft and goes on with the next batch (up to
+/// [`BLOCKS_IN_FLIGHT`] blocks in consensus at once); each block's transactions are
+/// answered once it is committed and applied. Raft keeps the blocks in the order they were
+/// handed over; if one of them is skipped (a leader change), the ones after it are too, and
+/// their transactions are proposed again on the applied tip.
 ///
 /// Transactions of one sender are applied in nonce order, whatever order they arrived in;
 /// one whose nonce is ahead waits up to [`NONCE_GAP_WAIT`] for the missing ones, so a
 /// client may have several transactions in flight at once.
-fn commit_loop(
-    rx: std::sync::mpsc::Receiver<Job>,
-    store: Arc<ChainStore>,
-    tip: Arc<Mutex<Tip>>,
-    validator: Identity,
+async fn commit_loop(
+    mut rx: mpsc::UnboundedReceiver<Job>,
+    shared: Arc<Shared>,
+    raft: Raft,
+    net: Arc<Net>,
+    me: u64,
 ) {
+    let (retry_tx, mut retry_rx) = mpsc::unbounded_channel::<(Job, Instant)>();
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(BLOCKS_IN_FLIGHT));
+    let reset = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // The last block handed to raft and the state after it, while it may not be applied.
+    let mut spec: Option<(super::block::BlockHeader, State)> = None;
     let mut waiting: Vec<(Job, Instant)> = Vec::new();
     loop {
-        let first = match waiting.iter().map(|(_, until)| *until).min() {
-            None => match rx.recv() {
-                Ok(job) => Some(job),
-                Err(_) => return,
-            },
-            Some(until) => match rx.recv_timeout(until.saturating_duration_since(Instant::now())) {
-                Ok(job) => Some(job),
-                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => None,
-                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
-            },
+        let deadline = waiting.iter().map(|(_, until)| *until).min();
+        let sleep = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d.into()).await,
+                None => std::future::pending().await,
+            }
         };
+        let mut jobs: Vec<(Job, Instant)> = Vec::new();
+        tokio::select! {
+            job = rx.recv() => match job {
+                Some(job) => jobs.push((job, Instant::now() + NONCE_GAP_WAIT)),
+                None => return,
+            },
+            Some(job) = retry_rx.recv() => jobs.push(job),
+            _ = sleep => {}
+        }
         let now = Instant::now();
-        let mut jobs: Vec<(Job, Instant)> = std::mem::take(&mut waiting);
-        if let Some(job) = first {
-            jobs.push((job, now + NONCE_GAP_WAIT));
+        jobs.append(&mut waiting);
+        while let Ok(job) = retry_rx.try_recv() {
+            jobs.push(job);
         }
         while jobs.len() < MAX_BATCH {
             match rx.try_recv() {
@@ -236,50 +572,175 @@ fn commit_loop(
                 Err(_) => break,
             }
         }
-        jobs.sort_by_key(|((tx, _, _), _)| (tx.tx.sender, tx.tx.nonce));
-        let (mut state, prev) = {
-            let t = tip.lock().expect("ledger lock");
-            (t.state.clone(), t.header.clone())
-        };
-        let candidates: Vec<SignedTx> = jobs.iter().map(|((tx, _, _), _)| tx.clone()).collect();
-        let (block, outcomes) =
-            Block::propose(&mut state, &prev, candidates, &validator, crate::now_ms());
-        let failed = |e: &ChainStoreError| TxError::Invalid(format!("block not stored: {e}"));
-        let stored = if block.txs.is_empty() {
-            Ok(())
-        } else {
-            store.append(&block)
-        };
-        if let Err(e) = &stored {
-            warn!(error = %e, "storing a block failed; its transactions are refused");
-        } else if !block.txs.is_empty() {
-            debug!(
-                height = block.header.header.height,
-                txs = block.txs.len(),
-                "block committed"
-            );
-            let mut t = tip.lock().expect("ledger lock");
-            t.state = state;
-            t.header = block.header.header.clone();
+        if jobs.is_empty() {
+            continue;
         }
+        // One more block in consensus: wait for room before proposing on the newest state.
+        let permit = in_flight
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed");
+        jobs.sort_by_key(|((tx, _, _), _)| (tx.tx.sender, tx.tx.nonce));
+        if reset.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            spec = None;
+        }
+        let applied_height = *shared.applied.borrow();
+        let (state, prev) = match &spec {
+            Some((h, st)) if h.height > applied_height => (st.clone(), h.clone()),
+            _ => {
+                let t = shared.tip.lock().expect("ledger lock");
+                (t.state.clone(), t.header.clone())
+            }
+        };
+        let validators: Vec<PublicId> = state.validators.iter().copied().collect();
+        let candidates: Vec<SignedTx> = jobs.iter().map(|((tx, _, _), _)| tx.clone()).collect();
+        let proposer = shared.validator.clone();
+        let (block, after, outcomes) = tokio::task::spawn_blocking(move || {
+            let mut state = state;
+            let (block, outcomes) =
+                Block::propose(&mut state, &prev, candidates, &proposer, crate::now_ms());
+            (block, state, outcomes)
+        })
+        .await
+        .expect("proposing does not panic");
+        let mut included = Vec::new();
         for (((tx, submitted, reply), until), outcome) in jobs.into_iter().zip(outcomes) {
-            let answer = match (outcome, &stored) {
-                (Err(TxError::BadNonce { expected, got, .. }), _)
+            match outcome {
+                Err(TxError::BadNonce { expected, got, .. })
                     if got > expected && Instant::now() < until =>
                 {
                     waiting.push(((tx, submitted, reply), until));
-                    continue;
                 }
-                (Err(e), _) => Err(e),
-                (Ok(_), Err(e)) => Err(failed(e)),
-                (Ok(index), Ok(())) => Ok(TxReceipt {
-                    height: block.header.header.height,
-                    index,
-                    tx_id: tx.id(),
-                    latency: submitted.elapsed(),
-                }),
+                Err(e) => {
+                    let _ = reply.send(Err(LedgerError::Refused(e)));
+                }
+                Ok(index) => included.push((((tx, submitted, reply), until), index)),
+            }
+        }
+        if included.is_empty() {
+            continue;
+        }
+        let height = block.header.header.height;
+        let header = block.header.header.clone();
+        let written = match endorse(&net, me, block, &validators).await {
+            Ok(block) => {
+                shared
+                    .prepared
+                    .lock()
+                    .expect("prepared lock")
+                    .insert(header.hash(), (header.clone(), after.clone()));
+                raft.client_write_ff(block)
+                    .await
+                    .map_err(|e| LedgerError::Unavailable(e.to_string()))
+            }
+            Err(e) => Err(e),
+        };
+        let pending = match written {
+            Ok(pending) => {
+                spec = Some((header, after));
+                pending
+            }
+            Err(e) => {
+                warn!(error = %e, height, "block not committed; its transactions are refused");
+                let msg = e.to_string();
+                for ((_, _, reply), _) in included.into_iter().map(|(job, _)| job) {
+                    let _ = reply.send(Err(LedgerError::Unavailable(msg.clone())));
+                }
+                continue;
+            }
+        };
+        let (raft, retry_tx, reset) = (raft.clone(), retry_tx.clone(), reset.clone());
+        tokio::spawn(async move {
+            let outcome = match pending.await {
+                Ok(Ok(resp)) => Ok(resp.data),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err("raft stopped".to_string()),
             };
-            let _ = reply.send(answer);
+            drop(permit);
+            match outcome {
+                Ok(Applied::Block { height: h }) if h == height => {
+                    // Followers learn the new commit index at once.
+                    let _ = raft.trigger().heartbeat().await;
+                    debug!(height, txs = included.len(), "block committed");
+                    for (((tx, submitted, reply), _), index) in included {
+                        let _ = reply.send(Ok(TxReceipt {
+                            height,
+                            index,
+                            tx_id: tx.id(),
+                            latency: submitted.elapsed(),
+                        }));
+                    }
+                }
+                Ok(other) => {
+                    // Another block took this height: propose these again on the tip.
+                    debug!(
+                        ?other,
+                        height, "block not applied; proposing its transactions again"
+                    );
+                    reset.store(true, std::sync::atomic::Ordering::SeqCst);
+                    for (job, _) in included {
+                        let _ = retry_tx.send(job);
+                    }
+                }
+                Err(e) => {
+                    reset.store(true, std::sync::atomic::Ordering::SeqCst);
+                    warn!(error = %e, height, "block not committed; its transactions are refused");
+                    for ((_, _, reply), _) in included.into_iter().map(|(job, _)| job) {
+                        let _ = reply.send(Err(LedgerError::Unavailable(e.clone())));
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// Gathers a majority of endorsements for `block` (the leader's own signature included).
+async fn endorse(
+    net: &Arc<Net>,
+    me: u64,
+    mut block: Block,
+    validators: &[PublicId],
+) -> Result<Block, LedgerError> {
+    let needed = validators.len() / 2 + 1;
+    if block.header.signatures.len() < needed {
+        let body = postcard::to_allocvec(&block).expect("encoding into memory cannot fail");
+        let req = Request::Endorse {
+            len: body.len() as u64,
+        };
+        let mut asks: futures::stream::FuturesUnordered<_> = validators
+            .iter()
+            .map(raft::node_id)
+            .filter(|id| *id != me)
+            .map(|id| {
+                let (net, req, body) = (net.clone(), req.clone(), body.clone());
+                async move { (id, net.request(id, &req, body).await) }
+            })
+            .collect();
+        let deadline = tokio::time::Instant::now() + ENDORSE_TIMEOUT;
+        while block.header.signatures.len() < needed {
+            let next = tokio::time::timeout_at(deadline, asks.next()).await;
+            let Ok(Some((id, answer))) = next else {
+                break;
+            };
+            let endorsement = answer.and_then(|bytes| {
+                postcard::from_bytes::<Result<(PublicId, Signature), String>>(&bytes)
+                    .map_err(|e| e.to_string())?
+            });
+            match endorsement {
+                Ok((who, sig)) if validators.contains(&who) => {
+                    if block.header.signatures.iter().all(|(w, _)| *w != who) {
+                        block.header.signatures.push((who, sig));
+                    }
+                }
+                Ok((who, _)) => warn!(%who, "endorsement from a non-validator ignored"),
+                Err(e) => debug!(node = id, error = %e, "no endorsement"),
+            }
         }
     }
+    block
+        .header
+        .verify_final(validators)
+        .map_err(|e| LedgerError::Unavailable(format!("block not final: {e}")))?;
+    Ok(block)
 }

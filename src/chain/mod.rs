@@ -7,6 +7,7 @@
 pub mod block;
 pub mod ledger;
 pub mod merkle;
+pub mod raft;
 pub mod rooted;
 pub mod state;
 pub mod store;

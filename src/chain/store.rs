@@ -24,6 +24,8 @@ const BLOCKS: TableDefinition<u64, &[u8]> = TableDefinition::new("blocks-v1");
 const TXS: TableDefinition<&[u8; 32], (u64, u32)> = TableDefinition::new("txs-v1");
 const DOCS: TableDefinition<&[u8; 32], (u64, u32)> = TableDefinition::new("docs-v1");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta-v1");
+/// Consensus bookkeeping written in the same transaction as the blocks it applied.
+const RAFT_SM: TableDefinition<&str, &[u8]> = TableDefinition::new("raft-sm-v1");
 /// The on-disk format this code reads and writes.
 pub const CHAIN_FORMAT: u64 = 1;
 
@@ -108,6 +110,7 @@ impl ChainStore {
         txn.open_table(BLOCKS)?;
         txn.open_table(TXS)?;
         txn.open_table(DOCS)?;
+        txn.open_table(RAFT_SM)?;
         txn.commit()?;
         if format != CHAIN_FORMAT {
             return Err(ChainStoreError::Format { found: format });
@@ -171,9 +174,37 @@ impl ChainStore {
 
     /// Appends the next block durably, with its indexes.
     pub fn append(&self, block: &Block) -> Result<(), ChainStoreError> {
-        let height = block.header.header.height;
+        self.append_blocks(std::slice::from_ref(block), None)
+    }
+
+    /// The consensus record stored with the last applied blocks (see [`Self::append_blocks`]).
+    pub fn consensus_record(&self) -> Result<Option<Vec<u8>>, ChainStoreError> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(RAFT_SM)?;
+        Ok(t.get("applied")?.map(|v| v.value().to_vec()))
+    }
+
+    /// Appends the next blocks (in height order) and, if given, the consensus record that
+    /// says which log entries they came from, in one durable transaction.
+    pub fn append_blocks(
+        &self,
+        blocks: &[Block],
+        record: Option<&[u8]>,
+    ) -> Result<(), ChainStoreError> {
         let mut txn = self.db.begin_write()?;
         txn.set_durability(Durability::Immediate)?;
+        for block in blocks {
+            Self::write_block(&txn, block)?;
+        }
+        if let Some(record) = record {
+            txn.open_table(RAFT_SM)?.insert("applied", record)?;
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    fn write_block(txn: &redb::WriteTransaction, block: &Block) -> Result<(), ChainStoreError> {
+        let height = block.header.header.height;
         {
             let mut blocks = txn.open_table(BLOCKS)?;
             let bytes = postcard::to_allocvec(block).expect("encoding into memory cannot fail");
@@ -196,7 +227,6 @@ impl ChainStore {
             let mut meta = txn.open_table(META)?;
             meta.insert("tip", height)?;
         }
-        txn.commit()?;
         Ok(())
     }
 

@@ -1,0 +1,406 @@
+//! Three validators, each in its own peer on 127.0.0.1, ordering blocks with raft over real
+//! QUIC, with real redb files: the leader is killed while departments register documents,
+//! and everything is restarted from disk.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dangan::chain::ledger::{Ledger, ValidatorNet};
+use dangan::chain::raft::node_id;
+use dangan::chain::state::{Genesis, GenesisAccount};
+use dangan::chain::tx::{SignedTx, Tx, TxBody};
+use dangan::client::{ChainLink, Client, ClientOptions};
+use dangan::id::DocumentId;
+use dangan::identity::{Identity, PublicId, Role};
+use dangan::peer::{self, PeerHandle};
+use dangan::placement::{Layout, NodeInfo};
+use dangan::tls::Membership;
+
+struct Validator {
+    ledger: Arc<Ledger>,
+    peer: PeerHandle,
+}
+
+struct Net {
+    genesis: Genesis,
+    validators: Vec<Identity>,
+    nodes: Vec<Identity>,
+    addrs: Vec<SocketAddr>,
+    dirs: Vec<PathBuf>,
+    membership: Membership,
+    departments: Vec<Identity>,
+}
+
+fn logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
+
+fn free_port() -> SocketAddr {
+    let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.local_addr().unwrap()
+}
+
+impl Net {
+    fn new(root: &Path, departments: usize) -> Self {
+        let validators: Vec<Identity> = (0..3)
+            .map(|_| Identity::generate(Role::Validator))
+            .collect();
+        let nodes: Vec<Identity> = (0..3).map(|_| Identity::generate(Role::Node)).collect();
+        let departments: Vec<Identity> = (0..departments)
+            .map(|_| Identity::generate(Role::Department))
+            .collect();
+        let membership = Membership::new();
+        for id in nodes.iter().chain(&departments) {
+            membership.add(id.public());
+        }
+        let genesis = Genesis {
+            chain_id: "raft-test".into(),
+            validators: validators
+                .iter()
+                .map(|v| GenesisAccount::of(v, Role::Validator))
+                .collect(),
+            accounts: departments
+                .iter()
+                .map(|d| GenesisAccount::of(d, Role::Department))
+                .collect(),
+            nodes: Vec::new(),
+        };
+        let dirs = (0..3)
+            .map(|i| {
+                let d = root.join(format!("v{i}"));
+                std::fs::create_dir_all(&d).unwrap();
+                d
+            })
+            .collect();
+        Self {
+            genesis,
+            validators,
+            addrs: (0..3).map(|_| free_port()).collect(),
+            nodes,
+            dirs,
+            membership,
+            departments,
+        }
+    }
+
+    fn hosts(&self) -> Vec<NodeInfo> {
+        (0..3)
+            .map(|i| NodeInfo {
+                key: self.nodes[i].public(),
+                zone: "validators".into(),
+                weight: 0,
+                addr: self.addrs[i].to_string(),
+            })
+            .collect()
+    }
+
+    fn link(&self) -> ChainLink {
+        ChainLink {
+            hosts: self.hosts(),
+            validators: self.validators.iter().map(|v| v.public()).collect(),
+        }
+    }
+
+    async fn start(&self, i: usize) -> Validator {
+        let net = ValidatorNet {
+            host_identity: self.nodes[i].clone(),
+            trust: Arc::new(self.membership.clone()),
+            hosts: self
+                .validators
+                .iter()
+                .map(|v| v.public())
+                .zip(self.hosts())
+                .collect(),
+        };
+        let ledger = Arc::new(
+            Ledger::open(
+                &self.dirs[i].join("chain.redb"),
+                &self.genesis,
+                self.validators[i].clone(),
+                Some(net),
+            )
+            .await
+            .unwrap(),
+        );
+        let peer = peer::start(
+            &self.nodes[i],
+            Arc::new(self.membership.clone()),
+            self.addrs[i],
+            &self.dirs[i].join("store"),
+            Default::default(),
+            Some(ledger.clone()),
+        )
+        .await
+        .unwrap();
+        Validator { ledger, peer }
+    }
+
+    fn client(&self, dept: &Identity) -> Client {
+        let options = ClientOptions {
+            bind: "127.0.0.1:0".parse().unwrap(),
+            chain: Some(self.link()),
+            request_timeout: Duration::from_secs(10),
+            down_for: Duration::from_millis(500),
+            ..ClientOptions::default()
+        };
+        Client::new(
+            dept,
+            Arc::new(self.membership.clone()),
+            Layout::new(0, Vec::new()).unwrap(),
+            options,
+        )
+        .unwrap()
+    }
+}
+
+async fn stop(v: Validator) {
+    v.peer.shutdown().await;
+    v.ledger.shutdown().await;
+}
+
+fn register(dept: &Identity, nonce: u64) -> SignedTx {
+    let mut seed = dept.public().as_bytes().to_vec();
+    seed.extend(nonce.to_le_bytes());
+    Tx {
+        sender: dept.public(),
+        nonce,
+        body: TxBody::RegisterDocument {
+            document: DocumentId::of(&seed),
+        },
+    }
+    .sign(dept)
+}
+
+fn document(tx: &SignedTx) -> DocumentId {
+    match &tx.tx.body {
+        TxBody::RegisterDocument { document } => *document,
+        _ => unreachable!(),
+    }
+}
+
+/// Waits until some validator of `vs` is leader and every one of them has the same tip.
+async fn converged(vs: &[&Validator]) -> (u64, [u8; 32]) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let statuses: Vec<_> = vs.iter().map(|v| v.ledger.status()).collect();
+        let leader = vs
+            .iter()
+            .any(|v| v.ledger.leader() == Some(v.ledger.node_id()));
+        if leader
+            && statuses
+                .windows(2)
+                .all(|w| w[0].tip_hash == w[1].tip_hash && w[0].state_root == w[1].state_root)
+        {
+            return (statuses[0].height, statuses[0].state_root);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "validators did not converge: {statuses:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Every height has one block: the same hash on every validator that has it.
+fn one_block_per_height(vs: &[&Validator], upto: u64) {
+    for height in 1..=upto {
+        let mut seen: Option<[u8; 32]> = None;
+        for v in vs {
+            if let Some(b) = v.ledger.block(height).unwrap() {
+                let h = b.header.header.hash();
+                assert_eq!(*seen.get_or_insert(h), h, "two blocks at height {height}");
+            }
+        }
+        assert!(seen.is_some(), "no validator has block {height}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_validators_survive_the_leader_being_killed_and_a_restart_from_disk() {
+    logs();
+    let tmp = tempfile::tempdir().unwrap();
+    let net = Arc::new(Net::new(tmp.path(), 4));
+    let mut vs: Vec<Option<Validator>> = Vec::new();
+    for i in 0..3 {
+        vs.push(Some(net.start(i).await));
+    }
+    {
+        let all: Vec<&Validator> = vs.iter().flatten().collect();
+        converged(&all).await;
+    }
+
+    // Four departments register documents concurrently, each in nonce order.
+    const EACH: u64 = 40;
+    let committed = Arc::new(std::sync::Mutex::new(Vec::<(DocumentId, u64)>::new()));
+    let mut tasks = tokio::task::JoinSet::new();
+    for d in 0..net.departments.len() {
+        let (net, committed) = (net.clone(), committed.clone());
+        tasks.spawn(async move {
+            let dept = net.departments[d].clone();
+            let client = net.client(&dept);
+            let mut errors = 0;
+            for nonce in 1..=EACH {
+                let tx = register(&dept, nonce);
+                // A submit that failed may have committed after all: retry the same
+                // transaction until it is committed or refused as already used.
+                for attempt in 0.. {
+                    match client.submit_tx(&tx).await {
+                        Ok((height, _)) => {
+                            committed.lock().unwrap().push((document(&tx), height));
+                            break;
+                        }
+                        Err(e) if e.to_string().contains("nonce") => break,
+                        Err(e) => {
+                            errors += 1;
+                            assert!(attempt < 20, "department {d} nonce {nonce}: {e}");
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                        }
+                    }
+                }
+            }
+            client.close().await;
+            errors
+        });
+    }
+
+    // Kill the leader once some documents are committed.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while committed.lock().unwrap().len() < 30 {
+        assert!(Instant::now() < deadline, "no progress before the kill");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let leader = vs
+        .iter()
+        .flatten()
+        .find_map(|v| v.ledger.leader())
+        .expect("a leader");
+    let killed = (0..3)
+        .find(|&i| node_id(&net.validators[i].public()) == leader)
+        .expect("the leader is one of the validators");
+    let before_kill = committed.lock().unwrap().len();
+    stop(vs[killed].take().unwrap()).await;
+
+    let mut errors = 0;
+    while let Some(r) = tasks.join_next().await {
+        errors += r.unwrap();
+    }
+    let committed: Vec<(DocumentId, u64)> = committed.lock().unwrap().clone();
+    assert!(
+        committed.len() > before_kill,
+        "the survivors went on committing ({before_kill} before the kill, {} in all)",
+        committed.len()
+    );
+
+    // No acknowledged registration is lost; one block per height on every survivor.
+    let (height, root) = {
+        let survivors: Vec<&Validator> = vs.iter().flatten().collect();
+        let (height, root) = converged(&survivors).await;
+        for v in &survivors {
+            let state = v.ledger.state();
+            for (doc, _) in &committed {
+                assert!(state.documents.contains_key(doc), "{doc} lost");
+            }
+        }
+        one_block_per_height(&survivors, height);
+        (height, root)
+    };
+    eprintln!(
+        "{} registrations acknowledged ({before_kill} before the leader was killed), {errors} \
+         retried submits, {height} blocks",
+        committed.len()
+    );
+
+    // Restart everything from disk: the same tip and state root on all three, and the old
+    // leader's blocks agree with the others'.
+    for v in vs.iter_mut() {
+        if let Some(v) = v.take() {
+            stop(v).await;
+        }
+    }
+    let mut vs = Vec::new();
+    for i in 0..3 {
+        vs.push(net.start(i).await);
+    }
+    let all: Vec<&Validator> = vs.iter().collect();
+    let (h2, root2) = converged(&all).await;
+    assert_eq!((h2, root2), (height, root));
+    one_block_per_height(&all, height);
+
+    // And the restarted chain goes on.
+    let client = net.client(&net.departments[0]);
+    let (h3, _) = client
+        .submit_tx(&register(&net.departments[0], EACH + 1))
+        .await
+        .unwrap();
+    assert!(h3 > height);
+    client.close().await;
+    for v in vs {
+        stop(v).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_forwards_and_outsiders_cannot_speak_raft() {
+    use dangan::proto::{ErrorCode, RaftKind, Request, Response};
+    logs();
+    let tmp = tempfile::tempdir().unwrap();
+    let net = Net::new(tmp.path(), 1);
+    let mut vs = Vec::new();
+    for i in 0..3 {
+        vs.push(net.start(i).await);
+    }
+    let all: Vec<&Validator> = vs.iter().collect();
+    converged(&all).await;
+    let follower = vs
+        .iter()
+        .position(|v| v.ledger.leader() != Some(v.ledger.node_id()))
+        .unwrap();
+    // A client that only knows a follower still gets its registration committed.
+    let dept = &net.departments[0];
+    let mut link = net.link();
+    link.hosts = vec![link.hosts[follower].clone()];
+    let client = Client::new(
+        dept,
+        Arc::new(net.membership.clone()),
+        Layout::new(0, Vec::new()).unwrap(),
+        ClientOptions {
+            bind: "127.0.0.1:0".parse().unwrap(),
+            chain: Some(link),
+            ..ClientOptions::default()
+        },
+    )
+    .unwrap();
+    let (height, _) = client.submit_tx(&register(dept, 1)).await.unwrap();
+    assert!(height >= 1);
+
+    // A department may not send consensus messages, nor endorsement requests.
+    let node = net.hosts()[follower].clone();
+    for req in [
+        Request::Raft {
+            kind: RaftKind::Vote,
+            len: 3,
+        },
+        Request::Endorse { len: 3 },
+    ] {
+        let err = client
+            .chain_request(&node, &req, Some(bytes::Bytes::from_static(b"abc")))
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("hosts no validator"),
+            "{req:?}: {err}"
+        );
+    }
+    let _ = (ErrorCode::Refused, Response::Pong);
+    client.close().await;
+    let _: HashMap<PublicId, ()> = HashMap::new();
+    for v in vs {
+        stop(v).await;
+    }
+}
