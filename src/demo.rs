@@ -228,12 +228,17 @@ impl LocalCluster {
             Arc::new(self.membership.clone()),
             layout,
             previous,
-            ClientOptions {
-                bind: SocketAddr::from(([127, 0, 0, 1], 0)),
-                chain: Some(self.chain.clone()),
-                ..options
-            },
+            self.local_options(options),
         )
+    }
+
+    /// `options` for a client of this cluster: bound to loopback, linked to its chain.
+    fn local_options(&self, options: ClientOptions) -> ClientOptions {
+        ClientOptions {
+            bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+            chain: Some(self.chain.clone()),
+            ..options
+        }
     }
 
     /// A department client placing by `layout` and falling back to `previous`.
@@ -248,11 +253,7 @@ impl LocalCluster {
             Arc::new(self.membership.clone()),
             layout,
             previous,
-            ClientOptions {
-                bind: SocketAddr::from(([127, 0, 0, 1], 0)),
-                chain: Some(self.chain.clone()),
-                ..options
-            },
+            self.local_options(options),
         )
     }
 
@@ -267,11 +268,7 @@ impl LocalCluster {
             &self.client_identity,
             Arc::new(self.membership.clone()),
             file_layout,
-            ClientOptions {
-                bind: SocketAddr::from(([127, 0, 0, 1], 0)),
-                chain: Some(self.chain.clone()),
-                ..options
-            },
+            self.local_options(options),
         )
         .await
     }
@@ -323,11 +320,7 @@ impl LocalCluster {
             identity,
             Arc::new(self.membership.clone()),
             self.layout.clone(),
-            ClientOptions {
-                bind: SocketAddr::from(([127, 0, 0, 1], 0)),
-                chain: Some(self.chain.clone()),
-                ..options
-            },
+            self.local_options(options),
         )
     }
 
