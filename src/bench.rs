@@ -952,17 +952,6 @@ pub async fn ops(options: OpsBenchOptions) -> Result<OpsBenchReport, crate::demo
     };
     let journal_dir = tempfile::tempdir()?;
 
-    async fn change(
-        cluster: &mut LocalCluster,
-        body: TxBody,
-    ) -> Result<(crate::placement::Layout, crate::placement::Layout), DemoError> {
-        let old = cluster.layout().clone();
-        let op = cluster.operator_client(old.clone(), None, ClientOptions::default())?;
-        let done = op.submit(cluster.chain(), body).await;
-        op.close().await;
-        done?;
-        Ok((old, cluster.sync_layout().clone()))
-    }
     // A lost peer costs one connection attempt: keep it short so it does not skew the rates.
     let fast = || ClientOptions {
         connect_timeout: Duration::from_millis(300),
@@ -989,16 +978,14 @@ pub async fn ops(options: OpsBenchOptions) -> Result<OpsBenchReport, crate::demo
 
     // Add a peer.
     let (_, added) = cluster.add_peer("zone-0").await?;
-    let (old, new) = change(
-        &mut cluster,
-        TxBody::AddNode {
+    let (old, new) = cluster
+        .change_layout(TxBody::AddNode {
             node: added.key,
             addr: added.addr.clone(),
             zone: added.zone.clone(),
             weight: added.weight,
-        },
-    )
-    .await?;
+        })
+        .await?;
     let floor = stripes
         .iter()
         .map(|s| {
@@ -1016,14 +1003,10 @@ pub async fn ops(options: OpsBenchOptions) -> Result<OpsBenchReport, crate::demo
 
     // Drain the first peer.
     let drained = cluster.peer(0).ok_or(DemoError::PeerStopped(0))?.id();
-    let floor = cluster
-        .peer(0)
-        .ok_or(DemoError::PeerStopped(0))?
-        .store()
-        .usage()
-        .map_err(|e| DemoError::Check(e.to_string()))?
-        .shards;
-    let (old, new) = change(&mut cluster, TxBody::DrainNode { node: drained }).await?;
+    let floor = cluster.shards_held(0)?;
+    let (old, new) = cluster
+        .change_layout(TxBody::DrainNode { node: drained })
+        .await?;
     let r = run(&cluster, Some(old), new, true).await?;
     report.drain = OpsPhase {
         floor,
@@ -1035,20 +1018,20 @@ pub async fn ops(options: OpsBenchOptions) -> Result<OpsBenchReport, crate::demo
     // Lose a peer for good: stop it, take it out of placement, repair. (First one more
     // peer, so that k + m peers stay live.)
     let (_, spare) = cluster.add_peer("zone-0").await?;
-    let (old, new) = change(
-        &mut cluster,
-        TxBody::AddNode {
+    let (old, new) = cluster
+        .change_layout(TxBody::AddNode {
             node: spare.key,
             addr: spare.addr.clone(),
             zone: spare.zone.clone(),
             weight: spare.weight,
-        },
-    )
-    .await?;
+        })
+        .await?;
     run(&cluster, Some(old), new, true).await?;
     let lost = cluster.peer(1).ok_or(DemoError::PeerStopped(1))?.id();
     cluster.stop_peer(1).await?;
-    let (_, new) = change(&mut cluster, TxBody::DrainNode { node: lost }).await?;
+    let (_, new) = cluster
+        .change_layout(TxBody::DrainNode { node: lost })
+        .await?;
     let r = run(&cluster, None, new.clone(), false).await?;
     report.repair = OpsPhase {
         floor: 0,

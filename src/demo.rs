@@ -232,6 +232,32 @@ impl LocalCluster {
         )
     }
 
+    /// Submits a layout transaction as the operator and takes the chain's new layout as the
+    /// cluster's: (old layout, new layout).
+    pub async fn change_layout(
+        &mut self,
+        body: crate::chain::tx::TxBody,
+    ) -> Result<(Layout, Layout), DemoError> {
+        let old = self.layout().clone();
+        let operator = self.operator_client(old.clone(), None, ClientOptions::default())?;
+        let submitted = operator.submit(self.chain(), body).await;
+        operator.close().await;
+        submitted?;
+        let new = self.sync_layout().clone();
+        Ok((old, new))
+    }
+
+    /// Shards stored on running peer `i`.
+    pub fn shards_held(&self, i: usize) -> Result<u64, DemoError> {
+        Ok(self
+            .peer(i)
+            .ok_or(DemoError::PeerStopped(i))?
+            .store()
+            .usage()
+            .map_err(|e| DemoError::Check(e.to_string()))?
+            .shards)
+    }
+
     /// `options` for a client of this cluster: bound to loopback, linked to its chain.
     fn local_options(&self, options: ClientOptions) -> ClientOptions {
         ClientOptions {
@@ -614,7 +640,7 @@ pub async fn run(big_mib: usize, step: Step<'_>) -> Result<(), DemoError> {
         zone: added.zone.clone(),
         weight: added.weight,
     };
-    let (old, new) = change_layout(&mut cluster, change).await?;
+    let (old, new) = cluster.change_layout(change).await?;
     step(&format!(
         "added a seventh peer {} in zone-0: layout epoch {} on chain; {} shards must move (1/7 of all: {:.1})",
         added.key.short(),
@@ -634,18 +660,10 @@ pub async fn run(big_mib: usize, step: Step<'_>) -> Result<(), DemoError> {
         report.mb_per_s()
     ));
     let drained = cluster.peer(0).ok_or(DemoError::PeerStopped(0))?.id();
-    let held = cluster
-        .peer(0)
-        .ok_or(DemoError::PeerStopped(0))?
-        .store()
-        .usage()
-        .map_err(|e| DemoError::Check(e.to_string()))?
-        .shards;
-    let (old, new) = change_layout(
-        &mut cluster,
-        crate::chain::tx::TxBody::DrainNode { node: drained },
-    )
-    .await?;
+    let held = cluster.shards_held(0)?;
+    let (old, new) = cluster
+        .change_layout(crate::chain::tx::TxBody::DrainNode { node: drained })
+        .await?;
     step(&format!(
         "draining peer 0 ({} shards): layout epoch {}; {} shards must move",
         held,
@@ -653,17 +671,12 @@ pub async fn run(big_mib: usize, step: Step<'_>) -> Result<(), DemoError> {
         slots_moved(&old, &new, &docs)?
     ));
     let report = rebalance(&cluster, old, new, step).await?;
-    let left = cluster
-        .peer(0)
-        .ok_or(DemoError::PeerStopped(0))?
-        .store()
-        .usage()
-        .map_err(|e| DemoError::Check(e.to_string()))?;
+    let left = cluster.shards_held(0)?;
     step(&format!(
         "rebalance: {} shards moved, {} old copies deleted; peer 0 now holds {} shards",
-        report.shards_moved, report.shards_deleted, left.shards
+        report.shards_moved, report.shards_deleted, left
     ));
-    if left.shards != 0 {
+    if left != 0 {
         return Err(DemoError::Check(
             "the drained peer still holds shards".into(),
         ));
@@ -717,19 +730,6 @@ pub async fn run(big_mib: usize, step: Step<'_>) -> Result<(), DemoError> {
 }
 
 /// Submits a layout transaction as the operator; returns (old, new) layouts.
-async fn change_layout(
-    cluster: &mut LocalCluster,
-    body: crate::chain::tx::TxBody,
-) -> Result<(Layout, Layout), DemoError> {
-    let old = cluster.layout().clone();
-    let operator = cluster.operator_client(old.clone(), None, ClientOptions::default())?;
-    let submitted = operator.submit(cluster.chain(), body).await;
-    operator.close().await;
-    submitted?;
-    let new = cluster.sync_layout().clone();
-    Ok((old, new))
-}
-
 fn slots_moved(
     old: &Layout,
     new: &Layout,
