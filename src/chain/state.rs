@@ -121,6 +121,15 @@ fn validator_role() -> Role {
     Role::Validator
 }
 
+/// Binary decoding keeps a key's 32 bytes unchecked (cheap, and most keys only sign); a
+/// transaction that admits a new identity checks it is a real Ed25519 point, so no node,
+/// validator or grantee that can never authenticate gets into the state.
+fn valid_key(id: &PublicId) -> Result<(), TxError> {
+    PublicId::from_bytes(id.to_bytes())
+        .map(drop)
+        .map_err(|e| TxError::Invalid(e.to_string()))
+}
+
 impl Genesis {
     pub fn load(path: &Path) -> Result<Self, TxError> {
         let text = std::fs::read_to_string(path)
@@ -277,6 +286,7 @@ impl State {
                 weight,
             } => {
                 require(Role::Operator, "change the cluster layout")?;
+                valid_key(node)?;
                 if addr.len() > MAX_LABEL || zone.len() > MAX_LABEL {
                     return Err(TxError::Invalid("address or zone too long".into()));
                 }
@@ -350,6 +360,7 @@ impl State {
                 expires_ms,
             } => {
                 require(Role::Department, "grant access")?;
+                valid_key(grantee)?;
                 let record = self.owned(document, sender)?;
                 if record.superseded_by.is_some() {
                     return Err(TxError::Superseded(*document));
@@ -398,6 +409,7 @@ impl State {
             }
             TxBody::AddValidator { validator } => {
                 require(Role::Validator, "change the validator set")?;
+                valid_key(validator)?;
                 if self.validators.contains(validator) {
                     return Err(TxError::ValidatorExists(*validator));
                 }
@@ -675,6 +687,29 @@ mod tests {
             },
         );
         assert_eq!(refused(&mut w.state, &t), TxError::LastValidator);
+    }
+
+    #[test]
+    fn keys_that_are_not_ed25519_points_are_refused() {
+        let mut w = world();
+        // Find 32 bytes that do not decompress to a curve point.
+        let bad = (0u8..=255)
+            .map(|b| [b; 32])
+            .find(|b| PublicId::from_bytes(*b).is_err())
+            .map(PublicId::from_raw)
+            .expect("some repeated byte is not a point");
+        let before = w.state.root();
+        let add = TxBody::AddNode {
+            node: bad,
+            addr: "127.0.0.1:7100".into(),
+            zone: "z0".into(),
+            weight: 100,
+        };
+        let t = tx(&w.operator, 1, add);
+        assert!(matches!(refused(&mut w.state, &t), TxError::Invalid(_)));
+        let t = tx(&w.validator, 1, TxBody::AddValidator { validator: bad });
+        assert!(matches!(refused(&mut w.state, &t), TxError::Invalid(_)));
+        assert_eq!(w.state.root(), before);
     }
 
     #[test]
