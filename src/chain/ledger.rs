@@ -462,6 +462,18 @@ impl Ledger {
             .cloned()
     }
 
+    /// A registered document's record as of the last block (no proof: see `document`).
+    pub fn record(&self, id: &DocumentId) -> Option<DocumentRecord> {
+        self.shared
+            .tip
+            .lock()
+            .expect("ledger lock")
+            .state
+            .documents
+            .get(id)
+            .cloned()
+    }
+
     /// A copy of the current state.
     pub fn state(&self) -> State {
         self.shared.tip.lock().expect("ledger lock").state.clone()
