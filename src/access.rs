@@ -10,10 +10,13 @@
 //! - deleting, listing, usage and scrub are for operators and storage nodes.
 //!
 //! [`ChainView`] is the peer's view of the chain: the ledger itself on a validator's peer,
-//! otherwise the chain's validator hosts asked over QUIC (their keys checked). Answers are
-//! cached for at most [`ACCESS_TTL`] (1 s), so a revocation, an expiry or a role change
-//! takes effect on every peer within that bound, open connections included (each `GetShard`
-//! re-checks the grant). If the chain cannot be asked, everything is refused (fail closed).
+//! otherwise the chain's validator hosts asked over QUIC (their keys checked). An answer
+//! that allows is cached for at most [`ACCESS_TTL`] (1 s), so a revocation, an expiry or a
+//! role withdrawn takes effect on every peer within that bound, open connections included
+//! (each `GetShard` re-checks the grant). An answer that refuses is always checked again
+//! against the chain before the refusal is sent, so a grant counts as soon as it is
+//! committed (the price: each refused request costs the peer one chain query). If the
+//! chain cannot be asked, everything is refused (fail closed).
 //!
 //! Not for: authenticating keys (`tls`), deciding what a transaction may change
 //! (`chain::state`), or unwrapping data keys (`grant`).
@@ -179,9 +182,10 @@ impl ChainView {
         }
     }
 
-    /// `who`'s role on the chain; `None` for a key with no account (a citizen).
-    pub async fn role(&self, who: &PublicId) -> Result<Option<Role>, AccessError> {
-        if let Some(hit) = self.lock().roles.get(who).filter(|c| fresh(c.at)) {
+    /// `who`'s role on the chain; `None` for a key with no account (a citizen). With
+    /// `refresh`, asks the chain even if a cached answer is younger than [`ACCESS_TTL`].
+    pub async fn role(&self, who: &PublicId, refresh: bool) -> Result<Option<Role>, AccessError> {
+        if !refresh && let Some(hit) = self.lock().roles.get(who).filter(|c| fresh(c.at)) {
             return Ok(hit.value);
         }
         let source = self.source().ok_or(AccessError::NoChain)?;
@@ -207,12 +211,14 @@ impl ChainView {
         Ok(role)
     }
 
-    /// Document `id`'s record; `None` if it is not registered.
+    /// Document `id`'s record; `None` if it is not registered. With `refresh`, asks the
+    /// chain even if a cached answer is younger than [`ACCESS_TTL`].
     pub async fn document(
         &self,
         id: &DocumentId,
+        refresh: bool,
     ) -> Result<Option<Arc<DocumentRecord>>, AccessError> {
-        if let Some(hit) = self.lock().documents.get(id).filter(|c| fresh(c.at)) {
+        if !refresh && let Some(hit) = self.lock().documents.get(id).filter(|c| fresh(c.at)) {
             return Ok(hit.value.clone());
         }
         let source = self.source().ok_or(AccessError::NoChain)?;
@@ -239,9 +245,9 @@ impl ChainView {
     }
 
     /// Whether `who` is an operator or a storage node: they read and repair every shard.
-    async fn is_maintainer(&self, who: &PublicId) -> Result<bool, AccessError> {
+    async fn is_maintainer(&self, who: &PublicId, refresh: bool) -> Result<bool, AccessError> {
         Ok(matches!(
-            self.role(who).await?,
+            self.role(who, refresh).await?,
             Some(Role::Operator | Role::Node)
         ))
     }
@@ -253,13 +259,19 @@ impl ChainView {
         roles: &[Role],
         action: &'static str,
     ) -> Result<(), AccessError> {
-        match self.role(who).await? {
-            Some(role) if roles.contains(&role) => Ok(()),
-            role => Err(AccessError::Forbidden {
-                who: *who,
-                role: role.map_or_else(|| "no account".to_string(), |r| r.to_string()),
-                action,
-            }),
+        let mut refresh = false;
+        loop {
+            match self.role(who, refresh).await? {
+                Some(role) if roles.contains(&role) => return Ok(()),
+                _ if !refresh => refresh = true,
+                role => {
+                    return Err(AccessError::Forbidden {
+                        who: *who,
+                        role: role.map_or_else(|| "no account".to_string(), |r| r.to_string()),
+                        action,
+                    });
+                }
+            }
         }
     }
 
@@ -287,11 +299,25 @@ impl ChainView {
     /// Whether `who` may read document `id` now: its owner, a live grantee, an operator or a
     /// storage node, and only while it is registered.
     pub async fn may_read(&self, who: &PublicId, id: &DocumentId) -> Result<(), AccessError> {
+        match self.check_read(who, id, false).await {
+            Err(AccessError::NotRegistered(_) | AccessError::NotGranted { .. }) => {
+                self.check_read(who, id, true).await
+            }
+            done => done,
+        }
+    }
+
+    async fn check_read(
+        &self,
+        who: &PublicId,
+        id: &DocumentId,
+        refresh: bool,
+    ) -> Result<(), AccessError> {
         let record = self
-            .document(id)
+            .document(id, refresh)
             .await?
             .ok_or(AccessError::NotRegistered(*id))?;
-        if record.may_read(who, crate::now_ms()) || self.is_maintainer(who).await? {
+        if record.may_read(who, crate::now_ms()) || self.is_maintainer(who, refresh).await? {
             Ok(())
         } else {
             Err(AccessError::NotGranted {
@@ -318,13 +344,16 @@ impl ChainView {
                 Err(e) => refusal = Some(e),
             }
         }
-        if self.is_maintainer(who).await? {
-            return Ok(());
+        match self
+            .require(who, &[Role::Operator, Role::Node], "read unopened shards")
+            .await
+        {
+            Err(AccessError::Forbidden { .. }) => Err(refusal.unwrap_or(AccessError::NotOpened {
+                who: *who,
+                shard: *shard,
+            })),
+            done => done,
         }
-        Err(refusal.unwrap_or(AccessError::NotOpened {
-            who: *who,
-            shard: *shard,
-        }))
     }
 }
 

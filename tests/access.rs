@@ -163,6 +163,17 @@ async fn only_owner_grantees_and_operators_are_served() {
     assert!(is_refusal(&err), "a department that does not own it: {err}");
     assert_eq!(served(&cluster), before, "not one shard was served to them");
 
+    // A grant counts as soon as it is committed, even where the peers have just cached the
+    // document's record without it (a refusal is always checked again on the chain).
+    let (got, _) = common::get(&dept, &doc_b.id, &doc_b.key).await.unwrap();
+    assert_eq!(got, common::data(300 << 10, 2));
+    dept.grant(doc_b.id, &doc_b.key, &GrantAddress::of(&carol), None)
+        .await
+        .unwrap();
+    let carol_key = as_carol.granted_key(&doc_b.id).await.unwrap();
+    let (got, _) = common::get(&as_carol, &doc_b.id, &carol_key).await.unwrap();
+    assert_eq!(got, common::data(300 << 10, 2));
+
     // Raw requests on one connection: a known shard id alone opens nothing, opening another
     // document does not open this one, and a manifest must hash to the id it is sent as.
     let (node, shard_b) = first_shard(&cluster, &doc_b);
