@@ -13,7 +13,11 @@
 //! to connect are marked down and skipped for `down_for` (one connection attempt per period). Stripes are opened on the blocking
 //! pool, `stripes_in_flight` at a time, and written in order.
 //!
-//! Not for: serving (`peer`), deciding who may read (the access layer, later), keeping keys
+//! A reader opens the document on each peer it asks for shards (`OpenDocument` with the
+//! manifest, once per connection): peers serve a reader only the shards of documents it
+//! opened and may read (`access`).
+//!
+//! Not for: serving (`peer`), deciding who may read (`access`, on the peers), keeping keys
 //! (see `keyring`).
 
 use std::collections::HashMap;
