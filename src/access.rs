@@ -197,17 +197,7 @@ impl ChainView {
                 .map_err(|e| AccessError::ChainUnreachable(e.to_string()))?
                 .map(|a| a.role),
         };
-        let mut cache = self.lock();
-        if cache.roles.len() >= MAX_CACHED {
-            cache.roles.clear();
-        }
-        cache.roles.insert(
-            *who,
-            Cached {
-                at: Instant::now(),
-                value: role,
-            },
-        );
+        remember(&mut self.lock().roles, *who, role);
         Ok(role)
     }
 
@@ -230,17 +220,7 @@ impl ChainView {
                 .map_err(|e| AccessError::ChainUnreachable(e.to_string()))?,
         }
         .map(Arc::new);
-        let mut cache = self.lock();
-        if cache.documents.len() >= MAX_CACHED {
-            cache.documents.clear();
-        }
-        cache.documents.insert(
-            *id,
-            Cached {
-                at: Instant::now(),
-                value: record.clone(),
-            },
-        );
+        remember(&mut self.lock().documents, *id, record.clone());
         Ok(record)
     }
 
@@ -359,6 +339,20 @@ impl ChainView {
 
 fn fresh(at: Instant) -> bool {
     at.elapsed() < ACCESS_TTL
+}
+
+/// Caches `value` for `key` from now, emptying a full cache first.
+fn remember<K: std::hash::Hash + Eq, V>(map: &mut HashMap<K, Cached<V>>, key: K, value: V) {
+    if map.len() >= MAX_CACHED {
+        map.clear();
+    }
+    map.insert(
+        key,
+        Cached {
+            at: Instant::now(),
+            value,
+        },
+    );
 }
 
 /// The documents a connection has opened (`Request::OpenDocument`): the shard ids of each

@@ -355,6 +355,18 @@ mod tests {
             format!("23000000{}{}ac02", "00", "ab".repeat(32))
         );
         assert_eq!(hex::encode(encode_frame(&Request::Ping)), "0100000008");
+        let open = encode_frame(&Request::OpenDocument {
+            document: DocumentId([0xcd; 32]),
+            len: 300,
+        });
+        assert_eq!(
+            hex::encode(&open),
+            format!("23000000{}{}ac02", "15", "cd".repeat(32))
+        );
+        assert_eq!(
+            hex::encode(encode_frame(&Response::Opened { shards: 6 })),
+            "020000000d06"
+        );
         let err = encode_frame(&Response::Error {
             code: ErrorCode::Busy,
             message: "x".into(),

@@ -507,16 +507,7 @@ impl Ledger {
         &self,
         id: &DocumentId,
     ) -> Result<Option<(DocumentRecord, TxInclusion)>, LedgerError> {
-        let Some(record) = self
-            .shared
-            .tip
-            .lock()
-            .expect("ledger lock")
-            .state
-            .documents
-            .get(id)
-            .cloned()
-        else {
+        let Some(record) = self.record(id) else {
             return Ok(None);
         };
         let Some((height, index)) = self.shared.store.document_location(id)? else {
