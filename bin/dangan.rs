@@ -1,5 +1,6 @@
 //! The `dangan` command line: parses arguments, calls the library, prints.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,7 +26,7 @@ use dangan::keyring::{Keyring, KeyringError};
 use dangan::manifest::CodingParams;
 use dangan::ops::{self, Operator, OpsOptions};
 use dangan::receipt::Receipt;
-use dangan::tls::Membership;
+use dangan::tls::{AllowAny, Membership};
 
 #[derive(Parser)]
 #[command(
@@ -479,15 +480,29 @@ async fn run_async(command: Command) -> Result<()> {
                     Some(Arc::new(ledger))
                 }
             };
+            // Any key may connect (citizens are known only by key); each request is
+            // authorised by the chain: the ledger here, or else the cluster's validators.
             let handle = dangan::peer::start(
                 &identity,
-                Arc::new(membership),
+                Arc::new(AllowAny),
                 cfg.listen,
                 &cfg.data_dir,
                 cfg.limits,
                 ledger.clone(),
             )
             .await?;
+            if ledger.is_none() {
+                match cluster.chain.clone() {
+                    Some(chain) => handle
+                        .access()
+                        .link(&identity, chain, SocketAddr::new(cfg.listen.ip(), 0))
+                        .context("linking the peer to the chain's validators")?,
+                    None => eprintln!(
+                        "warning: {} has no [chain]: this peer refuses every read and write",
+                        cfg.cluster.display()
+                    ),
+                }
+            }
             let ledger_handle = ledger;
             println!("peer {} serving on {}", handle.id(), handle.addr());
             tokio::signal::ctrl_c()

@@ -13,7 +13,11 @@
 //! to connect are marked down and skipped for `down_for` (one connection attempt per period). Stripes are opened on the blocking
 //! pool, `stripes_in_flight` at a time, and written in order.
 //!
-//! Not for: serving (`peer`), deciding who may read (the access layer, later), keeping keys
+//! A reader opens the document on each peer it asks for shards (`OpenDocument` with the
+//! manifest, once per connection): peers serve a reader only the shards of documents it
+//! opened and may read (`access`).
+//!
+//! Not for: serving (`peer`), deciding who may read (`access`, on the peers), keeping keys
 //! (see `keyring`).
 
 use std::collections::HashMap;
@@ -211,6 +215,20 @@ struct Inner {
     down: Mutex<HashMap<PublicId, Instant>>,
     /// Index in `ChainLink::hosts` of the validator host that answered last.
     chain_host: std::sync::atomic::AtomicUsize,
+    /// (connection, document) pairs opened for reading (`OpenDocument`).
+    opened: Mutex<std::collections::HashSet<(usize, DocumentId)>>,
+}
+
+/// Most (connection, document) pairs a client remembers as opened; past it, it forgets them
+/// all and opens again as needed.
+const MAX_OPENED: usize = 4096;
+
+/// A document being read: its id and canonical manifest, sent once per connection to each
+/// peer asked for its shards (`Request::OpenDocument`), which serves a reader only the
+/// shards of documents opened so.
+struct Reading {
+    id: DocumentId,
+    manifest: Bytes,
 }
 
 impl Client {
@@ -253,6 +271,7 @@ impl Client {
                 conns: Mutex::new(HashMap::new()),
                 down: Mutex::new(HashMap::new()),
                 chain_host: std::sync::atomic::AtomicUsize::new(0),
+                opened: Mutex::new(std::collections::HashSet::new()),
             }),
         })
     }
@@ -519,16 +538,45 @@ impl Client {
     /// The last nonce the chain has applied for this client.
     async fn account_nonce(&self, chain: &ChainLink) -> Result<u64, ClientError> {
         let me = self.inner.identity.public();
-        match self
-            .chain_query(chain, &Request::GetAccount { id: me })
-            .await?
-        {
-            Some(body) => postcard::from_bytes::<Account>(&body)
-                .map(|a| a.nonce)
-                .map_err(|e| ClientError::Chain(format!("account record: {e}"))),
+        match self.account(chain, &me).await? {
+            Some(account) => Ok(account.nonce),
             None => Err(ClientError::Chain(format!(
                 "this client ({me}) has no account on the chain"
             ))),
+        }
+    }
+
+    async fn account(
+        &self,
+        chain: &ChainLink,
+        id: &PublicId,
+    ) -> Result<Option<Account>, ClientError> {
+        match self
+            .chain_query(chain, &Request::GetAccount { id: *id })
+            .await?
+        {
+            Some(body) => postcard::from_bytes::<Account>(&body)
+                .map(Some)
+                .map_err(|e| ClientError::Chain(format!("account record: {e}"))),
+            None => Ok(None),
+        }
+    }
+
+    /// `id`'s account on the chain (its role), or `None` (a citizen has none).
+    pub async fn chain_account(&self, id: &PublicId) -> Result<Option<Account>, ClientError> {
+        self.account(self.chain_link()?, id).await
+    }
+
+    /// `id`'s record on the chain (owner, grants), its registration proof checked; `None`
+    /// if it is not registered.
+    pub async fn chain_record(
+        &self,
+        id: &DocumentId,
+    ) -> Result<Option<DocumentRecord>, ClientError> {
+        match self.check_registered(self.chain_link()?, id).await {
+            Ok(record) => Ok(Some(record)),
+            Err(ClientError::NotRegistered { .. }) => Ok(None),
+            Err(e) => Err(e),
         }
     }
 
@@ -966,12 +1014,16 @@ impl Client {
         }
         let manifest = Arc::new(self.manifest(id).await?);
         let codec = Arc::new(StripeCodec::for_manifest(&manifest, key)?);
+        let reading = Arc::new(Reading {
+            id: *id,
+            manifest: Bytes::from(manifest.encode()),
+        });
         let mut report = GetReport::default();
         let in_flight = self.inner.options.stripes_in_flight.max(1);
         let mut opened = futures::stream::iter(0..manifest.stripe_count())
             .map(|i| {
-                let (manifest, codec) = (manifest.clone(), codec.clone());
-                async move { self.fetch_and_open(manifest, codec, i).await }
+                let (manifest, codec, reading) = (manifest.clone(), codec.clone(), reading.clone());
+                async move { self.fetch_and_open(manifest, codec, &reading, i).await }
             })
             .buffered(in_flight);
         while let Some(res) = opened.next().await {
@@ -996,6 +1048,7 @@ impl Client {
         &self,
         manifest: Arc<Manifest>,
         codec: Arc<StripeCodec>,
+        reading: &Reading,
         index: u64,
     ) -> Result<(codec::OpenedStripe, Vec<(u64, usize, PublicId)>), ClientError> {
         let ids = manifest.stripes[index as usize].clone();
@@ -1007,7 +1060,9 @@ impl Client {
             .cloned()
             .collect();
         let k = usize::from(manifest.params.k);
-        let mut fetched = self.fetch_stripe(index, &ids, &nodes, k, None).await;
+        let mut fetched = self
+            .fetch_stripe(reading, index, &ids, &nodes, k, None)
+            .await;
         let mut tried_previous = false;
         loop {
             let shards = fetched.shards.clone();
@@ -1030,7 +1085,7 @@ impl Client {
                 Err(CodecError::StripeUnrecoverable { .. }) if !fetched.untried.is_empty() => {
                     let untried = std::mem::take(&mut fetched.untried);
                     let more = self
-                        .fetch_stripe(index, &ids, &nodes, untried.len(), Some(untried))
+                        .fetch_stripe(reading, index, &ids, &nodes, untried.len(), Some(untried))
                         .await;
                     for (slot, shard) in more.shards.into_iter().enumerate() {
                         if shard.is_some() {
@@ -1055,7 +1110,7 @@ impl Client {
                         .filter(|&s| fetched.shards[s].is_none() && old[s].key != nodes[s].key)
                         .collect();
                     let more = self
-                        .fetch_stripe(index, &ids, &old, slots.len(), Some(slots))
+                        .fetch_stripe(reading, index, &ids, &old, slots.len(), Some(slots))
                         .await;
                     for (slot, shard) in more.shards.into_iter().enumerate() {
                         if shard.is_some() {
@@ -1080,6 +1135,7 @@ impl Client {
     /// healthy peers first, one more whenever one fails or `hedge_after` passes.
     async fn fetch_stripe(
         &self,
+        reading: &Reading,
         index: u64,
         ids: &[ShardId],
         nodes: &[NodeInfo],
@@ -1091,6 +1147,7 @@ impl Client {
             .hedged(nodes, order, want, |node, slot| {
                 let id = ids[slot];
                 async move {
+                    self.open_document(&node, reading).await?;
                     match self.call(&node, &Request::GetShard { id }, None).await? {
                         (Response::Shard { len }, mut recv) => {
                             read_checked_body(&mut recv, len, proto::MAX_SHARD_BODY)
@@ -1126,6 +1183,35 @@ impl Client {
             errors,
             untried: hedged.untried,
         }
+    }
+
+    /// Opens `reading` on the connection to `node`, unless it already is.
+    async fn open_document(&self, node: &NodeInfo, reading: &Reading) -> Result<(), ClientError> {
+        let conn = self.connection(node).await?;
+        let key = (conn.stable_id(), reading.id);
+        if self
+            .inner
+            .opened
+            .lock()
+            .expect("opened lock")
+            .contains(&key)
+        {
+            return Ok(());
+        }
+        let req = Request::OpenDocument {
+            document: reading.id,
+            len: reading.manifest.len() as u64,
+        };
+        match self.call(node, &req, Some(&reading.manifest)).await? {
+            (Response::Opened { .. }, _) => {}
+            (other, _) => return Err(self.unexpected(node, &other)),
+        }
+        let mut opened = self.inner.opened.lock().expect("opened lock");
+        if opened.len() >= MAX_OPENED {
+            opened.clear();
+        }
+        opened.insert(key);
+        Ok(())
     }
 
     /// Runs `request` against the slots of `order` until `want` succeed: `want` at first

@@ -21,7 +21,7 @@ use crate::identity::{Identity, Role};
 use crate::manifest::CodingParams;
 use crate::peer::{self, PeerError, PeerHandle, PeerLimits};
 use crate::placement::{Layout, NodeInfo, PlacementError};
-use crate::tls::Membership;
+use crate::tls::{AllowAny, Membership};
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -63,6 +63,8 @@ pub struct LocalCluster {
     membership: Membership,
     layout: Layout,
     client_identity: Identity,
+    /// A second department, owning nothing of the first's.
+    other_department: Identity,
     /// The operator: may change the layout on chain and run the operations workers.
     operator: Identity,
     root: PathBuf,
@@ -89,9 +91,8 @@ impl LocalCluster {
     ) -> Result<Self, DemoError> {
         let membership = Membership::new();
         let client_identity = Identity::generate(Role::Department);
-        membership.add(client_identity.public());
+        let other_department = Identity::generate(Role::Department);
         let operator = Identity::generate(Role::Operator);
-        membership.add(operator.public());
         let identities: Vec<Identity> =
             (0..peers).map(|_| Identity::generate(Role::Node)).collect();
         for id in &identities {
@@ -102,7 +103,7 @@ impl LocalCluster {
             let dir = root.join(format!("peer-{i}"));
             let handle = peer::start(
                 &identity,
-                Arc::new(membership.clone()),
+                Arc::new(AllowAny),
                 SocketAddr::from(([127, 0, 0, 1], 0)),
                 &dir,
                 limits.clone(),
@@ -134,6 +135,7 @@ impl LocalCluster {
             validators: vec![GenesisAccount::of(&signer, Role::Validator)],
             accounts: vec![
                 GenesisAccount::of(&client_identity, Role::Department),
+                GenesisAccount::of(&other_department, Role::Department),
                 GenesisAccount::of(&operator, Role::Operator),
             ],
             nodes: nodes.clone(),
@@ -147,7 +149,7 @@ impl LocalCluster {
         membership.add(host.public());
         let validator = peer::start(
             &host,
-            Arc::new(membership.clone()),
+            Arc::new(AllowAny),
             SocketAddr::from(([127, 0, 0, 1], 0)),
             &chain_dir.join("store"),
             limits.clone(),
@@ -163,6 +165,12 @@ impl LocalCluster {
             }],
             validators,
         };
+        // Every peer authorises requests by asking the validator (the chain state now).
+        for slot in &slots {
+            if let Some(h) = &slot.handle {
+                h.access().link(&slot.identity, chain.clone(), loopback())?;
+            }
+        }
         Ok(Self {
             _tmp: None,
             layout: Layout::new(1, nodes)?,
@@ -172,6 +180,7 @@ impl LocalCluster {
             slots,
             membership,
             client_identity,
+            other_department,
             operator,
             root: root.to_path_buf(),
             limits,
@@ -187,13 +196,16 @@ impl LocalCluster {
         let dir = self.root.join(format!("peer-{i}"));
         let handle = peer::start(
             &identity,
-            Arc::new(self.membership.clone()),
+            Arc::new(AllowAny),
             SocketAddr::from(([127, 0, 0, 1], 0)),
             &dir,
             self.limits.clone(),
             None,
         )
         .await?;
+        handle
+            .access()
+            .link(&identity, self.chain.clone(), loopback())?;
         let info = NodeInfo {
             key: identity.public(),
             zone: zone.to_string(),
@@ -210,9 +222,19 @@ impl LocalCluster {
         Ok((i, info))
     }
 
-    /// The operator's identity (an `Operator` account on the chain, trusted by every peer).
+    /// The operator's identity (an `Operator` account on the chain).
     pub fn operator(&self) -> &Identity {
         &self.operator
+    }
+
+    /// The department's identity (a `Department` account on the chain).
+    pub fn department(&self) -> &Identity {
+        &self.client_identity
+    }
+
+    /// Another department's identity: on the chain, owning nothing unless it stores.
+    pub fn other_department(&self) -> &Identity {
+        &self.other_department
     }
 
     /// A client with the operator's identity, placing by `layout` and falling back to
@@ -309,7 +331,8 @@ impl LocalCluster {
         &self.layout
     }
 
-    /// The trust set every peer checks: add an identity here to let it connect.
+    /// The keys this cluster's clients accept as servers: the peers and the validator host.
+    /// Peers themselves admit any key and authorise each request by the chain (`access`).
     pub fn membership(&self) -> &Membership {
         &self.membership
     }
@@ -336,7 +359,7 @@ impl LocalCluster {
         self.client_as(&self.client_identity, options)
     }
 
-    /// A client with any identity (trusted only if it is in [`LocalCluster::membership`]).
+    /// A client with any identity; what it may do is what its account or grants allow.
     pub fn client_as(
         &self,
         identity: &Identity,
@@ -363,19 +386,20 @@ impl LocalCluster {
 
     /// Starts a stopped peer again on its old address with its old store.
     pub async fn restart_peer(&mut self, i: usize) -> Result<(), DemoError> {
-        let membership = self.membership.clone();
         let limits = self.limits.clone();
+        let chain = self.chain.clone();
         let slot = self.slots.get_mut(i).ok_or(DemoError::PeerStopped(i))?;
         if slot.handle.is_none() {
             let handle = peer::start(
                 &slot.identity,
-                Arc::new(membership),
+                Arc::new(AllowAny),
                 slot.addr,
                 &slot.dir,
                 limits,
                 None,
             )
             .await?;
+            handle.access().link(&slot.identity, chain, loopback())?;
             slot.handle = Some(handle);
         }
         Ok(())
@@ -391,6 +415,13 @@ impl LocalCluster {
         &self.ledger
     }
 
+    /// Stops the peer that hosts the validator: the chain becomes unreachable.
+    pub async fn stop_validator(&mut self) {
+        if let Some(v) = self.validator.take() {
+            v.shutdown().await;
+        }
+    }
+
     pub async fn shutdown(mut self) {
         for slot in &mut self.slots {
             if let Some(h) = slot.handle.take() {
@@ -402,6 +433,11 @@ impl LocalCluster {
         }
         self.ledger.shutdown().await;
     }
+}
+
+/// Where a local peer's chain view binds: loopback, any port.
+fn loopback() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 0))
 }
 
 /// One line of the demo's story.
@@ -583,9 +619,6 @@ pub async fn run(big_mib: usize, step: Step<'_>) -> Result<(), DemoError> {
     // key from the chain, reads the document and keeps a receipt that verifies offline.
     let citizen = Identity::generate(Role::Citizen);
     let neighbour = Identity::generate(Role::Citizen);
-    // Peers still admit readers by membership; serving by grant is the next step.
-    cluster.membership().add(citizen.public());
-    cluster.membership().add(neighbour.public());
     let (height, _) = client
         .grant(
             cert_put.id,
@@ -624,6 +657,18 @@ pub async fn run(big_mib: usize, step: Step<'_>) -> Result<(), DemoError> {
         Ok(_) => {
             return Err(DemoError::Check(
                 "a citizen without a grant got the data key".into(),
+            ));
+        }
+    }
+    // The peers themselves serve the neighbour nothing: no manifest, no shard.
+    match as_neighbour.manifest(&cert_put.id).await {
+        Err(ClientError::NotFound { errors, .. }) if errors.contains("Refused") => step(
+            "the neighbour asks the peers for the certificate itself: every peer refuses (no grant on chain)",
+        ),
+        Err(e) => return Err(e.into()),
+        Ok(_) => {
+            return Err(DemoError::Check(
+                "a peer served the manifest to a citizen without a grant".into(),
             ));
         }
     }

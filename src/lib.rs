@@ -4,6 +4,7 @@
 //! `manifest`, `identity`, `placement`, `store`, `keyring`; `codec`, `tls`, `proto`;
 //! `peer`, `client`; `config`; `ops` (repair, rebalance, scrub); `demo`, `bench`.
 
+pub mod access;
 pub mod bench;
 pub mod chain;
 pub mod client;

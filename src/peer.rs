@@ -9,8 +9,13 @@
 //! checked against its id before it joins a batch, so a bad shard never fails other
 //! clients' puts.
 //!
-//! Not for: deciding placement, talking to the chain, access control beyond "the TLS
-//! handshake accepted this identity" (grants come with the access layer).
+//! Every request is authorised by `access` from the caller's key (authenticated by the TLS
+//! handshake) and the chain state now: reads by the owner, a live grantee, an operator or a
+//! storage node; writes and maintenance by the roles that need them. A refusal is
+//! `ErrorCode::Refused` with the reason, before any body is read or any document byte sent.
+//!
+//! Not for: deciding placement, or deciding who may read (that is the chain's and
+//! `access`'s).
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -24,6 +29,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
+use crate::access::{AccessError, ChainView, OpenDocuments};
 use crate::chain::ledger::{Ledger, LedgerError};
 use crate::chain::tx::SignedTx;
 use crate::identity::{Identity, PublicId};
@@ -87,6 +93,7 @@ struct State {
     committer: mpsc::UnboundedSender<CommitJob>,
     slots: Semaphore,
     ledger: Option<Arc<Ledger>>,
+    access: Arc<ChainView>,
     limits: PeerLimits,
     stats: Arc<PeerStats>,
 }
@@ -107,6 +114,7 @@ pub struct PeerHandle {
     accept: JoinHandle<()>,
     store: Arc<ShardStore>,
     stats: Arc<PeerStats>,
+    access: Arc<ChainView>,
 }
 
 impl PeerHandle {
@@ -126,18 +134,27 @@ impl PeerHandle {
         &self.stats
     }
 
+    /// The chain view requests are authorised by: the ledger on a validator's peer;
+    /// otherwise unlinked (refusing everything) until [`ChainView::link`]ed to validators.
+    pub fn access(&self) -> &Arc<ChainView> {
+        &self.access
+    }
+
     /// Stops accepting, closes every connection, waits for the socket to be released.
     pub async fn shutdown(self) {
         self.endpoint.close(0u32.into(), b"peer shutting down");
         self.accept.abort();
         let _ = self.accept.await;
         self.endpoint.wait_idle().await;
+        self.access.close().await;
         info!(peer = %self.id.short(), "peer stopped");
     }
 }
 
 /// Opens the store in `data_dir` and serves on `listen` until shut down; with a `ledger`,
-/// the peer is also a validator and answers chain requests.
+/// the peer is also a validator and answers chain requests, and authorises requests by it.
+/// `trust` decides which keys complete the handshake: a storage peer that serves citizens
+/// passes [`crate::tls::AllowAny`] and relies on per-request authorisation (`access`).
 pub async fn start(
     identity: &Identity,
     trust: Arc<dyn TrustPolicy>,
@@ -156,11 +173,16 @@ pub async fn start(
     let endpoint = tls::endpoint(listen, identity, trust)?;
     let addr = endpoint.local_addr().map_err(PeerError::Addr)?;
     let stats = Arc::new(PeerStats::default());
+    let access = Arc::new(match &ledger {
+        Some(ledger) => ChainView::of_ledger(ledger.clone()),
+        None => ChainView::unlinked(),
+    });
     let state = Arc::new(State {
         store: store.clone(),
         committer: spawn_committer(store.clone(), limits.commit_batch, stats.clone()),
         slots: Semaphore::new(limits.max_concurrent_requests),
         ledger,
+        access: access.clone(),
         limits: limits.clone(),
         stats: stats.clone(),
     });
@@ -174,6 +196,7 @@ pub async fn start(
         accept,
         store,
         stats,
+        access,
     })
 }
 
@@ -286,6 +309,7 @@ async fn accept_loop(endpoint: quinn::Endpoint, state: Arc<State>) {
 }
 
 async fn serve_connection(conn: quinn::Connection, who: PublicId, state: Arc<State>) {
+    let opened = Arc::new(OpenDocuments::default());
     loop {
         let (send, recv) = match conn.accept_bi().await {
             Ok(streams) => streams,
@@ -294,9 +318,9 @@ async fn serve_connection(conn: quinn::Connection, who: PublicId, state: Arc<Sta
                 return;
             }
         };
-        let state = state.clone();
+        let (state, opened) = (state.clone(), opened.clone());
         tokio::spawn(async move {
-            serve_stream(send, recv, who, state).await;
+            serve_stream(send, recv, who, state, opened).await;
         });
     }
 }
@@ -306,6 +330,7 @@ async fn serve_stream(
     mut recv: RecvStream,
     who: PublicId,
     state: Arc<State>,
+    opened: Arc<OpenDocuments>,
 ) {
     state.stats.requests.fetch_add(1, Ordering::Relaxed);
     let permit = match tokio::time::timeout(state.limits.queue_timeout, state.slots.acquire()).await
@@ -319,7 +344,7 @@ async fn serve_stream(
         }
     };
     let timeout = state.limits.request_timeout;
-    match tokio::time::timeout(timeout, handle(&mut send, &mut recv, &state, who)).await {
+    match tokio::time::timeout(timeout, handle(&mut send, &mut recv, &state, who, &opened)).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => debug!(client = %who.short(), error = %e, "request failed"),
         Err(_) => {
@@ -363,6 +388,7 @@ async fn handle(
     recv: &mut RecvStream,
     state: &Arc<State>,
     who: PublicId,
+    opened: &OpenDocuments,
 ) -> Result<(), ProtoError> {
     let req: Request = match proto::read_frame(recv).await {
         Ok(req) => req,
@@ -379,6 +405,12 @@ async fn handle(
         Err(e) => return Err(e),
     };
     let store = state.store.clone();
+    if let Err(e) = authorise(state, &who, &req, opened).await {
+        state.stats.refused.fetch_add(1, Ordering::Relaxed);
+        debug!(client = %who.short(), error = %e, "request refused");
+        let _ = recv.stop(ErrorCode::Refused.as_u32().into());
+        return answer(send, &error(ErrorCode::Refused, e.to_string()), None).await;
+    }
     match req {
         Request::PutShard { id, len } => {
             if let Err(e) = proto::check_body_len("shard", len, MAX_SHARD_BODY) {
@@ -470,6 +502,27 @@ async fn handle(
             Ok(None) => answer(send, &Response::NotFound, None).await,
             Err(e) => answer(send, &store_error(state, e), None).await,
         },
+        Request::OpenDocument { document, len } => {
+            if let Err(e) = proto::check_body_len("manifest", len, MAX_MANIFEST_BODY) {
+                let _ = recv.stop(ErrorCode::TooLarge.as_u32().into());
+                return answer(send, &error(ErrorCode::TooLarge, e.to_string()), None).await;
+            }
+            let body = proto::read_body(recv, len).await?;
+            let resp = match opened.open(document, &body) {
+                Ok(shards) => Response::Opened {
+                    shards: shards as u32,
+                },
+                Err(e) => {
+                    state.stats.refused.fetch_add(1, Ordering::Relaxed);
+                    let code = match e {
+                        AccessError::ManifestMismatch(_) => ErrorCode::HashMismatch,
+                        _ => ErrorCode::Malformed,
+                    };
+                    error(code, e.to_string())
+                }
+            };
+            answer(send, &resp, None).await
+        }
         Request::Ping => answer(send, &Response::Pong, None).await,
         Request::SubmitTx { len } => {
             if let Err(e) = proto::check_body_len("transaction", len, MAX_TX_BODY) {
@@ -606,6 +659,44 @@ async fn handle(
             .await;
             chain_answer(send, Ok(Some(ids))).await
         }
+    }
+}
+
+/// Whether `who` may make `req` now (see `access`). Chain queries and submissions are open
+/// to every authenticated key (a transaction is checked by the chain itself); consensus
+/// messages are checked where they are read (`validator_body`).
+async fn authorise(
+    state: &State,
+    who: &PublicId,
+    req: &Request,
+    opened: &OpenDocuments,
+) -> Result<(), AccessError> {
+    let access = &state.access;
+    match req {
+        Request::GetShard { id } => access.may_read_shard(who, id, opened).await,
+        Request::GetManifest { id } | Request::OpenDocument { document: id, .. } => {
+            access.may_read(who, id).await
+        }
+        Request::PutShard { .. } | Request::PutManifest { .. } | Request::HasShard { .. } => {
+            access.may_store(who).await
+        }
+        Request::DeleteShard { .. } | Request::DeleteManifest { .. } => {
+            access.may_maintain(who, "delete shards or manifests").await
+        }
+        Request::ListShards { .. } => access.may_maintain(who, "list shards").await,
+        Request::Usage => access.may_maintain(who, "see the store's usage").await,
+        Request::Scrub { .. } => access.may_maintain(who, "scrub").await,
+        Request::Ping
+        | Request::SubmitTx { .. }
+        | Request::GetDocument { .. }
+        | Request::GetBlock { .. }
+        | Request::ChainStatus
+        | Request::GetAccount { .. }
+        | Request::GetTx { .. }
+        | Request::GetLayout
+        | Request::ListDocuments { .. }
+        | Request::Raft { .. }
+        | Request::Endorse { .. } => Ok(()),
     }
 }
 

@@ -129,7 +129,20 @@ pub enum Request {
     Endorse {
         len: u64,
     },
+    /// Opens a document for reading its shards on this connection: `len` body bytes of its
+    /// canonical manifest follow (at most [`MAX_MANIFEST_BODY`]). The peer checks that the
+    /// caller may read `document` now (`access`), that the bytes hash to it and decode, and
+    /// answers `Opened`; `GetShard` on this connection then serves that manifest's shards
+    /// (to a reader who is not an operator or a storage node, nothing else). A connection
+    /// keeps at most [`MAX_OPEN_DOCUMENTS`] documents open (the oldest is closed first).
+    OpenDocument {
+        document: DocumentId,
+        len: u64,
+    },
 }
+
+/// Documents one connection keeps open for reading at once (see [`Request::OpenDocument`]).
+pub const MAX_OPEN_DOCUMENTS: usize = 16;
 
 /// Which consensus message a [`Request::Raft`] carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -172,6 +185,10 @@ pub enum Response {
     },
     /// One page of a scrub.
     Scrubbed(ScrubPage),
+    /// The document is open for reading on this connection: its `shards` distinct shard ids.
+    Opened {
+        shards: u32,
+    },
 }
 
 /// Why a peer refused a request. Also used as the QUIC application close/stop code.
@@ -192,7 +209,9 @@ pub enum ErrorCode {
     Timeout = 6,
     /// The peer failed internally (disk error); its log says why.
     Internal = 7,
-    /// A chain transaction was refused; the message says why. Nothing changed.
+    /// A chain transaction was refused, or the caller may not do what it asked (no role,
+    /// no live grant, the chain unreachable to check): the message says why. Nothing
+    /// changed and no document bytes were sent.
     Refused = 8,
     /// This peer runs no validator.
     NotValidator = 9,
@@ -336,6 +355,18 @@ mod tests {
             format!("23000000{}{}ac02", "00", "ab".repeat(32))
         );
         assert_eq!(hex::encode(encode_frame(&Request::Ping)), "0100000008");
+        let open = encode_frame(&Request::OpenDocument {
+            document: DocumentId([0xcd; 32]),
+            len: 300,
+        });
+        assert_eq!(
+            hex::encode(&open),
+            format!("23000000{}{}ac02", "15", "cd".repeat(32))
+        );
+        assert_eq!(
+            hex::encode(encode_frame(&Response::Opened { shards: 6 })),
+            "020000000d06"
+        );
         let err = encode_frame(&Response::Error {
             code: ErrorCode::Busy,
             message: "x".into(),

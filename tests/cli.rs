@@ -346,7 +346,8 @@ fn peers_as_separate_processes_put_get_lose_one_and_refuse_strangers() {
         "get returned other bytes"
     );
 
-    // 3. A key that is not in the cluster file: every peer refuses it, nothing is stored.
+    // 3. A key that is not in the cluster file and has no account on the chain: every peer
+    // refuses its writes, nothing is stored.
     let stranger_key = root.join("stranger.key");
     let keys_new = run(
         dangan([
@@ -495,6 +496,47 @@ fn peers_as_separate_processes_put_get_lose_one_and_refuse_strangers() {
         block.stdout.contains("RegisterDocument"),
         "{}",
         block.describe()
+    );
+
+    // A citizen, in no cluster file, reads the document once granted, with its own key.
+    let citizen_key = root.join("citizen.key");
+    run(
+        dangan([
+            "keys".as_ref(),
+            "new".as_ref(),
+            "--role".as_ref(),
+            "citizen".as_ref(),
+            "--out".as_ref(),
+            citizen_key.as_os_str(),
+        ]),
+        &logs,
+        "keys-new-citizen",
+    )
+    .expect_ok("keys new --role citizen");
+    let citizen_ring = root.join("citizen-keyring");
+    let citizen = cluster.client_args(&citizen_key, &citizen_ring);
+    let out4 = root.join("out4.bin");
+    let citizen_get = || {
+        let mut get = dangan(["get".as_ref(), id.as_ref(), "-o".as_ref(), out4.as_os_str()]);
+        get.args(&citizen);
+        get
+    };
+    let refused = run(citizen_get(), &logs, "get-citizen-ungranted")
+        .expect_fail("a citizen's get before the grant");
+    assert!(refused.stderr.contains("grant"), "{}", refused.describe());
+    let address = run(
+        dangan(["keys".as_ref(), "address".as_ref(), citizen_key.as_os_str()]),
+        &logs,
+        "keys-address",
+    )
+    .expect_ok("keys address");
+    let mut grant = dangan(["grant", id.as_str(), address.stdout.trim()]);
+    grant.args(&client);
+    run(grant, &logs, "grant").expect_ok("grant");
+    run(citizen_get(), &logs, "get-citizen").expect_ok("the granted citizen's get");
+    assert!(
+        fs::read(&out4).unwrap() == bytes,
+        "the citizen read other bytes"
     );
 
     // 6. Kill one peer (m = 1): every stripe is still readable from the other two.

@@ -107,6 +107,17 @@ fn wire_frames() {
         "submit_tx",
         &with_body(Request::SubmitTx { len: 2 }, b"tx"),
     );
+    put(
+        "wire_frame",
+        "open_document",
+        &with_body(
+            Request::OpenDocument {
+                document: doc,
+                len: 3,
+            },
+            b"abc",
+        ),
+    );
     let requests = [
         ("get_shard", Request::GetShard { id }),
         ("has_shard", Request::HasShard { id }),

@@ -16,9 +16,6 @@ async fn a_granted_citizen_reads_and_others_get_no_key() {
     let dept = cluster.client(common::options()).unwrap();
     let citizen = Identity::generate(Role::Citizen);
     let stranger = Identity::generate(Role::Citizen);
-    // Peers still admit readers by membership; enforcing grants on peers comes next.
-    cluster.membership().add(citizen.public());
-    cluster.membership().add(stranger.public());
     let as_citizen = cluster.client_as(&citizen, common::options()).unwrap();
     let as_stranger = cluster.client_as(&stranger, common::options()).unwrap();
 

@@ -47,7 +47,9 @@ fn serve(stream: &[u8]) {
     round_trip(&req);
     let (what, len, max) = match req {
         Request::PutShard { len, .. } => ("shard", len, MAX_SHARD_BODY),
-        Request::PutManifest { len, .. } => ("manifest", len, MAX_MANIFEST_BODY),
+        Request::PutManifest { len, .. } | Request::OpenDocument { len, .. } => {
+            ("manifest", len, MAX_MANIFEST_BODY)
+        }
         Request::SubmitTx { len } => ("transaction", len, MAX_TX_BODY),
         _ => return,
     };

@@ -462,6 +462,18 @@ impl Ledger {
             .cloned()
     }
 
+    /// A registered document's record as of the last block (no proof: see `document`).
+    pub fn record(&self, id: &DocumentId) -> Option<DocumentRecord> {
+        self.shared
+            .tip
+            .lock()
+            .expect("ledger lock")
+            .state
+            .documents
+            .get(id)
+            .cloned()
+    }
+
     /// A copy of the current state.
     pub fn state(&self) -> State {
         self.shared.tip.lock().expect("ledger lock").state.clone()
@@ -495,16 +507,7 @@ impl Ledger {
         &self,
         id: &DocumentId,
     ) -> Result<Option<(DocumentRecord, TxInclusion)>, LedgerError> {
-        let Some(record) = self
-            .shared
-            .tip
-            .lock()
-            .expect("ledger lock")
-            .state
-            .documents
-            .get(id)
-            .cloned()
-        else {
+        let Some(record) = self.record(id) else {
             return Ok(None);
         };
         let Some((height, index)) = self.shared.store.document_location(id)? else {

@@ -1,0 +1,486 @@
+//! Read authorisation on peers: who may do what, as the chain says now.
+//!
+//! A peer's listener authenticates every key that proves possession of it (citizens are
+//! known only by their public key), so each request is authorised here instead:
+//! - reading a document (`GetManifest`, `OpenDocument`, then `GetShard` on the shards of an
+//!   open manifest) is for its owning department, a live grantee
+//!   ([`DocumentRecord::may_read`]: not revoked, not expired), an operator (repair,
+//!   rebalance and scrub run as one) and storage nodes;
+//! - storing shards and manifests is for departments, operators and storage nodes;
+//! - deleting, listing, usage and scrub are for operators and storage nodes.
+//!
+//! [`ChainView`] is the peer's view of the chain: the ledger itself on a validator's peer,
+//! otherwise the chain's validator hosts asked over QUIC (their keys checked). An answer
+//! that allows is cached for at most [`ACCESS_TTL`] (1 s), so a revocation, an expiry or a
+//! role withdrawn takes effect on every peer within that bound, open connections included
+//! (each `GetShard` re-checks the grant). An answer that refuses is always checked again
+//! against the chain before the refusal is sent, so a grant counts as soon as it is
+//! committed (the price: each refused request costs the peer one chain query). If the
+//! chain cannot be asked, everything is refused (fail closed).
+//!
+//! Not for: authenticating keys (`tls`), deciding what a transaction may change
+//! (`chain::state`), or unwrapping data keys (`grant`).
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use crate::chain::ledger::Ledger;
+use crate::chain::state::DocumentRecord;
+use crate::client::{ChainLink, Client, ClientError, ClientOptions};
+use crate::id::{DocumentId, ShardId};
+use crate::identity::{Identity, PublicId, Role};
+use crate::manifest::Manifest;
+use crate::placement::Layout;
+use crate::proto::MAX_OPEN_DOCUMENTS;
+use crate::tls::Membership;
+
+/// Longest a peer acts on a chain answer (a document's grants, an account's role).
+pub const ACCESS_TTL: Duration = Duration::from_secs(1);
+
+/// Most cached answers of each kind; the cache is emptied when it fills.
+const MAX_CACHED: usize = 16 << 10;
+
+/// Why a request was refused. Every variant leaves the store unchanged and sends no bytes
+/// of any document.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum AccessError {
+    #[error("{who} ({role}) may not {action}")]
+    Forbidden {
+        who: PublicId,
+        role: String,
+        action: &'static str,
+    },
+    #[error("document {0} is not registered on the chain")]
+    NotRegistered(DocumentId),
+    #[error("{who} is neither the owner of document {document} nor holds a live grant on it")]
+    NotGranted { who: PublicId, document: DocumentId },
+    #[error(
+        "shard {shard} belongs to no document {who} has opened and may read on this connection"
+    )]
+    NotOpened { who: PublicId, shard: ShardId },
+    #[error("the manifest sent does not hash to document {0}")]
+    ManifestMismatch(DocumentId),
+    #[error("the manifest of {document} does not decode: {reason}")]
+    BadManifest {
+        document: DocumentId,
+        reason: String,
+    },
+    #[error("access cannot be checked, so it is refused: the chain is unreachable ({0})")]
+    ChainUnreachable(String),
+    #[error("access cannot be checked, so it is refused: this peer is linked to no chain")]
+    NoChain,
+}
+
+/// Where a [`ChainView`] asks.
+enum Source {
+    Ledger(Arc<Ledger>),
+    Remote(Client),
+}
+
+struct Cached<T> {
+    at: Instant,
+    value: T,
+}
+
+#[derive(Default)]
+struct Cache {
+    documents: HashMap<DocumentId, Cached<Option<Arc<DocumentRecord>>>>,
+    roles: HashMap<PublicId, Cached<Option<Role>>>,
+}
+
+/// A peer's view of the chain, for authorising requests (see the module docs).
+pub struct ChainView {
+    source: RwLock<Option<Arc<Source>>>,
+    cache: Mutex<Cache>,
+}
+
+impl std::fmt::Debug for ChainView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let linked = match self.source().as_deref() {
+            None => "none",
+            Some(Source::Ledger(_)) => "ledger",
+            Some(Source::Remote(_)) => "validators",
+        };
+        f.debug_struct("ChainView")
+            .field("source", &linked)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ChainView {
+    /// A view linked to nothing yet: it refuses everything until [`ChainView::link`].
+    pub fn unlinked() -> Self {
+        Self {
+            source: RwLock::new(None),
+            cache: Mutex::new(Cache::default()),
+        }
+    }
+
+    /// The view of a validator's peer: its own ledger.
+    pub fn of_ledger(ledger: Arc<Ledger>) -> Self {
+        let view = Self::unlinked();
+        view.set(Source::Ledger(ledger));
+        view
+    }
+
+    /// Links the view to the chain's validator hosts, asked as `identity` from an endpoint
+    /// bound to `bind` (port 0 for any). Only the hosts' own keys are accepted. Must be
+    /// called within a tokio runtime. A view with a ledger keeps it.
+    pub fn link(
+        &self,
+        identity: &Identity,
+        chain: ChainLink,
+        bind: SocketAddr,
+    ) -> Result<(), ClientError> {
+        if matches!(self.source().as_deref(), Some(Source::Ledger(_))) {
+            return Ok(());
+        }
+        let hosts: Membership = chain.hosts.iter().map(|h| h.key).collect();
+        let layout = Layout::new(0, Vec::new())?;
+        let client = Client::new(
+            identity,
+            Arc::new(hosts),
+            layout,
+            ClientOptions {
+                bind,
+                chain: Some(chain),
+                connect_timeout: Duration::from_secs(1),
+                request_timeout: Duration::from_secs(5),
+                down_for: Duration::from_millis(500),
+                ..ClientOptions::default()
+            },
+        )?;
+        self.set(Source::Remote(client));
+        Ok(())
+    }
+
+    fn set(&self, source: Source) {
+        *self.source.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(source));
+        *self.lock() = Cache::default();
+    }
+
+    fn source(&self) -> Option<Arc<Source>> {
+        self.source
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Cache> {
+        self.cache.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Closes the view's connections to the validators.
+    pub async fn close(&self) {
+        if let Some(source) = self.source()
+            && let Source::Remote(client) = &*source
+        {
+            client.close().await;
+        }
+    }
+
+    /// `who`'s role on the chain; `None` for a key with no account (a citizen). With
+    /// `refresh`, asks the chain even if a cached answer is younger than [`ACCESS_TTL`].
+    pub async fn role(&self, who: &PublicId, refresh: bool) -> Result<Option<Role>, AccessError> {
+        if !refresh && let Some(hit) = self.lock().roles.get(who).filter(|c| fresh(c.at)) {
+            return Ok(hit.value);
+        }
+        let source = self.source().ok_or(AccessError::NoChain)?;
+        let role = match &*source {
+            Source::Ledger(ledger) => ledger.account(who).map(|a| a.role),
+            Source::Remote(client) => client
+                .chain_account(who)
+                .await
+                .map_err(|e| AccessError::ChainUnreachable(e.to_string()))?
+                .map(|a| a.role),
+        };
+        remember(&mut self.lock().roles, *who, role);
+        Ok(role)
+    }
+
+    /// Document `id`'s record; `None` if it is not registered. With `refresh`, asks the
+    /// chain even if a cached answer is younger than [`ACCESS_TTL`].
+    pub async fn document(
+        &self,
+        id: &DocumentId,
+        refresh: bool,
+    ) -> Result<Option<Arc<DocumentRecord>>, AccessError> {
+        if !refresh && let Some(hit) = self.lock().documents.get(id).filter(|c| fresh(c.at)) {
+            return Ok(hit.value.clone());
+        }
+        let source = self.source().ok_or(AccessError::NoChain)?;
+        let record = match &*source {
+            Source::Ledger(ledger) => ledger.record(id),
+            Source::Remote(client) => client
+                .chain_record(id)
+                .await
+                .map_err(|e| AccessError::ChainUnreachable(e.to_string()))?,
+        }
+        .map(Arc::new);
+        remember(&mut self.lock().documents, *id, record.clone());
+        Ok(record)
+    }
+
+    /// Whether `who` is an operator or a storage node: they read and repair every shard.
+    async fn is_maintainer(&self, who: &PublicId, refresh: bool) -> Result<bool, AccessError> {
+        Ok(matches!(
+            self.role(who, refresh).await?,
+            Some(Role::Operator | Role::Node)
+        ))
+    }
+
+    /// Allowed when `who` has one of `roles`; else refused naming `action`.
+    pub async fn require(
+        &self,
+        who: &PublicId,
+        roles: &[Role],
+        action: &'static str,
+    ) -> Result<(), AccessError> {
+        let mut refresh = false;
+        loop {
+            match self.role(who, refresh).await? {
+                Some(role) if roles.contains(&role) => return Ok(()),
+                _ if !refresh => refresh = true,
+                role => {
+                    return Err(AccessError::Forbidden {
+                        who: *who,
+                        role: role.map_or_else(|| "no account".to_string(), |r| r.to_string()),
+                        action,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Storing shards and manifests: departments (their puts), operators and storage nodes
+    /// (repair and rebalance copies).
+    pub async fn may_store(&self, who: &PublicId) -> Result<(), AccessError> {
+        self.require(
+            who,
+            &[Role::Department, Role::Operator, Role::Node],
+            "store shards or manifests",
+        )
+        .await
+    }
+
+    /// Deleting, listing, usage, scrub: operators and storage nodes.
+    pub async fn may_maintain(
+        &self,
+        who: &PublicId,
+        action: &'static str,
+    ) -> Result<(), AccessError> {
+        self.require(who, &[Role::Operator, Role::Node], action)
+            .await
+    }
+
+    /// Whether `who` may read document `id` now: its owner, a live grantee, an operator or a
+    /// storage node, and only while it is registered.
+    pub async fn may_read(&self, who: &PublicId, id: &DocumentId) -> Result<(), AccessError> {
+        match self.check_read(who, id, false).await {
+            Err(AccessError::NotRegistered(_) | AccessError::NotGranted { .. }) => {
+                self.check_read(who, id, true).await
+            }
+            done => done,
+        }
+    }
+
+    async fn check_read(
+        &self,
+        who: &PublicId,
+        id: &DocumentId,
+        refresh: bool,
+    ) -> Result<(), AccessError> {
+        let record = self
+            .document(id, refresh)
+            .await?
+            .ok_or(AccessError::NotRegistered(*id))?;
+        if record.may_read(who, crate::now_ms()) || self.is_maintainer(who, refresh).await? {
+            Ok(())
+        } else {
+            Err(AccessError::NotGranted {
+                who: *who,
+                document: *id,
+            })
+        }
+    }
+
+    /// Whether `who` may fetch `shard` on a connection with `opened`: an operator or a
+    /// storage node always; anyone else only for a shard of a document opened on this
+    /// connection that they may still read now.
+    pub async fn may_read_shard(
+        &self,
+        who: &PublicId,
+        shard: &ShardId,
+        opened: &OpenDocuments,
+    ) -> Result<(), AccessError> {
+        let documents = opened.documents_with(shard);
+        let mut refusal = None;
+        for document in &documents {
+            match self.may_read(who, document).await {
+                Ok(()) => return Ok(()),
+                Err(e) => refusal = Some(e),
+            }
+        }
+        match self
+            .require(who, &[Role::Operator, Role::Node], "read unopened shards")
+            .await
+        {
+            Err(AccessError::Forbidden { .. }) => Err(refusal.unwrap_or(AccessError::NotOpened {
+                who: *who,
+                shard: *shard,
+            })),
+            done => done,
+        }
+    }
+}
+
+fn fresh(at: Instant) -> bool {
+    at.elapsed() < ACCESS_TTL
+}
+
+/// Caches `value` for `key` from now, emptying a full cache first.
+fn remember<K: std::hash::Hash + Eq, V>(map: &mut HashMap<K, Cached<V>>, key: K, value: V) {
+    if map.len() >= MAX_CACHED {
+        map.clear();
+    }
+    map.insert(
+        key,
+        Cached {
+            at: Instant::now(),
+            value,
+        },
+    );
+}
+
+/// The documents a connection has opened (`Request::OpenDocument`): the shard ids of each
+/// manifest, at most [`MAX_OPEN_DOCUMENTS`] documents (the oldest is dropped first).
+#[derive(Debug, Default)]
+pub struct OpenDocuments {
+    documents: Mutex<VecDeque<(DocumentId, HashSet<ShardId>)>>,
+}
+
+impl OpenDocuments {
+    /// Checks that `manifest` (the bytes a reader sent) hashes to `document` and decodes,
+    /// and opens it: returns how many distinct shards it names.
+    pub fn open(&self, document: DocumentId, manifest: &[u8]) -> Result<usize, AccessError> {
+        if !document.verifies(manifest) {
+            return Err(AccessError::ManifestMismatch(document));
+        }
+        let decoded = Manifest::decode(manifest).map_err(|e| AccessError::BadManifest {
+            document,
+            reason: e.to_string(),
+        })?;
+        let shards: HashSet<ShardId> = decoded.stripes.into_iter().flatten().collect();
+        let count = shards.len();
+        self.insert(document, shards);
+        Ok(count)
+    }
+
+    fn insert(&self, document: DocumentId, shards: HashSet<ShardId>) {
+        let mut open = self.documents.lock().unwrap_or_else(|e| e.into_inner());
+        open.retain(|(d, _)| *d != document);
+        if open.len() >= MAX_OPEN_DOCUMENTS {
+            open.pop_front();
+        }
+        open.push_back((document, shards));
+    }
+
+    /// The open documents that name `shard`.
+    pub fn documents_with(&self, shard: &ShardId) -> Vec<DocumentId> {
+        self.documents
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|(_, shards)| shards.contains(shard))
+            .map(|(d, _)| *d)
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::{self, DocumentInfo};
+    use crate::manifest::CodingParams;
+
+    fn manifest() -> Vec<u8> {
+        let params = CodingParams {
+            k: 2,
+            m: 1,
+            segment_size: 1024,
+            segments_per_stripe: 1,
+        };
+        let info = DocumentInfo {
+            department: "d".into(),
+            document_type: "t".into(),
+            created_at_ms: Some(1),
+        };
+        let (manifest, _) = codec::encode(&vec![7u8; 5000][..], params, info, |_| Ok(())).unwrap();
+        manifest.encode()
+    }
+
+    #[test]
+    fn an_open_manifest_names_its_shards_and_nothing_else() {
+        let bytes = manifest();
+        let id = DocumentId::of(&bytes);
+        let open = OpenDocuments::default();
+        let decoded = Manifest::decode(&bytes).unwrap();
+        let n = open.open(id, &bytes).unwrap();
+        assert!(n >= 3);
+        for shard in decoded.stripes.iter().flatten() {
+            assert_eq!(open.documents_with(shard), vec![id]);
+        }
+        assert!(open.documents_with(&ShardId::of(b"other")).is_empty());
+
+        let mut bad = bytes.clone();
+        bad[0] ^= 1;
+        assert!(matches!(
+            open.open(id, &bad),
+            Err(AccessError::ManifestMismatch(_))
+        ));
+        let garbage = b"not a manifest".to_vec();
+        assert!(matches!(
+            open.open(DocumentId::of(&garbage), &garbage),
+            Err(AccessError::BadManifest { .. })
+        ));
+    }
+
+    #[test]
+    fn a_connection_keeps_a_bounded_number_of_documents_open() {
+        let bytes = manifest();
+        let id = DocumentId::of(&bytes);
+        let open = OpenDocuments::default();
+        open.open(id, &bytes).unwrap();
+        let first = Manifest::decode(&bytes).unwrap().stripes[0][0];
+        // Re-opening does not duplicate it.
+        open.open(id, &bytes).unwrap();
+        assert_eq!(open.documents.lock().unwrap().len(), 1);
+        for i in 0..MAX_OPEN_DOCUMENTS - 1 {
+            open.insert(DocumentId::of(&[i as u8]), HashSet::new());
+        }
+        assert_eq!(open.documents_with(&first), vec![id]);
+        open.insert(DocumentId::of(b"one more"), HashSet::new());
+        assert!(
+            open.documents_with(&first).is_empty(),
+            "the oldest was closed"
+        );
+        assert_eq!(open.documents.lock().unwrap().len(), MAX_OPEN_DOCUMENTS);
+    }
+
+    #[tokio::test]
+    async fn an_unlinked_view_refuses_everything() {
+        let view = ChainView::unlinked();
+        let who = Identity::generate(Role::Operator).public();
+        assert!(matches!(
+            view.may_store(&who).await,
+            Err(AccessError::NoChain)
+        ));
+        assert!(matches!(
+            view.may_read(&who, &DocumentId::of(b"x")).await,
+            Err(AccessError::NoChain)
+        ));
+    }
+}

@@ -1,0 +1,338 @@
+//! Enforcement on peers: a peer serves a document's manifest and shards only to its owning
+//! department, a live grantee, an operator or a storage node, as the chain says now; anyone
+//! else is refused and gets no bytes. Real peers, real QUIC, real redb; readers that are in
+//! no one's membership.
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use dangan::access::ACCESS_TTL;
+use dangan::client::{ClientError, PutReceipt, stripe_key};
+use dangan::demo::LocalCluster;
+use dangan::grant::GrantAddress;
+use dangan::id::{DocumentId, ShardId};
+use dangan::identity::{Identity, Role};
+use dangan::placement::NodeInfo;
+use dangan::proto::{self, ErrorCode, Request, Response};
+use dangan::tls::{self, AllowAny};
+
+/// One connection to one peer, as `identity`, speaking the wire protocol directly (so the
+/// per-connection `OpenDocument` state is under the test's control).
+struct Raw {
+    endpoint: quinn::Endpoint,
+    conn: quinn::Connection,
+}
+
+impl Raw {
+    async fn connect(identity: &Identity, node: &NodeInfo) -> Raw {
+        let endpoint = tls::endpoint(
+            "127.0.0.1:0".parse().unwrap(),
+            identity,
+            std::sync::Arc::new(AllowAny),
+        )
+        .unwrap();
+        let (conn, who) = tls::connect(&endpoint, node.addr.parse().unwrap())
+            .await
+            .unwrap();
+        assert_eq!(who, node.key, "the peer is who the layout says");
+        Raw { endpoint, conn }
+    }
+
+    /// Sends `req` (and `body`); the answer and, when one follows, its body.
+    async fn ask(&self, req: &Request, body: Option<&[u8]>) -> (Response, Vec<u8>) {
+        let (mut send, mut recv) = self.conn.open_bi().await.unwrap();
+        proto::write_frame(&mut send, req).await.unwrap();
+        if let Some(body) = body {
+            // A refused request may be stopped before its body is read.
+            let _ = send.write_all(body).await;
+        }
+        let _ = send.finish();
+        let resp: Response = proto::read_frame(&mut recv).await.unwrap();
+        let len = match &resp {
+            Response::Shard { len } | Response::Manifest { len } => *len,
+            _ => 0,
+        };
+        let body = proto::read_body(&mut recv, len).await.unwrap();
+        (resp, body)
+    }
+
+    async fn close(self) {
+        self.endpoint.close(0u32.into(), b"done");
+        self.endpoint.wait_idle().await;
+    }
+}
+
+fn refused(resp: &Response) -> bool {
+    matches!(
+        resp,
+        Response::Error {
+            code: ErrorCode::Refused,
+            ..
+        }
+    )
+}
+
+fn served(cluster: &LocalCluster) -> u64 {
+    (0..cluster.len())
+        .filter_map(|i| cluster.peer(i))
+        .map(|p| p.stats().shards_served.load(Ordering::Relaxed))
+        .sum()
+}
+
+/// The peer holding slot 0 of stripe 0 of `put`, and that shard's id.
+fn first_shard(cluster: &LocalCluster, put: &PutReceipt) -> (NodeInfo, ShardId) {
+    let ids = &put.manifest.stripes[0];
+    let node = cluster.layout().place(&stripe_key(ids), ids.len()).unwrap()[0].clone();
+    (node, ids[0])
+}
+
+/// The shard of `put`'s stripe 0 that sits on `node`.
+fn shard_on(cluster: &LocalCluster, put: &PutReceipt, node: &NodeInfo) -> ShardId {
+    let ids = &put.manifest.stripes[0];
+    let placed = cluster.layout().place(&stripe_key(ids), ids.len()).unwrap();
+    let slot = placed.iter().position(|n| n.key == node.key).unwrap();
+    ids[slot]
+}
+
+fn is_refusal(e: &ClientError) -> bool {
+    e.to_string().contains("Refused")
+}
+
+fn open(document: DocumentId, manifest: &[u8]) -> Request {
+    Request::OpenDocument {
+        document,
+        len: manifest.len() as u64,
+    }
+}
+
+async fn wait_for_the_peers_to_see_the_chain() {
+    tokio::time::sleep(ACCESS_TTL + Duration::from_millis(200)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_owner_grantees_and_operators_are_served() {
+    let cluster = LocalCluster::start(6, 3).await.unwrap();
+    let dept = cluster.client(common::options()).unwrap();
+    let alice = Identity::generate(Role::Citizen);
+    let bob = Identity::generate(Role::Citizen);
+    let carol = Identity::generate(Role::Citizen);
+    for who in [&alice, &bob, &carol] {
+        assert!(!cluster.membership().contains(&who.public()));
+    }
+    let doc_a = common::put(&dept, &common::data(300 << 10, 1))
+        .await
+        .unwrap();
+    let doc_b = common::put(&dept, &common::data(300 << 10, 2))
+        .await
+        .unwrap();
+    dept.grant(doc_a.id, &doc_a.key, &GrantAddress::of(&alice), None)
+        .await
+        .unwrap();
+    dept.grant(doc_b.id, &doc_b.key, &GrantAddress::of(&bob), None)
+        .await
+        .unwrap();
+
+    // The owner and a live grantee read.
+    let (got, _) = common::get(&dept, &doc_a.id, &doc_a.key).await.unwrap();
+    assert_eq!(got, common::data(300 << 10, 1));
+    let as_alice = cluster.client_as(&alice, common::options()).unwrap();
+    let before = served(&cluster);
+    let key = as_alice.granted_key(&doc_a.id).await.unwrap();
+    let (got, _) = common::get(&as_alice, &doc_a.id, &key).await.unwrap();
+    assert_eq!(got, common::data(300 << 10, 1));
+    assert!(served(&cluster) > before, "the grantee was served shards");
+
+    // Everyone else, even holding the data key: no manifest, no shard.
+    let before = served(&cluster);
+    let as_carol = cluster.client_as(&carol, common::options()).unwrap();
+    let err = common::get(&as_carol, &doc_a.id, &doc_a.key)
+        .await
+        .unwrap_err();
+    assert!(is_refusal(&err), "no grant: {err}");
+    let err = common::get(&as_alice, &doc_b.id, &doc_b.key)
+        .await
+        .unwrap_err();
+    assert!(is_refusal(&err), "another citizen's document: {err}");
+    let other = cluster.other_department();
+    let as_other = cluster.client_as(other, common::options()).unwrap();
+    let err = common::get(&as_other, &doc_a.id, &doc_a.key)
+        .await
+        .unwrap_err();
+    assert!(is_refusal(&err), "a department that does not own it: {err}");
+    assert_eq!(served(&cluster), before, "not one shard was served to them");
+
+    // A grant counts as soon as it is committed, even where the peers have just cached the
+    // document's record without it (a refusal is always checked again on the chain).
+    let (got, _) = common::get(&dept, &doc_b.id, &doc_b.key).await.unwrap();
+    assert_eq!(got, common::data(300 << 10, 2));
+    dept.grant(doc_b.id, &doc_b.key, &GrantAddress::of(&carol), None)
+        .await
+        .unwrap();
+    let carol_key = as_carol.granted_key(&doc_b.id).await.unwrap();
+    let (got, _) = common::get(&as_carol, &doc_b.id, &carol_key).await.unwrap();
+    assert_eq!(got, common::data(300 << 10, 2));
+
+    // Raw requests on one connection: a known shard id alone opens nothing, opening another
+    // document does not open this one, and a manifest must hash to the id it is sent as.
+    let (node, shard_b) = first_shard(&cluster, &doc_b);
+    let shard_a = shard_on(&cluster, &doc_a, &node);
+    let peer = cluster.index_of(&node.key).unwrap();
+    let peer_served = || {
+        cluster
+            .peer(peer)
+            .unwrap()
+            .stats()
+            .shards_served
+            .load(Ordering::Relaxed)
+    };
+    let manifest_a = doc_a.manifest.encode();
+    let manifest_b = doc_b.manifest.encode();
+    let raw = Raw::connect(&alice, &node).await;
+    let start = peer_served();
+    let (resp, body) = raw.ask(&Request::GetShard { id: shard_b }, None).await;
+    assert!(refused(&resp) && body.is_empty(), "{resp:?}");
+    let (resp, _) = raw
+        .ask(&open(doc_b.id, &manifest_b), Some(&manifest_b))
+        .await;
+    assert!(refused(&resp), "{resp:?}");
+    let (resp, _) = raw.ask(&Request::GetManifest { id: doc_b.id }, None).await;
+    assert!(refused(&resp), "{resp:?}");
+    let (resp, _) = raw
+        .ask(&open(doc_a.id, &manifest_b), Some(&manifest_b))
+        .await;
+    assert!(
+        matches!(
+            resp,
+            Response::Error {
+                code: ErrorCode::HashMismatch,
+                ..
+            }
+        ),
+        "{resp:?}"
+    );
+    let (resp, _) = raw.ask(&Request::GetShard { id: shard_a }, None).await;
+    assert!(refused(&resp), "not opened yet: {resp:?}");
+    let (resp, _) = raw
+        .ask(&open(doc_a.id, &manifest_a), Some(&manifest_a))
+        .await;
+    assert!(
+        matches!(resp, Response::Opened { shards } if shards >= 6),
+        "{resp:?}"
+    );
+    let (resp, body) = raw.ask(&Request::GetShard { id: shard_a }, None).await;
+    assert!(matches!(resp, Response::Shard { .. }), "{resp:?}");
+    assert!(shard_a.verifies(&body));
+    let (resp, body) = raw.ask(&Request::GetShard { id: shard_b }, None).await;
+    assert!(refused(&resp) && body.is_empty(), "{resp:?}");
+    assert_eq!(peer_served(), start + 1, "exactly the one granted shard");
+
+    // A citizen can write, delete, list and inspect nothing.
+    let shards_before = cluster.peer(peer).unwrap().store().usage().unwrap().shards;
+    let junk = b"a citizen's shard";
+    let put = Request::PutShard {
+        id: ShardId::of(junk),
+        len: junk.len() as u64,
+    };
+    for (req, body) in [
+        (put, Some(&junk[..])),
+        (Request::DeleteShard { id: shard_a }, None),
+        (
+            Request::PutManifest {
+                id: DocumentId::of(junk),
+                len: junk.len() as u64,
+            },
+            Some(&junk[..]),
+        ),
+        (Request::DeleteManifest { id: doc_a.id }, None),
+        (
+            Request::ListShards {
+                after: None,
+                limit: 10,
+            },
+            None,
+        ),
+        (Request::Usage, None),
+        (
+            Request::Scrub {
+                after: None,
+                limit: 10,
+            },
+            None,
+        ),
+    ] {
+        let (resp, _) = raw.ask(&req, body).await;
+        assert!(refused(&resp), "{req:?} → {resp:?}");
+    }
+    let store = cluster.peer(peer).unwrap().store();
+    assert_eq!(store.usage().unwrap().shards, shards_before);
+    assert!(store.has(&shard_a).unwrap());
+
+    // The operator (repair, rebalance, scrub) reads any shard without opening anything.
+    let operator = cluster.operator_client(cluster.layout().clone(), None, common::options());
+    let operator = operator.unwrap();
+    let got = operator.shard_get(&node, &shard_b).await.unwrap();
+    assert_eq!(got.map(|b| ShardId::of(&b)), Some(shard_b));
+
+    // Revocation reaches an open connection within the bound.
+    dept.revoke(doc_a.id, alice.public()).await.unwrap();
+    wait_for_the_peers_to_see_the_chain().await;
+    let (resp, body) = raw.ask(&Request::GetShard { id: shard_a }, None).await;
+    assert!(refused(&resp) && body.is_empty(), "revoked: {resp:?}");
+    let err = common::get(&as_alice, &doc_a.id, &key).await.unwrap_err();
+    assert!(is_refusal(&err), "revoked: {err}");
+
+    // An expired grant counts for nothing.
+    dept.grant(doc_a.id, &doc_a.key, &GrantAddress::of(&alice), Some(1))
+        .await
+        .unwrap();
+    wait_for_the_peers_to_see_the_chain().await;
+    let (resp, _) = raw
+        .ask(&open(doc_a.id, &manifest_a), Some(&manifest_a))
+        .await;
+    assert!(refused(&resp), "expired: {resp:?}");
+    let (resp, _) = raw.ask(&Request::GetShard { id: shard_a }, None).await;
+    assert!(refused(&resp), "expired: {resp:?}");
+    assert_eq!(
+        peer_served(),
+        start + 2,
+        "alice's one shard and the operator's"
+    );
+
+    raw.close().await;
+    for c in [dept, as_alice, as_carol, as_other, operator] {
+        c.close().await;
+    }
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_refuse_everything_when_the_chain_is_unreachable() {
+    let mut cluster = LocalCluster::start(6, 3).await.unwrap();
+    let dept = cluster.client(common::options()).unwrap();
+    let put = common::put(&dept, &common::data(50 << 10, 3))
+        .await
+        .unwrap();
+    dept.close().await;
+    let (node, shard) = first_shard(&cluster, &put);
+    // With the validator gone, a peer can check nothing once its answers are older than
+    // the bound, so it serves nothing, not even to the owner or an operator (fail closed).
+    cluster.stop_validator().await;
+    wait_for_the_peers_to_see_the_chain().await;
+    let before = served(&cluster);
+    for who in [cluster.department().clone(), cluster.operator().clone()] {
+        let raw = Raw::connect(&who, &node).await;
+        let (resp, body) = raw.ask(&Request::GetShard { id: shard }, None).await;
+        assert!(refused(&resp) && body.is_empty(), "{resp:?}");
+        let Response::Error { message, .. } = resp else {
+            unreachable!()
+        };
+        assert!(message.contains("unreachable"), "a clear reason: {message}");
+        let (resp, _) = raw.ask(&Request::GetManifest { id: put.id }, None).await;
+        assert!(refused(&resp), "{resp:?}");
+        raw.close().await;
+    }
+    assert_eq!(served(&cluster), before);
+    cluster.shutdown().await;
+}
