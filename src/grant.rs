@@ -9,7 +9,9 @@
 //!
 //! A [`WrappedKey`] is HPKE base mode with DHKEM(X25519, HKDF-SHA256), HKDF-SHA256 and
 //! ChaCha20-Poly1305, with `info = GRANT_DOMAIN ‖ document id ‖ grantee id`, so a wrapped key
-//! opens only for that document and that reader: copied into another grant, it fails.
+//! opens only for that document and that reader: copied into another grant, it fails. It
+//! also records the recipient's X25519 key, so the owner can seal a new version's data key
+//! to the same reader ([`WrappedKey::rewrap`], used by rekey and supersede).
 //!
 //! Not for: deciding who may read (the chain state does, see `chain::state`).
 

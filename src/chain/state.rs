@@ -283,8 +283,15 @@ impl State {
                 let mut carried = BTreeMap::new();
                 for g in grants {
                     check_grant(sender, &g.grantee, &g.wrapped)?;
+                    // A rekey re-seals to the very key each reader was granted under, with
+                    // the same expiry: it cannot add a reader, extend a grant, or (through a
+                    // forged record served to the owner) redirect a key to someone else.
                     if *kind == VersionKind::Rekey
-                        && record.grants.get(&g.grantee).map(|o| o.expires_ms) != Some(g.expires_ms)
+                        && record
+                            .grants
+                            .get(&g.grantee)
+                            .map(|o| (o.expires_ms, o.wrapped.recipient))
+                            != Some((g.expires_ms, g.wrapped.recipient))
                     {
                         return Err(TxError::NotCarried {
                             document: *old,
@@ -972,6 +979,20 @@ mod tests {
             let err = refused(&mut w.state, t);
             assert!(!err.to_string().is_empty(), "{why}");
         }
+        let mut redirected = carried(c, &d2, Some(5_000));
+        redirected.wrapped = WrappedKey::wrap(
+            &key,
+            &d2,
+            &crate::grant::GrantAddress::of(&Identity::generate(Role::Citizen)),
+        )
+        .unwrap();
+        assert!(matches!(
+            refused(
+                &mut w.state,
+                &tx(&w.dept, 3, sup(VersionKind::Rekey, vec![redirected]))
+            ),
+            TxError::NotCarried { .. }
+        ));
         let mut short = carried(c, &d2, Some(5_000));
         short.wrapped.sealed.truncate(10);
         assert!(matches!(

@@ -201,7 +201,7 @@ pub enum TxError {
     #[error("document {0} already has the most grants a document may have")]
     TooManyGrants(DocumentId),
     #[error(
-        "a rekey of {document} may only carry over its grants unchanged, and {grantee} holds none there or with another expiry"
+        "a rekey of {document} may only carry over its grants unchanged, and {grantee} holds none there, or one with another expiry or recipient key"
     )]
     NotCarried {
         document: DocumentId,
