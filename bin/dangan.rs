@@ -27,6 +27,7 @@ use dangan::manifest::CodingParams;
 use dangan::ops::{self, Operator, OpsOptions};
 use dangan::receipt::Receipt;
 use dangan::tls::{AllowAny, Membership};
+use dangan::version;
 
 #[derive(Parser)]
 #[command(
@@ -119,11 +120,37 @@ enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
-    /// Fetch a document by id.
+    /// Re-encrypt one of your documents under a fresh data key: a new version with the
+    /// live grants carried over, then the old shards removed from the peers, so a reader
+    /// revoked before cannot decrypt what is stored from then on. Run it again on the old
+    /// id to finish a removal that was interrupted.
+    Rekey {
+        id: DocumentId,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Store a new version of one of your documents (e.g. a reissued certificate): its live
+    /// grants are carried over; the old version stays stored.
+    Supersede {
+        id: DocumentId,
+        file: PathBuf,
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Document type recorded in the manifest (default: the old version's).
+        #[arg(long = "type")]
+        document_type: Option<String>,
+        /// More grant addresses (`dga1…`) that may read the new version.
+        #[arg(long = "grant")]
+        grants: Vec<GrantAddress>,
+    },
+    /// Fetch a document by id (its newest version, if it was superseded).
     Get {
         id: DocumentId,
         #[arg(short, long)]
         output: PathBuf,
+        /// Read exactly this version, even if it was superseded.
+        #[arg(long)]
+        exact: bool,
         /// Also write an offline-verifiable receipt (manifest + registration proof) here.
         #[arg(long)]
         receipt: Option<PathBuf>,
@@ -585,10 +612,12 @@ async fn run_async(command: Command) -> Result<()> {
         Command::Get {
             id,
             output,
+            exact,
             receipt,
             client,
         } => {
             let (c, keyring) = connect(&client).await?;
+            let id = if exact { id } else { newest(&c, id).await? };
             // A department has the key in its keyring; anyone else reads through a grant.
             let key = match keyring.load(&id) {
                 Err(missing @ KeyringError::Missing { .. }) => c
@@ -744,6 +773,9 @@ async fn run_async(command: Command) -> Result<()> {
                     .map(|n| format!("; superseded by {n}"))
                     .unwrap_or_default()
             );
+            if let Some(p) = record.supersedes {
+                println!("it is a {} of {}", p.kind, p.document);
+            }
             c.close().await;
             Ok(())
         }
@@ -893,8 +925,126 @@ async fn run_async(command: Command) -> Result<()> {
             }
             Ok(())
         }
+        Command::Rekey { id, client } => {
+            let (c, keyring) = connect(&client).await?;
+            let bar = progress_bar(0, "rekey");
+            let pb = bar.clone();
+            let result = version::rekey(&c, &id, &keyring, &move |done, total| {
+                pb.set_length(total);
+                pb.set_position(done);
+            })
+            .await;
+            bar.finish_and_clear();
+            let report = result.with_context(|| format!("rekeying {id}"))?;
+            print_version(&report);
+            c.close().await;
+            let collect = report.collect.as_ref().expect("a rekey collects");
+            if !collect.complete() {
+                bail!(
+                    "{} old shards or manifests are still stored; run `dangan rekey {id}` again once the peers are back",
+                    collect.remaining.len()
+                );
+            }
+            Ok(())
+        }
+        Command::Supersede {
+            id,
+            file,
+            client,
+            document_type,
+            grants,
+        } => {
+            let (c, keyring) = connect(&client).await?;
+            let old = c.manifest(&id).await?;
+            let f = tokio::fs::File::open(&file)
+                .await
+                .with_context(|| format!("opening {}", file.display()))?;
+            let size = f.metadata().await?.len();
+            let info = DocumentInfo {
+                department: old.department,
+                document_type: document_type.unwrap_or(old.document_type),
+                created_at_ms: None,
+            };
+            let bar = progress_bar(size, "supersede");
+            let pb = bar.clone();
+            let result = version::supersede(
+                &c,
+                &id,
+                f,
+                Some(size),
+                info,
+                &grants,
+                &keyring,
+                &move |done, total| {
+                    pb.set_length(total);
+                    pb.set_position(done);
+                },
+            )
+            .await;
+            bar.finish_and_clear();
+            let report = result.with_context(|| format!("superseding {id}"))?;
+            print_version(&report);
+            c.close().await;
+            Ok(())
+        }
         _ => unreachable!("synchronous commands are handled in main"),
     }
+}
+
+/// The newest version of `id` (saying so when it is not `id` itself).
+async fn newest(c: &Client, id: DocumentId) -> Result<DocumentId> {
+    if c.chain_link().is_err() {
+        return Ok(id);
+    }
+    let path = version::latest(c, &id).await?;
+    let mut at = id;
+    for (next, kind) in &path {
+        eprintln!("{at} was superseded by {next} ({kind})");
+        at = *next;
+    }
+    if at != id {
+        eprintln!("reading the newest version {at} (--exact reads {id} itself)");
+    }
+    Ok(at)
+}
+
+fn print_version(r: &version::VersionReport) {
+    eprintln!(
+        "{} of {}: {:.1} MB stored as a new version, committed in block {} with {} grants carried over{}{}",
+        r.kind,
+        r.old,
+        r.bytes as f64 / 1e6,
+        r.height,
+        r.carried.len(),
+        if r.granted.is_empty() {
+            String::new()
+        } else {
+            format!(" and {} new", r.granted.len())
+        },
+        if r.expired.is_empty() {
+            String::new()
+        } else {
+            format!("; {} expired grants not carried", r.expired.len())
+        },
+    );
+    if let Some(c) = &r.collect {
+        eprintln!(
+            "old version collected: {} shard references dropped, {} absent, {} done before, {} manifest copies removed{}",
+            c.shards_deleted,
+            c.shards_absent,
+            c.shards_resumed,
+            c.manifests_deleted,
+            if c.complete() { "" } else { "; incomplete" }
+        );
+        for (stripe, slot, what, reason) in &c.remaining {
+            if *stripe == u64::MAX {
+                eprintln!("still stored: {what}: {reason}");
+            } else {
+                eprintln!("still stored: stripe {stripe} slot {slot}, shard {what}: {reason}");
+            }
+        }
+    }
+    println!("{}", r.new);
 }
 
 /// A client placing by the chain's layout (the cluster file's if the chain has none; reads

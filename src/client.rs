@@ -280,6 +280,11 @@ impl Client {
         &self.inner.layout
     }
 
+    /// This client's public id (the account its transactions are signed by).
+    pub fn public(&self) -> PublicId {
+        self.inner.identity.public()
+    }
+
     /// A client placing by the chain's layout when the cluster has a chain whose layout
     /// has nodes, falling back to `file_layout` (the cluster file's) for reads; by
     /// `file_layout` alone otherwise.
@@ -357,8 +362,30 @@ impl Client {
         self.inner.endpoint.wait_idle().await;
     }
 
-    /// Stores a document read from `reader` (`size` bytes if known, for progress).
+    /// Stores a document read from `reader` (`size` bytes if known, for progress) and, with
+    /// a chain linked, registers it.
     pub async fn put<R>(
+        &self,
+        reader: R,
+        size: Option<u64>,
+        info: DocumentInfo,
+        progress: Progress<'_>,
+    ) -> Result<PutReceipt, ClientError>
+    where
+        R: AsyncRead + Unpin + Send + 'static,
+    {
+        let mut receipt = self.store(reader, size, info, progress).await?;
+        // Only now, with every shard durable and the manifest written, does the document
+        // come into existence: its registration on the chain.
+        if let Some(chain) = &self.inner.options.chain {
+            receipt.registered = Some(self.register(chain, receipt.id).await?);
+        }
+        Ok(receipt)
+    }
+
+    /// Stores a document's shards and manifest, durably, without registering it (a new
+    /// version is registered by its `Supersede`, see `version`).
+    pub async fn store<R>(
         &self,
         reader: R,
         size: Option<u64>,
@@ -426,19 +453,13 @@ impl Client {
             return Err(e);
         }
         let id = stored?;
-        // Only now, with every shard durable and the manifest written, does the document
-        // come into existence: its registration on the chain.
-        let registered = match &self.inner.options.chain {
-            Some(chain) => Some(self.register(chain, id).await?),
-            None => None,
-        };
         Ok(PutReceipt {
             id,
             manifest,
             key,
             shards_stored,
             shards_missing,
-            registered,
+            registered: None,
         })
     }
 

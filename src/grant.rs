@@ -9,7 +9,9 @@
 //!
 //! A [`WrappedKey`] is HPKE base mode with DHKEM(X25519, HKDF-SHA256), HKDF-SHA256 and
 //! ChaCha20-Poly1305, with `info = GRANT_DOMAIN ‖ document id ‖ grantee id`, so a wrapped key
-//! opens only for that document and that reader: copied into another grant, it fails.
+//! opens only for that document and that reader: copied into another grant, it fails. It
+//! also records the recipient's X25519 key, so the owner can seal a new version's data key
+//! to the same reader ([`WrappedKey::rewrap`], used by rekey and supersede).
 //!
 //! Not for: deciding who may read (the chain state does, see `chain::state`).
 
@@ -162,6 +164,9 @@ fn info(document: &DocumentId, grantee: &PublicId) -> Vec<u8> {
 /// A data key sealed to one reader for one document.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WrappedKey {
+    /// The X25519 key it is sealed to (from the grantee's verified grant address), kept so
+    /// the owner can seal a new data key to the same reader ([`WrappedKey::rewrap`]).
+    pub recipient: [u8; 32],
     /// HPKE encapsulated key (the sender's ephemeral X25519 public key).
     pub enc: [u8; 32],
     /// The sealed data key and its tag ([`SEALED_LEN`] bytes).
@@ -176,12 +181,33 @@ impl WrappedKey {
         to: &GrantAddress,
     ) -> Result<Self, GrantError> {
         to.verify()?;
-        let pk = <Kem as hpke::Kem>::PublicKey::from_bytes(&to.x25519)
+        Self::seal(key, document, &to.id, to.x25519)
+    }
+
+    /// Seals `key` of `document` to the same reader as this wrapped key (its grantee and
+    /// recipient key): how a new version carries a grant over. The recipient key is the one
+    /// the owner itself committed on chain when it granted, from a verified address.
+    pub fn rewrap(
+        &self,
+        key: &DataKey,
+        document: &DocumentId,
+        grantee: &PublicId,
+    ) -> Result<Self, GrantError> {
+        Self::seal(key, document, grantee, self.recipient)
+    }
+
+    fn seal(
+        key: &DataKey,
+        document: &DocumentId,
+        grantee: &PublicId,
+        recipient: [u8; 32],
+    ) -> Result<Self, GrantError> {
+        let pk = <Kem as hpke::Kem>::PublicKey::from_bytes(&recipient)
             .map_err(|e| GrantError::Wrap(e.to_string()))?;
         let (enc, sealed) = hpke::single_shot_seal::<Aead, Kdf, Kem>(
             &OpModeS::Base,
             &pk,
-            &info(document, &to.id),
+            &info(document, grantee),
             key.as_bytes(),
             &[],
         )
@@ -189,6 +215,7 @@ impl WrappedKey {
         let mut enc_bytes = [0u8; 32];
         enc_bytes.copy_from_slice(&enc.to_bytes());
         Ok(Self {
+            recipient,
             enc: enc_bytes,
             sealed,
         })
@@ -262,6 +289,28 @@ mod tests {
             short.unwrap(&doc, &citizen).unwrap_err(),
             GrantError::Unwrap
         );
+    }
+
+    #[test]
+    fn a_rewrapped_key_opens_for_the_same_reader_and_the_new_document_only() {
+        let citizen = Identity::generate(Role::Citizen);
+        let (old, new) = (DocumentId::of(b"v1"), DocumentId::of(b"v2"));
+        let (old_key, new_key) = (DataKey::generate(), DataKey::generate());
+        let wrapped = WrappedKey::wrap(&old_key, &old, &GrantAddress::of(&citizen)).unwrap();
+        assert_eq!(wrapped.recipient, GrantAddress::of(&citizen).x25519);
+        let carried = wrapped.rewrap(&new_key, &new, &citizen.public()).unwrap();
+        assert_eq!(carried.recipient, wrapped.recipient);
+        assert_eq!(
+            carried.unwrap(&new, &citizen).unwrap().as_bytes(),
+            new_key.as_bytes()
+        );
+        assert!(carried.unwrap(&old, &citizen).is_err());
+        let other = Identity::generate(Role::Citizen);
+        assert!(carried.unwrap(&new, &other).is_err());
+        // Named for another grantee, it opens for nobody.
+        let misnamed = wrapped.rewrap(&new_key, &new, &other.public()).unwrap();
+        assert!(misnamed.unwrap(&new, &citizen).is_err());
+        assert!(misnamed.unwrap(&new, &other).is_err());
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //!
 //! See `ARCHITECTURE.md` for the code map. Layers, bottom up: `id`; `crypto`, `erasure`,
 //! `manifest`, `identity`, `placement`, `store`, `keyring`; `codec`, `tls`, `proto`;
-//! `peer`, `client`; `config`; `ops` (repair, rebalance, scrub); `demo`, `bench`.
+//! `peer`, `client`; `config`; `ops` (repair, rebalance, scrub), `version` (supersede,
+//! rekey); `demo`, `bench`.
 
 pub mod access;
 pub mod bench;
@@ -25,6 +26,7 @@ pub mod proto;
 pub mod receipt;
 pub mod store;
 pub mod tls;
+pub mod version;
 
 /// Milliseconds since the Unix epoch by this machine's clock (0 if the clock is before it).
 pub fn now_ms() -> u64 {

@@ -78,7 +78,7 @@ pub enum OpsError {
     Manifest(#[from] ManifestError),
     #[error("erasure coding: {0}")]
     Erasure(#[from] ErasureError),
-    #[error("rebalance journal: {0}")]
+    #[error("journal: {0}")]
     Journal(String),
 }
 
@@ -181,13 +181,16 @@ const DONE: u8 = 2;
 impl Journal {
     /// Opens (or creates) `dir/rebalance.redb`, for the change from epoch `from` to `to`.
     pub fn open(dir: &Path, from: u64, to: u64) -> Result<Self, OpsError> {
+        Self::open_table(dir, "rebalance.redb", format!("moves-{from}-{to}-v1"))
+    }
+
+    /// Opens (or creates) table `table` of `dir/file`: a journal of other stripe-slot walks
+    /// (the collect of a rekeyed document's old shards, see `version`).
+    pub fn open_table(dir: &Path, file: &str, table: String) -> Result<Self, OpsError> {
         let err = |e: &dyn std::fmt::Display| OpsError::Journal(e.to_string());
         std::fs::create_dir_all(dir).map_err(|e| err(&e))?;
-        let db = redb::Database::create(dir.join("rebalance.redb")).map_err(|e| err(&e))?;
-        let journal = Self {
-            db,
-            table: format!("moves-{from}-{to}-v1"),
-        };
+        let db = redb::Database::create(dir.join(file)).map_err(|e| err(&e))?;
+        let journal = Self { db, table };
         let txn = journal.db.begin_write().map_err(|e| err(&e))?;
         txn.open_table(journal.def()).map_err(|e| err(&e))?;
         txn.commit().map_err(|e| err(&e))?;
@@ -203,6 +206,16 @@ impl Journal {
         key[..32].copy_from_slice(stripe);
         key[32..].copy_from_slice(&(slot as u16).to_be_bytes());
         key
+    }
+
+    /// Whether (stripe, slot) is recorded as done.
+    pub fn is_done(&self, stripe: &[u8; 32], slot: usize) -> Result<bool, OpsError> {
+        Ok(self.get(stripe, slot)? == DONE)
+    }
+
+    /// Records (stripe, slot) as done, durably.
+    pub fn set_done(&self, stripe: &[u8; 32], slot: usize) -> Result<(), OpsError> {
+        self.set(stripe, slot, DONE)
     }
 
     fn get(&self, stripe: &[u8; 32], slot: usize) -> Result<u8, OpsError> {

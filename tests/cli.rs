@@ -782,3 +782,97 @@ fn operator_commands_status_scrub_and_repair_a_flipped_bit_on_disk() {
     run(get, &logs, "get").expect_ok("get");
     assert!(fs::read(&out).unwrap() == bytes);
 }
+
+#[test]
+fn rekey_and_supersede_from_the_command_line_and_get_follows_to_the_newest_version() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let logs = root.join("logs");
+    fs::create_dir(&logs).unwrap();
+    let cluster = Cluster::start(root);
+    let keyring = cluster.path("keyring");
+    let client = cluster.client_args(&cluster.path("keys/department.key"), &keyring);
+    let last_line = |r: &Run| {
+        r.stdout
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .trim()
+            .to_owned()
+    };
+
+    let input = root.join("v1.bin");
+    let v1_bytes = pseudo_random(700 << 10, 0x5e1);
+    fs::write(&input, &v1_bytes).unwrap();
+    let mut put = dangan(["put".as_ref(), input.as_os_str()]);
+    put.args(&client);
+    let v1 = last_line(&run(put, &logs, "put").expect_ok("put"));
+    assert!(is_document_id(&v1));
+
+    let mut rekey = dangan(["rekey", v1.as_str()]);
+    rekey.args(&client);
+    let rekeyed = run(rekey, &logs, "rekey").expect_ok("rekey");
+    let v2 = last_line(&rekeyed);
+    assert!(is_document_id(&v2) && v2 != v1, "{}", rekeyed.describe());
+    assert!(
+        rekeyed.stderr.contains(&format!("rekey of {v1}"))
+            && rekeyed.stderr.contains("old version collected"),
+        "{}",
+        rekeyed.describe()
+    );
+    let mut verify = dangan(["verify", v2.as_str()]);
+    verify.args(&client);
+    let verified = run(verify, &logs, "verify").expect_ok("verify");
+    assert!(
+        verified.stdout.contains(&format!("it is a rekey of {v1}")),
+        "{}",
+        verified.describe()
+    );
+    // A second rekey of the old id only finishes what is left: nothing.
+    let mut rekey = dangan(["rekey", v1.as_str()]);
+    rekey.args(&client);
+    let again = run(rekey, &logs, "rekey-again").expect_ok("rekey again");
+    assert_eq!(last_line(&again), v2);
+
+    let input2 = root.join("v3.bin");
+    fs::write(&input2, b"reissued certificate").unwrap();
+    let mut sup = dangan(["supersede".as_ref(), v2.as_ref(), input2.as_os_str()]);
+    sup.args(&client);
+    let v3 = last_line(&run(sup, &logs, "supersede").expect_ok("supersede"));
+    let mut sup = dangan(["supersede".as_ref(), v2.as_ref(), input2.as_os_str()]);
+    sup.args(&client);
+    let refused = run(sup, &logs, "supersede-again").expect_fail("superseding twice");
+    assert!(
+        refused
+            .stderr
+            .contains(&format!("already superseded by {v3}")),
+        "{}",
+        refused.describe()
+    );
+
+    // get of the first id follows to the newest version and says so; --exact reads v2.
+    let out = root.join("out.bin");
+    let mut get = dangan(["get".as_ref(), v1.as_ref(), "-o".as_ref(), out.as_os_str()]);
+    get.args(&client);
+    let got = run(get, &logs, "get").expect_ok("get");
+    assert_eq!(fs::read(&out).unwrap(), b"reissued certificate");
+    assert!(
+        got.stderr
+            .contains(&format!("{v1} was superseded by {v2} (rekey)"))
+            && got
+                .stderr
+                .contains(&format!("{v2} was superseded by {v3} (reissue)")),
+        "{}",
+        got.describe()
+    );
+    let mut get = dangan([
+        "get".as_ref(),
+        v2.as_ref(),
+        "--exact".as_ref(),
+        "-o".as_ref(),
+        out.as_os_str(),
+    ]);
+    get.args(&client);
+    run(get, &logs, "get-exact").expect_ok("get --exact");
+    assert!(fs::read(&out).unwrap() == v1_bytes);
+}

@@ -12,7 +12,7 @@ use dangan::chain::block::Block;
 use dangan::chain::ledger::ChainStatus;
 use dangan::chain::merkle;
 use dangan::chain::state::{DocumentRecord, Genesis, GenesisAccount};
-use dangan::chain::tx::{SignedTx, Tx, TxBody};
+use dangan::chain::tx::{SignedTx, Tx, TxBody, VersionKind};
 use dangan::codec::{self, DocumentInfo};
 use dangan::crypto::DataKey;
 use dangan::id::{DocumentId, ShardId};
@@ -259,6 +259,8 @@ fn transactions_and_block() -> Block {
                 TxBody::Supersede {
                     old: doc(1),
                     new: doc(3),
+                    kind: VersionKind::Reissue,
+                    grants: vec![],
                 },
             ),
         ),
@@ -371,6 +373,7 @@ fn blocks(block: &Block) {
         owner: block.txs[1].tx.sender,
         height: 1,
         superseded_by: None,
+        supersedes: None,
         grants: Default::default(),
     };
     put(

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use super::merkle::{self, Hash};
 use super::rooted::RootedMap;
-use super::tx::{MAX_LABEL, SignedTx, TxBody, TxError};
+use super::tx::{CarriedGrant, MAX_LABEL, SignedTx, TxBody, TxError, VersionKind};
 use crate::grant::{SEALED_LEN, WrappedKey};
 use crate::id::DocumentId;
 use crate::identity::{PublicId, Role};
@@ -39,8 +39,17 @@ pub struct DocumentRecord {
     pub height: u64,
     /// The newer version, once superseded.
     pub superseded_by: Option<DocumentId>,
+    /// The version this one replaced, and why (`None` for a first registration).
+    pub supersedes: Option<PreviousVersion>,
     /// Who else may read it, and with which wrapped data key.
     pub grants: BTreeMap<PublicId, GrantRecord>,
+}
+
+/// The version a document replaced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PreviousVersion {
+    pub document: DocumentId,
+    pub kind: VersionKind,
 }
 
 /// A reader's grant on a document.
@@ -63,6 +72,7 @@ impl DocumentRecord {
             owner,
             height,
             superseded_by: None,
+            supersedes: None,
             grants: BTreeMap::new(),
         }
     }
@@ -262,7 +272,12 @@ impl State {
                         .insert(document, DocumentRecord::new(sender, height));
                 })
             }
-            TxBody::Supersede { old, new } => {
+            TxBody::Supersede {
+                old,
+                new,
+                kind,
+                grants,
+            } => {
                 require(Role::Department, "supersede documents")?;
                 let record = self.owned(old, sender)?;
                 if record.superseded_by.is_some() {
@@ -271,12 +286,55 @@ impl State {
                 if self.documents.contains_key(new) {
                     return Err(TxError::AlreadyRegistered(*new));
                 }
+                if grants.len() > MAX_GRANTS {
+                    return Err(TxError::TooManyGrants(*new));
+                }
+                let mut carried = BTreeMap::new();
+                for g in grants {
+                    check_grant(sender, &g.grantee, &g.wrapped)?;
+                    // A rekey re-seals to the very key each reader was granted under, with
+                    // the same expiry: it cannot add a reader, extend a grant, or (through a
+                    // forged record served to the owner) redirect a key to someone else.
+                    if *kind == VersionKind::Rekey
+                        && record
+                            .grants
+                            .get(&g.grantee)
+                            .map(|o| (o.expires_ms, o.wrapped.recipient))
+                            != Some((g.expires_ms, g.wrapped.recipient))
+                    {
+                        return Err(TxError::NotCarried {
+                            document: *old,
+                            grantee: g.grantee,
+                        });
+                    }
+                    let CarriedGrant {
+                        grantee,
+                        wrapped,
+                        expires_ms,
+                    } = g.clone();
+                    let grant = GrantRecord {
+                        wrapped,
+                        expires_ms,
+                        height,
+                    };
+                    if carried.insert(grantee, grant).is_some() {
+                        return Err(TxError::Invalid(format!(
+                            "{grantee} is granted twice in one supersede"
+                        )));
+                    }
+                }
                 let (old, new) = (*old, *new);
+                let mut record = DocumentRecord::new(sender, height);
+                record.supersedes = Some(PreviousVersion {
+                    document: old,
+                    kind: *kind,
+                });
+                record.grants = carried;
                 Box::new(move |s| {
                     if let Some(r) = s.documents.get_mut(&old) {
                         r.superseded_by = Some(new);
                     }
-                    s.documents.insert(new, DocumentRecord::new(sender, height));
+                    s.documents.insert(new, record);
                 })
             }
             TxBody::AddNode {
@@ -365,17 +423,7 @@ impl State {
                 if record.superseded_by.is_some() {
                     return Err(TxError::Superseded(*document));
                 }
-                if wrapped.sealed.len() != SEALED_LEN {
-                    return Err(TxError::Invalid(format!(
-                        "a wrapped key is {SEALED_LEN} bytes, not {}",
-                        wrapped.sealed.len()
-                    )));
-                }
-                if *grantee == sender {
-                    return Err(TxError::Invalid(
-                        "a department always reads its own documents".into(),
-                    ));
-                }
+                check_grant(sender, grantee, wrapped)?;
                 if record.grants.len() >= MAX_GRANTS && !record.grants.contains_key(grantee) {
                     return Err(TxError::TooManyGrants(*document));
                 }
@@ -496,6 +544,22 @@ impl State {
     }
 }
 
+/// The checks every new grant passes, alone or carried by a `Supersede`.
+fn check_grant(sender: PublicId, grantee: &PublicId, wrapped: &WrappedKey) -> Result<(), TxError> {
+    if wrapped.sealed.len() != SEALED_LEN {
+        return Err(TxError::Invalid(format!(
+            "a wrapped key is {SEALED_LEN} bytes, not {}",
+            wrapped.sealed.len()
+        )));
+    }
+    if *grantee == sender {
+        return Err(TxError::Invalid(
+            "a department always reads its own documents".into(),
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -590,6 +654,8 @@ mod tests {
                     TxBody::Supersede {
                         old: doc(1),
                         new: doc(2),
+                        kind: VersionKind::Reissue,
+                        grants: vec![],
                     },
                 ),
                 2,
@@ -660,6 +726,8 @@ mod tests {
             TxBody::Supersede {
                 old: doc(1),
                 new: doc(7),
+                kind: VersionKind::Reissue,
+                grants: vec![],
             },
         );
         assert!(matches!(
@@ -830,11 +898,194 @@ mod tests {
         let sup = TxBody::Supersede {
             old: d,
             new: doc(2),
+            kind: VersionKind::Reissue,
+            grants: vec![],
         };
         w.state.apply(&tx(&w.dept, 4, sup), 4).unwrap();
         assert_eq!(
             refused(&mut w.state, &tx(&w.dept, 5, grant(None))),
             TxError::Superseded(d)
+        );
+    }
+
+    #[test]
+    fn a_supersede_carries_grants_in_one_transaction_and_a_rekey_only_carries_existing_ones() {
+        let mut w = world();
+        let (d1, d2, d3) = (doc(1), doc(2), doc(3));
+        let (c, dept) = (w.citizen.public(), w.dept.public());
+        let other = Identity::generate(Role::Citizen);
+        let address = crate::grant::GrantAddress::of(&w.citizen);
+        let key = crate::crypto::DataKey::generate();
+        let wrap = |d: &DocumentId| WrappedKey::wrap(&key, d, &address).unwrap();
+        w.state
+            .apply(
+                &tx(&w.dept, 1, TxBody::RegisterDocument { document: d1 }),
+                1,
+            )
+            .unwrap();
+        let grant = TxBody::Grant {
+            document: d1,
+            grantee: c,
+            wrapped: wrap(&d1),
+            expires_ms: Some(5_000),
+        };
+        w.state.apply(&tx(&w.dept, 2, grant), 2).unwrap();
+        let carried = |grantee, d: &DocumentId, expires_ms| CarriedGrant {
+            grantee,
+            wrapped: wrap(d),
+            expires_ms,
+        };
+        let sup = |kind, grants| TxBody::Supersede {
+            old: d1,
+            new: d2,
+            kind,
+            grants,
+        };
+        // Refused, each for its reason, and nothing changes.
+        let cases = [
+            (
+                tx(&w.other_dept, 1, sup(VersionKind::Rekey, vec![])),
+                "not owner",
+            ),
+            (tx(&w.citizen, 1, sup(VersionKind::Rekey, vec![])), "role"),
+            (
+                tx(
+                    &w.dept,
+                    3,
+                    sup(VersionKind::Rekey, vec![carried(c, &d2, None)]),
+                ),
+                "rekey changing the expiry",
+            ),
+            (
+                tx(
+                    &w.dept,
+                    3,
+                    sup(VersionKind::Rekey, vec![carried(other.public(), &d2, None)]),
+                ),
+                "rekey adding a reader",
+            ),
+            (
+                tx(
+                    &w.dept,
+                    3,
+                    sup(VersionKind::Reissue, vec![carried(dept, &d2, None)]),
+                ),
+                "grant to the owner",
+            ),
+            (
+                tx(
+                    &w.dept,
+                    3,
+                    sup(
+                        VersionKind::Reissue,
+                        vec![carried(c, &d2, None), carried(c, &d2, None)],
+                    ),
+                ),
+                "twice",
+            ),
+            (
+                tx(
+                    &w.dept,
+                    3,
+                    TxBody::Supersede {
+                        old: d1,
+                        new: d1,
+                        kind: VersionKind::Rekey,
+                        grants: vec![],
+                    },
+                ),
+                "new id already registered",
+            ),
+            (
+                tx(
+                    &w.dept,
+                    3,
+                    TxBody::Supersede {
+                        old: d3,
+                        new: d2,
+                        kind: VersionKind::Rekey,
+                        grants: vec![],
+                    },
+                ),
+                "unknown id",
+            ),
+        ];
+        for (t, why) in &cases {
+            let err = refused(&mut w.state, t);
+            assert!(!err.to_string().is_empty(), "{why}");
+        }
+        let mut redirected = carried(c, &d2, Some(5_000));
+        redirected.wrapped = WrappedKey::wrap(
+            &key,
+            &d2,
+            &crate::grant::GrantAddress::of(&Identity::generate(Role::Citizen)),
+        )
+        .unwrap();
+        assert!(matches!(
+            refused(
+                &mut w.state,
+                &tx(&w.dept, 3, sup(VersionKind::Rekey, vec![redirected]))
+            ),
+            TxError::NotCarried { .. }
+        ));
+        let mut short = carried(c, &d2, Some(5_000));
+        short.wrapped.sealed.truncate(10);
+        assert!(matches!(
+            refused(
+                &mut w.state,
+                &tx(&w.dept, 3, sup(VersionKind::Rekey, vec![short]))
+            ),
+            TxError::Invalid(_)
+        ));
+
+        // The rekey carries the citizen's grant, expiry unchanged, in the same block.
+        let rekey = tx(
+            &w.dept,
+            3,
+            sup(VersionKind::Rekey, vec![carried(c, &d2, Some(5_000))]),
+        );
+        w.state.apply(&rekey, 3).unwrap();
+        assert_eq!(w.state.documents[&d1].superseded_by, Some(d2));
+        let new = &w.state.documents[&d2];
+        assert_eq!(
+            new.supersedes,
+            Some(PreviousVersion {
+                document: d1,
+                kind: VersionKind::Rekey
+            })
+        );
+        assert_eq!(new.owner, dept);
+        assert_eq!(new.height, 3);
+        let g = new.live_grant(&c, 0).unwrap();
+        assert_eq!((g.expires_ms, g.height), (Some(5_000), 3));
+        assert_eq!(
+            g.wrapped.unwrap(&d2, &w.citizen).unwrap().as_bytes(),
+            key.as_bytes()
+        );
+        // Replayed, or superseding an old version again: refused.
+        assert!(matches!(
+            refused(&mut w.state, &rekey),
+            TxError::BadNonce { .. }
+        ));
+        assert_eq!(
+            refused(
+                &mut w.state,
+                &tx(&w.dept, 4, sup(VersionKind::Reissue, vec![]))
+            ),
+            TxError::AlreadySuperseded(d1)
+        );
+        // A reissue may grant new readers.
+        let reissue = TxBody::Supersede {
+            old: d2,
+            new: d3,
+            kind: VersionKind::Reissue,
+            grants: vec![carried(c, &d3, None), carried(other.public(), &d3, None)],
+        };
+        w.state.apply(&tx(&w.dept, 4, reissue), 4).unwrap();
+        assert_eq!(w.state.documents[&d3].grants.len(), 2);
+        assert_eq!(
+            w.state.documents[&d3].supersedes.unwrap().kind,
+            VersionKind::Reissue
         );
     }
 

@@ -26,8 +26,17 @@ pub const MAX_LABEL: usize = 256;
 pub enum TxBody {
     /// A department registers a document it stored (shards durable, manifest written).
     RegisterDocument { document: DocumentId },
-    /// A department replaces one of its documents with a new version.
-    Supersede { old: DocumentId, new: DocumentId },
+    /// A department replaces one of its documents with a new version: a reissue (new
+    /// content) or a rekey (the same content under a new data key). The new version's
+    /// grants come in the same transaction, each a data key sealed to the grantee for `new`,
+    /// so the new version never exists on chain without its readers. A rekey carries only
+    /// grants the old version holds, with their expiry unchanged.
+    Supersede {
+        old: DocumentId,
+        new: DocumentId,
+        kind: VersionKind,
+        grants: Vec<CarriedGrant>,
+    },
     /// An operator adds a storage peer (new layout epoch); the node's key becomes a member.
     AddNode {
         node: PublicId,
@@ -59,6 +68,35 @@ pub enum TxBody {
         document: DocumentId,
         grantee: PublicId,
     },
+}
+
+/// Why a document got a new version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum VersionKind {
+    /// New content (e.g. a reissued certificate).
+    Reissue,
+    /// The same content re-encrypted under a fresh data key (`dangan rekey`), so a reader
+    /// revoked before it cannot decrypt what is stored from then on.
+    Rekey,
+}
+
+impl std::fmt::Display for VersionKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Reissue => "reissue",
+            Self::Rekey => "rekey",
+        })
+    }
+}
+
+/// One grant of a new version, committed with its `Supersede`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CarriedGrant {
+    pub grantee: PublicId,
+    /// The new version's data key sealed to the grantee for the new document id.
+    pub wrapped: crate::grant::WrappedKey,
+    /// Unix milliseconds after which the grant no longer counts.
+    pub expires_ms: Option<u64>,
 }
 
 /// An unsigned transaction.
@@ -162,6 +200,13 @@ pub enum TxError {
     },
     #[error("document {0} already has the most grants a document may have")]
     TooManyGrants(DocumentId),
+    #[error(
+        "a rekey of {document} may only carry over its grants unchanged, and {grantee} holds none there, or one with another expiry or recipient key"
+    )]
+    NotCarried {
+        document: DocumentId,
+        grantee: PublicId,
+    },
 }
 
 impl Tx {
