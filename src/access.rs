@@ -61,6 +61,10 @@ pub enum AccessError {
         "shard {shard} belongs to no document {who} has opened and may read on this connection"
     )]
     NotOpened { who: PublicId, shard: ShardId },
+    #[error(
+        "{who} may not delete what document {document} holds: only its owner, once a newer version superseded it, or an operator"
+    )]
+    NotCollectable { who: PublicId, document: DocumentId },
     #[error("the manifest sent does not hash to document {0}")]
     ManifestMismatch(DocumentId),
     #[error("the manifest of {document} does not decode: {reason}")]
@@ -301,6 +305,70 @@ impl ChainView {
             Ok(())
         } else {
             Err(AccessError::NotGranted {
+                who: *who,
+                document: *id,
+            })
+        }
+    }
+
+    /// Whether `who` may delete document `id`'s manifest: an operator or a storage node, or
+    /// the owning department once a newer version superseded it (`dangan rekey|supersede`
+    /// collecting the old version).
+    pub async fn may_delete_manifest(
+        &self,
+        who: &PublicId,
+        id: &DocumentId,
+    ) -> Result<(), AccessError> {
+        if self.is_maintainer(who, false).await? {
+            return Ok(());
+        }
+        match self.check_collect(who, id, false).await {
+            Err(AccessError::NotRegistered(_) | AccessError::NotCollectable { .. }) => {
+                self.check_collect(who, id, true).await
+            }
+            done => done,
+        }
+    }
+
+    /// Whether `who` may drop a reference to `shard` on a connection with `opened`: an
+    /// operator or a storage node always; the owning department only for a shard of a
+    /// superseded document of its own opened on this connection.
+    pub async fn may_delete_shard(
+        &self,
+        who: &PublicId,
+        shard: &ShardId,
+        opened: &OpenDocuments,
+    ) -> Result<(), AccessError> {
+        if self.is_maintainer(who, false).await? {
+            return Ok(());
+        }
+        let mut refusal = None;
+        for document in opened.documents_with(shard) {
+            match self.may_delete_manifest(who, &document).await {
+                Ok(()) => return Ok(()),
+                Err(e) => refusal = Some(e),
+            }
+        }
+        Err(refusal.unwrap_or(AccessError::NotOpened {
+            who: *who,
+            shard: *shard,
+        }))
+    }
+
+    async fn check_collect(
+        &self,
+        who: &PublicId,
+        id: &DocumentId,
+        refresh: bool,
+    ) -> Result<(), AccessError> {
+        let record = self
+            .document(id, refresh)
+            .await?
+            .ok_or(AccessError::NotRegistered(*id))?;
+        if record.owner == *who && record.superseded_by.is_some() {
+            Ok(())
+        } else {
+            Err(AccessError::NotCollectable {
                 who: *who,
                 document: *id,
             })

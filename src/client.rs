@@ -1206,6 +1206,18 @@ impl Client {
         }
     }
 
+    /// Opens document `id` (its `manifest` bytes) on the connection to `node`, so that the
+    /// peer lets this identity fetch (or, as the owner of a superseded version, delete) the
+    /// shards the manifest names.
+    pub async fn open_on(
+        &self,
+        node: &NodeInfo,
+        id: DocumentId,
+        manifest: Bytes,
+    ) -> Result<(), ClientError> {
+        self.open_document(node, &Reading { id, manifest }).await
+    }
+
     /// Opens `reading` on the connection to `node`, unless it already is.
     async fn open_document(&self, node: &NodeInfo, reading: &Reading) -> Result<(), ClientError> {
         let conn = self.connection(node).await?;

@@ -680,9 +680,8 @@ async fn authorise(
         Request::PutShard { .. } | Request::PutManifest { .. } | Request::HasShard { .. } => {
             access.may_store(who).await
         }
-        Request::DeleteShard { .. } | Request::DeleteManifest { .. } => {
-            access.may_maintain(who, "delete shards or manifests").await
-        }
+        Request::DeleteShard { id } => access.may_delete_shard(who, id, opened).await,
+        Request::DeleteManifest { id } => access.may_delete_manifest(who, id).await,
         Request::ListShards { .. } => access.may_maintain(who, "list shards").await,
         Request::Usage => access.may_maintain(who, "see the store's usage").await,
         Request::Scrub { .. } => access.may_maintain(who, "scrub").await,

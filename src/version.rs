@@ -25,6 +25,7 @@
 //!
 //! Not for: deciding who may read (the chain), garbage-collecting orphans of failed puts.
 
+use bytes::Bytes;
 use tracing::{debug, warn};
 
 use crate::chain::state::DocumentRecord;
@@ -465,6 +466,9 @@ pub async fn collect(
     journal: &Journal,
 ) -> Result<CollectReport, VersionError> {
     let mut report = CollectReport::default();
+    // A peer lets the owner delete only shards of a superseded document opened on the
+    // connection (`access`), so each peer is shown the manifest first.
+    let manifest_bytes = Bytes::from(manifest.encode());
     for (index, ids) in manifest.stripes.iter().enumerate() {
         let stripe = stripe_key(ids);
         let placed = client.layout().place(&stripe, ids.len());
@@ -492,7 +496,11 @@ pub async fn collect(
                 Ok(false)
             };
             for node in &nodes {
-                match client.shard_delete(node, shard).await {
+                let deleted = match client.open_on(node, *id, manifest_bytes.clone()).await {
+                    Ok(()) => client.shard_delete(node, shard).await,
+                    Err(e) => Err(e),
+                };
+                match deleted {
                     Ok(DeleteOutcome::NotFound) => continue,
                     Ok(_) => {
                         outcome = Ok(true);

@@ -20,8 +20,10 @@ use dangan::keyring::Keyring;
 use dangan::manifest::Manifest;
 use dangan::version::{self, VersionError};
 
-/// Every shard of `manifest`, fetched raw from its placed peer.
+/// Every shard of `manifest`, fetched raw from its placed peer (after opening the document
+/// there, as peers serve shards only of documents opened on the connection).
 async fn raw_shards(client: &Client, manifest: &Manifest) -> Vec<Vec<Option<Bytes>>> {
+    let bytes = Bytes::from(manifest.encode());
     let mut stripes = Vec::new();
     for ids in &manifest.stripes {
         let nodes = client
@@ -30,6 +32,10 @@ async fn raw_shards(client: &Client, manifest: &Manifest) -> Vec<Vec<Option<Byte
             .unwrap();
         let mut shards = Vec::new();
         for (id, node) in ids.iter().zip(nodes) {
+            client
+                .open_on(node, manifest.id(), bytes.clone())
+                .await
+                .unwrap();
             shards.push(Some(client.shard_get(node, id).await.unwrap().unwrap()));
         }
         stripes.push(shards);
