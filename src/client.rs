@@ -588,16 +588,19 @@ impl Client {
         self.account(self.chain_link()?, id).await
     }
 
-    /// `id`'s record on the chain (owner, grants), its registration proof checked; `None`
+    /// `id`'s record on the chain (owner, grants) as the validator host answers it (no
+    /// proof: grants are current state, which a registration proof does not cover); `None`
     /// if it is not registered.
     pub async fn chain_record(
         &self,
         id: &DocumentId,
     ) -> Result<Option<DocumentRecord>, ClientError> {
-        match self.check_registered(self.chain_link()?, id).await {
-            Ok(record) => Ok(Some(record)),
-            Err(ClientError::NotRegistered { .. }) => Ok(None),
-            Err(e) => Err(e),
+        let req = Request::GetRecord { id: *id };
+        match self.chain_query(self.chain_link()?, &req).await? {
+            Some(body) => postcard::from_bytes(&body)
+                .map(Some)
+                .map_err(|e| ClientError::Chain(format!("document record: {e}"))),
+            None => Ok(None),
         }
     }
 

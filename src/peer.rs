@@ -598,6 +598,12 @@ async fn handle(
             let found = blocking(move || ledger.transaction(&id)).await;
             chain_answer(send, found).await
         }
+        Request::GetRecord { id } => {
+            let Some(ledger) = &state.ledger else {
+                return answer(send, &not_validator(), None).await;
+            };
+            chain_answer(send, Ok(ledger.record(&id))).await
+        }
         Request::GetAccount { id } => {
             let Some(ledger) = &state.ledger else {
                 return answer(send, &not_validator(), None).await;
@@ -691,6 +697,7 @@ async fn authorise(
         | Request::GetBlock { .. }
         | Request::ChainStatus
         | Request::GetAccount { .. }
+        | Request::GetRecord { .. }
         | Request::GetTx { .. }
         | Request::GetLayout
         | Request::ListDocuments { .. }

@@ -139,6 +139,12 @@ pub enum Request {
         document: DocumentId,
         len: u64,
     },
+    /// A registered document's record alone (owner, grants), without the proof that
+    /// `GetDocument` computes: `ChainBody` with the postcard bytes of a `DocumentRecord`, or
+    /// `NotFound`. What peers ask to authorise reads.
+    GetRecord {
+        id: DocumentId,
+    },
 }
 
 /// Documents one connection keeps open for reading at once (see [`Request::OpenDocument`]).
