@@ -626,7 +626,7 @@ impl Harness {
 fn plan(rng: &mut Rng, active: &[usize], round: usize) -> Vec<Fault> {
     // Two faults a round (one every fourth round), so the short form's first two rounds
     // already bring every kind.
-    let count = if round % 4 == 0 { 1 } else { 2 }.min(M);
+    let count = if round.is_multiple_of(4) { 1 } else { 2 }.min(M);
     let mut faults: Vec<Fault> = Vec::new();
     let mut validators_hit = 0;
     while faults.len() < count {
