@@ -309,6 +309,14 @@ fn parse_role(s: &str) -> Result<Role, String> {
 
 #[derive(Subcommand)]
 enum BenchCommand {
+    /// Every benchmark in one go (cluster, ops, chain with 1 and 3 validators, codec) and
+    /// one table of MB/s, documents/s, p50/p99, moved/minimum and peak RSS, headed by the
+    /// machine and the build, to compare releases. Takes a few minutes.
+    All {
+        /// Smaller sizes everywhere (a smoke run in well under a minute; not for comparing).
+        #[arg(long)]
+        quick: bool,
+    },
     /// The chain alone: registrations per second and commit latency, with 1 or 3
     /// validators (raft) on loopback QUIC, departments submitting over the network.
     Chain {
@@ -441,6 +449,27 @@ fn main() -> Result<()> {
                 document: size_mib << 20,
                 ..bench::OpsBenchOptions::default()
             }))?;
+            println!("{report}");
+            Ok(())
+        }
+        Command::Bench(BenchCommand::All { quick }) => {
+            let mut options = bench::AllBenchOptions::default();
+            if quick {
+                options.codec.size = 16 << 20;
+                options.codec.repetitions = 3;
+                options.cluster.document = 32 << 20;
+                options.cluster.certificates = 64;
+                options.chain_departments = 32;
+                options.chain_per_department = 20;
+                options.ops.documents = 2;
+                options.ops.document = 8 << 20;
+            }
+            let version = format!(
+                "{} ({})",
+                env!("CARGO_PKG_VERSION"),
+                env!("DANGAN_GIT_COMMIT")
+            );
+            let report = runtime()?.block_on(bench::all(options, version))?;
             println!("{report}");
             Ok(())
         }

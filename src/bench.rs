@@ -1054,3 +1054,375 @@ pub async fn ops(options: OpsBenchOptions) -> Result<OpsBenchReport, crate::demo
     cluster.shutdown().await;
     Ok(report)
 }
+
+/// The machine a benchmark ran on, as `/proc` and the standard library report it.
+#[derive(Debug, Clone)]
+pub struct Machine {
+    pub cores: usize,
+    /// Total memory, bytes (`MemTotal`), where the OS reports it.
+    pub memory: Option<u64>,
+    /// `model name` of the first CPU in `/proc/cpuinfo`, where the OS reports it.
+    pub cpu_model: Option<String>,
+}
+
+impl Machine {
+    pub fn this() -> Self {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+        Self {
+            cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            memory: parse_mem_total(&meminfo),
+            cpu_model: parse_cpu_model(&cpuinfo),
+        }
+    }
+}
+
+fn parse_cpu_model(cpuinfo: &str) -> Option<String> {
+    cpuinfo
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, v)| v.split_whitespace().collect::<Vec<_>>().join(" "))
+        .filter(|v| !v.is_empty())
+}
+
+fn parse_mem_total(meminfo: &str) -> Option<u64> {
+    let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+impl fmt::Display for Machine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} cores, {}, {}",
+            self.cores,
+            self.memory
+                .map_or("memory not reported".into(), |m| format!(
+                    "{:.1} GiB",
+                    m as f64 / (1u64 << 30) as f64
+                )),
+            self.cpu_model
+                .as_deref()
+                .unwrap_or("CPU model not reported")
+        )
+    }
+}
+
+/// Starts a new peak-RSS window (Linux: writing 5 to `/proc/self/clear_refs` resets
+/// VmHWM), so each benchmark of [`all`] reports its own peak. False where the OS does not
+/// allow it; the peak then covers everything run before too.
+pub fn reset_peak_rss() -> bool {
+    std::fs::write("/proc/self/clear_refs", b"5").is_ok()
+}
+
+/// What `dangan bench all` runs: every benchmark, with its own options.
+#[derive(Debug, Clone)]
+pub struct AllBenchOptions {
+    pub codec: CodecBenchOptions,
+    pub cluster: ClusterBenchOptions,
+    /// Validator counts to run the chain benchmark with (each a separate run).
+    pub chain_validators: Vec<usize>,
+    pub chain_departments: usize,
+    pub chain_per_department: usize,
+    pub ops: OpsBenchOptions,
+}
+
+impl Default for AllBenchOptions {
+    fn default() -> Self {
+        Self {
+            codec: CodecBenchOptions::default(),
+            cluster: ClusterBenchOptions::default(),
+            chain_validators: vec![1, 3],
+            chain_departments: 256,
+            chain_per_department: 100,
+            ops: OpsBenchOptions::default(),
+        }
+    }
+}
+
+/// One benchmark's peak resident memory: its own window where [`reset_peak_rss`] works.
+#[derive(Debug, Clone)]
+pub struct PeakRss {
+    pub bytes: Option<u64>,
+    /// False: the window could not be reset, the figure includes what ran before.
+    pub own: bool,
+}
+
+/// Every benchmark in one run, for comparing releases: see [`all`].
+#[derive(Debug, Clone)]
+pub struct AllBenchReport {
+    pub machine: Machine,
+    /// The package version and the commit it was built from (as the caller knows it).
+    pub version: String,
+    pub codec: CodecBenchReport,
+    pub codec_rss: PeakRss,
+    pub cluster: ClusterBenchReport,
+    pub cluster_rss: PeakRss,
+    pub chain: Vec<(ChainBenchReport, PeakRss)>,
+    pub ops: OpsBenchReport,
+    pub ops_rss: PeakRss,
+    pub elapsed: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BenchError {
+    #[error("codec benchmark: {0}")]
+    Codec(#[from] CodecError),
+    #[error("cluster or ops benchmark: {0}")]
+    Cluster(#[from] crate::demo::DemoError),
+    #[error("chain benchmark: {0}")]
+    Chain(#[from] ChainBenchError),
+    #[error("codec benchmark task: {0}")]
+    Task(String),
+}
+
+/// Runs the cluster, ops, chain and codec benchmarks one after the other (the cluster first,
+/// so its peak RSS is not raised by what ran before where the window cannot be reset).
+pub async fn all(options: AllBenchOptions, version: String) -> Result<AllBenchReport, BenchError> {
+    let start = Instant::now();
+    let machine = Machine::this();
+    let own = reset_peak_rss();
+    let cluster = self::cluster(options.cluster.clone()).await?;
+    let cluster_rss = PeakRss {
+        bytes: peak_rss(),
+        own,
+    };
+    let own = reset_peak_rss();
+    let ops = self::ops(options.ops.clone()).await?;
+    let ops_rss = PeakRss {
+        bytes: peak_rss(),
+        own,
+    };
+    let mut chain = Vec::new();
+    for &v in &options.chain_validators {
+        let own = reset_peak_rss();
+        let report = self::chain(
+            v,
+            options.chain_departments,
+            options.chain_per_department,
+            None,
+        )
+        .await?;
+        chain.push((
+            report,
+            PeakRss {
+                bytes: peak_rss(),
+                own,
+            },
+        ));
+    }
+    let own = reset_peak_rss();
+    let codec_options = options.codec.clone();
+    let codec = tokio::task::spawn_blocking(move || self::codec(codec_options))
+        .await
+        .map_err(|e| BenchError::Task(e.to_string()))??;
+    let codec_rss = PeakRss {
+        bytes: peak_rss(),
+        own,
+    };
+    Ok(AllBenchReport {
+        machine,
+        version,
+        codec,
+        codec_rss,
+        cluster,
+        cluster_rss,
+        chain,
+        ops,
+        ops_rss,
+        elapsed: start.elapsed(),
+    })
+}
+
+/// One row of the `bench all` table; empty cells are figures the row does not have.
+#[derive(Default)]
+struct Row {
+    bench: &'static str,
+    what: String,
+    mb_s: Option<f64>,
+    docs_s: Option<f64>,
+    p50: Option<Duration>,
+    p99: Option<Duration>,
+    moved: Option<(u64, u64)>,
+    rss: Option<String>,
+}
+
+impl AllBenchReport {
+    fn rows(&self) -> Vec<Row> {
+        let rss = |r: &PeakRss| {
+            r.bytes.map(|b| {
+                format!(
+                    "{}{}",
+                    b >> 20,
+                    if r.own { "" } else { " (whole run so far)" }
+                )
+            })
+        };
+        let mut rows = Vec::new();
+        let c = &self.codec;
+        let p = &c.options.params;
+        for fig in [
+            &c.blake3,
+            &c.chacha,
+            &c.rs,
+            &c.serial_floor,
+            &c.encode_1,
+            &c.encode_n,
+            &c.decode_1,
+            &c.decode_n,
+            &c.decode_degraded_n,
+        ] {
+            rows.push(Row {
+                bench: "codec",
+                what: format!(
+                    "{} ({} MiB, {}+{})",
+                    fig.name,
+                    c.options.size >> 20,
+                    p.k,
+                    p.m
+                ),
+                mb_s: Some(fig.mb_per_s()),
+                ..Row::default()
+            });
+        }
+        rows.last_mut().expect("codec rows").rss = rss(&self.codec_rss);
+
+        let cl = &self.cluster;
+        let o = &cl.options;
+        rows.push(Row {
+            bench: "cluster",
+            what: "QUIC transport floor, one connection".into(),
+            mb_s: Some(cl.transport_floor_mb_s),
+            ..Row::default()
+        });
+        for (name, fig) in [("put", &cl.put), ("get", &cl.get)] {
+            rows.push(Row {
+                bench: "cluster",
+                what: format!(
+                    "{name} {} MiB, {} peers ({:.2} of the floor)",
+                    o.document >> 20,
+                    o.peers,
+                    fig.mb_per_s() / cl.transport_floor_mb_s
+                ),
+                mb_s: Some(fig.mb_per_s()),
+                rss: (name == "get")
+                    .then(|| cl.peak_rss_document.map(|b| format!("{}", b >> 20)))
+                    .flatten(),
+                ..Row::default()
+            });
+        }
+        for (name, l) in [("put", &cl.cert_put), ("get", &cl.cert_get)] {
+            rows.push(Row {
+                bench: "cluster",
+                what: format!(
+                    "certificate {name}, {} KiB, {} in flight",
+                    o.certificate_size >> 10,
+                    o.in_flight
+                ),
+                docs_s: Some(l.per_second),
+                p50: Some(l.p50),
+                p99: Some(l.p99),
+                rss: (name == "get").then(|| rss(&self.cluster_rss)).flatten(),
+                ..Row::default()
+            });
+        }
+        for (r, peak) in &self.chain {
+            rows.push(Row {
+                bench: "chain",
+                what: format!(
+                    "{} validator(s), {} departments, {} blocks",
+                    r.validators, r.departments, r.blocks
+                ),
+                docs_s: Some(r.commit.per_second),
+                p50: Some(r.commit.p50),
+                p99: Some(r.commit.p99),
+                rss: rss(peak),
+                ..Row::default()
+            });
+        }
+        let ops = &self.ops;
+        let shape = ops.options.as_ref().map_or(String::new(), |o| {
+            format!(", {} x {} MiB", o.documents, o.document >> 20)
+        });
+        for (what, phase, moved) in [
+            ("add a peer, rebalance", &ops.add, true),
+            ("drain a peer, rebalance", &ops.drain, true),
+            ("lose a peer, repair", &ops.repair, false),
+            ("scrub every peer", &ops.scrub, false),
+        ] {
+            rows.push(Row {
+                bench: "ops",
+                what: format!("{what}{shape}"),
+                mb_s: Some(phase.mb_per_s()),
+                moved: moved.then_some((phase.shards, phase.floor)),
+                ..Row::default()
+            });
+        }
+        rows.last_mut().expect("ops rows").rss = rss(&self.ops_rss);
+        rows
+    }
+}
+
+impl fmt::Display for AllBenchReport {
+    /// A Markdown table, so it can go into a release note or the README as printed.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "dangan {} — bench all", self.version)?;
+        writeln!(f, "machine: {}", self.machine)?;
+        writeln!(
+            f,
+            "ran in {:.0} s; peak RSS is per benchmark (the process's VmHWM)",
+            self.elapsed.as_secs_f64()
+        )?;
+        writeln!(f)?;
+        writeln!(
+            f,
+            "| bench | what | MB/s | documents/s | p50 ms | p99 ms | moved / minimum | peak RSS MiB |"
+        )?;
+        writeln!(f, "|---|---|---:|---:|---:|---:|---:|---:|")?;
+        let num = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v:.0}"));
+        let ms = |v: Option<Duration>| {
+            v.map_or(String::new(), |d| format!("{:.1}", d.as_secs_f64() * 1e3))
+        };
+        for r in self.rows() {
+            writeln!(
+                f,
+                "| {} | {} | {} | {} | {} | {} | {} | {} |",
+                r.bench,
+                r.what,
+                num(r.mb_s),
+                num(r.docs_s),
+                ms(r.p50),
+                ms(r.p99),
+                r.moved.map_or(String::new(), |(m, floor)| format!(
+                    "{m} / {floor} ({:.2}x)",
+                    m as f64 / floor.max(1) as f64
+                )),
+                r.rss.unwrap_or_default()
+            )?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn machine_fields_come_from_proc_text() {
+        let cpuinfo = "processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC  7B13 64-Core Processor\n\nprocessor\t: 1\nmodel name\t: other\n";
+        assert_eq!(
+            parse_cpu_model(cpuinfo).as_deref(),
+            Some("AMD EPYC 7B13 64-Core Processor")
+        );
+        assert_eq!(parse_cpu_model("processor\t: 0\n"), None);
+        assert_eq!(parse_cpu_model("model name\t:   \n"), None);
+        let meminfo = "MemTotal:       24598812 kB\nMemFree:         1000 kB\n";
+        assert_eq!(parse_mem_total(meminfo), Some(24_598_812 * 1024));
+        assert_eq!(parse_mem_total("MemFree: 1 kB\n"), None);
+        assert_eq!(parse_mem_total("MemTotal: lots kB\n"), None);
+    }
+}

@@ -4,294 +4,32 @@
 //! fits the number of peers, and the operator commands (`cluster status`, `scrub`, repair)
 //! find and fix a bit flipped on a peer's disk.
 
-use std::fs::{self, File};
-use std::net::UdpSocket;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+mod common;
 
+use std::fs;
+use std::path::Path;
+use std::time::Instant;
+
+use common::process::{ProcessCluster, dangan, is_document_id, run};
 use dangan::config::{ClusterFile, NodeFile};
 use dangan::identity::PublicId;
 use dangan::peer::PeerLimits;
 
-const BIN: &str = env!("CARGO_BIN_EXE_dangan");
-/// Longest any one command may take before the test fails.
-const COMMAND_LIMIT: Duration = Duration::from_secs(30);
-/// Longest a peer may take to print "serving on".
-const START_LIMIT: Duration = Duration::from_secs(10);
 const PEERS: usize = 3;
 
-/// What a finished command left behind.
-struct Run {
-    ok: bool,
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    fn describe(&self) -> String {
-        format!(
-            "exit {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
-            self.code, self.stdout, self.stderr
-        )
-    }
-
-    fn expect_ok(self, what: &str) -> Run {
-        assert!(self.ok, "{what} failed: {}", self.describe());
-        self
-    }
-
-    fn expect_fail(self, what: &str) -> Run {
-        assert!(
-            !self.ok,
-            "{what} should have failed but succeeded: {}",
-            self.describe()
-        );
-        self
-    }
-}
-
-/// `dangan ARGS` with a quiet, deterministic environment (no backtraces in error output).
-fn dangan<I, S>(args: I) -> Command
-where
-    I: IntoIterator<Item = S>,
-    S: AsRef<std::ffi::OsStr>,
-{
-    let mut cmd = Command::new(BIN);
-    cmd.args(args)
-        .env("RUST_BACKTRACE", "0")
-        .env("RUST_LIB_BACKTRACE", "0")
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null());
-    cmd
-}
-
-/// Runs `cmd` to completion with its output in files under `logs` (no pipe to fill up),
-/// killing it and failing the test if it takes longer than [`COMMAND_LIMIT`].
-fn run(mut cmd: Command, logs: &Path, name: &str) -> Run {
-    let out = logs.join(format!("{name}.stdout"));
-    let err = logs.join(format!("{name}.stderr"));
-    cmd.stdout(File::create(&out).unwrap())
-        .stderr(File::create(&err).unwrap());
-    let mut child = cmd.spawn().expect("spawning dangan");
-    let start = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if start.elapsed() > COMMAND_LIMIT {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "{name} did not finish within {COMMAND_LIMIT:?}; stderr:\n{}",
-                fs::read_to_string(&err).unwrap_or_default()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    println!("{name}: {:.2} s", start.elapsed().as_secs_f64());
-    Run {
-        ok: status.success(),
-        code: status.code(),
-        stdout: fs::read_to_string(&out).unwrap(),
-        stderr: fs::read_to_string(&err).unwrap(),
-    }
-}
-
-/// A running `dangan node`, killed (and reaped) when dropped, so no peer outlives the test
-/// even when an assertion panics.
-struct Node {
-    child: Child,
-    stdout: PathBuf,
-    stderr: PathBuf,
-}
-
-impl Node {
-    /// Starts `dangan node --config CONFIG` and waits until it prints "serving on".
-    /// `Err` carries the peer's stderr if it exited first.
-    fn start(config: &Path, logs: &Path, name: &str) -> Result<Node, String> {
-        let stdout = logs.join(format!("{name}.stdout"));
-        let stderr = logs.join(format!("{name}.stderr"));
-        let mut cmd = dangan([Path::new("node"), Path::new("--config"), config]);
-        cmd.stdout(File::create(&stdout).unwrap())
-            .stderr(File::create(&stderr).unwrap());
-        let mut node = Node {
-            child: cmd.spawn().expect("spawning dangan node"),
-            stdout,
-            stderr,
-        };
-        let start = Instant::now();
-        loop {
-            let out = fs::read_to_string(&node.stdout).unwrap_or_default();
-            if out.contains("serving on") {
-                return Ok(node);
-            }
-            if let Some(status) = node.child.try_wait().unwrap() {
-                return Err(format!(
-                    "{name} exited ({status}) before serving; stderr:\n{}",
-                    fs::read_to_string(&node.stderr).unwrap_or_default()
-                ));
-            }
-            if start.elapsed() > START_LIMIT {
-                return Err(format!(
-                    "{name} did not print \"serving on\" within {START_LIMIT:?}; stderr:\n{}",
-                    fs::read_to_string(&node.stderr).unwrap_or_default()
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn serving_line(&self) -> String {
-        fs::read_to_string(&self.stdout)
-            .unwrap()
-            .lines()
-            .find(|l| l.contains("serving on"))
-            .unwrap()
-            .to_owned()
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A base port such that `base..base + n` are all free UDP ports on 127.0.0.1 right now
-/// (`local-config` gives peer i the port `base + i - 1`). The probe sockets are closed on
-/// return, so another process could still take a port before the peers bind it; the caller
-/// retries on "address in use".
-fn free_port_range(n: u16) -> u16 {
-    for _ in 0..100 {
-        let first = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let base = first.local_addr().unwrap().port();
-        if base.checked_add(n - 1).is_none() {
-            continue;
-        }
-        let rest: Result<Vec<UdpSocket>, _> = (1..n)
-            .map(|i| UdpSocket::bind(("127.0.0.1", base + i)))
-            .collect();
-        if rest.is_ok() {
-            return base;
-        }
-    }
-    panic!("no range of {n} consecutive free UDP ports found on 127.0.0.1");
-}
-
-/// Deterministic pseudo-random bytes (splitmix64).
-fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        out.extend_from_slice(&(z ^ (z >> 31)).to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
-
-/// A local cluster written by `dangan local-config` with its peers running.
-struct Cluster {
-    dir: PathBuf,
-    nodes: Vec<Option<Node>>,
-}
-
-impl Cluster {
-    /// `local-config` into `root/clusterN` on free ports, then one `dangan node` per peer.
-    /// Retries with new ports if a port was taken between probing and binding.
-    fn start(root: &Path) -> Cluster {
-        let mut last_failure = String::new();
-        for attempt in 1..=3 {
-            let dir = root.join(format!("cluster{attempt}"));
-            let base = free_port_range(PEERS as u16);
-            let lc = run(
-                dangan([
-                    "local-config".as_ref(),
-                    dir.as_os_str(),
-                    "--peers".as_ref(),
-                    PEERS.to_string().as_ref(),
-                    "--base-port".as_ref(),
-                    base.to_string().as_ref(),
-                ]),
-                root,
-                &format!("local-config{attempt}"),
-            )
-            .expect_ok("local-config");
-            assert!(
-                lc.stdout.contains("k = 2, m = 1"),
-                "local-config with 3 peers must choose k = 2, m = 1: {}",
-                lc.describe()
-            );
-            let cluster = ClusterFile::load(&dir.join("cluster.toml"))
-                .expect("local-config writes a valid cluster");
-            assert_eq!(cluster.layout.nodes.len(), PEERS);
-            assert_eq!((cluster.params.k, cluster.params.m), (2, 1));
-
-            let mut nodes = Vec::new();
-            let mut failed = None;
-            for i in 1..=PEERS {
-                let config = dir.join(format!("node{i}.toml"));
-                match Node::start(&config, root, &format!("attempt{attempt}-node{i}")) {
-                    Ok(node) => {
-                        let line = node.serving_line();
-                        let port = base + i as u16 - 1;
-                        assert!(
-                            line.ends_with(&format!("serving on 127.0.0.1:{port}")),
-                            "node{i}: {line}"
-                        );
-                        nodes.push(Some(node));
-                    }
-                    Err(e) => {
-                        failed = Some(e);
-                        break;
-                    }
-                }
-            }
-            match failed {
-                None => return Cluster { dir, nodes },
-                Some(e) if e.to_lowercase().contains("in use") => {
-                    last_failure = e;
-                    drop(nodes);
-                }
-                Some(e) => panic!("{e}"),
-            }
-        }
-        panic!("peers could not bind their ports in 3 attempts; last: {last_failure}");
-    }
-
-    fn path(&self, rel: &str) -> PathBuf {
-        self.dir.join(rel)
-    }
-
-    /// `--key KEY --cluster DIR/cluster.toml --keyring KEYRING`
-    fn client_args(&self, key: &Path, keyring: &Path) -> Vec<PathBuf> {
-        vec![
-            "--key".into(),
-            key.to_owned(),
-            "--cluster".into(),
-            self.path("cluster.toml"),
-            "--keyring".into(),
-            keyring.to_owned(),
-        ]
-    }
-
-    /// Kills peer `i` (1-based), as a crash would: SIGKILL, no shutdown.
-    fn kill(&mut self, i: usize) {
-        let node = self.nodes[i - 1].take().expect("peer already stopped");
-        drop(node);
-    }
-}
-
-fn is_document_id(s: &str) -> bool {
-    s.len() == 64
-        && s.bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+/// Three peers as separate processes, one validator (on node 1): k = 2, m = 1.
+fn start_cluster(root: &Path) -> ProcessCluster {
+    let cluster = ProcessCluster::start(root, PEERS, 1);
+    assert!(
+        cluster.local_config.contains("k = 2, m = 1"),
+        "local-config with 3 peers must choose k = 2, m = 1: {}",
+        cluster.local_config
+    );
+    let file = ClusterFile::load(&cluster.path("cluster.toml"))
+        .expect("local-config writes a valid cluster");
+    assert_eq!(file.layout.nodes.len(), PEERS);
+    assert_eq!((file.params.k, file.params.m), (2, 1));
+    cluster
 }
 
 #[test]
@@ -299,16 +37,15 @@ fn peers_as_separate_processes_put_get_lose_one_and_refuse_strangers() {
     let started = Instant::now();
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
-    let logs = root.join("logs");
-    fs::create_dir(&logs).unwrap();
-    let mut cluster = Cluster::start(root);
+    let mut cluster = start_cluster(root);
+    let logs = cluster.logs.clone();
     let dept_key = cluster.path("keys/department.key");
     let keyring = cluster.path("keyring");
     let client = cluster.client_args(&dept_key, &keyring);
 
     // 1. put a 3 MiB document (two stripes of 2 MiB with k = 2); the last line is its id.
     let input = root.join("input.bin");
-    let bytes = pseudo_random(3 << 20, 0xd0c);
+    let bytes = common::data(3 << 20, 0xd0c);
     fs::write(&input, &bytes).unwrap();
     let mut put = dangan(["put".as_ref(), input.as_os_str()]);
     put.args(&client);
@@ -550,12 +287,7 @@ fn peers_as_separate_processes_put_get_lose_one_and_refuse_strangers() {
         "get with one peer down returned other bytes"
     );
 
-    for (i, node) in cluster.nodes.iter().enumerate() {
-        if let Some(node) = node {
-            let err = fs::read_to_string(&node.stderr).unwrap();
-            assert!(!err.contains("panicked"), "peer {} panicked:\n{err}", i + 1);
-        }
-    }
+    cluster.assert_no_panics();
     println!(
         "separate-process test took {:.1} s",
         started.elapsed().as_secs_f64()
@@ -713,16 +445,15 @@ fn example_configs_load() {
 fn operator_commands_status_scrub_and_repair_a_flipped_bit_on_disk() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
-    let logs = root.join("logs");
-    fs::create_dir(&logs).unwrap();
-    let cluster = Cluster::start(root);
+    let cluster = start_cluster(root);
+    let logs = cluster.logs.clone();
     let keyring = cluster.path("keyring");
     let client = cluster.client_args(&cluster.path("keys/department.key"), &keyring);
     let mut operator = cluster.client_args(&cluster.path("keys/operator.key"), &keyring);
     operator.extend(["--data-dir".into(), root.join("operator")]);
 
     let input = root.join("input.bin");
-    let bytes = pseudo_random(3 << 20, 0x0b5);
+    let bytes = common::data(3 << 20, 0x0b5);
     fs::write(&input, &bytes).unwrap();
     let mut put = dangan(["put".as_ref(), input.as_os_str()]);
     put.args(&client);

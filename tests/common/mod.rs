@@ -1,6 +1,8 @@
 //! Shared helpers for integration tests: real peers on 127.0.0.1, real redb, real QUIC.
 #![allow(dead_code)]
 
+pub mod process;
+
 use dangan::client::{Client, ClientError, ClientOptions, GetReport, PutReceipt};
 use dangan::codec::DocumentInfo;
 use dangan::crypto::DataKey;
