@@ -10,7 +10,7 @@ use std::fs;
 use std::path::Path;
 use std::time::Instant;
 
-use common::process::{ProcessCluster, dangan, is_document_id, run};
+use common::process::{ProcessCluster, Run, dangan, is_document_id, run};
 use dangan::config::{ClusterFile, NodeFile};
 use dangan::identity::PublicId;
 use dangan::peer::PeerLimits;
@@ -520,7 +520,7 @@ fn rekey_and_supersede_from_the_command_line_and_get_follows_to_the_newest_versi
     let root = tmp.path();
     let logs = root.join("logs");
     fs::create_dir(&logs).unwrap();
-    let cluster = Cluster::start(root);
+    let cluster = start_cluster(root);
     let keyring = cluster.path("keyring");
     let client = cluster.client_args(&cluster.path("keys/department.key"), &keyring);
     let last_line = |r: &Run| {
@@ -533,7 +533,7 @@ fn rekey_and_supersede_from_the_command_line_and_get_follows_to_the_newest_versi
     };
 
     let input = root.join("v1.bin");
-    let v1_bytes = pseudo_random(700 << 10, 0x5e1);
+    let v1_bytes = common::data(700 << 10, 0x5e1);
     fs::write(&input, &v1_bytes).unwrap();
     let mut put = dangan(["put".as_ref(), input.as_os_str()]);
     put.args(&client);
