@@ -124,7 +124,7 @@ fn peers_as_separate_processes_put_get_lose_one_and_refuse_strangers() {
         "a refused put keeps no key"
     );
 
-    // 4. An id that was never stored, with no key for it in the keyring.
+    // 4. An id that was never stored: get asks the chain first, which does not know it.
     let unknown = blake3::hash(b"never stored").to_hex().to_string();
     let out2 = root.join("out2.bin");
     let mut get = dangan([
@@ -138,8 +138,8 @@ fn peers_as_separate_processes_put_get_lose_one_and_refuse_strangers() {
     assert!(
         missing
             .stderr
-            .contains(&format!("no key for document {unknown}")),
-        "the error must say the document's key was not found: {}",
+            .contains(&format!("document {unknown} was not found on the chain")),
+        "the error must say the document is not registered: {}",
         missing.describe()
     );
     assert!(!out2.exists(), "a failed get writes no output");
