@@ -104,6 +104,8 @@ pub(crate) struct Shared {
     /// by header hash, so applying them costs no second pass over their transactions.
     pub prepared: Mutex<HashMap<Hash, (BlockHeader, State)>>,
     pub validator: Identity,
+    /// Snapshots from a leader installed here since the process started.
+    pub snapshots_installed: std::sync::atomic::AtomicU64,
 }
 
 impl Shared {
@@ -115,6 +117,7 @@ impl Shared {
             applied,
             prepared: Mutex::new(HashMap::new()),
             validator,
+            snapshots_installed: Default::default(),
         }
     }
 
@@ -219,7 +222,8 @@ impl RaftLogStorage<ChainRaft> for LogStore {
     type LogReader = LogStore;
 
     async fn get_log_state(&mut self) -> Result<LogState<ChainRaft>, SErr> {
-        let purged: Option<LogId<u64>> = self.meta("purged")?;
+        // Written by `purge` as an `Option`, like "committed".
+        let purged = self.meta::<Option<LogId<u64>>>("purged")?.flatten();
         let last = {
             let txn = self.db.begin_read().map_err(read_err)?;
             let t = txn.open_table(LOG).map_err(read_err)?;
@@ -504,6 +508,9 @@ impl RaftStateMachine<ChainRaft> for ChainMachine {
         let next = (!new_blocks.is_empty()).then_some((prev, state));
         self.commit(&new_blocks, next)?;
         *self.current.lock().expect("snapshot lock") = Some((meta.clone(), bytes));
+        self.shared
+            .snapshots_installed
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(())
     }
 
