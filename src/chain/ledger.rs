@@ -309,6 +309,15 @@ impl Ledger {
         {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+        // Blocks are applied without an fsync of their own (the raft log holds them): a
+        // clean stop makes them durable, so a restart opens at the same tip at once.
+        let store = self.shared.clone();
+        if let Err(e) = tokio::task::spawn_blocking(move || store.store.sync())
+            .await
+            .unwrap_or(Ok(()))
+        {
+            warn!(error = %e, "making the chain durable at shutdown failed");
+        }
     }
 
     /// The raft node id of the current leader, if one is known.
@@ -501,7 +510,10 @@ impl Ledger {
         }
         let shared = self.shared.clone();
         tokio::task::spawn_blocking(move || {
-            let after = block.apply_to(state, &prev).map_err(|e| e.to_string())?;
+            let after = block
+                .apply_to(State::clone(&state), &prev)
+                .map(Arc::new)
+                .map_err(|e| e.to_string())?;
             let endorsement = block.endorsement(&shared.validator);
             shared
                 .prepared
@@ -541,7 +553,7 @@ impl Ledger {
 
     /// A copy of the current state.
     pub fn state(&self) -> State {
-        self.shared.tip.lock().expect("ledger lock").state.clone()
+        State::clone(&self.shared.tip.lock().expect("ledger lock").state)
     }
 
     pub fn block(&self, height: u64) -> Result<Option<Block>, LedgerError> {
@@ -619,7 +631,7 @@ async fn commit_loop(
     let in_flight = Arc::new(tokio::sync::Semaphore::new(BLOCKS_IN_FLIGHT));
     let reset = Arc::new(std::sync::atomic::AtomicBool::new(false));
     // The last block handed to raft and the state after it, while it may not be applied.
-    let mut spec: Option<(super::block::BlockHeader, State)> = None;
+    let mut spec: Option<(super::block::BlockHeader, Arc<State>)> = None;
     let mut waiting: Vec<(Job, Instant)> = Vec::new();
     loop {
         let deadline = waiting.iter().map(|(_, until)| *until).min();
@@ -674,10 +686,10 @@ async fn commit_loop(
         let candidates: Vec<SignedTx> = jobs.iter().map(|((tx, _, _), _)| tx.clone()).collect();
         let proposer = shared.validator.clone();
         let (block, after, outcomes) = tokio::task::spawn_blocking(move || {
-            let mut state = state;
+            let mut state = State::clone(&state);
             let (block, outcomes) =
                 Block::propose(&mut state, &prev, candidates, &proposer, crate::now_ms());
-            (block, state, outcomes)
+            (block, Arc::new(state), outcomes)
         })
         .await
         .expect("proposing does not panic");
