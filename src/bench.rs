@@ -816,9 +816,11 @@ pub async fn chain(
     for c in &clients {
         c.close().await;
     }
-    for (ledger, peer) in running {
+    // Every validator's raft stops at once (before any of their peers), so none of them
+    // times out on the others and calls an election while the rest shut down.
+    futures::future::join_all(running.iter().map(|(ledger, _)| ledger.shutdown())).await;
+    for (_, peer) in running {
         peer.shutdown().await;
-        ledger.shutdown().await;
     }
     Ok(ChainBenchReport {
         validators,

@@ -179,10 +179,30 @@ impl PublicId {
     /// Checks that `sig` is this identity's signature over `msg` (strict Ed25519: rejects
     /// malleable signatures and small-order keys).
     pub fn verify(&self, msg: &[u8], sig: &[u8; SIGNATURE_LEN]) -> Result<(), IdentityError> {
-        let key =
-            VerifyingKey::from_bytes(&self.0).map_err(|_| IdentityError::BadSignature(*self))?;
+        let key = self.verifying_key()?;
         key.verify_strict(msg, &Signature::from_bytes(sig))
             .map_err(|_| IdentityError::BadSignature(*self))
+    }
+
+    /// The decompressed key. Decompressing costs about a fifth of a verification, and the
+    /// chain verifies the same few accounts' signatures over and over, so decompressed keys
+    /// are remembered (a pure function of the bytes; forgotten wholesale past a bound).
+    fn verifying_key(&self) -> Result<VerifyingKey, IdentityError> {
+        const REMEMBERED: usize = 1 << 16;
+        static KEYS: std::sync::LazyLock<
+            std::sync::Mutex<std::collections::HashMap<[u8; PUBLIC_ID_LEN], VerifyingKey>>,
+        > = std::sync::LazyLock::new(Default::default);
+        if let Some(key) = KEYS.lock().expect("key cache lock").get(&self.0) {
+            return Ok(*key);
+        }
+        let key =
+            VerifyingKey::from_bytes(&self.0).map_err(|_| IdentityError::BadSignature(*self))?;
+        let mut keys = KEYS.lock().expect("key cache lock");
+        if keys.len() >= REMEMBERED {
+            keys.clear();
+        }
+        keys.insert(self.0, key);
+        Ok(key)
     }
 
     /// Reads a public id from a `.pub` file (the text form) or from a key file written by

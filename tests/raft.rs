@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dangan::chain::ledger::{Ledger, ValidatorNet};
+use dangan::chain::ledger::{Ledger, RaftTuning, ValidatorNet};
 use dangan::chain::raft::node_id;
 use dangan::chain::state::{Genesis, GenesisAccount};
 use dangan::chain::tx::{SignedTx, Tx, TxBody};
@@ -32,6 +32,7 @@ struct Net {
     dirs: Vec<PathBuf>,
     membership: Membership,
     departments: Vec<Identity>,
+    tuning: RaftTuning,
 }
 
 fn logs() {
@@ -48,10 +49,22 @@ fn free_port() -> SocketAddr {
 
 impl Net {
     fn new(root: &Path, departments: usize) -> Self {
-        let validators: Vec<Identity> = (0..3)
+        Self::with(root, departments, 3, 3, RaftTuning::default())
+    }
+
+    /// `hosts` validator hosts, of which the first `genesis` are the genesis validators (the
+    /// others are configured everywhere but join later through the chain).
+    fn with(
+        root: &Path,
+        departments: usize,
+        hosts: usize,
+        genesis: usize,
+        tuning: RaftTuning,
+    ) -> Self {
+        let validators: Vec<Identity> = (0..hosts)
             .map(|_| Identity::generate(Role::Validator))
             .collect();
-        let nodes: Vec<Identity> = (0..3).map(|_| Identity::generate(Role::Node)).collect();
+        let nodes: Vec<Identity> = (0..hosts).map(|_| Identity::generate(Role::Node)).collect();
         let departments: Vec<Identity> = (0..departments)
             .map(|_| Identity::generate(Role::Department))
             .collect();
@@ -61,7 +74,7 @@ impl Net {
         }
         let genesis = Genesis {
             chain_id: "raft-test".into(),
-            validators: validators
+            validators: validators[..genesis]
                 .iter()
                 .map(|v| GenesisAccount::of(v, Role::Validator))
                 .collect(),
@@ -71,7 +84,7 @@ impl Net {
                 .collect(),
             nodes: Vec::new(),
         };
-        let dirs = (0..3)
+        let dirs = (0..hosts)
             .map(|i| {
                 let d = root.join(format!("v{i}"));
                 std::fs::create_dir_all(&d).unwrap();
@@ -81,16 +94,17 @@ impl Net {
         Self {
             genesis,
             validators,
-            addrs: (0..3).map(|_| free_port()).collect(),
+            addrs: (0..hosts).map(|_| free_port()).collect(),
             nodes,
             dirs,
             membership,
             departments,
+            tuning,
         }
     }
 
     fn hosts(&self) -> Vec<NodeInfo> {
-        (0..3)
+        (0..self.nodes.len())
             .map(|i| NodeInfo {
                 key: self.nodes[i].public(),
                 zone: "validators".into(),
@@ -119,11 +133,12 @@ impl Net {
                 .collect(),
         };
         let ledger = Arc::new(
-            Ledger::open(
+            Ledger::open_tuned(
                 &self.dirs[i].join("chain.redb"),
                 &self.genesis,
                 self.validators[i].clone(),
                 Some(net),
+                self.tuning,
             )
             .await
             .unwrap(),
@@ -401,6 +416,250 @@ async fn a_follower_forwards_and_outsiders_cannot_speak_raft() {
     client.close().await;
     let _: HashMap<PublicId, ()> = HashMap::new();
     for v in vs {
+        stop(v).await;
+    }
+}
+
+/// Submits `tx` until it is committed (retrying through elections and membership changes);
+/// returns the height of its block.
+async fn commit(client: &Client, tx: &SignedTx) -> u64 {
+    for attempt in 0.. {
+        match client.submit_tx(tx).await {
+            Ok((height, _)) => return height,
+            Err(e) if attempt > 0 && e.to_string().contains("nonce") => {
+                // An earlier attempt committed after all.
+                let proof = client.chain_tx(tx.id()).await.unwrap().expect("committed");
+                return proof.header.header.height;
+            }
+            Err(e) => {
+                assert!(attempt < 30, "{:?}: {e}", tx.tx.body);
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+    unreachable!()
+}
+
+/// Waits until `check` holds (20 s at most).
+async fn until(what: &str, check: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn leader_of<'a>(vs: &[&'a Validator]) -> Option<&'a Validator> {
+    vs.iter()
+        .find(|v| v.ledger.leader() == Some(v.ledger.node_id()))
+        .copied()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn validators_join_and_leave_through_the_chain() {
+    logs();
+    let tmp = tempfile::tempdir().unwrap();
+    // Four validator hosts are configured; the chain starts with the first three.
+    let net = Net::with(tmp.path(), 1, 4, 3, RaftTuning::default());
+    let mut vs: Vec<Option<Validator>> = Vec::new();
+    for i in 0..3 {
+        vs.push(Some(net.start(i).await));
+    }
+    converged(&vs.iter().flatten().collect::<Vec<_>>()).await;
+    let dept = &net.departments[0];
+    let client = net.client(dept);
+    let mut nonce = 0;
+    for _ in 0..5 {
+        nonce += 1;
+        commit(&client, &register(dept, nonce)).await;
+    }
+
+    // A validator adds the fourth: once the block is applied, the leader adds it to raft.
+    let admin = &net.validators[0];
+    let newcomer = net.validators[3].public();
+    let add = Tx {
+        sender: admin.public(),
+        nonce: 1,
+        body: TxBody::AddValidator {
+            validator: newcomer,
+        },
+    }
+    .sign(admin);
+    let added_at = commit(&client, &add).await;
+    vs.push(Some(net.start(3).await));
+    {
+        let all: Vec<&Validator> = vs.iter().flatten().collect();
+        until("the newcomer is a raft voter", || {
+            leader_of(&all).is_some_and(|l| l.ledger.raft_voters().len() == 4)
+        })
+        .await;
+        converged(&all).await;
+    }
+
+    // Stop an old follower (not the admin): a majority of four now needs the newcomer's
+    // endorsement and its raft vote.
+    let leader = leader_of(&vs.iter().flatten().collect::<Vec<_>>())
+        .unwrap()
+        .ledger
+        .node_id();
+    let stopped = (1..3)
+        .find(|&i| node_id(&net.validators[i].public()) != leader)
+        .unwrap();
+    stop(vs[stopped].take().unwrap()).await;
+    for _ in 0..5 {
+        nonce += 1;
+        commit(&client, &register(dept, nonce)).await;
+    }
+    let four: Vec<PublicId> = net.validators.iter().map(|v| v.public()).collect();
+    let three: Vec<PublicId> = four[..3].to_vec();
+    let newest = vs[3].as_ref().unwrap();
+    let tip = newest.ledger.status().height;
+    for h in 1..=tip {
+        let header = newest.ledger.block(h).unwrap().unwrap().header;
+        // The validators of block h are those after block h - 1.
+        let set = if h <= added_at { &three } else { &four };
+        header
+            .verify_final(set)
+            .unwrap_or_else(|e| panic!("block {h}: {e}"));
+    }
+    let last = newest.ledger.block(tip).unwrap().unwrap().header;
+    assert!(
+        last.signatures.iter().any(|(w, _)| *w == newcomer),
+        "with one of four stopped, the newcomer endorsed block {tip}"
+    );
+
+    // Remove the stopped validator: the three left go on alone.
+    let remove = Tx {
+        sender: admin.public(),
+        nonce: 2,
+        body: TxBody::RemoveValidator {
+            validator: net.validators[stopped].public(),
+        },
+    }
+    .sign(admin);
+    let removed_at = commit(&client, &remove).await;
+    let left: Vec<PublicId> = (0..4)
+        .filter(|&i| i != stopped)
+        .map(|i| net.validators[i].public())
+        .collect();
+    {
+        let live: Vec<&Validator> = vs.iter().flatten().collect();
+        until("the removed validator left the raft voters", || {
+            leader_of(&live).is_some_and(|l| l.ledger.raft_voters().len() == 3)
+        })
+        .await;
+    }
+    for _ in 0..5 {
+        nonce += 1;
+        commit(&client, &register(dept, nonce)).await;
+    }
+    let live: Vec<&Validator> = vs.iter().flatten().collect();
+    let (height, _) = converged(&live).await;
+    assert!(height > removed_at);
+    one_block_per_height(&live, height);
+    for v in &live {
+        let state = v.ledger.state();
+        assert_eq!(state.validators.iter().copied().collect::<Vec<_>>(), {
+            let mut l = left.clone();
+            l.sort();
+            l
+        });
+        assert_eq!(state.documents.len() as u64, nonce);
+    }
+    for h in removed_at + 1..=height {
+        live[0]
+            .ledger
+            .block(h)
+            .unwrap()
+            .unwrap()
+            .header
+            .verify_final(&left)
+            .unwrap_or_else(|e| panic!("block {h}: {e}"));
+    }
+    client.close().await;
+    for v in vs.into_iter().flatten() {
+        stop(v).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_validator_behind_the_purged_log_catches_up_from_a_snapshot() {
+    logs();
+    let tmp = tempfile::tempdir().unwrap();
+    let tuning = RaftTuning {
+        snapshot_every: 8,
+        keep_after_snapshot: 0,
+    };
+    let net = Net::with(tmp.path(), 1, 3, 3, tuning);
+    let mut vs: Vec<Option<Validator>> = Vec::new();
+    for i in 0..3 {
+        vs.push(Some(net.start(i).await));
+    }
+    converged(&vs.iter().flatten().collect::<Vec<_>>()).await;
+    let dept = &net.departments[0];
+    let client = net.client(dept);
+    commit(&client, &register(dept, 1)).await;
+    let follower = (0..3)
+        .find(|&i| {
+            let v = vs[i].as_ref().unwrap();
+            v.ledger.leader() != Some(v.ledger.node_id())
+        })
+        .unwrap();
+    let behind = vs[follower]
+        .as_ref()
+        .unwrap()
+        .ledger
+        .raft_metrics()
+        .last_applied
+        .map_or(0, |l| l.index);
+    stop(vs[follower].take().unwrap()).await;
+
+    // One block per registration: many log entries, snapshots, and the log purged.
+    const DOCS: u64 = 40;
+    for nonce in 2..=DOCS {
+        commit(&client, &register(dept, nonce)).await;
+    }
+    {
+        let live: Vec<&Validator> = vs.iter().flatten().collect();
+        until(
+            "the leader purged its log past the stopped follower",
+            || {
+                leader_of(&live).is_some_and(|l| {
+                    l.ledger
+                        .raft_metrics()
+                        .purged
+                        .is_some_and(|p| p.index > behind)
+                })
+            },
+        )
+        .await;
+    }
+
+    vs[follower] = Some(net.start(follower).await);
+    let all: Vec<&Validator> = vs.iter().flatten().collect();
+    let (height, root) = converged(&all).await;
+    let back = vs[follower].as_ref().unwrap();
+    assert!(
+        back.ledger.snapshots_installed() >= 1,
+        "the follower caught up from a snapshot"
+    );
+    let state = back.ledger.state();
+    for nonce in 1..=DOCS {
+        assert!(
+            state
+                .documents
+                .contains_key(&document(&register(dept, nonce)))
+        );
+    }
+    one_block_per_height(&all, height);
+
+    // What the snapshot installed is on disk: a restart reopens (and re-verifies) it.
+    stop(vs[follower].take().unwrap()).await;
+    vs[follower] = Some(net.start(follower).await);
+    let all: Vec<&Validator> = vs.iter().flatten().collect();
+    assert_eq!(converged(&all).await, (height, root));
+    client.close().await;
+    for v in vs.into_iter().flatten() {
         stop(v).await;
     }
 }

@@ -71,6 +71,25 @@ pub struct ValidatorNet {
     pub hosts: Vec<(PublicId, NodeInfo)>,
 }
 
+/// Raft's log and snapshot thresholds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RaftTuning {
+    /// Applied log entries between two snapshots.
+    pub snapshot_every: u64,
+    /// Log entries kept once a snapshot covers them (so a briefly lagging validator catches
+    /// up from the log rather than a snapshot).
+    pub keep_after_snapshot: u64,
+}
+
+impl Default for RaftTuning {
+    fn default() -> Self {
+        Self {
+            snapshot_every: 2000,
+            keep_after_snapshot: 1000,
+        }
+    }
+}
+
 /// Where a committed transaction sits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TxReceipt {
@@ -108,6 +127,7 @@ pub struct Ledger {
     me: u64,
     submit: Mutex<Option<mpsc::UnboundedSender<Job>>>,
     committer: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    members: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl Ledger {
@@ -123,11 +143,26 @@ impl Ledger {
     /// Opens the chain in `path` (verifying it) and its raft log next to it
     /// (`<path>.raft`), joins the validators named by `net` (alone without one), and starts
     /// committing blocks signed by `validator`. Must be called within a tokio runtime.
+    ///
+    /// A validator not (yet) in the chain's validator set may open with a network that names
+    /// its host: it waits, as a raft learner, until an `AddValidator` for it commits and the
+    /// leader adds it, then catches up from the log or a snapshot.
     pub async fn open(
         path: &Path,
         genesis: &Genesis,
         validator: Identity,
         net: Option<ValidatorNet>,
+    ) -> Result<Self, LedgerError> {
+        Self::open_tuned(path, genesis, validator, net, RaftTuning::default()).await
+    }
+
+    /// [`Ledger::open`] with raft's snapshot and log thresholds chosen.
+    pub async fn open_tuned(
+        path: &Path,
+        genesis: &Genesis,
+        validator: Identity,
+        net: Option<ValidatorNet>,
+        tuning: RaftTuning,
     ) -> Result<Self, LedgerError> {
         let (store, state, header) = {
             let (path, genesis) = (path.to_owned(), genesis.clone());
@@ -136,7 +171,12 @@ impl Ledger {
                 .map_err(|e| LedgerError::Log(e.to_string()))??
         };
         let me_id = validator.public();
-        if !state.validators.contains(&me_id) {
+        let member = state.validators.contains(&me_id);
+        let joining = !member
+            && net
+                .as_ref()
+                .is_some_and(|n| n.hosts.iter().any(|(v, _)| *v == me_id));
+        if !member && !joining {
             return Err(LedgerError::NotValidator(me_id));
         }
         let me = raft::node_id(&me_id);
@@ -189,7 +229,11 @@ impl Ledger {
             election_timeout_min: 400,
             election_timeout_max: 800,
             max_payload_entries: 16,
-            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(2000),
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(tuning.snapshot_every),
+            max_in_snapshot_log_to_keep: tuning.keep_after_snapshot,
+            // A lagging validator gets a snapshot once it is further behind than what the
+            // log keeps.
+            replication_lag_threshold: tuning.snapshot_every + tuning.keep_after_snapshot,
             ..openraft::Config::default()
         }
         .validate()
@@ -203,10 +247,12 @@ impl Ledger {
         )
         .await
         .map_err(|e| LedgerError::Log(e.to_string()))?;
-        if !raft
-            .is_initialized()
-            .await
-            .map_err(|e| LedgerError::Log(e.to_string()))?
+        // A joining validator waits to be added by the leader.
+        if member
+            && !raft
+                .is_initialized()
+                .await
+                .map_err(|e| LedgerError::Log(e.to_string()))?
         {
             // Every validator initializes with the same members: allowed, and whichever
             // starts first does not have to wait for the others' configs.
@@ -222,7 +268,13 @@ impl Ledger {
             net.clone(),
             me,
         ));
-        info!(validator = %me_id.short(), node = me, "validator started");
+        let members = tokio::spawn(follow_validator_set(
+            shared.clone(),
+            raft.clone(),
+            net.clone(),
+            me,
+        ));
+        info!(validator = %me_id.short(), node = me, joining, "validator started");
         Ok(Self {
             shared,
             raft,
@@ -231,6 +283,7 @@ impl Ledger {
             me,
             submit: Mutex::new(Some(submit)),
             committer: Mutex::new(Some(committer)),
+            members: Mutex::new(Some(members)),
         })
     }
 
@@ -239,9 +292,10 @@ impl Ledger {
     pub async fn shutdown(&self) {
         self.submit.lock().expect("submit lock").take();
         let committer = self.committer.lock().expect("committer lock").take();
-        if let Some(c) = committer {
-            c.abort();
-            let _ = c.await;
+        let members = self.members.lock().expect("members lock").take();
+        for task in [committer, members].into_iter().flatten() {
+            task.abort();
+            let _ = task.await;
         }
         let _ = self.raft.shutdown().await;
         if let Some(links) = &self.net.links {
@@ -255,11 +309,43 @@ impl Ledger {
         {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+        // Blocks are applied without an fsync of their own (the raft log holds them): a
+        // clean stop makes them durable, so a restart opens at the same tip at once.
+        let store = self.shared.clone();
+        if let Err(e) = tokio::task::spawn_blocking(move || store.store.sync())
+            .await
+            .unwrap_or(Ok(()))
+        {
+            warn!(error = %e, "making the chain durable at shutdown failed");
+        }
     }
 
     /// The raft node id of the current leader, if one is known.
     pub fn leader(&self) -> Option<u64> {
         self.raft.metrics().borrow().current_leader
+    }
+
+    /// Raft's view of this validator: role, log, snapshot, membership.
+    pub fn raft_metrics(&self) -> openraft::RaftMetrics<u64, BasicNode> {
+        self.raft.metrics().borrow().clone()
+    }
+
+    /// The raft voters as this validator knows them.
+    pub fn raft_voters(&self) -> std::collections::BTreeSet<u64> {
+        self.raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .collect()
+    }
+
+    /// How many snapshots from a leader this validator installed since it started.
+    pub fn snapshots_installed(&self) -> u64 {
+        self.shared
+            .snapshots_installed
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// This validator's raft node id.
@@ -424,7 +510,10 @@ impl Ledger {
         }
         let shared = self.shared.clone();
         tokio::task::spawn_blocking(move || {
-            let after = block.apply_to(state, &prev).map_err(|e| e.to_string())?;
+            let after = block
+                .apply_to(State::clone(&state), &prev)
+                .map(Arc::new)
+                .map_err(|e| e.to_string())?;
             let endorsement = block.endorsement(&shared.validator);
             shared
                 .prepared
@@ -476,7 +565,7 @@ impl Ledger {
 
     /// A copy of the current state.
     pub fn state(&self) -> State {
-        self.shared.tip.lock().expect("ledger lock").state.clone()
+        State::clone(&self.shared.tip.lock().expect("ledger lock").state)
     }
 
     pub fn block(&self, height: u64) -> Result<Option<Block>, LedgerError> {
@@ -545,7 +634,7 @@ async fn commit_loop(
     let in_flight = Arc::new(tokio::sync::Semaphore::new(BLOCKS_IN_FLIGHT));
     let reset = Arc::new(std::sync::atomic::AtomicBool::new(false));
     // The last block handed to raft and the state after it, while it may not be applied.
-    let mut spec: Option<(super::block::BlockHeader, State)> = None;
+    let mut spec: Option<(super::block::BlockHeader, Arc<State>)> = None;
     let mut waiting: Vec<(Job, Instant)> = Vec::new();
     loop {
         let deadline = waiting.iter().map(|(_, until)| *until).min();
@@ -600,10 +689,10 @@ async fn commit_loop(
         let candidates: Vec<SignedTx> = jobs.iter().map(|((tx, _, _), _)| tx.clone()).collect();
         let proposer = shared.validator.clone();
         let (block, after, outcomes) = tokio::task::spawn_blocking(move || {
-            let mut state = state;
+            let mut state = State::clone(&state);
             let (block, outcomes) =
                 Block::propose(&mut state, &prev, candidates, &proposer, crate::now_ms());
-            (block, state, outcomes)
+            (block, Arc::new(state), outcomes)
         })
         .await
         .expect("proposing does not panic");
@@ -695,6 +784,65 @@ async fn commit_loop(
                 }
             }
         });
+    }
+}
+
+/// How often the leader compares the raft voters with the chain's validator set.
+const MEMBERSHIP_CHECK: Duration = Duration::from_millis(300);
+
+/// On the leader, makes the raft voters follow the chain's validator set: once a block that
+/// adds a validator is applied, the new one is added as a learner, caught up (from the log
+/// or a snapshot) and promoted to voter; a removed one is dropped from the voters. Whose
+/// signatures make a block final is decided by the chain state alone (the validators after
+/// the block before it), never by raft's membership, so this may lag without harm: it only
+/// decides who replicates the log and elects leaders.
+async fn follow_validator_set(shared: Arc<Shared>, raft: Raft, net: Arc<Net>, me: u64) {
+    let mut applied = shared.applied.subscribe();
+    loop {
+        let _ = tokio::time::timeout(MEMBERSHIP_CHECK, applied.changed()).await;
+        let metrics = raft.metrics().borrow().clone();
+        if metrics.current_leader != Some(me) {
+            continue;
+        }
+        let membership = metrics.membership_config.membership().clone();
+        if membership.get_joint_config().len() > 1 {
+            continue; // a change is under way
+        }
+        let wanted: std::collections::BTreeSet<u64> = {
+            let tip = shared.tip.lock().expect("ledger lock");
+            tip.state.validators.iter().map(raft::node_id).collect()
+        };
+        let voters: std::collections::BTreeSet<u64> = membership.voter_ids().collect();
+        if wanted == voters {
+            continue;
+        }
+        let mut ready = true;
+        for id in wanted.difference(&voters) {
+            let Some((v, node)) = net.hosts.get(id) else {
+                warn!(
+                    node = id,
+                    "a validator added on chain has no configured host"
+                );
+                ready = false;
+                continue;
+            };
+            info!(validator = %v.short(), node = id, "adding a validator to raft");
+            let node = BasicNode {
+                addr: node.addr.clone(),
+            };
+            // Blocks until the learner has caught up.
+            if let Err(e) = raft.add_learner(*id, node, true).await {
+                warn!(node = id, error = %e, "adding a learner failed");
+                ready = false;
+            }
+        }
+        if !ready {
+            continue;
+        }
+        info!(?wanted, "raft voters follow the chain's validator set");
+        if let Err(e) = raft.change_membership(wanted, false).await {
+            warn!(error = %e, "changing the raft membership failed");
+        }
     }
 }
 

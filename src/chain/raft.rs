@@ -90,7 +90,8 @@ pub fn node_id(validator: &PublicId) -> u64 {
 
 /// The chain as applied here, shared by the state machine, the ledger and its queries.
 pub(crate) struct Tip {
-    pub state: State,
+    /// Shared with the states prepared on it; a block applies to a copy.
+    pub state: Arc<State>,
     pub header: BlockHeader,
 }
 
@@ -102,8 +103,10 @@ pub(crate) struct Shared {
     pub applied: watch::Sender<u64>,
     /// States after blocks this validator proposed or endorsed but has not applied yet,
     /// by header hash, so applying them costs no second pass over their transactions.
-    pub prepared: Mutex<HashMap<Hash, (BlockHeader, State)>>,
+    pub prepared: Mutex<HashMap<Hash, (BlockHeader, Arc<State>)>>,
     pub validator: Identity,
+    /// Snapshots from a leader installed here since the process started.
+    pub snapshots_installed: std::sync::atomic::AtomicU64,
 }
 
 impl Shared {
@@ -111,16 +114,20 @@ impl Shared {
         let (applied, _) = watch::channel(header.height);
         Self {
             store,
-            tip: Mutex::new(Tip { state, header }),
+            tip: Mutex::new(Tip {
+                state: Arc::new(state),
+                header,
+            }),
             applied,
             prepared: Mutex::new(HashMap::new()),
             validator,
+            snapshots_installed: Default::default(),
         }
     }
 
-    /// A clone of the state after the block with header hash `hash`, if known here (the
-    /// tip, or a block proposed or endorsed here), with that header.
-    pub fn state_after(&self, hash: &Hash) -> Option<(BlockHeader, State)> {
+    /// The state after the block with header hash `hash`, if known here (the tip, or a
+    /// block proposed or endorsed here), with that header.
+    pub fn state_after(&self, hash: &Hash) -> Option<(BlockHeader, Arc<State>)> {
         {
             let tip = self.tip.lock().expect("tip lock");
             if tip.header.hash() == *hash {
@@ -187,10 +194,14 @@ impl LogStore {
         }
     }
 
-    fn set_meta<T: Serialize>(&self, key: &str, value: &T) -> Result<(), SErr> {
+    fn set_meta<T: Serialize>(
+        &self,
+        key: &str,
+        value: &T,
+        durability: Durability,
+    ) -> Result<(), SErr> {
         let mut txn = self.db.begin_write().map_err(write_err)?;
-        txn.set_durability(Durability::Immediate)
-            .map_err(write_err)?;
+        txn.set_durability(durability).map_err(write_err)?;
         txn.open_table(LOG_META)
             .map_err(write_err)?
             .insert(key, encode(value).as_slice())
@@ -219,7 +230,8 @@ impl RaftLogStorage<ChainRaft> for LogStore {
     type LogReader = LogStore;
 
     async fn get_log_state(&mut self) -> Result<LogState<ChainRaft>, SErr> {
-        let purged: Option<LogId<u64>> = self.meta("purged")?;
+        // Written by `purge` as an `Option`, like "committed".
+        let purged = self.meta::<Option<LogId<u64>>>("purged")?.flatten();
         let last = {
             let txn = self.db.begin_read().map_err(read_err)?;
             let t = txn.open_table(LOG).map_err(read_err)?;
@@ -242,7 +254,7 @@ impl RaftLogStorage<ChainRaft> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<u64>) -> Result<(), SErr> {
-        self.set_meta("vote", vote)
+        self.set_meta("vote", vote, Durability::Immediate)
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<u64>>, SErr> {
@@ -250,7 +262,9 @@ impl RaftLogStorage<ChainRaft> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId<u64>>) -> Result<(), SErr> {
-        self.set_meta("committed", &committed)
+        // Raft does not need the committed id to survive a crash (it is learnt again from
+        // the leader), so it costs no fsync: the next append makes it durable.
+        self.set_meta("committed", &committed, Durability::None)
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId<u64>>, SErr> {
@@ -343,7 +357,12 @@ impl ChainMachine {
     }
 
     /// Checks `block` against the tip `(prev, state)` and returns the state after it.
-    fn extend(&self, block: &Block, prev: &BlockHeader, state: &State) -> Result<State, String> {
+    fn extend(
+        &self,
+        block: &Block,
+        prev: &BlockHeader,
+        state: &State,
+    ) -> Result<Arc<State>, String> {
         let h = &block.header.header;
         if h.height != prev.height + 1 || h.prev != prev.hash() {
             return Err(format!(
@@ -368,18 +387,33 @@ impl ChainMachine {
             Some((_, after)) => Ok(after),
             _ => block
                 .apply_to(state.clone(), prev)
+                .map(Arc::new)
                 .map_err(|e| e.to_string()),
         }
     }
 
-    fn commit(&mut self, blocks: &[Block], next: Option<(BlockHeader, State)>) -> Result<(), SErr> {
+    /// Stores `blocks` and the applied record, and makes `next` the tip. `durable`: made
+    /// durable before returning; otherwise durable at the next snapshot (or any durable
+    /// commit): until then a crash rolls the chain back to an earlier applied log id and
+    /// raft applies the entries after it again from its log, which it keeps until a
+    /// snapshot covers them.
+    fn commit(
+        &mut self,
+        blocks: &[Block],
+        next: Option<(BlockHeader, Arc<State>)>,
+        durable: bool,
+    ) -> Result<(), SErr> {
         if let Some((header, _)) = &next {
             self.record.height = header.height;
         }
-        self.shared
-            .store
-            .append_blocks(blocks, Some(&encode(&self.record)))
-            .map_err(|e| StorageIOError::write_state_machine(&io_err(e)))?;
+        let record = encode(&self.record);
+        let store = &self.shared.store;
+        if durable {
+            store.append_blocks(blocks, Some(&record))
+        } else {
+            store.append_blocks_lazily(blocks, Some(&record))
+        }
+        .map_err(|e| StorageIOError::write_state_machine(&io_err(e)))?;
         if let Some((header, state)) = next {
             let height = header.height;
             {
@@ -415,7 +449,7 @@ impl RaftStateMachine<ChainRaft> for ChainMachine {
         let mut out = Vec::new();
         let mut blocks = Vec::new();
         // The tip as of the entries applied so far in this call.
-        let mut next: Option<(BlockHeader, State)> = None;
+        let mut next: Option<(BlockHeader, Arc<State>)> = None;
         for entry in entries {
             self.record.last_applied = Some(entry.log_id);
             match entry.payload {
@@ -429,10 +463,11 @@ impl RaftStateMachine<ChainRaft> for ChainMachine {
                         Some((prev, state)) => self.extend(&block, prev, state),
                         None => {
                             let tip = self.shared.tip.lock().expect("tip lock");
-                            let (prev, state) = (tip.header.clone(), &tip.state);
+                            let (prev, state) = (tip.header.clone(), tip.state.clone());
                             // The common case (own or endorsed block) takes the prepared
                             // state and clones nothing.
-                            self.extend(&block, &prev, state)
+                            drop(tip);
+                            self.extend(&block, &prev, &state)
                         }
                     };
                     match result {
@@ -451,7 +486,8 @@ impl RaftStateMachine<ChainRaft> for ChainMachine {
                 }
             }
         }
-        self.commit(&blocks, next)?;
+        // The raft log already holds these entries durably (on a majority).
+        self.commit(&blocks, next, false)?;
         Ok(out)
     }
 
@@ -502,8 +538,12 @@ impl RaftStateMachine<ChainRaft> for ChainMachine {
         self.record.last_applied = meta.last_log_id;
         self.record.membership = meta.last_membership.clone();
         let next = (!new_blocks.is_empty()).then_some((prev, state));
-        self.commit(&new_blocks, next)?;
+        // Raft purges its log up to the snapshot next: what it covers must be durable here.
+        self.commit(&new_blocks, next, true)?;
         *self.current.lock().expect("snapshot lock") = Some((meta.clone(), bytes));
+        self.shared
+            .snapshots_installed
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(())
     }
 
@@ -528,6 +568,9 @@ pub struct SnapshotBuilder {
 impl RaftSnapshotBuilder<ChainRaft> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<ChainRaft>, SErr> {
         let store = &self.shared.store;
+        // Raft purges the log entries a snapshot covers: the chain they produced must be
+        // durable first (applying commits lazily).
+        store.sync().map_err(write_err)?;
         let record: AppliedRecord = match store.consensus_record().map_err(read_err)? {
             Some(bytes) => postcard::from_bytes(&bytes).map_err(read_err)?,
             None => AppliedRecord::default(),

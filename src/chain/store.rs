@@ -1,5 +1,7 @@
 //! The chain on disk: blocks by height in redb, with indexes from transaction id and from
-//! document id to where the transaction sits. One durable redb transaction per block.
+//! document id to where the transaction sits. One redb transaction per batch of blocks,
+//! durable at once (`append_blocks`) or at the next durable commit (`append_blocks_lazily`,
+//! for a caller whose own log is durable, i.e. raft).
 //!
 //! Opening replays every stored block on the genesis state and checks each link, transaction
 //! root, state root and signature, so bytes altered on disk are found before the chain is
@@ -191,8 +193,37 @@ impl ChainStore {
         blocks: &[Block],
         record: Option<&[u8]>,
     ) -> Result<(), ChainStoreError> {
+        self.write_blocks(blocks, record, Durability::Immediate)
+    }
+
+    /// [`Self::append_blocks`] in one transaction that is atomic and visible at once but not
+    /// made durable: a crash may roll the store back to an earlier commit (blocks and record
+    /// together), for the caller to apply again from its own durable log. The next durable
+    /// commit, or [`Self::sync`], makes it durable.
+    pub fn append_blocks_lazily(
+        &self,
+        blocks: &[Block],
+        record: Option<&[u8]>,
+    ) -> Result<(), ChainStoreError> {
+        self.write_blocks(blocks, record, Durability::None)
+    }
+
+    /// Makes every commit so far durable.
+    pub fn sync(&self) -> Result<(), ChainStoreError> {
         let mut txn = self.db.begin_write()?;
         txn.set_durability(Durability::Immediate)?;
+        txn.commit()?;
+        Ok(())
+    }
+
+    fn write_blocks(
+        &self,
+        blocks: &[Block],
+        record: Option<&[u8]>,
+        durability: Durability,
+    ) -> Result<(), ChainStoreError> {
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(durability)?;
         for block in blocks {
             Self::write_block(&txn, block)?;
         }
