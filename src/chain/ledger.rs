@@ -789,6 +789,8 @@ async fn commit_loop(
 
 /// How often the leader compares the raft voters with the chain's validator set.
 const MEMBERSHIP_CHECK: Duration = Duration::from_millis(300);
+/// How long the leader waits for a new validator to catch up before it looks again.
+const LEARNER_CATCH_UP: Duration = Duration::from_secs(10);
 
 /// On the leader, makes the raft voters follow the chain's validator set: once a block that
 /// adds a validator is applied, the new one is added as a learner, caught up (from the log
@@ -830,10 +832,19 @@ async fn follow_validator_set(shared: Arc<Shared>, raft: Raft, net: Arc<Net>, me
             let node = BasicNode {
                 addr: node.addr.clone(),
             };
-            // Blocks until the learner has caught up.
-            if let Err(e) = raft.add_learner(*id, node, true).await {
-                warn!(node = id, error = %e, "adding a learner failed");
-                ready = false;
+            // Waits until the learner has caught up; one that is not running yet is tried
+            // again on a later round (adding a learner again is allowed), so a removal
+            // waiting behind it is not held up for ever.
+            match tokio::time::timeout(LEARNER_CATCH_UP, raft.add_learner(*id, node, true)).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    warn!(node = id, error = %e, "adding a learner failed");
+                    ready = false;
+                }
+                Err(_) => {
+                    warn!(node = id, "a new validator has not caught up yet");
+                    ready = false;
+                }
             }
         }
         if !ready {
