@@ -12,9 +12,19 @@ fn git(args: &[&str]) -> Option<String> {
 
 fn main() {
     let commit = git(&["rev-parse", "--short=12", "HEAD"]).unwrap_or_else(|| "unknown".into());
-    // Tracked files changed since that commit: the figures are not that commit's alone.
-    let dirty =
-        git(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
+    // Sources changed since that commit (not docs): the build is not that commit's alone.
+    let dirty = git(&[
+        "status",
+        "--porcelain",
+        "--untracked-files=no",
+        "--",
+        "src",
+        "bin",
+        "build.rs",
+        "Cargo.toml",
+        "Cargo.lock",
+    ])
+    .is_some_and(|s| !s.is_empty());
     let suffix = if dirty { "-modified" } else { "" };
     println!("cargo:rustc-env=DANGAN_GIT_COMMIT={commit}{suffix}");
     // Rebuild when HEAD moves (a commit, a checkout) or the index changes.

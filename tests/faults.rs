@@ -57,6 +57,8 @@ const SIZES: [usize; 7] = [
     (5 << 20) / 2,
     5 << 20,
 ];
+/// Longest a restarted or cut-off validator may take to catch up with the others.
+const CATCH_UP_LIMIT: Duration = Duration::from_secs(60);
 /// Longest the scrub / rebalance commands may take.
 const OPS_LIMIT: Duration = Duration::from_secs(180);
 
@@ -427,7 +429,7 @@ impl Harness {
         (registered.len(), stripes, below)
     }
 
-    /// Asks each validator on its own: all reach the same height within 30 s, and every
+    /// Asks each validator on its own: all reach the same height within 60 s, and every
     /// block not compared yet has the same hash on all of them.
     fn check_validators(&mut self) -> u64 {
         let file = self.file();
@@ -453,7 +455,7 @@ impl Harness {
                 .expect("client")
             })
             .collect();
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + CATCH_UP_LIMIT;
         let height = loop {
             let heights: Vec<Option<u64>> = clients
                 .iter()
@@ -466,7 +468,7 @@ impl Harness {
             }
             assert!(
                 Instant::now() < deadline,
-                "validators did not reach one height within 30 s: {heights:?}"
+                "validators did not reach one height within {CATCH_UP_LIMIT:?}: {heights:?}"
             );
             std::thread::sleep(Duration::from_millis(200));
         };
