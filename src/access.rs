@@ -7,7 +7,9 @@
 //!   ([`DocumentRecord::may_read`]: not revoked, not expired), an operator (repair,
 //!   rebalance and scrub run as one) and storage nodes;
 //! - storing shards and manifests is for departments, operators and storage nodes;
-//! - deleting, listing, usage and scrub are for operators and storage nodes.
+//! - deleting, listing, usage and scrub are for operators and storage nodes; the owning
+//!   department may also delete the manifest, and the shards opened on the connection, of its
+//!   own document once a newer version superseded it (`version::collect` after a rekey).
 //!
 //! [`ChainView`] is the peer's view of the chain: the ledger itself on a validator's peer,
 //! otherwise the chain's validator hosts asked over QUIC (their keys checked). An answer
