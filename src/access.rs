@@ -285,32 +285,46 @@ impl ChainView {
     /// Whether `who` may read document `id` now: its owner, a live grantee, an operator or a
     /// storage node, and only while it is registered.
     pub async fn may_read(&self, who: &PublicId, id: &DocumentId) -> Result<(), AccessError> {
-        match self.check_read(who, id, false).await {
-            Err(AccessError::NotRegistered(_) | AccessError::NotGranted { .. }) => {
-                self.check_read(who, id, true).await
+        Self::refused_twice(|refresh| async move {
+            let record = self.registered(id, refresh).await?;
+            if record.may_read(who, crate::now_ms()) || self.is_maintainer(who, refresh).await? {
+                Ok(())
+            } else {
+                Err(AccessError::NotGranted {
+                    who: *who,
+                    document: *id,
+                })
             }
+        })
+        .await
+    }
+
+    /// Runs `check` on cached answers and, if it refuses for want of a record or a grant,
+    /// once more on fresh ones: a refusal is never decided by a stale cache.
+    async fn refused_twice<F, Fut>(check: F) -> Result<(), AccessError>
+    where
+        F: Fn(bool) -> Fut,
+        Fut: Future<Output = Result<(), AccessError>>,
+    {
+        match check(false).await {
+            Err(
+                AccessError::NotRegistered(_)
+                | AccessError::NotGranted { .. }
+                | AccessError::NotCollectable { .. },
+            ) => check(true).await,
             done => done,
         }
     }
 
-    async fn check_read(
+    /// Document `id`'s record, refused if it is not registered.
+    async fn registered(
         &self,
-        who: &PublicId,
         id: &DocumentId,
         refresh: bool,
-    ) -> Result<(), AccessError> {
-        let record = self
-            .document(id, refresh)
+    ) -> Result<Arc<DocumentRecord>, AccessError> {
+        self.document(id, refresh)
             .await?
-            .ok_or(AccessError::NotRegistered(*id))?;
-        if record.may_read(who, crate::now_ms()) || self.is_maintainer(who, refresh).await? {
-            Ok(())
-        } else {
-            Err(AccessError::NotGranted {
-                who: *who,
-                document: *id,
-            })
-        }
+            .ok_or(AccessError::NotRegistered(*id))
     }
 
     /// Whether `who` may delete document `id`'s manifest: an operator or a storage node, or
@@ -324,12 +338,18 @@ impl ChainView {
         if self.is_maintainer(who, false).await? {
             return Ok(());
         }
-        match self.check_collect(who, id, false).await {
-            Err(AccessError::NotRegistered(_) | AccessError::NotCollectable { .. }) => {
-                self.check_collect(who, id, true).await
+        Self::refused_twice(|refresh| async move {
+            let record = self.registered(id, refresh).await?;
+            if record.owner == *who && record.superseded_by.is_some() {
+                Ok(())
+            } else {
+                Err(AccessError::NotCollectable {
+                    who: *who,
+                    document: *id,
+                })
             }
-            done => done,
-        }
+        })
+        .await
     }
 
     /// Whether `who` may drop a reference to `shard` on a connection with `opened`: an
@@ -355,26 +375,6 @@ impl ChainView {
             who: *who,
             shard: *shard,
         }))
-    }
-
-    async fn check_collect(
-        &self,
-        who: &PublicId,
-        id: &DocumentId,
-        refresh: bool,
-    ) -> Result<(), AccessError> {
-        let record = self
-            .document(id, refresh)
-            .await?
-            .ok_or(AccessError::NotRegistered(*id))?;
-        if record.owner == *who && record.superseded_by.is_some() {
-            Ok(())
-        } else {
-            Err(AccessError::NotCollectable {
-                who: *who,
-                document: *id,
-            })
-        }
     }
 
     /// Whether `who` may fetch `shard` on a connection with `opened`: an operator or a
