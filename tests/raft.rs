@@ -121,6 +121,16 @@ impl Net {
         }
     }
 
+    /// Starts validators `0..n` and waits until they agree on the tip.
+    async fn start_converged(&self, n: usize) -> Vec<Option<Validator>> {
+        let mut vs = Vec::new();
+        for i in 0..n {
+            vs.push(Some(self.start(i).await));
+        }
+        converged(&vs.iter().flatten().collect::<Vec<_>>()).await;
+        vs
+    }
+
     async fn start(&self, i: usize) -> Validator {
         let net = ValidatorNet {
             host_identity: self.nodes[i].clone(),
@@ -241,14 +251,7 @@ async fn three_validators_survive_the_leader_being_killed_and_a_restart_from_dis
     logs();
     let tmp = tempfile::tempdir().unwrap();
     let net = Arc::new(Net::new(tmp.path(), 4));
-    let mut vs: Vec<Option<Validator>> = Vec::new();
-    for i in 0..3 {
-        vs.push(Some(net.start(i).await));
-    }
-    {
-        let all: Vec<&Validator> = vs.iter().flatten().collect();
-        converged(&all).await;
-    }
+    let mut vs = net.start_converged(3).await;
 
     // Four departments register documents concurrently, each in nonce order.
     const EACH: u64 = 40;
@@ -461,11 +464,7 @@ async fn validators_join_and_leave_through_the_chain() {
     let tmp = tempfile::tempdir().unwrap();
     // Four validator hosts are configured; the chain starts with the first three.
     let net = Net::with(tmp.path(), 1, 4, 3, RaftTuning::default());
-    let mut vs: Vec<Option<Validator>> = Vec::new();
-    for i in 0..3 {
-        vs.push(Some(net.start(i).await));
-    }
-    converged(&vs.iter().flatten().collect::<Vec<_>>()).await;
+    let mut vs = net.start_converged(3).await;
     let dept = &net.departments[0];
     let client = net.client(dept);
     let mut nonce = 0;
@@ -591,11 +590,7 @@ async fn a_validator_behind_the_purged_log_catches_up_from_a_snapshot() {
         keep_after_snapshot: 0,
     };
     let net = Net::with(tmp.path(), 1, 3, 3, tuning);
-    let mut vs: Vec<Option<Validator>> = Vec::new();
-    for i in 0..3 {
-        vs.push(Some(net.start(i).await));
-    }
-    converged(&vs.iter().flatten().collect::<Vec<_>>()).await;
+    let mut vs = net.start_converged(3).await;
     let dept = &net.departments[0];
     let client = net.client(dept);
     commit(&client, &register(dept, 1)).await;
