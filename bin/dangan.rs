@@ -583,7 +583,6 @@ async fn run_async(command: Command) -> Result<()> {
                 .with_context(|| format!("opening {}", file.display()))?;
             let size = f.metadata().await?.len();
             let bar = progress_bar(size, "put");
-            let pb = bar.clone();
             let receipt = c
                 .put(
                     f,
@@ -593,10 +592,7 @@ async fn run_async(command: Command) -> Result<()> {
                         document_type,
                         created_at_ms: None,
                     },
-                    &move |done, total| {
-                        pb.set_length(total);
-                        pb.set_position(done);
-                    },
+                    &advance(&bar),
                 )
                 .await?;
             bar.finish_and_clear();
@@ -660,13 +656,7 @@ async fn run_async(command: Command) -> Result<()> {
                 .await
                 .with_context(|| format!("creating {}", tmp.display()))?;
             let bar = progress_bar(0, "get");
-            let pb = bar.clone();
-            let result = c
-                .get(&id, &key, f, &move |done, total| {
-                    pb.set_length(total);
-                    pb.set_position(done);
-                })
-                .await;
+            let result = c.get(&id, &key, f, &advance(&bar)).await;
             bar.finish_and_clear();
             let report = match result {
                 Ok(r) => r,
@@ -957,12 +947,7 @@ async fn run_async(command: Command) -> Result<()> {
         Command::Rekey { id, client } => {
             let (c, keyring) = connect(&client).await?;
             let bar = progress_bar(0, "rekey");
-            let pb = bar.clone();
-            let result = version::rekey(&c, &id, &keyring, &move |done, total| {
-                pb.set_length(total);
-                pb.set_position(done);
-            })
-            .await;
+            let result = version::rekey(&c, &id, &keyring, &advance(&bar)).await;
             bar.finish_and_clear();
             let report = result.with_context(|| format!("rekeying {id}"))?;
             print_version(&report);
@@ -995,7 +980,6 @@ async fn run_async(command: Command) -> Result<()> {
                 created_at_ms: None,
             };
             let bar = progress_bar(size, "supersede");
-            let pb = bar.clone();
             let result = version::supersede(
                 &c,
                 &id,
@@ -1004,10 +988,7 @@ async fn run_async(command: Command) -> Result<()> {
                 info,
                 &grants,
                 &keyring,
-                &move |done, total| {
-                    pb.set_length(total);
-                    pb.set_position(done);
-                },
+                &advance(&bar),
             )
             .await;
             bar.finish_and_clear();
@@ -1173,6 +1154,15 @@ fn print_converge(what: &str, r: &ops::ConvergeReport) {
             "{} problems left; run the command again once the peers are back",
             r.failures.len()
         );
+    }
+}
+
+/// The progress callback of a client operation, moving `bar`.
+fn advance(bar: &ProgressBar) -> impl Fn(u64, u64) + Send + Sync + 'static {
+    let bar = bar.clone();
+    move |done, total| {
+        bar.set_length(total);
+        bar.set_position(done);
     }
 }
 
