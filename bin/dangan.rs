@@ -12,6 +12,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
+use dangan::audit::Verdict;
 use dangan::bench::{self, CodecBenchOptions};
 use dangan::chain::ledger::{Ledger, ValidatorNet};
 use dangan::chain::state::Genesis;
@@ -170,6 +171,13 @@ enum Command {
         /// A receipt written by `dangan get --receipt`, checked with no network.
         #[arg(long)]
         receipt: Option<PathBuf>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Who read one of your documents (owner department or operator): every peer's read
+    /// records, each checked against the Merkle root the peer committed on the chain.
+    Audit {
+        id: DocumentId,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -742,6 +750,47 @@ async fn run_async(command: Command) -> Result<()> {
                 proof.tx.tx.sender, proof.tx.tx.nonce, proof.tx.tx.body
             );
             c.close().await;
+            Ok(())
+        }
+        Command::Audit { id, client } => {
+            let (c, _) = connect(&client).await?;
+            let chain = c.chain_link()?.clone();
+            let record = c.check_registered(&chain, &id).await?;
+            let report = dangan::audit::audit(&c, &id).await;
+            c.close().await;
+            let report = report?;
+            let count =
+                |f: fn(&Verdict) -> bool| report.lines.iter().filter(|l| f(&l.verdict)).count();
+            let failed = count(|v| matches!(v, Verdict::Failed(_)));
+            println!(
+                "document {id}: {} reads recorded ({} verified against committed roots, {} pending, {failed} failed)",
+                report.lines.len(),
+                count(|v| matches!(v, Verdict::Verified { .. })),
+                count(|v| matches!(v, Verdict::Pending)),
+            );
+            for l in &report.lines {
+                let who = if l.record.reader == record.owner {
+                    " (owner)"
+                } else if record.grants.contains_key(&l.record.reader) {
+                    " (grantee)"
+                } else {
+                    ""
+                };
+                println!(
+                    "{}  {}{who} read {} from peer {}: {}",
+                    dangan::audit::utc(l.record.at_ms),
+                    l.record.reader,
+                    l.record.read,
+                    l.peer.short(),
+                    l.verdict
+                );
+            }
+            for (peer, e) in &report.unreachable {
+                println!("peer {} could not be asked: {e}", peer.short());
+            }
+            if failed > 0 {
+                bail!("{failed} read records failed verification against the chain");
+            }
             Ok(())
         }
         Command::Verify {

@@ -67,6 +67,8 @@ pub enum AccessError {
         "{who} may not delete what document {document} holds: only its owner, once a newer version superseded it, or an operator"
     )]
     NotCollectable { who: PublicId, document: DocumentId },
+    #[error("{who} may not see who read document {document}: only its owner and operators may")]
+    NotAuditor { who: PublicId, document: DocumentId },
     #[error("the manifest sent does not hash to document {0}")]
     ManifestMismatch(DocumentId),
     #[error("the manifest of {document} does not decode: {reason}")]
@@ -299,6 +301,83 @@ impl ChainView {
         .await
     }
 
+    /// Whether `who` may see document `id`'s read records (`GetAudit`): its owner and
+    /// operators only, since who read a citizen's document is itself sensitive.
+    pub async fn may_audit(&self, who: &PublicId, id: &DocumentId) -> Result<(), AccessError> {
+        Self::refused_twice(|refresh| async move {
+            let record = self.registered(id, refresh).await?;
+            if record.owner == *who || self.role(who, refresh).await? == Some(Role::Operator) {
+                Ok(())
+            } else {
+                Err(AccessError::NotAuditor {
+                    who: *who,
+                    document: *id,
+                })
+            }
+        })
+        .await
+    }
+
+    /// The nonce of `who`'s last applied transaction, asked fresh (`None`: no account).
+    pub async fn nonce(&self, who: &PublicId) -> Result<Option<u64>, AccessError> {
+        let source = self.source().ok_or(AccessError::NoChain)?;
+        Ok(match &*source {
+            Source::Ledger(ledger) => ledger.account(who).map(|a| a.nonce),
+            Source::Remote(client) => client
+                .chain_account(who)
+                .await
+                .map_err(|e| AccessError::ChainUnreachable(e.to_string()))?
+                .map(|a| a.nonce),
+        })
+    }
+
+    /// Submits a signed transaction to the chain and waits for its block: `Ok(Err(reason))`
+    /// when the chain refused it, `Err` when the chain could not be asked.
+    pub async fn submit(
+        &self,
+        tx: crate::chain::tx::SignedTx,
+    ) -> Result<Result<u64, String>, AccessError> {
+        let source = self.source().ok_or(AccessError::NoChain)?;
+        match &*source {
+            Source::Ledger(ledger) => match ledger.submit(tx).await {
+                Ok(r) => Ok(Ok(r.height)),
+                Err(
+                    e @ (crate::chain::ledger::LedgerError::Unavailable(_)
+                    | crate::chain::ledger::LedgerError::Stopped),
+                ) => Err(AccessError::ChainUnreachable(e.to_string())),
+                Err(e) => Ok(Err(e.to_string())),
+            },
+            Source::Remote(client) => match client.submit_tx(&tx).await {
+                Ok((height, _)) => Ok(Ok(height)),
+                Err(ClientError::Peer {
+                    source:
+                        crate::proto::ProtoError::Remote {
+                            code: crate::proto::ErrorCode::Refused,
+                            message,
+                        },
+                    ..
+                }) => Ok(Err(message)),
+                Err(e) => Err(AccessError::ChainUnreachable(e.to_string())),
+            },
+        }
+    }
+
+    /// Whether transaction `id` is on the chain.
+    pub async fn has_transaction(&self, id: [u8; 32]) -> Result<bool, AccessError> {
+        let source = self.source().ok_or(AccessError::NoChain)?;
+        match &*source {
+            Source::Ledger(ledger) => ledger
+                .transaction(&id)
+                .map(|t| t.is_some())
+                .map_err(|e| AccessError::ChainUnreachable(e.to_string())),
+            Source::Remote(client) => client
+                .chain_tx(id)
+                .await
+                .map(|t| t.is_some())
+                .map_err(|e| AccessError::ChainUnreachable(e.to_string())),
+        }
+    }
+
     /// Runs `check` on cached answers and, if it refuses for want of a record or a grant,
     /// once more on fresh ones: a refusal is never decided by a stale cache.
     async fn refused_twice<F, Fut>(check: F) -> Result<(), AccessError>
@@ -310,6 +389,7 @@ impl ChainView {
             Err(
                 AccessError::NotRegistered(_)
                 | AccessError::NotGranted { .. }
+                | AccessError::NotAuditor { .. }
                 | AccessError::NotCollectable { .. },
             ) => check(true).await,
             done => done,
@@ -379,18 +459,19 @@ impl ChainView {
 
     /// Whether `who` may fetch `shard` on a connection with `opened`: an operator or a
     /// storage node always; anyone else only for a shard of a document opened on this
-    /// connection that they may still read now.
+    /// connection that they may still read now. Allowed, it names the open document the
+    /// read is of (`None`: a maintainer's read of a shard no open document names).
     pub async fn may_read_shard(
         &self,
         who: &PublicId,
         shard: &ShardId,
         opened: &OpenDocuments,
-    ) -> Result<(), AccessError> {
+    ) -> Result<Option<DocumentId>, AccessError> {
         let documents = opened.documents_with(shard);
         let mut refusal = None;
         for document in &documents {
             match self.may_read(who, document).await {
-                Ok(()) => return Ok(()),
+                Ok(()) => return Ok(Some(*document)),
                 Err(e) => refusal = Some(e),
             }
         }
@@ -402,7 +483,7 @@ impl ChainView {
                 who: *who,
                 shard: *shard,
             })),
-            done => done,
+            done => done.map(|()| None),
         }
     }
 }

@@ -281,6 +281,8 @@ pub struct LimitsSection {
     pub max_concurrent_requests: usize,
     pub queue_timeout_ms: u64,
     pub request_timeout_secs: u64,
+    /// How often the peer commits the Merkle root of its new read records to the chain.
+    pub audit_interval_ms: u64,
 }
 
 impl Default for LimitsSection {
@@ -291,6 +293,7 @@ impl Default for LimitsSection {
             max_concurrent_requests: d.max_concurrent_requests,
             queue_timeout_ms: d.queue_timeout.as_millis() as u64,
             request_timeout_secs: d.request_timeout.as_secs(),
+            audit_interval_ms: d.audit_interval.as_millis() as u64,
         }
     }
 }
@@ -319,6 +322,9 @@ impl NodeFile {
         if l.max_connections == 0 || l.max_concurrent_requests == 0 {
             return Err(invalid("[limits] values must be at least 1"));
         }
+        if l.audit_interval_ms < 100 {
+            return Err(invalid("[limits] audit_interval_ms must be at least 100"));
+        }
         if l.request_timeout_secs == 0 {
             return Err(invalid("[limits] request_timeout_secs must be at least 1"));
         }
@@ -332,6 +338,7 @@ impl NodeFile {
                 max_concurrent_requests: l.max_concurrent_requests,
                 queue_timeout: Duration::from_millis(l.queue_timeout_ms),
                 request_timeout: Duration::from_secs(l.request_timeout_secs),
+                audit_interval: Duration::from_millis(l.audit_interval_ms),
                 ..PeerLimits::default()
             },
             validator: file.validator.map(|v| ValidatorSection {

@@ -6,6 +6,7 @@
 //! rekey); `demo`, `bench`.
 
 pub mod access;
+pub mod audit;
 pub mod bench;
 pub mod chain;
 pub mod client;

@@ -30,12 +30,14 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use crate::access::{AccessError, ChainView, OpenDocuments};
+use crate::audit::{self, AuditError, AuditLog, ReadKind};
 use crate::chain::ledger::{Ledger, LedgerError};
 use crate::chain::tx::SignedTx;
+use crate::id::DocumentId;
 use crate::identity::{Identity, PublicId};
 use crate::proto::{
-    self, ErrorCode, MAX_CHAIN_BODY, MAX_LIST, MAX_MANIFEST_BODY, MAX_SCRUB, MAX_SHARD_BODY,
-    MAX_TX_BODY, ProtoError, Request, Response,
+    self, ErrorCode, MAX_AUDIT_PAGE, MAX_CHAIN_BODY, MAX_LIST, MAX_MANIFEST_BODY, MAX_SCRUB,
+    MAX_SHARD_BODY, MAX_TX_BODY, ProtoError, Request, Response,
 };
 use crate::store::{DeleteOutcome, INLINE_MAX, Prepared, PutOutcome, ShardStore, StoreError};
 use crate::tls::{self, TrustPolicy};
@@ -53,6 +55,8 @@ pub struct PeerLimits {
     pub request_timeout: Duration,
     /// Most shards gathered into one durable commit.
     pub commit_batch: usize,
+    /// How often the peer commits the Merkle root of its new read records (`audit`).
+    pub audit_interval: Duration,
 }
 
 impl Default for PeerLimits {
@@ -63,6 +67,7 @@ impl Default for PeerLimits {
             queue_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(60),
             commit_batch: 64,
+            audit_interval: Duration::from_secs(10),
         }
     }
 }
@@ -76,6 +81,8 @@ pub enum PeerError {
     Tls(#[from] tls::TlsError),
     #[error("the peer's local address is unknown: {0}")]
     Addr(#[source] std::io::Error),
+    #[error("opening the audit log: {0}")]
+    Audit(#[from] AuditError),
 }
 
 /// Counters a peer keeps about what it served and refused.
@@ -94,6 +101,7 @@ struct State {
     slots: Semaphore,
     ledger: Option<Arc<Ledger>>,
     access: Arc<ChainView>,
+    audit: Arc<AuditLog>,
     limits: PeerLimits,
     stats: Arc<PeerStats>,
 }
@@ -115,6 +123,8 @@ pub struct PeerHandle {
     store: Arc<ShardStore>,
     stats: Arc<PeerStats>,
     access: Arc<ChainView>,
+    audit: Arc<AuditLog>,
+    auditor: JoinHandle<()>,
 }
 
 impl PeerHandle {
@@ -140,11 +150,23 @@ impl PeerHandle {
         &self.access
     }
 
-    /// Stops accepting, closes every connection, waits for the socket to be released.
+    /// The peer's read records (`audit`).
+    pub fn audit(&self) -> &Arc<AuditLog> {
+        &self.audit
+    }
+
+    /// Stops accepting, closes every connection, writes the buffered read records, waits
+    /// for the socket to be released.
     pub async fn shutdown(self) {
         self.endpoint.close(0u32.into(), b"peer shutting down");
         self.accept.abort();
         let _ = self.accept.await;
+        self.auditor.abort();
+        let _ = self.auditor.await;
+        let audit = self.audit.clone();
+        if let Err(e) = blocking(move || audit.flush()).await {
+            warn!(error = %e, "writing the last read records failed");
+        }
         self.endpoint.wait_idle().await;
         self.access.close().await;
         info!(peer = %self.id.short(), "peer stopped");
@@ -170,6 +192,10 @@ pub async fn start(
             .expect("opening the store does not panic")?
     };
     let store = Arc::new(store);
+    let audit = {
+        let dir = data_dir.to_path_buf();
+        Arc::new(blocking(move || AuditLog::open(&dir)).await?)
+    };
     let endpoint = tls::endpoint(listen, identity, trust)?;
     let addr = endpoint.local_addr().map_err(PeerError::Addr)?;
     let stats = Arc::new(PeerStats::default());
@@ -183,10 +209,17 @@ pub async fn start(
         slots: Semaphore::new(limits.max_concurrent_requests),
         ledger,
         access: access.clone(),
+        audit: audit.clone(),
         limits: limits.clone(),
         stats: stats.clone(),
     });
     let accept = tokio::spawn(accept_loop(endpoint.clone(), state));
+    let auditor = audit::spawn_auditor(
+        audit.clone(),
+        access.clone(),
+        identity.clone(),
+        limits.audit_interval,
+    );
     let id = identity.public();
     info!(peer = %id.short(), %addr, dir = %data_dir.display(), "peer serving");
     Ok(PeerHandle {
@@ -197,6 +230,8 @@ pub async fn start(
         store,
         stats,
         access,
+        audit,
+        auditor,
     })
 }
 
@@ -405,12 +440,15 @@ async fn handle(
         Err(e) => return Err(e),
     };
     let store = state.store.clone();
-    if let Err(e) = authorise(state, &who, &req, opened).await {
-        state.stats.refused.fetch_add(1, Ordering::Relaxed);
-        debug!(client = %who.short(), error = %e, "request refused");
-        let _ = recv.stop(ErrorCode::Refused.as_u32().into());
-        return answer(send, &error(ErrorCode::Refused, e.to_string()), None).await;
-    }
+    let read_of = match authorise(state, &who, &req, opened).await {
+        Ok(document) => document,
+        Err(e) => {
+            state.stats.refused.fetch_add(1, Ordering::Relaxed);
+            debug!(client = %who.short(), error = %e, "request refused");
+            let _ = recv.stop(ErrorCode::Refused.as_u32().into());
+            return answer(send, &error(ErrorCode::Refused, e.to_string()), None).await;
+        }
+    };
     match req {
         Request::PutShard { id, len } => {
             if let Err(e) = proto::check_body_len("shard", len, MAX_SHARD_BODY) {
@@ -438,6 +476,9 @@ async fn handle(
         Request::GetShard { id } => match blocking(move || store.get(&id)).await {
             Ok(Some(bytes)) => {
                 state.stats.shards_served.fetch_add(1, Ordering::Relaxed);
+                if let Some(document) = read_of {
+                    state.audit.record(who, document, ReadKind::Shard(id));
+                }
                 let resp = Response::Shard {
                     len: bytes.len() as u64,
                 };
@@ -494,6 +535,7 @@ async fn handle(
         }
         Request::GetManifest { id } => match blocking(move || store.get_blob(&id.0)).await {
             Ok(Some(bytes)) => {
+                state.audit.record(who, id, ReadKind::Manifest);
                 let resp = Response::Manifest {
                     len: bytes.len() as u64,
                 };
@@ -644,6 +686,22 @@ async fn handle(
             };
             chain_answer(send, Ok(Some(ledger.state().layouts()))).await
         }
+        Request::GetAudit { document, after } => {
+            let audit = state.audit.clone();
+            let page =
+                blocking(move || audit.page(&document, after, MAX_AUDIT_PAGE as usize)).await;
+            let resp = match page {
+                Ok(page) => Ok(Some(page)),
+                Err(e) => Err(e.to_string()),
+            };
+            match resp {
+                Ok(page) => chain_answer(send, Ok(page)).await,
+                Err(e) => {
+                    warn!(error = %e, "audit query failed");
+                    answer(send, &error(ErrorCode::Internal, e), None).await
+                }
+            }
+        }
         Request::ListDocuments { after, limit } => {
             let Some(ledger) = state.ledger.clone() else {
                 return answer(send, &not_validator(), None).await;
@@ -668,7 +726,8 @@ async fn handle(
     }
 }
 
-/// Whether `who` may make `req` now (see `access`). Chain queries and submissions are open
+/// Whether `who` may make `req` now (see `access`); allowed, the document a read is of
+/// (recorded in the audit log once served). Chain queries and submissions are open
 /// to every authenticated key (a transaction is checked by the chain itself); consensus
 /// messages are checked where they are read (`validator_body`).
 async fn authorise(
@@ -676,13 +735,13 @@ async fn authorise(
     who: &PublicId,
     req: &Request,
     opened: &OpenDocuments,
-) -> Result<(), AccessError> {
+) -> Result<Option<DocumentId>, AccessError> {
     let access = &state.access;
     match req {
-        Request::GetShard { id } => access.may_read_shard(who, id, opened).await,
-        Request::GetManifest { id } | Request::OpenDocument { document: id, .. } => {
-            access.may_read(who, id).await
-        }
+        Request::GetShard { id } => return access.may_read_shard(who, id, opened).await,
+        Request::GetManifest { id } => return access.may_read(who, id).await.map(|()| Some(*id)),
+        Request::OpenDocument { document: id, .. } => access.may_read(who, id).await,
+        Request::GetAudit { document, .. } => access.may_audit(who, document).await,
         Request::PutShard { .. } | Request::PutManifest { .. } | Request::HasShard { .. } => {
             access.may_store(who).await
         }
@@ -704,6 +763,7 @@ async fn authorise(
         | Request::Raft { .. }
         | Request::Endorse { .. } => Ok(()),
     }
+    .map(|()| None)
 }
 
 /// Reads the body of a validator-to-validator request, or answers the refusal (`None`):

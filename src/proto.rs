@@ -145,7 +145,18 @@ pub enum Request {
     GetRecord {
         id: DocumentId,
     },
+    /// This peer's records of reads of `document` after record `after` (at most
+    /// [`MAX_AUDIT_PAGE`]), each with its Merkle proof against the `AuditRoot` committed on
+    /// chain that covers it (none yet: pending): `ChainBody` with the postcard bytes of an
+    /// `audit::AuditPage`. Only for the document's owner and operators.
+    GetAudit {
+        document: DocumentId,
+        after: Option<u64>,
+    },
 }
+
+/// Most read records one `GetAudit` answer carries.
+pub const MAX_AUDIT_PAGE: u32 = 1024;
 
 /// Documents one connection keeps open for reading at once (see [`Request::OpenDocument`]).
 pub const MAX_OPEN_DOCUMENTS: usize = 16;

@@ -160,7 +160,13 @@ pub struct State {
     /// The layout before the last change: readers fall back to it while the rebalance to
     /// `layout` is under way.
     pub previous_layout: Option<Layout>,
+    /// Per storage peer, the first read record its next `AuditRoot` must start at (the
+    /// records before it are covered by committed roots).
+    pub audits: BTreeMap<PublicId, u64>,
 }
+
+/// Most read records one `AuditRoot` covers.
+pub const MAX_AUDIT_COUNT: u64 = 1 << 20;
 
 /// The current and the previous layout, as the chain serves them to clients.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -178,6 +184,7 @@ enum Entry<'a> {
     Document(&'a DocumentId, &'a DocumentRecord),
     Layout(&'a Layout),
     PreviousLayout(&'a Option<Layout>),
+    Audits(&'a BTreeMap<PublicId, u64>),
 }
 
 impl State {
@@ -210,6 +217,7 @@ impl State {
             documents: RootedMap::new(),
             layout,
             previous_layout: None,
+            audits: BTreeMap::new(),
         })
     }
 
@@ -227,6 +235,10 @@ impl State {
         leaves.push(self.documents.root(|id, d| leaf(Entry::Document(id, d))));
         leaves.push(leaf(Entry::Layout(&self.layout)));
         leaves.push(leaf(Entry::PreviousLayout(&self.previous_layout)));
+        // Only once a peer committed an audit root, so chains without one keep their roots.
+        if !self.audits.is_empty() {
+            leaves.push(leaf(Entry::Audits(&self.audits)));
+        }
         merkle::root(&leaves)
     }
 
@@ -453,6 +465,36 @@ impl State {
                     if let Some(r) = s.documents.get_mut(&document) {
                         r.grants.remove(&grantee);
                     }
+                })
+            }
+            TxBody::AuditRoot {
+                peer,
+                first,
+                count,
+                root: _,
+            } => {
+                require(Role::Node, "commit audit roots")?;
+                if *peer != sender {
+                    return Err(TxError::Invalid(format!(
+                        "{sender} may commit audit roots only for itself, not for {peer}"
+                    )));
+                }
+                if *count == 0 || *count > MAX_AUDIT_COUNT {
+                    return Err(TxError::Invalid(format!(
+                        "an audit root covers 1 to {MAX_AUDIT_COUNT} records, not {count}"
+                    )));
+                }
+                let expected = self.audits.get(&sender).copied().unwrap_or(0);
+                if *first != expected {
+                    return Err(TxError::AuditGap {
+                        peer: sender,
+                        expected,
+                        got: *first,
+                    });
+                }
+                let next = first.saturating_add(*count);
+                Box::new(move |s| {
+                    s.audits.insert(sender, next);
                 })
             }
             TxBody::AddValidator { validator } => {
@@ -1087,6 +1129,67 @@ mod tests {
             w.state.documents[&d3].supersedes.unwrap().kind,
             VersionKind::Reissue
         );
+    }
+
+    #[test]
+    fn only_a_storage_node_commits_audit_roots_for_itself_in_sequence() {
+        let mut w = world();
+        let node = Identity::generate(Role::Node);
+        let other = Identity::generate(Role::Node);
+        let mut genesis_state = State::genesis(&Genesis {
+            chain_id: "test".into(),
+            validators: vec![GenesisAccount::of(&w.validator, Role::Validator)],
+            accounts: vec![
+                GenesisAccount::of(&node, Role::Node),
+                GenesisAccount::of(&other, Role::Node),
+                GenesisAccount::of(&w.dept, Role::Department),
+                GenesisAccount::of(&w.operator, Role::Operator),
+            ],
+            nodes: vec![],
+        })
+        .unwrap();
+        std::mem::swap(&mut w.state, &mut genesis_state);
+        let root_before = w.state.root();
+        let audit = |peer: &Identity, first, count| TxBody::AuditRoot {
+            peer: peer.public(),
+            first,
+            count,
+            root: [7; 32],
+        };
+        // Another role, another peer's roots, an empty range, a gap: refused, nothing changes.
+        assert!(matches!(
+            refused(&mut w.state, &tx(&w.dept, 1, audit(&w.dept, 0, 3))),
+            TxError::Forbidden { .. }
+        ));
+        assert!(matches!(
+            refused(&mut w.state, &tx(&w.operator, 1, audit(&node, 0, 3))),
+            TxError::Forbidden { .. }
+        ));
+        let err = refused(&mut w.state, &tx(&other, 1, audit(&node, 0, 3)));
+        assert!(err.to_string().contains("only for itself"), "{err}");
+        assert!(matches!(
+            refused(&mut w.state, &tx(&node, 1, audit(&node, 0, 0))),
+            TxError::Invalid(_)
+        ));
+        assert!(matches!(
+            refused(&mut w.state, &tx(&node, 1, audit(&node, 1, 3))),
+            TxError::AuditGap { expected: 0, .. }
+        ));
+        assert_eq!(w.state.root(), root_before);
+        w.state.apply(&tx(&node, 1, audit(&node, 0, 3)), 1).unwrap();
+        assert_eq!(w.state.audits[&node.public()], 3);
+        assert_ne!(w.state.root(), root_before);
+        // The same range again (a second root for records already covered): refused.
+        assert!(matches!(
+            refused(&mut w.state, &tx(&node, 2, audit(&node, 0, 3))),
+            TxError::AuditGap { expected: 3, .. }
+        ));
+        w.state.apply(&tx(&node, 2, audit(&node, 3, 1)), 2).unwrap();
+        w.state
+            .apply(&tx(&other, 1, audit(&other, 0, 5)), 2)
+            .unwrap();
+        assert_eq!(w.state.audits[&node.public()], 4);
+        assert_eq!(w.state.audits[&other.public()], 5);
     }
 
     #[test]

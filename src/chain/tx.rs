@@ -68,6 +68,14 @@ pub enum TxBody {
         document: DocumentId,
         grantee: PublicId,
     },
+    /// A storage peer commits the Merkle root of its read records `first .. first + count`
+    /// (see `crate::audit`). Sent by the peer itself; its ranges follow each other.
+    AuditRoot {
+        peer: PublicId,
+        first: u64,
+        count: u64,
+        root: [u8; 32],
+    },
 }
 
 /// Why a document got a new version.
@@ -200,6 +208,12 @@ pub enum TxError {
     },
     #[error("document {0} already has the most grants a document may have")]
     TooManyGrants(DocumentId),
+    #[error("audit roots of {peer} must continue at record {expected}, not {got}")]
+    AuditGap {
+        peer: PublicId,
+        expected: u64,
+        got: u64,
+    },
     #[error(
         "a rekey of {document} may only carry over its grants unchanged, and {grantee} holds none there, or one with another expiry or recipient key"
     )]

@@ -1,0 +1,270 @@
+//! Read audit: peers record every read they serve, commit Merkle roots of their records to
+//! the chain, and the owner's audit lists exactly the reads that happened, each checked
+//! against the chain. Real peers, real QUIC, real redb, a short audit interval.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use dangan::audit::{self, AuditError, AuditReport, ReadKind, Verdict};
+use dangan::client::{Client, ClientOptions};
+use dangan::demo::LocalCluster;
+use dangan::grant::GrantAddress;
+use dangan::id::DocumentId;
+use dangan::identity::{Identity, PublicId, Role};
+use dangan::peer::PeerLimits;
+
+const INTERVAL: Duration = Duration::from_millis(300);
+
+fn shards_served(cluster: &LocalCluster) -> u64 {
+    (0..cluster.len())
+        .filter_map(|i| cluster.peer(i))
+        .map(|p| p.stats().shards_served.load(Ordering::Relaxed))
+        .sum()
+}
+
+/// Audits until every record is covered by a committed root (or fails the test).
+async fn audited(client: &Client, id: &DocumentId) -> AuditReport {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let report = audit::audit(client, id).await.unwrap();
+        if report.unreachable.is_empty()
+            && report
+                .lines
+                .iter()
+                .all(|l| matches!(l.verdict, Verdict::Verified { .. }))
+        {
+            return report;
+        }
+        assert!(
+            report
+                .lines
+                .iter()
+                .all(|l| !matches!(l.verdict, Verdict::Failed(_))),
+            "{:?}",
+            report.lines
+        );
+        assert!(
+            Instant::now() < deadline,
+            "records stayed pending or peers unreachable: {:?}",
+            report.unreachable
+        );
+        tokio::time::sleep(INTERVAL).await;
+    }
+}
+
+/// (manifest reads, shard reads) per reader.
+fn reads_by_reader(report: &AuditReport) -> BTreeMap<PublicId, (usize, usize)> {
+    let mut by = BTreeMap::new();
+    for l in &report.lines {
+        let e = by.entry(l.record.reader).or_insert((0, 0));
+        match l.record.read {
+            ReadKind::Manifest => e.0 += 1,
+            ReadKind::Shard(_) => e.1 += 1,
+        }
+    }
+    by
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_owner_sees_exactly_the_reads_that_happened_checked_against_the_chain() {
+    let tmp = tempfile::tempdir().unwrap();
+    let limits = PeerLimits {
+        audit_interval: INTERVAL,
+        ..PeerLimits::default()
+    };
+    let mut cluster = LocalCluster::start_in(tmp.path(), 6, 3, limits)
+        .await
+        .unwrap();
+    let dept = cluster.client(common::options()).unwrap();
+    let citizen = Identity::generate(Role::Citizen);
+    let neighbour = Identity::generate(Role::Citizen);
+    let cert = common::data(50 << 10, 1);
+    let put = common::put(&dept, &cert).await.unwrap();
+    dept.grant(put.id, &put.key, &GrantAddress::of(&citizen), None)
+        .await
+        .unwrap();
+    let before = shards_served(&cluster);
+
+    // The granted citizen, the department itself and an operator read; the neighbour is
+    // refused everywhere.
+    let as_citizen = cluster.client_as(&citizen, common::options()).unwrap();
+    let key = as_citizen.granted_key(&put.id).await.unwrap();
+    assert_eq!(
+        common::get(&as_citizen, &put.id, &key).await.unwrap().0,
+        cert
+    );
+    assert_eq!(common::get(&dept, &put.id, &put.key).await.unwrap().0, cert);
+    let operator = cluster
+        .operator_client(cluster.layout().clone(), None, common::options())
+        .unwrap();
+    let node = dept.manifest_nodes(&put.id).unwrap()[0].clone();
+    assert!(
+        operator
+            .manifest_get(&node, &put.id)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    let as_neighbour = cluster.client_as(&neighbour, common::options()).unwrap();
+    assert!(as_neighbour.manifest(&put.id).await.is_err());
+    let shard_reads = (shards_served(&cluster) - before) as usize;
+    assert!(shard_reads >= 2 * 4, "two whole reads of k = 4 shards");
+
+    let report = audited(&dept, &put.id).await;
+    let by = reads_by_reader(&report);
+    assert_eq!(
+        by.keys().copied().collect::<Vec<_>>().len(),
+        3,
+        "citizen, department, operator and nobody else: {by:?}"
+    );
+    assert_eq!(by[&citizen.public()].0, 1, "one manifest read");
+    assert_eq!(by[&dept.public()].0, 1);
+    assert_eq!(by[&cluster.operator().public()], (1, 0));
+    assert!(!by.contains_key(&neighbour.public()));
+    assert!(by[&citizen.public()].1 >= 4 && by[&dept.public()].1 >= 4);
+    assert_eq!(
+        by.values().map(|(_, s)| s).sum::<usize>(),
+        shard_reads,
+        "every shard served is recorded, once"
+    );
+    let times_ok = report
+        .lines
+        .iter()
+        .all(|l| l.record.at_ms > 0 && l.record.document == put.id);
+    assert!(times_ok);
+
+    // An operator may audit too; the citizen and another department may not.
+    let op_report = audit::audit(&operator, &put.id).await.unwrap();
+    assert_eq!(op_report.lines.len(), report.lines.len());
+    for who in [&citizen, cluster.other_department()] {
+        let c = cluster.client_as(who, common::options()).unwrap();
+        match audit::audit(&c, &put.id).await {
+            Err(AuditError::Refused(reason)) => {
+                assert!(reason.contains("may not see who read"), "{reason}")
+            }
+            other => panic!("a non-owner's audit was answered: {other:?}"),
+        }
+        c.close().await;
+    }
+
+    // A peer that alters a record, or its proof, is caught.
+    let holder = report
+        .lines
+        .iter()
+        .find(|l| matches!(l.record.read, ReadKind::Manifest))
+        .unwrap()
+        .peer;
+    let node = cluster
+        .layout()
+        .nodes
+        .iter()
+        .find(|n| n.key == holder)
+        .unwrap()
+        .clone();
+    let page = audit::fetch_page(&dept, &node, &put.id, None)
+        .await
+        .unwrap();
+    let entry = page.entries[0].clone();
+    let proof = entry.proof.clone().unwrap();
+    let root = dept.chain_tx(proof.tx).await.unwrap().unwrap();
+    assert!(matches!(
+        audit::check(&holder, &put.id, &entry, Some(&root)),
+        Verdict::Verified { .. }
+    ));
+    let failed = |e: &audit::AuditEntry| {
+        matches!(
+            audit::check(&holder, &put.id, e, Some(&root)),
+            Verdict::Failed(_)
+        )
+    };
+    let mut t = entry.clone();
+    t.record.reader = neighbour.public();
+    assert!(failed(&t), "another reader");
+    let mut t = entry.clone();
+    t.record.at_ms += 1;
+    assert!(failed(&t), "another time");
+    let mut t = entry.clone();
+    t.record.seq += 1;
+    assert!(failed(&t), "another position");
+    let mut t = entry.clone();
+    if let Some(p) = t.proof.as_mut() {
+        match p.path.path.first_mut() {
+            Some(h) => h[0] ^= 1,
+            None => p.path.leaf_count += 1,
+        }
+    }
+    assert!(failed(&t), "a forged path");
+    let other_peer = cluster
+        .layout()
+        .nodes
+        .iter()
+        .find(|n| n.key != holder)
+        .unwrap()
+        .key;
+    assert!(matches!(
+        audit::check(&other_peer, &put.id, &entry, Some(&root)),
+        Verdict::Failed(_)
+    ));
+    assert!(matches!(
+        audit::check(&holder, &put.id, &entry, None),
+        Verdict::Failed(_)
+    ));
+
+    // Records survive a restart of the peer that holds them, still verified.
+    let i = cluster.index_of(&holder).unwrap();
+    let held = report.lines.iter().filter(|l| l.peer == holder).count();
+    cluster.stop_peer(i).await.unwrap();
+    cluster.restart_peer(i).await.unwrap();
+    let again = audited(&dept, &put.id).await;
+    assert_eq!(again.lines.len(), report.lines.len());
+    assert_eq!(
+        again.lines.iter().filter(|l| l.peer == holder).count(),
+        held
+    );
+
+    for c in [as_citizen, as_neighbour, operator, dept] {
+        c.close().await;
+    }
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_with_no_new_reads_commits_no_root() {
+    let tmp = tempfile::tempdir().unwrap();
+    let limits = PeerLimits {
+        audit_interval: Duration::from_millis(200),
+        ..PeerLimits::default()
+    };
+    let cluster = LocalCluster::start_in(tmp.path(), 3, 3, limits)
+        .await
+        .unwrap();
+    let dept = cluster.client(ClientOptions {
+        params: dangan::manifest::CodingParams {
+            k: 2,
+            m: 1,
+            segment_size: 64 << 10,
+            segments_per_stripe: 1,
+        },
+        ..common::options()
+    });
+    let dept = dept.unwrap();
+    let put = common::put(&dept, &common::data(10_000, 2)).await.unwrap();
+    let height = cluster.ledger().status().height;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        cluster.ledger().status().height,
+        height,
+        "no reads, no audit roots, no blocks"
+    );
+    common::get(&dept, &put.id, &put.key).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while cluster.ledger().status().height == height {
+        assert!(Instant::now() < deadline, "no audit root after reads");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    dept.close().await;
+    cluster.shutdown().await;
+}
