@@ -42,6 +42,12 @@ pub enum DemoError {
     Check(String),
     #[error(transparent)]
     Ops(#[from] crate::ops::OpsError),
+    #[error(transparent)]
+    Version(#[from] crate::version::VersionError),
+    #[error(transparent)]
+    Keyring(#[from] crate::keyring::KeyringError),
+    #[error(transparent)]
+    Audit(#[from] crate::audit::AuditError),
 }
 
 struct Slot {
@@ -75,9 +81,18 @@ impl LocalCluster {
     /// Starts `peers` peers spread round-robin over `zones` failure zones, with data in a
     /// fresh temporary directory removed when the cluster is dropped.
     pub async fn start(peers: usize, zones: usize) -> Result<Self, DemoError> {
+        Self::start_with(peers, zones, PeerLimits::default()).await
+    }
+
+    /// Like [`LocalCluster::start`], with the peers' `limits`.
+    pub async fn start_with(
+        peers: usize,
+        zones: usize,
+        limits: PeerLimits,
+    ) -> Result<Self, DemoError> {
         let tmp = tempfile::Builder::new().prefix("dangan-").tempdir()?;
         let root = tmp.path().to_path_buf();
-        let mut cluster = Self::start_in(&root, peers, zones, PeerLimits::default()).await?;
+        let mut cluster = Self::start_in(&root, peers, zones, limits).await?;
         cluster._tmp = Some(tmp);
         Ok(cluster)
     }
@@ -504,7 +519,13 @@ pub async fn get_bytes(
 /// stopped, both fetched again. Every step goes to `step` with its timing.
 pub async fn run(big_mib: usize, step: Step<'_>) -> Result<(), DemoError> {
     let t = Instant::now();
-    let mut cluster = LocalCluster::start(6, 3).await?;
+    // Peers commit the roots of their read records every half second, so the audit at the
+    // end of the grant story is checked against the chain without a wait.
+    let limits = PeerLimits {
+        audit_interval: Duration::from_millis(500),
+        ..PeerLimits::default()
+    };
+    let mut cluster = LocalCluster::start_with(6, 3, limits).await?;
     let params = CodingParams::default();
     step(&format!(
         "started 6 storage peers in 3 zones on 127.0.0.1 (QUIC, mutual TLS, redb) in {}",
@@ -672,12 +693,121 @@ pub async fn run(big_mib: usize, step: Step<'_>) -> Result<(), DemoError> {
             ));
         }
     }
-    as_citizen.close().await;
     as_neighbour.close().await;
 
+    // Revocation for real: the grant is withdrawn and the certificate rekeyed, so the key
+    // the citizen unwrapped opens nothing stored from then on.
+    // A fresh client: the first one saw peers 3 and 5 down and would skip them a while.
     client.close().await;
+    let owner = cluster.client(ClientOptions::default())?;
+    let keyring = crate::keyring::Keyring::open(cluster.root.join("keyring"))?;
+    keyring.save(&cert_put.id, &cert_put.key)?;
+    owner.revoke(cert_put.id, citizen.public()).await?;
+    let t = Instant::now();
+    let rekeyed = crate::version::rekey(&owner, &cert_put.id, &keyring, &|_, _| {}).await?;
+    let collected = rekeyed.collect.as_ref().map_or(0, |c| c.shards_deleted);
+    step(&format!(
+        "revoked the citizen's grant and rekeyed the certificate -> document {} in {} (block {}): new data key, {collected} old shards collected",
+        rekeyed.new,
+        ms(t.elapsed()),
+        rekeyed.height
+    ));
+    match get_bytes(&owner, &rekeyed.new, &key).await {
+        Err(e) => step(&format!(
+            "the citizen's old data key opens nothing of the new version ({e})"
+        )),
+        Ok(_) => {
+            return Err(DemoError::Check(
+                "the revoked key opened the rekeyed certificate".into(),
+            ));
+        }
+    }
+    if as_citizen.granted_key(&rekeyed.new).await.is_ok() {
+        return Err(DemoError::Check(
+            "the revoked citizen got the new data key".into(),
+        ));
+    }
+    as_citizen.close().await;
+    let (out, _) = get_bytes(&owner, &rekeyed.new, &rekeyed.key).await?;
+    if out != cert {
+        return Err(DemoError::Check("the rekeyed certificate differs".into()));
+    }
+    step(
+        "the chain holds no key of the new version for the citizen; the department reads it with the new key: identical",
+    );
 
-    let docs = [(&cert_put, &cert), (&big_put, &big)];
+    // The read audit: every peer recorded the reads it served and committed their Merkle
+    // root on chain; the department checks each record against those roots.
+    let t = Instant::now();
+    let report = loop {
+        let report = crate::audit::audit(&owner, &cert_put.id).await?;
+        let verified = report
+            .lines
+            .iter()
+            .all(|l| matches!(l.verdict, crate::audit::Verdict::Verified { .. }));
+        let citizen_read = report
+            .lines
+            .iter()
+            .any(|l| l.record.reader == citizen.public());
+        if verified && citizen_read && report.unreachable.is_empty() {
+            break report;
+        }
+        if t.elapsed() > Duration::from_secs(10) {
+            return Err(DemoError::Check(format!(
+                "the audit is not verified against the chain: {:?}",
+                report.lines
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    step(&format!(
+        "the department's audit of the certificate: {} reads recorded by the peers, every one verified against the peer's AuditRoot on chain ({})",
+        report.lines.len(),
+        ms(t.elapsed())
+    ));
+    for (who, reader) in [
+        ("citizen", citizen.public()),
+        ("department", owner.public()),
+    ] {
+        let lines: Vec<_> = report
+            .lines
+            .iter()
+            .filter(|l| l.record.reader == reader)
+            .collect();
+        let manifests = lines
+            .iter()
+            .filter(|l| l.record.read == crate::audit::ReadKind::Manifest)
+            .count();
+        let peers: std::collections::BTreeSet<_> = lines.iter().map(|l| l.peer).collect();
+        step(&format!(
+            "  {who} {}: {manifests} manifest and {} shard reads on {} peers, from {}",
+            reader.short(),
+            lines.len() - manifests,
+            peers.len(),
+            lines
+                .first()
+                .map_or("-".into(), |l| crate::audit::utc(l.record.at_ms))
+        ));
+    }
+    if report
+        .lines
+        .iter()
+        .any(|l| l.record.reader == neighbour.public())
+    {
+        return Err(DemoError::Check("the audit lists a refused reader".into()));
+    }
+
+    let cert_now = PutReceipt {
+        id: rekeyed.new,
+        manifest: owner.manifest(&rekeyed.new).await?,
+        key: rekeyed.key.clone(),
+        shards_stored: 0,
+        shards_missing: Vec::new(),
+        registered: Some((rekeyed.height, 0)),
+    };
+    owner.close().await;
+
+    let docs = [(&cert_now, &cert), (&big_put, &big)];
     let (_, added) = cluster.add_peer("zone-0").await?;
     let change = crate::chain::tx::TxBody::AddNode {
         node: added.key,

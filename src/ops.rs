@@ -269,6 +269,22 @@ pub async fn documents(client: &Client) -> Result<Vec<DocumentId>, OpsError> {
     }
 }
 
+/// Whether document `id` was replaced by a rekey (`version::rekey`), whose collect
+/// removes its shards and then its manifest.
+async fn rekeyed_away(client: &Client, id: &DocumentId) -> bool {
+    let Ok(Some(record)) = client.chain_record(id).await else {
+        return false;
+    };
+    let Some(new) = record.superseded_by else {
+        return false;
+    };
+    matches!(
+        client.chain_record(&new).await,
+        Ok(Some(newer)) if newer.supersedes.is_some_and(|p| p.document == *id
+            && p.kind == crate::chain::tx::VersionKind::Rekey)
+    )
+}
+
 /// The peers a manifest is placed on under `layout` (as `Client::manifest_nodes`).
 fn manifest_places(layout: &Layout, id: &DocumentId, m: u16) -> Result<Vec<NodeInfo>, OpsError> {
     let live = layout.nodes.iter().filter(|n| n.weight > 0).count();
@@ -298,6 +314,8 @@ pub async fn converge(
     for id in &ids {
         match client.manifest(id).await {
             Ok(manifest) => manifests.push((*id, Arc::new(manifest))),
+            // A version its department rekeyed is collected, manifest last: nothing to keep.
+            Err(_) if rekeyed_away(client, id).await => report.documents -= 1,
             Err(e) => report.failures.push(format!("manifest of {id}: {e}")),
         }
     }
