@@ -82,6 +82,44 @@ pub enum AccessError {
     NoChain,
 }
 
+/// How much of the chain's document records a caller may see from a validator
+/// (`GetDocument`, `GetRecord`): a record carries the grantee list and the wrapped keys,
+/// and who may read a citizen's document is itself private.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChainScope {
+    /// Operators, storage nodes, validators and the peers hosting validators (repair,
+    /// authorisation, consensus): every record whole.
+    Everything,
+    /// Anyone else: the records it owns whole, a record it holds a live grant on with that
+    /// grant alone, and nothing of any other document.
+    Own,
+}
+
+impl ChainScope {
+    /// `record` (of `document`) as `who` may see it at `now_ms`, or the refusal.
+    pub fn redact(
+        self,
+        who: &PublicId,
+        document: &DocumentId,
+        mut record: DocumentRecord,
+        now_ms: u64,
+    ) -> Result<DocumentRecord, AccessError> {
+        if self == Self::Everything || record.owner == *who {
+            return Ok(record);
+        }
+        match record.live_grant(who, now_ms).cloned() {
+            Some(grant) => {
+                record.grants = [(*who, grant)].into_iter().collect();
+                Ok(record)
+            }
+            None => Err(AccessError::NotGranted {
+                who: *who,
+                document: *document,
+            }),
+        }
+    }
+}
+
 /// Where a [`ChainView`] asks.
 enum Source {
     Ledger(Arc<Ledger>),
@@ -261,6 +299,15 @@ impl ChainView {
                 }
             }
         }
+    }
+
+    /// How much of the chain's document records `who` may see (see [`ChainScope`]); a
+    /// validator's host is `Everything` whatever its account.
+    pub async fn chain_scope(&self, who: &PublicId) -> Result<ChainScope, AccessError> {
+        Ok(match self.role(who, false).await? {
+            Some(Role::Operator | Role::Node | Role::Validator) => ChainScope::Everything,
+            _ => ChainScope::Own,
+        })
     }
 
     /// Storing shards and manifests: departments (their puts), operators and storage nodes

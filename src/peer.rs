@@ -11,7 +11,9 @@
 //!
 //! Every request is authorised by `access` from the caller's key (authenticated by the TLS
 //! handshake) and the chain state now: reads by the owner, a live grantee, an operator or a
-//! storage node; writes and maintenance by the roles that need them. A refusal is
+//! storage node; writes and maintenance by the roles that need them; chain records by
+//! `access::ChainScope`; read audits by the document's owner and operators. Every read
+//! served with document bytes is recorded in the peer's `audit::AuditLog`. A refusal is
 //! `ErrorCode::Refused` with the reason, before any body is read or any document byte sent.
 //!
 //! Not for: deciding placement, or deciding who may read (that is the chain's and
@@ -29,12 +31,13 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
-use crate::access::{AccessError, ChainView, OpenDocuments};
+use crate::access::{AccessError, ChainScope, ChainView, OpenDocuments};
 use crate::audit::{self, AuditError, AuditLog, ReadKind};
 use crate::chain::ledger::{Ledger, LedgerError};
+use crate::chain::state::DocumentRecord;
 use crate::chain::tx::SignedTx;
 use crate::id::DocumentId;
-use crate::identity::{Identity, PublicId};
+use crate::identity::{Identity, PublicId, Role};
 use crate::proto::{
     self, ErrorCode, MAX_AUDIT_PAGE, MAX_CHAIN_BODY, MAX_LIST, MAX_MANIFEST_BODY, MAX_SCRUB,
     MAX_SHARD_BODY, MAX_TX_BODY, ProtoError, Request, Response,
@@ -442,12 +445,7 @@ async fn handle(
     let store = state.store.clone();
     let read_of = match authorise(state, &who, &req, opened).await {
         Ok(document) => document,
-        Err(e) => {
-            state.stats.refused.fetch_add(1, Ordering::Relaxed);
-            debug!(client = %who.short(), error = %e, "request refused");
-            let _ = recv.stop(ErrorCode::Refused.as_u32().into());
-            return answer(send, &error(ErrorCode::Refused, e.to_string()), None).await;
-        }
+        Err(e) => return refuse(send, recv, state, &who, e).await,
     };
     match req {
         Request::PutShard { id, len } => {
@@ -624,6 +622,13 @@ async fn handle(
                 return answer(send, &not_validator(), None).await;
             };
             let found = blocking(move || ledger.document(&id)).await;
+            let found = match found {
+                Ok(Some((record, proof))) => match redact(state, &who, &id, record).await {
+                    Ok(record) => Ok(Some((record, proof))),
+                    Err(e) => return refuse(send, recv, state, &who, e).await,
+                },
+                other => other,
+            };
             chain_answer(send, found).await
         }
         Request::GetBlock { height } => {
@@ -644,7 +649,14 @@ async fn handle(
             let Some(ledger) = &state.ledger else {
                 return answer(send, &not_validator(), None).await;
             };
-            chain_answer(send, Ok(ledger.record(&id))).await
+            let found = match ledger.record(&id) {
+                Some(record) => match redact(state, &who, &id, record).await {
+                    Ok(record) => Some(record),
+                    Err(e) => return refuse(send, recv, state, &who, e).await,
+                },
+                None => None,
+            };
+            chain_answer(send, Ok(found)).await
         }
         Request::GetAccount { id } => {
             let Some(ledger) = &state.ledger else {
@@ -726,10 +738,61 @@ async fn handle(
     }
 }
 
+/// Answers a refusal: nothing changed and no document byte was sent.
+async fn refuse(
+    send: &mut SendStream,
+    recv: &mut RecvStream,
+    state: &State,
+    who: &PublicId,
+    e: AccessError,
+) -> Result<(), ProtoError> {
+    state.stats.refused.fetch_add(1, Ordering::Relaxed);
+    debug!(client = %who.short(), error = %e, "request refused");
+    let _ = recv.stop(ErrorCode::Refused.as_u32().into());
+    answer(send, &error(ErrorCode::Refused, e.to_string()), None).await
+}
+
+/// `record` of `document` as `who` may see it from this validator (`access::ChainScope`).
+async fn redact(
+    state: &State,
+    who: &PublicId,
+    document: &DocumentId,
+    record: DocumentRecord,
+) -> Result<DocumentRecord, AccessError> {
+    let scope = if state
+        .ledger
+        .as_ref()
+        .is_some_and(|l| l.is_validator_host(who))
+    {
+        ChainScope::Everything
+    } else {
+        state.access.chain_scope(who).await?
+    };
+    scope.redact(who, document, record, crate::now_ms())
+}
+
+/// On a validator's peer: allowed when `who` hosts a validator or has one of `roles`.
+async fn may_query_chain(
+    state: &State,
+    who: &PublicId,
+    roles: &[Role],
+    action: &'static str,
+) -> Result<(), AccessError> {
+    match &state.ledger {
+        // No ledger: the request is answered `NotValidator`.
+        None => Ok(()),
+        Some(ledger) if ledger.is_validator_host(who) => Ok(()),
+        Some(_) => state.access.require(who, roles, action).await,
+    }
+}
+
 /// Whether `who` may make `req` now (see `access`); allowed, the document a read is of
-/// (recorded in the audit log once served). Chain queries and submissions are open
-/// to every authenticated key (a transaction is checked by the chain itself); consensus
-/// messages are checked where they are read (`validator_body`).
+/// (recorded in the audit log once served). Submissions, the chain's status, layout and
+/// accounts are open to every authenticated key (a transaction is checked by the chain
+/// itself); blocks and transactions are for the consortium's members, the document list
+/// for operators and nodes; a document's record is shown as `access::ChainScope` says
+/// (in the handler); consensus messages are checked where they are read
+/// (`validator_body`).
 async fn authorise(
     state: &State,
     who: &PublicId,
@@ -742,6 +805,30 @@ async fn authorise(
         Request::GetManifest { id } => return access.may_read(who, id).await.map(|()| Some(*id)),
         Request::OpenDocument { document: id, .. } => access.may_read(who, id).await,
         Request::GetAudit { document, .. } => access.may_audit(who, document).await,
+        // Blocks and transactions carry every grant: for the consortium's members only.
+        Request::GetBlock { .. } | Request::GetTx { .. } => {
+            may_query_chain(
+                state,
+                who,
+                &[
+                    Role::Department,
+                    Role::Operator,
+                    Role::Node,
+                    Role::Validator,
+                ],
+                "read blocks and transactions",
+            )
+            .await
+        }
+        Request::ListDocuments { .. } => {
+            may_query_chain(
+                state,
+                who,
+                &[Role::Operator, Role::Node, Role::Validator],
+                "list every document",
+            )
+            .await
+        }
         Request::PutShard { .. } | Request::PutManifest { .. } | Request::HasShard { .. } => {
             access.may_store(who).await
         }
@@ -753,13 +840,10 @@ async fn authorise(
         Request::Ping
         | Request::SubmitTx { .. }
         | Request::GetDocument { .. }
-        | Request::GetBlock { .. }
         | Request::ChainStatus
         | Request::GetAccount { .. }
         | Request::GetRecord { .. }
-        | Request::GetTx { .. }
         | Request::GetLayout
-        | Request::ListDocuments { .. }
         | Request::Raft { .. }
         | Request::Endorse { .. } => Ok(()),
     }

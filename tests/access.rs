@@ -336,3 +336,92 @@ async fn peers_refuse_everything_when_the_chain_is_unreachable() {
     assert_eq!(served(&cluster), before);
     cluster.shutdown().await;
 }
+
+/// The validator answers a document's record (grantees, wrapped keys) by the caller's
+/// identity: whole to its owner and to operators and nodes, with their own grant alone to a
+/// live grantee, to nobody else; blocks and transactions only to the consortium's members,
+/// the list of documents only to operators and nodes. A grantee's own `get` and receipt work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chain_records_are_answered_by_who_asks() {
+    let cluster = LocalCluster::start(6, 3).await.unwrap();
+    let dept = cluster.client(common::options()).unwrap();
+    let (alice, bob, carol) = (
+        Identity::generate(Role::Citizen),
+        Identity::generate(Role::Citizen),
+        Identity::generate(Role::Citizen),
+    );
+    let bytes = common::data(20 << 10, 5);
+    let doc = common::put(&dept, &bytes).await.unwrap();
+    for who in [&alice, &bob] {
+        dept.grant(doc.id, &doc.key, &GrantAddress::of(who), None)
+            .await
+            .unwrap();
+    }
+    let as_alice = cluster.client_as(&alice, common::options()).unwrap();
+    let as_carol = cluster.client_as(&carol, common::options()).unwrap();
+    let as_other = cluster
+        .client_as(cluster.other_department(), common::options())
+        .unwrap();
+    let operator = cluster
+        .operator_client(cluster.layout().clone(), None, common::options())
+        .unwrap();
+    let chain = dept.chain_link().unwrap().clone();
+
+    // Owner and operator: the whole record, both grantees.
+    for c in [&dept, &operator] {
+        let record = c.chain_record(&doc.id).await.unwrap().unwrap();
+        assert_eq!(record.grants.len(), 2);
+        assert_eq!(c.check_registered(&chain, &doc.id).await.unwrap(), record);
+    }
+    // A grantee: the record with its own grant alone; its get and receipt work.
+    let record = as_alice.chain_record(&doc.id).await.unwrap().unwrap();
+    assert_eq!(
+        record.grants.keys().copied().collect::<Vec<_>>(),
+        vec![alice.public()]
+    );
+    let proved = as_alice.check_registered(&chain, &doc.id).await.unwrap();
+    assert_eq!(proved.grants.len(), 1, "bob's grant is not shown to alice");
+    let key = as_alice.granted_key(&doc.id).await.unwrap();
+    assert_eq!(
+        common::get(&as_alice, &doc.id, &key).await.unwrap().0,
+        bytes
+    );
+    let receipt = as_alice.receipt(&doc.id).await.unwrap().encode();
+    dangan::receipt::Receipt::decode(&receipt)
+        .unwrap()
+        .verify(&chain.validators)
+        .unwrap();
+
+    // No grant: no record, no proof, no key; another department neither.
+    for c in [&as_carol, &as_other] {
+        assert!(is_refusal(&c.chain_record(&doc.id).await.unwrap_err()));
+        assert!(is_refusal(
+            &c.check_registered(&chain, &doc.id).await.unwrap_err()
+        ));
+        assert!(c.granted_key(&doc.id).await.is_err());
+    }
+    // Blocks and transactions: members of the consortium only; the document list:
+    // operators and nodes only.
+    let err = as_carol.chain_block(1).await.unwrap_err();
+    assert!(is_refusal(&err), "{err}");
+    assert!(is_refusal(&as_carol.chain_tx([0; 32]).await.unwrap_err()));
+    assert!(as_other.chain_block(1).await.unwrap().is_some());
+    for c in [&as_alice, &as_other, &dept] {
+        let err = c.chain_documents(None, 10).await.unwrap_err();
+        assert!(is_refusal(&err), "{err}");
+    }
+    assert_eq!(
+        operator.chain_documents(None, 10).await.unwrap(),
+        vec![doc.id]
+    );
+
+    // Revoked: nothing any more.
+    dept.revoke(doc.id, alice.public()).await.unwrap();
+    assert!(is_refusal(
+        &as_alice.chain_record(&doc.id).await.unwrap_err()
+    ));
+    for c in [as_alice, as_carol, as_other, operator, dept] {
+        c.close().await;
+    }
+    cluster.shutdown().await;
+}
