@@ -531,14 +531,24 @@ impl Client {
     /// The data key of `id` from this client's live grant on the chain, unwrapped with its
     /// own key.
     pub async fn granted_key(&self, id: &DocumentId) -> Result<DataKey, ClientError> {
-        let record = self.check_registered(self.chain_link()?, id).await?;
         let me = self.inner.identity.public();
-        let grant = record
-            .live_grant(&me, crate::now_ms())
-            .ok_or(ClientError::NotGranted {
-                id: *id,
-                reader: me,
-            })?;
+        let not_granted = ClientError::NotGranted {
+            id: *id,
+            reader: me,
+        };
+        // The validator shows a record only to its owner and live grantees.
+        let record = match self.check_registered(self.chain_link()?, id).await {
+            Err(ClientError::Peer {
+                source:
+                    ProtoError::Remote {
+                        code: proto::ErrorCode::Refused,
+                        ..
+                    },
+                ..
+            }) => return Err(not_granted),
+            other => other?,
+        };
+        let grant = record.live_grant(&me, crate::now_ms()).ok_or(not_granted)?;
         Ok(grant.wrapped.unwrap(id, &self.inner.identity)?)
     }
 
