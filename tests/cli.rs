@@ -275,6 +275,26 @@ fn peers_as_separate_processes_put_get_lose_one_and_refuse_strangers() {
         fs::read(&out4).unwrap() == bytes,
         "the citizen read other bytes"
     );
+    // The department's audit lists the citizen's read (pending or verified: the peers
+    // commit their roots every 10 s); the citizen may not audit.
+    let mut audit = dangan(["audit", id.as_str()]);
+    audit.args(&client);
+    let audit = run(audit, &logs, "audit").expect_ok("the owner's audit");
+    assert!(
+        audit.stdout.contains("(owner) read manifest")
+            && audit.stdout.contains("(grantee) read shard")
+            && !audit.stdout.contains("FAILED"),
+        "{}",
+        audit.describe()
+    );
+    let mut audit = dangan(["audit", id.as_str()]);
+    audit.args(&citizen);
+    let refused = run(audit, &logs, "audit-citizen").expect_fail("a citizen's audit");
+    assert!(
+        refused.stderr.contains("may not see who read"),
+        "{}",
+        refused.describe()
+    );
 
     // 6. Kill one peer (m = 1): every stripe is still readable from the other two.
     cluster.kill(2);
