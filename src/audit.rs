@@ -734,9 +734,17 @@ pub async fn audit(client: &Client, document: &DocumentId) -> Result<AuditReport
         let mut after = None;
         loop {
             let page = fetch_page(client, node, document, after).await?;
+            let empty = page.entries.is_empty();
             entries.extend(page.entries);
             match page.next {
-                Some(next) => after = Some(next),
+                // A page must move forward, or a peer could keep the client asking.
+                Some(next) if !empty && after.is_none_or(|a| next > a) => after = Some(next),
+                Some(_) => {
+                    return Err(AuditError::Record {
+                        what: format!("pages from {}", node.key.short()),
+                        reason: "the next page does not move forward".into(),
+                    });
+                }
                 None => return Ok::<_, AuditError>(entries),
             }
         }
