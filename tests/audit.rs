@@ -18,10 +18,12 @@ use dangan::peer::PeerLimits;
 
 const INTERVAL: Duration = Duration::from_millis(300);
 
-/// Client options with no hedged second request, so each get reads exactly one manifest.
+/// Client options with no hedged second request, so each get reads exactly one manifest;
+/// a restarted peer is asked again soon.
 fn unhedged() -> ClientOptions {
     ClientOptions {
         hedge_after: Duration::from_secs(30),
+        down_for: Duration::from_millis(200),
         ..common::options()
     }
 }
