@@ -142,6 +142,13 @@ fn wire_frames() {
             },
         ),
         ("get_tx", Request::GetTx { id: [9; 32] }),
+        (
+            "get_audit",
+            Request::GetAudit {
+                document: doc,
+                after: Some(3),
+            },
+        ),
     ];
     for (name, req) in requests {
         put("wire_frame", name, &encode_frame(&req));
