@@ -2,8 +2,8 @@
 //!
 //! See `ARCHITECTURE.md` for the code map. Layers, bottom up: `id`; `crypto`, `erasure`,
 //! `manifest`, `identity`, `placement`, `store`, `keyring`; `codec`, `tls`, `proto`;
-//! `peer`, `client`; `config`; `ops` (repair, rebalance, scrub), `version` (supersede,
-//! rekey); `demo`, `bench`.
+//! `peer`, `client`; `audit` (read records, their roots on chain); `config`; `ops`
+//! (repair, rebalance, scrub), `version` (supersede, rekey); `demo`, `bench`.
 
 pub mod access;
 pub mod audit;
