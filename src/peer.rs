@@ -700,17 +700,11 @@ async fn handle(
         }
         Request::GetAudit { document, after } => {
             let audit = state.audit.clone();
-            let page =
-                blocking(move || audit.page(&document, after, MAX_AUDIT_PAGE as usize)).await;
-            let resp = match page {
-                Ok(page) => Ok(Some(page)),
-                Err(e) => Err(e.to_string()),
-            };
-            match resp {
-                Ok(page) => chain_answer(send, Ok(page)).await,
+            match blocking(move || audit.page(&document, after, MAX_AUDIT_PAGE as usize)).await {
+                Ok(page) => chain_answer(send, Ok(Some(page))).await,
                 Err(e) => {
                     warn!(error = %e, "audit query failed");
-                    answer(send, &error(ErrorCode::Internal, e), None).await
+                    answer(send, &error(ErrorCode::Internal, e.to_string()), None).await
                 }
             }
         }
