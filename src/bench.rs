@@ -1366,6 +1366,21 @@ impl AllBenchReport {
                 rss: (name == "get").then(|| rss(&self.cluster_rss)).flatten(),
                 ..Row::default()
             });
+            if name == "put" {
+                // The headline row above is the whole put; these are its two phases.
+                for (phase, l) in [
+                    ("shards and manifest durable", &cl.cert_put_stored),
+                    ("then registered on chain", &cl.cert_put_registered),
+                ] {
+                    rows.push(Row {
+                        bench: "cluster",
+                        what: format!("certificate put, of which: {phase}"),
+                        p50: Some(l.p50),
+                        p99: Some(l.p99),
+                        ..Row::default()
+                    });
+                }
+            }
         }
         for (r, peak) in &self.chain {
             rows.push(Row {
