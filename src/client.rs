@@ -4,8 +4,11 @@
 //! placed on k + m distinct peers (`placement`) and its shards upload in parallel, with at
 //! most `stripes_in_flight` stripes between the encoder and the peers (backpressure, bounded
 //! memory). A stripe counts as stored once `write_quorum` peers have acknowledged a durable
-//! write; the manifest is written last, to the peers its document id places it on. A put
-//! that fails midway never writes the manifest, so no partial document can be fetched.
+//! write; the manifest goes, while the last stripes finish, to the peers its document id
+//! places it on. A put that fails midway is never registered, so no partial document can be
+//! fetched (an unreferenced manifest or shards may stay behind). A one-stripe document (a
+//! certificate) sends each placed peer one `PutMany` carrying its shard and, on the
+//! manifest's replicas, the manifest: one request per peer, its pieces in one group commit.
 //!
 //! get: the manifest comes from the first placed peer that returns bytes hashing to the id;
 //! for each stripe the client asks for the k data shards, asks for a parity shard whenever
