@@ -4,8 +4,11 @@
 //! placed on k + m distinct peers (`placement`) and its shards upload in parallel, with at
 //! most `stripes_in_flight` stripes between the encoder and the peers (backpressure, bounded
 //! memory). A stripe counts as stored once `write_quorum` peers have acknowledged a durable
-//! write; the manifest is written last, to the peers its document id places it on. A put
-//! that fails midway never writes the manifest, so no partial document can be fetched.
+//! write; the manifest goes, while the last stripes finish, to the peers its document id
+//! places it on. A put that fails midway is never registered, so no partial document can be
+//! fetched (an unreferenced manifest or shards may stay behind). A one-stripe document (a
+//! certificate) sends each placed peer one `PutMany` carrying its shard and, on the
+//! manifest's replicas, the manifest: one request per peer, its pieces in one group commit.
 //!
 //! get: the manifest comes from the first placed peer that returns bytes hashing to the id;
 //! for each stripe the client asks for the k data shards, asks for a parity shard whenever
@@ -164,6 +167,17 @@ pub struct PutReceipt {
     pub shards_missing: Vec<(u64, usize, PublicId)>,
     /// (block height, index) of the `RegisterDocument` transaction, when a chain is linked.
     pub registered: Option<(u64, u32)>,
+    /// Where the put's time went.
+    pub timings: PutTimings,
+}
+
+/// How long each phase of a put took; the put's latency is their sum.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PutTimings {
+    /// From the call until every stripe met its write quorum and the manifest was durable.
+    pub stored: Duration,
+    /// Submitting the registration until its block committed (zero without a chain).
+    pub registered: Duration,
 }
 
 /// What a get found on the way.
@@ -378,7 +392,9 @@ impl Client {
         // Only now, with every shard durable and the manifest written, does the document
         // come into existence: its registration on the chain.
         if let Some(chain) = &self.inner.options.chain {
+            let start = Instant::now();
             receipt.registered = Some(self.register(chain, receipt.id).await?);
+            receipt.timings.registered = start.elapsed();
         }
         Ok(receipt)
     }
@@ -395,6 +411,7 @@ impl Client {
     where
         R: AsyncRead + Unpin + Send + 'static,
     {
+        let started = Instant::now();
         let opts = &self.inner.options;
         let width = opts.params.width();
         let quorum = opts.write_quorum.unwrap_or(width);
@@ -427,6 +444,26 @@ impl Client {
             let Some(stripe) = stripes.recv().await else {
                 break;
             };
+            if stripe.index == 0 && stripe.last {
+                // A one-stripe document (a certificate): its manifest is ready with it.
+                let (manifest, key) = encoder
+                    .await
+                    .map_err(|e| ClientError::Task(e.to_string()))??;
+                let (id, up) = self.store_one_stripe(stripe, &manifest, quorum).await?;
+                finish(up);
+                return Ok(PutReceipt {
+                    id,
+                    manifest,
+                    key,
+                    shards_stored,
+                    shards_missing,
+                    registered: None,
+                    timings: PutTimings {
+                        stored: started.elapsed(),
+                        registered: Duration::ZERO,
+                    },
+                });
+            }
             let client = self.clone();
             uploads.spawn(async move { client.upload_stripe(stripe, quorum).await });
         }
@@ -460,6 +497,10 @@ impl Client {
             shards_stored,
             shards_missing,
             registered: None,
+            timings: PutTimings {
+                stored: started.elapsed(),
+                registered: Duration::ZERO,
+            },
         })
     }
 
@@ -906,6 +947,102 @@ impl Client {
             stored,
             missing,
         })
+    }
+
+    /// Stores a one-stripe document with one request per peer (`PutMany`): each placed peer
+    /// gets its shard and, if it is one of the manifest's replicas, the manifest too, all
+    /// made durable in one commit there. Replicas holding no shard get the manifest alone;
+    /// if too few copies of the manifest were acknowledged, it is written again the usual
+    /// way ([`Client::store_manifest`], which replaces failed replicas).
+    async fn store_one_stripe(
+        &self,
+        stripe: EncodedStripe,
+        manifest: &Manifest,
+        quorum: usize,
+    ) -> Result<(DocumentId, StripeUpload), ClientError> {
+        let manifest_bytes = Bytes::from(manifest.encode());
+        let id = DocumentId::of(&manifest_bytes);
+        let nodes = self
+            .inner
+            .layout
+            .place(&stripe_key(&stripe.ids), stripe.ids.len())?;
+        let replicas = self.manifest_nodes(&id)?;
+        let holds_manifest = |node: &NodeInfo| replicas.iter().any(|r| r.key == node.key);
+        let manifest_len = manifest_bytes.len() as u64;
+        // (slot of the shard it holds, if any; whether it holds the manifest; the peer).
+        let mut targets: Vec<(Option<usize>, bool, NodeInfo)> = nodes
+            .iter()
+            .enumerate()
+            .map(|(slot, node)| (Some(slot), holds_manifest(node), (*node).clone()))
+            .collect();
+        for node in &replicas {
+            if !nodes.iter().any(|n| n.key == node.key) {
+                targets.push((None, true, node.clone()));
+            }
+        }
+        let mut writes = FuturesUnordered::new();
+        for (slot, with_manifest, node) in targets {
+            let shard = slot.map(|s| (stripe.ids[s], stripe.shards[s].clone()));
+            let req = Request::PutMany {
+                shards: shard.iter().map(|(i, b)| (*i, b.len() as u64)).collect(),
+                manifest: with_manifest.then_some((id, manifest_len)),
+            };
+            let body = match (shard, with_manifest) {
+                (Some((_, b)), false) => b,
+                (None, _) => manifest_bytes.clone(),
+                (Some((_, b)), true) => {
+                    let mut joined = Vec::with_capacity(b.len() + manifest_bytes.len());
+                    joined.extend_from_slice(&b);
+                    joined.extend_from_slice(&manifest_bytes);
+                    Bytes::from(joined)
+                }
+            };
+            writes.push(async move {
+                let res = match self.call(&node, &req, Some(&body)).await {
+                    Ok((Response::StoredMany(_), _)) => Ok(()),
+                    Ok((other, _)) => Err(self.unexpected(&node, &other)),
+                    Err(e) => Err(e),
+                };
+                (slot, with_manifest, node, res)
+            });
+        }
+        let (mut stored, mut manifests) = (0, 0);
+        let mut missing = Vec::new();
+        let mut errors = Vec::new();
+        while let Some((slot, with_manifest, node, res)) = writes.next().await {
+            match (res, slot) {
+                (Ok(()), slot) => {
+                    stored += usize::from(slot.is_some());
+                    manifests += usize::from(with_manifest);
+                }
+                (Err(e), Some(slot)) => {
+                    debug!(stripe = 0, slot, error = %e, "shard write failed");
+                    errors.push(e.to_string());
+                    missing.push((0, slot, node_id(&node)));
+                }
+                (Err(e), None) => errors.push(e.to_string()),
+            }
+        }
+        if stored < quorum {
+            return Err(ClientError::StripeNotStored {
+                stripe: 0,
+                stored,
+                needed: quorum,
+                errors: errors.join("; "),
+            });
+        }
+        for (stripe, slot, peer) in &missing {
+            warn!(stripe, slot, peer = %peer.short(), "shard not written; stripe below full redundancy until repaired");
+        }
+        if manifests < replicas.len() {
+            self.store_manifest(manifest, quorum).await?;
+        }
+        let up = StripeUpload {
+            plain_len: stripe.plain_len,
+            stored,
+            missing,
+        };
+        Ok((id, up))
     }
 
     /// The peers a document's manifest is written to: `max(3, m + 1)` of them (capped at the

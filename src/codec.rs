@@ -101,6 +101,8 @@ pub struct EncodedStripe {
     pub index: u64,
     /// Plaintext bytes this stripe carries.
     pub plain_len: u64,
+    /// Whether this is the document's last stripe.
+    pub last: bool,
     pub shards: Vec<Bytes>,
     pub ids: Vec<ShardId>,
 }
@@ -161,19 +163,28 @@ impl StripeCodec {
         buf.resize(k * shard_len, 0);
         let plain_len = g.plain_len as usize;
         let last_segment = g.segments as usize - 1;
-        buf[..g.cipher_len as usize]
-            .par_chunks_mut(sealed_len)
-            .enumerate()
-            .for_each(|(j, seg)| {
-                let len = if j == last_segment {
-                    plain_len - j * seg_len
-                } else {
-                    seg_len
-                };
-                let position = (g.first_segment + j as u64) as u32;
-                self.cipher
-                    .seal_in_place(position, g.last && j == last_segment, seg, len);
-            });
+        let seal_segment = |(j, seg): (usize, &mut [u8])| {
+            let len = if j == last_segment {
+                plain_len - j * seg_len
+            } else {
+                seg_len
+            };
+            let position = (g.first_segment + j as u64) as u32;
+            self.cipher
+                .seal_in_place(position, g.last && j == last_segment, seg, len);
+        };
+        let cipher = &mut buf[..g.cipher_len as usize];
+        if cipher.len() < PARALLEL_MIN {
+            cipher
+                .chunks_mut(sealed_len)
+                .enumerate()
+                .for_each(seal_segment);
+        } else {
+            cipher
+                .par_chunks_mut(sealed_len)
+                .enumerate()
+                .for_each(seal_segment);
+        }
         let data: Vec<&[u8]> = buf.chunks(shard_len).collect();
         let parity = self.erasure.encode(&data)?;
         let data = Bytes::from(buf);
@@ -181,10 +192,15 @@ impl StripeCodec {
             .map(|i| data.slice(i * shard_len..(i + 1) * shard_len))
             .collect();
         shards.extend(parity.into_iter().map(Bytes::from));
-        let ids = shards.par_iter().map(|s| ShardId::of(s)).collect();
+        let ids = if g.cipher_len < PARALLEL_MIN as u64 {
+            shards.iter().map(|s| ShardId::of(s)).collect()
+        } else {
+            shards.par_iter().map(|s| ShardId::of(s)).collect()
+        };
         Ok(EncodedStripe {
             index: g.index,
             plain_len: g.plain_len,
+            last: g.last,
             shards,
             ids,
         })
@@ -216,15 +232,21 @@ impl StripeCodec {
         }
         let g = manifest.stripe(index);
         let shard_len = g.shard_len as usize;
-        let verified: Vec<(Option<Bytes>, bool)> = shards
-            .into_par_iter()
-            .zip(ids.par_iter())
-            .map(|(shard, id)| match shard {
-                Some(s) if s.len() == shard_len && id.verifies(&s) => (Some(s), false),
-                Some(_) => (None, true),
-                None => (None, false),
-            })
-            .collect();
+        let small = (g.cipher_len as usize) < PARALLEL_MIN;
+        let verify = |(shard, id): (Option<Bytes>, &ShardId)| match shard {
+            Some(s) if s.len() == shard_len && id.verifies(&s) => (Some(s), false),
+            Some(_) => (None, true),
+            None => (None, false),
+        };
+        let verified: Vec<(Option<Bytes>, bool)> = if small {
+            shards.into_iter().zip(ids.iter()).map(verify).collect()
+        } else {
+            shards
+                .into_par_iter()
+                .zip(ids.par_iter())
+                .map(verify)
+                .collect()
+        };
         let corrupt: Vec<usize> = verified
             .iter()
             .enumerate()
@@ -262,19 +284,26 @@ impl StripeCodec {
         let sealed_len = self.params.sealed_segment_len() as usize;
         let seg_len = self.params.segment_size as usize;
         let last_segment = g.segments as usize - 1;
-        let opened: Vec<usize> = buf
-            .par_chunks_mut(sealed_len)
-            .enumerate()
-            .map(|(j, seg)| {
-                let position = (g.first_segment + j as u64) as u32;
-                self.cipher
-                    .open_in_place(position, g.last && j == last_segment, seg)
-                    .map_err(|source| CodecError::Auth {
-                        stripe: index,
-                        source,
-                    })
-            })
-            .collect::<Result<_, _>>()?;
+        let open_segment = |(j, seg): (usize, &mut [u8])| {
+            let position = (g.first_segment + j as u64) as u32;
+            self.cipher
+                .open_in_place(position, g.last && j == last_segment, seg)
+                .map_err(|source| CodecError::Auth {
+                    stripe: index,
+                    source,
+                })
+        };
+        let opened: Vec<usize> = if small {
+            buf.chunks_mut(sealed_len)
+                .enumerate()
+                .map(open_segment)
+                .collect::<Result<_, _>>()?
+        } else {
+            buf.par_chunks_mut(sealed_len)
+                .enumerate()
+                .map(open_segment)
+                .collect::<Result<_, _>>()?
+        };
         // Segments lie at the sealed stride; close the gaps the tags leave.
         let mut plain_len = 0;
         for (j, len) in opened.into_iter().enumerate() {
@@ -291,6 +320,11 @@ impl StripeCodec {
         })
     }
 }
+
+/// Stripes with less ciphertext than this are sealed, hashed and opened on the calling
+/// thread: for a certificate, handing microseconds of work to the rayon pool costs more in
+/// thread wake-ups than it saves.
+const PARALLEL_MIN: usize = 256 << 10;
 
 /// One stripe's plaintext, laid out at the sealed-segment stride, ready for [`StripeCodec::seal`].
 pub struct PlainStripe {
@@ -459,6 +493,16 @@ where
     };
     let mut stripes = Vec::new();
     let mut current = read_batch(&mut reader)?;
+    // A one-stripe document (a certificate) is sealed on this thread: handing a few
+    // microseconds of work to the rayon pool costs more in wake-ups than it saves.
+    if let [only] = current.as_slice()
+        && only.geometry.last
+    {
+        let stripe = codec.seal(current.pop().expect("one stripe"))?;
+        stripes.push(stripe.ids.clone());
+        sink(stripe)?;
+        current.clear();
+    }
     while !current.is_empty() {
         // Code this batch on every thread while the next one is read.
         let (coded, next) = rayon::join(

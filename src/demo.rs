@@ -804,6 +804,7 @@ pub async fn run(big_mib: usize, step: Step<'_>) -> Result<(), DemoError> {
         shards_stored: 0,
         shards_missing: Vec::new(),
         registered: Some((rekeyed.height, 0)),
+        timings: Default::default(),
     };
     owner.close().await;
 

@@ -36,11 +36,11 @@ use crate::audit::{self, AuditError, AuditLog, ReadKind};
 use crate::chain::ledger::{Ledger, LedgerError};
 use crate::chain::state::DocumentRecord;
 use crate::chain::tx::SignedTx;
-use crate::id::DocumentId;
+use crate::id::{DocumentId, ShardId};
 use crate::identity::{Identity, PublicId, Role};
 use crate::proto::{
-    self, ErrorCode, MAX_AUDIT_PAGE, MAX_CHAIN_BODY, MAX_LIST, MAX_MANIFEST_BODY, MAX_SCRUB,
-    MAX_SHARD_BODY, MAX_TX_BODY, ProtoError, Request, Response,
+    self, ErrorCode, MAX_AUDIT_PAGE, MAX_CHAIN_BODY, MAX_LIST, MAX_MANIFEST_BODY, MAX_PUT_MANY,
+    MAX_PUT_MANY_BODY, MAX_SCRUB, MAX_SHARD_BODY, MAX_TX_BODY, ProtoError, Request, Response,
 };
 use crate::store::{DeleteOutcome, INLINE_MAX, Prepared, PutOutcome, ShardStore, StoreError};
 use crate::tls::{self, TrustPolicy};
@@ -304,15 +304,43 @@ fn spawn_committer(
 
 /// Queues a durable write and waits for its group commit.
 async fn commit(state: &State, pending: Pending) -> Response {
+    wait(queue(state, pending)).await
+}
+
+type CommitReply = oneshot::Receiver<Result<PutOutcome, String>>;
+
+/// Hands a durable write to the committer; [`wait`] for its answer.
+fn queue(state: &State, pending: Pending) -> CommitReply {
     let (tx, rx) = oneshot::channel();
-    if state.committer.send((pending, tx)).is_err() {
-        return error(ErrorCode::Internal, "commit thread stopped");
-    }
+    // A stopped committer drops `tx`, which `wait` reports.
+    let _ = state.committer.send((pending, tx));
+    rx
+}
+
+/// `Stored` once the commit holding the write is durable, else the error.
+async fn wait(rx: CommitReply) -> Response {
     match rx.await {
         Ok(Ok(outcome)) => Response::Stored(outcome),
         Ok(Err(msg)) => error(ErrorCode::Internal, msg),
         Err(_) => error(ErrorCode::Internal, "commit thread stopped"),
     }
+}
+
+/// Checks a shard body against its id and, for a large one, writes it durably (on the
+/// blocking pool, in parallel with other requests; only the small redb commit is shared).
+/// A small body is only hashed (microseconds): no thread hop for it. The error is the
+/// answer to send.
+async fn prepare(state: &State, id: ShardId, body: Bytes) -> Result<Prepared, Response> {
+    let store = state.store.clone();
+    let prepared = if body.len() <= INLINE_MAX {
+        store.prepare(&id, body)
+    } else {
+        blocking(move || store.prepare(&id, body)).await
+    };
+    prepared.map_err(|e| {
+        state.stats.refused.fetch_add(1, Ordering::Relaxed);
+        store_error(state, e)
+    })
 }
 
 async fn accept_loop(endpoint: quinn::Endpoint, state: Arc<State>) {
@@ -454,21 +482,67 @@ async fn handle(
                 return answer(send, &error(ErrorCode::TooLarge, e.to_string()), None).await;
             }
             let body = Bytes::from(proto::read_body(recv, len).await?);
-            // Hash check and, for large shards, the durable body write run here, in parallel
-            // with other requests; only the small redb commit is shared.
-            // A small body is only hashed (microseconds): no thread hop for it.
-            let prepared = if body.len() <= INLINE_MAX {
-                store.prepare(&id, body)
-            } else {
-                blocking(move || store.prepare(&id, body)).await
-            };
-            let resp = match prepared {
+            let resp = match prepare(state, id, body).await {
                 Ok(prepared) => commit(state, Pending::Shard(prepared)).await,
-                Err(e) => {
-                    state.stats.refused.fetch_add(1, Ordering::Relaxed);
-                    store_error(state, e)
-                }
+                Err(resp) => resp,
             };
+            answer(send, &resp, None).await
+        }
+        Request::PutMany { shards, manifest } => {
+            let total = shards
+                .iter()
+                .map(|(_, len)| *len)
+                .chain(manifest.map(|(_, len)| len))
+                .fold(0u64, u64::saturating_add);
+            let too_many = shards.len() > MAX_PUT_MANY;
+            let checked = proto::check_body_len("batch", total, MAX_PUT_MANY_BODY).and_then(|()| {
+                match manifest {
+                    Some((_, len)) => proto::check_body_len("manifest", len, MAX_MANIFEST_BODY),
+                    None => Ok(()),
+                }
+            });
+            if let Err(e) = checked {
+                let _ = recv.stop(ErrorCode::TooLarge.as_u32().into());
+                return answer(send, &error(ErrorCode::TooLarge, e.to_string()), None).await;
+            }
+            if too_many {
+                let _ = recv.stop(ErrorCode::TooLarge.as_u32().into());
+                let msg = format!(
+                    "{} shards in one batch, at most {MAX_PUT_MANY}",
+                    shards.len()
+                );
+                return answer(send, &error(ErrorCode::TooLarge, msg), None).await;
+            }
+            // Every body is read and checked before any is queued: a bad one keeps nothing.
+            let mut pending = Vec::with_capacity(shards.len() + 1);
+            for (id, len) in shards {
+                let body = Bytes::from(proto::read_body(recv, len).await?);
+                match prepare(state, id, body).await {
+                    Ok(prepared) => pending.push(Pending::Shard(prepared)),
+                    Err(resp) => return answer(send, &resp, None).await,
+                }
+            }
+            if let Some((id, len)) = manifest {
+                let body = proto::read_body(recv, len).await?;
+                if !id.verifies(&body) {
+                    state.stats.refused.fetch_add(1, Ordering::Relaxed);
+                    let msg = format!("manifest body does not hash to {id}");
+                    return answer(send, &error(ErrorCode::HashMismatch, msg), None).await;
+                }
+                pending.push(Pending::Record(id.0, Bytes::from(body)));
+            }
+            // Queued together, so the committer nearly always puts them in one transaction;
+            // each is acknowledged by its own commit either way.
+            let queued: Vec<_> = pending.into_iter().map(|p| queue(state, p)).collect();
+            let mut outcomes = Vec::with_capacity(queued.len());
+            let mut failed = None;
+            for rx in queued {
+                match wait(rx).await {
+                    Response::Stored(outcome) => outcomes.push(outcome),
+                    other => failed = Some(other),
+                }
+            }
+            let resp = failed.unwrap_or(Response::StoredMany(outcomes));
             answer(send, &resp, None).await
         }
         Request::GetShard { id } => match blocking(move || store.get(&id)).await {
@@ -823,9 +897,10 @@ async fn authorise(
             )
             .await
         }
-        Request::PutShard { .. } | Request::PutManifest { .. } | Request::HasShard { .. } => {
-            access.may_store(who).await
-        }
+        Request::PutShard { .. }
+        | Request::PutManifest { .. }
+        | Request::PutMany { .. }
+        | Request::HasShard { .. } => access.may_store(who).await,
         Request::DeleteShard { id } => access.may_delete_shard(who, id, opened).await,
         Request::DeleteManifest { id } => access.may_delete_manifest(who, id).await,
         Request::ListShards { .. } => access.may_maintain(who, "list shards").await,

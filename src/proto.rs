@@ -153,10 +153,24 @@ pub enum Request {
         document: DocumentId,
         after: Option<u64>,
     },
+    /// Store a small document's pieces held by this peer in one request: each of `shards`
+    /// (id, body length), then the `manifest` if set (document id, body length); the bodies
+    /// follow in that order, at most [`MAX_PUT_MANY`] shards and [`MAX_PUT_MANY_BODY`]
+    /// bytes in all. Every body is checked against its id before anything is kept; answered
+    /// `StoredMany` (one outcome per shard, then the manifest's) once all are durable.
+    PutMany {
+        shards: Vec<(ShardId, u64)>,
+        manifest: Option<(DocumentId, u64)>,
+    },
 }
 
 /// Most read records one `GetAudit` answer carries.
 pub const MAX_AUDIT_PAGE: u32 = 1024;
+
+/// Most shards one [`Request::PutMany`] carries.
+pub const MAX_PUT_MANY: usize = 16;
+/// Most body bytes one [`Request::PutMany`] carries (a certificate's are tens of KiB).
+pub const MAX_PUT_MANY_BODY: u64 = 1 << 20;
 
 /// Documents one connection keeps open for reading at once (see [`Request::OpenDocument`]).
 pub const MAX_OPEN_DOCUMENTS: usize = 16;
@@ -206,6 +220,8 @@ pub enum Response {
     Opened {
         shards: u32,
     },
+    /// Every piece of a `PutMany` is durable: one outcome per shard, then the manifest's.
+    StoredMany(Vec<PutOutcome>),
 }
 
 /// Why a peer refused a request. Also used as the QUIC application close/stop code.
@@ -383,6 +399,25 @@ mod tests {
         assert_eq!(
             hex::encode(encode_frame(&Response::Opened { shards: 6 })),
             "020000000d06"
+        );
+        let many = encode_frame(&Request::PutMany {
+            shards: vec![(id, 300)],
+            manifest: Some((DocumentId([0xcd; 32]), 2)),
+        });
+        assert_eq!(
+            hex::encode(&many),
+            format!(
+                "46000000{}{}ac0201{}02",
+                "1801",
+                "ab".repeat(32),
+                "cd".repeat(32)
+            )
+        );
+        assert_eq!(
+            hex::encode(encode_frame(&Response::StoredMany(vec![
+                PutOutcome::Stored
+            ]))),
+            "030000000e0100"
         );
         let err = encode_frame(&Response::Error {
             code: ErrorCode::Busy,

@@ -371,3 +371,109 @@ async fn a_put_registers_on_chain_and_a_get_refuses_what_is_not_registered() {
     }
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_put_is_bounded_and_checked_whole() {
+    let cluster = LocalCluster::start(6, 3).await.unwrap();
+    let me = cluster.operator().clone();
+    let store = cluster.peer(0).unwrap().store().clone();
+    let shard = data(12 << 10, 31);
+    let shard_id = ShardId::of(&shard);
+    let manifest = b"not really a manifest".to_vec();
+    let manifest_id = dangan::id::DocumentId::of(&manifest);
+
+    // More shards than a batch may carry, and more bytes: refused before any body is read.
+    let (_ep, mut send, mut recv) = raw_stream(&cluster, &me).await;
+    let many = vec![(shard_id, 1); proto::MAX_PUT_MANY + 1];
+    let req = Request::PutMany {
+        shards: many,
+        manifest: None,
+    };
+    proto::write_frame(&mut send, &req).await.unwrap();
+    let resp: Response = proto::read_frame(&mut recv).await.unwrap();
+    expect_error(&resp, ErrorCode::TooLarge);
+    let (_ep, mut send, mut recv) = raw_stream(&cluster, &me).await;
+    let req = Request::PutMany {
+        shards: vec![(shard_id, proto::MAX_PUT_MANY_BODY), (shard_id, u64::MAX)],
+        manifest: None,
+    };
+    proto::write_frame(&mut send, &req).await.unwrap();
+    let resp: Response = proto::read_frame(&mut recv).await.unwrap();
+    expect_error(&resp, ErrorCode::TooLarge);
+
+    // A good shard with a manifest that does not hash to its id: neither is kept.
+    let (_ep, mut send, mut recv) = raw_stream(&cluster, &me).await;
+    let req = Request::PutMany {
+        shards: vec![(shard_id, shard.len() as u64)],
+        manifest: Some((dangan::id::DocumentId([7; 32]), manifest.len() as u64)),
+    };
+    proto::write_frame(&mut send, &req).await.unwrap();
+    send.write_all(&shard).await.unwrap();
+    send.write_all(&manifest).await.unwrap();
+    send.finish().unwrap();
+    let resp: Response = proto::read_frame(&mut recv).await.unwrap();
+    expect_error(&resp, ErrorCode::HashMismatch);
+    assert!(!store.has(&shard_id).unwrap());
+
+    // Both good: both durable, one outcome each.
+    let (_ep, mut send, mut recv) = raw_stream(&cluster, &me).await;
+    let req = Request::PutMany {
+        shards: vec![(shard_id, shard.len() as u64)],
+        manifest: Some((manifest_id, manifest.len() as u64)),
+    };
+    proto::write_frame(&mut send, &req).await.unwrap();
+    send.write_all(&shard).await.unwrap();
+    send.write_all(&manifest).await.unwrap();
+    send.finish().unwrap();
+    let resp: Response = proto::read_frame(&mut recv).await.unwrap();
+    assert!(
+        matches!(&resp, Response::StoredMany(o) if o.len() == 2),
+        "got {resp:?}"
+    );
+    assert!(store.has(&shard_id).unwrap());
+    assert_eq!(store.get_blob(&manifest_id.0).unwrap(), Some(manifest));
+    cluster.shutdown().await;
+}
+
+/// A certificate (one stripe) goes out as one `PutMany` per peer; when a peer that should
+/// hold a copy of its manifest is down, the manifest still reaches as many live peers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_put_with_a_manifest_replica_down_still_reads() {
+    let mut cluster = LocalCluster::start(6, 3).await.unwrap();
+    let down = cluster.peer(0).unwrap().id();
+    cluster.stop_peer(0).await.unwrap();
+    let client = cluster
+        .client(dangan::client::ClientOptions {
+            write_quorum: Some(5),
+            ..options()
+        })
+        .unwrap();
+    // Manifests are placed by the document id (random key): put until one is placed on the
+    // stopped peer (half of them are).
+    for attempt in 0.. {
+        assert!(attempt < 40, "no manifest was ever placed on peer 0");
+        let bytes = data(50 << 10, attempt);
+        let receipt = put(&client, &bytes).await.unwrap();
+        assert_eq!(receipt.shards_stored, 5);
+        assert_eq!(receipt.shards_missing.len(), 1);
+        let replicas = client.manifest_nodes(&receipt.id).unwrap();
+        if !replicas.iter().any(|n| n.key == down) {
+            continue;
+        }
+        let copies = (1..6)
+            .filter(|&i| {
+                let store = cluster.peer(i).unwrap().store();
+                store.get_blob(&receipt.id.0).unwrap().is_some()
+            })
+            .count();
+        assert_eq!(
+            copies,
+            replicas.len(),
+            "a live peer replaces the stopped one"
+        );
+        let (out, _) = get(&client, &receipt.id, &receipt.key).await.unwrap();
+        assert_eq!(out, bytes);
+        break;
+    }
+    cluster.shutdown().await;
+}

@@ -219,6 +219,7 @@ fn forge_stripe(params: CodingParams, cipher: &[u8], index: u64) -> EncodedStrip
     EncodedStripe {
         index,
         plain_len: cipher.len() as u64,
+        last: false,
         shards,
         ids,
     }
