@@ -195,6 +195,9 @@ pub enum Response {
     Opened {
         shards: u32,
     },
+    /// This validator is not the chain's leader: submit to the leader's host instead (one
+    /// hop less than being forwarded, and the leader checks the transaction once).
+    Leader(crate::placement::NodeInfo),
 }
 
 /// Why a peer refused a request. Also used as the QUIC application close/stop code.
