@@ -658,3 +658,72 @@ async fn a_validator_behind_the_purged_log_catches_up_from_a_snapshot() {
         stop(v).await;
     }
 }
+
+/// A validator that is behind (restarted while the others are away) answers queries
+/// `Unavailable` rather than from its stale state, so a client never reads a nonce, a
+/// layout or a document list older than what it saw; once it has caught up it answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_validator_behind_the_chain_does_not_answer_from_stale_state() {
+    logs();
+    let tmp = tempfile::tempdir().unwrap();
+    let net = Net::new(tmp.path(), 1);
+    let mut vs = net.start_converged(3).await;
+    let lagging = (0..3)
+        .find(|&i| {
+            let v = vs[i].as_ref().unwrap();
+            v.ledger.leader() != Some(v.ledger.node_id())
+        })
+        .unwrap();
+    stop(vs[lagging].take().unwrap()).await;
+    let dept = &net.departments[0];
+    let client = net.client(dept);
+    for nonce in 1..=5 {
+        commit(&client, &register(dept, nonce)).await;
+    }
+    client.close().await;
+    futures::future::join_all(vs.iter_mut().filter_map(Option::take).map(stop)).await;
+
+    // Restarted alone, it has nobody to catch up from.
+    let behind = net.start(lagging).await;
+    assert_eq!(behind.ledger.account(&dept.public()).unwrap().nonce, 0);
+    let mut link = net.link();
+    link.hosts = vec![link.hosts[lagging].clone()];
+    let only = Client::new(
+        dept,
+        Arc::new(net.membership.clone()),
+        Layout::new(0, Vec::new()).unwrap(),
+        ClientOptions {
+            bind: "127.0.0.1:0".parse().unwrap(),
+            chain: Some(link),
+            request_timeout: Duration::from_secs(10),
+            ..ClientOptions::default()
+        },
+    )
+    .unwrap();
+    let err = only.chain_account(&dept.public()).await.unwrap_err();
+    assert!(err.to_string().contains("behind"), "{err}");
+    let err = only.chain_documents(None, 100).await.unwrap_err();
+    assert!(err.to_string().contains("behind"), "{err}");
+
+    // With the others back it catches up, and then answers the current state.
+    let mut vs = vec![behind];
+    for i in (0..3).filter(|&i| i != lagging) {
+        vs.push(net.start(i).await);
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match only.chain_account(&dept.public()).await {
+            Ok(Some(account)) => {
+                assert_eq!(account.nonce, 5, "an answer from stale state");
+                break;
+            }
+            other => {
+                assert!(Instant::now() < deadline, "never answered: {other:?}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+    assert_eq!(only.chain_documents(None, 100).await.unwrap().len(), 5);
+    only.close().await;
+    futures::future::join_all(vs.into_iter().map(stop)).await;
+}
