@@ -727,3 +727,70 @@ async fn a_validator_behind_the_chain_does_not_answer_from_stale_state() {
     only.close().await;
     futures::future::join_all(vs.into_iter().map(stop)).await;
 }
+
+/// Removing the validator that is the raft leader: it drops itself from the voters, the
+/// other two elect a leader among themselves and go on, and later blocks are final for the
+/// two that are left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_can_be_removed_through_the_chain() {
+    logs();
+    let tmp = tempfile::tempdir().unwrap();
+    let net = Net::new(tmp.path(), 1);
+    let vs = net.start_converged(3).await;
+    let vs: Vec<Validator> = vs.into_iter().flatten().collect();
+    let dept = &net.departments[0];
+    let client = net.client(dept);
+    let mut nonce = 0;
+    for _ in 0..3 {
+        nonce += 1;
+        commit(&client, &register(dept, nonce)).await;
+    }
+    let all: Vec<&Validator> = vs.iter().collect();
+    let leader = leader_of(&all).unwrap().ledger.node_id();
+    let removed = (0..3)
+        .find(|&i| node_id(&net.validators[i].public()) == leader)
+        .unwrap();
+    // Another validator signs the removal.
+    let admin = &net.validators[(removed + 1) % 3];
+    let remove = Tx {
+        sender: admin.public(),
+        nonce: 1,
+        body: TxBody::RemoveValidator {
+            validator: net.validators[removed].public(),
+        },
+    }
+    .sign(admin);
+    let removed_at = commit(&client, &remove).await;
+    let left: Vec<&Validator> = (0..3).filter(|&i| i != removed).map(|i| &vs[i]).collect();
+    until("the two left lead themselves", || {
+        leader_of(&left)
+            .is_some_and(|l| l.ledger.node_id() != leader && l.ledger.raft_voters().len() == 2)
+    })
+    .await;
+    for _ in 0..3 {
+        nonce += 1;
+        commit(&client, &register(dept, nonce)).await;
+    }
+    let (height, _) = converged(&left).await;
+    assert!(height > removed_at);
+    one_block_per_height(&left, height);
+    let set: Vec<PublicId> = (0..3)
+        .filter(|&i| i != removed)
+        .map(|i| net.validators[i].public())
+        .collect();
+    for h in removed_at + 1..=height {
+        left[0]
+            .ledger
+            .block(h)
+            .unwrap()
+            .unwrap()
+            .header
+            .verify_final(&set)
+            .unwrap_or_else(|e| panic!("block {h}: {e}"));
+    }
+    for v in &left {
+        assert_eq!(v.ledger.state().documents.len() as u64, nonce);
+    }
+    client.close().await;
+    futures::future::join_all(vs.into_iter().map(stop)).await;
+}
