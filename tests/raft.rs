@@ -794,3 +794,91 @@ async fn the_leader_can_be_removed_through_the_chain() {
     client.close().await;
     futures::future::join_all(vs.into_iter().map(stop)).await;
 }
+
+/// A UDP relay in front of a peer that can go silent: it then drops every datagram both
+/// ways, as a host whose process was killed does (and the goodbye of a process stopped
+/// meanwhile never arrives).
+struct Relay {
+    addr: SocketAddr,
+    silent: Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Relay {
+    async fn to(target: SocketAddr) -> Relay {
+        let front = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let back = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = front.local_addr().unwrap();
+        let silent = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let quiet = silent.clone();
+        let task = tokio::spawn(async move {
+            let (mut a, mut b) = (vec![0u8; 65536], vec![0u8; 65536]);
+            let mut client = None;
+            let drop_all = || quiet.load(std::sync::atomic::Ordering::SeqCst);
+            loop {
+                tokio::select! {
+                    Ok((n, from)) = front.recv_from(&mut a) => {
+                        client = Some(from);
+                        if !drop_all() {
+                            let _ = back.send_to(&a[..n], target).await;
+                        }
+                    }
+                    Ok((n, _)) = back.recv_from(&mut b) => {
+                        if let (false, Some(c)) = (drop_all(), client) {
+                            let _ = front.send_to(&b[..n], c).await;
+                        }
+                    }
+                }
+            }
+        });
+        Relay { addr, silent, task }
+    }
+
+    fn set_silent(&self, silent: bool) {
+        self.silent
+            .store(silent, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// A validator host whose process dies and comes back on the same port leaves the client's
+/// pooled connection looking open (nothing says goodbye, and the new process cannot reset
+/// it): the client takes it for dead once it has heard nothing for a second, dials again,
+/// and its submission commits, well before QUIC's 30 s idle timeout would have closed it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_redials_a_validator_host_whose_process_was_replaced() {
+    logs();
+    let tmp = tempfile::tempdir().unwrap();
+    let net = Net::with(tmp.path(), 1, 1, 1, RaftTuning::default());
+    let v = net.start(0).await;
+    converged(&[&v]).await;
+    let relay = Relay::to(net.addrs[0]).await;
+    let mut link = net.link();
+    link.hosts[0].addr = relay.addr.to_string();
+    let dept = &net.departments[0];
+    let client = Client::new(
+        dept,
+        Arc::new(net.membership.clone()),
+        Layout::new(0, Vec::new()).unwrap(),
+        ClientOptions {
+            bind: "127.0.0.1:0".parse().unwrap(),
+            chain: Some(link),
+            // Shorter than the idle timeout: waiting on the dead connection fails the test.
+            request_timeout: Duration::from_secs(20),
+            down_for: Duration::from_millis(200),
+            ..ClientOptions::default()
+        },
+    )
+    .unwrap();
+    commit(&client, &register(dept, 1)).await;
+
+    relay.set_silent(true);
+    stop(v).await;
+    let v = net.start(0).await;
+    converged(&[&v]).await;
+    relay.set_silent(false);
+    let (height, _) = client.submit_tx(&register(dept, 2)).await.unwrap();
+    assert_eq!(height, v.ledger.status().height);
+    client.close().await;
+    relay.task.abort();
+    stop(v).await;
+}
