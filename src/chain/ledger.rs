@@ -502,7 +502,12 @@ impl Ledger {
     pub fn is_current(&self) -> bool {
         let metrics = self.raft.metrics().borrow().clone();
         if metrics.current_leader == Some(self.me) {
-            return true;
+            // A leader restored from its own vote on disk is not one until a quorum answers.
+            let voters = metrics.membership_config.membership().voter_ids().count();
+            return voters <= 1
+                || metrics
+                    .millis_since_quorum_ack
+                    .is_some_and(|ms| u128::from(ms) < LEADER_FRESH.as_millis());
         }
         let Some(commit) = self.fresh_contact() else {
             return false;
@@ -699,6 +704,14 @@ async fn commit_loop(
             Some(job) = retry_rx.recv() => jobs.push(job),
             _ = sleep => {}
         }
+        // One more block in consensus: wait for room before proposing on the newest state,
+        // and only then take what is waiting, so that what arrived meanwhile goes into this
+        // block (under load blocks grow instead of queueing behind the ones in flight).
+        let permit = in_flight
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed");
         let now = Instant::now();
         jobs.append(&mut waiting);
         while let Ok(job) = retry_rx.try_recv() {
@@ -713,12 +726,6 @@ async fn commit_loop(
         if jobs.is_empty() {
             continue;
         }
-        // One more block in consensus: wait for room before proposing on the newest state.
-        let permit = in_flight
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("the semaphore is never closed");
         jobs.sort_by_key(|((tx, _, _), _)| (tx.tx.sender, tx.tx.nonce));
         if reset.swap(false, std::sync::atomic::Ordering::SeqCst) {
             spec = None;
