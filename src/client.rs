@@ -229,9 +229,21 @@ struct Inner {
     down: Mutex<HashMap<PublicId, Instant>>,
     /// Index in `ChainLink::hosts` of the validator host that answered last.
     chain_host: std::sync::atomic::AtomicUsize,
+    /// Per peer, the last connection a request timed out on: its stable id, its datagram
+    /// count then, and since when the peer was heard from last (see `Client::call_within`).
+    silent: Mutex<HashMap<PublicId, (usize, u64, Instant)>>,
     /// (connection, document) pairs opened for reading (`OpenDocument`).
     opened: Mutex<std::collections::HashSet<(usize, DocumentId)>>,
 }
+
+/// How long a peer with requests waiting may send nothing at all on its connection (not
+/// even an acknowledgement) before the connection is taken for dead and dialled again.
+const SILENCE: Duration = Duration::from_secs(1);
+
+/// Time limit of one chain query to one validator host, and of one submission (which waits
+/// for its block): past it the client asks the next host.
+pub const CHAIN_QUERY_TIMEOUT: Duration = Duration::from_secs(5);
+pub const CHAIN_SUBMIT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Most (connection, document) pairs a client remembers as opened; past it, it forgets them
 /// all and opens again as needed.
@@ -285,6 +297,7 @@ impl Client {
                 conns: Mutex::new(HashMap::new()),
                 down: Mutex::new(HashMap::new()),
                 chain_host: std::sync::atomic::AtomicUsize::new(0),
+                silent: Mutex::new(HashMap::new()),
                 opened: Mutex::new(std::collections::HashSet::new()),
             }),
         })
@@ -601,10 +614,50 @@ impl Client {
         let req = Request::SubmitTx {
             len: bytes.len() as u64,
         };
-        match self.chain_call(chain, &req, Some(&bytes)).await? {
-            (Response::Committed { height, index }, _, _) => Ok((height, index)),
-            (other, _, node) => Err(self.unexpected(&node, &other)),
+        // To the host that answered last; a follower names the leader, which is asked
+        // directly from then on (a few hops at most while leadership moves).
+        let mut leader: Option<NodeInfo> = None;
+        let mut ambiguous = false;
+        for _ in 0..2 * chain.hosts.len().max(2) {
+            let answer = match &leader {
+                Some(node) => self
+                    .call_within(node, &req, Some(&bytes), CHAIN_SUBMIT_TIMEOUT)
+                    .await
+                    .map(|(resp, _)| (resp, node.clone())),
+                None => self
+                    .chain_call(chain, &req, Some(&bytes))
+                    .await
+                    .map(|(resp, _, node)| (resp, node)),
+            };
+            match answer {
+                Ok((Response::Committed { height, index }, _)) => return Ok((height, index)),
+                Ok((Response::Leader(node), _)) => {
+                    if let Some(i) = chain.hosts.iter().position(|h| h.key == node.key) {
+                        self.inner
+                            .chain_host
+                            .store(i, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    leader = Some(node);
+                }
+                Ok((other, node)) => return Err(self.unexpected(&node, &other)),
+                Err(e) if leader.is_some() && Self::worth_another_host(&e) => {
+                    // The leader may have taken it before it went: ask the others.
+                    ambiguous = true;
+                    leader = None;
+                }
+                Err(e) if ambiguous && e.to_string().contains("replayed or out of order") => {
+                    // An earlier attempt committed after all.
+                    return match self.chain_tx(tx.id()).await? {
+                        Some(p) => Ok((p.header.header.height, p.proof.index as u32)),
+                        None => Err(e),
+                    };
+                }
+                Err(e) => return Err(e),
+            }
         }
+        Err(ClientError::Chain(
+            "the validators kept naming other leaders".into(),
+        ))
     }
 
     /// The last nonce the chain has applied for this client.
@@ -713,11 +766,17 @@ impl Client {
             .load(std::sync::atomic::Ordering::Relaxed)
             % n;
         let mut last = None;
-        // Two rounds: a leader election takes about a second.
-        for attempt in 0..2 * n {
+        // Three rounds half a second apart: a leader election takes about a second, and
+        // meanwhile validators without a leader answer `Unavailable`.
+        for attempt in 0..3 * n {
             let i = (first + attempt) % n;
             let node = &chain.hosts[i];
-            match self.call(node, req, body).await {
+            let limit = match req {
+                Request::SubmitTx { .. } => CHAIN_SUBMIT_TIMEOUT,
+                _ => CHAIN_QUERY_TIMEOUT,
+            }
+            .min(self.inner.options.request_timeout);
+            match self.call_within(node, req, body, limit).await {
                 Ok((resp, recv)) => {
                     self.inner
                         .chain_host
@@ -727,7 +786,7 @@ impl Client {
                 Err(e) if Self::worth_another_host(&e) => {
                     debug!(host = %node.key.short(), error = %e, "validator host failed; trying the next");
                     last = Some(e);
-                    if attempt + 1 == n {
+                    if (attempt + 1) % n == 0 {
                         tokio::time::sleep(Duration::from_millis(500)).await;
                     }
                 }
@@ -757,7 +816,20 @@ impl Client {
         req: &Request,
         body: Option<Bytes>,
     ) -> Result<(Response, Option<Vec<u8>>), ClientError> {
-        let (resp, mut recv) = self.call(node, req, body.as_ref()).await?;
+        self.chain_request_within(node, req, body, self.inner.options.request_timeout)
+            .await
+    }
+
+    /// [`Client::chain_request`] answered within `timeout` (raft's own time limits), the
+    /// body included.
+    pub async fn chain_request_within(
+        &self,
+        node: &NodeInfo,
+        req: &Request,
+        body: Option<Bytes>,
+        timeout: Duration,
+    ) -> Result<(Response, Option<Vec<u8>>), ClientError> {
+        let (resp, mut recv) = self.call_within(node, req, body.as_ref(), timeout).await?;
         match resp {
             Response::ChainBody { len } => {
                 let bytes = read_checked_body(&mut recv, len, proto::MAX_CHAIN_BODY)
@@ -1568,9 +1640,28 @@ impl Client {
         req: &Request,
         body: Option<&Bytes>,
     ) -> Result<(Response, RecvStream), ClientError> {
-        let timeout = self.inner.options.request_timeout;
+        self.call_within(node, req, body, self.inner.options.request_timeout)
+            .await
+    }
+
+    /// [`Client::call`] with its own time limit. A peer whose process died (kill -9, a
+    /// restart) leaves its pooled connection looking open until QUIC's idle timeout: if not
+    /// one datagram came back on it while the request waited, the connection is dropped from
+    /// the pool (and the peer asked last for a while), so the next request dials afresh.
+    async fn call_within(
+        &self,
+        node: &NodeInfo,
+        req: &Request,
+        body: Option<&Bytes>,
+        timeout: Duration,
+    ) -> Result<(Response, RecvStream), ClientError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let conn = match tokio::time::timeout_at(deadline, self.connection(node)).await {
+            Ok(conn) => conn?,
+            Err(_) => return Err(self.timed_out(node, timeout)),
+        };
+        let heard = conn.stats().udp_rx.datagrams;
         let exchange = async {
-            let conn = self.connection(node).await?;
             // A stream error says little ("connection lost"); the connection's close reason
             // says why (e.g. the peer refused our identity during the handshake).
             let io = |e: &dyn std::fmt::Display| {
@@ -1596,19 +1687,78 @@ impl Client {
             };
             Ok((resp, recv))
         };
-        match tokio::time::timeout(timeout, exchange).await {
+        match tokio::time::timeout_at(deadline, exchange).await {
             Ok(Ok((Response::Error { code, message }, _))) => {
                 Err(self.peer_error(node, ProtoError::Remote { code, message }))
             }
             Ok(res) => res,
-            Err(_) => Err(self.peer_error(
-                node,
-                ProtoError::Io(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    format!("no answer within {timeout:?}"),
-                )),
-            )),
+            Err(_) => {
+                if self.silent_for(node, &conn, heard, deadline - timeout) >= SILENCE {
+                    debug!(peer = %node.key.short(), "no datagram from the peer for a while; dropping its connection");
+                    self.forget_connection(node, &conn);
+                }
+                Err(self.timed_out(node, timeout))
+            }
         }
+    }
+
+    fn timed_out(&self, node: &NodeInfo, timeout: Duration) -> ClientError {
+        self.peer_error(
+            node,
+            ProtoError::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no answer within {timeout:?}"),
+            )),
+        )
+    }
+
+    /// After a request on `conn` timed out: how long the peer has sent nothing at all on it
+    /// (`heard`: its datagram count when the request started at `started`), as far as the
+    /// timed-out requests of the last while tell.
+    fn silent_for(
+        &self,
+        node: &NodeInfo,
+        conn: &quinn::Connection,
+        heard: u64,
+        started: tokio::time::Instant,
+    ) -> Duration {
+        let now = Instant::now();
+        let rx = conn.stats().udp_rx.datagrams;
+        let since = if rx == heard {
+            now - started.elapsed()
+        } else {
+            now
+        };
+        let mut silent = self.inner.silent.lock().expect("silence map lock");
+        let entry = silent
+            .entry(node_id(node))
+            .or_insert((conn.stable_id(), rx, since));
+        if entry.0 != conn.stable_id() || entry.1 != rx {
+            *entry = (conn.stable_id(), rx, since);
+        }
+        now.saturating_duration_since(entry.2)
+    }
+
+    /// Closes `conn` and takes it out of the pool if it is still `node`'s pooled connection.
+    fn forget_connection(&self, node: &NodeInfo, conn: &quinn::Connection) {
+        let peer = node_id(node);
+        let slot = self
+            .inner
+            .conns
+            .lock()
+            .expect("connection pool lock")
+            .get(&peer)
+            .cloned();
+        if let Some(slot) = slot
+            && let Ok(mut slot) = slot.try_lock()
+            && slot
+                .as_ref()
+                .is_some_and(|c| c.stable_id() == conn.stable_id())
+        {
+            *slot = None;
+        }
+        conn.close(0u32.into(), b"unresponsive");
+        self.mark_down(peer);
     }
 }
 

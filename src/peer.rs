@@ -647,6 +647,11 @@ async fn handle(
             let Some(ledger) = &state.ledger else {
                 return answer(send, &not_validator(), None).await;
             };
+            // A follower that knows the leader sends the client there; during an election
+            // it takes the transaction and forwards it once a leader is known.
+            if let Some(leader) = ledger.leader_host() {
+                return answer(send, &Response::Leader(leader), None).await;
+            }
             let resp = match SignedTx::decode(&body) {
                 Err(e) => error(ErrorCode::Refused, e.to_string()),
                 Ok(tx) => match ledger.submit(tx).await {
@@ -692,8 +697,9 @@ async fn handle(
             proto_answer(send, &resp, Some(Bytes::from(answer))).await
         }
         Request::GetDocument { id } => {
-            let Some(ledger) = state.ledger.clone() else {
-                return answer(send, &not_validator(), None).await;
+            let ledger = match query_ledger(state) {
+                Ok(ledger) => ledger,
+                Err(resp) => return answer(send, &resp, None).await,
             };
             let found = blocking(move || ledger.document(&id)).await;
             let found = match found {
@@ -706,22 +712,25 @@ async fn handle(
             chain_answer(send, found).await
         }
         Request::GetBlock { height } => {
-            let Some(ledger) = state.ledger.clone() else {
-                return answer(send, &not_validator(), None).await;
+            let ledger = match query_ledger(state) {
+                Ok(ledger) => ledger,
+                Err(resp) => return answer(send, &resp, None).await,
             };
             let found = blocking(move || ledger.block(height)).await;
             chain_answer(send, found).await
         }
         Request::GetTx { id } => {
-            let Some(ledger) = state.ledger.clone() else {
-                return answer(send, &not_validator(), None).await;
+            let ledger = match query_ledger(state) {
+                Ok(ledger) => ledger,
+                Err(resp) => return answer(send, &resp, None).await,
             };
             let found = blocking(move || ledger.transaction(&id)).await;
             chain_answer(send, found).await
         }
         Request::GetRecord { id } => {
-            let Some(ledger) = &state.ledger else {
-                return answer(send, &not_validator(), None).await;
+            let ledger = match query_ledger(state) {
+                Ok(ledger) => ledger,
+                Err(resp) => return answer(send, &resp, None).await,
             };
             let found = match ledger.record(&id) {
                 Some(record) => match redact(state, &who, &id, record).await {
@@ -733,14 +742,16 @@ async fn handle(
             chain_answer(send, Ok(found)).await
         }
         Request::GetAccount { id } => {
-            let Some(ledger) = &state.ledger else {
-                return answer(send, &not_validator(), None).await;
+            let ledger = match query_ledger(state) {
+                Ok(ledger) => ledger,
+                Err(resp) => return answer(send, &resp, None).await,
             };
             chain_answer(send, Ok(ledger.account(&id))).await
         }
         Request::ChainStatus => {
-            let Some(ledger) = &state.ledger else {
-                return answer(send, &not_validator(), None).await;
+            let ledger = match query_ledger(state) {
+                Ok(ledger) => ledger,
+                Err(resp) => return answer(send, &resp, None).await,
             };
             chain_answer(send, Ok(Some(ledger.status()))).await
         }
@@ -767,8 +778,9 @@ async fn handle(
             answer(send, &resp, None).await
         }
         Request::GetLayout => {
-            let Some(ledger) = &state.ledger else {
-                return answer(send, &not_validator(), None).await;
+            let ledger = match query_ledger(state) {
+                Ok(ledger) => ledger,
+                Err(resp) => return answer(send, &resp, None).await,
             };
             chain_answer(send, Ok(Some(ledger.state().layouts()))).await
         }
@@ -783,8 +795,9 @@ async fn handle(
             }
         }
         Request::ListDocuments { after, limit } => {
-            let Some(ledger) = state.ledger.clone() else {
-                return answer(send, &not_validator(), None).await;
+            let ledger = match query_ledger(state) {
+                Ok(ledger) => ledger,
+                Err(resp) => return answer(send, &resp, None).await,
             };
             let limit = limit.min(MAX_LIST) as usize;
             let ids = blocking(move || {
@@ -954,6 +967,21 @@ async fn proto_answer(
     body: Option<Bytes>,
 ) -> Result<(), ProtoError> {
     answer(send, resp, body).await
+}
+
+/// The ledger to answer a chain query from: none on a peer without a validator, and not
+/// one that is behind the chain (`Ledger::is_current`: restarted, cut off or catching up),
+/// which answers `Unavailable` so the client asks another validator rather than read older
+/// state than it may already have seen.
+fn query_ledger(state: &State) -> Result<Arc<Ledger>, Response> {
+    let ledger = state.ledger.clone().ok_or_else(not_validator)?;
+    if !ledger.is_current() {
+        return Err(error(
+            ErrorCode::Unavailable,
+            "this validator is behind the chain; ask another",
+        ));
+    }
+    Ok(ledger)
 }
 
 fn not_validator() -> Response {

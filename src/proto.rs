@@ -222,6 +222,9 @@ pub enum Response {
     },
     /// Every piece of a `PutMany` is durable: one outcome per shard, then the manifest's.
     StoredMany(Vec<PutOutcome>),
+    /// This validator is not the chain's leader: submit to the leader's host instead (one
+    /// hop less than being forwarded, and the leader checks the transaction once).
+    Leader(crate::placement::NodeInfo),
 }
 
 /// Why a peer refused a request. Also used as the QUIC application close/stop code.

@@ -658,3 +658,227 @@ async fn a_validator_behind_the_purged_log_catches_up_from_a_snapshot() {
         stop(v).await;
     }
 }
+
+/// A validator that is behind (restarted while the others are away) answers queries
+/// `Unavailable` rather than from its stale state, so a client never reads a nonce, a
+/// layout or a document list older than what it saw; once it has caught up it answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_validator_behind_the_chain_does_not_answer_from_stale_state() {
+    logs();
+    let tmp = tempfile::tempdir().unwrap();
+    let net = Net::new(tmp.path(), 1);
+    let mut vs = net.start_converged(3).await;
+    let lagging = (0..3)
+        .find(|&i| {
+            let v = vs[i].as_ref().unwrap();
+            v.ledger.leader() != Some(v.ledger.node_id())
+        })
+        .unwrap();
+    stop(vs[lagging].take().unwrap()).await;
+    let dept = &net.departments[0];
+    let client = net.client(dept);
+    for nonce in 1..=5 {
+        commit(&client, &register(dept, nonce)).await;
+    }
+    client.close().await;
+    futures::future::join_all(vs.iter_mut().filter_map(Option::take).map(stop)).await;
+
+    // Restarted alone, it has nobody to catch up from.
+    let behind = net.start(lagging).await;
+    assert_eq!(behind.ledger.account(&dept.public()).unwrap().nonce, 0);
+    let mut link = net.link();
+    link.hosts = vec![link.hosts[lagging].clone()];
+    let only = Client::new(
+        dept,
+        Arc::new(net.membership.clone()),
+        Layout::new(0, Vec::new()).unwrap(),
+        ClientOptions {
+            bind: "127.0.0.1:0".parse().unwrap(),
+            chain: Some(link),
+            request_timeout: Duration::from_secs(10),
+            ..ClientOptions::default()
+        },
+    )
+    .unwrap();
+    let err = only.chain_account(&dept.public()).await.unwrap_err();
+    assert!(err.to_string().contains("behind"), "{err}");
+    let err = only.chain_documents(None, 100).await.unwrap_err();
+    assert!(err.to_string().contains("behind"), "{err}");
+
+    // With the others back it catches up, and then answers the current state.
+    let mut vs = vec![behind];
+    for i in (0..3).filter(|&i| i != lagging) {
+        vs.push(net.start(i).await);
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match only.chain_account(&dept.public()).await {
+            Ok(Some(account)) => {
+                assert_eq!(account.nonce, 5, "an answer from stale state");
+                break;
+            }
+            other => {
+                assert!(Instant::now() < deadline, "never answered: {other:?}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+    assert_eq!(only.chain_documents(None, 100).await.unwrap().len(), 5);
+    only.close().await;
+    futures::future::join_all(vs.into_iter().map(stop)).await;
+}
+
+/// Removing the validator that is the raft leader: it drops itself from the voters, the
+/// other two elect a leader among themselves and go on, and later blocks are final for the
+/// two that are left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_can_be_removed_through_the_chain() {
+    logs();
+    let tmp = tempfile::tempdir().unwrap();
+    let net = Net::new(tmp.path(), 1);
+    let vs = net.start_converged(3).await;
+    let vs: Vec<Validator> = vs.into_iter().flatten().collect();
+    let dept = &net.departments[0];
+    let client = net.client(dept);
+    let mut nonce = 0;
+    for _ in 0..3 {
+        nonce += 1;
+        commit(&client, &register(dept, nonce)).await;
+    }
+    let all: Vec<&Validator> = vs.iter().collect();
+    let leader = leader_of(&all).unwrap().ledger.node_id();
+    let removed = (0..3)
+        .find(|&i| node_id(&net.validators[i].public()) == leader)
+        .unwrap();
+    // Another validator signs the removal.
+    let admin = &net.validators[(removed + 1) % 3];
+    let remove = Tx {
+        sender: admin.public(),
+        nonce: 1,
+        body: TxBody::RemoveValidator {
+            validator: net.validators[removed].public(),
+        },
+    }
+    .sign(admin);
+    let removed_at = commit(&client, &remove).await;
+    let left: Vec<&Validator> = (0..3).filter(|&i| i != removed).map(|i| &vs[i]).collect();
+    until("the two left lead themselves", || {
+        leader_of(&left)
+            .is_some_and(|l| l.ledger.node_id() != leader && l.ledger.raft_voters().len() == 2)
+    })
+    .await;
+    for _ in 0..3 {
+        nonce += 1;
+        commit(&client, &register(dept, nonce)).await;
+    }
+    let (height, _) = converged(&left).await;
+    assert!(height > removed_at);
+    one_block_per_height(&left, height);
+    let set: Vec<PublicId> = (0..3)
+        .filter(|&i| i != removed)
+        .map(|i| net.validators[i].public())
+        .collect();
+    for h in removed_at + 1..=height {
+        left[0]
+            .ledger
+            .block(h)
+            .unwrap()
+            .unwrap()
+            .header
+            .verify_final(&set)
+            .unwrap_or_else(|e| panic!("block {h}: {e}"));
+    }
+    for v in &left {
+        assert_eq!(v.ledger.state().documents.len() as u64, nonce);
+    }
+    client.close().await;
+    futures::future::join_all(vs.into_iter().map(stop)).await;
+}
+
+/// A UDP relay in front of a peer that can go silent: it then drops every datagram both
+/// ways, as a host whose process was killed does (and the goodbye of a process stopped
+/// meanwhile never arrives).
+struct Relay {
+    addr: SocketAddr,
+    silent: Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Relay {
+    async fn to(target: SocketAddr) -> Relay {
+        let front = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let back = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = front.local_addr().unwrap();
+        let silent = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let quiet = silent.clone();
+        let task = tokio::spawn(async move {
+            let (mut a, mut b) = (vec![0u8; 65536], vec![0u8; 65536]);
+            let mut client = None;
+            let drop_all = || quiet.load(std::sync::atomic::Ordering::SeqCst);
+            loop {
+                tokio::select! {
+                    Ok((n, from)) = front.recv_from(&mut a) => {
+                        client = Some(from);
+                        if !drop_all() {
+                            let _ = back.send_to(&a[..n], target).await;
+                        }
+                    }
+                    Ok((n, _)) = back.recv_from(&mut b) => {
+                        if let (false, Some(c)) = (drop_all(), client) {
+                            let _ = front.send_to(&b[..n], c).await;
+                        }
+                    }
+                }
+            }
+        });
+        Relay { addr, silent, task }
+    }
+
+    fn set_silent(&self, silent: bool) {
+        self.silent
+            .store(silent, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// A validator host whose process dies and comes back on the same port leaves the client's
+/// pooled connection looking open (nothing says goodbye, and the new process cannot reset
+/// it): the client takes it for dead once it has heard nothing for a second, dials again,
+/// and its submission commits, well before QUIC's 30 s idle timeout would have closed it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_redials_a_validator_host_whose_process_was_replaced() {
+    logs();
+    let tmp = tempfile::tempdir().unwrap();
+    let net = Net::with(tmp.path(), 1, 1, 1, RaftTuning::default());
+    let v = net.start(0).await;
+    converged(&[&v]).await;
+    let relay = Relay::to(net.addrs[0]).await;
+    let mut link = net.link();
+    link.hosts[0].addr = relay.addr.to_string();
+    let dept = &net.departments[0];
+    let client = Client::new(
+        dept,
+        Arc::new(net.membership.clone()),
+        Layout::new(0, Vec::new()).unwrap(),
+        ClientOptions {
+            bind: "127.0.0.1:0".parse().unwrap(),
+            chain: Some(link),
+            // Shorter than the idle timeout: waiting on the dead connection fails the test.
+            request_timeout: Duration::from_secs(20),
+            down_for: Duration::from_millis(200),
+            ..ClientOptions::default()
+        },
+    )
+    .unwrap();
+    commit(&client, &register(dept, 1)).await;
+
+    relay.set_silent(true);
+    stop(v).await;
+    let v = net.start(0).await;
+    converged(&[&v]).await;
+    relay.set_silent(false);
+    let (height, _) = client.submit_tx(&register(dept, 2)).await.unwrap();
+    assert_eq!(height, v.ledger.status().height);
+    client.close().await;
+    relay.task.abort();
+    stop(v).await;
+}

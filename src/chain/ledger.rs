@@ -125,6 +125,8 @@ pub struct Ledger {
     /// A handle on the raft log, to know when raft has let go of it.
     log: LogStore,
     me: u64,
+    /// When the leader's last `AppendEntries` was accepted here, and its commit index then.
+    contact: Mutex<Option<(Instant, Option<u64>)>>,
     submit: Mutex<Option<mpsc::UnboundedSender<Job>>>,
     committer: Mutex<Option<tokio::task::JoinHandle<()>>>,
     members: Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -281,6 +283,7 @@ impl Ledger {
             net,
             log,
             me,
+            contact: Mutex::new(None),
             submit: Mutex::new(Some(submit)),
             committer: Mutex::new(Some(committer)),
             members: Mutex::new(Some(members)),
@@ -323,6 +326,17 @@ impl Ledger {
     /// The raft node id of the current leader, if one is known.
     pub fn leader(&self) -> Option<u64> {
         self.raft.metrics().borrow().current_leader
+    }
+
+    /// The peer hosting the leader, when the leader is another validator this one heard
+    /// from within [`LEADER_FRESH`] (so a client is not sent to a leader that just died).
+    pub fn leader_host(&self) -> Option<NodeInfo> {
+        match self.leader() {
+            Some(l) if l != self.me && self.fresh_contact().is_some() => {
+                self.net.hosts.get(&l).map(|(_, node)| node.clone())
+            }
+            _ => None,
+        }
     }
 
     /// Raft's view of this validator: role, log, snapshot, membership.
@@ -464,9 +478,42 @@ impl Ledger {
 
     /// Serves a consensus message from another validator (postcard bytes in and out).
     pub async fn raft_message(&self, kind: RaftKind, body: &[u8]) -> Result<Vec<u8>, LedgerError> {
-        raft::serve_rpc(&self.raft, kind, body)
-            .await
-            .map_err(LedgerError::Malformed)
+        raft::serve_rpc(&self.raft, kind, body, |commit| {
+            *self.contact.lock().expect("contact lock") = Some((Instant::now(), commit));
+        })
+        .await
+        .map_err(LedgerError::Malformed)
+    }
+
+    /// Whether this validator heard from its leader within [`LEADER_FRESH`]: the leader's
+    /// commit index then, if so.
+    fn fresh_contact(&self) -> Option<Option<u64>> {
+        let contact = *self.contact.lock().expect("contact lock");
+        contact
+            .filter(|(at, _)| at.elapsed() < LEADER_FRESH)
+            .map(|(_, commit)| commit)
+    }
+
+    /// Whether this validator's answers are as new as the chain: it is the leader, or it
+    /// heard from the leader within [`LEADER_FRESH`] and has applied everything the leader
+    /// had committed then. A validator that was stopped, cut off or is catching up is not
+    /// current, and answers queries `Unavailable` so the client asks another one rather than
+    /// read state older than what it may already have seen.
+    pub fn is_current(&self) -> bool {
+        let metrics = self.raft.metrics().borrow().clone();
+        if metrics.current_leader == Some(self.me) {
+            // A leader restored from its own vote on disk is not one until a quorum answers.
+            let voters = metrics.membership_config.membership().voter_ids().count();
+            return voters <= 1
+                || metrics
+                    .millis_since_quorum_ack
+                    .is_some_and(|ms| u128::from(ms) < LEADER_FRESH.as_millis());
+        }
+        let Some(commit) = self.fresh_contact() else {
+            return false;
+        };
+        let applied = metrics.last_applied.map(|l| l.index);
+        commit.is_none_or(|c| applied.is_some_and(|a| a >= c))
     }
 
     /// Endorses a block proposed by the leader: applies it on this validator's own state
@@ -606,6 +653,10 @@ impl Ledger {
     }
 }
 
+/// How recently a follower must have heard from the leader (which sends something every
+/// heartbeat, 100 ms) to send clients there, or to answer queries as current.
+pub const LEADER_FRESH: Duration = Duration::from_secs(1);
+
 /// How long a transaction whose nonce is ahead of its sender's waits for the ones before it.
 pub const NONCE_GAP_WAIT: Duration = Duration::from_secs(2);
 
@@ -653,6 +704,14 @@ async fn commit_loop(
             Some(job) = retry_rx.recv() => jobs.push(job),
             _ = sleep => {}
         }
+        // One more block in consensus: wait for room before proposing on the newest state,
+        // and only then take what is waiting, so that what arrived meanwhile goes into this
+        // block (under load blocks grow instead of queueing behind the ones in flight).
+        let permit = in_flight
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed");
         let now = Instant::now();
         jobs.append(&mut waiting);
         while let Ok(job) = retry_rx.try_recv() {
@@ -667,12 +726,6 @@ async fn commit_loop(
         if jobs.is_empty() {
             continue;
         }
-        // One more block in consensus: wait for room before proposing on the newest state.
-        let permit = in_flight
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("the semaphore is never closed");
         jobs.sort_by_key(|((tx, _, _), _)| (tx.tx.sender, tx.tx.nonce));
         if reset.swap(false, std::sync::atomic::Ordering::SeqCst) {
             spec = None;
@@ -876,7 +929,7 @@ async fn endorse(
             .filter(|id| *id != me)
             .map(|id| {
                 let (net, req, body) = (net.clone(), req.clone(), body.clone());
-                async move { (id, net.request(id, &req, body).await) }
+                async move { (id, net.request(id, &req, body, ENDORSE_TIMEOUT).await) }
             })
             .collect();
         let deadline = tokio::time::Instant::now() + ENDORSE_TIMEOUT;

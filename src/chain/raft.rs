@@ -619,6 +619,7 @@ impl Net {
         target: u64,
         req: &Request,
         body: Vec<u8>,
+        timeout: std::time::Duration,
     ) -> Result<Vec<u8>, String> {
         let links = self
             .links
@@ -629,7 +630,7 @@ impl Net {
             .get(&target)
             .ok_or_else(|| format!("raft node {target} has no known host"))?;
         match links
-            .chain_request(node, req, Some(Bytes::from(body)))
+            .chain_request_within(node, req, Some(Bytes::from(body)), timeout)
             .await
         {
             Ok((Response::ChainBody { .. }, Some(bytes))) => Ok(bytes),
@@ -680,11 +681,11 @@ impl NetClient {
             len: body.len() as u64,
         };
         let unreachable = |e: String| RPCError::Network(NetworkError::new(&Transport(e)));
-        let bytes =
-            tokio::time::timeout(option.hard_ttl(), self.net.request(self.target, &req, body))
-                .await
-                .map_err(|_| unreachable("timed out".into()))?
-                .map_err(unreachable)?;
+        let bytes = self
+            .net
+            .request(self.target, &req, body, option.hard_ttl())
+            .await
+            .map_err(unreachable)?;
         let answer: Result<Resp, RaftError<u64, E>> =
             postcard::from_bytes(&bytes).map_err(|e| unreachable(e.to_string()))?;
         answer.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
@@ -721,13 +722,24 @@ impl RaftNetwork<ChainRaft> for NetClient {
 }
 
 /// Serves one inbound raft message (postcard bytes) and returns the postcard bytes of the
-/// result. `Err` means the bytes did not decode.
-pub async fn serve_rpc(raft: &Raft, kind: RaftKind, body: &[u8]) -> Result<Vec<u8>, String> {
+/// result. `Err` means the bytes did not decode. An `AppendEntries` this node accepted (from
+/// the leader it follows) is reported to `contact` with the leader's commit index.
+pub async fn serve_rpc(
+    raft: &Raft,
+    kind: RaftKind,
+    body: &[u8],
+    contact: impl FnOnce(Option<u64>),
+) -> Result<Vec<u8>, String> {
     let bad = |e: postcard::Error| format!("malformed raft message: {e}");
     Ok(match kind {
         RaftKind::AppendEntries => {
             let rpc: AppendEntriesRequest<ChainRaft> = postcard::from_bytes(body).map_err(bad)?;
-            encode(&raft.append_entries(rpc).await)
+            let commit = rpc.leader_commit.map(|l| l.index);
+            let answer = raft.append_entries(rpc).await;
+            if answer.as_ref().is_ok_and(|a| a.is_success()) {
+                contact(commit);
+            }
+            encode(&answer)
         }
         RaftKind::Vote => {
             let rpc: VoteRequest<u64> = postcard::from_bytes(body).map_err(bad)?;

@@ -6,18 +6,21 @@
 //! into [`BUCKETS`] buckets by the first 12 bits of the key; the map's root is
 //! `merkle::root` over [`GROUPS`] group roots, each `merkle::root` over its 64 bucket roots,
 //! each `merkle::root` over the leaf hashes of the bucket's entries in key order. Changing an
-//! entry marks its bucket dirty; [`RootedMap::root`] rehashes only dirty buckets and their
-//! groups. The result depends only on the map's contents, never on the order of changes, so
+//! entry forgets its bucket's and group's roots; [`RootedMap::root`] rehashes only those.
+//! The result depends only on the map's contents, never on the order of changes, so
 //! validators that applied the same transactions agree on it byte for byte.
 //!
-//! Reading goes through `Deref` to the `BTreeMap`; writing only through this type's methods,
-//! which is what keeps the cache honest.
+//! Buckets are shared between copies (copy on write): a copy of the map costs a reference
+//! count per bucket, and a change copies the one bucket it touches. So a block applied to a
+//! copy of the state costs what it changed, not the size of the state, twice over.
+//!
+//! Reading and writing go through this type's methods only, which keeps the roots honest.
 //!
 //! Not for: proofs about single entries (none are served yet).
 
 use std::collections::BTreeMap;
-use std::ops::Deref;
-use std::sync::Mutex;
+use std::ops::{Bound, RangeBounds};
+use std::sync::{Arc, OnceLock};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -63,6 +66,7 @@ fn bucket_of(key: &[u8; 32]) -> usize {
 }
 
 /// The smallest key of `bucket`.
+#[cfg(test)]
 fn bucket_start(bucket: usize) -> [u8; 32] {
     let mut b = [0u8; 32];
     b[0] = (bucket >> 4) as u8;
@@ -70,149 +74,205 @@ fn bucket_start(bucket: usize) -> [u8; 32] {
     b
 }
 
+/// One bucket: its entries and, once computed, their root. Shared between the states that
+/// have not changed it since (copy on write).
 #[derive(Clone)]
-struct Cache {
-    buckets: Vec<Hash>,
-    groups: Vec<Hash>,
-    dirty: Vec<bool>,
-    /// Nothing computed yet: every bucket is dirty.
-    cold: bool,
+struct Bucket<K, V> {
+    map: BTreeMap<K, V>,
+    root: OnceLock<Hash>,
 }
 
-impl Default for Cache {
+impl<K, V> Default for Bucket<K, V> {
     fn default() -> Self {
         Self {
-            buckets: vec![[0; 32]; BUCKETS],
-            groups: vec![[0; 32]; GROUPS],
-            dirty: vec![false; BUCKETS],
-            cold: true,
-        }
-    }
-}
-
-pub struct RootedMap<K, V> {
-    map: BTreeMap<K, V>,
-    cache: Mutex<Cache>,
-}
-
-impl<K: RootedKey, V> RootedMap<K, V> {
-    pub fn new() -> Self {
-        Self {
             map: BTreeMap::new(),
-            cache: Mutex::new(Cache::default()),
+            root: OnceLock::new(),
+        }
+    }
+}
+
+/// An ordered map of 32-byte keys with an incrementally maintained Merkle root. Cloning it
+/// costs [`BUCKETS`] reference counts, not a copy of its entries: a block applied to a copy
+/// of a large state copies only the buckets it changes.
+pub struct RootedMap<K, V> {
+    buckets: Vec<Arc<Bucket<K, V>>>,
+    /// Group roots, forgotten when one of the group's buckets changes.
+    groups: Vec<OnceLock<Hash>>,
+    len: usize,
+}
+
+impl<K: RootedKey, V: Clone> RootedMap<K, V> {
+    pub fn new() -> Self {
+        let empty = Arc::new(Bucket::default());
+        Self {
+            buckets: vec![empty; BUCKETS],
+            groups: vec![OnceLock::new(); GROUPS],
+            len: 0,
         }
     }
 
-    fn touch(&mut self, key: &K) {
-        let cache = self.cache.get_mut().expect("root cache lock");
-        cache.dirty[bucket_of(key.bytes())] = true;
+    /// The bucket of `key`, to change: copied first if another map shares it, its root and
+    /// its group's root forgotten.
+    fn bucket_mut(&mut self, key: &K) -> &mut BTreeMap<K, V> {
+        let b = bucket_of(key.bytes());
+        self.groups[b / GROUP] = OnceLock::new();
+        let bucket = Arc::make_mut(&mut self.buckets[b]);
+        bucket.root = OnceLock::new();
+        &mut bucket.map
     }
 
     pub fn insert(&mut self, key: K, value: V) -> Option<V> {
-        self.touch(&key);
-        self.map.insert(key, value)
+        let old = self.bucket_mut(&key).insert(key, value);
+        if old.is_none() {
+            self.len += 1;
+        }
+        old
     }
 
     pub fn remove(&mut self, key: &K) -> Option<V> {
-        self.touch(key);
-        self.map.remove(key)
+        if !self.contains_key(key) {
+            return None;
+        }
+        self.len -= 1;
+        self.bucket_mut(key).remove(key)
     }
 
     pub fn get_mut(&mut self, key: &K) -> Option<&mut V> {
-        self.touch(key);
-        self.map.get_mut(key)
+        if !self.contains_key(key) {
+            return None;
+        }
+        self.bucket_mut(key).get_mut(key)
+    }
+}
+
+impl<K: RootedKey, V> RootedMap<K, V> {
+    pub fn get(&self, key: &K) -> Option<&V> {
+        self.buckets[bucket_of(key.bytes())].map.get(key)
+    }
+
+    pub fn contains_key(&self, key: &K) -> bool {
+        self.get(key).is_some()
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Every entry in key order.
+    pub fn iter(&self) -> impl Iterator<Item = (&K, &V)> {
+        self.buckets.iter().flat_map(|b| b.map.iter())
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &K> {
+        self.iter().map(|(k, _)| k)
+    }
+
+    pub fn values(&self) -> impl Iterator<Item = &V> {
+        self.iter().map(|(_, v)| v)
+    }
+
+    /// The entries within `range`, in key order.
+    pub fn range<R: RangeBounds<K> + Clone>(&self, range: R) -> impl Iterator<Item = (&K, &V)> {
+        let first = match range.start_bound() {
+            Bound::Included(k) | Bound::Excluded(k) => bucket_of(k.bytes()),
+            Bound::Unbounded => 0,
+        };
+        self.buckets[first..]
+            .iter()
+            .flat_map(move |b| b.map.range(range.clone()))
     }
 
     /// The map's root, with `leaf` giving each entry's leaf hash (always the same function
     /// for one map).
     pub fn root(&self, leaf: impl Fn(&K, &V) -> Hash) -> Hash {
-        let mut cache = self.cache.lock().expect("root cache lock");
-        let cache = &mut *cache;
-        let mut dirty_groups = vec![cache.cold; GROUPS];
-        for bucket in 0..BUCKETS {
-            if !(cache.cold || cache.dirty[bucket]) {
-                continue;
-            }
-            let start = K::from_bytes(bucket_start(bucket));
-            let leaves: Vec<Hash> = if bucket + 1 < BUCKETS {
-                let end = K::from_bytes(bucket_start(bucket + 1));
-                self.map
-                    .range(start..end)
-                    .map(|(k, v)| leaf(k, v))
-                    .collect()
-            } else {
-                self.map.range(start..).map(|(k, v)| leaf(k, v)).collect()
-            };
-            cache.buckets[bucket] = if leaves.is_empty() {
-                *EMPTY
-            } else {
-                merkle::root(&leaves)
-            };
-            cache.dirty[bucket] = false;
-            dirty_groups[bucket / GROUP] = true;
-        }
-        for (g, dirty) in dirty_groups.into_iter().enumerate() {
-            if dirty {
-                cache.groups[g] = merkle::root(&cache.buckets[g * GROUP..(g + 1) * GROUP]);
-            }
-        }
-        cache.cold = false;
-        merkle::root(&cache.groups)
+        let groups: Vec<Hash> = (0..GROUPS)
+            .map(|g| {
+                *self.groups[g].get_or_init(|| {
+                    let roots: Vec<Hash> = self.buckets[g * GROUP..(g + 1) * GROUP]
+                        .iter()
+                        .map(|b| {
+                            *b.root.get_or_init(|| {
+                                if b.map.is_empty() {
+                                    return *EMPTY;
+                                }
+                                let leaves: Vec<Hash> =
+                                    b.map.iter().map(|(k, v)| leaf(k, v)).collect();
+                                merkle::root(&leaves)
+                            })
+                        })
+                        .collect();
+                    merkle::root(&roots)
+                })
+            })
+            .collect();
+        merkle::root(&groups)
     }
 }
 
-impl<K: RootedKey, V> Default for RootedMap<K, V> {
+impl<K: RootedKey, V: Clone> Default for RootedMap<K, V> {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl<K: RootedKey, V> FromIterator<(K, V)> for RootedMap<K, V> {
+impl<K: RootedKey, V: Clone> FromIterator<(K, V)> for RootedMap<K, V> {
     fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
-        Self {
-            map: iter.into_iter().collect(),
-            cache: Mutex::new(Cache::default()),
+        let mut map = Self::new();
+        for (k, v) in iter {
+            map.insert(k, v);
         }
+        map
     }
 }
 
-impl<K, V> Deref for RootedMap<K, V> {
-    type Target = BTreeMap<K, V>;
-    fn deref(&self) -> &Self::Target {
-        &self.map
+impl<K: RootedKey, V> std::ops::Index<&K> for RootedMap<K, V> {
+    type Output = V;
+    fn index(&self, key: &K) -> &V {
+        self.get(key).expect("no entry for the key")
     }
 }
 
-impl<K: Clone, V: Clone> Clone for RootedMap<K, V> {
+impl<K, V> Clone for RootedMap<K, V> {
     fn clone(&self) -> Self {
         Self {
-            map: self.map.clone(),
-            cache: Mutex::new(self.cache.lock().expect("root cache lock").clone()),
+            buckets: self.buckets.clone(),
+            groups: self.groups.clone(),
+            len: self.len,
         }
     }
 }
 
-impl<K: PartialEq, V: PartialEq> PartialEq for RootedMap<K, V> {
+impl<K: RootedKey, V: PartialEq> PartialEq for RootedMap<K, V> {
     fn eq(&self, other: &Self) -> bool {
-        self.map == other.map
+        self.len == other.len && self.iter().eq(other.iter())
     }
 }
 
-impl<K: Eq, V: Eq> Eq for RootedMap<K, V> {}
+impl<K: RootedKey, V: Eq> Eq for RootedMap<K, V> {}
 
-impl<K: std::fmt::Debug, V: std::fmt::Debug> std::fmt::Debug for RootedMap<K, V> {
+impl<K: RootedKey + std::fmt::Debug, V: std::fmt::Debug> std::fmt::Debug for RootedMap<K, V> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.map.fmt(f)
+        f.debug_map().entries(self.iter()).finish()
     }
 }
 
-impl<K: Serialize, V: Serialize> Serialize for RootedMap<K, V> {
+/// Encoded as the plain ordered map it holds.
+impl<K: RootedKey + Serialize, V: Serialize> Serialize for RootedMap<K, V> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        self.map.serialize(s)
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(Some(self.len))?;
+        for (k, v) in self.iter() {
+            m.serialize_entry(k, v)?;
+        }
+        m.end()
     }
 }
 
-impl<'de, K: RootedKey + Deserialize<'de>, V: Deserialize<'de>> Deserialize<'de>
+impl<'de, K: RootedKey + Deserialize<'de>, V: Clone + Deserialize<'de>> Deserialize<'de>
     for RootedMap<K, V>
 {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -279,6 +339,31 @@ mod tests {
             }
             prop_assert_eq!(map.root(leaf), fresh(&map));
         }
+    }
+
+    #[test]
+    fn a_copy_shares_buckets_until_either_side_changes() {
+        let mut map: RootedMap<DocumentId, u32> =
+            (0..200u8).map(|i| (DocumentId::of(&[i]), 1)).collect();
+        let r0 = map.root(leaf);
+        let mut copy = map.clone();
+        *copy.get_mut(&DocumentId::of(&[7])).unwrap() = 2;
+        copy.insert(DocumentId::of(b"new"), 3);
+        copy.remove(&DocumentId::of(&[9]));
+        assert_eq!(map.root(leaf), r0);
+        assert_eq!(map.root(leaf), fresh(&map));
+        assert_eq!(copy.root(leaf), fresh(&copy));
+        assert_eq!((map.len(), copy.len()), (200, 200));
+        assert_eq!(map[&DocumentId::of(&[7])], 1);
+        map.insert(DocumentId::of(&[9]), 5);
+        assert_eq!(copy.get(&DocumentId::of(&[9])), None);
+        let from = DocumentId::of(&[3]);
+        let after: Vec<_> = copy
+            .range((std::ops::Bound::Excluded(from), std::ops::Bound::Unbounded))
+            .map(|(k, _)| *k)
+            .collect();
+        let expected: Vec<_> = copy.keys().filter(|k| **k > from).copied().collect();
+        assert_eq!(after, expected);
     }
 
     #[test]

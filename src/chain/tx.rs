@@ -142,7 +142,27 @@ impl Signature {
 pub struct SignedTx {
     pub tx: Tx,
     pub signature: Signature,
+    /// What a successful verification of this value covered, so a node checks each
+    /// transaction's signature once (on arrival, then not again when it proposes or applies
+    /// it). Never encoded: a transaction that came over the wire or from disk is unchecked.
+    #[serde(skip)]
+    checked: Checked,
 }
+
+/// The digest of (sender, signature, signed bytes) a verification succeeded for. A copy of
+/// the transaction keeps it; one whose sender, body or signature was changed afterwards no
+/// longer matches it and is verified again.
+#[derive(Debug, Clone, Default)]
+struct Checked(std::sync::OnceLock<[u8; 32]>);
+
+/// Whether a value was checked is not part of what it is.
+impl PartialEq for Checked {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for Checked {}
 
 /// Why a transaction was refused. Every refusal leaves the ledger unchanged.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -238,6 +258,7 @@ impl Tx {
         SignedTx {
             tx: self,
             signature,
+            checked: Checked::default(),
         }
     }
 }
@@ -252,12 +273,27 @@ impl SignedTx {
         *blake3::hash(&self.encode()).as_bytes()
     }
 
-    /// Checks the signature against the sender.
+    /// Checks the signature against the sender (strict Ed25519). Once it verified, the same
+    /// value (and its clones) is not verified again unless it was changed since: a digest
+    /// of what was checked costs a hash, a verification about fifty times as much.
     pub fn verify_signature(&self) -> Result<(), TxError> {
+        let bytes = self.tx.signing_bytes();
+        let digest = {
+            let mut h = blake3::Hasher::new();
+            h.update(self.tx.sender.as_bytes());
+            h.update(&self.signature.to_bytes());
+            h.update(&bytes);
+            *h.finalize().as_bytes()
+        };
+        if self.checked.0.get() == Some(&digest) {
+            return Ok(());
+        }
         self.tx
             .sender
-            .verify(&self.tx.signing_bytes(), &self.signature.to_bytes())
-            .map_err(|_| TxError::BadSignature(self.tx.sender))
+            .verify(&bytes, &self.signature.to_bytes())
+            .map_err(|_| TxError::BadSignature(self.tx.sender))?;
+        let _ = self.checked.0.set(digest);
+        Ok(())
     }
 
     /// Decodes untrusted bytes: size, canonical form and signature are checked here.
@@ -323,6 +359,27 @@ mod tests {
             SignedTx::decode(&tx.encode()),
             Err(TxError::BadSignature(dept.public()))
         );
+    }
+
+    #[test]
+    fn a_checked_transaction_changed_afterwards_is_checked_again() {
+        let dept = Identity::generate(Role::Department);
+        let thief = Identity::generate(Role::Department);
+        let tx = register(&dept, 1);
+        tx.verify_signature().unwrap();
+        let mut replayed = tx.clone();
+        replayed.verify_signature().unwrap();
+        replayed.tx.nonce = 2;
+        assert_eq!(
+            replayed.verify_signature(),
+            Err(TxError::BadSignature(dept.public()))
+        );
+        let mut stolen = tx.clone();
+        stolen.tx.sender = thief.public();
+        assert!(stolen.verify_signature().is_err());
+        let mut forged = tx;
+        forged.signature = Signature::from_bytes(thief.sign(&forged.tx.signing_bytes()));
+        assert!(forged.verify_signature().is_err());
     }
 
     #[test]
