@@ -449,6 +449,16 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
         .expect("store calls do not panic")
 }
 
+/// The current ledger from [`query_ledger`], or the handler answers its refusal and returns.
+macro_rules! current_ledger {
+    ($state:expr, $send:expr) => {
+        match query_ledger($state) {
+            Ok(ledger) => ledger,
+            Err(resp) => return answer($send, &resp, None).await,
+        }
+    };
+}
+
 async fn handle(
     send: &mut SendStream,
     recv: &mut RecvStream,
@@ -697,10 +707,7 @@ async fn handle(
             proto_answer(send, &resp, Some(Bytes::from(answer))).await
         }
         Request::GetDocument { id } => {
-            let ledger = match query_ledger(state) {
-                Ok(ledger) => ledger,
-                Err(resp) => return answer(send, &resp, None).await,
-            };
+            let ledger = current_ledger!(state, send);
             let found = blocking(move || ledger.document(&id)).await;
             let found = match found {
                 Ok(Some((record, proof))) => match redact(state, &who, &id, record).await {
@@ -712,26 +719,17 @@ async fn handle(
             chain_answer(send, found).await
         }
         Request::GetBlock { height } => {
-            let ledger = match query_ledger(state) {
-                Ok(ledger) => ledger,
-                Err(resp) => return answer(send, &resp, None).await,
-            };
+            let ledger = current_ledger!(state, send);
             let found = blocking(move || ledger.block(height)).await;
             chain_answer(send, found).await
         }
         Request::GetTx { id } => {
-            let ledger = match query_ledger(state) {
-                Ok(ledger) => ledger,
-                Err(resp) => return answer(send, &resp, None).await,
-            };
+            let ledger = current_ledger!(state, send);
             let found = blocking(move || ledger.transaction(&id)).await;
             chain_answer(send, found).await
         }
         Request::GetRecord { id } => {
-            let ledger = match query_ledger(state) {
-                Ok(ledger) => ledger,
-                Err(resp) => return answer(send, &resp, None).await,
-            };
+            let ledger = current_ledger!(state, send);
             let found = match ledger.record(&id) {
                 Some(record) => match redact(state, &who, &id, record).await {
                     Ok(record) => Some(record),
@@ -742,17 +740,11 @@ async fn handle(
             chain_answer(send, Ok(found)).await
         }
         Request::GetAccount { id } => {
-            let ledger = match query_ledger(state) {
-                Ok(ledger) => ledger,
-                Err(resp) => return answer(send, &resp, None).await,
-            };
+            let ledger = current_ledger!(state, send);
             chain_answer(send, Ok(ledger.account(&id))).await
         }
         Request::ChainStatus => {
-            let ledger = match query_ledger(state) {
-                Ok(ledger) => ledger,
-                Err(resp) => return answer(send, &resp, None).await,
-            };
+            let ledger = current_ledger!(state, send);
             chain_answer(send, Ok(Some(ledger.status()))).await
         }
         Request::DeleteManifest { id } => {
@@ -778,10 +770,7 @@ async fn handle(
             answer(send, &resp, None).await
         }
         Request::GetLayout => {
-            let ledger = match query_ledger(state) {
-                Ok(ledger) => ledger,
-                Err(resp) => return answer(send, &resp, None).await,
-            };
+            let ledger = current_ledger!(state, send);
             chain_answer(send, Ok(Some(ledger.state().layouts()))).await
         }
         Request::GetAudit { document, after } => {
@@ -795,10 +784,7 @@ async fn handle(
             }
         }
         Request::ListDocuments { after, limit } => {
-            let ledger = match query_ledger(state) {
-                Ok(ledger) => ledger,
-                Err(resp) => return answer(send, &resp, None).await,
-            };
+            let ledger = current_ledger!(state, send);
             let limit = limit.min(MAX_LIST) as usize;
             let ids = blocking(move || {
                 let state = ledger.state();
