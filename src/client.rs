@@ -441,68 +441,59 @@ impl Client {
             shards_missing.extend(up.missing);
             progress(done, total.max(done));
         };
-        let mut failure = None;
-        loop {
-            // Keep at most `in_flight` stripes uploading; take the next when one finishes.
-            if uploads.len() >= in_flight {
-                match join(uploads.join_next().await) {
-                    Ok(up) => finish(up),
-                    Err(e) => {
-                        failure = Some(e);
-                        break;
+        let (id, manifest, key) = 'stored: {
+            let mut failure = None;
+            loop {
+                // Keep at most `in_flight` stripes uploading; take the next when one finishes.
+                if uploads.len() >= in_flight {
+                    match join(uploads.join_next().await) {
+                        Ok(up) => finish(up),
+                        Err(e) => {
+                            failure = Some(e);
+                            break;
+                        }
                     }
+                    continue;
                 }
-                continue;
+                let Some(stripe) = stripes.recv().await else {
+                    break;
+                };
+                if stripe.index == 0 && stripe.last {
+                    // A one-stripe document (a certificate): its manifest is ready with it.
+                    let (manifest, key) = encoder
+                        .await
+                        .map_err(|e| ClientError::Task(e.to_string()))??;
+                    let (id, up) = self.store_one_stripe(stripe, &manifest, quorum).await?;
+                    finish(up);
+                    break 'stored (id, manifest, key);
+                }
+                let client = self.clone();
+                uploads.spawn(async move { client.upload_stripe(stripe, quorum).await });
             }
-            let Some(stripe) = stripes.recv().await else {
-                break;
+            if let Some(e) = failure {
+                uploads.abort_all();
+                drop(stripes);
+                let _ = encoder.await;
+                return Err(e);
+            }
+            // Every stripe has left the encoder, so the manifest is ready: it is written while
+            // the last stripes finish (for a one-stripe certificate, that saves a round trip).
+            let (manifest, key) = encoder
+                .await
+                .map_err(|e| ClientError::Task(e.to_string()))??;
+            let drain = async {
+                while let Some(res) = uploads.join_next().await {
+                    finish(join(Some(res))?);
+                }
+                Ok::<(), ClientError>(())
             };
-            if stripe.index == 0 && stripe.last {
-                // A one-stripe document (a certificate): its manifest is ready with it.
-                let (manifest, key) = encoder
-                    .await
-                    .map_err(|e| ClientError::Task(e.to_string()))??;
-                let (id, up) = self.store_one_stripe(stripe, &manifest, quorum).await?;
-                finish(up);
-                return Ok(PutReceipt {
-                    id,
-                    manifest,
-                    key,
-                    shards_stored,
-                    shards_missing,
-                    registered: None,
-                    timings: PutTimings {
-                        stored: started.elapsed(),
-                        registered: Duration::ZERO,
-                    },
-                });
+            let (drained, stored) = tokio::join!(drain, self.store_manifest(&manifest, quorum));
+            if let Err(e) = drained {
+                uploads.abort_all();
+                return Err(e);
             }
-            let client = self.clone();
-            uploads.spawn(async move { client.upload_stripe(stripe, quorum).await });
-        }
-        if let Some(e) = failure {
-            uploads.abort_all();
-            drop(stripes);
-            let _ = encoder.await;
-            return Err(e);
-        }
-        // Every stripe has left the encoder, so the manifest is ready: it is written while
-        // the last stripes finish (for a one-stripe certificate, that saves a round trip).
-        let (manifest, key) = encoder
-            .await
-            .map_err(|e| ClientError::Task(e.to_string()))??;
-        let drain = async {
-            while let Some(res) = uploads.join_next().await {
-                finish(join(Some(res))?);
-            }
-            Ok::<(), ClientError>(())
+            (stored?, manifest, key)
         };
-        let (drained, stored) = tokio::join!(drain, self.store_manifest(&manifest, quorum));
-        if let Err(e) = drained {
-            uploads.abort_all();
-            return Err(e);
-        }
-        let id = stored?;
         Ok(PutReceipt {
             id,
             manifest,
