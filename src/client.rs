@@ -606,10 +606,15 @@ impl Client {
             len: bytes.len() as u64,
         };
         // To the host that answered last; a follower names the leader, which is asked
-        // directly from then on (a few hops at most while leadership moves).
+        // directly from then on (a few hops at most while leadership moves). Right after a
+        // leader dies its followers still name it for up to `LEADER_FRESH`: redirects that
+        // go round the hosts pause, longer each time, until an election has had its time.
+        let deadline = Instant::now() + CHAIN_SUBMIT_TIMEOUT;
+        let mut pause = Duration::from_millis(50);
+        let mut hops = 0;
         let mut leader: Option<NodeInfo> = None;
         let mut ambiguous = false;
-        for _ in 0..2 * chain.hosts.len().max(2) {
+        loop {
             let answer = match &leader {
                 Some(node) => self
                     .call_within(node, &req, Some(&bytes), CHAIN_SUBMIT_TIMEOUT)
@@ -627,6 +632,19 @@ impl Client {
                         self.inner
                             .chain_host
                             .store(i, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    hops += 1;
+                    if hops > chain.hosts.len() {
+                        if Instant::now() + pause > deadline {
+                            return Err(ClientError::Chain(format!(
+                                "no leader took the transaction within {CHAIN_SUBMIT_TIMEOUT:?}: \
+                                 the validators kept naming other leaders (last {})",
+                                node.key.short()
+                            )));
+                        }
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(Duration::from_millis(500));
+                        hops = 0;
                     }
                     leader = Some(node);
                 }
@@ -646,9 +664,6 @@ impl Client {
                 Err(e) => return Err(e),
             }
         }
-        Err(ClientError::Chain(
-            "the validators kept naming other leaders".into(),
-        ))
     }
 
     /// The last nonce the chain has applied for this client.

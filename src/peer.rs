@@ -128,6 +128,7 @@ pub struct PeerHandle {
     access: Arc<ChainView>,
     audit: Arc<AuditLog>,
     auditor: JoinHandle<()>,
+    ledger: Option<Arc<Ledger>>,
 }
 
 impl PeerHandle {
@@ -158,12 +159,20 @@ impl PeerHandle {
         &self.audit
     }
 
-    /// Stops accepting, closes every connection, writes the buffered read records, waits
-    /// for the socket to be released.
+    /// Stops accepting, closes every connection, stops the validator this peer hosts (if
+    /// any), writes the buffered read records, waits for the socket to be released.
+    ///
+    /// The hosted validator is only reachable through this peer, so it stops with it: a
+    /// leader whose raft outlived its peer would keep heartbeating, and its followers would
+    /// keep sending clients to an address that refuses them instead of electing a new one.
+    /// [`Ledger::shutdown`] may be called again afterwards.
     pub async fn shutdown(self) {
         self.endpoint.close(0u32.into(), b"peer shutting down");
         self.accept.abort();
         let _ = self.accept.await;
+        if let Some(ledger) = &self.ledger {
+            ledger.shutdown().await;
+        }
         self.auditor.abort();
         let _ = self.auditor.await;
         let audit = self.audit.clone();
@@ -210,7 +219,7 @@ pub async fn start(
         store: store.clone(),
         committer: spawn_committer(store.clone(), limits.commit_batch, stats.clone()),
         slots: Semaphore::new(limits.max_concurrent_requests),
-        ledger,
+        ledger: ledger.clone(),
         access: access.clone(),
         audit: audit.clone(),
         limits: limits.clone(),
@@ -235,6 +244,7 @@ pub async fn start(
         access,
         audit,
         auditor,
+        ledger,
     })
 }
 
