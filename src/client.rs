@@ -385,8 +385,7 @@ impl Client {
                 );
             }
         }
-        self.inner.endpoint.close(0u32.into(), b"client closing");
-        self.inner.endpoint.wait_idle().await;
+        crate::tls::close(&self.inner.endpoint, b"client closing").await;
     }
 
     /// Stores a document read from `reader` (`size` bytes if known, for progress) and, with

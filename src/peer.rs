@@ -160,7 +160,8 @@ impl PeerHandle {
     }
 
     /// Stops accepting, closes every connection, stops the validator this peer hosts (if
-    /// any), writes the buffered read records, waits for the socket to be released.
+    /// any), writes the buffered read records, and releases the port ([`crate::tls::close`]:
+    /// connections still draining after half a second drain on a throwaway socket).
     ///
     /// The hosted validator is only reachable through this peer, so it stops with it: a
     /// leader whose raft outlived its peer would keep heartbeating, and its followers would
@@ -179,7 +180,7 @@ impl PeerHandle {
         if let Err(e) = blocking(move || audit.flush()).await {
             warn!(error = %e, "writing the last read records failed");
         }
-        self.endpoint.wait_idle().await;
+        crate::tls::close(&self.endpoint, b"peer shutting down").await;
         self.access.close().await;
         info!(peer = %self.id.short(), "peer stopped");
     }
