@@ -130,6 +130,8 @@ pub struct Ledger {
     submit: Mutex<Option<mpsc::UnboundedSender<Job>>>,
     committer: Mutex<Option<tokio::task::JoinHandle<()>>>,
     members: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Held through [`Ledger::shutdown`]; true once it has run.
+    stopped: tokio::sync::Mutex<bool>,
 }
 
 impl Ledger {
@@ -287,12 +289,18 @@ impl Ledger {
             submit: Mutex::new(Some(submit)),
             committer: Mutex::new(Some(committer)),
             members: Mutex::new(Some(members)),
+            stopped: tokio::sync::Mutex::new(false),
         })
     }
 
     /// Stops committing and consensus, and closes the validator's connections; the chain
-    /// and log files are closed once the ledger is dropped.
+    /// and log files are closed once the ledger is dropped. Calling it again (the hosting
+    /// peer stops it, then its owner) waits for the first call and does nothing more.
     pub async fn shutdown(&self) {
+        let mut stopped = self.stopped.lock().await;
+        if std::mem::replace(&mut *stopped, true) {
+            return;
+        }
         self.submit.lock().expect("submit lock").take();
         let committer = self.committer.lock().expect("committer lock").take();
         let members = self.members.lock().expect("members lock").take();
