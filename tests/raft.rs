@@ -888,3 +888,96 @@ async fn a_client_redials_a_validator_host_whose_process_was_replaced() {
     relay.task.abort();
     stop(v).await;
 }
+
+/// A validator host's peer whose own ledger is behind the chain authorises by asking the
+/// other validators (issue 4). Here the fourth host is configured everywhere but not (yet) a
+/// validator on chain, so its ledger stays at genesis and is never current: a document
+/// registered and granted since is served to its grantee (as the owner's store of it was
+/// allowed), a reader without a grant is still refused, and with the other validators gone
+/// it serves nothing and answers `Unavailable`, not `Refused`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_validator_host_behind_the_chain_authorises_reads_by_the_others() {
+    use bytes::Bytes;
+    use dangan::crypto::DataKey;
+    use dangan::grant::GrantAddress;
+    use dangan::proto::{ErrorCode, ProtoError};
+
+    logs();
+    let tmp = tempfile::tempdir().unwrap();
+    let net = Net::with(tmp.path(), 1, 4, 3, RaftTuning::default());
+    let mut vs = net.start_converged(3).await;
+    let behind = net.start(3).await;
+    behind
+        .peer
+        .access()
+        .link(&net.nodes[3], net.link(), "127.0.0.1:0".parse().unwrap())
+        .unwrap();
+    let reader = Identity::generate(Role::Citizen);
+    let stranger = Identity::generate(Role::Citizen);
+    net.membership.add(reader.public());
+    net.membership.add(stranger.public());
+
+    let owner = &net.departments[0];
+    let client = net.client(owner);
+    let manifest = Bytes::from_static(b"the manifest of a document registered after genesis");
+    let id = DocumentId::of(&manifest);
+    let chain = net.link();
+    client
+        .submit(&chain, TxBody::RegisterDocument { document: id })
+        .await
+        .unwrap();
+    client
+        .grant(id, &DataKey::generate(), &GrantAddress::of(&reader), None)
+        .await
+        .unwrap();
+    assert!(!behind.ledger.is_current(), "the fourth host's ledger lags");
+    assert!(
+        behind.ledger.record(&id).is_none(),
+        "its own ledger does not know the document"
+    );
+
+    let host = net.hosts()[3].clone();
+    let start = Instant::now();
+    client.manifest_put(&host, &id, &manifest).await.unwrap();
+    let as_reader = net.client(&reader);
+    assert_eq!(
+        as_reader.manifest_get(&host, &id).await.unwrap(),
+        Some(manifest.clone()),
+        "the grantee is served"
+    );
+    println!(
+        "stored and read through the other validators in {:?}",
+        start.elapsed()
+    );
+    let as_stranger = net.client(&stranger);
+    let code = |e: dangan::client::ClientError| match e {
+        dangan::client::ClientError::Peer {
+            source: ProtoError::Remote { code, .. },
+            ..
+        } => code,
+        other => panic!("not a peer's answer: {other}"),
+    };
+    let refused = as_stranger.manifest_get(&host, &id).await.unwrap_err();
+    assert_eq!(code(refused), ErrorCode::Refused, "no grant, no manifest");
+
+    // With the other validators gone, it cannot check: nothing is served, and the answer
+    // says to ask again, not that the reader may not read.
+    futures::future::join_all(vs.iter_mut().filter_map(Option::take).map(stop)).await;
+    tokio::time::sleep(dangan::access::ACCESS_TTL + Duration::from_millis(200)).await;
+    let started = Instant::now();
+    let err = as_reader.manifest_get(&host, &id).await.unwrap_err();
+    assert!(
+        err.to_string().contains("behind") || err.to_string().contains("within"),
+        "a clear reason: {err}"
+    );
+    assert_eq!(code(err), ErrorCode::Unavailable);
+    assert!(
+        started.elapsed() < dangan::peer::AUTHORISE_TIMEOUT + Duration::from_secs(1),
+        "answered within the authorisation time limit: {:?}",
+        started.elapsed()
+    );
+    for c in [client, as_reader, as_stranger] {
+        c.close().await;
+    }
+    stop(behind).await;
+}
