@@ -751,8 +751,9 @@ fn seeded_fault_rounds_keep_every_document_and_the_chain_consistent() {
     run_rounds(rounds_from_env(2), "short form", Some(SHORT_FORM_SEED));
 }
 
-/// Issue 4, fixed: in round 1 of this seed a validator host's peer is killed and restarted,
-/// and every document put in that round still reads back. The restarted peer used to
+/// Issue 4, fixed: in round 1 of this seed a validator host's peer (node 1) is killed and
+/// restarted (to corrupt a value in its redb), and every document put in that round still
+/// reads back (it failed before the fix, in about 7 s; it passes in about 5 s). The restarted peer used to
 /// authorise from its own ledger while that was still behind the chain ("not registered"),
 /// and other peers' authorisation queries to the validators, stalled by the election,
 /// outlasted the reader's 5 s limit. Now a peer whose ledger is not current asks the other
