@@ -554,7 +554,7 @@ async fn run_async(command: Command) -> Result<()> {
                 }
             };
             // Any key may connect (citizens are known only by key); each request is
-            // authorised by the chain: the ledger here, or else the cluster's validators.
+            // authorised by the chain: the ledger here while it is current, else the validators.
             let handle = dangan::peer::start(
                 &identity,
                 Arc::new(AllowAny),
@@ -564,17 +564,19 @@ async fn run_async(command: Command) -> Result<()> {
                 ledger.clone(),
             )
             .await?;
-            if ledger.is_none() {
-                match cluster.chain.clone() {
-                    Some(chain) => handle
-                        .access()
-                        .link(&identity, chain, SocketAddr::new(cfg.listen.ip(), 0))
-                        .context("linking the peer to the chain's validators")?,
-                    None => eprintln!(
-                        "warning: {} has no [chain]: this peer refuses every read and write",
-                        cfg.cluster.display()
-                    ),
-                }
+            // A peer hosting a validator is linked to the other validators too (`link`
+            // leaves this host out): its own ledger answers only while it is current, and
+            // after a restart, until it has caught up, the others are asked.
+            match cluster.chain.clone() {
+                Some(chain) => handle
+                    .access()
+                    .link(&identity, chain, SocketAddr::new(cfg.listen.ip(), 0))
+                    .context("linking the peer to the chain's validators")?,
+                None if ledger.is_none() => eprintln!(
+                    "warning: {} has no [chain]: this peer refuses every read and write",
+                    cfg.cluster.display()
+                ),
+                None => {}
             }
             let ledger_handle = ledger;
             println!("peer {} serving on {}", handle.id(), handle.addr());

@@ -11,14 +11,18 @@
 //!   department may also delete the manifest, and the shards opened on the connection, of its
 //!   own document once a newer version superseded it (`version::collect` after a rekey).
 //!
-//! [`ChainView`] is the peer's view of the chain: the ledger itself on a validator's peer,
-//! otherwise the chain's validator hosts asked over QUIC (their keys checked). An answer
-//! that allows is cached for at most [`ACCESS_TTL`] (1 s), so a revocation, an expiry or a
-//! role withdrawn takes effect on every peer within that bound, open connections included
-//! (each `GetShard` re-checks the grant). An answer that refuses is always checked again
-//! against the chain before the refusal is sent, so a grant counts as soon as it is
-//! committed (the price: each refused request costs the peer one chain query). If the
-//! chain cannot be asked, everything is refused (fail closed).
+//! [`ChainView`] is the peer's view of the chain: on a validator's peer its own ledger while
+//! that is current (`Ledger::is_current`), and otherwise, as on every other peer, the
+//! chain's validator hosts asked over QUIC (their keys checked; a validator's peer asks the
+//! other hosts, each within [`ACCESS_QUERY_TIMEOUT`]). A ledger that is behind the chain
+//! (restarted, cut off, catching up) is never asked: its "not registered" or "no grant"
+//! would be stale. An answer that allows is cached for at most [`ACCESS_TTL`] (1 s), so a
+//! revocation, an expiry or a role withdrawn takes effect on every peer within that bound,
+//! open connections included (each `GetShard` re-checks the grant). An answer that refuses
+//! is always checked again against the chain before the refusal is sent, so a grant counts
+//! as soon as it is committed (the price: each refused request costs the peer one chain
+//! query). If the chain cannot be asked, nothing is served (fail closed): the error is
+//! [`AccessError::is_retryable`], and the peer answers it `Unavailable`, not `Refused`.
 //!
 //! Not for: authenticating keys (`tls`), deciding what a transaction may change
 //! (`chain::state`), or unwrapping data keys (`grant`).
@@ -40,6 +44,10 @@ use crate::tls::Membership;
 
 /// Longest a peer acts on a chain answer (a document's grants, an account's role).
 pub const ACCESS_TTL: Duration = Duration::from_secs(1);
+
+/// Time limit of one authorisation query to one validator host: past it the next host is
+/// asked (a host killed mid-election must not hold a reader's request for long).
+pub const ACCESS_QUERY_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Most cached answers of each kind; the cache is emptied when it fills.
 const MAX_CACHED: usize = 16 << 10;
@@ -76,10 +84,32 @@ pub enum AccessError {
         document: DocumentId,
         reason: String,
     },
-    #[error("access cannot be checked, so it is refused: the chain is unreachable ({0})")]
+    #[error(
+        "access cannot be checked now, so nothing is served: the chain is unreachable ({0}); try again shortly"
+    )]
     ChainUnreachable(String),
+    #[error(
+        "access cannot be checked now, so nothing is served: this validator host's ledger is behind the chain and no other validator answered ({0}); try again shortly"
+    )]
+    Behind(String),
+    #[error(
+        "access could not be checked within {0:?} (the chain is unreachable or slow), so nothing is served; try again shortly"
+    )]
+    TimedOut(Duration),
     #[error("access cannot be checked, so it is refused: this peer is linked to no chain")]
     NoChain,
+}
+
+impl AccessError {
+    /// Whether the chain could not say (unreachable, behind, too slow), as opposed to a
+    /// definite refusal: asked again shortly, the same request may be allowed. A peer answers
+    /// these `Unavailable` (nothing served), a definite refusal `Refused`.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            Self::ChainUnreachable(_) | Self::Behind(_) | Self::TimedOut(_)
+        )
+    }
 }
 
 /// How much of the chain's document records a caller may see from a validator
@@ -120,10 +150,12 @@ impl ChainScope {
     }
 }
 
-/// Where a [`ChainView`] asks.
-enum Source {
-    Ledger(Arc<Ledger>),
-    Remote(Client),
+/// Where a [`ChainView`] asks for one answer.
+enum Source<'a> {
+    /// The peer's own ledger, current.
+    Ledger(&'a Ledger),
+    /// The validator hosts (on a validator's peer, the other ones).
+    Remote(&'a Client),
 }
 
 struct Cached<T> {
@@ -139,19 +171,18 @@ struct Cache {
 
 /// A peer's view of the chain, for authorising requests (see the module docs).
 pub struct ChainView {
-    source: RwLock<Option<Arc<Source>>>,
+    /// The validator this peer hosts, if any: asked while it is current.
+    ledger: Option<Arc<Ledger>>,
+    /// The validator hosts (other than this peer), once linked.
+    remote: RwLock<Option<Client>>,
     cache: Mutex<Cache>,
 }
 
 impl std::fmt::Debug for ChainView {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let linked = match self.source().as_deref() {
-            None => "none",
-            Some(Source::Ledger(_)) => "ledger",
-            Some(Source::Remote(_)) => "validators",
-        };
         f.debug_struct("ChainView")
-            .field("source", &linked)
+            .field("ledger", &self.ledger.is_some())
+            .field("validators", &self.remote().is_some())
             .finish_non_exhaustive()
     }
 }
@@ -160,28 +191,36 @@ impl ChainView {
     /// A view linked to nothing yet: it refuses everything until [`ChainView::link`].
     pub fn unlinked() -> Self {
         Self {
-            source: RwLock::new(None),
+            ledger: None,
+            remote: RwLock::new(None),
             cache: Mutex::new(Cache::default()),
         }
     }
 
-    /// The view of a validator's peer: its own ledger.
+    /// The view of a validator's peer: its own ledger while that is current; link it
+    /// ([`ChainView::link`]) to the other validator hosts for the times it is not.
     pub fn of_ledger(ledger: Arc<Ledger>) -> Self {
-        let view = Self::unlinked();
-        view.set(Source::Ledger(ledger));
-        view
+        Self {
+            ledger: Some(ledger),
+            ..Self::unlinked()
+        }
     }
 
     /// Links the view to the chain's validator hosts, asked as `identity` from an endpoint
-    /// bound to `bind` (port 0 for any). Only the hosts' own keys are accepted. Must be
-    /// called within a tokio runtime. A view with a ledger keeps it.
+    /// bound to `bind` (port 0 for any), each within [`ACCESS_QUERY_TIMEOUT`]. Only the
+    /// hosts' own keys are accepted. The host that is `identity` (this peer, when it hosts a
+    /// validator) is left out: its ledger is asked directly while it is current, and the
+    /// others when it is not. Must be called within a tokio runtime.
     pub fn link(
         &self,
         identity: &Identity,
-        chain: ChainLink,
+        mut chain: ChainLink,
         bind: SocketAddr,
     ) -> Result<(), ClientError> {
-        if matches!(self.source().as_deref(), Some(Source::Ledger(_))) {
+        let me = identity.public();
+        chain.hosts.retain(|h| h.key != me);
+        if chain.hosts.is_empty() {
+            // A single validator, hosted here: nobody else to ask.
             return Ok(());
         }
         let hosts: Membership = chain.hosts.iter().map(|h| h.key).collect();
@@ -193,26 +232,55 @@ impl ChainView {
             ClientOptions {
                 bind,
                 chain: Some(chain),
-                connect_timeout: Duration::from_secs(1),
+                connect_timeout: ACCESS_QUERY_TIMEOUT,
                 request_timeout: Duration::from_secs(5),
+                chain_query_timeout: ACCESS_QUERY_TIMEOUT,
                 down_for: Duration::from_millis(500),
                 ..ClientOptions::default()
             },
         )?;
-        self.set(Source::Remote(client));
+        *self.remote.write().unwrap_or_else(|e| e.into_inner()) = Some(client);
+        *self.lock() = Cache::default();
         Ok(())
     }
 
-    fn set(&self, source: Source) {
-        *self.source.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(source));
-        *self.lock() = Cache::default();
-    }
-
-    fn source(&self) -> Option<Arc<Source>> {
-        self.source
+    fn remote(&self) -> Option<Client> {
+        self.remote
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    /// Runs `ask` on where the chain is to be asked now: the own ledger while it is current,
+    /// else the (other) validator hosts. `on_ledger` answers from the ledger; `on_remote`
+    /// asks the hosts, its error mapped to `ChainUnreachable`, or `Behind` on a validator's
+    /// peer whose own ledger lags.
+    async fn ask<T, L, R, Fut>(&self, on_ledger: L, on_remote: R) -> Result<T, AccessError>
+    where
+        L: FnOnce(&Ledger) -> Result<T, AccessError>,
+        R: FnOnce(Client) -> Fut,
+        Fut: Future<Output = Result<T, ClientError>>,
+    {
+        if let Some(ledger) = &self.ledger
+            && ledger.is_current()
+        {
+            return on_ledger(ledger);
+        }
+        let behind = self.ledger.is_some();
+        let Some(client) = self.remote() else {
+            return Err(if behind {
+                AccessError::Behind("no other validator host is linked".into())
+            } else {
+                AccessError::NoChain
+            });
+        };
+        on_remote(client).await.map_err(|e| {
+            if behind {
+                AccessError::Behind(e.to_string())
+            } else {
+                AccessError::ChainUnreachable(e.to_string())
+            }
+        })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Cache> {
@@ -221,9 +289,7 @@ impl ChainView {
 
     /// Closes the view's connections to the validators.
     pub async fn close(&self) {
-        if let Some(source) = self.source()
-            && let Source::Remote(client) = &*source
-        {
+        if let Some(client) = self.remote() {
             client.close().await;
         }
     }
@@ -234,15 +300,12 @@ impl ChainView {
         if !refresh && let Some(hit) = self.lock().roles.get(who).filter(|c| fresh(c.at)) {
             return Ok(hit.value);
         }
-        let source = self.source().ok_or(AccessError::NoChain)?;
-        let role = match &*source {
-            Source::Ledger(ledger) => ledger.account(who).map(|a| a.role),
-            Source::Remote(client) => client
-                .chain_account(who)
-                .await
-                .map_err(|e| AccessError::ChainUnreachable(e.to_string()))?
-                .map(|a| a.role),
-        };
+        let role = self
+            .ask(
+                |ledger| Ok(ledger.account(who).map(|a| a.role)),
+                |client| async move { Ok(client.chain_account(who).await?.map(|a| a.role)) },
+            )
+            .await?;
         remember(&mut self.lock().roles, *who, role);
         Ok(role)
     }
@@ -257,15 +320,13 @@ impl ChainView {
         if !refresh && let Some(hit) = self.lock().documents.get(id).filter(|c| fresh(c.at)) {
             return Ok(hit.value.clone());
         }
-        let source = self.source().ok_or(AccessError::NoChain)?;
-        let record = match &*source {
-            Source::Ledger(ledger) => ledger.record(id),
-            Source::Remote(client) => client
-                .chain_record(id)
-                .await
-                .map_err(|e| AccessError::ChainUnreachable(e.to_string()))?,
-        }
-        .map(Arc::new);
+        let record = self
+            .ask(
+                |ledger| Ok(ledger.record(id)),
+                |client| async move { client.chain_record(id).await },
+            )
+            .await?
+            .map(Arc::new);
         remember(&mut self.lock().documents, *id, record.clone());
         Ok(record)
     }
@@ -367,15 +428,11 @@ impl ChainView {
 
     /// The nonce of `who`'s last applied transaction, asked fresh (`None`: no account).
     pub async fn nonce(&self, who: &PublicId) -> Result<Option<u64>, AccessError> {
-        let source = self.source().ok_or(AccessError::NoChain)?;
-        Ok(match &*source {
-            Source::Ledger(ledger) => ledger.account(who).map(|a| a.nonce),
-            Source::Remote(client) => client
-                .chain_account(who)
-                .await
-                .map_err(|e| AccessError::ChainUnreachable(e.to_string()))?
-                .map(|a| a.nonce),
-        })
+        self.ask(
+            |ledger| Ok(ledger.account(who).map(|a| a.nonce)),
+            |client| async move { Ok(client.chain_account(who).await?.map(|a| a.nonce)) },
+        )
+        .await
     }
 
     /// Submits a signed transaction to the chain and waits for its block: `Ok(Err(reason))`
@@ -384,8 +441,14 @@ impl ChainView {
         &self,
         tx: crate::chain::tx::SignedTx,
     ) -> Result<Result<u64, String>, AccessError> {
-        let source = self.source().ok_or(AccessError::NoChain)?;
-        match &*source {
+        // The own ledger forwards to the leader, behind or not.
+        let remote = self.remote();
+        let source = match (&self.ledger, &remote) {
+            (Some(ledger), _) => Source::Ledger(ledger),
+            (None, Some(client)) => Source::Remote(client),
+            (None, None) => return Err(AccessError::NoChain),
+        };
+        match source {
             Source::Ledger(ledger) => match ledger.submit(tx).await {
                 Ok(r) => Ok(Ok(r.height)),
                 Err(
@@ -411,18 +474,16 @@ impl ChainView {
 
     /// Whether transaction `id` is on the chain.
     pub async fn has_transaction(&self, id: [u8; 32]) -> Result<bool, AccessError> {
-        let source = self.source().ok_or(AccessError::NoChain)?;
-        match &*source {
-            Source::Ledger(ledger) => ledger
-                .transaction(&id)
-                .map(|t| t.is_some())
-                .map_err(|e| AccessError::ChainUnreachable(e.to_string())),
-            Source::Remote(client) => client
-                .chain_tx(id)
-                .await
-                .map(|t| t.is_some())
-                .map_err(|e| AccessError::ChainUnreachable(e.to_string())),
-        }
+        self.ask(
+            |ledger| {
+                ledger
+                    .transaction(&id)
+                    .map(|t| t.is_some())
+                    .map_err(|e| AccessError::ChainUnreachable(e.to_string()))
+            },
+            |client| async move { Ok(client.chain_tx(id).await?.is_some()) },
+        )
+        .await
     }
 
     /// Runs `check` on cached answers and, if it refuses for want of a record or a grant,
@@ -666,6 +727,26 @@ mod tests {
             "the oldest was closed"
         );
         assert_eq!(open.documents.lock().unwrap().len(), MAX_OPEN_DOCUMENTS);
+    }
+
+    #[test]
+    fn only_errors_the_chain_could_not_decide_are_retryable() {
+        let who = Identity::generate(Role::Citizen).public();
+        let document = DocumentId::of(b"x");
+        for e in [
+            AccessError::ChainUnreachable("down".into()),
+            AccessError::Behind("no other validator".into()),
+            AccessError::TimedOut(Duration::from_secs(2)),
+        ] {
+            assert!(e.is_retryable(), "{e}");
+        }
+        for e in [
+            AccessError::NotRegistered(document),
+            AccessError::NotGranted { who, document },
+            AccessError::NoChain,
+        ] {
+            assert!(!e.is_retryable(), "{e}");
+        }
     }
 
     #[tokio::test]

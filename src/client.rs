@@ -74,6 +74,13 @@ pub struct ClientOptions {
     pub chain: Option<ChainLink>,
     /// How long a peer that failed to connect (or closed its connection) is skipped.
     pub down_for: Duration,
+    /// Time limit of one chain query to one validator host: past it the next host is asked.
+    /// A storage peer's own authorisation client uses `access::ACCESS_QUERY_TIMEOUT`.
+    pub chain_query_timeout: Duration,
+    /// How long a reader keeps asking again the peers that answered `Unavailable` (they
+    /// could not check access: the chain is electing a leader, or their validator is
+    /// behind) or `Busy`, pausing 0.1 s, doubling up to 1 s, before it gives up on them.
+    pub unavailable_retry: Duration,
 }
 
 impl Default for ClientOptions {
@@ -88,6 +95,8 @@ impl Default for ClientOptions {
             hedge_after: Duration::from_millis(500),
             down_for: Duration::from_secs(5),
             chain: None,
+            chain_query_timeout: CHAIN_QUERY_TIMEOUT,
+            unavailable_retry: Duration::from_secs(10),
         }
     }
 }
@@ -240,8 +249,9 @@ struct Inner {
 /// even an acknowledgement) before the connection is taken for dead and dialled again.
 const SILENCE: Duration = Duration::from_secs(1);
 
-/// Time limit of one chain query to one validator host, and of one submission (which waits
-/// for its block): past it the client asks the next host.
+/// Time limit of one chain query to one validator host (the default of
+/// `ClientOptions::chain_query_timeout`), and of one submission (which waits for its block):
+/// past it the client asks the next host.
 pub const CHAIN_QUERY_TIMEOUT: Duration = Duration::from_secs(5);
 pub const CHAIN_SUBMIT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -778,7 +788,7 @@ impl Client {
             let node = &chain.hosts[i];
             let limit = match req {
                 Request::SubmitTx { .. } => CHAIN_SUBMIT_TIMEOUT,
-                _ => CHAIN_QUERY_TIMEOUT,
+                _ => self.inner.options.chain_query_timeout,
             }
             .min(self.inner.options.request_timeout);
             match self.call_within(node, req, body, limit).await {
@@ -1215,7 +1225,7 @@ impl Client {
         let nodes = self.manifest_candidates(id)?;
         let order = (0..nodes.len()).collect();
         let hedged = self
-            .hedged(&nodes, order, 1, |node, _| async move {
+            .hedged_retrying(&nodes, order, 1, |node, _| async move {
                 let body = match self
                     .call(&node, &Request::GetManifest { id: *id }, None)
                     .await?
@@ -1392,7 +1402,7 @@ impl Client {
     ) -> Fetched {
         let order = only.unwrap_or_else(|| (0..ids.len()).collect());
         let hedged = self
-            .hedged(nodes, order, want, |node, slot| {
+            .hedged_retrying(nodes, order, want, |node, slot| {
                 let id = ids[slot];
                 async move {
                     self.open_document(&node, reading).await?;
@@ -1532,6 +1542,67 @@ impl Client {
             failures,
             untried: order.collect(),
         }
+    }
+
+    /// [`Client::hedged`], then, while fewer than `want` succeeded, the slots that answered
+    /// `Unavailable` or `Busy` (the peer could not check access now, or was full) are asked
+    /// again after a pause (0.1 s, doubling up to 1 s) until `unavailable_retry` has passed
+    /// since the first try; results are merged (the first `want` to arrive count).
+    async fn hedged_retrying<T, F, Fut>(
+        &self,
+        nodes: &[NodeInfo],
+        order: Vec<usize>,
+        want: usize,
+        request: F,
+    ) -> Hedged<T>
+    where
+        T: Clone,
+        F: Fn(NodeInfo, usize) -> Fut,
+        Fut: std::future::Future<Output = Result<T, ClientError>>,
+    {
+        let deadline = Instant::now() + self.inner.options.unavailable_retry;
+        let mut all = self.hedged(nodes, order, want, &request).await;
+        let mut pause = Duration::from_millis(100);
+        loop {
+            let got = all.results.iter().filter(|r| r.is_some()).count();
+            let again: Vec<usize> = all
+                .failures
+                .iter()
+                .filter(|(_, e)| Self::worth_asking_again(e))
+                .map(|(slot, _)| *slot)
+                .filter(|slot| all.results[*slot].is_none())
+                .collect();
+            if got >= want || again.is_empty() || Instant::now() + pause > deadline {
+                return all;
+            }
+            debug!(slots = ?again, ?pause, "peers could not answer now; asking them again");
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(1));
+            all.failures.retain(|(slot, _)| !again.contains(slot));
+            let more = self.hedged(nodes, again, want - got, &request).await;
+            for (slot, value) in more.results.into_iter().enumerate() {
+                if value.is_some() && all.results[slot].is_none() {
+                    all.results[slot] = value;
+                }
+            }
+            all.failures.extend(more.failures);
+            all.untried.extend(more.untried);
+        }
+    }
+
+    /// A peer's answer that another try may change: `Unavailable` (it could not check
+    /// access now) or `Busy`.
+    fn worth_asking_again(e: &ClientError) -> bool {
+        matches!(
+            e,
+            ClientError::Peer {
+                source: ProtoError::Remote {
+                    code: proto::ErrorCode::Unavailable | proto::ErrorCode::Busy,
+                    ..
+                },
+                ..
+            }
+        )
     }
 
     fn is_down(&self, peer: &PublicId) -> bool {

@@ -15,6 +15,10 @@
 //! `access::ChainScope`; read audits by the document's owner and operators. Every read
 //! served with document bytes is recorded in the peer's `audit::AuditLog`. A refusal is
 //! `ErrorCode::Refused` with the reason, before any body is read or any document byte sent.
+//! Authorisation runs within [`AUTHORISE_TIMEOUT`]; when the chain cannot say (unreachable,
+//! this peer's validator behind and no other answering, or too slow) the answer is
+//! `ErrorCode::Unavailable` instead, equally before any body or byte: the reader asks again
+//! shortly or asks another peer.
 //!
 //! Not for: deciding placement, or deciding who may read (that is the chain's and
 //! `access`'s).
@@ -44,6 +48,10 @@ use crate::proto::{
 };
 use crate::store::{DeleteOutcome, INLINE_MAX, Prepared, PutOutcome, ShardStore, StoreError};
 use crate::tls::{self, TrustPolicy};
+
+/// Longest a request waits for its authorisation (`access`) before it is answered
+/// `Unavailable`: well within a reader's time limit, so it asks again or elsewhere.
+pub const AUTHORISE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Limits that keep one slow or hostile client from exhausting a peer.
 #[derive(Debug, Clone)]
@@ -148,8 +156,9 @@ impl PeerHandle {
         &self.stats
     }
 
-    /// The chain view requests are authorised by: the ledger on a validator's peer;
-    /// otherwise unlinked (refusing everything) until [`ChainView::link`]ed to validators.
+    /// The chain view requests are authorised by: the ledger on a validator's peer while it
+    /// is current; otherwise the validator hosts (the other ones, on a validator's peer)
+    /// once [`ChainView::link`]ed; unlinked and with no ledger, it refuses everything.
     pub fn access(&self) -> &Arc<ChainView> {
         &self.access
     }
@@ -492,7 +501,10 @@ async fn handle(
         Err(e) => return Err(e),
     };
     let store = state.store.clone();
-    let read_of = match authorise(state, &who, &req, opened).await {
+    let authorised = tokio::time::timeout(AUTHORISE_TIMEOUT, authorise(state, &who, &req, opened))
+        .await
+        .unwrap_or(Err(AccessError::TimedOut(AUTHORISE_TIMEOUT)));
+    let read_of = match authorised {
         Ok(document) => document,
         Err(e) => return refuse(send, recv, state, &who, e).await,
     };
@@ -816,7 +828,8 @@ async fn handle(
     }
 }
 
-/// Answers a refusal: nothing changed and no document byte was sent.
+/// Answers a refusal: nothing changed and no document byte was sent. `Refused` when the
+/// chain said no; `Unavailable` when it could not say now (`AccessError::is_retryable`).
 async fn refuse(
     send: &mut SendStream,
     recv: &mut RecvStream,
@@ -825,9 +838,15 @@ async fn refuse(
     e: AccessError,
 ) -> Result<(), ProtoError> {
     state.stats.refused.fetch_add(1, Ordering::Relaxed);
-    debug!(client = %who.short(), error = %e, "request refused");
-    let _ = recv.stop(ErrorCode::Refused.as_u32().into());
-    answer(send, &error(ErrorCode::Refused, e.to_string()), None).await
+    let code = if e.is_retryable() {
+        debug!(client = %who.short(), error = %e, "request not served: access cannot be checked now");
+        ErrorCode::Unavailable
+    } else {
+        debug!(client = %who.short(), error = %e, "request refused");
+        ErrorCode::Refused
+    };
+    let _ = recv.stop(code.as_u32().into());
+    answer(send, &error(code, e.to_string()), None).await
 }
 
 /// `record` of `document` as `who` may see it from this validator (`access::ChainScope`).

@@ -246,13 +246,15 @@ pub enum ErrorCode {
     /// The peer failed internally (disk error); its log says why.
     Internal = 7,
     /// A chain transaction was refused, or the caller may not do what it asked (no role,
-    /// no live grant, the chain unreachable to check): the message says why. Nothing
-    /// changed and no document bytes were sent.
+    /// no live grant): the message says why. Nothing changed and no document bytes were
+    /// sent.
     Refused = 8,
     /// This peer runs no validator.
     NotValidator = 9,
     /// The chain has no leader at the moment (an election is under way), or this validator
-    /// cannot reach it: ask another validator, or again shortly. Nothing changed.
+    /// cannot reach it or is behind it; or a storage peer cannot check access now (the
+    /// chain unreachable or too slow to answer): ask another, or again shortly. Nothing
+    /// changed and no document bytes were sent.
     Unavailable = 10,
 }
 

@@ -888,3 +888,165 @@ async fn a_client_redials_a_validator_host_whose_process_was_replaced() {
     relay.task.abort();
     stop(v).await;
 }
+
+/// A validator host's peer whose own ledger is behind the chain authorises by asking the
+/// other validators (issue 4). First the fourth host, configured everywhere but not (yet) a
+/// validator on chain, so its ledger stays at genesis and is never current: a document
+/// registered and granted since is served to its grantee (as the owner's store of it was
+/// allowed), and a reader without a grant is still refused. Then a genesis validator
+/// stopped while a document is registered and granted, and restarted: its peer serves the
+/// grantee before its ledger has caught up. Last, with the other validators gone, the
+/// fourth host serves nothing and answers `Unavailable`, not `Refused`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_validator_host_behind_the_chain_authorises_reads_by_the_others() {
+    use bytes::Bytes;
+    use dangan::crypto::DataKey;
+    use dangan::grant::GrantAddress;
+    use dangan::proto::{ErrorCode, ProtoError};
+
+    logs();
+    let tmp = tempfile::tempdir().unwrap();
+    let net = Net::with(tmp.path(), 1, 4, 3, RaftTuning::default());
+    let mut vs = net.start_converged(3).await;
+    let behind = net.start(3).await;
+    behind
+        .peer
+        .access()
+        .link(&net.nodes[3], net.link(), "127.0.0.1:0".parse().unwrap())
+        .unwrap();
+    let reader = Identity::generate(Role::Citizen);
+    let stranger = Identity::generate(Role::Citizen);
+    net.membership.add(reader.public());
+    net.membership.add(stranger.public());
+
+    let owner = &net.departments[0];
+    let client = net.client(owner);
+    let manifest = Bytes::from_static(b"the manifest of a document registered after genesis");
+    let id = DocumentId::of(&manifest);
+    let chain = net.link();
+    client
+        .submit(&chain, TxBody::RegisterDocument { document: id })
+        .await
+        .unwrap();
+    client
+        .grant(id, &DataKey::generate(), &GrantAddress::of(&reader), None)
+        .await
+        .unwrap();
+    assert!(!behind.ledger.is_current(), "the fourth host's ledger lags");
+    assert!(
+        behind.ledger.record(&id).is_none(),
+        "its own ledger does not know the document"
+    );
+
+    let host = net.hosts()[3].clone();
+    let start = Instant::now();
+    client.manifest_put(&host, &id, &manifest).await.unwrap();
+    let as_reader = net.client(&reader);
+    assert_eq!(
+        as_reader.manifest_get(&host, &id).await.unwrap(),
+        Some(manifest.clone()),
+        "the grantee is served"
+    );
+    println!(
+        "stored and read through the other validators in {:?}",
+        start.elapsed()
+    );
+    let as_stranger = net.client(&stranger);
+    let code = |e: dangan::client::ClientError| match e {
+        dangan::client::ClientError::Peer {
+            source: ProtoError::Remote { code, .. },
+            ..
+        } => code,
+        other => panic!("not a peer's answer: {other}"),
+    };
+    let refused = as_stranger.manifest_get(&host, &id).await.unwrap_err();
+    assert_eq!(code(refused), ErrorCode::Refused, "no grant, no manifest");
+
+    // A genesis validator stopped while the chain moves on, then restarted: until its
+    // ledger has caught up its peer asks the others, so a grant made meanwhile counts at
+    // once. Its answer may be `Unavailable` while the others elect (a reader asks again),
+    // never `Refused`.
+    let follower = (0..3)
+        .find(|&i| {
+            let v = vs[i].as_ref().unwrap();
+            v.ledger.leader() != Some(v.ledger.node_id())
+        })
+        .unwrap();
+    stop(vs[follower].take().unwrap()).await;
+    let later = Bytes::from_static(b"the manifest of a document registered while a host was down");
+    let later_id = DocumentId::of(&later);
+    client
+        .submit(&chain, TxBody::RegisterDocument { document: later_id })
+        .await
+        .unwrap();
+    client
+        .grant(
+            later_id,
+            &DataKey::generate(),
+            &GrantAddress::of(&reader),
+            None,
+        )
+        .await
+        .unwrap();
+    let restarted = net.start(follower).await;
+    restarted
+        .peer
+        .access()
+        .link(
+            &net.nodes[follower],
+            net.link(),
+            "127.0.0.1:0".parse().unwrap(),
+        )
+        .unwrap();
+    let lagged = !restarted.ledger.is_current();
+    let start = Instant::now();
+    let at = net.hosts()[follower].clone();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let served = loop {
+        let done = match client.manifest_put(&at, &later_id, &later).await {
+            Ok(()) => as_reader.manifest_get(&at, &later_id).await,
+            Err(e) => Err(e),
+        };
+        match done {
+            Ok(served) => break served,
+            // The client's pooled connection to the stopped process fails first.
+            Err(e) => {
+                let why = e.to_string();
+                assert!(!why.contains("(Refused)"), "refused: {why}");
+                assert!(Instant::now() < deadline, "still not served: {why}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    assert_eq!(
+        served,
+        Some(later),
+        "the grantee is served by the restarted host"
+    );
+    println!(
+        "a restarted host (its ledger lagging at first: {lagged}) served the grantee in {:?}",
+        start.elapsed()
+    );
+    vs[follower] = Some(restarted);
+
+    // With the other validators gone, it cannot check: nothing is served, and the answer
+    // says to ask again, not that the reader may not read.
+    futures::future::join_all(vs.iter_mut().filter_map(Option::take).map(stop)).await;
+    tokio::time::sleep(dangan::access::ACCESS_TTL + Duration::from_millis(200)).await;
+    let started = Instant::now();
+    let err = as_reader.manifest_get(&host, &id).await.unwrap_err();
+    assert!(
+        err.to_string().contains("behind") || err.to_string().contains("within"),
+        "a clear reason: {err}"
+    );
+    assert_eq!(code(err), ErrorCode::Unavailable);
+    assert!(
+        started.elapsed() < dangan::peer::AUTHORISE_TIMEOUT + Duration::from_secs(1),
+        "answered within the authorisation time limit: {:?}",
+        started.elapsed()
+    );
+    for c in [client, as_reader, as_stranger] {
+        c.close().await;
+    }
+    stop(behind).await;
+}
