@@ -320,6 +320,9 @@ impl Ledger {
         {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+        // The log's writer thread writes what is queued and stops.
+        let log = self.log.clone();
+        let _ = tokio::task::spawn_blocking(move || log.close()).await;
         // Blocks are applied without an fsync of their own (the raft log holds them): a
         // clean stop makes them durable, so a restart opens at the same tip at once.
         let store = self.shared.clone();
@@ -564,6 +567,7 @@ impl Ledger {
             return Err(format!("proposer {} is not a validator", h.proposer));
         }
         let shared = self.shared.clone();
+        let start = Instant::now();
         tokio::task::spawn_blocking(move || {
             let after = block
                 .apply_to(State::clone(&state), &prev)
@@ -574,7 +578,14 @@ impl Ledger {
                 .prepared
                 .lock()
                 .expect("prepared lock")
-                .insert(h.hash(), (h, after));
+                .insert(h.hash(), (h.clone(), after));
+            debug!(
+                target: "dangan::chain",
+                height = h.height,
+                txs = block.txs.len(),
+                endorse_ms = ms(start.elapsed()),
+                "block endorsed"
+            );
             Ok(endorsement)
         })
         .await
@@ -749,6 +760,14 @@ async fn commit_loop(
         let validators: Vec<PublicId> = state.validators.iter().copied().collect();
         let candidates: Vec<SignedTx> = jobs.iter().map(|((tx, _, _), _)| tx.clone()).collect();
         let proposer = shared.validator.clone();
+        // Per-block timings (`RUST_LOG=dangan::chain=debug`): how long the oldest
+        // transaction waited for a block slot, then propose, endorse, raft commit + apply.
+        let waited = jobs
+            .iter()
+            .map(|((_, submitted, _), _)| *submitted)
+            .min()
+            .map_or(Duration::ZERO, |t| t.elapsed());
+        let proposing = Instant::now();
         let (block, after, outcomes) = tokio::task::spawn_blocking(move || {
             let mut state = State::clone(&state);
             let (block, outcomes) =
@@ -771,12 +790,17 @@ async fn commit_loop(
                 Ok(index) => included.push((((tx, submitted, reply), until), index)),
             }
         }
+        let proposed = proposing.elapsed();
         if included.is_empty() {
             continue;
         }
         let height = block.header.header.height;
         let header = block.header.header.clone();
-        let written = match endorse(&net, me, block, &validators).await {
+        let endorsing = Instant::now();
+        let endorsed = endorse(&net, me, block, &validators).await;
+        let endorse_time = endorsing.elapsed();
+        let committing = Instant::now();
+        let written = match endorsed {
             Ok(block) => {
                 shared
                     .prepared
@@ -813,9 +837,18 @@ async fn commit_loop(
             drop(permit);
             match outcome {
                 Ok(Applied::Block { height: h }) if h == height => {
+                    debug!(
+                        target: "dangan::chain",
+                        height,
+                        txs = included.len(),
+                        waited_ms = ms(waited),
+                        propose_ms = ms(proposed),
+                        endorse_ms = ms(endorse_time),
+                        commit_ms = ms(committing.elapsed()),
+                        "block committed and applied"
+                    );
                     // Followers learn the new commit index at once.
                     let _ = raft.trigger().heartbeat().await;
-                    debug!(height, txs = included.len(), "block committed");
                     for (((tx, submitted, reply), _), index) in included {
                         let _ = reply.send(Ok(TxReceipt {
                             height,
@@ -846,6 +879,11 @@ async fn commit_loop(
             }
         });
     }
+}
+
+/// A duration in milliseconds, for the timing events.
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
 }
 
 /// How often the leader compares the raft voters with the chain's validator set.

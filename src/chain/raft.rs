@@ -23,7 +23,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Debug;
 use std::io::Cursor;
-use std::ops::RangeBounds;
+use std::ops::{Bound, RangeBounds};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -164,10 +164,71 @@ fn encode<T: Serialize>(v: &T) -> Vec<u8> {
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft-log-v1");
 const LOG_META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft-meta-v1");
 
-/// The raft log, vote and committed/purged ids in redb; one durable transaction per append.
+/// Called once an append is durable (or failed): raft's `LogFlushed`, or a test's probe.
+type Done = Box<dyn FnOnce(Result<(), std::io::Error>) + Send>;
+/// Answers a caller that waits for its write.
+type Reply = tokio::sync::oneshot::Sender<Result<(), String>>;
+/// Entries handed to `append` and not yet written, by index: what readers see first.
+type Pending = Arc<Mutex<BTreeMap<u64, Arc<Entry<ChainRaft>>>>>;
+
+/// Work for the log's writer thread, done in the order queued.
+enum Op {
+    Append(Vec<Arc<Entry<ChainRaft>>>, Done),
+    /// The committed id (postcard); written without an fsync of its own.
+    Committed(Vec<u8>),
+    Vote(Vec<u8>, Reply),
+    Truncate(u64, Reply),
+    Purge(LogId<u64>, Reply),
+    /// Makes everything queued before it durable.
+    Flush(Reply),
+}
+
+/// The raft log, vote and committed/purged ids in redb.
+///
+/// Writes go through one writer thread (`write_log`) in queue order: it takes everything
+/// queued, writes it in ONE durable redb transaction, then calls each append's callback. So
+/// `append` returns at once (openraft's storage-v2 contract: the callback says when the
+/// entries are durable), no runtime thread waits on an fsync, and appends queued together
+/// share one. Entries queued and not yet written are kept in memory (`pending`) and readers
+/// look there first. `truncate`, `purge` and `save_vote` queue behind the appends and wait
+/// for their own write, so the order is kept. The thread stops, after writing what is
+/// queued, at [`LogStore::close`] or when the last handle is dropped.
 #[derive(Clone)]
 pub struct LogStore {
+    inner: Arc<LogInner>,
+}
+
+struct LogInner {
     db: Arc<Database>,
+    pending: Pending,
+    /// The last committed id saved, once one was (written lazily).
+    committed: Mutex<Option<Option<LogId<u64>>>>,
+    queue: Mutex<Option<std::sync::mpsc::Sender<Op>>>,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl LogInner {
+    fn stop(&self) {
+        // Dropping the only sender ends the writer once it has written what is queued; a
+        // last flush makes a committed id queued alone (written without an fsync) durable.
+        let queue = self.queue.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(queue) = queue {
+            let (reply, _) = tokio::sync::oneshot::channel();
+            let _ = queue.send(Op::Flush(reply));
+        }
+        let writer = self.writer.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(writer) = writer
+            && writer.join().is_err()
+        {
+            tracing::error!("the raft log writer panicked");
+        }
+    }
+}
+
+impl Drop for LogInner {
+    fn drop(&mut self) {
+        self.stop();
+    }
 }
 
 impl LogStore {
@@ -177,36 +238,194 @@ impl LogStore {
         txn.open_table(LOG)?;
         txn.open_table(LOG_META)?;
         txn.commit()?;
-        Ok(Self { db: Arc::new(db) })
+        let db = Arc::new(db);
+        let pending: Pending = Arc::default();
+        let (queue, rx) = std::sync::mpsc::channel();
+        let writer = {
+            let (db, pending) = (db.clone(), pending.clone());
+            std::thread::Builder::new()
+                .name("raft-log".into())
+                .spawn(move || write_log(&db, &pending, rx))?
+        };
+        Ok(Self {
+            inner: Arc::new(LogInner {
+                db,
+                pending,
+                committed: Mutex::new(None),
+                queue: Mutex::new(Some(queue)),
+                writer: Mutex::new(Some(writer)),
+            }),
+        })
     }
 
-    /// How many handles on the database are alive.
+    /// How many handles on the log are alive.
     pub fn refs(&self) -> usize {
-        Arc::strong_count(&self.db)
+        Arc::strong_count(&self.inner)
+    }
+
+    /// Writes what is queued and stops the writer thread (blocks until it has); later
+    /// writes fail. The file closes when the last handle is dropped.
+    pub fn close(&self) {
+        self.inner.stop();
+    }
+
+    /// Waits until everything queued so far is durable.
+    pub async fn flush(&self) -> Result<(), SErr> {
+        self.request(Op::Flush).await
+    }
+
+    fn send(&self, op: Op) -> Result<(), Op> {
+        let queue = self.inner.queue.lock().expect("log queue lock");
+        match queue.as_ref() {
+            Some(q) => q.send(op).map_err(|e| e.0),
+            None => Err(op),
+        }
+    }
+
+    /// Queues an op that answers once written, and waits for the answer.
+    async fn request(&self, op: impl FnOnce(Reply) -> Op) -> Result<(), SErr> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.send(op(tx))
+            .map_err(|_| write_err("the raft log is closed"))?;
+        rx.await
+            .map_err(|_| write_err("the raft log writer stopped"))?
+            .map_err(write_err)
+    }
+
+    /// Queues `entries` for the writer: readable at once, `done` called once they are
+    /// durable (or the write failed).
+    fn queue_append(
+        &self,
+        entries: impl IntoIterator<Item = Entry<ChainRaft>>,
+        done: Done,
+    ) -> Result<(), SErr> {
+        let entries: Vec<Arc<Entry<ChainRaft>>> = entries.into_iter().map(Arc::new).collect();
+        {
+            let mut pending = self.inner.pending.lock().expect("pending log lock");
+            for e in &entries {
+                pending.insert(e.log_id.index, e.clone());
+            }
+        }
+        if let Err(op) = self.send(Op::Append(entries, done)) {
+            let Op::Append(entries, done) = op else {
+                unreachable!("the op sent is the op returned")
+            };
+            let mut pending = self.inner.pending.lock().expect("pending log lock");
+            for e in &entries {
+                pending.remove(&e.log_id.index);
+            }
+            drop(pending);
+            done(Err(io_err("the raft log is closed")));
+            return Err(write_err("the raft log is closed"));
+        }
+        Ok(())
     }
 
     fn meta<T: for<'de> Deserialize<'de>>(&self, key: &str) -> Result<Option<T>, SErr> {
-        let txn = self.db.begin_read().map_err(read_err)?;
+        let txn = self.inner.db.begin_read().map_err(read_err)?;
         let t = txn.open_table(LOG_META).map_err(read_err)?;
         match t.get(key).map_err(read_err)? {
             None => Ok(None),
             Some(v) => postcard::from_bytes(v.value()).map(Some).map_err(read_err),
         }
     }
+}
 
-    fn set_meta<T: Serialize>(
-        &self,
-        key: &str,
-        value: &T,
-        durability: Durability,
-    ) -> Result<(), SErr> {
-        let mut txn = self.db.begin_write().map_err(write_err)?;
-        txn.set_durability(durability).map_err(write_err)?;
-        txn.open_table(LOG_META)
-            .map_err(write_err)?
-            .insert(key, encode(value).as_slice())
-            .map_err(write_err)?;
-        txn.commit().map_err(write_err)
+/// The log's writer thread: takes everything queued, writes it in one redb transaction
+/// (durable unless it holds only a committed id), drops the written entries from `pending`
+/// and answers each op. Ends once every sender is gone and the queue is empty.
+fn write_log(
+    db: &Database,
+    pending: &Mutex<BTreeMap<u64, Arc<Entry<ChainRaft>>>>,
+    rx: std::sync::mpsc::Receiver<Op>,
+) {
+    while let Ok(first) = rx.recv() {
+        let mut ops = vec![first];
+        ops.extend(rx.try_iter());
+        let result = write_ops(db, &ops).map_err(|e| e.to_string());
+        {
+            // Written (or truncated) entries are read from redb from now on; one queued
+            // meanwhile at the same index (after a truncate) stays.
+            let mut pending = pending.lock().unwrap_or_else(|e| e.into_inner());
+            for op in &ops {
+                match op {
+                    Op::Append(entries, _) => {
+                        for e in entries {
+                            if pending
+                                .get(&e.log_id.index)
+                                .is_some_and(|p| p.log_id == e.log_id)
+                            {
+                                pending.remove(&e.log_id.index);
+                            }
+                        }
+                    }
+                    Op::Truncate(index, _) if result.is_ok() => {
+                        pending.split_off(index);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        for op in ops {
+            match op {
+                Op::Append(_, done) => done(result.clone().map_err(io_err)),
+                Op::Committed(_) => {}
+                Op::Vote(_, reply)
+                | Op::Truncate(_, reply)
+                | Op::Purge(_, reply)
+                | Op::Flush(reply) => {
+                    let _ = reply.send(result.clone());
+                }
+            }
+        }
+    }
+}
+
+fn write_ops(db: &Database, ops: &[Op]) -> Result<(), redb::Error> {
+    let durable = ops.iter().any(|op| !matches!(op, Op::Committed(_)));
+    let mut txn = db.begin_write()?;
+    txn.set_durability(if durable {
+        Durability::Immediate
+    } else {
+        Durability::None
+    })?;
+    {
+        let mut log = txn.open_table(LOG)?;
+        let mut meta = txn.open_table(LOG_META)?;
+        for op in ops {
+            match op {
+                Op::Append(entries, _) => {
+                    for e in entries {
+                        log.insert(e.log_id.index, encode(&**e).as_slice())?;
+                    }
+                }
+                Op::Committed(bytes) => {
+                    meta.insert("committed", bytes.as_slice())?;
+                }
+                Op::Vote(bytes, _) => {
+                    meta.insert("vote", bytes.as_slice())?;
+                }
+                Op::Truncate(index, _) => {
+                    log.retain_in(*index.., |_, _| false)?;
+                }
+                Op::Purge(id, _) => {
+                    log.retain_in(..=id.index, |_, _| false)?;
+                    meta.insert("purged", encode(&Some(*id)).as_slice())?;
+                }
+                Op::Flush(_) => {}
+            }
+        }
+    }
+    txn.commit()?;
+    Ok(())
+}
+
+/// The first index a range of log indexes starts at, `None` if none is in it.
+fn range_start(range: &impl RangeBounds<u64>) -> Option<u64> {
+    match range.start_bound() {
+        Bound::Included(s) => Some(*s),
+        Bound::Excluded(s) => s.checked_add(1),
+        Bound::Unbounded => Some(0),
     }
 }
 
@@ -215,14 +434,41 @@ impl RaftLogReader<ChainRaft> for LogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry<ChainRaft>>, SErr> {
-        let txn = self.db.begin_read().map_err(read_err)?;
-        let t = txn.open_table(LOG).map_err(read_err)?;
-        let mut out = Vec::new();
-        for row in t.range(range).map_err(read_err)? {
-            let (_, v) = row.map_err(read_err)?;
-            out.push(postcard::from_bytes(v.value()).map_err(read_err)?);
+        // Queued entries first: one written meanwhile is then in redb.
+        let queued: Vec<Arc<Entry<ChainRaft>>> = match range_start(&range) {
+            None => return Ok(Vec::new()),
+            Some(start) => self
+                .inner
+                .pending
+                .lock()
+                .expect("pending log lock")
+                .range(start..)
+                .take_while(|(i, _)| range.contains(*i))
+                .map(|(_, e)| e.clone())
+                .collect(),
+        };
+        let mut out = BTreeMap::new();
+        // What is queued from the start on needs no read from redb.
+        let from_disk = queued
+            .first()
+            .is_none_or(|e| Some(e.log_id.index) != range_start(&range));
+        if from_disk {
+            let txn = self.inner.db.begin_read().map_err(read_err)?;
+            let t = txn.open_table(LOG).map_err(read_err)?;
+            for row in t.range(range).map_err(read_err)? {
+                let (i, v) = row.map_err(read_err)?;
+                let i = i.value();
+                if queued.first().is_some_and(|e| e.log_id.index <= i) {
+                    break;
+                }
+                let e: Entry<ChainRaft> = postcard::from_bytes(v.value()).map_err(read_err)?;
+                out.insert(i, e);
+            }
         }
-        Ok(out)
+        for e in queued {
+            out.insert(e.log_id.index, (*e).clone());
+        }
+        Ok(out.into_values().collect())
     }
 }
 
@@ -232,14 +478,25 @@ impl RaftLogStorage<ChainRaft> for LogStore {
     async fn get_log_state(&mut self) -> Result<LogState<ChainRaft>, SErr> {
         // Written by `purge` as an `Option`, like "committed".
         let purged = self.meta::<Option<LogId<u64>>>("purged")?.flatten();
-        let last = {
-            let txn = self.db.begin_read().map_err(read_err)?;
-            let t = txn.open_table(LOG).map_err(read_err)?;
-            match t.last().map_err(read_err)? {
-                None => None,
-                Some((_, v)) => {
-                    let e: Entry<ChainRaft> = postcard::from_bytes(v.value()).map_err(read_err)?;
-                    Some(e.log_id)
+        let queued = self
+            .inner
+            .pending
+            .lock()
+            .expect("pending log lock")
+            .last_key_value()
+            .map(|(_, e)| e.log_id);
+        let last = match queued {
+            Some(last) => Some(last),
+            None => {
+                let txn = self.inner.db.begin_read().map_err(read_err)?;
+                let t = txn.open_table(LOG).map_err(read_err)?;
+                match t.last().map_err(read_err)? {
+                    None => None,
+                    Some((_, v)) => {
+                        let e: Entry<ChainRaft> =
+                            postcard::from_bytes(v.value()).map_err(read_err)?;
+                        Some(e.log_id)
+                    }
                 }
             }
         };
@@ -254,7 +511,8 @@ impl RaftLogStorage<ChainRaft> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<u64>) -> Result<(), SErr> {
-        self.set_meta("vote", vote, Durability::Immediate)
+        let bytes = encode(vote);
+        self.request(|reply| Op::Vote(bytes, reply)).await
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<u64>>, SErr> {
@@ -263,11 +521,16 @@ impl RaftLogStorage<ChainRaft> for LogStore {
 
     async fn save_committed(&mut self, committed: Option<LogId<u64>>) -> Result<(), SErr> {
         // Raft does not need the committed id to survive a crash (it is learnt again from
-        // the leader), so it costs no fsync: the next append makes it durable.
-        self.set_meta("committed", &committed, Durability::None)
+        // the leader), so it costs no fsync and no wait: the next durable write takes it.
+        *self.inner.committed.lock().expect("committed lock") = Some(committed);
+        self.send(Op::Committed(encode(&committed)))
+            .map_err(|_| write_err("the raft log is closed"))
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId<u64>>, SErr> {
+        if let Some(committed) = *self.inner.committed.lock().expect("committed lock") {
+            return Ok(committed);
+        }
         Ok(self.meta::<Option<LogId<u64>>>("committed")?.flatten())
     }
 
@@ -276,45 +539,17 @@ impl RaftLogStorage<ChainRaft> for LogStore {
         I: IntoIterator<Item = Entry<ChainRaft>> + Send,
         I::IntoIter: Send,
     {
-        let result = (|| {
-            let mut txn = self.db.begin_write().map_err(write_err)?;
-            txn.set_durability(Durability::Immediate)
-                .map_err(write_err)?;
-            {
-                let mut t = txn.open_table(LOG).map_err(write_err)?;
-                for e in entries {
-                    t.insert(e.log_id.index, encode(&e).as_slice())
-                        .map_err(write_err)?;
-                }
-            }
-            txn.commit().map_err(write_err)
-        })();
-        callback.log_io_completed(result.as_ref().map(|_| ()).map_err(io_err));
-        result
+        self.queue_append(entries, Box::new(move |r| callback.log_io_completed(r)))
     }
 
     async fn truncate(&mut self, log_id: LogId<u64>) -> Result<(), SErr> {
-        let txn = self.db.begin_write().map_err(write_err)?;
-        {
-            let mut t = txn.open_table(LOG).map_err(write_err)?;
-            t.retain_in(log_id.index.., |_, _| false)
-                .map_err(write_err)?;
-        }
-        txn.commit().map_err(write_err)
+        // Behind every queued append: those entries are written, then removed.
+        self.request(|reply| Op::Truncate(log_id.index, reply))
+            .await
     }
 
     async fn purge(&mut self, log_id: LogId<u64>) -> Result<(), SErr> {
-        let txn = self.db.begin_write().map_err(write_err)?;
-        {
-            let mut t = txn.open_table(LOG).map_err(write_err)?;
-            t.retain_in(..=log_id.index, |_, _| false)
-                .map_err(write_err)?;
-            txn.open_table(LOG_META)
-                .map_err(write_err)?
-                .insert("purged", encode(&Some(log_id)).as_slice())
-                .map_err(write_err)?;
-        }
-        txn.commit().map_err(write_err)
+        self.request(|reply| Op::Purge(log_id, reply)).await
     }
 }
 
@@ -446,6 +681,7 @@ impl RaftStateMachine<ChainRaft> for ChainMachine {
         I: IntoIterator<Item = Entry<ChainRaft>> + Send,
         I::IntoIter: Send,
     {
+        let start = std::time::Instant::now();
         let mut out = Vec::new();
         let mut blocks = Vec::new();
         // The tip as of the entries applied so far in this call.
@@ -487,7 +723,19 @@ impl RaftStateMachine<ChainRaft> for ChainMachine {
             }
         }
         // The raft log already holds these entries durably (on a majority).
+        let checked = start.elapsed();
         self.commit(&blocks, next, false)?;
+        if let Some(last) = blocks.last() {
+            tracing::debug!(
+                target: "dangan::chain",
+                height = last.header.header.height,
+                blocks = blocks.len(),
+                txs = blocks.iter().map(|b| b.txs.len()).sum::<usize>(),
+                check_ms = checked.as_secs_f64() * 1e3,
+                apply_ms = start.elapsed().as_secs_f64() * 1e3,
+                "blocks applied"
+            );
+        }
         Ok(out)
     }
 
@@ -567,39 +815,57 @@ pub struct SnapshotBuilder {
 
 impl RaftSnapshotBuilder<ChainRaft> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<ChainRaft>, SErr> {
-        let store = &self.shared.store;
-        // Raft purges the log entries a snapshot covers: the chain they produced must be
-        // durable first (applying commits lazily).
-        store.sync().map_err(write_err)?;
-        let record: AppliedRecord = match store.consensus_record().map_err(read_err)? {
-            Some(bytes) => postcard::from_bytes(&bytes).map_err(read_err)?,
-            None => AppliedRecord::default(),
-        };
-        let mut blocks = Vec::new();
-        for height in 1..=record.height {
-            blocks.push(
-                store
-                    .block(height)
-                    .map_err(read_err)?
-                    .ok_or_else(|| read_err(format!("block {height} is missing")))?,
-            );
-        }
-        let meta = SnapshotMeta {
-            last_log_id: record.last_applied,
-            last_membership: record.membership.clone(),
-            snapshot_id: format!(
-                "{}-{}",
-                record.last_applied.map_or(0, |l| l.index),
-                record.height
-            ),
-        };
-        let bytes = encode(&SnapshotBody { record, blocks });
+        // Reading and copying the whole chain is blocking work: off the runtime's threads.
+        let shared = self.shared.clone();
+        let (meta, bytes) = tokio::task::spawn_blocking(move || build_snapshot(&shared.store))
+            .await
+            .map_err(|e| write_err(format!("building a snapshot: {e}")))??;
         *self.current.lock().expect("snapshot lock") = Some((meta.clone(), bytes.clone()));
         Ok(Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(bytes)),
         })
     }
+}
+
+/// The snapshot of the chain as stored: the postcard encoding of a [`SnapshotBody`], made
+/// from the stored bytes of its blocks without decoding them.
+fn build_snapshot(store: &ChainStore) -> Result<(SnapshotMeta<u64, BasicNode>, Vec<u8>), SErr> {
+    // Raft purges the log entries a snapshot covers: the chain they produced must be
+    // durable first (applying commits lazily).
+    store.sync().map_err(write_err)?;
+    // One read transaction for the record and the blocks: they match.
+    let (record, blocks) = store.encoded_blocks().map_err(read_err)?;
+    let record: AppliedRecord = match record {
+        Some(bytes) => postcard::from_bytes(&bytes).map_err(read_err)?,
+        None => AppliedRecord::default(),
+    };
+    // Every block up to the applied tip the record names.
+    let mut blocks = blocks;
+    if (blocks.len() as u64) < record.height {
+        return Err(read_err(format!(
+            "block {} is missing",
+            blocks.len() as u64 + 1
+        )));
+    }
+    blocks.truncate(record.height as usize);
+    let meta = SnapshotMeta {
+        last_log_id: record.last_applied,
+        last_membership: record.membership.clone(),
+        snapshot_id: format!(
+            "{}-{}",
+            record.last_applied.map_or(0, |l| l.index),
+            record.height
+        ),
+    };
+    // A struct is its fields in order, a sequence its length (varint) then its items.
+    let mut bytes = encode(&record);
+    bytes.extend(encode(&blocks.len()));
+    bytes.reserve(blocks.iter().map(Vec::len).sum());
+    for block in &blocks {
+        bytes.extend_from_slice(block);
+    }
+    Ok((meta, bytes))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -755,6 +1021,263 @@ pub async fn serve_rpc(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::chain::state::{Genesis, GenesisAccount};
+    use crate::chain::tx::{Tx, TxBody};
+    use crate::identity::Role;
+    use std::time::Duration;
+
+    fn blank(term: u64, index: u64) -> Entry<ChainRaft> {
+        openraft::testing::blank_ent::<ChainRaft>(term, 1, index)
+    }
+
+    fn log_id(term: u64, index: u64) -> LogId<u64> {
+        openraft::testing::log_id(term, 1, index)
+    }
+
+    /// The log ids of the entries in `range`, as a reader sees them.
+    async fn ids(
+        log: &LogStore,
+        range: impl RangeBounds<u64> + Clone + Debug + Send,
+    ) -> Vec<LogId<u64>> {
+        let mut reader = log.clone();
+        reader
+            .try_get_log_entries(range)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.log_id)
+            .collect()
+    }
+
+    async fn last(log: &LogStore) -> Option<LogId<u64>> {
+        log.clone().get_log_state().await.unwrap().last_log_id
+    }
+
+    #[tokio::test]
+    async fn the_log_writer_reads_queued_appends_keeps_order_and_reopens() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("chain.raft");
+        let mut log = LogStore::open(&path).unwrap();
+        let (flushed, durable) = std::sync::mpsc::channel();
+        // Three appends queued back to back: each readable at once, written or not.
+        for (n, chunk) in [1..4u64, 4..6, 6..10].into_iter().enumerate() {
+            let flushed = flushed.clone();
+            let done: Done = Box::new(move |r| flushed.send((n, r.is_ok())).unwrap());
+            log.queue_append(chunk.clone().map(|i| blank(1, i)), done)
+                .unwrap();
+            let want: Vec<_> = (1..chunk.end).map(|i| log_id(1, i)).collect();
+            assert_eq!(ids(&log, 1..).await, want);
+            assert_eq!(ids(&log, ..=chunk.end - 1).await, want);
+            assert_eq!(last(&log).await, Some(log_id(1, chunk.end - 1)));
+        }
+        assert_eq!(ids(&log, 3..5).await, vec![log_id(1, 3), log_id(1, 4)]);
+        assert_eq!(ids(&log, 10..).await, vec![]);
+        // Every callback reports durable, in order.
+        for n in 0..3 {
+            let got = durable.recv_timeout(Duration::from_secs(10)).unwrap();
+            assert_eq!(got, (n, true));
+        }
+        log.flush().await.unwrap();
+        assert!(log.inner.pending.lock().unwrap().is_empty());
+        let all: Vec<_> = (1..10).map(|i| log_id(1, i)).collect();
+        assert_eq!(ids(&log, 1..).await, all);
+        assert_eq!(ids(&log, 5..=6).await, vec![log_id(1, 5), log_id(1, 6)]);
+        assert_eq!(last(&log).await, Some(log_id(1, 9)));
+
+        // A truncate right behind queued appends waits for them, then removes its part.
+        log.queue_append((10..12).map(|i| blank(1, i)), Box::new(|_| {}))
+            .unwrap();
+        log.truncate(log_id(1, 8)).await.unwrap();
+        assert!(log.inner.pending.lock().unwrap().is_empty());
+        assert_eq!(ids(&log, 1..).await, all[..7].to_vec());
+        assert_eq!(last(&log).await, Some(log_id(1, 7)));
+        // A new term's entries in their place; purge and vote behind them.
+        log.queue_append((8..11).map(|i| blank(2, i)), Box::new(|_| {}))
+            .unwrap();
+        assert_eq!(last(&log).await, Some(log_id(2, 10)));
+        log.purge(log_id(1, 2)).await.unwrap();
+        log.save_vote(&Vote::new(2, 1)).await.unwrap();
+        log.save_committed(Some(log_id(2, 9))).await.unwrap();
+        let kept: Vec<_> = (3..8)
+            .map(|i| log_id(1, i))
+            .chain((8..11).map(|i| log_id(2, i)))
+            .collect();
+        assert_eq!(ids(&log, 0..).await, kept);
+        let state = log.get_log_state().await.unwrap();
+        assert_eq!(state.last_purged_log_id, Some(log_id(1, 2)));
+        assert_eq!(log.read_committed().await.unwrap(), Some(log_id(2, 9)));
+
+        // Queued and then dropped: written, and the file is free to open again.
+        log.queue_append([blank(2, 11)], Box::new(|_| {})).unwrap();
+        drop(log);
+        let mut log = LogStore::open(&path).unwrap();
+        let mut kept = kept;
+        kept.push(log_id(2, 11));
+        assert_eq!(ids(&log, ..).await, kept);
+        let state = log.get_log_state().await.unwrap();
+        assert_eq!(state.last_purged_log_id, Some(log_id(1, 2)));
+        assert_eq!(state.last_log_id, Some(log_id(2, 11)));
+        assert_eq!(log.read_vote().await.unwrap(), Some(Vote::new(2, 1)));
+        assert_eq!(log.read_committed().await.unwrap(), Some(log_id(2, 9)));
+
+        // Closed: writes refused (the callback told too), the file free once dropped.
+        log.close();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let refused = log.queue_append(
+            [blank(2, 12)],
+            Box::new(move |r| tx.send(r.is_ok()).unwrap()),
+        );
+        assert!(refused.is_err());
+        assert!(!rx.recv().unwrap());
+        assert_eq!(last(&log).await, Some(log_id(2, 11)));
+        drop(log);
+        LogStore::open(&path).unwrap();
+    }
+
+    /// What a test does to the log, in order.
+    #[derive(Debug, Clone)]
+    enum LogOp {
+        /// Queue this many entries (a new term if set), without waiting for them.
+        Append(u64, bool),
+        /// Truncate this far back from the last entry.
+        Truncate(u64),
+        /// Purge this far from the first entry.
+        Purge(u64),
+        Flush,
+        /// Drop the store (what is queued is written) and open the file again.
+        Reopen,
+    }
+
+    fn log_op() -> impl proptest::strategy::Strategy<Value = LogOp> {
+        use proptest::prelude::*;
+        prop_oneof![
+            4 => (1u64..5, any::<bool>()).prop_map(|(n, t)| LogOp::Append(n, t)),
+            1 => (0u64..4).prop_map(LogOp::Truncate),
+            1 => (0u64..4).prop_map(LogOp::Purge),
+            1 => Just(LogOp::Flush),
+            1 => Just(LogOp::Reopen),
+        ]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(24))]
+
+        /// Whatever the order of queued appends, truncates, purges and restarts, readers see
+        /// exactly the log a one-at-a-time model holds.
+        #[test]
+        fn the_log_writer_matches_a_model(ops in proptest::collection::vec(log_op(), 1..24)) {
+            let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            rt.block_on(async {
+                let dir = tempfile::tempdir().unwrap();
+                let path = dir.path().join("chain.raft");
+                let mut log = LogStore::open(&path).unwrap();
+                let (mut model, mut purged, mut term) = (Vec::<LogId<u64>>::new(), None, 1);
+                for op in ops {
+                    let next = model.last().or(purged.as_ref()).map_or(1, |l: &LogId<u64>| l.index + 1);
+                    match op {
+                        LogOp::Append(n, new_term) => {
+                            term += u64::from(new_term);
+                            let entries: Vec<_> = (next..next + n).map(|i| blank(term, i)).collect();
+                            model.extend(entries.iter().map(|e| e.log_id));
+                            log.queue_append(entries, Box::new(|r| assert!(r.is_ok()))).unwrap();
+                        }
+                        LogOp::Truncate(back) => {
+                            if let Some(at) = model.len().checked_sub(1 + back as usize) {
+                                log.truncate(model[at]).await.unwrap();
+                                model.truncate(at);
+                            }
+                        }
+                        LogOp::Purge(k) => {
+                            if let Some(upto) = model.get(k as usize).copied() {
+                                log.purge(upto).await.unwrap();
+                                model.drain(..=k as usize);
+                                purged = Some(upto);
+                            }
+                        }
+                        LogOp::Flush => {
+                            log.flush().await.unwrap();
+                            assert!(log.inner.pending.lock().unwrap().is_empty());
+                        }
+                        LogOp::Reopen => {
+                            drop(log);
+                            log = LogStore::open(&path).unwrap();
+                        }
+                    }
+                    assert_eq!(ids(&log, ..).await, model);
+                    let state = log.get_log_state().await.unwrap();
+                    assert_eq!(state.last_purged_log_id, purged);
+                    assert_eq!(state.last_log_id, model.last().copied().or(purged));
+                    if let Some(first) = model.first() {
+                        assert_eq!(ids(&log, first.index + 1..).await, model[1..].to_vec());
+                    }
+                }
+            });
+        }
+    }
+
+    #[test]
+    fn a_snapshot_copies_the_stored_blocks_as_one_postcard_body() {
+        let dir = tempfile::tempdir().unwrap();
+        let validator = Identity::generate(Role::Validator);
+        let dept = Identity::generate(Role::Department);
+        let genesis = Genesis {
+            chain_id: "test".into(),
+            validators: vec![GenesisAccount::of(&validator, Role::Validator)],
+            accounts: vec![GenesisAccount::of(&dept, Role::Department)],
+            nodes: Vec::new(),
+        };
+        let (store, mut state, mut prev) =
+            ChainStore::open(&dir.path().join("chain.redb"), &genesis).unwrap();
+        let mut blocks = Vec::new();
+        for nonce in 1..=3u64 {
+            let tx = Tx {
+                sender: dept.public(),
+                nonce,
+                body: TxBody::RegisterDocument {
+                    document: crate::id::DocumentId::of(&nonce.to_le_bytes()),
+                },
+            }
+            .sign(&dept);
+            let (block, outcomes) = Block::propose(&mut state, &prev, vec![tx], &validator, nonce);
+            assert!(outcomes[0].is_ok());
+            prev = block.header.header.clone();
+            blocks.push(block);
+        }
+        let record = AppliedRecord {
+            last_applied: Some(log_id(1, 7)),
+            membership: StoredMembership::default(),
+            height: 3,
+        };
+        store
+            .append_blocks(&blocks, Some(&encode(&record)))
+            .unwrap();
+        let (meta, bytes) = build_snapshot(&store).unwrap();
+        assert_eq!(meta.last_log_id, Some(log_id(1, 7)));
+        assert_eq!(
+            bytes,
+            encode(&SnapshotBody {
+                record: record.clone(),
+                blocks: blocks.clone()
+            })
+        );
+        let body: SnapshotBody = postcard::from_bytes(&bytes).unwrap();
+        assert_eq!(body.record.height, 3);
+        assert_eq!(body.blocks.len(), 3);
+        // A record behind the stored tip: the snapshot stops at the record's height.
+        let behind = AppliedRecord {
+            height: 2,
+            ..record
+        };
+        store.append_blocks(&[], Some(&encode(&behind))).unwrap();
+        let (_, bytes) = build_snapshot(&store).unwrap();
+        assert_eq!(
+            bytes,
+            encode(&SnapshotBody {
+                record: behind,
+                blocks: blocks[..2].to_vec()
+            })
+        );
+    }
 
     #[test]
     fn raft_messages_round_trip_in_postcard() {

@@ -157,6 +157,39 @@ impl ChainStore {
             })
     }
 
+    /// The consensus record (see [`Self::append_blocks`]) and the stored (postcard) bytes of
+    /// every block from height 1 to the tip, read in one transaction so they match, and not
+    /// decoded (a snapshot copies them as they are).
+    #[allow(clippy::type_complexity)]
+    pub fn encoded_blocks(&self) -> Result<(Option<Vec<u8>>, Vec<Vec<u8>>), ChainStoreError> {
+        let txn = self.db.begin_read()?;
+        let record = txn
+            .open_table(RAFT_SM)?
+            .get("applied")?
+            .map(|v| v.value().to_vec());
+        let tip = txn.open_table(META)?.get("tip")?.map_or(0, |v| v.value());
+        let blocks = txn.open_table(BLOCKS)?;
+        let mut out = Vec::with_capacity(tip as usize);
+        for row in blocks.range(1..=tip)? {
+            let (height, bytes) = row?;
+            let height = height.value();
+            if height != out.len() as u64 + 1 {
+                return Err(ChainStoreError::Decode {
+                    height: out.len() as u64 + 1,
+                    reason: "missing".into(),
+                });
+            }
+            out.push(bytes.value().to_vec());
+        }
+        if out.len() as u64 != tip {
+            return Err(ChainStoreError::Decode {
+                height: out.len() as u64 + 1,
+                reason: "missing".into(),
+            });
+        }
+        Ok((record, out))
+    }
+
     /// Where transaction `id` was committed: (height, index in block).
     pub fn tx_location(&self, id: &[u8; 32]) -> Result<Option<(u64, u32)>, ChainStoreError> {
         let txn = self.db.begin_read()?;
