@@ -150,14 +150,6 @@ impl ChainScope {
     }
 }
 
-/// Where a [`ChainView`] asks for one answer.
-enum Source<'a> {
-    /// The peer's own ledger, current.
-    Ledger(&'a Ledger),
-    /// The validator hosts (on a validator's peer, the other ones).
-    Remote(&'a Client),
-}
-
 struct Cached<T> {
     at: Instant,
     value: T,
@@ -442,33 +434,28 @@ impl ChainView {
         tx: crate::chain::tx::SignedTx,
     ) -> Result<Result<u64, String>, AccessError> {
         // The own ledger forwards to the leader, behind or not.
-        let remote = self.remote();
-        let source = match (&self.ledger, &remote) {
-            (Some(ledger), _) => Source::Ledger(ledger),
-            (None, Some(client)) => Source::Remote(client),
-            (None, None) => return Err(AccessError::NoChain),
-        };
-        match source {
-            Source::Ledger(ledger) => match ledger.submit(tx).await {
+        if let Some(ledger) = &self.ledger {
+            return match ledger.submit(tx).await {
                 Ok(r) => Ok(Ok(r.height)),
                 Err(
                     e @ (crate::chain::ledger::LedgerError::Unavailable(_)
                     | crate::chain::ledger::LedgerError::Stopped),
                 ) => Err(AccessError::ChainUnreachable(e.to_string())),
                 Err(e) => Ok(Err(e.to_string())),
-            },
-            Source::Remote(client) => match client.submit_tx(&tx).await {
-                Ok((height, _)) => Ok(Ok(height)),
-                Err(ClientError::Peer {
-                    source:
-                        crate::proto::ProtoError::Remote {
-                            code: crate::proto::ErrorCode::Refused,
-                            message,
-                        },
-                    ..
-                }) => Ok(Err(message)),
-                Err(e) => Err(AccessError::ChainUnreachable(e.to_string())),
-            },
+            };
+        }
+        let client = self.remote().ok_or(AccessError::NoChain)?;
+        match client.submit_tx(&tx).await {
+            Ok((height, _)) => Ok(Ok(height)),
+            Err(ClientError::Peer {
+                source:
+                    crate::proto::ProtoError::Remote {
+                        code: crate::proto::ErrorCode::Refused,
+                        message,
+                    },
+                ..
+            }) => Ok(Err(message)),
+            Err(e) => Err(AccessError::ChainUnreachable(e.to_string())),
         }
     }
 

@@ -434,24 +434,22 @@ impl RaftLogReader<ChainRaft> for LogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry<ChainRaft>>, SErr> {
-        // Queued entries first: one written meanwhile is then in redb.
-        let queued: Vec<Arc<Entry<ChainRaft>>> = match range_start(&range) {
-            None => return Ok(Vec::new()),
-            Some(start) => self
-                .inner
-                .pending
-                .lock()
-                .expect("pending log lock")
-                .range(start..)
-                .take_while(|(i, _)| range.contains(*i))
-                .map(|(_, e)| e.clone())
-                .collect(),
+        let Some(start) = range_start(&range) else {
+            return Ok(Vec::new());
         };
+        // Queued entries first: one written meanwhile is then in redb.
+        let queued: Vec<Arc<Entry<ChainRaft>>> = self
+            .inner
+            .pending
+            .lock()
+            .expect("pending log lock")
+            .range(start..)
+            .take_while(|(i, _)| range.contains(*i))
+            .map(|(_, e)| e.clone())
+            .collect();
         let mut out = BTreeMap::new();
         // What is queued from the start on needs no read from redb.
-        let from_disk = queued
-            .first()
-            .is_none_or(|e| Some(e.log_id.index) != range_start(&range));
+        let from_disk = queued.first().is_none_or(|e| e.log_id.index != start);
         if from_disk {
             let txn = self.inner.db.begin_read().map_err(read_err)?;
             let t = txn.open_table(LOG).map_err(read_err)?;
