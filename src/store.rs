@@ -30,7 +30,8 @@
 //!
 //! # The commit-point invariant
 //! A shard exists if and only if its row in `shards-v1` is committed. A large body is
-//! written to `blobs/tmp`, `fdatasync`'d and renamed to `blobs/<id>` ([`ShardStore::prepare`],
+//! written to `blobs/tmp` (past the page cache where the file system allows, see
+//! `body_io`), `fdatasync`'d and renamed to `blobs/<id>` ([`ShardStore::prepare`],
 //! in parallel across requests); the commit that records it first `fsync`s `blobs/` once for
 //! its whole batch, and only *then* is the row committed (redb commits are durable, i.e.
 //! fsync'd, before they return). So a committed row always has a durable body; a body file without a
@@ -83,6 +84,8 @@ use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use crate::id::ShardId;
+
+mod body_io;
 
 /// Bodies up to this many bytes are stored inline in redb; larger ones as files.
 pub const INLINE_MAX: usize = 16 * 1024;
@@ -841,15 +844,13 @@ impl ShardStore {
             .collect()
     }
 
-    /// Temp file, fdatasync, rename into place, fsync the directory.
+    /// Temp file (written past the page cache, see `body_io`), fdatasync, rename into
+    /// place; the directory fsync is the commit's.
     fn write_body_file(&self, id: &ShardId, bytes: &[u8]) -> Result<(), StoreError> {
         let seq = self.tmp_seq.fetch_add(1, Ordering::Relaxed);
         let tmp = self.tmp_dir.join(format!("{id}.{seq}.tmp"));
         let result = (|| {
-            let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
-            f.write_all(bytes).map_err(io_err(&tmp))?;
-            f.sync_data().map_err(io_err(&tmp))?;
-            drop(f);
+            body_io::write_new(&tmp, bytes).map_err(io_err(&tmp))?;
             let path = self.body_path(id);
             // The rename is made durable by the one directory fsync of the commit that
             // records this body (see `commit`), not here: one fsync per batch, not per shard.
