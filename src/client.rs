@@ -39,6 +39,7 @@ use crate::chain::block::{Block, TxInclusion};
 use crate::chain::ledger::ChainStatus;
 use crate::chain::state::{Account, ChainLayouts, DocumentRecord};
 use crate::chain::tx::{SignedTx, Tx, TxBody};
+use crate::chain::validators::{self, ValidatorHistory};
 use crate::codec::{self, CodecError, DocumentInfo, EncodedStripe, StripeCodec};
 use crate::crypto::DataKey;
 use crate::grant::{GrantAddress, WrappedKey};
@@ -243,6 +244,9 @@ struct Inner {
     silent: Mutex<HashMap<PublicId, (usize, u64, Instant)>>,
     /// (connection, document) pairs opened for reading (`OpenDocument`).
     opened: Mutex<std::collections::HashSet<(usize, DocumentId)>>,
+    /// The validator set changes proven so far from `ChainLink::validators` (none until a
+    /// check needs them).
+    validators: Mutex<Option<Arc<ValidatorHistory>>>,
 }
 
 /// How long a peer with requests waiting may send nothing at all on its connection (not
@@ -309,6 +313,7 @@ impl Client {
                 chain_host: std::sync::atomic::AtomicUsize::new(0),
                 silent: Mutex::new(HashMap::new()),
                 opened: Mutex::new(std::collections::HashSet::new()),
+                validators: Mutex::new(None),
             }),
         })
     }
@@ -867,10 +872,14 @@ impl Client {
         };
         let block: Block =
             postcard::from_bytes(&body).map_err(|e| ClientError::Chain(format!("block: {e}")))?;
-        block
-            .header
-            .verify_final(&chain.validators)
-            .map_err(|e| ClientError::Chain(e.to_string()))?;
+        self.check_final(
+            chain,
+            block.header.header.height,
+            validators::may_be_stale,
+            |v| block.header.verify_final(v),
+        )
+        .await
+        .map_err(|e| ClientError::Chain(e.to_string()))?;
         Ok(Some(block))
     }
 
@@ -882,15 +891,80 @@ impl Client {
         };
         let proof: TxInclusion = postcard::from_bytes(&body)
             .map_err(|e| ClientError::Chain(format!("transaction proof: {e}")))?;
-        proof
-            .verify(&chain.validators)
-            .map_err(|e| ClientError::Chain(e.to_string()))?;
+        self.check_final(
+            chain,
+            proof.header.header.height,
+            validators::may_be_stale,
+            |v| proof.verify(v),
+        )
+        .await
+        .map_err(|e| ClientError::Chain(e.to_string()))?;
         if proof.tx.id() != id {
             return Err(ClientError::Chain(
                 "the validator answered with another transaction".into(),
             ));
         }
         Ok(Some(proof))
+    }
+
+    /// Runs `check` with the validators of block `height`: the trusted set
+    /// (`ChainLink::validators`) and the set changes proven from it so far. A failure that
+    /// may only mean a validator joined or left since (`stale`) fetches the chain's set
+    /// changes, proves them afresh and checks once more; the first error stands if that
+    /// changes nothing or cannot be done.
+    async fn check_final<T, E>(
+        &self,
+        chain: &ChainLink,
+        height: u64,
+        stale: impl Fn(&E) -> bool,
+        check: impl Fn(&[PublicId]) -> Result<T, E>,
+    ) -> Result<T, E> {
+        let known = self
+            .inner
+            .validators
+            .lock()
+            .expect("validators lock")
+            .clone()
+            .unwrap_or_else(|| Arc::new(ValidatorHistory::trusted(&chain.validators)));
+        match check(known.at(height)) {
+            Err(e) if stale(&e) => match self.prove_validators(chain).await {
+                Ok(fresh) if fresh.at(height) != known.at(height) => check(fresh.at(height)),
+                Ok(_) => Err(e),
+                Err(why) => {
+                    debug!(error = %why, "could not fetch the validator set changes");
+                    Err(e)
+                }
+            },
+            other => other,
+        }
+    }
+
+    /// The chain's validator set changes, proven here from `ChainLink::validators`, and
+    /// kept for the next checks.
+    pub async fn prove_validators(
+        &self,
+        chain: &ChainLink,
+    ) -> Result<Arc<ValidatorHistory>, ClientError> {
+        let changes = self.validator_changes(chain).await?;
+        let history = Arc::new(
+            ValidatorHistory::prove(&chain.validators, &changes)
+                .map_err(|e| ClientError::Chain(e.to_string()))?,
+        );
+        *self.inner.validators.lock().expect("validators lock") = Some(history.clone());
+        Ok(history)
+    }
+
+    /// The chain's validator set changes with their proofs, as a validator sent them
+    /// (not checked here: [`ValidatorHistory::prove`] does that).
+    async fn validator_changes(&self, chain: &ChainLink) -> Result<Vec<TxInclusion>, ClientError> {
+        match self
+            .chain_query(chain, &Request::GetValidatorChanges)
+            .await?
+        {
+            Some(body) => postcard::from_bytes(&body)
+                .map_err(|e| ClientError::Chain(format!("validator set changes: {e}"))),
+            None => Ok(Vec::new()),
+        }
     }
 
     /// The chain this client registers on.
@@ -940,9 +1014,14 @@ impl Client {
         };
         let (record, proof): (DocumentRecord, TxInclusion) = postcard::from_bytes(&body)
             .map_err(|e| ClientError::Chain(format!("registration record: {e}")))?;
-        proof
-            .verify_registration(id, &chain.validators)
-            .map_err(|e| ClientError::Chain(format!("registration proof of {id}: {e}")))?;
+        self.check_final(
+            chain,
+            proof.header.header.height,
+            validators::may_be_stale,
+            |v| proof.verify_registration(id, v),
+        )
+        .await
+        .map_err(|e| ClientError::Chain(format!("registration proof of {id}: {e}")))?;
         if proof.tx.tx.sender != record.owner {
             return Err(ClientError::Chain(format!(
                 "the chain answered with a proof of another department's transaction for {id}"
@@ -957,11 +1036,21 @@ impl Client {
         let chain = self.chain_link()?;
         let (_, registration) = self.registration(chain, id).await?;
         let manifest = self.manifest(id).await?;
-        let receipt = Receipt {
+        let height = registration.header.header.height;
+        let mut receipt = Receipt {
             document: *id,
             manifest: manifest.encode(),
             registration,
+            validator_changes: Vec::new(),
         };
+        // Changes are carried only when the set of the registration's block is not the
+        // trusted one, so receipts stay as they were while the set never changed.
+        if receipt.verify(&chain.validators).is_err() {
+            receipt.validator_changes = self.validator_changes(chain).await?;
+            receipt
+                .validator_changes
+                .retain(|c| c.header.header.height < height);
+        }
         receipt
             .verify(&chain.validators)
             .map_err(|e| ClientError::Chain(e.to_string()))?;

@@ -751,6 +751,11 @@ async fn handle(
             let found = blocking(move || ledger.transaction(&id)).await;
             chain_answer(send, found).await
         }
+        Request::GetValidatorChanges => {
+            let ledger = current_ledger!(state, send);
+            let found = blocking(move || ledger.validator_changes().map(Some)).await;
+            chain_answer(send, found).await
+        }
         Request::GetRecord { id } => {
             let ledger = current_ledger!(state, send);
             let found = match ledger.record(&id) {
@@ -884,12 +889,12 @@ async fn may_query_chain(
 }
 
 /// Whether `who` may make `req` now (see `access`); allowed, the document a read is of
-/// (recorded in the audit log once served). Submissions, the chain's status, layout and
-/// accounts are open to every authenticated key (a transaction is checked by the chain
-/// itself); blocks and transactions are for the consortium's members, the document list
-/// for operators and nodes; a document's record is shown as `access::ChainScope` says
-/// (in the handler); consensus messages are checked where they are read
-/// (`validator_body`).
+/// (recorded in the audit log once served). Submissions, the chain's status, layout,
+/// validator set changes and accounts are open to every authenticated key (a transaction
+/// is checked by the chain itself); blocks and transactions are for the consortium's
+/// members, the document list for operators and nodes; a document's record is shown as
+/// `access::ChainScope` says (in the handler); consensus messages are checked where they
+/// are read (`validator_body`).
 async fn authorise(
     state: &State,
     who: &PublicId,
@@ -942,6 +947,8 @@ async fn authorise(
         | Request::GetAccount { .. }
         | Request::GetRecord { .. }
         | Request::GetLayout
+        // Only the set changes and their headers: what any reader needs to check a proof.
+        | Request::GetValidatorChanges
         | Request::Raft { .. }
         | Request::Endorse { .. } => Ok(()),
     }

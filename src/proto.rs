@@ -162,6 +162,9 @@ pub enum Request {
         shards: Vec<(ShardId, u64)>,
         manifest: Option<(DocumentId, u64)>,
     },
+    /// Every validator set change of the chain, in order: `ChainBody` with the postcard
+    /// bytes of a `Vec<TxInclusion>` (see `chain::validators`).
+    GetValidatorChanges,
 }
 
 /// Most read records one `GetAudit` answer carries.

@@ -2,9 +2,13 @@
 //! one — its manifest (whose BLAKE3 hash is the document id) and the proof that the chain
 //! registered that id (transaction, Merkle path, header signed by a majority of validators).
 //!
-//! File format: the 8 bytes [`MAGIC`], then the postcard encoding of [`Receipt`], canonical
-//! (decoding refuses any other encoding of the same receipt), at most [`MAX_RECEIPT_BYTES`].
-//! A verifier needs only the validator set it trusts (from its cluster file).
+//! File format: the 8 bytes [`MAGIC`], then the postcard encoding of (document, manifest,
+//! registration); or, for a document registered after the validator set changed, the 8
+//! bytes [`MAGIC_WITH_CHANGES`] and the same followed by the set changes before its block.
+//! Canonical (decoding refuses any other encoding of the same receipt), at most
+//! [`MAX_RECEIPT_BYTES`]. A verifier needs only the validator set it trusts (the genesis
+//! validators of its cluster file): the changes carry their own proofs
+//! (`chain::validators`).
 //!
 //! Not for: the document's bytes or key; a receipt proves what was registered, not who may
 //! read it.
@@ -12,12 +16,15 @@
 use serde::{Deserialize, Serialize};
 
 use crate::chain::block::{BlockError, TxInclusion};
+use crate::chain::validators::{HistoryError, ValidatorHistory};
 use crate::id::DocumentId;
 use crate::identity::PublicId;
 use crate::manifest::{MAX_MANIFEST_BYTES, Manifest, ManifestError};
 
 /// First bytes of a receipt file.
 pub const MAGIC: &[u8; 8] = b"DGNRCPT1";
+/// First bytes of a receipt file that carries validator set changes.
+pub const MAGIC_WITH_CHANGES: &[u8; 8] = b"DGNRCPT2";
 /// Largest receipt accepted: a manifest at its limit plus a generous proof.
 pub const MAX_RECEIPT_BYTES: usize = MAX_MANIFEST_BYTES + (1 << 20);
 
@@ -28,6 +35,9 @@ pub struct Receipt {
     pub manifest: Vec<u8>,
     /// The transaction that registered the document, with its proof.
     pub registration: TxInclusion,
+    /// The validator set changes before the registration's block, in chain order, each
+    /// with its proof; empty while the set is the genesis one.
+    pub validator_changes: Vec<TxInclusion>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -47,12 +57,22 @@ pub enum ReceiptError {
     Manifest(#[from] ManifestError),
     #[error("the registration proof does not hold: {0}")]
     Registration(#[from] BlockError),
+    #[error("the validator set changes do not hold: {0}")]
+    Validators(#[from] HistoryError),
 }
 
 impl Receipt {
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = MAGIC.to_vec();
-        out.extend(postcard::to_allocvec(self).expect("encoding into memory cannot fail"));
+        let head = (&self.document, &self.manifest, &self.registration);
+        let (mut out, body) = if self.validator_changes.is_empty() {
+            (MAGIC.to_vec(), postcard::to_allocvec(&head))
+        } else {
+            (
+                MAGIC_WITH_CHANGES.to_vec(),
+                postcard::to_allocvec(&(head, &self.validator_changes)),
+            )
+        };
+        out.extend(body.expect("encoding into memory cannot fail"));
         out
     }
 
@@ -61,9 +81,21 @@ impl Receipt {
         if bytes.len() > MAX_RECEIPT_BYTES {
             return Err(ReceiptError::TooLarge(bytes.len()));
         }
-        let body = bytes.strip_prefix(MAGIC).ok_or(ReceiptError::BadMagic)?;
-        let receipt: Receipt =
-            postcard::from_bytes(body).map_err(|e| ReceiptError::Malformed(e.to_string()))?;
+        let malformed = |e: postcard::Error| ReceiptError::Malformed(e.to_string());
+        let ((document, manifest, registration), validator_changes) =
+            if let Some(body) = bytes.strip_prefix(MAGIC) {
+                (postcard::from_bytes(body).map_err(malformed)?, Vec::new())
+            } else if let Some(body) = bytes.strip_prefix(MAGIC_WITH_CHANGES) {
+                postcard::from_bytes(body).map_err(malformed)?
+            } else {
+                return Err(ReceiptError::BadMagic);
+            };
+        let receipt = Receipt {
+            document,
+            manifest,
+            registration,
+            validator_changes,
+        };
         if receipt.encode() != bytes {
             return Err(ReceiptError::NotCanonical);
         }
@@ -71,14 +103,17 @@ impl Receipt {
     }
 
     /// Checks, with no network, that the manifest hashes to the document id and that a
-    /// majority of `validators` signed the block that registered it. Returns the manifest.
+    /// majority of the validators of its block signed the block that registered it: those
+    /// that `validator_changes` prove from `validators`. Returns the manifest.
     pub fn verify(&self, validators: &[PublicId]) -> Result<Manifest, ReceiptError> {
         if !self.document.verifies(&self.manifest) {
             return Err(ReceiptError::ManifestMismatch(self.document));
         }
         let manifest = Manifest::decode(&self.manifest)?;
+        let history = ValidatorHistory::prove(validators, &self.validator_changes)?;
+        let height = self.registration.header.header.height;
         self.registration
-            .verify_registration(&self.document, validators)?;
+            .verify_registration(&self.document, history.at(height))?;
         Ok(manifest)
     }
 }

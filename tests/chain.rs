@@ -7,6 +7,7 @@ use dangan::chain::ledger::{Ledger, LedgerError};
 use dangan::chain::state::{Genesis, GenesisAccount};
 use dangan::chain::store::{ChainStore, ChainStoreError};
 use dangan::chain::tx::{SignedTx, Tx, TxBody, TxError};
+use dangan::chain::validators::ValidatorHistory;
 use dangan::id::DocumentId;
 use dangan::identity::{Identity, PublicId, Role};
 
@@ -153,6 +154,57 @@ async fn a_tampered_block_on_disk_is_detected_on_open() {
     assert!(detected > 10);
     overwrite(&path, &s.genesis, &original);
     ChainStore::open(&path, &s.genesis).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn validator_set_changes_are_indexed_and_proven_from_genesis() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("chain.redb");
+    let s = setup(1);
+    let genesis_set = vec![s.validator.public()];
+    let newcomer = Identity::generate(Role::Validator).public();
+    let changes = {
+        let ledger = Ledger::open_single(&path, &s.genesis, s.validator.clone())
+            .await
+            .unwrap();
+        for nonce in 1..=3 {
+            ledger
+                .submit(register(&s.departments[0], nonce))
+                .await
+                .unwrap();
+        }
+        assert!(ledger.validator_changes().unwrap().is_empty());
+        // The last block this lone validator can make final alone: it adds a second one.
+        let add = Tx {
+            sender: s.validator.public(),
+            nonce: 1,
+            body: TxBody::AddValidator {
+                validator: newcomer,
+            },
+        }
+        .sign(&s.validator);
+        let at = ledger.submit(add).await.unwrap();
+        let changes = ledger.validator_changes().unwrap();
+        assert_eq!(changes.len(), 1);
+        assert_eq!(changes[0].header.header.height, at.height);
+        ledger.shutdown().await;
+        changes
+    };
+    let history = ValidatorHistory::prove(&genesis_set, &changes).unwrap();
+    let tip = changes[0].header.header.height;
+    assert_eq!(history.at(tip), genesis_set.as_slice());
+    let mut both = vec![s.validator.public(), newcomer];
+    both.sort();
+    assert_eq!(history.at(tip + 1), both.as_slice());
+
+    // A chain stored before the index existed gets it on open.
+    let (store, _, _) = ChainStore::open(&path, &s.genesis).unwrap();
+    assert_eq!(store.validator_changes().unwrap(), vec![(tip, 0)]);
+    store.forget_validator_changes_for_test().unwrap();
+    assert!(store.validator_changes().unwrap().is_empty());
+    drop(store);
+    let (store, _, _) = ChainStore::open(&path, &s.genesis).unwrap();
+    assert_eq!(store.validator_changes().unwrap(), vec![(tip, 0)]);
 }
 
 /// Writes `bytes` as block 2, bypassing verification (the store is opened with the check

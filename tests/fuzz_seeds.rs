@@ -79,6 +79,7 @@ fn receipts(manifest: &[u8]) {
         document,
         manifest: manifest.to_vec(),
         registration: block.inclusion(0).unwrap(),
+        validator_changes: Vec::new(),
     };
     receipt.verify(&w.validators).unwrap();
     put("receipt", "receipt", &receipt.encode());

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use dangan::chain::block::BlockError;
 use dangan::chain::ledger::{Ledger, RaftTuning, ValidatorNet};
 use dangan::chain::raft::node_id;
 use dangan::chain::state::{Genesis, GenesisAccount};
@@ -114,10 +115,12 @@ impl Net {
             .collect()
     }
 
+    /// The chain as a client's cluster file names it: every validator host, and the
+    /// genesis validators (later ones are proven from them, `chain::validators`).
     fn link(&self) -> ChainLink {
         ChainLink {
             hosts: self.hosts(),
-            validators: self.validators.iter().map(|v| v.public()).collect(),
+            validators: self.genesis.validators.iter().map(|v| v.id).collect(),
         }
     }
 
@@ -526,6 +529,28 @@ async fn validators_join_and_leave_through_the_chain() {
         last.signatures.iter().any(|(w, _)| *w == newcomer),
         "with one of four stopped, the newcomer endorsed block {tip}"
     );
+    // A client that trusts only the genesis three checks that block through the chain's
+    // set changes (the newcomer's signature means nothing to the genesis set alone).
+    assert!(matches!(
+        last.verify_final(&three),
+        Err(BlockError::NotValidator { .. })
+    ));
+    let fresh = net.client(dept);
+    let block = fresh
+        .chain_block(tip)
+        .await
+        .unwrap()
+        .expect("block at the tip");
+    assert_eq!(block.header, last);
+    let history = fresh.prove_validators(&net.link()).await.unwrap();
+    let sorted = |v: &[PublicId]| {
+        let mut v = v.to_vec();
+        v.sort();
+        v
+    };
+    assert_eq!(history.at(added_at), sorted(&three));
+    assert_eq!(history.at(added_at + 1), sorted(&four));
+    fresh.close().await;
 
     // Remove the stopped validator: the three left go on alone.
     let remove = Tx {
@@ -575,6 +600,12 @@ async fn validators_join_and_leave_through_the_chain() {
             .verify_final(&left)
             .unwrap_or_else(|e| panic!("block {h}: {e}"));
     }
+    // The client's history follows the removal too, and registrations after it verify.
+    let history = client.prove_validators(&net.link()).await.unwrap();
+    assert_eq!(history.at(height), sorted(&left));
+    let last_registration = register(dept, nonce);
+    let proof = client.chain_tx(last_registration.id()).await.unwrap();
+    assert!(proof.is_some_and(|p| p.header.header.height > removed_at));
     client.close().await;
     for v in vs.into_iter().flatten() {
         stop(v).await;

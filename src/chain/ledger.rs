@@ -646,6 +646,23 @@ impl Ledger {
         }
     }
 
+    /// Every validator set change of the chain, in order, each with its proof: what a
+    /// reader needs to know the validators of any height (`chain::validators`).
+    pub fn validator_changes(&self) -> Result<Vec<TxInclusion>, LedgerError> {
+        let mut out = Vec::new();
+        for (height, index) in self.shared.store.validator_changes()? {
+            // A change the store indexes is in a stored block.
+            let proof = self
+                .proof_at(height, index)?
+                .ok_or(ChainStoreError::Decode {
+                    height,
+                    reason: "missing".into(),
+                })?;
+            out.push(proof);
+        }
+        Ok(out)
+    }
+
     /// The inclusion proof of transaction `index` of block `height`.
     fn proof_at(&self, height: u64, index: u32) -> Result<Option<TxInclusion>, LedgerError> {
         let Some(block) = self.shared.store.block(height)? else {

@@ -12,3 +12,4 @@ pub mod rooted;
 pub mod state;
 pub mod store;
 pub mod tx;
+pub mod validators;

@@ -9,7 +9,9 @@
 //!
 //! Tables (format version in the name): `blocks-v1` height → postcard `Block`;
 //! `txs-v1` transaction id → (height, index); `docs-v1` document id → (height, index) of the
-//! transaction that registered it; `meta-v1` "format" and "tip".
+//! transaction that registered it; `validator-changes-v1` (height, index) of every
+//! validator set change (filled in on open for a chain stored before it existed);
+//! `meta-v1` "format" and "tip".
 
 use std::path::Path;
 
@@ -26,6 +28,8 @@ const BLOCKS: TableDefinition<u64, &[u8]> = TableDefinition::new("blocks-v1");
 const TXS: TableDefinition<&[u8; 32], (u64, u32)> = TableDefinition::new("txs-v1");
 const DOCS: TableDefinition<&[u8; 32], (u64, u32)> = TableDefinition::new("docs-v1");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta-v1");
+/// Where each `AddValidator` / `RemoveValidator` sits: (height, index) → ().
+const SET_CHANGES: TableDefinition<(u64, u32), ()> = TableDefinition::new("validator-changes-v1");
 /// Consensus bookkeeping written in the same transaction as the blocks it applied.
 const RAFT_SM: TableDefinition<&str, &[u8]> = TableDefinition::new("raft-sm-v1");
 /// The on-disk format this code reads and writes.
@@ -88,6 +92,18 @@ pub struct ChainStore {
     db: Database,
 }
 
+/// (height, index) of each validator set change in `block`.
+fn set_changes(block: &Block) -> impl Iterator<Item = (u64, u32)> + '_ {
+    let height = block.header.header.height;
+    block.txs.iter().enumerate().filter_map(move |(i, tx)| {
+        matches!(
+            tx.tx.body,
+            TxBody::AddValidator { .. } | TxBody::RemoveValidator { .. }
+        )
+        .then_some((height, i as u32))
+    })
+}
+
 impl ChainStore {
     /// Opens (or creates) the chain at `path`, verifies every stored block from `genesis`,
     /// and returns the store, the state at the tip and the tip header.
@@ -113,6 +129,7 @@ impl ChainStore {
         txn.open_table(TXS)?;
         txn.open_table(DOCS)?;
         txn.open_table(RAFT_SM)?;
+        txn.open_table(SET_CHANGES)?;
         txn.commit()?;
         if format != CHAIN_FORMAT {
             return Err(ChainStoreError::Format { found: format });
@@ -121,6 +138,7 @@ impl ChainStore {
         let mut state = State::genesis(genesis)?;
         let mut tip = genesis_header(&state);
         let mut validators: Vec<PublicId> = state.validators.iter().copied().collect();
+        let mut changes = Vec::new();
         for height in 1..=store.tip_height()? {
             let block = store
                 .block(height)?
@@ -133,8 +151,31 @@ impl ChainStore {
             block.apply(&mut state, &tip).map_err(tampered)?;
             validators = state.validators.iter().copied().collect();
             tip = block.header.header.clone();
+            changes.extend(set_changes(&block));
+        }
+        if store.validator_changes()? != changes {
+            let txn = store.db.begin_write()?;
+            {
+                let mut table = txn.open_table(SET_CHANGES)?;
+                table.retain(|_, _| false)?;
+                for at in &changes {
+                    table.insert(at, ())?;
+                }
+            }
+            txn.commit()?;
         }
         Ok((store, state, tip))
+    }
+
+    /// Where every validator set change of the chain sits, in chain order.
+    pub fn validator_changes(&self) -> Result<Vec<(u64, u32)>, ChainStoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(SET_CHANGES)?;
+        table
+            .iter()?
+            .map(|row| Ok(row?.0.value()))
+            .collect::<Result<_, redb::StorageError>>()
+            .map_err(Into::into)
     }
 
     pub fn tip_height(&self) -> Result<u64, ChainStoreError> {
@@ -272,6 +313,10 @@ impl ChainStore {
             blocks.insert(height, bytes.as_slice())?;
             let mut txs = txn.open_table(TXS)?;
             let mut docs = txn.open_table(DOCS)?;
+            let mut set_changes_table = txn.open_table(SET_CHANGES)?;
+            for at in set_changes(block) {
+                set_changes_table.insert(at, ())?;
+            }
             for (index, tx) in block.txs.iter().enumerate() {
                 let at = (height, index as u32);
                 txs.insert(&tx.id(), at)?;
@@ -288,6 +333,16 @@ impl ChainStore {
             let mut meta = txn.open_table(META)?;
             meta.insert("tip", height)?;
         }
+        Ok(())
+    }
+
+    /// Test aid: empties the index of validator set changes, as in a chain stored before
+    /// it existed (`open` fills it in again).
+    #[doc(hidden)]
+    pub fn forget_validator_changes_for_test(&self) -> Result<(), ChainStoreError> {
+        let txn = self.db.begin_write()?;
+        txn.open_table(SET_CHANGES)?.retain(|_, _| false)?;
+        txn.commit()?;
         Ok(())
     }
 

@@ -1,0 +1,364 @@
+//! The validator set at every height, proven from a set the reader already trusts.
+//!
+//! A block is final once a majority of the validators in force at its height signed it:
+//! the set left by every `AddValidator` and `RemoveValidator` in the blocks before it
+//! (block `h` is endorsed by the set after block `h - 1`). A reader trusts one set, the
+//! genesis validators of its cluster file. To check a block signed by a later set it takes
+//! the chain's set changes in order (`GetValidatorChanges`), each a [`TxInclusion`] that
+//! must be final under the set in force at its own height, and applies them: a
+//! [`ValidatorHistory`]. So adding or removing a validator never breaks a client's checks,
+//! and a client never has to trust the server that sent the changes.
+//!
+//! Not caught: a server that leaves out changes. Left-out additions only make later
+//! blocks fail to verify (the signers are unknown); a left-out removal keeps a removed
+//! validator counted, so blocks need one more signature from the old set, as with a
+//! cluster file that was never updated.
+
+use serde::{Deserialize, Serialize};
+
+use super::block::{BlockError, TxInclusion};
+use super::tx::TxBody;
+use crate::identity::PublicId;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum HistoryError {
+    #[error("validator set change at block {height}: {source}")]
+    Proof {
+        height: u64,
+        #[source]
+        source: BlockError,
+    },
+    #[error("transaction {index} of block {height} does not change the validator set")]
+    NotASetChange { height: u64, index: u64 },
+    #[error("validator set changes out of chain order at block {height}")]
+    Order { height: u64 },
+    #[error("block {height} adds {validator}, already a validator")]
+    AlreadyValidator { height: u64, validator: PublicId },
+    #[error("block {height} removes {validator}, not a validator")]
+    NotValidator { height: u64, validator: PublicId },
+    #[error("block {height} leaves no validator")]
+    Empty { height: u64 },
+}
+
+/// The sets in force, each from the first height it signs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ValidatorHistory {
+    /// (first height, sorted set), by ascending height; the first entry starts at 0.
+    sets: Vec<(u64, Vec<PublicId>)>,
+}
+
+impl ValidatorHistory {
+    /// `trusted` for every height: no change known.
+    pub fn trusted(trusted: &[PublicId]) -> Self {
+        let mut set = trusted.to_vec();
+        set.sort();
+        set.dedup();
+        Self {
+            sets: vec![(0, set)],
+        }
+    }
+
+    /// The history that `changes` (every set change of the chain, in chain order) prove
+    /// from `trusted`: each change must be final under the set in force at its height.
+    pub fn prove(trusted: &[PublicId], changes: &[TxInclusion]) -> Result<Self, HistoryError> {
+        let mut history = Self::trusted(trusted);
+        let mut last: Option<(u64, u64)> = None;
+        for change in changes {
+            let height = change.header.header.height;
+            let at = (height, change.proof.index);
+            if last.is_some_and(|l| at <= l) || height == 0 {
+                return Err(HistoryError::Order { height });
+            }
+            let signers = history.at(height).to_vec();
+            change
+                .verify(&signers)
+                .map_err(|source| HistoryError::Proof { height, source })?;
+            // The set after this block: the one already started by an earlier change of
+            // the same block, else the one in force at it.
+            let open = history
+                .sets
+                .last()
+                .is_some_and(|(from, _)| *from == height + 1);
+            if !open {
+                history.sets.push((height + 1, signers));
+            }
+            let set = &mut history.sets.last_mut().expect("never empty").1;
+            match &change.tx.tx.body {
+                TxBody::AddValidator { validator } => match set.binary_search(validator) {
+                    Ok(_) => {
+                        return Err(HistoryError::AlreadyValidator {
+                            height,
+                            validator: *validator,
+                        });
+                    }
+                    Err(i) => set.insert(i, *validator),
+                },
+                TxBody::RemoveValidator { validator } => match set.binary_search(validator) {
+                    Ok(i) => {
+                        set.remove(i);
+                        if set.is_empty() {
+                            return Err(HistoryError::Empty { height });
+                        }
+                    }
+                    Err(_) => {
+                        return Err(HistoryError::NotValidator {
+                            height,
+                            validator: *validator,
+                        });
+                    }
+                },
+                _ => {
+                    return Err(HistoryError::NotASetChange {
+                        height,
+                        index: change.proof.index,
+                    });
+                }
+            }
+            last = Some(at);
+        }
+        Ok(history)
+    }
+
+    /// The validators whose majority makes block `height` final.
+    pub fn at(&self, height: u64) -> &[PublicId] {
+        let i = self.sets.partition_point(|(from, _)| *from <= height);
+        &self.sets[i.saturating_sub(1)].1
+    }
+
+    /// Whether any change is known (beyond the trusted set).
+    pub fn changed(&self) -> bool {
+        self.sets.len() > 1
+    }
+}
+
+/// Whether a failed check may only mean that the reader's history lacks a recent change.
+pub fn may_be_stale(e: &BlockError) -> bool {
+    matches!(
+        e,
+        BlockError::NotValidator { .. } | BlockError::NotFinal { .. }
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chain::block::{Block, SignedHeader};
+    use crate::chain::merkle;
+    use crate::chain::tx::Tx;
+    use crate::identity::{Identity, Role};
+
+    fn ids(n: usize) -> Vec<Identity> {
+        (0..n)
+            .map(|_| Identity::generate(Role::Validator))
+            .collect()
+    }
+
+    /// Transaction `index` of a block at `height` holding `bodies` (sent by `sender`),
+    /// signed by `signers`.
+    fn change(
+        height: u64,
+        sender: &Identity,
+        bodies: &[TxBody],
+        signers: &[&Identity],
+    ) -> Vec<TxInclusion> {
+        let txs: Vec<_> = bodies
+            .iter()
+            .enumerate()
+            .map(|(i, body)| {
+                Tx {
+                    sender: sender.public(),
+                    nonce: height * 10 + i as u64,
+                    body: body.clone(),
+                }
+                .sign(sender)
+            })
+            .collect();
+        let leaves: Vec<_> = txs.iter().map(|t| merkle::leaf_hash(&t.encode())).collect();
+        let header = crate::chain::block::BlockHeader {
+            height,
+            prev: [0; 32],
+            tx_root: merkle::root(&leaves),
+            state_root: [0; 32],
+            time_ms: 0,
+            proposer: sender.public(),
+        };
+        let mut signed = SignedHeader {
+            header,
+            signatures: Vec::new(),
+        };
+        for s in signers {
+            signed.sign(s);
+        }
+        let block = Block {
+            header: signed,
+            txs,
+        };
+        (0..bodies.len())
+            .map(|i| block.inclusion(i).unwrap())
+            .collect()
+    }
+
+    fn public(v: &[&Identity]) -> Vec<PublicId> {
+        let mut p: Vec<_> = v.iter().map(|i| i.public()).collect();
+        p.sort();
+        p
+    }
+
+    #[test]
+    fn changes_prove_each_later_set_from_the_trusted_one() {
+        let v = ids(5);
+        let (a, b, c, d, e) = (&v[0], &v[1], &v[2], &v[3], &v[4]);
+        let genesis = public(&[a, b, c]);
+        // Block 4 adds d (signed by the genesis set); block 9 removes a and c, signed by a
+        // majority of {a, b, c, d}; so from block 10 on, {b, d} sign.
+        let mut changes = change(
+            4,
+            a,
+            &[TxBody::AddValidator {
+                validator: d.public(),
+            }],
+            &[a, b],
+        );
+        changes.extend(change(
+            9,
+            b,
+            &[
+                TxBody::RemoveValidator {
+                    validator: a.public(),
+                },
+                TxBody::RemoveValidator {
+                    validator: c.public(),
+                },
+            ],
+            &[b, c, d],
+        ));
+        let h = ValidatorHistory::prove(&genesis, &changes).unwrap();
+        assert!(h.changed());
+        assert_eq!(h.at(1), genesis.as_slice());
+        assert_eq!(h.at(4), genesis.as_slice());
+        assert_eq!(h.at(5), public(&[a, b, c, d]).as_slice());
+        assert_eq!(h.at(9), public(&[a, b, c, d]).as_slice());
+        assert_eq!(h.at(10), public(&[b, d]).as_slice());
+        assert_eq!(h.at(u64::MAX), public(&[b, d]).as_slice());
+
+        // Each change must be final under the set of its own height.
+        let forged = change(
+            4,
+            e,
+            &[TxBody::AddValidator {
+                validator: e.public(),
+            }],
+            &[e, d],
+        );
+        assert!(matches!(
+            ValidatorHistory::prove(&genesis, &forged),
+            Err(HistoryError::Proof { height: 4, .. })
+        ));
+        // Out of order, repeated, or not a set change: refused.
+        let reversed: Vec<_> = changes.iter().rev().cloned().collect();
+        assert!(matches!(
+            ValidatorHistory::prove(&genesis, &reversed),
+            Err(HistoryError::Proof { .. } | HistoryError::Order { .. })
+        ));
+        let twice = [changes[0].clone(), changes[0].clone()];
+        assert_eq!(
+            ValidatorHistory::prove(&genesis, &twice),
+            Err(HistoryError::Order { height: 4 })
+        );
+        let register = change(
+            3,
+            a,
+            &[TxBody::RegisterDocument {
+                document: crate::id::DocumentId::of(b"x"),
+            }],
+            &[a, b],
+        );
+        assert_eq!(
+            ValidatorHistory::prove(&genesis, &register),
+            Err(HistoryError::NotASetChange {
+                height: 3,
+                index: 0
+            })
+        );
+        // A flipped byte anywhere in a change's proof breaks it.
+        let mut bad = changes.clone();
+        bad[1].header.header.state_root[0] ^= 1;
+        assert!(ValidatorHistory::prove(&genesis, &bad).is_err());
+    }
+
+    #[test]
+    fn a_receipt_carries_the_set_changes_its_block_needs() {
+        use crate::codec::{self, DocumentInfo};
+        use crate::manifest::CodingParams;
+        use crate::receipt::{MAGIC, MAGIC_WITH_CHANGES, Receipt, ReceiptError};
+
+        let v = ids(3);
+        let (a, b, c) = (&v[0], &v[1], &v[2]);
+        let dept = Identity::generate(Role::Department);
+        let genesis = public(&[a, b]);
+        let info = DocumentInfo {
+            department: "records".into(),
+            document_type: "certificate".into(),
+            created_at_ms: Some(1),
+        };
+        let (manifest, _) =
+            codec::encode(&[7u8; 3000][..], CodingParams::default(), info, |_| Ok(())).unwrap();
+        let document = manifest.id();
+        // Block 2 adds c; block 5, signed by b and c (a majority of {a, b, c}, not of the
+        // genesis pair), registers the document.
+        let added = change(
+            2,
+            a,
+            &[TxBody::AddValidator {
+                validator: c.public(),
+            }],
+            &[a, b],
+        );
+        let registration =
+            change(5, &dept, &[TxBody::RegisterDocument { document }], &[b, c]).remove(0);
+        let mut receipt = Receipt {
+            document,
+            manifest: manifest.encode(),
+            registration,
+            validator_changes: Vec::new(),
+        };
+        assert!(matches!(
+            receipt.verify(&genesis),
+            Err(ReceiptError::Registration(_))
+        ));
+        let bytes = receipt.encode();
+        assert!(bytes.starts_with(MAGIC));
+        assert_eq!(Receipt::decode(&bytes).unwrap(), receipt);
+
+        receipt.validator_changes = added;
+        receipt.verify(&genesis).unwrap();
+        let bytes = receipt.encode();
+        assert!(bytes.starts_with(MAGIC_WITH_CHANGES));
+        let decoded = Receipt::decode(&bytes).unwrap();
+        assert_eq!(decoded, receipt);
+        decoded.verify(&genesis).unwrap();
+        // Any flipped byte: refused when decoding or verifying.
+        for i in 0..bytes.len() {
+            let mut bad = bytes.clone();
+            bad[i] ^= 0x20;
+            assert!(
+                Receipt::decode(&bad)
+                    .and_then(|r| r.verify(&genesis))
+                    .is_err(),
+                "byte {i} of {}",
+                bytes.len()
+            );
+        }
+        // The changes' magic with none of them is not canonical.
+        let mut v1 = receipt.clone();
+        v1.validator_changes.clear();
+        let mut relabelled = MAGIC_WITH_CHANGES.to_vec();
+        relabelled.extend_from_slice(&v1.encode()[MAGIC.len()..]);
+        relabelled.push(0);
+        assert!(matches!(
+            Receipt::decode(&relabelled),
+            Err(ReceiptError::NotCanonical)
+        ));
+    }
+}
