@@ -387,14 +387,24 @@ enum BenchCommand {
 }
 
 fn main() -> Result<()> {
+    let cli = Cli::parse();
+    // `bench` and `demo` start every validator of their cluster at once in this process,
+    // and openraft reports the first election's unanswered votes and appends as errors:
+    // noise in a report. Elsewhere (a `dangan node`) they say a validator is unreachable.
+    // RUST_LOG overrides both.
+    let quiet_raft = matches!(cli.command, Command::Bench(_) | Command::Demo { .. });
+    let default_filter = if quiet_raft {
+        "warn,openraft=off"
+    } else {
+        "warn"
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter)),
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
     match cli.command {
         Command::Bench(BenchCommand::Codec {
             size_mib,

@@ -377,6 +377,17 @@ async fn accept_loop(endpoint: quinn::Endpoint, state: Arc<State>) {
             let remote = incoming.remote_address();
             let conn = match incoming.await {
                 Ok(conn) => conn,
+                // The dialer gave up (a request's time limit ran out) or vanished: not
+                // a refusal, and routine while a cluster starts.
+                Err(
+                    e @ (quinn::ConnectionError::ConnectionClosed(_)
+                    | quinn::ConnectionError::ApplicationClosed(_)
+                    | quinn::ConnectionError::Reset
+                    | quinn::ConnectionError::TimedOut),
+                ) => {
+                    debug!(%remote, error = %e, "handshake abandoned by the other end");
+                    return;
+                }
                 Err(e) => {
                     state.stats.refused.fetch_add(1, Ordering::Relaxed);
                     warn!(%remote, error = %e, "connection refused during the handshake");
