@@ -292,6 +292,22 @@ enum ChainCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Admit a validator (run with a validator's --key). Its host must be listed in every
+    /// validator's cluster.toml (`[[chain.validator]]`) and running: the leader adds it to
+    /// raft and it catches up. From the next block, a majority of the new set makes a
+    /// block final.
+    AddValidator {
+        /// The new validator's public id (dgn1…, `dangan keys new --role validator`).
+        id: PublicId,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Remove a validator (run with a validator's --key; never the last one).
+    RemoveValidator {
+        id: PublicId,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
 }
 
 #[derive(Subcommand)]
@@ -773,6 +789,12 @@ async fn run_async(command: Command) -> Result<()> {
             c.close().await;
             Ok(())
         }
+        Command::Chain(ChainCommand::AddValidator { id, client }) => {
+            change_validators(&client, id, true).await
+        }
+        Command::Chain(ChainCommand::RemoveValidator { id, client }) => {
+            change_validators(&client, id, false).await
+        }
         Command::Audit { id, client } => {
             let (c, _) = connect(&client).await?;
             let chain = c.chain_link()?.clone();
@@ -1129,6 +1151,24 @@ fn print_version(r: &version::VersionReport) {
 
 /// A client placing by the chain's layout (the cluster file's if the chain has none; reads
 /// fall back to the file's).
+/// Commits adding (or removing) `validator`, signed by the client's key, and says where.
+async fn change_validators(client: &ClientArgs, validator: PublicId, add: bool) -> Result<()> {
+    let (c, _) = connect(client).await?;
+    let (body, done) = if add {
+        (TxBody::AddValidator { validator }, "added")
+    } else {
+        (TxBody::RemoveValidator { validator }, "removed")
+    };
+    let committed = c.submit(c.chain_link()?, body).await;
+    c.close().await;
+    let (height, index) = committed?;
+    println!(
+        "{done} validator {validator} in block {height} (transaction {index}); blocks after it \
+         are final with a majority of the new set"
+    );
+    Ok(())
+}
+
 async fn connect(args: &ClientArgs) -> Result<(Client, Keyring)> {
     let identity = Identity::load(&args.key)?;
     let cluster = ClusterFile::load(&args.cluster)?;

@@ -2,7 +2,8 @@
 //! `put` and `get` of a 3 MiB document, a stranger's key refused, an unknown id, a killed
 //! peer. Also: the example configs in `config/` load, `local-config` writes a coding that
 //! fits the number of peers, and the operator commands (`cluster status`, `scrub`, repair)
-//! find and fix a bit flipped on a peer's disk.
+//! find and fix a bit flipped on a peer's disk; validators removed and added again with
+//! `chain remove-validator` / `add-validator`.
 
 mod common;
 
@@ -626,4 +627,80 @@ fn rekey_and_supersede_from_the_command_line_and_get_follows_to_the_newest_versi
     get.args(&client);
     run(get, &logs, "get-exact").expect_ok("get --exact");
     assert!(fs::read(&out).unwrap() == v1_bytes);
+}
+
+#[test]
+fn validators_leave_and_join_from_the_command_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let cluster = ProcessCluster::start(root, PEERS, 3);
+    let logs = cluster.logs.clone();
+    let keyring = cluster.path("keyring");
+    let client = cluster.client_args(&cluster.path("keys/department.key"), &keyring);
+    let admin = cluster.client_args(&cluster.path("keys/validator1.key"), &keyring);
+    let third = dangan::identity::Identity::load(cluster.path("keys/validator3.key"))
+        .unwrap()
+        .public()
+        .to_string();
+    let validators = |name: &str| {
+        let mut status = dangan(["chain", "status"]);
+        status.args(&client);
+        let status = run(status, &logs, name).expect_ok("chain status");
+        status.stdout.matches("validator:").count()
+    };
+    let put_and_verify = |name: &str, seed: u64| {
+        let input = root.join(format!("{name}.bin"));
+        fs::write(&input, common::data(100 << 10, seed)).unwrap();
+        let mut put = dangan(["put".as_ref(), input.as_os_str()]);
+        put.args(&client);
+        let put = run(put, &logs, &format!("{name}-put")).expect_ok("put");
+        let id = put
+            .stdout
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .trim()
+            .to_owned();
+        let mut verify = dangan(["verify", id.as_str()]);
+        verify.args(&client);
+        let verified = run(verify, &logs, &format!("{name}-verify")).expect_ok("verify");
+        assert!(
+            verified.stdout.contains("is registered"),
+            "{}",
+            verified.describe()
+        );
+    };
+    assert_eq!(validators("status-3"), 3);
+
+    // A department may not change the validator set.
+    let mut refused = dangan(["chain", "remove-validator", third.as_str()]);
+    refused.args(&client);
+    let refused = run(refused, &logs, "dept-remove").expect_fail("a department removing");
+    assert!(refused.stderr.contains("role"), "{}", refused.describe());
+    assert_eq!(validators("status-still-3"), 3);
+
+    let mut remove = dangan(["chain", "remove-validator", third.as_str()]);
+    remove.args(&admin);
+    let removed = run(remove, &logs, "remove").expect_ok("remove-validator");
+    assert!(
+        removed
+            .stdout
+            .contains(&format!("removed validator {third} in block")),
+        "{}",
+        removed.describe()
+    );
+    assert_eq!(validators("status-2"), 2);
+    put_and_verify("two", 1);
+
+    let mut add = dangan(["chain", "add-validator", third.as_str()]);
+    add.args(&admin);
+    let added = run(add, &logs, "add").expect_ok("add-validator");
+    assert!(
+        added.stdout.contains("added validator"),
+        "{}",
+        added.describe()
+    );
+    assert_eq!(validators("status-3-again"), 3);
+    put_and_verify("three", 2);
+    cluster.assert_no_panics();
 }
