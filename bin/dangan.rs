@@ -292,13 +292,20 @@ enum ChainCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
-    /// Admit a validator (run with a validator's --key). Its host must be listed in every
-    /// validator's cluster.toml (`[[chain.validator]]`) and running: the leader adds it to
-    /// raft and it catches up. From the next block, a majority of the new set makes a
-    /// block final.
+    /// Admit a validator (run with a validator's --key). With --host and --addr, the chain
+    /// also says which peer hosts it, and the running validators reach and trust that peer
+    /// from then on; without them, its host must already be in every validator's
+    /// cluster.toml. Once it runs, the leader adds it to raft and it catches up. From the
+    /// next block, a majority of the new set makes a block final.
     AddValidator {
         /// The new validator's public id (dgn1…, `dangan keys new --role validator`).
         id: PublicId,
+        /// The public id of the peer that hosts it (its node key).
+        #[arg(long, requires = "addr")]
+        host: Option<PublicId>,
+        /// That peer's address, ip:port.
+        #[arg(long, requires = "host")]
+        addr: Option<String>,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -789,11 +796,32 @@ async fn run_async(command: Command) -> Result<()> {
             c.close().await;
             Ok(())
         }
-        Command::Chain(ChainCommand::AddValidator { id, client }) => {
-            change_validators(&client, id, true).await
+        Command::Chain(ChainCommand::AddValidator {
+            id,
+            host,
+            addr,
+            client,
+        }) => {
+            let (c, _) = connect(&client).await?;
+            let mut bodies = Vec::new();
+            if let (Some(host), Some(addr)) = (host, addr) {
+                bodies.push(TxBody::SetValidatorHost {
+                    validator: id,
+                    host,
+                    addr,
+                });
+            }
+            bodies.push(TxBody::AddValidator { validator: id });
+            let result = submit_all(&c, bodies, &format!("added validator {id}")).await;
+            c.close().await;
+            result
         }
         Command::Chain(ChainCommand::RemoveValidator { id, client }) => {
-            change_validators(&client, id, false).await
+            let (c, _) = connect(&client).await?;
+            let body = TxBody::RemoveValidator { validator: id };
+            let result = submit_all(&c, vec![body], &format!("removed validator {id}")).await;
+            c.close().await;
+            result
         }
         Command::Audit { id, client } => {
             let (c, _) = connect(&client).await?;
@@ -1151,21 +1179,19 @@ fn print_version(r: &version::VersionReport) {
 
 /// A client placing by the chain's layout (the cluster file's if the chain has none; reads
 /// fall back to the file's).
-/// Commits adding (or removing) `validator`, signed by the client's key, and says where.
-async fn change_validators(client: &ClientArgs, validator: PublicId, add: bool) -> Result<()> {
-    let (c, _) = connect(client).await?;
-    let (body, done) = if add {
-        (TxBody::AddValidator { validator }, "added")
-    } else {
-        (TxBody::RemoveValidator { validator }, "removed")
-    };
-    let committed = c.submit(c.chain_link()?, body).await;
-    c.close().await;
-    let (height, index) = committed?;
-    println!(
-        "{done} validator {validator} in block {height} (transaction {index}); blocks after it \
-         are final with a majority of the new set"
-    );
+/// Commits `bodies` in order, signed by the client's key, and says where the last went.
+async fn submit_all(c: &Client, bodies: Vec<TxBody>, done: &str) -> Result<()> {
+    let chain = c.chain_link()?;
+    let mut at = None;
+    for body in bodies {
+        at = Some(c.submit(chain, body).await?);
+    }
+    if let Some((height, index)) = at {
+        println!(
+            "{done} in block {height} (transaction {index}); blocks after it are final with a \
+             majority of the new set"
+        );
+    }
     Ok(())
 }
 

@@ -692,7 +692,20 @@ fn validators_leave_and_join_from_the_command_line() {
     assert_eq!(validators("status-2"), 2);
     put_and_verify("two", 1);
 
-    let mut add = dangan(["chain", "add-validator", third.as_str()]);
+    // Added back with its host named on chain (the same peer its cluster files name).
+    let file = ClusterFile::load(&cluster.path("cluster.toml")).unwrap();
+    let host = file.chain.as_ref().unwrap().hosts.last().unwrap().clone();
+    let peer3 = dangan::identity::Identity::load(cluster.path("keys/peer3.key")).unwrap();
+    assert_eq!(host.key, peer3.public(), "node 3 hosts validator 3");
+    let mut add = dangan([
+        "chain",
+        "add-validator",
+        third.as_str(),
+        "--host",
+        host.key.to_string().as_str(),
+        "--addr",
+        host.addr.as_str(),
+    ]);
     add.args(&admin);
     let added = run(add, &logs, "add").expect_ok("add-validator");
     assert!(

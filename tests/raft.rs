@@ -135,14 +135,28 @@ impl Net {
     }
 
     async fn start(&self, i: usize) -> Validator {
+        self.start_knowing(i, self.validators.len()).await
+    }
+
+    /// Starts validator `i` with a cluster file that names (and trusts) only the first
+    /// `known` validator hosts.
+    async fn start_knowing(&self, i: usize, known: usize) -> Validator {
+        let trust = Membership::new();
+        trust.replace(
+            self.departments
+                .iter()
+                .chain(&self.nodes[..known])
+                .map(|id| id.public()),
+        );
         let net = ValidatorNet {
             host_identity: self.nodes[i].clone(),
-            trust: Arc::new(self.membership.clone()),
+            trust: Arc::new(trust),
             hosts: self
                 .validators
                 .iter()
                 .map(|v| v.public())
                 .zip(self.hosts())
+                .take(known)
                 .collect(),
         };
         let ledger = Arc::new(
@@ -606,6 +620,96 @@ async fn validators_join_and_leave_through_the_chain() {
     let last_registration = register(dept, nonce);
     let proof = client.chain_tx(last_registration.id()).await.unwrap();
     assert!(proof.is_some_and(|p| p.header.header.height > removed_at));
+    client.close().await;
+    for v in vs.into_iter().flatten() {
+        stop(v).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_validator_whose_host_the_chain_names_joins_without_new_cluster_files() {
+    logs();
+    let tmp = tempfile::tempdir().unwrap();
+    let net = Net::with(tmp.path(), 1, 4, 3, RaftTuning::default());
+    // The three genesis validators' cluster files know nothing of the fourth host.
+    let mut vs = Vec::new();
+    for i in 0..3 {
+        vs.push(Some(net.start_knowing(i, 3).await));
+    }
+    converged(&vs.iter().flatten().collect::<Vec<_>>()).await;
+    let dept = &net.departments[0];
+    let client = net.client(dept);
+    let mut nonce = 0;
+    for _ in 0..3 {
+        nonce += 1;
+        commit(&client, &register(dept, nonce)).await;
+    }
+    let admin = &net.validators[0];
+    let newcomer = net.validators[3].public();
+    let host = net.nodes[3].public();
+    assert!(!vs[0].as_ref().unwrap().ledger.is_validator_host(&host));
+    let bad = Tx {
+        sender: admin.public(),
+        nonce: 1,
+        body: TxBody::SetValidatorHost {
+            validator: newcomer,
+            host,
+            addr: "not an address".into(),
+        },
+    }
+    .sign(admin);
+    let refused = client.submit_tx(&bad).await.unwrap_err();
+    assert!(refused.to_string().contains("ip:port"), "{refused}");
+    for (n, body) in [
+        TxBody::SetValidatorHost {
+            validator: newcomer,
+            host,
+            addr: net.addrs[3].to_string(),
+        },
+        TxBody::AddValidator {
+            validator: newcomer,
+        },
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let tx = Tx {
+            sender: admin.public(),
+            nonce: n as u64 + 1,
+            body,
+        }
+        .sign(admin);
+        commit(&client, &tx).await;
+    }
+    vs.push(Some(net.start(3).await));
+    let all: Vec<&Validator> = vs.iter().flatten().collect();
+    until("the old validators know the newcomer's host", || {
+        all[..3].iter().all(|v| v.ledger.is_validator_host(&host))
+    })
+    .await;
+    until("the newcomer is a raft voter", || {
+        leader_of(&all).is_some_and(|l| l.ledger.raft_voters().len() == 4)
+    })
+    .await;
+    converged(&all).await;
+    // With an old follower stopped, every block needs the newcomer's endorsement.
+    let leader = leader_of(&all).unwrap().ledger.node_id();
+    let stopped = (1..3)
+        .find(|&i| node_id(&net.validators[i].public()) != leader)
+        .unwrap();
+    drop(all);
+    stop(vs[stopped].take().unwrap()).await;
+    for _ in 0..3 {
+        nonce += 1;
+        commit(&client, &register(dept, nonce)).await;
+    }
+    let live: Vec<&Validator> = vs.iter().flatten().collect();
+    let (height, _) = converged(&live).await;
+    let last = live[0].ledger.block(height).unwrap().unwrap().header;
+    assert!(
+        last.signatures.iter().any(|(w, _)| *w == newcomer),
+        "the newcomer endorsed block {height}"
+    );
     client.close().await;
     for v in vs.into_iter().flatten() {
         stop(v).await;

@@ -184,34 +184,38 @@ impl Ledger {
             return Err(LedgerError::NotValidator(me_id));
         }
         let me = raft::node_id(&me_id);
-        let mut hosts = BTreeMap::new();
-        let links = match net {
-            None => None,
-            Some(net) => {
-                for (v, node) in net.hosts {
-                    hosts.insert(raft::node_id(&v), (v, node));
-                }
-                let options = ClientOptions {
-                    bind: std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
-                    connect_timeout: Duration::from_secs(1),
-                    request_timeout: Duration::from_secs(10),
-                    down_for: Duration::from_millis(200),
-                    ..ClientOptions::default()
-                };
-                let layout = Layout::new(0, Vec::new())
-                    .map_err(|e| LedgerError::Unavailable(e.to_string()))?;
-                Some(
-                    Client::new(&net.host_identity, net.trust, layout, options)
-                        .map_err(|e| LedgerError::Unavailable(e.to_string()))?,
-                )
-            }
-        };
+        let mut links = Net::new(BTreeMap::new());
+        if let Some(net) = net {
+            let hosts = net
+                .hosts
+                .iter()
+                .map(|(v, node)| (raft::node_id(v), (*v, node.clone())))
+                .collect();
+            links = Net::new(hosts);
+            let options = ClientOptions {
+                bind: std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
+                connect_timeout: Duration::from_secs(1),
+                request_timeout: Duration::from_secs(10),
+                down_for: Duration::from_millis(200),
+                ..ClientOptions::default()
+            };
+            let layout =
+                Layout::new(0, Vec::new()).map_err(|e| LedgerError::Unavailable(e.to_string()))?;
+            let trust = links.trust(net.trust);
+            links.links = Some(
+                Client::new(&net.host_identity, trust, layout, options)
+                    .map_err(|e| LedgerError::Unavailable(e.to_string()))?,
+            );
+        }
+        let net = links;
+        // Hosts the chain names take precedence over the cluster file's.
+        net.learn(&state.validator_hosts);
         let members: BTreeMap<u64, BasicNode> = state
             .validators
             .iter()
             .map(|v| {
                 let id = raft::node_id(v);
-                let addr = hosts.get(&id).map(|(_, n)| n.addr.clone());
+                let addr = net.host(id).map(|(_, n)| n.addr);
                 match addr {
                     Some(addr) => Ok((id, BasicNode { addr })),
                     None if id == me => Ok((id, BasicNode::default())),
@@ -219,7 +223,7 @@ impl Ledger {
                 }
             })
             .collect::<Result<_, _>>()?;
-        let net = Arc::new(Net { links, hosts });
+        let net = Arc::new(net);
         let shared = Arc::new(Shared::new(store, state, header, validator));
         let machine = ChainMachine::new(shared.clone())?;
         let log_path = path.with_extension("raft");
@@ -344,7 +348,7 @@ impl Ledger {
     pub fn leader_host(&self) -> Option<NodeInfo> {
         match self.leader() {
             Some(l) if l != self.me && self.fresh_contact().is_some() => {
-                self.net.hosts.get(&l).map(|(_, node)| node.clone())
+                self.net.host(l).map(|(_, node)| node)
             }
             _ => None,
         }
@@ -380,7 +384,7 @@ impl Ledger {
 
     /// Whether `who` is the node identity of a peer hosting one of the validators.
     pub fn is_validator_host(&self, who: &PublicId) -> bool {
-        self.net.hosts.values().any(|(_, n)| n.key == *who)
+        self.net.is_host(who)
     }
 
     /// Submits a transaction and waits until the block holding it is durable on a majority
@@ -454,7 +458,7 @@ impl Ledger {
         let Some(links) = &self.net.links else {
             return Err(LedgerError::Unavailable("no network".into()));
         };
-        let Some((_, node)) = self.net.hosts.get(&leader) else {
+        let Some((_, node)) = self.net.host(leader) else {
             return Err(LedgerError::Unavailable(format!(
                 "leader {leader} has no host"
             )));
@@ -463,7 +467,7 @@ impl Ledger {
         let req = Request::SubmitTx {
             len: bytes.len() as u64,
         };
-        match links.chain_request(node, &req, Some(bytes)).await {
+        match links.chain_request(&node, &req, Some(bytes)).await {
             Ok((Response::Committed { height, index }, _)) => Ok(TxReceipt {
                 height,
                 index,
@@ -918,6 +922,15 @@ async fn follow_validator_set(shared: Arc<Shared>, raft: Raft, net: Arc<Net>, me
     let mut applied = shared.applied.subscribe();
     loop {
         let _ = tokio::time::timeout(MEMBERSHIP_CHECK, applied.changed()).await;
+        // Every validator takes the chain's word for where validators are hosted.
+        let chain_hosts = shared
+            .tip
+            .lock()
+            .expect("ledger lock")
+            .state
+            .validator_hosts
+            .clone();
+        net.learn(&chain_hosts);
         let metrics = raft.metrics().borrow().clone();
         if metrics.current_leader != Some(me) {
             continue;
@@ -936,7 +949,7 @@ async fn follow_validator_set(shared: Arc<Shared>, raft: Raft, net: Arc<Net>, me
         }
         let mut ready = true;
         for id in wanted.difference(&voters) {
-            let Some((v, node)) = net.hosts.get(id) else {
+            let Some((v, node)) = net.host(*id) else {
                 warn!(
                     node = id,
                     "a validator added on chain has no configured host"

@@ -52,6 +52,7 @@ use crate::client::Client;
 use crate::identity::{Identity, PublicId};
 use crate::placement::NodeInfo;
 use crate::proto::{RaftKind, Request, Response};
+use crate::tls::{Membership, TrustPolicy};
 
 /// What a committed log entry did to the chain.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -870,13 +871,73 @@ fn build_snapshot(store: &ChainStore) -> Result<(SnapshotMeta<u64, BasicNode>, V
 // The network
 
 /// How validators reach each other: a QUIC client (the host node's identity) and, for each
-/// raft node id, the peer that hosts that validator.
+/// raft node id, the peer that hosts that validator: as the cluster file says, overridden
+/// by the chain's `SetValidatorHost` ([`Net::learn`]).
 pub struct Net {
     pub links: Option<Client>,
-    pub hosts: BTreeMap<u64, (PublicId, NodeInfo)>,
+    hosts: std::sync::RwLock<BTreeMap<u64, (PublicId, NodeInfo)>>,
+    /// Host keys learnt from the chain, which `links` trusts besides the cluster file's.
+    learnt: Membership,
+}
+
+/// What the validators' links trust: the cluster file's policy, or a host the chain names.
+#[derive(Debug)]
+pub struct HostTrust {
+    base: Arc<dyn TrustPolicy>,
+    learnt: Membership,
+}
+
+impl TrustPolicy for HostTrust {
+    fn is_trusted(&self, id: &PublicId) -> bool {
+        self.base.is_trusted(id) || self.learnt.contains(id)
+    }
 }
 
 impl Net {
+    /// The validator hosts `hosts` (by raft node id), not linked yet (see [`Net::trust`]).
+    pub fn new(hosts: BTreeMap<u64, (PublicId, NodeInfo)>) -> Self {
+        Self {
+            links: None,
+            hosts: std::sync::RwLock::new(hosts),
+            learnt: Membership::new(),
+        }
+    }
+
+    /// The trust policy for `links`: `base` (the cluster file's), or a host the chain names.
+    pub fn trust(&self, base: Arc<dyn TrustPolicy>) -> Arc<dyn TrustPolicy> {
+        Arc::new(HostTrust {
+            base,
+            learnt: self.learnt.clone(),
+        })
+    }
+
+    /// The validator of raft node `node` and the peer hosting it.
+    pub fn host(&self, node: u64) -> Option<(PublicId, NodeInfo)> {
+        self.hosts.read().expect("hosts lock").get(&node).cloned()
+    }
+
+    /// Whether `key` is the peer of a validator host.
+    pub fn is_host(&self, key: &PublicId) -> bool {
+        self.hosts
+            .read()
+            .expect("hosts lock")
+            .values()
+            .any(|(_, n)| n.key == *key)
+    }
+
+    /// Takes the chain's word for where validators are hosted (`State::validator_hosts`):
+    /// it overrides the cluster file, and those hosts' keys are trusted from now on.
+    pub fn learn(&self, hosts: &BTreeMap<PublicId, NodeInfo>) {
+        let mut known = self.hosts.write().expect("hosts lock");
+        for (v, node) in hosts {
+            let id = node_id(v);
+            if known.get(&id).is_some_and(|(_, n)| n == node) {
+                continue;
+            }
+            self.learnt.add(node.key);
+            known.insert(id, (*v, node.clone()));
+        }
+    }
     /// Sends a validator-to-validator request and returns the `ChainBody` bytes.
     pub async fn request(
         &self,
@@ -890,11 +951,10 @@ impl Net {
             .as_ref()
             .ok_or("no network: a one-validator chain")?;
         let (_, node) = self
-            .hosts
-            .get(&target)
+            .host(target)
             .ok_or_else(|| format!("raft node {target} has no known host"))?;
         match links
-            .chain_request_within(node, req, Some(Bytes::from(body)), timeout)
+            .chain_request_within(&node, req, Some(Bytes::from(body)), timeout)
             .await
         {
             Ok((Response::ChainBody { .. }, Some(bytes))) => Ok(bytes),

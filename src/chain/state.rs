@@ -163,6 +163,9 @@ pub struct State {
     /// Per storage peer, the first read record its next `AuditRoot` must start at (the
     /// records before it are covered by committed roots).
     pub audits: BTreeMap<PublicId, u64>,
+    /// The peer hosting each validator, where a `SetValidatorHost` said (validators not
+    /// in it are reached as their cluster files say).
+    pub validator_hosts: BTreeMap<PublicId, NodeInfo>,
 }
 
 /// Most read records one `AuditRoot` covers.
@@ -185,6 +188,7 @@ enum Entry<'a> {
     Layout(&'a Layout),
     PreviousLayout(&'a Option<Layout>),
     Audits(&'a BTreeMap<PublicId, u64>),
+    ValidatorHosts(&'a BTreeMap<PublicId, NodeInfo>),
 }
 
 impl State {
@@ -218,6 +222,7 @@ impl State {
             layout,
             previous_layout: None,
             audits: BTreeMap::new(),
+            validator_hosts: BTreeMap::new(),
         })
     }
 
@@ -238,6 +243,10 @@ impl State {
         // Only once a peer committed an audit root, so chains without one keep their roots.
         if !self.audits.is_empty() {
             leaves.push(leaf(Entry::Audits(&self.audits)));
+        }
+        // Likewise only once a validator host was set on chain.
+        if !self.validator_hosts.is_empty() {
+            leaves.push(leaf(Entry::ValidatorHosts(&self.validator_hosts)));
         }
         merkle::root(&leaves)
     }
@@ -530,6 +539,33 @@ impl State {
                 Box::new(move |s| {
                     s.validators.remove(&v);
                     s.accounts.remove(&v);
+                    s.validator_hosts.remove(&v);
+                })
+            }
+            TxBody::SetValidatorHost {
+                validator,
+                host,
+                addr,
+            } => {
+                require(Role::Validator, "say where a validator is hosted")?;
+                valid_key(validator)?;
+                valid_key(host)?;
+                if addr.len() > MAX_LABEL || addr.parse::<std::net::SocketAddr>().is_err() {
+                    return Err(TxError::Invalid(format!(
+                        "validator host address {addr:?} is not an ip:port"
+                    )));
+                }
+                let (v, node) = (
+                    *validator,
+                    NodeInfo {
+                        key: *host,
+                        zone: "validators".into(),
+                        weight: 0,
+                        addr: addr.clone(),
+                    },
+                );
+                Box::new(move |s| {
+                    s.validator_hosts.insert(v, node);
                 })
             }
         };

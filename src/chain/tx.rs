@@ -76,6 +76,15 @@ pub enum TxBody {
         count: u64,
         root: [u8; 32],
     },
+    /// A validator says which storage peer hosts `validator` (its key `host`, reached at
+    /// `addr`), so the other validators reach and trust it without a new cluster file.
+    /// Sent before the `AddValidator` of a new validator, or to move one; dropped with
+    /// `RemoveValidator`.
+    SetValidatorHost {
+        validator: PublicId,
+        host: PublicId,
+        addr: String,
+    },
 }
 
 /// Why a document got a new version.
