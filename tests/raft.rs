@@ -660,6 +660,22 @@ async fn a_validator_whose_host_the_chain_names_joins_without_new_cluster_files(
     .sign(admin);
     let refused = client.submit_tx(&bad).await.unwrap_err();
     assert!(refused.to_string().contains("ip:port"), "{refused}");
+    // Nor may one validator redirect another sitting validator's traffic.
+    let redirect = Tx {
+        sender: admin.public(),
+        nonce: 1,
+        body: TxBody::SetValidatorHost {
+            validator: net.validators[1].public(),
+            host,
+            addr: net.addrs[3].to_string(),
+        },
+    }
+    .sign(admin);
+    let refused = client.submit_tx(&redirect).await.unwrap_err();
+    assert!(
+        refused.to_string().contains("sitting validator"),
+        "{refused}"
+    );
     for (n, body) in [
         TxBody::SetValidatorHost {
             validator: newcomer,

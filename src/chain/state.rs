@@ -549,6 +549,15 @@ impl State {
             } => {
                 require(Role::Validator, "say where a validator is hosted")?;
                 valid_key(validator)?;
+                // A sitting validator's host is its own to move: no other validator may
+                // redirect its traffic. A validator not yet admitted has no account, so any
+                // validator names its host ahead of its `AddValidator`.
+                if self.validators.contains(validator) && sender != *validator {
+                    return Err(TxError::NotOwnHost {
+                        sender,
+                        validator: *validator,
+                    });
+                }
                 valid_key(host)?;
                 if addr.len() > MAX_LABEL || addr.parse::<std::net::SocketAddr>().is_err() {
                     return Err(TxError::Invalid(format!(

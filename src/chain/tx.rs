@@ -250,6 +250,11 @@ pub enum TxError {
         document: DocumentId,
         grantee: PublicId,
     },
+    #[error("only sitting validator {validator} itself may move its host, not {sender}")]
+    NotOwnHost {
+        sender: PublicId,
+        validator: PublicId,
+    },
 }
 
 impl Tx {
