@@ -309,6 +309,18 @@ enum ChainCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Move this validator (the one whose --key runs it) to another hosting peer: the
+    /// other validators reach and trust it there from the block on.
+    SetValidatorHost {
+        /// The public id of the peer that hosts it now (its node key).
+        #[arg(long)]
+        host: PublicId,
+        /// That peer's address, ip:port.
+        #[arg(long)]
+        addr: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Remove a validator (run with a validator's --key; never the last one).
     RemoveValidator {
         id: PublicId,
@@ -813,6 +825,19 @@ async fn run_async(command: Command) -> Result<()> {
             }
             bodies.push(TxBody::AddValidator { validator: id });
             let result = submit_all(&c, bodies, &format!("added validator {id}")).await;
+            c.close().await;
+            result
+        }
+        Command::Chain(ChainCommand::SetValidatorHost { host, addr, client }) => {
+            let (c, _) = connect(&client).await?;
+            let me = c.public();
+            let body = TxBody::SetValidatorHost {
+                validator: me,
+                host,
+                addr: addr.clone(),
+            };
+            let done = format!("validator {me} is hosted by {host} at {addr}");
+            let result = submit_all(&c, vec![body], &done).await;
             c.close().await;
             result
         }

@@ -715,5 +715,26 @@ fn validators_leave_and_join_from_the_command_line() {
     );
     assert_eq!(validators("status-3-again"), 3);
     put_and_verify("three", 2);
+
+    // The third validator, with its own key, says where it is hosted (the same peer).
+    let own = cluster.client_args(&cluster.path("keys/validator3.key"), &keyring);
+    let mut moved = dangan([
+        "chain",
+        "set-validator-host",
+        "--host",
+        host.key.to_string().as_str(),
+        "--addr",
+        host.addr.as_str(),
+    ]);
+    moved.args(&own);
+    let moved = run(moved, &logs, "set-host").expect_ok("set-validator-host");
+    assert!(
+        moved
+            .stdout
+            .contains(&format!("validator {third} is hosted by {}", host.key)),
+        "{}",
+        moved.describe()
+    );
+    put_and_verify("moved", 3);
     cluster.assert_no_panics();
 }
