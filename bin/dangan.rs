@@ -814,7 +814,6 @@ async fn run_async(command: Command) -> Result<()> {
             addr,
             client,
         }) => {
-            let (c, _) = connect(&client).await?;
             let mut bodies = Vec::new();
             if let (Some(host), Some(addr)) = (host, addr) {
                 bodies.push(TxBody::SetValidatorHost {
@@ -824,29 +823,21 @@ async fn run_async(command: Command) -> Result<()> {
                 });
             }
             bodies.push(TxBody::AddValidator { validator: id });
-            let result = submit_all(&c, bodies, &format!("added validator {id}")).await;
-            c.close().await;
-            result
+            submit_all(&client, bodies, &format!("added validator {id}")).await
         }
         Command::Chain(ChainCommand::SetValidatorHost { host, addr, client }) => {
-            let (c, _) = connect(&client).await?;
-            let me = c.public();
+            let me = Identity::load(&client.key)?.public();
+            let done = format!("validator {me} is hosted by {host} at {addr}");
             let body = TxBody::SetValidatorHost {
                 validator: me,
                 host,
-                addr: addr.clone(),
+                addr,
             };
-            let done = format!("validator {me} is hosted by {host} at {addr}");
-            let result = submit_all(&c, vec![body], &done).await;
-            c.close().await;
-            result
+            submit_all(&client, vec![body], &done).await
         }
         Command::Chain(ChainCommand::RemoveValidator { id, client }) => {
-            let (c, _) = connect(&client).await?;
             let body = TxBody::RemoveValidator { validator: id };
-            let result = submit_all(&c, vec![body], &format!("removed validator {id}")).await;
-            c.close().await;
-            result
+            submit_all(&client, vec![body], &format!("removed validator {id}")).await
         }
         Command::Audit { id, client } => {
             let (c, _) = connect(&client).await?;
@@ -1202,16 +1193,20 @@ fn print_version(r: &version::VersionReport) {
     println!("{}", r.new);
 }
 
-/// A client placing by the chain's layout (the cluster file's if the chain has none; reads
-/// fall back to the file's).
 /// Commits `bodies` in order, signed by the client's key, and says where the last went.
-async fn submit_all(c: &Client, bodies: Vec<TxBody>, done: &str) -> Result<()> {
-    let chain = c.chain_link()?;
-    let mut at = None;
-    for body in bodies {
-        at = Some(c.submit(chain, body).await?);
+async fn submit_all(client: &ClientArgs, bodies: Vec<TxBody>, done: &str) -> Result<()> {
+    let (c, _) = connect(client).await?;
+    let committed = async {
+        let chain = c.chain_link()?;
+        let mut at = None;
+        for body in bodies {
+            at = Some(c.submit(chain, body).await?);
+        }
+        Ok::<_, dangan::client::ClientError>(at)
     }
-    if let Some((height, index)) = at {
+    .await;
+    c.close().await;
+    if let Some((height, index)) = committed? {
         println!(
             "{done} in block {height} (transaction {index}); blocks after it are final with a \
              majority of the new set"
@@ -1220,6 +1215,8 @@ async fn submit_all(c: &Client, bodies: Vec<TxBody>, done: &str) -> Result<()> {
     Ok(())
 }
 
+/// A client placing by the chain's layout (the cluster file's if the chain has none; reads
+/// fall back to the file's).
 async fn connect(args: &ClientArgs) -> Result<(Client, Keyring)> {
     let identity = Identity::load(&args.key)?;
     let cluster = ClusterFile::load(&args.cluster)?;

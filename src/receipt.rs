@@ -13,8 +13,6 @@
 //! Not for: the document's bytes or key; a receipt proves what was registered, not who may
 //! read it.
 
-use serde::{Deserialize, Serialize};
-
 use crate::chain::block::{BlockError, TxInclusion};
 use crate::chain::validators::{HistoryError, ValidatorHistory};
 use crate::id::DocumentId;
@@ -28,7 +26,7 @@ pub const MAGIC_WITH_CHANGES: &[u8; 8] = b"DGNRCPT2";
 /// Largest receipt accepted: a manifest at its limit plus a generous proof.
 pub const MAX_RECEIPT_BYTES: usize = MAX_MANIFEST_BYTES + (1 << 20);
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Receipt {
     pub document: DocumentId,
     /// The manifest's canonical bytes.

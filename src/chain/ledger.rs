@@ -184,14 +184,13 @@ impl Ledger {
             return Err(LedgerError::NotValidator(me_id));
         }
         let me = raft::node_id(&me_id);
-        let mut links = Net::new(BTreeMap::new());
+        let hosts = net
+            .iter()
+            .flat_map(|n| &n.hosts)
+            .map(|(v, node)| (raft::node_id(v), (*v, node.clone())))
+            .collect();
+        let mut links = Net::new(hosts);
         if let Some(net) = net {
-            let hosts = net
-                .hosts
-                .iter()
-                .map(|(v, node)| (raft::node_id(v), (*v, node.clone())))
-                .collect();
-            links = Net::new(hosts);
             let options = ClientOptions {
                 bind: std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
                 connect_timeout: Duration::from_secs(1),
