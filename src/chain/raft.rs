@@ -875,8 +875,11 @@ fn build_snapshot(store: &ChainStore) -> Result<(SnapshotMeta<u64, BasicNode>, V
 /// by the chain's `SetValidatorHost` ([`Net::learn`]).
 pub struct Net {
     pub links: Option<Client>,
+    /// The cluster file's validator hosts, by raft node id.
+    configured: BTreeMap<u64, (PublicId, NodeInfo)>,
+    /// The hosts in force: the cluster file's, overridden by the chain's.
     hosts: std::sync::RwLock<BTreeMap<u64, (PublicId, NodeInfo)>>,
-    /// Host keys learnt from the chain, which `links` trusts besides the cluster file's.
+    /// Host keys the chain names now, which `links` trusts besides the cluster file's.
     learnt: Membership,
 }
 
@@ -898,6 +901,7 @@ impl Net {
     pub fn new(hosts: BTreeMap<u64, (PublicId, NodeInfo)>) -> Self {
         Self {
             links: None,
+            configured: hosts.clone(),
             hosts: std::sync::RwLock::new(hosts),
             learnt: Membership::new(),
         }
@@ -925,18 +929,18 @@ impl Net {
             .any(|(_, n)| n.key == *key)
     }
 
-    /// Takes the chain's word for where validators are hosted (`State::validator_hosts`):
-    /// it overrides the cluster file, and those hosts' keys are trusted from now on.
-    pub fn learn(&self, hosts: &BTreeMap<PublicId, NodeInfo>) {
-        let mut known = self.hosts.write().expect("hosts lock");
-        for (v, node) in hosts {
-            let id = node_id(v);
-            if known.get(&id).is_some_and(|(_, n)| n == node) {
-                continue;
-            }
-            self.learnt.add(node.key);
-            known.insert(id, (*v, node.clone()));
+    /// Takes the chain's word for where validators are hosted now (`State::validator_hosts`,
+    /// the whole map each time): it overrides the cluster file, and only those hosts' keys
+    /// are trusted besides the file's. A host the chain no longer names (its validator was
+    /// removed or moved elsewhere) is forgotten: it is neither dialled nor trusted nor
+    /// accepted as a validator host any more, unless the cluster file names it.
+    pub fn learn(&self, chain: &BTreeMap<PublicId, NodeInfo>) {
+        let mut hosts = self.configured.clone();
+        for (v, node) in chain {
+            hosts.insert(node_id(v), (*v, node.clone()));
         }
+        *self.hosts.write().expect("hosts lock") = hosts;
+        self.learnt.replace(chain.values().map(|n| n.key));
     }
     /// Sends a validator-to-validator request and returns the `ChainBody` bytes.
     pub async fn request(
@@ -1109,6 +1113,48 @@ mod tests {
 
     async fn last(log: &LogStore) -> Option<LogId<u64>> {
         log.clone().get_log_state().await.unwrap().last_log_id
+    }
+
+    fn host(zone: &str) -> NodeInfo {
+        NodeInfo {
+            key: Identity::generate(Role::Node).public(),
+            zone: zone.into(),
+            weight: 1,
+            addr: "127.0.0.1:1".into(),
+        }
+    }
+
+    #[test]
+    fn hosts_the_chain_stops_naming_are_forgotten() {
+        let (a, b) = (
+            Identity::generate(Role::Validator).public(),
+            Identity::generate(Role::Validator).public(),
+        );
+        let (file_host, chain_host, new_host) = (host("a"), host("b"), host("c"));
+        let net = Net::new(BTreeMap::from([(node_id(&a), (a, file_host.clone()))]));
+        // The cluster file's policy trusts only the file's host.
+        let trust = net.trust(Arc::new(Membership::from_iter([file_host.key])));
+        let knows = |node: &NodeInfo| (net.is_host(&node.key), trust.is_trusted(&node.key));
+
+        net.learn(&BTreeMap::from([(b, chain_host.clone())]));
+        assert_eq!(knows(&chain_host), (true, true));
+        assert_eq!(
+            net.host(node_id(&b)).map(|(_, n)| n),
+            Some(chain_host.clone())
+        );
+
+        // b moves: its old host is no longer a validator host, nor trusted.
+        net.learn(&BTreeMap::from([(b, new_host.clone())]));
+        assert_eq!(knows(&chain_host), (false, false));
+        assert_eq!(knows(&new_host), (true, true));
+
+        // b is removed: the chain names no host for it any more.
+        net.learn(&BTreeMap::new());
+        assert_eq!(knows(&new_host), (false, false));
+        assert!(net.host(node_id(&b)).is_none());
+        // The cluster file's host stays, whatever the chain says.
+        assert_eq!(knows(&file_host), (true, true));
+        assert_eq!(net.host(node_id(&a)).map(|(_, n)| n), Some(file_host));
     }
 
     #[tokio::test]
