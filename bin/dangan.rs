@@ -748,7 +748,7 @@ async fn run_async(command: Command) -> Result<()> {
         }
         Command::Chain(ChainCommand::Status { client }) => {
             let (c, _) = connect(&client).await?;
-            let status = c.chain_status().await?;
+            let status = c.chain()?.status().await?;
             println!("chain:        {}", status.chain_id);
             println!("height:       {}", status.height);
             println!("tip:          {}", hex::encode(status.tip_hash));
@@ -763,7 +763,7 @@ async fn run_async(command: Command) -> Result<()> {
         }
         Command::Chain(ChainCommand::Block { height, client }) => {
             let (c, _) = connect(&client).await?;
-            let Some(block) = c.chain_block(height).await? else {
+            let Some(block) = c.chain()?.block(height).await? else {
                 bail!("no block at height {height}");
             };
             let h = &block.header.header;
@@ -794,7 +794,7 @@ async fn run_async(command: Command) -> Result<()> {
             hex::decode_to_slice(id.trim(), &mut raw)
                 .context("a transaction id is 64 hex digits")?;
             let (c, _) = connect(&client).await?;
-            let Some(proof) = c.chain_tx(raw).await? else {
+            let Some(proof) = c.chain()?.tx(raw).await? else {
                 bail!("no committed transaction {id}");
             };
             println!(
@@ -841,9 +841,8 @@ async fn run_async(command: Command) -> Result<()> {
         }
         Command::Audit { id, client } => {
             let (c, _) = connect(&client).await?;
-            let chain = c.chain_link()?.clone();
-            let record = c.check_registered(&chain, &id).await?;
-            let report = dangan::audit::audit(&c, &id).await;
+            let record = c.chain()?.check_registered(&id).await?;
+            let report = dangan::audit::audit(c.chain()?, &c.all_nodes(), &id).await;
             c.close().await;
             let report = report?;
             let count =
@@ -916,8 +915,8 @@ async fn run_async(command: Command) -> Result<()> {
             client,
         } => {
             let (c, _) = connect(&client).await?;
-            let chain = c.chain_link()?.clone();
-            let record = c.check_registered(&chain, &id).await?;
+            let chain = c.chain()?.link().clone();
+            let record = c.chain()?.check_registered(&id).await?;
             println!(
                 "document {id} is registered: block {}, owner {}, inclusion proof and the signatures of a majority of {} validator(s) verified{}",
                 record.height,
@@ -1139,7 +1138,7 @@ async fn run_async(command: Command) -> Result<()> {
 
 /// The newest version of `id` (saying so when it is not `id` itself).
 async fn newest(c: &Client, id: DocumentId) -> Result<DocumentId> {
-    if c.chain_link().is_err() {
+    if c.chain().is_err() {
         return Ok(id);
     }
     let path = version::latest(c, &id).await?;
@@ -1197,10 +1196,9 @@ fn print_version(r: &version::VersionReport) {
 async fn submit_all(client: &ClientArgs, bodies: Vec<TxBody>, done: &str) -> Result<()> {
     let (c, _) = connect(client).await?;
     let committed = async {
-        let chain = c.chain_link()?;
         let mut at = None;
         for body in bodies {
-            at = Some(c.submit(chain, body).await?);
+            at = Some(c.chain()?.submit(body).await?);
         }
         Ok::<_, dangan::client::ClientError>(at)
     }

@@ -32,13 +32,13 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+use crate::chain::client::{ChainClient, ChainError, ChainLink};
 use crate::chain::ledger::Ledger;
 use crate::chain::state::DocumentRecord;
-use crate::client::{ChainLink, Client, ClientError, ClientOptions};
 use crate::id::{DocumentId, ShardId};
 use crate::identity::{Identity, PublicId, Role};
 use crate::manifest::Manifest;
-use crate::placement::Layout;
+use crate::net::{Net, NetError, NetOptions};
 use crate::proto::MAX_OPEN_DOCUMENTS;
 use crate::tls::Membership;
 
@@ -166,7 +166,7 @@ pub struct ChainView {
     /// The validator this peer hosts, if any: asked while it is current.
     ledger: Option<Arc<Ledger>>,
     /// The validator hosts (other than this peer), once linked.
-    remote: RwLock<Option<Client>>,
+    remote: RwLock<Option<ChainClient>>,
     cache: Mutex<Cache>,
 }
 
@@ -208,7 +208,7 @@ impl ChainView {
         identity: &Identity,
         mut chain: ChainLink,
         bind: SocketAddr,
-    ) -> Result<(), ClientError> {
+    ) -> Result<(), NetError> {
         let me = identity.public();
         chain.hosts.retain(|h| h.key != me);
         if chain.hosts.is_empty() {
@@ -216,27 +216,24 @@ impl ChainView {
             return Ok(());
         }
         let hosts: Membership = chain.hosts.iter().map(|h| h.key).collect();
-        let layout = Layout::new(0, Vec::new())?;
-        let client = Client::new(
+        let net = Net::new(
             identity,
             Arc::new(hosts),
-            layout,
-            ClientOptions {
+            NetOptions {
                 bind,
-                chain: Some(chain),
                 connect_timeout: ACCESS_QUERY_TIMEOUT,
                 request_timeout: Duration::from_secs(5),
-                chain_query_timeout: ACCESS_QUERY_TIMEOUT,
                 down_for: Duration::from_millis(500),
-                ..ClientOptions::default()
+                ..NetOptions::default()
             },
         )?;
+        let client = ChainClient::new(net, identity, chain, ACCESS_QUERY_TIMEOUT);
         *self.remote.write().unwrap_or_else(|e| e.into_inner()) = Some(client);
         *self.lock() = Cache::default();
         Ok(())
     }
 
-    fn remote(&self) -> Option<Client> {
+    fn remote(&self) -> Option<ChainClient> {
         self.remote
             .read()
             .unwrap_or_else(|e| e.into_inner())
@@ -250,8 +247,8 @@ impl ChainView {
     async fn ask<T, L, R, Fut>(&self, on_ledger: L, on_remote: R) -> Result<T, AccessError>
     where
         L: FnOnce(&Ledger) -> Result<T, AccessError>,
-        R: FnOnce(Client) -> Fut,
-        Fut: Future<Output = Result<T, ClientError>>,
+        R: FnOnce(ChainClient) -> Fut,
+        Fut: Future<Output = Result<T, ChainError>>,
     {
         if let Some(ledger) = &self.ledger
             && ledger.is_current()
@@ -282,7 +279,7 @@ impl ChainView {
     /// Closes the view's connections to the validators.
     pub async fn close(&self) {
         if let Some(client) = self.remote() {
-            client.close().await;
+            client.net().close().await;
         }
     }
 
@@ -295,7 +292,7 @@ impl ChainView {
         let role = self
             .ask(
                 |ledger| Ok(ledger.account(who).map(|a| a.role)),
-                |client| async move { Ok(client.chain_account(who).await?.map(|a| a.role)) },
+                |client| async move { Ok(client.account(who).await?.map(|a| a.role)) },
             )
             .await?;
         remember(&mut self.lock().roles, *who, role);
@@ -315,7 +312,7 @@ impl ChainView {
         let record = self
             .ask(
                 |ledger| Ok(ledger.record(id)),
-                |client| async move { client.chain_record(id).await },
+                |client| async move { client.record(id).await },
             )
             .await?
             .map(Arc::new);
@@ -422,7 +419,7 @@ impl ChainView {
     pub async fn nonce(&self, who: &PublicId) -> Result<Option<u64>, AccessError> {
         self.ask(
             |ledger| Ok(ledger.account(who).map(|a| a.nonce)),
-            |client| async move { Ok(client.chain_account(who).await?.map(|a| a.nonce)) },
+            |client| async move { Ok(client.account(who).await?.map(|a| a.nonce)) },
         )
         .await
     }
@@ -447,14 +444,7 @@ impl ChainView {
         let client = self.remote().ok_or(AccessError::NoChain)?;
         match client.submit_tx(&tx).await {
             Ok((height, _)) => Ok(Ok(height)),
-            Err(ClientError::Peer {
-                source:
-                    crate::proto::ProtoError::Remote {
-                        code: crate::proto::ErrorCode::Refused,
-                        message,
-                    },
-                ..
-            }) => Ok(Err(message)),
+            Err(ChainError::Refused(reason)) => Ok(Err(reason)),
             Err(e) => Err(AccessError::ChainUnreachable(e.to_string())),
         }
     }
@@ -468,7 +458,7 @@ impl ChainView {
                     .map(|t| t.is_some())
                     .map_err(|e| AccessError::ChainUnreachable(e.to_string()))
             },
-            |client| async move { Ok(client.chain_tx(id).await?.is_some()) },
+            |client| async move { Ok(client.tx(id).await?.is_some()) },
         )
         .await
     }

@@ -48,13 +48,14 @@ use tracing::{debug, info, warn};
 
 use crate::access::{AccessError, ChainView};
 use crate::chain::block::TxInclusion;
+use crate::chain::client::{ChainClient, ChainError};
 use crate::chain::merkle::{self, Hash, Proof};
 use crate::chain::tx::{SignedTx, Tx, TxBody};
-use crate::client::{Client, ClientError};
 use crate::id::{DocumentId, ShardId};
 use crate::identity::{Identity, PublicId};
+use crate::net::{Net, NetError};
 use crate::placement::NodeInfo;
-use crate::proto::{ErrorCode, ProtoError, Request, Response};
+use crate::proto::{MAX_CHAIN_BODY, Request, Response};
 
 /// The audit database in a peer's data directory.
 pub const AUDIT_FILE: &str = "audit.redb";
@@ -155,7 +156,9 @@ pub enum AuditError {
     #[error(transparent)]
     Access(#[from] AccessError),
     #[error(transparent)]
-    Client(#[from] ClientError),
+    Net(#[from] NetError),
+    #[error(transparent)]
+    Chain(#[from] ChainError),
     #[error("{0}")]
     Refused(String),
 }
@@ -634,7 +637,7 @@ pub struct AuditReport {
 
 /// One page of `node`'s records of `document` (undecoded trust: check them with [`check`]).
 pub async fn fetch_page(
-    client: &Client,
+    net: &Net,
     node: &NodeInfo,
     document: &DocumentId,
     after: Option<u64>,
@@ -643,26 +646,20 @@ pub async fn fetch_page(
         document: *document,
         after,
     };
-    match client.chain_request(node, &req, None).await {
-        Ok((Response::ChainBody { .. }, Some(body))) => {
-            postcard::from_bytes(&body).map_err(|e| AuditError::Record {
-                what: format!("page from {}", node.key.short()),
-                reason: e.to_string(),
-            })
-        }
-        Ok((other, _)) => Err(AuditError::Refused(format!(
-            "{} answered {other:?}",
-            node.key.short()
+    match net.fetch(node, &req, None, MAX_CHAIN_BODY).await {
+        Ok(Some(body)) => postcard::from_bytes(&body).map_err(|e| AuditError::Record {
+            what: format!("page from {}", node.key.short()),
+            reason: e.to_string(),
+        }),
+        Ok(None) => Err(AuditError::Refused(format!(
+            "{} answered {:?}",
+            node.key.short(),
+            Response::NotFound
         ))),
-        Err(ClientError::Peer {
-            source:
-                ProtoError::Remote {
-                    code: ErrorCode::Refused,
-                    message,
-                },
-            ..
-        }) => Err(AuditError::Refused(message)),
-        Err(e) => Err(e.into()),
+        Err(e) => match e.refusal() {
+            Some(reason) => Err(AuditError::Refused(reason.to_string())),
+            None => Err(e.into()),
+        },
     }
 }
 
@@ -719,21 +716,19 @@ pub fn check(
     }
 }
 
-/// Who read `document`: every peer of the client's layouts (current and previous) asked
-/// for its records, each record checked against the chain (see [`check`]). A refusal (the
-/// client is neither the owner nor an operator) is an error.
-pub async fn audit(client: &Client, document: &DocumentId) -> Result<AuditReport, AuditError> {
-    let mut nodes: Vec<NodeInfo> = client.layout().nodes.clone();
-    for n in client.previous_layout().map_or(&[][..], |l| &l.nodes[..]) {
-        if !nodes.iter().any(|m| m.key == n.key) {
-            nodes.push(n.clone());
-        }
-    }
+/// Who read `document`: every peer of `nodes` (a client's layouts, current and previous)
+/// asked for its records, each record checked against the chain (see [`check`]). A refusal
+/// (the caller is neither the owner nor an operator) is an error.
+pub async fn audit(
+    chain: &ChainClient,
+    nodes: &[NodeInfo],
+    document: &DocumentId,
+) -> Result<AuditReport, AuditError> {
     let pages = futures::future::join_all(nodes.iter().map(|node| async move {
         let mut entries = Vec::new();
         let mut after = None;
         loop {
-            let page = fetch_page(client, node, document, after).await?;
+            let page = fetch_page(chain.net(), node, document, after).await?;
             let empty = page.entries.is_empty();
             entries.extend(page.entries);
             match page.next {
@@ -765,7 +760,7 @@ pub async fn audit(client: &Client, document: &DocumentId) -> Result<AuditReport
             if let Some(proof) = &entry.proof
                 && !roots.contains_key(&proof.tx)
             {
-                let found = client.chain_tx(proof.tx).await?;
+                let found = chain.tx(proof.tx).await?;
                 roots.insert(proof.tx, found);
             }
             let root = entry

@@ -713,10 +713,11 @@ pub async fn chain(
     per_department: usize,
     rate: Option<f64>,
 ) -> Result<ChainBenchReport, ChainBenchError> {
+    use crate::chain::client::ChainLink;
     use crate::chain::ledger::{Ledger, ValidatorNet};
     use crate::chain::state::{Genesis, GenesisAccount};
     use crate::chain::tx::{Tx, TxBody};
-    use crate::client::{ChainLink, Client, ClientOptions};
+    use crate::client::{Client, ClientOptions};
     use crate::identity::{Identity, Role};
     use crate::placement::{Layout, NodeInfo};
     use crate::tls::Membership;
@@ -846,7 +847,7 @@ pub async fn chain(
                     (Some(i), Some(o)) => start + o + i * (nonce as u32 - 1),
                     _ => Instant::now(),
                 };
-                client.submit_tx(&tx).await?;
+                client.chain()?.submit_tx(&tx).await?;
                 times.push(submitted.elapsed());
             }
             Ok::<_, crate::client::ClientError>(times)

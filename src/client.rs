@@ -23,34 +23,30 @@
 //! Not for: serving (`peer`), deciding who may read (`access`, on the peers), keeping keys
 //! (see `keyring`).
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::stream::{FuturesUnordered, StreamExt};
-use quinn::RecvStream;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::task::JoinSet;
 use tracing::{debug, warn};
 
-use crate::chain::block::{Block, TxInclusion};
-use crate::chain::ledger::ChainStatus;
-use crate::chain::state::{Account, ChainLayouts, DocumentRecord};
-use crate::chain::tx::{SignedTx, Tx, TxBody};
-use crate::chain::validators::{self, ValidatorHistory};
+use crate::chain::client::{CHAIN_QUERY_TIMEOUT, ChainClient, ChainError, ChainLink};
+use crate::chain::tx::TxBody;
 use crate::codec::{self, CodecError, DocumentInfo, EncodedStripe, StripeCodec};
 use crate::crypto::DataKey;
 use crate::grant::{GrantAddress, WrappedKey};
 use crate::id::{DocumentId, ShardId};
 use crate::identity::{Identity, PublicId};
 use crate::manifest::{CodingParams, Manifest, ManifestError};
+use crate::net::{Net, NetError, NetOptions};
 use crate::placement::{Layout, NodeInfo, PlacementError};
-use crate::proto::{self, ProtoError, Request, Response};
+use crate::proto::{self, ErrorCode, Opened, PutOutcome, Request, Response};
 use crate::receipt::Receipt;
-use crate::store::{DeleteOutcome, PutOutcome, ScrubPage, Usage};
-use crate::tls::{self, TrustPolicy};
+use crate::tls::TrustPolicy;
 
 /// Fewest peers a manifest is written to (more when m + 1 is larger).
 pub const MANIFEST_REPLICAS: usize = 3;
@@ -86,18 +82,33 @@ pub struct ClientOptions {
 
 impl Default for ClientOptions {
     fn default() -> Self {
+        let net = NetOptions::default();
         Self {
-            bind: SocketAddr::from(([0, 0, 0, 0], 0)),
+            bind: net.bind,
             params: CodingParams::default(),
             write_quorum: None,
             stripes_in_flight: 2,
-            connect_timeout: Duration::from_secs(3),
-            request_timeout: Duration::from_secs(60),
-            hedge_after: Duration::from_millis(500),
-            down_for: Duration::from_secs(5),
+            connect_timeout: net.connect_timeout,
+            request_timeout: net.request_timeout,
+            hedge_after: net.hedge_after,
+            down_for: net.down_for,
             chain: None,
             chain_query_timeout: CHAIN_QUERY_TIMEOUT,
-            unavailable_retry: Duration::from_secs(10),
+            unavailable_retry: net.unavailable_retry,
+        }
+    }
+}
+
+impl ClientOptions {
+    /// The transport's part of these options.
+    pub fn net(&self) -> NetOptions {
+        NetOptions {
+            bind: self.bind,
+            connect_timeout: self.connect_timeout,
+            request_timeout: self.request_timeout,
+            hedge_after: self.hedge_after,
+            down_for: self.down_for,
+            unavailable_retry: self.unavailable_retry,
         }
     }
 }
@@ -111,8 +122,16 @@ pub enum ClientError {
     Manifest(#[from] ManifestError),
     #[error("placement: {0}")]
     Placement(#[from] PlacementError),
-    #[error("starting the client endpoint: {0}")]
-    Tls(#[from] tls::TlsError),
+    #[error(transparent)]
+    Net(#[from] NetError),
+    #[error("chain: {0}")]
+    Chain(#[from] ChainError),
+    #[error("registering {id}: {source}")]
+    Register {
+        id: DocumentId,
+        #[source]
+        source: Box<ChainError>,
+    },
     #[error("write quorum {quorum} is impossible with k + m = {width}")]
     Quorum { quorum: usize, width: usize },
     #[error(
@@ -143,25 +162,23 @@ pub enum ClientError {
         k: usize,
         errors: String,
     },
-    #[error("peer {peer} at {addr}: {source}")]
-    Peer {
-        peer: String,
-        addr: String,
-        #[source]
-        source: ProtoError,
-    },
-    #[error("document {id} was not found on the chain: it is not registered")]
-    NotRegistered { id: DocumentId },
-    #[error("chain: {0}")]
-    Chain(String),
     #[error("{reader} holds no live grant on document {id}")]
     NotGranted { id: DocumentId, reader: PublicId },
     #[error(transparent)]
     Grant(#[from] crate::grant::GrantError),
+    #[error("receipt: {0}")]
+    Receipt(#[from] crate::receipt::ReceiptError),
     #[error("writing the document: {0}")]
     Write(#[source] std::io::Error),
     #[error("a background task failed: {0}")]
     Task(String),
+}
+
+impl ClientError {
+    /// Whether the chain says `id` is not registered.
+    pub fn is_not_registered(&self) -> bool {
+        matches!(self, ClientError::Chain(ChainError::NotRegistered(_)))
+    }
 }
 
 /// What a successful put produced. The key is the only way to read the document back: keep
@@ -211,16 +228,7 @@ pub fn stripe_key(ids: &[ShardId]) -> [u8; 32] {
     *h.finalize().as_bytes()
 }
 
-/// Where the chain is: the peers that host validators (asked in turn: one that is down or
-/// answers `Unavailable` is skipped), and the validator set whose signatures make a block
-/// final (from the genesis file).
-#[derive(Debug, Clone)]
-pub struct ChainLink {
-    pub hosts: Vec<NodeInfo>,
-    pub validators: Vec<PublicId>,
-}
-
-/// A client of one cluster.
+/// A document client of one cluster.
 #[derive(Clone)]
 pub struct Client {
     inner: Arc<Inner>,
@@ -228,36 +236,16 @@ pub struct Client {
 
 struct Inner {
     identity: Identity,
-    /// The next nonce for this client's transactions, once known.
-    nonce: tokio::sync::Mutex<Option<u64>>,
-    endpoint: quinn::Endpoint,
+    net: Net,
+    /// The chain documents are registered on and checked against, when linked.
+    chain: Option<ChainClient>,
     layout: Layout,
     /// The layout before the current one while a rebalance runs: reads fall back to it.
     previous: Option<Layout>,
     options: ClientOptions,
-    conns: Mutex<HashMap<PublicId, Arc<tokio::sync::Mutex<Option<quinn::Connection>>>>>,
-    down: Mutex<HashMap<PublicId, Instant>>,
-    /// Index in `ChainLink::hosts` of the validator host that answered last.
-    chain_host: std::sync::atomic::AtomicUsize,
-    /// Per peer, the last connection a request timed out on: its stable id, its datagram
-    /// count then, and since when the peer was heard from last (see `Client::call_within`).
-    silent: Mutex<HashMap<PublicId, (usize, u64, Instant)>>,
     /// (connection, document) pairs opened for reading (`OpenDocument`).
-    opened: Mutex<std::collections::HashSet<(usize, DocumentId)>>,
-    /// The validator set changes proven so far from `ChainLink::validators` (none until a
-    /// check needs them).
-    validators: Mutex<Option<Arc<ValidatorHistory>>>,
+    opened: Mutex<HashSet<(usize, DocumentId)>>,
 }
-
-/// How long a peer with requests waiting may send nothing at all on its connection (not
-/// even an acknowledgement) before the connection is taken for dead and dialled again.
-const SILENCE: Duration = Duration::from_secs(1);
-
-/// Time limit of one chain query to one validator host (the default of
-/// `ClientOptions::chain_query_timeout`), and of one submission (which waits for its block):
-/// past it the client asks the next host.
-pub const CHAIN_QUERY_TIMEOUT: Duration = Duration::from_secs(5);
-pub const CHAIN_SUBMIT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Most (connection, document) pairs a client remembers as opened; past it, it forgets them
 /// all and opens again as needed.
@@ -292,30 +280,46 @@ impl Client {
         previous: Option<Layout>,
         options: ClientOptions,
     ) -> Result<Self, ClientError> {
-        options.params.validate()?;
-        let width = options.params.width();
-        if let Some(q) = options.write_quorum
-            && (q < usize::from(options.params.k) || q > width)
-        {
-            return Err(ClientError::Quorum { quorum: q, width });
-        }
-        let endpoint = tls::endpoint(options.bind, identity, trust)?;
-        Ok(Self {
+        check_options(&options)?;
+        let net = Net::new(identity, trust, options.net())?;
+        Ok(Self::assemble(identity, net, layout, previous, options))
+    }
+
+    fn assemble(
+        identity: &Identity,
+        net: Net,
+        layout: Layout,
+        previous: Option<Layout>,
+        options: ClientOptions,
+    ) -> Self {
+        let chain = options
+            .chain
+            .clone()
+            .map(|link| ChainClient::new(net.clone(), identity, link, options.chain_query_timeout));
+        Self {
             inner: Arc::new(Inner {
                 identity: identity.clone(),
-                nonce: tokio::sync::Mutex::new(None),
-                endpoint,
+                net,
+                chain,
                 layout,
                 previous,
                 options,
-                conns: Mutex::new(HashMap::new()),
-                down: Mutex::new(HashMap::new()),
-                chain_host: std::sync::atomic::AtomicUsize::new(0),
-                silent: Mutex::new(HashMap::new()),
-                opened: Mutex::new(std::collections::HashSet::new()),
-                validators: Mutex::new(None),
+                opened: Mutex::new(HashSet::new()),
             }),
-        })
+        }
+    }
+
+    /// The transport this client's requests go over (for one-request calls: `net::storage`).
+    pub fn net(&self) -> &Net {
+        &self.inner.net
+    }
+
+    /// The chain this client registers on and checks against.
+    pub fn chain(&self) -> Result<&ChainClient, ClientError> {
+        self.inner
+            .chain
+            .as_ref()
+            .ok_or(ClientError::Chain(ChainError::NoChain))
     }
 
     pub fn layout(&self) -> &Layout {
@@ -336,24 +340,19 @@ impl Client {
         file_layout: Layout,
         options: ClientOptions,
     ) -> Result<Self, ClientError> {
-        let client = Self::new(
-            identity,
-            trust.clone(),
-            file_layout.clone(),
-            options.clone(),
-        )?;
-        if options.chain.is_none() {
-            return Ok(client);
-        }
-        let layouts = client.chain_layouts().await;
-        client.close().await;
-        let (layout, previous) = match layouts {
+        check_options(&options)?;
+        let net = Net::new(identity, trust, options.net())?;
+        let Some(link) = options.chain.clone() else {
+            return Ok(Self::assemble(identity, net, file_layout, None, options));
+        };
+        let chain = ChainClient::new(net.clone(), identity, link, options.chain_query_timeout);
+        let (layout, previous) = match chain.layouts().await {
             Ok(l) if !l.current.nodes.is_empty() => (l.current, l.previous),
-            Ok(_) => return Self::new(identity, trust, file_layout, options),
+            Ok(_) => return Ok(Self::assemble(identity, net, file_layout, None, options)),
             // The chain will be needed again (registration, proofs) and say why then.
             Err(e) => {
                 warn!(error = %e, "no layout from the chain; placing by the cluster file");
-                return Self::new(identity, trust, file_layout, options);
+                return Ok(Self::assemble(identity, net, file_layout, None, options));
             }
         };
         // Reads fall back to the chain's previous layout during a change, or else to the
@@ -362,7 +361,18 @@ impl Client {
             .filter(|p| *p != layout)
             .or(Some(file_layout).filter(|f| *f != layout));
         debug!(epoch = layout.epoch, "placing by the chain's layout");
-        Self::with_layouts(identity, trust, layout, previous, options)
+        Ok(Self::assemble(identity, net, layout, previous, options))
+    }
+
+    /// Every peer of the current and the previous layout, each once (current first).
+    pub fn all_nodes(&self) -> Vec<NodeInfo> {
+        let mut nodes = self.inner.layout.nodes.clone();
+        for n in self.inner.previous.iter().flat_map(|l| &l.nodes) {
+            if !nodes.iter().any(|m| m.key == n.key) {
+                nodes.push(n.clone());
+            }
+        }
+        nodes
     }
 
     /// The layout reads fall back to during a layout change.
@@ -376,31 +386,7 @@ impl Client {
 
     /// Closes every connection.
     pub async fn close(&self) {
-        let slots: Vec<_> = self
-            .inner
-            .conns
-            .lock()
-            .expect("connection pool lock")
-            .iter()
-            .map(|(id, slot)| (*id, slot.clone()))
-            .collect();
-        for (id, slot) in slots {
-            // A slot held by a connection attempt to a dead peer has no statistics to give.
-            if let Ok(guard) = slot.try_lock()
-                && let Some(conn) = guard.as_ref()
-            {
-                let stats = conn.stats();
-                debug!(
-                    peer = %id.short(),
-                    sent_packets = stats.path.sent_packets,
-                    lost_packets = stats.path.lost_packets,
-                    congestion_events = stats.path.congestion_events,
-                    rtt = ?stats.path.rtt,
-                    "connection statistics"
-                );
-            }
-        }
-        crate::tls::close(&self.inner.endpoint, b"client closing").await;
+        self.inner.net.close().await;
     }
 
     /// Stores a document read from `reader` (`size` bytes if known, for progress) and, with
@@ -418,9 +404,16 @@ impl Client {
         let mut receipt = self.store(reader, size, info, progress).await?;
         // Only now, with every shard durable and the manifest written, does the document
         // come into existence: its registration on the chain.
-        if let Some(chain) = &self.inner.options.chain {
+        if let Some(chain) = &self.inner.chain {
             let start = Instant::now();
-            receipt.registered = Some(self.register(chain, receipt.id).await?);
+            let id = receipt.id;
+            let registered = chain
+                .submit(TxBody::RegisterDocument { document: id })
+                .await;
+            receipt.registered = Some(registered.map_err(|e| ClientError::Register {
+                id,
+                source: Box::new(e),
+            })?);
             receipt.timings.registered = start.elapsed();
         }
         Ok(receipt)
@@ -522,39 +515,6 @@ impl Client {
         })
     }
 
-    /// Submits `RegisterDocument` for `id`, signed by this client, and waits for its block.
-    async fn register(&self, chain: &ChainLink, id: DocumentId) -> Result<(u64, u32), ClientError> {
-        self.submit(chain, TxBody::RegisterDocument { document: id })
-            .await
-            .map_err(|e| ClientError::Chain(format!("registering {id}: {e}")))
-    }
-
-    /// Signs `body` with this client's key and the next nonce of its account, submits it
-    /// to the validator and waits until its block is final: (height, index in the block).
-    pub async fn submit(&self, chain: &ChainLink, body: TxBody) -> Result<(u64, u32), ClientError> {
-        let mut next = self.inner.nonce.lock().await;
-        let nonce = match *next {
-            Some(n) => n,
-            None => self.account_nonce(chain).await? + 1,
-        };
-        *next = Some(nonce + 1);
-        drop(next);
-        let tx = Tx {
-            sender: self.inner.identity.public(),
-            nonce,
-            body,
-        }
-        .sign(&self.inner.identity);
-        match self.submit_tx(&tx).await {
-            Ok(at) => Ok(at),
-            Err(e) => {
-                // The nonce may not have been used: ask the chain again next time.
-                *self.inner.nonce.lock().await = None;
-                Err(e)
-            }
-        }
-    }
-
     /// Lets the holder of `to` read document `id` (this client must own it): its data key
     /// `key`, sealed to them, committed as a `Grant` until `expires_ms` if set.
     pub async fn grant(
@@ -571,7 +531,7 @@ impl Client {
             wrapped,
             expires_ms,
         };
-        self.submit(self.chain_link()?, body).await
+        Ok(self.chain()?.submit(body).await?)
     }
 
     /// Withdraws `grantee`'s grant on `id`.
@@ -584,7 +544,7 @@ impl Client {
             document: id,
             grantee,
         };
-        self.submit(self.chain_link()?, body).await
+        Ok(self.chain()?.submit(body).await?)
     }
 
     /// The data key of `id` from this client's live grant on the chain, unwrapped with its
@@ -596,445 +556,20 @@ impl Client {
             reader: me,
         };
         // The validator shows a record only to its owner and live grantees.
-        let record = match self.check_registered(self.chain_link()?, id).await {
-            Err(ClientError::Peer {
-                source:
-                    ProtoError::Remote {
-                        code: proto::ErrorCode::Refused,
-                        ..
-                    },
-                ..
-            }) => return Err(not_granted),
+        let record = match self.chain()?.check_registered(id).await {
+            Err(ChainError::Refused(_)) => return Err(not_granted),
             other => other?,
         };
         let grant = record.live_grant(&me, crate::now_ms()).ok_or(not_granted)?;
         Ok(grant.wrapped.unwrap(id, &self.inner.identity)?)
     }
 
-    /// Submits a signed transaction to the chain (its validator hosts in turn, see
-    /// [`ChainLink`]) and waits until its block is committed: (height, index in block).
-    pub async fn submit_tx(&self, tx: &SignedTx) -> Result<(u64, u32), ClientError> {
-        let chain = self.chain_link()?;
-        let bytes = Bytes::from(tx.encode());
-        let req = Request::SubmitTx {
-            len: bytes.len() as u64,
-        };
-        // To the host that answered last; a follower names the leader, which is asked
-        // directly from then on (a few hops at most while leadership moves). Right after a
-        // leader dies its followers still name it for up to `LEADER_FRESH`: redirects that
-        // go round the hosts pause, longer each time, until an election has had its time.
-        let deadline = Instant::now() + CHAIN_SUBMIT_TIMEOUT;
-        let mut pause = Duration::from_millis(50);
-        let mut hops = 0;
-        let mut leader: Option<NodeInfo> = None;
-        let mut ambiguous = false;
-        loop {
-            let answer = match &leader {
-                Some(node) => self
-                    .call_within(node, &req, Some(&bytes), CHAIN_SUBMIT_TIMEOUT)
-                    .await
-                    .map(|(resp, _)| (resp, node.clone())),
-                None => self
-                    .chain_call(chain, &req, Some(&bytes))
-                    .await
-                    .map(|(resp, _, node)| (resp, node)),
-            };
-            match answer {
-                Ok((Response::Committed { height, index }, _)) => return Ok((height, index)),
-                Ok((Response::Leader(node), _)) => {
-                    if let Some(i) = chain.hosts.iter().position(|h| h.key == node.key) {
-                        self.inner
-                            .chain_host
-                            .store(i, std::sync::atomic::Ordering::Relaxed);
-                    }
-                    hops += 1;
-                    if hops > chain.hosts.len() {
-                        if Instant::now() + pause > deadline {
-                            return Err(ClientError::Chain(format!(
-                                "no leader took the transaction within {CHAIN_SUBMIT_TIMEOUT:?}: \
-                                 the validators kept naming other leaders (last {})",
-                                node.key.short()
-                            )));
-                        }
-                        tokio::time::sleep(pause).await;
-                        pause = (pause * 2).min(Duration::from_millis(500));
-                        hops = 0;
-                    }
-                    leader = Some(node);
-                }
-                Ok((other, node)) => return Err(self.unexpected(&node, &other)),
-                Err(e) if leader.is_some() && Self::worth_another_host(&e) => {
-                    // The leader may have taken it before it went: ask the others.
-                    ambiguous = true;
-                    leader = None;
-                }
-                Err(e) if ambiguous && e.to_string().contains("replayed or out of order") => {
-                    // An earlier attempt committed after all.
-                    return match self.chain_tx(tx.id()).await? {
-                        Some(p) => Ok((p.header.header.height, p.proof.index as u32)),
-                        None => Err(e),
-                    };
-                }
-                Err(e) => return Err(e),
-            }
-        }
-    }
-
-    /// The last nonce the chain has applied for this client.
-    async fn account_nonce(&self, chain: &ChainLink) -> Result<u64, ClientError> {
-        let me = self.inner.identity.public();
-        match self.account(chain, &me).await? {
-            Some(account) => Ok(account.nonce),
-            None => Err(ClientError::Chain(format!(
-                "this client ({me}) has no account on the chain"
-            ))),
-        }
-    }
-
-    async fn account(
-        &self,
-        chain: &ChainLink,
-        id: &PublicId,
-    ) -> Result<Option<Account>, ClientError> {
-        match self
-            .chain_query(chain, &Request::GetAccount { id: *id })
-            .await?
-        {
-            Some(body) => postcard::from_bytes::<Account>(&body)
-                .map(Some)
-                .map_err(|e| ClientError::Chain(format!("account record: {e}"))),
-            None => Ok(None),
-        }
-    }
-
-    /// `id`'s account on the chain (its role), or `None` (a citizen has none).
-    pub async fn chain_account(&self, id: &PublicId) -> Result<Option<Account>, ClientError> {
-        self.account(self.chain_link()?, id).await
-    }
-
-    /// `id`'s record on the chain (owner, grants) as the validator host answers it (no
-    /// proof: grants are current state, which a registration proof does not cover); `None`
-    /// if it is not registered.
-    pub async fn chain_record(
-        &self,
-        id: &DocumentId,
-    ) -> Result<Option<DocumentRecord>, ClientError> {
-        let req = Request::GetRecord { id: *id };
-        match self.chain_query(self.chain_link()?, &req).await? {
-            Some(body) => postcard::from_bytes(&body)
-                .map(Some)
-                .map_err(|e| ClientError::Chain(format!("document record: {e}"))),
-            None => Ok(None),
-        }
-    }
-
-    /// A chain query: the record's bytes, or `None` if the chain has no such record.
-    async fn chain_query(
-        &self,
-        chain: &ChainLink,
-        req: &Request,
-    ) -> Result<Option<Vec<u8>>, ClientError> {
-        match self.chain_call(chain, req, None).await? {
-            (Response::ChainBody { len }, mut recv, node) => {
-                read_checked_body(&mut recv, len, proto::MAX_CHAIN_BODY)
-                    .await
-                    .map(Some)
-                    .map_err(|e| self.peer_error(&node, e))
-            }
-            (Response::NotFound, _, _) => Ok(None),
-            (other, _, node) => Err(self.unexpected(&node, &other)),
-        }
-    }
-
-    /// Asks every validator host but the one that answered last; the first record found.
-    async fn chain_query_others(&self, chain: &ChainLink, req: &Request) -> Option<Vec<u8>> {
-        let n = chain.hosts.len();
-        let last = self
-            .inner
-            .chain_host
-            .load(std::sync::atomic::Ordering::Relaxed)
-            % n.max(1);
-        for (i, node) in chain.hosts.iter().enumerate() {
-            if i == last {
-                continue;
-            }
-            if let Ok((Response::ChainBody { len }, mut recv)) = self.call(node, req, None).await
-                && let Ok(body) = read_checked_body(&mut recv, len, proto::MAX_CHAIN_BODY).await
-            {
-                return Some(body);
-            }
-        }
-        None
-    }
-
-    /// One request to the chain: to the validator host that answered last, then to each
-    /// other host in turn while they are unreachable or answer `Unavailable` (no leader
-    /// yet). A definite answer (including a refusal) ends the search.
-    async fn chain_call(
-        &self,
-        chain: &ChainLink,
-        req: &Request,
-        body: Option<&Bytes>,
-    ) -> Result<(Response, RecvStream, NodeInfo), ClientError> {
-        let n = chain.hosts.len();
-        if n == 0 {
-            return Err(ClientError::Chain("no validator hosts configured".into()));
-        }
-        let first = self
-            .inner
-            .chain_host
-            .load(std::sync::atomic::Ordering::Relaxed)
-            % n;
-        let mut last = None;
-        // Three rounds half a second apart: a leader election takes about a second, and
-        // meanwhile validators without a leader answer `Unavailable`.
-        for attempt in 0..3 * n {
-            let i = (first + attempt) % n;
-            let node = &chain.hosts[i];
-            let limit = match req {
-                Request::SubmitTx { .. } => CHAIN_SUBMIT_TIMEOUT,
-                _ => self.inner.options.chain_query_timeout,
-            }
-            .min(self.inner.options.request_timeout);
-            match self.call_within(node, req, body, limit).await {
-                Ok((resp, recv)) => {
-                    self.inner
-                        .chain_host
-                        .store(i, std::sync::atomic::Ordering::Relaxed);
-                    return Ok((resp, recv, node.clone()));
-                }
-                Err(e) if Self::worth_another_host(&e) => {
-                    debug!(host = %node.key.short(), error = %e, "validator host failed; trying the next");
-                    last = Some(e);
-                    if (attempt + 1) % n == 0 {
-                        tokio::time::sleep(Duration::from_millis(500)).await;
-                    }
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        Err(last.expect("at least one host was asked"))
-    }
-
-    fn worth_another_host(e: &ClientError) -> bool {
-        match e {
-            ClientError::Peer { source, .. } => match source {
-                ProtoError::Remote { code, .. } => {
-                    matches!(code, proto::ErrorCode::Unavailable | proto::ErrorCode::Busy)
-                }
-                other => other.is_transport(),
-            },
-            _ => false,
-        }
-    }
-
-    /// Sends one chain request to `node` (validator to validator): the answer and, for a
-    /// `ChainBody`, its bytes (at most [`proto::MAX_CHAIN_BODY`]).
-    pub async fn chain_request(
-        &self,
-        node: &NodeInfo,
-        req: &Request,
-        body: Option<Bytes>,
-    ) -> Result<(Response, Option<Vec<u8>>), ClientError> {
-        self.chain_request_within(node, req, body, self.inner.options.request_timeout)
-            .await
-    }
-
-    /// [`Client::chain_request`] answered within `timeout` (raft's own time limits), the
-    /// body included.
-    pub async fn chain_request_within(
-        &self,
-        node: &NodeInfo,
-        req: &Request,
-        body: Option<Bytes>,
-        timeout: Duration,
-    ) -> Result<(Response, Option<Vec<u8>>), ClientError> {
-        let (resp, mut recv) = self.call_within(node, req, body.as_ref(), timeout).await?;
-        match resp {
-            Response::ChainBody { len } => {
-                let bytes = read_checked_body(&mut recv, len, proto::MAX_CHAIN_BODY)
-                    .await
-                    .map_err(|e| self.peer_error(node, e))?;
-                Ok((resp, Some(bytes)))
-            }
-            other => Ok((other, None)),
-        }
-    }
-
-    /// A block by height, from the validator (checked: majority-signed by the validators).
-    pub async fn chain_block(&self, height: u64) -> Result<Option<Block>, ClientError> {
-        let chain = self.chain_link()?;
-        let Some(body) = self
-            .chain_query(chain, &Request::GetBlock { height })
-            .await?
-        else {
-            return Ok(None);
-        };
-        let block: Block =
-            postcard::from_bytes(&body).map_err(|e| ClientError::Chain(format!("block: {e}")))?;
-        self.check_final(
-            chain,
-            block.header.header.height,
-            validators::may_be_stale,
-            |v| block.header.verify_final(v),
-        )
-        .await
-        .map_err(|e| ClientError::Chain(e.to_string()))?;
-        Ok(Some(block))
-    }
-
-    /// A committed transaction by id, with its proof verified here.
-    pub async fn chain_tx(&self, id: [u8; 32]) -> Result<Option<TxInclusion>, ClientError> {
-        let chain = self.chain_link()?;
-        let Some(body) = self.chain_query(chain, &Request::GetTx { id }).await? else {
-            return Ok(None);
-        };
-        let proof: TxInclusion = postcard::from_bytes(&body)
-            .map_err(|e| ClientError::Chain(format!("transaction proof: {e}")))?;
-        self.check_final(
-            chain,
-            proof.header.header.height,
-            validators::may_be_stale,
-            |v| proof.verify(v),
-        )
-        .await
-        .map_err(|e| ClientError::Chain(e.to_string()))?;
-        if proof.tx.id() != id {
-            return Err(ClientError::Chain(
-                "the validator answered with another transaction".into(),
-            ));
-        }
-        Ok(Some(proof))
-    }
-
-    /// Runs `check` with the validators of block `height`: the trusted set
-    /// (`ChainLink::validators`) and the set changes proven from it so far. A failure that
-    /// may only mean a validator joined or left since (`stale`) fetches the chain's set
-    /// changes, proves them afresh and checks once more; the first error stands if that
-    /// changes nothing or cannot be done.
-    async fn check_final<T, E>(
-        &self,
-        chain: &ChainLink,
-        height: u64,
-        stale: impl Fn(&E) -> bool,
-        check: impl Fn(&[PublicId]) -> Result<T, E>,
-    ) -> Result<T, E> {
-        let known = self
-            .inner
-            .validators
-            .lock()
-            .expect("validators lock")
-            .clone()
-            .unwrap_or_else(|| Arc::new(ValidatorHistory::trusted(&chain.validators)));
-        match check(known.at(height)) {
-            Err(e) if stale(&e) => match self.prove_validators(chain).await {
-                Ok(fresh) if fresh.at(height) != known.at(height) => check(fresh.at(height)),
-                Ok(_) => Err(e),
-                Err(why) => {
-                    debug!(error = %why, "could not fetch the validator set changes");
-                    Err(e)
-                }
-            },
-            other => other,
-        }
-    }
-
-    /// The chain's validator set changes, proven here from `ChainLink::validators`, and
-    /// kept for the next checks.
-    pub async fn prove_validators(
-        &self,
-        chain: &ChainLink,
-    ) -> Result<Arc<ValidatorHistory>, ClientError> {
-        let changes = self.validator_changes(chain).await?;
-        let history = Arc::new(
-            ValidatorHistory::prove(&chain.validators, &changes)
-                .map_err(|e| ClientError::Chain(e.to_string()))?,
-        );
-        *self.inner.validators.lock().expect("validators lock") = Some(history.clone());
-        Ok(history)
-    }
-
-    /// The chain's validator set changes with their proofs, as a validator sent them
-    /// (not checked here: [`ValidatorHistory::prove`] does that).
-    async fn validator_changes(&self, chain: &ChainLink) -> Result<Vec<TxInclusion>, ClientError> {
-        match self
-            .chain_query(chain, &Request::GetValidatorChanges)
-            .await?
-        {
-            Some(body) => postcard::from_bytes(&body)
-                .map_err(|e| ClientError::Chain(format!("validator set changes: {e}"))),
-            None => Ok(Vec::new()),
-        }
-    }
-
-    /// The chain this client registers on.
-    pub fn chain_link(&self) -> Result<&ChainLink, ClientError> {
-        self.inner
-            .options
-            .chain
-            .as_ref()
-            .ok_or_else(|| ClientError::Chain("this cluster has no [chain] section".into()))
-    }
-
-    /// The chain's status, from the validator.
-    pub async fn chain_status(&self) -> Result<ChainStatus, ClientError> {
-        let chain = self.chain_link()?;
-        let body = self
-            .chain_query(chain, &Request::ChainStatus)
-            .await?
-            .ok_or_else(|| ClientError::Chain("the validator has no status".into()))?;
-        postcard::from_bytes(&body).map_err(|e| ClientError::Chain(format!("status: {e}")))
-    }
-
-    /// Checks on the chain that `id` is registered: the registering transaction, its Merkle
-    /// path and a majority of validator signatures, verified here rather than trusted.
-    pub async fn check_registered(
-        &self,
-        chain: &ChainLink,
-        id: &DocumentId,
-    ) -> Result<DocumentRecord, ClientError> {
-        Ok(self.registration(chain, id).await?.0)
-    }
-
-    /// `id`'s record and the verified proof of the transaction that registered it.
-    async fn registration(
-        &self,
-        chain: &ChainLink,
-        id: &DocumentId,
-    ) -> Result<(DocumentRecord, TxInclusion), ClientError> {
-        let req = Request::GetDocument { id: *id };
-        let body = match self.chain_query(chain, &req).await? {
-            Some(body) => body,
-            // A validator that lags (just restarted) may not have the block yet: only
-            // "not registered" from every reachable validator is an answer.
-            None => self
-                .chain_query_others(chain, &req)
-                .await
-                .ok_or(ClientError::NotRegistered { id: *id })?,
-        };
-        let (record, proof): (DocumentRecord, TxInclusion) = postcard::from_bytes(&body)
-            .map_err(|e| ClientError::Chain(format!("registration record: {e}")))?;
-        self.check_final(
-            chain,
-            proof.header.header.height,
-            validators::may_be_stale,
-            |v| proof.verify_registration(id, v),
-        )
-        .await
-        .map_err(|e| ClientError::Chain(format!("registration proof of {id}: {e}")))?;
-        if proof.tx.tx.sender != record.owner {
-            return Err(ClientError::Chain(format!(
-                "the chain answered with a proof of another department's transaction for {id}"
-            )));
-        }
-        Ok((record, proof))
-    }
-
     /// An offline-verifiable receipt for `id`: its manifest and the proof of its
     /// registration, both checked here first.
     pub async fn receipt(&self, id: &DocumentId) -> Result<Receipt, ClientError> {
-        let chain = self.chain_link()?;
-        let (_, registration) = self.registration(chain, id).await?;
+        let chain = self.chain()?;
+        let validators = &chain.link().validators;
+        let (_, registration) = chain.registration(id).await?;
         let manifest = self.manifest(id).await?;
         let height = registration.header.header.height;
         let mut receipt = Receipt {
@@ -1045,14 +580,12 @@ impl Client {
         };
         // Changes are carried only when the set of the registration's block is not the
         // trusted one, so receipts stay as they were while the set never changed.
-        if receipt.verify(&chain.validators).is_err() {
-            receipt.validator_changes = self.validator_changes(chain).await?;
+        if receipt.verify(validators).is_err() {
+            receipt.validator_changes = chain.validator_changes().await?;
             receipt
                 .validator_changes
                 .retain(|c| c.header.header.height < height);
-            receipt
-                .verify(&chain.validators)
-                .map_err(|e| ClientError::Chain(e.to_string()))?;
+            receipt.verify(validators)?;
         }
         Ok(receipt)
     }
@@ -1085,12 +618,10 @@ impl Client {
                     len: body.len() as u64,
                 };
                 let res = client
-                    .call(&node, &req, Some(&body))
-                    .await
-                    .and_then(|r| match r.0 {
-                        Response::Stored(_) => Ok(()),
-                        other => Err(client.unexpected(&node, &other)),
-                    });
+                    .inner
+                    .net
+                    .call::<PutOutcome>(&node, &req, Some(&body))
+                    .await;
                 (slot, node, res)
             });
         }
@@ -1099,11 +630,11 @@ impl Client {
         let mut errors = Vec::new();
         while let Some((slot, node, res)) = writes.next().await {
             match res {
-                Ok(()) => stored += 1,
+                Ok(_) => stored += 1,
                 Err(e) => {
                     debug!(stripe = stripe.index, slot, error = %e, "shard write failed");
                     errors.push(e.to_string());
-                    missing.push((stripe.index, slot, node_id(&node)));
+                    missing.push((stripe.index, slot, node.key));
                 }
             }
         }
@@ -1174,11 +705,11 @@ impl Client {
                 }
             };
             writes.push(async move {
-                let res = match self.call(&node, &req, Some(&body)).await {
-                    Ok((Response::StoredMany(_), _)) => Ok(()),
-                    Ok((other, _)) => Err(self.unexpected(&node, &other)),
-                    Err(e) => Err(e),
-                };
+                let res = self
+                    .inner
+                    .net
+                    .call::<Vec<PutOutcome>>(&node, &req, Some(&body))
+                    .await;
                 (slot, with_manifest, node, res)
             });
         }
@@ -1187,14 +718,14 @@ impl Client {
         let mut errors = Vec::new();
         while let Some((slot, with_manifest, node, res)) = writes.next().await {
             match (res, slot) {
-                (Ok(()), slot) => {
+                (Ok(_), slot) => {
                     stored += usize::from(slot.is_some());
                     manifests += usize::from(with_manifest);
                 }
                 (Err(e), Some(slot)) => {
                     debug!(stripe = 0, slot, error = %e, "shard write failed");
                     errors.push(e.to_string());
-                    missing.push((0, slot, node_id(&node)));
+                    missing.push((0, slot, node.key));
                 }
                 (Err(e), None) => errors.push(e.to_string()),
             }
@@ -1261,19 +792,11 @@ impl Client {
         let slack = self.inner.options.params.width() - quorum;
         let needed = replicas.saturating_sub(slack).max(1);
         let order = (0..nodes.len()).collect();
-        let hedged = self
+        let net = &self.inner.net;
+        let hedged = net
             .hedged(&nodes, order, replicas, |node, _| {
                 let bytes = bytes.clone();
-                async move {
-                    let req = Request::PutManifest {
-                        id,
-                        len: bytes.len() as u64,
-                    };
-                    match self.call(&node, &req, Some(&bytes)).await? {
-                        (Response::Stored(_), _) => Ok(()),
-                        (other, _) => Err(self.unexpected(&node, &other)),
-                    }
-                }
+                async move { net.manifest_put(&node, &id, &bytes).await }
             })
             .await;
         let stored = hedged.results.iter().flatten().count();
@@ -1313,27 +836,12 @@ impl Client {
     pub async fn manifest(&self, id: &DocumentId) -> Result<Manifest, ClientError> {
         let nodes = self.manifest_candidates(id)?;
         let order = (0..nodes.len()).collect();
-        let hedged = self
+        let net = &self.inner.net;
+        let hedged = net
             .hedged_retrying(&nodes, order, 1, |node, _| async move {
-                let body = match self
-                    .call(&node, &Request::GetManifest { id: *id }, None)
+                net.manifest_get(&node, id)
                     .await?
-                {
-                    (Response::Manifest { len }, mut recv) => {
-                        read_checked_body(&mut recv, len, proto::MAX_MANIFEST_BODY)
-                            .await
-                            .map_err(|e| self.peer_error(&node, e))?
-                    }
-                    (other, _) => return Err(self.unexpected(&node, &other)),
-                };
-                if !id.verifies(&body) {
-                    warn!(peer = %node_id(&node).short(), document = %id, "peer served a manifest that does not match its id");
-                    return Err(self.peer_error(
-                        &node,
-                        ProtoError::Unexpected("manifest does not match its id".into()),
-                    ));
-                }
-                Ok(Bytes::from(body))
+                    .ok_or_else(|| net.unexpected(&node, Response::NotFound))
             })
             .await;
         match hedged.results.iter().flatten().next() {
@@ -1356,8 +864,8 @@ impl Client {
     where
         W: AsyncWrite + Unpin,
     {
-        if let Some(chain) = &self.inner.options.chain {
-            self.check_registered(chain, id).await?;
+        if let Some(chain) = &self.inner.chain {
+            chain.check_registered(id).await?;
         }
         let manifest = Arc::new(self.manifest(id).await?);
         let codec = Arc::new(StripeCodec::for_manifest(&manifest, key)?);
@@ -1420,12 +928,7 @@ impl Client {
             match opened {
                 Ok(stripe) => {
                     let mut corrupt = fetched.corrupt.clone();
-                    corrupt.extend(
-                        stripe
-                            .corrupt
-                            .iter()
-                            .map(|&s| (index, s, node_id(&nodes[s]))),
-                    );
+                    corrupt.extend(stripe.corrupt.iter().map(|&s| (index, s, nodes[s].key)));
                     return Ok((stripe, corrupt));
                 }
                 // Some fetched shards were bad: ask the slots not yet tried, once.
@@ -1490,19 +993,15 @@ impl Client {
         only: Option<Vec<usize>>,
     ) -> Fetched {
         let order = only.unwrap_or_else(|| (0..ids.len()).collect());
-        let hedged = self
+        let net = &self.inner.net;
+        let hedged = net
             .hedged_retrying(nodes, order, want, |node, slot| {
-                let id = ids[slot];
+                let req = Request::GetShard { id: ids[slot] };
                 async move {
                     self.open_document(&node, reading).await?;
-                    match self.call(&node, &Request::GetShard { id }, None).await? {
-                        (Response::Shard { len }, mut recv) => {
-                            read_checked_body(&mut recv, len, proto::MAX_SHARD_BODY)
-                                .await
-                                .map(Bytes::from)
-                                .map_err(|e| self.peer_error(&node, e))
-                        }
-                        (other, _) => Err(self.unexpected(&node, &other)),
+                    match net.fetch(&node, &req, None, proto::MAX_SHARD_BODY).await? {
+                        Some(body) => Ok(Bytes::from(body)),
+                        None => Err(net.unexpected(&node, Response::NotFound)),
                     }
                 }
             })
@@ -1510,16 +1009,8 @@ impl Client {
         let mut corrupt = Vec::new();
         let mut errors = Vec::new();
         for (slot, e) in hedged.failures {
-            if let ClientError::Peer {
-                source:
-                    ProtoError::Remote {
-                        code: proto::ErrorCode::Corrupt,
-                        ..
-                    },
-                ..
-            } = &e
-            {
-                corrupt.push((index, slot, node_id(&nodes[slot])));
+            if e.remote_code() == Some(ErrorCode::Corrupt) {
+                corrupt.push((index, slot, nodes[slot].key));
             }
             debug!(stripe = index, slot, error = %e, "shard fetch failed");
             errors.push(e.to_string());
@@ -1540,13 +1031,13 @@ impl Client {
         node: &NodeInfo,
         id: DocumentId,
         manifest: Bytes,
-    ) -> Result<(), ClientError> {
+    ) -> Result<(), NetError> {
         self.open_document(node, &Reading { id, manifest }).await
     }
 
     /// Opens `reading` on the connection to `node`, unless it already is.
-    async fn open_document(&self, node: &NodeInfo, reading: &Reading) -> Result<(), ClientError> {
-        let conn = self.connection(node).await?;
+    async fn open_document(&self, node: &NodeInfo, reading: &Reading) -> Result<(), NetError> {
+        let conn = self.inner.net.connection(node).await?;
         let key = (conn.stable_id(), reading.id);
         if self
             .inner
@@ -1561,10 +1052,9 @@ impl Client {
             document: reading.id,
             len: reading.manifest.len() as u64,
         };
-        match self.call(node, &req, Some(&reading.manifest)).await? {
-            (Response::Opened { .. }, _) => {}
-            (other, _) => return Err(self.unexpected(node, &other)),
-        }
+        let net = &self.inner.net;
+        net.call::<Opened>(node, &req, Some(&reading.manifest))
+            .await?;
         let mut opened = self.inner.opened.lock().expect("opened lock");
         if opened.len() >= MAX_OPENED {
             opened.clear();
@@ -1572,564 +1062,12 @@ impl Client {
         opened.insert(key);
         Ok(())
     }
-
-    /// Runs `request` against the slots of `order` until `want` succeed: `want` at first
-    /// (peers marked down last), one more whenever one fails, and one more each time
-    /// `hedge_after` passes without enough answers.
-    async fn hedged<T, F, Fut>(
-        &self,
-        nodes: &[NodeInfo],
-        mut order: Vec<usize>,
-        want: usize,
-        request: F,
-    ) -> Hedged<T>
-    where
-        T: Clone,
-        F: Fn(NodeInfo, usize) -> Fut,
-        Fut: std::future::Future<Output = Result<T, ClientError>>,
-    {
-        order.sort_by_key(|&slot| self.is_down(&node_id(&nodes[slot])));
-        let mut order = order.into_iter();
-        let mut results = vec![None; nodes.len()];
-        let mut failures = Vec::new();
-        let mut pending = FuturesUnordered::new();
-        let launch = |slot: usize| {
-            let fut = request(nodes[slot].clone(), slot);
-            async move { (slot, fut.await) }
-        };
-        for slot in order.by_ref().take(want) {
-            pending.push(launch(slot));
-        }
-        let mut got = 0;
-        let hedge_after = self.inner.options.hedge_after;
-        let hedge = tokio::time::sleep(hedge_after);
-        tokio::pin!(hedge);
-        while got < want && !pending.is_empty() {
-            tokio::select! {
-                Some((slot, res)) = pending.next() => match res {
-                    Ok(value) => {
-                        results[slot] = Some(value);
-                        got += 1;
-                    }
-                    Err(e) => {
-                        failures.push((slot, e));
-                        if let Some(next) = order.next() {
-                            pending.push(launch(next));
-                        }
-                    }
-                },
-                () = &mut hedge => {
-                    if let Some(next) = order.next() {
-                        pending.push(launch(next));
-                    }
-                    hedge.as_mut().reset(tokio::time::Instant::now() + hedge_after);
-                }
-            }
-        }
-        Hedged {
-            results,
-            failures,
-            untried: order.collect(),
-        }
-    }
-
-    /// [`Client::hedged`], then, while fewer than `want` succeeded, the slots that answered
-    /// `Unavailable` or `Busy` (the peer could not check access now, or was full) are asked
-    /// again after a pause (0.1 s, doubling up to 1 s) until `unavailable_retry` has passed
-    /// since the first try; results are merged (the first `want` to arrive count).
-    async fn hedged_retrying<T, F, Fut>(
-        &self,
-        nodes: &[NodeInfo],
-        order: Vec<usize>,
-        want: usize,
-        request: F,
-    ) -> Hedged<T>
-    where
-        T: Clone,
-        F: Fn(NodeInfo, usize) -> Fut,
-        Fut: std::future::Future<Output = Result<T, ClientError>>,
-    {
-        let deadline = Instant::now() + self.inner.options.unavailable_retry;
-        let mut all = self.hedged(nodes, order, want, &request).await;
-        let mut pause = Duration::from_millis(100);
-        loop {
-            let got = all.results.iter().filter(|r| r.is_some()).count();
-            let again: Vec<usize> = all
-                .failures
-                .iter()
-                .filter(|(_, e)| Self::worth_asking_again(e))
-                .map(|(slot, _)| *slot)
-                .filter(|slot| all.results[*slot].is_none())
-                .collect();
-            if got >= want || again.is_empty() || Instant::now() + pause > deadline {
-                return all;
-            }
-            debug!(slots = ?again, ?pause, "peers could not answer now; asking them again");
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_secs(1));
-            all.failures.retain(|(slot, _)| !again.contains(slot));
-            let more = self.hedged(nodes, again, want - got, &request).await;
-            for (slot, value) in more.results.into_iter().enumerate() {
-                if value.is_some() && all.results[slot].is_none() {
-                    all.results[slot] = value;
-                }
-            }
-            all.failures.extend(more.failures);
-            all.untried.extend(more.untried);
-        }
-    }
-
-    /// A peer's answer that another try may change: `Unavailable` (it could not check
-    /// access now) or `Busy`.
-    fn worth_asking_again(e: &ClientError) -> bool {
-        matches!(
-            e,
-            ClientError::Peer {
-                source: ProtoError::Remote {
-                    code: proto::ErrorCode::Unavailable | proto::ErrorCode::Busy,
-                    ..
-                },
-                ..
-            }
-        )
-    }
-
-    fn is_down(&self, peer: &PublicId) -> bool {
-        let down = self.inner.down.lock().expect("down map lock");
-        down.get(peer).is_some_and(|until| Instant::now() < *until)
-    }
-
-    fn mark_down(&self, peer: PublicId) {
-        let until = Instant::now() + self.inner.options.down_for;
-        self.inner
-            .down
-            .lock()
-            .expect("down map lock")
-            .insert(peer, until);
-    }
-
-    fn peer_error(&self, node: &NodeInfo, source: ProtoError) -> ClientError {
-        ClientError::Peer {
-            peer: node_id(node).short(),
-            addr: node.addr.clone(),
-            source,
-        }
-    }
-
-    fn unexpected(&self, node: &NodeInfo, resp: &Response) -> ClientError {
-        let source = match proto::expect_ok(resp.clone()) {
-            Err(e) => e,
-            Ok(other) => ProtoError::Unexpected(format!("{other:?}")),
-        };
-        self.peer_error(node, source)
-    }
-
-    /// A live connection to `node`, reusing the pooled one.
-    async fn connection(&self, node: &NodeInfo) -> Result<quinn::Connection, ClientError> {
-        let peer = node_id(node);
-        let slot = self
-            .inner
-            .conns
-            .lock()
-            .expect("connection pool lock")
-            .entry(peer)
-            .or_default()
-            .clone();
-        let mut slot = slot.lock().await;
-        if let Some(conn) = slot.as_ref() {
-            if conn.close_reason().is_none() {
-                return Ok(conn.clone());
-            }
-            // The peer closed the connection (it stopped or restarted): fail fast so the
-            // caller asks another peer now, and ask this one last for a while.
-            let reason = conn
-                .close_reason()
-                .map(|r| r.to_string())
-                .unwrap_or_default();
-            self.mark_down(peer);
-            *slot = None;
-            return Err(self.peer_error(
-                node,
-                ProtoError::Io(std::io::Error::new(
-                    std::io::ErrorKind::ConnectionReset,
-                    format!("connection closed: {reason}"),
-                )),
-            ));
-        }
-        let err = |source: ProtoError| self.peer_error(node, source);
-        if self.is_down(&peer) {
-            // One failed attempt per `down_for`: callers move on to other peers at once.
-            return Err(err(ProtoError::Io(std::io::Error::new(
-                std::io::ErrorKind::NotConnected,
-                "peer is down (a recent connection attempt failed)",
-            ))));
-        }
-        let addr: SocketAddr = node.addr.parse().map_err(|_| {
-            err(ProtoError::Io(std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                format!("bad peer address {:?}", node.addr),
-            )))
-        })?;
-        let connect = tls::connect(&self.inner.endpoint, addr);
-        let (conn, who) =
-            match tokio::time::timeout(self.inner.options.connect_timeout, connect).await {
-                Ok(Ok(c)) => c,
-                Ok(Err(e)) => {
-                    self.mark_down(peer);
-                    return Err(err(ProtoError::Io(std::io::Error::other(e))));
-                }
-                Err(_) => {
-                    self.mark_down(peer);
-                    return Err(err(ProtoError::Io(std::io::Error::new(
-                        std::io::ErrorKind::TimedOut,
-                        "connect timed out",
-                    ))));
-                }
-            };
-        if who != peer {
-            conn.close(1u32.into(), b"unexpected identity");
-            return Err(err(ProtoError::Unexpected(format!(
-                "address {addr} answered as {}, expected {}",
-                who.short(),
-                peer.short()
-            ))));
-        }
-        *slot = Some(conn.clone());
-        Ok(conn)
-    }
-
-    /// Sends one request (and its body) on a fresh stream and reads the answer's header.
-    async fn call(
-        &self,
-        node: &NodeInfo,
-        req: &Request,
-        body: Option<&Bytes>,
-    ) -> Result<(Response, RecvStream), ClientError> {
-        self.call_within(node, req, body, self.inner.options.request_timeout)
-            .await
-    }
-
-    /// [`Client::call`] with its own time limit. A peer whose process died (kill -9, a
-    /// restart) leaves its pooled connection looking open until QUIC's idle timeout: if not
-    /// one datagram came back on it while the request waited, the connection is dropped from
-    /// the pool (and the peer asked last for a while), so the next request dials afresh.
-    async fn call_within(
-        &self,
-        node: &NodeInfo,
-        req: &Request,
-        body: Option<&Bytes>,
-        timeout: Duration,
-    ) -> Result<(Response, RecvStream), ClientError> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        let conn = match tokio::time::timeout_at(deadline, self.connection(node)).await {
-            Ok(conn) => conn?,
-            Err(_) => return Err(self.timed_out(node, timeout)),
-        };
-        let heard = conn.stats().udp_rx.datagrams;
-        let exchange = async {
-            // A stream error says little ("connection lost"); the connection's close reason
-            // says why (e.g. the peer refused our identity during the handshake).
-            let io = |e: &dyn std::fmt::Display| {
-                let why = match conn.close_reason() {
-                    Some(reason) => format!("{e}: {reason}"),
-                    None => e.to_string(),
-                };
-                self.peer_error(node, ProtoError::Io(std::io::Error::other(why)))
-            };
-            let (mut send, mut recv) = conn.open_bi().await.map_err(|e| io(&e))?;
-            proto::write_frame(&mut send, req)
-                .await
-                .map_err(|e| io(&e))?;
-            if let Some(body) = body {
-                // Hands the buffer to quinn without a copy.
-                send.write_chunk(body.clone()).await.map_err(|e| io(&e))?;
-            }
-            let _ = send.finish();
-            let resp: Response = match proto::read_frame(&mut recv).await {
-                Ok(resp) => resp,
-                Err(e) if e.is_transport() => return Err(io(&e)),
-                Err(e) => return Err(self.peer_error(node, e)),
-            };
-            Ok((resp, recv))
-        };
-        match tokio::time::timeout_at(deadline, exchange).await {
-            Ok(Ok((Response::Error { code, message }, _))) => {
-                Err(self.peer_error(node, ProtoError::Remote { code, message }))
-            }
-            Ok(res) => res,
-            Err(_) => {
-                if self.silent_for(node, &conn, heard, deadline - timeout) >= SILENCE {
-                    debug!(peer = %node.key.short(), "no datagram from the peer for a while; dropping its connection");
-                    self.forget_connection(node, &conn);
-                }
-                Err(self.timed_out(node, timeout))
-            }
-        }
-    }
-
-    fn timed_out(&self, node: &NodeInfo, timeout: Duration) -> ClientError {
-        self.peer_error(
-            node,
-            ProtoError::Io(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                format!("no answer within {timeout:?}"),
-            )),
-        )
-    }
-
-    /// After a request on `conn` timed out: how long the peer has sent nothing at all on it
-    /// (`heard`: its datagram count when the request started at `started`), as far as the
-    /// timed-out requests of the last while tell.
-    fn silent_for(
-        &self,
-        node: &NodeInfo,
-        conn: &quinn::Connection,
-        heard: u64,
-        started: tokio::time::Instant,
-    ) -> Duration {
-        let now = Instant::now();
-        let rx = conn.stats().udp_rx.datagrams;
-        let since = if rx == heard {
-            now - started.elapsed()
-        } else {
-            now
-        };
-        let mut silent = self.inner.silent.lock().expect("silence map lock");
-        let entry = silent
-            .entry(node_id(node))
-            .or_insert((conn.stable_id(), rx, since));
-        if entry.0 != conn.stable_id() || entry.1 != rx {
-            *entry = (conn.stable_id(), rx, since);
-        }
-        now.saturating_duration_since(entry.2)
-    }
-
-    /// Closes `conn` and takes it out of the pool if it is still `node`'s pooled connection.
-    fn forget_connection(&self, node: &NodeInfo, conn: &quinn::Connection) {
-        let peer = node_id(node);
-        let slot = self
-            .inner
-            .conns
-            .lock()
-            .expect("connection pool lock")
-            .get(&peer)
-            .cloned();
-        if let Some(slot) = slot
-            && let Ok(mut slot) = slot.try_lock()
-            && slot
-                .as_ref()
-                .is_some_and(|c| c.stable_id() == conn.stable_id())
-        {
-            *slot = None;
-        }
-        conn.close(0u32.into(), b"unresponsive");
-        self.mark_down(peer);
-    }
-}
-
-/// One request to one peer, for the operations workers (`ops`): no hedging, no quorum.
-impl Client {
-    /// Shard `id` from `node`, verified against its id; `None` if the peer has none.
-    pub async fn shard_get(
-        &self,
-        node: &NodeInfo,
-        id: &ShardId,
-    ) -> Result<Option<Bytes>, ClientError> {
-        match self
-            .call(node, &Request::GetShard { id: *id }, None)
-            .await?
-        {
-            (Response::Shard { len }, mut recv) => {
-                let body = read_checked_body(&mut recv, len, proto::MAX_SHARD_BODY)
-                    .await
-                    .map_err(|e| self.peer_error(node, e))?;
-                if !id.verifies(&body) {
-                    return Err(self.peer_error(
-                        node,
-                        ProtoError::Unexpected(format!("shard {id} does not match its id")),
-                    ));
-                }
-                Ok(Some(Bytes::from(body)))
-            }
-            (Response::NotFound, _) => Ok(None),
-            (other, _) => Err(self.unexpected(node, &other)),
-        }
-    }
-
-    /// Stores a shard on `node`; `Ok` once the peer checked its hash and made it durable.
-    pub async fn shard_put(
-        &self,
-        node: &NodeInfo,
-        id: &ShardId,
-        body: &Bytes,
-    ) -> Result<PutOutcome, ClientError> {
-        let req = Request::PutShard {
-            id: *id,
-            len: body.len() as u64,
-        };
-        match self.call(node, &req, Some(body)).await? {
-            (Response::Stored(outcome), _) => Ok(outcome),
-            (other, _) => Err(self.unexpected(node, &other)),
-        }
-    }
-
-    /// Whether `node` has a committed row for shard `id` (not re-hashed; scrub does that).
-    pub async fn shard_has(&self, node: &NodeInfo, id: &ShardId) -> Result<bool, ClientError> {
-        match self
-            .call(node, &Request::HasShard { id: *id }, None)
-            .await?
-        {
-            (Response::Has(has), _) => Ok(has),
-            (other, _) => Err(self.unexpected(node, &other)),
-        }
-    }
-
-    /// Drops one reference to shard `id` on `node`.
-    pub async fn shard_delete(
-        &self,
-        node: &NodeInfo,
-        id: &ShardId,
-    ) -> Result<DeleteOutcome, ClientError> {
-        match self
-            .call(node, &Request::DeleteShard { id: *id }, None)
-            .await?
-        {
-            (Response::Deleted(outcome), _) => Ok(outcome),
-            (other, _) => Err(self.unexpected(node, &other)),
-        }
-    }
-
-    /// The manifest of `id` held by `node`, checked against the id; `None` if it has none.
-    pub async fn manifest_get(
-        &self,
-        node: &NodeInfo,
-        id: &DocumentId,
-    ) -> Result<Option<Bytes>, ClientError> {
-        match self
-            .call(node, &Request::GetManifest { id: *id }, None)
-            .await?
-        {
-            (Response::Manifest { len }, mut recv) => {
-                let body = read_checked_body(&mut recv, len, proto::MAX_MANIFEST_BODY)
-                    .await
-                    .map_err(|e| self.peer_error(node, e))?;
-                if !id.verifies(&body) {
-                    return Err(self.peer_error(
-                        node,
-                        ProtoError::Unexpected("manifest does not match its id".into()),
-                    ));
-                }
-                Ok(Some(Bytes::from(body)))
-            }
-            (Response::NotFound, _) => Ok(None),
-            (other, _) => Err(self.unexpected(node, &other)),
-        }
-    }
-
-    /// Stores manifest bytes (which hash to `id`) on `node`, durably.
-    pub async fn manifest_put(
-        &self,
-        node: &NodeInfo,
-        id: &DocumentId,
-        body: &Bytes,
-    ) -> Result<(), ClientError> {
-        let req = Request::PutManifest {
-            id: *id,
-            len: body.len() as u64,
-        };
-        match self.call(node, &req, Some(body)).await? {
-            (Response::Stored(_), _) => Ok(()),
-            (other, _) => Err(self.unexpected(node, &other)),
-        }
-    }
-
-    /// Removes the manifest of `id` from `node`.
-    pub async fn manifest_delete(
-        &self,
-        node: &NodeInfo,
-        id: &DocumentId,
-    ) -> Result<DeleteOutcome, ClientError> {
-        match self
-            .call(node, &Request::DeleteManifest { id: *id }, None)
-            .await?
-        {
-            (Response::Deleted(outcome), _) => Ok(outcome),
-            (other, _) => Err(self.unexpected(node, &other)),
-        }
-    }
-
-    /// What `node` stores.
-    pub async fn usage(&self, node: &NodeInfo) -> Result<Usage, ClientError> {
-        match self.call(node, &Request::Usage, None).await? {
-            (Response::Usage(usage), _) => Ok(usage),
-            (other, _) => Err(self.unexpected(node, &other)),
-        }
-    }
-
-    /// Asks `node` to re-hash one page of its shards (quarantining corrupt ones).
-    pub async fn scrub_page(
-        &self,
-        node: &NodeInfo,
-        after: Option<ShardId>,
-        limit: u32,
-    ) -> Result<ScrubPage, ClientError> {
-        match self
-            .call(node, &Request::Scrub { after, limit }, None)
-            .await?
-        {
-            (Response::Scrubbed(page), _) => Ok(page),
-            (other, _) => Err(self.unexpected(node, &other)),
-        }
-    }
-
-    /// The cluster layout committed on the chain.
-    pub async fn chain_layout(&self) -> Result<Layout, ClientError> {
-        Ok(self.chain_layouts().await?.current)
-    }
-
-    /// The chain's current layout and the one before the last change.
-    pub async fn chain_layouts(&self) -> Result<ChainLayouts, ClientError> {
-        let chain = self.chain_link()?;
-        let body = self
-            .chain_query(chain, &Request::GetLayout)
-            .await?
-            .ok_or_else(|| ClientError::Chain("the validator has no layout".into()))?;
-        postcard::from_bytes(&body).map_err(|e| ClientError::Chain(format!("layout: {e}")))
-    }
-
-    /// Up to `limit` registered document ids after `after`, in id order.
-    pub async fn chain_documents(
-        &self,
-        after: Option<DocumentId>,
-        limit: u32,
-    ) -> Result<Vec<DocumentId>, ClientError> {
-        let chain = self.chain_link()?;
-        let body = self
-            .chain_query(chain, &Request::ListDocuments { after, limit })
-            .await?
-            .ok_or_else(|| ClientError::Chain("the validator listed no documents".into()))?;
-        postcard::from_bytes(&body).map_err(|e| ClientError::Chain(format!("document list: {e}")))
-    }
 }
 
 struct StripeUpload {
     plain_len: u64,
     stored: usize,
     missing: Vec<(u64, usize, PublicId)>,
-}
-
-struct Hedged<T> {
-    results: Vec<Option<T>>,
-    failures: Vec<(usize, ClientError)>,
-    untried: Vec<usize>,
-}
-
-impl<T> Hedged<T> {
-    /// Every failure, for an error message.
-    fn errors(&self) -> String {
-        let all: Vec<String> = self.failures.iter().map(|(_, e)| e.to_string()).collect();
-        all.join("; ")
-    }
 }
 
 struct Fetched {
@@ -2149,15 +1087,14 @@ fn join<T>(
     }
 }
 
-async fn read_checked_body(
-    recv: &mut RecvStream,
-    len: u64,
-    max: u64,
-) -> Result<Vec<u8>, ProtoError> {
-    proto::check_body_len("body", len, max)?;
-    proto::read_body(recv, len).await
-}
-
-fn node_id(node: &NodeInfo) -> PublicId {
-    node.key
+/// Checks what [`ClientOptions`] alone can be wrong about.
+fn check_options(options: &ClientOptions) -> Result<(), ClientError> {
+    options.params.validate()?;
+    let width = options.params.width();
+    match options.write_quorum {
+        Some(q) if q < usize::from(options.params.k) || q > width => {
+            Err(ClientError::Quorum { quorum: q, width })
+        }
+        _ => Ok(()),
+    }
 }

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::client::ChainLink;
+use crate::chain::client::ChainLink;
 use crate::identity::PublicId;
 use crate::manifest::CodingParams;
 use crate::peer::PeerLimits;

@@ -11,9 +11,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::bench::sample_data;
+use crate::chain::client::ChainLink;
 use crate::chain::ledger::{Ledger, LedgerError};
 use crate::chain::state::{Genesis, GenesisAccount};
-use crate::client::{ChainLink, Client, ClientError, ClientOptions, GetReport, PutReceipt};
+use crate::client::{Client, ClientError, ClientOptions, GetReport, PutReceipt};
 use crate::codec::DocumentInfo;
 use crate::crypto::DataKey;
 use crate::id::DocumentId;
@@ -30,6 +31,10 @@ pub enum DemoError {
     Peer(#[from] PeerError),
     #[error(transparent)]
     Client(#[from] ClientError),
+    #[error(transparent)]
+    Net(#[from] crate::net::NetError),
+    #[error("chain: {0}")]
+    Chain(#[from] crate::chain::client::ChainError),
     #[error(transparent)]
     Placement(#[from] PlacementError),
     #[error("embedded validator: {0}")]
@@ -277,7 +282,7 @@ impl LocalCluster {
     ) -> Result<(Layout, Layout), DemoError> {
         let old = self.layout().clone();
         let operator = self.operator_client(old.clone(), None, ClientOptions::default())?;
-        let submitted = operator.submit(self.chain(), body).await;
+        let submitted = operator.chain()?.submit(body).await;
         operator.close().await;
         submitted?;
         let new = self.sync_layout().clone();
@@ -740,7 +745,7 @@ pub async fn run(big_mib: usize, step: Step<'_>) -> Result<(), DemoError> {
     // root on chain; the department checks each record against those roots.
     let t = Instant::now();
     let report = loop {
-        let report = crate::audit::audit(&owner, &cert_put.id).await?;
+        let report = crate::audit::audit(owner.chain()?, &owner.all_nodes(), &cert_put.id).await?;
         let verified = report
             .lines
             .iter()

@@ -20,6 +20,7 @@ pub mod id;
 pub mod identity;
 pub mod keyring;
 pub mod manifest;
+pub mod net;
 pub mod ops;
 pub mod peer;
 pub mod placement;

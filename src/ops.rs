@@ -37,11 +37,13 @@ use futures::stream::{self, StreamExt};
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use tracing::{debug, info, warn};
 
+use crate::chain::client::ChainError;
 use crate::client::{Client, ClientError, MANIFEST_REPLICAS, stripe_key};
 use crate::erasure::{Erasure, ErasureError};
 use crate::id::{DocumentId, ShardId};
 use crate::identity::PublicId;
 use crate::manifest::{Manifest, ManifestError};
+use crate::net::NetError;
 use crate::placement::{Layout, NodeInfo, PlacementError};
 use crate::proto::MAX_LIST;
 use crate::store::DeleteOutcome;
@@ -72,6 +74,10 @@ impl Default for OpsOptions {
 pub enum OpsError {
     #[error(transparent)]
     Client(#[from] ClientError),
+    #[error(transparent)]
+    Net(#[from] NetError),
+    #[error("chain: {0}")]
+    Chain(#[from] ChainError),
     #[error("placement: {0}")]
     Placement(#[from] PlacementError),
     #[error("manifest: {0}")]
@@ -259,7 +265,8 @@ pub async fn documents(client: &Client) -> Result<Vec<DocumentId>, OpsError> {
     let mut all = Vec::new();
     loop {
         let page = client
-            .chain_documents(all.last().copied(), MAX_LIST)
+            .chain()?
+            .documents(all.last().copied(), MAX_LIST)
             .await?;
         let more = page.len() == MAX_LIST as usize;
         all.extend(page);
@@ -272,14 +279,17 @@ pub async fn documents(client: &Client) -> Result<Vec<DocumentId>, OpsError> {
 /// Whether document `id` was replaced by a rekey (`version::rekey`), whose collect
 /// removes its shards and then its manifest.
 async fn rekeyed_away(client: &Client, id: &DocumentId) -> bool {
-    let Ok(Some(record)) = client.chain_record(id).await else {
+    let Ok(chain) = client.chain() else {
+        return false;
+    };
+    let Ok(Some(record)) = chain.record(id).await else {
         return false;
     };
     let Some(new) = record.superseded_by else {
         return false;
     };
     matches!(
-        client.chain_record(&new).await,
+        chain.record(&new).await,
         Ok(Some(newer)) if newer.supersedes.is_some_and(|p| p.document == *id
             && p.kind == crate::chain::tx::VersionKind::Rekey)
     )
@@ -398,9 +408,9 @@ async fn converge_manifest(
     let targets = manifest_places(client.layout(), id, m)?;
     let bytes = Bytes::from(manifest.encode());
     for node in &targets {
-        if client.manifest_get(node, id).await?.is_none() {
+        if client.net().manifest_get(node, id).await?.is_none() {
             if !options.dry_run {
-                client.manifest_put(node, id, &bytes).await?;
+                client.net().manifest_put(node, id, &bytes).await?;
             }
             report.manifests_written += 1;
         }
@@ -425,7 +435,7 @@ async fn converge_manifest(
         if options.dry_run {
             continue;
         }
-        match client.manifest_delete(node, id).await {
+        match client.net().manifest_delete(node, id).await {
             Ok(DeleteOutcome::Removed) => report.manifests_deleted += 1,
             Ok(_) => {}
             // A peer that is gone for good holds nothing to delete.
@@ -483,7 +493,7 @@ async fn converge_stripe(
             if done {
                 return true;
             }
-            client.shard_has(node, id).await.unwrap_or_else(|e| {
+            client.net().shard_has(node, id).await.unwrap_or_else(|e| {
                 debug!(slot, error = %e, "placed peer unreachable");
                 false
             })
@@ -506,7 +516,7 @@ async fn converge_stripe(
         if let Some(old) = &old
             && old[slot].key != new[slot].key
         {
-            match client.shard_get(&old[slot], id).await {
+            match client.net().shard_get(&old[slot], id).await {
                 Ok(Some(b)) => bytes = Some((b, false)),
                 Ok(None) => {}
                 Err(e) => debug!(slot, error = %e, "old copy not readable"),
@@ -527,7 +537,7 @@ async fn converge_stripe(
             continue;
         };
         throttle.take(bytes.len() as u64).await;
-        match client.shard_put(&new[slot], id, &bytes).await {
+        match client.net().shard_put(&new[slot], id, &bytes).await {
             Ok(_) => {
                 present[slot] = true;
                 out.bytes += bytes.len() as u64;
@@ -562,8 +572,8 @@ async fn converge_stripe(
                 .zip(ids)
                 .any(|(n, other)| n.key == from.key && other == id);
             if !still_placed {
-                match client.shard_has(from, id).await {
-                    Ok(true) => match client.shard_delete(from, id).await {
+                match client.net().shard_has(from, id).await {
+                    Ok(true) => match client.net().shard_delete(from, id).await {
                         Ok(_) => out.deleted += 1,
                         Err(e) => {
                             out.failures
@@ -607,7 +617,7 @@ async fn rebuild(
             sources.push(&old[slot]);
         }
         for node in sources {
-            if let Ok(Some(b)) = client.shard_get(node, &ids[slot]).await {
+            if let Ok(Some(b)) = client.net().shard_get(node, &ids[slot]).await {
                 return (slot, Some(b));
             }
         }
@@ -697,7 +707,7 @@ pub async fn scrub(
     };
     let mut totals = HashMap::new();
     for node in &nodes {
-        match client.usage(node).await {
+        match client.net().usage(node).await {
             Ok(u) => {
                 totals.insert(node.key, u.shards);
             }
@@ -720,7 +730,7 @@ pub async fn scrub(
             async move {
                 let mut after = None;
                 loop {
-                    let page = match client.scrub_page(node, after, PAGE).await {
+                    let page = match client.net().scrub_page(node, after, PAGE).await {
                         Ok(p) => p,
                         Err(e) => {
                             let mut r = shared.lock().expect("report lock");
@@ -866,7 +876,7 @@ impl Operator {
             return Ok(self.file_layout.clone());
         }
         let client = self.client(self.file_layout.clone(), None)?;
-        let layout = client.chain_layout().await;
+        let layout = async { Ok::<_, OpsError>(client.chain()?.layout().await?) }.await;
         client.close().await;
         let layout = layout?;
         Ok(if layout.nodes.is_empty() {
@@ -897,13 +907,13 @@ impl Operator {
         }
         let client = self.client(current, None)?;
         let result = async {
-            let chain = client.chain_link()?.clone();
-            client.submit(&chain, body).await?;
-            client.chain_layout().await
+            let chain = client.chain()?;
+            chain.submit(body).await?;
+            Ok::<_, OpsError>(chain.layout().await?)
         }
         .await;
         client.close().await;
-        Ok(result?)
+        result
     }
 
     /// Moves every shard to its place under the current layout, from the settled one;
@@ -959,7 +969,7 @@ impl Operator {
         let client = self.client(current.clone(), previous.clone())?;
         let mut peers = Vec::new();
         for node in &current.nodes {
-            let usage = client.usage(node).await.map_err(|e| e.to_string());
+            let usage = client.net().usage(node).await.map_err(|e| e.to_string());
             peers.push(PeerStatus {
                 node: node.clone(),
                 usage,

@@ -18,7 +18,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::id::{DocumentId, ShardId};
 use crate::manifest::{MAX_MANIFEST_BYTES, MAX_SHARD_LEN};
-use crate::store::{DeleteOutcome, PutOutcome, ScrubPage, Usage};
+pub use crate::store::{DeleteOutcome, PutOutcome, ScrubPage, Usage};
 
 /// Largest header frame, in bytes (a list of 1,000 shard ids fits easily).
 pub const MAX_FRAME: usize = 64 << 10;
@@ -379,6 +379,52 @@ pub fn expect_ok(resp: Response) -> Result<Response, ProtoError> {
     match resp {
         Response::Error { code, message } => Err(ProtoError::Remote { code, message }),
         other => Ok(other),
+    }
+}
+
+/// The response payload a request names (garage's `Rpc::Response`): `Net::call` takes it
+/// out of the peer's [`Response`], and any other answer is one error path (`Unexpected`, or
+/// the peer's `Error`), so no caller matches responses by hand.
+pub trait Expect: Sized {
+    /// `Err(resp)` when `resp` is not this payload.
+    fn take(resp: Response) -> Result<Self, Response>;
+}
+
+macro_rules! expect {
+    ($($ty:ty => $variant:ident),* $(,)?) => {$(
+        impl Expect for $ty {
+            fn take(resp: Response) -> Result<Self, Response> {
+                match resp {
+                    Response::$variant(v) => Ok(v),
+                    other => Err(other),
+                }
+            }
+        }
+    )*};
+}
+
+expect! {
+    PutOutcome => Stored,
+    Vec<PutOutcome> => StoredMany,
+    DeleteOutcome => Deleted,
+    bool => Has,
+    Vec<ShardId> => List,
+    Usage => Usage,
+    ScrubPage => Scrubbed,
+}
+
+/// The answer to [`Request::OpenDocument`]: the document's distinct shard count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Opened {
+    pub shards: u32,
+}
+
+impl Expect for Opened {
+    fn take(resp: Response) -> Result<Self, Response> {
+        match resp {
+            Response::Opened { shards } => Ok(Opened { shards }),
+            other => Err(other),
+        }
     }
 }
 

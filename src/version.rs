@@ -28,6 +28,7 @@
 use bytes::Bytes;
 use tracing::{debug, warn};
 
+use crate::chain::client::ChainError;
 use crate::chain::state::DocumentRecord;
 use crate::chain::tx::{CarriedGrant, MAX_TX_BYTES, TxBody, VersionKind};
 use crate::client::{Client, ClientError, Progress, stripe_key};
@@ -38,6 +39,7 @@ use crate::id::DocumentId;
 use crate::identity::PublicId;
 use crate::keyring::{Keyring, KeyringError};
 use crate::manifest::Manifest;
+use crate::net::NetError;
 use crate::ops::{Journal, OpsError};
 use crate::store::DeleteOutcome;
 
@@ -54,6 +56,10 @@ pub const MAX_VERSIONS: usize = 64;
 pub enum VersionError {
     #[error(transparent)]
     Client(#[from] ClientError),
+    #[error("chain: {0}")]
+    Chain(#[from] ChainError),
+    #[error(transparent)]
+    Net(#[from] NetError),
     #[error(transparent)]
     Ops(#[from] OpsError),
     #[error(transparent)]
@@ -82,6 +88,8 @@ pub enum VersionError {
     ShortCopy { got: u64, want: u64 },
     #[error("more than {MAX_VERSIONS} versions after {0}")]
     TooManyVersions(DocumentId),
+    #[error("{at} names {next} as its newer version, which does not name it back")]
+    BrokenChain { at: DocumentId, next: DocumentId },
 }
 
 /// What a supersede or rekey did.
@@ -137,11 +145,11 @@ pub async fn rekey(
     keyring: &Keyring,
     progress: Progress<'_>,
 ) -> Result<VersionReport, VersionError> {
-    let chain = client.chain_link()?;
-    let record = client.check_registered(chain, old).await?;
+    let chain = client.chain()?;
+    let record = chain.check_registered(old).await?;
     check_owner(client, old, &record)?;
     if let Some(by) = record.superseded_by {
-        let newer = client.check_registered(chain, &by).await?;
+        let newer = chain.check_registered(&by).await?;
         let rekeyed = newer
             .supersedes
             .is_some_and(|p| p.document == *old && p.kind == VersionKind::Rekey);
@@ -244,8 +252,8 @@ pub async fn supersede<R>(
 where
     R: tokio::io::AsyncRead + Unpin + Send + 'static,
 {
-    let chain = client.chain_link()?;
-    let record = client.check_registered(chain, old).await?;
+    let chain = client.chain()?;
+    let record = chain.check_registered(old).await?;
     check_owner(client, old, &record)?;
     if let Some(by) = record.superseded_by {
         return Err(VersionError::AlreadySuperseded { id: *old, by });
@@ -275,22 +283,19 @@ pub async fn latest(
     client: &Client,
     id: &DocumentId,
 ) -> Result<Vec<(DocumentId, VersionKind)>, VersionError> {
-    let chain = client.chain_link()?;
-    let mut record = client.check_registered(chain, id).await?;
+    let chain = client.chain()?;
+    let mut record = chain.check_registered(id).await?;
     let mut path = Vec::new();
     let mut at = *id;
     while let Some(next) = record.superseded_by {
         if path.len() == MAX_VERSIONS {
             return Err(VersionError::TooManyVersions(*id));
         }
-        record = client.check_registered(chain, &next).await?;
+        record = chain.check_registered(&next).await?;
         let kind = match record.supersedes {
             Some(p) if p.document == at => p.kind,
             _ => {
-                return Err(ClientError::Chain(format!(
-                    "{at} names {next} as its newer version, which does not name it back"
-                ))
-                .into());
+                return Err(VersionError::BrokenChain { at, next });
             }
         };
         path.push((next, kind));
@@ -413,7 +418,7 @@ async fn commit(
     // version.
     keyring.save(&new, &key)?;
     let body = grants.body(old, &new, kind, &key)?;
-    let height = match client.submit(client.chain_link()?, body).await {
+    let height = match client.chain()?.submit(body).await {
         Ok((height, _)) => height,
         Err(e) => {
             discard(client, &new, manifest, keyring).await;
@@ -497,7 +502,7 @@ pub async fn collect(
             };
             for node in &nodes {
                 let deleted = match client.open_on(node, *id, manifest_bytes.clone()).await {
-                    Ok(()) => client.shard_delete(node, shard).await,
+                    Ok(()) => client.net().shard_delete(node, shard).await,
                     Err(e) => Err(e),
                 };
                 match deleted {
@@ -550,7 +555,7 @@ pub async fn collect(
             continue;
         }
         seen.push(node.key);
-        match client.manifest_delete(node, id).await {
+        match client.net().manifest_delete(node, id).await {
             Ok(DeleteOutcome::NotFound) => {}
             Ok(_) => report.manifests_deleted += 1,
             Err(e) => {

@@ -9,6 +9,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use dangan::access::ACCESS_TTL;
+use dangan::chain::client::ChainError;
 use dangan::client::{ClientError, PutReceipt, stripe_key};
 use dangan::demo::LocalCluster;
 use dangan::grant::GrantAddress;
@@ -108,6 +109,10 @@ fn shard_on(cluster: &LocalCluster, put: &PutReceipt, node: &NodeInfo) -> ShardI
 
 fn is_refusal(e: &ClientError) -> bool {
     e.to_string().contains("Refused")
+}
+
+fn is_chain_refusal(e: &ChainError) -> bool {
+    matches!(e, ChainError::Refused(_))
 }
 
 fn open(document: DocumentId, manifest: &[u8]) -> Request {
@@ -282,7 +287,7 @@ async fn only_owner_grantees_and_operators_are_served() {
     // The operator (repair, rebalance, scrub) reads any shard without opening anything.
     let operator = cluster.operator_client(cluster.layout().clone(), None, common::options());
     let operator = operator.unwrap();
-    let got = operator.shard_get(&node, &shard_b).await.unwrap();
+    let got = operator.net().shard_get(&node, &shard_b).await.unwrap();
     assert_eq!(got.map(|b| ShardId::of(&b)), Some(shard_b));
 
     // Revocation reaches an open connection within the bound.
@@ -376,21 +381,35 @@ async fn chain_records_are_answered_by_who_asks() {
     let operator = cluster
         .operator_client(cluster.layout().clone(), None, common::options())
         .unwrap();
-    let chain = dept.chain_link().unwrap().clone();
+    let chain = dept.chain().unwrap().link().clone();
 
     // Owner and operator: the whole record, both grantees.
     for c in [&dept, &operator] {
-        let record = c.chain_record(&doc.id).await.unwrap().unwrap();
+        let record = c.chain().unwrap().record(&doc.id).await.unwrap().unwrap();
         assert_eq!(record.grants.len(), 2);
-        assert_eq!(c.check_registered(&chain, &doc.id).await.unwrap(), record);
+        assert_eq!(
+            c.chain().unwrap().check_registered(&doc.id).await.unwrap(),
+            record
+        );
     }
     // A grantee: the record with its own grant alone; its get and receipt work.
-    let record = as_alice.chain_record(&doc.id).await.unwrap().unwrap();
+    let record = as_alice
+        .chain()
+        .unwrap()
+        .record(&doc.id)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(
         record.grants.keys().copied().collect::<Vec<_>>(),
         vec![alice.public()]
     );
-    let proved = as_alice.check_registered(&chain, &doc.id).await.unwrap();
+    let proved = as_alice
+        .chain()
+        .unwrap()
+        .check_registered(&doc.id)
+        .await
+        .unwrap();
     assert_eq!(proved.grants.len(), 1, "bob's grant is not shown to alice");
     let key = as_alice.granted_key(&doc.id).await.unwrap();
     assert_eq!(
@@ -405,31 +424,39 @@ async fn chain_records_are_answered_by_who_asks() {
 
     // No grant: no record, no proof, no key; another department neither.
     for c in [&as_carol, &as_other] {
-        assert!(is_refusal(&c.chain_record(&doc.id).await.unwrap_err()));
-        assert!(is_refusal(
-            &c.check_registered(&chain, &doc.id).await.unwrap_err()
+        assert!(is_chain_refusal(
+            &c.chain().unwrap().record(&doc.id).await.unwrap_err()
+        ));
+        assert!(is_chain_refusal(
+            &c.chain()
+                .unwrap()
+                .check_registered(&doc.id)
+                .await
+                .unwrap_err()
         ));
         assert!(c.granted_key(&doc.id).await.is_err());
     }
     // Blocks and transactions: members of the consortium only; the document list:
     // operators and nodes only.
-    let err = as_carol.chain_block(1).await.unwrap_err();
-    assert!(is_refusal(&err), "{err}");
-    assert!(is_refusal(&as_carol.chain_tx([0; 32]).await.unwrap_err()));
-    assert!(as_other.chain_block(1).await.unwrap().is_some());
+    let err = as_carol.chain().unwrap().block(1).await.unwrap_err();
+    assert!(is_chain_refusal(&err), "{err}");
+    assert!(is_chain_refusal(
+        &as_carol.chain().unwrap().tx([0; 32]).await.unwrap_err()
+    ));
+    assert!(as_other.chain().unwrap().block(1).await.unwrap().is_some());
     for c in [&as_alice, &as_other, &dept] {
-        let err = c.chain_documents(None, 10).await.unwrap_err();
-        assert!(is_refusal(&err), "{err}");
+        let err = c.chain().unwrap().documents(None, 10).await.unwrap_err();
+        assert!(is_chain_refusal(&err), "{err}");
     }
     assert_eq!(
-        operator.chain_documents(None, 10).await.unwrap(),
+        operator.chain().unwrap().documents(None, 10).await.unwrap(),
         vec![doc.id]
     );
 
     // Revoked: nothing any more.
     dept.revoke(doc.id, alice.public()).await.unwrap();
-    assert!(is_refusal(
-        &as_alice.chain_record(&doc.id).await.unwrap_err()
+    assert!(is_chain_refusal(
+        &as_alice.chain().unwrap().record(&doc.id).await.unwrap_err()
     ));
     for c in [as_alice, as_carol, as_other, operator, dept] {
         c.close().await;

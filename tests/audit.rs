@@ -39,7 +39,9 @@ fn shards_served(cluster: &LocalCluster) -> u64 {
 async fn audited(client: &Client, id: &DocumentId) -> AuditReport {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        let report = audit::audit(client, id).await.unwrap();
+        let report = audit::audit(client.chain().unwrap(), &client.all_nodes(), id)
+            .await
+            .unwrap();
         if report.unreachable.is_empty()
             && report
                 .lines
@@ -113,6 +115,7 @@ async fn the_owner_sees_exactly_the_reads_that_happened_checked_against_the_chai
     let node = dept.manifest_nodes(&put.id).unwrap()[0].clone();
     assert!(
         operator
+            .net()
             .manifest_get(&node, &put.id)
             .await
             .unwrap()
@@ -147,11 +150,13 @@ async fn the_owner_sees_exactly_the_reads_that_happened_checked_against_the_chai
     assert!(times_ok);
 
     // An operator may audit too; the citizen and another department may not.
-    let op_report = audit::audit(&operator, &put.id).await.unwrap();
+    let op_report = audit::audit(operator.chain().unwrap(), &operator.all_nodes(), &put.id)
+        .await
+        .unwrap();
     assert_eq!(op_report.lines.len(), report.lines.len());
     for who in [&citizen, cluster.other_department()] {
         let c = cluster.client_as(who, common::options()).unwrap();
-        match audit::audit(&c, &put.id).await {
+        match audit::audit(c.chain().unwrap(), &c.all_nodes(), &put.id).await {
             Err(AuditError::Refused(reason)) => {
                 assert!(reason.contains("may not see who read"), "{reason}")
             }
@@ -174,12 +179,12 @@ async fn the_owner_sees_exactly_the_reads_that_happened_checked_against_the_chai
         .find(|n| n.key == holder)
         .unwrap()
         .clone();
-    let page = audit::fetch_page(&dept, &node, &put.id, None)
+    let page = audit::fetch_page(dept.net(), &node, &put.id, None)
         .await
         .unwrap();
     let entry = page.entries[0].clone();
     let proof = entry.proof.clone().unwrap();
-    let root = dept.chain_tx(proof.tx).await.unwrap().unwrap();
+    let root = dept.chain().unwrap().tx(proof.tx).await.unwrap().unwrap();
     assert!(matches!(
         audit::check(&holder, &put.id, &entry, Some(&root)),
         Verdict::Verified { .. }

@@ -8,6 +8,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use common::*;
+use dangan::chain::client::ChainError;
 use dangan::client::{ClientError, stripe_key};
 use dangan::demo::LocalCluster;
 use dangan::id::ShardId;
@@ -344,7 +345,9 @@ async fn a_put_registers_on_chain_and_a_get_refuses_what_is_not_registered() {
     let state = cluster.ledger().state();
     assert!(state.documents.contains_key(&receipt.id));
     let record = client
-        .check_registered(cluster.chain(), &receipt.id)
+        .chain()
+        .unwrap()
+        .check_registered(&receipt.id)
         .await
         .unwrap();
     assert_eq!(record.height, height);
@@ -366,7 +369,7 @@ async fn a_put_registers_on_chain_and_a_get_refuses_what_is_not_registered() {
     let orphan = put(&unlinked, &bytes).await.unwrap();
     assert!(orphan.registered.is_none());
     match get(&client, &orphan.id, &orphan.key).await {
-        Err(ClientError::NotRegistered { id }) => assert_eq!(id, orphan.id),
+        Err(ClientError::Chain(ChainError::NotRegistered(id))) => assert_eq!(id, orphan.id),
         other => panic!("expected NotRegistered, got {other:?}"),
     }
     cluster.shutdown().await;

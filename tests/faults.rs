@@ -34,7 +34,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::process::{ProcessCluster, dangan, free_port_range, run_within};
-use dangan::client::{ChainLink, Client, ClientOptions, stripe_key};
+use dangan::chain::client::ChainLink;
+use dangan::client::{Client, ClientOptions, stripe_key};
 use dangan::config::{Cluster, ClusterFile};
 use dangan::crypto::DataKey;
 use dangan::id::DocumentId;
@@ -386,7 +387,7 @@ impl Harness {
         loop {
             let page = self
                 .rt
-                .block_on(client.chain_documents(after, 256))
+                .block_on(client.chain().unwrap().documents(after, 256))
                 .expect("listing registered documents");
             let Some(last) = page.last().copied() else {
                 break;
@@ -414,7 +415,7 @@ impl Harness {
                 let mut good = 0;
                 for (node, shard) in placed.iter().zip(ids) {
                     // shard_get verifies the bytes against the shard's id.
-                    if let Ok(Some(_)) = self.rt.block_on(client.shard_get(node, shard)) {
+                    if let Ok(Some(_)) = self.rt.block_on(client.net().shard_get(node, shard)) {
                         good += 1;
                     }
                 }
@@ -460,7 +461,12 @@ impl Harness {
         let height = loop {
             let heights: Vec<Option<u64>> = clients
                 .iter()
-                .map(|c| self.rt.block_on(c.chain_status()).ok().map(|s| s.height))
+                .map(|c| {
+                    self.rt
+                        .block_on(c.chain().unwrap().status())
+                        .ok()
+                        .map(|s| s.height)
+                })
                 .collect();
             if let Some(Some(h)) = heights.first()
                 && heights.iter().all(|x| *x == Some(*h))
@@ -479,7 +485,7 @@ impl Harness {
                 .iter()
                 .map(|c| {
                     self.rt
-                        .block_on(c.chain_block(h))
+                        .block_on(c.chain().unwrap().block(h))
                         .unwrap_or_else(|e| panic!("block {h}: {e}"))
                         .unwrap_or_else(|| panic!("a validator at height {height} lacks block {h}"))
                         .header

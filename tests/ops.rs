@@ -114,17 +114,16 @@ async fn add_node(cluster: &mut LocalCluster, zone: &str) -> (Layout, Layout, No
     let op = cluster
         .operator_client(old.clone(), None, common::options())
         .unwrap();
-    op.submit(
-        cluster.chain(),
-        TxBody::AddNode {
+    op.chain()
+        .unwrap()
+        .submit(TxBody::AddNode {
             node: info.key,
             addr: info.addr.clone(),
             zone: info.zone.clone(),
             weight: info.weight,
-        },
-    )
-    .await
-    .unwrap();
+        })
+        .await
+        .unwrap();
     op.close().await;
     let new = cluster.sync_layout().clone();
     assert_eq!(new.epoch, old.epoch + 1);
@@ -136,7 +135,9 @@ async fn drain_node(cluster: &mut LocalCluster, node: PublicId) -> (Layout, Layo
     let op = cluster
         .operator_client(old.clone(), None, common::options())
         .unwrap();
-    op.submit(cluster.chain(), TxBody::DrainNode { node })
+    op.chain()
+        .unwrap()
+        .submit(TxBody::DrainNode { node })
         .await
         .unwrap();
     op.close().await;

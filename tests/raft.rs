@@ -9,11 +9,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dangan::chain::block::BlockError;
+use dangan::chain::client::ChainLink;
 use dangan::chain::ledger::{Ledger, RaftTuning, ValidatorNet};
 use dangan::chain::raft::node_id;
 use dangan::chain::state::{Genesis, GenesisAccount};
 use dangan::chain::tx::{SignedTx, Tx, TxBody};
-use dangan::client::{ChainLink, Client, ClientOptions};
+use dangan::client::{Client, ClientOptions};
 use dangan::id::DocumentId;
 use dangan::identity::{Identity, PublicId, Role};
 use dangan::peer::{self, PeerHandle};
@@ -285,7 +286,7 @@ async fn three_validators_survive_the_leader_being_killed_and_a_restart_from_dis
                 // A submit that failed may have committed after all: retry the same
                 // transaction until it is committed or refused as already used.
                 for attempt in 0.. {
-                    match client.submit_tx(&tx).await {
+                    match client.chain().unwrap().submit_tx(&tx).await {
                         Ok((height, _)) => {
                             committed.lock().unwrap().push((document(&tx), height));
                             break;
@@ -370,6 +371,8 @@ async fn three_validators_survive_the_leader_being_killed_and_a_restart_from_dis
     // And the restarted chain goes on.
     let client = net.client(&net.departments[0]);
     let (h3, _) = client
+        .chain()
+        .unwrap()
         .submit_tx(&register(&net.departments[0], EACH + 1))
         .await
         .unwrap();
@@ -411,7 +414,12 @@ async fn a_follower_forwards_and_outsiders_cannot_speak_raft() {
         },
     )
     .unwrap();
-    let (height, _) = client.submit_tx(&register(dept, 1)).await.unwrap();
+    let (height, _) = client
+        .chain()
+        .unwrap()
+        .submit_tx(&register(dept, 1))
+        .await
+        .unwrap();
     assert!(height >= 1);
 
     // A department may not send consensus messages, nor endorsement requests.
@@ -423,8 +431,10 @@ async fn a_follower_forwards_and_outsiders_cannot_speak_raft() {
         },
         Request::Endorse { len: 3 },
     ] {
+        let body = bytes::Bytes::from_static(b"abc");
         let err = client
-            .chain_request(&node, &req, Some(bytes::Bytes::from_static(b"abc")))
+            .net()
+            .fetch(&node, &req, Some(&body), dangan::proto::MAX_CHAIN_BODY)
             .await
             .unwrap_err();
         assert!(
@@ -444,11 +454,17 @@ async fn a_follower_forwards_and_outsiders_cannot_speak_raft() {
 /// returns the height of its block.
 async fn commit(client: &Client, tx: &SignedTx) -> u64 {
     for attempt in 0.. {
-        match client.submit_tx(tx).await {
+        match client.chain().unwrap().submit_tx(tx).await {
             Ok((height, _)) => return height,
             Err(e) if attempt > 0 && e.to_string().contains("nonce") => {
                 // An earlier attempt committed after all.
-                let proof = client.chain_tx(tx.id()).await.unwrap().expect("committed");
+                let proof = client
+                    .chain()
+                    .unwrap()
+                    .tx(tx.id())
+                    .await
+                    .unwrap()
+                    .expect("committed");
                 return proof.header.header.height;
             }
             Err(e) => {
@@ -551,12 +567,14 @@ async fn validators_join_and_leave_through_the_chain() {
     ));
     let fresh = net.client(dept);
     let block = fresh
-        .chain_block(tip)
+        .chain()
+        .unwrap()
+        .block(tip)
         .await
         .unwrap()
         .expect("block at the tip");
     assert_eq!(block.header, last);
-    let history = fresh.prove_validators(&net.link()).await.unwrap();
+    let history = fresh.chain().unwrap().prove_validators().await.unwrap();
     let sorted = |v: &[PublicId]| {
         let mut v = v.to_vec();
         v.sort();
@@ -615,10 +633,15 @@ async fn validators_join_and_leave_through_the_chain() {
             .unwrap_or_else(|e| panic!("block {h}: {e}"));
     }
     // The client's history follows the removal too, and registrations after it verify.
-    let history = client.prove_validators(&net.link()).await.unwrap();
+    let history = client.chain().unwrap().prove_validators().await.unwrap();
     assert_eq!(history.at(height), sorted(&left));
     let last_registration = register(dept, nonce);
-    let proof = client.chain_tx(last_registration.id()).await.unwrap();
+    let proof = client
+        .chain()
+        .unwrap()
+        .tx(last_registration.id())
+        .await
+        .unwrap();
     assert!(proof.is_some_and(|p| p.header.header.height > removed_at));
     client.close().await;
     for v in vs.into_iter().flatten() {
@@ -658,7 +681,7 @@ async fn a_validator_whose_host_the_chain_names_joins_without_new_cluster_files(
         },
     }
     .sign(admin);
-    let refused = client.submit_tx(&bad).await.unwrap_err();
+    let refused = client.chain().unwrap().submit_tx(&bad).await.unwrap_err();
     assert!(refused.to_string().contains("ip:port"), "{refused}");
     // Nor may one validator redirect another sitting validator's traffic.
     let redirect = Tx {
@@ -671,7 +694,12 @@ async fn a_validator_whose_host_the_chain_names_joins_without_new_cluster_files(
         },
     }
     .sign(admin);
-    let refused = client.submit_tx(&redirect).await.unwrap_err();
+    let refused = client
+        .chain()
+        .unwrap()
+        .submit_tx(&redirect)
+        .await
+        .unwrap_err();
     assert!(
         refused.to_string().contains("sitting validator"),
         "{refused}"
@@ -856,9 +884,19 @@ async fn a_validator_behind_the_chain_does_not_answer_from_stale_state() {
     };
     let only = client_of(dept);
     let node = client_of(&net.nodes[0]);
-    let err = only.chain_account(&dept.public()).await.unwrap_err();
+    let err = only
+        .chain()
+        .unwrap()
+        .account(&dept.public())
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("behind"), "{err}");
-    let err = node.chain_documents(None, 100).await.unwrap_err();
+    let err = node
+        .chain()
+        .unwrap()
+        .documents(None, 100)
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("behind"), "{err}");
 
     // With the others back it catches up, and then answers the current state.
@@ -868,7 +906,7 @@ async fn a_validator_behind_the_chain_does_not_answer_from_stale_state() {
     }
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        match only.chain_account(&dept.public()).await {
+        match only.chain().unwrap().account(&dept.public()).await {
             Ok(Some(account)) => {
                 assert_eq!(account.nonce, 5, "an answer from stale state");
                 break;
@@ -879,7 +917,15 @@ async fn a_validator_behind_the_chain_does_not_answer_from_stale_state() {
             }
         }
     }
-    assert_eq!(node.chain_documents(None, 100).await.unwrap().len(), 5);
+    assert_eq!(
+        node.chain()
+            .unwrap()
+            .documents(None, 100)
+            .await
+            .unwrap()
+            .len(),
+        5
+    );
     only.close().await;
     node.close().await;
     futures::future::join_all(vs.into_iter().map(stop)).await;
@@ -1033,7 +1079,12 @@ async fn a_client_redials_a_validator_host_whose_process_was_replaced() {
     let v = net.start(0).await;
     converged(&[&v]).await;
     relay.set_silent(false);
-    let (height, _) = client.submit_tx(&register(dept, 2)).await.unwrap();
+    let (height, _) = client
+        .chain()
+        .unwrap()
+        .submit_tx(&register(dept, 2))
+        .await
+        .unwrap();
     assert_eq!(height, v.ledger.status().height);
     client.close().await;
     relay.task.abort();
@@ -1053,7 +1104,7 @@ async fn a_validator_host_behind_the_chain_authorises_reads_by_the_others() {
     use bytes::Bytes;
     use dangan::crypto::DataKey;
     use dangan::grant::GrantAddress;
-    use dangan::proto::{ErrorCode, ProtoError};
+    use dangan::proto::ErrorCode;
 
     logs();
     let tmp = tempfile::tempdir().unwrap();
@@ -1074,9 +1125,10 @@ async fn a_validator_host_behind_the_chain_authorises_reads_by_the_others() {
     let client = net.client(owner);
     let manifest = Bytes::from_static(b"the manifest of a document registered after genesis");
     let id = DocumentId::of(&manifest);
-    let chain = net.link();
     client
-        .submit(&chain, TxBody::RegisterDocument { document: id })
+        .chain()
+        .unwrap()
+        .submit(TxBody::RegisterDocument { document: id })
         .await
         .unwrap();
     client
@@ -1091,10 +1143,14 @@ async fn a_validator_host_behind_the_chain_authorises_reads_by_the_others() {
 
     let host = net.hosts()[3].clone();
     let start = Instant::now();
-    client.manifest_put(&host, &id, &manifest).await.unwrap();
+    client
+        .net()
+        .manifest_put(&host, &id, &manifest)
+        .await
+        .unwrap();
     let as_reader = net.client(&reader);
     assert_eq!(
-        as_reader.manifest_get(&host, &id).await.unwrap(),
+        as_reader.net().manifest_get(&host, &id).await.unwrap(),
         Some(manifest.clone()),
         "the grantee is served"
     );
@@ -1103,14 +1159,15 @@ async fn a_validator_host_behind_the_chain_authorises_reads_by_the_others() {
         start.elapsed()
     );
     let as_stranger = net.client(&stranger);
-    let code = |e: dangan::client::ClientError| match e {
-        dangan::client::ClientError::Peer {
-            source: ProtoError::Remote { code, .. },
-            ..
-        } => code,
-        other => panic!("not a peer's answer: {other}"),
+    let code = |e: dangan::net::NetError| match e.remote_code() {
+        Some(code) => code,
+        None => panic!("not a peer's answer: {e}"),
     };
-    let refused = as_stranger.manifest_get(&host, &id).await.unwrap_err();
+    let refused = as_stranger
+        .net()
+        .manifest_get(&host, &id)
+        .await
+        .unwrap_err();
     assert_eq!(code(refused), ErrorCode::Refused, "no grant, no manifest");
 
     // A genesis validator stopped while the chain moves on, then restarted: until its
@@ -1127,7 +1184,9 @@ async fn a_validator_host_behind_the_chain_authorises_reads_by_the_others() {
     let later = Bytes::from_static(b"the manifest of a document registered while a host was down");
     let later_id = DocumentId::of(&later);
     client
-        .submit(&chain, TxBody::RegisterDocument { document: later_id })
+        .chain()
+        .unwrap()
+        .submit(TxBody::RegisterDocument { document: later_id })
         .await
         .unwrap();
     client
@@ -1154,8 +1213,8 @@ async fn a_validator_host_behind_the_chain_authorises_reads_by_the_others() {
     let at = net.hosts()[follower].clone();
     let deadline = Instant::now() + Duration::from_secs(10);
     let served = loop {
-        let done = match client.manifest_put(&at, &later_id, &later).await {
-            Ok(()) => as_reader.manifest_get(&at, &later_id).await,
+        let done = match client.net().manifest_put(&at, &later_id, &later).await {
+            Ok(_) => as_reader.net().manifest_get(&at, &later_id).await,
             Err(e) => Err(e),
         };
         match done {
@@ -1185,7 +1244,7 @@ async fn a_validator_host_behind_the_chain_authorises_reads_by_the_others() {
     futures::future::join_all(vs.iter_mut().filter_map(Option::take).map(stop)).await;
     tokio::time::sleep(dangan::access::ACCESS_TTL + Duration::from_millis(200)).await;
     let started = Instant::now();
-    let err = as_reader.manifest_get(&host, &id).await.unwrap_err();
+    let err = as_reader.net().manifest_get(&host, &id).await.unwrap_err();
     assert!(
         err.to_string().contains("behind") || err.to_string().contains("within"),
         "a clear reason: {err}"

@@ -36,7 +36,9 @@ async fn raw_shards(client: &Client, manifest: &Manifest) -> Vec<Vec<Option<Byte
                 .open_on(node, manifest.id(), bytes.clone())
                 .await
                 .unwrap();
-            shards.push(Some(client.shard_get(node, id).await.unwrap().unwrap()));
+            shards.push(Some(
+                client.net().shard_get(node, id).await.unwrap().unwrap(),
+            ));
         }
         stripes.push(shards);
     }
@@ -58,7 +60,7 @@ fn opens_any(manifest: &Manifest, key: &DataKey, stripes: &[Vec<Option<Bytes>>])
 async fn holders(client: &Client, id: &ShardId) -> usize {
     let mut n = 0;
     for node in &client.layout().nodes {
-        n += usize::from(client.shard_has(node, id).await.unwrap());
+        n += usize::from(client.net().shard_has(node, id).await.unwrap());
     }
     n
 }
@@ -127,10 +129,9 @@ async fn rekey_locks_out_a_revoked_reader_and_collects_the_old_shards() {
 
     // The chain: the old record points at the new one, which says it is a rekey and holds
     // exactly the kept reader's grant, with its expiry.
-    let chain = dept.chain_link().unwrap().clone();
-    let old_record = dept.check_registered(&chain, &old).await.unwrap();
+    let old_record = dept.chain().unwrap().check_registered(&old).await.unwrap();
     assert_eq!(old_record.superseded_by, Some(new));
-    let record = dept.check_registered(&chain, &new).await.unwrap();
+    let record = dept.chain().unwrap().check_registered(&new).await.unwrap();
     let previous = record.supersedes.unwrap();
     assert_eq!(
         (previous.document, previous.kind),
@@ -172,7 +173,7 @@ async fn rekey_locks_out_a_revoked_reader_and_collects_the_old_shards() {
     let (got, _) = common::get(&dept, &other.id, &other.key).await.unwrap();
     assert_eq!(got, common::data(40 << 10, 22));
     for node in &dept.layout().nodes {
-        assert!(dept.manifest_get(node, &old).await.unwrap().is_none());
+        assert!(dept.net().manifest_get(node, &old).await.unwrap().is_none());
     }
     assert!(matches!(
         common::get(&dept, &old, &put.key).await,

@@ -23,15 +23,15 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
 use super::block::{Block, TxInclusion};
-use super::raft::{self, Applied, ChainMachine, LogStore, Net, NetFactory, Raft, Shared};
+use super::raft::{self, Applied, ChainMachine, Links, LinksFactory, LogStore, Raft, Shared};
 use super::state::{DocumentRecord, Genesis, State};
 use super::store::{ChainStore, ChainStoreError};
 use super::tx::{Signature, SignedTx, TxError};
-use crate::client::{Client, ClientOptions};
 use crate::id::DocumentId;
 use crate::identity::{Identity, PublicId};
-use crate::placement::{Layout, NodeInfo};
-use crate::proto::{ErrorCode, ProtoError, RaftKind, Request, Response};
+use crate::net::{Net, NetOptions};
+use crate::placement::NodeInfo;
+use crate::proto::{RaftKind, Request, Response};
 use crate::tls::TrustPolicy;
 
 /// Most transactions gathered into one block.
@@ -121,7 +121,7 @@ type Job = (
 pub struct Ledger {
     shared: Arc<Shared>,
     raft: Raft,
-    net: Arc<Net>,
+    links: Arc<Links>,
     /// A handle on the raft log, to know when raft has let go of it.
     log: LogStore,
     me: u64,
@@ -189,20 +189,17 @@ impl Ledger {
             .flat_map(|n| &n.hosts)
             .map(|(v, node)| (raft::node_id(v), (*v, node.clone())))
             .collect();
-        let mut links = Net::new(hosts);
+        let mut links = Links::new(hosts);
         if let Some(net) = net {
-            let options = ClientOptions {
-                bind: std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
+            let options = NetOptions {
                 connect_timeout: Duration::from_secs(1),
                 request_timeout: Duration::from_secs(10),
                 down_for: Duration::from_millis(200),
-                ..ClientOptions::default()
+                ..NetOptions::default()
             };
-            let layout =
-                Layout::new(0, Vec::new()).map_err(|e| LedgerError::Unavailable(e.to_string()))?;
             let trust = links.trust(net.trust);
-            links.links = Some(
-                Client::new(&net.host_identity, trust, layout, options)
+            links.net = Some(
+                Net::new(&net.host_identity, trust, options)
                     .map_err(|e| LedgerError::Unavailable(e.to_string()))?,
             );
         }
@@ -248,7 +245,7 @@ impl Ledger {
         let raft = Raft::new(
             me,
             Arc::new(config),
-            NetFactory(net.clone()),
+            LinksFactory(net.clone()),
             log.clone(),
             machine,
         )
@@ -285,7 +282,7 @@ impl Ledger {
         Ok(Self {
             shared,
             raft,
-            net,
+            links: net,
             log,
             me,
             contact: Mutex::new(None),
@@ -312,8 +309,8 @@ impl Ledger {
             let _ = task.await;
         }
         let _ = self.raft.shutdown().await;
-        if let Some(links) = &self.net.links {
-            links.close().await;
+        if let Some(net) = &self.links.net {
+            net.close().await;
         }
         // Raft's storage tasks end shortly after its core: wait until they let go of the
         // chain and log files, so they can be opened again at once.
@@ -347,7 +344,7 @@ impl Ledger {
     pub fn leader_host(&self) -> Option<NodeInfo> {
         match self.leader() {
             Some(l) if l != self.me && self.fresh_contact().is_some() => {
-                self.net.host(l).map(|(_, node)| node)
+                self.links.host(l).map(|(_, node)| node)
             }
             _ => None,
         }
@@ -383,7 +380,7 @@ impl Ledger {
 
     /// Whether `who` is the node identity of a peer hosting one of the validators.
     pub fn is_validator_host(&self, who: &PublicId) -> bool {
-        self.net.is_host(who)
+        self.links.is_host(who)
     }
 
     /// Submits a transaction and waits until the block holding it is durable on a majority
@@ -454,10 +451,10 @@ impl Ledger {
         tx: &SignedTx,
         start: Instant,
     ) -> Result<TxReceipt, LedgerError> {
-        let Some(links) = &self.net.links else {
+        let Some(net) = &self.links.net else {
             return Err(LedgerError::Unavailable("no network".into()));
         };
-        let Some((_, node)) = self.net.host(leader) else {
+        let Some((_, node)) = self.links.host(leader) else {
             return Err(LedgerError::Unavailable(format!(
                 "leader {leader} has no host"
             )));
@@ -466,7 +463,7 @@ impl Ledger {
         let req = Request::SubmitTx {
             len: bytes.len() as u64,
         };
-        match links.chain_request(&node, &req, Some(bytes)).await {
+        match net.exchange(&node, &req, Some(&bytes)).await {
             Ok((Response::Committed { height, index }, _)) => Ok(TxReceipt {
                 height,
                 index,
@@ -476,17 +473,12 @@ impl Ledger {
             Ok((other, _)) => Err(LedgerError::Unavailable(format!(
                 "the leader answered {other:?}"
             ))),
-            Err(crate::client::ClientError::Peer {
-                source:
-                    ProtoError::Remote {
-                        code: ErrorCode::Refused,
-                        message,
-                    },
-                ..
-            }) => Err(LedgerError::RefusedByLeader(message)),
-            Err(e) => Err(LedgerError::Unavailable(format!(
-                "forwarding to the leader: {e}"
-            ))),
+            Err(e) => match e.refusal() {
+                Some(reason) => Err(LedgerError::RefusedByLeader(reason.to_string())),
+                None => Err(LedgerError::Unavailable(format!(
+                    "forwarding to the leader: {e}"
+                ))),
+            },
         }
     }
 
@@ -717,7 +709,7 @@ async fn commit_loop(
     mut rx: mpsc::UnboundedReceiver<Job>,
     shared: Arc<Shared>,
     raft: Raft,
-    net: Arc<Net>,
+    net: Arc<Links>,
     me: u64,
 ) {
     let (retry_tx, mut retry_rx) = mpsc::unbounded_channel::<(Job, Instant)>();
@@ -917,7 +909,7 @@ const LEARNER_CATCH_UP: Duration = Duration::from_secs(10);
 /// signatures make a block final is decided by the chain state alone (the validators after
 /// the block before it), never by raft's membership, so this may lag without harm: it only
 /// decides who replicates the log and elects leaders.
-async fn follow_validator_set(shared: Arc<Shared>, raft: Raft, net: Arc<Net>, me: u64) {
+async fn follow_validator_set(shared: Arc<Shared>, raft: Raft, net: Arc<Links>, me: u64) {
     let mut applied = shared.applied.subscribe();
     loop {
         let _ = tokio::time::timeout(MEMBERSHIP_CHECK, applied.changed()).await;
@@ -987,7 +979,7 @@ async fn follow_validator_set(shared: Arc<Shared>, raft: Raft, net: Arc<Net>, me
 
 /// Gathers a majority of endorsements for `block` (the leader's own signature included).
 async fn endorse(
-    net: &Arc<Net>,
+    net: &Arc<Links>,
     me: u64,
     mut block: Block,
     validators: &[PublicId],

@@ -5,6 +5,7 @@
 //! among department validators come next (see ARCHITECTURE.md, "Not built yet").
 
 pub mod block;
+pub mod client;
 pub mod ledger;
 pub mod merkle;
 pub mod raft;

@@ -48,10 +48,10 @@ use super::block::{Block, BlockHeader};
 use super::merkle::Hash;
 use super::state::State;
 use super::store::ChainStore;
-use crate::client::Client;
 use crate::identity::{Identity, PublicId};
+use crate::net::Net;
 use crate::placement::NodeInfo;
-use crate::proto::{RaftKind, Request, Response};
+use crate::proto::{MAX_CHAIN_BODY, RaftKind, Request};
 use crate::tls::{Membership, TrustPolicy};
 
 /// What a committed log entry did to the chain.
@@ -872,9 +872,9 @@ fn build_snapshot(store: &ChainStore) -> Result<(SnapshotMeta<u64, BasicNode>, V
 
 /// How validators reach each other: a QUIC client (the host node's identity) and, for each
 /// raft node id, the peer that hosts that validator: as the cluster file says, overridden
-/// by the chain's `SetValidatorHost` ([`Net::learn`]).
-pub struct Net {
-    pub links: Option<Client>,
+/// by the chain's `SetValidatorHost` ([`Links::learn`]).
+pub struct Links {
+    pub net: Option<Net>,
     /// The cluster file's validator hosts, by raft node id.
     configured: BTreeMap<u64, (PublicId, NodeInfo)>,
     /// The hosts in force: the cluster file's, overridden by the chain's.
@@ -896,11 +896,11 @@ impl TrustPolicy for HostTrust {
     }
 }
 
-impl Net {
-    /// The validator hosts `hosts` (by raft node id), not linked yet (see [`Net::trust`]).
+impl Links {
+    /// The validator hosts `hosts` (by raft node id), not linked yet (see [`Links::trust`]).
     pub fn new(hosts: BTreeMap<u64, (PublicId, NodeInfo)>) -> Self {
         Self {
-            links: None,
+            net: None,
             configured: hosts.clone(),
             hosts: std::sync::RwLock::new(hosts),
             learnt: Membership::new(),
@@ -950,38 +950,39 @@ impl Net {
         body: Vec<u8>,
         timeout: std::time::Duration,
     ) -> Result<Vec<u8>, String> {
-        let links = self
-            .links
+        let net = self
+            .net
             .as_ref()
             .ok_or("no network: a one-validator chain")?;
         let (_, node) = self
             .host(target)
             .ok_or_else(|| format!("raft node {target} has no known host"))?;
-        match links
-            .chain_request_within(&node, req, Some(Bytes::from(body)), timeout)
+        let body = Bytes::from(body);
+        match net
+            .fetch_within(&node, req, Some(&body), MAX_CHAIN_BODY, timeout)
             .await
         {
-            Ok((Response::ChainBody { .. }, Some(bytes))) => Ok(bytes),
-            Ok((other, _)) => Err(format!("unexpected answer {other:?}")),
+            Ok(Some(bytes)) => Ok(bytes),
+            Ok(None) => Err("unexpected answer NotFound".into()),
             Err(e) => Err(e.to_string()),
         }
     }
 }
 
 #[derive(Clone)]
-pub struct NetFactory(pub Arc<Net>);
+pub struct LinksFactory(pub Arc<Links>);
 
-pub struct NetClient {
-    net: Arc<Net>,
+pub struct LinkTo {
+    links: Arc<Links>,
     target: u64,
 }
 
-impl RaftNetworkFactory<ChainRaft> for NetFactory {
-    type Network = NetClient;
+impl RaftNetworkFactory<ChainRaft> for LinksFactory {
+    type Network = LinkTo;
 
-    async fn new_client(&mut self, target: u64, _node: &BasicNode) -> NetClient {
-        NetClient {
-            net: self.0.clone(),
+    async fn new_client(&mut self, target: u64, _node: &BasicNode) -> LinkTo {
+        LinkTo {
+            links: self.0.clone(),
             target,
         }
     }
@@ -991,7 +992,7 @@ impl RaftNetworkFactory<ChainRaft> for NetFactory {
 #[error("{0}")]
 struct Transport(String);
 
-impl NetClient {
+impl LinkTo {
     async fn rpc<Req, Resp, E>(
         &self,
         kind: RaftKind,
@@ -1010,7 +1011,7 @@ impl NetClient {
         };
         let unreachable = |e: String| RPCError::Network(NetworkError::new(&Transport(e)));
         let bytes = self
-            .net
+            .links
             .request(self.target, &req, body, option.hard_ttl())
             .await
             .map_err(unreachable)?;
@@ -1020,7 +1021,7 @@ impl NetClient {
     }
 }
 
-impl RaftNetwork<ChainRaft> for NetClient {
+impl RaftNetwork<ChainRaft> for LinkTo {
     async fn append_entries(
         &mut self,
         rpc: AppendEntriesRequest<ChainRaft>,
@@ -1131,7 +1132,7 @@ mod tests {
             Identity::generate(Role::Validator).public(),
         );
         let (file_host, chain_host, new_host) = (host("a"), host("b"), host("c"));
-        let net = Net::new(BTreeMap::from([(node_id(&a), (a, file_host.clone()))]));
+        let net = Links::new(BTreeMap::from([(node_id(&a), (a, file_host.clone()))]));
         // The cluster file's policy trusts only the file's host.
         let trust = net.trust(Arc::new(Membership::from_iter([file_host.key])));
         let knows = |node: &NodeInfo| (net.is_host(&node.key), trust.is_trusted(&node.key));

@@ -1,0 +1,542 @@
+//! The chain client: how document clients, storage peers (`access`) and command-line tools
+//! ask the chain and submit to it, over the transport (`net`).
+//!
+//! One entry, [`ChainClient::call`]: the request goes to the validator host that answered
+//! last, then to each other host in turn while they are unreachable or answer
+//! `Unavailable` (no leader yet, or behind), three rounds half a second apart. Everything
+//! else is built on it: typed queries ([`ChainClient::query`]), submissions that follow
+//! the leader ([`ChainClient::submit_tx`]), and proofs checked here against the validator
+//! set, never trusted ([`ChainClient::registration`], [`ChainClient::block`],
+//! [`ChainClient::tx`]): a block is final only with a majority of the validators of its
+//! height, whose changes since genesis are themselves proven ([`ValidatorHistory`]).
+//!
+//! Not for: validator-to-validator traffic (raft, endorsements: `chain::raft` and
+//! `chain::ledger` send those with `net` directly), or documents (the document client).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use quinn::RecvStream;
+use serde::de::DeserializeOwned;
+use tracing::debug;
+
+use super::block::{Block, BlockError, TxInclusion};
+use super::ledger::ChainStatus;
+use super::state::{Account, ChainLayouts, DocumentRecord};
+use super::tx::{SignedTx, Tx, TxBody};
+use super::validators::{self, HistoryError, ValidatorHistory};
+use crate::id::DocumentId;
+use crate::identity::{Identity, PublicId};
+use crate::net::{Net, NetError};
+use crate::placement::{Layout, NodeInfo};
+use crate::proto::{self, Request, Response};
+
+/// Time limit of one chain query to one validator host (the default query timeout), and
+/// of one submission (which waits for its block): past it the next host is asked.
+pub const CHAIN_QUERY_TIMEOUT: Duration = Duration::from_secs(5);
+pub const CHAIN_SUBMIT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where the chain is: the peers that host validators (asked in turn: one that is down or
+/// answers `Unavailable` is skipped), and the validator set whose signatures make a block
+/// final (from the genesis file).
+#[derive(Debug, Clone)]
+pub struct ChainLink {
+    pub hosts: Vec<NodeInfo>,
+    pub validators: Vec<PublicId>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ChainError {
+    #[error("this cluster has no [chain] section")]
+    NoChain,
+    #[error("no validator hosts configured")]
+    NoHosts,
+    /// The chain (a validator) said no: the transaction or the query is not allowed.
+    /// Nothing changed.
+    #[error("the chain refused: {0}")]
+    Refused(String),
+    #[error(transparent)]
+    Net(NetError),
+    #[error("this client ({0}) has no account on the chain")]
+    NoAccount(PublicId),
+    #[error("document {0} was not found on the chain: it is not registered")]
+    NotRegistered(DocumentId),
+    #[error(
+        "no leader took the transaction within {CHAIN_SUBMIT_TIMEOUT:?}: the validators kept \
+         naming other leaders (last {last})"
+    )]
+    NoLeader { last: String },
+    #[error("the validator has no {0}")]
+    Missing(&'static str),
+    #[error("{what} from the chain does not decode: {reason}")]
+    Decode { what: &'static str, reason: String },
+    #[error("{what}: {source}")]
+    Proof {
+        what: String,
+        #[source]
+        source: BlockError,
+    },
+    #[error(transparent)]
+    History(#[from] HistoryError),
+    #[error("the validator answered with another transaction")]
+    OtherTransaction,
+    #[error("the chain answered with a proof of another department's transaction for {0}")]
+    OtherSender(DocumentId),
+}
+
+impl From<NetError> for ChainError {
+    /// A validator's `Refused` is the chain's answer, not a transport failure.
+    fn from(e: NetError) -> Self {
+        match e.refusal() {
+            Some(reason) => ChainError::Refused(reason.to_string()),
+            None => ChainError::Net(e),
+        }
+    }
+}
+
+impl ChainError {
+    /// The chain could not be asked now (no host answered, no leader): asking again
+    /// later may succeed. A refusal or a bad proof is final.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, ChainError::Net(_) | ChainError::NoLeader { .. })
+    }
+}
+
+/// A client of the chain, as one identity (the signer of its transactions). Cheap to clone.
+#[derive(Clone)]
+pub struct ChainClient {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    net: Net,
+    identity: Identity,
+    link: ChainLink,
+    /// Time limit of one query to one validator host.
+    query_timeout: Duration,
+    /// Index in `ChainLink::hosts` of the validator host that answered last.
+    host: AtomicUsize,
+    /// The next nonce for this identity's transactions, once known.
+    nonce: tokio::sync::Mutex<Option<u64>>,
+    /// The validator set changes proven so far from `ChainLink::validators` (none until a
+    /// check needs them).
+    validators: Mutex<Option<Arc<ValidatorHistory>>>,
+}
+
+impl ChainClient {
+    /// Asks the chain at `link` over `net`, signing as `identity`; each query to one host
+    /// within `query_timeout` (and the transport's request timeout).
+    pub fn new(net: Net, identity: &Identity, link: ChainLink, query_timeout: Duration) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                net,
+                identity: identity.clone(),
+                link,
+                query_timeout,
+                host: AtomicUsize::new(0),
+                nonce: tokio::sync::Mutex::new(None),
+                validators: Mutex::new(None),
+            }),
+        }
+    }
+
+    pub fn link(&self) -> &ChainLink {
+        &self.inner.link
+    }
+
+    pub fn net(&self) -> &Net {
+        &self.inner.net
+    }
+
+    /// The identity this client signs as.
+    pub fn public(&self) -> PublicId {
+        self.inner.identity.public()
+    }
+
+    /// One request to the chain: to the validator host that answered last, then to each
+    /// other host in turn while they are unreachable or answer `Unavailable` (no leader
+    /// yet). A definite answer (including a refusal) ends the search.
+    pub async fn call(
+        &self,
+        req: &Request,
+        body: Option<&Bytes>,
+    ) -> Result<(Response, RecvStream, NodeInfo), ChainError> {
+        let hosts = &self.inner.link.hosts;
+        let n = hosts.len();
+        if n == 0 {
+            return Err(ChainError::NoHosts);
+        }
+        let first = self.inner.host.load(Ordering::Relaxed) % n;
+        let limit = match req {
+            Request::SubmitTx { .. } => CHAIN_SUBMIT_TIMEOUT,
+            _ => self.inner.query_timeout,
+        }
+        .min(self.inner.net.options().request_timeout);
+        let mut last = None;
+        // Three rounds half a second apart: a leader election takes about a second, and
+        // meanwhile validators without a leader answer `Unavailable`.
+        for attempt in 0..3 * n {
+            let i = (first + attempt) % n;
+            let node = &hosts[i];
+            match self.inner.net.exchange_within(node, req, body, limit).await {
+                Ok((resp, recv)) => {
+                    self.inner.host.store(i, Ordering::Relaxed);
+                    return Ok((resp, recv, node.clone()));
+                }
+                Err(e) if worth_another_host(&e) => {
+                    debug!(host = %node.key.short(), error = %e, "validator host failed; trying the next");
+                    last = Some(e);
+                    if (attempt + 1) % n == 0 {
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(last.expect("at least one host was asked").into())
+    }
+
+    /// A chain query: the record's bytes, or `None` if the chain has no such record.
+    async fn query_bytes(&self, req: &Request) -> Result<Option<Vec<u8>>, ChainError> {
+        let net = &self.inner.net;
+        match self.call(req, None).await? {
+            (Response::ChainBody { len }, mut recv, node) => read_record(&mut recv, len)
+                .await
+                .map(Some)
+                .map_err(|e| net.peer_error(&node, e).into()),
+            (Response::NotFound, _, _) => Ok(None),
+            (other, _, node) => Err(net.unexpected(&node, other).into()),
+        }
+    }
+
+    /// A chain query decoded as `T` (`what` names it in errors); `None` if the chain has
+    /// no such record.
+    pub async fn query<T: DeserializeOwned>(
+        &self,
+        req: &Request,
+        what: &'static str,
+    ) -> Result<Option<T>, ChainError> {
+        self.query_bytes(req)
+            .await?
+            .map(|body| decode(&body, what))
+            .transpose()
+    }
+
+    /// A query whose record the chain always has.
+    async fn query_some<T: DeserializeOwned>(
+        &self,
+        req: &Request,
+        what: &'static str,
+    ) -> Result<T, ChainError> {
+        self.query(req, what)
+            .await?
+            .ok_or(ChainError::Missing(what))
+    }
+
+    /// Asks every validator host but the one that answered last; the first record found.
+    async fn query_others(&self, req: &Request) -> Option<Vec<u8>> {
+        let hosts = &self.inner.link.hosts;
+        let last = self.inner.host.load(Ordering::Relaxed) % hosts.len().max(1);
+        for (i, node) in hosts.iter().enumerate() {
+            if i == last {
+                continue;
+            }
+            if let Ok(Some(body)) = self
+                .inner
+                .net
+                .fetch(node, req, None, proto::MAX_CHAIN_BODY)
+                .await
+            {
+                return Some(body);
+            }
+        }
+        None
+    }
+
+    /// Signs `body` with this client's key and the next nonce of its account, submits it
+    /// and waits until its block is final: (height, index in the block).
+    pub async fn submit(&self, body: TxBody) -> Result<(u64, u32), ChainError> {
+        let mut next = self.inner.nonce.lock().await;
+        let nonce = match *next {
+            Some(n) => n,
+            None => self.own_nonce().await? + 1,
+        };
+        *next = Some(nonce + 1);
+        drop(next);
+        let tx = Tx {
+            sender: self.inner.identity.public(),
+            nonce,
+            body,
+        }
+        .sign(&self.inner.identity);
+        match self.submit_tx(&tx).await {
+            Ok(at) => Ok(at),
+            Err(e) => {
+                // The nonce may not have been used: ask the chain again next time.
+                *self.inner.nonce.lock().await = None;
+                Err(e)
+            }
+        }
+    }
+
+    /// Submits a signed transaction (to its validator hosts in turn, see [`ChainLink`])
+    /// and waits until its block is committed: (height, index in block).
+    pub async fn submit_tx(&self, tx: &SignedTx) -> Result<(u64, u32), ChainError> {
+        let net = &self.inner.net;
+        let hosts = &self.inner.link.hosts;
+        let bytes = Bytes::from(tx.encode());
+        let req = Request::SubmitTx {
+            len: bytes.len() as u64,
+        };
+        // To the host that answered last; a follower names the leader, which is asked
+        // directly from then on (a few hops at most while leadership moves). Right after a
+        // leader dies its followers still name it for up to `LEADER_FRESH`: redirects that
+        // go round the hosts pause, longer each time, until an election has had its time.
+        let deadline = Instant::now() + CHAIN_SUBMIT_TIMEOUT;
+        let mut pause = Duration::from_millis(50);
+        let mut hops = 0;
+        let mut leader: Option<NodeInfo> = None;
+        let mut ambiguous = false;
+        loop {
+            let answer = match &leader {
+                Some(node) => net
+                    .exchange_within(node, &req, Some(&bytes), CHAIN_SUBMIT_TIMEOUT)
+                    .await
+                    .map(|(resp, _)| (resp, node.clone()))
+                    .map_err(ChainError::from),
+                None => self
+                    .call(&req, Some(&bytes))
+                    .await
+                    .map(|(resp, _, node)| (resp, node)),
+            };
+            match answer {
+                Ok((Response::Committed { height, index }, _)) => return Ok((height, index)),
+                Ok((Response::Leader(node), _)) => {
+                    if let Some(i) = hosts.iter().position(|h| h.key == node.key) {
+                        self.inner.host.store(i, Ordering::Relaxed);
+                    }
+                    hops += 1;
+                    if hops > hosts.len() {
+                        if Instant::now() + pause > deadline {
+                            return Err(ChainError::NoLeader {
+                                last: node.key.short(),
+                            });
+                        }
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(Duration::from_millis(500));
+                        hops = 0;
+                    }
+                    leader = Some(node);
+                }
+                Ok((other, node)) => return Err(net.unexpected(&node, other).into()),
+                Err(ChainError::Net(e)) if leader.is_some() && worth_another_host(&e) => {
+                    // The leader may have taken it before it went: ask the others.
+                    ambiguous = true;
+                    leader = None;
+                }
+                Err(ChainError::Refused(reason))
+                    if ambiguous && reason.contains("replayed or out of order") =>
+                {
+                    // An earlier attempt committed after all.
+                    return match self.tx(tx.id()).await? {
+                        Some(p) => Ok((p.header.header.height, p.proof.index as u32)),
+                        None => Err(ChainError::Refused(reason)),
+                    };
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// The last nonce the chain has applied for this client.
+    async fn own_nonce(&self) -> Result<u64, ChainError> {
+        let me = self.inner.identity.public();
+        match self.account(&me).await? {
+            Some(account) => Ok(account.nonce),
+            None => Err(ChainError::NoAccount(me)),
+        }
+    }
+
+    /// `id`'s account on the chain (its role, last nonce), or `None` (a citizen has none).
+    pub async fn account(&self, id: &PublicId) -> Result<Option<Account>, ChainError> {
+        self.query(&Request::GetAccount { id: *id }, "account record")
+            .await
+    }
+
+    /// `id`'s record on the chain (owner, grants) as the validator host answers it (no
+    /// proof: grants are current state, which a registration proof does not cover); `None`
+    /// if it is not registered.
+    pub async fn record(&self, id: &DocumentId) -> Result<Option<DocumentRecord>, ChainError> {
+        self.query(&Request::GetRecord { id: *id }, "document record")
+            .await
+    }
+
+    /// A block by height (checked: majority-signed by the validators of its height).
+    pub async fn block(&self, height: u64) -> Result<Option<Block>, ChainError> {
+        let Some(block) = self
+            .query::<Block>(&Request::GetBlock { height }, "block")
+            .await?
+        else {
+            return Ok(None);
+        };
+        self.check_final(block.header.header.height, |v| block.header.verify_final(v))
+            .await
+            .map_err(|source| ChainError::Proof {
+                what: format!("block {height}"),
+                source,
+            })?;
+        Ok(Some(block))
+    }
+
+    /// A committed transaction by id, with its proof verified here.
+    pub async fn tx(&self, id: [u8; 32]) -> Result<Option<TxInclusion>, ChainError> {
+        let Some(proof) = self
+            .query::<TxInclusion>(&Request::GetTx { id }, "transaction proof")
+            .await?
+        else {
+            return Ok(None);
+        };
+        self.check_final(proof.header.header.height, |v| proof.verify(v))
+            .await
+            .map_err(|source| ChainError::Proof {
+                what: format!("transaction {}", hex::encode(id)),
+                source,
+            })?;
+        if proof.tx.id() != id {
+            return Err(ChainError::OtherTransaction);
+        }
+        Ok(Some(proof))
+    }
+
+    /// The chain's status.
+    pub async fn status(&self) -> Result<ChainStatus, ChainError> {
+        self.query_some(&Request::ChainStatus, "status").await
+    }
+
+    /// The chain's current layout and the one before the last change.
+    pub async fn layouts(&self) -> Result<ChainLayouts, ChainError> {
+        self.query_some(&Request::GetLayout, "layout").await
+    }
+
+    /// The cluster layout committed on the chain.
+    pub async fn layout(&self) -> Result<Layout, ChainError> {
+        Ok(self.layouts().await?.current)
+    }
+
+    /// Up to `limit` registered document ids after `after`, in id order.
+    pub async fn documents(
+        &self,
+        after: Option<DocumentId>,
+        limit: u32,
+    ) -> Result<Vec<DocumentId>, ChainError> {
+        self.query_some(&Request::ListDocuments { after, limit }, "document list")
+            .await
+    }
+
+    /// Checks on the chain that `id` is registered: the registering transaction, its Merkle
+    /// path and a majority of validator signatures, verified here rather than trusted.
+    pub async fn check_registered(&self, id: &DocumentId) -> Result<DocumentRecord, ChainError> {
+        Ok(self.registration(id).await?.0)
+    }
+
+    /// `id`'s record and the verified proof of the transaction that registered it.
+    pub async fn registration(
+        &self,
+        id: &DocumentId,
+    ) -> Result<(DocumentRecord, TxInclusion), ChainError> {
+        let req = Request::GetDocument { id: *id };
+        let body = match self.query_bytes(&req).await? {
+            Some(body) => body,
+            // A validator that lags (just restarted) may not have the block yet: only
+            // "not registered" from every reachable validator is an answer.
+            None => self
+                .query_others(&req)
+                .await
+                .ok_or(ChainError::NotRegistered(*id))?,
+        };
+        let (record, proof): (DocumentRecord, TxInclusion) = decode(&body, "registration record")?;
+        self.check_final(proof.header.header.height, |v| {
+            proof.verify_registration(id, v)
+        })
+        .await
+        .map_err(|source| ChainError::Proof {
+            what: format!("registration proof of {id}"),
+            source,
+        })?;
+        if proof.tx.tx.sender != record.owner {
+            return Err(ChainError::OtherSender(*id));
+        }
+        Ok((record, proof))
+    }
+
+    /// Runs `check` with the validators of block `height`: the trusted set
+    /// (`ChainLink::validators`) and the set changes proven from it so far. A failure that
+    /// may only mean a validator joined or left since (`validators::may_be_stale`) fetches
+    /// the chain's set changes, proves them afresh and checks once more; the first error
+    /// stands if that changes nothing or cannot be done.
+    async fn check_final<T>(
+        &self,
+        height: u64,
+        check: impl Fn(&[PublicId]) -> Result<T, BlockError>,
+    ) -> Result<T, BlockError> {
+        let known = self
+            .inner
+            .validators
+            .lock()
+            .expect("validators lock")
+            .clone()
+            .unwrap_or_else(|| Arc::new(ValidatorHistory::trusted(&self.inner.link.validators)));
+        match check(known.at(height)) {
+            Err(e) if validators::may_be_stale(&e) => match self.prove_validators().await {
+                Ok(fresh) if fresh.at(height) != known.at(height) => check(fresh.at(height)),
+                Ok(_) => Err(e),
+                Err(why) => {
+                    debug!(error = %why, "could not fetch the validator set changes");
+                    Err(e)
+                }
+            },
+            other => other,
+        }
+    }
+
+    /// The chain's validator set changes, proven here from `ChainLink::validators`, and
+    /// kept for the next checks.
+    pub async fn prove_validators(&self) -> Result<Arc<ValidatorHistory>, ChainError> {
+        let changes = self.validator_changes().await?;
+        let history = Arc::new(ValidatorHistory::prove(
+            &self.inner.link.validators,
+            &changes,
+        )?);
+        *self.inner.validators.lock().expect("validators lock") = Some(history.clone());
+        Ok(history)
+    }
+
+    /// The chain's validator set changes with their proofs, as a validator sent them
+    /// (not checked here: [`ValidatorHistory::prove`] does that).
+    pub async fn validator_changes(&self) -> Result<Vec<TxInclusion>, ChainError> {
+        Ok(self
+            .query(&Request::GetValidatorChanges, "validator set changes")
+            .await?
+            .unwrap_or_default())
+    }
+}
+
+/// A host failure worth asking the next host about: unreachable, or `Unavailable`/`Busy`.
+fn worth_another_host(e: &NetError) -> bool {
+    e.is_retryable() || e.is_transport()
+}
+
+async fn read_record(recv: &mut RecvStream, len: u64) -> Result<Vec<u8>, proto::ProtoError> {
+    proto::check_body_len("body", len, proto::MAX_CHAIN_BODY)?;
+    proto::read_body(recv, len).await
+}
+
+fn decode<T: DeserializeOwned>(body: &[u8], what: &'static str) -> Result<T, ChainError> {
+    postcard::from_bytes(body).map_err(|e| ChainError::Decode {
+        what,
+        reason: e.to_string(),
+    })
+}
