@@ -108,7 +108,7 @@ fn shard_on(cluster: &LocalCluster, put: &PutReceipt, node: &NodeInfo) -> ShardI
 }
 
 fn is_refusal(e: &ClientError) -> bool {
-    e.to_string().contains("Refused")
+    matches!(e, ClientError::Chain(ChainError::Refused(_))) || e.to_string().contains("Refused")
 }
 
 fn is_chain_refusal(e: &ChainError) -> bool {
