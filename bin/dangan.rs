@@ -1,6 +1,5 @@
 //! The `dangan` command line: parses arguments, calls the library, prints.
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,8 +13,6 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use dangan::audit::Verdict;
 use dangan::bench::{self, CodecBenchOptions};
-use dangan::chain::ledger::{Ledger, ValidatorNet};
-use dangan::chain::state::Genesis;
 use dangan::chain::tx::TxBody;
 use dangan::client::{Client, ClientOptions};
 use dangan::codec::DocumentInfo;
@@ -27,7 +24,7 @@ use dangan::keyring::{Keyring, KeyringError};
 use dangan::manifest::CodingParams;
 use dangan::ops::{self, Operator, OpsOptions};
 use dangan::receipt::Receipt;
-use dangan::tls::{AllowAny, Membership};
+use dangan::tls::Membership;
 use dangan::version;
 
 #[derive(Parser)]
@@ -565,74 +562,13 @@ async fn run_async(command: Command) -> Result<()> {
             Ok(())
         }
         Command::Node { config } => {
-            let cfg = NodeFile::load(&config)?;
-            let identity = Identity::load(&cfg.key)?;
-            let cluster = ClusterFile::load(&cfg.cluster)?;
-            if !cluster.members.contains(&identity.public()) {
-                bail!(
-                    "this peer's identity {} is not in {}",
-                    identity.public(),
-                    cfg.cluster.display()
-                );
-            }
-            let membership = Membership::new();
-            membership.replace(cluster.members.iter().copied());
-            let ledger = match &cfg.validator {
-                None => None,
-                Some(v) => {
-                    let signer = Identity::load(&v.key)?;
-                    let genesis = Genesis::load(&v.genesis)?;
-                    let net = cluster.chain.as_ref().map(|c| ValidatorNet {
-                        host_identity: identity.clone(),
-                        trust: Arc::new(membership.clone()),
-                        hosts: c.validators.iter().copied().zip(c.hosts.clone()).collect(),
-                    });
-                    let ledger = Ledger::open(&v.chain, &genesis, signer, net)
-                        .await
-                        .with_context(|| format!("opening the chain {}", v.chain.display()))?;
-                    let status = ledger.status();
-                    println!(
-                        "validator of chain {:?}: height {}, {} documents",
-                        status.chain_id, status.height, status.documents
-                    );
-                    Some(Arc::new(ledger))
-                }
-            };
-            // Any key may connect (citizens are known only by key); each request is
-            // authorised by the chain: the ledger here while it is current, else the validators.
-            let handle = dangan::peer::start(
-                &identity,
-                Arc::new(AllowAny),
-                cfg.listen,
-                &cfg.data_dir,
-                cfg.limits,
-                ledger.clone(),
-            )
+            let config = NodeFile::load(&config)?;
+            let mut signal = Ok(());
+            dangan::node::run(config, async {
+                signal = tokio::signal::ctrl_c().await;
+            })
             .await?;
-            // A peer hosting a validator is linked to the other validators too (`link`
-            // leaves this host out): its own ledger answers only while it is current, and
-            // after a restart, until it has caught up, the others are asked.
-            match cluster.chain.clone() {
-                Some(chain) => handle
-                    .access()
-                    .link(&identity, chain, SocketAddr::new(cfg.listen.ip(), 0))
-                    .context("linking the peer to the chain's validators")?,
-                None if ledger.is_none() => eprintln!(
-                    "warning: {} has no [chain]: this peer refuses every read and write",
-                    cfg.cluster.display()
-                ),
-                None => {}
-            }
-            let ledger_handle = ledger;
-            println!("peer {} serving on {}", handle.id(), handle.addr());
-            tokio::signal::ctrl_c()
-                .await
-                .context("waiting for Ctrl-C")?;
-            handle.shutdown().await;
-            if let Some(ledger) = &ledger_handle {
-                ledger.shutdown().await;
-            }
-            Ok(())
+            signal.context("waiting for Ctrl-C")
         }
         Command::Put {
             file,

@@ -2,8 +2,9 @@
 //!
 //! See `ARCHITECTURE.md` for the code map. Layers, bottom up: `id`; `crypto`, `erasure`,
 //! `manifest`, `identity`, `placement`, `store`, `keyring`; `codec`, `tls`, `proto`;
-//! `peer`, `client`; `audit` (read records, their roots on chain); `config`; `ops`
-//! (repair, rebalance, scrub), `version` (supersede, rekey); `demo`, `bench`.
+//! `peer`, `client`; `audit` (read records, their roots on chain); `config`; `node` (a peer
+//! and the validator it hosts, wired from a config); `ops` (repair, rebalance, scrub),
+//! `version` (supersede, rekey); `demo`, `bench`.
 
 pub mod access;
 pub mod audit;
@@ -20,6 +21,7 @@ pub mod id;
 pub mod identity;
 pub mod keyring;
 pub mod manifest;
+pub mod node;
 pub mod ops;
 pub mod peer;
 pub mod placement;
