@@ -4,13 +4,14 @@
 //! `manifest`, `identity`, `placement`, `store`, `keyring`; `codec`, `tls`, `proto`;
 //! `peer`, `client`; `audit` (read records, their roots on chain); `config`; `node` (a peer
 //! and the validator it hosts, wired from a config); `ops` (repair, rebalance, scrub),
-//! `version` (supersede, rekey); `demo`, `bench`.
+//! `version` (supersede, rekey); `cluster` (the embedded cluster); `demo`, `bench`.
 
 pub mod access;
 pub mod audit;
 pub mod bench;
 pub mod chain;
 pub mod client;
+pub mod cluster;
 pub mod codec;
 pub mod config;
 pub mod crypto;

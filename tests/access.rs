@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use dangan::access::ACCESS_TTL;
 use dangan::client::{ClientError, PutReceipt, stripe_key};
-use dangan::demo::LocalCluster;
+use dangan::cluster::LocalCluster;
 use dangan::grant::GrantAddress;
 use dangan::id::{DocumentId, ShardId};
 use dangan::identity::{Identity, Role};
