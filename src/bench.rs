@@ -1188,6 +1188,22 @@ impl Default for AllBenchOptions {
     }
 }
 
+impl AllBenchOptions {
+    /// Smaller sizes everywhere: a smoke run in well under a minute, not for comparing.
+    pub fn quick() -> Self {
+        let mut options = Self::default();
+        options.codec.size = 16 << 20;
+        options.codec.repetitions = 3;
+        options.cluster.document = 32 << 20;
+        options.cluster.certificates = 64;
+        options.chain_departments = 32;
+        options.chain_per_department = 20;
+        options.ops.documents = 2;
+        options.ops.document = 8 << 20;
+        options
+    }
+}
+
 /// One benchmark's peak resident memory: its own window where [`reset_peak_rss`] works.
 #[derive(Debug, Clone)]
 pub struct PeakRss {

@@ -10,7 +10,8 @@
 //!
 //! A node's file is read in a third stage too: [`NodeConfig::setup`] loads the keys, the
 //! cluster file and the genesis it names into a [`NodeSetup`], what [`crate::node::start`]
-//! runs. Not here: starting anything (`node`), or what the chain holds (`chain`).
+//! runs. [`local`] writes a whole cluster's files for one machine. Not here: starting
+//! anything (`node`), or what the chain holds (`chain`).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -25,6 +26,8 @@ use crate::identity::{Identity, IdentityError, PublicId};
 use crate::manifest::CodingParams;
 use crate::peer::PeerLimits;
 use crate::placement::{Layout, NodeInfo};
+
+pub mod local;
 
 /// Largest config file read.
 pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
