@@ -5,7 +5,7 @@ use std::io::Cursor;
 
 use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use dangan::bench::sample_data;
+use dangan::cluster::sample_data;
 use dangan::codec::{self, DocumentInfo, EncodedStripe};
 use dangan::manifest::CodingParams;
 

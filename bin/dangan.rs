@@ -1,6 +1,5 @@
 //! The `dangan` command line: parses arguments, calls the library, prints.
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,12 +13,11 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use dangan::audit::Verdict;
 use dangan::bench::{self, CodecBenchOptions};
-use dangan::chain::ledger::{Ledger, ValidatorNet};
-use dangan::chain::state::Genesis;
 use dangan::chain::tx::TxBody;
 use dangan::client::{Client, ClientOptions};
 use dangan::codec::DocumentInfo;
-use dangan::config::{ClusterFile, NodeFile};
+use dangan::config::local::{LocalConfig, LocalOptions};
+use dangan::config::{self, ClusterFile, NodeFile};
 use dangan::grant::GrantAddress;
 use dangan::id::DocumentId;
 use dangan::identity::{Identity, PublicId, Role};
@@ -27,7 +25,7 @@ use dangan::keyring::{Keyring, KeyringError};
 use dangan::manifest::CodingParams;
 use dangan::ops::{self, Operator, OpsOptions};
 use dangan::receipt::Receipt;
-use dangan::tls::{AllowAny, Membership};
+use dangan::tls::Membership;
 use dangan::version;
 
 #[derive(Parser)]
@@ -441,110 +439,21 @@ fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match cli.command {
-        Command::Bench(BenchCommand::Codec {
-            size_mib,
-            reps,
-            k,
-            m,
-            shard_kib,
-        }) => {
-            let defaults = CodingParams::default();
-            let params = CodingParams::with_shard_len(k, m, defaults.segment_size, shard_kib << 10);
-            let report = bench::codec(CodecBenchOptions {
-                size: size_mib << 20,
-                repetitions: reps,
-                params,
-            })?;
-            println!("{report}");
-            Ok(())
-        }
-        Command::Keys(KeysCommand::New { role, out }) => {
-            let identity = Identity::generate(role);
-            identity
-                .save(&out)
-                .with_context(|| format!("writing {}", out.display()))?;
-            println!("{}", identity.public());
-            Ok(())
-        }
-        Command::Keys(KeysCommand::Show { file }) => {
-            println!("{}", PublicId::load(&file)?);
-            Ok(())
-        }
-        Command::Keys(KeysCommand::Address { file }) => {
-            println!("{}", GrantAddress::of(&Identity::load(&file)?));
-            Ok(())
-        }
+        Command::Bench(command) => bench(command),
+        Command::Keys(command) => keys(command),
         Command::LocalConfig {
             dir,
             peers,
             base_port,
             validators,
-        } => local_config(&dir, peers, base_port, validators),
-        Command::Bench(BenchCommand::Cluster {
-            size_mib,
-            certificates,
-            in_flight,
-        }) => {
-            let report = runtime()?.block_on(bench::cluster(bench::ClusterBenchOptions {
-                document: size_mib << 20,
-                certificates,
-                in_flight,
-                ..bench::ClusterBenchOptions::default()
-            }))?;
-            println!("{report}");
-            Ok(())
-        }
-        Command::Bench(BenchCommand::Ops {
-            documents,
-            size_mib,
-        }) => {
-            let report = runtime()?.block_on(bench::ops(bench::OpsBenchOptions {
-                documents,
-                document: size_mib << 20,
-                ..bench::OpsBenchOptions::default()
-            }))?;
-            println!("{report}");
-            Ok(())
-        }
-        Command::Bench(BenchCommand::All { quick }) => {
-            let mut options = bench::AllBenchOptions::default();
-            if quick {
-                options.codec.size = 16 << 20;
-                options.codec.repetitions = 3;
-                options.cluster.document = 32 << 20;
-                options.cluster.certificates = 64;
-                options.chain_departments = 32;
-                options.chain_per_department = 20;
-                options.ops.documents = 2;
-                options.ops.document = 8 << 20;
-            }
-            let version = format!(
-                "{} ({})",
-                env!("CARGO_PKG_VERSION"),
-                env!("DANGAN_GIT_COMMIT")
-            );
-            let report = runtime()?.block_on(bench::all(options, version))?;
-            println!("{report}");
-            Ok(())
-        }
-        Command::Bench(BenchCommand::Chain {
-            validators,
-            departments,
-            each,
-            rate,
-        }) => {
-            let rt = runtime()?;
-            let report = rt.block_on(bench::chain(validators, departments, each, rate))?;
-            println!("{report}");
-            if rate.is_none() {
-                // The latency target is for half the rate reached.
-                let half = bench::half_load(&report);
-                let report =
-                    rt.block_on(bench::chain(validators, departments, each, Some(half)))?;
-                println!("{report}");
-            }
-            Ok(())
-        }
+        } => local_config(
+            &dir,
+            LocalOptions {
+                peers,
+                base_port,
+                validators,
+            },
+        ),
         command => runtime()?.block_on(run_async(command)),
     }
 }
@@ -556,264 +465,302 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
         .context("starting the async runtime")
 }
 
+/// The commands that run in the async runtime.
 async fn run_async(command: Command) -> Result<()> {
     match command {
-        Command::Demo { big_mib } => {
-            let start = Instant::now();
-            dangan::demo::run(big_mib, &mut |line| println!("{line}")).await?;
-            println!("demo finished in {:.1} s", start.elapsed().as_secs_f64());
-            Ok(())
-        }
-        Command::Node { config } => {
-            let cfg = NodeFile::load(&config)?;
-            let identity = Identity::load(&cfg.key)?;
-            let cluster = ClusterFile::load(&cfg.cluster)?;
-            if !cluster.members.contains(&identity.public()) {
-                bail!(
-                    "this peer's identity {} is not in {}",
-                    identity.public(),
-                    cfg.cluster.display()
-                );
-            }
-            let membership = Membership::new();
-            membership.replace(cluster.members.iter().copied());
-            let ledger = match &cfg.validator {
-                None => None,
-                Some(v) => {
-                    let signer = Identity::load(&v.key)?;
-                    let genesis = Genesis::load(&v.genesis)?;
-                    let net = cluster.chain.as_ref().map(|c| ValidatorNet {
-                        host_identity: identity.clone(),
-                        trust: Arc::new(membership.clone()),
-                        hosts: c.validators.iter().copied().zip(c.hosts.clone()).collect(),
-                    });
-                    let ledger = Ledger::open(&v.chain, &genesis, signer, net)
-                        .await
-                        .with_context(|| format!("opening the chain {}", v.chain.display()))?;
-                    let status = ledger.status();
-                    println!(
-                        "validator of chain {:?}: height {}, {} documents",
-                        status.chain_id, status.height, status.documents
-                    );
-                    Some(Arc::new(ledger))
-                }
-            };
-            // Any key may connect (citizens are known only by key); each request is
-            // authorised by the chain: the ledger here while it is current, else the validators.
-            let handle = dangan::peer::start(
-                &identity,
-                Arc::new(AllowAny),
-                cfg.listen,
-                &cfg.data_dir,
-                cfg.limits,
-                ledger.clone(),
-            )
-            .await?;
-            // A peer hosting a validator is linked to the other validators too (`link`
-            // leaves this host out): its own ledger answers only while it is current, and
-            // after a restart, until it has caught up, the others are asked.
-            match cluster.chain.clone() {
-                Some(chain) => handle
-                    .access()
-                    .link(&identity, chain, SocketAddr::new(cfg.listen.ip(), 0))
-                    .context("linking the peer to the chain's validators")?,
-                None if ledger.is_none() => eprintln!(
-                    "warning: {} has no [chain]: this peer refuses every read and write",
-                    cfg.cluster.display()
-                ),
-                None => {}
-            }
-            let ledger_handle = ledger;
-            println!("peer {} serving on {}", handle.id(), handle.addr());
-            tokio::signal::ctrl_c()
-                .await
-                .context("waiting for Ctrl-C")?;
-            handle.shutdown().await;
-            if let Some(ledger) = &ledger_handle {
-                ledger.shutdown().await;
-            }
-            Ok(())
-        }
+        Command::Demo { big_mib } => demo(big_mib).await,
+        Command::Node { config } => node(&config).await,
         Command::Put {
             file,
             client,
             department,
             document_type,
             grants,
-        } => {
-            let (c, keyring) = connect(&client).await?;
-            let f = tokio::fs::File::open(&file)
-                .await
-                .with_context(|| format!("opening {}", file.display()))?;
-            let size = f.metadata().await?.len();
-            let bar = progress_bar(size, "put");
-            let receipt = c
-                .put(
-                    f,
-                    Some(size),
-                    DocumentInfo {
-                        department,
-                        document_type,
-                        created_at_ms: None,
-                    },
-                    &advance(&bar),
-                )
-                .await?;
-            bar.finish_and_clear();
-            keyring.save(&receipt.id, &receipt.key)?;
-            if !receipt.shards_missing.is_empty() {
-                eprintln!(
-                    "warning: {} shard writes failed; the document is stored below full redundancy",
-                    receipt.shards_missing.len()
-                );
-            }
-            for to in &grants {
-                c.grant(receipt.id, &receipt.key, to, None)
-                    .await
-                    .with_context(|| format!("granting {} to {}", receipt.id, to.id))?;
-                eprintln!("granted to {}", to.id);
-            }
-            println!("{}", receipt.id);
-            c.close().await;
-            Ok(())
-        }
+        } => put(&file, &client, department, document_type, &grants).await,
         Command::Grant {
             id,
             address,
             expires_in_days,
             client,
-        } => {
-            let (c, keyring) = connect(&client).await?;
-            let key = keyring.load(&id)?;
-            let expires_ms = expires_in_days.map(|d| dangan::now_ms() + d * 86_400_000);
-            let (height, _) = c.grant(id, &key, &address, expires_ms).await?;
-            println!("granted {id} to {} in block {height}", address.id);
-            c.close().await;
-            Ok(())
-        }
-        Command::Revoke { id, reader, client } => {
-            let (c, _) = connect(&client).await?;
-            let (height, _) = c.revoke(id, reader).await?;
-            println!("revoked {reader}'s grant on {id} in block {height}");
-            c.close().await;
-            Ok(())
-        }
+        } => grant(id, &address, expires_in_days, &client).await,
+        Command::Revoke { id, reader, client } => revoke(id, reader, &client).await,
         Command::Get {
             id,
             output,
             exact,
             receipt,
             client,
+        } => get(id, &output, exact, receipt.as_deref(), &client).await,
+        Command::Chain(command) => chain(command).await,
+        Command::Audit { id, client } => audit(id, &client).await,
+        Command::Verify {
+            id,
+            receipt: Some(path),
+            client,
+        } => verify_receipt(id, &path, &client),
+        Command::Verify {
+            id: Some(id),
+            receipt: None,
+            client,
+        } => verify(id, &client).await,
+        Command::Cluster(command) => cluster(command).await,
+        Command::Rebalance { client, ops } => rebalance(&client, &ops).await,
+        Command::Repair { client, ops } => repair(&client, &ops).await,
+        Command::Scrub {
+            client,
+            ops,
+            no_repair,
+        } => scrub(&client, &ops, no_repair).await,
+        Command::Rekey { id, client } => rekey(id, &client).await,
+        Command::Supersede {
+            id,
+            file,
+            client,
+            document_type,
+            grants,
+        } => supersede(id, &file, &client, document_type, &grants).await,
+        _ => unreachable!("synchronous commands are handled in main"),
+    }
+}
+
+fn bench(command: BenchCommand) -> Result<()> {
+    match command {
+        BenchCommand::Codec {
+            size_mib,
+            reps,
+            k,
+            m,
+            shard_kib,
         } => {
-            let (c, keyring) = connect(&client).await?;
-            let id = if exact { id } else { newest(&c, id).await? };
-            // A department has the key in its keyring; anyone else reads through a grant.
-            let key = match keyring.load(&id) {
-                Err(missing @ KeyringError::Missing { .. }) => c
-                    .granted_key(&id)
-                    .await
-                    .with_context(|| format!("{missing}, nor a grant on the chain"))?,
-                other => other?,
-            };
-            let tmp = output.with_extension("dangan-partial");
-            let f = tokio::fs::File::create(&tmp)
-                .await
-                .with_context(|| format!("creating {}", tmp.display()))?;
-            let bar = progress_bar(0, "get");
-            let result = c.get(&id, &key, f, &advance(&bar)).await;
-            bar.finish_and_clear();
-            let report = match result {
-                Ok(r) => r,
-                Err(e) => {
-                    let _ = tokio::fs::remove_file(&tmp).await;
-                    return Err(e.into());
-                }
-            };
-            tokio::fs::rename(&tmp, &output).await?;
-            for (stripe, slot, peer) in &report.corrupt {
-                eprintln!(
-                    "warning: corrupt shard (stripe {stripe}, slot {slot}) on peer {}; reported for repair",
-                    peer.short()
-                );
-            }
-            println!("{} bytes written to {}", report.bytes, output.display());
-            if let Some(path) = receipt {
-                let r = c.receipt(&id).await?;
-                std::fs::write(&path, r.encode())
-                    .with_context(|| format!("writing {}", path.display()))?;
-                println!("receipt written to {}", path.display());
-            }
-            c.close().await;
-            Ok(())
+            let defaults = CodingParams::default();
+            let params = CodingParams::with_shard_len(k, m, defaults.segment_size, shard_kib << 10);
+            let report = bench::codec(CodecBenchOptions {
+                size: size_mib << 20,
+                repetitions: reps,
+                params,
+            })?;
+            println!("{report}");
         }
-        Command::Chain(ChainCommand::Status { client }) => {
-            let (c, _) = connect(&client).await?;
-            let status = c.chain()?.status().await?;
-            println!("chain:        {}", status.chain_id);
-            println!("height:       {}", status.height);
-            println!("tip:          {}", hex::encode(status.tip_hash));
-            println!("state root:   {}", hex::encode(status.state_root));
-            println!("documents:    {}", status.documents);
-            println!("layout epoch: {}", status.layout_epoch);
-            for v in &status.validators {
-                println!("validator:    {v}");
-            }
-            c.close().await;
-            Ok(())
+        BenchCommand::Cluster {
+            size_mib,
+            certificates,
+            in_flight,
+        } => {
+            let report = runtime()?.block_on(bench::cluster(bench::ClusterBenchOptions {
+                document: size_mib << 20,
+                certificates,
+                in_flight,
+                ..bench::ClusterBenchOptions::default()
+            }))?;
+            println!("{report}");
         }
-        Command::Chain(ChainCommand::Block { height, client }) => {
-            let (c, _) = connect(&client).await?;
-            let Some(block) = c.chain()?.block(height).await? else {
-                bail!("no block at height {height}");
+        BenchCommand::Ops {
+            documents,
+            size_mib,
+        } => {
+            let report = runtime()?.block_on(bench::ops(bench::OpsBenchOptions {
+                documents,
+                document: size_mib << 20,
+                ..bench::OpsBenchOptions::default()
+            }))?;
+            println!("{report}");
+        }
+        BenchCommand::All { quick } => {
+            let options = if quick {
+                bench::AllBenchOptions::quick()
+            } else {
+                bench::AllBenchOptions::default()
             };
-            let h = &block.header.header;
-            println!("block {} (hash {})", h.height, hex::encode(h.hash()));
-            println!("previous:   {}", hex::encode(h.prev));
-            println!("tx root:    {}", hex::encode(h.tx_root));
-            println!("state root: {}", hex::encode(h.state_root));
-            println!("time (ms):  {}", h.time_ms);
-            println!("proposer:   {}", h.proposer);
-            println!(
-                "signed by {} validator(s); final (majority checked)",
-                block.header.signatures.len()
+            let version = format!(
+                "{} ({})",
+                env!("CARGO_PKG_VERSION"),
+                env!("DANGAN_GIT_COMMIT")
             );
-            for tx in &block.txs {
-                println!(
-                    "tx {} from {} nonce {}: {:?}",
-                    hex::encode(tx.id()),
-                    tx.tx.sender.short(),
-                    tx.tx.nonce,
-                    tx.tx.body
-                );
+            let report = runtime()?.block_on(bench::all(options, version))?;
+            println!("{report}");
+        }
+        BenchCommand::Chain {
+            validators,
+            departments,
+            each,
+            rate,
+        } => {
+            let rt = runtime()?;
+            let report = rt.block_on(bench::chain(validators, departments, each, rate))?;
+            println!("{report}");
+            if rate.is_none() {
+                // The latency target is for half the rate reached.
+                let half = bench::half_load(&report);
+                let report =
+                    rt.block_on(bench::chain(validators, departments, each, Some(half)))?;
+                println!("{report}");
             }
-            c.close().await;
-            Ok(())
         }
-        Command::Chain(ChainCommand::Tx { id, client }) => {
-            let mut raw = [0u8; 32];
-            hex::decode_to_slice(id.trim(), &mut raw)
-                .context("a transaction id is 64 hex digits")?;
-            let (c, _) = connect(&client).await?;
-            let Some(proof) = c.chain()?.tx(raw).await? else {
-                bail!("no committed transaction {id}");
-            };
-            println!(
-                "transaction {} in block {} at index {}: proof verified",
-                id, proof.header.header.height, proof.proof.index
-            );
-            println!(
-                "from {} nonce {}: {:?}",
-                proof.tx.tx.sender, proof.tx.tx.nonce, proof.tx.tx.body
-            );
-            c.close().await;
-            Ok(())
+    }
+    Ok(())
+}
+
+fn keys(command: KeysCommand) -> Result<()> {
+    match command {
+        KeysCommand::New { role, out } => {
+            let identity = Identity::generate(role);
+            identity
+                .save(&out)
+                .with_context(|| format!("writing {}", out.display()))?;
+            println!("{}", identity.public());
         }
-        Command::Chain(ChainCommand::AddValidator {
+        KeysCommand::Show { file } => println!("{}", PublicId::load(&file)?),
+        KeysCommand::Address { file } => {
+            println!("{}", GrantAddress::of(&Identity::load(&file)?));
+        }
+    }
+    Ok(())
+}
+
+async fn demo(big_mib: usize) -> Result<()> {
+    let start = Instant::now();
+    dangan::demo::run(big_mib, &mut |line| println!("{line}")).await?;
+    println!("demo finished in {:.1} s", start.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// Runs the node until Ctrl-C.
+async fn node(config: &Path) -> Result<()> {
+    let config = NodeFile::load(config)?;
+    let mut signal = Ok(());
+    dangan::node::run(config, async {
+        signal = tokio::signal::ctrl_c().await;
+    })
+    .await?;
+    signal.context("waiting for Ctrl-C")
+}
+
+async fn put(
+    file: &Path,
+    client: &ClientArgs,
+    department: String,
+    document_type: String,
+    grants: &[GrantAddress],
+) -> Result<()> {
+    let (c, keyring) = connect(client).await?;
+    let f = tokio::fs::File::open(file)
+        .await
+        .with_context(|| format!("opening {}", file.display()))?;
+    let size = f.metadata().await?.len();
+    let bar = progress_bar(size, "put");
+    let receipt = c
+        .put(
+            f,
+            Some(size),
+            DocumentInfo {
+                department,
+                document_type,
+                created_at_ms: None,
+            },
+            &advance(&bar),
+        )
+        .await?;
+    bar.finish_and_clear();
+    keyring.save(&receipt.id, &receipt.key)?;
+    if !receipt.shards_missing.is_empty() {
+        eprintln!(
+            "warning: {} shard writes failed; the document is stored below full redundancy",
+            receipt.shards_missing.len()
+        );
+    }
+    for to in grants {
+        c.grant(receipt.id, &receipt.key, to, None)
+            .await
+            .with_context(|| format!("granting {} to {}", receipt.id, to.id))?;
+        eprintln!("granted to {}", to.id);
+    }
+    println!("{}", receipt.id);
+    c.close().await;
+    Ok(())
+}
+
+async fn grant(
+    id: DocumentId,
+    address: &GrantAddress,
+    expires_in_days: Option<u64>,
+    client: &ClientArgs,
+) -> Result<()> {
+    let (c, keyring) = connect(client).await?;
+    let key = keyring.load(&id)?;
+    let expires_ms = expires_in_days.map(|d| dangan::now_ms() + d * 86_400_000);
+    let (height, _) = c.grant(id, &key, address, expires_ms).await?;
+    println!("granted {id} to {} in block {height}", address.id);
+    c.close().await;
+    Ok(())
+}
+
+async fn revoke(id: DocumentId, reader: PublicId, client: &ClientArgs) -> Result<()> {
+    let (c, _) = connect(client).await?;
+    let (height, _) = c.revoke(id, reader).await?;
+    println!("revoked {reader}'s grant on {id} in block {height}");
+    c.close().await;
+    Ok(())
+}
+
+async fn get(
+    id: DocumentId,
+    output: &Path,
+    exact: bool,
+    receipt: Option<&Path>,
+    client: &ClientArgs,
+) -> Result<()> {
+    let (c, keyring) = connect(client).await?;
+    let id = if exact { id } else { newest(&c, id).await? };
+    // A department has the key in its keyring; anyone else reads through a grant.
+    let key = match keyring.load(&id) {
+        Err(missing @ KeyringError::Missing { .. }) => c
+            .granted_key(&id)
+            .await
+            .with_context(|| format!("{missing}, nor a grant on the chain"))?,
+        other => other?,
+    };
+    let tmp = output.with_extension("dangan-partial");
+    let f = tokio::fs::File::create(&tmp)
+        .await
+        .with_context(|| format!("creating {}", tmp.display()))?;
+    let bar = progress_bar(0, "get");
+    let result = c.get(&id, &key, f, &advance(&bar)).await;
+    bar.finish_and_clear();
+    let report = match result {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = tokio::fs::remove_file(&tmp).await;
+            return Err(e.into());
+        }
+    };
+    tokio::fs::rename(&tmp, output).await?;
+    for (stripe, slot, peer) in &report.corrupt {
+        eprintln!(
+            "warning: corrupt shard (stripe {stripe}, slot {slot}) on peer {}; reported for repair",
+            peer.short()
+        );
+    }
+    println!("{} bytes written to {}", report.bytes, output.display());
+    if let Some(path) = receipt {
+        let r = c.receipt(&id).await?;
+        std::fs::write(path, r.encode()).with_context(|| format!("writing {}", path.display()))?;
+        println!("receipt written to {}", path.display());
+    }
+    c.close().await;
+    Ok(())
+}
+
+async fn chain(command: ChainCommand) -> Result<()> {
+    match command {
+        ChainCommand::Status { client } => chain_status(&client).await,
+        ChainCommand::Block { height, client } => chain_block(height, &client).await,
+        ChainCommand::Tx { id, client } => chain_tx(&id, &client).await,
+        ChainCommand::AddValidator {
             id,
             host,
             addr,
             client,
-        }) => {
+        } => {
             let mut bodies = Vec::new();
             if let (Some(host), Some(addr)) = (host, addr) {
                 bodies.push(TxBody::SetValidatorHost {
@@ -825,7 +772,7 @@ async fn run_async(command: Command) -> Result<()> {
             bodies.push(TxBody::AddValidator { validator: id });
             submit_all(&client, bodies, &format!("added validator {id}")).await
         }
-        Command::Chain(ChainCommand::SetValidatorHost { host, addr, client }) => {
+        ChainCommand::SetValidatorHost { host, addr, client } => {
             let me = Identity::load(&client.key)?.public();
             let done = format!("validator {me} is hosted by {host} at {addr}");
             let body = TxBody::SetValidatorHost {
@@ -835,160 +782,176 @@ async fn run_async(command: Command) -> Result<()> {
             };
             submit_all(&client, vec![body], &done).await
         }
-        Command::Chain(ChainCommand::RemoveValidator { id, client }) => {
+        ChainCommand::RemoveValidator { id, client } => {
             let body = TxBody::RemoveValidator { validator: id };
             submit_all(&client, vec![body], &format!("removed validator {id}")).await
         }
-        Command::Audit { id, client } => {
-            let (c, _) = connect(&client).await?;
-            let record = c.chain()?.check_registered(&id).await?;
-            let report = dangan::audit::audit(c.chain()?, &c.all_nodes(), &id).await;
-            c.close().await;
-            let report = report?;
-            let count =
-                |f: fn(&Verdict) -> bool| report.lines.iter().filter(|l| f(&l.verdict)).count();
-            let failed = count(|v| matches!(v, Verdict::Failed(_)));
-            println!(
-                "document {id}: {} reads recorded ({} verified against committed roots, {} pending, {failed} failed)",
-                report.lines.len(),
-                count(|v| matches!(v, Verdict::Verified { .. })),
-                count(|v| matches!(v, Verdict::Pending)),
-            );
-            for l in &report.lines {
-                let who = if l.record.reader == record.owner {
-                    " (owner)"
-                } else if record.grants.contains_key(&l.record.reader) {
-                    " (grantee)"
-                } else {
-                    ""
-                };
-                println!(
-                    "{}  {}{who} read {} from peer {}: {}",
-                    dangan::audit::utc(l.record.at_ms),
-                    l.record.reader,
-                    l.record.read,
-                    l.peer.short(),
-                    l.verdict
-                );
-            }
-            for (peer, e) in &report.unreachable {
-                println!("peer {} could not be asked: {e}", peer.short());
-            }
-            if failed > 0 {
-                bail!("{failed} read records failed verification against the chain");
-            }
-            Ok(())
-        }
-        Command::Verify {
-            id,
-            receipt: Some(path),
-            client,
-        } => {
-            let cluster = ClusterFile::load(&client.cluster)?;
-            let chain = cluster
-                .chain
-                .context("the cluster file names no [chain] validators to check against")?;
-            let bytes =
-                std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-            let r = Receipt::decode(&bytes)?;
-            if let Some(id) = id
-                && id != r.document
-            {
-                bail!("the receipt is for document {}, not {id}", r.document);
-            }
-            let manifest = r.verify(&chain.validators)?;
-            println!(
-                "receipt verified offline: document {} ({} bytes, {}), registered in block {} by {}, signed by {} of {} validators",
-                r.document,
-                manifest.size,
-                manifest.document_type,
-                r.registration.header.header.height,
-                r.registration.tx.tx.sender,
-                r.registration.header.signatures.len(),
-                chain.validators.len()
-            );
-            Ok(())
-        }
-        Command::Verify {
-            id: Some(id),
-            receipt: None,
-            client,
-        } => {
-            let (c, _) = connect(&client).await?;
-            let chain = c.chain()?.link().clone();
-            let record = c.chain()?.check_registered(&id).await?;
-            println!(
-                "document {id} is registered: block {}, owner {}, inclusion proof and the signatures of a majority of {} validator(s) verified{}",
-                record.height,
-                record.owner,
-                chain.validators.len(),
-                record
-                    .superseded_by
-                    .map(|n| format!("; superseded by {n}"))
-                    .unwrap_or_default()
-            );
-            if let Some(p) = record.supersedes {
-                println!("it is a {} of {}", p.kind, p.document);
-            }
-            c.close().await;
-            Ok(())
-        }
-        Command::Cluster(ClusterCommand::Status { client, data_dir }) => {
-            let op = operator(&client, &data_dir)?;
-            let bar = ops_bar("checking stripes");
-            let pb = bar.clone();
-            let status = op
-                .status(&move |p| {
-                    pb.set_length(p.total);
-                    pb.set_position(p.done);
-                })
-                .await?;
-            bar.finish_and_clear();
-            println!("layout epoch {}", status.layout.epoch);
-            if let Some(from) = &status.moving_from {
-                println!("rebalance pending from epoch {}", from.epoch);
-            }
-            println!(
-                "{:<14} {:<10} {:>6} {:>8} {:>12}  health",
-                "peer", "zone", "weight", "shards", "used"
-            );
-            for p in &status.peers {
-                let (shards, used, health) = match &p.usage {
-                    Ok(u) => (
-                        u.shards.to_string(),
-                        format!("{:.1} MB", u.bytes as f64 / 1e6),
-                        "up".to_string(),
-                    ),
-                    Err(e) => ("-".into(), "-".into(), format!("DOWN ({e})")),
-                };
-                let health = if p.node.weight == 0 {
-                    format!("{health}, draining")
-                } else {
-                    health
-                };
-                println!(
-                    "{:<14} {:<10} {:>6} {:>8} {:>12}  {health}",
-                    p.node.key.short(),
-                    p.node.zone,
-                    p.node.weight,
-                    shards,
-                    used
-                );
-            }
-            println!(
-                "{} documents, {} stripes, {} below full redundancy",
-                status.documents, status.stripes, status.stripes_below
-            );
-            Ok(())
-        }
-        Command::Cluster(ClusterCommand::Add {
+    }
+}
+
+async fn chain_status(client: &ClientArgs) -> Result<()> {
+    let (c, _) = connect(client).await?;
+    let status = c.chain()?.status().await?;
+    println!("chain:        {}", status.chain_id);
+    println!("height:       {}", status.height);
+    println!("tip:          {}", hex::encode(status.tip_hash));
+    println!("state root:   {}", hex::encode(status.state_root));
+    println!("documents:    {}", status.documents);
+    println!("layout epoch: {}", status.layout_epoch);
+    for v in &status.validators {
+        println!("validator:    {v}");
+    }
+    c.close().await;
+    Ok(())
+}
+
+async fn chain_block(height: u64, client: &ClientArgs) -> Result<()> {
+    let (c, _) = connect(client).await?;
+    let Some(block) = c.chain()?.block(height).await? else {
+        bail!("no block at height {height}");
+    };
+    let h = &block.header.header;
+    println!("block {} (hash {})", h.height, hex::encode(h.hash()));
+    println!("previous:   {}", hex::encode(h.prev));
+    println!("tx root:    {}", hex::encode(h.tx_root));
+    println!("state root: {}", hex::encode(h.state_root));
+    println!("time (ms):  {}", h.time_ms);
+    println!("proposer:   {}", h.proposer);
+    println!(
+        "signed by {} validator(s); final (majority checked)",
+        block.header.signatures.len()
+    );
+    for tx in &block.txs {
+        println!(
+            "tx {} from {} nonce {}: {:?}",
+            hex::encode(tx.id()),
+            tx.tx.sender.short(),
+            tx.tx.nonce,
+            tx.tx.body
+        );
+    }
+    c.close().await;
+    Ok(())
+}
+
+async fn chain_tx(id: &str, client: &ClientArgs) -> Result<()> {
+    let mut raw = [0u8; 32];
+    hex::decode_to_slice(id.trim(), &mut raw).context("a transaction id is 64 hex digits")?;
+    let (c, _) = connect(client).await?;
+    let Some(proof) = c.chain()?.tx(raw).await? else {
+        bail!("no committed transaction {id}");
+    };
+    println!(
+        "transaction {} in block {} at index {}: proof verified",
+        id, proof.header.header.height, proof.proof.index
+    );
+    println!(
+        "from {} nonce {}: {:?}",
+        proof.tx.tx.sender, proof.tx.tx.nonce, proof.tx.tx.body
+    );
+    c.close().await;
+    Ok(())
+}
+
+async fn audit(id: DocumentId, client: &ClientArgs) -> Result<()> {
+    let (c, _) = connect(client).await?;
+    let record = c.chain()?.check_registered(&id).await?;
+    let report = dangan::audit::audit(c.chain()?, &c.all_nodes(), &id).await;
+    c.close().await;
+    let report = report?;
+    let count = |f: fn(&Verdict) -> bool| report.lines.iter().filter(|l| f(&l.verdict)).count();
+    let failed = count(|v| matches!(v, Verdict::Failed(_)));
+    println!(
+        "document {id}: {} reads recorded ({} verified against committed roots, {} pending, {failed} failed)",
+        report.lines.len(),
+        count(|v| matches!(v, Verdict::Verified { .. })),
+        count(|v| matches!(v, Verdict::Pending)),
+    );
+    for l in &report.lines {
+        let who = if l.record.reader == record.owner {
+            " (owner)"
+        } else if record.grants.contains_key(&l.record.reader) {
+            " (grantee)"
+        } else {
+            ""
+        };
+        println!(
+            "{}  {}{who} read {} from peer {}: {}",
+            dangan::audit::utc(l.record.at_ms),
+            l.record.reader,
+            l.record.read,
+            l.peer.short(),
+            l.verdict
+        );
+    }
+    for (peer, e) in &report.unreachable {
+        println!("peer {} could not be asked: {e}", peer.short());
+    }
+    if failed > 0 {
+        bail!("{failed} read records failed verification against the chain");
+    }
+    Ok(())
+}
+
+/// `verify --receipt`: offline, against the cluster file's validator set.
+fn verify_receipt(id: Option<DocumentId>, path: &Path, client: &ClientArgs) -> Result<()> {
+    let cluster = ClusterFile::load(&client.cluster)?;
+    let chain = cluster
+        .chain
+        .context("the cluster file names no [chain] validators to check against")?;
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let r = Receipt::decode(&bytes)?;
+    if let Some(id) = id
+        && id != r.document
+    {
+        bail!("the receipt is for document {}, not {id}", r.document);
+    }
+    let manifest = r.verify(&chain.validators)?;
+    println!(
+        "receipt verified offline: document {} ({} bytes, {}), registered in block {} by {}, signed by {} of {} validators",
+        r.document,
+        manifest.size,
+        manifest.document_type,
+        r.registration.header.header.height,
+        r.registration.tx.tx.sender,
+        r.registration.header.signatures.len(),
+        chain.validators.len()
+    );
+    Ok(())
+}
+
+async fn verify(id: DocumentId, client: &ClientArgs) -> Result<()> {
+    let (c, _) = connect(client).await?;
+    let chain = c.chain()?.link().clone();
+    let record = c.chain()?.check_registered(&id).await?;
+    println!(
+        "document {id} is registered: block {}, owner {}, inclusion proof and the signatures of a majority of {} validator(s) verified{}",
+        record.height,
+        record.owner,
+        chain.validators.len(),
+        record
+            .superseded_by
+            .map(|n| format!("; superseded by {n}"))
+            .unwrap_or_default()
+    );
+    if let Some(p) = record.supersedes {
+        println!("it is a {} of {}", p.kind, p.document);
+    }
+    c.close().await;
+    Ok(())
+}
+
+async fn cluster(command: ClusterCommand) -> Result<()> {
+    match command {
+        ClusterCommand::Status { client, data_dir } => cluster_status(&client, &data_dir).await,
+        ClusterCommand::Add {
             id,
             addr,
             zone,
             weight,
             client,
             data_dir,
-        }) => {
+        } => {
             let op = operator(&client, &data_dir)?;
             let layout = op
                 .change_layout(TxBody::AddNode {
@@ -1005,11 +968,11 @@ async fn run_async(command: Command) -> Result<()> {
             );
             Ok(())
         }
-        Command::Cluster(ClusterCommand::Drain {
+        ClusterCommand::Drain {
             id,
             client,
             data_dir,
-        }) => {
+        } => {
             let op = operator(&client, &data_dir)?;
             let layout = op.change_layout(TxBody::DrainNode { node: id }).await?;
             println!(
@@ -1019,121 +982,170 @@ async fn run_async(command: Command) -> Result<()> {
             );
             Ok(())
         }
-        Command::Cluster(ClusterCommand::Remove {
+        ClusterCommand::Remove {
             id,
             client,
             data_dir,
-        }) => {
+        } => {
             let op = operator(&client, &data_dir)?;
             let layout = op.change_layout(TxBody::RemoveNode { node: id }).await?;
             println!("removed {}: layout epoch {}", id.short(), layout.epoch);
             Ok(())
         }
-        Command::Rebalance { client, ops } => {
-            let op = operator(&client, &ops.data_dir)?;
-            let bar = ops_bar("rebalance");
-            let report = op.rebalance(&ops.options(), &bar_progress(&bar)).await?;
-            bar.finish_and_clear();
-            print_converge("rebalance", &report);
-            Ok(())
-        }
-        Command::Repair { client, ops } => {
-            let op = operator(&client, &ops.data_dir)?;
-            let bar = ops_bar("repair");
-            let report = op.repair(&ops.options(), &bar_progress(&bar)).await?;
-            bar.finish_and_clear();
-            print_converge("repair", &report);
-            Ok(())
-        }
-        Command::Scrub {
-            client,
-            ops,
-            no_repair,
-        } => {
-            let op = operator(&client, &ops.data_dir)?;
-            let bar = ops_bar("scrub");
-            let report = op.scrub(&ops.options(), &bar_progress(&bar)).await?;
-            bar.finish_and_clear();
-            println!(
-                "scrub: {} shards ({:.1} MB) re-hashed on {} peers at {:.0} MB/s; {} corrupt",
-                report.shards_checked,
-                report.bytes as f64 / 1e6,
-                report.peers,
-                report.mb_per_s(),
-                report.corrupt.len()
-            );
-            for (peer, shard) in &report.corrupt {
-                println!(
-                    "corrupt: shard {shard} on peer {} (quarantined)",
-                    peer.short()
-                );
-            }
-            for f in &report.failures {
-                eprintln!("warning: {f}");
-            }
-            if !report.corrupt.is_empty() && !no_repair && !ops.dry_run {
-                let bar = ops_bar("repair");
-                let repair = op.repair(&ops.options(), &bar_progress(&bar)).await?;
-                bar.finish_and_clear();
-                print_converge("repair", &repair);
-            }
-            Ok(())
-        }
-        Command::Rekey { id, client } => {
-            let (c, keyring) = connect(&client).await?;
-            let bar = progress_bar(0, "rekey");
-            let result = version::rekey(&c, &id, &keyring, &advance(&bar)).await;
-            bar.finish_and_clear();
-            let report = result.with_context(|| format!("rekeying {id}"))?;
-            print_version(&report);
-            c.close().await;
-            let collect = report.collect.as_ref().expect("a rekey collects");
-            if !collect.complete() {
-                bail!(
-                    "{} old shards or manifests are still stored; run `dangan rekey {id}` again once the peers are back",
-                    collect.remaining.len()
-                );
-            }
-            Ok(())
-        }
-        Command::Supersede {
-            id,
-            file,
-            client,
-            document_type,
-            grants,
-        } => {
-            let (c, keyring) = connect(&client).await?;
-            let old = c.manifest(&id).await?;
-            let f = tokio::fs::File::open(&file)
-                .await
-                .with_context(|| format!("opening {}", file.display()))?;
-            let size = f.metadata().await?.len();
-            let info = DocumentInfo {
-                department: old.department,
-                document_type: document_type.unwrap_or(old.document_type),
-                created_at_ms: None,
-            };
-            let bar = progress_bar(size, "supersede");
-            let result = version::supersede(
-                &c,
-                &id,
-                f,
-                Some(size),
-                info,
-                &grants,
-                &keyring,
-                &advance(&bar),
-            )
-            .await;
-            bar.finish_and_clear();
-            let report = result.with_context(|| format!("superseding {id}"))?;
-            print_version(&report);
-            c.close().await;
-            Ok(())
-        }
-        _ => unreachable!("synchronous commands are handled in main"),
     }
+}
+
+async fn cluster_status(client: &ClientArgs, data_dir: &Path) -> Result<()> {
+    let op = operator(client, data_dir)?;
+    let bar = ops_bar("checking stripes");
+    let pb = bar.clone();
+    let status = op
+        .status(&move |p| {
+            pb.set_length(p.total);
+            pb.set_position(p.done);
+        })
+        .await?;
+    bar.finish_and_clear();
+    println!("layout epoch {}", status.layout.epoch);
+    if let Some(from) = &status.moving_from {
+        println!("rebalance pending from epoch {}", from.epoch);
+    }
+    println!(
+        "{:<14} {:<10} {:>6} {:>8} {:>12}  health",
+        "peer", "zone", "weight", "shards", "used"
+    );
+    for p in &status.peers {
+        let (shards, used, health) = match &p.usage {
+            Ok(u) => (
+                u.shards.to_string(),
+                format!("{:.1} MB", u.bytes as f64 / 1e6),
+                "up".to_string(),
+            ),
+            Err(e) => ("-".into(), "-".into(), format!("DOWN ({e})")),
+        };
+        let health = if p.node.weight == 0 {
+            format!("{health}, draining")
+        } else {
+            health
+        };
+        println!(
+            "{:<14} {:<10} {:>6} {:>8} {:>12}  {health}",
+            p.node.key.short(),
+            p.node.zone,
+            p.node.weight,
+            shards,
+            used
+        );
+    }
+    println!(
+        "{} documents, {} stripes, {} below full redundancy",
+        status.documents, status.stripes, status.stripes_below
+    );
+    Ok(())
+}
+
+async fn rebalance(client: &ClientArgs, ops: &OpsArgs) -> Result<()> {
+    let op = operator(client, &ops.data_dir)?;
+    let bar = ops_bar("rebalance");
+    let report = op.rebalance(&ops.options(), &bar_progress(&bar)).await?;
+    bar.finish_and_clear();
+    print_converge("rebalance", &report);
+    Ok(())
+}
+
+async fn repair(client: &ClientArgs, ops: &OpsArgs) -> Result<()> {
+    let op = operator(client, &ops.data_dir)?;
+    let bar = ops_bar("repair");
+    let report = op.repair(&ops.options(), &bar_progress(&bar)).await?;
+    bar.finish_and_clear();
+    print_converge("repair", &report);
+    Ok(())
+}
+
+async fn scrub(client: &ClientArgs, ops: &OpsArgs, no_repair: bool) -> Result<()> {
+    let op = operator(client, &ops.data_dir)?;
+    let bar = ops_bar("scrub");
+    let report = op.scrub(&ops.options(), &bar_progress(&bar)).await?;
+    bar.finish_and_clear();
+    println!(
+        "scrub: {} shards ({:.1} MB) re-hashed on {} peers at {:.0} MB/s; {} corrupt",
+        report.shards_checked,
+        report.bytes as f64 / 1e6,
+        report.peers,
+        report.mb_per_s(),
+        report.corrupt.len()
+    );
+    for (peer, shard) in &report.corrupt {
+        println!(
+            "corrupt: shard {shard} on peer {} (quarantined)",
+            peer.short()
+        );
+    }
+    for f in &report.failures {
+        eprintln!("warning: {f}");
+    }
+    if !report.corrupt.is_empty() && !no_repair && !ops.dry_run {
+        let bar = ops_bar("repair");
+        let repair = op.repair(&ops.options(), &bar_progress(&bar)).await?;
+        bar.finish_and_clear();
+        print_converge("repair", &repair);
+    }
+    Ok(())
+}
+
+async fn rekey(id: DocumentId, client: &ClientArgs) -> Result<()> {
+    let (c, keyring) = connect(client).await?;
+    let bar = progress_bar(0, "rekey");
+    let result = version::rekey(&c, &id, &keyring, &advance(&bar)).await;
+    bar.finish_and_clear();
+    let report = result.with_context(|| format!("rekeying {id}"))?;
+    print_version(&report);
+    c.close().await;
+    let collect = report.collect.as_ref().expect("a rekey collects");
+    if !collect.complete() {
+        bail!(
+            "{} old shards or manifests are still stored; run `dangan rekey {id}` again once the peers are back",
+            collect.remaining.len()
+        );
+    }
+    Ok(())
+}
+
+async fn supersede(
+    id: DocumentId,
+    file: &Path,
+    client: &ClientArgs,
+    document_type: Option<String>,
+    grants: &[GrantAddress],
+) -> Result<()> {
+    let (c, keyring) = connect(client).await?;
+    let old = c.manifest(&id).await?;
+    let f = tokio::fs::File::open(file)
+        .await
+        .with_context(|| format!("opening {}", file.display()))?;
+    let size = f.metadata().await?.len();
+    let info = DocumentInfo {
+        department: old.department,
+        document_type: document_type.unwrap_or(old.document_type),
+        created_at_ms: None,
+    };
+    let bar = progress_bar(size, "supersede");
+    let result = version::supersede(
+        &c,
+        &id,
+        f,
+        Some(size),
+        info,
+        grants,
+        &keyring,
+        &advance(&bar),
+    )
+    .await;
+    bar.finish_and_clear();
+    let report = result.with_context(|| format!("superseding {id}"))?;
+    print_version(&report);
+    c.close().await;
+    Ok(())
 }
 
 /// The newest version of `id` (saying so when it is not `id` itself).
@@ -1335,122 +1347,15 @@ fn progress_bar(len: u64, verb: &str) -> ProgressBar {
     bar
 }
 
-/// Coding parameters `local-config` writes for `peers` peers: k + m never exceeds the peer
-/// count (the cluster file is refused otherwise). m = 2 from six peers on, else m = 1; k
-/// takes the remaining peers, at most 4. So 2 peers: 1 + 1, 3: 2 + 1, 4: 3 + 1, 5: 4 + 1,
-/// 6 or more: 4 + 2 (the library default).
-fn local_coding(peers: usize) -> (u16, u16) {
-    let m = if peers >= 6 { 2 } else { 1 };
-    let k = peers.saturating_sub(usize::from(m)).clamp(1, 4) as u16;
-    (k, m)
-}
-
-fn local_config(dir: &Path, peers: usize, base_port: u16, validators: usize) -> Result<()> {
-    if peers < 2 {
-        bail!(
-            "--peers {peers}: a cluster needs at least 2 peers (one data shard and one parity shard)"
-        );
-    }
-    if base_port == 0 {
-        bail!("--base-port must be a real port (1..=65535), not 0");
-    }
-    if validators == 0 || validators > peers {
-        bail!("--validators {validators}: between 1 and --peers ({peers})");
-    }
-    let last_port = u16::try_from(usize::from(base_port) + peers - 1).map_err(|_| {
-        anyhow::anyhow!("--base-port {base_port} + {peers} peers runs past port 65535")
-    })?;
-    if dir.exists() {
-        bail!("{} already exists; choose a new directory", dir.display());
-    }
-    let (k, m) = local_coding(peers);
-    std::fs::create_dir_all(dir.join("keys"))?;
-    std::fs::create_dir_all(dir.join("data"))?;
-    let validator_keys: Vec<Identity> = (0..validators)
-        .map(|_| Identity::generate(Role::Validator))
-        .collect();
-    let mut chain_section =
-        String::from("\n# The chain's validators and the peers hosting them.\n[chain]\n");
-    let mut genesis_nodes = String::new();
-    let mut cluster = format!(
-        "# Cluster written by `dangan local-config`: {peers} peers on this machine.\n\
-         # k + m = {width} shards per stripe on {width} different peers; any {m} of them may be lost.\n\
-         epoch = 1\n\n[coding]\nk = {k}\nm = {m}\nshard_kib = 1024\n\n",
-        width = k + m
-    );
-    for i in 1..=peers {
-        let id = Identity::generate(Role::Node);
-        id.save(dir.join(format!("keys/peer{i}.key")))?;
-        let port = base_port + (i - 1) as u16;
-        cluster.push_str(&format!(
-            "[[peer]]\nid = \"{}\"\naddr = \"127.0.0.1:{port}\"\nzone = \"zone-{}\"\nweight = 100\n\n",
-            id.public(),
-            (i - 1) % 3
-        ));
-        genesis_nodes.push_str(&format!(
-            "\n[[node]]\nkey = \"{}\"\naddr = \"127.0.0.1:{port}\"\nzone = \"zone-{}\"\nweight = 100\n",
-            id.public(),
-            (i - 1) % 3
-        ));
-        let mut node = format!(
-            "listen = \"127.0.0.1:{port}\"\ndata_dir = \"data/peer{i}\"\nkey = \"keys/peer{i}.key\"\ncluster = \"cluster.toml\"\n"
-        );
-        if i <= validators {
-            // Nodes 1..=validators each host one of the chain's validators.
-            let v = &validator_keys[i - 1];
-            let name = if validators == 1 {
-                "validator".to_string()
-            } else {
-                format!("validator{i}")
-            };
-            v.save(dir.join(format!("keys/{name}.key")))?;
-            node.push_str(&format!(
-                "\n[validator]\nkey = \"keys/{name}.key\"\ngenesis = \"genesis.toml\"\nchain = \"data/chain{i}.redb\"\n",
-            ));
-            chain_section.push_str(&format!(
-                "\n[[chain.validator]]\nid = \"{}\"\npeer = \"{}\"\n",
-                v.public(),
-                id.public()
-            ));
-        }
-        std::fs::write(dir.join(format!("node{i}.toml")), node)?;
-    }
-    let dept = Identity::generate(Role::Department);
-    dept.save(dir.join("keys/department.key"))?;
-    cluster.push_str(&format!(
-        "[[client]]\nid = \"{}\"\nname = \"department\"\n",
-        dept.public()
-    ));
-    let operator = Identity::generate(Role::Operator);
-    operator.save(dir.join("keys/operator.key"))?;
-    cluster.push_str(&format!(
-        "\n[[client]]\nid = \"{}\"\nname = \"operator\"\n",
-        operator.public()
-    ));
-    let mut genesis = format!(
-        "# Genesis written by `dangan local-config`: {validators} validator(s), one department, one operator.\n\
-         chain_id = \"local\"\n"
-    );
-    for (n, v) in validator_keys.iter().enumerate() {
-        genesis.push_str(&format!(
-            "\n[[validator]]\nid = \"{}\"\nname = \"validator{}\"\n",
-            v.public(),
-            n + 1
-        ));
-    }
-    genesis.push_str(&format!(
-        "\n[[account]]\nid = \"{}\"\nrole = \"department\"\nname = \"department\"\n\n\
-         [[account]]\nid = \"{}\"\nrole = \"operator\"\nname = \"operator\"\n\n\
-         # The storage peers: the chain's first layout (epoch 1).\n{genesis_nodes}",
-        dept.public(),
-        operator.public()
-    ));
-    std::fs::write(dir.join("genesis.toml"), genesis)?;
-    cluster.push_str(&chain_section);
-    let cluster_path = dir.join("cluster.toml");
-    std::fs::write(&cluster_path, cluster)?;
-    // What we wrote must be what `node`, `put` and `get` accept.
-    ClusterFile::load(&cluster_path)?;
+fn local_config(dir: &Path, options: LocalOptions) -> Result<()> {
+    let written = config::local::write(dir, options)?;
+    let LocalConfig {
+        peers,
+        base_port,
+        last_port,
+        k,
+        m,
+    } = written;
     let d = dir.display();
     println!(
         "wrote {peers} peers (127.0.0.1:{base_port}-{last_port}) and a department key to {d}\n\

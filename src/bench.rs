@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use crate::cluster::sample_data;
 use crate::codec::{self, CodecError, DocumentInfo};
 use crate::crypto::{DataKey, SegmentCipher, TAG_LEN};
 use crate::erasure::Erasure;
@@ -137,14 +138,6 @@ fn figure(name: impl Into<String>, bytes: usize, time: Duration) -> Figure {
         bytes: bytes as u64,
         time,
     }
-}
-
-/// Deterministic, incompressible-looking test data.
-pub fn sample_data(len: usize, seed: u64) -> Vec<u8> {
-    let mut out = vec![0u8; len];
-    let mut reader = blake3::Hasher::new_keyed(&[seed as u8; 32]).finalize_xof();
-    reader.fill(&mut out);
-    out
 }
 
 struct Discard;
@@ -517,12 +510,12 @@ impl fmt::Display for ClusterBenchReport {
     }
 }
 
-/// Runs the cluster benchmark on a [`crate::demo::LocalCluster`].
+/// Runs the cluster benchmark on a [`crate::cluster::LocalCluster`].
 pub async fn cluster(
     options: ClusterBenchOptions,
-) -> Result<ClusterBenchReport, crate::demo::DemoError> {
+) -> Result<ClusterBenchReport, crate::cluster::ClusterError> {
     use crate::client::ClientOptions;
-    use crate::demo::{DemoError, LocalCluster};
+    use crate::cluster::{ClusterError, LocalCluster};
 
     // The floor swings with scheduling on a small machine: take the median of three.
     let mut floors = Vec::new();
@@ -530,7 +523,7 @@ pub async fn cluster(
         floors.push(
             crate::tls::measure_transport_floor(128 << 20)
                 .await
-                .map_err(|e| DemoError::Check(format!("transport floor: {e}")))?,
+                .map_err(|e| ClusterError::Check(format!("transport floor: {e}")))?,
         );
     }
     floors.sort_by(f64::total_cmp);
@@ -559,7 +552,7 @@ pub async fn cluster(
     let get_cores = cores(cpu, cpu_time(), get.time);
     let peak_rss_document = peak_rss();
     if !check.matched() {
-        return Err(DemoError::Check("the document read back differs".into()));
+        return Err(ClusterError::Check("the document read back differs".into()));
     }
 
     // Certificates: `in_flight` workers, each putting then getting its share.
@@ -585,7 +578,7 @@ pub async fn cluster(
                             let mut out = Vec::new();
                             client.get(id, key, &mut out, &|_, _| {}).await?;
                             if out != *cert {
-                                return Err(DemoError::Check("certificate differs".into()));
+                                return Err(ClusterError::Check("certificate differs".into()));
                             }
                         } else {
                             let r = client
@@ -601,19 +594,19 @@ pub async fn cluster(
                         }
                         times.push(t.elapsed());
                     }
-                    Ok::<_, DemoError>((times, phases, made))
+                    Ok::<_, ClusterError>((times, phases, made))
                 });
             }
             let mut times = Vec::new();
             let mut phases = Vec::new();
             let mut made = Vec::new();
             while let Some(res) = tasks.join_next().await {
-                let (t, p, m) = res.map_err(|e| DemoError::Check(e.to_string()))??;
+                let (t, p, m) = res.map_err(|e| ClusterError::Check(e.to_string()))??;
                 times.extend(t);
                 phases.extend(p);
                 made.extend(m);
             }
-            Ok::<_, DemoError>((times, phases, made))
+            Ok::<_, ClusterError>((times, phases, made))
         }
     };
     let per_cert = |before: Option<Duration>, n: usize| {
@@ -983,10 +976,10 @@ impl fmt::Display for OpsBenchReport {
 }
 
 /// Adds a peer, drains one, loses one and scrubs, on a local cluster; see [`OpsBenchReport`].
-pub async fn ops(options: OpsBenchOptions) -> Result<OpsBenchReport, crate::demo::DemoError> {
+pub async fn ops(options: OpsBenchOptions) -> Result<OpsBenchReport, crate::cluster::ClusterError> {
     use crate::chain::tx::TxBody;
     use crate::client::{ClientOptions, stripe_key};
-    use crate::demo::{DemoError, LocalCluster};
+    use crate::cluster::{ClusterError, LocalCluster};
     use crate::ops::{self, Journal, OpsOptions};
 
     let mut cluster = LocalCluster::start(options.peers, 1).await?;
@@ -994,7 +987,7 @@ pub async fn ops(options: OpsBenchOptions) -> Result<OpsBenchReport, crate::demo
     let mut stripes = Vec::new();
     for i in 0..options.documents {
         let bytes = sample_data(options.document as usize, 100 + i as u64);
-        let receipt = crate::demo::put_bytes(&client, bytes, "bench").await?;
+        let receipt = crate::cluster::put_bytes(&client, bytes, "bench").await?;
         stripes.extend(receipt.manifest.stripes.iter().map(|ids| stripe_key(ids)));
     }
     client.close().await;
@@ -1024,9 +1017,9 @@ pub async fn ops(options: OpsBenchOptions) -> Result<OpsBenchReport, crate::demo
             op.close().await;
             let r = r?;
             if !r.failures.is_empty() {
-                return Err(DemoError::Check(r.failures.join("; ")));
+                return Err(ClusterError::Check(r.failures.join("; ")));
             }
-            Ok::<_, DemoError>(r)
+            Ok::<_, ClusterError>(r)
         }
     };
 
@@ -1056,7 +1049,7 @@ pub async fn ops(options: OpsBenchOptions) -> Result<OpsBenchReport, crate::demo
     };
 
     // Drain the first peer.
-    let drained = cluster.peer(0).ok_or(DemoError::PeerStopped(0))?.id();
+    let drained = cluster.peer(0).ok_or(ClusterError::PeerStopped(0))?.id();
     let floor = cluster.shards_held(0)?;
     let (old, new) = cluster
         .change_layout(TxBody::DrainNode { node: drained })
@@ -1081,7 +1074,7 @@ pub async fn ops(options: OpsBenchOptions) -> Result<OpsBenchReport, crate::demo
         })
         .await?;
     run(&cluster, Some(old), new, true).await?;
-    let lost = cluster.peer(1).ok_or(DemoError::PeerStopped(1))?.id();
+    let lost = cluster.peer(1).ok_or(ClusterError::PeerStopped(1))?.id();
     cluster.stop_peer(1).await?;
     let (_, new) = cluster
         .change_layout(TxBody::DrainNode { node: lost })
@@ -1196,6 +1189,22 @@ impl Default for AllBenchOptions {
     }
 }
 
+impl AllBenchOptions {
+    /// Smaller sizes everywhere: a smoke run in well under a minute, not for comparing.
+    pub fn quick() -> Self {
+        let mut options = Self::default();
+        options.codec.size = 16 << 20;
+        options.codec.repetitions = 3;
+        options.cluster.document = 32 << 20;
+        options.cluster.certificates = 64;
+        options.chain_departments = 32;
+        options.chain_per_department = 20;
+        options.ops.documents = 2;
+        options.ops.document = 8 << 20;
+        options
+    }
+}
+
 /// One benchmark's peak resident memory: its own window where [`reset_peak_rss`] works.
 #[derive(Debug, Clone)]
 pub struct PeakRss {
@@ -1226,7 +1235,7 @@ pub enum BenchError {
     #[error("codec benchmark: {0}")]
     Codec(#[from] CodecError),
     #[error("cluster or ops benchmark: {0}")]
-    Cluster(#[from] crate::demo::DemoError),
+    Cluster(#[from] crate::cluster::ClusterError),
     #[error("chain benchmark: {0}")]
     Chain(#[from] ChainBenchError),
     #[error("codec benchmark task: {0}")]

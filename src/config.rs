@@ -7,6 +7,11 @@
 //! The cluster file lists the storage peers (identity, address, failure zone, capacity
 //! weight) and the clients allowed to connect. It is the membership and placement layout
 //! until the chain takes that role over; its shape (epoch, nodes) is the chain's.
+//!
+//! A node's file is read in a third stage too: [`NodeConfig::setup`] loads the keys, the
+//! cluster file and the genesis it names into a [`NodeSetup`], what [`crate::node::start`]
+//! runs. [`local`] writes a whole cluster's files for one machine. Not here: starting
+//! anything (`node`), or what the chain holds (`chain`).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -15,10 +20,14 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::chain::client::ChainLink;
-use crate::identity::PublicId;
+use crate::chain::state::Genesis;
+use crate::chain::tx::TxError;
+use crate::identity::{Identity, IdentityError, PublicId};
 use crate::manifest::CodingParams;
 use crate::peer::PeerLimits;
 use crate::placement::{Layout, NodeInfo};
+
+pub mod local;
 
 /// Largest config file read.
 pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
@@ -38,6 +47,14 @@ pub enum ConfigError {
     Parse { path: PathBuf, message: String },
     #[error("{path}: {message}")]
     Invalid { path: PathBuf, message: String },
+    /// A key file named by the config does not load.
+    #[error(transparent)]
+    Key(#[from] IdentityError),
+    /// The genesis file named by `[validator]` does not load.
+    #[error(transparent)]
+    Genesis(TxError),
+    #[error("this peer's identity {id} is not in {cluster}")]
+    NotInCluster { id: PublicId, cluster: PathBuf },
 }
 
 /// `cluster.toml`: who is in the cluster and how documents are coded.
@@ -346,6 +363,66 @@ impl NodeFile {
                 genesis: base.join(v.genesis),
                 chain: base.join(v.chain),
             }),
+        })
+    }
+}
+
+/// What a node starts from: a [`NodeConfig`] with the files it names read and checked.
+#[derive(Debug, Clone)]
+pub struct NodeSetup {
+    /// The peer's identity (its node key).
+    pub identity: Identity,
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub limits: PeerLimits,
+    /// Where the chain's validators are: the peer asks them to authorise requests. Without
+    /// it (and without a validator here) the peer refuses every read and write.
+    pub chain: Option<ChainLink>,
+    /// Every identity of the cluster file (peers and clients): the keys a hosted validator
+    /// accepts from the other validators' hosts.
+    pub members: Vec<PublicId>,
+    /// The validator this node hosts, if any.
+    pub validator: Option<ValidatorSetup>,
+}
+
+/// The validator a node hosts: `[validator]` with its key and genesis loaded.
+#[derive(Debug, Clone)]
+pub struct ValidatorSetup {
+    /// The validator's signing key, listed in the genesis.
+    pub signer: Identity,
+    pub genesis: Genesis,
+    /// The chain database (redb); its raft log lives next to it.
+    pub chain: PathBuf,
+}
+
+impl NodeConfig {
+    /// Reads what this config names: the node's key, the cluster file (which must list the
+    /// node) and, with a `[validator]` section, the validator's key and the genesis.
+    pub fn setup(&self) -> Result<NodeSetup, ConfigError> {
+        let identity = Identity::load(&self.key)?;
+        let cluster = ClusterFile::load(&self.cluster)?;
+        if !cluster.members.contains(&identity.public()) {
+            return Err(ConfigError::NotInCluster {
+                id: identity.public(),
+                cluster: self.cluster.clone(),
+            });
+        }
+        let validator = match &self.validator {
+            None => None,
+            Some(v) => Some(ValidatorSetup {
+                signer: Identity::load(&v.key)?,
+                genesis: Genesis::load(&v.genesis).map_err(ConfigError::Genesis)?,
+                chain: v.chain.clone(),
+            }),
+        };
+        Ok(NodeSetup {
+            identity,
+            listen: self.listen,
+            data_dir: self.data_dir.clone(),
+            limits: self.limits.clone(),
+            chain: cluster.chain,
+            members: cluster.members,
+            validator,
         })
     }
 }

@@ -1,464 +1,19 @@
-//! The embedded default: a whole cluster in one process, on 127.0.0.1 with temporary redb
-//! files, and the `dangan demo` story told on it.
+//! The `dangan demo` story: a whole cluster started in this process (`cluster`), then
+//! documents stored and fetched, peers lost, grants given and revoked, reads audited and
+//! the layout changed, each step told with its timing and checked.
 //!
-//! [`LocalCluster`] is also what the integration tests and `dangan bench cluster` run on:
-//! real peers, real QUIC with mutual TLS, real redb files, nothing faked.
+//! Not here: the embedded cluster itself (`cluster`) or measurements (`bench`).
 
-use std::io::Cursor;
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::bench::sample_data;
-use crate::chain::client::ChainLink;
-use crate::chain::ledger::{Ledger, LedgerError};
-use crate::chain::state::{Genesis, GenesisAccount};
-use crate::client::{Client, ClientError, ClientOptions, GetReport, PutReceipt};
-use crate::codec::DocumentInfo;
-use crate::crypto::DataKey;
-use crate::id::DocumentId;
+use crate::client::{ClientError, ClientOptions, PutReceipt};
+use crate::cluster::{
+    ClusterError, LocalCluster, get_bytes, put_bytes, sample_certificate, sample_data,
+};
 use crate::identity::{Identity, Role};
 use crate::manifest::CodingParams;
-use crate::peer::{self, PeerError, PeerHandle, PeerLimits};
-use crate::placement::{Layout, NodeInfo, PlacementError};
-use crate::tls::{AllowAny, Membership};
-
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum DemoError {
-    #[error(transparent)]
-    Peer(#[from] PeerError),
-    #[error(transparent)]
-    Client(#[from] ClientError),
-    #[error(transparent)]
-    Net(#[from] crate::net::NetError),
-    #[error("chain: {0}")]
-    Chain(#[from] crate::chain::client::ChainError),
-    #[error(transparent)]
-    Placement(#[from] PlacementError),
-    #[error("embedded validator: {0}")]
-    Ledger(#[from] LedgerError),
-    #[error("temporary directory: {0}")]
-    Io(#[from] std::io::Error),
-    #[error("peer {0} is not running")]
-    PeerStopped(usize),
-    #[error("check failed: {0}")]
-    Check(String),
-    #[error(transparent)]
-    Ops(#[from] crate::ops::OpsError),
-    #[error(transparent)]
-    Version(#[from] crate::version::VersionError),
-    #[error(transparent)]
-    Keyring(#[from] crate::keyring::KeyringError),
-    #[error(transparent)]
-    Audit(#[from] crate::audit::AuditError),
-}
-
-struct Slot {
-    identity: Identity,
-    zone: String,
-    addr: SocketAddr,
-    dir: PathBuf,
-    handle: Option<PeerHandle>,
-}
-
-/// Peers on 127.0.0.1 in this process, each with its own redb store in a temp directory.
-pub struct LocalCluster {
-    _tmp: Option<tempfile::TempDir>,
-    slots: Vec<Slot>,
-    /// The embedded validator: a peer outside the layout that serves the chain.
-    validator: Option<PeerHandle>,
-    ledger: Arc<Ledger>,
-    chain: ChainLink,
-    membership: Membership,
-    layout: Layout,
-    client_identity: Identity,
-    /// A second department, owning nothing of the first's.
-    other_department: Identity,
-    /// The operator: may change the layout on chain and run the operations workers.
-    operator: Identity,
-    root: PathBuf,
-    limits: PeerLimits,
-}
-
-impl LocalCluster {
-    /// Starts `peers` peers spread round-robin over `zones` failure zones, with data in a
-    /// fresh temporary directory removed when the cluster is dropped.
-    pub async fn start(peers: usize, zones: usize) -> Result<Self, DemoError> {
-        Self::start_with(peers, zones, PeerLimits::default()).await
-    }
-
-    /// Like [`LocalCluster::start`], with the peers' `limits`.
-    pub async fn start_with(
-        peers: usize,
-        zones: usize,
-        limits: PeerLimits,
-    ) -> Result<Self, DemoError> {
-        let tmp = tempfile::Builder::new().prefix("dangan-").tempdir()?;
-        let root = tmp.path().to_path_buf();
-        let mut cluster = Self::start_in(&root, peers, zones, limits).await?;
-        cluster._tmp = Some(tmp);
-        Ok(cluster)
-    }
-
-    /// Like [`LocalCluster::start`], in `root` (kept).
-    pub async fn start_in(
-        root: &Path,
-        peers: usize,
-        zones: usize,
-        limits: PeerLimits,
-    ) -> Result<Self, DemoError> {
-        let membership = Membership::new();
-        let client_identity = Identity::generate(Role::Department);
-        let other_department = Identity::generate(Role::Department);
-        let operator = Identity::generate(Role::Operator);
-        let identities: Vec<Identity> =
-            (0..peers).map(|_| Identity::generate(Role::Node)).collect();
-        for id in &identities {
-            membership.add(id.public());
-        }
-        let mut slots = Vec::with_capacity(peers);
-        for (i, identity) in identities.into_iter().enumerate() {
-            let dir = root.join(format!("peer-{i}"));
-            let handle = peer::start(
-                &identity,
-                Arc::new(AllowAny),
-                SocketAddr::from(([127, 0, 0, 1], 0)),
-                &dir,
-                limits.clone(),
-                None,
-            )
-            .await?;
-            slots.push(Slot {
-                zone: format!("zone-{}", i % zones.max(1)),
-                addr: handle.addr(),
-                identity,
-                dir,
-                handle: Some(handle),
-            });
-        }
-        let nodes: Vec<NodeInfo> = slots
-            .iter()
-            .map(|s| NodeInfo {
-                key: s.identity.public(),
-                zone: s.zone.clone(),
-                weight: 100,
-                addr: s.addr.to_string(),
-            })
-            .collect();
-
-        // One validator in this process, the embedded default; the department has an account.
-        let signer = Identity::generate(Role::Validator);
-        let genesis = Genesis {
-            chain_id: "local".into(),
-            validators: vec![GenesisAccount::of(&signer, Role::Validator)],
-            accounts: vec![
-                GenesisAccount::of(&client_identity, Role::Department),
-                GenesisAccount::of(&other_department, Role::Department),
-                GenesisAccount::of(&operator, Role::Operator),
-            ],
-            nodes: nodes.clone(),
-        };
-        let chain_dir = root.join("validator");
-        std::fs::create_dir_all(&chain_dir)?;
-        let validators = vec![signer.public()];
-        let ledger =
-            Arc::new(Ledger::open_single(&chain_dir.join("chain.redb"), &genesis, signer).await?);
-        let host = Identity::generate(Role::Node);
-        membership.add(host.public());
-        let validator = peer::start(
-            &host,
-            Arc::new(AllowAny),
-            SocketAddr::from(([127, 0, 0, 1], 0)),
-            &chain_dir.join("store"),
-            limits.clone(),
-            Some(ledger.clone()),
-        )
-        .await?;
-        let chain = ChainLink {
-            hosts: vec![NodeInfo {
-                key: host.public(),
-                zone: "validator".into(),
-                weight: 0,
-                addr: validator.addr().to_string(),
-            }],
-            validators,
-        };
-        // Every peer authorises requests by asking the validator (the chain state now).
-        for slot in &slots {
-            if let Some(h) = &slot.handle {
-                h.access().link(&slot.identity, chain.clone(), loopback())?;
-            }
-        }
-        Ok(Self {
-            _tmp: None,
-            layout: Layout::new(1, nodes)?,
-            validator: Some(validator),
-            ledger,
-            chain,
-            slots,
-            membership,
-            client_identity,
-            other_department,
-            operator,
-            root: root.to_path_buf(),
-            limits,
-        })
-    }
-
-    /// Starts one more peer in `zone` (trusted, but in no layout until an `AddNode`);
-    /// returns its index and its layout entry.
-    pub async fn add_peer(&mut self, zone: &str) -> Result<(usize, NodeInfo), DemoError> {
-        let identity = Identity::generate(Role::Node);
-        self.membership.add(identity.public());
-        let i = self.slots.len();
-        let dir = self.root.join(format!("peer-{i}"));
-        let handle = peer::start(
-            &identity,
-            Arc::new(AllowAny),
-            SocketAddr::from(([127, 0, 0, 1], 0)),
-            &dir,
-            self.limits.clone(),
-            None,
-        )
-        .await?;
-        handle
-            .access()
-            .link(&identity, self.chain.clone(), loopback())?;
-        let info = NodeInfo {
-            key: identity.public(),
-            zone: zone.to_string(),
-            weight: 100,
-            addr: handle.addr().to_string(),
-        };
-        self.slots.push(Slot {
-            zone: zone.to_string(),
-            addr: handle.addr(),
-            identity,
-            dir,
-            handle: Some(handle),
-        });
-        Ok((i, info))
-    }
-
-    /// The operator's identity (an `Operator` account on the chain).
-    pub fn operator(&self) -> &Identity {
-        &self.operator
-    }
-
-    /// The department's identity (a `Department` account on the chain).
-    pub fn department(&self) -> &Identity {
-        &self.client_identity
-    }
-
-    /// Another department's identity: on the chain, owning nothing unless it stores.
-    pub fn other_department(&self) -> &Identity {
-        &self.other_department
-    }
-
-    /// A client with the operator's identity, placing by `layout` and falling back to
-    /// `previous` (what the operations workers use).
-    pub fn operator_client(
-        &self,
-        layout: Layout,
-        previous: Option<Layout>,
-        options: ClientOptions,
-    ) -> Result<Client, ClientError> {
-        Client::with_layouts(
-            &self.operator,
-            Arc::new(self.membership.clone()),
-            layout,
-            previous,
-            self.local_options(options),
-        )
-    }
-
-    /// Submits a layout transaction as the operator and takes the chain's new layout as the
-    /// cluster's: (old layout, new layout).
-    pub async fn change_layout(
-        &mut self,
-        body: crate::chain::tx::TxBody,
-    ) -> Result<(Layout, Layout), DemoError> {
-        let old = self.layout().clone();
-        let operator = self.operator_client(old.clone(), None, ClientOptions::default())?;
-        let submitted = operator.chain()?.submit(body).await;
-        operator.close().await;
-        submitted?;
-        let new = self.sync_layout().clone();
-        Ok((old, new))
-    }
-
-    /// Shards stored on running peer `i`.
-    pub fn shards_held(&self, i: usize) -> Result<u64, DemoError> {
-        Ok(self
-            .peer(i)
-            .ok_or(DemoError::PeerStopped(i))?
-            .store()
-            .usage()
-            .map_err(|e| DemoError::Check(e.to_string()))?
-            .shards)
-    }
-
-    /// `options` for a client of this cluster: bound to loopback, linked to its chain.
-    fn local_options(&self, options: ClientOptions) -> ClientOptions {
-        ClientOptions {
-            bind: SocketAddr::from(([127, 0, 0, 1], 0)),
-            chain: Some(self.chain.clone()),
-            ..options
-        }
-    }
-
-    /// A department client placing by `layout` and falling back to `previous`.
-    pub fn client_with_layouts(
-        &self,
-        layout: Layout,
-        previous: Option<Layout>,
-        options: ClientOptions,
-    ) -> Result<Client, ClientError> {
-        Client::with_layouts(
-            &self.client_identity,
-            Arc::new(self.membership.clone()),
-            layout,
-            previous,
-            self.local_options(options),
-        )
-    }
-
-    /// A department client as `dangan put|get` make it: placing by the chain's layout and
-    /// falling back to the chain's previous one (or else to `file_layout`).
-    pub async fn chain_client(
-        &self,
-        file_layout: Layout,
-        options: ClientOptions,
-    ) -> Result<Client, ClientError> {
-        Client::with_chain_layout(
-            &self.client_identity,
-            Arc::new(self.membership.clone()),
-            file_layout,
-            self.local_options(options),
-        )
-        .await
-    }
-
-    /// Takes the chain's current layout as the cluster's (after a layout transaction).
-    pub fn sync_layout(&mut self) -> &Layout {
-        self.layout = self.ledger.state().layout;
-        &self.layout
-    }
-
-    pub fn layout(&self) -> &Layout {
-        &self.layout
-    }
-
-    /// The keys this cluster's clients accept as servers: the peers and the validator host.
-    /// Peers themselves admit any key and authorise each request by the chain (`access`).
-    pub fn membership(&self) -> &Membership {
-        &self.membership
-    }
-
-    pub fn len(&self) -> usize {
-        self.slots.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.slots.is_empty()
-    }
-
-    pub fn peer(&self, i: usize) -> Option<&PeerHandle> {
-        self.slots.get(i).and_then(|s| s.handle.as_ref())
-    }
-
-    /// Index of the peer with this identity.
-    pub fn index_of(&self, id: &crate::identity::PublicId) -> Option<usize> {
-        self.slots.iter().position(|s| s.identity.public() == *id)
-    }
-
-    /// A client with the cluster's department identity.
-    pub fn client(&self, options: ClientOptions) -> Result<Client, ClientError> {
-        self.client_as(&self.client_identity, options)
-    }
-
-    /// A client with any identity; what it may do is what its account or grants allow.
-    pub fn client_as(
-        &self,
-        identity: &Identity,
-        options: ClientOptions,
-    ) -> Result<Client, ClientError> {
-        Client::new(
-            identity,
-            Arc::new(self.membership.clone()),
-            self.layout.clone(),
-            self.local_options(options),
-        )
-    }
-
-    /// Stops peer `i` (closes its connections and its store).
-    pub async fn stop_peer(&mut self, i: usize) -> Result<(), DemoError> {
-        let handle = self
-            .slots
-            .get_mut(i)
-            .and_then(|s| s.handle.take())
-            .ok_or(DemoError::PeerStopped(i))?;
-        handle.shutdown().await;
-        Ok(())
-    }
-
-    /// Starts a stopped peer again on its old address with its old store.
-    pub async fn restart_peer(&mut self, i: usize) -> Result<(), DemoError> {
-        let limits = self.limits.clone();
-        let chain = self.chain.clone();
-        let slot = self.slots.get_mut(i).ok_or(DemoError::PeerStopped(i))?;
-        if slot.handle.is_none() {
-            let handle = peer::start(
-                &slot.identity,
-                Arc::new(AllowAny),
-                slot.addr,
-                &slot.dir,
-                limits,
-                None,
-            )
-            .await?;
-            handle.access().link(&slot.identity, chain, loopback())?;
-            slot.handle = Some(handle);
-        }
-        Ok(())
-    }
-
-    /// Where the embedded chain is, for clients.
-    pub fn chain(&self) -> &ChainLink {
-        &self.chain
-    }
-
-    /// The embedded validator's ledger.
-    pub fn ledger(&self) -> &Arc<Ledger> {
-        &self.ledger
-    }
-
-    /// Stops the peer that hosts the validator: the chain becomes unreachable.
-    pub async fn stop_validator(&mut self) {
-        if let Some(v) = self.validator.take() {
-            v.shutdown().await;
-        }
-    }
-
-    pub async fn shutdown(mut self) {
-        for slot in &mut self.slots {
-            if let Some(h) = slot.handle.take() {
-                h.shutdown().await;
-            }
-        }
-        if let Some(v) = self.validator.take() {
-            v.shutdown().await;
-        }
-        self.ledger.shutdown().await;
-    }
-}
-
-/// Where a local peer's chain view binds: loopback, any port.
-fn loopback() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], 0))
-}
+use crate::peer::PeerLimits;
+use crate::placement::Layout;
 
 /// One line of the demo's story.
 pub type Step<'a> = &'a mut (dyn FnMut(&str) + Send);
@@ -476,53 +31,9 @@ fn block_of(receipt: &PutReceipt) -> String {
         .registered
         .map_or("(none)".into(), |(height, _)| height.to_string())
 }
-
-/// A sample birth certificate of about 50 KiB (text plus an embedded "scan").
-pub fn sample_certificate() -> Vec<u8> {
-    let mut doc = b"CERTIFICATE OF BIRTH (sample, not a real record)\n\
-        Registry: Civil Registry Office, District 7\n\
-        Name: Example Citizen\nDate of birth: 2001-02-03\nPlace: Example City\n\
-        Registered by: Civil Registry Office\n\n"
-        .to_vec();
-    doc.extend(sample_data(50 << 10, 42));
-    doc
-}
-
-/// Stores `data` from memory as a document of the civil registry.
-pub async fn put_bytes(
-    client: &Client,
-    data: Vec<u8>,
-    document_type: &str,
-) -> Result<PutReceipt, ClientError> {
-    let size = data.len() as u64;
-    client
-        .put(
-            Cursor::new(data),
-            Some(size),
-            DocumentInfo {
-                department: "civil-registry".into(),
-                document_type: document_type.into(),
-                created_at_ms: None,
-            },
-            &|_, _| {},
-        )
-        .await
-}
-
-/// Fetches a whole document into memory.
-pub async fn get_bytes(
-    client: &Client,
-    id: &DocumentId,
-    key: &DataKey,
-) -> Result<(Vec<u8>, GetReport), ClientError> {
-    let mut out = Vec::new();
-    let report = client.get(id, key, &mut out, &|_, _| {}).await?;
-    Ok((out, report))
-}
-
 /// `dangan demo`: 6 peers, a certificate and a 64 MiB file stored and fetched, 2 peers
 /// stopped, both fetched again. Every step goes to `step` with its timing.
-pub async fn run(big_mib: usize, step: Step<'_>) -> Result<(), DemoError> {
+pub async fn run(big_mib: usize, step: Step<'_>) -> Result<(), ClusterError> {
     let t = Instant::now();
     // Peers commit the roots of their read records every half second, so the audit at the
     // end of the grant story is checked against the chain without a wait.
@@ -542,7 +53,7 @@ pub async fn run(big_mib: usize, step: Step<'_>) -> Result<(), DemoError> {
             "  peer {i}: {} at {} ({})",
             p.id(),
             p.addr(),
-            cluster.slots[i].zone
+            cluster.zone(i).expect("just started")
         ));
     }
     let client = cluster.client(ClientOptions::default())?;
@@ -585,7 +96,7 @@ pub async fn run(big_mib: usize, step: Step<'_>) -> Result<(), DemoError> {
             let t = Instant::now();
             let (out, _) = get_bytes(&client, &cert_put.id, &cert_put.key).await?;
             if &out != cert {
-                return Err(DemoError::Check("certificate bytes differ".into()));
+                return Err(ClusterError::Check("certificate bytes differ".into()));
             }
             lines.push(format!(
                 "get certificate {label}: identical, in {}",
@@ -595,7 +106,7 @@ pub async fn run(big_mib: usize, step: Step<'_>) -> Result<(), DemoError> {
             let (out, report) = get_bytes(&client, &big_put.id, &big_put.key).await?;
             let d = t.elapsed();
             if &out != big {
-                return Err(DemoError::Check("large file bytes differ".into()));
+                return Err(ClusterError::Check("large file bytes differ".into()));
             }
             lines.push(format!(
                 "get {} MiB file {label}: identical, in {} ({}), {} stripes rebuilt from parity",
@@ -604,7 +115,7 @@ pub async fn run(big_mib: usize, step: Step<'_>) -> Result<(), DemoError> {
                 mbps(big.len() as u64, d),
                 report.stripes_rebuilt
             ));
-            Ok::<_, DemoError>(lines)
+            Ok::<_, ClusterError>(lines)
         }
     };
     for line in fetch_both("with all peers up").await? {
@@ -662,7 +173,7 @@ pub async fn run(big_mib: usize, step: Step<'_>) -> Result<(), DemoError> {
     let key = as_citizen.granted_key(&cert_put.id).await?;
     let (out, _) = get_bytes(&as_citizen, &cert_put.id, &key).await?;
     if out != cert {
-        return Err(DemoError::Check("the citizen's copy differs".into()));
+        return Err(ClusterError::Check("the citizen's copy differs".into()));
     }
     let receipt = as_citizen.receipt(&cert_put.id).await?.encode();
     step(&format!(
@@ -672,7 +183,7 @@ pub async fn run(big_mib: usize, step: Step<'_>) -> Result<(), DemoError> {
     ));
     let manifest = crate::receipt::Receipt::decode(&receipt)
         .and_then(|r| r.verify(&cluster.chain().validators))
-        .map_err(|e| DemoError::Check(format!("the receipt does not verify: {e}")))?;
+        .map_err(|e| ClusterError::Check(format!("the receipt does not verify: {e}")))?;
     step(&format!(
         "receipt verified offline against the validator set: {} bytes of {}",
         manifest.size, manifest.document_type
@@ -681,7 +192,7 @@ pub async fn run(big_mib: usize, step: Step<'_>) -> Result<(), DemoError> {
     match as_neighbour.granted_key(&cert_put.id).await {
         Err(e) => step(&format!("another citizen asks for the key: refused ({e})")),
         Ok(_) => {
-            return Err(DemoError::Check(
+            return Err(ClusterError::Check(
                 "a citizen without a grant got the data key".into(),
             ));
         }
@@ -693,7 +204,7 @@ pub async fn run(big_mib: usize, step: Step<'_>) -> Result<(), DemoError> {
         ),
         Err(e) => return Err(e.into()),
         Ok(_) => {
-            return Err(DemoError::Check(
+            return Err(ClusterError::Check(
                 "a peer served the manifest to a citizen without a grant".into(),
             ));
         }
@@ -705,7 +216,7 @@ pub async fn run(big_mib: usize, step: Step<'_>) -> Result<(), DemoError> {
     // A fresh client: the first one saw peers 3 and 5 down and would skip them a while.
     client.close().await;
     let owner = cluster.client(ClientOptions::default())?;
-    let keyring = crate::keyring::Keyring::open(cluster.root.join("keyring"))?;
+    let keyring = crate::keyring::Keyring::open(cluster.root().join("keyring"))?;
     keyring.save(&cert_put.id, &cert_put.key)?;
     owner.revoke(cert_put.id, citizen.public()).await?;
     let t = Instant::now();
@@ -722,20 +233,22 @@ pub async fn run(big_mib: usize, step: Step<'_>) -> Result<(), DemoError> {
             "the citizen's old data key opens nothing of the new version ({e})"
         )),
         Ok(_) => {
-            return Err(DemoError::Check(
+            return Err(ClusterError::Check(
                 "the revoked key opened the rekeyed certificate".into(),
             ));
         }
     }
     if as_citizen.granted_key(&rekeyed.new).await.is_ok() {
-        return Err(DemoError::Check(
+        return Err(ClusterError::Check(
             "the revoked citizen got the new data key".into(),
         ));
     }
     as_citizen.close().await;
     let (out, _) = get_bytes(&owner, &rekeyed.new, &rekeyed.key).await?;
     if out != cert {
-        return Err(DemoError::Check("the rekeyed certificate differs".into()));
+        return Err(ClusterError::Check(
+            "the rekeyed certificate differs".into(),
+        ));
     }
     step(
         "the chain holds no key of the new version for the citizen; the department reads it with the new key: identical",
@@ -758,7 +271,7 @@ pub async fn run(big_mib: usize, step: Step<'_>) -> Result<(), DemoError> {
             break report;
         }
         if t.elapsed() > Duration::from_secs(10) {
-            return Err(DemoError::Check(format!(
+            return Err(ClusterError::Check(format!(
                 "the audit is not verified against the chain: {:?}",
                 report.lines
             )));
@@ -799,7 +312,9 @@ pub async fn run(big_mib: usize, step: Step<'_>) -> Result<(), DemoError> {
         .iter()
         .any(|l| l.record.reader == neighbour.public())
     {
-        return Err(DemoError::Check("the audit lists a refused reader".into()));
+        return Err(ClusterError::Check(
+            "the audit lists a refused reader".into(),
+        ));
     }
 
     let cert_now = PutReceipt {
@@ -840,7 +355,7 @@ pub async fn run(big_mib: usize, step: Step<'_>) -> Result<(), DemoError> {
         report.bytes as f64 / 1e6,
         report.mb_per_s()
     ));
-    let drained = cluster.peer(0).ok_or(DemoError::PeerStopped(0))?.id();
+    let drained = cluster.peer(0).ok_or(ClusterError::PeerStopped(0))?.id();
     let held = cluster.shards_held(0)?;
     let (old, new) = cluster
         .change_layout(crate::chain::tx::TxBody::DrainNode { node: drained })
@@ -858,7 +373,7 @@ pub async fn run(big_mib: usize, step: Step<'_>) -> Result<(), DemoError> {
         report.shards_moved, report.shards_deleted, left
     ));
     if left != 0 {
-        return Err(DemoError::Check(
+        return Err(ClusterError::Check(
             "the drained peer still holds shards".into(),
         ));
     }
@@ -882,7 +397,7 @@ pub async fn run(big_mib: usize, step: Step<'_>) -> Result<(), DemoError> {
     .await?;
     operator.close().await;
     if check.stripes_below != 0 {
-        return Err(DemoError::Check(format!(
+        return Err(ClusterError::Check(format!(
             "{} stripes below full redundancy",
             check.stripes_below
         )));
@@ -894,7 +409,7 @@ pub async fn run(big_mib: usize, step: Step<'_>) -> Result<(), DemoError> {
     for (receipt, bytes) in docs {
         let (out, report) = get_bytes(&client, &receipt.id, &receipt.key).await?;
         if &out != bytes || report.stripes_rebuilt != 0 {
-            return Err(DemoError::Check(
+            return Err(ClusterError::Check(
                 "a document differs after the layout changes".into(),
             ));
         }
@@ -915,7 +430,7 @@ fn slots_moved(
     old: &Layout,
     new: &Layout,
     docs: &[(&PutReceipt, &Vec<u8>)],
-) -> Result<u64, DemoError> {
+) -> Result<u64, ClusterError> {
     let stripes = docs.iter().flat_map(|(r, _)| {
         r.manifest
             .stripes
@@ -931,8 +446,8 @@ async fn rebalance(
     old: Layout,
     new: Layout,
     step: Step<'_>,
-) -> Result<crate::ops::ConvergeReport, DemoError> {
-    let journal_dir = cluster.root.join("operator");
+) -> Result<crate::ops::ConvergeReport, ClusterError> {
+    let journal_dir = cluster.root().join("operator");
     let journal = crate::ops::Journal::open(&journal_dir, old.epoch, new.epoch)?;
     let operator = cluster.operator_client(new, Some(old), ClientOptions::default())?;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
@@ -972,10 +487,10 @@ async fn rebalance(
     }
     let report = task
         .await
-        .map_err(|e| DemoError::Check(format!("rebalance task: {e}")))??;
+        .map_err(|e| ClusterError::Check(format!("rebalance task: {e}")))??;
     operator.close().await;
     if !report.failures.is_empty() {
-        return Err(DemoError::Check(report.failures.join("; ")));
+        return Err(ClusterError::Check(report.failures.join("; ")));
     }
     Ok(report)
 }

@@ -2,14 +2,16 @@
 //!
 //! See `ARCHITECTURE.md` for the code map. Layers, bottom up: `id`; `crypto`, `erasure`,
 //! `manifest`, `identity`, `placement`, `store`, `keyring`; `codec`, `tls`, `proto`;
-//! `peer`, `client`; `audit` (read records, their roots on chain); `config`; `ops`
-//! (repair, rebalance, scrub), `version` (supersede, rekey); `demo`, `bench`.
+//! `peer`, `client`; `audit` (read records, their roots on chain); `config`; `node` (a peer
+//! and the validator it hosts, wired from a config); `ops` (repair, rebalance, scrub),
+//! `version` (supersede, rekey); `cluster` (the embedded cluster); `demo`, `bench`.
 
 pub mod access;
 pub mod audit;
 pub mod bench;
 pub mod chain;
 pub mod client;
+pub mod cluster;
 pub mod codec;
 pub mod config;
 pub mod crypto;
@@ -21,6 +23,7 @@ pub mod identity;
 pub mod keyring;
 pub mod manifest;
 pub mod net;
+pub mod node;
 pub mod ops;
 pub mod peer;
 pub mod placement;

@@ -11,7 +11,7 @@ use std::time::Duration;
 use dangan::access::ACCESS_TTL;
 use dangan::chain::client::ChainError;
 use dangan::client::{ClientError, PutReceipt, stripe_key};
-use dangan::demo::LocalCluster;
+use dangan::cluster::LocalCluster;
 use dangan::grant::GrantAddress;
 use dangan::id::{DocumentId, ShardId};
 use dangan::identity::{Identity, Role};

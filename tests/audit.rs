@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use dangan::audit::{self, AuditError, AuditReport, ReadKind, Verdict};
 use dangan::client::{Client, ClientOptions};
-use dangan::demo::LocalCluster;
+use dangan::cluster::LocalCluster;
 use dangan::grant::GrantAddress;
 use dangan::id::DocumentId;
 use dangan::identity::{Identity, PublicId, Role};

@@ -10,7 +10,7 @@ use std::time::Duration;
 use common::*;
 use dangan::chain::client::ChainError;
 use dangan::client::{ClientError, stripe_key};
-use dangan::demo::LocalCluster;
+use dangan::cluster::LocalCluster;
 use dangan::id::ShardId;
 use dangan::identity::{Identity, Role};
 use dangan::proto::{self, ErrorCode, Request, Response};

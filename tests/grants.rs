@@ -5,7 +5,7 @@
 mod common;
 
 use dangan::client::ClientError;
-use dangan::demo::LocalCluster;
+use dangan::cluster::LocalCluster;
 use dangan::grant::GrantAddress;
 use dangan::identity::{Identity, Role};
 use dangan::receipt::Receipt;

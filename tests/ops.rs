@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use dangan::chain::tx::TxBody;
 use dangan::client::{Client, stripe_key};
+use dangan::cluster::LocalCluster;
 use dangan::crypto::DataKey;
-use dangan::demo::LocalCluster;
 use dangan::id::{DocumentId, ShardId};
 use dangan::identity::PublicId;
 use dangan::manifest::Manifest;

@@ -28,7 +28,7 @@ pub fn options() -> ClientOptions {
 }
 
 pub fn data(len: usize, seed: u64) -> Vec<u8> {
-    dangan::bench::sample_data(len, seed)
+    dangan::cluster::sample_data(len, seed)
 }
 
 pub fn info() -> DocumentInfo {
@@ -40,7 +40,7 @@ pub fn info() -> DocumentInfo {
 }
 
 pub async fn put(client: &Client, bytes: &[u8]) -> Result<PutReceipt, ClientError> {
-    dangan::demo::put_bytes(client, bytes.to_vec(), "test").await
+    dangan::cluster::put_bytes(client, bytes.to_vec(), "test").await
 }
 
 pub async fn get(
@@ -48,5 +48,5 @@ pub async fn get(
     id: &DocumentId,
     key: &DataKey,
 ) -> Result<(Vec<u8>, GetReport), ClientError> {
-    dangan::demo::get_bytes(client, id, key).await
+    dangan::cluster::get_bytes(client, id, key).await
 }
