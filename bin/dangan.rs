@@ -25,8 +25,8 @@ use dangan::keyring::{Keyring, KeyringError};
 use dangan::manifest::CodingParams;
 use dangan::ops::{self, Operator, OpsOptions};
 use dangan::receipt::Receipt;
+use dangan::revision;
 use dangan::tls::Membership;
-use dangan::version;
 
 #[derive(Parser)]
 #[command(
@@ -1096,10 +1096,10 @@ async fn scrub(client: &ClientArgs, ops: &OpsArgs, no_repair: bool) -> Result<()
 async fn rekey(id: DocumentId, client: &ClientArgs) -> Result<()> {
     let (c, keyring) = connect(client).await?;
     let bar = progress_bar(0, "rekey");
-    let result = version::rekey(&c, &id, &keyring, &advance(&bar)).await;
+    let result = revision::rekey(&c, &id, &keyring, &advance(&bar)).await;
     bar.finish_and_clear();
     let report = result.with_context(|| format!("rekeying {id}"))?;
-    print_version(&report);
+    print_revision(&report);
     c.close().await;
     let collect = report.collect.as_ref().expect("a rekey collects");
     if !collect.complete() {
@@ -1130,7 +1130,7 @@ async fn supersede(
         created_at_ms: None,
     };
     let bar = progress_bar(size, "supersede");
-    let result = version::supersede(
+    let result = revision::supersede(
         &c,
         &id,
         f,
@@ -1143,7 +1143,7 @@ async fn supersede(
     .await;
     bar.finish_and_clear();
     let report = result.with_context(|| format!("superseding {id}"))?;
-    print_version(&report);
+    print_revision(&report);
     c.close().await;
     Ok(())
 }
@@ -1153,7 +1153,7 @@ async fn newest(c: &Client, id: DocumentId) -> Result<DocumentId> {
     if c.chain().is_err() {
         return Ok(id);
     }
-    let path = version::latest(c, &id).await?;
+    let path = revision::latest(c, &id).await?;
     let mut at = id;
     for (next, kind) in &path {
         eprintln!("{at} was superseded by {next} ({kind})");
@@ -1165,7 +1165,7 @@ async fn newest(c: &Client, id: DocumentId) -> Result<DocumentId> {
     Ok(at)
 }
 
-fn print_version(r: &version::VersionReport) {
+fn print_revision(r: &revision::RevisionReport) {
     eprintln!(
         "{} of {}: {:.1} MB stored as a new version, committed in block {} with {} grants carried over{}{}",
         r.kind,

@@ -9,7 +9,7 @@
 //! - storing shards and manifests is for departments, operators and storage nodes;
 //! - deleting, listing, usage and scrub are for operators and storage nodes; the owning
 //!   department may also delete the manifest, and the shards opened on the connection, of its
-//!   own document once a newer version superseded it (`version::collect` after a rekey).
+//!   own document once a newer version superseded it (`revision::collect` after a rekey).
 //!
 //! [`ChainView`] is the peer's view of the chain: on a validator's peer its own ledger while
 //! that is current (`Ledger::is_current`), and otherwise, as on every other peer, the

@@ -50,7 +50,7 @@ pub enum ClusterError {
     #[error(transparent)]
     Ops(#[from] crate::ops::OpsError),
     #[error(transparent)]
-    Version(#[from] crate::version::VersionError),
+    Version(#[from] crate::revision::RevisionError),
     #[error(transparent)]
     Keyring(#[from] crate::keyring::KeyringError),
     #[error(transparent)]

@@ -220,7 +220,7 @@ pub async fn run(big_mib: usize, step: Step<'_>) -> Result<(), ClusterError> {
     keyring.save(&cert_put.id, &cert_put.key)?;
     owner.revoke(cert_put.id, citizen.public()).await?;
     let t = Instant::now();
-    let rekeyed = crate::version::rekey(&owner, &cert_put.id, &keyring, &|_, _| {}).await?;
+    let rekeyed = crate::revision::rekey(&owner, &cert_put.id, &keyring, &|_, _| {}).await?;
     let collected = rekeyed.collect.as_ref().map_or(0, |c| c.shards_deleted);
     step(&format!(
         "revoked the citizen's grant and rekeyed the certificate -> document {} in {} (block {}): new data key, {collected} old shards collected",

@@ -29,9 +29,9 @@ pub mod peer;
 pub mod placement;
 pub mod proto;
 pub mod receipt;
+pub mod revision;
 pub mod store;
 pub mod tls;
-pub mod version;
 
 /// Milliseconds since the Unix epoch by this machine's clock (0 if the clock is before it).
 pub fn now_ms() -> u64 {

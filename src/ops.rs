@@ -276,7 +276,7 @@ pub async fn documents(client: &Client) -> Result<Vec<DocumentId>, OpsError> {
     }
 }
 
-/// Whether document `id` was replaced by a rekey (`version::rekey`), whose collect
+/// Whether document `id` was replaced by a rekey (`revision::rekey`), whose collect
 /// removes its shards and then its manifest.
 async fn rekeyed_away(client: &Client, id: &DocumentId) -> bool {
     let Ok(chain) = client.chain() else {

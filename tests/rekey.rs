@@ -18,7 +18,7 @@ use dangan::id::ShardId;
 use dangan::identity::{Identity, Role};
 use dangan::keyring::Keyring;
 use dangan::manifest::Manifest;
-use dangan::version::{self, VersionError};
+use dangan::revision::{self, RevisionError};
 
 /// Every shard of `manifest`, fetched raw from its placed peer (after opening the document
 /// there, as peers serve shards only of documents opened on the connection).
@@ -106,12 +106,12 @@ async fn rekey_locks_out_a_revoked_reader_and_collects_the_old_shards() {
     dept.revoke(old, revoked.public()).await.unwrap();
 
     // Not the owner: refused before anything is stored.
-    let err = version::rekey(&as_kept, &old, &keyring, &|_, _| {})
+    let err = revision::rekey(&as_kept, &old, &keyring, &|_, _| {})
         .await
         .unwrap_err();
-    assert!(matches!(err, VersionError::NotOwner { .. }), "{err}");
+    assert!(matches!(err, RevisionError::NotOwner { .. }), "{err}");
 
-    let report = version::rekey(&dept, &old, &keyring, &|_, _| {})
+    let report = revision::rekey(&dept, &old, &keyring, &|_, _| {})
         .await
         .unwrap();
     let new = report.new;
@@ -140,7 +140,7 @@ async fn rekey_locks_out_a_revoked_reader_and_collects_the_old_shards() {
     assert_eq!(record.grants.len(), 1);
     assert_eq!(record.grants[&kept.public()].expires_ms, Some(expiry));
     assert_eq!(
-        version::latest(&as_kept, &old).await.unwrap(),
+        revision::latest(&as_kept, &old).await.unwrap(),
         vec![(new, VersionKind::Rekey)]
     );
 
@@ -190,7 +190,7 @@ async fn rekey_locks_out_a_revoked_reader_and_collects_the_old_shards() {
     ));
 
     // Running it again on the old id finds nothing left to do; on the new id, a new rekey.
-    let again = version::rekey(&dept, &old, &keyring, &|_, _| {})
+    let again = revision::rekey(&dept, &old, &keyring, &|_, _| {})
         .await
         .unwrap();
     assert_eq!(again.new, new);
@@ -223,7 +223,7 @@ async fn supersede_carries_grants_and_adds_more_and_a_rekey_resumes_its_collect(
         .unwrap();
 
     let v2_bytes = common::data(300 << 10, 5);
-    let report = version::supersede(
+    let report = revision::supersede(
         &dept,
         &v1.id,
         std::io::Cursor::new(v2_bytes.clone()),
@@ -250,7 +250,7 @@ async fn supersede_carries_grants_and_adds_more_and_a_rekey_resumes_its_collect(
     let (got, _) = common::get(&as_citizen, &v1.id, &key).await.unwrap();
     assert_eq!(got, b"certificate v1");
     // Superseding the old version again is refused, before anything is stored.
-    let err = version::supersede(
+    let err = revision::supersede(
         &dept,
         &v1.id,
         std::io::Cursor::new(b"v3".to_vec()),
@@ -263,14 +263,14 @@ async fn supersede_carries_grants_and_adds_more_and_a_rekey_resumes_its_collect(
     .await
     .unwrap_err();
     assert!(
-        matches!(err, VersionError::AlreadySuperseded { by, .. } if by == v2),
+        matches!(err, RevisionError::AlreadySuperseded { by, .. } if by == v2),
         "{err}"
     );
     // A newcomer (no department) can neither rekey nor supersede.
-    let err = version::rekey(&as_newcomer, &v2, &keyring, &|_, _| {})
+    let err = revision::rekey(&as_newcomer, &v2, &keyring, &|_, _| {})
         .await
         .unwrap_err();
-    assert!(matches!(err, VersionError::NotOwner { .. }), "{err}");
+    assert!(matches!(err, RevisionError::NotOwner { .. }), "{err}");
 
     // A rekey whose collect meets a stopped peer reports the shards left on it, and a
     // second run, with the peer back, removes them.
@@ -286,7 +286,7 @@ async fn supersede_carries_grants_and_adds_more_and_a_rekey_resumes_its_collect(
                 ..common::options()
             })
             .unwrap();
-        let r = version::rekey(&dept, &v2, &keyring, &|_, _| {})
+        let r = revision::rekey(&dept, &v2, &keyring, &|_, _| {})
             .await
             .unwrap();
         dept.close().await;
@@ -298,7 +298,7 @@ async fn supersede_carries_grants_and_adds_more_and_a_rekey_resumes_its_collect(
     assert!(!collect.manifest_done, "the manifest goes last");
     cluster.restart_peer(stopped).await.unwrap();
     let dept2 = cluster.client(common::options()).unwrap();
-    let again = version::rekey(&dept2, &v2, &keyring, &|_, _| {})
+    let again = revision::rekey(&dept2, &v2, &keyring, &|_, _| {})
         .await
         .unwrap();
     assert_eq!(again.new, rekeyed.new);

@@ -53,7 +53,7 @@ pub const MAX_VERSIONS: usize = 64;
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum VersionError {
+pub enum RevisionError {
     #[error(transparent)]
     Client(#[from] ClientError),
     #[error("chain: {0}")]
@@ -94,7 +94,7 @@ pub enum VersionError {
 
 /// What a supersede or rekey did.
 #[derive(Debug)]
-pub struct VersionReport {
+pub struct RevisionReport {
     pub old: DocumentId,
     pub new: DocumentId,
     pub kind: VersionKind,
@@ -144,7 +144,7 @@ pub async fn rekey(
     old: &DocumentId,
     keyring: &Keyring,
     progress: Progress<'_>,
-) -> Result<VersionReport, VersionError> {
+) -> Result<RevisionReport, RevisionError> {
     let chain = client.chain()?;
     let record = chain.check_registered(old).await?;
     check_owner(client, old, &record)?;
@@ -154,7 +154,7 @@ pub async fn rekey(
             .supersedes
             .is_some_and(|p| p.document == *old && p.kind == VersionKind::Rekey);
         if !rekeyed {
-            return Err(VersionError::AlreadySuperseded { id: *old, by });
+            return Err(RevisionError::AlreadySuperseded { id: *old, by });
         }
         debug!(%old, new = %by, "already rekeyed; resuming the collect");
         let journal = journal(keyring)?;
@@ -172,7 +172,7 @@ pub async fn rekey(
                 Err(e) => return Err(e.into()),
             }
         };
-        return Ok(VersionReport {
+        return Ok(RevisionReport {
             old: *old,
             new: by,
             kind: VersionKind::Rekey,
@@ -203,13 +203,13 @@ pub async fn rekey(
     );
     let stored = match (stored, &got) {
         (Ok(s), _) => s,
-        (Err(_), Err(_)) => return Err(VersionError::Read(got.unwrap_err())),
+        (Err(_), Err(_)) => return Err(RevisionError::Read(got.unwrap_err())),
         (Err(e), Ok(_)) => return Err(e.into()),
     };
     let failure = match got {
-        Err(e) => Some(VersionError::Read(e)),
+        Err(e) => Some(RevisionError::Read(e)),
         Ok(r) if r.bytes != manifest.size || stored.manifest.size != manifest.size => {
-            Some(VersionError::ShortCopy {
+            Some(RevisionError::ShortCopy {
                 got: stored.manifest.size,
                 want: manifest.size,
             })
@@ -248,7 +248,7 @@ pub async fn supersede<R>(
     extra: &[GrantAddress],
     keyring: &Keyring,
     progress: Progress<'_>,
-) -> Result<VersionReport, VersionError>
+) -> Result<RevisionReport, RevisionError>
 where
     R: tokio::io::AsyncRead + Unpin + Send + 'static,
 {
@@ -256,7 +256,7 @@ where
     let record = chain.check_registered(old).await?;
     check_owner(client, old, &record)?;
     if let Some(by) = record.superseded_by {
-        return Err(VersionError::AlreadySuperseded { id: *old, by });
+        return Err(RevisionError::AlreadySuperseded { id: *old, by });
     }
     for address in extra {
         address.verify()?;
@@ -282,20 +282,20 @@ where
 pub async fn latest(
     client: &Client,
     id: &DocumentId,
-) -> Result<Vec<(DocumentId, VersionKind)>, VersionError> {
+) -> Result<Vec<(DocumentId, VersionKind)>, RevisionError> {
     let chain = client.chain()?;
     let mut record = chain.check_registered(id).await?;
     let mut path = Vec::new();
     let mut at = *id;
     while let Some(next) = record.superseded_by {
         if path.len() == MAX_VERSIONS {
-            return Err(VersionError::TooManyVersions(*id));
+            return Err(RevisionError::TooManyVersions(*id));
         }
         record = chain.check_registered(&next).await?;
         let kind = match record.supersedes {
             Some(p) if p.document == at => p.kind,
             _ => {
-                return Err(VersionError::BrokenChain { at, next });
+                return Err(RevisionError::BrokenChain { at, next });
             }
         };
         path.push((next, kind));
@@ -308,10 +308,10 @@ fn check_owner(
     client: &Client,
     id: &DocumentId,
     record: &DocumentRecord,
-) -> Result<(), VersionError> {
+) -> Result<(), RevisionError> {
     let me = client.public();
     if record.owner != me {
-        return Err(VersionError::NotOwner {
+        return Err(RevisionError::NotOwner {
             id: *id,
             owner: record.owner,
             me,
@@ -335,7 +335,7 @@ impl Grants {
         record: &DocumentRecord,
         extra: &[GrantAddress],
         old: &DocumentId,
-    ) -> Result<Self, VersionError> {
+    ) -> Result<Self, RevisionError> {
         let now = crate::now_ms();
         let mut carried = Vec::new();
         let mut expired = Vec::new();
@@ -361,7 +361,7 @@ impl Grants {
             .len()
             + 256;
         if bytes > MAX_TX_BYTES {
-            return Err(VersionError::TooManyGrants {
+            return Err(RevisionError::TooManyGrants {
                 grants: grants.carried.len() + grants.extra.len(),
                 bytes,
             });
@@ -376,7 +376,7 @@ impl Grants {
         new: &DocumentId,
         kind: VersionKind,
         key: &DataKey,
-    ) -> Result<TxBody, VersionError> {
+    ) -> Result<TxBody, RevisionError> {
         let mut grants = Vec::with_capacity(self.carried.len() + self.extra.len());
         for (grantee, wrapped, expires_ms) in &self.carried {
             grants.push(CarriedGrant {
@@ -413,7 +413,7 @@ async fn commit(
     key: DataKey,
     grants: Grants,
     keyring: &Keyring,
-) -> Result<VersionReport, VersionError> {
+) -> Result<RevisionReport, RevisionError> {
     // Before the commit: a crash right after it must not lose the only key to the new
     // version.
     keyring.save(&new, &key)?;
@@ -425,7 +425,7 @@ async fn commit(
             return Err(e.into());
         }
     };
-    Ok(VersionReport {
+    Ok(RevisionReport {
         old: *old,
         new,
         kind,
@@ -454,7 +454,7 @@ async fn discard(client: &Client, id: &DocumentId, manifest: &Manifest, keyring:
     }
 }
 
-fn journal(keyring: &Keyring) -> Result<Journal, VersionError> {
+fn journal(keyring: &Keyring) -> Result<Journal, RevisionError> {
     Ok(Journal::open_table(
         keyring.dir(),
         COLLECT_JOURNAL,
@@ -469,7 +469,7 @@ pub async fn collect(
     id: &DocumentId,
     manifest: &Manifest,
     journal: &Journal,
-) -> Result<CollectReport, VersionError> {
+) -> Result<CollectReport, RevisionError> {
     let mut report = CollectReport::default();
     // A peer lets the owner delete only shards of a superseded document opened on the
     // connection (`access`), so each peer is shown the manifest first.
