@@ -36,6 +36,7 @@ pub use journal::Journal;
 pub use scrub::{ScrubReport, scrub};
 pub use worker::{OnProgress, Progress, Throttle};
 
+/// How a worker runs.
 #[derive(Debug, Clone)]
 pub struct OpsOptions {
     /// Bytes per second written (converge) or re-hashed (scrub); `None` for no limit.

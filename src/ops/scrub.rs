@@ -2,7 +2,7 @@
 //! is a peer.
 //!
 //! A peer quarantines (removes) the copies that no longer hash to their id and names them
-//! in its page; the following repair ([`super::converge`]) writes them again. Progress
+//! in its page; the following repair ([`super::converge()`]) writes them again. Progress
 //! counts shards re-hashed, against the shard counts the peers reported when planning, with
 //! the bytes re-hashed; the throttle paces the re-hashing, page by page.
 //!
