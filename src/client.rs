@@ -48,8 +48,8 @@ use crate::identity::{Identity, PublicId};
 use crate::manifest::{CodingParams, Manifest, ManifestError};
 use crate::placement::{Layout, NodeInfo, PlacementError};
 use crate::proto::{self, ProtoError, Request, Response};
+use crate::proto::{DeleteOutcome, PutOutcome, ScrubPage, Usage};
 use crate::receipt::Receipt;
-use crate::store::{DeleteOutcome, PutOutcome, ScrubPage, Usage};
 use crate::tls::{self, TrustPolicy};
 
 /// Fewest peers a manifest is written to (more when m + 1 is larger).

@@ -43,8 +43,8 @@ use crate::id::{DocumentId, ShardId};
 use crate::identity::PublicId;
 use crate::manifest::{Manifest, ManifestError};
 use crate::placement::{Layout, NodeInfo, PlacementError};
+use crate::proto::DeleteOutcome;
 use crate::proto::MAX_LIST;
-use crate::store::DeleteOutcome;
 
 /// How a worker runs.
 #[derive(Debug, Clone)]
@@ -806,7 +806,7 @@ impl Journal {
 pub struct PeerStatus {
     pub node: NodeInfo,
     /// What it stores, or why it did not answer.
-    pub usage: Result<crate::store::Usage, String>,
+    pub usage: Result<crate::proto::Usage, String>,
 }
 
 /// The cluster as an operator sees it.

@@ -43,10 +43,11 @@ use crate::chain::tx::SignedTx;
 use crate::id::{DocumentId, ShardId};
 use crate::identity::{Identity, PublicId, Role};
 use crate::proto::{
-    self, ErrorCode, MAX_AUDIT_PAGE, MAX_CHAIN_BODY, MAX_LIST, MAX_MANIFEST_BODY, MAX_PUT_MANY,
-    MAX_PUT_MANY_BODY, MAX_SCRUB, MAX_SHARD_BODY, MAX_TX_BODY, ProtoError, Request, Response,
+    self, DeleteOutcome, ErrorCode, MAX_AUDIT_PAGE, MAX_CHAIN_BODY, MAX_LIST, MAX_MANIFEST_BODY,
+    MAX_PUT_MANY, MAX_PUT_MANY_BODY, MAX_SCRUB, MAX_SHARD_BODY, MAX_TX_BODY, ProtoError, Request,
+    Response,
 };
-use crate::store::{DeleteOutcome, INLINE_MAX, Prepared, PutOutcome, ShardStore, StoreError};
+use crate::store::{self, INLINE_MAX, Prepared, ShardStore, StoreError};
 use crate::tls::{self, TrustPolicy};
 
 /// Longest a request waits for its authorisation (`access`) before it is answered
@@ -123,7 +124,7 @@ enum Pending {
     Record([u8; 32], Bytes),
 }
 
-type CommitJob = (Pending, oneshot::Sender<Result<PutOutcome, String>>);
+type CommitJob = (Pending, oneshot::Sender<Result<store::PutOutcome, String>>);
 
 /// A running peer. Dropping the handle does not stop it; call [`PeerHandle::shutdown`].
 pub struct PeerHandle {
@@ -327,7 +328,7 @@ async fn commit(state: &State, pending: Pending) -> Response {
     wait(queue(state, pending)).await
 }
 
-type CommitReply = oneshot::Receiver<Result<PutOutcome, String>>;
+type CommitReply = oneshot::Receiver<Result<store::PutOutcome, String>>;
 
 /// Hands a durable write to the committer; [`wait`] for its answer.
 fn queue(state: &State, pending: Pending) -> CommitReply {
@@ -340,7 +341,7 @@ fn queue(state: &State, pending: Pending) -> CommitReply {
 /// `Stored` once the commit holding the write is durable, else the error.
 async fn wait(rx: CommitReply) -> Response {
     match rx.await {
-        Ok(Ok(outcome)) => Response::Stored(outcome),
+        Ok(Ok(outcome)) => Response::Stored(outcome.into()),
         Ok(Err(msg)) => error(ErrorCode::Internal, msg),
         Err(_) => error(ErrorCode::Internal, "commit thread stopped"),
     }
@@ -612,7 +613,7 @@ async fn handle(
         }
         Request::DeleteShard { id } => {
             let resp = match blocking(move || store.delete(&id)).await {
-                Ok(outcome) => Response::Deleted(outcome),
+                Ok(outcome) => Response::Deleted(outcome.into()),
                 Err(e) => store_error(state, e),
             };
             answer(send, &resp, None).await
@@ -627,7 +628,7 @@ async fn handle(
         }
         Request::Usage => {
             let resp = match blocking(move || store.usage()).await {
-                Ok(u) => Response::Usage(u),
+                Ok(u) => Response::Usage(u.into()),
                 Err(e) => store_error(state, e),
             };
             answer(send, &resp, None).await
@@ -802,7 +803,7 @@ async fn handle(
                         .stats
                         .corrupt_detected
                         .fetch_add(page.corrupt.len() as u64, Ordering::Relaxed);
-                    Response::Scrubbed(page)
+                    Response::Scrubbed(page.into())
                 }
                 Err(e) => store_error(state, e),
             };
@@ -1074,5 +1075,51 @@ fn store_error(state: &State, e: StoreError) -> Response {
             warn!(error = %other, "store failure");
             error(ErrorCode::Internal, other.to_string())
         }
+    }
+}
+
+// The store's answers as the wire carries them: the wire types are `proto`'s, so a change
+// to the store never changes the wire format.
+
+impl From<store::PutOutcome> for proto::PutOutcome {
+    fn from(o: store::PutOutcome) -> Self {
+        match o {
+            store::PutOutcome::Stored => Self::Stored,
+            store::PutOutcome::AlreadyPresent => Self::AlreadyPresent,
+        }
+    }
+}
+
+impl From<store::DeleteOutcome> for proto::DeleteOutcome {
+    fn from(o: store::DeleteOutcome) -> Self {
+        match o {
+            store::DeleteOutcome::Removed => Self::Removed,
+            store::DeleteOutcome::Decremented => Self::Decremented,
+            store::DeleteOutcome::NotFound => Self::NotFound,
+        }
+    }
+}
+
+impl From<store::ScrubPage> for proto::ScrubPage {
+    fn from(p: store::ScrubPage) -> Self {
+        let store::ScrubPage {
+            checked,
+            bytes,
+            corrupt,
+            last,
+        } = p;
+        Self {
+            checked,
+            bytes,
+            corrupt,
+            last,
+        }
+    }
+}
+
+impl From<store::Usage> for proto::Usage {
+    fn from(u: store::Usage) -> Self {
+        let store::Usage { shards, bytes } = u;
+        Self { shards, bytes }
     }
 }

@@ -39,7 +39,7 @@ use crate::identity::PublicId;
 use crate::keyring::{Keyring, KeyringError};
 use crate::manifest::Manifest;
 use crate::ops::{Journal, OpsError};
-use crate::store::DeleteOutcome;
+use crate::proto::DeleteOutcome;
 
 /// File of the collect journal, in the department's keyring directory.
 pub const COLLECT_JOURNAL: &str = "collect.redb";

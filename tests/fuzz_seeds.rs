@@ -18,9 +18,9 @@ use dangan::crypto::DataKey;
 use dangan::id::{DocumentId, ShardId};
 use dangan::identity::{Identity, Role};
 use dangan::manifest::CodingParams;
+use dangan::proto::PutOutcome;
 use dangan::proto::{ErrorCode, Request, Response, encode_frame};
 use dangan::receipt::Receipt;
-use dangan::store::PutOutcome;
 
 #[path = "../fuzz/src/lib.rs"]
 #[allow(dead_code)]
