@@ -826,20 +826,7 @@ async fn handle(
         Request::ListDocuments { after, limit } => {
             let ledger = current_ledger!(state, send);
             let limit = limit.min(MAX_LIST) as usize;
-            let ids = blocking(move || {
-                let state = ledger.state();
-                let from = match after {
-                    Some(a) => std::ops::Bound::Excluded(a),
-                    None => std::ops::Bound::Unbounded,
-                };
-                state
-                    .documents
-                    .range((from, std::ops::Bound::Unbounded))
-                    .take(limit)
-                    .map(|(id, _)| *id)
-                    .collect::<Vec<_>>()
-            })
-            .await;
+            let ids = blocking(move || ledger.state().documents_after(after, limit)).await;
             chain_answer(send, Ok(Some(ids))).await
         }
     }
