@@ -332,7 +332,7 @@ impl LocalCluster {
 
     /// Takes the chain's current layout as the cluster's (after a layout transaction).
     pub fn sync_layout(&mut self) -> &Layout {
-        self.layout = self.ledger.state().layout;
+        self.layout = self.ledger.state().layout().clone();
         &self.layout
     }
 

@@ -18,14 +18,14 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::id::{DocumentId, ShardId};
 use crate::manifest::{MAX_MANIFEST_BYTES, MAX_SHARD_LEN};
-pub use crate::store::{DeleteOutcome, PutOutcome, ScrubPage, Usage};
 
 /// Largest header frame, in bytes (a list of 1,000 shard ids fits easily).
 pub const MAX_FRAME: usize = 64 << 10;
 /// Largest shard body accepted.
 pub const MAX_SHARD_BODY: u64 = MAX_SHARD_LEN;
-/// Largest chain transaction body accepted.
-pub const MAX_TX_BODY: u64 = crate::chain::tx::MAX_TX_BYTES as u64;
+/// Largest chain transaction body accepted, and so the largest encoded transaction the
+/// chain takes (`chain::tx::MAX_TX_BYTES` is this number).
+pub const MAX_TX_BODY: u64 = 64 << 10;
 /// Largest chain record (block, proof, status) accepted by a client.
 pub const MAX_CHAIN_BODY: u64 = 64 << 20;
 /// Largest manifest body accepted.
@@ -228,6 +228,48 @@ pub enum Response {
     /// This validator is not the chain's leader: submit to the leader's host instead (one
     /// hop less than being forwarded, and the leader checks the transaction once).
     Leader(crate::placement::NodeInfo),
+}
+
+/// What a put did (the answer to `PutShard`, `PutManifest` and each piece of `PutMany`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PutOutcome {
+    /// The bytes were not here before and are now durable.
+    Stored,
+    /// The id was already here; its refcount went up by one (shards) or nothing changed
+    /// (records).
+    AlreadyPresent,
+}
+
+/// What a delete did (the answer to `DeleteShard` and `DeleteManifest`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DeleteOutcome {
+    /// The last reference went away; row and body are gone.
+    Removed,
+    /// The refcount went down by one and is still above zero.
+    Decremented,
+    /// No such shard.
+    NotFound,
+}
+
+/// What one page of a scrub found (the answer to `Scrub`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScrubPage {
+    /// Shards re-hashed.
+    pub checked: u32,
+    /// Bytes of the shards that verified.
+    pub bytes: u64,
+    /// Shards that did not verify; they were quarantined (removed) for repair.
+    pub corrupt: Vec<ShardId>,
+    /// The last id of the page: pass it as `after` for the next page; `None` at the end.
+    pub last: Option<ShardId>,
+}
+
+/// Unique shards a peer holds and their logical size (each body counted once, whatever its
+/// refcount): the answer to `Usage`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    pub shards: u64,
+    pub bytes: u64,
 }
 
 /// Why a peer refused a request. Also used as the QUIC application close/stop code.

@@ -41,7 +41,7 @@ use crate::keyring::{Keyring, KeyringError};
 use crate::manifest::Manifest;
 use crate::net::NetError;
 use crate::ops::{Journal, OpsError};
-use crate::store::DeleteOutcome;
+use crate::proto::DeleteOutcome;
 
 /// File of the collect journal, in the department's keyring directory.
 pub const COLLECT_JOURNAL: &str = "collect.redb";

@@ -201,8 +201,8 @@ impl Prepared {
     }
 }
 
-/// What a put did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// What a put did. (The wire's copy is `proto::PutOutcome`; the peer converts.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PutOutcome {
     /// The bytes were not here before and are now durable.
     Stored,
@@ -211,8 +211,8 @@ pub enum PutOutcome {
     AlreadyPresent,
 }
 
-/// What a delete did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// What a delete did. (The wire's copy is `proto::DeleteOutcome`.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeleteOutcome {
     /// The last reference went away; row and body are gone.
     Removed,
@@ -222,8 +222,8 @@ pub enum DeleteOutcome {
     NotFound,
 }
 
-/// What one page of a scrub found.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// What one page of a scrub found. (The wire's copy is `proto::ScrubPage`.)
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ScrubPage {
     /// Shards re-hashed.
     pub checked: u32,
@@ -236,7 +236,8 @@ pub struct ScrubPage {
 }
 
 /// Unique shards held and their logical size (each body counted once, whatever its refcount).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// (The wire's copy is `proto::Usage`.)
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Usage {
     pub shards: u64,
     pub bytes: u64,

@@ -343,7 +343,7 @@ async fn a_put_registers_on_chain_and_a_get_refuses_what_is_not_registered() {
         .expect("the embedded cluster has a chain");
     assert!(height >= 1);
     let state = cluster.ledger().state();
-    assert!(state.documents.contains_key(&receipt.id));
+    assert!(state.document(&receipt.id).is_some());
     let record = client
         .chain()
         .unwrap()

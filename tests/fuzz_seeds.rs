@@ -18,9 +18,9 @@ use dangan::crypto::DataKey;
 use dangan::id::{DocumentId, ShardId};
 use dangan::identity::{Identity, Role};
 use dangan::manifest::CodingParams;
+use dangan::proto::PutOutcome;
 use dangan::proto::{ErrorCode, Request, Response, encode_frame};
 use dangan::receipt::Receipt;
-use dangan::store::PutOutcome;
 
 #[path = "../fuzz/src/lib.rs"]
 #[allow(dead_code)]
@@ -392,10 +392,10 @@ fn blocks(block: &Block) {
     let leaf = merkle::leaf_hash(&inclusion.tx.encode());
     let proof = (inclusion.proof.clone(), leaf, block.header.header.tx_root);
     put("block", "proof", &with_mode(3, &encoded(&proof)));
-    let account = w.state.accounts.values().next().unwrap();
+    let (_, account) = w.state.accounts().next().unwrap();
     put("block", "account", &with_mode(4, &encoded(account)));
     let status = ChainStatus {
-        chain_id: w.state.chain_id.clone(),
+        chain_id: w.state.chain_id().to_owned(),
         height: 1,
         tip_hash: block.header.header.hash(),
         state_root: block.header.header.state_root,
@@ -434,7 +434,7 @@ fn configs() {
             &w.identities[DEPARTMENT],
             Role::Department,
         )],
-        nodes: w.state.layout.nodes.clone(),
+        nodes: w.state.layout().nodes.clone(),
     };
     put(
         "config",

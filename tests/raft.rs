@@ -340,7 +340,7 @@ async fn three_validators_survive_the_leader_being_killed_and_a_restart_from_dis
         for v in &survivors {
             let state = v.ledger.state();
             for (doc, _) in &committed {
-                assert!(state.documents.contains_key(doc), "{doc} lost");
+                assert!(state.document(doc).is_some(), "{doc} lost");
             }
         }
         one_block_per_height(&survivors, height);
@@ -615,12 +615,12 @@ async fn validators_join_and_leave_through_the_chain() {
     one_block_per_height(&live, height);
     for v in &live {
         let state = v.ledger.state();
-        assert_eq!(state.validators.iter().copied().collect::<Vec<_>>(), {
+        assert_eq!(state.validators().iter().copied().collect::<Vec<_>>(), {
             let mut l = left.clone();
             l.sort();
             l
         });
-        assert_eq!(state.documents.len() as u64, nonce);
+        assert_eq!(state.document_count() as u64, nonce);
     }
     for h in removed_at + 1..=height {
         live[0]
@@ -819,11 +819,7 @@ async fn a_validator_behind_the_purged_log_catches_up_from_a_snapshot() {
     );
     let state = back.ledger.state();
     for nonce in 1..=DOCS {
-        assert!(
-            state
-                .documents
-                .contains_key(&document(&register(dept, nonce)))
-        );
+        assert!(state.document(&document(&register(dept, nonce))).is_some());
     }
     one_block_per_height(&all, height);
 
@@ -992,7 +988,7 @@ async fn the_leader_can_be_removed_through_the_chain() {
             .unwrap_or_else(|e| panic!("block {h}: {e}"));
     }
     for v in &left {
-        assert_eq!(v.ledger.state().documents.len() as u64, nonce);
+        assert_eq!(v.ledger.state().document_count() as u64, nonce);
     }
     client.close().await;
     futures::future::join_all(vs.into_iter().map(stop)).await;

@@ -81,7 +81,7 @@ fuzz_target!(|data: &[u8]| {
                 return;
             };
             if let Ok(state) = State::genesis(&genesis) {
-                assert!(!state.validators.is_empty());
+                assert!(!state.validators().is_empty());
                 let _ = genesis_header(&state);
             }
         }

@@ -59,7 +59,7 @@ fn signed_sequence(mut rest: &[u8]) {
         let signer = w.signer(who);
         tx.sender = signer.public();
         if who & 0x80 == 0 {
-            tx.nonce = state.accounts.get(&tx.sender).map_or(1, |a| a.nonce + 1);
+            tx.nonce = state.account(&tx.sender).map_or(1, |a| a.nonce + 1);
         }
         let stx = tx.sign(signer);
         let bytes = stx.encode();
@@ -72,11 +72,11 @@ fn signed_sequence(mut rest: &[u8]) {
             Err(_) => assert_eq!(state, before, "a refused transaction changed the state"),
             Ok(()) => {
                 state
-                    .layout
+                    .layout()
                     .validate()
                     .expect("apply keeps the layout valid");
                 assert!(
-                    !state.validators.is_empty(),
+                    !state.validators().is_empty(),
                     "apply removed the last validator"
                 );
             }

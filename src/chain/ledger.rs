@@ -175,7 +175,7 @@ impl Ledger {
                 .map_err(|e| LedgerError::Log(e.to_string()))??
         };
         let me_id = validator.public();
-        let member = state.validators.contains(&me_id);
+        let member = state.validators().contains(&me_id);
         let joining = !member
             && net
                 .as_ref()
@@ -205,9 +205,9 @@ impl Ledger {
         }
         let net = links;
         // Hosts the chain names take precedence over the cluster file's.
-        net.learn(&state.validator_hosts);
+        net.learn(state.validator_hosts());
         let members: BTreeMap<u64, BasicNode> = state
-            .validators
+            .validators()
             .iter()
             .map(|v| {
                 let id = raft::node_id(v);
@@ -557,7 +557,7 @@ impl Ledger {
                 return Err(format!("the parent of block {} is unknown here", h.height));
             }
         };
-        let validators: Vec<PublicId> = state.validators.iter().copied().collect();
+        let validators: Vec<PublicId> = state.validators().iter().copied().collect();
         if !validators.contains(&h.proposer) {
             return Err(format!("proposer {} is not a validator", h.proposer));
         }
@@ -590,13 +590,13 @@ impl Ledger {
     pub fn status(&self) -> ChainStatus {
         let tip = self.shared.tip.lock().expect("ledger lock");
         ChainStatus {
-            chain_id: tip.state.chain_id.clone(),
+            chain_id: tip.state.chain_id().to_owned(),
             height: tip.header.height,
             tip_hash: tip.header.hash(),
             state_root: tip.state.root(),
-            validators: tip.state.validators.iter().copied().collect(),
-            documents: tip.state.documents.len(),
-            layout_epoch: tip.state.layout.epoch,
+            validators: tip.state.validators().iter().copied().collect(),
+            documents: tip.state.document_count(),
+            layout_epoch: tip.state.layout().epoch,
         }
     }
 
@@ -607,8 +607,7 @@ impl Ledger {
             .lock()
             .expect("ledger lock")
             .state
-            .accounts
-            .get(id)
+            .account(id)
             .cloned()
     }
 
@@ -619,8 +618,7 @@ impl Ledger {
             .lock()
             .expect("ledger lock")
             .state
-            .documents
-            .get(id)
+            .document(id)
             .cloned()
     }
 
@@ -769,7 +767,7 @@ async fn commit_loop(
                 (t.state.clone(), t.header.clone())
             }
         };
-        let validators: Vec<PublicId> = state.validators.iter().copied().collect();
+        let validators: Vec<PublicId> = state.validators().iter().copied().collect();
         let candidates: Vec<SignedTx> = jobs.iter().map(|((tx, _, _), _)| tx.clone()).collect();
         let proposer = shared.validator.clone();
         // Per-block timings (`RUST_LOG=dangan::chain=debug`): how long the oldest
@@ -919,7 +917,7 @@ async fn follow_validator_set(shared: Arc<Shared>, raft: Raft, net: Arc<Links>, 
             .lock()
             .expect("ledger lock")
             .state
-            .validator_hosts
+            .validator_hosts()
             .clone();
         net.learn(&chain_hosts);
         let metrics = raft.metrics().borrow().clone();
@@ -932,7 +930,7 @@ async fn follow_validator_set(shared: Arc<Shared>, raft: Raft, net: Arc<Links>, 
         }
         let wanted: std::collections::BTreeSet<u64> = {
             let tip = shared.tip.lock().expect("ledger lock");
-            tip.state.validators.iter().map(raft::node_id).collect()
+            tip.state.validators().iter().map(raft::node_id).collect()
         };
         let voters: std::collections::BTreeSet<u64> = membership.voter_ids().collect();
         if wanted == voters {

@@ -604,7 +604,7 @@ impl ChainMachine {
                 h.height, prev.height
             ));
         }
-        let validators: Vec<PublicId> = state.validators.iter().copied().collect();
+        let validators: Vec<PublicId> = state.validators().iter().copied().collect();
         block
             .header
             .verify_final(&validators)

@@ -148,24 +148,26 @@ impl Genesis {
     }
 }
 
-/// Everything the chain knows.
+/// Everything the chain knows. Built by [`State::genesis`], changed only by
+/// [`State::apply`], read through the accessors below: the fields are private, so no other
+/// code can change the ledger.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct State {
-    pub chain_id: String,
-    /// Changed only through [`State::apply`] (the map keeps its root cache in step).
-    pub accounts: RootedMap<PublicId, Account>,
-    pub validators: BTreeSet<PublicId>,
-    pub documents: RootedMap<DocumentId, DocumentRecord>,
-    pub layout: Layout,
+    chain_id: String,
+    /// The maps keep their root caches in step with every change.
+    accounts: RootedMap<PublicId, Account>,
+    validators: BTreeSet<PublicId>,
+    documents: RootedMap<DocumentId, DocumentRecord>,
+    layout: Layout,
     /// The layout before the last change: readers fall back to it while the rebalance to
     /// `layout` is under way.
-    pub previous_layout: Option<Layout>,
+    previous_layout: Option<Layout>,
     /// Per storage peer, the first read record its next `AuditRoot` must start at (the
     /// records before it are covered by committed roots).
-    pub audits: BTreeMap<PublicId, u64>,
+    audits: BTreeMap<PublicId, u64>,
     /// The peer hosting each validator, where a `SetValidatorHost` said (validators not
     /// in it are reached as their cluster files say).
-    pub validator_hosts: BTreeMap<PublicId, NodeInfo>,
+    validator_hosts: BTreeMap<PublicId, NodeInfo>,
 }
 
 /// Most read records one `AuditRoot` covers.
@@ -590,12 +592,76 @@ impl State {
         self.previous_layout = Some(std::mem::replace(&mut self.layout, layout));
     }
 
+    /// The chain's id, from its genesis.
+    pub fn chain_id(&self) -> &str {
+        &self.chain_id
+    }
+
+    /// An account's role and last nonce, if the chain knows it.
+    pub fn account(&self, id: &PublicId) -> Option<&Account> {
+        self.accounts.get(id)
+    }
+
+    /// Every account, in key order.
+    pub fn accounts(&self) -> impl Iterator<Item = (&PublicId, &Account)> {
+        self.accounts.iter()
+    }
+
+    /// The validator set.
+    pub fn validators(&self) -> &BTreeSet<PublicId> {
+        &self.validators
+    }
+
+    /// A registered document's record.
+    pub fn document(&self, id: &DocumentId) -> Option<&DocumentRecord> {
+        self.documents.get(id)
+    }
+
+    /// How many documents are registered (superseded versions included).
+    pub fn document_count(&self) -> usize {
+        self.documents.len()
+    }
+
+    /// Registered document ids in order, after `after` (from the first when `None`), at
+    /// most `limit`.
+    pub fn documents_after(&self, after: Option<DocumentId>, limit: usize) -> Vec<DocumentId> {
+        let from = match after {
+            Some(a) => std::ops::Bound::Excluded(a),
+            None => std::ops::Bound::Unbounded,
+        };
+        self.documents
+            .range((from, std::ops::Bound::Unbounded))
+            .take(limit)
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// The current cluster layout.
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// The layout before the last change, while readers may still need it.
+    pub fn previous_layout(&self) -> Option<&Layout> {
+        self.previous_layout.as_ref()
+    }
+
     /// Both layouts, for clients.
     pub fn layouts(&self) -> ChainLayouts {
         ChainLayouts {
             current: self.layout.clone(),
             previous: self.previous_layout.clone(),
         }
+    }
+
+    /// Per storage peer, the first read record its next `AuditRoot` must start at.
+    pub fn audits(&self) -> &BTreeMap<PublicId, u64> {
+        &self.audits
+    }
+
+    /// The peer hosting each validator, where a `SetValidatorHost` said.
+    pub fn validator_hosts(&self) -> &BTreeMap<PublicId, NodeInfo> {
+        &self.validator_hosts
     }
 
     /// `document`'s record, if it is registered and `sender` owns it.

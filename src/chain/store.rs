@@ -81,7 +81,7 @@ pub fn genesis_header(state: &State) -> BlockHeader {
         state_root: state.root(),
         time_ms: 0,
         proposer: *state
-            .validators
+            .validators()
             .iter()
             .next()
             .expect("genesis validates that it names a validator"),
@@ -137,7 +137,7 @@ impl ChainStore {
         let store = Self { db };
         let mut state = State::genesis(genesis)?;
         let mut tip = genesis_header(&state);
-        let mut validators: Vec<PublicId> = state.validators.iter().copied().collect();
+        let mut validators: Vec<PublicId> = state.validators().iter().copied().collect();
         let mut changes = Vec::new();
         for height in 1..=store.tip_height()? {
             let block = store
@@ -149,7 +149,7 @@ impl ChainStore {
             let tampered = |source| ChainStoreError::Tampered { height, source };
             block.header.verify_final(&validators).map_err(tampered)?;
             block.apply(&mut state, &tip).map_err(tampered)?;
-            validators = state.validators.iter().copied().collect();
+            validators = state.validators().iter().copied().collect();
             tip = block.header.header.clone();
             changes.extend(set_changes(&block));
         }

@@ -16,8 +16,8 @@ use crate::identity::{Identity, PublicId, SIGNATURE_LEN};
 
 /// Domain separation for transaction signatures.
 pub const TX_DOMAIN: &[u8] = b"dangan/tx/v1\0";
-/// Largest encoded signed transaction accepted.
-pub const MAX_TX_BYTES: usize = 64 << 10;
+/// Largest encoded signed transaction accepted: the wire's limit on a transaction body.
+pub const MAX_TX_BYTES: usize = crate::proto::MAX_TX_BODY as usize;
 /// Longest zone or address label in a transaction.
 pub const MAX_LABEL: usize = 256;
 

@@ -40,7 +40,7 @@ use crate::id::DocumentId;
 use crate::manifest::Manifest;
 use crate::placement::{Layout, NodeInfo};
 use crate::proto::MAX_LIST;
-use crate::store::DeleteOutcome;
+use crate::proto::DeleteOutcome;
 
 /// What a [`converge`] run found and did.
 #[derive(Debug, Clone, Default)]

@@ -81,7 +81,7 @@ pub enum OpsError {
 pub struct PeerStatus {
     pub node: NodeInfo,
     /// What it stores, or why it did not answer.
-    pub usage: Result<crate::store::Usage, String>,
+    pub usage: Result<crate::proto::Usage, String>,
 }
 
 /// The cluster as an operator sees it.

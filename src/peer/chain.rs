@@ -1,0 +1,306 @@
+//! The chain requests a validator's peer answers: queries of the ledger (documents'
+//! records as the caller may see them, blocks, transactions, accounts, status, layouts,
+//! the document list), transaction submissions, and validator-to-validator consensus
+//! (`Raft`, `Endorse`).
+//!
+//! Not for: the ledger itself (`chain::ledger`), or deciding who may ask (the parent
+//! module's `authorise`, and `access::ChainScope` for records).
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use quinn::{RecvStream, SendStream};
+use tracing::warn;
+
+use super::{State, answer, blocking, error, refuse};
+use crate::access::{AccessError, ChainScope};
+use crate::chain::ledger::{Ledger, LedgerError};
+use crate::chain::state::DocumentRecord;
+use crate::chain::tx::SignedTx;
+use crate::id::DocumentId;
+use crate::identity::PublicId;
+use crate::proto::{
+    self, ErrorCode, MAX_CHAIN_BODY, MAX_LIST, MAX_TX_BODY, ProtoError, RaftKind, Response,
+};
+
+/// The current ledger from [`query_ledger`], or the handler answers its refusal and returns.
+macro_rules! current_ledger {
+    ($state:expr, $send:expr) => {
+        match query_ledger($state) {
+            Ok(ledger) => ledger,
+            Err(resp) => return answer($send, &resp, None).await,
+        }
+    };
+}
+
+/// A transaction to commit: the leader takes it; a follower that knows the leader sends
+/// the client there.
+pub(super) async fn submit_tx(
+    send: &mut SendStream,
+    recv: &mut RecvStream,
+    state: &State,
+    len: u64,
+) -> Result<(), ProtoError> {
+    if let Err(e) = proto::check_body_len("transaction", len, MAX_TX_BODY) {
+        let _ = recv.stop(ErrorCode::TooLarge.as_u32().into());
+        return answer(send, &error(ErrorCode::TooLarge, e.to_string()), None).await;
+    }
+    let body = proto::read_body(recv, len).await?;
+    let Some(ledger) = &state.ledger else {
+        return answer(send, &not_validator(), None).await;
+    };
+    // A follower that knows the leader sends the client there; during an election
+    // it takes the transaction and forwards it once a leader is known.
+    if let Some(leader) = ledger.leader_host() {
+        return answer(send, &Response::Leader(leader), None).await;
+    }
+    let resp = match SignedTx::decode(&body) {
+        Err(e) => error(ErrorCode::Refused, e.to_string()),
+        Ok(tx) => match ledger.submit(tx).await {
+            Ok(r) => Response::Committed {
+                height: r.height,
+                index: r.index,
+            },
+            Err(e @ (LedgerError::Unavailable(_) | LedgerError::Stopped)) => {
+                error(ErrorCode::Unavailable, e.to_string())
+            }
+            Err(e) => error(ErrorCode::Refused, e.to_string()),
+        },
+    };
+    answer(send, &resp, None).await
+}
+
+/// A consensus message from another validator's host.
+pub(super) async fn raft(
+    send: &mut SendStream,
+    recv: &mut RecvStream,
+    state: &State,
+    who: &PublicId,
+    kind: RaftKind,
+    len: u64,
+) -> Result<(), ProtoError> {
+    let Some(body) = validator_body(send, recv, state, who, len).await? else {
+        return Ok(());
+    };
+    let ledger = state.ledger.clone().expect("checked by validator_body");
+    match ledger.raft_message(kind, &body).await {
+        Ok(bytes) => {
+            let resp = Response::ChainBody {
+                len: bytes.len() as u64,
+            };
+            answer(send, &resp, Some(Bytes::from(bytes))).await
+        }
+        Err(e) => {
+            state.stats.refused.fetch_add(1, Ordering::Relaxed);
+            answer(send, &error(ErrorCode::Malformed, e.to_string()), None).await
+        }
+    }
+}
+
+/// The leader's proposed block, from another validator's host: this validator's
+/// endorsement or why not.
+pub(super) async fn endorse(
+    send: &mut SendStream,
+    recv: &mut RecvStream,
+    state: &State,
+    who: &PublicId,
+    len: u64,
+) -> Result<(), ProtoError> {
+    let Some(body) = validator_body(send, recv, state, who, len).await? else {
+        return Ok(());
+    };
+    let ledger = state.ledger.clone().expect("checked by validator_body");
+    let endorsement = ledger.endorse(&body).await;
+    let resp = Response::ChainBody {
+        len: endorsement.len() as u64,
+    };
+    answer(send, &resp, Some(Bytes::from(endorsement))).await
+}
+
+/// A document's record (as `who` may see it) and its inclusion proof.
+pub(super) async fn get_document(
+    send: &mut SendStream,
+    recv: &mut RecvStream,
+    state: &State,
+    who: &PublicId,
+    id: DocumentId,
+) -> Result<(), ProtoError> {
+    let ledger = current_ledger!(state, send);
+    let found = blocking(move || ledger.document(&id)).await;
+    let found = match found {
+        Ok(Some((record, proof))) => match redact(state, who, &id, record).await {
+            Ok(record) => Ok(Some((record, proof))),
+            Err(e) => return refuse(send, recv, state, who, e).await,
+        },
+        other => other,
+    };
+    chain_answer(send, found).await
+}
+
+pub(super) async fn get_block(
+    send: &mut SendStream,
+    state: &State,
+    height: u64,
+) -> Result<(), ProtoError> {
+    let ledger = current_ledger!(state, send);
+    let found = blocking(move || ledger.block(height)).await;
+    chain_answer(send, found).await
+}
+
+pub(super) async fn get_tx(
+    send: &mut SendStream,
+    state: &State,
+    id: [u8; 32],
+) -> Result<(), ProtoError> {
+    let ledger = current_ledger!(state, send);
+    let found = blocking(move || ledger.transaction(&id)).await;
+    chain_answer(send, found).await
+}
+
+pub(super) async fn get_validator_changes(
+    send: &mut SendStream,
+    state: &State,
+) -> Result<(), ProtoError> {
+    let ledger = current_ledger!(state, send);
+    let found = blocking(move || ledger.validator_changes().map(Some)).await;
+    chain_answer(send, found).await
+}
+
+/// A document's record alone (as `who` may see it), without a proof.
+pub(super) async fn get_record(
+    send: &mut SendStream,
+    recv: &mut RecvStream,
+    state: &State,
+    who: &PublicId,
+    id: DocumentId,
+) -> Result<(), ProtoError> {
+    let ledger = current_ledger!(state, send);
+    let found = match ledger.record(&id) {
+        Some(record) => match redact(state, who, &id, record).await {
+            Ok(record) => Some(record),
+            Err(e) => return refuse(send, recv, state, who, e).await,
+        },
+        None => None,
+    };
+    chain_answer(send, Ok(found)).await
+}
+
+pub(super) async fn get_account(
+    send: &mut SendStream,
+    state: &State,
+    id: PublicId,
+) -> Result<(), ProtoError> {
+    let ledger = current_ledger!(state, send);
+    chain_answer(send, Ok(ledger.account(&id))).await
+}
+
+pub(super) async fn status(send: &mut SendStream, state: &State) -> Result<(), ProtoError> {
+    let ledger = current_ledger!(state, send);
+    chain_answer(send, Ok(Some(ledger.status()))).await
+}
+
+pub(super) async fn get_layout(send: &mut SendStream, state: &State) -> Result<(), ProtoError> {
+    let ledger = current_ledger!(state, send);
+    chain_answer(send, Ok(Some(ledger.state().layouts()))).await
+}
+
+pub(super) async fn list_documents(
+    send: &mut SendStream,
+    state: &State,
+    after: Option<DocumentId>,
+    limit: u32,
+) -> Result<(), ProtoError> {
+    let ledger = current_ledger!(state, send);
+    let limit = limit.min(MAX_LIST) as usize;
+    let ids = blocking(move || ledger.state().documents_after(after, limit)).await;
+    chain_answer(send, Ok(Some(ids))).await
+}
+
+/// `record` of `document` as `who` may see it from this validator (`access::ChainScope`).
+async fn redact(
+    state: &State,
+    who: &PublicId,
+    document: &DocumentId,
+    record: DocumentRecord,
+) -> Result<DocumentRecord, AccessError> {
+    let scope = if state
+        .ledger
+        .as_ref()
+        .is_some_and(|l| l.is_validator_host(who))
+    {
+        ChainScope::Everything
+    } else {
+        state.access.chain_scope(who).await?
+    };
+    scope.redact(who, document, record, crate::now_ms())
+}
+
+/// Reads the body of a validator-to-validator request, or answers the refusal (`None`):
+/// only a peer hosting a validator of this chain may send one.
+async fn validator_body(
+    send: &mut SendStream,
+    recv: &mut RecvStream,
+    state: &State,
+    who: &PublicId,
+    len: u64,
+) -> Result<Option<Vec<u8>>, ProtoError> {
+    if let Err(e) = proto::check_body_len("consensus message", len, MAX_CHAIN_BODY) {
+        let _ = recv.stop(ErrorCode::TooLarge.as_u32().into());
+        answer(send, &error(ErrorCode::TooLarge, e.to_string()), None).await?;
+        return Ok(None);
+    }
+    let Some(ledger) = &state.ledger else {
+        let _ = recv.stop(ErrorCode::NotValidator.as_u32().into());
+        answer(send, &not_validator(), None).await?;
+        return Ok(None);
+    };
+    if !ledger.is_validator_host(who) {
+        state.stats.refused.fetch_add(1, Ordering::Relaxed);
+        let _ = recv.stop(ErrorCode::Refused.as_u32().into());
+        let msg = format!("{} hosts no validator of this chain", who.short());
+        answer(send, &error(ErrorCode::Refused, msg), None).await?;
+        return Ok(None);
+    }
+    Ok(Some(proto::read_body(recv, len).await?))
+}
+
+/// The ledger to answer a chain query from: none on a peer without a validator, and not
+/// one that is behind the chain (`Ledger::is_current`: restarted, cut off or catching up),
+/// which answers `Unavailable` so the client asks another validator rather than read older
+/// state than it may already have seen.
+fn query_ledger(state: &State) -> Result<Arc<Ledger>, Response> {
+    let ledger = state.ledger.clone().ok_or_else(not_validator)?;
+    if !ledger.is_current() {
+        return Err(error(
+            ErrorCode::Unavailable,
+            "this validator is behind the chain; ask another",
+        ));
+    }
+    Ok(ledger)
+}
+
+fn not_validator() -> Response {
+    error(ErrorCode::NotValidator, "this peer runs no validator")
+}
+
+/// Answers a chain query: the record's postcard bytes, `NotFound`, or the error.
+pub(super) async fn chain_answer<T: serde::Serialize>(
+    send: &mut SendStream,
+    found: Result<Option<T>, LedgerError>,
+) -> Result<(), ProtoError> {
+    match found {
+        Ok(Some(record)) => {
+            let body = postcard::to_allocvec(&record).expect("encoding into memory cannot fail");
+            let resp = Response::ChainBody {
+                len: body.len() as u64,
+            };
+            answer(send, &resp, Some(Bytes::from(body))).await
+        }
+        Ok(None) => answer(send, &Response::NotFound, None).await,
+        Err(e) => {
+            warn!(error = %e, "chain query failed");
+            answer(send, &error(ErrorCode::Internal, e.to_string()), None).await
+        }
+    }
+}

@@ -1,0 +1,545 @@
+//! A storage peer: serves the wire protocol (`proto`) over QUIC from its `ShardStore`.
+//!
+//! Goals: acknowledge a shard only once it is durable; never serve bytes that do not match
+//! their id; keep serving everyone else whatever one client sends; bound what any client can
+//! make it hold (connections, requests in flight, frame and body sizes, time per request).
+//!
+//! Durable writes go through one committer thread per peer that gathers concurrent puts into
+//! one redb transaction (group commit), so many small shards share one fsync. A body is
+//! checked against its id before it joins a batch, so a bad shard never fails other
+//! clients' puts.
+//!
+//! Every request is authorised by `access` from the caller's key (authenticated by the TLS
+//! handshake) and the chain state now: reads by the owner, a live grantee, an operator or a
+//! storage node; writes and maintenance by the roles that need them; chain records by
+//! `access::ChainScope`; read audits by the document's owner and operators. Every read
+//! served with document bytes is recorded in the peer's `audit::AuditLog`. A refusal is
+//! `ErrorCode::Refused` with the reason, before any body is read or any document byte sent.
+//! Authorisation runs within [`AUTHORISE_TIMEOUT`]; when the chain cannot say (unreachable,
+//! this peer's validator behind and no other answering, or too slow) the answer is
+//! `ErrorCode::Unavailable` instead, equally before any body or byte: the reader asks again
+//! shortly or asks another peer.
+//!
+//! Layout: this module starts the peer, accepts connections and streams, and authorises each
+//! request and routes it to its concern: `storage` (shards, manifests, the group committer,
+//! scrub, usage, lists), `chain` (chain queries, submissions, validator-to-validator
+//! consensus, records as the caller may see them) and `audit` (this peer's read records).
+//!
+//! Not for: deciding placement, or deciding who may read (that is the chain's and
+//! `access`'s).
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use quinn::{RecvStream, SendStream};
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn};
+
+use crate::access::{AccessError, ChainView, OpenDocuments};
+use crate::audit::{AuditError, AuditLog};
+use crate::chain::ledger::Ledger;
+use crate::id::DocumentId;
+use crate::identity::{Identity, PublicId, Role};
+use crate::proto::{self, ErrorCode, ProtoError, Request, Response};
+use crate::store::{ShardStore, StoreError};
+use crate::tls::{self, TrustPolicy};
+
+mod audit;
+mod chain;
+mod storage;
+
+/// Longest a request waits for its authorisation (`access`) before it is answered
+/// `Unavailable`: well within a reader's time limit, so it asks again or elsewhere.
+pub const AUTHORISE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Limits that keep one slow or hostile client from exhausting a peer.
+#[derive(Debug, Clone)]
+pub struct PeerLimits {
+    /// Open connections at once; more are refused during the handshake.
+    pub max_connections: usize,
+    /// Requests being served at once across all connections.
+    pub max_concurrent_requests: usize,
+    /// How long a request waits for a slot before it is answered `Busy`.
+    pub queue_timeout: Duration,
+    /// Time for a whole request, from its first byte to the last byte of the answer.
+    pub request_timeout: Duration,
+    /// Most shards gathered into one durable commit.
+    pub commit_batch: usize,
+    /// How often the peer commits the Merkle root of its new read records (`audit`).
+    pub audit_interval: Duration,
+}
+
+impl Default for PeerLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: 1024,
+            max_concurrent_requests: 256,
+            queue_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(60),
+            commit_batch: 64,
+            audit_interval: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PeerError {
+    #[error("opening the shard store: {0}")]
+    Store(#[from] StoreError),
+    #[error("starting the QUIC endpoint: {0}")]
+    Tls(#[from] tls::TlsError),
+    #[error("the peer's local address is unknown: {0}")]
+    Addr(#[source] std::io::Error),
+    #[error("opening the audit log: {0}")]
+    Audit(#[from] AuditError),
+}
+
+/// Counters a peer keeps about what it served and refused.
+#[derive(Debug, Default)]
+pub struct PeerStats {
+    pub requests: AtomicU64,
+    pub shards_stored: AtomicU64,
+    pub shards_served: AtomicU64,
+    pub corrupt_detected: AtomicU64,
+    pub refused: AtomicU64,
+}
+
+/// What every request handler shares.
+struct State {
+    store: Arc<ShardStore>,
+    committer: mpsc::UnboundedSender<storage::CommitJob>,
+    slots: Semaphore,
+    ledger: Option<Arc<Ledger>>,
+    access: Arc<ChainView>,
+    audit: Arc<AuditLog>,
+    limits: PeerLimits,
+    stats: Arc<PeerStats>,
+}
+
+/// A running peer. Dropping the handle does not stop it; call [`PeerHandle::shutdown`].
+pub struct PeerHandle {
+    id: PublicId,
+    addr: SocketAddr,
+    endpoint: quinn::Endpoint,
+    accept: JoinHandle<()>,
+    store: Arc<ShardStore>,
+    stats: Arc<PeerStats>,
+    access: Arc<ChainView>,
+    audit: Arc<AuditLog>,
+    auditor: JoinHandle<()>,
+    ledger: Option<Arc<Ledger>>,
+}
+
+impl PeerHandle {
+    pub fn id(&self) -> PublicId {
+        self.id
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn store(&self) -> &Arc<ShardStore> {
+        &self.store
+    }
+
+    pub fn stats(&self) -> &Arc<PeerStats> {
+        &self.stats
+    }
+
+    /// The chain view requests are authorised by: the ledger on a validator's peer while it
+    /// is current; otherwise the validator hosts (the other ones, on a validator's peer)
+    /// once [`ChainView::link`]ed; unlinked and with no ledger, it refuses everything.
+    pub fn access(&self) -> &Arc<ChainView> {
+        &self.access
+    }
+
+    /// The peer's read records (`audit`).
+    pub fn audit(&self) -> &Arc<AuditLog> {
+        &self.audit
+    }
+
+    /// Stops accepting, closes every connection, stops the validator this peer hosts (if
+    /// any), writes the buffered read records, and releases the port ([`crate::tls::close`]:
+    /// connections still draining after half a second drain on a throwaway socket).
+    ///
+    /// The hosted validator is only reachable through this peer, so it stops with it: a
+    /// leader whose raft outlived its peer would keep heartbeating, and its followers would
+    /// keep sending clients to an address that refuses them instead of electing a new one.
+    /// [`Ledger::shutdown`] may be called again afterwards.
+    pub async fn shutdown(self) {
+        self.endpoint.close(0u32.into(), b"peer shutting down");
+        self.accept.abort();
+        let _ = self.accept.await;
+        if let Some(ledger) = &self.ledger {
+            ledger.shutdown().await;
+        }
+        self.auditor.abort();
+        let _ = self.auditor.await;
+        let audit = self.audit.clone();
+        if let Err(e) = blocking(move || audit.flush()).await {
+            warn!(error = %e, "writing the last read records failed");
+        }
+        crate::tls::close(&self.endpoint, b"peer shutting down").await;
+        self.access.close().await;
+        info!(peer = %self.id.short(), "peer stopped");
+    }
+}
+
+/// Opens the store in `data_dir` and serves on `listen` until shut down; with a `ledger`,
+/// the peer is also a validator and answers chain requests, and authorises requests by it.
+/// `trust` decides which keys complete the handshake: a storage peer that serves citizens
+/// passes [`crate::tls::AllowAny`] and relies on per-request authorisation (`access`).
+pub async fn start(
+    identity: &Identity,
+    trust: Arc<dyn TrustPolicy>,
+    listen: SocketAddr,
+    data_dir: &Path,
+    limits: PeerLimits,
+    ledger: Option<Arc<Ledger>>,
+) -> Result<PeerHandle, PeerError> {
+    let store = {
+        let dir = data_dir.to_path_buf();
+        tokio::task::spawn_blocking(move || ShardStore::open(&dir))
+            .await
+            .expect("opening the store does not panic")?
+    };
+    let store = Arc::new(store);
+    let audit = {
+        let dir = data_dir.to_path_buf();
+        Arc::new(blocking(move || AuditLog::open(&dir)).await?)
+    };
+    let endpoint = tls::endpoint(listen, identity, trust)?;
+    let addr = endpoint.local_addr().map_err(PeerError::Addr)?;
+    let stats = Arc::new(PeerStats::default());
+    let access = Arc::new(match &ledger {
+        Some(ledger) => ChainView::of_ledger(ledger.clone()),
+        None => ChainView::unlinked(),
+    });
+    let state = Arc::new(State {
+        store: store.clone(),
+        committer: storage::spawn_committer(store.clone(), limits.commit_batch, stats.clone()),
+        slots: Semaphore::new(limits.max_concurrent_requests),
+        ledger: ledger.clone(),
+        access: access.clone(),
+        audit: audit.clone(),
+        limits: limits.clone(),
+        stats: stats.clone(),
+    });
+    let accept = tokio::spawn(accept_loop(endpoint.clone(), state));
+    let auditor = crate::audit::spawn_auditor(
+        audit.clone(),
+        access.clone(),
+        identity.clone(),
+        limits.audit_interval,
+    );
+    let id = identity.public();
+    info!(peer = %id.short(), %addr, dir = %data_dir.display(), "peer serving");
+    Ok(PeerHandle {
+        id,
+        addr,
+        endpoint,
+        accept,
+        store,
+        stats,
+        access,
+        audit,
+        auditor,
+        ledger,
+    })
+}
+
+async fn accept_loop(endpoint: quinn::Endpoint, state: Arc<State>) {
+    let connections = Arc::new(Semaphore::new(state.limits.max_connections));
+    while let Some(incoming) = endpoint.accept().await {
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            state.stats.refused.fetch_add(1, Ordering::Relaxed);
+            warn!(remote = %incoming.remote_address(), "connection limit reached; refusing");
+            incoming.refuse();
+            continue;
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let remote = incoming.remote_address();
+            let conn = match incoming.await {
+                Ok(conn) => conn,
+                // The dialer gave up (a request's time limit ran out) or vanished: not
+                // a refusal, and routine while a cluster starts.
+                Err(
+                    e @ (quinn::ConnectionError::ConnectionClosed(_)
+                    | quinn::ConnectionError::ApplicationClosed(_)
+                    | quinn::ConnectionError::Reset
+                    | quinn::ConnectionError::TimedOut),
+                ) => {
+                    debug!(%remote, error = %e, "handshake abandoned by the other end");
+                    return;
+                }
+                Err(e) => {
+                    state.stats.refused.fetch_add(1, Ordering::Relaxed);
+                    warn!(%remote, error = %e, "connection refused during the handshake");
+                    return;
+                }
+            };
+            let Some(who) = tls::peer_identity(&conn) else {
+                conn.close(1u32.into(), b"no identity");
+                return;
+            };
+            debug!(%remote, client = %who.short(), "connection accepted");
+            serve_connection(conn, who, state).await;
+            drop(permit);
+        });
+    }
+}
+
+async fn serve_connection(conn: quinn::Connection, who: PublicId, state: Arc<State>) {
+    let opened = Arc::new(OpenDocuments::default());
+    loop {
+        let (send, recv) = match conn.accept_bi().await {
+            Ok(streams) => streams,
+            Err(e) => {
+                debug!(client = %who.short(), reason = %e, "connection ended");
+                return;
+            }
+        };
+        let (state, opened) = (state.clone(), opened.clone());
+        tokio::spawn(async move {
+            serve_stream(send, recv, who, state, opened).await;
+        });
+    }
+}
+
+async fn serve_stream(
+    mut send: SendStream,
+    mut recv: RecvStream,
+    who: PublicId,
+    state: Arc<State>,
+    opened: Arc<OpenDocuments>,
+) {
+    state.stats.requests.fetch_add(1, Ordering::Relaxed);
+    let permit = match tokio::time::timeout(state.limits.queue_timeout, state.slots.acquire()).await
+    {
+        Ok(Ok(p)) => p,
+        _ => {
+            state.stats.refused.fetch_add(1, Ordering::Relaxed);
+            let _ = recv.stop(ErrorCode::Busy.as_u32().into());
+            let _ = answer(&mut send, &error(ErrorCode::Busy, "peer is busy"), None).await;
+            return;
+        }
+    };
+    let timeout = state.limits.request_timeout;
+    match tokio::time::timeout(timeout, handle(&mut send, &mut recv, &state, who, &opened)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => debug!(client = %who.short(), error = %e, "request failed"),
+        Err(_) => {
+            warn!(client = %who.short(), ?timeout, "request timed out");
+            let _ = recv.stop(ErrorCode::Timeout.as_u32().into());
+            let _ = send.reset(ErrorCode::Timeout.as_u32().into());
+        }
+    }
+    drop(permit);
+}
+
+fn error(code: ErrorCode, message: impl Into<String>) -> Response {
+    Response::Error {
+        code,
+        message: message.into(),
+    }
+}
+
+async fn answer(
+    send: &mut SendStream,
+    resp: &Response,
+    body: Option<Bytes>,
+) -> Result<(), ProtoError> {
+    proto::write_frame(send, resp).await?;
+    if let Some(body) = body {
+        send.write_chunk(body).await.map_err(std::io::Error::from)?;
+    }
+    send.finish()
+        .map_err(|e| ProtoError::Io(std::io::Error::other(e)))?;
+    Ok(())
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f)
+        .await
+        .expect("store calls do not panic")
+}
+
+/// Reads one request, authorises it, and routes it to the handler of its concern.
+async fn handle(
+    send: &mut SendStream,
+    recv: &mut RecvStream,
+    state: &Arc<State>,
+    who: PublicId,
+    opened: &OpenDocuments,
+) -> Result<(), ProtoError> {
+    let req: Request = match proto::read_frame(recv).await {
+        Ok(req) => req,
+        Err(e @ (ProtoError::Malformed(_) | ProtoError::TooLarge { .. })) => {
+            let code = if matches!(e, ProtoError::TooLarge { .. }) {
+                ErrorCode::TooLarge
+            } else {
+                ErrorCode::Malformed
+            };
+            state.stats.refused.fetch_add(1, Ordering::Relaxed);
+            let _ = recv.stop(code.as_u32().into());
+            return answer(send, &error(code, e.to_string()), None).await;
+        }
+        Err(e) => return Err(e),
+    };
+    let authorised = tokio::time::timeout(AUTHORISE_TIMEOUT, authorise(state, &who, &req, opened))
+        .await
+        .unwrap_or(Err(AccessError::TimedOut(AUTHORISE_TIMEOUT)));
+    let read_of = match authorised {
+        Ok(document) => document,
+        Err(e) => return refuse(send, recv, state, &who, e).await,
+    };
+    match req {
+        Request::PutShard { id, len } => storage::put_shard(send, recv, state, id, len).await,
+        Request::PutMany { shards, manifest } => {
+            storage::put_many(send, recv, state, shards, manifest).await
+        }
+        Request::GetShard { id } => storage::get_shard(send, state, who, read_of, id).await,
+        Request::HasShard { id } => storage::has_shard(send, state, id).await,
+        Request::DeleteShard { id } => storage::delete_shard(send, state, id).await,
+        Request::ListShards { after, limit } => {
+            storage::list_shards(send, state, after, limit).await
+        }
+        Request::Usage => storage::usage(send, state).await,
+        Request::PutManifest { id, len } => storage::put_manifest(send, recv, state, id, len).await,
+        Request::GetManifest { id } => storage::get_manifest(send, state, who, id).await,
+        Request::OpenDocument { document, len } => {
+            storage::open_document(send, recv, state, opened, document, len).await
+        }
+        Request::Ping => answer(send, &Response::Pong, None).await,
+        Request::SubmitTx { len } => chain::submit_tx(send, recv, state, len).await,
+        Request::Raft { kind, len } => chain::raft(send, recv, state, &who, kind, len).await,
+        Request::Endorse { len } => chain::endorse(send, recv, state, &who, len).await,
+        Request::GetDocument { id } => chain::get_document(send, recv, state, &who, id).await,
+        Request::GetBlock { height } => chain::get_block(send, state, height).await,
+        Request::GetTx { id } => chain::get_tx(send, state, id).await,
+        Request::GetValidatorChanges => chain::get_validator_changes(send, state).await,
+        Request::GetRecord { id } => chain::get_record(send, recv, state, &who, id).await,
+        Request::GetAccount { id } => chain::get_account(send, state, id).await,
+        Request::ChainStatus => chain::status(send, state).await,
+        Request::DeleteManifest { id } => storage::delete_manifest(send, state, id).await,
+        Request::Scrub { after, limit } => storage::scrub(send, state, after, limit).await,
+        Request::GetLayout => chain::get_layout(send, state).await,
+        Request::GetAudit { document, after } => {
+            audit::get_audit(send, state, document, after).await
+        }
+        Request::ListDocuments { after, limit } => {
+            chain::list_documents(send, state, after, limit).await
+        }
+    }
+}
+
+/// Answers a refusal: nothing changed and no document byte was sent. `Refused` when the
+/// chain said no; `Unavailable` when it could not say now (`AccessError::is_retryable`).
+async fn refuse(
+    send: &mut SendStream,
+    recv: &mut RecvStream,
+    state: &State,
+    who: &PublicId,
+    e: AccessError,
+) -> Result<(), ProtoError> {
+    state.stats.refused.fetch_add(1, Ordering::Relaxed);
+    let code = if e.is_retryable() {
+        debug!(client = %who.short(), error = %e, "request not served: access cannot be checked now");
+        ErrorCode::Unavailable
+    } else {
+        debug!(client = %who.short(), error = %e, "request refused");
+        ErrorCode::Refused
+    };
+    let _ = recv.stop(code.as_u32().into());
+    answer(send, &error(code, e.to_string()), None).await
+}
+
+/// On a validator's peer: allowed when `who` hosts a validator or has one of `roles`.
+async fn may_query_chain(
+    state: &State,
+    who: &PublicId,
+    roles: &[Role],
+    action: &'static str,
+) -> Result<(), AccessError> {
+    match &state.ledger {
+        // No ledger: the request is answered `NotValidator`.
+        None => Ok(()),
+        Some(ledger) if ledger.is_validator_host(who) => Ok(()),
+        Some(_) => state.access.require(who, roles, action).await,
+    }
+}
+
+/// Whether `who` may make `req` now (see `access`); allowed, the document a read is of
+/// (recorded in the audit log once served). Submissions, the chain's status, layout,
+/// validator set changes and accounts are open to every authenticated key (a transaction
+/// is checked by the chain itself); blocks and transactions are for the consortium's
+/// members, the document list for operators and nodes; a document's record is shown as
+/// `access::ChainScope` says (in the handler); consensus messages are checked where they
+/// are read (`validator_body`).
+async fn authorise(
+    state: &State,
+    who: &PublicId,
+    req: &Request,
+    opened: &OpenDocuments,
+) -> Result<Option<DocumentId>, AccessError> {
+    let access = &state.access;
+    match req {
+        Request::GetShard { id } => return access.may_read_shard(who, id, opened).await,
+        Request::GetManifest { id } => return access.may_read(who, id).await.map(|()| Some(*id)),
+        Request::OpenDocument { document: id, .. } => access.may_read(who, id).await,
+        Request::GetAudit { document, .. } => access.may_audit(who, document).await,
+        // Blocks and transactions carry every grant: for the consortium's members only.
+        Request::GetBlock { .. } | Request::GetTx { .. } => {
+            may_query_chain(
+                state,
+                who,
+                &[
+                    Role::Department,
+                    Role::Operator,
+                    Role::Node,
+                    Role::Validator,
+                ],
+                "read blocks and transactions",
+            )
+            .await
+        }
+        Request::ListDocuments { .. } => {
+            may_query_chain(
+                state,
+                who,
+                &[Role::Operator, Role::Node, Role::Validator],
+                "list every document",
+            )
+            .await
+        }
+        Request::PutShard { .. }
+        | Request::PutManifest { .. }
+        | Request::PutMany { .. }
+        | Request::HasShard { .. } => access.may_store(who).await,
+        Request::DeleteShard { id } => access.may_delete_shard(who, id, opened).await,
+        Request::DeleteManifest { id } => access.may_delete_manifest(who, id).await,
+        Request::ListShards { .. } => access.may_maintain(who, "list shards").await,
+        Request::Usage => access.may_maintain(who, "see the store's usage").await,
+        Request::Scrub { .. } => access.may_maintain(who, "scrub").await,
+        Request::Ping
+        | Request::SubmitTx { .. }
+        | Request::GetDocument { .. }
+        | Request::ChainStatus
+        | Request::GetAccount { .. }
+        | Request::GetRecord { .. }
+        | Request::GetLayout
+        // Only the set changes and their headers: what any reader needs to check a proof.
+        | Request::GetValidatorChanges
+        | Request::Raft { .. }
+        | Request::Endorse { .. } => Ok(()),
+    }
+    .map(|()| None)
+}

@@ -1,0 +1,485 @@
+//! The storage requests of a peer: shards, manifests and small documents' batches, the
+//! group committer that makes them durable, reading shards of opened documents, scrub,
+//! usage and lists; and the store's answers as the wire carries them.
+//!
+//! Not for: authorising a request (done before a handler runs, in the parent module), or
+//! anything on the chain.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use quinn::{RecvStream, SendStream};
+use tokio::sync::{mpsc, oneshot};
+use tracing::warn;
+
+use super::{PeerStats, State, answer, blocking, error};
+use crate::access::{AccessError, OpenDocuments};
+use crate::audit::ReadKind;
+use crate::id::{DocumentId, ShardId};
+use crate::identity::PublicId;
+use crate::proto::{
+    self, DeleteOutcome, ErrorCode, MAX_LIST, MAX_MANIFEST_BODY, MAX_PUT_MANY, MAX_PUT_MANY_BODY,
+    MAX_SCRUB, MAX_SHARD_BODY, ProtoError, Response,
+};
+use crate::store::{self, INLINE_MAX, Prepared, ShardStore, StoreError};
+
+/// One durable write waiting for the committer: a prepared shard or a manifest record.
+pub(super) enum Pending {
+    Shard(Prepared),
+    Record([u8; 32], Bytes),
+}
+
+pub(super) type CommitJob = (Pending, oneshot::Sender<Result<store::PutOutcome, String>>);
+
+/// Group commit: one thread drains every durable write waiting (shards already prepared,
+/// their large bodies on disk; manifest records) and commits them in one transaction.
+pub(super) fn spawn_committer(
+    store: Arc<ShardStore>,
+    batch: usize,
+    stats: Arc<PeerStats>,
+) -> mpsc::UnboundedSender<CommitJob> {
+    let (tx, mut rx) = mpsc::unbounded_channel::<CommitJob>();
+    std::thread::Builder::new()
+        .name("dangan-commit".into())
+        .spawn(move || {
+            while let Some(first) = rx.blocking_recv() {
+                let mut jobs = vec![first];
+                while jobs.len() < batch.max(1) {
+                    match rx.try_recv() {
+                        Ok(job) => jobs.push(job),
+                        Err(_) => break,
+                    }
+                }
+                let mut shards = Vec::new();
+                let mut records = Vec::new();
+                let mut shard_replies = Vec::new();
+                let mut record_replies = Vec::new();
+                for (pending, reply) in jobs {
+                    match pending {
+                        Pending::Shard(p) => {
+                            shards.push(p);
+                            shard_replies.push(reply);
+                        }
+                        Pending::Record(key, bytes) => {
+                            records.push((key, bytes));
+                            record_replies.push(reply);
+                        }
+                    }
+                }
+                let record_refs: Vec<([u8; 32], &[u8])> =
+                    records.iter().map(|(k, b)| (*k, b.as_ref())).collect();
+                match store.commit(&shards, &record_refs) {
+                    Ok((shard_outcomes, record_outcomes)) => {
+                        stats
+                            .shards_stored
+                            .fetch_add(shards.len() as u64, Ordering::Relaxed);
+                        for (reply, outcome) in shard_replies
+                            .into_iter()
+                            .zip(shard_outcomes)
+                            .chain(record_replies.into_iter().zip(record_outcomes))
+                        {
+                            let _ = reply.send(Ok(outcome));
+                        }
+                    }
+                    Err(e) => {
+                        warn!(error = %e, writes = shards.len() + records.len(), "durable commit failed");
+                        let msg = e.to_string();
+                        for reply in shard_replies.into_iter().chain(record_replies) {
+                            let _ = reply.send(Err(msg.clone()));
+                        }
+                    }
+                }
+            }
+        })
+        .expect("spawning the commit thread");
+    tx
+}
+
+/// Queues a durable write and waits for its group commit.
+async fn commit(state: &State, pending: Pending) -> Response {
+    wait(queue(state, pending)).await
+}
+
+type CommitReply = oneshot::Receiver<Result<store::PutOutcome, String>>;
+
+/// Hands a durable write to the committer; [`wait`] for its answer.
+fn queue(state: &State, pending: Pending) -> CommitReply {
+    let (tx, rx) = oneshot::channel();
+    // A stopped committer drops `tx`, which `wait` reports.
+    let _ = state.committer.send((pending, tx));
+    rx
+}
+
+/// `Stored` once the commit holding the write is durable, else the error.
+async fn wait(rx: CommitReply) -> Response {
+    match rx.await {
+        Ok(Ok(outcome)) => Response::Stored(outcome.into()),
+        Ok(Err(msg)) => error(ErrorCode::Internal, msg),
+        Err(_) => error(ErrorCode::Internal, "commit thread stopped"),
+    }
+}
+
+/// Checks a shard body against its id and, for a large one, writes it durably (on the
+/// blocking pool, in parallel with other requests; only the small redb commit is shared).
+/// A small body is only hashed (microseconds): no thread hop for it. The error is the
+/// answer to send.
+async fn prepare(state: &State, id: ShardId, body: Bytes) -> Result<Prepared, Response> {
+    let store = state.store.clone();
+    let prepared = if body.len() <= INLINE_MAX {
+        store.prepare(&id, body)
+    } else {
+        blocking(move || store.prepare(&id, body)).await
+    };
+    prepared.map_err(|e| {
+        state.stats.refused.fetch_add(1, Ordering::Relaxed);
+        store_error(state, e)
+    })
+}
+
+pub(super) async fn put_shard(
+    send: &mut SendStream,
+    recv: &mut RecvStream,
+    state: &State,
+    id: ShardId,
+    len: u64,
+) -> Result<(), ProtoError> {
+    if let Err(e) = proto::check_body_len("shard", len, MAX_SHARD_BODY) {
+        let _ = recv.stop(ErrorCode::TooLarge.as_u32().into());
+        return answer(send, &error(ErrorCode::TooLarge, e.to_string()), None).await;
+    }
+    let body = Bytes::from(proto::read_body(recv, len).await?);
+    let resp = match prepare(state, id, body).await {
+        Ok(prepared) => commit(state, Pending::Shard(prepared)).await,
+        Err(resp) => resp,
+    };
+    answer(send, &resp, None).await
+}
+
+pub(super) async fn put_many(
+    send: &mut SendStream,
+    recv: &mut RecvStream,
+    state: &State,
+    shards: Vec<(ShardId, u64)>,
+    manifest: Option<(DocumentId, u64)>,
+) -> Result<(), ProtoError> {
+    let total = shards
+        .iter()
+        .map(|(_, len)| *len)
+        .chain(manifest.map(|(_, len)| len))
+        .fold(0u64, u64::saturating_add);
+    let too_many = shards.len() > MAX_PUT_MANY;
+    let checked =
+        proto::check_body_len("batch", total, MAX_PUT_MANY_BODY).and_then(|()| match manifest {
+            Some((_, len)) => proto::check_body_len("manifest", len, MAX_MANIFEST_BODY),
+            None => Ok(()),
+        });
+    if let Err(e) = checked {
+        let _ = recv.stop(ErrorCode::TooLarge.as_u32().into());
+        return answer(send, &error(ErrorCode::TooLarge, e.to_string()), None).await;
+    }
+    if too_many {
+        let _ = recv.stop(ErrorCode::TooLarge.as_u32().into());
+        let msg = format!(
+            "{} shards in one batch, at most {MAX_PUT_MANY}",
+            shards.len()
+        );
+        return answer(send, &error(ErrorCode::TooLarge, msg), None).await;
+    }
+    // Every body is read and checked before any is queued: a bad one keeps nothing.
+    let mut pending = Vec::with_capacity(shards.len() + 1);
+    for (id, len) in shards {
+        let body = Bytes::from(proto::read_body(recv, len).await?);
+        match prepare(state, id, body).await {
+            Ok(prepared) => pending.push(Pending::Shard(prepared)),
+            Err(resp) => return answer(send, &resp, None).await,
+        }
+    }
+    if let Some((id, len)) = manifest {
+        let body = proto::read_body(recv, len).await?;
+        if !id.verifies(&body) {
+            state.stats.refused.fetch_add(1, Ordering::Relaxed);
+            let msg = format!("manifest body does not hash to {id}");
+            return answer(send, &error(ErrorCode::HashMismatch, msg), None).await;
+        }
+        pending.push(Pending::Record(id.0, Bytes::from(body)));
+    }
+    // Queued together, so the committer nearly always puts them in one transaction;
+    // each is acknowledged by its own commit either way.
+    let queued: Vec<_> = pending.into_iter().map(|p| queue(state, p)).collect();
+    let mut outcomes = Vec::with_capacity(queued.len());
+    let mut failed = None;
+    for rx in queued {
+        match wait(rx).await {
+            Response::Stored(outcome) => outcomes.push(outcome),
+            other => failed = Some(other),
+        }
+    }
+    let resp = failed.unwrap_or(Response::StoredMany(outcomes));
+    answer(send, &resp, None).await
+}
+
+/// Serves a shard; a read of document `read_of` (see `authorise`) is recorded once served.
+pub(super) async fn get_shard(
+    send: &mut SendStream,
+    state: &State,
+    who: PublicId,
+    read_of: Option<DocumentId>,
+    id: ShardId,
+) -> Result<(), ProtoError> {
+    let store = state.store.clone();
+    match blocking(move || store.get(&id)).await {
+        Ok(Some(bytes)) => {
+            state.stats.shards_served.fetch_add(1, Ordering::Relaxed);
+            if let Some(document) = read_of {
+                state.audit.record(who, document, ReadKind::Shard(id));
+            }
+            let resp = Response::Shard {
+                len: bytes.len() as u64,
+            };
+            answer(send, &resp, Some(Bytes::from(bytes))).await
+        }
+        Ok(None) => answer(send, &Response::NotFound, None).await,
+        Err(e) => answer(send, &store_error(state, e), None).await,
+    }
+}
+
+pub(super) async fn has_shard(
+    send: &mut SendStream,
+    state: &State,
+    id: ShardId,
+) -> Result<(), ProtoError> {
+    let store = state.store.clone();
+    let resp = match blocking(move || store.has(&id)).await {
+        Ok(has) => Response::Has(has),
+        Err(e) => store_error(state, e),
+    };
+    answer(send, &resp, None).await
+}
+
+pub(super) async fn delete_shard(
+    send: &mut SendStream,
+    state: &State,
+    id: ShardId,
+) -> Result<(), ProtoError> {
+    let store = state.store.clone();
+    let resp = match blocking(move || store.delete(&id)).await {
+        Ok(outcome) => Response::Deleted(outcome.into()),
+        Err(e) => store_error(state, e),
+    };
+    answer(send, &resp, None).await
+}
+
+pub(super) async fn list_shards(
+    send: &mut SendStream,
+    state: &State,
+    after: Option<ShardId>,
+    limit: u32,
+) -> Result<(), ProtoError> {
+    let store = state.store.clone();
+    let limit = limit.min(MAX_LIST) as usize;
+    let resp = match blocking(move || store.list_from(after, limit)).await {
+        Ok(ids) => Response::List(ids),
+        Err(e) => store_error(state, e),
+    };
+    answer(send, &resp, None).await
+}
+
+pub(super) async fn usage(send: &mut SendStream, state: &State) -> Result<(), ProtoError> {
+    let store = state.store.clone();
+    let resp = match blocking(move || store.usage()).await {
+        Ok(u) => Response::Usage(u.into()),
+        Err(e) => store_error(state, e),
+    };
+    answer(send, &resp, None).await
+}
+
+pub(super) async fn put_manifest(
+    send: &mut SendStream,
+    recv: &mut RecvStream,
+    state: &State,
+    id: DocumentId,
+    len: u64,
+) -> Result<(), ProtoError> {
+    if let Err(e) = proto::check_body_len("manifest", len, MAX_MANIFEST_BODY) {
+        let _ = recv.stop(ErrorCode::TooLarge.as_u32().into());
+        return answer(send, &error(ErrorCode::TooLarge, e.to_string()), None).await;
+    }
+    let body = proto::read_body(recv, len).await?;
+    let resp = if id.verifies(&body) {
+        commit(state, Pending::Record(id.0, Bytes::from(body))).await
+    } else {
+        state.stats.refused.fetch_add(1, Ordering::Relaxed);
+        error(
+            ErrorCode::HashMismatch,
+            format!("manifest body does not hash to {id}"),
+        )
+    };
+    answer(send, &resp, None).await
+}
+
+/// Serves a manifest; the read is recorded once served.
+pub(super) async fn get_manifest(
+    send: &mut SendStream,
+    state: &State,
+    who: PublicId,
+    id: DocumentId,
+) -> Result<(), ProtoError> {
+    let store = state.store.clone();
+    match blocking(move || store.get_blob(&id.0)).await {
+        Ok(Some(bytes)) => {
+            state.audit.record(who, id, ReadKind::Manifest);
+            let resp = Response::Manifest {
+                len: bytes.len() as u64,
+            };
+            answer(send, &resp, Some(Bytes::from(bytes))).await
+        }
+        Ok(None) => answer(send, &Response::NotFound, None).await,
+        Err(e) => answer(send, &store_error(state, e), None).await,
+    }
+}
+
+/// Opens `document` for reading its shards on this connection (`access::OpenDocuments`).
+pub(super) async fn open_document(
+    send: &mut SendStream,
+    recv: &mut RecvStream,
+    state: &State,
+    opened: &OpenDocuments,
+    document: DocumentId,
+    len: u64,
+) -> Result<(), ProtoError> {
+    if let Err(e) = proto::check_body_len("manifest", len, MAX_MANIFEST_BODY) {
+        let _ = recv.stop(ErrorCode::TooLarge.as_u32().into());
+        return answer(send, &error(ErrorCode::TooLarge, e.to_string()), None).await;
+    }
+    let body = proto::read_body(recv, len).await?;
+    let resp = match opened.open(document, &body) {
+        Ok(shards) => Response::Opened {
+            shards: shards as u32,
+        },
+        Err(e) => {
+            state.stats.refused.fetch_add(1, Ordering::Relaxed);
+            let code = match e {
+                AccessError::ManifestMismatch(_) => ErrorCode::HashMismatch,
+                _ => ErrorCode::Malformed,
+            };
+            error(code, e.to_string())
+        }
+    };
+    answer(send, &resp, None).await
+}
+
+pub(super) async fn delete_manifest(
+    send: &mut SendStream,
+    state: &State,
+    id: DocumentId,
+) -> Result<(), ProtoError> {
+    let store = state.store.clone();
+    let resp = match blocking(move || store.delete_blob(&id.0)).await {
+        Ok(true) => Response::Deleted(DeleteOutcome::Removed),
+        Ok(false) => Response::Deleted(DeleteOutcome::NotFound),
+        Err(e) => store_error(state, e),
+    };
+    answer(send, &resp, None).await
+}
+
+pub(super) async fn scrub(
+    send: &mut SendStream,
+    state: &State,
+    after: Option<ShardId>,
+    limit: u32,
+) -> Result<(), ProtoError> {
+    let store = state.store.clone();
+    let limit = limit.clamp(1, MAX_SCRUB) as usize;
+    let resp = match blocking(move || store.scrub(after, limit)).await {
+        Ok(page) => {
+            state
+                .stats
+                .corrupt_detected
+                .fetch_add(page.corrupt.len() as u64, Ordering::Relaxed);
+            Response::Scrubbed(page.into())
+        }
+        Err(e) => store_error(state, e),
+    };
+    answer(send, &resp, None).await
+}
+
+fn store_error(state: &State, e: StoreError) -> Response {
+    match e {
+        StoreError::Corrupt { id } => {
+            state.stats.corrupt_detected.fetch_add(1, Ordering::Relaxed);
+            warn!(shard = %id, "corrupt shard found on read; not served, needs repair");
+            error(
+                ErrorCode::Corrupt,
+                format!("stored copy of {id} is corrupt"),
+            )
+        }
+        StoreError::CorruptBlob { key } => {
+            state.stats.corrupt_detected.fetch_add(1, Ordering::Relaxed);
+            let id = hex::encode(key);
+            warn!(manifest = %id, "corrupt manifest found on read; not served");
+            error(
+                ErrorCode::Corrupt,
+                format!("stored manifest {id} is corrupt"),
+            )
+        }
+        StoreError::HashMismatch { id } => error(
+            ErrorCode::HashMismatch,
+            format!("body does not hash to {id}"),
+        ),
+        StoreError::BlobHashMismatch { key } => error(
+            ErrorCode::HashMismatch,
+            format!("body does not hash to {}", hex::encode(key)),
+        ),
+        other => {
+            warn!(error = %other, "store failure");
+            error(ErrorCode::Internal, other.to_string())
+        }
+    }
+}
+
+// The store's answers as the wire carries them: the wire types are `proto`'s, so a change
+// to the store never changes the wire format.
+
+impl From<store::PutOutcome> for proto::PutOutcome {
+    fn from(o: store::PutOutcome) -> Self {
+        match o {
+            store::PutOutcome::Stored => Self::Stored,
+            store::PutOutcome::AlreadyPresent => Self::AlreadyPresent,
+        }
+    }
+}
+
+impl From<store::DeleteOutcome> for proto::DeleteOutcome {
+    fn from(o: store::DeleteOutcome) -> Self {
+        match o {
+            store::DeleteOutcome::Removed => Self::Removed,
+            store::DeleteOutcome::Decremented => Self::Decremented,
+            store::DeleteOutcome::NotFound => Self::NotFound,
+        }
+    }
+}
+
+impl From<store::ScrubPage> for proto::ScrubPage {
+    fn from(p: store::ScrubPage) -> Self {
+        let store::ScrubPage {
+            checked,
+            bytes,
+            corrupt,
+            last,
+        } = p;
+        Self {
+            checked,
+            bytes,
+            corrupt,
+            last,
+        }
+    }
+}
+
+impl From<store::Usage> for proto::Usage {
+    fn from(u: store::Usage) -> Self {
+        let store::Usage { shards, bytes } = u;
+        Self { shards, bytes }
+    }
+}
