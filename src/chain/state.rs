@@ -148,6 +148,31 @@ impl Genesis {
     }
 }
 
+/// A change to the state, computed by `State::apply` once every check passed.
+type Change = Box<dyn FnOnce(&mut State)>;
+
+/// Who sent a transaction: its key and its role on chain.
+#[derive(Clone, Copy)]
+struct Caller {
+    id: PublicId,
+    role: Role,
+}
+
+impl Caller {
+    /// Refused unless the sender has role `wanted`.
+    fn require(self, wanted: Role, action: &'static str) -> Result<(), TxError> {
+        if self.role == wanted {
+            Ok(())
+        } else {
+            Err(TxError::Forbidden {
+                sender: self.id,
+                role: self.role.to_string(),
+                action,
+            })
+        }
+    }
+}
+
 /// Everything the chain knows. Built by [`State::genesis`], changed only by
 /// [`State::apply`], read through the accessors below: the fields are private, so no other
 /// code can change the ledger.
@@ -270,20 +295,42 @@ impl State {
                 got: tx.nonce,
             });
         }
-        let role = account.role;
-        let require = |wanted: Role, action: &'static str| {
-            if role == wanted {
-                Ok(())
-            } else {
-                Err(TxError::Forbidden {
-                    sender,
-                    role: role.to_string(),
-                    action,
-                })
-            }
+        let caller = Caller {
+            id: sender,
+            role: account.role,
         };
-        // Each arm checks first and returns the change; nothing is mutated until all pass.
-        let change: Box<dyn FnOnce(&mut State)> = match &tx.body {
+        // Each check returns the change; nothing is mutated until all pass.
+        let change = match &tx.body {
+            TxBody::RegisterDocument { .. } | TxBody::Grant { .. } | TxBody::Revoke { .. } => {
+                self.document_change(caller, &tx.body, height)?
+            }
+            TxBody::Supersede { .. } => self.supersede_change(caller, &tx.body, height)?,
+            TxBody::AddNode { .. }
+            | TxBody::DrainNode { .. }
+            | TxBody::RemoveNode { .. }
+            | TxBody::SetLayout { .. } => self.layout_change(caller, &tx.body)?,
+            TxBody::AddValidator { .. }
+            | TxBody::RemoveValidator { .. }
+            | TxBody::SetValidatorHost { .. } => self.validator_change(caller, &tx.body)?,
+            TxBody::AuditRoot { .. } => self.audit_change(caller, &tx.body)?,
+        };
+        change(self);
+        if let Some(account) = self.accounts.get_mut(&sender) {
+            account.nonce = expected;
+        }
+        Ok(())
+    }
+
+    /// The change a transaction of registering, superseding, granting and revoking documents makes, once every check passed.
+    fn document_change(
+        &self,
+        caller: Caller,
+        body: &TxBody,
+        height: u64,
+    ) -> Result<Change, TxError> {
+        let sender = caller.id;
+        let require = |wanted: Role, action: &'static str| caller.require(wanted, action);
+        Ok(match body {
             TxBody::RegisterDocument { document } => {
                 require(Role::Department, "register documents")?;
                 if self.documents.contains_key(document) {
@@ -295,6 +342,68 @@ impl State {
                         .insert(document, DocumentRecord::new(sender, height));
                 })
             }
+            TxBody::Grant {
+                document,
+                grantee,
+                wrapped,
+                expires_ms,
+            } => {
+                require(Role::Department, "grant access")?;
+                valid_key(grantee)?;
+                let record = self.owned(document, sender)?;
+                if record.superseded_by.is_some() {
+                    return Err(TxError::Superseded(*document));
+                }
+                check_grant(sender, grantee, wrapped)?;
+                if record.grants.len() >= MAX_GRANTS && !record.grants.contains_key(grantee) {
+                    return Err(TxError::TooManyGrants(*document));
+                }
+                let (document, grantee) = (*document, *grantee);
+                let grant = GrantRecord {
+                    wrapped: wrapped.clone(),
+                    expires_ms: *expires_ms,
+                    height,
+                };
+                Box::new(move |s| {
+                    if let Some(r) = s.documents.get_mut(&document) {
+                        r.grants.insert(grantee, grant);
+                    }
+                })
+            }
+            TxBody::Revoke { document, grantee } => {
+                require(Role::Department, "revoke access")?;
+                let record = self.owned(document, sender)?;
+                if !record.grants.contains_key(grantee) {
+                    return Err(TxError::NoSuchGrant {
+                        document: *document,
+                        grantee: *grantee,
+                    });
+                }
+                let (document, grantee) = (*document, *grantee);
+                Box::new(move |s| {
+                    if let Some(r) = s.documents.get_mut(&document) {
+                        r.grants.remove(&grantee);
+                    }
+                })
+            }
+            other => {
+                return Err(TxError::Invalid(format!(
+                    "{other:?} is not a transaction of registering, superseding, granting and revoking documents"
+                )));
+            }
+        })
+    }
+
+    /// The change a transaction of a new version of a document (`Supersede`) makes, once every check passed.
+    fn supersede_change(
+        &self,
+        caller: Caller,
+        body: &TxBody,
+        height: u64,
+    ) -> Result<Change, TxError> {
+        let sender = caller.id;
+        let require = |wanted: Role, action: &'static str| caller.require(wanted, action);
+        Ok(match body {
             TxBody::Supersede {
                 old,
                 new,
@@ -360,6 +469,18 @@ impl State {
                     s.documents.insert(new, record);
                 })
             }
+            other => {
+                return Err(TxError::Invalid(format!(
+                    "{other:?} is not a transaction of a new version of a document (`Supersede`)"
+                )));
+            }
+        })
+    }
+
+    /// The change a transaction of the cluster layout makes, once every check passed.
+    fn layout_change(&self, caller: Caller, body: &TxBody) -> Result<Change, TxError> {
+        let require = |wanted: Role, action: &'static str| caller.require(wanted, action);
+        Ok(match body {
             TxBody::AddNode {
                 node,
                 addr,
@@ -434,80 +555,19 @@ impl State {
                 let layout = self.next_layout(nodes)?;
                 Box::new(move |s| s.set_layout(layout))
             }
-            TxBody::Grant {
-                document,
-                grantee,
-                wrapped,
-                expires_ms,
-            } => {
-                require(Role::Department, "grant access")?;
-                valid_key(grantee)?;
-                let record = self.owned(document, sender)?;
-                if record.superseded_by.is_some() {
-                    return Err(TxError::Superseded(*document));
-                }
-                check_grant(sender, grantee, wrapped)?;
-                if record.grants.len() >= MAX_GRANTS && !record.grants.contains_key(grantee) {
-                    return Err(TxError::TooManyGrants(*document));
-                }
-                let (document, grantee) = (*document, *grantee);
-                let grant = GrantRecord {
-                    wrapped: wrapped.clone(),
-                    expires_ms: *expires_ms,
-                    height,
-                };
-                Box::new(move |s| {
-                    if let Some(r) = s.documents.get_mut(&document) {
-                        r.grants.insert(grantee, grant);
-                    }
-                })
+            other => {
+                return Err(TxError::Invalid(format!(
+                    "{other:?} is not a transaction of the cluster layout"
+                )));
             }
-            TxBody::Revoke { document, grantee } => {
-                require(Role::Department, "revoke access")?;
-                let record = self.owned(document, sender)?;
-                if !record.grants.contains_key(grantee) {
-                    return Err(TxError::NoSuchGrant {
-                        document: *document,
-                        grantee: *grantee,
-                    });
-                }
-                let (document, grantee) = (*document, *grantee);
-                Box::new(move |s| {
-                    if let Some(r) = s.documents.get_mut(&document) {
-                        r.grants.remove(&grantee);
-                    }
-                })
-            }
-            TxBody::AuditRoot {
-                peer,
-                first,
-                count,
-                root: _,
-            } => {
-                require(Role::Node, "commit audit roots")?;
-                if *peer != sender {
-                    return Err(TxError::Invalid(format!(
-                        "{sender} may commit audit roots only for itself, not for {peer}"
-                    )));
-                }
-                if *count == 0 || *count > MAX_AUDIT_COUNT {
-                    return Err(TxError::Invalid(format!(
-                        "an audit root covers 1 to {MAX_AUDIT_COUNT} records, not {count}"
-                    )));
-                }
-                let expected = self.audits.get(&sender).copied().unwrap_or(0);
-                if *first != expected {
-                    return Err(TxError::AuditGap {
-                        peer: sender,
-                        expected,
-                        got: *first,
-                    });
-                }
-                let next = first.saturating_add(*count);
-                Box::new(move |s| {
-                    s.audits.insert(sender, next);
-                })
-            }
+        })
+    }
+
+    /// The change a transaction of the validator set and where validators are hosted makes, once every check passed.
+    fn validator_change(&self, caller: Caller, body: &TxBody) -> Result<Change, TxError> {
+        let sender = caller.id;
+        let require = |wanted: Role, action: &'static str| caller.require(wanted, action);
+        Ok(match body {
             TxBody::AddValidator { validator } => {
                 require(Role::Validator, "change the validator set")?;
                 valid_key(validator)?;
@@ -579,12 +639,55 @@ impl State {
                     s.validator_hosts.insert(v, node);
                 })
             }
-        };
-        change(self);
-        if let Some(account) = self.accounts.get_mut(&sender) {
-            account.nonce = expected;
-        }
-        Ok(())
+            other => {
+                return Err(TxError::Invalid(format!(
+                    "{other:?} is not a transaction of the validator set and where validators are hosted"
+                )));
+            }
+        })
+    }
+
+    /// The change a transaction of a peer's audit root makes, once every check passed.
+    fn audit_change(&self, caller: Caller, body: &TxBody) -> Result<Change, TxError> {
+        let sender = caller.id;
+        let require = |wanted: Role, action: &'static str| caller.require(wanted, action);
+        Ok(match body {
+            TxBody::AuditRoot {
+                peer,
+                first,
+                count,
+                root: _,
+            } => {
+                require(Role::Node, "commit audit roots")?;
+                if *peer != sender {
+                    return Err(TxError::Invalid(format!(
+                        "{sender} may commit audit roots only for itself, not for {peer}"
+                    )));
+                }
+                if *count == 0 || *count > MAX_AUDIT_COUNT {
+                    return Err(TxError::Invalid(format!(
+                        "an audit root covers 1 to {MAX_AUDIT_COUNT} records, not {count}"
+                    )));
+                }
+                let expected = self.audits.get(&sender).copied().unwrap_or(0);
+                if *first != expected {
+                    return Err(TxError::AuditGap {
+                        peer: sender,
+                        expected,
+                        got: *first,
+                    });
+                }
+                let next = first.saturating_add(*count);
+                Box::new(move |s| {
+                    s.audits.insert(sender, next);
+                })
+            }
+            other => {
+                return Err(TxError::Invalid(format!(
+                    "{other:?} is not a transaction of a peer's audit root"
+                )));
+            }
+        })
     }
 
     /// Starts a new layout epoch; the current layout becomes the previous one.

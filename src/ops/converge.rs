@@ -39,8 +39,8 @@ use crate::erasure::Erasure;
 use crate::id::DocumentId;
 use crate::manifest::Manifest;
 use crate::placement::{Layout, NodeInfo};
-use crate::proto::MAX_LIST;
 use crate::proto::DeleteOutcome;
+use crate::proto::MAX_LIST;
 
 /// What a [`converge`] run found and did.
 #[derive(Debug, Clone, Default)]
