@@ -517,29 +517,19 @@ pub async fn cluster(
     use crate::client::ClientOptions;
     use crate::cluster::{ClusterError, LocalCluster};
 
-    // The floor swings with scheduling on a small machine: take the median of three.
-    let mut floors = Vec::new();
-    for _ in 0..3 {
-        floors.push(
-            crate::tls::measure_transport_floor(128 << 20)
-                .await
-                .map_err(|e| ClusterError::Check(format!("transport floor: {e}")))?,
-        );
-    }
-    floors.sort_by(f64::total_cmp);
-    let floor = floors[1];
+    let floor = median_transport_floor().await?;
     let cluster = LocalCluster::start(options.peers, 3).await?;
     let client = cluster.client(ClientOptions::default())?;
-    let info = || DocumentInfo {
-        department: "bench".into(),
-        document_type: "bench".into(),
-        created_at_ms: None,
-    };
 
     let size = options.document;
     let (start, cpu) = (Instant::now(), cpu_time());
     let receipt = client
-        .put(SampleStream::new(size, 3), Some(size), info(), &|_, _| {})
+        .put(
+            SampleStream::new(size, 3),
+            Some(size),
+            bench_info(),
+            &|_, _| {},
+        )
         .await?;
     let put = figure("put", size as usize, start.elapsed());
     let put_cores = cores(cpu, cpu_time(), put.time);
@@ -557,70 +547,23 @@ pub async fn cluster(
 
     // Certificates: `in_flight` workers, each putting then getting its share.
     let cert = Arc::new(sample_data(options.certificate_size, 9));
-    let per_worker = options.certificates.div_ceil(options.in_flight.max(1));
-    let run = |phase_get: bool, ids: Arc<Vec<(crate::id::DocumentId, DataKey)>>| {
-        let client = client.clone();
-        let cert = cert.clone();
-        async move {
-            let mut tasks = tokio::task::JoinSet::new();
-            for w in 0..options.in_flight.max(1) {
-                let (client, cert, ids) = (client.clone(), cert.clone(), ids.clone());
-                tasks.spawn(async move {
-                    let mut times = Vec::new();
-                    let mut phases = Vec::new();
-                    let mut made = Vec::new();
-                    for i in 0..per_worker {
-                        let t = Instant::now();
-                        if phase_get {
-                            let Some((id, key)) = ids.get(w * per_worker + i) else {
-                                break;
-                            };
-                            let mut out = Vec::new();
-                            client.get(id, key, &mut out, &|_, _| {}).await?;
-                            if out != *cert {
-                                return Err(ClusterError::Check("certificate differs".into()));
-                            }
-                        } else {
-                            let r = client
-                                .put(
-                                    std::io::Cursor::new(cert.as_ref().clone()),
-                                    None,
-                                    info(),
-                                    &|_, _| {},
-                                )
-                                .await?;
-                            phases.push(r.timings);
-                            made.push((r.id, r.key));
-                        }
-                        times.push(t.elapsed());
-                    }
-                    Ok::<_, ClusterError>((times, phases, made))
-                });
-            }
-            let mut times = Vec::new();
-            let mut phases = Vec::new();
-            let mut made = Vec::new();
-            while let Some(res) = tasks.join_next().await {
-                let (t, p, m) = res.map_err(|e| ClusterError::Check(e.to_string()))??;
-                times.extend(t);
-                phases.extend(p);
-                made.extend(m);
-            }
-            Ok::<_, ClusterError>((times, phases, made))
-        }
+    let workers = options.in_flight.max(1);
+    let per_worker = options.certificates.div_ceil(workers);
+    let round = |phase_get: bool, ids: Arc<Vec<(crate::id::DocumentId, DataKey)>>| {
+        certificate_round(&client, &cert, workers, per_worker, phase_get, ids)
     };
     let per_cert = |before: Option<Duration>, n: usize| {
         Some(cpu_time()?.saturating_sub(before?) / n.max(1) as u32)
     };
     let (start, cpu) = (Instant::now(), cpu_time());
-    let (times, phases, made) = run(false, Arc::new(Vec::new())).await?;
+    let (times, phases, made) = round(false, Arc::new(Vec::new())).await?;
     let wall = start.elapsed();
     let cert_put_cpu = per_cert(cpu, times.len());
     let cert_put = latency(times, wall);
     let cert_put_stored = latency(phases.iter().map(|p| p.stored).collect(), wall);
     let cert_put_registered = latency(phases.iter().map(|p| p.registered).collect(), wall);
     let (start, cpu) = (Instant::now(), cpu_time());
-    let (times, _, _) = run(true, Arc::new(made)).await?;
+    let (times, _, _) = round(true, Arc::new(made)).await?;
     let cert_get_cpu = per_cert(cpu, times.len());
     let cert_get = latency(times, start.elapsed());
 
@@ -642,6 +585,95 @@ pub async fn cluster(
         peak_rss_document,
         peak_rss: peak_rss(),
     })
+}
+
+/// The transport floor, MB/s: the median of three measurements, as the floor swings with
+/// scheduling on a small machine.
+async fn median_transport_floor() -> Result<f64, crate::cluster::ClusterError> {
+    let mut floors = Vec::new();
+    for _ in 0..3 {
+        floors.push(
+            crate::tls::measure_transport_floor(128 << 20)
+                .await
+                .map_err(|e| {
+                    crate::cluster::ClusterError::Check(format!("transport floor: {e}"))
+                })?,
+        );
+    }
+    floors.sort_by(f64::total_cmp);
+    Ok(floors[1])
+}
+
+/// What the cluster benchmark's documents say about themselves.
+fn bench_info() -> DocumentInfo {
+    DocumentInfo {
+        department: "bench".into(),
+        document_type: "bench".into(),
+        created_at_ms: None,
+    }
+}
+
+/// The documents one certificate round made: (id, data key) of each put.
+type Made = Vec<(crate::id::DocumentId, DataKey)>;
+
+/// One round of certificates: `workers` tasks at once, each putting `per_worker` copies of
+/// `cert` one after the other, or (`phase_get`) reading back its share of `ids`; returns
+/// every operation's time, the puts' phase timings and the documents put.
+async fn certificate_round(
+    client: &crate::client::Client,
+    cert: &Arc<Vec<u8>>,
+    workers: usize,
+    per_worker: usize,
+    phase_get: bool,
+    ids: Arc<Made>,
+) -> Result<(Vec<Duration>, Vec<crate::client::PutTimings>, Made), crate::cluster::ClusterError> {
+    use crate::cluster::ClusterError;
+
+    let mut tasks = tokio::task::JoinSet::new();
+    for w in 0..workers {
+        let (client, cert, ids) = (client.clone(), cert.clone(), ids.clone());
+        tasks.spawn(async move {
+            let mut times = Vec::new();
+            let mut phases = Vec::new();
+            let mut made = Vec::new();
+            for i in 0..per_worker {
+                let t = Instant::now();
+                if phase_get {
+                    let Some((id, key)) = ids.get(w * per_worker + i) else {
+                        break;
+                    };
+                    let mut out = Vec::new();
+                    client.get(id, key, &mut out, &|_, _| {}).await?;
+                    if out != *cert {
+                        return Err(ClusterError::Check("certificate differs".into()));
+                    }
+                } else {
+                    let r = client
+                        .put(
+                            std::io::Cursor::new(cert.as_ref().clone()),
+                            None,
+                            bench_info(),
+                            &|_, _| {},
+                        )
+                        .await?;
+                    phases.push(r.timings);
+                    made.push((r.id, r.key));
+                }
+                times.push(t.elapsed());
+            }
+            Ok::<_, ClusterError>((times, phases, made))
+        });
+    }
+    let mut times = Vec::new();
+    let mut phases = Vec::new();
+    let mut made = Vec::new();
+    while let Some(res) = tasks.join_next().await {
+        let (t, p, m) = res.map_err(|e| ClusterError::Check(e.to_string()))??;
+        times.extend(t);
+        phases.extend(p);
+        made.extend(m);
+    }
+    Ok((times, phases, made))
 }
 
 /// What `dangan bench chain` measured: `validators` validators, each hosted by a peer on
@@ -706,58 +738,126 @@ pub async fn chain(
     per_department: usize,
     rate: Option<f64>,
 ) -> Result<ChainBenchReport, ChainBenchError> {
-    use crate::chain::client::ChainLink;
-    use crate::chain::ledger::{Ledger, ValidatorNet};
-    use crate::chain::state::{Genesis, GenesisAccount};
-    use crate::chain::tx::{Tx, TxBody};
-    use crate::client::{Client, ClientOptions};
-    use crate::identity::{Identity, Role};
-    use crate::placement::{Layout, NodeInfo};
-    use crate::tls::Membership;
-
     let validators = validators.max(1);
     let dir = tempfile::tempdir()?;
-    let keys: Vec<Identity> = (0..validators)
-        .map(|_| Identity::generate(Role::Validator))
-        .collect();
-    let hosts: Vec<Identity> = (0..validators)
-        .map(|_| Identity::generate(Role::Node))
-        .collect();
-    let depts: Vec<Identity> = (0..departments.max(1))
-        .map(|_| Identity::generate(Role::Department))
-        .collect();
-    // A few client endpoints carry every department's (already signed) transactions.
-    let senders: Vec<Identity> = (0..8)
-        .map(|_| Identity::generate(Role::Department))
-        .collect();
-    let membership = Membership::new();
-    for id in hosts.iter().chain(&senders) {
-        membership.add(id.public());
+    let setup = ChainBenchSetup::new(validators, departments)?;
+    let running = start_validators(&setup, dir.path()).await?;
+    let clients = chain_clients(&setup)?;
+    let department_count = setup.depts.len();
+    let (times, wall) = register_all(setup.depts, &clients, per_department, rate).await?;
+    let blocks = running[0].0.status().height;
+    for c in &clients {
+        c.close().await;
     }
-    let genesis = Genesis {
-        chain_id: "bench".into(),
-        validators: keys
-            .iter()
-            .map(|v| GenesisAccount::of(v, Role::Validator))
-            .collect(),
-        accounts: depts
-            .iter()
-            .map(|d| GenesisAccount::of(d, Role::Department))
-            .collect(),
-        nodes: Vec::new(),
-    };
-    let mut addrs = Vec::new();
-    for _ in 0..validators {
-        addrs.push(std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?);
+    // Every validator's raft stops at once (before any of their peers), so none of them
+    // times out on the others and calls an election while the rest shut down.
+    futures::future::join_all(running.iter().map(|(ledger, _)| ledger.shutdown())).await;
+    for (_, peer) in running {
+        peer.shutdown().await;
     }
-    let nodes: Vec<NodeInfo> = (0..validators)
-        .map(|i| NodeInfo {
-            key: hosts[i].public(),
-            zone: "validators".into(),
-            weight: 0,
-            addr: addrs[i].to_string(),
+    Ok(ChainBenchReport {
+        validators,
+        departments: department_count,
+        rate,
+        registrations: times.len(),
+        blocks,
+        commit: latency(times, wall),
+    })
+}
+
+/// Who takes part in a chain benchmark: the validators, the peers hosting them (on
+/// addresses picked now), the departments, and the few client endpoints that carry every
+/// department's (already signed) transactions.
+struct ChainBenchSetup {
+    keys: Vec<crate::identity::Identity>,
+    hosts: Vec<crate::identity::Identity>,
+    depts: Vec<crate::identity::Identity>,
+    senders: Vec<crate::identity::Identity>,
+    membership: crate::tls::Membership,
+    genesis: crate::chain::state::Genesis,
+    addrs: Vec<std::net::SocketAddr>,
+    nodes: Vec<crate::placement::NodeInfo>,
+}
+
+impl ChainBenchSetup {
+    fn new(validators: usize, departments: usize) -> Result<Self, ChainBenchError> {
+        use crate::chain::state::{Genesis, GenesisAccount};
+        use crate::identity::{Identity, Role};
+        use crate::placement::NodeInfo;
+        use crate::tls::Membership;
+
+        let keys: Vec<Identity> = (0..validators)
+            .map(|_| Identity::generate(Role::Validator))
+            .collect();
+        let hosts: Vec<Identity> = (0..validators)
+            .map(|_| Identity::generate(Role::Node))
+            .collect();
+        let depts: Vec<Identity> = (0..departments.max(1))
+            .map(|_| Identity::generate(Role::Department))
+            .collect();
+        // A few client endpoints carry every department's (already signed) transactions.
+        let senders: Vec<Identity> = (0..8)
+            .map(|_| Identity::generate(Role::Department))
+            .collect();
+        let membership = Membership::new();
+        for id in hosts.iter().chain(&senders) {
+            membership.add(id.public());
+        }
+        let genesis = Genesis {
+            chain_id: "bench".into(),
+            validators: keys
+                .iter()
+                .map(|v| GenesisAccount::of(v, Role::Validator))
+                .collect(),
+            accounts: depts
+                .iter()
+                .map(|d| GenesisAccount::of(d, Role::Department))
+                .collect(),
+            nodes: Vec::new(),
+        };
+        let mut addrs = Vec::new();
+        for _ in 0..validators {
+            addrs.push(std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?);
+        }
+        let nodes: Vec<NodeInfo> = (0..validators)
+            .map(|i| NodeInfo {
+                key: hosts[i].public(),
+                zone: "validators".into(),
+                weight: 0,
+                addr: addrs[i].to_string(),
+            })
+            .collect();
+        Ok(Self {
+            keys,
+            hosts,
+            depts,
+            senders,
+            membership,
+            genesis,
+            addrs,
+            nodes,
         })
-        .collect();
+    }
+}
+
+/// Opens each validator's ledger under `dir` and starts the peer hosting it; returns once
+/// the chain is up (or after 10 s).
+async fn start_validators(
+    setup: &ChainBenchSetup,
+    dir: &std::path::Path,
+) -> Result<Vec<(Arc<crate::chain::ledger::Ledger>, crate::peer::PeerHandle)>, ChainBenchError> {
+    use crate::chain::ledger::{Ledger, ValidatorNet};
+
+    let ChainBenchSetup {
+        keys,
+        hosts,
+        membership,
+        genesis,
+        addrs,
+        nodes,
+        ..
+    } = setup;
+    let validators = keys.len();
     let mut running = Vec::new();
     for i in 0..validators {
         let net = (validators > 1).then(|| ValidatorNet {
@@ -765,10 +865,10 @@ pub async fn chain(
             trust: Arc::new(membership.clone()),
             hosts: keys.iter().map(|k| k.public()).zip(nodes.clone()).collect(),
         });
-        let vdir = dir.path().join(format!("v{i}"));
+        let vdir = dir.join(format!("v{i}"));
         std::fs::create_dir_all(&vdir)?;
         let ledger =
-            Arc::new(Ledger::open(&vdir.join("chain.redb"), &genesis, keys[i].clone(), net).await?);
+            Arc::new(Ledger::open(&vdir.join("chain.redb"), genesis, keys[i].clone(), net).await?);
         let peer = crate::peer::start(
             &hosts[i],
             Arc::new(membership.clone()),
@@ -792,15 +892,24 @@ pub async fn chain(
     while !running.iter().all(|(l, _)| l.is_current()) && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    Ok(running)
+}
+
+/// One client per sender endpoint, each sending to the validators' chain.
+fn chain_clients(setup: &ChainBenchSetup) -> Result<Vec<crate::client::Client>, ChainBenchError> {
+    use crate::chain::client::ChainLink;
+    use crate::client::{Client, ClientOptions};
+    use crate::placement::Layout;
+
     let link = ChainLink {
-        hosts: nodes.clone(),
-        validators: keys.iter().map(|k| k.public()).collect(),
+        hosts: setup.nodes.clone(),
+        validators: setup.keys.iter().map(|k| k.public()).collect(),
     };
     let mut clients = Vec::new();
-    for sender in &senders {
+    for sender in &setup.senders {
         clients.push(Client::new(
             sender,
-            Arc::new(membership.clone()),
+            Arc::new(setup.membership.clone()),
             Layout::new(0, Vec::new()).map_err(crate::client::ClientError::from)?,
             ClientOptions {
                 bind: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -809,66 +918,79 @@ pub async fn chain(
             },
         )?);
     }
+    Ok(clients)
+}
+
+/// Every department registers `per_department` documents at once, spread over `clients`;
+/// returns every registration's commit latency and the wall time of them all.
+async fn register_all(
+    depts: Vec<crate::identity::Identity>,
+    clients: &[crate::client::Client],
+    per_department: usize,
+    rate: Option<f64>,
+) -> Result<(Vec<Duration>, Duration), ChainBenchError> {
     let interval = rate.map(|r| Duration::from_secs_f64(depts.len() as f64 / r.max(1.0)));
     let start = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     let department_count = depts.len();
     for (n, dept) in depts.into_iter().enumerate() {
         let client = clients[n % clients.len()].clone();
-        tasks.spawn(async move {
-            let mut times = Vec::with_capacity(per_department);
-            // Spread the departments' schedules over one interval.
-            let offset = interval.map(|i| i.mul_f64(n as f64 / department_count as f64));
-            for nonce in 1..=per_department as u64 {
-                if let (Some(i), Some(o)) = (interval, offset) {
-                    let due = start + o + i * (nonce as u32 - 1);
-                    tokio::time::sleep_until(due.into()).await;
-                }
-                let mut seed = dept.public().as_bytes().to_vec();
-                seed.extend(nonce.to_le_bytes());
-                let tx = Tx {
-                    sender: dept.public(),
-                    nonce,
-                    body: TxBody::RegisterDocument {
-                        document: crate::id::DocumentId::of(&seed),
-                    },
-                }
-                .sign(&dept);
-                // On a schedule, latency counts from when the registration was due, so a
-                // slow answer that delays the next one is not hidden (coordinated omission).
-                let submitted = match (interval, offset) {
-                    (Some(i), Some(o)) => start + o + i * (nonce as u32 - 1),
-                    _ => Instant::now(),
-                };
-                client.chain()?.submit_tx(&tx).await?;
-                times.push(submitted.elapsed());
-            }
-            Ok::<_, crate::client::ClientError>(times)
-        });
+        // Spread the departments' schedules over one interval.
+        let offset = interval.map(|i| i.mul_f64(n as f64 / department_count as f64));
+        tasks.spawn(register_as(
+            dept,
+            client,
+            per_department,
+            start,
+            interval,
+            offset,
+        ));
     }
     let mut times = Vec::new();
     while let Some(r) = tasks.join_next().await {
         times.extend(r.map_err(|e| ChainBenchError::Task(e.to_string()))??);
     }
-    let wall = start.elapsed();
-    let blocks = running[0].0.status().height;
-    for c in &clients {
-        c.close().await;
+    Ok((times, start.elapsed()))
+}
+
+/// One department's registrations, one after the other, or with `interval` each due at
+/// `start + offset + interval * (nonce - 1)`; returns their commit latencies.
+async fn register_as(
+    dept: crate::identity::Identity,
+    client: crate::client::Client,
+    per_department: usize,
+    start: Instant,
+    interval: Option<Duration>,
+    offset: Option<Duration>,
+) -> Result<Vec<Duration>, crate::client::ClientError> {
+    use crate::chain::tx::{Tx, TxBody};
+
+    let mut times = Vec::with_capacity(per_department);
+    for nonce in 1..=per_department as u64 {
+        if let (Some(i), Some(o)) = (interval, offset) {
+            let due = start + o + i * (nonce as u32 - 1);
+            tokio::time::sleep_until(due.into()).await;
+        }
+        let mut seed = dept.public().as_bytes().to_vec();
+        seed.extend(nonce.to_le_bytes());
+        let tx = Tx {
+            sender: dept.public(),
+            nonce,
+            body: TxBody::RegisterDocument {
+                document: crate::id::DocumentId::of(&seed),
+            },
+        }
+        .sign(&dept);
+        // On a schedule, latency counts from when the registration was due, so a
+        // slow answer that delays the next one is not hidden (coordinated omission).
+        let submitted = match (interval, offset) {
+            (Some(i), Some(o)) => start + o + i * (nonce as u32 - 1),
+            _ => Instant::now(),
+        };
+        client.chain()?.submit_tx(&tx).await?;
+        times.push(submitted.elapsed());
     }
-    // Every validator's raft stops at once (before any of their peers), so none of them
-    // times out on the others and calls an election while the rest shut down.
-    futures::future::join_all(running.iter().map(|(ledger, _)| ledger.shutdown())).await;
-    for (_, peer) in running {
-        peer.shutdown().await;
-    }
-    Ok(ChainBenchReport {
-        validators,
-        departments: department_count,
-        rate,
-        registrations: times.len(),
-        blocks,
-        commit: latency(times, wall),
-    })
+    Ok(times)
 }
 
 /// Half the registrations per second a saturated run reached: the load at which the commit
@@ -1320,16 +1442,16 @@ struct Row {
 
 impl AllBenchReport {
     fn rows(&self) -> Vec<Row> {
-        let rss = |r: &PeakRss| {
-            r.bytes.map(|b| {
-                format!(
-                    "{}{}",
-                    b >> 20,
-                    if r.own { "" } else { " (whole run so far)" }
-                )
-            })
-        };
         let mut rows = Vec::new();
+        self.codec_rows(&mut rows);
+        self.cluster_rows(&mut rows);
+        self.chain_rows(&mut rows);
+        self.ops_rows(&mut rows);
+        rows
+    }
+
+    /// One row per codec figure; the last one carries the codec's peak RSS.
+    fn codec_rows(&self, rows: &mut Vec<Row>) {
         let c = &self.codec;
         let p = &c.options.params;
         for fig in [
@@ -1356,8 +1478,12 @@ impl AllBenchReport {
                 ..Row::default()
             });
         }
-        rows.last_mut().expect("codec rows").rss = rss(&self.codec_rss);
+        rows.last_mut().expect("codec rows").rss = rss_cell(&self.codec_rss);
+    }
 
+    /// The transport floor, the large document's put and get, and the certificates' put
+    /// (with its two phases) and get.
+    fn cluster_rows(&self, rows: &mut Vec<Row>) {
         let cl = &self.cluster;
         let o = &cl.options;
         rows.push(Row {
@@ -1393,7 +1519,9 @@ impl AllBenchReport {
                 docs_s: Some(l.per_second),
                 p50: Some(l.p50),
                 p99: Some(l.p99),
-                rss: (name == "get").then(|| rss(&self.cluster_rss)).flatten(),
+                rss: (name == "get")
+                    .then(|| rss_cell(&self.cluster_rss))
+                    .flatten(),
                 ..Row::default()
             });
             if name == "put" {
@@ -1412,6 +1540,10 @@ impl AllBenchReport {
                 }
             }
         }
+    }
+
+    /// One row per chain run.
+    fn chain_rows(&self, rows: &mut Vec<Row>) {
         for (r, peak) in &self.chain {
             rows.push(Row {
                 bench: "chain",
@@ -1428,10 +1560,14 @@ impl AllBenchReport {
                 docs_s: Some(r.commit.per_second),
                 p50: Some(r.commit.p50),
                 p99: Some(r.commit.p99),
-                rss: rss(peak),
+                rss: rss_cell(peak),
                 ..Row::default()
             });
         }
+    }
+
+    /// One row per layout operation; the last one carries the ops' peak RSS.
+    fn ops_rows(&self, rows: &mut Vec<Row>) {
         let ops = &self.ops;
         let shape = ops.options.as_ref().map_or(String::new(), |o| {
             format!(", {} x {} MiB", o.documents, o.document >> 20)
@@ -1450,9 +1586,19 @@ impl AllBenchReport {
                 ..Row::default()
             });
         }
-        rows.last_mut().expect("ops rows").rss = rss(&self.ops_rss);
-        rows
+        rows.last_mut().expect("ops rows").rss = rss_cell(&self.ops_rss);
     }
+}
+
+/// A peak RSS cell, MiB, flagged where it covers the whole run so far.
+fn rss_cell(r: &PeakRss) -> Option<String> {
+    r.bytes.map(|b| {
+        format!(
+            "{}{}",
+            b >> 20,
+            if r.own { "" } else { " (whole run so far)" }
+        )
+    })
 }
 
 impl fmt::Display for AllBenchReport {

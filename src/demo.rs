@@ -1,19 +1,22 @@
 //! The `dangan demo` story: a whole cluster started in this process (`cluster`), then
 //! documents stored and fetched, peers lost, grants given and revoked, reads audited and
-//! the layout changed, each step told with its timing and checked.
+//! the layout changed, each step told with its timing and checked. [`run`] tells the
+//! chapters in order, one function each, passing on what they share (`Story`).
 //!
 //! Not here: the embedded cluster itself (`cluster`) or measurements (`bench`).
 
 use std::time::{Duration, Instant};
 
-use crate::client::{ClientError, ClientOptions, PutReceipt};
+use crate::client::{Client, ClientError, ClientOptions, PutReceipt};
 use crate::cluster::{
     ClusterError, LocalCluster, get_bytes, put_bytes, sample_certificate, sample_data,
 };
+use crate::crypto::DataKey;
 use crate::identity::{Identity, Role};
 use crate::manifest::CodingParams;
 use crate::peer::PeerLimits;
 use crate::placement::Layout;
+use crate::revision::RevisionReport;
 
 /// One line of the demo's story.
 pub type Step<'a> = &'a mut (dyn FnMut(&str) + Send);
@@ -31,9 +34,61 @@ fn block_of(receipt: &PutReceipt) -> String {
         .registered
         .map_or("(none)".into(), |(height, _)| height.to_string())
 }
-/// `dangan demo`: 6 peers, a certificate and a 64 MiB file stored and fetched, 2 peers
-/// stopped, both fetched again. Every step goes to `step` with its timing.
+
+/// `dangan demo`: the story in chapters, each told to `step` line by line with its
+/// timings and checked: 6 peers started and two documents (a certificate and a
+/// `big_mib` MiB file) stored and fetched; 2 peers lost and both fetched again; the
+/// certificate granted to a citizen and refused to a neighbour, then revoked and rekeyed;
+/// the reads audited against the chain; a peer added, one drained, and the layout checked.
 pub async fn run(big_mib: usize, step: Step<'_>) -> Result<(), ClusterError> {
+    let (mut story, client) = store(big_mib, step).await?;
+    lose_two_peers(&mut story, &client, step).await?;
+    let grant = grant(&story, &client, step).await?;
+    let (owner, rekeyed) = revoke_and_rekey(&story, client, &grant, step).await?;
+    audit(&story, &owner, &grant, step).await?;
+
+    let cert_now = PutReceipt {
+        id: rekeyed.new,
+        manifest: owner.manifest(&rekeyed.new).await?,
+        key: rekeyed.key.clone(),
+        shards_stored: 0,
+        shards_missing: Vec::new(),
+        registered: Some((rekeyed.height, 0)),
+        timings: Default::default(),
+    };
+    owner.close().await;
+
+    let docs = [(&cert_now, &story.cert), (&story.big_put, &story.big)];
+    add_and_drain(&mut story.cluster, &docs, step).await?;
+    check_layout(&story.cluster, story.params, &docs, step).await?;
+    story.cluster.shutdown().await;
+    step("all checks passed; cluster stopped and its temporary files removed");
+    Ok(())
+}
+
+/// What the chapters share: the cluster and the two documents with their receipts.
+struct Story {
+    cluster: LocalCluster,
+    params: CodingParams,
+    cert: Vec<u8>,
+    big: Vec<u8>,
+    cert_put: PutReceipt,
+    big_put: PutReceipt,
+}
+
+/// The grant chapter's cast, for the revocation and the audit after it.
+struct Grant {
+    citizen: Identity,
+    neighbour: Identity,
+    /// The citizen's client, still open: it asks for the key again after the revocation.
+    as_citizen: Client,
+    /// The data key the citizen took from their grant.
+    key: DataKey,
+}
+
+/// Chapter 1: starts the cluster and stores the certificate and the large file; returns
+/// the story so far and the department's client.
+async fn store(big_mib: usize, step: Step<'_>) -> Result<(Story, Client), ClusterError> {
     let t = Instant::now();
     // Peers commit the roots of their read records every half second, so the audit at the
     // end of the grant story is checked against the chain without a wait.
@@ -41,7 +96,7 @@ pub async fn run(big_mib: usize, step: Step<'_>) -> Result<(), ClusterError> {
         audit_interval: Duration::from_millis(500),
         ..PeerLimits::default()
     };
-    let mut cluster = LocalCluster::start_with(6, 3, limits).await?;
+    let cluster = LocalCluster::start_with(6, 3, limits).await?;
     let params = CodingParams::default();
     step(&format!(
         "started 6 storage peers in 3 zones on 127.0.0.1 (QUIC, mutual TLS, redb) in {}",
@@ -86,59 +141,48 @@ pub async fn run(big_mib: usize, step: Step<'_>) -> Result<(), ClusterError> {
         big_put.shards_stored,
         block_of(&big_put)
     ));
-
-    let fetch_both = |label: &'static str| {
-        let client = client.clone();
-        let (cert, big) = (&cert, &big);
-        let (cert_put, big_put) = (&cert_put, &big_put);
-        async move {
-            let mut lines = Vec::new();
-            let t = Instant::now();
-            let (out, _) = get_bytes(&client, &cert_put.id, &cert_put.key).await?;
-            if &out != cert {
-                return Err(ClusterError::Check("certificate bytes differ".into()));
-            }
-            lines.push(format!(
-                "get certificate {label}: identical, in {}",
-                ms(t.elapsed())
-            ));
-            let t = Instant::now();
-            let (out, report) = get_bytes(&client, &big_put.id, &big_put.key).await?;
-            let d = t.elapsed();
-            if &out != big {
-                return Err(ClusterError::Check("large file bytes differ".into()));
-            }
-            lines.push(format!(
-                "get {} MiB file {label}: identical, in {} ({}), {} stripes rebuilt from parity",
-                big.len() >> 20,
-                ms(d),
-                mbps(big.len() as u64, d),
-                report.stripes_rebuilt
-            ));
-            Ok::<_, ClusterError>(lines)
-        }
+    let story = Story {
+        cluster,
+        params,
+        cert,
+        big,
+        cert_put,
+        big_put,
     };
-    for line in fetch_both("with all peers up").await? {
+    Ok((story, client))
+}
+
+/// Chapter 2: both documents fetched with all peers up, then with the two peers down that
+/// hold the large file's first data shards (so the read rebuilds from parity); the chain's
+/// status; the two peers restarted.
+async fn lose_two_peers(
+    story: &mut Story,
+    client: &Client,
+    step: Step<'_>,
+) -> Result<(), ClusterError> {
+    for line in fetch_both(story, client, "with all peers up").await? {
         step(&line);
     }
     // Stop the two peers holding the first data shards of the large file's first stripe,
     // so the read must rebuild from parity.
-    let first = &big_put.manifest.stripes[0];
+    let cluster = &mut story.cluster;
+    let first = &story.big_put.manifest.stripes[0];
     let placed = cluster
         .layout()
         .place(&crate::client::stripe_key(first), first.len())?;
     let victims: Vec<usize> = placed
         .iter()
-        .take(usize::from(params.m))
+        .take(usize::from(story.params.m))
         .filter_map(|n| cluster.index_of(&n.key))
         .collect();
     for &v in &victims {
         cluster.stop_peer(v).await?;
         step(&format!("stopped peer {v}"));
     }
-    for line in fetch_both("with 2 peers down").await? {
+    for line in fetch_both(story, client, "with 2 peers down").await? {
         step(&line);
     }
+    let cluster = &mut story.cluster;
     let status = cluster.ledger().status();
     step(&format!(
         "chain: {} blocks, {} documents registered, state root {}",
@@ -152,8 +196,49 @@ pub async fn run(big_mib: usize, step: Step<'_>) -> Result<(), ClusterError> {
         cluster.restart_peer(v).await?;
         step(&format!("restarted peer {v}"));
     }
-    // Grants: the department lets a citizen read the certificate; the citizen takes the data
-    // key from the chain, reads the document and keeps a receipt that verifies offline.
+    Ok(())
+}
+
+/// Fetches both documents and checks their bytes; returns the lines telling it, once both
+/// are read.
+async fn fetch_both(
+    story: &Story,
+    client: &Client,
+    label: &'static str,
+) -> Result<Vec<String>, ClusterError> {
+    let (cert, big) = (&story.cert, &story.big);
+    let (cert_put, big_put) = (&story.cert_put, &story.big_put);
+    let mut lines = Vec::new();
+    let t = Instant::now();
+    let (out, _) = get_bytes(client, &cert_put.id, &cert_put.key).await?;
+    if &out != cert {
+        return Err(ClusterError::Check("certificate bytes differ".into()));
+    }
+    lines.push(format!(
+        "get certificate {label}: identical, in {}",
+        ms(t.elapsed())
+    ));
+    let t = Instant::now();
+    let (out, report) = get_bytes(client, &big_put.id, &big_put.key).await?;
+    let d = t.elapsed();
+    if &out != big {
+        return Err(ClusterError::Check("large file bytes differ".into()));
+    }
+    lines.push(format!(
+        "get {} MiB file {label}: identical, in {} ({}), {} stripes rebuilt from parity",
+        big.len() >> 20,
+        ms(d),
+        mbps(big.len() as u64, d),
+        report.stripes_rebuilt
+    ));
+    Ok(lines)
+}
+
+/// Chapter 3: the department lets a citizen read the certificate; the citizen takes the
+/// data key from the chain, reads the document and keeps a receipt that verifies offline.
+/// A neighbour without a grant gets neither the key nor anything from the peers.
+async fn grant(story: &Story, client: &Client, step: Step<'_>) -> Result<Grant, ClusterError> {
+    let (cluster, cert, cert_put) = (&story.cluster, &story.cert, &story.cert_put);
     let citizen = Identity::generate(Role::Citizen);
     let neighbour = Identity::generate(Role::Citizen);
     let (height, _) = client
@@ -172,7 +257,7 @@ pub async fn run(big_mib: usize, step: Step<'_>) -> Result<(), ClusterError> {
     let t = Instant::now();
     let key = as_citizen.granted_key(&cert_put.id).await?;
     let (out, _) = get_bytes(&as_citizen, &cert_put.id, &key).await?;
-    if out != cert {
+    if &out != cert {
         return Err(ClusterError::Check("the citizen's copy differs".into()));
     }
     let receipt = as_citizen.receipt(&cert_put.id).await?.encode();
@@ -210,15 +295,30 @@ pub async fn run(big_mib: usize, step: Step<'_>) -> Result<(), ClusterError> {
         }
     }
     as_neighbour.close().await;
+    Ok(Grant {
+        citizen,
+        neighbour,
+        as_citizen,
+        key,
+    })
+}
 
-    // Revocation for real: the grant is withdrawn and the certificate rekeyed, so the key
-    // the citizen unwrapped opens nothing stored from then on.
+/// Chapter 4, revocation for real: the grant is withdrawn and the certificate rekeyed, so
+/// the key the citizen unwrapped opens nothing stored from then on. Closes the first
+/// client and the citizen's; returns the department's new client and the rekeying.
+async fn revoke_and_rekey(
+    story: &Story,
+    client: Client,
+    grant: &Grant,
+    step: Step<'_>,
+) -> Result<(Client, RevisionReport), ClusterError> {
+    let (cluster, cert, cert_put) = (&story.cluster, &story.cert, &story.cert_put);
     // A fresh client: the first one saw peers 3 and 5 down and would skip them a while.
     client.close().await;
     let owner = cluster.client(ClientOptions::default())?;
     let keyring = crate::keyring::Keyring::open(cluster.root().join("keyring"))?;
     keyring.save(&cert_put.id, &cert_put.key)?;
-    owner.revoke(cert_put.id, citizen.public()).await?;
+    owner.revoke(cert_put.id, grant.citizen.public()).await?;
     let t = Instant::now();
     let rekeyed = crate::revision::rekey(&owner, &cert_put.id, &keyring, &|_, _| {}).await?;
     let collected = rekeyed.collect.as_ref().map_or(0, |c| c.shards_deleted);
@@ -228,7 +328,7 @@ pub async fn run(big_mib: usize, step: Step<'_>) -> Result<(), ClusterError> {
         ms(t.elapsed()),
         rekeyed.height
     ));
-    match get_bytes(&owner, &rekeyed.new, &key).await {
+    match get_bytes(&owner, &rekeyed.new, &grant.key).await {
         Err(e) => step(&format!(
             "the citizen's old data key opens nothing of the new version ({e})"
         )),
@@ -238,14 +338,14 @@ pub async fn run(big_mib: usize, step: Step<'_>) -> Result<(), ClusterError> {
             ));
         }
     }
-    if as_citizen.granted_key(&rekeyed.new).await.is_ok() {
+    if grant.as_citizen.granted_key(&rekeyed.new).await.is_ok() {
         return Err(ClusterError::Check(
             "the revoked citizen got the new data key".into(),
         ));
     }
-    as_citizen.close().await;
+    grant.as_citizen.close().await;
     let (out, _) = get_bytes(&owner, &rekeyed.new, &rekeyed.key).await?;
-    if out != cert {
+    if &out != cert {
         return Err(ClusterError::Check(
             "the rekeyed certificate differs".into(),
         ));
@@ -253,9 +353,18 @@ pub async fn run(big_mib: usize, step: Step<'_>) -> Result<(), ClusterError> {
     step(
         "the chain holds no key of the new version for the citizen; the department reads it with the new key: identical",
     );
+    Ok((owner, rekeyed))
+}
 
-    // The read audit: every peer recorded the reads it served and committed their Merkle
-    // root on chain; the department checks each record against those roots.
+/// Chapter 5, the read audit: every peer recorded the reads it served and committed their
+/// Merkle root on chain; the department checks each record against those roots.
+async fn audit(
+    story: &Story,
+    owner: &Client,
+    grant: &Grant,
+    step: Step<'_>,
+) -> Result<(), ClusterError> {
+    let (cert_put, citizen, neighbour) = (&story.cert_put, &grant.citizen, &grant.neighbour);
     let t = Instant::now();
     let report = loop {
         let report = crate::audit::audit(owner.chain()?, &owner.all_nodes(), &cert_put.id).await?;
@@ -316,19 +425,16 @@ pub async fn run(big_mib: usize, step: Step<'_>) -> Result<(), ClusterError> {
             "the audit lists a refused reader".into(),
         ));
     }
+    Ok(())
+}
 
-    let cert_now = PutReceipt {
-        id: rekeyed.new,
-        manifest: owner.manifest(&rekeyed.new).await?,
-        key: rekeyed.key.clone(),
-        shards_stored: 0,
-        shards_missing: Vec::new(),
-        registered: Some((rekeyed.height, 0)),
-        timings: Default::default(),
-    };
-    owner.close().await;
-
-    let docs = [(&cert_now, &cert), (&big_put, &big)];
+/// Chapter 6, operations: a seventh peer joins and the documents rebalance onto it, then
+/// peer 0 is drained until it holds nothing.
+async fn add_and_drain(
+    cluster: &mut LocalCluster,
+    docs: &[(&PutReceipt, &Vec<u8>)],
+    step: Step<'_>,
+) -> Result<(), ClusterError> {
     let (_, added) = cluster.add_peer("zone-0").await?;
     let change = crate::chain::tx::TxBody::AddNode {
         node: added.key,
@@ -341,13 +447,13 @@ pub async fn run(big_mib: usize, step: Step<'_>) -> Result<(), ClusterError> {
         "added a seventh peer {} in zone-0: layout epoch {} on chain; {} shards must move (1/7 of all: {:.1})",
         added.key.short(),
         new.epoch,
-        slots_moved(&old, &new, &docs)?,
+        slots_moved(&old, &new, docs)?,
         docs.iter()
             .map(|(r, _)| r.manifest.stripes.len() * 6)
             .sum::<usize>() as f64
             / 7.0
     ));
-    let report = rebalance(&cluster, old, new, step).await?;
+    let report = rebalance(cluster, old, new, step).await?;
     step(&format!(
         "rebalance: {} shards moved, {} old copies deleted, {:.1} MB at {:.0} MB/s",
         report.shards_moved,
@@ -364,9 +470,9 @@ pub async fn run(big_mib: usize, step: Step<'_>) -> Result<(), ClusterError> {
         "draining peer 0 ({} shards): layout epoch {}; {} shards must move",
         held,
         new.epoch,
-        slots_moved(&old, &new, &docs)?
+        slots_moved(&old, &new, docs)?
     ));
-    let report = rebalance(&cluster, old, new, step).await?;
+    let report = rebalance(cluster, old, new, step).await?;
     let left = cluster.shards_held(0)?;
     step(&format!(
         "rebalance: {} shards moved, {} old copies deleted; peer 0 now holds {} shards",
@@ -377,6 +483,17 @@ pub async fn run(big_mib: usize, step: Step<'_>) -> Result<(), ClusterError> {
             "the drained peer still holds shards".into(),
         ));
     }
+    Ok(())
+}
+
+/// Chapter 7, the check: every stripe at full redundancy on the new layout (a dry run of
+/// the operator's converge) and every document read back identical without a rebuild.
+async fn check_layout(
+    cluster: &LocalCluster,
+    params: CodingParams,
+    docs: &[(&PutReceipt, &Vec<u8>)],
+    step: Step<'_>,
+) -> Result<(), ClusterError> {
     let operator = cluster.operator_client(
         cluster.layout().clone(),
         None,
@@ -406,7 +523,7 @@ pub async fn run(big_mib: usize, step: Step<'_>) -> Result<(), ClusterError> {
         params,
         ..ClientOptions::default()
     })?;
-    for (receipt, bytes) in docs {
+    for &(receipt, bytes) in docs {
         let (out, report) = get_bytes(&client, &receipt.id, &receipt.key).await?;
         if &out != bytes || report.stripes_rebuilt != 0 {
             return Err(ClusterError::Check(
@@ -420,12 +537,10 @@ pub async fn run(big_mib: usize, step: Step<'_>) -> Result<(), ClusterError> {
         params.width()
     ));
     client.close().await;
-    cluster.shutdown().await;
-    step("all checks passed; cluster stopped and its temporary files removed");
     Ok(())
 }
 
-/// Submits a layout transaction as the operator; returns (old, new) layouts.
+/// How many shard slots of `docs` move from `old` to `new` (6 shards a stripe).
 fn slots_moved(
     old: &Layout,
     new: &Layout,

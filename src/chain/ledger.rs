@@ -710,120 +710,42 @@ async fn commit_loop(
     net: Arc<Links>,
     me: u64,
 ) {
-    let (retry_tx, mut retry_rx) = mpsc::unbounded_channel::<(Job, Instant)>();
+    let (retry_tx, mut retry_rx) = mpsc::unbounded_channel::<Queued>();
     let in_flight = Arc::new(tokio::sync::Semaphore::new(BLOCKS_IN_FLIGHT));
     let reset = Arc::new(std::sync::atomic::AtomicBool::new(false));
     // The last block handed to raft and the state after it, while it may not be applied.
     let mut spec: Option<(super::block::BlockHeader, Arc<State>)> = None;
-    let mut waiting: Vec<(Job, Instant)> = Vec::new();
+    let mut waiting: Vec<Queued> = Vec::new();
     loop {
-        let deadline = waiting.iter().map(|(_, until)| *until).min();
-        let sleep = async {
-            match deadline {
-                Some(d) => tokio::time::sleep_until(d.into()).await,
-                None => std::future::pending().await,
-            }
+        let Some((jobs, permit)) =
+            gather_batch(&mut rx, &mut retry_rx, &mut waiting, &in_flight).await
+        else {
+            return;
         };
-        let mut jobs: Vec<(Job, Instant)> = Vec::new();
-        tokio::select! {
-            job = rx.recv() => match job {
-                Some(job) => jobs.push((job, Instant::now() + NONCE_GAP_WAIT)),
-                None => return,
-            },
-            Some(job) = retry_rx.recv() => jobs.push(job),
-            _ = sleep => {}
-        }
-        // One more block in consensus: wait for room before proposing on the newest state,
-        // and only then take what is waiting, so that what arrived meanwhile goes into this
-        // block (under load blocks grow instead of queueing behind the ones in flight).
-        let permit = in_flight
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("the semaphore is never closed");
-        let now = Instant::now();
-        jobs.append(&mut waiting);
-        while let Ok(job) = retry_rx.try_recv() {
-            jobs.push(job);
-        }
-        while jobs.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(job) => jobs.push((job, now + NONCE_GAP_WAIT)),
-                Err(_) => break,
-            }
-        }
         if jobs.is_empty() {
             continue;
         }
-        jobs.sort_by_key(|((tx, _, _), _)| (tx.tx.sender, tx.tx.nonce));
         if reset.swap(false, std::sync::atomic::Ordering::SeqCst) {
             spec = None;
         }
-        let applied_height = *shared.applied.borrow();
-        let (state, prev) = match &spec {
-            Some((h, st)) if h.height > applied_height => (st.clone(), h.clone()),
-            _ => {
-                let t = shared.tip.lock().expect("ledger lock");
-                (t.state.clone(), t.header.clone())
-            }
-        };
-        let validators: Vec<PublicId> = state.validators().iter().copied().collect();
-        let candidates: Vec<SignedTx> = jobs.iter().map(|((tx, _, _), _)| tx.clone()).collect();
-        let proposer = shared.validator.clone();
-        // Per-block timings (`RUST_LOG=dangan::chain=debug`): how long the oldest
-        // transaction waited for a block slot, then propose, endorse, raft commit + apply.
-        let waited = jobs
-            .iter()
-            .map(|((_, submitted, _), _)| *submitted)
-            .min()
-            .map_or(Duration::ZERO, |t| t.elapsed());
-        let proposing = Instant::now();
-        let (block, after, outcomes) = tokio::task::spawn_blocking(move || {
-            let mut state = State::clone(&state);
-            let (block, outcomes) =
-                Block::propose(&mut state, &prev, candidates, &proposer, crate::now_ms());
-            (block, Arc::new(state), outcomes)
-        })
-        .await
-        .expect("proposing does not panic");
-        let mut included = Vec::new();
-        for (((tx, submitted, reply), until), outcome) in jobs.into_iter().zip(outcomes) {
-            match outcome {
-                Err(TxError::BadNonce { expected, got, .. })
-                    if got > expected && Instant::now() < until =>
-                {
-                    waiting.push(((tx, submitted, reply), until));
-                }
-                Err(e) => {
-                    let _ = reply.send(Err(LedgerError::Refused(e)));
-                }
-                Ok(index) => included.push((((tx, submitted, reply), until), index)),
-            }
-        }
-        let proposed = proposing.elapsed();
-        if included.is_empty() {
+        let Some(Proposal {
+            block,
+            after,
+            validators,
+            included,
+            waited,
+            proposed,
+        }) = propose_batch(&shared, &spec, jobs, &mut waiting).await
+        else {
             continue;
-        }
+        };
         let height = block.header.header.height;
         let header = block.header.header.clone();
         let endorsing = Instant::now();
         let endorsed = endorse(&net, me, block, &validators).await;
         let endorse_time = endorsing.elapsed();
         let committing = Instant::now();
-        let written = match endorsed {
-            Ok(block) => {
-                shared
-                    .prepared
-                    .lock()
-                    .expect("prepared lock")
-                    .insert(header.hash(), (header.clone(), after.clone()));
-                raft.client_write_ff(block)
-                    .await
-                    .map_err(|e| LedgerError::Unavailable(e.to_string()))
-            }
-            Err(e) => Err(e),
-        };
-        let pending = match written {
+        let pending = match hand_to_raft(&shared, &raft, endorsed, &header, &after).await {
             Ok(pending) => {
                 spec = Some((header, after));
                 pending
@@ -837,6 +759,12 @@ async fn commit_loop(
                 continue;
             }
         };
+        let times = BlockTimes {
+            waited,
+            proposed,
+            endorse: endorse_time,
+            committing,
+        };
         let (raft, retry_tx, reset) = (raft.clone(), retry_tx.clone(), reset.clone());
         tokio::spawn(async move {
             let outcome = match pending.await {
@@ -845,49 +773,234 @@ async fn commit_loop(
                 Err(_) => Err("raft stopped".to_string()),
             };
             drop(permit);
-            match outcome {
-                Ok(Applied::Block { height: h }) if h == height => {
-                    debug!(
-                        target: "dangan::chain",
-                        height,
-                        txs = included.len(),
-                        waited_ms = ms(waited),
-                        propose_ms = ms(proposed),
-                        endorse_ms = ms(endorse_time),
-                        commit_ms = ms(committing.elapsed()),
-                        "block committed and applied"
-                    );
-                    // Followers learn the new commit index at once.
-                    let _ = raft.trigger().heartbeat().await;
-                    for (((tx, submitted, reply), _), index) in included {
-                        let _ = reply.send(Ok(TxReceipt {
-                            height,
-                            index,
-                            tx_id: tx.id(),
-                            latency: submitted.elapsed(),
-                        }));
-                    }
-                }
-                Ok(other) => {
-                    // Another block took this height: propose these again on the tip.
-                    debug!(
-                        ?other,
-                        height, "block not applied; proposing its transactions again"
-                    );
-                    reset.store(true, std::sync::atomic::Ordering::SeqCst);
-                    for (job, _) in included {
-                        let _ = retry_tx.send(job);
-                    }
-                }
-                Err(e) => {
-                    reset.store(true, std::sync::atomic::Ordering::SeqCst);
-                    warn!(error = %e, height, "block not committed; its transactions are refused");
-                    for ((_, _, reply), _) in included.into_iter().map(|(job, _)| job) {
-                        let _ = reply.send(Err(LedgerError::Unavailable(e.clone())));
-                    }
-                }
-            }
+            answer_block(outcome, height, included, times, &raft, &retry_tx, &reset).await;
         });
+    }
+}
+
+/// A transaction waiting for a block, with how long it may wait for a missing nonce.
+type Queued = (Job, Instant);
+
+/// How raft answers a block handed to it.
+type WriteResponder = <super::raft::ChainRaft as openraft::RaftTypeConfig>::Responder;
+/// Raft's answer to a block handed to it: once committed and applied, what applying said.
+type Written =
+    <WriteResponder as openraft::raft::responder::Responder<super::raft::ChainRaft>>::Receiver;
+
+/// A block proposed on the newest state, not yet endorsed.
+struct Proposal {
+    block: Block,
+    /// The state after the block.
+    after: Arc<State>,
+    /// The validators whose endorsements the block needs (a majority of them).
+    validators: Vec<PublicId>,
+    /// The transactions in the block, each with its index there.
+    included: Vec<(Queued, u32)>,
+    /// How long the oldest transaction waited for a block slot.
+    waited: Duration,
+    /// How long proposing took.
+    proposed: Duration,
+}
+
+/// Where a block's time went (`RUST_LOG=dangan::chain=debug`): how long the oldest
+/// transaction waited for a block slot, then propose, endorse, raft commit + apply.
+struct BlockTimes {
+    waited: Duration,
+    proposed: Duration,
+    endorse: Duration,
+    /// When the block was handed to raft.
+    committing: Instant,
+}
+
+/// Waits for a transaction (or a retry, or the end of a nonce-gap wait), then for room for
+/// one more block in consensus, and takes whatever is waiting by then; returns the batch
+/// sorted by sender and nonce (possibly empty) with its block slot, or `None` once the
+/// ledger stops submitting.
+async fn gather_batch(
+    rx: &mut mpsc::UnboundedReceiver<Job>,
+    retry_rx: &mut mpsc::UnboundedReceiver<Queued>,
+    waiting: &mut Vec<Queued>,
+    in_flight: &Arc<tokio::sync::Semaphore>,
+) -> Option<(Vec<Queued>, tokio::sync::OwnedSemaphorePermit)> {
+    let deadline = waiting.iter().map(|(_, until)| *until).min();
+    let sleep = async {
+        match deadline {
+            Some(d) => tokio::time::sleep_until(d.into()).await,
+            None => std::future::pending().await,
+        }
+    };
+    let mut jobs: Vec<Queued> = Vec::new();
+    tokio::select! {
+        job = rx.recv() => match job {
+            Some(job) => jobs.push((job, Instant::now() + NONCE_GAP_WAIT)),
+            None => return None,
+        },
+        Some(job) = retry_rx.recv() => jobs.push(job),
+        _ = sleep => {}
+    }
+    // One more block in consensus: wait for room before proposing on the newest state,
+    // and only then take what is waiting, so that what arrived meanwhile goes into this
+    // block (under load blocks grow instead of queueing behind the ones in flight).
+    let permit = in_flight
+        .clone()
+        .acquire_owned()
+        .await
+        .expect("the semaphore is never closed");
+    let now = Instant::now();
+    jobs.append(waiting);
+    while let Ok(job) = retry_rx.try_recv() {
+        jobs.push(job);
+    }
+    while jobs.len() < MAX_BATCH {
+        match rx.try_recv() {
+            Ok(job) => jobs.push((job, now + NONCE_GAP_WAIT)),
+            Err(_) => break,
+        }
+    }
+    jobs.sort_by_key(|((tx, _, _), _)| (tx.tx.sender, tx.tx.nonce));
+    Some((jobs, permit))
+}
+
+/// Proposes one block of `jobs` on the newest state: the state after the last block handed
+/// to raft (`spec`) while that one is not applied yet, else the applied tip. Transactions
+/// refused are answered; one whose nonce is ahead goes back to `waiting` until its wait is
+/// over. `None` when the block includes nothing.
+async fn propose_batch(
+    shared: &Shared,
+    spec: &Option<(super::block::BlockHeader, Arc<State>)>,
+    jobs: Vec<Queued>,
+    waiting: &mut Vec<Queued>,
+) -> Option<Proposal> {
+    let applied_height = *shared.applied.borrow();
+    let (state, prev) = match spec {
+        Some((h, st)) if h.height > applied_height => (st.clone(), h.clone()),
+        _ => {
+            let t = shared.tip.lock().expect("ledger lock");
+            (t.state.clone(), t.header.clone())
+        }
+    };
+    let validators: Vec<PublicId> = state.validators().iter().copied().collect();
+    let candidates: Vec<SignedTx> = jobs.iter().map(|((tx, _, _), _)| tx.clone()).collect();
+    let proposer = shared.validator.clone();
+    let waited = jobs
+        .iter()
+        .map(|((_, submitted, _), _)| *submitted)
+        .min()
+        .map_or(Duration::ZERO, |t| t.elapsed());
+    let proposing = Instant::now();
+    let (block, after, outcomes) = tokio::task::spawn_blocking(move || {
+        let mut state = State::clone(&state);
+        let (block, outcomes) =
+            Block::propose(&mut state, &prev, candidates, &proposer, crate::now_ms());
+        (block, Arc::new(state), outcomes)
+    })
+    .await
+    .expect("proposing does not panic");
+    let mut included = Vec::new();
+    for (((tx, submitted, reply), until), outcome) in jobs.into_iter().zip(outcomes) {
+        match outcome {
+            Err(TxError::BadNonce { expected, got, .. })
+                if got > expected && Instant::now() < until =>
+            {
+                waiting.push(((tx, submitted, reply), until));
+            }
+            Err(e) => {
+                let _ = reply.send(Err(LedgerError::Refused(e)));
+            }
+            Ok(index) => included.push((((tx, submitted, reply), until), index)),
+        }
+    }
+    let proposed = proposing.elapsed();
+    if included.is_empty() {
+        return None;
+    }
+    Some(Proposal {
+        block,
+        after,
+        validators,
+        included,
+        waited,
+        proposed,
+    })
+}
+
+/// Hands an endorsed block to raft, after keeping the state it leads to for the apply;
+/// returns raft's answer to come, or why the block goes no further.
+async fn hand_to_raft(
+    shared: &Shared,
+    raft: &Raft,
+    endorsed: Result<Block, LedgerError>,
+    header: &super::block::BlockHeader,
+    after: &Arc<State>,
+) -> Result<Written, LedgerError> {
+    match endorsed {
+        Ok(block) => {
+            shared
+                .prepared
+                .lock()
+                .expect("prepared lock")
+                .insert(header.hash(), (header.clone(), after.clone()));
+            raft.client_write_ff(block)
+                .await
+                .map_err(|e| LedgerError::Unavailable(e.to_string()))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Answers a block's transactions once raft has its outcome: receipts if the block was
+/// applied at `height`; proposed again on the tip if another block took that height;
+/// refused if raft failed.
+async fn answer_block(
+    outcome: Result<Applied, String>,
+    height: u64,
+    included: Vec<(Queued, u32)>,
+    times: BlockTimes,
+    raft: &Raft,
+    retry_tx: &mpsc::UnboundedSender<Queued>,
+    reset: &std::sync::atomic::AtomicBool,
+) {
+    match outcome {
+        Ok(Applied::Block { height: h }) if h == height => {
+            debug!(
+                target: "dangan::chain",
+                height,
+                txs = included.len(),
+                waited_ms = ms(times.waited),
+                propose_ms = ms(times.proposed),
+                endorse_ms = ms(times.endorse),
+                commit_ms = ms(times.committing.elapsed()),
+                "block committed and applied"
+            );
+            // Followers learn the new commit index at once.
+            let _ = raft.trigger().heartbeat().await;
+            for (((tx, submitted, reply), _), index) in included {
+                let _ = reply.send(Ok(TxReceipt {
+                    height,
+                    index,
+                    tx_id: tx.id(),
+                    latency: submitted.elapsed(),
+                }));
+            }
+        }
+        Ok(other) => {
+            // Another block took this height: propose these again on the tip.
+            debug!(
+                ?other,
+                height, "block not applied; proposing its transactions again"
+            );
+            reset.store(true, std::sync::atomic::Ordering::SeqCst);
+            for (job, _) in included {
+                let _ = retry_tx.send(job);
+            }
+        }
+        Err(e) => {
+            reset.store(true, std::sync::atomic::Ordering::SeqCst);
+            warn!(error = %e, height, "block not committed; its transactions are refused");
+            for ((_, _, reply), _) in included.into_iter().map(|(job, _)| job) {
+                let _ = reply.send(Err(LedgerError::Unavailable(e.clone())));
+            }
+        }
     }
 }
 
