@@ -1,12 +1,16 @@
 //! The one-validator ledger on real redb files: group commit, replay protection, restart,
 //! tampering on disk, inclusion proofs.
 
+mod common;
+
 use std::sync::Arc;
 
+use common::chain::{register, registered_document, tx};
+use common::wire::Raw;
 use dangan::chain::ledger::{Ledger, LedgerError};
 use dangan::chain::state::{Genesis, GenesisAccount};
 use dangan::chain::store::{ChainStore, ChainStoreError};
-use dangan::chain::tx::{SignedTx, Tx, TxBody, TxError};
+use dangan::chain::tx::{TxBody, TxError};
 use dangan::chain::validators::ValidatorHistory;
 use dangan::id::DocumentId;
 use dangan::identity::{Identity, PublicId, Role};
@@ -35,19 +39,6 @@ fn setup(departments: usize) -> Setup {
         validator,
         departments,
     }
-}
-
-fn register(dept: &Identity, nonce: u64) -> SignedTx {
-    let mut seed = dept.public().as_bytes().to_vec();
-    seed.extend(nonce.to_le_bytes());
-    Tx {
-        sender: dept.public(),
-        nonce,
-        body: TxBody::RegisterDocument {
-            document: DocumentId::of(&seed),
-        },
-    }
-    .sign(dept)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -97,10 +88,7 @@ async fn registrations_are_group_committed_proved_and_survive_a_restart() {
 
     // Every registration has a proof that checks against the validator set alone.
     let validators: Vec<PublicId> = vec![s.validator.public()];
-    let doc = match &register(&s.departments[3], 42).tx.body {
-        TxBody::RegisterDocument { document } => *document,
-        _ => unreachable!(),
-    };
+    let doc = registered_document(&register(&s.departments[3], 42));
     let (record, proof) = ledger.document(&doc).unwrap().unwrap();
     assert_eq!(record.owner, s.departments[3].public());
     proof.verify(&validators).unwrap();
@@ -175,14 +163,13 @@ async fn validator_set_changes_are_indexed_and_proven_from_genesis() {
         }
         assert!(ledger.validator_changes().unwrap().is_empty());
         // The last block this lone validator can make final alone: it adds a second one.
-        let add = Tx {
-            sender: s.validator.public(),
-            nonce: 1,
-            body: TxBody::AddValidator {
+        let add = tx(
+            &s.validator,
+            1,
+            TxBody::AddValidator {
                 validator: newcomer,
             },
-        }
-        .sign(&s.validator);
+        );
         let at = ledger.submit(add).await.unwrap();
         let changes = ledger.validator_changes().unwrap();
         assert_eq!(changes.len(), 1);
@@ -272,34 +259,13 @@ async fn one_sender_may_have_many_transactions_in_flight() {
     assert_eq!(ledger.status().documents, 50);
 }
 
-/// One request on a fresh stream: header, optional body; the answer and its body, if any.
-async fn ask(
-    conn: &quinn::Connection,
-    req: &dangan::proto::Request,
-    body: Option<&[u8]>,
-) -> (dangan::proto::Response, Vec<u8>) {
-    use dangan::proto::{self, Response};
-    let (mut send, mut recv) = conn.open_bi().await.unwrap();
-    proto::write_frame(&mut send, req).await.unwrap();
-    if let Some(b) = body {
-        send.write_all(b).await.unwrap();
-    }
-    send.finish().unwrap();
-    let resp: Response = proto::read_frame(&mut recv).await.unwrap();
-    let body = match &resp {
-        Response::ChainBody { len } => proto::read_body(&mut recv, *len).await.unwrap(),
-        _ => Vec::new(),
-    };
-    (resp, body)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_validator_peer_serves_transactions_proofs_blocks_and_status() {
     use dangan::chain::block::{Block, TxInclusion};
     use dangan::chain::ledger::ChainStatus;
     use dangan::chain::state::DocumentRecord;
     use dangan::proto::{ErrorCode, Request, Response};
-    use dangan::tls::{self, Membership};
+    use dangan::tls::Membership;
 
     let dir = tempfile::tempdir().unwrap();
     let s = setup(1);
@@ -327,20 +293,18 @@ async fn a_validator_peer_serves_transactions_proofs_blocks_and_status() {
     )
     .await
     .unwrap();
-    let endpoint =
-        tls::endpoint("127.0.0.1:0".parse().unwrap(), &dept, Arc::new(membership)).unwrap();
-    let (conn, _) = tls::connect(&endpoint, peer.addr()).await.unwrap();
+    let (raw, _) = Raw::connect(&dept, peer.addr(), Arc::new(membership)).await;
 
     let tx = register(&dept, 1);
     let bytes = tx.encode();
-    let (resp, _) = ask(
-        &conn,
-        &Request::SubmitTx {
-            len: bytes.len() as u64,
-        },
-        Some(&bytes),
-    )
-    .await;
+    let (resp, _) = raw
+        .ask(
+            &Request::SubmitTx {
+                len: bytes.len() as u64,
+            },
+            Some(&bytes),
+        )
+        .await;
     assert_eq!(
         resp,
         Response::Committed {
@@ -350,14 +314,14 @@ async fn a_validator_peer_serves_transactions_proofs_blocks_and_status() {
     );
 
     // The same transaction again is refused with the reason.
-    let (resp, _) = ask(
-        &conn,
-        &Request::SubmitTx {
-            len: bytes.len() as u64,
-        },
-        Some(&bytes),
-    )
-    .await;
+    let (resp, _) = raw
+        .ask(
+            &Request::SubmitTx {
+                len: bytes.len() as u64,
+            },
+            Some(&bytes),
+        )
+        .await;
     match resp {
         Response::Error {
             code: ErrorCode::Refused,
@@ -368,28 +332,26 @@ async fn a_validator_peer_serves_transactions_proofs_blocks_and_status() {
         other => panic!("expected a refusal, got {other:?}"),
     }
 
-    let TxBody::RegisterDocument { document } = tx.tx.body else {
-        unreachable!()
-    };
-    let (resp, body) = ask(&conn, &Request::GetDocument { id: document }, None).await;
+    let document = registered_document(&tx);
+    let (resp, body) = raw.ask(&Request::GetDocument { id: document }, None).await;
     assert!(matches!(resp, Response::ChainBody { .. }));
     let (record, proof): (DocumentRecord, TxInclusion) = postcard::from_bytes(&body).unwrap();
     assert_eq!(record.owner, dept.public());
     proof.verify(&[s.validator.public()]).unwrap();
-    let (resp, _) = ask(
-        &conn,
-        &Request::GetDocument {
-            id: DocumentId::of(b"none"),
-        },
-        None,
-    )
-    .await;
+    let (resp, _) = raw
+        .ask(
+            &Request::GetDocument {
+                id: DocumentId::of(b"none"),
+            },
+            None,
+        )
+        .await;
     assert_eq!(resp, Response::NotFound);
 
-    let (_, body) = ask(&conn, &Request::GetBlock { height: 1 }, None).await;
+    let (_, body) = raw.ask(&Request::GetBlock { height: 1 }, None).await;
     let block: Block = postcard::from_bytes(&body).unwrap();
     assert_eq!(block.txs, vec![tx]);
-    let (_, body) = ask(&conn, &Request::ChainStatus, None).await;
+    let (_, body) = raw.ask(&Request::ChainStatus, None).await;
     let status: ChainStatus = postcard::from_bytes(&body).unwrap();
     assert_eq!((status.height, status.documents), (1, 1));
     peer.shutdown().await;

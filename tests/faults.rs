@@ -33,7 +33,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::process::{ProcessCluster, dangan, free_port_range, run_within};
+use common::cli::Cli;
+use common::process::{ProcessCluster, free_port_range};
 use dangan::client::{ChainLink, Client, ClientOptions, stripe_key};
 use dangan::config::{Cluster, ClusterFile};
 use dangan::crypto::DataKey;
@@ -130,6 +131,8 @@ struct Harness {
     rt: tokio::runtime::Runtime,
     department: Identity,
     operator: Identity,
+    /// The operator's `dangan` commands (scrub, repair, cluster changes).
+    operator_cli: Cli,
     /// Public id of node i at `ids[i - 1]` (peers, then spares).
     ids: Vec<PublicId>,
     /// Nodes placed by the current layout (weight > 0).
@@ -213,10 +216,17 @@ impl Harness {
                     .public()
             })
             .collect();
+        let operator_cli = Cli::new(
+            &cluster,
+            &cluster.path("keys/operator.key"),
+            &cluster.path("operator-keyring"),
+        )
+        .with_data_dir(cluster.path("operator"));
         Harness {
             rng: Rng(seed),
             department: Identity::load(cluster.path("keys/department.key")).unwrap(),
             operator: Identity::load(cluster.path("keys/operator.key")).unwrap(),
+            operator_cli,
             cluster,
             rt: tokio::runtime::Runtime::new().unwrap(),
             ids,
@@ -261,20 +271,10 @@ impl Harness {
             .expect("client")
     }
 
-    fn operator_args(&self) -> Vec<PathBuf> {
-        let mut args = self.cluster.client_args(
-            &self.cluster.path("keys/operator.key"),
-            &self.cluster.path("operator-keyring"),
-        );
-        args.extend(["--data-dir".into(), self.cluster.path("operator")]);
-        args
-    }
-
     /// `dangan ARGS` with the operator's arguments; must succeed.
     fn operator_command(&self, args: &[&str], name: &str) -> String {
-        let mut cmd = dangan(args);
-        cmd.args(self.operator_args());
-        run_within(cmd, &self.cluster.logs, name, OPS_LIMIT)
+        self.operator_cli
+            .run_within(args, name, OPS_LIMIT)
             .expect_ok(name)
             .stdout
     }
