@@ -41,6 +41,20 @@ fn setup(departments: usize) -> Setup {
     }
 }
 
+/// The ledger at `path`, the first department's registrations 1 to `n` committed on it.
+async fn open_with_registrations(path: &std::path::Path, s: &Setup, n: u64) -> Ledger {
+    let ledger = Ledger::open_single(path, &s.genesis, s.validator.clone())
+        .await
+        .unwrap();
+    for nonce in 1..=n {
+        ledger
+            .submit(register(&s.departments[0], nonce))
+            .await
+            .unwrap();
+    }
+    ledger
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registrations_are_group_committed_proved_and_survive_a_restart() {
     let dir = tempfile::tempdir().unwrap();
@@ -116,15 +130,7 @@ async fn a_tampered_block_on_disk_is_detected_on_open() {
     let path = dir.path().join("chain.redb");
     let s = setup(1);
     {
-        let ledger = Ledger::open_single(&path, &s.genesis, s.validator.clone())
-            .await
-            .unwrap();
-        for nonce in 1..=3 {
-            ledger
-                .submit(register(&s.departments[0], nonce))
-                .await
-                .unwrap();
-        }
+        let ledger = open_with_registrations(&path, &s, 3).await;
         ledger.shutdown().await;
     }
     let (store, _, tip) = ChainStore::open(&path, &s.genesis).unwrap();
@@ -152,15 +158,7 @@ async fn validator_set_changes_are_indexed_and_proven_from_genesis() {
     let genesis_set = vec![s.validator.public()];
     let newcomer = Identity::generate(Role::Validator).public();
     let changes = {
-        let ledger = Ledger::open_single(&path, &s.genesis, s.validator.clone())
-            .await
-            .unwrap();
-        for nonce in 1..=3 {
-            ledger
-                .submit(register(&s.departments[0], nonce))
-                .await
-                .unwrap();
-        }
+        let ledger = open_with_registrations(&path, &s, 3).await;
         assert!(ledger.validator_changes().unwrap().is_empty());
         // The last block this lone validator can make final alone: it adds a second one.
         let add = tx(

@@ -6,13 +6,16 @@
 //!
 //! Not part of the suite: `cargo test --test fuzz_seeds -- --ignored` rewrites the seeds.
 
+mod common;
+
 use std::path::Path;
 
+use common::chain::tx;
 use dangan::chain::block::Block;
 use dangan::chain::ledger::ChainStatus;
 use dangan::chain::merkle;
 use dangan::chain::state::{DocumentRecord, Genesis, GenesisAccount};
-use dangan::chain::tx::{SignedTx, Tx, TxBody, VersionKind};
+use dangan::chain::tx::{SignedTx, TxBody, VersionKind};
 use dangan::codec::{self, DocumentInfo};
 use dangan::crypto::DataKey;
 use dangan::id::{DocumentId, ShardId};
@@ -222,15 +225,6 @@ fn manifests() -> Vec<u8> {
         last = manifest.encode();
     }
     last
-}
-
-fn tx(who: &Identity, nonce: u64, body: TxBody) -> SignedTx {
-    Tx {
-        sender: who.public(),
-        nonce,
-        body,
-    }
-    .sign(who)
 }
 
 /// Seeds of the `tx` target; returns a block of them, proposed and signed by both validators

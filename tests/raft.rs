@@ -225,6 +225,13 @@ async fn stop(v: Validator) {
     v.ledger.shutdown().await;
 }
 
+/// Stops the validators one after another.
+async fn stop_all(vs: impl IntoIterator<Item = Validator>) {
+    for v in vs {
+        stop(v).await;
+    }
+}
+
 /// Waits until some validator of `vs` is leader and every one of them has the same tip.
 async fn converged(vs: &[&Validator]) -> (u64, [u8; 32]) {
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -355,11 +362,7 @@ async fn three_validators_survive_the_leader_being_killed_and_a_restart_from_dis
 
     // Restart everything from disk: the same tip and state root on all three, and the old
     // leader's blocks agree with the others'.
-    for v in vs.iter_mut() {
-        if let Some(v) = v.take() {
-            stop(v).await;
-        }
-    }
+    stop_all(vs.into_iter().flatten()).await;
     let mut vs = Vec::new();
     for i in 0..3 {
         vs.push(net.start(i).await);
@@ -377,9 +380,7 @@ async fn three_validators_survive_the_leader_being_killed_and_a_restart_from_dis
         .unwrap();
     assert!(h3 > height);
     client.close().await;
-    for v in vs {
-        stop(v).await;
-    }
+    stop_all(vs).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -388,12 +389,7 @@ async fn a_follower_forwards_and_outsiders_cannot_speak_raft() {
     logs();
     let tmp = tempfile::tempdir().unwrap();
     let net = Net::new(tmp.path(), 1);
-    let mut vs = Vec::new();
-    for i in 0..3 {
-        vs.push(net.start(i).await);
-    }
-    let all: Vec<&Validator> = vs.iter().collect();
-    converged(&all).await;
+    let vs: Vec<Validator> = net.start_converged(3).await.into_iter().flatten().collect();
     let follower = vs
         .iter()
         .position(|v| v.ledger.leader() != Some(v.ledger.node_id()))
@@ -427,9 +423,7 @@ async fn a_follower_forwards_and_outsiders_cannot_speak_raft() {
     let _ = (ErrorCode::Refused, Response::Pong);
     client.close().await;
     let _: HashMap<PublicId, ()> = HashMap::new();
-    for v in vs {
-        stop(v).await;
-    }
+    stop_all(vs).await;
 }
 
 /// Submits `tx` until it is committed (retrying through elections and membership changes);
@@ -622,9 +616,7 @@ async fn validators_join_and_leave_through_the_chain() {
     let proof = client.chain_tx(last_registration.id()).await.unwrap();
     assert!(proof.is_some_and(|p| p.header.header.height > removed_at));
     client.close().await;
-    for v in vs.into_iter().flatten() {
-        stop(v).await;
-    }
+    stop_all(vs.into_iter().flatten()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -715,9 +707,7 @@ async fn a_validator_whose_host_the_chain_names_joins_without_new_cluster_files(
         "the newcomer endorsed block {height}"
     );
     client.close().await;
-    for v in vs.into_iter().flatten() {
-        stop(v).await;
-    }
+    stop_all(vs.into_iter().flatten()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -788,9 +778,7 @@ async fn a_validator_behind_the_purged_log_catches_up_from_a_snapshot() {
     let all: Vec<&Validator> = vs.iter().flatten().collect();
     assert_eq!(converged(&all).await, (height, root));
     client.close().await;
-    for v in vs.into_iter().flatten() {
-        stop(v).await;
-    }
+    stop_all(vs.into_iter().flatten()).await;
 }
 
 /// A validator that is behind (restarted while the others are away) answers queries
