@@ -4,13 +4,11 @@
 //! verify against what the targets check), and config and key files. The `config` seeds
 //! named `local_*` come from `dangan local-config DIR --peers 3` and are kept as they are.
 //!
-//! Not part of the suite: `cargo test --test fuzz_seeds -- --ignored` rewrites the seeds.
-
-mod common;
+//! Not part of the suite: `cargo test --test it fuzz_seeds -- --ignored` rewrites the seeds.
 
 use std::path::Path;
 
-use common::chain::tx;
+use crate::common::chain::tx;
 use dangan::chain::block::Block;
 use dangan::chain::ledger::ChainStatus;
 use dangan::chain::merkle;
@@ -25,7 +23,7 @@ use dangan::proto::{ErrorCode, Request, Response, encode_frame};
 use dangan::receipt::Receipt;
 use dangan::store::PutOutcome;
 
-#[path = "../fuzz/src/lib.rs"]
+#[path = "../../fuzz/src/lib.rs"]
 #[allow(dead_code)]
 mod fuzz_world;
 

@@ -3,10 +3,9 @@
 //! the same transaction, and removes the old shards from every peer; a supersede carries
 //! grants and adds more; only the owner may do either.
 
-mod common;
-
 use std::collections::HashSet;
 
+use crate::common;
 use bytes::Bytes;
 use dangan::chain::tx::VersionKind;
 use dangan::client::{Client, ClientError};

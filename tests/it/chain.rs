@@ -1,12 +1,10 @@
 //! The one-validator ledger on real redb files: group commit, replay protection, restart,
 //! tampering on disk, inclusion proofs.
 
-mod common;
-
 use std::sync::Arc;
 
-use common::chain::{register, registered_document, tx};
-use common::wire::Raw;
+use crate::common::chain::{register, registered_document, tx};
+use crate::common::wire::Raw;
 use dangan::chain::ledger::{Ledger, LedgerError};
 use dangan::chain::state::{Genesis, GenesisAccount};
 use dangan::chain::store::{ChainStore, ChainStoreError};

@@ -1,14 +1,12 @@
 //! A cluster of real peers in one process: round trips, lost peers, corruption, hostile
 //! clients, a peer killed mid-put.
 
-mod common;
-
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use common::wire::Raw;
-use common::*;
+use crate::common::wire::Raw;
+use crate::common::*;
 use dangan::client::{ClientError, stripe_key};
 use dangan::demo::LocalCluster;
 use dangan::id::ShardId;

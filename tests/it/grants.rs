@@ -2,8 +2,7 @@
 //! citizen, who unwraps the data key from the chain and reads the document; anyone without
 //! a live grant gets no key.
 
-mod common;
-
+use crate::common;
 use dangan::client::ClientError;
 use dangan::grant::GrantAddress;
 use dangan::identity::{Identity, Role};

@@ -3,13 +3,12 @@
 //! else is refused and gets no bytes. Real peers, real QUIC, real redb; readers that are in
 //! no one's membership.
 
-mod common;
-
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use common::wire::Raw;
+use crate::common;
+use crate::common::wire::Raw;
 use dangan::access::ACCESS_TTL;
 use dangan::client::{ClientError, PutReceipt, stripe_key};
 use dangan::demo::LocalCluster;

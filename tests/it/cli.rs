@@ -5,14 +5,13 @@
 //! find and fix a bit flipped on a peer's disk; validators removed and added again with
 //! `chain remove-validator` / `add-validator`.
 
-mod common;
-
 use std::fs;
 use std::path::Path;
 use std::time::Instant;
 
-use common::cli::{Cli, new_key};
-use common::process::{ProcessCluster, dangan, is_document_id, local_config, run};
+use crate::common;
+use crate::common::cli::{Cli, new_key};
+use crate::common::process::{ProcessCluster, dangan, is_document_id, local_config, run};
 use dangan::config::{ClusterFile, NodeFile};
 use dangan::identity::PublicId;
 use dangan::peer::PeerLimits;

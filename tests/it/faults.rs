@@ -22,9 +22,7 @@
 //! temporary directory (configs, data, every process's logs) is kept.
 //!
 //! The short form runs in `cargo test`; the soak is
-//! `cargo test --release --test faults -- --ignored` (see README).
-
-mod common;
+//! `cargo test --release --test it -- --ignored soak` (see README).
 
 use std::fmt;
 use std::fs;
@@ -33,8 +31,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::cli::Cli;
-use common::process::{ProcessCluster, free_port_range};
+use crate::common;
+use crate::common::cli::Cli;
+use crate::common::process::{ProcessCluster, free_port_range};
 use dangan::client::{ChainLink, Client, ClientOptions, stripe_key};
 use dangan::config::{Cluster, ClusterFile};
 use dangan::crypto::DataKey;
@@ -765,7 +764,7 @@ fn reads_go_on_while_a_validator_host_restarts() {
     run_rounds(1, "a validator host restarts", Some(0x18ec_1302_d392_eeb3));
 }
 
-/// The soak: `cargo test --release --test faults -- --ignored --nocapture`.
+/// The soak: `cargo test --release --test it -- --ignored --nocapture soak`.
 #[test]
 #[ignore]
 fn soak_seeded_fault_rounds() {

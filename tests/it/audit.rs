@@ -2,11 +2,10 @@
 //! the chain, and the owner's audit lists exactly the reads that happened, each checked
 //! against the chain. Real peers, real QUIC, real redb, a short audit interval.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use crate::common;
 use dangan::audit::{self, AuditError, AuditReport, ReadKind, Verdict};
 use dangan::client::{Client, ClientOptions};
 use dangan::demo::LocalCluster;

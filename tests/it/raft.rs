@@ -2,15 +2,13 @@
 //! QUIC, with real redb files: the leader is killed while departments register documents,
 //! and everything is restarted from disk.
 
-mod common;
-
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::chain::{register, registered_document, tx};
+use crate::common::chain::{register, registered_document, tx};
 use dangan::chain::block::BlockError;
 use dangan::chain::ledger::{Ledger, RaftTuning, ValidatorNet};
 use dangan::chain::raft::node_id;

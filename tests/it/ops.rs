@@ -1,12 +1,11 @@
 //! Operations on a live cluster: adding, draining and losing peers, rebalance, repair and
 //! scrub. Real peers on 127.0.0.1, real QUIC with mutual TLS, real redb in temp dirs.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::common;
 use dangan::chain::tx::TxBody;
 use dangan::client::{Client, stripe_key};
 use dangan::crypto::DataKey;
