@@ -39,8 +39,9 @@ fn setup(departments: usize) -> Setup {
     }
 }
 
-/// The ledger at `path`, the first department's registrations 1 to `n` committed on it.
-async fn open_with_registrations(path: &std::path::Path, s: &Setup, n: u64) -> Ledger {
+/// The single validator's ledger at `path`, with the first department's registrations 1 to
+/// `n` committed on it (none when `n` is 0).
+async fn open_ledger(path: &std::path::Path, s: &Setup, n: u64) -> Ledger {
     let ledger = Ledger::open_single(path, &s.genesis, s.validator.clone())
         .await
         .unwrap();
@@ -58,11 +59,7 @@ async fn registrations_are_group_committed_proved_and_survive_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("chain.redb");
     let s = setup(8);
-    let ledger = Arc::new(
-        Ledger::open_single(&path, &s.genesis, s.validator.clone())
-            .await
-            .unwrap(),
-    );
+    let ledger = Arc::new(open_ledger(&path, &s, 0).await);
 
     // 8 departments × 100 registrations each, all in flight at once.
     let mut tasks = tokio::task::JoinSet::new();
@@ -114,9 +111,7 @@ async fn registrations_are_group_committed_proved_and_survive_a_restart() {
     // Restart from disk: same height, same state root.
     ledger.shutdown().await;
     drop(ledger);
-    let reopened = Ledger::open_single(&path, &s.genesis, s.validator.clone())
-        .await
-        .unwrap();
+    let reopened = open_ledger(&path, &s, 0).await;
     let again = reopened.status();
     assert_eq!(again.height, status.height);
     assert_eq!(again.state_root, status.state_root);
@@ -128,7 +123,7 @@ async fn a_tampered_block_on_disk_is_detected_on_open() {
     let path = dir.path().join("chain.redb");
     let s = setup(1);
     {
-        let ledger = open_with_registrations(&path, &s, 3).await;
+        let ledger = open_ledger(&path, &s, 3).await;
         ledger.shutdown().await;
     }
     let (store, _, tip) = ChainStore::open(&path, &s.genesis).unwrap();
@@ -156,7 +151,7 @@ async fn validator_set_changes_are_indexed_and_proven_from_genesis() {
     let genesis_set = vec![s.validator.public()];
     let newcomer = Identity::generate(Role::Validator).public();
     let changes = {
-        let ledger = open_with_registrations(&path, &s, 3).await;
+        let ledger = open_ledger(&path, &s, 3).await;
         assert!(ledger.validator_changes().unwrap().is_empty());
         // The last block this lone validator can make final alone: it adds a second one.
         let add = tx(
@@ -223,15 +218,7 @@ fn store_reopen_err(path: &std::path::Path, genesis: &Genesis) -> ChainStoreErro
 async fn one_sender_may_have_many_transactions_in_flight() {
     let dir = tempfile::tempdir().unwrap();
     let s = setup(1);
-    let ledger = Arc::new(
-        Ledger::open_single(
-            &dir.path().join("chain.redb"),
-            &s.genesis,
-            s.validator.clone(),
-        )
-        .await
-        .unwrap(),
-    );
+    let ledger = Arc::new(open_ledger(&dir.path().join("chain.redb"), &s, 0).await);
     let dept = &s.departments[0];
     // Submitted all at once, in reverse nonce order: each waits for the ones before it.
     let mut tasks = tokio::task::JoinSet::new();
@@ -270,15 +257,7 @@ async fn a_validator_peer_serves_transactions_proofs_blocks_and_status() {
     let membership = Membership::new();
     membership.add(node.public());
     membership.add(dept.public());
-    let ledger = Arc::new(
-        Ledger::open_single(
-            &dir.path().join("chain.redb"),
-            &s.genesis,
-            s.validator.clone(),
-        )
-        .await
-        .unwrap(),
-    );
+    let ledger = Arc::new(open_ledger(&dir.path().join("chain.redb"), &s, 0).await);
     let peer = dangan::peer::start(
         &node,
         Arc::new(membership.clone()),

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::common::chain::{register, registered_document, tx};
+use crate::common::process::free_port_range;
 use dangan::chain::block::BlockError;
 use dangan::chain::ledger::{Ledger, RaftTuning, ValidatorNet};
 use dangan::chain::raft::node_id;
@@ -42,11 +43,6 @@ fn logs() {
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
         .try_init();
-}
-
-fn free_port() -> SocketAddr {
-    let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    s.local_addr().unwrap()
 }
 
 impl Net {
@@ -96,7 +92,9 @@ impl Net {
         Self {
             genesis,
             validators,
-            addrs: (0..hosts).map(|_| free_port()).collect(),
+            addrs: (0..hosts)
+                .map(|_| SocketAddr::from(([127, 0, 0, 1], free_port_range(1))))
+                .collect(),
             nodes,
             dirs,
             membership,
