@@ -56,12 +56,7 @@ fn peers_as_separate_processes_put_get_lose_one_and_refuse_strangers() {
 
     // 2. get it back.
     let out1 = root.join("out1.bin");
-    let get = dept
-        .run(
-            ["get".as_ref(), id.as_ref(), "-o".as_ref(), out1.as_os_str()],
-            "get",
-        )
-        .expect_ok("get");
+    let get = dept.get(&id, &out1, "get").expect_ok("get");
     assert!(
         get.stdout
             .contains(&format!("{} bytes written", bytes.len())),
@@ -103,14 +98,8 @@ fn peers_as_separate_processes_put_get_lose_one_and_refuse_strangers() {
     // 4. An id that was never stored: get asks the chain first, which does not know it.
     let unknown = blake3::hash(b"never stored").to_hex().to_string();
     let out2 = root.join("out2.bin");
-    let get_unknown = [
-        "get".as_ref(),
-        unknown.as_ref(),
-        "-o".as_ref(),
-        out2.as_os_str(),
-    ];
     let missing = dept
-        .run(get_unknown, "get-unknown")
+        .get(&unknown, &out2, "get-unknown")
         .expect_fail("get of an unknown id");
     assert!(
         missing
@@ -128,7 +117,7 @@ fn peers_as_separate_processes_put_get_lose_one_and_refuse_strangers() {
     )
     .unwrap();
     let missing = dept
-        .run(get_unknown, "get-unknown-with-key")
+        .get(&unknown, &out2, "get-unknown-with-key")
         .expect_fail("get of an unknown id");
     assert!(
         missing.stderr.contains(&unknown) && missing.stderr.contains("not found"),
@@ -218,9 +207,8 @@ fn peers_as_separate_processes_put_get_lose_one_and_refuse_strangers() {
     let citizen_ring = root.join("citizen-keyring");
     let citizen = Cli::new(&cluster, &citizen_key, &citizen_ring);
     let out4 = root.join("out4.bin");
-    let citizen_get = ["get".as_ref(), id.as_ref(), "-o".as_ref(), out4.as_os_str()];
     let refused = citizen
-        .run(citizen_get, "get-citizen-ungranted")
+        .get(&id, &out4, "get-citizen-ungranted")
         .expect_fail("a citizen's get before the grant");
     assert!(refused.stderr.contains("grant"), "{}", refused.describe());
     let address = run(
@@ -232,7 +220,7 @@ fn peers_as_separate_processes_put_get_lose_one_and_refuse_strangers() {
     dept.run(["grant", &id, address.stdout.trim()], "grant")
         .expect_ok("grant");
     citizen
-        .run(citizen_get, "get-citizen")
+        .get(&id, &out4, "get-citizen")
         .expect_ok("the granted citizen's get");
     assert!(
         fs::read(&out4).unwrap() == bytes,
@@ -262,11 +250,8 @@ fn peers_as_separate_processes_put_get_lose_one_and_refuse_strangers() {
     // 6. Kill one peer (m = 1): every stripe is still readable from the other two.
     cluster.kill(2);
     let out3 = root.join("out3.bin");
-    dept.run(
-        ["get".as_ref(), id.as_ref(), "-o".as_ref(), out3.as_os_str()],
-        "get-one-peer-down",
-    )
-    .expect_ok("get with one peer down");
+    dept.get(&id, &out3, "get-one-peer-down")
+        .expect_ok("get with one peer down");
     assert!(
         fs::read(&out3).unwrap() == bytes,
         "get with one peer down returned other bytes"
@@ -467,11 +452,7 @@ fn operator_commands_status_scrub_and_repair_a_flipped_bit_on_disk() {
     );
 
     let out = root.join("out.bin");
-    dept.run(
-        ["get".as_ref(), id.as_ref(), "-o".as_ref(), out.as_os_str()],
-        "get",
-    )
-    .expect_ok("get");
+    dept.get(&id, &out, "get").expect_ok("get");
     assert!(fs::read(&out).unwrap() == bytes);
 }
 
@@ -530,12 +511,7 @@ fn rekey_and_supersede_from_the_command_line_and_get_follows_to_the_newest_versi
 
     // get of the first id follows to the newest version and says so; --exact reads v2.
     let out = root.join("out.bin");
-    let got = dept
-        .run(
-            ["get".as_ref(), v1.as_ref(), "-o".as_ref(), out.as_os_str()],
-            "get",
-        )
-        .expect_ok("get");
+    let got = dept.get(&v1, &out, "get").expect_ok("get");
     assert_eq!(fs::read(&out).unwrap(), b"reissued certificate");
     assert!(
         got.stderr

@@ -73,6 +73,14 @@ impl Cli {
         );
         id
     }
+
+    /// `dangan get ID -o OUT`, run to completion (it may fail: the test says whether it must).
+    pub fn get(&self, id: &str, out: &Path, name: &str) -> Run {
+        self.run(
+            ["get".as_ref(), id.as_ref(), "-o".as_ref(), out.as_os_str()],
+            name,
+        )
+    }
 }
 
 /// `dangan keys new --role ROLE --out OUT`, which must succeed; the id it prints.
