@@ -2,16 +2,13 @@
 //! the chain, and the owner's audit lists exactly the reads that happened, each checked
 //! against the chain. Real peers, real QUIC, real redb, a short audit interval.
 
-mod common;
-
 use std::collections::BTreeMap;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use crate::common;
 use dangan::audit::{self, AuditError, AuditReport, ReadKind, Verdict};
 use dangan::client::{Client, ClientOptions};
 use dangan::cluster::LocalCluster;
-use dangan::grant::GrantAddress;
 use dangan::id::DocumentId;
 use dangan::identity::{Identity, PublicId, Role};
 use dangan::peer::PeerLimits;
@@ -26,13 +23,6 @@ fn unhedged() -> ClientOptions {
         down_for: Duration::from_millis(200),
         ..common::options()
     }
-}
-
-fn shards_served(cluster: &LocalCluster) -> u64 {
-    (0..cluster.len())
-        .filter_map(|i| cluster.peer(i))
-        .map(|p| p.stats().shards_served.load(Ordering::Relaxed))
-        .sum()
 }
 
 /// Audits until every record is covered by a committed root (or fails the test).
@@ -95,23 +85,16 @@ async fn the_owner_sees_exactly_the_reads_that_happened_checked_against_the_chai
     let neighbour = Identity::generate(Role::Citizen);
     let cert = common::data(50 << 10, 1);
     let put = common::put(&dept, &cert).await.unwrap();
-    dept.grant(put.id, &put.key, &GrantAddress::of(&citizen), None)
-        .await
-        .unwrap();
-    let before = shards_served(&cluster);
+    common::grant(&dept, &put, &citizen, None).await;
+    let before = common::shards_served(&cluster);
 
     // The granted citizen, the department itself and an operator read; the neighbour is
     // refused everywhere.
     let as_citizen = cluster.client_as(&citizen, unhedged()).unwrap();
     let key = as_citizen.granted_key(&put.id).await.unwrap();
-    assert_eq!(
-        common::get(&as_citizen, &put.id, &key).await.unwrap().0,
-        cert
-    );
-    assert_eq!(common::get(&dept, &put.id, &put.key).await.unwrap().0, cert);
-    let operator = cluster
-        .operator_client(cluster.layout().clone(), None, common::options())
-        .unwrap();
+    assert_eq!(common::read(&as_citizen, &put.id, &key).await, cert);
+    assert_eq!(common::read(&dept, &put.id, &put.key).await, cert);
+    let operator = common::operator(&cluster, cluster.layout(), None);
     let node = dept.manifest_nodes(&put.id).unwrap()[0].clone();
     assert!(
         operator
@@ -121,9 +104,9 @@ async fn the_owner_sees_exactly_the_reads_that_happened_checked_against_the_chai
             .unwrap()
             .is_some()
     );
-    let as_neighbour = cluster.client_as(&neighbour, common::options()).unwrap();
+    let as_neighbour = common::client_as(&cluster, &neighbour);
     assert!(as_neighbour.manifest(&put.id).await.is_err());
-    let shard_reads = (shards_served(&cluster) - before) as usize;
+    let shard_reads = (common::shards_served(&cluster) - before) as usize;
     assert!(shard_reads >= 2 * 4, "two whole reads of k = 4 shards");
 
     let report = audited(&dept, &put.id).await;
@@ -155,7 +138,7 @@ async fn the_owner_sees_exactly_the_reads_that_happened_checked_against_the_chai
         .unwrap();
     assert_eq!(op_report.lines.len(), report.lines.len());
     for who in [&citizen, cluster.other_department()] {
-        let c = cluster.client_as(who, common::options()).unwrap();
+        let c = common::client_as(&cluster, who);
         match audit::audit(c.chain().unwrap(), &c.all_nodes(), &put.id).await {
             Err(AuditError::Refused(reason)) => {
                 assert!(reason.contains("may not see who read"), "{reason}")
@@ -274,7 +257,7 @@ async fn a_peer_with_no_new_reads_commits_no_root() {
         height,
         "no reads, no audit roots, no blocks"
     );
-    common::get(&dept, &put.id, &put.key).await.unwrap();
+    common::read(&dept, &put.id, &put.key).await;
     let deadline = Instant::now() + Duration::from_secs(10);
     while cluster.ledger().status().height == height {
         assert!(Instant::now() < deadline, "no audit root after reads");

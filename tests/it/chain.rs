@@ -3,10 +3,12 @@
 
 use std::sync::Arc;
 
+use crate::common::chain::{register, registered_document, tx};
+use crate::common::wire::Raw;
 use dangan::chain::ledger::{Ledger, LedgerError};
 use dangan::chain::state::{Genesis, GenesisAccount};
 use dangan::chain::store::{ChainStore, ChainStoreError};
-use dangan::chain::tx::{SignedTx, Tx, TxBody, TxError};
+use dangan::chain::tx::{TxBody, TxError};
 use dangan::chain::validators::ValidatorHistory;
 use dangan::id::DocumentId;
 use dangan::identity::{Identity, PublicId, Role};
@@ -37,17 +39,19 @@ fn setup(departments: usize) -> Setup {
     }
 }
 
-fn register(dept: &Identity, nonce: u64) -> SignedTx {
-    let mut seed = dept.public().as_bytes().to_vec();
-    seed.extend(nonce.to_le_bytes());
-    Tx {
-        sender: dept.public(),
-        nonce,
-        body: TxBody::RegisterDocument {
-            document: DocumentId::of(&seed),
-        },
+/// The single validator's ledger at `path`, with the first department's registrations 1 to
+/// `n` committed on it (none when `n` is 0).
+async fn open_ledger(path: &std::path::Path, s: &Setup, n: u64) -> Ledger {
+    let ledger = Ledger::open_single(path, &s.genesis, s.validator.clone())
+        .await
+        .unwrap();
+    for nonce in 1..=n {
+        ledger
+            .submit(register(&s.departments[0], nonce))
+            .await
+            .unwrap();
     }
-    .sign(dept)
+    ledger
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -55,11 +59,7 @@ async fn registrations_are_group_committed_proved_and_survive_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("chain.redb");
     let s = setup(8);
-    let ledger = Arc::new(
-        Ledger::open_single(&path, &s.genesis, s.validator.clone())
-            .await
-            .unwrap(),
-    );
+    let ledger = Arc::new(open_ledger(&path, &s, 0).await);
 
     // 8 departments × 100 registrations each, all in flight at once.
     let mut tasks = tokio::task::JoinSet::new();
@@ -97,10 +97,7 @@ async fn registrations_are_group_committed_proved_and_survive_a_restart() {
 
     // Every registration has a proof that checks against the validator set alone.
     let validators: Vec<PublicId> = vec![s.validator.public()];
-    let doc = match &register(&s.departments[3], 42).tx.body {
-        TxBody::RegisterDocument { document } => *document,
-        _ => unreachable!(),
-    };
+    let doc = registered_document(&register(&s.departments[3], 42));
     let (record, proof) = ledger.document(&doc).unwrap().unwrap();
     assert_eq!(record.owner, s.departments[3].public());
     proof.verify(&validators).unwrap();
@@ -114,9 +111,7 @@ async fn registrations_are_group_committed_proved_and_survive_a_restart() {
     // Restart from disk: same height, same state root.
     ledger.shutdown().await;
     drop(ledger);
-    let reopened = Ledger::open_single(&path, &s.genesis, s.validator.clone())
-        .await
-        .unwrap();
+    let reopened = open_ledger(&path, &s, 0).await;
     let again = reopened.status();
     assert_eq!(again.height, status.height);
     assert_eq!(again.state_root, status.state_root);
@@ -128,15 +123,7 @@ async fn a_tampered_block_on_disk_is_detected_on_open() {
     let path = dir.path().join("chain.redb");
     let s = setup(1);
     {
-        let ledger = Ledger::open_single(&path, &s.genesis, s.validator.clone())
-            .await
-            .unwrap();
-        for nonce in 1..=3 {
-            ledger
-                .submit(register(&s.departments[0], nonce))
-                .await
-                .unwrap();
-        }
+        let ledger = open_ledger(&path, &s, 3).await;
         ledger.shutdown().await;
     }
     let (store, _, tip) = ChainStore::open(&path, &s.genesis).unwrap();
@@ -164,25 +151,16 @@ async fn validator_set_changes_are_indexed_and_proven_from_genesis() {
     let genesis_set = vec![s.validator.public()];
     let newcomer = Identity::generate(Role::Validator).public();
     let changes = {
-        let ledger = Ledger::open_single(&path, &s.genesis, s.validator.clone())
-            .await
-            .unwrap();
-        for nonce in 1..=3 {
-            ledger
-                .submit(register(&s.departments[0], nonce))
-                .await
-                .unwrap();
-        }
+        let ledger = open_ledger(&path, &s, 3).await;
         assert!(ledger.validator_changes().unwrap().is_empty());
         // The last block this lone validator can make final alone: it adds a second one.
-        let add = Tx {
-            sender: s.validator.public(),
-            nonce: 1,
-            body: TxBody::AddValidator {
+        let add = tx(
+            &s.validator,
+            1,
+            TxBody::AddValidator {
                 validator: newcomer,
             },
-        }
-        .sign(&s.validator);
+        );
         let at = ledger.submit(add).await.unwrap();
         let changes = ledger.validator_changes().unwrap();
         assert_eq!(changes.len(), 1);
@@ -240,15 +218,7 @@ fn store_reopen_err(path: &std::path::Path, genesis: &Genesis) -> ChainStoreErro
 async fn one_sender_may_have_many_transactions_in_flight() {
     let dir = tempfile::tempdir().unwrap();
     let s = setup(1);
-    let ledger = Arc::new(
-        Ledger::open_single(
-            &dir.path().join("chain.redb"),
-            &s.genesis,
-            s.validator.clone(),
-        )
-        .await
-        .unwrap(),
-    );
+    let ledger = Arc::new(open_ledger(&dir.path().join("chain.redb"), &s, 0).await);
     let dept = &s.departments[0];
     // Submitted all at once, in reverse nonce order: each waits for the ones before it.
     let mut tasks = tokio::task::JoinSet::new();
@@ -272,34 +242,13 @@ async fn one_sender_may_have_many_transactions_in_flight() {
     assert_eq!(ledger.status().documents, 50);
 }
 
-/// One request on a fresh stream: header, optional body; the answer and its body, if any.
-async fn ask(
-    conn: &quinn::Connection,
-    req: &dangan::proto::Request,
-    body: Option<&[u8]>,
-) -> (dangan::proto::Response, Vec<u8>) {
-    use dangan::proto::{self, Response};
-    let (mut send, mut recv) = conn.open_bi().await.unwrap();
-    proto::write_frame(&mut send, req).await.unwrap();
-    if let Some(b) = body {
-        send.write_all(b).await.unwrap();
-    }
-    send.finish().unwrap();
-    let resp: Response = proto::read_frame(&mut recv).await.unwrap();
-    let body = match &resp {
-        Response::ChainBody { len } => proto::read_body(&mut recv, *len).await.unwrap(),
-        _ => Vec::new(),
-    };
-    (resp, body)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_validator_peer_serves_transactions_proofs_blocks_and_status() {
     use dangan::chain::block::{Block, TxInclusion};
     use dangan::chain::ledger::ChainStatus;
     use dangan::chain::state::DocumentRecord;
     use dangan::proto::{ErrorCode, Request, Response};
-    use dangan::tls::{self, Membership};
+    use dangan::tls::Membership;
 
     let dir = tempfile::tempdir().unwrap();
     let s = setup(1);
@@ -308,15 +257,7 @@ async fn a_validator_peer_serves_transactions_proofs_blocks_and_status() {
     let membership = Membership::new();
     membership.add(node.public());
     membership.add(dept.public());
-    let ledger = Arc::new(
-        Ledger::open_single(
-            &dir.path().join("chain.redb"),
-            &s.genesis,
-            s.validator.clone(),
-        )
-        .await
-        .unwrap(),
-    );
+    let ledger = Arc::new(open_ledger(&dir.path().join("chain.redb"), &s, 0).await);
     let peer = dangan::peer::start(
         &node,
         Arc::new(membership.clone()),
@@ -327,20 +268,18 @@ async fn a_validator_peer_serves_transactions_proofs_blocks_and_status() {
     )
     .await
     .unwrap();
-    let endpoint =
-        tls::endpoint("127.0.0.1:0".parse().unwrap(), &dept, Arc::new(membership)).unwrap();
-    let (conn, _) = tls::connect(&endpoint, peer.addr()).await.unwrap();
+    let (raw, _) = Raw::connect(&dept, peer.addr(), Arc::new(membership)).await;
 
     let tx = register(&dept, 1);
     let bytes = tx.encode();
-    let (resp, _) = ask(
-        &conn,
-        &Request::SubmitTx {
-            len: bytes.len() as u64,
-        },
-        Some(&bytes),
-    )
-    .await;
+    let (resp, _) = raw
+        .ask(
+            &Request::SubmitTx {
+                len: bytes.len() as u64,
+            },
+            Some(&bytes),
+        )
+        .await;
     assert_eq!(
         resp,
         Response::Committed {
@@ -350,14 +289,14 @@ async fn a_validator_peer_serves_transactions_proofs_blocks_and_status() {
     );
 
     // The same transaction again is refused with the reason.
-    let (resp, _) = ask(
-        &conn,
-        &Request::SubmitTx {
-            len: bytes.len() as u64,
-        },
-        Some(&bytes),
-    )
-    .await;
+    let (resp, _) = raw
+        .ask(
+            &Request::SubmitTx {
+                len: bytes.len() as u64,
+            },
+            Some(&bytes),
+        )
+        .await;
     match resp {
         Response::Error {
             code: ErrorCode::Refused,
@@ -368,28 +307,26 @@ async fn a_validator_peer_serves_transactions_proofs_blocks_and_status() {
         other => panic!("expected a refusal, got {other:?}"),
     }
 
-    let TxBody::RegisterDocument { document } = tx.tx.body else {
-        unreachable!()
-    };
-    let (resp, body) = ask(&conn, &Request::GetDocument { id: document }, None).await;
+    let document = registered_document(&tx);
+    let (resp, body) = raw.ask(&Request::GetDocument { id: document }, None).await;
     assert!(matches!(resp, Response::ChainBody { .. }));
     let (record, proof): (DocumentRecord, TxInclusion) = postcard::from_bytes(&body).unwrap();
     assert_eq!(record.owner, dept.public());
     proof.verify(&[s.validator.public()]).unwrap();
-    let (resp, _) = ask(
-        &conn,
-        &Request::GetDocument {
-            id: DocumentId::of(b"none"),
-        },
-        None,
-    )
-    .await;
+    let (resp, _) = raw
+        .ask(
+            &Request::GetDocument {
+                id: DocumentId::of(b"none"),
+            },
+            None,
+        )
+        .await;
     assert_eq!(resp, Response::NotFound);
 
-    let (_, body) = ask(&conn, &Request::GetBlock { height: 1 }, None).await;
+    let (_, body) = raw.ask(&Request::GetBlock { height: 1 }, None).await;
     let block: Block = postcard::from_bytes(&body).unwrap();
     assert_eq!(block.txs, vec![tx]);
-    let (_, body) = ask(&conn, &Request::ChainStatus, None).await;
+    let (_, body) = raw.ask(&Request::ChainStatus, None).await;
     let status: ChainStatus = postcard::from_bytes(&body).unwrap();
     assert_eq!((status.height, status.documents), (1, 1));
     peer.shutdown().await;

@@ -1,12 +1,11 @@
 //! Operations on a live cluster: adding, draining and losing peers, rebalance, repair and
 //! scrub. Real peers on 127.0.0.1, real QUIC with mutual TLS, real redb in temp dirs.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::common;
 use dangan::chain::tx::TxBody;
 use dangan::client::{Client, stripe_key};
 use dangan::cluster::LocalCluster;
@@ -42,7 +41,7 @@ async fn store_docs(client: &Client, n: u64) -> Vec<Doc> {
 
 async fn read_all(client: &Client, docs: &[Doc]) {
     for doc in docs {
-        let (got, _) = common::get(client, &doc.id, &doc.key).await.unwrap();
+        let got = common::read(client, &doc.id, &doc.key).await;
         assert!(got == doc.bytes, "document {} differs", doc.id);
     }
 }
@@ -111,9 +110,7 @@ fn assert_exactly_placed(cluster: &LocalCluster, layout: &Layout, docs: &[Doc]) 
 async fn add_node(cluster: &mut LocalCluster, zone: &str) -> (Layout, Layout, NodeInfo) {
     let old = cluster.layout().clone();
     let (_, info) = cluster.add_peer(zone).await.unwrap();
-    let op = cluster
-        .operator_client(old.clone(), None, common::options())
-        .unwrap();
+    let op = common::operator(cluster, &old, None);
     op.chain()
         .unwrap()
         .submit(TxBody::AddNode {
@@ -132,9 +129,7 @@ async fn add_node(cluster: &mut LocalCluster, zone: &str) -> (Layout, Layout, No
 
 async fn drain_node(cluster: &mut LocalCluster, node: PublicId) -> (Layout, Layout) {
     let old = cluster.layout().clone();
-    let op = cluster
-        .operator_client(old.clone(), None, common::options())
-        .unwrap();
+    let op = common::operator(cluster, &old, None);
     op.chain()
         .unwrap()
         .submit(TxBody::DrainNode { node })
@@ -161,8 +156,7 @@ fn quiet() -> &'static (dyn Fn(ops::Progress) + Send + Sync) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn adding_a_seventh_peer_in_one_zone_moves_the_minimum_and_every_document_stays_readable() {
-    let mut cluster = LocalCluster::start(6, 1).await.unwrap();
-    let client = cluster.client(common::options()).unwrap();
+    let (mut cluster, client) = common::start_cluster(6, 1).await;
     let docs = store_docs(&client, 12).await;
     let (old, new, added) = add_node(&mut cluster, "zone-0").await;
 
@@ -183,9 +177,7 @@ async fn adding_a_seventh_peer_in_one_zone_moves_the_minimum_and_every_document_
     // Rebalance (throttled so reads overlap it) while a reader that knows both layouts
     // reads every document again and again.
     let journal_dir = tempfile::tempdir().unwrap();
-    let op = cluster
-        .operator_client(new.clone(), Some(old.clone()), common::options())
-        .unwrap();
+    let op = common::operator(&cluster, &new, Some(&old));
     // The reader is built as `dangan get` builds it: both layouts come from the chain (its
     // cluster file already names the new layout, so the fallback can only be the chain's).
     let reader = cluster
@@ -225,15 +217,14 @@ async fn adding_a_seventh_peer_in_one_zone_moves_the_minimum_and_every_document_
     assert_exactly_placed(&cluster, &new, &docs);
 
     // After: a client that knows only the new layout reads everything.
-    let after = cluster.client(common::options()).unwrap();
+    let after = common::department(&cluster);
     read_all(&after, &docs).await;
     cluster.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_drained_peer_ends_holding_nothing_and_redundancy_stays_full() {
-    let mut cluster = LocalCluster::start(7, 3).await.unwrap();
-    let client = cluster.client(common::options()).unwrap();
+    let (mut cluster, client) = common::start_cluster(7, 3).await;
     let docs = store_docs(&client, 6).await;
     let drained = cluster.peer(0).unwrap().id();
     let held_before = cluster.peer(0).unwrap().store().list().unwrap().len() as u64;
@@ -245,9 +236,7 @@ async fn a_drained_peer_ends_holding_nothing_and_redundancy_stays_full() {
 
     let journal_dir = tempfile::tempdir().unwrap();
     let journal = Journal::open(journal_dir.path(), old.epoch, new.epoch).unwrap();
-    let op = cluster
-        .operator_client(new.clone(), Some(old.clone()), common::options())
-        .unwrap();
+    let op = common::operator(&cluster, &new, Some(&old));
     let report = ops::converge(&op, Some(&journal), &OpsOptions::default(), quiet())
         .await
         .unwrap();
@@ -277,14 +266,13 @@ async fn a_drained_peer_ends_holding_nothing_and_redundancy_stays_full() {
     .await
     .unwrap();
     assert_eq!(check.stripes_below, 0);
-    read_all(&cluster.client(common::options()).unwrap(), &docs).await;
+    read_all(&common::department(&cluster), &docs).await;
     cluster.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn after_a_peer_is_lost_repair_restores_full_redundancy_and_m_more_losses_lose_nothing() {
-    let mut cluster = LocalCluster::start(7, 1).await.unwrap();
-    let client = cluster.client(common::options()).unwrap();
+    let (mut cluster, client) = common::start_cluster(7, 1).await;
     let docs = store_docs(&client, 6).await;
     client.close().await;
 
@@ -293,9 +281,7 @@ async fn after_a_peer_is_lost_repair_restores_full_redundancy_and_m_more_losses_
     cluster.stop_peer(3).await.unwrap();
     let (_, new) = drain_node(&mut cluster, lost).await;
     // Repair: no previous layout, the lost peer's shards are rebuilt from the others.
-    let op = cluster
-        .operator_client(new.clone(), None, common::options())
-        .unwrap();
+    let op = common::operator(&cluster, &new, None);
     let report = ops::converge(&op, None, &OpsOptions::default(), quiet())
         .await
         .unwrap();
@@ -329,14 +315,13 @@ async fn after_a_peer_is_lost_repair_restores_full_redundancy_and_m_more_losses_
     // And for real: stop two more and read everything.
     cluster.stop_peer(live[0]).await.unwrap();
     cluster.stop_peer(live[1]).await.unwrap();
-    read_all(&cluster.client(common::options()).unwrap(), &docs).await;
+    read_all(&common::department(&cluster), &docs).await;
     cluster.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn scrub_finds_every_flipped_bit_and_repair_rewrites_them() {
-    let cluster = LocalCluster::start(6, 3).await.unwrap();
-    let client = cluster.client(common::options()).unwrap();
+    let (cluster, client) = common::start_cluster(6, 3).await;
     let docs = store_docs(&client, 4).await;
     // Flip one bit in 9 shards on every peer: in 9 stripes, one or two (m) each.
     let layout = cluster.layout().clone();
@@ -351,9 +336,7 @@ async fn scrub_finds_every_flipped_bit_and_repair_rewrites_them() {
         }
     }
     let corrupted = flipped.len() as u64;
-    let op = cluster
-        .operator_client(layout.clone(), None, common::options())
-        .unwrap();
+    let op = common::operator(&cluster, &layout, None);
     let options = OpsOptions {
         rate: Some(200e6),
         ..OpsOptions::default()
@@ -388,17 +371,14 @@ async fn scrub_finds_every_flipped_bit_and_repair_rewrites_them() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_rebalance_killed_midway_resumes_and_finishes_with_nothing_lost_or_duplicated() {
-    let mut cluster = LocalCluster::start(6, 1).await.unwrap();
-    let client = cluster.client(common::options()).unwrap();
+    let (mut cluster, client) = common::start_cluster(6, 1).await;
     let docs = store_docs(&client, 8).await;
     let (old, new, added) = add_node(&mut cluster, "zone-0").await;
     let floor = expected(&new, &docs)[&added.key].len() as u64;
     let journal_dir = tempfile::tempdir().unwrap();
 
     // First run: killed (its task aborted) once half the stripes are done.
-    let op = cluster
-        .operator_client(new.clone(), Some(old.clone()), common::options())
-        .unwrap();
+    let op = common::operator(&cluster, &new, Some(&old));
     let journal = Arc::new(Journal::open(journal_dir.path(), old.epoch, new.epoch).unwrap());
     let done = Arc::new(AtomicU64::new(0));
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
@@ -443,6 +423,6 @@ async fn a_rebalance_killed_midway_resumes_and_finishes_with_nothing_lost_or_dup
     assert!(report.shards_moved < floor);
     assert_eq!(journal.done().unwrap(), floor);
     assert_exactly_placed(&cluster, &new, &docs);
-    read_all(&cluster.client(common::options()).unwrap(), &docs).await;
+    read_all(&common::department(&cluster), &docs).await;
     cluster.shutdown().await;
 }

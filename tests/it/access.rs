@@ -3,66 +3,29 @@
 //! else is refused and gets no bytes. Real peers, real QUIC, real redb; readers that are in
 //! no one's membership.
 
-mod common;
-
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use crate::common;
+use crate::common::wire::Raw;
 use dangan::access::ACCESS_TTL;
 use dangan::chain::client::ChainError;
 use dangan::client::{ClientError, PutReceipt, stripe_key};
 use dangan::cluster::LocalCluster;
-use dangan::grant::GrantAddress;
 use dangan::id::{DocumentId, ShardId};
 use dangan::identity::{Identity, Role};
 use dangan::placement::NodeInfo;
-use dangan::proto::{self, ErrorCode, Request, Response};
-use dangan::tls::{self, AllowAny};
+use dangan::proto::{ErrorCode, Request, Response};
+use dangan::tls::AllowAny;
 
-/// One connection to one peer, as `identity`, speaking the wire protocol directly (so the
-/// per-connection `OpenDocument` state is under the test's control).
-struct Raw {
-    endpoint: quinn::Endpoint,
-    conn: quinn::Connection,
-}
-
-impl Raw {
-    async fn connect(identity: &Identity, node: &NodeInfo) -> Raw {
-        let endpoint = tls::endpoint(
-            "127.0.0.1:0".parse().unwrap(),
-            identity,
-            std::sync::Arc::new(AllowAny),
-        )
-        .unwrap();
-        let (conn, who) = tls::connect(&endpoint, node.addr.parse().unwrap())
-            .await
-            .unwrap();
-        assert_eq!(who, node.key, "the peer is who the layout says");
-        Raw { endpoint, conn }
-    }
-
-    /// Sends `req` (and `body`); the answer and, when one follows, its body.
-    async fn ask(&self, req: &Request, body: Option<&[u8]>) -> (Response, Vec<u8>) {
-        let (mut send, mut recv) = self.conn.open_bi().await.unwrap();
-        proto::write_frame(&mut send, req).await.unwrap();
-        if let Some(body) = body {
-            // A refused request may be stopped before its body is read.
-            let _ = send.write_all(body).await;
-        }
-        let _ = send.finish();
-        let resp: Response = proto::read_frame(&mut recv).await.unwrap();
-        let len = match &resp {
-            Response::Shard { len } | Response::Manifest { len } => *len,
-            _ => 0,
-        };
-        let body = proto::read_body(&mut recv, len).await.unwrap();
-        (resp, body)
-    }
-
-    async fn close(self) {
-        self.endpoint.close(0u32.into(), b"done");
-        self.endpoint.wait_idle().await;
-    }
+/// One connection to `node`, as `identity` (in no one's membership), speaking the wire
+/// protocol directly (so the per-connection `OpenDocument` state is under the test's
+/// control).
+async fn connect(identity: &Identity, node: &NodeInfo) -> Raw {
+    let (raw, who) = Raw::connect(identity, node.addr.parse().unwrap(), Arc::new(AllowAny)).await;
+    assert_eq!(who, node.key, "the peer is who the layout says");
+    raw
 }
 
 fn refused(resp: &Response) -> bool {
@@ -83,13 +46,6 @@ fn unavailable(resp: &Response) -> bool {
             ..
         }
     )
-}
-
-fn served(cluster: &LocalCluster) -> u64 {
-    (0..cluster.len())
-        .filter_map(|i| cluster.peer(i))
-        .map(|p| p.stats().shards_served.load(Ordering::Relaxed))
-        .sum()
 }
 
 /// The peer holding slot 0 of stripe 0 of `put`, and that shard's id.
@@ -128,8 +84,7 @@ async fn wait_for_the_peers_to_see_the_chain() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_owner_grantees_and_operators_are_served() {
-    let cluster = LocalCluster::start(6, 3).await.unwrap();
-    let dept = cluster.client(common::options()).unwrap();
+    let (cluster, dept) = common::start_cluster(6, 3).await;
     let alice = Identity::generate(Role::Citizen);
     let bob = Identity::generate(Role::Citizen);
     let carol = Identity::generate(Role::Citizen);
@@ -142,26 +97,25 @@ async fn only_owner_grantees_and_operators_are_served() {
     let doc_b = common::put(&dept, &common::data(300 << 10, 2))
         .await
         .unwrap();
-    dept.grant(doc_a.id, &doc_a.key, &GrantAddress::of(&alice), None)
-        .await
-        .unwrap();
-    dept.grant(doc_b.id, &doc_b.key, &GrantAddress::of(&bob), None)
-        .await
-        .unwrap();
+    common::grant(&dept, &doc_a, &alice, None).await;
+    common::grant(&dept, &doc_b, &bob, None).await;
 
     // The owner and a live grantee read.
-    let (got, _) = common::get(&dept, &doc_a.id, &doc_a.key).await.unwrap();
+    let got = common::read(&dept, &doc_a.id, &doc_a.key).await;
     assert_eq!(got, common::data(300 << 10, 1));
-    let as_alice = cluster.client_as(&alice, common::options()).unwrap();
-    let before = served(&cluster);
+    let as_alice = common::client_as(&cluster, &alice);
+    let before = common::shards_served(&cluster);
     let key = as_alice.granted_key(&doc_a.id).await.unwrap();
-    let (got, _) = common::get(&as_alice, &doc_a.id, &key).await.unwrap();
+    let got = common::read(&as_alice, &doc_a.id, &key).await;
     assert_eq!(got, common::data(300 << 10, 1));
-    assert!(served(&cluster) > before, "the grantee was served shards");
+    assert!(
+        common::shards_served(&cluster) > before,
+        "the grantee was served shards"
+    );
 
     // Everyone else, even holding the data key: no manifest, no shard.
-    let before = served(&cluster);
-    let as_carol = cluster.client_as(&carol, common::options()).unwrap();
+    let before = common::shards_served(&cluster);
+    let as_carol = common::client_as(&cluster, &carol);
     let err = common::get(&as_carol, &doc_a.id, &doc_a.key)
         .await
         .unwrap_err();
@@ -171,22 +125,24 @@ async fn only_owner_grantees_and_operators_are_served() {
         .unwrap_err();
     assert!(is_refusal(&err), "another citizen's document: {err}");
     let other = cluster.other_department();
-    let as_other = cluster.client_as(other, common::options()).unwrap();
+    let as_other = common::client_as(&cluster, other);
     let err = common::get(&as_other, &doc_a.id, &doc_a.key)
         .await
         .unwrap_err();
     assert!(is_refusal(&err), "a department that does not own it: {err}");
-    assert_eq!(served(&cluster), before, "not one shard was served to them");
+    assert_eq!(
+        common::shards_served(&cluster),
+        before,
+        "not one shard was served to them"
+    );
 
     // A grant counts as soon as it is committed, even where the peers have just cached the
     // document's record without it (a refusal is always checked again on the chain).
-    let (got, _) = common::get(&dept, &doc_b.id, &doc_b.key).await.unwrap();
+    let got = common::read(&dept, &doc_b.id, &doc_b.key).await;
     assert_eq!(got, common::data(300 << 10, 2));
-    dept.grant(doc_b.id, &doc_b.key, &GrantAddress::of(&carol), None)
-        .await
-        .unwrap();
+    common::grant(&dept, &doc_b, &carol, None).await;
     let carol_key = as_carol.granted_key(&doc_b.id).await.unwrap();
-    let (got, _) = common::get(&as_carol, &doc_b.id, &carol_key).await.unwrap();
+    let got = common::read(&as_carol, &doc_b.id, &carol_key).await;
     assert_eq!(got, common::data(300 << 10, 2));
 
     // Raw requests on one connection: a known shard id alone opens nothing, opening another
@@ -204,7 +160,7 @@ async fn only_owner_grantees_and_operators_are_served() {
     };
     let manifest_a = doc_a.manifest.encode();
     let manifest_b = doc_b.manifest.encode();
-    let raw = Raw::connect(&alice, &node).await;
+    let raw = connect(&alice, &node).await;
     let start = peer_served();
     let (resp, body) = raw.ask(&Request::GetShard { id: shard_b }, None).await;
     assert!(refused(&resp) && body.is_empty(), "{resp:?}");
@@ -285,8 +241,7 @@ async fn only_owner_grantees_and_operators_are_served() {
     assert!(store.has(&shard_a).unwrap());
 
     // The operator (repair, rebalance, scrub) reads any shard without opening anything.
-    let operator = cluster.operator_client(cluster.layout().clone(), None, common::options());
-    let operator = operator.unwrap();
+    let operator = common::operator(&cluster, cluster.layout(), None);
     let got = operator.net().shard_get(&node, &shard_b).await.unwrap();
     assert_eq!(got.map(|b| ShardId::of(&b)), Some(shard_b));
 
@@ -299,9 +254,7 @@ async fn only_owner_grantees_and_operators_are_served() {
     assert!(is_refusal(&err), "revoked: {err}");
 
     // An expired grant counts for nothing.
-    dept.grant(doc_a.id, &doc_a.key, &GrantAddress::of(&alice), Some(1))
-        .await
-        .unwrap();
+    common::grant(&dept, &doc_a, &alice, Some(1)).await;
     wait_for_the_peers_to_see_the_chain().await;
     let (resp, _) = raw
         .ask(&open(doc_a.id, &manifest_a), Some(&manifest_a))
@@ -324,8 +277,7 @@ async fn only_owner_grantees_and_operators_are_served() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peers_serve_nothing_when_the_chain_is_unreachable() {
-    let mut cluster = LocalCluster::start(6, 3).await.unwrap();
-    let dept = cluster.client(common::options()).unwrap();
+    let (mut cluster, dept) = common::start_cluster(6, 3).await;
     let put = common::put(&dept, &common::data(50 << 10, 3))
         .await
         .unwrap();
@@ -336,9 +288,9 @@ async fn peers_serve_nothing_when_the_chain_is_unreachable() {
     // `Unavailable` (ask again later), not `Refused` (the chain did not say no).
     cluster.stop_validator().await;
     wait_for_the_peers_to_see_the_chain().await;
-    let before = served(&cluster);
+    let before = common::shards_served(&cluster);
     for who in [cluster.department().clone(), cluster.operator().clone()] {
-        let raw = Raw::connect(&who, &node).await;
+        let raw = connect(&who, &node).await;
         let (resp, body) = raw.ask(&Request::GetShard { id: shard }, None).await;
         assert!(unavailable(&resp) && body.is_empty(), "{resp:?}");
         let Response::Error { message, .. } = resp else {
@@ -349,7 +301,7 @@ async fn peers_serve_nothing_when_the_chain_is_unreachable() {
         assert!(unavailable(&resp) && body.is_empty(), "{resp:?}");
         raw.close().await;
     }
-    assert_eq!(served(&cluster), before);
+    assert_eq!(common::shards_served(&cluster), before);
     cluster.shutdown().await;
 }
 
@@ -359,8 +311,7 @@ async fn peers_serve_nothing_when_the_chain_is_unreachable() {
 /// the list of documents only to operators and nodes. A grantee's own `get` and receipt work.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chain_records_are_answered_by_who_asks() {
-    let cluster = LocalCluster::start(6, 3).await.unwrap();
-    let dept = cluster.client(common::options()).unwrap();
+    let (cluster, dept) = common::start_cluster(6, 3).await;
     let (alice, bob, carol) = (
         Identity::generate(Role::Citizen),
         Identity::generate(Role::Citizen),
@@ -369,18 +320,12 @@ async fn chain_records_are_answered_by_who_asks() {
     let bytes = common::data(20 << 10, 5);
     let doc = common::put(&dept, &bytes).await.unwrap();
     for who in [&alice, &bob] {
-        dept.grant(doc.id, &doc.key, &GrantAddress::of(who), None)
-            .await
-            .unwrap();
+        common::grant(&dept, &doc, who, None).await;
     }
-    let as_alice = cluster.client_as(&alice, common::options()).unwrap();
-    let as_carol = cluster.client_as(&carol, common::options()).unwrap();
-    let as_other = cluster
-        .client_as(cluster.other_department(), common::options())
-        .unwrap();
-    let operator = cluster
-        .operator_client(cluster.layout().clone(), None, common::options())
-        .unwrap();
+    let as_alice = common::client_as(&cluster, &alice);
+    let as_carol = common::client_as(&cluster, &carol);
+    let as_other = common::client_as(&cluster, cluster.other_department());
+    let operator = common::operator(&cluster, cluster.layout(), None);
     let chain = dept.chain().unwrap().link().clone();
 
     // Owner and operator: the whole record, both grantees.
@@ -412,10 +357,7 @@ async fn chain_records_are_answered_by_who_asks() {
         .unwrap();
     assert_eq!(proved.grants.len(), 1, "bob's grant is not shown to alice");
     let key = as_alice.granted_key(&doc.id).await.unwrap();
-    assert_eq!(
-        common::get(&as_alice, &doc.id, &key).await.unwrap().0,
-        bytes
-    );
+    assert_eq!(common::read(&as_alice, &doc.id, &key).await, bytes);
     let receipt = as_alice.receipt(&doc.id).await.unwrap().encode();
     dangan::receipt::Receipt::decode(&receipt)
         .unwrap()

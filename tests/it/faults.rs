@@ -22,9 +22,7 @@
 //! temporary directory (configs, data, every process's logs) is kept.
 //!
 //! The short form runs in `cargo test`; the soak is
-//! `cargo test --release --test faults -- --ignored` (see README).
-
-mod common;
+//! `cargo test --release --test it -- --ignored soak` (see README).
 
 use std::fmt;
 use std::fs;
@@ -33,7 +31,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::process::{ProcessCluster, dangan, free_port_range, run_within};
+use crate::common;
+use crate::common::cli::Cli;
+use crate::common::process::{ProcessCluster, free_port_range};
 use dangan::chain::client::ChainLink;
 use dangan::client::{Client, ClientOptions, stripe_key};
 use dangan::config::{Cluster, ClusterFile};
@@ -131,6 +131,8 @@ struct Harness {
     rt: tokio::runtime::Runtime,
     department: Identity,
     operator: Identity,
+    /// The operator's `dangan` commands (scrub, repair, cluster changes).
+    operator_cli: Cli,
     /// Public id of node i at `ids[i - 1]` (peers, then spares).
     ids: Vec<PublicId>,
     /// Nodes placed by the current layout (weight > 0).
@@ -214,10 +216,17 @@ impl Harness {
                     .public()
             })
             .collect();
+        let operator_cli = Cli::new(
+            &cluster,
+            &cluster.path("keys/operator.key"),
+            &cluster.path("operator-keyring"),
+        )
+        .with_data_dir(cluster.path("operator"));
         Harness {
             rng: Rng(seed),
             department: Identity::load(cluster.path("keys/department.key")).unwrap(),
             operator: Identity::load(cluster.path("keys/operator.key")).unwrap(),
+            operator_cli,
             cluster,
             rt: tokio::runtime::Runtime::new().unwrap(),
             ids,
@@ -262,20 +271,10 @@ impl Harness {
             .expect("client")
     }
 
-    fn operator_args(&self) -> Vec<PathBuf> {
-        let mut args = self.cluster.client_args(
-            &self.cluster.path("keys/operator.key"),
-            &self.cluster.path("operator-keyring"),
-        );
-        args.extend(["--data-dir".into(), self.cluster.path("operator")]);
-        args
-    }
-
     /// `dangan ARGS` with the operator's arguments; must succeed.
     fn operator_command(&self, args: &[&str], name: &str) -> String {
-        let mut cmd = dangan(args);
-        cmd.args(self.operator_args());
-        run_within(cmd, &self.cluster.logs, name, OPS_LIMIT)
+        self.operator_cli
+            .run_within(args, name, OPS_LIMIT)
             .expect_ok(name)
             .stdout
     }
@@ -771,7 +770,7 @@ fn reads_go_on_while_a_validator_host_restarts() {
     run_rounds(1, "a validator host restarts", Some(0x18ec_1302_d392_eeb3));
 }
 
-/// The soak: `cargo test --release --test faults -- --ignored --nocapture`.
+/// The soak: `cargo test --release --test it -- --ignored --nocapture soak`.
 #[test]
 #[ignore]
 fn soak_seeded_fault_rounds() {

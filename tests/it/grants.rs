@@ -2,22 +2,19 @@
 //! citizen, who unwraps the data key from the chain and reads the document; anyone without
 //! a live grant gets no key.
 
-mod common;
-
+use crate::common;
 use dangan::client::ClientError;
-use dangan::cluster::LocalCluster;
 use dangan::grant::GrantAddress;
 use dangan::identity::{Identity, Role};
 use dangan::receipt::Receipt;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_granted_citizen_reads_and_others_get_no_key() {
-    let cluster = LocalCluster::start(6, 3).await.unwrap();
-    let dept = cluster.client(common::options()).unwrap();
+    let (cluster, dept) = common::start_cluster(6, 3).await;
     let citizen = Identity::generate(Role::Citizen);
     let stranger = Identity::generate(Role::Citizen);
-    let as_citizen = cluster.client_as(&citizen, common::options()).unwrap();
-    let as_stranger = cluster.client_as(&stranger, common::options()).unwrap();
+    let as_citizen = common::client_as(&cluster, &citizen);
+    let as_stranger = common::client_as(&cluster, &stranger);
 
     let bytes = common::data(50 << 10, 7);
     let put = common::put(&dept, &bytes).await.unwrap();
@@ -27,11 +24,9 @@ async fn a_granted_citizen_reads_and_others_get_no_key() {
         Err(ClientError::NotGranted { .. })
     ));
 
-    dept.grant(id, &put.key, &GrantAddress::of(&citizen), None)
-        .await
-        .unwrap();
+    common::grant(&dept, &put, &citizen, None).await;
     let key = as_citizen.granted_key(&id).await.unwrap();
-    let (got, _) = common::get(&as_citizen, &id, &key).await.unwrap();
+    let got = common::read(&as_citizen, &id, &key).await;
     assert_eq!(got, bytes);
     assert!(matches!(
         as_stranger.granted_key(&id).await,
@@ -52,9 +47,7 @@ async fn a_granted_citizen_reads_and_others_get_no_key() {
         Err(ClientError::NotGranted { .. })
     ));
     // An expired grant counts for nothing.
-    dept.grant(id, &put.key, &GrantAddress::of(&citizen), Some(1))
-        .await
-        .unwrap();
+    common::grant(&dept, &put, &citizen, Some(1)).await;
     assert!(matches!(
         as_citizen.granted_key(&id).await,
         Err(ClientError::NotGranted { .. })
@@ -67,8 +60,7 @@ async fn a_granted_citizen_reads_and_others_get_no_key() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_receipt_verifies_offline_and_fails_after_any_change() {
-    let cluster = LocalCluster::start(6, 3).await.unwrap();
-    let dept = cluster.client(common::options()).unwrap();
+    let (cluster, dept) = common::start_cluster(6, 3).await;
     let put = common::put(&dept, &common::data(50 << 10, 9))
         .await
         .unwrap();

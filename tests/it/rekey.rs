@@ -3,14 +3,12 @@
 //! the same transaction, and removes the old shards from every peer; a supersede carries
 //! grants and adds more; only the owner may do either.
 
-mod common;
-
 use std::collections::HashSet;
 
+use crate::common;
 use bytes::Bytes;
 use dangan::chain::tx::VersionKind;
 use dangan::client::{Client, ClientError};
-use dangan::cluster::LocalCluster;
 use dangan::codec::StripeCodec;
 use dangan::crypto::DataKey;
 use dangan::grant::GrantAddress;
@@ -67,10 +65,9 @@ async fn holders(client: &Client, id: &ShardId) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rekey_locks_out_a_revoked_reader_and_collects_the_old_shards() {
-    let cluster = LocalCluster::start(6, 3).await.unwrap();
+    let (cluster, dept) = common::start_cluster(6, 3).await;
     let dir = tempfile::tempdir().unwrap();
     let keyring = Keyring::open(dir.path()).unwrap();
-    let dept = cluster.client(common::options()).unwrap();
     let (kept, revoked, expired) = (
         Identity::generate(Role::Citizen),
         Identity::generate(Role::Citizen),
@@ -79,8 +76,8 @@ async fn rekey_locks_out_a_revoked_reader_and_collects_the_old_shards() {
     for c in [&kept, &revoked, &expired] {
         cluster.membership().add(c.public());
     }
-    let as_kept = cluster.client_as(&kept, common::options()).unwrap();
-    let as_revoked = cluster.client_as(&revoked, common::options()).unwrap();
+    let as_kept = common::client_as(&cluster, &kept);
+    let as_revoked = common::client_as(&cluster, &revoked);
 
     // Three stripes and a bit; another document shares the store (and its zero padding
     // shards, refcounted) and must not lose a reference.
@@ -92,15 +89,9 @@ async fn rekey_locks_out_a_revoked_reader_and_collects_the_old_shards() {
         .await
         .unwrap();
     let expiry = dangan::now_ms() + 86_400_000;
-    dept.grant(old, &put.key, &GrantAddress::of(&kept), Some(expiry))
-        .await
-        .unwrap();
-    dept.grant(old, &put.key, &GrantAddress::of(&revoked), None)
-        .await
-        .unwrap();
-    dept.grant(old, &put.key, &GrantAddress::of(&expired), Some(1))
-        .await
-        .unwrap();
+    common::grant(&dept, &put, &kept, Some(expiry)).await;
+    common::grant(&dept, &put, &revoked, None).await;
+    common::grant(&dept, &put, &expired, Some(1)).await;
     // The revoked reader unwrapped the old data key while it could.
     let stolen = as_revoked.granted_key(&old).await.unwrap();
     dept.revoke(old, revoked.public()).await.unwrap();
@@ -170,7 +161,7 @@ async fn rekey_locks_out_a_revoked_reader_and_collects_the_old_shards() {
             );
         }
     }
-    let (got, _) = common::get(&dept, &other.id, &other.key).await.unwrap();
+    let got = common::read(&dept, &other.id, &other.key).await;
     assert_eq!(got, common::data(40 << 10, 22));
     for node in &dept.layout().nodes {
         assert!(dept.net().manifest_get(node, &old).await.unwrap().is_none());
@@ -182,7 +173,7 @@ async fn rekey_locks_out_a_revoked_reader_and_collects_the_old_shards() {
 
     // The kept reader reads the new version with its own key; the revoked one gets no key.
     let key = as_kept.granted_key(&new).await.unwrap();
-    let (got, _) = common::get(&as_kept, &new, &key).await.unwrap();
+    let got = common::read(&as_kept, &new, &key).await;
     assert_eq!(got, bytes);
     assert!(matches!(
         as_revoked.granted_key(&new).await,
@@ -203,10 +194,9 @@ async fn rekey_locks_out_a_revoked_reader_and_collects_the_old_shards() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn supersede_carries_grants_and_adds_more_and_a_rekey_resumes_its_collect() {
-    let mut cluster = LocalCluster::start(6, 3).await.unwrap();
+    let (mut cluster, dept) = common::start_cluster(6, 3).await;
     let dir = tempfile::tempdir().unwrap();
     let keyring = Keyring::open(dir.path()).unwrap();
-    let dept = cluster.client(common::options()).unwrap();
     let (citizen, newcomer) = (
         Identity::generate(Role::Citizen),
         Identity::generate(Role::Citizen),
@@ -214,13 +204,11 @@ async fn supersede_carries_grants_and_adds_more_and_a_rekey_resumes_its_collect(
     for c in [&citizen, &newcomer] {
         cluster.membership().add(c.public());
     }
-    let as_citizen = cluster.client_as(&citizen, common::options()).unwrap();
-    let as_newcomer = cluster.client_as(&newcomer, common::options()).unwrap();
+    let as_citizen = common::client_as(&cluster, &citizen);
+    let as_newcomer = common::client_as(&cluster, &newcomer);
     let v1 = common::put(&dept, b"certificate v1").await.unwrap();
     keyring.save(&v1.id, &v1.key).unwrap();
-    dept.grant(v1.id, &v1.key, &GrantAddress::of(&citizen), None)
-        .await
-        .unwrap();
+    common::grant(&dept, &v1, &citizen, None).await;
 
     let v2_bytes = common::data(300 << 10, 5);
     let report = revision::supersede(
@@ -242,12 +230,12 @@ async fn supersede_carries_grants_and_adds_more_and_a_rekey_resumes_its_collect(
     assert!(report.collect.is_none());
     for (c, who) in [(&as_citizen, "citizen"), (&as_newcomer, "newcomer")] {
         let key = c.granted_key(&v2).await.unwrap();
-        let (got, _) = common::get(c, &v2, &key).await.unwrap();
+        let got = common::read(c, &v2, &key).await;
         assert_eq!(got, v2_bytes, "{who}");
     }
     // A reissue keeps the old version; the citizen's old grant still reads it.
     let key = as_citizen.granted_key(&v1.id).await.unwrap();
-    let (got, _) = common::get(&as_citizen, &v1.id, &key).await.unwrap();
+    let got = common::read(&as_citizen, &v1.id, &key).await;
     assert_eq!(got, b"certificate v1");
     // Superseding the old version again is refused, before anything is stored.
     let err = revision::supersede(
@@ -297,7 +285,7 @@ async fn supersede_carries_grants_and_adds_more_and_a_rekey_resumes_its_collect(
     assert!(!collect.remaining.is_empty());
     assert!(!collect.manifest_done, "the manifest goes last");
     cluster.restart_peer(stopped).await.unwrap();
-    let dept2 = cluster.client(common::options()).unwrap();
+    let dept2 = common::department(&cluster);
     let again = revision::rekey(&dept2, &v2, &keyring, &|_, _| {})
         .await
         .unwrap();
@@ -320,7 +308,7 @@ async fn supersede_carries_grants_and_adds_more_and_a_rekey_resumes_its_collect(
     // Both readers were carried again.
     for c in [&as_citizen, &as_newcomer] {
         let key = c.granted_key(&rekeyed.new).await.unwrap();
-        let (got, _) = common::get(c, &rekeyed.new, &key).await.unwrap();
+        let got = common::read(c, &rekeyed.new, &key).await;
         assert_eq!(got, v2_bytes);
     }
     for c in [dept, dept2, as_citizen, as_newcomer] {

@@ -8,12 +8,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::common::chain::{register, registered_document, tx};
+use crate::common::process::free_port_range;
 use dangan::chain::block::BlockError;
 use dangan::chain::client::ChainLink;
 use dangan::chain::ledger::{Ledger, RaftTuning, ValidatorNet};
 use dangan::chain::raft::node_id;
 use dangan::chain::state::{Genesis, GenesisAccount};
-use dangan::chain::tx::{SignedTx, Tx, TxBody};
+use dangan::chain::tx::{SignedTx, TxBody};
 use dangan::client::{Client, ClientOptions};
 use dangan::id::DocumentId;
 use dangan::identity::{Identity, PublicId, Role};
@@ -42,11 +44,6 @@ fn logs() {
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
         .try_init();
-}
-
-fn free_port() -> SocketAddr {
-    let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    s.local_addr().unwrap()
 }
 
 impl Net {
@@ -96,7 +93,9 @@ impl Net {
         Self {
             genesis,
             validators,
-            addrs: (0..hosts).map(|_| free_port()).collect(),
+            addrs: (0..hosts)
+                .map(|_| SocketAddr::from(([127, 0, 0, 1], free_port_range(1))))
+                .collect(),
             nodes,
             dirs,
             membership,
@@ -114,6 +113,11 @@ impl Net {
                 addr: self.addrs[i].to_string(),
             })
             .collect()
+    }
+
+    /// Which validator (its index) has raft node id `node`.
+    fn validator_of(&self, node: u64) -> Option<usize> {
+        (0..self.validators.len()).find(|&i| node_id(&self.validators[i].public()) == node)
     }
 
     /// The chain as a client's cluster file names it: every validator host, and the
@@ -185,18 +189,29 @@ impl Net {
     }
 
     fn client(&self, dept: &Identity) -> Client {
-        let options = ClientOptions {
-            bind: "127.0.0.1:0".parse().unwrap(),
-            chain: Some(self.link()),
-            request_timeout: Duration::from_secs(10),
-            down_for: Duration::from_millis(500),
-            ..ClientOptions::default()
-        };
-        Client::new(
+        self.client_on(
             dept,
+            self.link(),
+            ClientOptions {
+                request_timeout: Duration::from_secs(10),
+                down_for: Duration::from_millis(500),
+                ..ClientOptions::default()
+            },
+        )
+    }
+
+    /// A client of `who` that reaches the chain through `link` alone (no storage layout),
+    /// with `options` otherwise.
+    fn client_on(&self, who: &Identity, link: ChainLink, options: ClientOptions) -> Client {
+        Client::new(
+            who,
             Arc::new(self.membership.clone()),
             Layout::new(0, Vec::new()).unwrap(),
-            options,
+            ClientOptions {
+                bind: "127.0.0.1:0".parse().unwrap(),
+                chain: Some(link),
+                ..options
+            },
         )
         .unwrap()
     }
@@ -207,23 +222,10 @@ async fn stop(v: Validator) {
     v.ledger.shutdown().await;
 }
 
-fn register(dept: &Identity, nonce: u64) -> SignedTx {
-    let mut seed = dept.public().as_bytes().to_vec();
-    seed.extend(nonce.to_le_bytes());
-    Tx {
-        sender: dept.public(),
-        nonce,
-        body: TxBody::RegisterDocument {
-            document: DocumentId::of(&seed),
-        },
-    }
-    .sign(dept)
-}
-
-fn document(tx: &SignedTx) -> DocumentId {
-    match &tx.tx.body {
-        TxBody::RegisterDocument { document } => *document,
-        _ => unreachable!(),
+/// Stops the validators one after another.
+async fn stop_all(vs: impl IntoIterator<Item = Validator>) {
+    for v in vs {
+        stop(v).await;
     }
 }
 
@@ -288,7 +290,10 @@ async fn three_validators_survive_the_leader_being_killed_and_a_restart_from_dis
                 for attempt in 0.. {
                     match client.chain().unwrap().submit_tx(&tx).await {
                         Ok((height, _)) => {
-                            committed.lock().unwrap().push((document(&tx), height));
+                            committed
+                                .lock()
+                                .unwrap()
+                                .push((registered_document(&tx), height));
                             break;
                         }
                         Err(e) if e.to_string().contains("nonce") => break,
@@ -316,8 +321,8 @@ async fn three_validators_survive_the_leader_being_killed_and_a_restart_from_dis
         .flatten()
         .find_map(|v| v.ledger.leader())
         .expect("a leader");
-    let killed = (0..3)
-        .find(|&i| node_id(&net.validators[i].public()) == leader)
+    let killed = net
+        .validator_of(leader)
         .expect("the leader is one of the validators");
     let before_kill = committed.lock().unwrap().len();
     stop(vs[killed].take().unwrap()).await;
@@ -354,11 +359,7 @@ async fn three_validators_survive_the_leader_being_killed_and_a_restart_from_dis
 
     // Restart everything from disk: the same tip and state root on all three, and the old
     // leader's blocks agree with the others'.
-    for v in vs.iter_mut() {
-        if let Some(v) = v.take() {
-            stop(v).await;
-        }
-    }
+    stop_all(vs.into_iter().flatten()).await;
     let mut vs = Vec::new();
     for i in 0..3 {
         vs.push(net.start(i).await);
@@ -378,9 +379,7 @@ async fn three_validators_survive_the_leader_being_killed_and_a_restart_from_dis
         .unwrap();
     assert!(h3 > height);
     client.close().await;
-    for v in vs {
-        stop(v).await;
-    }
+    stop_all(vs).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -389,12 +388,7 @@ async fn a_follower_forwards_and_outsiders_cannot_speak_raft() {
     logs();
     let tmp = tempfile::tempdir().unwrap();
     let net = Net::new(tmp.path(), 1);
-    let mut vs = Vec::new();
-    for i in 0..3 {
-        vs.push(net.start(i).await);
-    }
-    let all: Vec<&Validator> = vs.iter().collect();
-    converged(&all).await;
+    let vs: Vec<Validator> = net.start_converged(3).await.into_iter().flatten().collect();
     let follower = vs
         .iter()
         .position(|v| v.ledger.leader() != Some(v.ledger.node_id()))
@@ -403,17 +397,7 @@ async fn a_follower_forwards_and_outsiders_cannot_speak_raft() {
     let dept = &net.departments[0];
     let mut link = net.link();
     link.hosts = vec![link.hosts[follower].clone()];
-    let client = Client::new(
-        dept,
-        Arc::new(net.membership.clone()),
-        Layout::new(0, Vec::new()).unwrap(),
-        ClientOptions {
-            bind: "127.0.0.1:0".parse().unwrap(),
-            chain: Some(link),
-            ..ClientOptions::default()
-        },
-    )
-    .unwrap();
+    let client = net.client_on(dept, link, ClientOptions::default());
     let (height, _) = client
         .chain()
         .unwrap()
@@ -445,9 +429,7 @@ async fn a_follower_forwards_and_outsiders_cannot_speak_raft() {
     let _ = (ErrorCode::Refused, Response::Pong);
     client.close().await;
     let _: HashMap<PublicId, ()> = HashMap::new();
-    for v in vs {
-        stop(v).await;
-    }
+    stop_all(vs).await;
 }
 
 /// Submits `tx` until it is committed (retrying through elections and membership changes);
@@ -476,6 +458,26 @@ async fn commit(client: &Client, tx: &SignedTx) -> u64 {
     unreachable!()
 }
 
+/// Registers `n` more documents of `dept` (its nonces after `nonce`, which follows them),
+/// each committed.
+async fn register_more(client: &Client, dept: &Identity, nonce: &mut u64, n: u64) {
+    for _ in 0..n {
+        *nonce += 1;
+        commit(client, &register(dept, *nonce)).await;
+    }
+}
+
+/// The index of a running validator of `vs` that is not the raft leader.
+fn a_follower(vs: &[Option<Validator>]) -> usize {
+    (0..vs.len())
+        .find(|&i| {
+            vs[i]
+                .as_ref()
+                .is_some_and(|v| v.ledger.leader() != Some(v.ledger.node_id()))
+        })
+        .expect("a running follower")
+}
+
 /// Waits until `check` holds (20 s at most).
 async fn until(what: &str, check: impl Fn() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -501,22 +503,18 @@ async fn validators_join_and_leave_through_the_chain() {
     let dept = &net.departments[0];
     let client = net.client(dept);
     let mut nonce = 0;
-    for _ in 0..5 {
-        nonce += 1;
-        commit(&client, &register(dept, nonce)).await;
-    }
+    register_more(&client, dept, &mut nonce, 5).await;
 
     // A validator adds the fourth: once the block is applied, the leader adds it to raft.
     let admin = &net.validators[0];
     let newcomer = net.validators[3].public();
-    let add = Tx {
-        sender: admin.public(),
-        nonce: 1,
-        body: TxBody::AddValidator {
+    let add = tx(
+        admin,
+        1,
+        TxBody::AddValidator {
             validator: newcomer,
         },
-    }
-    .sign(admin);
+    );
     let added_at = commit(&client, &add).await;
     vs.push(Some(net.start(3).await));
     {
@@ -538,10 +536,7 @@ async fn validators_join_and_leave_through_the_chain() {
         .find(|&i| node_id(&net.validators[i].public()) != leader)
         .unwrap();
     stop(vs[stopped].take().unwrap()).await;
-    for _ in 0..5 {
-        nonce += 1;
-        commit(&client, &register(dept, nonce)).await;
-    }
+    register_more(&client, dept, &mut nonce, 5).await;
     let four: Vec<PublicId> = net.validators.iter().map(|v| v.public()).collect();
     let three: Vec<PublicId> = four[..3].to_vec();
     let newest = vs[3].as_ref().unwrap();
@@ -585,14 +580,13 @@ async fn validators_join_and_leave_through_the_chain() {
     fresh.close().await;
 
     // Remove the stopped validator: the three left go on alone.
-    let remove = Tx {
-        sender: admin.public(),
-        nonce: 2,
-        body: TxBody::RemoveValidator {
+    let remove = tx(
+        admin,
+        2,
+        TxBody::RemoveValidator {
             validator: net.validators[stopped].public(),
         },
-    }
-    .sign(admin);
+    );
     let removed_at = commit(&client, &remove).await;
     let left: Vec<PublicId> = (0..4)
         .filter(|&i| i != stopped)
@@ -605,10 +599,7 @@ async fn validators_join_and_leave_through_the_chain() {
         })
         .await;
     }
-    for _ in 0..5 {
-        nonce += 1;
-        commit(&client, &register(dept, nonce)).await;
-    }
+    register_more(&client, dept, &mut nonce, 5).await;
     let live: Vec<&Validator> = vs.iter().flatten().collect();
     let (height, _) = converged(&live).await;
     assert!(height > removed_at);
@@ -644,9 +635,7 @@ async fn validators_join_and_leave_through_the_chain() {
         .unwrap();
     assert!(proof.is_some_and(|p| p.header.header.height > removed_at));
     client.close().await;
-    for v in vs.into_iter().flatten() {
-        stop(v).await;
-    }
+    stop_all(vs.into_iter().flatten()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -663,37 +652,32 @@ async fn a_validator_whose_host_the_chain_names_joins_without_new_cluster_files(
     let dept = &net.departments[0];
     let client = net.client(dept);
     let mut nonce = 0;
-    for _ in 0..3 {
-        nonce += 1;
-        commit(&client, &register(dept, nonce)).await;
-    }
+    register_more(&client, dept, &mut nonce, 3).await;
     let admin = &net.validators[0];
     let newcomer = net.validators[3].public();
     let host = net.nodes[3].public();
     assert!(!vs[0].as_ref().unwrap().ledger.is_validator_host(&host));
-    let bad = Tx {
-        sender: admin.public(),
-        nonce: 1,
-        body: TxBody::SetValidatorHost {
+    let bad = tx(
+        admin,
+        1,
+        TxBody::SetValidatorHost {
             validator: newcomer,
             host,
             addr: "not an address".into(),
         },
-    }
-    .sign(admin);
+    );
     let refused = client.chain().unwrap().submit_tx(&bad).await.unwrap_err();
     assert!(refused.to_string().contains("ip:port"), "{refused}");
     // Nor may one validator redirect another sitting validator's traffic.
-    let redirect = Tx {
-        sender: admin.public(),
-        nonce: 1,
-        body: TxBody::SetValidatorHost {
+    let redirect = tx(
+        admin,
+        1,
+        TxBody::SetValidatorHost {
             validator: net.validators[1].public(),
             host,
             addr: net.addrs[3].to_string(),
         },
-    }
-    .sign(admin);
+    );
     let refused = client
         .chain()
         .unwrap()
@@ -717,12 +701,7 @@ async fn a_validator_whose_host_the_chain_names_joins_without_new_cluster_files(
     .into_iter()
     .enumerate()
     {
-        let tx = Tx {
-            sender: admin.public(),
-            nonce: n as u64 + 1,
-            body,
-        }
-        .sign(admin);
+        let tx = tx(admin, n as u64 + 1, body);
         commit(&client, &tx).await;
     }
     vs.push(Some(net.start(3).await));
@@ -743,10 +722,7 @@ async fn a_validator_whose_host_the_chain_names_joins_without_new_cluster_files(
         .unwrap();
     drop(all);
     stop(vs[stopped].take().unwrap()).await;
-    for _ in 0..3 {
-        nonce += 1;
-        commit(&client, &register(dept, nonce)).await;
-    }
+    register_more(&client, dept, &mut nonce, 3).await;
     let live: Vec<&Validator> = vs.iter().flatten().collect();
     let (height, _) = converged(&live).await;
     let last = live[0].ledger.block(height).unwrap().unwrap().header;
@@ -755,9 +731,7 @@ async fn a_validator_whose_host_the_chain_names_joins_without_new_cluster_files(
         "the newcomer endorsed block {height}"
     );
     client.close().await;
-    for v in vs.into_iter().flatten() {
-        stop(v).await;
-    }
+    stop_all(vs.into_iter().flatten()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -773,12 +747,7 @@ async fn a_validator_behind_the_purged_log_catches_up_from_a_snapshot() {
     let dept = &net.departments[0];
     let client = net.client(dept);
     commit(&client, &register(dept, 1)).await;
-    let follower = (0..3)
-        .find(|&i| {
-            let v = vs[i].as_ref().unwrap();
-            v.ledger.leader() != Some(v.ledger.node_id())
-        })
-        .unwrap();
+    let follower = a_follower(&vs);
     let behind = vs[follower]
         .as_ref()
         .unwrap()
@@ -819,7 +788,11 @@ async fn a_validator_behind_the_purged_log_catches_up_from_a_snapshot() {
     );
     let state = back.ledger.state();
     for nonce in 1..=DOCS {
-        assert!(state.document(&document(&register(dept, nonce))).is_some());
+        assert!(
+            state
+                .document(&registered_document(&register(dept, nonce)))
+                .is_some()
+        );
     }
     one_block_per_height(&all, height);
 
@@ -829,9 +802,7 @@ async fn a_validator_behind_the_purged_log_catches_up_from_a_snapshot() {
     let all: Vec<&Validator> = vs.iter().flatten().collect();
     assert_eq!(converged(&all).await, (height, root));
     client.close().await;
-    for v in vs.into_iter().flatten() {
-        stop(v).await;
-    }
+    stop_all(vs.into_iter().flatten()).await;
 }
 
 /// A validator that is behind (restarted while the others are away) answers queries
@@ -843,12 +814,7 @@ async fn a_validator_behind_the_chain_does_not_answer_from_stale_state() {
     let tmp = tempfile::tempdir().unwrap();
     let net = Net::new(tmp.path(), 1);
     let mut vs = net.start_converged(3).await;
-    let lagging = (0..3)
-        .find(|&i| {
-            let v = vs[i].as_ref().unwrap();
-            v.ledger.leader() != Some(v.ledger.node_id())
-        })
-        .unwrap();
+    let lagging = a_follower(&vs);
     stop(vs[lagging].take().unwrap()).await;
     let dept = &net.departments[0];
     let client = net.client(dept);
@@ -865,18 +831,11 @@ async fn a_validator_behind_the_chain_does_not_answer_from_stale_state() {
     link.hosts = vec![link.hosts[lagging].clone()];
     // Listing every document is for nodes and operators: a node's key asks for that.
     let client_of = |who: &Identity| {
-        Client::new(
-            who,
-            Arc::new(net.membership.clone()),
-            Layout::new(0, Vec::new()).unwrap(),
-            ClientOptions {
-                bind: "127.0.0.1:0".parse().unwrap(),
-                chain: Some(link.clone()),
-                request_timeout: Duration::from_secs(10),
-                ..ClientOptions::default()
-            },
-        )
-        .unwrap()
+        let options = ClientOptions {
+            request_timeout: Duration::from_secs(10),
+            ..ClientOptions::default()
+        };
+        net.client_on(who, link.clone(), options)
     };
     let only = client_of(dept);
     let node = client_of(&net.nodes[0]);
@@ -940,25 +899,19 @@ async fn the_leader_can_be_removed_through_the_chain() {
     let dept = &net.departments[0];
     let client = net.client(dept);
     let mut nonce = 0;
-    for _ in 0..3 {
-        nonce += 1;
-        commit(&client, &register(dept, nonce)).await;
-    }
+    register_more(&client, dept, &mut nonce, 3).await;
     let all: Vec<&Validator> = vs.iter().collect();
     let leader = leader_of(&all).unwrap().ledger.node_id();
-    let removed = (0..3)
-        .find(|&i| node_id(&net.validators[i].public()) == leader)
-        .unwrap();
+    let removed = net.validator_of(leader).unwrap();
     // Another validator signs the removal.
     let admin = &net.validators[(removed + 1) % 3];
-    let remove = Tx {
-        sender: admin.public(),
-        nonce: 1,
-        body: TxBody::RemoveValidator {
+    let remove = tx(
+        admin,
+        1,
+        TxBody::RemoveValidator {
             validator: net.validators[removed].public(),
         },
-    }
-    .sign(admin);
+    );
     let removed_at = commit(&client, &remove).await;
     let left: Vec<&Validator> = (0..3).filter(|&i| i != removed).map(|i| &vs[i]).collect();
     until("the two left lead themselves", || {
@@ -966,10 +919,7 @@ async fn the_leader_can_be_removed_through_the_chain() {
             .is_some_and(|l| l.ledger.node_id() != leader && l.ledger.raft_voters().len() == 2)
     })
     .await;
-    for _ in 0..3 {
-        nonce += 1;
-        commit(&client, &register(dept, nonce)).await;
-    }
+    register_more(&client, dept, &mut nonce, 3).await;
     let (height, _) = converged(&left).await;
     assert!(height > removed_at);
     one_block_per_height(&left, height);
@@ -1054,20 +1004,13 @@ async fn a_client_redials_a_validator_host_whose_process_was_replaced() {
     let mut link = net.link();
     link.hosts[0].addr = relay.addr.to_string();
     let dept = &net.departments[0];
-    let client = Client::new(
-        dept,
-        Arc::new(net.membership.clone()),
-        Layout::new(0, Vec::new()).unwrap(),
-        ClientOptions {
-            bind: "127.0.0.1:0".parse().unwrap(),
-            chain: Some(link),
-            // Shorter than the idle timeout: waiting on the dead connection fails the test.
-            request_timeout: Duration::from_secs(20),
-            down_for: Duration::from_millis(200),
-            ..ClientOptions::default()
-        },
-    )
-    .unwrap();
+    let options = ClientOptions {
+        // Shorter than the idle timeout: waiting on the dead connection fails the test.
+        request_timeout: Duration::from_secs(20),
+        down_for: Duration::from_millis(200),
+        ..ClientOptions::default()
+    };
+    let client = net.client_on(dept, link, options);
     commit(&client, &register(dept, 1)).await;
 
     relay.set_silent(true);
@@ -1170,12 +1113,7 @@ async fn a_validator_host_behind_the_chain_authorises_reads_by_the_others() {
     // ledger has caught up its peer asks the others, so a grant made meanwhile counts at
     // once. Its answer may be `Unavailable` while the others elect (a reader asks again),
     // never `Refused`.
-    let follower = (0..3)
-        .find(|&i| {
-            let v = vs[i].as_ref().unwrap();
-            v.ledger.leader() != Some(v.ledger.node_id())
-        })
-        .unwrap();
+    let follower = a_follower(&vs);
     stop(vs[follower].take().unwrap()).await;
     let later = Bytes::from_static(b"the manifest of a document registered while a host was down");
     let later_id = DocumentId::of(&later);

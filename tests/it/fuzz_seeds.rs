@@ -4,15 +4,16 @@
 //! verify against what the targets check), and config and key files. The `config` seeds
 //! named `local_*` come from `dangan local-config DIR --peers 3` and are kept as they are.
 //!
-//! Not part of the suite: `cargo test --test fuzz_seeds -- --ignored` rewrites the seeds.
+//! Not part of the suite: `cargo test --test it fuzz_seeds -- --ignored` rewrites the seeds.
 
 use std::path::Path;
 
+use crate::common::chain::tx;
 use dangan::chain::block::Block;
 use dangan::chain::ledger::ChainStatus;
 use dangan::chain::merkle;
 use dangan::chain::state::{DocumentRecord, Genesis, GenesisAccount};
-use dangan::chain::tx::{SignedTx, Tx, TxBody, VersionKind};
+use dangan::chain::tx::{SignedTx, TxBody, VersionKind};
 use dangan::codec::{self, DocumentInfo};
 use dangan::crypto::DataKey;
 use dangan::id::{DocumentId, ShardId};
@@ -22,7 +23,7 @@ use dangan::proto::PutOutcome;
 use dangan::proto::{ErrorCode, Request, Response, encode_frame};
 use dangan::receipt::Receipt;
 
-#[path = "../fuzz/src/lib.rs"]
+#[path = "../../fuzz/src/lib.rs"]
 #[allow(dead_code)]
 mod fuzz_world;
 
@@ -222,15 +223,6 @@ fn manifests() -> Vec<u8> {
         last = manifest.encode();
     }
     last
-}
-
-fn tx(who: &Identity, nonce: u64, body: TxBody) -> SignedTx {
-    Tx {
-        sender: who.public(),
-        nonce,
-        body,
-    }
-    .sign(who)
 }
 
 /// Seeds of the `tx` target; returns a block of them, proposed and signed by both validators

@@ -5,13 +5,13 @@
 //! find and fix a bit flipped on a peer's disk; validators removed and added again with
 //! `chain remove-validator` / `add-validator`.
 
-mod common;
-
 use std::fs;
 use std::path::Path;
 use std::time::Instant;
 
-use common::process::{ProcessCluster, Run, dangan, is_document_id, run};
+use crate::common;
+use crate::common::cli::{Cli, new_key};
+use crate::common::process::{ProcessCluster, dangan, is_document_id, local_config, run};
 use dangan::config::{ClusterFile, NodeFile};
 use dangan::identity::PublicId;
 use dangan::peer::PeerLimits;
@@ -42,27 +42,13 @@ fn peers_as_separate_processes_put_get_lose_one_and_refuse_strangers() {
     let logs = cluster.logs.clone();
     let dept_key = cluster.path("keys/department.key");
     let keyring = cluster.path("keyring");
-    let client = cluster.client_args(&dept_key, &keyring);
+    let dept = Cli::new(&cluster, &dept_key, &keyring);
 
     // 1. put a 3 MiB document (two stripes of 2 MiB with k = 2); the last line is its id.
     let input = root.join("input.bin");
     let bytes = common::data(3 << 20, 0xd0c);
     fs::write(&input, &bytes).unwrap();
-    let mut put = dangan(["put".as_ref(), input.as_os_str()]);
-    put.args(&client);
-    let put = run(put, &logs, "put").expect_ok("put");
-    let id = put
-        .stdout
-        .lines()
-        .last()
-        .unwrap_or_default()
-        .trim()
-        .to_owned();
-    assert!(
-        is_document_id(&id),
-        "put must print a document id last: {}",
-        put.describe()
-    );
+    let id = dept.put(&input, "put");
     assert!(
         keyring.join(format!("{id}.key")).is_file(),
         "put keeps the document key in the keyring"
@@ -70,9 +56,7 @@ fn peers_as_separate_processes_put_get_lose_one_and_refuse_strangers() {
 
     // 2. get it back.
     let out1 = root.join("out1.bin");
-    let mut get = dangan(["get".as_ref(), id.as_ref(), "-o".as_ref(), out1.as_os_str()]);
-    get.args(&client);
-    let get = run(get, &logs, "get").expect_ok("get");
+    let get = dept.get(&id, &out1, "get").expect_ok("get");
     assert!(
         get.stdout
             .contains(&format!("{} bytes written", bytes.len())),
@@ -87,22 +71,7 @@ fn peers_as_separate_processes_put_get_lose_one_and_refuse_strangers() {
     // 3. A key that is not in the cluster file and has no account on the chain: every peer
     // refuses its writes, nothing is stored.
     let stranger_key = root.join("stranger.key");
-    let keys_new = run(
-        dangan([
-            "keys".as_ref(),
-            "new".as_ref(),
-            "--role".as_ref(),
-            "department".as_ref(),
-            "--out".as_ref(),
-            stranger_key.as_os_str(),
-        ]),
-        &logs,
-        "keys-new",
-    )
-    .expect_ok("keys new");
-    let stranger_id: PublicId = keys_new
-        .stdout
-        .trim()
+    let stranger_id: PublicId = new_key("department", &stranger_key, &logs, "keys-new")
         .parse()
         .expect("keys new prints an id");
     let members = ClusterFile::load(&cluster.path("cluster.toml"))
@@ -110,9 +79,10 @@ fn peers_as_separate_processes_put_get_lose_one_and_refuse_strangers() {
         .members;
     assert!(!members.contains(&stranger_id));
     let stranger_ring = root.join("stranger-keyring");
-    let mut put = dangan(["put".as_ref(), input.as_os_str()]);
-    put.args(cluster.client_args(&stranger_key, &stranger_ring));
-    let refused = run(put, &logs, "put-stranger").expect_fail("put with a key not in the cluster");
+    let stranger = Cli::new(&cluster, &stranger_key, &stranger_ring);
+    let refused = stranger
+        .run(["put".as_ref(), input.as_os_str()], "put-stranger")
+        .expect_fail("put with a key not in the cluster");
     assert!(
         // Stripes go out in parallel, so any stripe may be the one reported.
         refused.stderr.contains("Error: stripe ")
@@ -128,14 +98,9 @@ fn peers_as_separate_processes_put_get_lose_one_and_refuse_strangers() {
     // 4. An id that was never stored: get asks the chain first, which does not know it.
     let unknown = blake3::hash(b"never stored").to_hex().to_string();
     let out2 = root.join("out2.bin");
-    let mut get = dangan([
-        "get".as_ref(),
-        unknown.as_ref(),
-        "-o".as_ref(),
-        out2.as_os_str(),
-    ]);
-    get.args(&client);
-    let missing = run(get, &logs, "get-unknown").expect_fail("get of an unknown id");
+    let missing = dept
+        .get(&unknown, &out2, "get-unknown")
+        .expect_fail("get of an unknown id");
     assert!(
         missing
             .stderr
@@ -151,14 +116,9 @@ fn peers_as_separate_processes_put_get_lose_one_and_refuse_strangers() {
         keyring.join(format!("{unknown}.key")),
     )
     .unwrap();
-    let mut get = dangan([
-        "get".as_ref(),
-        unknown.as_ref(),
-        "-o".as_ref(),
-        out2.as_os_str(),
-    ]);
-    get.args(&client);
-    let missing = run(get, &logs, "get-unknown-with-key").expect_fail("get of an unknown id");
+    let missing = dept
+        .get(&unknown, &out2, "get-unknown-with-key")
+        .expect_fail("get of an unknown id");
     assert!(
         missing.stderr.contains(&unknown) && missing.stderr.contains("not found"),
         "the error must say the document was not found: {}",
@@ -171,9 +131,9 @@ fn peers_as_separate_processes_put_get_lose_one_and_refuse_strangers() {
     );
 
     // The put was registered on the chain run by node 1's validator.
-    let mut status = dangan(["chain", "status"]);
-    status.args(&client);
-    let status = run(status, &logs, "chain-status").expect_ok("chain status");
+    let status = dept
+        .run(["chain", "status"], "chain-status")
+        .expect_ok("chain status");
     assert!(
         status.stdout.contains("documents:    1"),
         "one registered document: {}",
@@ -181,9 +141,7 @@ fn peers_as_separate_processes_put_get_lose_one_and_refuse_strangers() {
     );
 
     // Anyone with the cluster file can check the registration: proof and signatures.
-    let mut verify = dangan(["verify", id.as_str()]);
-    verify.args(&client);
-    let verified = run(verify, &logs, "verify").expect_ok("verify");
+    let verified = dept.run(["verify", &id], "verify").expect_ok("verify");
     assert!(
         verified.stdout.contains("is registered: block 1"),
         "{}",
@@ -192,44 +150,51 @@ fn peers_as_separate_processes_put_get_lose_one_and_refuse_strangers() {
     // A receipt written by get verifies with no network, and only for its document.
     let receipt = root.join("receipt.bin");
     let out3 = root.join("out3.bin");
-    let mut get = dangan([
-        "get".as_ref(),
-        id.as_ref(),
-        "-o".as_ref(),
-        out3.as_os_str(),
-        "--receipt".as_ref(),
-        receipt.as_os_str(),
-    ]);
-    get.args(&client);
-    run(get, &logs, "get-receipt").expect_ok("get --receipt");
-    let mut verify = dangan(["verify".as_ref(), "--receipt".as_ref(), receipt.as_os_str()]);
-    verify.args(&client);
-    let offline = run(verify, &logs, "verify-receipt").expect_ok("verify --receipt");
+    dept.run(
+        [
+            "get".as_ref(),
+            id.as_ref(),
+            "-o".as_ref(),
+            out3.as_os_str(),
+            "--receipt".as_ref(),
+            receipt.as_os_str(),
+        ],
+        "get-receipt",
+    )
+    .expect_ok("get --receipt");
+    let offline = dept
+        .run(
+            ["verify".as_ref(), "--receipt".as_ref(), receipt.as_os_str()],
+            "verify-receipt",
+        )
+        .expect_ok("verify --receipt");
     assert!(
         offline.stdout.contains("receipt verified offline") && offline.stdout.contains(id.as_str()),
         "{}",
         offline.describe()
     );
-    let mut verify = dangan([
-        "verify".as_ref(),
-        unknown.as_ref(),
-        "--receipt".as_ref(),
-        receipt.as_os_str(),
-    ]);
-    verify.args(&client);
-    run(verify, &logs, "verify-receipt-other").expect_fail("a receipt for another id");
+    dept.run(
+        [
+            "verify".as_ref(),
+            unknown.as_ref(),
+            "--receipt".as_ref(),
+            receipt.as_os_str(),
+        ],
+        "verify-receipt-other",
+    )
+    .expect_fail("a receipt for another id");
 
-    let mut verify = dangan(["verify", unknown.as_str()]);
-    verify.args(&client);
-    let refused = run(verify, &logs, "verify-unknown").expect_fail("verify of an unknown id");
+    let refused = dept
+        .run(["verify", &unknown], "verify-unknown")
+        .expect_fail("verify of an unknown id");
     assert!(
         refused.stderr.contains("not registered"),
         "{}",
         refused.describe()
     );
-    let mut block = dangan(["chain", "block", "1"]);
-    block.args(&client);
-    let block = run(block, &logs, "chain-block").expect_ok("chain block 1");
+    let block = dept
+        .run(["chain", "block", "1"], "chain-block")
+        .expect_ok("chain block 1");
     assert!(
         block.stdout.contains("RegisterDocument"),
         "{}",
@@ -238,28 +203,12 @@ fn peers_as_separate_processes_put_get_lose_one_and_refuse_strangers() {
 
     // A citizen, in no cluster file, reads the document once granted, with its own key.
     let citizen_key = root.join("citizen.key");
-    run(
-        dangan([
-            "keys".as_ref(),
-            "new".as_ref(),
-            "--role".as_ref(),
-            "citizen".as_ref(),
-            "--out".as_ref(),
-            citizen_key.as_os_str(),
-        ]),
-        &logs,
-        "keys-new-citizen",
-    )
-    .expect_ok("keys new --role citizen");
+    new_key("citizen", &citizen_key, &logs, "keys-new-citizen");
     let citizen_ring = root.join("citizen-keyring");
-    let citizen = cluster.client_args(&citizen_key, &citizen_ring);
+    let citizen = Cli::new(&cluster, &citizen_key, &citizen_ring);
     let out4 = root.join("out4.bin");
-    let citizen_get = || {
-        let mut get = dangan(["get".as_ref(), id.as_ref(), "-o".as_ref(), out4.as_os_str()]);
-        get.args(&citizen);
-        get
-    };
-    let refused = run(citizen_get(), &logs, "get-citizen-ungranted")
+    let refused = citizen
+        .get(&id, &out4, "get-citizen-ungranted")
         .expect_fail("a citizen's get before the grant");
     assert!(refused.stderr.contains("grant"), "{}", refused.describe());
     let address = run(
@@ -268,19 +217,20 @@ fn peers_as_separate_processes_put_get_lose_one_and_refuse_strangers() {
         "keys-address",
     )
     .expect_ok("keys address");
-    let mut grant = dangan(["grant", id.as_str(), address.stdout.trim()]);
-    grant.args(&client);
-    run(grant, &logs, "grant").expect_ok("grant");
-    run(citizen_get(), &logs, "get-citizen").expect_ok("the granted citizen's get");
+    dept.run(["grant", &id, address.stdout.trim()], "grant")
+        .expect_ok("grant");
+    citizen
+        .get(&id, &out4, "get-citizen")
+        .expect_ok("the granted citizen's get");
     assert!(
         fs::read(&out4).unwrap() == bytes,
         "the citizen read other bytes"
     );
     // The department's audit lists the citizen's read (pending or verified: the peers
     // commit their roots every 10 s); the citizen may not audit.
-    let mut audit = dangan(["audit", id.as_str()]);
-    audit.args(&client);
-    let audit = run(audit, &logs, "audit").expect_ok("the owner's audit");
+    let audit = dept
+        .run(["audit", &id], "audit")
+        .expect_ok("the owner's audit");
     assert!(
         audit.stdout.contains("(owner) read manifest")
             && audit.stdout.contains("(grantee) read shard")
@@ -288,9 +238,9 @@ fn peers_as_separate_processes_put_get_lose_one_and_refuse_strangers() {
         "{}",
         audit.describe()
     );
-    let mut audit = dangan(["audit", id.as_str()]);
-    audit.args(&citizen);
-    let refused = run(audit, &logs, "audit-citizen").expect_fail("a citizen's audit");
+    let refused = citizen
+        .run(["audit", &id], "audit-citizen")
+        .expect_fail("a citizen's audit");
     assert!(
         refused.stderr.contains("may not see who read"),
         "{}",
@@ -300,9 +250,8 @@ fn peers_as_separate_processes_put_get_lose_one_and_refuse_strangers() {
     // 6. Kill one peer (m = 1): every stripe is still readable from the other two.
     cluster.kill(2);
     let out3 = root.join("out3.bin");
-    let mut get = dangan(["get".as_ref(), id.as_ref(), "-o".as_ref(), out3.as_os_str()]);
-    get.args(&client);
-    run(get, &logs, "get-one-peer-down").expect_ok("get with one peer down");
+    dept.get(&id, &out3, "get-one-peer-down")
+        .expect_ok("get with one peer down");
     assert!(
         fs::read(&out3).unwrap() == bytes,
         "get with one peer down returned other bytes"
@@ -328,14 +277,10 @@ fn local_config_fits_the_coding_to_the_peers_and_refuses_fewer_than_two() {
     ] {
         let dir = tmp.path().join(format!("p{peers}"));
         let r = run(
-            dangan([
-                "local-config".as_ref(),
-                dir.as_os_str(),
-                "--peers".as_ref(),
-                peers.to_string().as_ref(),
-                "--base-port".as_ref(),
-                "17101".as_ref(),
-            ]),
+            local_config(
+                &dir,
+                &["--peers", &peers.to_string(), "--base-port", "17101"],
+            ),
             tmp.path(),
             &format!("lc{peers}"),
         )
@@ -369,12 +314,7 @@ fn local_config_fits_the_coding_to_the_peers_and_refuses_fewer_than_two() {
     for peers in ["0", "1"] {
         let dir = tmp.path().join(format!("refused{peers}"));
         let r = run(
-            dangan([
-                "local-config".as_ref(),
-                dir.as_os_str(),
-                "--peers".as_ref(),
-                peers.as_ref(),
-            ]),
+            local_config(&dir, &["--peers", peers]),
             tmp.path(),
             &format!("lc-refused{peers}"),
         )
@@ -384,14 +324,7 @@ fn local_config_fits_the_coding_to_the_peers_and_refuses_fewer_than_two() {
     }
     let dir = tmp.path().join("past-65535");
     let r = run(
-        dangan([
-            "local-config".as_ref(),
-            dir.as_os_str(),
-            "--peers".as_ref(),
-            "3".as_ref(),
-            "--base-port".as_ref(),
-            "65534".as_ref(),
-        ]),
+        local_config(&dir, &["--peers", "3", "--base-port", "65534"]),
         tmp.path(),
         "lc-ports",
     )
@@ -467,30 +400,20 @@ fn operator_commands_status_scrub_and_repair_a_flipped_bit_on_disk() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
     let cluster = start_cluster(root);
-    let logs = cluster.logs.clone();
     let keyring = cluster.path("keyring");
-    let client = cluster.client_args(&cluster.path("keys/department.key"), &keyring);
-    let mut operator = cluster.client_args(&cluster.path("keys/operator.key"), &keyring);
-    operator.extend(["--data-dir".into(), root.join("operator")]);
+    let dept = Cli::new(&cluster, &cluster.path("keys/department.key"), &keyring);
+    let operator = Cli::new(&cluster, &cluster.path("keys/operator.key"), &keyring)
+        .with_data_dir(root.join("operator"));
 
     let input = root.join("input.bin");
     let bytes = common::data(3 << 20, 0x0b5);
     fs::write(&input, &bytes).unwrap();
-    let mut put = dangan(["put".as_ref(), input.as_os_str()]);
-    put.args(&client);
-    let put = run(put, &logs, "put").expect_ok("put");
-    let id = put
-        .stdout
-        .lines()
-        .last()
-        .unwrap_or_default()
-        .trim()
-        .to_owned();
+    let id = dept.put(&input, "put");
 
     let status = |name: &str| {
-        let mut cmd = dangan(["cluster", "status"]);
-        cmd.args(&operator);
-        run(cmd, &logs, name).expect_ok("cluster status")
+        operator
+            .run(["cluster", "status"], name)
+            .expect_ok("cluster status")
     };
     let s = status("status1");
     assert!(s.stdout.contains("layout epoch 1"), "{}", s.describe());
@@ -512,9 +435,9 @@ fn operator_commands_status_scrub_and_repair_a_flipped_bit_on_disk() {
     body[1234] ^= 1;
     fs::write(&victim, body).unwrap();
 
-    let mut scrub = dangan(["scrub", "--rate-mb", "100"]);
-    scrub.args(&operator);
-    let scrub = run(scrub, &logs, "scrub").expect_ok("scrub");
+    let scrub = operator
+        .run(["scrub", "--rate-mb", "100"], "scrub")
+        .expect_ok("scrub");
     assert!(scrub.stdout.contains("; 1 corrupt"), "{}", scrub.describe());
     assert!(
         scrub.stdout.contains("repair: 1 documents, 2 stripes (1 were below full redundancy); 0 shards moved, 1 rebuilt"),
@@ -529,9 +452,7 @@ fn operator_commands_status_scrub_and_repair_a_flipped_bit_on_disk() {
     );
 
     let out = root.join("out.bin");
-    let mut get = dangan(["get".as_ref(), id.as_ref(), "-o".as_ref(), out.as_os_str()]);
-    get.args(&client);
-    run(get, &logs, "get").expect_ok("get");
+    dept.get(&id, &out, "get").expect_ok("get");
     assert!(fs::read(&out).unwrap() == bytes);
 }
 
@@ -539,32 +460,18 @@ fn operator_commands_status_scrub_and_repair_a_flipped_bit_on_disk() {
 fn rekey_and_supersede_from_the_command_line_and_get_follows_to_the_newest_version() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
-    let logs = root.join("logs");
-    fs::create_dir(&logs).unwrap();
     let cluster = start_cluster(root);
     let keyring = cluster.path("keyring");
-    let client = cluster.client_args(&cluster.path("keys/department.key"), &keyring);
-    let last_line = |r: &Run| {
-        r.stdout
-            .lines()
-            .last()
-            .unwrap_or_default()
-            .trim()
-            .to_owned()
-    };
+    let dept = Cli::new(&cluster, &cluster.path("keys/department.key"), &keyring);
 
     let input = root.join("v1.bin");
     let v1_bytes = common::data(700 << 10, 0x5e1);
     fs::write(&input, &v1_bytes).unwrap();
-    let mut put = dangan(["put".as_ref(), input.as_os_str()]);
-    put.args(&client);
-    let v1 = last_line(&run(put, &logs, "put").expect_ok("put"));
+    let v1 = dept.put(&input, "put");
     assert!(is_document_id(&v1));
 
-    let mut rekey = dangan(["rekey", v1.as_str()]);
-    rekey.args(&client);
-    let rekeyed = run(rekey, &logs, "rekey").expect_ok("rekey");
-    let v2 = last_line(&rekeyed);
+    let rekeyed = dept.run(["rekey", &v1], "rekey").expect_ok("rekey");
+    let v2 = rekeyed.last_line();
     assert!(is_document_id(&v2) && v2 != v1, "{}", rekeyed.describe());
     assert!(
         rekeyed.stderr.contains(&format!("rekey of {v1}"))
@@ -572,28 +479,28 @@ fn rekey_and_supersede_from_the_command_line_and_get_follows_to_the_newest_versi
         "{}",
         rekeyed.describe()
     );
-    let mut verify = dangan(["verify", v2.as_str()]);
-    verify.args(&client);
-    let verified = run(verify, &logs, "verify").expect_ok("verify");
+    let verified = dept.run(["verify", &v2], "verify").expect_ok("verify");
     assert!(
         verified.stdout.contains(&format!("it is a rekey of {v1}")),
         "{}",
         verified.describe()
     );
     // A second rekey of the old id only finishes what is left: nothing.
-    let mut rekey = dangan(["rekey", v1.as_str()]);
-    rekey.args(&client);
-    let again = run(rekey, &logs, "rekey-again").expect_ok("rekey again");
-    assert_eq!(last_line(&again), v2);
+    let again = dept
+        .run(["rekey", &v1], "rekey-again")
+        .expect_ok("rekey again");
+    assert_eq!(again.last_line(), v2);
 
     let input2 = root.join("v3.bin");
     fs::write(&input2, b"reissued certificate").unwrap();
-    let mut sup = dangan(["supersede".as_ref(), v2.as_ref(), input2.as_os_str()]);
-    sup.args(&client);
-    let v3 = last_line(&run(sup, &logs, "supersede").expect_ok("supersede"));
-    let mut sup = dangan(["supersede".as_ref(), v2.as_ref(), input2.as_os_str()]);
-    sup.args(&client);
-    let refused = run(sup, &logs, "supersede-again").expect_fail("superseding twice");
+    let supersede = ["supersede".as_ref(), v2.as_ref(), input2.as_os_str()];
+    let v3 = dept
+        .run(supersede, "supersede")
+        .expect_ok("supersede")
+        .last_line();
+    let refused = dept
+        .run(supersede, "supersede-again")
+        .expect_fail("superseding twice");
     assert!(
         refused
             .stderr
@@ -604,9 +511,7 @@ fn rekey_and_supersede_from_the_command_line_and_get_follows_to_the_newest_versi
 
     // get of the first id follows to the newest version and says so; --exact reads v2.
     let out = root.join("out.bin");
-    let mut get = dangan(["get".as_ref(), v1.as_ref(), "-o".as_ref(), out.as_os_str()]);
-    get.args(&client);
-    let got = run(get, &logs, "get").expect_ok("get");
+    let got = dept.get(&v1, &out, "get").expect_ok("get");
     assert_eq!(fs::read(&out).unwrap(), b"reissued certificate");
     assert!(
         got.stderr
@@ -617,15 +522,17 @@ fn rekey_and_supersede_from_the_command_line_and_get_follows_to_the_newest_versi
         "{}",
         got.describe()
     );
-    let mut get = dangan([
-        "get".as_ref(),
-        v2.as_ref(),
-        "--exact".as_ref(),
-        "-o".as_ref(),
-        out.as_os_str(),
-    ]);
-    get.args(&client);
-    run(get, &logs, "get-exact").expect_ok("get --exact");
+    dept.run(
+        [
+            "get".as_ref(),
+            v2.as_ref(),
+            "--exact".as_ref(),
+            "-o".as_ref(),
+            out.as_os_str(),
+        ],
+        "get-exact",
+    )
+    .expect_ok("get --exact");
     assert!(fs::read(&out).unwrap() == v1_bytes);
 }
 
@@ -634,36 +541,26 @@ fn validators_leave_and_join_from_the_command_line() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
     let cluster = ProcessCluster::start(root, PEERS, 3);
-    let logs = cluster.logs.clone();
     let keyring = cluster.path("keyring");
-    let client = cluster.client_args(&cluster.path("keys/department.key"), &keyring);
-    let admin = cluster.client_args(&cluster.path("keys/validator1.key"), &keyring);
+    let dept = Cli::new(&cluster, &cluster.path("keys/department.key"), &keyring);
+    let admin = Cli::new(&cluster, &cluster.path("keys/validator1.key"), &keyring);
     let third = dangan::identity::Identity::load(cluster.path("keys/validator3.key"))
         .unwrap()
         .public()
         .to_string();
     let validators = |name: &str| {
-        let mut status = dangan(["chain", "status"]);
-        status.args(&client);
-        let status = run(status, &logs, name).expect_ok("chain status");
+        let status = dept
+            .run(["chain", "status"], name)
+            .expect_ok("chain status");
         status.stdout.matches("validator:").count()
     };
     let put_and_verify = |name: &str, seed: u64| {
         let input = root.join(format!("{name}.bin"));
         fs::write(&input, common::data(100 << 10, seed)).unwrap();
-        let mut put = dangan(["put".as_ref(), input.as_os_str()]);
-        put.args(&client);
-        let put = run(put, &logs, &format!("{name}-put")).expect_ok("put");
-        let id = put
-            .stdout
-            .lines()
-            .last()
-            .unwrap_or_default()
-            .trim()
-            .to_owned();
-        let mut verify = dangan(["verify", id.as_str()]);
-        verify.args(&client);
-        let verified = run(verify, &logs, &format!("{name}-verify")).expect_ok("verify");
+        let id = dept.put(&input, &format!("{name}-put"));
+        let verified = dept
+            .run(["verify", &id], &format!("{name}-verify"))
+            .expect_ok("verify");
         assert!(
             verified.stdout.contains("is registered"),
             "{}",
@@ -673,15 +570,15 @@ fn validators_leave_and_join_from_the_command_line() {
     assert_eq!(validators("status-3"), 3);
 
     // A department may not change the validator set.
-    let mut refused = dangan(["chain", "remove-validator", third.as_str()]);
-    refused.args(&client);
-    let refused = run(refused, &logs, "dept-remove").expect_fail("a department removing");
+    let refused = dept
+        .run(["chain", "remove-validator", &third], "dept-remove")
+        .expect_fail("a department removing");
     assert!(refused.stderr.contains("role"), "{}", refused.describe());
     assert_eq!(validators("status-still-3"), 3);
 
-    let mut remove = dangan(["chain", "remove-validator", third.as_str()]);
-    remove.args(&admin);
-    let removed = run(remove, &logs, "remove").expect_ok("remove-validator");
+    let removed = admin
+        .run(["chain", "remove-validator", &third], "remove")
+        .expect_ok("remove-validator");
     assert!(
         removed
             .stdout
@@ -697,17 +594,20 @@ fn validators_leave_and_join_from_the_command_line() {
     let host = file.chain.as_ref().unwrap().hosts.last().unwrap().clone();
     let peer3 = dangan::identity::Identity::load(cluster.path("keys/peer3.key")).unwrap();
     assert_eq!(host.key, peer3.public(), "node 3 hosts validator 3");
-    let mut add = dangan([
-        "chain",
-        "add-validator",
-        third.as_str(),
-        "--host",
-        host.key.to_string().as_str(),
-        "--addr",
-        host.addr.as_str(),
-    ]);
-    add.args(&admin);
-    let added = run(add, &logs, "add").expect_ok("add-validator");
+    let added = admin
+        .run(
+            [
+                "chain",
+                "add-validator",
+                &third,
+                "--host",
+                &host.key.to_string(),
+                "--addr",
+                &host.addr,
+            ],
+            "add",
+        )
+        .expect_ok("add-validator");
     assert!(
         added.stdout.contains("added validator"),
         "{}",
@@ -717,17 +617,20 @@ fn validators_leave_and_join_from_the_command_line() {
     put_and_verify("three", 2);
 
     // The third validator, with its own key, says where it is hosted (the same peer).
-    let own = cluster.client_args(&cluster.path("keys/validator3.key"), &keyring);
-    let mut moved = dangan([
-        "chain",
-        "set-validator-host",
-        "--host",
-        host.key.to_string().as_str(),
-        "--addr",
-        host.addr.as_str(),
-    ]);
-    moved.args(&own);
-    let moved = run(moved, &logs, "set-host").expect_ok("set-validator-host");
+    let own = Cli::new(&cluster, &cluster.path("keys/validator3.key"), &keyring);
+    let moved = own
+        .run(
+            [
+                "chain",
+                "set-validator-host",
+                "--host",
+                &host.key.to_string(),
+                "--addr",
+                &host.addr,
+            ],
+            "set-host",
+        )
+        .expect_ok("set-validator-host");
     assert!(
         moved
             .stdout

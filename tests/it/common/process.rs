@@ -43,6 +43,16 @@ impl Run {
         );
         self
     }
+
+    /// The last line of stdout, trimmed (where `put`, `rekey` and `supersede` print the id).
+    pub fn last_line(&self) -> String {
+        self.stdout
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .trim()
+            .to_owned()
+    }
 }
 
 /// `dangan ARGS` with a quiet, deterministic environment (no backtraces in error output).
@@ -57,6 +67,13 @@ where
         .env("RUST_LIB_BACKTRACE", "0")
         .env_remove("RUST_LOG")
         .stdin(Stdio::null());
+    cmd
+}
+
+/// `dangan local-config DIR ARGS` (`--peers N`, `--base-port P`, ...).
+pub fn local_config(dir: &Path, args: &[&str]) -> Command {
+    let mut cmd = dangan(["local-config".as_ref(), dir.as_os_str()]);
+    cmd.args(args);
     cmd
 }
 
@@ -256,16 +273,17 @@ impl ProcessCluster {
             let dir = root.join(format!("cluster{attempt}"));
             let base = free_port_range(peers as u16);
             let lc = run(
-                dangan([
-                    "local-config".as_ref(),
-                    dir.as_os_str(),
-                    "--peers".as_ref(),
-                    peers.to_string().as_ref(),
-                    "--validators".as_ref(),
-                    validators.to_string().as_ref(),
-                    "--base-port".as_ref(),
-                    base.to_string().as_ref(),
-                ]),
+                local_config(
+                    &dir,
+                    &[
+                        "--peers",
+                        &peers.to_string(),
+                        "--validators",
+                        &validators.to_string(),
+                        "--base-port",
+                        &base.to_string(),
+                    ],
+                ),
                 &logs,
                 &format!("local-config{attempt}"),
             )

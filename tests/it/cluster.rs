@@ -1,25 +1,22 @@
 //! A cluster of real peers in one process: round trips, lost peers, corruption, hostile
 //! clients, a peer killed mid-put.
 
-mod common;
-
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use common::*;
+use crate::common::wire::Raw;
+use crate::common::*;
 use dangan::chain::client::ChainError;
 use dangan::client::{ClientError, stripe_key};
 use dangan::cluster::LocalCluster;
 use dangan::id::ShardId;
 use dangan::identity::{Identity, Role};
 use dangan::proto::{self, ErrorCode, Request, Response};
-use dangan::tls;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn documents_of_several_sizes_round_trip() {
-    let cluster = LocalCluster::start(6, 3).await.unwrap();
-    let client = cluster.client(options()).unwrap();
+    let (cluster, client) = start_cluster(6, 3).await;
     for size in [0usize, 1, 50 << 10, (1 << 20) + 17, 3 << 20] {
         let bytes = data(size, size as u64);
         let receipt = put(&client, &bytes).await.unwrap();
@@ -35,8 +32,7 @@ async fn documents_of_several_sizes_round_trip() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shards_land_on_their_placed_peers() {
-    let cluster = LocalCluster::start(7, 3).await.unwrap();
-    let client = cluster.client(options()).unwrap();
+    let (cluster, client) = start_cluster(7, 3).await;
     let receipt = put(&client, &data(2 << 20, 5)).await.unwrap();
     for ids in &receipt.manifest.stripes {
         let placed = cluster.layout().place(&stripe_key(ids), ids.len()).unwrap();
@@ -50,8 +46,7 @@ async fn shards_land_on_their_placed_peers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn m_stopped_peers_lose_nothing_and_m_plus_one_names_the_stripes() {
-    let mut cluster = LocalCluster::start(6, 3).await.unwrap();
-    let client = cluster.client(options()).unwrap();
+    let (mut cluster, client) = start_cluster(6, 3).await;
     let bytes = data(2 << 20, 9);
     let receipt = put(&client, &bytes).await.unwrap();
     cluster.stop_peer(0).await.unwrap();
@@ -61,7 +56,7 @@ async fn m_stopped_peers_lose_nothing_and_m_plus_one_names_the_stripes() {
     assert!(report.stripes_rebuilt > 0);
 
     cluster.stop_peer(1).await.unwrap();
-    let fresh = cluster.client(options()).unwrap();
+    let fresh = department(&cluster);
     let t = std::time::Instant::now();
     let res = get(&fresh, &receipt.id, &receipt.key).await;
     eprintln!("get with m+1 down took {:?}", t.elapsed());
@@ -80,8 +75,7 @@ async fn m_stopped_peers_lose_nothing_and_m_plus_one_names_the_stripes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_corrupt_shard_in_a_peer_store_is_survived_and_reported() {
-    let cluster = LocalCluster::start(6, 3).await.unwrap();
-    let client = cluster.client(options()).unwrap();
+    let (cluster, client) = start_cluster(6, 3).await;
     let bytes = data(600 << 10, 11);
     let receipt = put(&client, &bytes).await.unwrap();
     let ids = &receipt.manifest.stripes[0];
@@ -104,7 +98,7 @@ async fn a_key_with_no_account_on_chain_stores_nothing() {
     let cluster = LocalCluster::start(6, 3).await.unwrap();
     // It completes the handshake (peers admit any key) but holds no role on the chain.
     let stranger = Identity::generate(Role::Department);
-    let client = cluster.client_as(&stranger, options()).unwrap();
+    let client = client_as(&cluster, &stranger);
     let err = put(&client, &data(1000, 1)).await.unwrap_err();
     assert!(
         matches!(err, ClientError::StripeNotStored { stored: 0, .. }),
@@ -128,22 +122,21 @@ fn expect_error(resp: &Response, code: ErrorCode) {
     );
 }
 
-/// Opens a raw stream to peer 0 as a trusted client.
+/// A connection to peer 0 as a trusted client, for whole requests ([`Raw::ask`]).
+async fn connect(cluster: &LocalCluster, identity: &Identity) -> Raw {
+    let trust = Arc::new(cluster.membership().clone());
+    let (raw, _) = Raw::connect(identity, cluster.peer(0).unwrap().addr(), trust).await;
+    raw
+}
+
+/// A raw stream to peer 0 as a trusted client, for requests written byte by byte.
 async fn raw_stream(
     cluster: &LocalCluster,
     identity: &Identity,
-) -> (quinn::Endpoint, quinn::SendStream, quinn::RecvStream) {
-    let endpoint = tls::endpoint(
-        "127.0.0.1:0".parse().unwrap(),
-        identity,
-        Arc::new(cluster.membership().clone()),
-    )
-    .unwrap();
-    let (conn, _) = tls::connect(&endpoint, cluster.peer(0).unwrap().addr())
-        .await
-        .unwrap();
-    let (send, recv) = conn.open_bi().await.unwrap();
-    (endpoint, send, recv)
+) -> (Raw, quinn::SendStream, quinn::RecvStream) {
+    let raw = connect(cluster, identity).await;
+    let (send, recv) = raw.conn.open_bi().await.unwrap();
+    (raw, send, recv)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -153,7 +146,7 @@ async fn garbage_oversized_and_abandoned_requests_leave_the_peer_healthy() {
     let me = cluster.operator().clone();
 
     // Garbage header.
-    let (_ep, mut send, mut recv) = raw_stream(&cluster, &me).await;
+    let (_raw, mut send, mut recv) = raw_stream(&cluster, &me).await;
     send.write_all(&[5, 0, 0, 0, 0xff, 0xfe, 0xfd, 0xfc, 0xfb])
         .await
         .unwrap();
@@ -162,13 +155,13 @@ async fn garbage_oversized_and_abandoned_requests_leave_the_peer_healthy() {
     expect_error(&resp, ErrorCode::Malformed);
 
     // A frame length over the limit.
-    let (_ep, mut send, mut recv) = raw_stream(&cluster, &me).await;
+    let (_raw, mut send, mut recv) = raw_stream(&cluster, &me).await;
     send.write_all(&u32::MAX.to_le_bytes()).await.unwrap();
     let resp: Response = proto::read_frame(&mut recv).await.unwrap();
     expect_error(&resp, ErrorCode::TooLarge);
 
     // A shard body over the limit.
-    let (_ep, mut send, mut recv) = raw_stream(&cluster, &me).await;
+    let (_raw, mut send, mut recv) = raw_stream(&cluster, &me).await;
     let id = ShardId::of(b"x");
     proto::write_frame(&mut send, &Request::PutShard { id, len: u64::MAX })
         .await
@@ -177,27 +170,20 @@ async fn garbage_oversized_and_abandoned_requests_leave_the_peer_healthy() {
     expect_error(&resp, ErrorCode::TooLarge);
 
     // A body that does not match its id.
-    let (_ep, mut send, mut recv) = raw_stream(&cluster, &me).await;
-    proto::write_frame(&mut send, &Request::PutShard { id, len: 3 })
-        .await
-        .unwrap();
-    send.write_all(b"abc").await.unwrap();
-    send.finish().unwrap();
-    let resp: Response = proto::read_frame(&mut recv).await.unwrap();
+    let raw = connect(&cluster, &me).await;
+    let (resp, _) = raw
+        .ask(&Request::PutShard { id, len: 3 }, Some(b"abc"))
+        .await;
     expect_error(&resp, ErrorCode::HashMismatch);
 
     // Chain requests to a peer that runs no validator.
-    let (_ep, mut send, mut recv) = raw_stream(&cluster, &me).await;
-    proto::write_frame(&mut send, &Request::ChainStatus)
-        .await
-        .unwrap();
-    send.finish().unwrap();
-    let resp: Response = proto::read_frame(&mut recv).await.unwrap();
+    let raw = connect(&cluster, &me).await;
+    let (resp, _) = raw.ask(&Request::ChainStatus, None).await;
     expect_error(&resp, ErrorCode::NotValidator);
 
     // A client that vanishes halfway through a body.
     let body = data(100_000, 3);
-    let (ep, mut send, _recv) = raw_stream(&cluster, &me).await;
+    let (raw, mut send, _recv) = raw_stream(&cluster, &me).await;
     proto::write_frame(
         &mut send,
         &Request::PutShard {
@@ -208,8 +194,8 @@ async fn garbage_oversized_and_abandoned_requests_leave_the_peer_healthy() {
     .await
     .unwrap();
     send.write_all(&body[..50_000]).await.unwrap();
-    ep.close(0u32.into(), b"gone");
-    drop(ep);
+    raw.endpoint.close(0u32.into(), b"gone");
+    drop(raw);
     tokio::time::sleep(Duration::from_millis(100)).await;
 
     let store = cluster.peer(0).unwrap().store();
@@ -217,13 +203,10 @@ async fn garbage_oversized_and_abandoned_requests_leave_the_peer_healthy() {
     assert!(!store.has(&ShardId::of(&body)).unwrap());
 
     // The peer still serves everyone else.
-    let client = cluster.client(options()).unwrap();
+    let client = department(&cluster);
     let bytes = data(300 << 10, 4);
     let receipt = put(&client, &bytes).await.unwrap();
-    assert_eq!(
-        get(&client, &receipt.id, &receipt.key).await.unwrap().0,
-        bytes
-    );
+    assert_eq!(read(&client, &receipt.id, &receipt.key).await, bytes);
     cluster.shutdown().await;
 }
 
@@ -298,35 +281,31 @@ async fn a_slow_client_cannot_hold_a_peer_hostage() {
     // Two requests that announce a body and never send it take both request slots.
     let mut hung = Vec::new();
     for _ in 0..2 {
-        let (ep, mut send, recv) = raw_stream(&cluster, &me).await;
+        let (raw, mut send, recv) = raw_stream(&cluster, &me).await;
         let req = Request::PutShard {
             id: ShardId::of(b"never sent"),
             len: 100_000,
         };
         proto::write_frame(&mut send, &req).await.unwrap();
-        hung.push((ep, send, recv));
+        hung.push((raw, send, recv));
     }
     tokio::time::sleep(Duration::from_millis(100)).await;
 
     // A third request waits at most the queue timeout, then is told the peer is busy.
-    let (_ep, mut send, mut recv) = raw_stream(&cluster, &me).await;
-    proto::write_frame(&mut send, &Request::Ping).await.unwrap();
-    send.finish().unwrap();
-    let resp: Response = proto::read_frame(&mut recv).await.unwrap();
+    let raw = connect(&cluster, &me).await;
+    let (resp, _) = raw.ask(&Request::Ping, None).await;
     expect_error(&resp, ErrorCode::Busy);
 
     // Once the request time limit passes, the hung requests are cut off and the slots free.
     tokio::time::sleep(Duration::from_millis(1200)).await;
-    for (_ep, _send, recv) in &mut hung {
+    for (_raw, _send, recv) in &mut hung {
         assert!(
             proto::read_frame::<_, Response>(recv).await.is_err(),
             "the hung stream was reset"
         );
     }
-    let (_ep, mut send, mut recv) = raw_stream(&cluster, &me).await;
-    proto::write_frame(&mut send, &Request::Ping).await.unwrap();
-    send.finish().unwrap();
-    let resp: Response = proto::read_frame(&mut recv).await.unwrap();
+    let raw = connect(&cluster, &me).await;
+    let (resp, _) = raw.ask(&Request::Ping, None).await;
     assert_eq!(resp, Response::Pong);
     assert_eq!(cluster.peer(0).unwrap().store().usage().unwrap().shards, 0);
     cluster.shutdown().await;
@@ -334,8 +313,7 @@ async fn a_slow_client_cannot_hold_a_peer_hostage() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_put_registers_on_chain_and_a_get_refuses_what_is_not_registered() {
-    let cluster = LocalCluster::start(6, 3).await.unwrap();
-    let client = cluster.client(options()).unwrap();
+    let (cluster, client) = start_cluster(6, 3).await;
     let bytes = data(300 << 10, 31);
     let receipt = put(&client, &bytes).await.unwrap();
     let (height, _) = receipt
@@ -386,7 +364,7 @@ async fn a_batch_put_is_bounded_and_checked_whole() {
     let manifest_id = dangan::id::DocumentId::of(&manifest);
 
     // More shards than a batch may carry, and more bytes: refused before any body is read.
-    let (_ep, mut send, mut recv) = raw_stream(&cluster, &me).await;
+    let (_raw, mut send, mut recv) = raw_stream(&cluster, &me).await;
     let many = vec![(shard_id, 1); proto::MAX_PUT_MANY + 1];
     let req = Request::PutMany {
         shards: many,
@@ -395,7 +373,7 @@ async fn a_batch_put_is_bounded_and_checked_whole() {
     proto::write_frame(&mut send, &req).await.unwrap();
     let resp: Response = proto::read_frame(&mut recv).await.unwrap();
     expect_error(&resp, ErrorCode::TooLarge);
-    let (_ep, mut send, mut recv) = raw_stream(&cluster, &me).await;
+    let (_raw, mut send, mut recv) = raw_stream(&cluster, &me).await;
     let req = Request::PutMany {
         shards: vec![(shard_id, proto::MAX_PUT_MANY_BODY), (shard_id, u64::MAX)],
         manifest: None,
@@ -405,30 +383,22 @@ async fn a_batch_put_is_bounded_and_checked_whole() {
     expect_error(&resp, ErrorCode::TooLarge);
 
     // A good shard with a manifest that does not hash to its id: neither is kept.
-    let (_ep, mut send, mut recv) = raw_stream(&cluster, &me).await;
+    let raw = connect(&cluster, &me).await;
     let req = Request::PutMany {
         shards: vec![(shard_id, shard.len() as u64)],
         manifest: Some((dangan::id::DocumentId([7; 32]), manifest.len() as u64)),
     };
-    proto::write_frame(&mut send, &req).await.unwrap();
-    send.write_all(&shard).await.unwrap();
-    send.write_all(&manifest).await.unwrap();
-    send.finish().unwrap();
-    let resp: Response = proto::read_frame(&mut recv).await.unwrap();
+    let (resp, _) = raw.ask(&req, Some(&[&shard[..], &manifest].concat())).await;
     expect_error(&resp, ErrorCode::HashMismatch);
     assert!(!store.has(&shard_id).unwrap());
 
     // Both good: both durable, one outcome each.
-    let (_ep, mut send, mut recv) = raw_stream(&cluster, &me).await;
+    let raw = connect(&cluster, &me).await;
     let req = Request::PutMany {
         shards: vec![(shard_id, shard.len() as u64)],
         manifest: Some((manifest_id, manifest.len() as u64)),
     };
-    proto::write_frame(&mut send, &req).await.unwrap();
-    send.write_all(&shard).await.unwrap();
-    send.write_all(&manifest).await.unwrap();
-    send.finish().unwrap();
-    let resp: Response = proto::read_frame(&mut recv).await.unwrap();
+    let (resp, _) = raw.ask(&req, Some(&[&shard[..], &manifest].concat())).await;
     assert!(
         matches!(&resp, Response::StoredMany(o) if o.len() == 2),
         "got {resp:?}"

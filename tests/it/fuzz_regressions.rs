@@ -5,7 +5,7 @@ use dangan::config::{ClusterFile, ConfigError};
 
 /// The example cluster file with another `shard_kib`.
 fn cluster_with_shard_kib(shard_kib: &str) -> String {
-    let example = include_str!("../config/cluster.toml");
+    let example = include_str!("../../config/cluster.toml");
     assert!(example.contains("\nshard_kib = 1024\n"));
     example.replace(
         "\nshard_kib = 1024\n",

@@ -1,0 +1,23 @@
+//! The integration tests, as one test binary (the crate is linked once for all of them, not
+//! once per file): one module per area, the shared helpers in `common`. Not for unit tests
+//! of one module (those sit beside their code in `src/`).
+//!
+//! Run one area with a filter on the module path, e.g. `cargo test --test it raft::`; the
+//! ignored tests are run by name (README: "Fault injection", "Fuzzing").
+
+mod common;
+
+mod access;
+mod audit;
+mod chain;
+mod cli;
+mod cluster;
+mod codec;
+mod faults;
+mod fuzz_regressions;
+mod fuzz_seeds;
+mod grants;
+mod layering;
+mod ops;
+mod raft;
+mod rekey;
