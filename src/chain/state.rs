@@ -148,6 +148,14 @@ impl Genesis {
     }
 }
 
+/// A transaction `State::apply` handed to a check that is not its own (never happens: the
+/// dispatch names each kind once), refused rather than panicking.
+fn misrouted(body: &TxBody) -> TxError {
+    TxError::Invalid(format!(
+        "{body:?} reached the check of another kind of transaction"
+    ))
+}
+
 /// A change to the state, computed by `State::apply` once every check passed.
 type Change = Box<dyn FnOnce(&mut State)>;
 
@@ -321,7 +329,7 @@ impl State {
         Ok(())
     }
 
-    /// The change a transaction of registering, superseding, granting and revoking documents makes, once every check passed.
+    /// What a `RegisterDocument`, `Grant` or `Revoke` changes, once all its checks passed.
     fn document_change(
         &self,
         caller: Caller,
@@ -386,15 +394,11 @@ impl State {
                     }
                 })
             }
-            other => {
-                return Err(TxError::Invalid(format!(
-                    "{other:?} is not a transaction of registering, superseding, granting and revoking documents"
-                )));
-            }
+            other => return Err(misrouted(other)),
         })
     }
 
-    /// The change a transaction of a new version of a document (`Supersede`) makes, once every check passed.
+    /// What a `Supersede` (a new version of a document) changes, once all its checks passed.
     fn supersede_change(
         &self,
         caller: Caller,
@@ -469,15 +473,11 @@ impl State {
                     s.documents.insert(new, record);
                 })
             }
-            other => {
-                return Err(TxError::Invalid(format!(
-                    "{other:?} is not a transaction of a new version of a document (`Supersede`)"
-                )));
-            }
+            other => return Err(misrouted(other)),
         })
     }
 
-    /// The change a transaction of the cluster layout makes, once every check passed.
+    /// What an `AddNode`, `DrainNode`, `RemoveNode` or `SetLayout` changes, once checked.
     fn layout_change(&self, caller: Caller, body: &TxBody) -> Result<Change, TxError> {
         let require = |wanted: Role, action: &'static str| caller.require(wanted, action);
         Ok(match body {
@@ -555,15 +555,11 @@ impl State {
                 let layout = self.next_layout(nodes)?;
                 Box::new(move |s| s.set_layout(layout))
             }
-            other => {
-                return Err(TxError::Invalid(format!(
-                    "{other:?} is not a transaction of the cluster layout"
-                )));
-            }
+            other => return Err(misrouted(other)),
         })
     }
 
-    /// The change a transaction of the validator set and where validators are hosted makes, once every check passed.
+    /// What an `AddValidator`, `RemoveValidator` or `SetValidatorHost` changes, once checked.
     fn validator_change(&self, caller: Caller, body: &TxBody) -> Result<Change, TxError> {
         let sender = caller.id;
         let require = |wanted: Role, action: &'static str| caller.require(wanted, action);
@@ -639,15 +635,11 @@ impl State {
                     s.validator_hosts.insert(v, node);
                 })
             }
-            other => {
-                return Err(TxError::Invalid(format!(
-                    "{other:?} is not a transaction of the validator set and where validators are hosted"
-                )));
-            }
+            other => return Err(misrouted(other)),
         })
     }
 
-    /// The change a transaction of a peer's audit root makes, once every check passed.
+    /// What an `AuditRoot` changes, once all its checks passed.
     fn audit_change(&self, caller: Caller, body: &TxBody) -> Result<Change, TxError> {
         let sender = caller.id;
         let require = |wanted: Role, action: &'static str| caller.require(wanted, action);
@@ -682,11 +674,7 @@ impl State {
                     s.audits.insert(sender, next);
                 })
             }
-            other => {
-                return Err(TxError::Invalid(format!(
-                    "{other:?} is not a transaction of a peer's audit root"
-                )));
-            }
+            other => return Err(misrouted(other)),
         })
     }
 
