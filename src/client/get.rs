@@ -1,0 +1,277 @@
+//! The get pipeline: the registration proven, the manifest from the first peer whose bytes
+//! hash to the id, then each stripe's shards fetched with hedging (the document opened on
+//! each connection first), opened by the codec and written in order.
+
+use super::*;
+
+/// A document being read: its id and canonical manifest, sent once per connection to each
+/// peer asked for its shards (`Request::OpenDocument`), which serves a reader only the
+/// shards of documents opened so.
+struct Reading {
+    id: DocumentId,
+    manifest: Bytes,
+}
+
+impl Client {
+    /// Every live peer in the order a manifest is written and read: its placed replicas,
+    /// then the rest of the layout.
+    pub(super) fn manifest_candidates(
+        &self,
+        id: &DocumentId,
+    ) -> Result<Vec<NodeInfo>, ClientError> {
+        let mut nodes = self.manifest_nodes(id)?;
+        let previous = self.inner.previous.iter().flat_map(|l| &l.nodes);
+        for node in self.inner.layout.nodes.iter().chain(previous) {
+            if node.weight > 0 && !nodes.iter().any(|n| n.key == node.key) {
+                nodes.push(node.clone());
+            }
+        }
+        // A draining peer (weight 0) may still hold copies until the rebalance ends.
+        let draining = self.inner.layout.nodes.iter().filter(|n| n.weight == 0);
+        for node in draining {
+            if !nodes.iter().any(|n| n.key == node.key) {
+                nodes.push(node.clone());
+            }
+        }
+        Ok(nodes)
+    }
+
+    /// Fetches and checks a document's manifest from the first peer that has it, asking in
+    /// [`Client::manifest_candidates`] order.
+    pub async fn manifest(&self, id: &DocumentId) -> Result<Manifest, ClientError> {
+        let nodes = self.manifest_candidates(id)?;
+        let order = (0..nodes.len()).collect();
+        let net = &self.inner.net;
+        let hedged = net
+            .hedged_retrying(&nodes, order, 1, |node, _| async move {
+                net.manifest_get(&node, id)
+                    .await?
+                    .ok_or_else(|| net.unexpected(&node, Response::NotFound))
+            })
+            .await;
+        match hedged.results.iter().flatten().next() {
+            Some(body) => Ok(Manifest::decode(body)?),
+            None => Err(ClientError::NotFound {
+                id: *id,
+                errors: hedged.errors(),
+            }),
+        }
+    }
+
+    /// Fetches document `id`, opens it with `key` and writes the plaintext to `writer`.
+    pub async fn get<W>(
+        &self,
+        id: &DocumentId,
+        key: &DataKey,
+        mut writer: W,
+        progress: Progress<'_>,
+    ) -> Result<GetReport, ClientError>
+    where
+        W: AsyncWrite + Unpin,
+    {
+        if let Some(chain) = &self.inner.chain {
+            chain.check_registered(id).await?;
+        }
+        let manifest = Arc::new(self.manifest(id).await?);
+        let codec = Arc::new(StripeCodec::for_manifest(&manifest, key)?);
+        let reading = Arc::new(Reading {
+            id: *id,
+            manifest: Bytes::from(manifest.encode()),
+        });
+        let mut report = GetReport::default();
+        let in_flight = self.inner.options.stripes_in_flight.max(1);
+        let mut opened = futures::stream::iter(0..manifest.stripe_count())
+            .map(|i| {
+                let (manifest, codec, reading) = (manifest.clone(), codec.clone(), reading.clone());
+                async move { self.fetch_and_open(manifest, codec, &reading, i).await }
+            })
+            .buffered(in_flight);
+        while let Some(res) = opened.next().await {
+            let (stripe, corrupt) = res?;
+            writer
+                .write_all(&stripe.plaintext)
+                .await
+                .map_err(ClientError::Write)?;
+            report.bytes += stripe.plaintext.len() as u64;
+            report.stripes_rebuilt += u64::from(stripe.rebuilt);
+            report.corrupt.extend(corrupt);
+            progress(report.bytes, manifest.size);
+        }
+        writer.flush().await.map_err(ClientError::Write)?;
+        for (stripe, slot, peer) in &report.corrupt {
+            warn!(document = %id, stripe, slot, peer = %peer.short(), "corrupt shard reported for repair");
+        }
+        Ok(report)
+    }
+
+    async fn fetch_and_open(
+        &self,
+        manifest: Arc<Manifest>,
+        codec: Arc<StripeCodec>,
+        reading: &Reading,
+        index: u64,
+    ) -> Result<(codec::OpenedStripe, Vec<(u64, usize, PublicId)>), ClientError> {
+        let ids = manifest.stripes[index as usize].clone();
+        let nodes: Vec<NodeInfo> = self
+            .inner
+            .layout
+            .place(&stripe_key(&ids), ids.len())?
+            .into_iter()
+            .cloned()
+            .collect();
+        let k = usize::from(manifest.params.k);
+        let mut fetched = self
+            .fetch_stripe(reading, index, &ids, &nodes, k, None)
+            .await;
+        let mut tried_previous = false;
+        loop {
+            let shards = fetched.shards.clone();
+            let (m, c) = (manifest.clone(), codec.clone());
+            let opened = tokio::task::spawn_blocking(move || c.open(&m, index, shards))
+                .await
+                .map_err(|e| ClientError::Task(e.to_string()))?;
+            match opened {
+                Ok(stripe) => {
+                    let mut corrupt = fetched.corrupt.clone();
+                    corrupt.extend(stripe.corrupt.iter().map(|&s| (index, s, nodes[s].key)));
+                    return Ok((stripe, corrupt));
+                }
+                // Some fetched shards were bad: ask the slots not yet tried, once.
+                Err(CodecError::StripeUnrecoverable { .. }) if !fetched.untried.is_empty() => {
+                    let untried = std::mem::take(&mut fetched.untried);
+                    let more = self
+                        .fetch_stripe(reading, index, &ids, &nodes, untried.len(), Some(untried))
+                        .await;
+                    for (slot, shard) in more.shards.into_iter().enumerate() {
+                        if shard.is_some() {
+                            fetched.shards[slot] = shard;
+                        }
+                    }
+                    fetched.corrupt.extend(more.corrupt);
+                    fetched.errors.extend(more.errors);
+                }
+                // During a layout change, shards not yet moved sit on their old peers.
+                Err(CodecError::StripeUnrecoverable { .. })
+                    if !tried_previous && self.inner.previous.is_some() =>
+                {
+                    tried_previous = true;
+                    let previous = self.inner.previous.as_ref().expect("checked above");
+                    let old: Vec<NodeInfo> = previous
+                        .place(&stripe_key(&ids), ids.len())?
+                        .into_iter()
+                        .cloned()
+                        .collect();
+                    let slots: Vec<usize> = (0..ids.len())
+                        .filter(|&s| fetched.shards[s].is_none() && old[s].key != nodes[s].key)
+                        .collect();
+                    let more = self
+                        .fetch_stripe(reading, index, &ids, &old, slots.len(), Some(slots))
+                        .await;
+                    for (slot, shard) in more.shards.into_iter().enumerate() {
+                        if shard.is_some() {
+                            fetched.shards[slot] = shard;
+                        }
+                    }
+                    fetched.errors.extend(more.errors);
+                }
+                Err(CodecError::StripeUnrecoverable { .. }) => {
+                    return Err(ClientError::StripeUnavailable {
+                        stripe: index,
+                        k,
+                        errors: fetched.errors.join("; "),
+                    });
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Asks placed peers for a stripe's shards until `want` have arrived: data slots first,
+    /// healthy peers first, one more whenever one fails or `hedge_after` passes.
+    async fn fetch_stripe(
+        &self,
+        reading: &Reading,
+        index: u64,
+        ids: &[ShardId],
+        nodes: &[NodeInfo],
+        want: usize,
+        only: Option<Vec<usize>>,
+    ) -> Fetched {
+        let order = only.unwrap_or_else(|| (0..ids.len()).collect());
+        let net = &self.inner.net;
+        let hedged = net
+            .hedged_retrying(nodes, order, want, |node, slot| {
+                let req = Request::GetShard { id: ids[slot] };
+                async move {
+                    self.open_document(&node, reading).await?;
+                    match net.fetch(&node, &req, None, proto::MAX_SHARD_BODY).await? {
+                        Some(body) => Ok(Bytes::from(body)),
+                        None => Err(net.unexpected(&node, Response::NotFound)),
+                    }
+                }
+            })
+            .await;
+        let mut corrupt = Vec::new();
+        let mut errors = Vec::new();
+        for (slot, e) in hedged.failures {
+            if e.remote_code() == Some(ErrorCode::Corrupt) {
+                corrupt.push((index, slot, nodes[slot].key));
+            }
+            debug!(stripe = index, slot, error = %e, "shard fetch failed");
+            errors.push(e.to_string());
+        }
+        Fetched {
+            shards: hedged.results,
+            corrupt,
+            errors,
+            untried: hedged.untried,
+        }
+    }
+
+    /// Opens document `id` (its `manifest` bytes) on the connection to `node`, so that the
+    /// peer lets this identity fetch (or, as the owner of a superseded version, delete) the
+    /// shards the manifest names.
+    pub async fn open_on(
+        &self,
+        node: &NodeInfo,
+        id: DocumentId,
+        manifest: Bytes,
+    ) -> Result<(), NetError> {
+        self.open_document(node, &Reading { id, manifest }).await
+    }
+
+    /// Opens `reading` on the connection to `node`, unless it already is.
+    async fn open_document(&self, node: &NodeInfo, reading: &Reading) -> Result<(), NetError> {
+        let conn = self.inner.net.connection(node).await?;
+        let key = (conn.stable_id(), reading.id);
+        if self
+            .inner
+            .opened
+            .lock()
+            .expect("opened lock")
+            .contains(&key)
+        {
+            return Ok(());
+        }
+        let req = Request::OpenDocument {
+            document: reading.id,
+            len: reading.manifest.len() as u64,
+        };
+        let net = &self.inner.net;
+        net.call::<Opened>(node, &req, Some(&reading.manifest))
+            .await?;
+        let mut opened = self.inner.opened.lock().expect("opened lock");
+        if opened.len() >= MAX_OPENED {
+            opened.clear();
+        }
+        opened.insert(key);
+        Ok(())
+    }
+}
+
+struct Fetched {
+    shards: Vec<Option<Bytes>>,
+    corrupt: Vec<(u64, usize, PublicId)>,
+    errors: Vec<String>,
+    untried: Vec<usize>,
+}
