@@ -254,13 +254,7 @@ impl LocalCluster {
         previous: Option<Layout>,
         options: ClientOptions,
     ) -> Result<Client, ClientError> {
-        Client::with_layouts(
-            &self.operator,
-            Arc::new(self.membership.clone()),
-            layout,
-            previous,
-            self.local_options(options),
-        )
+        self.client_placing(&self.operator, layout, previous, options)
     }
 
     /// Submits a layout transaction as the operator and takes the chain's new layout as the
@@ -305,8 +299,20 @@ impl LocalCluster {
         previous: Option<Layout>,
         options: ClientOptions,
     ) -> Result<Client, ClientError> {
+        self.client_placing(&self.client_identity, layout, previous, options)
+    }
+
+    /// A client of this cluster as `identity`, placing by `layout` and falling back to
+    /// `previous`.
+    fn client_placing(
+        &self,
+        identity: &Identity,
+        layout: Layout,
+        previous: Option<Layout>,
+        options: ClientOptions,
+    ) -> Result<Client, ClientError> {
         Client::with_layouts(
-            &self.client_identity,
+            identity,
             Arc::new(self.membership.clone()),
             layout,
             previous,
@@ -388,12 +394,7 @@ impl LocalCluster {
         identity: &Identity,
         options: ClientOptions,
     ) -> Result<Client, ClientError> {
-        Client::new(
-            identity,
-            Arc::new(self.membership.clone()),
-            self.layout.clone(),
-            self.local_options(options),
-        )
+        self.client_placing(identity, self.layout.clone(), None, options)
     }
 
     /// Stops peer `i` (closes its connections and its store).
