@@ -277,20 +277,32 @@ impl Client {
     ) -> Result<Self, ClientError> {
         check_options(&options)?;
         let net = Net::new(identity, trust, options.net())?;
-        Ok(Self::assemble(identity, net, layout, previous, options))
+        let chain = Self::chain_of(identity, &net, &options);
+        Ok(Self::assemble(
+            identity,
+            net,
+            chain,
+            (layout, previous),
+            options,
+        ))
+    }
+
+    /// The chain client `options` link to, over `net`, if any.
+    fn chain_of(identity: &Identity, net: &Net, options: &ClientOptions) -> Option<ChainClient> {
+        options
+            .chain
+            .clone()
+            .map(|link| ChainClient::new(net.clone(), identity, link, options.chain_query_timeout))
     }
 
     fn assemble(
         identity: &Identity,
         net: Net,
-        layout: Layout,
-        previous: Option<Layout>,
+        chain: Option<ChainClient>,
+        placing: (Layout, Option<Layout>),
         options: ClientOptions,
     ) -> Self {
-        let chain = options
-            .chain
-            .clone()
-            .map(|link| ChainClient::new(net.clone(), identity, link, options.chain_query_timeout));
+        let (layout, previous) = placing;
         Self {
             inner: Arc::new(Inner {
                 identity: identity.clone(),
@@ -337,17 +349,27 @@ impl Client {
     ) -> Result<Self, ClientError> {
         check_options(&options)?;
         let net = Net::new(identity, trust, options.net())?;
-        let Some(link) = options.chain.clone() else {
-            return Ok(Self::assemble(identity, net, file_layout, None, options));
+        // One chain client serves both the layout question and the client's later calls.
+        let Some(chain) = Self::chain_of(identity, &net, &options) else {
+            return Ok(Self::assemble(
+                identity,
+                net,
+                None,
+                (file_layout, None),
+                options,
+            ));
         };
-        let chain = ChainClient::new(net.clone(), identity, link, options.chain_query_timeout);
         let (layout, previous) = match chain.layouts().await {
             Ok(l) if !l.current.nodes.is_empty() => (l.current, l.previous),
-            Ok(_) => return Ok(Self::assemble(identity, net, file_layout, None, options)),
+            Ok(_) => {
+                let placing = (file_layout, None);
+                return Ok(Self::assemble(identity, net, Some(chain), placing, options));
+            }
             // The chain will be needed again (registration, proofs) and say why then.
             Err(e) => {
                 warn!(error = %e, "no layout from the chain; placing by the cluster file");
-                return Ok(Self::assemble(identity, net, file_layout, None, options));
+                let placing = (file_layout, None);
+                return Ok(Self::assemble(identity, net, Some(chain), placing, options));
             }
         };
         // Reads fall back to the chain's previous layout during a change, or else to the
@@ -356,7 +378,13 @@ impl Client {
             .filter(|p| *p != layout)
             .or(Some(file_layout).filter(|f| *f != layout));
         debug!(epoch = layout.epoch, "placing by the chain's layout");
-        Ok(Self::assemble(identity, net, layout, previous, options))
+        Ok(Self::assemble(
+            identity,
+            net,
+            Some(chain),
+            (layout, previous),
+            options,
+        ))
     }
 
     /// Every peer of the current and the previous layout, each once (current first).

@@ -518,7 +518,7 @@ impl Net {
     }
 
     /// Whether `peer` failed to connect within the last `down_for`.
-    pub fn is_down(&self, peer: &PublicId) -> bool {
+    fn is_down(&self, peer: &PublicId) -> bool {
         let down = self.inner.down.lock().expect("down map lock");
         down.get(peer).is_some_and(|until| Instant::now() < *until)
     }
