@@ -223,6 +223,17 @@ impl Proof {
     /// Check that `leaf` is leaf `self.index` of a list of `self.leaf_count` leaves whose
     /// root is `root`. Never panics, whatever the proof holds.
     pub fn verify(&self, leaf: &Hash, root: &Hash) -> Result<(), MerkleError> {
+        // Roots are public, so a plain comparison is fine.
+        if self.root_from(leaf)? == *root {
+            Ok(())
+        } else {
+            Err(MerkleError::Mismatch)
+        }
+    }
+
+    /// The root of the tree in which `leaf` is leaf `self.index` of `self.leaf_count`, as
+    /// this proof's path leads to it. Never panics, whatever the proof holds.
+    pub fn root_from(&self, leaf: &Hash) -> Result<Hash, MerkleError> {
         let (index, count) = (self.index, self.leaf_count);
         if count == 0 {
             return Err(MerkleError::EmptyTree);
@@ -250,12 +261,7 @@ impl Proof {
                     Side::Left => node_hash(sibling, &acc),
                     Side::Right => node_hash(&acc, sibling),
                 });
-        // Roots are public, so a plain comparison is fine.
-        if finish_root(count, &top) == *root {
-            Ok(())
-        } else {
-            Err(MerkleError::Mismatch)
-        }
+        Ok(finish_root(count, &top))
     }
 }
 

@@ -8,6 +8,7 @@ pub mod block;
 pub mod client;
 pub mod ledger;
 pub mod merkle;
+pub mod proof;
 pub mod raft;
 pub mod rooted;
 pub mod state;

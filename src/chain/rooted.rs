@@ -16,7 +16,12 @@
 //!
 //! Reading and writing go through this type's methods only, which keeps the roots honest.
 //!
-//! Not for: proofs about single entries (none are served yet).
+//! [`RangeProof`] proves the complete contents of a run of buckets against the map's root:
+//! the entries of those buckets (key and leaf hash) and just the roots needed to recompute
+//! the rest. It proves an entry's value, an entry's absence (its bucket is complete), and a
+//! page of a listing with nothing left out (the pages are whole buckets).
+//!
+//! Not for: what an entry's leaf hash covers (the owner of the map, `chain::state`, says).
 
 use std::collections::BTreeMap;
 use std::ops::{Bound, RangeBounds};
@@ -66,8 +71,7 @@ fn bucket_of(key: &[u8; 32]) -> usize {
 }
 
 /// The smallest key of `bucket`.
-#[cfg(test)]
-fn bucket_start(bucket: usize) -> [u8; 32] {
+pub fn bucket_start(bucket: usize) -> [u8; 32] {
     let mut b = [0u8; 32];
     b[0] = (bucket >> 4) as u8;
     b[1] = ((bucket & 0xf) << 4) as u8;
@@ -210,6 +214,178 @@ impl<K: RootedKey, V> RootedMap<K, V> {
             })
             .collect();
         merkle::root(&groups)
+    }
+}
+
+impl<K: RootedKey, V> RootedMap<K, V> {
+    /// A proof of the complete contents of the buckets from `bucket_of(from)` on, as many
+    /// whole buckets as it takes to hold at least `entries` entries (at least one bucket),
+    /// against [`RootedMap::root`] with the same `leaf`.
+    pub fn prove_range(
+        &self,
+        from: &[u8; 32],
+        entries: usize,
+        leaf: impl Fn(&K, &V) -> Hash,
+    ) -> RangeProof {
+        self.prove_range_after(from, false, entries, leaf)
+    }
+
+    /// [`RootedMap::prove_range`], counting only the entries after `from` if `exclusive`
+    /// (the next page of a listing whose last key was `from`).
+    pub fn prove_range_after(
+        &self,
+        from: &[u8; 32],
+        exclusive: bool,
+        entries: usize,
+        leaf: impl Fn(&K, &V) -> Hash,
+    ) -> RangeProof {
+        self.root(&leaf);
+        let first = bucket_of(from);
+        let mut buckets = Vec::new();
+        let mut held = 0;
+        for bucket in &self.buckets[first..] {
+            let rows: Vec<([u8; 32], Hash)> = bucket
+                .map
+                .iter()
+                .map(|(k, v)| (*k.bytes(), leaf(k, v)))
+                .collect();
+            held += rows
+                .iter()
+                .filter(|(k, _)| if exclusive { k > from } else { k >= from })
+                .count();
+            buckets.push(rows);
+            if held >= entries {
+                break;
+            }
+        }
+        let end = first + buckets.len();
+        let (mut bucket_roots, mut group_roots) = (Vec::new(), Vec::new());
+        for g in 0..GROUPS {
+            let span = g * GROUP..(g + 1) * GROUP;
+            if span.end <= first || span.start >= end {
+                group_roots.push(*self.groups[g].get().expect("computed by root above"));
+                continue;
+            }
+            for b in span.filter(|b| *b < first || *b >= end) {
+                bucket_roots.push(*self.buckets[b].root.get().expect("computed by root above"));
+            }
+        }
+        RangeProof {
+            first: first as u16,
+            buckets,
+            bucket_roots,
+            group_roots,
+        }
+    }
+}
+
+/// Why a [`RangeProof`] was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RangeError {
+    #[error("the proof covers no bucket or runs past the last one")]
+    BadRange,
+    #[error("the proof's entries are out of order or outside their bucket")]
+    Misplaced,
+    #[error("the proof holds the wrong number of roots")]
+    WrongRootCount,
+    #[error("the proof does not lead to the expected root")]
+    Mismatch,
+    #[error("the proof does not cover the entry asked about")]
+    NotCovered,
+}
+
+/// The complete contents of buckets `first ..` of a [`RootedMap`] (each entry's key and
+/// leaf hash, in key order), with the roots of the other buckets of the groups the run
+/// touches and of the other groups: enough to recompute the map's root, so nothing in the
+/// run can be added, changed or left out. Made by [`RootedMap::prove_range`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RangeProof {
+    first: u16,
+    buckets: Vec<Vec<([u8; 32], Hash)>>,
+    /// Roots of the buckets outside the run in the groups it touches, in bucket order.
+    bucket_roots: Vec<Hash>,
+    /// Roots of the groups the run does not touch, in group order.
+    group_roots: Vec<Hash>,
+}
+
+impl RangeProof {
+    /// Checks the proof against the map's `root`. Never panics, and does bounded work
+    /// (a few hashes per entry and per root it holds), whatever the proof holds.
+    pub fn verify(&self, root: &Hash) -> Result<(), RangeError> {
+        let first = usize::from(self.first);
+        let end = first + self.buckets.len();
+        if self.buckets.is_empty() || end > BUCKETS {
+            return Err(RangeError::BadRange);
+        }
+        for (i, rows) in self.buckets.iter().enumerate() {
+            let ordered = rows.windows(2).all(|w| w[0].0 < w[1].0);
+            if !ordered || rows.iter().any(|(k, _)| bucket_of(k) != first + i) {
+                return Err(RangeError::Misplaced);
+            }
+        }
+        let mut bucket_roots = self.bucket_roots.iter();
+        let mut group_roots = self.group_roots.iter();
+        let mut groups = Vec::with_capacity(GROUPS);
+        for g in 0..GROUPS {
+            let span = g * GROUP..(g + 1) * GROUP;
+            if span.end <= first || span.start >= end {
+                groups.push(*group_roots.next().ok_or(RangeError::WrongRootCount)?);
+                continue;
+            }
+            let mut roots = Vec::with_capacity(GROUP);
+            for b in span {
+                if (first..end).contains(&b) {
+                    let rows = &self.buckets[b - first];
+                    roots.push(if rows.is_empty() {
+                        *EMPTY
+                    } else {
+                        let leaves: Vec<Hash> = rows.iter().map(|(_, h)| *h).collect();
+                        merkle::root(&leaves)
+                    });
+                } else {
+                    roots.push(*bucket_roots.next().ok_or(RangeError::WrongRootCount)?);
+                }
+            }
+            groups.push(merkle::root(&roots));
+        }
+        if bucket_roots.next().is_some() || group_roots.next().is_some() {
+            return Err(RangeError::WrongRootCount);
+        }
+        if merkle::root(&groups) == *root {
+            Ok(())
+        } else {
+            Err(RangeError::Mismatch)
+        }
+    }
+
+    /// The leaf hash of `key` in a verified proof, or `None` if the map has no such key;
+    /// an error if the proof does not cover `key`'s bucket.
+    pub fn lookup(&self, key: &[u8; 32]) -> Result<Option<Hash>, RangeError> {
+        let b = bucket_of(key);
+        let rows = b
+            .checked_sub(usize::from(self.first))
+            .and_then(|i| self.buckets.get(i))
+            .ok_or(RangeError::NotCovered)?;
+        Ok(rows.iter().find(|(k, _)| k == key).map(|(_, h)| *h))
+    }
+
+    /// Every entry of the run: key and leaf hash, in key order.
+    pub fn entries(&self) -> impl Iterator<Item = &([u8; 32], Hash)> {
+        self.buckets.iter().flatten()
+    }
+
+    /// Removes the first entry of the run (a host hiding it), for tests.
+    #[cfg(test)]
+    pub fn drop_first_entry_for_test(&mut self) {
+        if let Some(rows) = self.buckets.iter_mut().find(|r| !r.is_empty()) {
+            rows.remove(0);
+        }
+    }
+
+    /// Whether the run reaches the end of the key space (no entry after it).
+    pub fn reaches_end(&self) -> bool {
+        usize::from(self.first) + self.buckets.len() >= BUCKETS
     }
 }
 
@@ -364,6 +540,70 @@ mod tests {
             .collect();
         let expected: Vec<_> = copy.keys().filter(|k| **k > from).copied().collect();
         assert_eq!(after, expected);
+    }
+
+    #[test]
+    fn a_range_proof_proves_entries_absence_and_whole_pages() {
+        let map: RootedMap<DocumentId, u32> = (0..300u16)
+            .map(|i| (DocumentId::of(&i.to_le_bytes()), 1))
+            .collect();
+        let root = map.root(leaf);
+        // One key: its value, and a key that is not there.
+        let key = DocumentId::of(&7u16.to_le_bytes());
+        let p = map.prove_range(key.as_bytes(), 0, leaf);
+        p.verify(&root).unwrap();
+        assert_eq!(p.lookup(key.as_bytes()), Ok(Some(leaf(&key, &1))));
+        let mut absent = *key.as_bytes();
+        absent[31] ^= 1;
+        assert_eq!(p.lookup(&absent), Ok(None));
+        // A listing in pages: every key once, in order.
+        let mut seen = Vec::new();
+        let mut from = [0u8; 32];
+        loop {
+            let page = map.prove_range(&from, 40, leaf);
+            page.verify(&root).unwrap();
+            seen.extend(page.entries().map(|(k, _)| *k));
+            if page.reaches_end() {
+                break;
+            }
+            from = bucket_start(usize::from(page.first) + page.buckets.len());
+        }
+        let all: Vec<[u8; 32]> = map.keys().map(|k| *k.as_bytes()).collect();
+        assert_eq!(seen, all);
+        // Leaving an entry out, changing one, or adding one is refused.
+        let mut p = map.prove_range(&[0; 32], 20, leaf);
+        let (b, _) = p
+            .buckets
+            .iter()
+            .enumerate()
+            .find(|(_, r)| !r.is_empty())
+            .unwrap();
+        let hidden = p.buckets[b].remove(0);
+        assert_eq!(p.verify(&root), Err(RangeError::Mismatch));
+        p.buckets[b].insert(0, (hidden.0, [9; 32]));
+        assert_eq!(p.verify(&root), Err(RangeError::Mismatch));
+        p.buckets[b][0] = hidden;
+        p.verify(&root).unwrap();
+        p.bucket_roots.push([0; 32]);
+        assert_eq!(p.verify(&root), Err(RangeError::WrongRootCount));
+        p.bucket_roots.pop();
+        p.buckets[b].push(([0xff; 32], [1; 32]));
+        assert_eq!(p.verify(&root), Err(RangeError::Misplaced));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        /// Whatever a proof holds, checking it never panics.
+        #[test]
+        fn checking_any_proof_never_panics(
+            first in any::<u16>(),
+            rows in proptest::collection::vec(proptest::collection::vec((any::<[u8; 32]>(), any::<[u8; 32]>()), 0..3), 0..5),
+            roots in proptest::collection::vec(any::<[u8; 32]>(), 0..130),
+        ) {
+            let p = RangeProof { first, buckets: rows, bucket_roots: roots.clone(), group_roots: roots };
+            let _ = p.verify(&[0; 32]);
+            let _ = p.lookup(&[0; 32]);
+        }
     }
 
     #[test]

@@ -219,11 +219,110 @@ enum Entry<'a> {
     ChainId(&'a str),
     Account(&'a PublicId, &'a Account),
     Validator(&'a PublicId),
-    Document(&'a DocumentId, &'a DocumentRecord),
+    Document(&'a DocumentId, RecordDigest<'a>),
     Layout(&'a Layout),
     PreviousLayout(&'a Option<Layout>),
     Audits(&'a BTreeMap<PublicId, u64>),
     ValidatorHosts(&'a BTreeMap<PublicId, NodeInfo>),
+}
+
+/// A document record as hashed into the state: its grants by their Merkle root, so a
+/// grantee can be shown its own grant with a proof and not the others (`chain::proof`).
+#[derive(Serialize)]
+struct RecordDigest<'a> {
+    owner: &'a PublicId,
+    height: u64,
+    superseded_by: &'a Option<DocumentId>,
+    supersedes: &'a Option<PreviousVersion>,
+    grants: Hash,
+}
+
+fn entry_leaf(e: Entry<'_>) -> Hash {
+    merkle::leaf_hash(&postcard::to_allocvec(&e).expect("encoding into memory cannot fail"))
+}
+
+/// The leaf hash of one grant among a record's grants.
+pub fn grant_leaf(grantee: &PublicId, grant: &GrantRecord) -> Hash {
+    merkle::leaf_hash(
+        &postcard::to_allocvec(&(grantee, grant)).expect("encoding into memory cannot fail"),
+    )
+}
+
+/// The Merkle root of a record's grants (leaves in grantee order).
+pub fn grants_root(grants: &BTreeMap<PublicId, GrantRecord>) -> Hash {
+    let leaves: Vec<Hash> = grants.iter().map(|(g, r)| grant_leaf(g, r)).collect();
+    merkle::root(&leaves)
+}
+
+/// The leaf hash of an account in the accounts map.
+pub fn account_leaf(id: &PublicId, account: &Account) -> Hash {
+    entry_leaf(Entry::Account(id, account))
+}
+
+/// The leaf hash of a document record whose grants have the Merkle root `grants`.
+pub fn document_leaf(id: &DocumentId, record: &DocumentRecord, grants: Hash) -> Hash {
+    entry_leaf(Entry::Document(
+        id,
+        RecordDigest {
+            owner: &record.owner,
+            height: record.height,
+            superseded_by: &record.superseded_by,
+            supersedes: &record.supersedes,
+            grants,
+        },
+    ))
+}
+
+/// The part of the state that every proof carries whole (`chain::proof`): the chain id,
+/// the validators, the layouts, the audit cursors and validator hosts, and the roots of the
+/// two large maps (accounts, documents). Its root is the state root, so a reader holding a
+/// final header checks all of it at once, and any entry of the maps against their roots.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateTop {
+    pub chain_id: String,
+    pub accounts: Hash,
+    pub validators: BTreeSet<PublicId>,
+    pub documents: Hash,
+    pub layout: Layout,
+    pub previous_layout: Option<Layout>,
+    pub audits: BTreeMap<PublicId, u64>,
+    pub validator_hosts: BTreeMap<PublicId, NodeInfo>,
+}
+
+impl StateTop {
+    /// The state root: a Merkle root over the chain id, the accounts' root, every
+    /// validator, the documents' root, the layouts, and the audit cursors and validator
+    /// hosts once there are any.
+    pub fn root(&self) -> Hash {
+        let mut leaves = Vec::with_capacity(6 + self.validators.len());
+        leaves.push(entry_leaf(Entry::ChainId(&self.chain_id)));
+        leaves.push(self.accounts);
+        leaves.extend(
+            self.validators
+                .iter()
+                .map(|id| entry_leaf(Entry::Validator(id))),
+        );
+        leaves.push(self.documents);
+        leaves.push(entry_leaf(Entry::Layout(&self.layout)));
+        leaves.push(entry_leaf(Entry::PreviousLayout(&self.previous_layout)));
+        // Only once a peer committed an audit root, so chains without one keep their roots.
+        if !self.audits.is_empty() {
+            leaves.push(entry_leaf(Entry::Audits(&self.audits)));
+        }
+        // Likewise only once a validator host was set on chain.
+        if !self.validator_hosts.is_empty() {
+            leaves.push(entry_leaf(Entry::ValidatorHosts(&self.validator_hosts)));
+        }
+        merkle::root(&leaves)
+    }
+
+    /// The current layout and the one before the last change.
+    pub fn layouts(&self) -> ChainLayouts {
+        ChainLayouts {
+            current: self.layout.clone(),
+            previous: self.previous_layout.clone(),
+        }
+    }
 }
 
 impl State {
@@ -261,29 +360,36 @@ impl State {
         })
     }
 
-    /// The state root: a Merkle root over the chain id, the accounts' root, every validator,
-    /// the documents' root and the layout. Accounts and documents are [`RootedMap`]s, so a
-    /// block pays for the entries it changed, not for the whole state.
+    /// The state root ([`StateTop::root`]). Accounts and documents are [`RootedMap`]s, so
+    /// a block pays for the entries it changed, not for the whole state.
     pub fn root(&self) -> Hash {
-        let leaf = |e: Entry<'_>| {
-            merkle::leaf_hash(&postcard::to_allocvec(&e).expect("encoding into memory cannot fail"))
-        };
-        let mut leaves = Vec::with_capacity(4 + self.validators.len());
-        leaves.push(leaf(Entry::ChainId(&self.chain_id)));
-        leaves.push(self.accounts.root(|id, a| leaf(Entry::Account(id, a))));
-        leaves.extend(self.validators.iter().map(|id| leaf(Entry::Validator(id))));
-        leaves.push(self.documents.root(|id, d| leaf(Entry::Document(id, d))));
-        leaves.push(leaf(Entry::Layout(&self.layout)));
-        leaves.push(leaf(Entry::PreviousLayout(&self.previous_layout)));
-        // Only once a peer committed an audit root, so chains without one keep their roots.
-        if !self.audits.is_empty() {
-            leaves.push(leaf(Entry::Audits(&self.audits)));
+        self.top().root()
+    }
+
+    /// The state's top: everything but the two large maps, which it holds by their roots.
+    pub fn top(&self) -> StateTop {
+        StateTop {
+            chain_id: self.chain_id.clone(),
+            accounts: self.accounts.root(account_leaf),
+            validators: self.validators.clone(),
+            documents: self
+                .documents
+                .root(|id, d| document_leaf(id, d, grants_root(&d.grants))),
+            layout: self.layout.clone(),
+            previous_layout: self.previous_layout.clone(),
+            audits: self.audits.clone(),
+            validator_hosts: self.validator_hosts.clone(),
         }
-        // Likewise only once a validator host was set on chain.
-        if !self.validator_hosts.is_empty() {
-            leaves.push(leaf(Entry::ValidatorHosts(&self.validator_hosts)));
-        }
-        merkle::root(&leaves)
+    }
+
+    /// The accounts, read-only (for proofs: `chain::proof`).
+    pub(super) fn account_map(&self) -> &RootedMap<PublicId, Account> {
+        &self.accounts
+    }
+
+    /// The document records, read-only (for proofs: `chain::proof`).
+    pub(super) fn document_map(&self) -> &RootedMap<DocumentId, DocumentRecord> {
+        &self.documents
     }
 
     /// Checks `stx` against the current state and, only if every check passes, applies it.

@@ -1,0 +1,421 @@
+//! Chain answers that carry their proof, so that whoever acts on one (a storage peer
+//! authorising a read, a client choosing peers, repair walking the documents) trusts the
+//! validators' majority, never the one validator host that answered.
+//!
+//! Every answer is made of a [`ProvenState`]: the signed header of a final block and the
+//! state's top after it (`state::StateTop`: chain id, validators, layouts, validator hosts,
+//! and the roots of the accounts and the documents), whose root the header commits to. On
+//! top of it:
+//! - [`ProvenAccount`]: an account (role, nonce) or its absence, by a [`RangeProof`] of its
+//!   bucket of the accounts map;
+//! - [`ProvenRecord`]: a document record or its absence; a grantee who may see only its own
+//!   grant gets that grant with its Merkle path among the record's grants;
+//! - [`ProvenDocuments`]: a page of the registered document ids with nothing left out (whole
+//!   buckets of the documents map).
+//!
+//! `verify` checks each against the validators of the header's height (the caller finds them:
+//! `chain::client` proves validator set changes from its trusted set). What a proof cannot
+//! show is that no newer block exists: the chain client refuses an answer older than one it
+//! has already checked (`ChainError::Stale`), and peers keep what they act on for at most a
+//! second (`access::ACCESS_TTL`).
+//!
+//! Not for: fetching (the chain client), serving (`chain::ledger`, the peer's `chain`
+//! handlers), or a block's transactions (`block::TxInclusion`).
+
+use serde::{Deserialize, Serialize};
+
+use super::block::{BlockError, SignedHeader};
+use super::merkle::{MerkleError, Proof};
+use super::rooted::{RangeError, RangeProof};
+use super::state::{
+    Account, DocumentRecord, State, StateTop, account_leaf, document_leaf, grant_leaf, grants_root,
+};
+use crate::id::DocumentId;
+use crate::identity::PublicId;
+
+/// Why a chain answer's proof was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProofError {
+    #[error("the header is not final: {0}")]
+    Header(#[from] BlockError),
+    #[error("the state sent does not hash to the header's state root")]
+    StateRoot,
+    #[error("the entry's proof does not check out: {0}")]
+    Range(#[from] RangeError),
+    #[error("the entry sent is not the one the state holds")]
+    Entry,
+    #[error("the grant's path does not check out: {0}")]
+    Grant(#[from] MerkleError),
+    #[error("the answer is about {0}, not what was asked")]
+    OtherKey(String),
+}
+
+/// The state after a final block: the block's signed header and the state's top.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProvenState {
+    pub header: SignedHeader,
+    pub top: StateTop,
+}
+
+impl ProvenState {
+    /// The top of `state`, the state after the block `header` signs.
+    pub fn of(state: &State, header: SignedHeader) -> Self {
+        Self {
+            top: state.top(),
+            header,
+        }
+    }
+
+    /// The height of the block the state is after.
+    pub fn height(&self) -> u64 {
+        self.header.header.height
+    }
+
+    /// Checks that a majority of `validators` (those of the header's height) signed the
+    /// header, and that the top hashes to its state root.
+    pub fn verify(&self, validators: &[PublicId]) -> Result<(), ProofError> {
+        self.header.verify_final(validators)?;
+        if self.top.root() != self.header.header.state_root {
+            return Err(ProofError::StateRoot);
+        }
+        Ok(())
+    }
+}
+
+/// An account, or its absence, with its proof.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProvenAccount {
+    pub state: ProvenState,
+    pub id: PublicId,
+    pub account: Option<Account>,
+    pub range: RangeProof,
+}
+
+impl ProvenAccount {
+    pub fn of(state: &State, header: SignedHeader, id: &PublicId) -> Self {
+        Self {
+            range: state
+                .account_map()
+                .prove_range(id.as_bytes(), 0, account_leaf),
+            account: state.account(id).cloned(),
+            id: *id,
+            state: ProvenState::of(state, header),
+        }
+    }
+
+    /// Checks the whole answer (see [`ProvenState::verify`]) and that it is about `id`.
+    pub fn verify(&self, id: &PublicId, validators: &[PublicId]) -> Result<(), ProofError> {
+        if self.id != *id {
+            return Err(ProofError::OtherKey(self.id.to_string()));
+        }
+        self.state.verify(validators)?;
+        self.range.verify(&self.state.top.accounts)?;
+        let held = self.range.lookup(id.as_bytes())?;
+        if held != self.account.as_ref().map(|a| account_leaf(id, a)) {
+            return Err(ProofError::Entry);
+        }
+        Ok(())
+    }
+}
+
+/// A document record, or its absence, with its proof. A reader that may see only its own
+/// grant gets the record with that grant alone and the grant's path among all the record's
+/// grants (`grant`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProvenRecord {
+    pub state: ProvenState,
+    pub id: DocumentId,
+    pub record: Option<DocumentRecord>,
+    /// Set when `record` holds one grant out of more: its path to the grants' root.
+    pub grant: Option<Proof>,
+    pub range: RangeProof,
+}
+
+impl ProvenRecord {
+    /// `id`'s record in `state` whole, with its proof.
+    pub fn of(state: &State, header: SignedHeader, id: &DocumentId) -> Self {
+        let record = state.document(id).cloned();
+        Self {
+            range: state.document_map().prove_range(id.as_bytes(), 0, |k, d| {
+                document_leaf(k, d, grants_root(&d.grants))
+            }),
+            record,
+            grant: None,
+            id: *id,
+            state: ProvenState::of(state, header),
+        }
+    }
+
+    /// Keeps only `grantee`'s grant in the record, with its path: what a grantee may see.
+    /// Returns `None` if the record has no grant for `grantee`.
+    pub fn only_grant_of(mut self, grantee: &PublicId) -> Option<Self> {
+        let record = self.record.as_mut()?;
+        let index = record.grants.keys().position(|g| g == grantee)?;
+        let leaves: Vec<_> = record
+            .grants
+            .iter()
+            .map(|(g, r)| grant_leaf(g, r))
+            .collect();
+        let path = super::merkle::prove(&leaves, index).ok()?;
+        record.grants.retain(|g, _| g == grantee);
+        self.grant = Some(path);
+        Some(self)
+    }
+
+    /// Checks the whole answer (see [`ProvenState::verify`]) and that it is about `id`.
+    pub fn verify(&self, id: &DocumentId, validators: &[PublicId]) -> Result<(), ProofError> {
+        if self.id != *id {
+            return Err(ProofError::OtherKey(self.id.to_string()));
+        }
+        self.state.verify(validators)?;
+        self.range.verify(&self.state.top.documents)?;
+        let held = self.range.lookup(id.as_bytes())?;
+        let sent = match (&self.record, &self.grant) {
+            (None, _) => None,
+            (Some(record), None) => Some(document_leaf(id, record, grants_root(&record.grants))),
+            (Some(record), Some(path)) => {
+                let mut grants = record.grants.iter();
+                let (Some((grantee, grant)), None) = (grants.next(), grants.next()) else {
+                    return Err(ProofError::Entry);
+                };
+                let root = path.root_from(&grant_leaf(grantee, grant))?;
+                Some(document_leaf(id, record, root))
+            }
+        };
+        if held != sent {
+            return Err(ProofError::Entry);
+        }
+        Ok(())
+    }
+}
+
+/// A page of registered document ids, with nothing left out: the ids of whole buckets of
+/// the documents map, from the one holding the cursor on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProvenDocuments {
+    pub state: ProvenState,
+    pub range: RangeProof,
+}
+
+impl ProvenDocuments {
+    /// A page of at least `limit` ids after `after` (or up to the last), with its proof.
+    pub fn of(
+        state: &State,
+        header: SignedHeader,
+        after: Option<&DocumentId>,
+        limit: usize,
+    ) -> Self {
+        let from = after.map_or([0; 32], |a| *a.as_bytes());
+        Self {
+            range: state
+                .document_map()
+                .prove_range_after(&from, after.is_some(), limit, |k, d| {
+                    document_leaf(k, d, grants_root(&d.grants))
+                }),
+            state: ProvenState::of(state, header),
+        }
+    }
+
+    /// Checks the page against the header (see [`ProvenState::verify`]) and returns up to
+    /// `limit` ids after `after`, in order. An empty list means there are none: a page that
+    /// holds none yet stops short of the end is refused.
+    pub fn verify(
+        &self,
+        after: Option<&DocumentId>,
+        limit: usize,
+        validators: &[PublicId],
+    ) -> Result<Vec<DocumentId>, ProofError> {
+        self.state.verify(validators)?;
+        self.range.verify(&self.state.top.documents)?;
+        let from = after.map_or([0; 32], |a| *a.as_bytes());
+        self.range.lookup(&from)?; // the page starts at the cursor's bucket
+        let ids: Vec<DocumentId> = self
+            .range
+            .entries()
+            .map(|(k, _)| DocumentId(*k))
+            .filter(|id| after.is_none_or(|a| id > a))
+            .take(limit)
+            .collect();
+        if ids.is_empty() && !self.range.reaches_end() {
+            return Err(ProofError::Range(RangeError::NotCovered));
+        }
+        Ok(ids)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chain::block::Block;
+    use crate::chain::state::{Genesis, GenesisAccount};
+    use crate::chain::store::genesis_header;
+    use crate::chain::tx::{Tx, TxBody};
+    use crate::grant::WrappedKey;
+    use crate::identity::{Identity, Role};
+
+    struct World {
+        validators: Vec<Identity>,
+        department: Identity,
+        state: State,
+        header: SignedHeader,
+    }
+
+    /// A chain of 3 validators with one block registering `docs` documents, granted to
+    /// `readers`.
+    fn world(docs: u8, readers: &[Identity]) -> World {
+        let validators: Vec<Identity> = (0..3)
+            .map(|_| Identity::generate(Role::Validator))
+            .collect();
+        let department = Identity::generate(Role::Department);
+        let genesis = Genesis {
+            chain_id: "test".into(),
+            validators: validators
+                .iter()
+                .map(|v| GenesisAccount::of(v, Role::Validator))
+                .collect(),
+            accounts: vec![GenesisAccount::of(&department, Role::Department)],
+            nodes: vec![],
+        };
+        let mut state = State::genesis(&genesis).unwrap();
+        let prev = genesis_header(&state);
+        let mut txs = Vec::new();
+        let mut nonce = 0;
+        for i in 0..docs {
+            nonce += 1;
+            let document = DocumentId::of(&[i]);
+            txs.push(
+                Tx {
+                    sender: department.public(),
+                    nonce,
+                    body: TxBody::RegisterDocument { document },
+                }
+                .sign(&department),
+            );
+            for r in readers {
+                nonce += 1;
+                let wrapped = WrappedKey::wrap(
+                    &crate::crypto::DataKey::generate(),
+                    &document,
+                    &crate::grant::GrantAddress::of(r),
+                )
+                .unwrap();
+                txs.push(
+                    Tx {
+                        sender: department.public(),
+                        nonce,
+                        body: TxBody::Grant {
+                            document,
+                            grantee: r.public(),
+                            wrapped,
+                            expires_ms: None,
+                        },
+                    }
+                    .sign(&department),
+                );
+            }
+        }
+        let (mut block, outcomes) = Block::propose(&mut state, &prev, txs, &validators[0], 1);
+        assert!(outcomes.iter().all(|o| o.is_ok()), "{outcomes:?}");
+        block.header.sign(&validators[1]);
+        World {
+            validators,
+            department,
+            state,
+            header: block.header,
+        }
+    }
+
+    fn keys(w: &World) -> Vec<PublicId> {
+        w.validators.iter().map(|v| v.public()).collect()
+    }
+
+    #[test]
+    fn an_account_and_its_absence_are_proven_and_a_forged_role_is_refused() {
+        let w = world(2, &[]);
+        let v = keys(&w);
+        let dept = w.department.public();
+        let p = ProvenAccount::of(&w.state, w.header.clone(), &dept);
+        p.verify(&dept, &v).unwrap();
+        assert_eq!(p.account.as_ref().unwrap().role, Role::Department);
+        let stranger = Identity::generate(Role::Citizen).public();
+        let none = ProvenAccount::of(&w.state, w.header.clone(), &stranger);
+        none.verify(&stranger, &v).unwrap();
+        assert!(none.account.is_none());
+        // A host that claims the stranger is an operator, or answers about someone else.
+        let mut forged = none.clone();
+        forged.account = Some(Account {
+            role: Role::Operator,
+            nonce: 0,
+        });
+        assert_eq!(forged.verify(&stranger, &v), Err(ProofError::Entry));
+        assert!(matches!(
+            p.verify(&stranger, &v),
+            Err(ProofError::OtherKey(_))
+        ));
+        // A top changed to match a forged entry no longer matches the header.
+        let mut top = forged.clone();
+        top.state.top.validators.insert(stranger);
+        assert_eq!(top.verify(&stranger, &v), Err(ProofError::StateRoot));
+        // A header signed by one validator alone is not final.
+        let mut lone = p.clone();
+        lone.state.header.signatures.truncate(1);
+        assert!(matches!(lone.verify(&dept, &v), Err(ProofError::Header(_))));
+    }
+
+    #[test]
+    fn a_grantee_sees_its_own_grant_proven_and_nothing_else() {
+        let readers: Vec<Identity> = (0..3).map(|_| Identity::generate(Role::Citizen)).collect();
+        let w = world(1, &readers);
+        let v = keys(&w);
+        let doc = DocumentId::of(&[0]);
+        let whole = ProvenRecord::of(&w.state, w.header.clone(), &doc);
+        whole.verify(&doc, &v).unwrap();
+        assert_eq!(whole.record.as_ref().unwrap().grants.len(), 3);
+        let mine = whole.clone().only_grant_of(&readers[1].public()).unwrap();
+        mine.verify(&doc, &v).unwrap();
+        let grants = &mine.record.as_ref().unwrap().grants;
+        assert_eq!(
+            grants.keys().collect::<Vec<_>>(),
+            vec![&readers[1].public()]
+        );
+        // Passing another's grant, or the owner changed, is refused.
+        let mut swapped = mine.clone();
+        let r = swapped.record.as_mut().unwrap();
+        let g = r.grants.remove(&readers[1].public()).unwrap();
+        r.grants.insert(readers[2].public(), g);
+        assert!(swapped.verify(&doc, &v).is_err());
+        let mut owner = whole.clone();
+        owner.record.as_mut().unwrap().owner = readers[0].public();
+        assert_eq!(owner.verify(&doc, &v), Err(ProofError::Entry));
+        assert!(
+            whole
+                .only_grant_of(&Identity::generate(Role::Citizen).public())
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn a_listing_of_documents_leaves_nothing_out() {
+        let w = world(60, &[]);
+        let v = keys(&w);
+        let mut all = Vec::new();
+        let mut after = None;
+        loop {
+            let page = ProvenDocuments::of(&w.state, w.header.clone(), after.as_ref(), 7);
+            let ids = page.verify(after.as_ref(), 7, &v).unwrap();
+            if ids.is_empty() {
+                break;
+            }
+            after = ids.last().copied();
+            all.extend(ids);
+        }
+        let expected: Vec<DocumentId> = w.state.documents_after(None, 1000);
+        assert_eq!(all, expected);
+        // A host that hides a document from the page is refused.
+        let page = ProvenDocuments::of(&w.state, w.header.clone(), None, 1000);
+        let mut hidden = page.clone();
+        hidden.range.drop_first_entry_for_test();
+        assert!(hidden.verify(None, 1000, &v).is_err());
+    }
+}
