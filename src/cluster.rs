@@ -39,6 +39,8 @@ pub enum ClusterError {
     Net(#[from] crate::net::NetError),
     #[error("chain: {0}")]
     Chain(#[from] crate::chain::client::ChainError),
+    #[error("validator: {0}")]
+    Ledger(#[from] crate::chain::ledger::LedgerError),
     #[error(transparent)]
     Placement(#[from] PlacementError),
     #[error("temporary directory: {0}")]
@@ -174,6 +176,7 @@ impl LocalCluster {
             .ledger()
             .expect("a node started with a validator has its ledger")
             .clone();
+        ledger.sealed(std::time::Duration::from_secs(10)).await?;
         let chain = ChainLink {
             hosts: vec![NodeInfo {
                 key: host.public(),

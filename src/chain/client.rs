@@ -13,7 +13,7 @@
 //! Not for: validator-to-validator traffic (raft, endorsements: `chain::raft` and
 //! `chain::ledger` send those with `net` directly), or documents (the document client).
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -24,6 +24,7 @@ use tracing::debug;
 
 use super::block::{Block, BlockError, TxInclusion};
 use super::ledger::ChainStatus;
+use super::proof::{ProofError, ProvenAccount, ProvenDocuments, ProvenRecord, ProvenState};
 use super::state::{Account, ChainLayouts, DocumentRecord};
 use super::tx::{SignedTx, Tx, TxBody};
 use super::validators::{self, HistoryError, ValidatorHistory};
@@ -79,6 +80,25 @@ pub enum ChainError {
         #[source]
         source: BlockError,
     },
+    /// A chain answer whose proof does not check out: the validator host that sent it is
+    /// faulty or lying, and nothing was acted on.
+    #[error("{what} from validator host {host} was refused: {source}")]
+    Unproven {
+        what: &'static str,
+        host: String,
+        #[source]
+        source: Box<ProofError>,
+    },
+    /// Every validator host answered from an older block than one this client already
+    /// checked: a host kept back (or replayed) newer state; nothing was acted on.
+    #[error(
+        "{what} from the chain is as of block {got}, older than block {seen} already seen here; no validator host answered newer state"
+    )]
+    Stale {
+        what: &'static str,
+        got: u64,
+        seen: u64,
+    },
     #[error(transparent)]
     History(#[from] HistoryError),
     #[error("the validator answered with another transaction")]
@@ -101,7 +121,10 @@ impl ChainError {
     /// The chain could not be asked now (no host answered, no leader): asking again
     /// later may succeed. A refusal or a bad proof is final.
     pub fn is_unavailable(&self) -> bool {
-        matches!(self, ChainError::Net(_) | ChainError::NoLeader { .. })
+        matches!(
+            self,
+            ChainError::Net(_) | ChainError::NoLeader { .. } | ChainError::Stale { .. }
+        )
     }
 }
 
@@ -124,6 +147,9 @@ struct Inner {
     /// The validator set changes proven so far from `ChainLink::validators` (none until a
     /// check needs them).
     validators: Mutex<Option<Arc<ValidatorHistory>>>,
+    /// The height of the newest state proven to this client: an answer from an older
+    /// block is stale (`chain::proof`).
+    newest: AtomicU64,
 }
 
 impl ChainClient {
@@ -139,6 +165,7 @@ impl ChainClient {
                 host: AtomicUsize::new(0),
                 nonce: tokio::sync::Mutex::new(None),
                 validators: Mutex::new(None),
+                newest: AtomicU64::new(0),
             }),
         }
     }
@@ -360,18 +387,118 @@ impl ChainClient {
         }
     }
 
-    /// `id`'s account on the chain (its role, last nonce), or `None` (a citizen has none).
+    /// `id`'s account on the chain (its role, last nonce), or `None` (a citizen has none),
+    /// proven against a final header.
     pub async fn account(&self, id: &PublicId) -> Result<Option<Account>, ChainError> {
-        self.query(&Request::GetAccount { id: *id }, "account record")
-            .await
+        let p: ProvenAccount = self
+            .proven(
+                &Request::GetAccount { id: *id },
+                "account",
+                |p: &ProvenAccount| p.state.height(),
+                |p, v| p.verify(id, v),
+            )
+            .await?;
+        Ok(p.account)
     }
 
-    /// `id`'s record on the chain (owner, grants) as the validator host answers it (no
-    /// proof: grants are current state, which a registration proof does not cover); `None`
-    /// if it is not registered.
+    /// `id`'s record on the chain (owner, grants; a grantee sees its own grant alone),
+    /// proven against a final header; `None` if it is not registered.
     pub async fn record(&self, id: &DocumentId) -> Result<Option<DocumentRecord>, ChainError> {
-        self.query(&Request::GetRecord { id: *id }, "document record")
+        let p: ProvenRecord = self
+            .proven(
+                &Request::GetRecord { id: *id },
+                "document record",
+                |p: &ProvenRecord| p.state.height(),
+                |p, v| p.verify(id, v),
+            )
+            .await?;
+        Ok(p.record)
+    }
+
+    /// The state's top (layouts, validators, validator hosts) as of the newest block,
+    /// proven against its final header.
+    pub async fn state(&self) -> Result<ProvenState, ChainError> {
+        self.proven(
+            &Request::GetLayout,
+            "layout",
+            ProvenState::height,
+            |p: &ProvenState, v| p.verify(v),
+        )
+        .await
+    }
+
+    /// A proven answer: asked (see [`ChainClient::call`]), checked against the validators
+    /// of its header's height, and refused if older than the newest state this client has
+    /// proven (then the other hosts are asked for newer state). A proof that fails is never
+    /// acted on: that host is faulty or lying.
+    async fn proven<P: DeserializeOwned>(
+        &self,
+        req: &Request,
+        what: &'static str,
+        height: impl Fn(&P) -> u64,
+        check: impl Fn(&P, &[PublicId]) -> Result<(), ProofError>,
+    ) -> Result<P, ChainError> {
+        let net = &self.inner.net;
+        let (body, host) = match self.call(req, None).await? {
+            (Response::ChainBody { len }, mut recv, node) => (
+                read_record(&mut recv, len)
+                    .await
+                    .map_err(|e| ChainError::from(net.peer_error(&node, e)))?,
+                node,
+            ),
+            (Response::NotFound, _, _) => return Err(ChainError::Missing(what)),
+            (other, _, node) => return Err(net.unexpected(&node, other).into()),
+        };
+        let first = self
+            .check_proven(&body, &host, what, &height, &check)
+            .await?;
+        let seen = self.inner.newest.load(Ordering::Relaxed);
+        if height(&first) >= seen {
+            self.inner
+                .newest
+                .fetch_max(height(&first), Ordering::Relaxed);
+            return Ok(first);
+        }
+        // Older than what this client has seen: a host lagging, or keeping newer state
+        // back. Another host may have it.
+        for node in self.inner.link.hosts.iter().filter(|h| h.key != host.key) {
+            let Ok(Some(body)) = net.fetch(node, req, None, proto::MAX_CHAIN_BODY).await else {
+                continue;
+            };
+            match self.check_proven(&body, node, what, &height, &check).await {
+                Ok(p) if height(&p) >= seen => {
+                    self.inner.newest.fetch_max(height(&p), Ordering::Relaxed);
+                    return Ok(p);
+                }
+                Ok(_) => {}
+                Err(e) => debug!(host = %node.key.short(), error = %e, "a chain answer refused"),
+            }
+        }
+        Err(ChainError::Stale {
+            what,
+            got: height(&first),
+            seen,
+        })
+    }
+
+    /// Decodes a proven answer from `host` and checks its proof.
+    async fn check_proven<P: DeserializeOwned>(
+        &self,
+        body: &[u8],
+        host: &NodeInfo,
+        what: &'static str,
+        height: &impl Fn(&P) -> u64,
+        check: &impl Fn(&P, &[PublicId]) -> Result<(), ProofError>,
+    ) -> Result<P, ChainError> {
+        let p: P = decode(body, what)?;
+        self.check_final(height(&p), |v| check(&p, v))
             .await
+            .map_err(|source| ChainError::Unproven {
+                what,
+                host: host.key.short(),
+                source: Box::new(source),
+            })?;
+        Ok(p)
     }
 
     /// A block by height (checked: majority-signed by the validators of its height).
@@ -416,24 +543,36 @@ impl ChainClient {
         self.query_some(&Request::ChainStatus, "status").await
     }
 
-    /// The chain's current layout and the one before the last change.
+    /// The chain's current layout and the one before the last change, proven.
     pub async fn layouts(&self) -> Result<ChainLayouts, ChainError> {
-        self.query_some(&Request::GetLayout, "layout").await
+        Ok(self.state().await?.top.layouts())
     }
 
-    /// The cluster layout committed on the chain.
+    /// The cluster layout committed on the chain, proven.
     pub async fn layout(&self) -> Result<Layout, ChainError> {
         Ok(self.layouts().await?.current)
     }
 
-    /// Up to `limit` registered document ids after `after`, in id order.
+    /// Up to `limit` registered document ids after `after`, in id order, proven complete:
+    /// fewer than `limit` means there are no more.
     pub async fn documents(
         &self,
         after: Option<DocumentId>,
         limit: u32,
     ) -> Result<Vec<DocumentId>, ChainError> {
-        self.query_some(&Request::ListDocuments { after, limit }, "document list")
-            .await
+        let req = Request::ListDocuments { after, limit };
+        let ids = std::sync::Mutex::new(Vec::new());
+        self.proven(
+            &req,
+            "document list",
+            |p: &ProvenDocuments| p.state.height(),
+            |p, v| {
+                *ids.lock().expect("ids lock") = p.verify(after.as_ref(), limit as usize, v)?;
+                Ok(())
+            },
+        )
+        .await?;
+        Ok(ids.into_inner().expect("ids lock"))
     }
 
     /// Checks on the chain that `id` is registered: the registering transaction, its Merkle
@@ -457,7 +596,7 @@ impl ChainClient {
                 .await
                 .ok_or(ChainError::NotRegistered(*id))?,
         };
-        let (record, proof): (DocumentRecord, TxInclusion) = decode(&body, "registration record")?;
+        let (record, proof): (ProvenRecord, TxInclusion) = decode(&body, "registration record")?;
         self.check_final(proof.header.header.height, |v| {
             proof.verify_registration(id, v)
         })
@@ -466,6 +605,14 @@ impl ChainClient {
             what: format!("registration proof of {id}"),
             source,
         })?;
+        self.check_final(record.state.height(), |v| record.verify(id, v))
+            .await
+            .map_err(|source| ChainError::Unproven {
+                what: "document record",
+                host: "that answered".into(),
+                source: Box::new(source),
+            })?;
+        let record = record.record.ok_or(ChainError::NotRegistered(*id))?;
         if proof.tx.tx.sender != record.owner {
             return Err(ChainError::OtherSender(*id));
         }
@@ -477,11 +624,11 @@ impl ChainClient {
     /// may only mean a validator joined or left since (`validators::may_be_stale`) fetches
     /// the chain's set changes, proves them afresh and checks once more; the first error
     /// stands if that changes nothing or cannot be done.
-    async fn check_final<T>(
+    async fn check_final<T, E: MayBeStale>(
         &self,
         height: u64,
-        check: impl Fn(&[PublicId]) -> Result<T, BlockError>,
-    ) -> Result<T, BlockError> {
+        check: impl Fn(&[PublicId]) -> Result<T, E>,
+    ) -> Result<T, E> {
         let known = self
             .inner
             .validators
@@ -490,7 +637,7 @@ impl ChainClient {
             .clone()
             .unwrap_or_else(|| Arc::new(ValidatorHistory::trusted(&self.inner.link.validators)));
         match check(known.at(height)) {
-            Err(e) if validators::may_be_stale(&e) => match self.prove_validators().await {
+            Err(e) if e.may_be_stale() => match self.prove_validators().await {
                 Ok(fresh) if fresh.at(height) != known.at(height) => check(fresh.at(height)),
                 Ok(_) => Err(e),
                 Err(why) => {
@@ -521,6 +668,24 @@ impl ChainClient {
             .query(&Request::GetValidatorChanges, "validator set changes")
             .await?
             .unwrap_or_default())
+    }
+}
+
+/// A failed check that may only mean the validator set changed since the one checked
+/// against (`validators::may_be_stale`).
+trait MayBeStale {
+    fn may_be_stale(&self) -> bool;
+}
+
+impl MayBeStale for BlockError {
+    fn may_be_stale(&self) -> bool {
+        validators::may_be_stale(self)
+    }
+}
+
+impl MayBeStale for ProofError {
+    fn may_be_stale(&self) -> bool {
+        matches!(self, ProofError::Header(e) if validators::may_be_stale(e))
     }
 }
 

@@ -22,7 +22,8 @@ use openraft::BasicNode;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
-use super::block::{Block, TxInclusion};
+use super::block::{Block, SignedHeader, TxInclusion};
+use super::proof::{ProvenAccount, ProvenDocuments, ProvenRecord, ProvenState};
 use super::raft::{self, Applied, ChainMachine, Links, LinksFactory, LogStore, Raft, Shared};
 use super::state::{DocumentRecord, Genesis, State};
 use super::store::{ChainStore, ChainStoreError};
@@ -132,6 +133,8 @@ pub struct Ledger {
     members: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Held through [`Ledger::shutdown`]; true once it has run.
     stopped: tokio::sync::Mutex<bool>,
+    /// The tip's signed header, once a proof needed it (`chain::proof`).
+    signed_tip: Mutex<Option<SignedHeader>>,
 }
 
 impl Ledger {
@@ -265,12 +268,20 @@ impl Ledger {
             }
         }
         let (submit, rx) = mpsc::unbounded_channel();
+        let seal = Arc::new(tokio::sync::Notify::new());
         let committer = tokio::spawn(commit_loop(
             rx,
             shared.clone(),
             raft.clone(),
             net.clone(),
             me,
+            seal.clone(),
+        ));
+        tokio::spawn(seal_genesis(
+            Arc::downgrade(&shared),
+            raft.metrics(),
+            me,
+            seal,
         ));
         let members = tokio::spawn(follow_validator_set(
             shared.clone(),
@@ -290,6 +301,7 @@ impl Ledger {
             committer: Mutex::new(Some(committer)),
             members: Mutex::new(Some(members)),
             stopped: tokio::sync::Mutex::new(false),
+            signed_tip: Mutex::new(None),
         })
     }
 
@@ -622,6 +634,81 @@ impl Ledger {
             .cloned()
     }
 
+    /// The state as of the last block and that block's signed header, which proofs are
+    /// made against (`chain::proof`). Unavailable while the chain is at its genesis, which
+    /// no block has sealed yet (the leader seals it at once).
+    fn proven_tip(&self) -> Result<(Arc<State>, SignedHeader), LedgerError> {
+        let (state, header) = {
+            let tip = self.shared.tip.lock().expect("ledger lock");
+            (tip.state.clone(), tip.header.clone())
+        };
+        if header.height == 0 {
+            return Err(LedgerError::Unavailable(
+                "the chain's genesis is not sealed by a block yet; ask again shortly".into(),
+            ));
+        }
+        let mut cached = self.signed_tip.lock().expect("signed tip lock");
+        if let Some(signed) = cached.as_ref().filter(|s| s.header == header) {
+            return Ok((state, signed.clone()));
+        }
+        // The tip's block is stored before it becomes the tip.
+        let block = self
+            .shared
+            .store
+            .block(header.height)?
+            .filter(|b| b.header.header == header)
+            .ok_or_else(|| ChainStoreError::Decode {
+                height: header.height,
+                reason: "the tip's block is not stored".into(),
+            })?;
+        *cached = Some(block.header.clone());
+        Ok((state, block.header))
+    }
+
+    /// Waits until the chain is past its genesis (sealed by a block: see `seal_genesis`),
+    /// at most `within`; from then on this validator answers proven queries.
+    pub async fn sealed(&self, within: Duration) -> Result<(), LedgerError> {
+        let mut applied = self.shared.applied.subscribe();
+        tokio::time::timeout(within, applied.wait_for(|h| *h > 0))
+            .await
+            .map_err(|_| {
+                LedgerError::Unavailable(format!(
+                    "no leader sealed the chain's genesis within {within:?}"
+                ))
+            })?
+            .map(drop)
+            .map_err(|_| LedgerError::Stopped)
+    }
+
+    /// The state's top as of the last block, with that block's signed header.
+    pub fn proven_state(&self) -> Result<ProvenState, LedgerError> {
+        let (state, header) = self.proven_tip()?;
+        Ok(ProvenState::of(&state, header))
+    }
+
+    /// An account (or its absence) as of the last block, with its proof.
+    pub fn proven_account(&self, id: &PublicId) -> Result<ProvenAccount, LedgerError> {
+        let (state, header) = self.proven_tip()?;
+        Ok(ProvenAccount::of(&state, header, id))
+    }
+
+    /// A document record (or its absence) as of the last block, whole, with its proof.
+    pub fn proven_record(&self, id: &DocumentId) -> Result<ProvenRecord, LedgerError> {
+        let (state, header) = self.proven_tip()?;
+        Ok(ProvenRecord::of(&state, header, id))
+    }
+
+    /// A page of at least `limit` registered document ids after `after` (or up to the
+    /// last), as of the last block, with its proof that none is left out.
+    pub fn proven_documents(
+        &self,
+        after: Option<&DocumentId>,
+        limit: usize,
+    ) -> Result<ProvenDocuments, LedgerError> {
+        let (state, header) = self.proven_tip()?;
+        Ok(ProvenDocuments::of(&state, header, after, limit))
+    }
+
     /// A copy of the current state.
     pub fn state(&self) -> State {
         State::clone(&self.shared.tip.lock().expect("ledger lock").state)
@@ -667,14 +754,16 @@ impl Ledger {
         Ok(Some(proof))
     }
 
-    /// A registered document's record and the proof of the transaction that registered it.
+    /// A registered document's record with its proof, and the proof of the transaction
+    /// that registered it; `None` if it is not registered.
     pub fn document(
         &self,
         id: &DocumentId,
-    ) -> Result<Option<(DocumentRecord, TxInclusion)>, LedgerError> {
-        let Some(record) = self.record(id) else {
+    ) -> Result<Option<(ProvenRecord, TxInclusion)>, LedgerError> {
+        let record = self.proven_record(id)?;
+        if record.record.is_none() {
             return Ok(None);
-        };
+        }
         let Some((height, index)) = self.shared.store.document_location(id)? else {
             return Ok(None);
         };
@@ -709,6 +798,7 @@ async fn commit_loop(
     raft: Raft,
     net: Arc<Links>,
     me: u64,
+    seal: Arc<tokio::sync::Notify>,
 ) {
     let (retry_tx, mut retry_rx) = mpsc::unbounded_channel::<Queued>();
     let in_flight = Arc::new(tokio::sync::Semaphore::new(BLOCKS_IN_FLIGHT));
@@ -718,11 +808,13 @@ async fn commit_loop(
     let mut waiting: Vec<Queued> = Vec::new();
     loop {
         let Some((jobs, permit)) =
-            gather_batch(&mut rx, &mut retry_rx, &mut waiting, &in_flight).await
+            gather_batch(&mut rx, &mut retry_rx, &mut waiting, &in_flight, &seal).await
         else {
             return;
         };
-        if jobs.is_empty() {
+        // An empty block only to seal the genesis state (see `seal_genesis`).
+        let sealing = jobs.is_empty() && spec.is_none() && *shared.applied.borrow() == 0;
+        if jobs.is_empty() && !sealing {
             continue;
         }
         if reset.swap(false, std::sync::atomic::Ordering::SeqCst) {
@@ -735,7 +827,7 @@ async fn commit_loop(
             included,
             waited,
             proposed,
-        }) = propose_batch(&shared, &spec, jobs, &mut waiting).await
+        }) = propose_batch(&shared, &spec, jobs, &mut waiting, sealing).await
         else {
             continue;
         };
@@ -821,6 +913,7 @@ async fn gather_batch(
     retry_rx: &mut mpsc::UnboundedReceiver<Queued>,
     waiting: &mut Vec<Queued>,
     in_flight: &Arc<tokio::sync::Semaphore>,
+    seal: &tokio::sync::Notify,
 ) -> Option<(Vec<Queued>, tokio::sync::OwnedSemaphorePermit)> {
     let deadline = waiting.iter().map(|(_, until)| *until).min();
     let sleep = async {
@@ -837,6 +930,7 @@ async fn gather_batch(
         },
         Some(job) = retry_rx.recv() => jobs.push(job),
         _ = sleep => {}
+        _ = seal.notified() => {}
     }
     // One more block in consensus: wait for room before proposing on the newest state,
     // and only then take what is waiting, so that what arrived meanwhile goes into this
@@ -864,12 +958,13 @@ async fn gather_batch(
 /// Proposes one block of `jobs` on the newest state: the state after the last block handed
 /// to raft (`spec`) while that one is not applied yet, else the applied tip. Transactions
 /// refused are answered; one whose nonce is ahead goes back to `waiting` until its wait is
-/// over. `None` when the block includes nothing.
+/// over. `None` when the block includes nothing, unless `empty` allows that.
 async fn propose_batch(
     shared: &Shared,
     spec: &Option<(super::block::BlockHeader, Arc<State>)>,
     jobs: Vec<Queued>,
     waiting: &mut Vec<Queued>,
+    empty: bool,
 ) -> Option<Proposal> {
     let applied_height = *shared.applied.borrow();
     let (state, prev) = match spec {
@@ -911,7 +1006,7 @@ async fn propose_batch(
         }
     }
     let proposed = proposing.elapsed();
-    if included.is_empty() {
+    if included.is_empty() && !empty {
         return None;
     }
     Some(Proposal {
@@ -1007,6 +1102,35 @@ async fn answer_block(
 /// A duration in milliseconds, for the timing events.
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
+}
+
+/// How often a validator looks whether the genesis state still waits for its seal.
+const SEAL_CHECK: Duration = Duration::from_millis(100);
+
+/// Seals the genesis state: while the chain is at height 0, its leader commits one empty
+/// block, so that from then on every state a validator answers about is the state after a
+/// block a majority signed (`chain::proof`); the genesis header itself carries no
+/// signature. Returns once the chain is past height 0.
+async fn seal_genesis(
+    shared: std::sync::Weak<Shared>,
+    metrics: tokio::sync::watch::Receiver<openraft::RaftMetrics<u64, BasicNode>>,
+    me: u64,
+    seal: Arc<tokio::sync::Notify>,
+) {
+    // Holds neither the ledger nor raft: ends once either is gone.
+    loop {
+        match shared.upgrade() {
+            Some(shared) if *shared.applied.borrow() == 0 => {}
+            _ => return,
+        }
+        if metrics.borrow().current_leader == Some(me) {
+            seal.notify_one();
+        }
+        tokio::time::sleep(SEAL_CHECK).await;
+        if metrics.has_changed().is_err() {
+            return;
+        }
+    }
 }
 
 /// How often the leader compares the raft voters with the chain's validator set.

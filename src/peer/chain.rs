@@ -16,7 +16,7 @@ use tracing::warn;
 use super::{State, answer, blocking, error, refuse};
 use crate::access::{AccessError, ChainScope};
 use crate::chain::ledger::{Ledger, LedgerError};
-use crate::chain::state::DocumentRecord;
+use crate::chain::proof::ProvenRecord;
 use crate::chain::tx::SignedTx;
 use crate::id::DocumentId;
 use crate::identity::PublicId;
@@ -118,7 +118,8 @@ pub(super) async fn endorse(
     answer(send, &resp, Some(Bytes::from(endorsement))).await
 }
 
-/// A document's record (as `who` may see it) and its inclusion proof.
+/// A document's record (as `who` may see it) with its proof, and the proof of its
+/// registration.
 pub(super) async fn get_document(
     send: &mut SendStream,
     recv: &mut RecvStream,
@@ -167,7 +168,7 @@ pub(super) async fn get_validator_changes(
     chain_answer(send, found).await
 }
 
-/// A document's record alone (as `who` may see it), without a proof.
+/// A document's record (as `who` may see it) or its absence, with its proof.
 pub(super) async fn get_record(
     send: &mut SendStream,
     recv: &mut RecvStream,
@@ -176,23 +177,24 @@ pub(super) async fn get_record(
     id: DocumentId,
 ) -> Result<(), ProtoError> {
     let ledger = current_ledger!(state, send);
-    let found = match ledger.record(&id) {
-        Some(record) => match redact(state, who, &id, record).await {
-            Ok(record) => Some(record),
+    let found = match ledger.proven_record(&id) {
+        Ok(proven) => match redact(state, who, &id, proven).await {
+            Ok(proven) => Ok(Some(proven)),
             Err(e) => return refuse(send, recv, state, who, e).await,
         },
-        None => None,
+        Err(e) => Err(e),
     };
-    chain_answer(send, Ok(found)).await
+    chain_answer(send, found).await
 }
 
+/// An account (role, last nonce) or its absence, with its proof.
 pub(super) async fn get_account(
     send: &mut SendStream,
     state: &State,
     id: PublicId,
 ) -> Result<(), ProtoError> {
     let ledger = current_ledger!(state, send);
-    chain_answer(send, Ok(ledger.account(&id))).await
+    chain_answer(send, ledger.proven_account(&id).map(Some)).await
 }
 
 pub(super) async fn status(send: &mut SendStream, state: &State) -> Result<(), ProtoError> {
@@ -200,11 +202,13 @@ pub(super) async fn status(send: &mut SendStream, state: &State) -> Result<(), P
     chain_answer(send, Ok(Some(ledger.status()))).await
 }
 
+/// The state's top (layouts, validators, validator hosts) with its proof.
 pub(super) async fn get_layout(send: &mut SendStream, state: &State) -> Result<(), ProtoError> {
     let ledger = current_ledger!(state, send);
-    chain_answer(send, Ok(Some(ledger.state().layouts()))).await
+    chain_answer(send, ledger.proven_state().map(Some)).await
 }
 
+/// A page of registered document ids with its proof that none is left out.
 pub(super) async fn list_documents(
     send: &mut SendStream,
     state: &State,
@@ -212,18 +216,22 @@ pub(super) async fn list_documents(
     limit: u32,
 ) -> Result<(), ProtoError> {
     let ledger = current_ledger!(state, send);
-    let limit = limit.min(MAX_LIST) as usize;
-    let ids = blocking(move || ledger.state().documents_after(after, limit)).await;
-    chain_answer(send, Ok(Some(ids))).await
+    let limit = limit.clamp(1, MAX_LIST) as usize;
+    let page = blocking(move || ledger.proven_documents(after.as_ref(), limit).map(Some)).await;
+    chain_answer(send, page).await
 }
 
-/// `record` of `document` as `who` may see it from this validator (`access::ChainScope`).
+/// `proven` (the record of `document`, whole) as `who` may see it from this validator
+/// (`access::ChainScope`): whole, its own grant alone with that grant's path, or refused.
 async fn redact(
     state: &State,
     who: &PublicId,
     document: &DocumentId,
-    record: DocumentRecord,
-) -> Result<DocumentRecord, AccessError> {
+    proven: ProvenRecord,
+) -> Result<ProvenRecord, AccessError> {
+    let Some(record) = proven.record.clone() else {
+        return Ok(proven); // "not registered" is no secret
+    };
     let scope = if state
         .ledger
         .as_ref()
@@ -233,7 +241,15 @@ async fn redact(
     } else {
         state.access.chain_scope(who).await?
     };
-    scope.redact(who, document, record, crate::now_ms())
+    let whole = record.grants.len();
+    let seen = scope.redact(who, document, record, crate::now_ms())?;
+    if seen.grants.len() == whole {
+        return Ok(proven);
+    }
+    proven.only_grant_of(who).ok_or(AccessError::NotGranted {
+        who: *who,
+        document: *document,
+    })
 }
 
 /// Reads the body of a validator-to-validator request, or answers the refusal (`None`):
@@ -298,6 +314,9 @@ pub(super) async fn chain_answer<T: serde::Serialize>(
             answer(send, &resp, Some(Bytes::from(body))).await
         }
         Ok(None) => answer(send, &Response::NotFound, None).await,
+        Err(e @ (LedgerError::Unavailable(_) | LedgerError::Stopped)) => {
+            answer(send, &error(ErrorCode::Unavailable, e.to_string()), None).await
+        }
         Err(e) => {
             warn!(error = %e, "chain query failed");
             answer(send, &error(ErrorCode::Internal, e.to_string()), None).await

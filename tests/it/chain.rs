@@ -2,10 +2,12 @@
 //! tampering on disk, inclusion proofs.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::common::chain::{register, registered_document, tx};
 use crate::common::wire::Raw;
 use dangan::chain::ledger::{Ledger, LedgerError};
+use dangan::chain::proof::ProvenRecord;
 use dangan::chain::state::{Genesis, GenesisAccount};
 use dangan::chain::store::{ChainStore, ChainStoreError};
 use dangan::chain::tx::{TxBody, TxError};
@@ -45,6 +47,8 @@ async fn open_ledger(path: &std::path::Path, s: &Setup, n: u64) -> Ledger {
     let ledger = Ledger::open_single(path, &s.genesis, s.validator.clone())
         .await
         .unwrap();
+    // The first block seals the genesis state; the registrations follow.
+    ledger.sealed(Duration::from_secs(10)).await.unwrap();
     for nonce in 1..=n {
         ledger
             .submit(register(&s.departments[0], nonce))
@@ -99,7 +103,7 @@ async fn registrations_are_group_committed_proved_and_survive_a_restart() {
     let validators: Vec<PublicId> = vec![s.validator.public()];
     let doc = registered_document(&register(&s.departments[3], 42));
     let (record, proof) = ledger.document(&doc).unwrap().unwrap();
-    assert_eq!(record.owner, s.departments[3].public());
+    assert_eq!(record.record.unwrap().owner, s.departments[3].public());
     proof.verify(&validators).unwrap();
     assert!(
         ledger
@@ -127,7 +131,7 @@ async fn a_tampered_block_on_disk_is_detected_on_open() {
         ledger.shutdown().await;
     }
     let (store, _, tip) = ChainStore::open(&path, &s.genesis).unwrap();
-    assert_eq!(tip.height, 3);
+    assert_eq!(tip.height, 4, "the seal and three registrations");
     let original = store.block_bytes_for_test(2).unwrap().unwrap();
     drop(store);
     let mut detected = 0;
@@ -246,7 +250,6 @@ async fn one_sender_may_have_many_transactions_in_flight() {
 async fn a_validator_peer_serves_transactions_proofs_blocks_and_status() {
     use dangan::chain::block::{Block, TxInclusion};
     use dangan::chain::ledger::ChainStatus;
-    use dangan::chain::state::DocumentRecord;
     use dangan::proto::{ErrorCode, Request, Response};
     use dangan::tls::Membership;
 
@@ -282,8 +285,9 @@ async fn a_validator_peer_serves_transactions_proofs_blocks_and_status() {
         .await;
     assert_eq!(
         resp,
+        // Block 1 sealed the genesis state.
         Response::Committed {
-            height: 1,
+            height: 2,
             index: 0
         }
     );
@@ -310,8 +314,9 @@ async fn a_validator_peer_serves_transactions_proofs_blocks_and_status() {
     let document = registered_document(&tx);
     let (resp, body) = raw.ask(&Request::GetDocument { id: document }, None).await;
     assert!(matches!(resp, Response::ChainBody { .. }));
-    let (record, proof): (DocumentRecord, TxInclusion) = postcard::from_bytes(&body).unwrap();
-    assert_eq!(record.owner, dept.public());
+    let (record, proof): (ProvenRecord, TxInclusion) = postcard::from_bytes(&body).unwrap();
+    record.verify(&document, &[s.validator.public()]).unwrap();
+    assert_eq!(record.record.unwrap().owner, dept.public());
     proof.verify(&[s.validator.public()]).unwrap();
     let (resp, _) = raw
         .ask(
@@ -324,10 +329,13 @@ async fn a_validator_peer_serves_transactions_proofs_blocks_and_status() {
     assert_eq!(resp, Response::NotFound);
 
     let (_, body) = raw.ask(&Request::GetBlock { height: 1 }, None).await;
+    let seal: Block = postcard::from_bytes(&body).unwrap();
+    assert!(seal.txs.is_empty(), "block 1 only seals the genesis state");
+    let (_, body) = raw.ask(&Request::GetBlock { height: 2 }, None).await;
     let block: Block = postcard::from_bytes(&body).unwrap();
     assert_eq!(block.txs, vec![tx]);
     let (_, body) = raw.ask(&Request::ChainStatus, None).await;
     let status: ChainStatus = postcard::from_bytes(&body).unwrap();
-    assert_eq!((status.height, status.documents), (1, 1));
+    assert_eq!((status.height, status.documents), (2, 1));
     peer.shutdown().await;
 }

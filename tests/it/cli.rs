@@ -143,7 +143,8 @@ fn peers_as_separate_processes_put_get_lose_one_and_refuse_strangers() {
     // Anyone with the cluster file can check the registration: proof and signatures.
     let verified = dept.run(["verify", &id], "verify").expect_ok("verify");
     assert!(
-        verified.stdout.contains("is registered: block 1"),
+        // Block 1 sealed the genesis state.
+        verified.stdout.contains("is registered: block 2"),
         "{}",
         verified.describe()
     );
@@ -193,8 +194,8 @@ fn peers_as_separate_processes_put_get_lose_one_and_refuse_strangers() {
         refused.describe()
     );
     let block = dept
-        .run(["chain", "block", "1"], "chain-block")
-        .expect_ok("chain block 1");
+        .run(["chain", "block", "2"], "chain-block")
+        .expect_ok("chain block 2");
     assert!(
         block.stdout.contains("RegisterDocument"),
         "{}",
