@@ -25,7 +25,7 @@ use tracing::debug;
 use super::block::{Block, BlockError, TxInclusion};
 use super::ledger::ChainStatus;
 use super::state::{Account, ChainLayouts, DocumentRecord};
-use super::tx::{SignedTx, Tx, TxBody};
+use super::tx::{ChainKey, SignedTx, Tx, TxBody};
 use super::validators::{self, HistoryError, ValidatorHistory};
 use crate::id::DocumentId;
 use crate::identity::{Identity, PublicId};
@@ -121,6 +121,8 @@ struct Inner {
     host: AtomicUsize,
     /// The next nonce for this identity's transactions, once known.
     nonce: tokio::sync::Mutex<Option<u64>>,
+    /// The chain key transactions are signed for, once asked (`ChainStatus`).
+    chain_key: tokio::sync::OnceCell<ChainKey>,
     /// The validator set changes proven so far from `ChainLink::validators` (none until a
     /// check needs them).
     validators: Mutex<Option<Arc<ValidatorHistory>>>,
@@ -138,6 +140,7 @@ impl ChainClient {
                 query_timeout,
                 host: AtomicUsize::new(0),
                 nonce: tokio::sync::Mutex::new(None),
+                chain_key: tokio::sync::OnceCell::new(),
                 validators: Mutex::new(None),
             }),
         }
@@ -266,12 +269,19 @@ impl ChainClient {
         };
         *next = Some(nonce + 1);
         drop(next);
+        let chain = match self.chain_key().await {
+            Ok(chain) => chain,
+            Err(e) => {
+                *self.inner.nonce.lock().await = None;
+                return Err(e);
+            }
+        };
         let tx = Tx {
             sender: self.inner.identity.public(),
             nonce,
             body,
         }
-        .sign(&self.inner.identity);
+        .sign(&self.inner.identity, &chain);
         match self.submit_tx(&tx).await {
             Ok(at) => Ok(at),
             Err(e) => {
@@ -409,6 +419,18 @@ impl ChainClient {
             return Err(ChainError::OtherTransaction);
         }
         Ok(Some(proof))
+    }
+
+    /// The key this chain's transactions are signed for, as its status says (asked once).
+    /// Not proven yet: a lying host could name another chain's key (where this client's key
+    /// also has an account). The key is a leaf of the state root (`State::root`), so it can
+    /// be proven against a final header like any other state entry.
+    pub async fn chain_key(&self) -> Result<ChainKey, ChainError> {
+        self.inner
+            .chain_key
+            .get_or_try_init(|| async { Ok(self.status().await?.chain_key) })
+            .await
+            .copied()
     }
 
     /// The chain's status.

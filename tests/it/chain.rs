@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use crate::common::chain::{register, registered_document, tx};
+use crate::common::chain::{approved, register, registered_document};
 use crate::common::wire::Raw;
 use dangan::chain::ledger::{Ledger, LedgerError};
 use dangan::chain::state::{Genesis, GenesisAccount};
@@ -47,7 +47,7 @@ async fn open_ledger(path: &std::path::Path, s: &Setup, n: u64) -> Ledger {
         .unwrap();
     for nonce in 1..=n {
         ledger
-            .submit(register(&s.departments[0], nonce))
+            .submit(register(&s.genesis.key(), &s.departments[0], nonce))
             .await
             .unwrap();
     }
@@ -64,12 +64,12 @@ async fn registrations_are_group_committed_proved_and_survive_a_restart() {
     // 8 departments × 100 registrations each, all in flight at once.
     let mut tasks = tokio::task::JoinSet::new();
     for dept in &s.departments {
-        let (ledger, dept) = (ledger.clone(), dept.clone());
+        let (ledger, dept, chain) = (ledger.clone(), dept.clone(), s.genesis.key());
         tasks.spawn(async move {
             let mut receipts = Vec::new();
             // Each department's nonces must arrive in order: submit them in sequence.
             for nonce in 1..=100 {
-                receipts.push(ledger.submit(register(&dept, nonce)).await.unwrap());
+                receipts.push(ledger.submit(register(&chain, &dept, nonce)).await.unwrap());
             }
             receipts
         });
@@ -88,7 +88,7 @@ async fn registrations_are_group_committed_proved_and_survive_a_restart() {
     );
 
     // A replay is refused with its reason and changes nothing.
-    let replay = register(&s.departments[0], 5);
+    let replay = register(&s.genesis.key(), &s.departments[0], 5);
     assert!(matches!(
         ledger.submit(replay).await,
         Err(LedgerError::Refused(TxError::BadNonce { .. }))
@@ -97,7 +97,7 @@ async fn registrations_are_group_committed_proved_and_survive_a_restart() {
 
     // Every registration has a proof that checks against the validator set alone.
     let validators: Vec<PublicId> = vec![s.validator.public()];
-    let doc = registered_document(&register(&s.departments[3], 42));
+    let doc = registered_document(&register(&s.genesis.key(), &s.departments[3], 42));
     let (record, proof) = ledger.document(&doc).unwrap().unwrap();
     assert_eq!(record.owner, s.departments[3].public());
     proof.verify(&validators).unwrap();
@@ -154,11 +154,14 @@ async fn validator_set_changes_are_indexed_and_proven_from_genesis() {
         let ledger = open_ledger(&path, &s, 3).await;
         assert!(ledger.validator_changes().unwrap().is_empty());
         // The last block this lone validator can make final alone: it adds a second one.
-        let add = tx(
-            &s.validator,
+        let add = approved(
+            &s.genesis.key(),
+            &[&s.validator],
             1,
             TxBody::AddValidator {
                 validator: newcomer,
+                host: None,
+                approvals: vec![],
             },
         );
         let at = ledger.submit(add).await.unwrap();
@@ -223,7 +226,7 @@ async fn one_sender_may_have_many_transactions_in_flight() {
     // Submitted all at once, in reverse nonce order: each waits for the ones before it.
     let mut tasks = tokio::task::JoinSet::new();
     for nonce in (1..=50).rev() {
-        let (ledger, tx) = (ledger.clone(), register(dept, nonce));
+        let (ledger, tx) = (ledger.clone(), register(&s.genesis.key(), dept, nonce));
         tasks.spawn(async move { ledger.submit(tx).await });
     }
     while let Some(r) = tasks.join_next().await {
@@ -233,7 +236,10 @@ async fn one_sender_may_have_many_transactions_in_flight() {
 
     // A gap that never fills is refused once the wait runs out.
     let start = std::time::Instant::now();
-    let err = ledger.submit(register(dept, 60)).await.unwrap_err();
+    let err = ledger
+        .submit(register(&s.genesis.key(), dept, 60))
+        .await
+        .unwrap_err();
     assert!(
         matches!(err, LedgerError::Refused(TxError::BadNonce { .. })),
         "{err}"
@@ -270,7 +276,7 @@ async fn a_validator_peer_serves_transactions_proofs_blocks_and_status() {
     .unwrap();
     let (raw, _) = Raw::connect(&dept, peer.addr(), Arc::new(membership)).await;
 
-    let tx = register(&dept, 1);
+    let tx = register(&s.genesis.key(), &dept, 1);
     let bytes = tx.encode();
     let (resp, _) = raw
         .ask(

@@ -8,14 +8,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::common::chain::{register, registered_document, tx};
+use crate::common::chain::{approved, register, registered_document, tx};
 use crate::common::process::free_port_range;
 use dangan::chain::block::BlockError;
 use dangan::chain::client::ChainLink;
 use dangan::chain::ledger::{Ledger, RaftTuning, ValidatorNet};
 use dangan::chain::raft::node_id;
 use dangan::chain::state::{Genesis, GenesisAccount};
-use dangan::chain::tx::{SignedTx, TxBody};
+use dangan::chain::tx::{ChainKey, SignedTx, TxBody};
 use dangan::client::{Client, ClientOptions};
 use dangan::id::DocumentId;
 use dangan::identity::{Identity, PublicId, Role};
@@ -113,6 +113,11 @@ impl Net {
                 addr: self.addrs[i].to_string(),
             })
             .collect()
+    }
+
+    /// The key this chain's transactions are signed for.
+    fn key(&self) -> ChainKey {
+        self.genesis.key()
     }
 
     /// Which validator (its index) has raft node id `node`.
@@ -284,7 +289,7 @@ async fn three_validators_survive_the_leader_being_killed_and_a_restart_from_dis
             let client = net.client(&dept);
             let mut errors = 0;
             for nonce in 1..=EACH {
-                let tx = register(&dept, nonce);
+                let tx = register(&net.key(), &dept, nonce);
                 // A submit that failed may have committed after all: retry the same
                 // transaction until it is committed or refused as already used.
                 for attempt in 0.. {
@@ -374,7 +379,7 @@ async fn three_validators_survive_the_leader_being_killed_and_a_restart_from_dis
     let (h3, _) = client
         .chain()
         .unwrap()
-        .submit_tx(&register(&net.departments[0], EACH + 1))
+        .submit_tx(&register(&net.key(), &net.departments[0], EACH + 1))
         .await
         .unwrap();
     assert!(h3 > height);
@@ -401,7 +406,7 @@ async fn a_follower_forwards_and_outsiders_cannot_speak_raft() {
     let (height, _) = client
         .chain()
         .unwrap()
-        .submit_tx(&register(dept, 1))
+        .submit_tx(&register(&net.key(), dept, 1))
         .await
         .unwrap();
     assert!(height >= 1);
@@ -463,7 +468,8 @@ async fn commit(client: &Client, tx: &SignedTx) -> u64 {
 async fn register_more(client: &Client, dept: &Identity, nonce: &mut u64, n: u64) {
     for _ in 0..n {
         *nonce += 1;
-        commit(client, &register(dept, *nonce)).await;
+        let chain = client.chain().unwrap().chain_key().await.unwrap();
+        commit(client, &register(&chain, dept, *nonce)).await;
     }
 }
 
@@ -508,11 +514,15 @@ async fn validators_join_and_leave_through_the_chain() {
     // A validator adds the fourth: once the block is applied, the leader adds it to raft.
     let admin = &net.validators[0];
     let newcomer = net.validators[3].public();
-    let add = tx(
-        admin,
+    // Approved by a majority of the three (off chain), sent by one of them.
+    let add = approved(
+        &net.key(),
+        &[admin, &net.validators[1]],
         1,
         TxBody::AddValidator {
             validator: newcomer,
+            host: None,
+            approvals: vec![],
         },
     );
     let added_at = commit(&client, &add).await;
@@ -580,11 +590,14 @@ async fn validators_join_and_leave_through_the_chain() {
     fresh.close().await;
 
     // Remove the stopped validator: the three left go on alone.
-    let remove = tx(
-        admin,
+    // Three of the four approve (the stopped one's key still signs its approval).
+    let remove = approved(
+        &net.key(),
+        &[admin, &net.validators[1], &net.validators[2]],
         2,
         TxBody::RemoveValidator {
             validator: net.validators[stopped].public(),
+            approvals: vec![],
         },
     );
     let removed_at = commit(&client, &remove).await;
@@ -626,7 +639,7 @@ async fn validators_join_and_leave_through_the_chain() {
     // The client's history follows the removal too, and registrations after it verify.
     let history = client.chain().unwrap().prove_validators().await.unwrap();
     assert_eq!(history.at(height), sorted(&left));
-    let last_registration = register(dept, nonce);
+    let last_registration = register(&net.key(), dept, nonce);
     let proof = client
         .chain()
         .unwrap()
@@ -657,25 +670,25 @@ async fn a_validator_whose_host_the_chain_names_joins_without_new_cluster_files(
     let newcomer = net.validators[3].public();
     let host = net.nodes[3].public();
     assert!(!vs[0].as_ref().unwrap().ledger.is_validator_host(&host));
-    let bad = tx(
-        admin,
-        1,
-        TxBody::SetValidatorHost {
-            validator: newcomer,
-            host,
-            addr: "not an address".into(),
-        },
-    );
+    let add = |addr: String| TxBody::AddValidator {
+        validator: newcomer,
+        host: Some((host, addr)),
+        approvals: vec![],
+    };
+    let majority = [admin, &net.validators[1]];
+    let bad = approved(&net.key(), &majority, 1, add("not an address".into()));
     let refused = client.chain().unwrap().submit_tx(&bad).await.unwrap_err();
     assert!(refused.to_string().contains("ip:port"), "{refused}");
-    // Nor may one validator redirect another sitting validator's traffic.
+    // Nor may one validator alone redirect another sitting validator's traffic.
     let redirect = tx(
+        &net.key(),
         admin,
         1,
         TxBody::SetValidatorHost {
             validator: net.validators[1].public(),
             host,
             addr: net.addrs[3].to_string(),
+            approvals: vec![],
         },
     );
     let refused = client
@@ -684,26 +697,12 @@ async fn a_validator_whose_host_the_chain_names_joins_without_new_cluster_files(
         .submit_tx(&redirect)
         .await
         .unwrap_err();
-    assert!(
-        refused.to_string().contains("sitting validator"),
-        "{refused}"
-    );
-    for (n, body) in [
-        TxBody::SetValidatorHost {
-            validator: newcomer,
-            host,
-            addr: net.addrs[3].to_string(),
-        },
-        TxBody::AddValidator {
-            validator: newcomer,
-        },
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        let tx = tx(admin, n as u64 + 1, body);
-        commit(&client, &tx).await;
-    }
+    assert!(refused.to_string().contains("majority"), "{refused}");
+    commit(
+        &client,
+        &approved(&net.key(), &majority, 1, add(net.addrs[3].to_string())),
+    )
+    .await;
     vs.push(Some(net.start(3).await));
     let all: Vec<&Validator> = vs.iter().flatten().collect();
     until("the old validators know the newcomer's host", || {
@@ -746,7 +745,7 @@ async fn a_validator_behind_the_purged_log_catches_up_from_a_snapshot() {
     let mut vs = net.start_converged(3).await;
     let dept = &net.departments[0];
     let client = net.client(dept);
-    commit(&client, &register(dept, 1)).await;
+    commit(&client, &register(&net.key(), dept, 1)).await;
     let follower = a_follower(&vs);
     let behind = vs[follower]
         .as_ref()
@@ -760,7 +759,7 @@ async fn a_validator_behind_the_purged_log_catches_up_from_a_snapshot() {
     // One block per registration: many log entries, snapshots, and the log purged.
     const DOCS: u64 = 40;
     for nonce in 2..=DOCS {
-        commit(&client, &register(dept, nonce)).await;
+        commit(&client, &register(&net.key(), dept, nonce)).await;
     }
     {
         let live: Vec<&Validator> = vs.iter().flatten().collect();
@@ -790,7 +789,7 @@ async fn a_validator_behind_the_purged_log_catches_up_from_a_snapshot() {
     for nonce in 1..=DOCS {
         assert!(
             state
-                .document(&registered_document(&register(dept, nonce)))
+                .document(&registered_document(&register(&net.key(), dept, nonce)))
                 .is_some()
         );
     }
@@ -819,7 +818,7 @@ async fn a_validator_behind_the_chain_does_not_answer_from_stale_state() {
     let dept = &net.departments[0];
     let client = net.client(dept);
     for nonce in 1..=5 {
-        commit(&client, &register(dept, nonce)).await;
+        commit(&client, &register(&net.key(), dept, nonce)).await;
     }
     client.close().await;
     futures::future::join_all(vs.iter_mut().filter_map(Option::take).map(stop)).await;
@@ -905,11 +904,13 @@ async fn the_leader_can_be_removed_through_the_chain() {
     let removed = net.validator_of(leader).unwrap();
     // Another validator signs the removal.
     let admin = &net.validators[(removed + 1) % 3];
-    let remove = tx(
-        admin,
+    let remove = approved(
+        &net.key(),
+        &[admin, &net.validators[(removed + 2) % 3]],
         1,
         TxBody::RemoveValidator {
             validator: net.validators[removed].public(),
+            approvals: vec![],
         },
     );
     let removed_at = commit(&client, &remove).await;
@@ -1011,7 +1012,7 @@ async fn a_client_redials_a_validator_host_whose_process_was_replaced() {
         ..ClientOptions::default()
     };
     let client = net.client_on(dept, link, options);
-    commit(&client, &register(dept, 1)).await;
+    commit(&client, &register(&net.key(), dept, 1)).await;
 
     relay.set_silent(true);
     stop(v).await;
@@ -1021,7 +1022,7 @@ async fn a_client_redials_a_validator_host_whose_process_was_replaced() {
     let (height, _) = client
         .chain()
         .unwrap()
-        .submit_tx(&register(dept, 2))
+        .submit_tx(&register(&net.key(), dept, 2))
         .await
         .unwrap();
     assert_eq!(height, v.ledger.status().height);
