@@ -883,6 +883,12 @@ async fn propose(client: &ClientArgs, body: TxBody, path: &Path) -> Result<()> {
     .await;
     c.close().await;
     let (chain, account, status) = asked?;
+    if !status.validators.contains(&me.public()) {
+        bail!(
+            "{} is not a validator of this chain: only validators propose changes to it",
+            me.public()
+        );
+    }
     let Some(account) = account else {
         bail!("{} has no account on the chain", me.public());
     };

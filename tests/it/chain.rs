@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use crate::common::chain::{approved, register, registered_document};
+use crate::common::chain::{approved, register, registered_document, tx};
 use crate::common::wire::Raw;
 use dangan::chain::ledger::{Ledger, LedgerError};
 use dangan::chain::state::{Genesis, GenesisAccount};
@@ -336,4 +336,95 @@ async fn a_validator_peer_serves_transactions_proofs_blocks_and_status() {
     let status: ChainStatus = postcard::from_bytes(&body).unwrap();
     assert_eq!((status.height, status.documents), (1, 1));
     peer.shutdown().await;
+}
+
+/// Two real chains whose genesis files differ only in the chain id, the same department
+/// and validator keys on both: a transaction committed on one is refused on the other (its
+/// signature covers the chain key). And a storage peer's key removed and added back
+/// continues from its last nonce, so its old transactions stay spent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transactions_replayed_on_another_chain_or_after_a_removal_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = setup(1);
+    let operator = Identity::generate(Role::Operator);
+    s.genesis
+        .accounts
+        .push(GenesisAccount::of(&operator, Role::Operator));
+    let dept = &s.departments[0];
+    let a = Ledger::open_single(&dir.path().join("a.redb"), &s.genesis, s.validator.clone())
+        .await
+        .unwrap();
+    let mut other = s.genesis.clone();
+    other.chain_id = "another".into();
+    let b = Ledger::open_single(&dir.path().join("b.redb"), &other, s.validator.clone())
+        .await
+        .unwrap();
+    assert_ne!(a.chain_key(), b.chain_key());
+    assert_eq!(a.status().chain_key, s.genesis.key());
+    let on_a = register(&a.chain_key(), dept, 1);
+    a.submit(on_a.clone()).await.unwrap();
+    let err = b.submit(on_a.clone()).await.unwrap_err();
+    assert!(
+        matches!(err, LedgerError::Refused(TxError::BadSignature(_))),
+        "{err}"
+    );
+    assert_eq!(b.status().height, 0);
+    assert_eq!(b.account(&dept.public()).unwrap().nonce, 0);
+    b.submit(register(&b.chain_key(), dept, 1)).await.unwrap();
+
+    // A storage peer commits an audit root, is drained, removed and added back.
+    let key = a.chain_key();
+    let node = Identity::generate(Role::Node);
+    let add = TxBody::AddNode {
+        node: node.public(),
+        addr: "127.0.0.1:7100".into(),
+        zone: "z0".into(),
+        weight: 100,
+    };
+    a.submit(tx(&key, &operator, 1, add.clone())).await.unwrap();
+    let audit = tx(
+        &key,
+        &node,
+        1,
+        TxBody::AuditRoot {
+            peer: node.public(),
+            first: 0,
+            count: 1,
+            root: [5; 32],
+        },
+    );
+    a.submit(audit.clone()).await.unwrap();
+    for (n, body) in [
+        TxBody::DrainNode {
+            node: node.public(),
+        },
+        TxBody::RemoveNode {
+            node: node.public(),
+        },
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        a.submit(tx(&key, &operator, n as u64 + 2, body))
+            .await
+            .unwrap();
+    }
+    assert!(a.account(&node.public()).is_none());
+    assert_eq!(a.state().retired_nonce(&node.public()), Some(1));
+    a.submit(tx(&key, &operator, 4, add)).await.unwrap();
+    assert_eq!(a.account(&node.public()).unwrap().nonce, 1);
+    let err = a.submit(audit).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            LedgerError::Refused(TxError::BadNonce {
+                expected: 2,
+                got: 1,
+                ..
+            })
+        ),
+        "{err}"
+    );
+    a.shutdown().await;
+    b.shutdown().await;
 }
