@@ -447,6 +447,38 @@ mod tests {
     }
 
     #[test]
+    fn a_forged_proposer_signature_or_a_block_of_another_chain_is_refused() {
+        let mut c = chain(1);
+        let genesis = genesis_header(&c.state);
+        let before = c.state.clone();
+        let txs = vec![register(&c, 1)];
+        let (block, _) = Block::propose(&mut c.state, &genesis, txs, &c.validators[0], 5);
+        let proposer = c.validators[0].public();
+        block.header.verify_signer(&proposer).unwrap();
+        let mut forged = block.clone();
+        forged.header.header.time_ms += 1;
+        assert!(matches!(
+            forged.header.verify_signer(&proposer),
+            Err(BlockError::BadSignature { .. })
+        ));
+        let mut unsigned = block.clone();
+        unsigned.header.signatures.clear();
+        assert!(matches!(
+            unsigned.header.verify_signer(&proposer),
+            Err(BlockError::NoProposerSignature { .. })
+        ));
+        let mut elsewhere = block.clone();
+        elsewhere.header.header.chain = ChainKey([1; 32]);
+        let mut s = before.clone();
+        assert!(matches!(
+            elsewhere.apply(&mut s, &genesis),
+            Err(BlockError::OtherChain { .. })
+        ));
+        assert_eq!(s, before);
+        block.apply(&mut s, &genesis).unwrap();
+    }
+
+    #[test]
     fn signatures_from_outsiders_or_forged_are_refused() {
         let mut c = chain(1);
         let genesis = genesis_header(&c.state);
