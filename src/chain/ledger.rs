@@ -16,7 +16,15 @@
 //! yet stay bounded). A leader whose block cannot get a majority because validators signed
 //! another block at that height adopts that block when the signatures they return make it
 //! final, and re-proposes its own recorded block rather than a new one, so a leader change
-//! mid-endorsement does not stall the chain.
+//! mid-endorsement does not stall the chain in the common cases.
+//!
+//! Limits: two majorities of an odd-sized set may share a single validator, so a faulty
+//! proposer that sends one block to some endorsers and another block to the others still
+//! gets both final (refusing that needs quorums that always share an honest validator:
+//! more than two thirds, at the cost of stopping with one of three validators down). A
+//! recorded block whose parent lost to another block at the applied tip no longer binds (it
+//! can never be applied). Records split across several blocks at one height among the live
+//! validators stall that height until enough validators are back.
 //!
 //! Not for: the network service in front of it (`peer`), the raft log and state machine.
 
