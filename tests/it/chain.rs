@@ -428,3 +428,47 @@ async fn transactions_replayed_on_another_chain_or_after_a_removal_are_refused()
     a.shutdown().await;
     b.shutdown().await;
 }
+
+/// A cluster file naming two validators with one raft node id (a key chosen to share a
+/// sitting validator's first 8 bytes) is refused at start, naming both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn validators_sharing_a_raft_node_id_are_refused_at_start() {
+    use dangan::chain::ledger::ValidatorNet;
+    use dangan::placement::NodeInfo;
+
+    let dir = tempfile::tempdir().unwrap();
+    let s = setup(1);
+    let mut bytes = s.validator.public().to_bytes();
+    let twin = (0u8..=255)
+        .find_map(|b| {
+            bytes[31] = b;
+            PublicId::from_bytes(bytes)
+                .ok()
+                .filter(|k| *k != s.validator.public())
+        })
+        .unwrap();
+    let host = |port: u16| NodeInfo {
+        key: Identity::generate(Role::Node).public(),
+        zone: "validators".into(),
+        weight: 0,
+        addr: format!("127.0.0.1:{port}"),
+    };
+    let net = ValidatorNet {
+        host_identity: Identity::generate(Role::Node),
+        trust: Arc::new(dangan::tls::Membership::new()),
+        hosts: vec![(s.validator.public(), host(1)), (twin, host(2))],
+    };
+    let err = Ledger::open(
+        &dir.path().join("chain.redb"),
+        &s.genesis,
+        s.validator.clone(),
+        Some(net),
+    )
+    .await
+    .err()
+    .expect("refused");
+    assert!(
+        matches!(err, LedgerError::NodeIdCollision(a, b) if a == s.validator.public() && b == twin),
+        "{err}"
+    );
+}
