@@ -13,7 +13,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use dangan::audit::Verdict;
 use dangan::bench::{self, CodecBenchOptions};
-use dangan::chain::tx::TxBody;
+use dangan::chain::tx::{ChainKey, Tx, TxBody};
 use dangan::client::{Client, ClientOptions};
 use dangan::codec::DocumentInfo;
 use dangan::config::local::{LocalConfig, LocalOptions};
@@ -290,9 +290,12 @@ enum ChainCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
-    /// Admit a validator (run with a validator's --key). With --host and --addr, the chain
-    /// also says which peer hosts it, and the running validators reach and trust that peer
-    /// from then on; without them, its host must already be in every validator's
+    /// Propose to admit a validator (run with a validator's --key): writes a proposal file
+    /// carrying this validator's approval. It takes effect only with approvals of a
+    /// majority of the current validators: each runs `dangan chain approve FILE`, then the
+    /// proposer runs `dangan chain enact FILE`. With --host and --addr, the chain also says
+    /// which peer hosts the new validator, and the running validators reach and trust that
+    /// peer from then on; without them, its host must already be in every validator's
     /// cluster.toml. Once it runs, the leader adds it to raft and it catches up. From the
     /// next block, a majority of the new set makes a block final.
     AddValidator {
@@ -304,11 +307,15 @@ enum ChainCommand {
         /// That peer's address, ip:port.
         #[arg(long, requires = "host")]
         addr: Option<String>,
+        /// Where to write the proposal.
+        #[arg(long)]
+        proposal: PathBuf,
         #[command(flatten)]
         client: ClientArgs,
     },
-    /// Move this validator (the one whose --key runs it) to another hosting peer: the
-    /// other validators reach and trust it there from the block on.
+    /// Move a validator to another hosting peer. Without --validator, this validator (the
+    /// one whose --key runs it) moves itself, at once. With --validator, another validator
+    /// is moved: that needs a majority, so a proposal file is written (see add-validator).
     SetValidatorHost {
         /// The public id of the peer that hosts it now (its node key).
         #[arg(long)]
@@ -316,15 +323,64 @@ enum ChainCommand {
         /// That peer's address, ip:port.
         #[arg(long)]
         addr: String,
+        /// Another validator to move (needs --proposal).
+        #[arg(long, requires = "proposal")]
+        validator: Option<PublicId>,
+        /// Where to write the proposal.
+        #[arg(long, requires = "validator")]
+        proposal: Option<PathBuf>,
         #[command(flatten)]
         client: ClientArgs,
     },
-    /// Remove a validator (run with a validator's --key; never the last one).
+    /// Propose to remove a validator (never the last one): writes a proposal file (see
+    /// add-validator).
     RemoveValidator {
         id: PublicId,
+        /// Where to write the proposal.
+        #[arg(long)]
+        proposal: PathBuf,
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Add this validator's approval (its --key) to a proposal file, after showing what it
+    /// does; says how many approvals it has and how many it needs.
+    Approve {
+        proposal: PathBuf,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Submit a proposal that has a majority's approvals (run by its proposer's --key).
+    Enact {
+        proposal: PathBuf,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+/// A governance change waiting for approvals: the unsigned transaction (its approvals so
+/// far inside) and the chain it is for. Written as `PROPOSAL_MAGIC` then postcard.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Proposal {
+    chain: ChainKey,
+    tx: Tx,
+}
+
+const PROPOSAL_MAGIC: &[u8; 8] = b"DGNPROP1";
+
+impl Proposal {
+    fn save(&self, path: &Path) -> Result<()> {
+        let mut bytes = PROPOSAL_MAGIC.to_vec();
+        bytes.extend(postcard::to_allocvec(self)?);
+        std::fs::write(path, bytes).with_context(|| format!("writing {}", path.display()))
+    }
+
+    fn load(path: &Path) -> Result<Self> {
+        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        let body = bytes
+            .strip_prefix(PROPOSAL_MAGIC)
+            .with_context(|| format!("{} is not a proposal file", path.display()))?;
+        Ok(postcard::from_bytes(body)?)
+    }
 }
 
 #[derive(Subcommand)]
@@ -759,40 +815,189 @@ async fn chain(command: ChainCommand) -> Result<()> {
             id,
             host,
             addr,
+            proposal,
             client,
         } => {
-            let mut bodies = Vec::new();
-            if let (Some(host), Some(addr)) = (host, addr) {
-                bodies.push(TxBody::SetValidatorHost {
-                    validator: id,
-                    host,
-                    addr,
-                });
-            }
-            bodies.push(TxBody::AddValidator { validator: id });
-            submit_all(&client, bodies, &format!("added validator {id}")).await
+            let body = TxBody::AddValidator {
+                validator: id,
+                host: host.zip(addr),
+                approvals: Vec::new(),
+            };
+            propose(&client, body, &proposal).await
         }
-        ChainCommand::SetValidatorHost { host, addr, client } => {
+        ChainCommand::SetValidatorHost {
+            host,
+            addr,
+            validator: Some(validator),
+            proposal: Some(proposal),
+            client,
+        } => {
+            let body = TxBody::SetValidatorHost {
+                validator,
+                host,
+                addr,
+                approvals: Vec::new(),
+            };
+            propose(&client, body, &proposal).await
+        }
+        ChainCommand::SetValidatorHost {
+            host, addr, client, ..
+        } => {
             let me = Identity::load(&client.key)?.public();
             let done = format!("validator {me} is hosted by {host} at {addr}");
             let body = TxBody::SetValidatorHost {
                 validator: me,
                 host,
                 addr,
+                approvals: Vec::new(),
             };
             submit_all(&client, vec![body], &done).await
         }
-        ChainCommand::RemoveValidator { id, client } => {
-            let body = TxBody::RemoveValidator { validator: id };
-            submit_all(&client, vec![body], &format!("removed validator {id}")).await
+        ChainCommand::RemoveValidator {
+            id,
+            proposal,
+            client,
+        } => {
+            let body = TxBody::RemoveValidator {
+                validator: id,
+                approvals: Vec::new(),
+            };
+            propose(&client, body, &proposal).await
         }
+        ChainCommand::Approve { proposal, client } => approve(&client, &proposal).await,
+        ChainCommand::Enact { proposal, client } => enact(&client, &proposal).await,
     }
+}
+
+/// Writes a proposal of `body` by this client's key (its next nonce), approved by it.
+async fn propose(client: &ClientArgs, body: TxBody, path: &Path) -> Result<()> {
+    let me = Identity::load(&client.key)?;
+    let (c, _) = connect(client).await?;
+    let asked = async {
+        let chain = c.chain()?;
+        let key = chain.chain_key().await?;
+        let account = chain.account(&me.public()).await?;
+        let status = chain.status().await?;
+        Ok::<_, dangan::client::ClientError>((key, account, status))
+    }
+    .await;
+    c.close().await;
+    let (chain, account, status) = asked?;
+    if !status.validators.contains(&me.public()) {
+        bail!(
+            "{} is not a validator of this chain: only validators propose changes to it",
+            me.public()
+        );
+    }
+    let Some(account) = account else {
+        bail!("{} has no account on the chain", me.public());
+    };
+    let mut tx = Tx {
+        sender: me.public(),
+        nonce: account.nonce + 1,
+        body,
+    };
+    let mine = tx.approve(&me, &chain);
+    tx.body
+        .approvals_mut()
+        .context("not a change that takes approvals")?
+        .push(mine);
+    Proposal { chain, tx }.save(path)?;
+    let needed = status.validators.len() / 2 + 1;
+    println!(
+        "proposal written to {} with 1 of the {needed} approvals it needs (of {} validators);",
+        path.display(),
+        status.validators.len()
+    );
+    println!(
+        "each other validator runs `dangan chain approve {}`, then this key runs `dangan chain enact {}`",
+        path.display(),
+        path.display()
+    );
+    println!("(sending any other transaction from this key first makes the proposal stale)");
+    Ok(())
+}
+
+async fn approve(client: &ClientArgs, path: &Path) -> Result<()> {
+    let me = Identity::load(&client.key)?;
+    let mut proposal = Proposal::load(path)?;
+    let (c, _) = connect(client).await?;
+    let asked = async {
+        let chain = c.chain()?;
+        Ok::<_, dangan::client::ClientError>((chain.chain_key().await?, chain.status().await?))
+    }
+    .await;
+    c.close().await;
+    let (chain, status) = asked?;
+    if chain != proposal.chain {
+        bail!(
+            "the proposal is for chain {}, and this cluster's chain is {chain}",
+            proposal.chain
+        );
+    }
+    if !status.validators.contains(&me.public()) {
+        bail!("{} is not a validator of this chain", me.public());
+    }
+    println!(
+        "proposal by {} (nonce {}): {:?}",
+        proposal.tx.sender, proposal.tx.nonce, proposal.tx.body
+    );
+    let approval = proposal.tx.approve(&me, &chain);
+    let approvals = proposal
+        .tx
+        .body
+        .approvals_mut()
+        .context("not a change that takes approvals")?;
+    if approvals.iter().any(|a| a.validator == me.public()) {
+        bail!("{} already approved it", me.public());
+    }
+    approvals.push(approval);
+    let have = approvals.len();
+    proposal.save(path)?;
+    let needed = status.validators.len() / 2 + 1;
+    println!(
+        "approved: {have} of the {needed} approvals it needs{}",
+        if have >= needed {
+            format!(
+                "; its proposer may run `dangan chain enact {}`",
+                path.display()
+            )
+        } else {
+            String::new()
+        }
+    );
+    Ok(())
+}
+
+async fn enact(client: &ClientArgs, path: &Path) -> Result<()> {
+    let me = Identity::load(&client.key)?;
+    let proposal = Proposal::load(path)?;
+    if proposal.tx.sender != me.public() {
+        bail!(
+            "the proposal is sent by {}: run this with its key, not {}'s",
+            proposal.tx.sender,
+            me.public()
+        );
+    }
+    let what = format!("{:?}", proposal.tx.body);
+    let tx = proposal.tx.sign(&me, &proposal.chain);
+    let (c, _) = connect(client).await?;
+    let committed =
+        async { Ok::<_, dangan::client::ClientError>(c.chain()?.submit_tx(&tx).await?) }.await;
+    c.close().await;
+    let (height, index) = committed?;
+    println!(
+        "enacted in block {height} (transaction {index}): {what}; blocks after it are final with a \
+         majority of the validator set it leaves"
+    );
+    Ok(())
 }
 
 async fn chain_status(client: &ClientArgs) -> Result<()> {
     let (c, _) = connect(client).await?;
     let status = c.chain()?.status().await?;
     println!("chain:        {}", status.chain_id);
+    println!("chain key:    {}", status.chain_key);
     println!("height:       {}", status.height);
     println!("tip:          {}", hex::encode(status.tip_hash));
     println!("state root:   {}", hex::encode(status.state_root));
@@ -916,6 +1121,10 @@ fn verify_receipt(id: Option<DocumentId>, path: &Path, client: &ClientArgs) -> R
         r.registration.tx.tx.sender,
         r.registration.header.signatures.len(),
         chain.validators.len()
+    );
+    println!(
+        "chain key {} (compare with `dangan chain status`)",
+        r.chain()
     );
     Ok(())
 }

@@ -415,6 +415,19 @@ impl ChainView {
         .await
     }
 
+    /// The key this chain's transactions are signed for: the own ledger's, else the
+    /// validator hosts'.
+    pub async fn chain_key(&self) -> Result<crate::chain::tx::ChainKey, AccessError> {
+        if let Some(ledger) = &self.ledger {
+            return Ok(ledger.chain_key());
+        }
+        let client = self.remote().ok_or(AccessError::NoChain)?;
+        client
+            .chain_key()
+            .await
+            .map_err(|e| AccessError::ChainUnreachable(e.to_string()))
+    }
+
     /// The nonce of `who`'s last applied transaction, asked fresh (`None`: no account).
     pub async fn nonce(&self, who: &PublicId) -> Result<Option<u64>, AccessError> {
         self.ask(

@@ -50,7 +50,7 @@ use crate::access::{AccessError, ChainView};
 use crate::chain::block::TxInclusion;
 use crate::chain::client::{ChainClient, ChainError};
 use crate::chain::merkle::{self, Hash, Proof};
-use crate::chain::tx::{SignedTx, Tx, TxBody};
+use crate::chain::tx::{ChainKey, SignedTx, Tx, TxBody};
 use crate::id::{DocumentId, ShardId};
 use crate::identity::{Identity, PublicId};
 use crate::net::{Net, NetError};
@@ -327,11 +327,12 @@ impl AuditLog {
     }
 
     /// Flushes, then builds and stores (uncommitted) the root of the records after the last
-    /// root, signed by `identity` with `nonce`: (first seq, entry), or `None` if there are
-    /// no such records.
+    /// root, signed by `identity` with `nonce` for `chain`: (first seq, entry), or `None` if
+    /// there are no such records.
     fn build_root(
         &self,
         identity: &Identity,
+        chain: &ChainKey,
         nonce: u64,
     ) -> Result<Option<(u64, RootEntry)>, AuditError> {
         let _writing = self.writing();
@@ -372,7 +373,7 @@ impl AuditLog {
                         root,
                     },
                 }
-                .sign(identity);
+                .sign(identity, chain);
                 let entry = RootEntry {
                     format: RECORD_FORMAT,
                     count: leaves.len() as u64,
@@ -573,8 +574,9 @@ pub async fn commit_roots(
                     // No account (a validator's host outside the layout): nothing to root.
                     return Ok(committed);
                 };
+                let chain_key = chain.chain_key().await?;
                 let (log, identity) = (log.clone(), identity.clone());
-                match blocking(move || log.build_root(&identity, nonce + 1)).await? {
+                match blocking(move || log.build_root(&identity, &chain_key, nonce + 1)).await? {
                     Some((first, entry)) => (first, entry, false),
                     None => return Ok(committed),
                 }
@@ -839,7 +841,10 @@ mod tests {
                 log.record(reader, doc, ReadKind::Shard(ShardId::of(&[i])));
             }
             assert_eq!(log.flush().unwrap(), 10);
-            let (first, entry) = log.build_root(&peer, 1).unwrap().unwrap();
+            let (first, entry) = log
+                .build_root(&peer, &ChainKey([1; 32]), 1)
+                .unwrap()
+                .unwrap();
             assert_eq!((first, entry.count), (0, 10));
             // Not yet committed: pending.
             let page = log.page(&a, None, 100).unwrap();
@@ -871,7 +876,10 @@ mod tests {
         let rest = log.page(&a, first.next, 2).unwrap();
         assert_eq!(rest.entries[0].record.seq, 6);
         // The next root starts where the last ended.
-        let (next, entry) = log.build_root(&peer, 2).unwrap().unwrap();
+        let (next, entry) = log
+            .build_root(&peer, &ChainKey([1; 32]), 2)
+            .unwrap()
+            .unwrap();
         assert_eq!((next, entry.count), (10, 1));
     }
 

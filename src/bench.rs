@@ -966,6 +966,7 @@ async fn register_as(
     use crate::chain::tx::{Tx, TxBody};
 
     let mut times = Vec::with_capacity(per_department);
+    let chain = client.chain()?.chain_key().await?;
     for nonce in 1..=per_department as u64 {
         if let (Some(i), Some(o)) = (interval, offset) {
             let due = start + o + i * (nonce as u32 - 1);
@@ -980,7 +981,7 @@ async fn register_as(
                 document: crate::id::DocumentId::of(&seed),
             },
         }
-        .sign(&dept);
+        .sign(&dept, &chain);
         // On a schedule, latency counts from when the registration was due, so a
         // slow answer that delays the next one is not hidden (coordinated omission).
         let submitted = match (interval, offset) {

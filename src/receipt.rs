@@ -8,12 +8,16 @@
 //! Canonical (decoding refuses any other encoding of the same receipt), at most
 //! [`MAX_RECEIPT_BYTES`]. A verifier needs only the validator set it trusts (the genesis
 //! validators of its cluster file): the changes carry their own proofs
-//! (`chain::validators`).
+//! (`chain::validators`). Every header in a receipt carries the chain key (BLAKE3 of the
+//! chain's genesis) and every transaction's signature is checked against it, so a receipt
+//! names its chain ([`Receipt::chain`]) and [`Receipt::verify_on`] refuses one of another
+//! chain whose validators the verifier also trusts.
 //!
 //! Not for: the document's bytes or key; a receipt proves what was registered, not who may
 //! read it.
 
 use crate::chain::block::{BlockError, TxInclusion};
+use crate::chain::tx::ChainKey;
 use crate::chain::validators::{HistoryError, ValidatorHistory};
 use crate::id::DocumentId;
 use crate::identity::PublicId;
@@ -57,6 +61,8 @@ pub enum ReceiptError {
     Registration(#[from] BlockError),
     #[error("the validator set changes do not hold: {0}")]
     Validators(#[from] HistoryError),
+    #[error("the receipt is of chain {found}, not of chain {expected}")]
+    OtherChain { found: ChainKey, expected: ChainKey },
 }
 
 impl Receipt {
@@ -100,6 +106,26 @@ impl Receipt {
         Ok(receipt)
     }
 
+    /// The chain the document was registered on (the key in its block's header).
+    pub fn chain(&self) -> ChainKey {
+        self.registration.header.header.chain
+    }
+
+    /// [`Self::verify`], and that the receipt is of chain `chain`.
+    pub fn verify_on(
+        &self,
+        chain: &ChainKey,
+        validators: &[PublicId],
+    ) -> Result<Manifest, ReceiptError> {
+        if self.chain() != *chain {
+            return Err(ReceiptError::OtherChain {
+                found: self.chain(),
+                expected: *chain,
+            });
+        }
+        self.verify(validators)
+    }
+
     /// Checks, with no network, that the manifest hashes to the document id and that a
     /// majority of the validators of its block signed the block that registered it: those
     /// that `validator_changes` prove from `validators`. Returns the manifest.
@@ -108,6 +134,18 @@ impl Receipt {
             return Err(ReceiptError::ManifestMismatch(self.document));
         }
         let manifest = Manifest::decode(&self.manifest)?;
+        // The set changes and the registration all belong to one chain.
+        if let Some(other) = self
+            .validator_changes
+            .iter()
+            .map(|c| c.header.header.chain)
+            .find(|c| *c != self.chain())
+        {
+            return Err(ReceiptError::OtherChain {
+                found: other,
+                expected: self.chain(),
+            });
+        }
         let history = ValidatorHistory::prove(validators, &self.validator_changes)?;
         let height = self.registration.header.header.height;
         self.registration

@@ -2,7 +2,9 @@
 //! produce, and the validators' signatures that make a header final.
 //!
 //! A header holds the height, the previous header's hash, the Merkle root of the block's
-//! transactions, the state root after applying them, the time and the proposer. Every
+//! transactions, the state root after applying them, the time, the proposer and the chain
+//! key (so a header, its signatures and the transactions under it belong to one chain: a
+//! transaction's signature is checked against its header's chain key). Every
 //! validator that applied the block and reached the same state root signs the header hash;
 //! a header is final once a majority of the current validators has signed it, so no single
 //! department can rewrite history alone. [`TxInclusion`] lets anyone holding a final header
@@ -14,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use super::merkle::{self, Hash, MerkleError, Proof};
 use super::state::State;
-use super::tx::{Signature, SignedTx, TxError};
+use super::tx::{ChainKey, Signature, SignedTx, TxError};
 use crate::identity::{Identity, PublicId};
 
 /// Domain separation for header signatures.
@@ -34,6 +36,8 @@ pub struct BlockHeader {
     /// Milliseconds since the Unix epoch, as the proposer saw it.
     pub time_ms: u64,
     pub proposer: PublicId,
+    /// The chain this block belongs to (`State::chain_key`).
+    pub chain: ChainKey,
 }
 
 impl BlockHeader {
@@ -92,6 +96,14 @@ pub enum BlockError {
         signed: usize,
         validators: usize,
     },
+    #[error("block {height} belongs to chain {found}, not to this chain ({expected})")]
+    OtherChain {
+        height: u64,
+        found: ChainKey,
+        expected: ChainKey,
+    },
+    #[error("block {height}: the proposer {proposer} did not sign it")]
+    NoProposerSignature { height: u64, proposer: PublicId },
     #[error("inclusion proof: {0}")]
     Proof(#[from] MerkleError),
     #[error("the proven transaction does not register document {0}")]
@@ -110,6 +122,25 @@ impl SignedHeader {
             let sig = Signature::from_bytes(identity.sign(&self.header.signing_bytes()));
             self.signatures.push((me, sig));
         }
+    }
+
+    /// Checks that `signer` signed this header (among the signatures gathered so far).
+    pub fn verify_signer(&self, signer: &PublicId) -> Result<(), BlockError> {
+        let height = self.header.height;
+        let (_, sig) = self
+            .signatures
+            .iter()
+            .find(|(who, _)| who == signer)
+            .ok_or(BlockError::NoProposerSignature {
+                height,
+                proposer: *signer,
+            })?;
+        signer
+            .verify(&self.header.signing_bytes(), &sig.to_bytes())
+            .map_err(|_| BlockError::BadSignature {
+                height,
+                signer: *signer,
+            })
     }
 
     /// Checks that a majority of `validators` signed this header, and every signature.
@@ -180,6 +211,7 @@ impl Block {
             state_root: state.root(),
             time_ms,
             proposer: proposer.public(),
+            chain: state.chain_key(),
         };
         let mut header = SignedHeader {
             header,
@@ -200,6 +232,13 @@ impl Block {
     /// caller that owns a copy already: no second copy is made).
     pub fn apply_to(&self, mut next: State, prev: &BlockHeader) -> Result<State, BlockError> {
         let h = &self.header.header;
+        if h.chain != next.chain_key() {
+            return Err(BlockError::OtherChain {
+                height: h.height,
+                found: h.chain,
+                expected: next.chain_key(),
+            });
+        }
         if h.height != prev.height + 1 {
             return Err(BlockError::Height {
                 height: h.height,
@@ -255,12 +294,12 @@ pub struct TxInclusion {
 }
 
 impl TxInclusion {
-    /// Checks the transaction's signature, its path to the header's transaction root, and
-    /// that a majority of `validators` signed the header.
+    /// Checks the transaction's signature (for the header's chain), its path to the
+    /// header's transaction root, and that a majority of `validators` signed the header.
     pub fn verify(&self, validators: &[PublicId]) -> Result<(), BlockError> {
         let height = self.header.header.height;
         self.tx
-            .verify_signature()
+            .verify_signature(&self.header.header.chain)
             .map_err(|source| BlockError::Tx {
                 height,
                 index: self.proof.index as usize,
@@ -329,15 +368,15 @@ mod tests {
         }
     }
 
-    fn register(dept: &Identity, nonce: u64) -> SignedTx {
+    fn register(c: &Chain, nonce: u64) -> SignedTx {
         Tx {
-            sender: dept.public(),
+            sender: c.dept.public(),
             nonce,
             body: TxBody::RegisterDocument {
                 document: DocumentId::of(&nonce.to_le_bytes()),
             },
         }
-        .sign(dept)
+        .sign(&c.dept, &c.state.chain_key())
     }
 
     #[test]
@@ -345,9 +384,9 @@ mod tests {
         let mut c = chain(3);
         let genesis = genesis_header(&c.state);
         let mut follower = c.state.clone();
-        let txs: Vec<SignedTx> = (1..=5).map(|n| register(&c.dept, n)).collect();
+        let txs: Vec<SignedTx> = (1..=5).map(|n| register(&c, n)).collect();
         let mut replay = txs.clone();
-        replay.push(register(&c.dept, 3)); // a replay inside the batch is left out
+        replay.push(register(&c, 3)); // a replay inside the batch is left out
         let (mut block, outcomes) =
             Block::propose(&mut c.state, &genesis, replay, &c.validators[0], 1000);
         assert_eq!(block.txs, txs);
@@ -382,7 +421,7 @@ mod tests {
         let mut c = chain(1);
         let genesis = genesis_header(&c.state);
         let before = c.state.clone();
-        let txs: Vec<SignedTx> = (1..=3).map(|n| register(&c.dept, n)).collect();
+        let txs: Vec<SignedTx> = (1..=3).map(|n| register(&c, n)).collect();
         let (block, _) = Block::propose(&mut c.state, &genesis, txs, &c.validators[0], 5);
         let mut s = before.clone();
 
@@ -405,6 +444,38 @@ mod tests {
             block.apply(&mut s, &block.header.header),
             Err(BlockError::Height { .. })
         ));
+    }
+
+    #[test]
+    fn a_forged_proposer_signature_or_a_block_of_another_chain_is_refused() {
+        let mut c = chain(1);
+        let genesis = genesis_header(&c.state);
+        let before = c.state.clone();
+        let txs = vec![register(&c, 1)];
+        let (block, _) = Block::propose(&mut c.state, &genesis, txs, &c.validators[0], 5);
+        let proposer = c.validators[0].public();
+        block.header.verify_signer(&proposer).unwrap();
+        let mut forged = block.clone();
+        forged.header.header.time_ms += 1;
+        assert!(matches!(
+            forged.header.verify_signer(&proposer),
+            Err(BlockError::BadSignature { .. })
+        ));
+        let mut unsigned = block.clone();
+        unsigned.header.signatures.clear();
+        assert!(matches!(
+            unsigned.header.verify_signer(&proposer),
+            Err(BlockError::NoProposerSignature { .. })
+        ));
+        let mut elsewhere = block.clone();
+        elsewhere.header.header.chain = ChainKey([1; 32]);
+        let mut s = before.clone();
+        assert!(matches!(
+            elsewhere.apply(&mut s, &genesis),
+            Err(BlockError::OtherChain { .. })
+        ));
+        assert_eq!(s, before);
+        block.apply(&mut s, &genesis).unwrap();
     }
 
     #[test]

@@ -26,7 +26,7 @@ use super::block::{Block, BlockError, TxInclusion};
 use super::ledger::ChainStatus;
 use super::proof::{ProofError, ProvenAccount, ProvenDocuments, ProvenRecord, ProvenState};
 use super::state::{Account, ChainLayouts, DocumentRecord};
-use super::tx::{SignedTx, Tx, TxBody};
+use super::tx::{ChainKey, SignedTx, Tx, TxBody};
 use super::validators::{self, HistoryError, ValidatorHistory};
 use crate::id::DocumentId;
 use crate::identity::{Identity, PublicId};
@@ -144,6 +144,8 @@ struct Inner {
     host: AtomicUsize,
     /// The next nonce for this identity's transactions, once known.
     nonce: tokio::sync::Mutex<Option<u64>>,
+    /// The chain key transactions are signed for, once proven (`ChainClient::chain_key`).
+    chain_key: tokio::sync::OnceCell<ChainKey>,
     /// The validator set changes proven so far from `ChainLink::validators` (none until a
     /// check needs them).
     validators: Mutex<Option<Arc<ValidatorHistory>>>,
@@ -164,6 +166,7 @@ impl ChainClient {
                 query_timeout,
                 host: AtomicUsize::new(0),
                 nonce: tokio::sync::Mutex::new(None),
+                chain_key: tokio::sync::OnceCell::new(),
                 validators: Mutex::new(None),
                 newest: AtomicU64::new(0),
             }),
@@ -293,12 +296,19 @@ impl ChainClient {
         };
         *next = Some(nonce + 1);
         drop(next);
+        let chain = match self.chain_key().await {
+            Ok(chain) => chain,
+            Err(e) => {
+                *self.inner.nonce.lock().await = None;
+                return Err(e);
+            }
+        };
         let tx = Tx {
             sender: self.inner.identity.public(),
             nonce,
             body,
         }
-        .sign(&self.inner.identity);
+        .sign(&self.inner.identity, &chain);
         match self.submit_tx(&tx).await {
             Ok(at) => Ok(at),
             Err(e) => {
@@ -536,6 +546,17 @@ impl ChainClient {
             return Err(ChainError::OtherTransaction);
         }
         Ok(Some(proof))
+    }
+
+    /// The key this chain's transactions are signed for (asked once), proven against a
+    /// final header like any other state entry: a lying host cannot make this client sign
+    /// for another chain.
+    pub async fn chain_key(&self) -> Result<ChainKey, ChainError> {
+        self.inner
+            .chain_key
+            .get_or_try_init(|| async { Ok(self.state().await?.top.chain_key) })
+            .await
+            .copied()
     }
 
     /// The chain's status.

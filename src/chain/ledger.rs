@@ -9,6 +9,23 @@
 //! validator applies it. A transaction submitted to a follower is forwarded to the leader.
 //! One validator is the same code with a one-member raft and no endorsements to gather.
 //!
+//! A validator signs at most one block per height (the proposer's own included), recorded
+//! durably in the chain store before the signature leaves (`ChainStore::lock_endorsement`),
+//! and endorses only a block whose proposer's signature verifies, at most
+//! [`MAX_AHEAD`] heights past its applied tip (so the states it keeps for blocks not applied
+//! yet stay bounded). A leader whose block cannot get a majority because validators signed
+//! another block at that height adopts that block when the signatures they return make it
+//! final, and re-proposes its own recorded block rather than a new one, so a leader change
+//! mid-endorsement does not stall the chain in the common cases.
+//!
+//! Limits: two majorities of an odd-sized set may share a single validator, so a faulty
+//! proposer that sends one block to some endorsers and another block to the others still
+//! gets both final (refusing that needs quorums that always share an honest validator:
+//! more than two thirds, at the cost of stopping with one of three validators down). A
+//! recorded block whose parent lost to another block at the applied tip no longer binds (it
+//! can never be applied). Records split across several blocks at one height among the live
+//! validators stall that height until enough validators are back.
+//!
 //! Not for: the network service in front of it (`peer`), the raft log and state machine.
 
 use std::collections::BTreeMap;
@@ -27,7 +44,7 @@ use super::proof::{ProvenAccount, ProvenDocuments, ProvenRecord, ProvenState};
 use super::raft::{self, Applied, ChainMachine, Links, LinksFactory, LogStore, Raft, Shared};
 use super::state::{DocumentRecord, Genesis, State};
 use super::store::{ChainStore, ChainStoreError};
-use super::tx::{Signature, SignedTx, TxError};
+use super::tx::{ChainKey, Signature, SignedTx, TxError};
 use crate::id::DocumentId;
 use crate::identity::{Identity, PublicId};
 use crate::net::{Net, NetOptions};
@@ -39,6 +56,20 @@ use crate::tls::TrustPolicy;
 pub const MAX_BATCH: usize = 4096;
 /// How long the leader waits for endorsements of a block.
 pub const ENDORSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How far past its applied tip a validator endorses: twice the blocks a leader has in
+/// consensus at once. Further blocks wait (up to [`ENDORSE_TIMEOUT`]) or are refused.
+pub const MAX_AHEAD: u64 = 2 * BLOCKS_IN_FLIGHT as u64;
+
+/// A validator's answer to a block it was asked to endorse (postcard, validator to validator).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub enum Endorsement {
+    /// Its signature of the block's header.
+    Signed(PublicId, Signature),
+    /// It signed another block at that height: that block, with the signatures it holds.
+    SignedOther(Box<Block>),
+    /// Why it does not endorse the block.
+    Refused(String),
+}
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -61,6 +92,8 @@ pub enum LedgerError {
     NoHost(PublicId),
     #[error("malformed consensus message: {0}")]
     Malformed(String),
+    #[error("validators {0} and {1} have the same raft node id: one of them needs another key")]
+    NodeIdCollision(PublicId, PublicId),
 }
 
 /// How a validator reaches the others: the identity and trust of the node that hosts it
@@ -111,6 +144,8 @@ pub struct ChainStatus {
     pub validators: Vec<PublicId>,
     pub documents: usize,
     pub layout_epoch: u64,
+    /// What every transaction of this chain is signed for (`Genesis::key`).
+    pub chain_key: ChainKey,
 }
 
 type Job = (
@@ -187,11 +222,14 @@ impl Ledger {
             return Err(LedgerError::NotValidator(me_id));
         }
         let me = raft::node_id(&me_id);
-        let hosts = net
-            .iter()
-            .flat_map(|n| &n.hosts)
-            .map(|(v, node)| (raft::node_id(v), (*v, node.clone())))
-            .collect();
+        let mut hosts = BTreeMap::new();
+        for (v, node) in net.iter().flat_map(|n| &n.hosts) {
+            if let Some((other, _)) = hosts.insert(raft::node_id(v), (*v, node.clone()))
+                && other != *v
+            {
+                return Err(LedgerError::NodeIdCollision(other, *v));
+            }
+        }
         let mut links = Links::new(hosts);
         if let Some(net) = net {
             let options = NetOptions {
@@ -390,6 +428,16 @@ impl Ledger {
         self.me
     }
 
+    /// The key every transaction of this chain is signed for.
+    pub fn chain_key(&self) -> ChainKey {
+        self.shared
+            .tip
+            .lock()
+            .expect("ledger lock")
+            .state
+            .chain_key()
+    }
+
     /// Whether `who` is the node identity of a peer hosting one of the validators.
     pub fn is_validator_host(&self, who: &PublicId) -> bool {
         self.links.is_host(who)
@@ -534,39 +582,49 @@ impl Ledger {
         commit.is_none_or(|c| applied.is_some_and(|a| a >= c))
     }
 
-    /// Endorses a block proposed by the leader: applies it on this validator's own state
-    /// (the tip, or a block it endorsed just before) and, if that reaches the header's
-    /// state root, returns this validator's header signature. Answer: postcard bytes of
-    /// `Result<(PublicId, Signature), String>`.
+    /// Endorses a block proposed by the leader: checks the proposer's signature, applies
+    /// the block on this validator's own state (the tip, or a block it signed just before)
+    /// and, if that reaches the header's state root and it signed no other block at that
+    /// height, records the block durably and returns this validator's header signature.
+    /// Answer: postcard bytes of an [`Endorsement`].
     pub async fn endorse(&self, body: &[u8]) -> Vec<u8> {
-        let answer = self.endorse_block(body).await;
+        let answer = match self.endorse_block(body).await {
+            Ok(answer) => answer,
+            Err(why) => Endorsement::Refused(why),
+        };
         postcard::to_allocvec(&answer).expect("encoding into memory cannot fail")
     }
 
-    async fn endorse_block(&self, body: &[u8]) -> Result<(PublicId, Signature), String> {
+    async fn endorse_block(&self, body: &[u8]) -> Result<Endorsement, String> {
         let block: Block =
             postcard::from_bytes(body).map_err(|e| format!("malformed block: {e}"))?;
         let h = block.header.header.clone();
-        let proposer_signed = block
+        block
             .header
-            .signatures
-            .iter()
-            .any(|(who, _)| *who == h.proposer);
-        if !proposer_signed {
-            return Err("the proposer did not sign the block".into());
-        }
+            .verify_signer(&h.proposer)
+            .map_err(|e| format!("refused: {e}"))?;
         let mut applied = self.shared.applied.subscribe();
         let deadline = Instant::now() + ENDORSE_TIMEOUT;
         let (prev, state) = loop {
-            if let Some(found) = self.shared.state_after(&h.prev) {
-                break found;
-            }
-            if *applied.borrow() >= h.height {
+            let done = *applied.borrow();
+            if done >= h.height {
                 return Err(format!("height {} is already applied here", h.height));
+            }
+            if h.height <= done + MAX_AHEAD
+                && let Some(found) = self.shared.state_after(&h.prev)
+            {
+                break found;
             }
             let wait = deadline.saturating_duration_since(Instant::now());
             if tokio::time::timeout(wait, applied.changed()).await.is_err() || wait.is_zero() {
-                return Err(format!("the parent of block {} is unknown here", h.height));
+                return Err(if h.height > done + MAX_AHEAD {
+                    format!(
+                        "block {} is more than {MAX_AHEAD} heights past the applied tip {done}",
+                        h.height
+                    )
+                } else {
+                    format!("the parent of block {} is unknown here", h.height)
+                });
             }
         };
         let validators: Vec<PublicId> = state.validators().iter().copied().collect();
@@ -580,7 +638,17 @@ impl Ledger {
                 .apply_to(State::clone(&state), &prev)
                 .map(Arc::new)
                 .map_err(|e| e.to_string())?;
-            let endorsement = block.endorsement(&shared.validator);
+            let mut signed = block;
+            signed.header.sign(&shared.validator);
+            // Recorded durably before the signature leaves: one block per height.
+            if let Some(other) = shared.lock(&signed).map_err(|e| e.to_string())? {
+                debug!(
+                    height = h.height,
+                    "refusing a second block at a height this validator signed"
+                );
+                return Ok(Endorsement::SignedOther(Box::new(other)));
+            }
+            let (who, sig) = signed.endorsement(&shared.validator);
             shared
                 .prepared
                 .lock()
@@ -589,11 +657,11 @@ impl Ledger {
             debug!(
                 target: "dangan::chain",
                 height = h.height,
-                txs = block.txs.len(),
+                txs = signed.txs.len(),
                 endorse_ms = ms(start.elapsed()),
                 "block endorsed"
             );
-            Ok(endorsement)
+            Ok(Endorsement::Signed(who, sig))
         })
         .await
         .map_err(|e| e.to_string())?
@@ -609,6 +677,7 @@ impl Ledger {
             validators: tip.state.validators().iter().copied().collect(),
             documents: tip.state.document_count(),
             layout_epoch: tip.state.layout().epoch,
+            chain_key: tip.state.chain_key(),
         }
     }
 
@@ -823,8 +892,10 @@ async fn commit_loop(
         let Some(Proposal {
             block,
             after,
+            prev,
+            base,
             validators,
-            included,
+            mut included,
             waited,
             proposed,
         }) = propose_batch(&shared, &spec, jobs, &mut waiting, sealing).await
@@ -832,9 +903,36 @@ async fn commit_loop(
             continue;
         };
         let height = block.header.header.height;
-        let header = block.header.header.clone();
+        let mut header = block.header.header.clone();
+        let mut after = after;
         let endorsing = Instant::now();
-        let endorsed = endorse(&net, me, block, &validators).await;
+        let mut endorsed = endorse(&net, me, block, &validators).await;
+        if let Ok(adopted) = &endorsed
+            && adopted.header.header.hash() != header.hash()
+        {
+            // Another block signed at this height got a majority: it goes to raft, and this
+            // block's transactions are proposed again after it.
+            info!(
+                height,
+                "adopting the block the other validators signed at this height"
+            );
+            let (x, prev) = (adopted.clone(), prev.clone());
+            let applied =
+                tokio::task::spawn_blocking(move || x.apply_to(State::clone(&base), &prev))
+                    .await
+                    .map_err(|e| e.to_string())
+                    .and_then(|r| r.map_err(|e| e.to_string()));
+            match applied {
+                Ok(state) => {
+                    header = adopted.header.header.clone();
+                    after = Arc::new(state);
+                    for (job, _) in std::mem::take(&mut included) {
+                        let _ = retry_tx.send(job);
+                    }
+                }
+                Err(e) => endorsed = Err(LedgerError::Unavailable(format!("adopted block: {e}"))),
+            }
+        }
         let endorse_time = endorsing.elapsed();
         let committing = Instant::now();
         let pending = match hand_to_raft(&shared, &raft, endorsed, &header, &after).await {
@@ -884,6 +982,9 @@ struct Proposal {
     block: Block,
     /// The state after the block.
     after: Arc<State>,
+    /// The header and the state it extends.
+    prev: super::block::BlockHeader,
+    base: Arc<State>,
     /// The validators whose endorsements the block needs (a majority of them).
     validators: Vec<PublicId>,
     /// The transactions in the block, each with its index there.
@@ -958,9 +1059,13 @@ async fn gather_batch(
 /// Proposes one block of `jobs` on the newest state: the state after the last block handed
 /// to raft (`spec`) while that one is not applied yet, else the applied tip. Transactions
 /// refused are answered; one whose nonce is ahead goes back to `waiting` until its wait is
-/// over. `None` when the block includes nothing, unless `empty` allows that.
+/// over. `None` when the block includes nothing, unless `empty` allows that (the seal of
+/// the genesis state). The block is recorded as the one this validator signs at its height
+/// before it goes out; if it already signed one there (its own earlier proposal, or another
+/// leader's block it endorsed), that block is proposed again instead and `jobs` wait for
+/// the next round.
 async fn propose_batch(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     spec: &Option<(super::block::BlockHeader, Arc<State>)>,
     jobs: Vec<Queued>,
     waiting: &mut Vec<Queued>,
@@ -975,6 +1080,55 @@ async fn propose_batch(
         }
     };
     let validators: Vec<PublicId> = state.validators().iter().copied().collect();
+    let refuse_all = |jobs: Vec<Queued>, why: String| {
+        for ((_, _, reply), _) in jobs {
+            let _ = reply.send(Err(LedgerError::Unavailable(why.clone())));
+        }
+    };
+    let height = prev.height + 1;
+    match shared.locked(height) {
+        Ok(None) => {}
+        Ok(Some(locked)) if locked.header.header.prev == prev.hash() => {
+            debug!(
+                height,
+                "proposing again the block this validator signed here"
+            );
+            let (x, base, p) = (locked.clone(), state.clone(), prev.clone());
+            let after = tokio::task::spawn_blocking(move || x.apply_to(State::clone(&base), &p))
+                .await
+                .expect("applying does not panic");
+            return match after {
+                Ok(after) => {
+                    waiting.extend(jobs);
+                    Some(Proposal {
+                        block: locked,
+                        after: Arc::new(after),
+                        prev,
+                        base: state,
+                        validators,
+                        included: Vec::new(),
+                        waited: Duration::ZERO,
+                        proposed: Duration::ZERO,
+                    })
+                }
+                Err(e) => {
+                    refuse_all(jobs, format!("the block signed at height {height}: {e}"));
+                    None
+                }
+            };
+        }
+        Ok(Some(_)) => {
+            refuse_all(
+                jobs,
+                format!("this validator signed another block at height {height}; try again"),
+            );
+            return None;
+        }
+        Err(e) => {
+            refuse_all(jobs, e.to_string());
+            return None;
+        }
+    }
     let candidates: Vec<SignedTx> = jobs.iter().map(|((tx, _, _), _)| tx.clone()).collect();
     let proposer = shared.validator.clone();
     let waited = jobs
@@ -983,14 +1137,36 @@ async fn propose_batch(
         .min()
         .map_or(Duration::ZERO, |t| t.elapsed());
     let proposing = Instant::now();
-    let (block, after, outcomes) = tokio::task::spawn_blocking(move || {
-        let mut state = State::clone(&state);
+    let (base, p, owner) = (state.clone(), prev.clone(), shared.clone());
+    let validators_alone = validators.len() == 1;
+    let (block, after, outcomes, lock) = tokio::task::spawn_blocking(move || {
+        let mut state = State::clone(&base);
         let (block, outcomes) =
-            Block::propose(&mut state, &prev, candidates, &proposer, crate::now_ms());
-        (block, Arc::new(state), outcomes)
+            Block::propose(&mut state, &p, candidates, &proposer, crate::now_ms());
+        // A lone validator signs alone: there is no one to equivocate to.
+        let lock = if (block.txs.is_empty() && !empty) || validators_alone {
+            Ok(None)
+        } else {
+            owner.lock(&block)
+        };
+        (block, Arc::new(state), outcomes, lock)
     })
     .await
     .expect("proposing does not panic");
+    match lock {
+        Ok(None) => {}
+        Ok(Some(_)) => {
+            refuse_all(
+                jobs,
+                format!("this validator signed another block at height {height}; try again"),
+            );
+            return None;
+        }
+        Err(e) => {
+            refuse_all(jobs, e.to_string());
+            return None;
+        }
+    }
     let mut included = Vec::new();
     for (((tx, submitted, reply), until), outcome) in jobs.into_iter().zip(outcomes) {
         match outcome {
@@ -1012,6 +1188,8 @@ async fn propose_batch(
     Some(Proposal {
         block,
         after,
+        prev,
+        base: state,
         validators,
         included,
         waited,
@@ -1213,6 +1391,8 @@ async fn follow_validator_set(shared: Arc<Shared>, raft: Raft, net: Arc<Links>, 
 }
 
 /// Gathers a majority of endorsements for `block` (the leader's own signature included).
+/// Validators that signed another block at this height on the same parent return it with
+/// the signatures they hold; if those make that block final, it is returned instead.
 async fn endorse(
     net: &Arc<Links>,
     me: u64,
@@ -1220,6 +1400,7 @@ async fn endorse(
     validators: &[PublicId],
 ) -> Result<Block, LedgerError> {
     let needed = validators.len() / 2 + 1;
+    let mut other: Option<Block> = None;
     if block.header.signatures.len() < needed {
         let body = postcard::to_allocvec(&block).expect("encoding into memory cannot fail");
         let req = Request::Endorse {
@@ -1241,17 +1422,42 @@ async fn endorse(
                 break;
             };
             let endorsement = answer.and_then(|bytes| {
-                postcard::from_bytes::<Result<(PublicId, Signature), String>>(&bytes)
-                    .map_err(|e| e.to_string())?
+                postcard::from_bytes::<Endorsement>(&bytes).map_err(|e| e.to_string())
             });
             match endorsement {
-                Ok((who, sig)) if validators.contains(&who) => {
+                Ok(Endorsement::Signed(who, sig)) if validators.contains(&who) => {
                     if block.header.signatures.iter().all(|(w, _)| *w != who) {
                         block.header.signatures.push((who, sig));
                     }
                 }
-                Ok((who, _)) => warn!(%who, "endorsement from a non-validator ignored"),
-                Err(e) => debug!(node = id, error = %e, "no endorsement"),
+                Ok(Endorsement::Signed(who, _)) => {
+                    warn!(%who, "endorsement from a non-validator ignored")
+                }
+                Ok(Endorsement::SignedOther(x)) => {
+                    let (mine, theirs) = (&block.header.header, &x.header.header);
+                    if theirs.height == mine.height && theirs.prev == mine.prev {
+                        let merged = other.get_or_insert_with(|| Block {
+                            header: super::block::SignedHeader {
+                                header: x.header.header.clone(),
+                                signatures: Vec::new(),
+                            },
+                            txs: x.txs.clone(),
+                        });
+                        if merged.header.header == x.header.header {
+                            merge_signatures(merged, &x, validators);
+                            if merged.header.verify_final(validators).is_ok() {
+                                return Ok(merged.clone());
+                            }
+                        }
+                    }
+                    debug!(
+                        node = id,
+                        "the validator signed another block at this height"
+                    );
+                }
+                Ok(Endorsement::Refused(e)) | Err(e) => {
+                    debug!(node = id, error = %e, "no endorsement")
+                }
             }
         }
     }
@@ -1260,4 +1466,20 @@ async fn endorse(
         .verify_final(validators)
         .map_err(|e| LedgerError::Unavailable(format!("block not final: {e}")))?;
     Ok(block)
+}
+
+/// Adds to `into` each signature of `from` (same header) that verifies and is a validator's.
+fn merge_signatures(into: &mut Block, from: &Block, validators: &[PublicId]) {
+    for (who, sig) in &from.header.signatures {
+        if !validators.contains(who) || into.header.signatures.iter().any(|(w, _)| w == who) {
+            continue;
+        }
+        let one = super::block::SignedHeader {
+            header: from.header.header.clone(),
+            signatures: vec![(*who, *sig)],
+        };
+        if one.verify_signer(who).is_ok() {
+            into.header.signatures.push((*who, *sig));
+        }
+    }
 }

@@ -278,6 +278,7 @@ mod tests {
             nodes: vec![],
         };
         let mut state = State::genesis(&genesis).unwrap();
+        let chain = state.chain_key();
         let prev = genesis_header(&state);
         let mut txs = Vec::new();
         let mut nonce = 0;
@@ -290,7 +291,7 @@ mod tests {
                     nonce,
                     body: TxBody::RegisterDocument { document },
                 }
-                .sign(&department),
+                .sign(&department, &chain),
             );
             for r in readers {
                 nonce += 1;
@@ -311,7 +312,7 @@ mod tests {
                             expires_ms: None,
                         },
                     }
-                    .sign(&department),
+                    .sign(&department, &chain),
                 );
             }
         }

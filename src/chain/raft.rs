@@ -83,11 +83,7 @@ pub type Raft = openraft::Raft<ChainRaft>;
 type CurrentSnapshot = Arc<Mutex<Option<(SnapshotMeta<u64, BasicNode>, Vec<u8>)>>>;
 type SErr = StorageError<u64>;
 
-/// The raft node id of a validator: the first 8 bytes of its public key.
-pub fn node_id(validator: &PublicId) -> u64 {
-    let b = validator.as_bytes();
-    u64::from_le_bytes(b[..8].try_into().expect("a public key has 8 bytes"))
-}
+pub use super::state::node_id;
 
 /// The chain as applied here, shared by the state machine, the ledger and its queries.
 pub(crate) struct Tip {
@@ -124,6 +120,32 @@ impl Shared {
             validator,
             snapshots_installed: Default::default(),
         }
+    }
+
+    /// Records durably that this validator signs `block` (see
+    /// `ChainStore::lock_endorsement`): `None` if it may, else the other block it signed at
+    /// that height. A recorded block whose parent lost to the applied tip no longer binds.
+    pub fn lock(&self, block: &Block) -> Result<Option<Block>, super::store::ChainStoreError> {
+        let (height, tip) = {
+            let tip = self.tip.lock().expect("tip lock");
+            (tip.header.height, tip.header.hash())
+        };
+        self.store.lock_endorsement(block, |earlier| {
+            let h = &earlier.header.header;
+            h.height == height + 1 && h.prev != tip
+        })
+    }
+
+    /// The block this validator signed at `height`, if it still binds (see [`Self::lock`]).
+    pub fn locked(&self, height: u64) -> Result<Option<Block>, super::store::ChainStoreError> {
+        let tip = {
+            let tip = self.tip.lock().expect("tip lock");
+            (tip.header.height, tip.header.hash())
+        };
+        Ok(self.store.endorsed(height)?.filter(|b| {
+            let h = &b.header.header;
+            !(h.height == tip.0 + 1 && h.prev != tip.1) && h.height > tip.0
+        }))
     }
 
     /// The state after the block with header hash `hash`, if known here (the tip, or a
@@ -937,7 +959,16 @@ impl Links {
     pub fn learn(&self, chain: &BTreeMap<PublicId, NodeInfo>) {
         let mut hosts = self.configured.clone();
         for (v, node) in chain {
-            hosts.insert(node_id(v), (*v, node.clone()));
+            // Never in place of another validator with the same node id (the chain refuses
+            // such keys; a cluster file may still name one).
+            match hosts.get(&node_id(v)) {
+                Some((other, _)) if other != v => {
+                    tracing::warn!(validator = %v, %other, "a chain host entry with a taken node id ignored");
+                }
+                _ => {
+                    hosts.insert(node_id(v), (*v, node.clone()));
+                }
+            }
         }
         *self.hosts.write().expect("hosts lock") = hosts;
         self.learnt.replace(chain.values().map(|n| n.key));
@@ -1342,7 +1373,7 @@ mod tests {
                     document: crate::id::DocumentId::of(&nonce.to_le_bytes()),
                 },
             }
-            .sign(&dept);
+            .sign(&dept, &state.chain_key());
             let (block, outcomes) = Block::propose(&mut state, &prev, vec![tx], &validator, nonce);
             assert!(outcomes[0].is_ok());
             prev = block.header.header.clone();

@@ -7,6 +7,32 @@
 //! canonical encoding of every entry in key order, so two validators that applied the same
 //! transactions agree on it byte for byte.
 //!
+//! **Governance.** Changes to the chain's own rules take effect only with approvals of a
+//! majority of the validators in force where they apply: `AddValidator`, `RemoveValidator`,
+//! and `SetValidatorHost` for any validator but the sender itself (a validator moves its
+//! own host alone; a validator not yet admitted gets its host in its `AddValidator`). The
+//! approvals travel in the transaction (`tx::Approval`, checked by `Tx::check_majority`):
+//! validators sign the transaction (sender, nonce, change, chain key) off chain and one of
+//! them submits it. One transaction rather than a proposal and votes on chain, because a
+//! reader proves the validator set from set-change inclusions alone
+//! (`chain::validators::ValidatorHistory`, receipts): each carries its own majority, checked
+//! offline, and the chain keeps no pending proposals. An approval is spent with the
+//! sender's nonce, so it cannot be replayed, and an approval by a validator removed since
+//! no longer counts. The chain has no transaction that creates operator or department
+//! accounts or changes genesis settings (chain id, the genesis set itself): those exist
+//! only in the genesis file. Storage peers' `AddNode` stays an operator's power (layout
+//! work); a node key gets only the `Node` role.
+//!
+//! Raft node ids are the first 8 bytes of a validator's key ([`node_id`]): a key whose node
+//! id is that of another validator (sitting, or named in the genesis) is refused
+//! (`TxError::NodeIdTaken`), so nobody takes over another validator's host entry.
+//!
+//! **Nonces never go back.** A removed account (`RemoveNode`, `RemoveValidator`) leaves its
+//! last nonce in `retired`, and the same key admitted again continues from it, so its old
+//! transactions stay spent. Every signature covers the chain key (`tx::ChainKey`, BLAKE3 of
+//! the genesis file's content, [`Genesis::key`]), so a transaction of another chain never
+//! applies here.
+//!
 //! Not for: ordering transactions (consensus), persistence (the ledger store), or reading
 //! shards.
 
@@ -17,7 +43,7 @@ use serde::{Deserialize, Serialize};
 
 use super::merkle::{self, Hash};
 use super::rooted::RootedMap;
-use super::tx::{CarriedGrant, MAX_LABEL, SignedTx, TxBody, TxError, VersionKind};
+use super::tx::{CarriedGrant, ChainKey, MAX_LABEL, SignedTx, Tx, TxBody, TxError, VersionKind};
 use crate::grant::{SEALED_LEN, WrappedKey};
 use crate::id::DocumentId;
 use crate::identity::{PublicId, Role};
@@ -140,7 +166,25 @@ fn valid_key(id: &PublicId) -> Result<(), TxError> {
         .map_err(|e| TxError::Invalid(e.to_string()))
 }
 
+/// The raft node id of a validator: the first 8 bytes of its public key. Two validators
+/// never share one: the state refuses a key whose node id is taken (`TxError::NodeIdTaken`).
+pub fn node_id(validator: &PublicId) -> u64 {
+    let b = validator.as_bytes();
+    u64::from_le_bytes(b[..8].try_into().expect("a public key has 8 bytes"))
+}
+
+/// Domain of [`Genesis::key`].
+const CHAIN_KEY_CONTEXT: &str = "dangan 2026 chain key v1";
+
 impl Genesis {
+    /// The chain key: BLAKE3 (derive-key mode) of the canonical encoding of everything the
+    /// genesis file says (chain id, validators, accounts, storage peers). Two chains differ
+    /// in it unless their genesis files say exactly the same.
+    pub fn key(&self) -> ChainKey {
+        let bytes = postcard::to_allocvec(self).expect("encoding into memory cannot fail");
+        ChainKey(blake3::derive_key(CHAIN_KEY_CONTEXT, &bytes))
+    }
+
     pub fn load(path: &Path) -> Result<Self, TxError> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| TxError::Invalid(format!("reading {}: {e}", path.display())))?;
@@ -187,6 +231,8 @@ impl Caller {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct State {
     chain_id: String,
+    /// BLAKE3 of the genesis ([`Genesis::key`]): what every signature here is bound to.
+    chain_key: ChainKey,
     /// The maps keep their root caches in step with every change.
     accounts: RootedMap<PublicId, Account>,
     validators: BTreeSet<PublicId>,
@@ -201,6 +247,9 @@ pub struct State {
     /// The peer hosting each validator, where a `SetValidatorHost` said (validators not
     /// in it are reached as their cluster files say).
     validator_hosts: BTreeMap<PublicId, NodeInfo>,
+    /// The last nonce of every removed account, so the same key admitted again continues
+    /// from it and its old transactions stay spent.
+    retired: BTreeMap<PublicId, u64>,
 }
 
 /// Most read records one `AuditRoot` covers.
@@ -224,6 +273,8 @@ enum Entry<'a> {
     PreviousLayout(&'a Option<Layout>),
     Audits(&'a BTreeMap<PublicId, u64>),
     ValidatorHosts(&'a BTreeMap<PublicId, NodeInfo>),
+    ChainKey(&'a ChainKey),
+    Retired(&'a BTreeMap<PublicId, u64>),
 }
 
 /// A document record as hashed into the state: its grants by their Merkle root, so a
@@ -287,12 +338,14 @@ pub struct StateTop {
     pub previous_layout: Option<Layout>,
     pub audits: BTreeMap<PublicId, u64>,
     pub validator_hosts: BTreeMap<PublicId, NodeInfo>,
+    pub chain_key: ChainKey,
+    pub retired: BTreeMap<PublicId, u64>,
 }
 
 impl StateTop {
     /// The state root: a Merkle root over the chain id, the accounts' root, every
-    /// validator, the documents' root, the layouts, and the audit cursors and validator
-    /// hosts once there are any.
+    /// validator, the documents' root, the layouts, the audit cursors and validator hosts
+    /// once there are any, the chain key, and the retired nonces once there are any.
     pub fn root(&self) -> Hash {
         let mut leaves = Vec::with_capacity(6 + self.validators.len());
         leaves.push(entry_leaf(Entry::ChainId(&self.chain_id)));
@@ -312,6 +365,12 @@ impl StateTop {
         // Likewise only once a validator host was set on chain.
         if !self.validator_hosts.is_empty() {
             leaves.push(entry_leaf(Entry::ValidatorHosts(&self.validator_hosts)));
+        }
+        // The chain key is always set: the root commits to which chain this is.
+        leaves.push(entry_leaf(Entry::ChainKey(&self.chain_key)));
+        // Only once an account was removed.
+        if !self.retired.is_empty() {
+            leaves.push(entry_leaf(Entry::Retired(&self.retired)));
         }
         merkle::root(&leaves)
     }
@@ -348,8 +407,17 @@ impl State {
         }
         let layout = Layout::new(1, genesis.nodes.clone())
             .map_err(|e| TxError::Invalid(format!("genesis layout: {e}")))?;
+        let mut ids: BTreeMap<u64, PublicId> = BTreeMap::new();
+        for v in &genesis.validators {
+            if let Some(holder) = ids.insert(node_id(&v.id), v.id)
+                && holder != v.id
+            {
+                return Err(TxError::NodeIdTaken { key: v.id, holder });
+            }
+        }
         Ok(Self {
             chain_id: genesis.chain_id.clone(),
+            chain_key: genesis.key(),
             accounts,
             validators: genesis.validators.iter().map(|v| v.id).collect(),
             documents: RootedMap::new(),
@@ -357,6 +425,7 @@ impl State {
             previous_layout: None,
             audits: BTreeMap::new(),
             validator_hosts: BTreeMap::new(),
+            retired: BTreeMap::new(),
         })
     }
 
@@ -379,6 +448,8 @@ impl State {
             previous_layout: self.previous_layout.clone(),
             audits: self.audits.clone(),
             validator_hosts: self.validator_hosts.clone(),
+            chain_key: self.chain_key,
+            retired: self.retired.clone(),
         }
     }
 
@@ -394,7 +465,7 @@ impl State {
 
     /// Checks `stx` against the current state and, only if every check passes, applies it.
     pub fn apply(&mut self, stx: &SignedTx, height: u64) -> Result<(), TxError> {
-        stx.verify_signature()?;
+        stx.verify_signature(&self.chain_key)?;
         let tx = &stx.tx;
         let sender = tx.sender;
         let account = self
@@ -425,7 +496,7 @@ impl State {
             | TxBody::SetLayout { .. } => self.layout_change(caller, &tx.body)?,
             TxBody::AddValidator { .. }
             | TxBody::RemoveValidator { .. }
-            | TxBody::SetValidatorHost { .. } => self.validator_change(caller, &tx.body)?,
+            | TxBody::SetValidatorHost { .. } => self.validator_change(caller, tx)?,
             TxBody::AuditRoot { .. } => self.audit_change(caller, &tx.body)?,
         };
         change(self);
@@ -614,13 +685,7 @@ impl State {
                 let layout = self.next_layout(nodes)?;
                 let node = *node;
                 Box::new(move |s| {
-                    s.accounts.insert(
-                        node,
-                        Account {
-                            role: Role::Node,
-                            nonce: 0,
-                        },
-                    );
+                    s.open_account(node, Role::Node);
                     s.set_layout(layout);
                 })
             }
@@ -651,7 +716,7 @@ impl State {
                 let layout = self.next_layout(nodes)?;
                 let node = *node;
                 Box::new(move |s| {
-                    s.accounts.remove(&node);
+                    s.close_account(&node);
                     s.set_layout(layout);
                 })
             }
@@ -665,13 +730,21 @@ impl State {
         })
     }
 
-    /// What an `AddValidator`, `RemoveValidator` or `SetValidatorHost` changes, once checked.
-    fn validator_change(&self, caller: Caller, body: &TxBody) -> Result<Change, TxError> {
+    /// What an `AddValidator`, `RemoveValidator` or `SetValidatorHost` changes, once checked
+    /// (approvals of a majority of the current validators, see the module docs).
+    fn validator_change(&self, caller: Caller, tx: &Tx) -> Result<Change, TxError> {
         let sender = caller.id;
         let require = |wanted: Role, action: &'static str| caller.require(wanted, action);
-        Ok(match body {
-            TxBody::AddValidator { validator } => {
+        let validators: Vec<PublicId> = self.validators.iter().copied().collect();
+        let majority = |action| tx.check_majority(&self.chain_key, &validators, action);
+        Ok(match &tx.body {
+            TxBody::AddValidator {
+                validator,
+                host,
+                approvals: _,
+            } => {
                 require(Role::Validator, "change the validator set")?;
+                majority("admitting a validator")?;
                 valid_key(validator)?;
                 if self.validators.contains(validator) {
                     return Err(TxError::ValidatorExists(*validator));
@@ -679,20 +752,26 @@ impl State {
                 if self.accounts.contains_key(validator) {
                     return Err(TxError::AccountExists(*validator));
                 }
+                self.node_id_free(validator)?;
+                let host = match host {
+                    Some((key, addr)) => Some(host_entry(key, addr)?),
+                    None => None,
+                };
                 let v = *validator;
                 Box::new(move |s| {
                     s.validators.insert(v);
-                    s.accounts.insert(
-                        v,
-                        Account {
-                            role: Role::Validator,
-                            nonce: 0,
-                        },
-                    );
+                    s.open_account(v, Role::Validator);
+                    if let Some(node) = host {
+                        s.validator_hosts.insert(v, node);
+                    }
                 })
             }
-            TxBody::RemoveValidator { validator } => {
+            TxBody::RemoveValidator {
+                validator,
+                approvals: _,
+            } => {
                 require(Role::Validator, "change the validator set")?;
+                majority("removing a validator")?;
                 if !self.validators.contains(validator) {
                     return Err(TxError::NoSuchValidator(*validator));
                 }
@@ -702,7 +781,7 @@ impl State {
                 let v = *validator;
                 Box::new(move |s| {
                     s.validators.remove(&v);
-                    s.accounts.remove(&v);
+                    s.close_account(&v);
                     s.validator_hosts.remove(&v);
                 })
             }
@@ -710,39 +789,54 @@ impl State {
                 validator,
                 host,
                 addr,
+                approvals,
             } => {
                 require(Role::Validator, "say where a validator is hosted")?;
-                valid_key(validator)?;
-                // A sitting validator's host is its own to move: no other validator may
-                // redirect its traffic. A validator not yet admitted has no account, so any
-                // validator names its host ahead of its `AddValidator`.
-                if self.validators.contains(validator) && sender != *validator {
-                    return Err(TxError::NotOwnHost {
-                        sender,
-                        validator: *validator,
-                    });
+                if !self.validators.contains(validator) {
+                    return Err(TxError::NoSuchValidator(*validator));
                 }
-                valid_key(host)?;
-                if addr.len() > MAX_LABEL || addr.parse::<std::net::SocketAddr>().is_err() {
-                    return Err(TxError::Invalid(format!(
-                        "validator host address {addr:?} is not an ip:port"
-                    )));
+                // A validator moves its own host alone; anyone else's needs a majority.
+                if sender != *validator || !approvals.is_empty() {
+                    majority("moving another validator's host")?;
                 }
-                let (v, node) = (
-                    *validator,
-                    NodeInfo {
-                        key: *host,
-                        zone: "validators".into(),
-                        weight: 0,
-                        addr: addr.clone(),
-                    },
-                );
+                let (v, node) = (*validator, host_entry(host, addr)?);
                 Box::new(move |s| {
                     s.validator_hosts.insert(v, node);
                 })
             }
             other => return Err(misrouted(other)),
         })
+    }
+
+    /// Refused if `key`'s raft node id is that of another validator (sitting, or hosted on
+    /// chain): it would take over that validator's raft identity and host entry.
+    fn node_id_free(&self, key: &PublicId) -> Result<(), TxError> {
+        let node = node_id(key);
+        match self
+            .validators
+            .iter()
+            .chain(self.validator_hosts.keys())
+            .find(|v| *v != key && node_id(v) == node)
+        {
+            Some(holder) => Err(TxError::NodeIdTaken {
+                key: *key,
+                holder: *holder,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// A new account for `id`, continuing from its retired nonce if it had one before.
+    fn open_account(&mut self, id: PublicId, role: Role) {
+        let nonce = self.retired.remove(&id).unwrap_or(0);
+        self.accounts.insert(id, Account { role, nonce });
+    }
+
+    /// Removes `id`'s account, keeping its last nonce.
+    fn close_account(&mut self, id: &PublicId) {
+        if let Some(account) = self.accounts.remove(id) {
+            self.retired.insert(*id, account.nonce);
+        }
     }
 
     /// What an `AuditRoot` changes, once all its checks passed.
@@ -792,6 +886,16 @@ impl State {
     /// The chain's id, from its genesis.
     pub fn chain_id(&self) -> &str {
         &self.chain_id
+    }
+
+    /// The chain key every signature here is bound to ([`Genesis::key`]).
+    pub fn chain_key(&self) -> ChainKey {
+        self.chain_key
+    }
+
+    /// The last nonce of a removed account (`None` if `id` was never removed, or is back).
+    pub fn retired_nonce(&self, id: &PublicId) -> Option<u64> {
+        self.retired.get(id).copied()
     }
 
     /// An account's role and last nonce, if the chain knows it.
@@ -894,6 +998,22 @@ impl State {
     }
 }
 
+/// A validator host entry, checked: a real key and an ip:port.
+fn host_entry(host: &PublicId, addr: &str) -> Result<NodeInfo, TxError> {
+    valid_key(host)?;
+    if addr.len() > MAX_LABEL || addr.parse::<std::net::SocketAddr>().is_err() {
+        return Err(TxError::Invalid(format!(
+            "validator host address {addr:?} is not an ip:port"
+        )));
+    }
+    Ok(NodeInfo {
+        key: *host,
+        zone: "validators".into(),
+        weight: 0,
+        addr: addr.to_owned(),
+    })
+}
+
 /// The checks every new grant passes, alone or carried by a `Supersede`.
 fn check_grant(sender: PublicId, grantee: &PublicId, wrapped: &WrappedKey) -> Result<(), TxError> {
     if wrapped.sealed.len() != SEALED_LEN {
@@ -951,6 +1071,7 @@ mod tests {
             nodes,
         };
         let state = State::genesis(&genesis).unwrap();
+        sign_for(&state);
         World {
             validator,
             dept,
@@ -961,13 +1082,38 @@ mod tests {
         }
     }
 
+    thread_local! {
+        /// The chain the tests' transactions are signed for (the last world made).
+        static CHAIN: std::cell::Cell<ChainKey> = const { std::cell::Cell::new(ChainKey([0; 32])) };
+    }
+
+    /// Signs the transactions of this thread's tests for `state`'s chain.
+    fn sign_for(state: &State) {
+        CHAIN.with(|c| c.set(state.chain_key()));
+    }
+
     fn tx(who: &Identity, nonce: u64, body: TxBody) -> SignedTx {
         Tx {
             sender: who.public(),
             nonce,
             body,
         }
-        .sign(who)
+        .sign(who, &CHAIN.with(|c| c.get()))
+    }
+
+    /// `body` sent by `approvers[0]` with `nonce`, approved by every one of `approvers`.
+    fn approved(state: &State, approvers: &[&Identity], nonce: u64, body: TxBody) -> SignedTx {
+        let mut t = Tx {
+            sender: approvers[0].public(),
+            nonce,
+            body,
+        };
+        let approvals = approvers
+            .iter()
+            .map(|v| t.approve(v, &state.chain_key()))
+            .collect();
+        *t.body.approvals_mut().expect("a governance transaction") = approvals;
+        t.sign(approvers[0], &state.chain_key())
     }
 
     fn doc(n: u8) -> DocumentId {
@@ -1033,8 +1179,10 @@ mod tests {
         ));
         // Forged: signed by someone else.
         let mut forged = tx(&w.dept, 2, TxBody::RegisterDocument { document: doc(4) });
-        forged.signature =
-            crate::chain::tx::Signature::from_bytes(w.citizen.sign(&forged.tx.signing_bytes()));
+        forged.signature = crate::chain::tx::Signature::from_bytes(
+            w.citizen
+                .sign(&forged.tx.signing_bytes(&w.state.chain_key())),
+        );
         assert!(matches!(
             refused(&mut w.state, &forged),
             TxError::BadSignature(_)
@@ -1063,6 +1211,8 @@ mod tests {
             1,
             TxBody::AddValidator {
                 validator: w.citizen.public(),
+                host: None,
+                approvals: vec![],
             },
         );
         assert!(matches!(
@@ -1097,11 +1247,13 @@ mod tests {
         // Removing a node that is not drained; the last validator.
         let t = tx(&w.operator, 1, TxBody::RemoveNode { node });
         assert!(matches!(refused(&mut w.state, &t), TxError::NotDrained(_)));
-        let t = tx(
-            &w.validator,
+        let t = approved(
+            &w.state,
+            &[&w.validator],
             1,
             TxBody::RemoveValidator {
                 validator: w.validator.public(),
+                approvals: vec![],
             },
         );
         assert_eq!(refused(&mut w.state, &t), TxError::LastValidator);
@@ -1125,7 +1277,12 @@ mod tests {
         };
         let t = tx(&w.operator, 1, add);
         assert!(matches!(refused(&mut w.state, &t), TxError::Invalid(_)));
-        let t = tx(&w.validator, 1, TxBody::AddValidator { validator: bad });
+        let add = TxBody::AddValidator {
+            validator: bad,
+            host: None,
+            approvals: vec![],
+        };
+        let t = approved(&w.state, &[&w.validator], 1, add);
         assert!(matches!(refused(&mut w.state, &t), TxError::Invalid(_)));
         assert_eq!(w.state.root(), before);
     }
@@ -1457,6 +1614,7 @@ mod tests {
         })
         .unwrap();
         std::mem::swap(&mut w.state, &mut genesis_state);
+        sign_for(&w.state);
         let root_before = w.state.root();
         let audit = |peer: &Identity, first, count| TxBody::AuditRoot {
             peer: peer.public(),
@@ -1498,6 +1656,221 @@ mod tests {
             .unwrap();
         assert_eq!(w.state.audits[&node.public()], 4);
         assert_eq!(w.state.audits[&other.public()], 5);
+    }
+
+    /// A chain of three validators and a department, and its state (signing set up).
+    fn three_validators() -> (Vec<Identity>, State) {
+        let v: Vec<Identity> = (0..3)
+            .map(|_| Identity::generate(Role::Validator))
+            .collect();
+        let genesis = Genesis {
+            chain_id: "gov".into(),
+            validators: v
+                .iter()
+                .map(|i| GenesisAccount::of(i, Role::Validator))
+                .collect(),
+            accounts: vec![],
+            nodes: vec![],
+        };
+        let state = State::genesis(&genesis).unwrap();
+        sign_for(&state);
+        (v, state)
+    }
+
+    #[test]
+    fn validator_set_changes_need_a_majority_and_node_ids_never_collide() {
+        let (v, mut state) = three_validators();
+        let newcomer = Identity::generate(Role::Validator);
+        let add = |who: &PublicId| TxBody::AddValidator {
+            validator: *who,
+            host: Some((
+                Identity::generate(Role::Node).public(),
+                "127.0.0.1:7000".into(),
+            )),
+            approvals: vec![],
+        };
+        // One validator alone cannot seat another, nor with an outsider's approval.
+        let alone = approved(&state, &[&v[0]], 1, add(&newcomer.public()));
+        assert!(matches!(
+            refused(&mut state, &alone),
+            TxError::NoMajority {
+                approved: 1,
+                needed: 2,
+                validators: 3,
+                ..
+            }
+        ));
+        let with_outsider = approved(&state, &[&v[0], &newcomer], 1, add(&newcomer.public()));
+        assert!(matches!(
+            refused(&mut state, &with_outsider),
+            TxError::BadApproval { .. }
+        ));
+        // Approvals of another transaction (another nonce) do not carry over.
+        let mut stale = approved(&state, &[&v[0], &v[1]], 2, add(&newcomer.public()));
+        stale.tx.nonce = 1;
+        let stale = stale.tx.sign(&v[0], &state.chain_key());
+        assert!(matches!(
+            refused(&mut state, &stale),
+            TxError::BadApproval { .. }
+        ));
+        // A key whose raft node id is a sitting validator's: refused even with a majority.
+        let mut bytes = v[1].public().to_bytes();
+        let twin = (0u8..=255)
+            .find_map(|b| {
+                bytes[31] = b;
+                PublicId::from_bytes(bytes)
+                    .ok()
+                    .filter(|k| *k != v[1].public())
+            })
+            .expect("some last byte gives a curve point");
+        assert_eq!(node_id(&twin), node_id(&v[1].public()));
+        let t = approved(&state, &[&v[0], &v[2]], 1, add(&twin));
+        assert!(matches!(
+            refused(&mut state, &t),
+            TxError::NodeIdTaken { holder, .. } if holder == v[1].public()
+        ));
+        // With a majority: seated, its host named.
+        let t = approved(&state, &[&v[0], &v[2]], 1, add(&newcomer.public()));
+        state.apply(&t, 1).unwrap();
+        assert!(state.validators.contains(&newcomer.public()));
+        assert!(state.validator_hosts.contains_key(&newcomer.public()));
+        // Now four: two approvals are not a majority to remove one.
+        let remove = TxBody::RemoveValidator {
+            validator: v[2].public(),
+            approvals: vec![],
+        };
+        let t = approved(&state, &[&v[0], &v[1]], 2, remove.clone());
+        assert!(matches!(
+            refused(&mut state, &t),
+            TxError::NoMajority { needed: 3, .. }
+        ));
+        // Moving another validator's host alone: refused; its own: allowed alone.
+        let host = |validator: &Identity| TxBody::SetValidatorHost {
+            validator: validator.public(),
+            host: Identity::generate(Role::Node).public(),
+            addr: "127.0.0.1:7001".into(),
+            approvals: vec![],
+        };
+        let t = tx(&v[0], 2, host(&v[1]));
+        assert!(matches!(
+            refused(&mut state, &t),
+            TxError::NoMajority { .. }
+        ));
+        state.apply(&tx(&v[1], 1, host(&v[1])), 2).unwrap();
+        let t = approved(&state, &[&v[0], &v[2], &newcomer], 2, host(&v[1]));
+        state.apply(&t, 3).unwrap();
+        // A validator not admitted gets its host in its AddValidator only.
+        let stranger = Identity::generate(Role::Validator);
+        let t = approved(&state, &[&v[0], &v[1], &v[2]], 3, host(&stranger));
+        assert!(matches!(
+            refused(&mut state, &t),
+            TxError::NoSuchValidator(_)
+        ));
+        let t = approved(&state, &[&v[0], &v[1], &newcomer], 3, remove);
+        state.apply(&t, 4).unwrap();
+        assert!(!state.validators.contains(&v[2].public()));
+    }
+
+    #[test]
+    fn a_removed_account_keeps_its_nonce_and_its_old_transactions_stay_spent() {
+        let (v, mut state) = three_validators();
+        let leaving = &v[2];
+        // The validator leaving has sent two transactions (nonce 2).
+        let moves: Vec<SignedTx> = (1..=2)
+            .map(|n| {
+                let body = TxBody::SetValidatorHost {
+                    validator: leaving.public(),
+                    host: Identity::generate(Role::Node).public(),
+                    addr: format!("127.0.0.1:{}", 7000 + n),
+                    approvals: vec![],
+                };
+                tx(leaving, n, body)
+            })
+            .collect();
+        for (h, t) in moves.iter().enumerate() {
+            state.apply(t, h as u64 + 1).unwrap();
+        }
+        let remove = TxBody::RemoveValidator {
+            validator: leaving.public(),
+            approvals: vec![],
+        };
+        let before = state.root();
+        state
+            .apply(&approved(&state, &[&v[0], &v[1]], 1, remove), 3)
+            .unwrap();
+        assert_eq!(state.retired_nonce(&leaving.public()), Some(2));
+        assert_ne!(state.root(), before);
+        let add = TxBody::AddValidator {
+            validator: leaving.public(),
+            host: None,
+            approvals: vec![],
+        };
+        state
+            .apply(&approved(&state, &[&v[0], &v[1]], 2, add), 4)
+            .unwrap();
+        // Back, it continues from nonce 2: its old transactions are replays.
+        assert_eq!(state.accounts[&leaving.public()].nonce, 2);
+        assert_eq!(state.retired_nonce(&leaving.public()), None);
+        for t in &moves {
+            assert!(matches!(
+                refused(&mut state, t),
+                TxError::BadNonce { expected: 3, .. }
+            ));
+        }
+        // A storage peer removed and added again likewise.
+        let mut w = world();
+        let node = Identity::generate(Role::Node);
+        let add = TxBody::AddNode {
+            node: node.public(),
+            addr: "127.0.0.1:7100".into(),
+            zone: "z0".into(),
+            weight: 100,
+        };
+        w.state.apply(&tx(&w.operator, 1, add.clone()), 1).unwrap();
+        let audit = tx(
+            &node,
+            1,
+            TxBody::AuditRoot {
+                peer: node.public(),
+                first: 0,
+                count: 1,
+                root: [1; 32],
+            },
+        );
+        w.state.apply(&audit, 2).unwrap();
+        for (n, body) in [
+            TxBody::DrainNode {
+                node: node.public(),
+            },
+            TxBody::RemoveNode {
+                node: node.public(),
+            },
+            add,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            w.state
+                .apply(&tx(&w.operator, n as u64 + 2, body), 3)
+                .unwrap();
+        }
+        assert_eq!(w.state.accounts[&node.public()].nonce, 1);
+        assert!(matches!(
+            refused(&mut w.state, &audit),
+            TxError::BadNonce { .. }
+        ));
+    }
+
+    #[test]
+    fn a_transaction_of_another_chain_is_refused() {
+        let mut a = world();
+        let mut other = a.state.clone();
+        other.chain_key = ChainKey([9; 32]);
+        let t = tx(&a.dept, 1, TxBody::RegisterDocument { document: doc(1) });
+        a.state.apply(&t, 1).unwrap();
+        let before = other.clone();
+        assert!(matches!(other.apply(&t, 1), Err(TxError::BadSignature(_))));
+        assert_eq!(other, before);
     }
 
     #[test]

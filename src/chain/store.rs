@@ -11,7 +11,13 @@
 //! `txs-v1` transaction id → (height, index); `docs-v1` document id → (height, index) of the
 //! transaction that registered it; `validator-changes-v1` (height, index) of every
 //! validator set change (filled in on open for a chain stored before it existed);
-//! `meta-v1` "format" and "tip".
+//! `endorsed-v1` height → postcard `Block`: the one block this validator signed (proposed or
+//! endorsed) at each height not applied yet, written durably before the signature leaves,
+//! so it never signs two blocks at one height, across restarts too (rows at applied heights
+//! are dropped with the blocks that pass them); `meta-v1` "format" and "tip".
+//!
+//! Format 2: transactions are signed for the chain key and headers carry it; a format 1
+//! chain is refused with [`ChainStoreError::Format`].
 
 use std::path::Path;
 
@@ -32,8 +38,10 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta-v1");
 const SET_CHANGES: TableDefinition<(u64, u32), ()> = TableDefinition::new("validator-changes-v1");
 /// Consensus bookkeeping written in the same transaction as the blocks it applied.
 const RAFT_SM: TableDefinition<&str, &[u8]> = TableDefinition::new("raft-sm-v1");
+/// The block this validator signed at each height above the applied tip.
+const ENDORSED: TableDefinition<u64, &[u8]> = TableDefinition::new("endorsed-v1");
 /// The on-disk format this code reads and writes.
-pub const CHAIN_FORMAT: u64 = 1;
+pub const CHAIN_FORMAT: u64 = 2;
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -85,6 +93,7 @@ pub fn genesis_header(state: &State) -> BlockHeader {
             .iter()
             .next()
             .expect("genesis validates that it names a validator"),
+        chain: state.chain_key(),
     }
 }
 
@@ -130,6 +139,7 @@ impl ChainStore {
         txn.open_table(DOCS)?;
         txn.open_table(RAFT_SM)?;
         txn.open_table(SET_CHANGES)?;
+        txn.open_table(ENDORSED)?;
         txn.commit()?;
         if format != CHAIN_FORMAT {
             return Err(ChainStoreError::Format { found: format });
@@ -245,6 +255,64 @@ impl ChainStore {
         Ok(docs.get(document.as_bytes())?.map(|v| v.value()))
     }
 
+    /// Records, durably, that this validator signs `block` at its height, unless it signed
+    /// another block there: `None` once recorded (or when it is the block already recorded),
+    /// else the block it signed before (with the signatures recorded then). A caller signs
+    /// only after `None`. A block recorded before that `dead` says can never be applied
+    /// (its parent lost to another block at the applied tip) is replaced.
+    pub fn lock_endorsement(
+        &self,
+        block: &Block,
+        dead: impl Fn(&Block) -> bool,
+    ) -> Result<Option<Block>, ChainStoreError> {
+        let height = block.header.header.height;
+        let txn = self.db.begin_write()?;
+        let earlier = {
+            let mut table = txn.open_table(ENDORSED)?;
+            let earlier = table
+                .get(height)?
+                .map(|v| postcard::from_bytes::<Block>(v.value()));
+            match earlier {
+                Some(Ok(b))
+                    if b.header.header.hash() != block.header.header.hash() && !dead(&b) =>
+                {
+                    Some(b)
+                }
+                Some(Ok(b)) if b.header.header.hash() == block.header.header.hash() => None,
+                // An unreadable row still says a block was signed here: refuse anything else.
+                Some(Err(e)) => {
+                    return Err(ChainStoreError::Decode {
+                        height,
+                        reason: format!("endorsement record: {e}"),
+                    });
+                }
+                Some(Ok(_)) | None => {
+                    let bytes =
+                        postcard::to_allocvec(block).expect("encoding into memory cannot fail");
+                    table.insert(height, bytes.as_slice())?;
+                    None
+                }
+            }
+        };
+        txn.commit()?;
+        Ok(earlier)
+    }
+
+    /// The block this validator signed at `height`, if that height is not applied yet.
+    pub fn endorsed(&self, height: u64) -> Result<Option<Block>, ChainStoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(ENDORSED)?;
+        let Some(bytes) = table.get(height)? else {
+            return Ok(None);
+        };
+        postcard::from_bytes(bytes.value())
+            .map(Some)
+            .map_err(|e| ChainStoreError::Decode {
+                height,
+                reason: format!("endorsement record: {e}"),
+            })
+    }
+
     /// Appends the next block durably, with its indexes.
     pub fn append(&self, block: &Block) -> Result<(), ChainStoreError> {
         self.append_blocks(std::slice::from_ref(block), None)
@@ -297,6 +365,12 @@ impl ChainStore {
         txn.set_durability(durability)?;
         for block in blocks {
             Self::write_block(&txn, block)?;
+        }
+        if let Some(last) = blocks.last() {
+            // Signatures at applied heights can no longer make another block final here.
+            let height = last.header.header.height;
+            txn.open_table(ENDORSED)?
+                .retain_in(..=height, |_, _| false)?;
         }
         if let Some(record) = record {
             txn.open_table(RAFT_SM)?.insert("applied", record)?;

@@ -2,9 +2,17 @@
 //!
 //! A transaction names its sender (an Ed25519 public id), a per-account nonce (the sender's
 //! previous nonce + 1, so a transaction applies at most once and in order) and its body. The
-//! sender signs `TX_DOMAIN || postcard(Tx)`; the transaction id is BLAKE3 of the canonical
-//! encoding of the signed transaction. Decoding untrusted bytes refuses oversized input,
-//! non-canonical encodings and bad signatures before anything looks at the body.
+//! sender signs `TX_DOMAIN || chain key || postcard(Tx)`: the [`ChainKey`] (BLAKE3 of the
+//! chain's genesis) binds it to one chain, so it never applies on another chain where the
+//! same key has an account. The transaction id is BLAKE3 of the canonical encoding of the
+//! signed transaction. Decoding untrusted bytes refuses oversized input and non-canonical
+//! encodings; the signature is checked against the chain key before anything looks at the
+//! body ([`SignedTx::verify_signature`], called by `State::apply` and by every proof check).
+//!
+//! A change to the chain's own rules (the validator set, where another validator is hosted)
+//! also carries [`Approval`]s: signatures of validators over `APPROVAL_DOMAIN || chain key ||
+//! postcard(Tx without its approvals)`, so an approval is for one sender, one nonce and one
+//! change on one chain ([`Tx::check_majority`]).
 //!
 //! Not for: deciding whether a transaction is allowed (roles, nonces, current state): that is
 //! `state::State::apply`, the only code that changes ledger state.
@@ -14,8 +22,10 @@ use serde::{Deserialize, Serialize};
 use crate::id::DocumentId;
 use crate::identity::{Identity, PublicId, SIGNATURE_LEN};
 
-/// Domain separation for transaction signatures.
-pub const TX_DOMAIN: &[u8] = b"dangan/tx/v1\0";
+/// Domain separation for transaction signatures (v2: the chain key follows it).
+pub const TX_DOMAIN: &[u8] = b"dangan/tx/v2\0";
+/// Domain separation for validators' approvals of a governance transaction.
+pub const APPROVAL_DOMAIN: &[u8] = b"dangan/approval/v1\0";
 /// Largest encoded signed transaction accepted: the wire's limit on a transaction body.
 pub const MAX_TX_BYTES: usize = crate::proto::MAX_TX_BODY as usize;
 /// Longest zone or address label in a transaction.
@@ -50,10 +60,20 @@ pub enum TxBody {
     RemoveNode { node: PublicId },
     /// An operator sets capacity weights of existing peers (new layout epoch).
     SetLayout { weights: Vec<(PublicId, u32)> },
-    /// A validator admits another validator.
-    AddValidator { validator: PublicId },
-    /// A validator removes a validator (never the last one).
-    RemoveValidator { validator: PublicId },
+    /// A validator admits another validator, approved by a majority of the current
+    /// validators. With `host`, the chain also says which storage peer hosts it (its key and
+    /// ip:port), so the running validators reach and trust it without a new cluster file.
+    AddValidator {
+        validator: PublicId,
+        host: Option<(PublicId, String)>,
+        approvals: Vec<Approval>,
+    },
+    /// A validator removes a validator (never the last one), approved by a majority of the
+    /// current validators.
+    RemoveValidator {
+        validator: PublicId,
+        approvals: Vec<Approval>,
+    },
     /// The owning department lets `grantee` read `document`: its data key sealed to the
     /// grantee (see `crate::grant`), until `expires_ms` (Unix milliseconds) if set. Granting
     /// again to the same grantee replaces the grant (e.g. after a rekey).
@@ -76,15 +96,66 @@ pub enum TxBody {
         count: u64,
         root: [u8; 32],
     },
-    /// A validator says which storage peer hosts `validator` (its key `host`, reached at
-    /// `addr`), so the other validators reach and trust it without a new cluster file.
-    /// Sent before the `AddValidator` of a new validator, or to move one; dropped with
-    /// `RemoveValidator`.
+    /// A sitting validator moves to another storage peer (its key `host`, reached at
+    /// `addr`): sent by the validator itself with no approvals, or by another validator
+    /// with approvals of a majority. Dropped with `RemoveValidator`.
     SetValidatorHost {
         validator: PublicId,
         host: PublicId,
         addr: String,
+        approvals: Vec<Approval>,
     },
+}
+
+/// A validator's approval of a governance transaction (see the module docs).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Approval {
+    pub validator: PublicId,
+    pub signature: Signature,
+}
+
+/// The chain a transaction is for: BLAKE3 of the chain's genesis (`Genesis::key`), in
+/// every transaction's signed bytes and every block header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ChainKey(pub [u8; 32]);
+
+impl std::fmt::Display for ChainKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
+
+impl std::str::FromStr for ChainKey {
+    type Err = TxError;
+
+    fn from_str(s: &str) -> Result<Self, TxError> {
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(s, &mut out)
+            .map_err(|e| TxError::Invalid(format!("chain key {s:?}: {e}")))?;
+        Ok(Self(out))
+    }
+}
+
+impl TxBody {
+    /// The validators' approvals this transaction carries (none for most kinds).
+    pub fn approvals(&self) -> &[Approval] {
+        match self {
+            TxBody::AddValidator { approvals, .. }
+            | TxBody::RemoveValidator { approvals, .. }
+            | TxBody::SetValidatorHost { approvals, .. } => approvals,
+            _ => &[],
+        }
+    }
+
+    /// The approvals, for a kind that carries them.
+    pub fn approvals_mut(&mut self) -> Option<&mut Vec<Approval>> {
+        match self {
+            TxBody::AddValidator { approvals, .. }
+            | TxBody::RemoveValidator { approvals, .. }
+            | TxBody::SetValidatorHost { approvals, .. } => Some(approvals),
+            _ => None,
+        }
+    }
 }
 
 /// Why a document got a new version.
@@ -183,7 +254,9 @@ pub enum TxError {
     Malformed(String),
     #[error("transaction bytes are not in canonical form")]
     NotCanonical,
-    #[error("the signature does not verify for sender {0}")]
+    #[error(
+        "the signature does not verify for sender {0} on this chain (forged, altered, or signed for another chain)"
+    )]
     BadSignature(PublicId),
     #[error("sender {0} has no account on this chain")]
     UnknownSender(PublicId),
@@ -250,30 +323,112 @@ pub enum TxError {
         document: DocumentId,
         grantee: PublicId,
     },
-    #[error("only sitting validator {validator} itself may move its host, not {sender}")]
-    NotOwnHost {
-        sender: PublicId,
-        validator: PublicId,
+    #[error(
+        "{action} needs approvals of a majority of the {validators} validators ({needed}); it carries {approved}"
+    )]
+    NoMajority {
+        action: &'static str,
+        approved: usize,
+        needed: usize,
+        validators: usize,
     },
+    #[error("the approval of {approver} is refused: {reason}")]
+    BadApproval {
+        approver: PublicId,
+        reason: &'static str,
+    },
+    #[error(
+        "the raft node id of {key} (the first 8 bytes of the key) is already that of validator {holder}: use another key"
+    )]
+    NodeIdTaken { key: PublicId, holder: PublicId },
 }
 
 impl Tx {
-    /// The bytes the sender signs.
-    pub fn signing_bytes(&self) -> Vec<u8> {
+    /// The bytes the sender signs for chain `chain`.
+    pub fn signing_bytes(&self, chain: &ChainKey) -> Vec<u8> {
         let mut out = TX_DOMAIN.to_vec();
+        out.extend_from_slice(&chain.0);
         out.extend(postcard::to_allocvec(self).expect("encoding into memory cannot fail"));
         out
     }
 
-    /// Signs with `identity`, which must be the sender.
-    pub fn sign(self, identity: &Identity) -> SignedTx {
+    /// Signs with `identity`, which must be the sender, for chain `chain`.
+    pub fn sign(self, identity: &Identity, chain: &ChainKey) -> SignedTx {
         debug_assert_eq!(identity.public(), self.sender);
-        let signature = Signature::from_bytes(identity.sign(&self.signing_bytes()));
+        let signature = Signature::from_bytes(identity.sign(&self.signing_bytes(chain)));
         SignedTx {
             tx: self,
             signature,
             checked: Checked::default(),
         }
+    }
+
+    /// The bytes a validator signs to approve this transaction on `chain`: the transaction
+    /// (sender, nonce, body) with its approvals left out.
+    pub fn approval_bytes(&self, chain: &ChainKey) -> Vec<u8> {
+        let mut bare = self.clone();
+        if let Some(approvals) = bare.body.approvals_mut() {
+            approvals.clear();
+        }
+        let mut out = APPROVAL_DOMAIN.to_vec();
+        out.extend_from_slice(&chain.0);
+        out.extend(postcard::to_allocvec(&bare).expect("encoding into memory cannot fail"));
+        out
+    }
+
+    /// `validator`'s approval of this transaction on `chain`.
+    pub fn approve(&self, validator: &Identity, chain: &ChainKey) -> Approval {
+        Approval {
+            validator: validator.public(),
+            signature: Signature::from_bytes(validator.sign(&self.approval_bytes(chain))),
+        }
+    }
+
+    /// Checks that the approvals this transaction carries come from a majority of
+    /// `validators` (the set in force where it applies): each from a distinct member, each
+    /// verifying for this transaction on `chain`. `action` names the change in the error.
+    pub fn check_majority(
+        &self,
+        chain: &ChainKey,
+        validators: &[PublicId],
+        action: &'static str,
+    ) -> Result<(), TxError> {
+        let approvals = self.body.approvals();
+        let needed = validators.len() / 2 + 1;
+        if approvals.len() > validators.len() {
+            return Err(TxError::Invalid(format!(
+                "{} approvals for {} validators",
+                approvals.len(),
+                validators.len()
+            )));
+        }
+        let bytes = self.approval_bytes(chain);
+        let mut seen: Vec<PublicId> = Vec::with_capacity(approvals.len());
+        for a in approvals {
+            let refuse = |reason| TxError::BadApproval {
+                approver: a.validator,
+                reason,
+            };
+            if !validators.contains(&a.validator) {
+                return Err(refuse("not a validator"));
+            }
+            if seen.contains(&a.validator) {
+                return Err(refuse("given twice"));
+            }
+            a.validator
+                .verify(&bytes, &a.signature.to_bytes())
+                .map_err(|_| refuse("the signature does not verify for this transaction"))?;
+            seen.push(a.validator);
+        }
+        if seen.len() < needed {
+            return Err(TxError::NoMajority {
+                action,
+                approved: seen.len(),
+                needed,
+                validators: validators.len(),
+            });
+        }
+        Ok(())
     }
 }
 
@@ -287,11 +442,12 @@ impl SignedTx {
         *blake3::hash(&self.encode()).as_bytes()
     }
 
-    /// Checks the signature against the sender (strict Ed25519). Once it verified, the same
-    /// value (and its clones) is not verified again unless it was changed since: a digest
-    /// of what was checked costs a hash, a verification about fifty times as much.
-    pub fn verify_signature(&self) -> Result<(), TxError> {
-        let bytes = self.tx.signing_bytes();
+    /// Checks the signature against the sender (strict Ed25519) for chain `chain`. Once it
+    /// verified, the same value (and its clones) is not verified again unless it was changed
+    /// since: a digest of what was checked costs a hash, a verification about fifty times
+    /// as much.
+    pub fn verify_signature(&self, chain: &ChainKey) -> Result<(), TxError> {
+        let bytes = self.tx.signing_bytes(chain);
         let digest = {
             let mut h = blake3::Hasher::new();
             h.update(self.tx.sender.as_bytes());
@@ -310,7 +466,8 @@ impl SignedTx {
         Ok(())
     }
 
-    /// Decodes untrusted bytes: size, canonical form and signature are checked here.
+    /// Decodes untrusted bytes: size and canonical form are checked here, the signature by
+    /// [`Self::verify_signature`] with the chain's key (`State::apply` does).
     pub fn decode(bytes: &[u8]) -> Result<Self, TxError> {
         if bytes.len() > MAX_TX_BYTES {
             return Err(TxError::TooLarge(bytes.len()));
@@ -320,7 +477,6 @@ impl SignedTx {
         if tx.encode() != bytes {
             return Err(TxError::NotCanonical);
         }
-        tx.verify_signature()?;
         Ok(tx)
     }
 }
@@ -330,6 +486,8 @@ mod tests {
     use super::*;
     use crate::identity::Role;
 
+    const CHAIN: ChainKey = ChainKey([7; 32]);
+
     fn register(who: &Identity, nonce: u64) -> SignedTx {
         Tx {
             sender: who.public(),
@@ -338,7 +496,7 @@ mod tests {
                 document: DocumentId::of(b"manifest"),
             },
         }
-        .sign(who)
+        .sign(who, &CHAIN)
     }
 
     #[test]
@@ -346,8 +504,26 @@ mod tests {
         let dept = Identity::generate(Role::Department);
         let tx = register(&dept, 1);
         let bytes = tx.encode();
-        assert_eq!(SignedTx::decode(&bytes).unwrap(), tx);
+        let back = SignedTx::decode(&bytes).unwrap();
+        assert_eq!(back, tx);
+        back.verify_signature(&CHAIN).unwrap();
         assert_eq!(tx.id(), *blake3::hash(&bytes).as_bytes());
+    }
+
+    #[test]
+    fn a_transaction_signed_for_another_chain_does_not_verify() {
+        let dept = Identity::generate(Role::Department);
+        let tx = register(&dept, 1);
+        tx.verify_signature(&CHAIN).unwrap();
+        let other = ChainKey([8; 32]);
+        assert_eq!(
+            SignedTx::decode(&tx.encode())
+                .unwrap()
+                .verify_signature(&other),
+            Err(TxError::BadSignature(dept.public()))
+        );
+        // The cache of a checked signature is per chain too.
+        assert!(tx.verify_signature(&other).is_err());
     }
 
     #[test]
@@ -358,7 +534,12 @@ mod tests {
             for bit in [0x01u8, 0x80] {
                 let mut bad = bytes.clone();
                 bad[i] ^= bit;
-                assert!(SignedTx::decode(&bad).is_err(), "byte {i} bit {bit:#x}");
+                assert!(
+                    SignedTx::decode(&bad)
+                        .and_then(|t| t.verify_signature(&CHAIN))
+                        .is_err(),
+                    "byte {i} bit {bit:#x}"
+                );
             }
         }
     }
@@ -368,9 +549,11 @@ mod tests {
         let dept = Identity::generate(Role::Department);
         let thief = Identity::generate(Role::Department);
         let mut tx = register(&dept, 1);
-        tx.signature = Signature::from_bytes(thief.sign(&tx.tx.signing_bytes()));
+        tx.signature = Signature::from_bytes(thief.sign(&tx.tx.signing_bytes(&CHAIN)));
         assert_eq!(
-            SignedTx::decode(&tx.encode()),
+            SignedTx::decode(&tx.encode())
+                .unwrap()
+                .verify_signature(&CHAIN),
             Err(TxError::BadSignature(dept.public()))
         );
     }
@@ -380,20 +563,78 @@ mod tests {
         let dept = Identity::generate(Role::Department);
         let thief = Identity::generate(Role::Department);
         let tx = register(&dept, 1);
-        tx.verify_signature().unwrap();
+        tx.verify_signature(&CHAIN).unwrap();
         let mut replayed = tx.clone();
-        replayed.verify_signature().unwrap();
+        replayed.verify_signature(&CHAIN).unwrap();
         replayed.tx.nonce = 2;
         assert_eq!(
-            replayed.verify_signature(),
+            replayed.verify_signature(&CHAIN),
             Err(TxError::BadSignature(dept.public()))
         );
         let mut stolen = tx.clone();
         stolen.tx.sender = thief.public();
-        assert!(stolen.verify_signature().is_err());
+        assert!(stolen.verify_signature(&CHAIN).is_err());
         let mut forged = tx;
-        forged.signature = Signature::from_bytes(thief.sign(&forged.tx.signing_bytes()));
-        assert!(forged.verify_signature().is_err());
+        forged.signature = Signature::from_bytes(thief.sign(&forged.tx.signing_bytes(&CHAIN)));
+        assert!(forged.verify_signature(&CHAIN).is_err());
+    }
+
+    #[test]
+    fn approvals_count_only_distinct_validators_for_this_very_transaction() {
+        let v: Vec<Identity> = (0..3)
+            .map(|_| Identity::generate(Role::Validator))
+            .collect();
+        let set: Vec<PublicId> = v.iter().map(|i| i.public()).collect();
+        let newcomer = Identity::generate(Role::Validator).public();
+        let mut tx = Tx {
+            sender: v[0].public(),
+            nonce: 1,
+            body: TxBody::AddValidator {
+                validator: newcomer,
+                host: None,
+                approvals: vec![],
+            },
+        };
+        let one = tx.approve(&v[0], &CHAIN);
+        let two = tx.approve(&v[1], &CHAIN);
+        let set_to = |tx: &mut Tx, a: Vec<Approval>| *tx.body.approvals_mut().unwrap() = a;
+        set_to(&mut tx, vec![one.clone()]);
+        assert!(matches!(
+            tx.check_majority(&CHAIN, &set, "admit"),
+            Err(TxError::NoMajority {
+                approved: 1,
+                needed: 2,
+                ..
+            })
+        ));
+        set_to(&mut tx, vec![one.clone(), one.clone()]);
+        assert!(matches!(
+            tx.check_majority(&CHAIN, &set, "admit"),
+            Err(TxError::BadApproval {
+                reason: "given twice",
+                ..
+            })
+        ));
+        set_to(&mut tx, vec![one.clone(), two.clone()]);
+        tx.check_majority(&CHAIN, &set, "admit").unwrap();
+        // The same approvals on another chain, for another nonce, or by an outsider: refused.
+        assert!(
+            tx.check_majority(&ChainKey([1; 32]), &set, "admit")
+                .is_err()
+        );
+        let mut later = tx.clone();
+        later.nonce = 2;
+        assert!(later.check_majority(&CHAIN, &set, "admit").is_err());
+        let outsider = Identity::generate(Role::Validator);
+        let theirs = tx.approve(&outsider, &CHAIN);
+        set_to(&mut tx, vec![one, theirs]);
+        assert!(matches!(
+            tx.check_majority(&CHAIN, &set, "admit"),
+            Err(TxError::BadApproval {
+                reason: "not a validator",
+                ..
+            })
+        ));
     }
 
     #[test]
@@ -411,7 +652,7 @@ mod tests {
     proptest::proptest! {
         #[test]
         fn decoding_garbage_never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..400)) {
-            let _ = SignedTx::decode(&bytes);
+            let _ = SignedTx::decode(&bytes).map(|t| t.verify_signature(&CHAIN));
         }
     }
 }

@@ -6,8 +6,11 @@
 //! genesis validators of its cluster file. To check a block signed by a later set it takes
 //! the chain's set changes in order (`GetValidatorChanges`), each a [`TxInclusion`] that
 //! must be final under the set in force at its own height, and applies them: a
-//! [`ValidatorHistory`]. So adding or removing a validator never breaks a client's checks,
-//! and a client never has to trust the server that sent the changes.
+//! [`ValidatorHistory`]. Each change must also carry approvals of a majority of the set in
+//! force where it applied (`Tx::check_majority`, the rule `State::apply` enforces), and all
+//! of them belong to one chain (the chain key in their headers). So adding or removing a
+//! validator never breaks a client's checks, and a client never has to trust the server
+//! that sent the changes, nor the signers of one block alone.
 //!
 //! Not caught: a server that leaves out changes. Left-out additions only make later
 //! blocks fail to verify (the signers are unknown); a left-out removal keeps a removed
@@ -17,7 +20,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::block::{BlockError, TxInclusion};
-use super::tx::TxBody;
+use super::tx::{ChainKey, TxBody, TxError};
 use crate::identity::PublicId;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -39,6 +42,14 @@ pub enum HistoryError {
     NotValidator { height: u64, validator: PublicId },
     #[error("block {height} leaves no validator")]
     Empty { height: u64 },
+    #[error("the validator set change at block {height} lacks a majority's approval: {source}")]
+    Approvals {
+        height: u64,
+        #[source]
+        source: TxError,
+    },
+    #[error("the validator set change at block {height} belongs to another chain ({found})")]
+    OtherChain { height: u64, found: ChainKey },
 }
 
 /// The sets in force, each from the first height it signs.
@@ -64,8 +75,13 @@ impl ValidatorHistory {
     pub fn prove(trusted: &[PublicId], changes: &[TxInclusion]) -> Result<Self, HistoryError> {
         let mut history = Self::trusted(trusted);
         let mut last: Option<(u64, u64)> = None;
+        let chain = changes.first().map(|c| c.header.header.chain);
         for change in changes {
             let height = change.header.header.height;
+            let found = change.header.header.chain;
+            if Some(found) != chain {
+                return Err(HistoryError::OtherChain { height, found });
+            }
             let at = (height, change.proof.index);
             if last.is_some_and(|l| at <= l) || height == 0 {
                 return Err(HistoryError::Order { height });
@@ -84,8 +100,18 @@ impl ValidatorHistory {
                 history.sets.push((height + 1, signers));
             }
             let set = &mut history.sets.last_mut().expect("never empty").1;
+            if matches!(
+                change.tx.tx.body,
+                TxBody::AddValidator { .. } | TxBody::RemoveValidator { .. }
+            ) {
+                change
+                    .tx
+                    .tx
+                    .check_majority(&found, set, "a validator set change")
+                    .map_err(|source| HistoryError::Approvals { height, source })?;
+            }
             match &change.tx.tx.body {
-                TxBody::AddValidator { validator } => match set.binary_search(validator) {
+                TxBody::AddValidator { validator, .. } => match set.binary_search(validator) {
                     Ok(_) => {
                         return Err(HistoryError::AlreadyValidator {
                             height,
@@ -94,7 +120,7 @@ impl ValidatorHistory {
                     }
                     Err(i) => set.insert(i, *validator),
                 },
-                TxBody::RemoveValidator { validator } => match set.binary_search(validator) {
+                TxBody::RemoveValidator { validator, .. } => match set.binary_search(validator) {
                     Ok(i) => {
                         set.remove(i);
                         if set.is_empty() {
@@ -148,6 +174,8 @@ mod tests {
     use crate::chain::tx::Tx;
     use crate::identity::{Identity, Role};
 
+    const CHAIN: ChainKey = ChainKey([3; 32]);
+
     fn ids(n: usize) -> Vec<Identity> {
         (0..n)
             .map(|_| Identity::generate(Role::Validator))
@@ -155,7 +183,7 @@ mod tests {
     }
 
     /// Transaction `index` of a block at `height` holding `bodies` (sent by `sender`),
-    /// signed by `signers`.
+    /// signed (and each set change approved) by `signers`.
     fn change(
         height: u64,
         sender: &Identity,
@@ -166,12 +194,16 @@ mod tests {
             .iter()
             .enumerate()
             .map(|(i, body)| {
-                Tx {
+                let mut tx = Tx {
                     sender: sender.public(),
                     nonce: height * 10 + i as u64,
                     body: body.clone(),
+                };
+                let approvals: Vec<_> = signers.iter().map(|s| tx.approve(s, &CHAIN)).collect();
+                if let Some(a) = tx.body.approvals_mut() {
+                    *a = approvals;
                 }
-                .sign(sender)
+                tx.sign(sender, &CHAIN)
             })
             .collect();
         let leaves: Vec<_> = txs.iter().map(|t| merkle::leaf_hash(&t.encode())).collect();
@@ -182,6 +214,7 @@ mod tests {
             state_root: [0; 32],
             time_ms: 0,
             proposer: sender.public(),
+            chain: CHAIN,
         };
         let mut signed = SignedHeader {
             header,
@@ -217,6 +250,8 @@ mod tests {
             a,
             &[TxBody::AddValidator {
                 validator: d.public(),
+                host: None,
+                approvals: vec![],
             }],
             &[a, b],
         );
@@ -226,9 +261,11 @@ mod tests {
             &[
                 TxBody::RemoveValidator {
                     validator: a.public(),
+                    approvals: vec![],
                 },
                 TxBody::RemoveValidator {
                     validator: c.public(),
+                    approvals: vec![],
                 },
             ],
             &[b, c, d],
@@ -248,6 +285,8 @@ mod tests {
             e,
             &[TxBody::AddValidator {
                 validator: e.public(),
+                host: None,
+                approvals: vec![],
             }],
             &[e, d],
         );
@@ -281,6 +320,39 @@ mod tests {
                 index: 0
             })
         );
+        // A change approved by one validator alone, even in a block a majority signed.
+        let mut unapproved = change(
+            4,
+            a,
+            &[TxBody::AddValidator {
+                validator: d.public(),
+                host: None,
+                approvals: vec![],
+            }],
+            &[a, b],
+        );
+        let mut tx = unapproved[0].tx.tx.clone();
+        *tx.body.approvals_mut().unwrap() = vec![tx.approve(a, &CHAIN)];
+        let block = Block {
+            header: SignedHeader {
+                header: crate::chain::block::BlockHeader {
+                    tx_root: merkle::root(&[merkle::leaf_hash(
+                        &tx.clone().sign(a, &CHAIN).encode(),
+                    )]),
+                    ..unapproved[0].header.header.clone()
+                },
+                signatures: vec![],
+            },
+            txs: vec![tx.sign(a, &CHAIN)],
+        };
+        let mut header = block.header.clone();
+        header.sign(a);
+        header.sign(b);
+        unapproved[0] = Block { header, ..block }.inclusion(0).unwrap();
+        assert!(matches!(
+            ValidatorHistory::prove(&genesis, &unapproved),
+            Err(HistoryError::Approvals { height: 4, .. })
+        ));
         // A flipped byte anywhere in a change's proof breaks it.
         let mut bad = changes.clone();
         bad[1].header.header.state_root[0] ^= 1;
@@ -312,6 +384,8 @@ mod tests {
             a,
             &[TxBody::AddValidator {
                 validator: c.public(),
+                host: None,
+                approvals: vec![],
             }],
             &[a, b],
         );

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::common::chain::{register, registered_document, tx};
+use crate::common::chain::{approved, register, registered_document, tx};
 use crate::common::wire::Raw;
 use dangan::chain::ledger::{Ledger, LedgerError};
 use dangan::chain::proof::ProvenRecord;
@@ -51,7 +51,7 @@ async fn open_ledger(path: &std::path::Path, s: &Setup, n: u64) -> Ledger {
     ledger.sealed(Duration::from_secs(10)).await.unwrap();
     for nonce in 1..=n {
         ledger
-            .submit(register(&s.departments[0], nonce))
+            .submit(register(&s.genesis.key(), &s.departments[0], nonce))
             .await
             .unwrap();
     }
@@ -68,12 +68,12 @@ async fn registrations_are_group_committed_proved_and_survive_a_restart() {
     // 8 departments × 100 registrations each, all in flight at once.
     let mut tasks = tokio::task::JoinSet::new();
     for dept in &s.departments {
-        let (ledger, dept) = (ledger.clone(), dept.clone());
+        let (ledger, dept, chain) = (ledger.clone(), dept.clone(), s.genesis.key());
         tasks.spawn(async move {
             let mut receipts = Vec::new();
             // Each department's nonces must arrive in order: submit them in sequence.
             for nonce in 1..=100 {
-                receipts.push(ledger.submit(register(&dept, nonce)).await.unwrap());
+                receipts.push(ledger.submit(register(&chain, &dept, nonce)).await.unwrap());
             }
             receipts
         });
@@ -92,7 +92,7 @@ async fn registrations_are_group_committed_proved_and_survive_a_restart() {
     );
 
     // A replay is refused with its reason and changes nothing.
-    let replay = register(&s.departments[0], 5);
+    let replay = register(&s.genesis.key(), &s.departments[0], 5);
     assert!(matches!(
         ledger.submit(replay).await,
         Err(LedgerError::Refused(TxError::BadNonce { .. }))
@@ -101,7 +101,7 @@ async fn registrations_are_group_committed_proved_and_survive_a_restart() {
 
     // Every registration has a proof that checks against the validator set alone.
     let validators: Vec<PublicId> = vec![s.validator.public()];
-    let doc = registered_document(&register(&s.departments[3], 42));
+    let doc = registered_document(&register(&s.genesis.key(), &s.departments[3], 42));
     let (record, proof) = ledger.document(&doc).unwrap().unwrap();
     assert_eq!(record.record.unwrap().owner, s.departments[3].public());
     proof.verify(&validators).unwrap();
@@ -158,11 +158,14 @@ async fn validator_set_changes_are_indexed_and_proven_from_genesis() {
         let ledger = open_ledger(&path, &s, 3).await;
         assert!(ledger.validator_changes().unwrap().is_empty());
         // The last block this lone validator can make final alone: it adds a second one.
-        let add = tx(
-            &s.validator,
+        let add = approved(
+            &s.genesis.key(),
+            &[&s.validator],
             1,
             TxBody::AddValidator {
                 validator: newcomer,
+                host: None,
+                approvals: vec![],
             },
         );
         let at = ledger.submit(add).await.unwrap();
@@ -227,7 +230,7 @@ async fn one_sender_may_have_many_transactions_in_flight() {
     // Submitted all at once, in reverse nonce order: each waits for the ones before it.
     let mut tasks = tokio::task::JoinSet::new();
     for nonce in (1..=50).rev() {
-        let (ledger, tx) = (ledger.clone(), register(dept, nonce));
+        let (ledger, tx) = (ledger.clone(), register(&s.genesis.key(), dept, nonce));
         tasks.spawn(async move { ledger.submit(tx).await });
     }
     while let Some(r) = tasks.join_next().await {
@@ -237,7 +240,10 @@ async fn one_sender_may_have_many_transactions_in_flight() {
 
     // A gap that never fills is refused once the wait runs out.
     let start = std::time::Instant::now();
-    let err = ledger.submit(register(dept, 60)).await.unwrap_err();
+    let err = ledger
+        .submit(register(&s.genesis.key(), dept, 60))
+        .await
+        .unwrap_err();
     assert!(
         matches!(err, LedgerError::Refused(TxError::BadNonce { .. })),
         "{err}"
@@ -273,7 +279,7 @@ async fn a_validator_peer_serves_transactions_proofs_blocks_and_status() {
     .unwrap();
     let (raw, _) = Raw::connect(&dept, peer.addr(), Arc::new(membership)).await;
 
-    let tx = register(&dept, 1);
+    let tx = register(&s.genesis.key(), &dept, 1);
     let bytes = tx.encode();
     let (resp, _) = raw
         .ask(
@@ -338,4 +344,139 @@ async fn a_validator_peer_serves_transactions_proofs_blocks_and_status() {
     let status: ChainStatus = postcard::from_bytes(&body).unwrap();
     assert_eq!((status.height, status.documents), (2, 1));
     peer.shutdown().await;
+}
+
+/// Two real chains whose genesis files differ only in the chain id, the same department
+/// and validator keys on both: a transaction committed on one is refused on the other (its
+/// signature covers the chain key). And a storage peer's key removed and added back
+/// continues from its last nonce, so its old transactions stay spent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transactions_replayed_on_another_chain_or_after_a_removal_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = setup(1);
+    let operator = Identity::generate(Role::Operator);
+    s.genesis
+        .accounts
+        .push(GenesisAccount::of(&operator, Role::Operator));
+    let dept = &s.departments[0];
+    let a = Ledger::open_single(&dir.path().join("a.redb"), &s.genesis, s.validator.clone())
+        .await
+        .unwrap();
+    let mut other = s.genesis.clone();
+    other.chain_id = "another".into();
+    let b = Ledger::open_single(&dir.path().join("b.redb"), &other, s.validator.clone())
+        .await
+        .unwrap();
+    assert_ne!(a.chain_key(), b.chain_key());
+    assert_eq!(a.status().chain_key, s.genesis.key());
+    let on_a = register(&a.chain_key(), dept, 1);
+    a.submit(on_a.clone()).await.unwrap();
+    let err = b.submit(on_a.clone()).await.unwrap_err();
+    assert!(
+        matches!(err, LedgerError::Refused(TxError::BadSignature(_))),
+        "{err}"
+    );
+    assert_eq!(b.status().height, 0);
+    assert_eq!(b.account(&dept.public()).unwrap().nonce, 0);
+    b.submit(register(&b.chain_key(), dept, 1)).await.unwrap();
+
+    // A storage peer commits an audit root, is drained, removed and added back.
+    let key = a.chain_key();
+    let node = Identity::generate(Role::Node);
+    let add = TxBody::AddNode {
+        node: node.public(),
+        addr: "127.0.0.1:7100".into(),
+        zone: "z0".into(),
+        weight: 100,
+    };
+    a.submit(tx(&key, &operator, 1, add.clone())).await.unwrap();
+    let audit = tx(
+        &key,
+        &node,
+        1,
+        TxBody::AuditRoot {
+            peer: node.public(),
+            first: 0,
+            count: 1,
+            root: [5; 32],
+        },
+    );
+    a.submit(audit.clone()).await.unwrap();
+    for (n, body) in [
+        TxBody::DrainNode {
+            node: node.public(),
+        },
+        TxBody::RemoveNode {
+            node: node.public(),
+        },
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        a.submit(tx(&key, &operator, n as u64 + 2, body))
+            .await
+            .unwrap();
+    }
+    assert!(a.account(&node.public()).is_none());
+    assert_eq!(a.state().retired_nonce(&node.public()), Some(1));
+    a.submit(tx(&key, &operator, 4, add)).await.unwrap();
+    assert_eq!(a.account(&node.public()).unwrap().nonce, 1);
+    let err = a.submit(audit).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            LedgerError::Refused(TxError::BadNonce {
+                expected: 2,
+                got: 1,
+                ..
+            })
+        ),
+        "{err}"
+    );
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+/// A cluster file naming two validators with one raft node id (a key chosen to share a
+/// sitting validator's first 8 bytes) is refused at start, naming both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn validators_sharing_a_raft_node_id_are_refused_at_start() {
+    use dangan::chain::ledger::ValidatorNet;
+    use dangan::placement::NodeInfo;
+
+    let dir = tempfile::tempdir().unwrap();
+    let s = setup(1);
+    let mut bytes = s.validator.public().to_bytes();
+    let twin = (0u8..=255)
+        .find_map(|b| {
+            bytes[31] = b;
+            PublicId::from_bytes(bytes)
+                .ok()
+                .filter(|k| *k != s.validator.public())
+        })
+        .unwrap();
+    let host = |port: u16| NodeInfo {
+        key: Identity::generate(Role::Node).public(),
+        zone: "validators".into(),
+        weight: 0,
+        addr: format!("127.0.0.1:{port}"),
+    };
+    let net = ValidatorNet {
+        host_identity: Identity::generate(Role::Node),
+        trust: Arc::new(dangan::tls::Membership::new()),
+        hosts: vec![(s.validator.public(), host(1)), (twin, host(2))],
+    };
+    let err = Ledger::open(
+        &dir.path().join("chain.redb"),
+        &s.genesis,
+        s.validator.clone(),
+        Some(net),
+    )
+    .await
+    .err()
+    .expect("refused");
+    assert!(
+        matches!(err, LedgerError::NodeIdCollision(a, b) if a == s.validator.public() && b == twin),
+        "{err}"
+    );
 }

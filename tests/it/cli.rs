@@ -3,7 +3,7 @@
 //! peer. Also: the example configs in `config/` load, `local-config` writes a coding that
 //! fits the number of peers, and the operator commands (`cluster status`, `scrub`, repair)
 //! find and fix a bit flipped on a peer's disk; validators removed and added again with
-//! `chain remove-validator` / `add-validator`.
+//! `chain remove-validator` / `add-validator` proposals, `approve` and `enact`.
 
 use std::fs;
 use std::path::Path;
@@ -570,32 +570,64 @@ fn validators_leave_and_join_from_the_command_line() {
     };
     assert_eq!(validators("status-3"), 3);
 
-    // A department may not change the validator set.
+    let second = Cli::new(&cluster, &cluster.path("keys/validator2.key"), &keyring);
+    let proposal = root.join("remove.prop");
+    let prop = proposal.to_str().unwrap();
+
+    // A department may not propose a change of the validator set.
     let refused = dept
-        .run(["chain", "remove-validator", &third], "dept-remove")
-        .expect_fail("a department removing");
-    assert!(refused.stderr.contains("role"), "{}", refused.describe());
+        .run(
+            ["chain", "remove-validator", &third, "--proposal", prop],
+            "dept-remove",
+        )
+        .expect_fail("a department proposing");
+    assert!(
+        refused.stderr.contains("not a validator"),
+        "{}",
+        refused.describe()
+    );
+    // One validator alone: its proposal is refused for want of a majority.
+    admin
+        .run(
+            ["chain", "remove-validator", &third, "--proposal", prop],
+            "propose-remove",
+        )
+        .expect_ok("remove-validator --proposal");
+    let alone = admin
+        .run(["chain", "enact", prop], "enact-alone")
+        .expect_fail("enacting with one approval");
+    assert!(alone.stderr.contains("majority"), "{}", alone.describe());
     assert_eq!(validators("status-still-3"), 3);
 
-    let removed = admin
-        .run(["chain", "remove-validator", &third], "remove")
-        .expect_ok("remove-validator");
+    // With the second validator's approval, a majority of three: removed.
+    let approved = second
+        .run(["chain", "approve", prop], "approve-remove")
+        .expect_ok("approve");
     assert!(
-        removed
-            .stdout
-            .contains(&format!("removed validator {third} in block")),
+        approved.stdout.contains("2 of the 2 approvals"),
+        "{}",
+        approved.describe()
+    );
+    let removed = admin
+        .run(["chain", "enact", prop], "enact-remove")
+        .expect_ok("enact");
+    assert!(
+        removed.stdout.contains("enacted in block"),
         "{}",
         removed.describe()
     );
     assert_eq!(validators("status-2"), 2);
     put_and_verify("two", 1);
 
-    // Added back with its host named on chain (the same peer its cluster files name).
+    // Added back with its host named on chain (the same peer its cluster files name),
+    // approved by both validators left.
     let file = ClusterFile::load(&cluster.path("cluster.toml")).unwrap();
     let host = file.chain.as_ref().unwrap().hosts.last().unwrap().clone();
     let peer3 = dangan::identity::Identity::load(cluster.path("keys/peer3.key")).unwrap();
     assert_eq!(host.key, peer3.public(), "node 3 hosts validator 3");
-    let added = admin
+    let proposal = root.join("add.prop");
+    let prop = proposal.to_str().unwrap();
+    admin
         .run(
             [
                 "chain",
@@ -605,12 +637,20 @@ fn validators_leave_and_join_from_the_command_line() {
                 &host.key.to_string(),
                 "--addr",
                 &host.addr,
+                "--proposal",
+                prop,
             ],
             "add",
         )
         .expect_ok("add-validator");
+    second
+        .run(["chain", "approve", prop], "approve-add")
+        .expect_ok("approve");
+    let added = admin
+        .run(["chain", "enact", prop], "enact-add")
+        .expect_ok("enact");
     assert!(
-        added.stdout.contains("added validator"),
+        added.stdout.contains("enacted in block"),
         "{}",
         added.describe()
     );

@@ -8,7 +8,7 @@
 
 use std::path::Path;
 
-use crate::common::chain::tx;
+use crate::common::chain::{approved, tx};
 use dangan::chain::block::Block;
 use dangan::chain::ledger::ChainStatus;
 use dangan::chain::merkle;
@@ -62,6 +62,7 @@ fn receipts(manifest: &[u8]) {
     let w = world();
     let document = DocumentId::of(manifest);
     let register = tx(
+        &w.state.chain_key(),
         &w.identities[DEPARTMENT],
         1,
         TxBody::RegisterDocument { document },
@@ -238,6 +239,7 @@ fn transactions_and_block() -> Block {
         (
             "register",
             tx(
+                &w.state.chain_key(),
                 id(DEPARTMENT),
                 1,
                 TxBody::RegisterDocument { document: doc(1) },
@@ -246,6 +248,7 @@ fn transactions_and_block() -> Block {
         (
             "register_2",
             tx(
+                &w.state.chain_key(),
                 id(DEPARTMENT_2),
                 1,
                 TxBody::RegisterDocument { document: doc(2) },
@@ -254,6 +257,7 @@ fn transactions_and_block() -> Block {
         (
             "supersede",
             tx(
+                &w.state.chain_key(),
                 id(DEPARTMENT),
                 2,
                 TxBody::Supersede {
@@ -267,6 +271,7 @@ fn transactions_and_block() -> Block {
         (
             "add_node",
             tx(
+                &w.state.chain_key(),
                 id(OPERATOR),
                 1,
                 TxBody::AddNode {
@@ -279,15 +284,26 @@ fn transactions_and_block() -> Block {
         ),
         (
             "drain_node",
-            tx(id(OPERATOR), 2, TxBody::DrainNode { node }),
+            tx(
+                &w.state.chain_key(),
+                id(OPERATOR),
+                2,
+                TxBody::DrainNode { node },
+            ),
         ),
         (
             "remove_node",
-            tx(id(OPERATOR), 3, TxBody::RemoveNode { node }),
+            tx(
+                &w.state.chain_key(),
+                id(OPERATOR),
+                3,
+                TxBody::RemoveNode { node },
+            ),
         ),
         (
             "set_layout",
             tx(
+                &w.state.chain_key(),
                 id(OPERATOR),
                 4,
                 TxBody::SetLayout {
@@ -297,27 +313,33 @@ fn transactions_and_block() -> Block {
         ),
         (
             "add_validator",
-            tx(
-                id(VALIDATOR),
+            approved(
+                &w.state.chain_key(),
+                &[id(VALIDATOR), id(VALIDATOR_2)],
                 1,
                 TxBody::AddValidator {
                     validator: new_validator,
+                    host: None,
+                    approvals: vec![],
                 },
             ),
         ),
         (
             "remove_validator",
-            tx(
-                id(VALIDATOR_2),
+            approved(
+                &w.state.chain_key(),
+                &[id(VALIDATOR_2), id(VALIDATOR)],
                 1,
                 TxBody::RemoveValidator {
                     validator: new_validator,
+                    approvals: vec![],
                 },
             ),
         ),
         (
             "citizen_refused",
             tx(
+                &w.state.chain_key(),
                 id(CITIZEN),
                 1,
                 TxBody::RegisterDocument { document: doc(4) },
@@ -394,6 +416,7 @@ fn blocks(block: &Block) {
         validators: w.validators.clone(),
         documents: 3,
         layout_epoch: 4,
+        chain_key: w.state.chain_key(),
     };
     put("block", "chain_status", &with_mode(5, &encoded(&status)));
 }

@@ -8,14 +8,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::common::chain::{register, registered_document, tx};
+use crate::common::chain::{approved, register, registered_document, tx};
 use crate::common::process::free_port_range;
 use dangan::chain::block::BlockError;
 use dangan::chain::client::ChainLink;
 use dangan::chain::ledger::{Ledger, RaftTuning, ValidatorNet};
 use dangan::chain::raft::node_id;
 use dangan::chain::state::{Genesis, GenesisAccount};
-use dangan::chain::tx::{SignedTx, TxBody};
+use dangan::chain::tx::{ChainKey, SignedTx, TxBody};
 use dangan::client::{Client, ClientOptions};
 use dangan::id::DocumentId;
 use dangan::identity::{Identity, PublicId, Role};
@@ -113,6 +113,11 @@ impl Net {
                 addr: self.addrs[i].to_string(),
             })
             .collect()
+    }
+
+    /// The key this chain's transactions are signed for.
+    fn key(&self) -> ChainKey {
+        self.genesis.key()
     }
 
     /// Which validator (its index) has raft node id `node`.
@@ -284,7 +289,7 @@ async fn three_validators_survive_the_leader_being_killed_and_a_restart_from_dis
             let client = net.client(&dept);
             let mut errors = 0;
             for nonce in 1..=EACH {
-                let tx = register(&dept, nonce);
+                let tx = register(&net.key(), &dept, nonce);
                 // A submit that failed may have committed after all: retry the same
                 // transaction until it is committed or refused as already used.
                 for attempt in 0.. {
@@ -374,7 +379,7 @@ async fn three_validators_survive_the_leader_being_killed_and_a_restart_from_dis
     let (h3, _) = client
         .chain()
         .unwrap()
-        .submit_tx(&register(&net.departments[0], EACH + 1))
+        .submit_tx(&register(&net.key(), &net.departments[0], EACH + 1))
         .await
         .unwrap();
     assert!(h3 > height);
@@ -401,7 +406,7 @@ async fn a_follower_forwards_and_outsiders_cannot_speak_raft() {
     let (height, _) = client
         .chain()
         .unwrap()
-        .submit_tx(&register(dept, 1))
+        .submit_tx(&register(&net.key(), dept, 1))
         .await
         .unwrap();
     assert!(height >= 1);
@@ -463,7 +468,8 @@ async fn commit(client: &Client, tx: &SignedTx) -> u64 {
 async fn register_more(client: &Client, dept: &Identity, nonce: &mut u64, n: u64) {
     for _ in 0..n {
         *nonce += 1;
-        commit(client, &register(dept, *nonce)).await;
+        let chain = client.chain().unwrap().chain_key().await.unwrap();
+        commit(client, &register(&chain, dept, *nonce)).await;
     }
 }
 
@@ -508,11 +514,15 @@ async fn validators_join_and_leave_through_the_chain() {
     // A validator adds the fourth: once the block is applied, the leader adds it to raft.
     let admin = &net.validators[0];
     let newcomer = net.validators[3].public();
-    let add = tx(
-        admin,
+    // Approved by a majority of the three (off chain), sent by one of them.
+    let add = approved(
+        &net.key(),
+        &[admin, &net.validators[1]],
         1,
         TxBody::AddValidator {
             validator: newcomer,
+            host: None,
+            approvals: vec![],
         },
     );
     let added_at = commit(&client, &add).await;
@@ -580,11 +590,14 @@ async fn validators_join_and_leave_through_the_chain() {
     fresh.close().await;
 
     // Remove the stopped validator: the three left go on alone.
-    let remove = tx(
-        admin,
+    // Three of the four approve (the stopped one's key still signs its approval).
+    let remove = approved(
+        &net.key(),
+        &[admin, &net.validators[1], &net.validators[2]],
         2,
         TxBody::RemoveValidator {
             validator: net.validators[stopped].public(),
+            approvals: vec![],
         },
     );
     let removed_at = commit(&client, &remove).await;
@@ -626,7 +639,7 @@ async fn validators_join_and_leave_through_the_chain() {
     // The client's history follows the removal too, and registrations after it verify.
     let history = client.chain().unwrap().prove_validators().await.unwrap();
     assert_eq!(history.at(height), sorted(&left));
-    let last_registration = register(dept, nonce);
+    let last_registration = register(&net.key(), dept, nonce);
     let proof = client
         .chain()
         .unwrap()
@@ -657,25 +670,25 @@ async fn a_validator_whose_host_the_chain_names_joins_without_new_cluster_files(
     let newcomer = net.validators[3].public();
     let host = net.nodes[3].public();
     assert!(!vs[0].as_ref().unwrap().ledger.is_validator_host(&host));
-    let bad = tx(
-        admin,
-        1,
-        TxBody::SetValidatorHost {
-            validator: newcomer,
-            host,
-            addr: "not an address".into(),
-        },
-    );
+    let add = |addr: String| TxBody::AddValidator {
+        validator: newcomer,
+        host: Some((host, addr)),
+        approvals: vec![],
+    };
+    let majority = [admin, &net.validators[1]];
+    let bad = approved(&net.key(), &majority, 1, add("not an address".into()));
     let refused = client.chain().unwrap().submit_tx(&bad).await.unwrap_err();
     assert!(refused.to_string().contains("ip:port"), "{refused}");
-    // Nor may one validator redirect another sitting validator's traffic.
+    // Nor may one validator alone redirect another sitting validator's traffic.
     let redirect = tx(
+        &net.key(),
         admin,
         1,
         TxBody::SetValidatorHost {
             validator: net.validators[1].public(),
             host,
             addr: net.addrs[3].to_string(),
+            approvals: vec![],
         },
     );
     let refused = client
@@ -684,26 +697,12 @@ async fn a_validator_whose_host_the_chain_names_joins_without_new_cluster_files(
         .submit_tx(&redirect)
         .await
         .unwrap_err();
-    assert!(
-        refused.to_string().contains("sitting validator"),
-        "{refused}"
-    );
-    for (n, body) in [
-        TxBody::SetValidatorHost {
-            validator: newcomer,
-            host,
-            addr: net.addrs[3].to_string(),
-        },
-        TxBody::AddValidator {
-            validator: newcomer,
-        },
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        let tx = tx(admin, n as u64 + 1, body);
-        commit(&client, &tx).await;
-    }
+    assert!(refused.to_string().contains("majority"), "{refused}");
+    commit(
+        &client,
+        &approved(&net.key(), &majority, 1, add(net.addrs[3].to_string())),
+    )
+    .await;
     vs.push(Some(net.start(3).await));
     let all: Vec<&Validator> = vs.iter().flatten().collect();
     until("the old validators know the newcomer's host", || {
@@ -746,7 +745,7 @@ async fn a_validator_behind_the_purged_log_catches_up_from_a_snapshot() {
     let mut vs = net.start_converged(3).await;
     let dept = &net.departments[0];
     let client = net.client(dept);
-    commit(&client, &register(dept, 1)).await;
+    commit(&client, &register(&net.key(), dept, 1)).await;
     let follower = a_follower(&vs);
     let behind = vs[follower]
         .as_ref()
@@ -760,7 +759,7 @@ async fn a_validator_behind_the_purged_log_catches_up_from_a_snapshot() {
     // One block per registration: many log entries, snapshots, and the log purged.
     const DOCS: u64 = 40;
     for nonce in 2..=DOCS {
-        commit(&client, &register(dept, nonce)).await;
+        commit(&client, &register(&net.key(), dept, nonce)).await;
     }
     {
         let live: Vec<&Validator> = vs.iter().flatten().collect();
@@ -790,7 +789,7 @@ async fn a_validator_behind_the_purged_log_catches_up_from_a_snapshot() {
     for nonce in 1..=DOCS {
         assert!(
             state
-                .document(&registered_document(&register(dept, nonce)))
+                .document(&registered_document(&register(&net.key(), dept, nonce)))
                 .is_some()
         );
     }
@@ -819,7 +818,7 @@ async fn a_validator_behind_the_chain_does_not_answer_from_stale_state() {
     let dept = &net.departments[0];
     let client = net.client(dept);
     for nonce in 1..=5 {
-        commit(&client, &register(dept, nonce)).await;
+        commit(&client, &register(&net.key(), dept, nonce)).await;
     }
     client.close().await;
     futures::future::join_all(vs.iter_mut().filter_map(Option::take).map(stop)).await;
@@ -905,11 +904,13 @@ async fn the_leader_can_be_removed_through_the_chain() {
     let removed = net.validator_of(leader).unwrap();
     // Another validator signs the removal.
     let admin = &net.validators[(removed + 1) % 3];
-    let remove = tx(
-        admin,
+    let remove = approved(
+        &net.key(),
+        &[admin, &net.validators[(removed + 2) % 3]],
         1,
         TxBody::RemoveValidator {
             validator: net.validators[removed].public(),
+            approvals: vec![],
         },
     );
     let removed_at = commit(&client, &remove).await;
@@ -1011,7 +1012,7 @@ async fn a_client_redials_a_validator_host_whose_process_was_replaced() {
         ..ClientOptions::default()
     };
     let client = net.client_on(dept, link, options);
-    commit(&client, &register(dept, 1)).await;
+    commit(&client, &register(&net.key(), dept, 1)).await;
 
     relay.set_silent(true);
     stop(v).await;
@@ -1021,7 +1022,7 @@ async fn a_client_redials_a_validator_host_whose_process_was_replaced() {
     let (height, _) = client
         .chain()
         .unwrap()
-        .submit_tx(&register(dept, 2))
+        .submit_tx(&register(&net.key(), dept, 2))
         .await
         .unwrap();
     assert_eq!(height, v.ledger.status().height);
@@ -1193,4 +1194,265 @@ async fn a_validator_host_behind_the_chain_authorises_reads_by_the_others() {
         c.close().await;
     }
     stop(behind).await;
+}
+
+/// Governance needs a majority: one validator alone can neither seat a new validator, nor
+/// remove one, nor move another's host, and a key whose raft node id is a sitting
+/// validator's is refused even with a majority; with approvals of a majority each change
+/// commits and raft follows it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_validator_alone_cannot_seat_remove_or_move_another_and_a_majority_can() {
+    logs();
+    let tmp = tempfile::tempdir().unwrap();
+    let net = Net::with(tmp.path(), 1, 4, 3, RaftTuning::default());
+    let mut vs = net.start_converged(3).await;
+    let dept = &net.departments[0];
+    let client = net.client(dept);
+    let chain = client.chain().unwrap();
+    assert_eq!(chain.chain_key().await.unwrap(), net.key());
+    let (admin, other, third) = (&net.validators[0], &net.validators[1], &net.validators[2]);
+    let newcomer = net.validators[3].public();
+    let host = (net.nodes[3].public(), net.addrs[3].to_string());
+    let seat = TxBody::AddValidator {
+        validator: newcomer,
+        host: Some(host.clone()),
+        approvals: vec![],
+    };
+    let remove = |v: &Identity| TxBody::RemoveValidator {
+        validator: v.public(),
+        approvals: vec![],
+    };
+    let move_other = TxBody::SetValidatorHost {
+        validator: other.public(),
+        host: net.nodes[3].public(),
+        addr: net.addrs[3].to_string(),
+        approvals: vec![],
+    };
+    let first = &vs[0].as_ref().unwrap().ledger;
+    first.sealed(Duration::from_secs(10)).await.unwrap();
+    let (height, root) = (first.status().height, first.status().state_root);
+    // Alone: each refused for want of a majority, and nothing changes.
+    for (what, t) in [
+        ("seat", approved(&net.key(), &[admin], 1, seat.clone())),
+        ("remove", approved(&net.key(), &[admin], 1, remove(other))),
+        ("move", tx(&net.key(), admin, 1, move_other.clone())),
+    ] {
+        let err = chain.submit_tx(&t).await.unwrap_err();
+        assert!(err.to_string().contains("majority"), "{what}: {err}");
+    }
+    // A key with a sitting validator's raft node id: refused even with a majority.
+    let mut twin = other.public().to_bytes();
+    let twin = (0u8..=255)
+        .find_map(|b| {
+            twin[31] = b;
+            PublicId::from_bytes(twin)
+                .ok()
+                .filter(|k| *k != other.public())
+        })
+        .unwrap();
+    assert_eq!(node_id(&twin), node_id(&other.public()));
+    let collide = TxBody::AddValidator {
+        validator: twin,
+        host: Some(host.clone()),
+        approvals: vec![],
+    };
+    let err = chain
+        .submit_tx(&approved(&net.key(), &[admin, third], 1, collide))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("raft node id"), "{err}");
+    let status = vs[0].as_ref().unwrap().ledger.status();
+    assert_eq!((status.height, status.state_root), (height, root));
+
+    // With a majority: seated, and raft takes it in once it runs.
+    let seated_at = commit(&client, &approved(&net.key(), &[admin, other], 1, seat)).await;
+    vs.push(Some(net.start(3).await));
+    {
+        let all: Vec<&Validator> = vs.iter().flatten().collect();
+        until("the newcomer is a raft voter", || {
+            leader_of(&all).is_some_and(|l| l.ledger.raft_voters().len() == 4)
+        })
+        .await;
+        converged(&all).await;
+    }
+    // The client proves the new set from the approved change.
+    let history = chain.prove_validators().await.unwrap();
+    assert!(history.at(seated_at + 1).contains(&newcomer));
+    // Four validators: moving another's host takes three approvals.
+    let two = approved(&net.key(), &[admin, third], 2, move_other.clone());
+    let err = chain.submit_tx(&two).await.unwrap_err();
+    assert!(err.to_string().contains("majority"), "{err}");
+    let stay = TxBody::SetValidatorHost {
+        validator: other.public(),
+        host: net.nodes[1].public(),
+        addr: net.addrs[1].to_string(),
+        approvals: vec![],
+    };
+    let three = [admin, third, &net.validators[3]];
+    commit(&client, &approved(&net.key(), &three, 2, stay)).await;
+    // And removing one takes three too.
+    let removed_at = commit(
+        &client,
+        &approved(&net.key(), &three, 3, remove(&net.validators[3])),
+    )
+    .await;
+    // The removed validator gets no more blocks: stopped, the three others go on.
+    stop(vs[3].take().unwrap()).await;
+    let live: Vec<&Validator> = vs.iter().flatten().collect();
+    until("the removed validator left the raft voters", || {
+        leader_of(&live).is_some_and(|l| l.ledger.raft_voters().len() == 3)
+    })
+    .await;
+    let mut nonce = 0;
+    register_more(&client, dept, &mut nonce, 2).await;
+    let (height, _) = converged(&live).await;
+    assert!(height > removed_at);
+    one_block_per_height(&live, height);
+    let state = live[0].ledger.state();
+    assert!(!state.validators().contains(&newcomer));
+    assert_eq!(state.retired_nonce(&newcomer), Some(0));
+    assert_eq!(
+        state.validator_hosts()[&other.public()].addr,
+        net.addrs[1].to_string()
+    );
+    client.close().await;
+    stop_all(vs.into_iter().flatten()).await;
+}
+
+/// Asks validator `to` of `net` to endorse `block`, as the peer hosting validator `from`
+/// (real QUIC, the validators' own request).
+async fn ask_endorsement(
+    net: &Net,
+    from: usize,
+    to: usize,
+    block: &dangan::chain::block::Block,
+) -> dangan::chain::ledger::Endorsement {
+    let trust = Membership::new();
+    trust.replace(net.nodes.iter().map(|n| n.public()));
+    let link = dangan::net::Net::new(
+        &net.nodes[from],
+        Arc::new(trust),
+        dangan::net::NetOptions {
+            bind: "127.0.0.1:0".parse().unwrap(),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let body = bytes::Bytes::from(postcard::to_allocvec(block).unwrap());
+    let req = dangan::proto::Request::Endorse {
+        len: body.len() as u64,
+    };
+    let answer = link
+        .fetch(
+            &net.hosts()[to],
+            &req,
+            Some(&body),
+            dangan::proto::MAX_CHAIN_BODY,
+        )
+        .await
+        .unwrap()
+        .expect("an endorsement answer");
+    link.close().await;
+    postcard::from_bytes(&answer).unwrap()
+}
+
+/// A validator (here: the test, holding its key and its host's key) proposes two different
+/// blocks at one height to the two other validators over QUIC: they endorse the first, and
+/// refuse the second, also after a restart, naming the block they signed; so the second
+/// never becomes final. A block whose proposer signature is forged is refused. The chain
+/// then goes on with the first block.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_equivocating_proposer_never_gets_two_final_blocks_at_one_height() {
+    use dangan::chain::block::Block;
+    use dangan::chain::ledger::Endorsement;
+
+    logs();
+    let tmp = tempfile::tempdir().unwrap();
+    let net = Net::new(tmp.path(), 1);
+    let mut vs = net.start_converged(3).await;
+    let dept = &net.departments[0];
+    let client = net.client(dept);
+    commit(&client, &register(&net.key(), dept, 1)).await;
+    let (tip, _) = converged(&vs.iter().flatten().collect::<Vec<_>>()).await;
+    let (p, endorsers) = (0, [1, 2]);
+    let attacker = &net.validators[p];
+    let ledger = &vs[p].as_ref().unwrap().ledger;
+    let prev = ledger.block(tip).unwrap().unwrap().header.header;
+    let state = ledger.state();
+    let validators: Vec<PublicId> = state.validators().iter().copied().collect();
+    let next = register(&net.key(), dept, 2);
+    let other = tx(
+        &net.key(),
+        dept,
+        2,
+        TxBody::RegisterDocument {
+            document: DocumentId::of(b"another document at the same nonce"),
+        },
+    );
+    let propose = |t: SignedTx| {
+        let mut s = state.clone();
+        Block::propose(&mut s, &prev, vec![t], attacker, 1_700_000_000_000).0
+    };
+    let (mut x, y) = (propose(next.clone()), propose(other));
+    assert_ne!(x.header.header.hash(), y.header.header.hash());
+
+    // A forged proposer signature: refused before anything else.
+    let mut forged = x.clone();
+    forged.header.signatures = vec![(attacker.public(), forged.header.signatures[0].1)];
+    forged.header.header.time_ms += 1;
+    for &e in &endorsers {
+        match ask_endorsement(&net, p, e, &forged).await {
+            Endorsement::Refused(why) => assert!(why.contains("signature"), "{why}"),
+            other => panic!("a forged proposer signature was endorsed: {other:?}"),
+        }
+    }
+    // The first block: both endorse it, and it is final.
+    for &e in &endorsers {
+        match ask_endorsement(&net, p, e, &x).await {
+            Endorsement::Signed(who, sig) => x.header.signatures.push((who, sig)),
+            other => panic!("the first block was not endorsed: {other:?}"),
+        }
+    }
+    x.header.verify_final(&validators).unwrap();
+    // The second block at the same height: refused, naming the first; and again after
+    // both endorsers restart from disk.
+    for round in ["before", "after"] {
+        if round == "after" {
+            for &e in &endorsers {
+                stop(vs[e].take().unwrap()).await;
+            }
+            for &e in &endorsers {
+                vs[e] = Some(net.start(e).await);
+            }
+            converged(&vs.iter().flatten().collect::<Vec<_>>()).await;
+        }
+        for &e in &endorsers {
+            match ask_endorsement(&net, p, e, &y).await {
+                Endorsement::SignedOther(signed) => {
+                    assert_eq!(signed.header.header, x.header.header, "{round} restart")
+                }
+                Endorsement::Signed(..) => {
+                    panic!(
+                        "{round} restart: a second block at height {} was endorsed",
+                        tip + 1
+                    )
+                }
+                Endorsement::Refused(why) => panic!("{round} restart: {why}"),
+            }
+        }
+        assert!(matches!(
+            y.header.verify_final(&validators),
+            Err(BlockError::NotFinal { signed: 1, .. })
+        ));
+    }
+    // The chain goes on: the next block at that height is the one the validators signed.
+    commit(&client, &next).await;
+    let all: Vec<&Validator> = vs.iter().flatten().collect();
+    let (height, _) = converged(&all).await;
+    one_block_per_height(&all, height);
+    let at = all[0].ledger.block(tip + 1).unwrap().unwrap();
+    assert_eq!(at.header.header, x.header.header);
+    commit(&client, &register(&net.key(), dept, 3)).await;
+    client.close().await;
+    stop_all(vs.into_iter().flatten()).await;
 }
