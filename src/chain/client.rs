@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use quinn::RecvStream;
 use serde::de::DeserializeOwned;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use super::block::{Block, BlockError, TxInclusion};
 use super::ledger::ChainStatus;
@@ -438,9 +438,10 @@ impl ChainClient {
     }
 
     /// A proven answer: asked (see [`ChainClient::call`]), checked against the validators
-    /// of its header's height, and refused if older than the newest state this client has
-    /// proven (then the other hosts are asked for newer state). A proof that fails is never
-    /// acted on: that host is faulty or lying.
+    /// of its header's height, and refused if its proof fails or it is older than the
+    /// newest state this client has proven; then each other host is asked in turn, and the
+    /// first sound answer is taken (the next requests go to that host). A proof that fails
+    /// is never acted on: that host is faulty or lying.
     async fn proven<P: DeserializeOwned>(
         &self,
         req: &Request,
@@ -459,36 +460,45 @@ impl ChainClient {
             (Response::NotFound, _, _) => return Err(ChainError::Missing(what)),
             (other, _, node) => return Err(net.unexpected(&node, other).into()),
         };
-        let first = self
-            .check_proven(&body, &host, what, &height, &check)
-            .await?;
         let seen = self.inner.newest.load(Ordering::Relaxed);
-        if height(&first) >= seen {
-            self.inner
-                .newest
-                .fetch_max(height(&first), Ordering::Relaxed);
-            return Ok(first);
+        let first = self.check_proven(&body, &host, what, &height, &check).await;
+        match &first {
+            Ok(p) if height(p) >= seen => {
+                self.inner.newest.fetch_max(height(p), Ordering::Relaxed);
+                return first;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                warn!(host = %host.key.short(), error = %e, "a validator host's answer was refused")
+            }
         }
-        // Older than what this client has seen: a host lagging, or keeping newer state
-        // back. Another host may have it.
-        for node in self.inner.link.hosts.iter().filter(|h| h.key != host.key) {
+        // Unproven, or older than what this client has seen: a host lagging, faulty or
+        // keeping newer state back. Another host may answer soundly.
+        let hosts = &self.inner.link.hosts;
+        for (i, node) in hosts.iter().enumerate().filter(|(_, h)| h.key != host.key) {
             let Ok(Some(body)) = net.fetch(node, req, None, proto::MAX_CHAIN_BODY).await else {
                 continue;
             };
             match self.check_proven(&body, node, what, &height, &check).await {
                 Ok(p) if height(&p) >= seen => {
+                    self.inner.host.store(i, Ordering::Relaxed);
                     self.inner.newest.fetch_max(height(&p), Ordering::Relaxed);
                     return Ok(p);
                 }
                 Ok(_) => {}
-                Err(e) => debug!(host = %node.key.short(), error = %e, "a chain answer refused"),
+                Err(e) => {
+                    warn!(host = %node.key.short(), error = %e, "a validator host's answer was refused")
+                }
             }
         }
-        Err(ChainError::Stale {
-            what,
-            got: height(&first),
-            seen,
-        })
+        match first {
+            Ok(p) => Err(ChainError::Stale {
+                what,
+                got: height(&p),
+                seen,
+            }),
+            Err(e) => Err(e),
+        }
     }
 
     /// Decodes a proven answer from `host` and checks its proof.
