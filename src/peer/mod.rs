@@ -10,8 +10,9 @@
 //! clients' puts.
 //!
 //! Every request is authorised by `access` from the caller's key (authenticated by the TLS
-//! handshake) and the chain state now: reads by the owner, a live grantee, an operator or a
-//! storage node; writes and maintenance by the roles that need them; chain records by
+//! handshake) and the chain state now: reads by the owner, a live grantee or an operator;
+//! writes and maintenance by the roles that need them (a storage node's key by none:
+//! `access`); a shard delete drops only the reference of the document it names (`store`); chain records by
 //! `access::ChainScope`; read audits by the document's owner and operators. Every read
 //! served with document bytes is recorded in the peer's `audit::AuditLog`. A refusal is
 //! `ErrorCode::Refused` with the reason, before any body is read or any document byte sent.
@@ -402,13 +403,24 @@ async fn handle(
         Err(e) => return refuse(send, recv, state, &who, e).await,
     };
     match req {
-        Request::PutShard { id, len } => storage::put_shard(send, recv, state, id, len).await,
-        Request::PutMany { shards, manifest } => {
-            storage::put_many(send, recv, state, shards, manifest).await
+        Request::PutShard { id, len, document } => {
+            storage::put_shard(send, recv, state, who, (id, len, document)).await
         }
+        Request::PutMany {
+            shards,
+            manifest,
+            document,
+        } => storage::put_many(send, recv, state, shards, manifest, document).await,
         Request::GetShard { id } => storage::get_shard(send, state, who, read_of, id).await,
-        Request::HasShard { id } => storage::has_shard(send, state, id).await,
-        Request::DeleteShard { id } => storage::delete_shard(send, state, id).await,
+        Request::HasShard { id, document } => {
+            storage::has_shard(send, state, id, document).await
+        }
+        Request::DeleteShard { id, document } => {
+            storage::delete_shard(send, state, id, document).await
+        }
+        Request::BindShards { document, shards } => {
+            storage::bind_shards(send, state, who, document, shards).await
+        }
         Request::ListShards { after, limit } => {
             storage::list_shards(send, state, after, limit).await
         }
@@ -481,7 +493,7 @@ async fn may_query_chain(
 /// (recorded in the audit log once served). Submissions, the chain's status, layout,
 /// validator set changes and accounts are open to every authenticated key (a transaction
 /// is checked by the chain itself); blocks and transactions are for the consortium's
-/// members, the document list for operators and nodes; a document's record is shown as
+/// members, the document list for operators and validators; a document's record is shown as
 /// `access::ChainScope` says (in the handler); consensus messages are checked where they
 /// are read (`validator_body`).
 async fn authorise(
@@ -515,7 +527,7 @@ async fn authorise(
             may_query_chain(
                 state,
                 who,
-                &[Role::Operator, Role::Node, Role::Validator],
+                &[Role::Operator, Role::Validator],
                 "list every document",
             )
             .await
@@ -523,8 +535,9 @@ async fn authorise(
         Request::PutShard { .. }
         | Request::PutManifest { .. }
         | Request::PutMany { .. }
+        | Request::BindShards { .. }
         | Request::HasShard { .. } => access.may_store(who).await,
-        Request::DeleteShard { id } => access.may_delete_shard(who, id, opened).await,
+        Request::DeleteShard { document, .. } => access.may_delete_shard(who, document).await,
         Request::DeleteManifest { id } => access.may_delete_manifest(who, id).await,
         Request::ListShards { .. } => access.may_maintain(who, "list shards").await,
         Request::Usage => access.may_maintain(who, "see the store's usage").await,

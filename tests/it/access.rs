@@ -205,10 +205,17 @@ async fn only_owner_grantees_and_operators_are_served() {
     let put = Request::PutShard {
         id: ShardId::of(junk),
         len: junk.len() as u64,
+        document: None,
     };
     for (req, body) in [
         (put, Some(&junk[..])),
-        (Request::DeleteShard { id: shard_a }, None),
+        (
+            Request::DeleteShard {
+                id: shard_a,
+                document: doc_a.id,
+            },
+            None,
+        ),
         (
             Request::PutManifest {
                 id: DocumentId::of(junk),
