@@ -321,8 +321,9 @@ pub enum ErrorCode {
     NotValidator = 9,
     /// The chain has no leader at the moment (an election is under way), or this validator
     /// cannot reach it or is behind it; or a storage peer cannot check access now (the
-    /// chain unreachable or too slow to answer): ask another, or again shortly. Nothing
-    /// changed and no document bytes were sent.
+    /// chain unreachable or too slow to answer), or cannot record a read in its audit log
+    /// (`audit`: fail closed): ask another, or again shortly. Nothing changed and no
+    /// document bytes were sent.
     Unavailable = 10,
 }
 

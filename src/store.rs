@@ -485,7 +485,12 @@ impl ShardStore {
     /// Stores `bytes` under `id`, durably, held by `holder`; if the body is already here,
     /// adds `holder`'s reference (a document's only if it has none). Refuses bytes that do
     /// not hash to `id` ([`StoreError::HashMismatch`], nothing changes).
-    pub fn put(&self, id: &ShardId, bytes: &[u8], holder: Holder) -> Result<PutOutcome, StoreError> {
+    pub fn put(
+        &self,
+        id: &ShardId,
+        bytes: &[u8],
+        holder: Holder,
+    ) -> Result<PutOutcome, StoreError> {
         let mut out = self.put_batch(&[(*id, bytes)], holder)?;
         Ok(out.pop().unwrap_or(PutOutcome::AlreadyPresent))
     }
@@ -1231,7 +1236,10 @@ mod tests {
     }
 
     fn upload() -> Holder {
-        Holder::Upload(crate::identity::Identity::from_seed([9; 32], crate::identity::Role::Department).public())
+        Holder::Upload(
+            crate::identity::Identity::from_seed([9; 32], crate::identity::Role::Department)
+                .public(),
+        )
     }
 
     const SMALL: usize = 1000;
@@ -1637,7 +1645,10 @@ mod tests {
             txn.commit().unwrap();
         }
         assert!(matches!(s.get(&id), Err(StoreError::Record { .. })));
-        assert!(matches!(s.delete(&id, &did(1)), Err(StoreError::Record { .. })));
+        assert!(matches!(
+            s.delete(&id, &did(1)),
+            Err(StoreError::Record { .. })
+        ));
         assert!(s.has(&id).unwrap());
     }
 

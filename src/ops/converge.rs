@@ -367,10 +367,14 @@ async fn converge_stripe(
             if done {
                 return true;
             }
-            client.net().shard_held(node, id, document).await.unwrap_or_else(|e| {
-                debug!(slot, error = %e, "placed peer unreachable");
-                false
-            })
+            client
+                .net()
+                .shard_held(node, id, document)
+                .await
+                .unwrap_or_else(|e| {
+                    debug!(slot, error = %e, "placed peer unreachable");
+                    false
+                })
         }
     });
     let mut present: Vec<bool> = futures::future::join_all(checks).await;
@@ -418,7 +422,11 @@ async fn converge_stripe(
             continue;
         };
         throttle.take(bytes.len() as u64).await;
-        match client.net().shard_put(&new[slot], id, &bytes, document).await {
+        match client
+            .net()
+            .shard_put(&new[slot], id, &bytes, document)
+            .await
+        {
             Ok(_) => {
                 present[slot] = true;
                 out.bytes += bytes.len() as u64;

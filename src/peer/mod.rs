@@ -14,7 +14,9 @@
 //! writes and maintenance by the roles that need them (a storage node's key by none:
 //! `access`); a shard delete drops only the reference of the document it names (`store`); chain records by
 //! `access::ChainScope`; read audits by the document's owner and operators. Every read
-//! served with document bytes is recorded in the peer's `audit::AuditLog`. A refusal is
+//! served with document bytes is recorded in the peer's `audit::AuditLog` before its bytes
+//! are sent; a read that cannot be recorded (the log's bounded buffer full, or its disk
+//! failing) is answered `ErrorCode::Unavailable` and sends nothing. A refusal is
 //! `ErrorCode::Refused` with the reason, before any body is read or any document byte sent.
 //! Authorisation runs within [`AUTHORISE_TIMEOUT`]; when the chain cannot say (unreachable,
 //! this peer's validator behind and no other answering, or too slow) the answer is
@@ -73,6 +75,10 @@ pub struct PeerLimits {
     pub commit_batch: usize,
     /// How often the peer commits the Merkle root of its new read records (`audit`).
     pub audit_interval: Duration,
+    /// Most read records waiting in memory for their write to the audit log; while it is
+    /// full (or the last write failed) reads are refused `Unavailable` (`audit`: fail
+    /// closed). 0: this peer records, and so serves, no read.
+    pub audit_buffer: usize,
 }
 
 impl Default for PeerLimits {
@@ -84,6 +90,7 @@ impl Default for PeerLimits {
             request_timeout: Duration::from_secs(60),
             commit_batch: 64,
             audit_interval: Duration::from_secs(10),
+            audit_buffer: crate::audit::DEFAULT_BUFFER,
         }
     }
 }
@@ -214,7 +221,8 @@ pub async fn start(
     let store = Arc::new(store);
     let audit = {
         let dir = data_dir.to_path_buf();
-        Arc::new(blocking(move || AuditLog::open(&dir)).await?)
+        let bound = limits.audit_buffer;
+        Arc::new(blocking(move || AuditLog::open(&dir, bound)).await?)
     };
     let endpoint = tls::endpoint(listen, identity, trust)?;
     let addr = endpoint.local_addr().map_err(PeerError::Addr)?;
@@ -412,9 +420,7 @@ async fn handle(
             document,
         } => storage::put_many(send, recv, state, shards, manifest, document).await,
         Request::GetShard { id } => storage::get_shard(send, state, who, read_of, id).await,
-        Request::HasShard { id, document } => {
-            storage::has_shard(send, state, id, document).await
-        }
+        Request::HasShard { id, document } => storage::has_shard(send, state, id, document).await,
         Request::DeleteShard { id, document } => {
             storage::delete_shard(send, state, id, document).await
         }

@@ -19,8 +19,8 @@ use crate::audit::ReadKind;
 use crate::id::{DocumentId, ShardId};
 use crate::identity::PublicId;
 use crate::proto::{
-    self, DeleteOutcome, ErrorCode, MAX_BIND, MAX_LIST, MAX_MANIFEST_BODY, MAX_PUT_MANY, MAX_PUT_MANY_BODY,
-    MAX_SCRUB, MAX_SHARD_BODY, ProtoError, Response,
+    self, DeleteOutcome, ErrorCode, MAX_BIND, MAX_LIST, MAX_MANIFEST_BODY, MAX_PUT_MANY,
+    MAX_PUT_MANY_BODY, MAX_SCRUB, MAX_SHARD_BODY, ProtoError, Response,
 };
 use crate::store::{self, Holder, INLINE_MAX, Prepared, ShardStore, StoreError};
 
@@ -227,7 +227,20 @@ pub(super) async fn put_many(
     answer(send, &resp, None).await
 }
 
-/// Serves a shard; a read of document `read_of` (see `authorise`) is recorded once served.
+/// Answers a read that the audit log cannot record: `Unavailable`, no document byte (fail
+/// closed, `audit`).
+async fn unrecorded(
+    send: &mut SendStream,
+    state: &State,
+    e: crate::audit::AuditError,
+) -> Result<(), ProtoError> {
+    state.stats.refused.fetch_add(1, Ordering::Relaxed);
+    warn!(error = %e, "read refused: it cannot be recorded");
+    answer(send, &error(ErrorCode::Unavailable, e.to_string()), None).await
+}
+
+/// Serves a shard; a read of document `read_of` (see `authorise`) is recorded before its
+/// bytes are sent, or refused if it cannot be.
 pub(super) async fn get_shard(
     send: &mut SendStream,
     state: &State,
@@ -238,10 +251,12 @@ pub(super) async fn get_shard(
     let store = state.store.clone();
     match blocking(move || store.get(&id)).await {
         Ok(Some(bytes)) => {
-            state.stats.shards_served.fetch_add(1, Ordering::Relaxed);
-            if let Some(document) = read_of {
-                state.audit.record(who, document, ReadKind::Shard(id));
+            if let Some(document) = read_of
+                && let Err(e) = state.audit.record(who, document, ReadKind::Shard(id))
+            {
+                return unrecorded(send, state, e).await;
             }
+            state.stats.shards_served.fetch_add(1, Ordering::Relaxed);
             let resp = Response::Shard {
                 len: bytes.len() as u64,
             };
@@ -355,7 +370,8 @@ pub(super) async fn put_manifest(
     answer(send, &resp, None).await
 }
 
-/// Serves a manifest; the read is recorded once served.
+/// Serves a manifest; the read is recorded before its bytes are sent, or refused if it
+/// cannot be.
 pub(super) async fn get_manifest(
     send: &mut SendStream,
     state: &State,
@@ -365,7 +381,9 @@ pub(super) async fn get_manifest(
     let store = state.store.clone();
     match blocking(move || store.get_blob(&id.0)).await {
         Ok(Some(bytes)) => {
-            state.audit.record(who, id, ReadKind::Manifest);
+            if let Err(e) = state.audit.record(who, id, ReadKind::Manifest) {
+                return unrecorded(send, state, e).await;
+            }
             let resp = Response::Manifest {
                 len: bytes.len() as u64,
             };

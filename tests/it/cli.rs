@@ -414,6 +414,7 @@ fn example_configs_load() {
     );
     assert_eq!(node.limits.queue_timeout, d.queue_timeout);
     assert_eq!(node.limits.request_timeout, d.request_timeout);
+    assert_eq!(node.limits.audit_buffer, d.audit_buffer);
 }
 
 #[test]

@@ -163,16 +163,30 @@ async fn garbage_oversized_and_abandoned_requests_leave_the_peer_healthy() {
     // A shard body over the limit.
     let (_raw, mut send, mut recv) = raw_stream(&cluster, &me).await;
     let id = ShardId::of(b"x");
-    proto::write_frame(&mut send, &Request::PutShard { id, len: u64::MAX, document: None })
-        .await
-        .unwrap();
+    proto::write_frame(
+        &mut send,
+        &Request::PutShard {
+            id,
+            len: u64::MAX,
+            document: None,
+        },
+    )
+    .await
+    .unwrap();
     let resp: Response = proto::read_frame(&mut recv).await.unwrap();
     expect_error(&resp, ErrorCode::TooLarge);
 
     // A body that does not match its id.
     let raw = connect(&cluster, &me).await;
     let (resp, _) = raw
-        .ask(&Request::PutShard { id, len: 3, document: None }, Some(b"abc"))
+        .ask(
+            &Request::PutShard {
+                id,
+                len: 3,
+                document: None,
+            },
+            Some(b"abc"),
+        )
         .await;
     expect_error(&resp, ErrorCode::HashMismatch);
 

@@ -97,7 +97,14 @@ fn wire_frames() {
     put(
         "wire_frame",
         "put_shard",
-        &with_body(Request::PutShard { id, len: 5, document: None }, b"hello"),
+        &with_body(
+            Request::PutShard {
+                id,
+                len: 5,
+                document: None,
+            },
+            b"hello",
+        ),
     );
     put(
         "wire_frame",

@@ -289,7 +289,11 @@ async fn shards_shared_by_two_documents_survive_collecting_one() {
         .peer(cluster.index_of(&node.key).unwrap())
         .unwrap()
         .store();
-    assert_eq!(store.refcount(&shard).unwrap(), Some(2), "one reference each");
+    assert_eq!(
+        store.refcount(&shard).unwrap(),
+        Some(2),
+        "one reference each"
+    );
 
     // The original is superseded and collected (as after a rekey), twice over: a rerun
     // without its journal drops nothing more.
