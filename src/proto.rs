@@ -142,7 +142,7 @@ pub enum Request {
     /// canonical manifest follow (at most [`MAX_MANIFEST_BODY`]). The peer checks that the
     /// caller may read `document` now (`access`), that the bytes hash to it and decode, and
     /// answers `Opened`; `GetShard` on this connection then serves that manifest's shards
-    /// (to a reader who is not an operator or a storage node, nothing else). A connection
+    /// (to a reader who is not an operator, nothing else). A connection
     /// keeps at most [`MAX_OPEN_DOCUMENTS`] documents open (the oldest is closed first).
     OpenDocument {
         document: DocumentId,

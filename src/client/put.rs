@@ -222,7 +222,8 @@ impl Client {
         document: &DocumentId,
         unbound: Vec<(u64, usize, NodeInfo, ShardId)>,
     ) -> Vec<(u64, usize, PublicId)> {
-        let mut by_peer: Vec<(NodeInfo, Vec<(u64, usize, ShardId)>)> = Vec::new();
+        type Slots = Vec<(u64, usize, ShardId)>;
+        let mut by_peer: Vec<(NodeInfo, Slots)> = Vec::new();
         for (stripe, slot, node, id) in unbound {
             match by_peer.iter_mut().find(|(n, _)| n.key == node.key) {
                 Some((_, shards)) => shards.push((stripe, slot, id)),
