@@ -758,6 +758,24 @@ async fn revoke(id: DocumentId, reader: PublicId, client: &ClientArgs) -> Result
     Ok(())
 }
 
+/// Creates (or truncates) `path` for a document's plaintext, readable and writable by the
+/// user only (mode 0600 on unix), whatever the umask, and even if a stale file of another
+/// mode was left there: the partial output of a get is the document itself.
+async fn create_private(path: &Path) -> std::io::Result<tokio::fs::File> {
+    let mut opts = tokio::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    opts.mode(0o600);
+    let f = opts.open(path).await?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .await?;
+    }
+    Ok(f)
+}
+
 async fn get(
     id: DocumentId,
     output: &Path,
@@ -776,7 +794,7 @@ async fn get(
         other => other?,
     };
     let tmp = output.with_extension("dangan-partial");
-    let f = tokio::fs::File::create(&tmp)
+    let f = create_private(&tmp)
         .await
         .with_context(|| format!("creating {}", tmp.display()))?;
     let bar = progress_bar(0, "get");

@@ -4,12 +4,21 @@
 //! known only by their public key), so each request is authorised here instead:
 //! - reading a document (`GetManifest`, `OpenDocument`, then `GetShard` on the shards of an
 //!   open manifest) is for its owning department, a live grantee
-//!   ([`DocumentRecord::may_read`]: not revoked, not expired), an operator (repair,
-//!   rebalance and scrub run as one) and storage nodes;
-//! - storing shards and manifests is for departments, operators and storage nodes;
-//! - deleting, listing, usage and scrub are for operators and storage nodes; the owning
-//!   department may also delete the manifest, and the shards opened on the connection, of its
-//!   own document once a newer version superseded it (`revision::collect` after a rekey).
+//!   ([`DocumentRecord::may_read`]: not revoked, not expired) and operators (repair,
+//!   rebalance and scrub run as one, and read shards no open document names);
+//! - storing shards and manifests is for departments and operators;
+//! - deleting, listing, usage and scrub are for operators; the owning department may also
+//!   delete the manifest, and its document's references to shards, of its own document once
+//!   a newer version superseded it (`revision::collect` after a rekey). A shard delete drops
+//!   the reference of the document it names and no other (`store`), so what a department
+//!   may delete is its own documents' references, whatever manifest it shows.
+//!
+//! Least privilege: a storage node's key (`Role::Node`) is what a peer uses to ask the chain
+//! (records and accounts to authorise requests, transactions to settle its audit roots) and
+//! to commit its audit roots; no code path sends storage requests with it, so it may not
+//! read, store or delete documents' shards or manifests, list, scrub or see usage on any
+//! peer: a stolen peer key reads and destroys nothing elsewhere. Operators run the
+//! operations (`ops`).
 //!
 //! [`ChainView`] is the peer's view of the chain: on a validator's peer its own ledger while
 //! that is current (`Ledger::is_current`), and otherwise, as on every other peer, the
@@ -72,7 +81,7 @@ pub enum AccessError {
     )]
     NotOpened { who: PublicId, shard: ShardId },
     #[error(
-        "{who} may not delete what document {document} holds: only its owner, once a newer version superseded it, or an operator"
+        "{who} may not delete what document {document} holds: only its owner, once a newer version superseded it, or an operator may"
     )]
     NotCollectable { who: PublicId, document: DocumentId },
     #[error("{who} may not see who read document {document}: only its owner and operators may")]
@@ -118,7 +127,7 @@ impl AccessError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ChainScope {
     /// Operators, storage nodes, validators and the peers hosting validators (repair,
-    /// authorisation, consensus): every record whole.
+    /// authorisation of reads by every peer, consensus): every record whole.
     Everything,
     /// Anyone else: the records it owns whole, a record it holds a live grant on with that
     /// grant alone, and nothing of any other document.
@@ -320,12 +329,9 @@ impl ChainView {
         Ok(record)
     }
 
-    /// Whether `who` is an operator or a storage node: they read and repair every shard.
-    async fn is_maintainer(&self, who: &PublicId, refresh: bool) -> Result<bool, AccessError> {
-        Ok(matches!(
-            self.role(who, refresh).await?,
-            Some(Role::Operator | Role::Node)
-        ))
+    /// Whether `who` is an operator: operators read, repair and move every shard.
+    async fn is_operator(&self, who: &PublicId, refresh: bool) -> Result<bool, AccessError> {
+        Ok(self.role(who, refresh).await? == Some(Role::Operator))
     }
 
     /// Allowed when `who` has one of `roles`; else refused naming `action`.
@@ -360,33 +366,32 @@ impl ChainView {
         })
     }
 
-    /// Storing shards and manifests: departments (their puts), operators and storage nodes
-    /// (repair and rebalance copies).
+    /// Storing shards and manifests: departments (their puts) and operators (repair and
+    /// rebalance copies).
     pub async fn may_store(&self, who: &PublicId) -> Result<(), AccessError> {
         self.require(
             who,
-            &[Role::Department, Role::Operator, Role::Node],
+            &[Role::Department, Role::Operator],
             "store shards or manifests",
         )
         .await
     }
 
-    /// Deleting, listing, usage, scrub: operators and storage nodes.
+    /// Listing, usage, scrub: operators.
     pub async fn may_maintain(
         &self,
         who: &PublicId,
         action: &'static str,
     ) -> Result<(), AccessError> {
-        self.require(who, &[Role::Operator, Role::Node], action)
-            .await
+        self.require(who, &[Role::Operator], action).await
     }
 
-    /// Whether `who` may read document `id` now: its owner, a live grantee, an operator or a
-    /// storage node, and only while it is registered.
+    /// Whether `who` may read document `id` now: its owner, a live grantee or an operator,
+    /// and only while it is registered.
     pub async fn may_read(&self, who: &PublicId, id: &DocumentId) -> Result<(), AccessError> {
         Self::refused_twice(|refresh| async move {
             let record = self.registered(id, refresh).await?;
-            if record.may_read(who, crate::now_ms()) || self.is_maintainer(who, refresh).await? {
+            if record.may_read(who, crate::now_ms()) || self.is_operator(who, refresh).await? {
                 Ok(())
             } else {
                 Err(AccessError::NotGranted {
@@ -505,15 +510,15 @@ impl ChainView {
             .ok_or(AccessError::NotRegistered(*id))
     }
 
-    /// Whether `who` may delete document `id`'s manifest: an operator or a storage node, or
-    /// the owning department once a newer version superseded it (`dangan rekey|supersede`
-    /// collecting the old version).
+    /// Whether `who` may delete document `id`'s manifest: an operator, or the owning
+    /// department once a newer version superseded it (`dangan rekey|supersede` collecting
+    /// the old version).
     pub async fn may_delete_manifest(
         &self,
         who: &PublicId,
         id: &DocumentId,
     ) -> Result<(), AccessError> {
-        if self.is_maintainer(who, false).await? {
+        if self.is_operator(who, false).await? {
             return Ok(());
         }
         Self::refused_twice(|refresh| async move {
@@ -530,35 +535,22 @@ impl ChainView {
         .await
     }
 
-    /// Whether `who` may drop a reference to `shard` on a connection with `opened`: an
-    /// operator or a storage node always; the owning department only for a shard of a
-    /// superseded document of its own opened on this connection.
+    /// Whether `who` may drop `document`'s references to shards (`DeleteShard` naming it):
+    /// the same rule as its manifest ([`ChainView::may_delete_manifest`]). The delete drops
+    /// only that document's reference (`store`), so no shard need be shown: a document that
+    /// holds no reference to a shard loses nothing.
     pub async fn may_delete_shard(
         &self,
         who: &PublicId,
-        shard: &ShardId,
-        opened: &OpenDocuments,
+        document: &DocumentId,
     ) -> Result<(), AccessError> {
-        if self.is_maintainer(who, false).await? {
-            return Ok(());
-        }
-        let mut refusal = None;
-        for document in opened.documents_with(shard) {
-            match self.may_delete_manifest(who, &document).await {
-                Ok(()) => return Ok(()),
-                Err(e) => refusal = Some(e),
-            }
-        }
-        Err(refusal.unwrap_or(AccessError::NotOpened {
-            who: *who,
-            shard: *shard,
-        }))
+        self.may_delete_manifest(who, document).await
     }
 
-    /// Whether `who` may fetch `shard` on a connection with `opened`: an operator or a
-    /// storage node always; anyone else only for a shard of a document opened on this
-    /// connection that they may still read now. Allowed, it names the open document the
-    /// read is of (`None`: a maintainer's read of a shard no open document names).
+    /// Whether `who` may fetch `shard` on a connection with `opened`: an operator always;
+    /// anyone else only for a shard of a document opened on this connection that they may
+    /// still read now. Allowed, it names the open document the read is of (`None`: an
+    /// operator's read of a shard no open document names).
     pub async fn may_read_shard(
         &self,
         who: &PublicId,
@@ -574,7 +566,7 @@ impl ChainView {
             }
         }
         match self
-            .require(who, &[Role::Operator, Role::Node], "read unopened shards")
+            .require(who, &[Role::Operator], "read unopened shards")
             .await
         {
             Err(AccessError::Forbidden { .. }) => Err(refusal.unwrap_or(AccessError::NotOpened {

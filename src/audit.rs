@@ -7,7 +7,15 @@
 //! document opened on the connection): reader, document, time, what was read, and a
 //! sequence number. Records are buffered in memory and written to `<data dir>/audit.redb`
 //! in one durable transaction every [`FLUSH_EVERY`] or [`FLUSH_AT`] records, so a read does
-//! not pay an fsync (a crash loses at most the records of that last second). Every
+//! not pay an fsync (a crash loses at most the records of that last second).
+//!
+//! Fail closed: a read is recorded *before* its bytes are sent, and a read that cannot be
+//! recorded is not served ([`AuditLog::record`] refuses; the peer answers `Unavailable`,
+//! no document byte sent). It cannot be recorded while the buffer holds its bound of
+//! records (`PeerLimits::audit_buffer`, default [`DEFAULT_BUFFER`]: about 2 MiB), until a
+//! flush drains it, or while the log's last write to disk failed, until one succeeds. So
+//! memory stays bounded, and a peer whose disk refuses its records stops serving reads
+//! instead of serving them unrecorded. Every
 //! `PeerLimits::audit_interval` the peer's auditor task flushes, builds a BLAKE3 Merkle tree
 //! (`chain::merkle`) over the records since its last root (at most [`MAX_ROOT_RECORDS`]
 //! per root) and commits a signed `AuditRoot { peer, first, count, root }`; the chain takes
@@ -63,6 +71,9 @@ pub const AUDIT_FILE: &str = "audit.redb";
 pub const FLUSH_EVERY: Duration = Duration::from_secs(1);
 /// Buffered records that trigger a flush before [`FLUSH_EVERY`].
 pub const FLUSH_AT: usize = 256;
+/// Default bound on records waiting in memory for their write (`PeerLimits::audit_buffer`):
+/// 16 Ki records of about 130 bytes, some 2 MiB, sixty-four flushes' worth at [`FLUSH_AT`].
+pub const DEFAULT_BUFFER: usize = 16 << 10;
 /// Most records one `AuditRoot` covers (more wait for the next root, in the same round).
 pub const MAX_ROOT_RECORDS: u64 = 4096;
 /// Most roots one round of the auditor commits.
@@ -161,6 +172,11 @@ pub enum AuditError {
     Chain(#[from] ChainError),
     #[error("{0}")]
     Refused(String),
+    #[error(
+        "this peer cannot record the read in its audit log ({0}), so it does not serve it; \
+         ask another peer or again shortly"
+    )]
+    CannotRecord(String),
 }
 
 fn dberr<E: std::fmt::Display>(e: E) -> AuditError {
@@ -190,6 +206,10 @@ fn document_key(document: &DocumentId, seq: u64) -> [u8; 40] {
 struct Buffer {
     next_seq: u64,
     records: Vec<AuditRecord>,
+    /// Most records held; a record past it is refused.
+    bound: usize,
+    /// Why the last write to disk failed, until one succeeds.
+    failing: Option<String>,
 }
 
 /// A peer's read records (see the module docs). Calls that touch the database block.
@@ -211,8 +231,9 @@ impl std::fmt::Debug for AuditLog {
 }
 
 impl AuditLog {
-    /// Opens (creating if needed) the log in `dir`.
-    pub fn open(dir: &Path) -> Result<Self, AuditError> {
+    /// Opens (creating if needed) the log in `dir`, holding at most `bound` records in
+    /// memory (see the module docs).
+    pub fn open(dir: &Path, bound: usize) -> Result<Self, AuditError> {
         std::fs::create_dir_all(dir).map_err(dberr)?;
         let db = Database::builder()
             .set_cache_size(4 << 20)
@@ -236,6 +257,8 @@ impl AuditLog {
             buffer: Mutex::new(Buffer {
                 next_seq,
                 records: Vec::new(),
+                bound,
+                failing: None,
             }),
             writing: Mutex::new(()),
             wake: Notify::new(),
@@ -251,9 +274,29 @@ impl AuditLog {
         self.writing.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Records that `reader` was served `read` of `document` now. Never blocks on disk.
-    pub fn record(&self, reader: PublicId, document: DocumentId, read: ReadKind) {
+    /// Records that `reader` is served `read` of `document` now, before it is sent; refused
+    /// ([`AuditError::CannotRecord`]) while the buffer is full or the last write to disk
+    /// failed: the read must then not be served. Never blocks on disk.
+    pub fn record(
+        &self,
+        reader: PublicId,
+        document: DocumentId,
+        read: ReadKind,
+    ) -> Result<(), AuditError> {
         let mut buffer = self.buffer();
+        if let Some(reason) = &buffer.failing {
+            return Err(AuditError::CannotRecord(format!(
+                "its last write to disk failed: {reason}"
+            )));
+        }
+        if buffer.records.len() >= buffer.bound {
+            let held = buffer.records.len();
+            drop(buffer);
+            self.wake.notify_one();
+            return Err(AuditError::CannotRecord(format!(
+                "{held} records wait for their write, its bound"
+            )));
+        }
         let seq = buffer.next_seq;
         buffer.next_seq += 1;
         buffer.records.push(AuditRecord {
@@ -264,12 +307,13 @@ impl AuditLog {
             at_ms: crate::now_ms(),
             read,
         });
-        let full = buffer.records.len() >= FLUSH_AT;
+        let full = buffer.records.len() >= FLUSH_AT.min(buffer.bound);
         drop(buffer);
         self.recorded.fetch_add(1, Ordering::Relaxed);
         if full {
             self.wake.notify_one();
         }
+        Ok(())
     }
 
     /// Reads recorded since this log was opened.
@@ -303,12 +347,17 @@ impl AuditLog {
             txn.commit().map_err(dberr)
         })();
         match written {
-            Ok(()) => Ok(records.len()),
+            Ok(()) => {
+                self.buffer().failing = None;
+                Ok(records.len())
+            }
             Err(e) => {
-                // Put them back in front, in order: the next flush tries again.
+                // Put them back in front, in order: the next flush tries again. Until one
+                // succeeds, no read is recorded, so none is served.
                 let mut buffer = self.buffer();
                 let later = std::mem::replace(&mut buffer.records, records);
                 buffer.records.extend(later);
+                buffer.failing = Some(e.to_string());
                 Err(e)
             }
         }
@@ -835,10 +884,11 @@ mod tests {
         let reader = Identity::generate(Role::Citizen).public();
         let (a, b) = (DocumentId::of(b"a"), DocumentId::of(b"b"));
         {
-            let log = AuditLog::open(dir.path()).unwrap();
+            let log = AuditLog::open(dir.path(), DEFAULT_BUFFER).unwrap();
             for i in 0..10u8 {
                 let doc = if i % 3 == 0 { a } else { b };
-                log.record(reader, doc, ReadKind::Shard(ShardId::of(&[i])));
+                log.record(reader, doc, ReadKind::Shard(ShardId::of(&[i])))
+                    .unwrap();
             }
             assert_eq!(log.flush().unwrap(), 10);
             let (first, entry) = log
@@ -851,11 +901,11 @@ mod tests {
             assert_eq!(page.entries.len(), 4);
             assert!(page.entries.iter().all(|e| e.proof.is_none()));
             log.settle(first, true).unwrap();
-            log.record(reader, a, ReadKind::Manifest);
+            log.record(reader, a, ReadKind::Manifest).unwrap();
         }
         // Reopened: the flushed records, the root and the sequence survive.
-        let log = AuditLog::open(dir.path()).unwrap();
-        log.record(reader, a, ReadKind::Manifest);
+        let log = AuditLog::open(dir.path(), DEFAULT_BUFFER).unwrap();
+        log.record(reader, a, ReadKind::Manifest).unwrap();
         let page = log.page(&a, None, 100).unwrap();
         let seqs: Vec<u64> = page.entries.iter().map(|e| e.record.seq).collect();
         assert_eq!(seqs, vec![0, 3, 6, 9, 10]);
@@ -881,6 +931,31 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!((next, entry.count), (10, 1));
+    }
+
+    #[test]
+    fn a_full_buffer_refuses_records_until_a_flush_drains_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let reader = Identity::generate(Role::Citizen).public();
+        let doc = DocumentId::of(b"a");
+        let log = AuditLog::open(dir.path(), 2).unwrap();
+        log.record(reader, doc, ReadKind::Manifest).unwrap();
+        log.record(reader, doc, ReadKind::Manifest).unwrap();
+        for _ in 0..3 {
+            let err = log.record(reader, doc, ReadKind::Manifest).unwrap_err();
+            assert!(matches!(err, AuditError::CannotRecord(_)), "{err}");
+            assert!(err.to_string().contains("does not serve it"), "{err}");
+        }
+        assert_eq!(log.recorded(), 2, "a refused read is not counted");
+        assert_eq!(log.flush().unwrap(), 2);
+        log.record(reader, doc, ReadKind::Manifest).unwrap();
+        let page = log.page(&doc, None, 10).unwrap();
+        let seqs: Vec<u64> = page.entries.iter().map(|e| e.record.seq).collect();
+        assert_eq!(seqs, vec![0, 1, 2], "the refused reads left no gap");
+        // A log that may hold nothing records nothing: its peer serves no read.
+        let dir = tempfile::tempdir().unwrap();
+        let none = AuditLog::open(dir.path(), 0).unwrap();
+        assert!(none.record(reader, doc, ReadKind::Manifest).is_err());
     }
 
     impl AuditLog {

@@ -370,6 +370,12 @@ impl LocalCluster {
             .map(Node::peer)
     }
 
+    /// The key of peer `i` (its `Node` account): what a peer's process holds, for tests of
+    /// what a stolen peer key can do.
+    pub fn peer_identity(&self, i: usize) -> Option<&Identity> {
+        self.slots.get(i).map(|s| &s.identity)
+    }
+
     /// The failure zone of peer `i`.
     pub fn zone(&self, i: usize) -> Option<&str> {
         self.slots.get(i).map(|s| s.zone.as_str())

@@ -300,6 +300,8 @@ pub struct LimitsSection {
     pub request_timeout_secs: u64,
     /// How often the peer commits the Merkle root of its new read records to the chain.
     pub audit_interval_ms: u64,
+    /// Most read records waiting in memory for their write; while full, reads are refused.
+    pub audit_buffer: usize,
 }
 
 impl Default for LimitsSection {
@@ -311,6 +313,7 @@ impl Default for LimitsSection {
             queue_timeout_ms: d.queue_timeout.as_millis() as u64,
             request_timeout_secs: d.request_timeout.as_secs(),
             audit_interval_ms: d.audit_interval.as_millis() as u64,
+            audit_buffer: d.audit_buffer,
         }
     }
 }
@@ -336,7 +339,7 @@ impl NodeFile {
             message: message.to_owned(),
         };
         let l = file.limits;
-        if l.max_connections == 0 || l.max_concurrent_requests == 0 {
+        if l.max_connections == 0 || l.max_concurrent_requests == 0 || l.audit_buffer == 0 {
             return Err(invalid("[limits] values must be at least 1"));
         }
         if l.audit_interval_ms < 100 {
@@ -356,6 +359,7 @@ impl NodeFile {
                 queue_timeout: Duration::from_millis(l.queue_timeout_ms),
                 request_timeout: Duration::from_secs(l.request_timeout_secs),
                 audit_interval: Duration::from_millis(l.audit_interval_ms),
+                audit_buffer: l.audit_buffer,
                 ..PeerLimits::default()
             },
             validator: file.validator.map(|v| ValidatorSection {

@@ -18,7 +18,8 @@
 //! # Key files
 //!
 //! [`Identity::save`] writes a small TOML file, created with mode `0600` on unix and never
-//! overwriting an existing file:
+//! overwriting an existing file; [`Identity::load`] refuses a key file that group or others
+//! may access, and says how to fix it (`chmod 600 PATH`):
 //!
 //! ```toml
 //! # Dangan identity key. Secret: anyone holding this file can act as this identity.
@@ -91,6 +92,11 @@ pub enum IdentityError {
     UnknownRole(String),
     #[error("signature does not verify for {0}")]
     BadSignature(PublicId),
+    #[error(
+        "{path}: refusing to use a key file that group or others may access (mode {mode:o}); \
+         its secret must be readable by its owner only: run `chmod 600 {path}`"
+    )]
+    InsecureKeyFile { path: PathBuf, mode: u32 },
 }
 
 /// What an identity was made for. Serialized lowercase (`"node"`, …).
@@ -412,20 +418,22 @@ impl Identity {
         write_new(&pub_path, format!("{}\n", self.public()).as_bytes(), false)
     }
 
-    /// Reads a key file written by [`save`](Self::save).
+    /// Reads a key file written by [`save`](Self::save). On unix a key file that group or
+    /// others may read or write (any of mode `0o077`) is refused
+    /// ([`IdentityError::InsecureKeyFile`], naming the `chmod` that fixes it): a secret
+    /// others can read is no longer this identity's alone.
     pub fn load(path: impl AsRef<Path>) -> Result<Self, IdentityError> {
         let path = path.as_ref();
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            if let Ok(meta) = fs::metadata(path)
-                && meta.permissions().mode() & 0o077 != 0
-            {
-                tracing::warn!(
-                    path = %path.display(),
-                    mode = format_args!("{:o}", meta.permissions().mode() & 0o777),
-                    "identity key file is readable by other users; it should be mode 0600"
-                );
+            let meta = fs::metadata(path).map_err(io_err(path))?;
+            let mode = meta.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                return Err(IdentityError::InsecureKeyFile {
+                    path: path.to_owned(),
+                    mode,
+                });
             }
         }
         let mut text = read_small(path)?;
@@ -690,7 +698,7 @@ mod tests {
         ];
         for (name, bytes) in cases {
             let path = dir.path().join(name);
-            fs::write(&path, &bytes).unwrap();
+            write_private(&path, &bytes);
             let err = Identity::load(&path).expect_err(name);
             let msg = err.to_string();
             assert!(msg.contains(name), "{name}: message lacks the path: {msg}");
@@ -710,12 +718,68 @@ mod tests {
 
         // Sanity: the same text with everything right loads.
         let path = dir.path().join("ok");
-        fs::write(
+        write_private(
             &path,
-            format!("version = 1\nrole = \"citizen\"\nsecret = \"{secret}\"\n"),
-        )
-        .unwrap();
+            format!("version = 1\nrole = \"citizen\"\nsecret = \"{secret}\"\n").as_bytes(),
+        );
         assert_eq!(Identity::load(&path).unwrap().public(), good.public());
+    }
+
+    /// Writes a file readable by its owner only, as a key file must be.
+    fn write_private(path: &Path, bytes: &[u8]) {
+        fs::write(path, bytes).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(path, fs::Permissions::from_mode(0o600)).unwrap();
+        }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn key_files_open_to_group_or_others_are_refused_with_the_fix() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tmp();
+        let path = dir.path().join("dept.key");
+        let id = Identity::generate(Role::Department);
+        id.save(&path).unwrap();
+        for mode in [
+            0o640,
+            0o604,
+            0o660,
+            0o644,
+            0o666,
+            0o620,
+            0o602,
+            0o700 | 0o010,
+        ] {
+            fs::set_permissions(&path, fs::Permissions::from_mode(mode)).unwrap();
+            let err = Identity::load(&path).expect_err("an open key file is refused");
+            assert!(
+                matches!(err, IdentityError::InsecureKeyFile { mode: m, .. } if m == mode),
+                "{mode:o}: {err}"
+            );
+            let msg = err.to_string();
+            assert!(
+                msg.contains(&format!("chmod 600 {}", path.display())),
+                "the message names the fix: {msg}"
+            );
+            assert!(msg.contains(&format!("{mode:o}")), "{msg}");
+        }
+        // Owner-only modes load; the fix in the message works.
+        for mode in [0o600, 0o400, 0o700] {
+            fs::set_permissions(&path, fs::Permissions::from_mode(mode)).unwrap();
+            assert_eq!(
+                Identity::load(&path).unwrap().public(),
+                id.public(),
+                "{mode:o}"
+            );
+        }
+        // The public id file stays world-readable and loads.
+        assert_eq!(
+            PublicId::load(Identity::pub_path(&path)).unwrap(),
+            id.public()
+        );
     }
 
     #[test]

@@ -38,21 +38,30 @@ pub const MAX_SCRUB: u32 = 64;
 /// What a client asks of a peer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {
-    /// Store a shard; `len` body bytes follow. Answered `Stored` once durable.
+    /// Store a shard; `len` body bytes follow. Answered `Stored` once durable. The reference
+    /// it adds belongs to `document`, or, with `None` (a document whose id is not known yet),
+    /// to the sending key until a [`Request::BindShards`] gives it to the document
+    /// (`store`: references belong to documents).
     PutShard {
         id: ShardId,
         len: u64,
+        document: Option<DocumentId>,
     },
     /// Fetch a shard: answered `Shard { len }` and the body, or `NotFound`.
     GetShard {
         id: ShardId,
     },
+    /// Whether the peer holds the shard: with `document`, whether that document holds a
+    /// reference to it here.
     HasShard {
         id: ShardId,
+        document: Option<DocumentId>,
     },
-    /// Drop one reference to a shard.
+    /// Drop `document`'s reference to a shard (the body goes with its last reference);
+    /// `Deleted(NotFound)` if that document holds none here.
     DeleteShard {
         id: ShardId,
+        document: DocumentId,
     },
     /// Shard ids in order, after `after`, at most `limit` (capped at [`MAX_LIST`]).
     ListShards {
@@ -133,7 +142,7 @@ pub enum Request {
     /// canonical manifest follow (at most [`MAX_MANIFEST_BODY`]). The peer checks that the
     /// caller may read `document` now (`access`), that the bytes hash to it and decode, and
     /// answers `Opened`; `GetShard` on this connection then serves that manifest's shards
-    /// (to a reader who is not an operator or a storage node, nothing else). A connection
+    /// (to a reader who is not an operator, nothing else). A connection
     /// keeps at most [`MAX_OPEN_DOCUMENTS`] documents open (the oldest is closed first).
     OpenDocument {
         document: DocumentId,
@@ -158,14 +167,26 @@ pub enum Request {
     /// follow in that order, at most [`MAX_PUT_MANY`] shards and [`MAX_PUT_MANY_BODY`]
     /// bytes in all. Every body is checked against its id before anything is kept; answered
     /// `StoredMany` (one outcome per shard, then the manifest's) once all are durable.
+    /// Every shard's reference belongs to `document`.
     PutMany {
         shards: Vec<(ShardId, u64)>,
         manifest: Option<(DocumentId, u64)>,
+        document: DocumentId,
     },
     /// Every validator set change of the chain, in order: `ChainBody` with the postcard
     /// bytes of a `Vec<TxInclusion>` (see `chain::validators`).
     GetValidatorChanges,
+    /// Gives `document` the references the sending key's `PutShard`s without a document
+    /// hold to `shards` here (at most [`MAX_BIND`]): one upload reference per shard becomes
+    /// the document's, once. Answered `Bound` with how many were bound.
+    BindShards {
+        document: DocumentId,
+        shards: Vec<ShardId>,
+    },
 }
+
+/// Most shard ids one [`Request::BindShards`] carries (a frame holds them easily).
+pub const MAX_BIND: usize = 1000;
 
 /// Most read records one `GetAudit` answer carries.
 pub const MAX_AUDIT_PAGE: u32 = 1024;
@@ -228,6 +249,8 @@ pub enum Response {
     /// This validator is not the chain's leader: submit to the leader's host instead (one
     /// hop less than being forwarded, and the leader checks the transaction once).
     Leader(crate::placement::NodeInfo),
+    /// The answer to `BindShards`: how many upload references became the document's.
+    Bound(u32),
 }
 
 /// What a put did (the answer to `PutShard`, `PutManifest` and each piece of `PutMany`).
@@ -235,8 +258,8 @@ pub enum Response {
 pub enum PutOutcome {
     /// The bytes were not here before and are now durable.
     Stored,
-    /// The id was already here; its refcount went up by one (shards) or nothing changed
-    /// (records).
+    /// The bytes were already here; the put's reference was added if it was not there
+    /// (shards), or nothing changed (records).
     AlreadyPresent,
 }
 
@@ -245,9 +268,9 @@ pub enum PutOutcome {
 pub enum DeleteOutcome {
     /// The last reference went away; row and body are gone.
     Removed,
-    /// The refcount went down by one and is still above zero.
+    /// The document's reference went; other documents keep the shard.
     Decremented,
-    /// No such shard.
+    /// No such shard, or (a shard) no reference of the document named.
     NotFound,
 }
 
@@ -298,8 +321,9 @@ pub enum ErrorCode {
     NotValidator = 9,
     /// The chain has no leader at the moment (an election is under way), or this validator
     /// cannot reach it or is behind it; or a storage peer cannot check access now (the
-    /// chain unreachable or too slow to answer): ask another, or again shortly. Nothing
-    /// changed and no document bytes were sent.
+    /// chain unreachable or too slow to answer), or cannot record a read in its audit log
+    /// (`audit`: fail closed): ask another, or again shortly. Nothing changed and no
+    /// document bytes were sent.
     Unavailable = 10,
 }
 
@@ -453,6 +477,7 @@ expect! {
     Vec<ShardId> => List,
     Usage => Usage,
     ScrubPage => Scrubbed,
+    u32 => Bound,
 }
 
 /// The answer to [`Request::OpenDocument`]: the document's distinct shard count.
@@ -478,10 +503,22 @@ mod tests {
     #[test]
     fn encoded_frames_are_pinned() {
         let id = ShardId([0xab; 32]);
-        let put = encode_frame(&Request::PutShard { id, len: 300 });
+        let put = encode_frame(&Request::PutShard {
+            id,
+            len: 300,
+            document: None,
+        });
         assert_eq!(
             hex::encode(&put),
-            format!("23000000{}{}ac02", "00", "ab".repeat(32))
+            format!("24000000{}{}ac0200", "00", "ab".repeat(32))
+        );
+        let delete = encode_frame(&Request::DeleteShard {
+            id,
+            document: DocumentId([0xcd; 32]),
+        });
+        assert_eq!(
+            hex::encode(&delete),
+            format!("41000000{}{}{}", "03", "ab".repeat(32), "cd".repeat(32))
         );
         assert_eq!(hex::encode(encode_frame(&Request::Ping)), "0100000008");
         let open = encode_frame(&Request::OpenDocument {
@@ -499,13 +536,15 @@ mod tests {
         let many = encode_frame(&Request::PutMany {
             shards: vec![(id, 300)],
             manifest: Some((DocumentId([0xcd; 32]), 2)),
+            document: DocumentId([0xcd; 32]),
         });
         assert_eq!(
             hex::encode(&many),
             format!(
-                "46000000{}{}ac0201{}02",
+                "66000000{}{}ac0201{}02{}",
                 "1801",
                 "ab".repeat(32),
+                "cd".repeat(32),
                 "cd".repeat(32)
             )
         );

@@ -11,10 +11,11 @@
 //! more readers (`extra`). So the new version never exists on chain without its readers,
 //! and a crash before the commit leaves only unregistered shards.
 //!
-//! A rekey then collects the old version: one `DeleteShard` per (stripe, slot) to the peer
-//! the slot is placed on (the previous layout's peer if the current one has none), which
-//! drops exactly the reference the put added (shards are refcounted: an identical shard of
-//! another document stays), then the manifest from every peer. Each slot deleted is
+//! A rekey then collects the old version: one `DeleteShard` naming the old version per
+//! (stripe, slot) to the peer the slot is placed on (the previous layout's peer if the
+//! current one has none), which drops exactly that document's reference (references belong
+//! to documents, `store`: an identical shard of another document stays), then the manifest
+//! from every peer. Each slot deleted is
 //! recorded in a [`Journal`] (`collect.redb` in the department's keyring directory), so a
 //! collect interrupted midway is resumed by running `rekey` on the old id again, and never
 //! drops a reference twice. A reissue keeps its old version stored (a receipt of it still
@@ -25,7 +26,6 @@
 //!
 //! Not for: deciding who may read (the chain), garbage-collecting orphans of failed puts.
 
-use bytes::Bytes;
 use tracing::{debug, warn};
 
 use crate::chain::client::ChainError;
@@ -40,7 +40,7 @@ use crate::identity::PublicId;
 use crate::keyring::{Keyring, KeyringError};
 use crate::manifest::Manifest;
 use crate::net::NetError;
-use crate::ops::{Journal, OpsError};
+use crate::ops::{Journal, OpsError, document_stripe_key};
 use crate::proto::DeleteOutcome;
 
 /// File of the collect journal, in the department's keyring directory.
@@ -471,17 +471,17 @@ pub async fn collect(
     journal: &Journal,
 ) -> Result<CollectReport, RevisionError> {
     let mut report = CollectReport::default();
-    // A peer lets the owner delete only shards of a superseded document opened on the
-    // connection (`access`), so each peer is shown the manifest first.
-    let manifest_bytes = Bytes::from(manifest.encode());
+    // Each delete names this document: a peer drops its reference and no other document's
+    // (`store`), and lets the owner do so once a newer version superseded it (`access`).
     for (index, ids) in manifest.stripes.iter().enumerate() {
         let stripe = stripe_key(ids);
+        let step = document_stripe_key(id, &stripe);
         let placed = client.layout().place(&stripe, ids.len());
         let before = client
             .previous_layout()
             .map(|l| l.place(&stripe, ids.len()));
         for (slot, shard) in ids.iter().enumerate() {
-            if journal.is_done(&stripe, slot)? {
+            if journal.is_done(&step, slot)? {
                 report.shards_resumed += 1;
                 continue;
             }
@@ -501,10 +501,7 @@ pub async fn collect(
                 Ok(false)
             };
             for node in &nodes {
-                let deleted = match client.open_on(node, *id, manifest_bytes.clone()).await {
-                    Ok(()) => client.net().shard_delete(node, shard).await,
-                    Err(e) => Err(e),
-                };
+                let deleted = client.net().shard_delete(node, shard, id).await;
                 match deleted {
                     Ok(DeleteOutcome::NotFound) => continue,
                     Ok(_) => {
@@ -519,7 +516,7 @@ pub async fn collect(
             }
             match outcome {
                 Ok(deleted) => {
-                    journal.set_done(&stripe, slot)?;
+                    journal.set_done(&step, slot)?;
                     if deleted {
                         report.shards_deleted += 1;
                     } else {

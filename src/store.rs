@@ -1,6 +1,6 @@
-//! The durable shard store of one storage peer: content-addressed shard bodies with
-//! refcounts, plus a small table of replicated records (manifests), with redb as the
-//! commit point.
+//! The durable shard store of one storage peer: content-addressed shard bodies, each held
+//! by the references of the documents that name it, plus a small table of replicated
+//! records (manifests), with redb as the commit point.
 //!
 //! For: keeping shards a peer has acknowledged, exactly as written, across crashes;
 //! answering `get`/`has`/`list` for the peer's request handlers, scrub and rebalance;
@@ -12,19 +12,48 @@
 //! checked before the store is asked), garbage-collection policy (callers decide when to
 //! `delete`), or anything on the chain.
 //!
+//! # References belong to documents
+//! A shard body stays while some [`Holder`] references it, and each reference belongs to
+//! one holder: a document ([`Holder::Document`]), or, until its document is known, the key
+//! that uploaded it ([`Holder::Upload`]). [`ShardStore::delete`] names the document whose
+//! reference it drops, and drops only that one, and only once: a document holds at most one
+//! reference to a shard (a set, so a retried put adds nothing), and a delete naming a
+//! document that holds none changes nothing ([`DeleteOutcome::NotFound`]). So whoever may
+//! delete for a document (its owner once superseded, or an operator: `access`) can lower no
+//! other document's references, whatever manifest they craft. Two documents that share a
+//! shard (the same bytes) hold a reference each; the body goes with the last.
+//!
+//! Why upload references: a document's id is the hash of its manifest, which lists every
+//! shard, so a client streaming a large document knows the id only after its last stripe is
+//! out. Its shard puts therefore name no document and are held by the uploading key; once
+//! the manifest is built the client binds them ([`ShardStore::bind`], `Request::BindShards`),
+//! which turns one of *that key's* upload references per shard into the document's. A bind
+//! names shard ids and a document without proving the document lists them: it need not,
+//! because adding a reference can only keep a body longer (the same as storing it, which
+//! the binder may do anyway), never lower anyone's. Puts that know their document (a
+//! one-stripe document's `PutMany`, the operators' copies when they repair or move a shard)
+//! name it directly. Operators moving a shard move each document's reference (`ops`).
+//! Upload references never bound (a put that failed before its manifest) are orphans, like
+//! the shards of any failed put.
+//!
 //! # On-disk layout
 //! ```text
 //! <dir>/shards.redb            redb database, the commit point
 //!     table "meta-v1"          &str      -> postcard record: "format" (store format),
 //!                                                           "usage" (shard/byte counters)
 //!     table "shards-v1"        [u8; 32]  -> postcard ShardRecord {format, refcount, len, body}
+//!     table "refs-v1"          [u8; 65]  -> u64: shard id ‖ holder tag (0 document,
+//!                                           1 upload) ‖ document id or uploader key ->
+//!                                           references (always 1 for a document)
 //!     table "inline-v1"        [u8; 32]  -> raw body bytes of shards <= INLINE_MAX
 //!     table "blobs-v1"         [u8; 32]  -> raw bytes of small replicated records (manifests)
 //! <dir>/blobs/<64-hex id>      bodies larger than INLINE_MAX, one file per shard
 //! <dir>/blobs/tmp/             bodies being written (never trusted; removed on open)
 //! ```
+//! `refcount` is the sum of the shard's rows in `refs-v1`, kept in the same transactions.
 //! Table names carry their format version; `meta-v1/"format"` holds the store format,
-//! checked on open. A file holding tables of another version (`shards-v2`, ...) or an
+//! checked on open (format 3 added `refs-v1`; a store of format 2, with anonymous
+//! refcounts, is refused: there is no migration). A file holding tables of another version (`shards-v2`, ...) or an
 //! unknown format number is refused with [`StoreError::UnsupportedFormat`]. Every postcard
 //! record starts with a one-byte record format, checked before the rest is decoded.
 //!
@@ -83,7 +112,8 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
-use crate::id::ShardId;
+use crate::id::{DocumentId, ShardId};
+use crate::identity::PublicId;
 
 mod body_io;
 
@@ -91,7 +121,7 @@ mod body_io;
 pub const INLINE_MAX: usize = 16 * 1024;
 
 /// The store format this code reads and writes (`meta-v1/"format"`).
-pub const STORE_FORMAT: u32 = 2;
+pub const STORE_FORMAT: u32 = 3;
 
 /// redb's in-process page cache per store.
 pub const REDB_CACHE_BYTES: usize = 16 << 20;
@@ -102,12 +132,13 @@ const RECORD_FORMAT: u8 = 1;
 /// Version suffix of every table name; a table of the same family with another suffix means
 /// the file was written by a different store format.
 const TABLE_VERSION: &str = "1";
-const TABLE_FAMILIES: [&str; 4] = ["shards-v", "inline-v", "meta-v", "blobs-v"];
+const TABLE_FAMILIES: [&str; 5] = ["shards-v", "inline-v", "meta-v", "blobs-v", "refs-v"];
 
 const SHARDS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("shards-v1");
 const INLINE: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("inline-v1");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta-v1");
 const BLOBS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("blobs-v1");
+const REFS: TableDefinition<&[u8; 65], u64> = TableDefinition::new("refs-v1");
 
 const META_FORMAT: &str = "format";
 const META_USAGE: &str = "usage";
@@ -188,11 +219,64 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
     }
 }
 
-/// A shard checked and, if large, durably written, waiting for [`ShardStore::commit`].
+/// Who holds a reference to a shard (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Holder {
+    /// The document whose manifest names the shard.
+    Document(DocumentId),
+    /// The key that uploaded the shard before its document was known; bound to the document
+    /// by [`ShardStore::bind`].
+    Upload(PublicId),
+}
+
+impl Holder {
+    fn key(&self, shard: &ShardId) -> [u8; 65] {
+        let mut key = [0u8; 65];
+        key[..32].copy_from_slice(&shard.0);
+        let (tag, id) = match self {
+            Holder::Document(d) => (0, d.as_bytes()),
+            Holder::Upload(k) => (1, k.as_bytes()),
+        };
+        key[32] = tag;
+        key[33..].copy_from_slice(id);
+        key
+    }
+
+    fn from_key(key: &[u8; 65]) -> Result<Self, StoreError> {
+        let mut id = [0u8; 32];
+        id.copy_from_slice(&key[33..]);
+        match key[32] {
+            0 => Ok(Holder::Document(DocumentId(id))),
+            1 => PublicId::from_bytes(id)
+                .map(Holder::Upload)
+                .map_err(|e| StoreError::Record {
+                    what: "reference",
+                    detail: e.to_string(),
+                }),
+            tag => Err(StoreError::Record {
+                what: "reference",
+                detail: format!("unknown holder tag {tag}"),
+            }),
+        }
+    }
+}
+
+/// The key range of every reference to `shard`.
+fn ref_range(shard: &ShardId) -> ([u8; 65], [u8; 65]) {
+    let mut low = [0u8; 65];
+    low[..32].copy_from_slice(&shard.0);
+    let mut high = [0xffu8; 65];
+    high[..32].copy_from_slice(&shard.0);
+    (low, high)
+}
+
+/// A shard checked and, if large, durably written, waiting for [`ShardStore::commit`],
+/// with the holder its reference will belong to.
 #[derive(Debug, Clone)]
 pub struct Prepared {
     id: ShardId,
     bytes: Bytes,
+    holder: Holder,
 }
 
 impl Prepared {
@@ -206,19 +290,20 @@ impl Prepared {
 pub enum PutOutcome {
     /// The bytes were not here before and are now durable.
     Stored,
-    /// The id was already here; its refcount went up by one (shards) or nothing changed
-    /// (records).
+    /// The body was already here; the holder's reference was added if it had none
+    /// (shards), or nothing changed (records).
     AlreadyPresent,
 }
 
 /// What a delete did. (The wire's copy is `proto::DeleteOutcome`.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeleteOutcome {
-    /// The last reference went away; row and body are gone.
+    /// The document's reference was the last; row and body are gone.
     Removed,
-    /// The refcount went down by one and is still above zero.
+    /// The document's reference went; other holders keep the shard.
     Decremented,
-    /// No such shard.
+    /// The document holds no reference to this shard (or there is no such shard): nothing
+    /// changed.
     NotFound,
 }
 
@@ -310,6 +395,24 @@ fn decode_shard(bytes: &[u8]) -> Result<ShardRecord, StoreError> {
 
 type WTable<'t, K> = Table<'t, K, &'static [u8]>;
 
+/// Adds `holder`'s reference to `shard`: one more for an upload, the one for a document
+/// if it has none. Returns how many references were added (0 or 1).
+fn add_ref(
+    refs: &mut Table<'_, &'static [u8; 65], u64>,
+    shard: &ShardId,
+    holder: &Holder,
+) -> Result<u64, StoreError> {
+    let key = holder.key(shard);
+    let have = refs.get(&key)?.map_or(0, |v| v.value());
+    match holder {
+        Holder::Document(_) if have > 0 => Ok(0),
+        _ => {
+            refs.insert(&key, have.saturating_add(1))?;
+            Ok(1)
+        }
+    }
+}
+
 fn read_usage(meta: &WTable<'_, &'static str>) -> Result<UsageRecord, StoreError> {
     match meta.get(META_USAGE)? {
         Some(v) => decode("usage", v.value()),
@@ -379,17 +482,27 @@ impl ShardStore {
         &self.dir
     }
 
-    /// Stores `bytes` under `id`, durably, or adds one reference if already present.
-    /// Refuses bytes that do not hash to `id` ([`StoreError::HashMismatch`], nothing changes).
-    pub fn put(&self, id: &ShardId, bytes: &[u8]) -> Result<PutOutcome, StoreError> {
-        let mut out = self.put_batch(&[(*id, bytes)])?;
+    /// Stores `bytes` under `id`, durably, held by `holder`; if the body is already here,
+    /// adds `holder`'s reference (a document's only if it has none). Refuses bytes that do
+    /// not hash to `id` ([`StoreError::HashMismatch`], nothing changes).
+    pub fn put(
+        &self,
+        id: &ShardId,
+        bytes: &[u8],
+        holder: Holder,
+    ) -> Result<PutOutcome, StoreError> {
+        let mut out = self.put_batch(&[(*id, bytes)], holder)?;
         Ok(out.pop().unwrap_or(PutOutcome::AlreadyPresent))
     }
 
     /// Like [`put`](Self::put) for many shards with ONE durable redb commit (group commit).
     /// All hashes are checked first: one mismatch refuses the whole batch and changes nothing.
     /// The same id may appear twice: the first is `Stored`, the second `AlreadyPresent`.
-    pub fn put_batch(&self, items: &[(ShardId, &[u8])]) -> Result<Vec<PutOutcome>, StoreError> {
+    pub fn put_batch(
+        &self,
+        items: &[(ShardId, &[u8])],
+        holder: Holder,
+    ) -> Result<Vec<PutOutcome>, StoreError> {
         for (id, bytes) in items {
             if !id.verifies(bytes) {
                 return Err(StoreError::HashMismatch { id: *id });
@@ -397,7 +510,7 @@ impl ShardStore {
         }
         let prepared = items
             .iter()
-            .map(|(id, bytes)| self.prepare(id, Bytes::copy_from_slice(bytes)))
+            .map(|(id, bytes)| self.prepare(id, Bytes::copy_from_slice(bytes), holder))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(self.commit(&prepared, &[])?.0)
     }
@@ -406,14 +519,23 @@ impl ShardStore {
     /// large body not stored yet, writes its file durably. Nothing is visible until
     /// [`commit`](Self::commit); a prepared body that is never committed is an orphan that
     /// the next `open` removes.
-    pub fn prepare(&self, id: &ShardId, bytes: Bytes) -> Result<Prepared, StoreError> {
+    pub fn prepare(
+        &self,
+        id: &ShardId,
+        bytes: Bytes,
+        holder: Holder,
+    ) -> Result<Prepared, StoreError> {
         if !id.verifies(&bytes) {
             return Err(StoreError::HashMismatch { id: *id });
         }
         if bytes.len() > self.inline_max && !self.body_path(id).exists() {
             self.write_body_file(id, &bytes)?;
         }
-        Ok(Prepared { id: *id, bytes })
+        Ok(Prepared {
+            id: *id,
+            bytes,
+            holder,
+        })
     }
 
     /// Second half of a put: ONE durable redb transaction for all `shards` (each from
@@ -441,16 +563,18 @@ impl ShardStore {
         {
             let mut table = txn.open_table(SHARDS)?;
             let mut inline = txn.open_table(INLINE)?;
+            let mut refs = txn.open_table(REFS)?;
             let mut meta = txn.open_table(META)?;
             let mut usage = read_usage(&meta)?;
-            for Prepared { id, bytes } in shards {
+            for Prepared { id, bytes, holder } in shards {
                 let existing = match table.get(&id.0)? {
                     Some(v) => Some(decode_shard(v.value())?),
                     None => None,
                 };
+                let added = add_ref(&mut refs, id, holder)?;
                 let (rec, outcome) = match existing {
                     Some(mut rec) => {
-                        rec.refcount = rec.refcount.saturating_add(1);
+                        rec.refcount = rec.refcount.saturating_add(added);
                         (rec, PutOutcome::AlreadyPresent)
                     }
                     None => {
@@ -576,15 +700,78 @@ impl ShardStore {
         }
     }
 
-    /// Drops one reference; at zero removes the row (committed first) and then the body.
-    pub fn delete(&self, id: &ShardId) -> Result<DeleteOutcome, StoreError> {
-        self.drop_refs(id, false)
+    /// Drops `document`'s reference to `id`, if it holds one (else `NotFound`, nothing
+    /// changes); with no reference left, removes the row (committed first) and then the body.
+    pub fn delete(&self, id: &ShardId, document: &DocumentId) -> Result<DeleteOutcome, StoreError> {
+        self.drop_refs(id, Some(Holder::Document(*document)))
     }
 
-    /// Removes a shard whatever its refcount (a corrupt copy found by [`ShardStore::scrub`]),
-    /// so that repair writes it again from the other shards of its stripe.
+    /// Removes a shard and every reference to it (a corrupt copy found by
+    /// [`ShardStore::scrub`]), so that repair writes it again, for each document that names
+    /// it, from the other shards of its stripe.
     pub fn quarantine(&self, id: &ShardId) -> Result<DeleteOutcome, StoreError> {
-        self.drop_refs(id, true)
+        self.drop_refs(id, None)
+    }
+
+    /// Turns one of `uploader`'s upload references to each of `shards` into `document`'s
+    /// reference, in one durable transaction; a shard `document` already holds, or that
+    /// `uploader` holds no upload reference to, is left as it is. Returns how many were
+    /// bound. See the module docs for why this needs no proof that `document` lists them.
+    pub fn bind(
+        &self,
+        uploader: &PublicId,
+        document: &DocumentId,
+        shards: &[ShardId],
+    ) -> Result<u64, StoreError> {
+        let _guards = self.lock_ids(shards.iter());
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(Durability::Immediate)?;
+        let mut bound = 0;
+        {
+            let mut refs = txn.open_table(REFS)?;
+            let upload = Holder::Upload(*uploader);
+            let doc = Holder::Document(*document);
+            for shard in shards {
+                let up_key = upload.key(shard);
+                let uploads = refs.get(&up_key)?.map_or(0, |v| v.value());
+                if uploads == 0 || refs.get(&doc.key(shard))?.is_some() {
+                    continue;
+                }
+                if uploads > 1 {
+                    refs.insert(&up_key, uploads - 1)?;
+                } else {
+                    refs.remove(&up_key)?;
+                }
+                refs.insert(&doc.key(shard), 1)?;
+                bound += 1;
+            }
+        }
+        if bound > 0 {
+            txn.commit()?;
+        } else {
+            txn.abort()?;
+        }
+        Ok(bound)
+    }
+
+    /// Whether `document` holds a reference to `id` here (the body's row is there too).
+    pub fn has_ref(&self, id: &ShardId, document: &DocumentId) -> Result<bool, StoreError> {
+        let txn = self.db.begin_read()?;
+        let refs = txn.open_table(REFS)?;
+        Ok(refs.get(&Holder::Document(*document).key(id))?.is_some())
+    }
+
+    /// Every holder of a reference to `id`, with its count (1 for a document).
+    pub fn holders(&self, id: &ShardId) -> Result<Vec<(Holder, u64)>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let refs = txn.open_table(REFS)?;
+        let (low, high) = ref_range(id);
+        let mut out = Vec::new();
+        for entry in refs.range::<&[u8; 65]>(&low..=&high)? {
+            let (k, v) = entry?;
+            out.push((Holder::from_key(k.value())?, v.value()));
+        }
+        Ok(out)
     }
 
     /// Re-hashes up to `limit` shards after `after` (in id order, as `list_from`), and
@@ -611,7 +798,8 @@ impl ShardStore {
         Ok(page)
     }
 
-    fn drop_refs(&self, id: &ShardId, all: bool) -> Result<DeleteOutcome, StoreError> {
+    /// Drops `holder`'s reference (`None`: every reference, a quarantine).
+    fn drop_refs(&self, id: &ShardId, holder: Option<Holder>) -> Result<DeleteOutcome, StoreError> {
         let _guards = self.lock_ids(std::iter::once(id));
         let mut txn = self.db.begin_write()?;
         txn.set_durability(Durability::Immediate)?;
@@ -621,7 +809,16 @@ impl ShardStore {
                 Some(v) => decode_shard(v.value())?,
                 None => return Ok(DeleteOutcome::NotFound),
             };
-            if rec.refcount > 1 && !all {
+            let mut refs = txn.open_table(REFS)?;
+            if let Some(holder) = holder {
+                if refs.remove(&holder.key(id))?.is_none() {
+                    return Ok(DeleteOutcome::NotFound);
+                }
+            } else {
+                let (low, high) = ref_range(id);
+                refs.retain_in::<&[u8; 65], _>(&low..=&high, |_, _| false)?;
+            }
+            if rec.refcount > 1 && holder.is_some() {
                 rec.refcount -= 1;
                 shards.insert(&id.0, encode("shard", &rec)?.as_slice())?;
                 (DeleteOutcome::Decremented, false)
@@ -970,6 +1167,7 @@ fn init_tables(db: &Database, db_path: &Path) -> Result<(), StoreError> {
         txn.open_table(SHARDS)?;
         txn.open_table(INLINE)?;
         txn.open_table(BLOBS)?;
+        txn.open_table(REFS)?;
         let mut meta = txn.open_table(META)?;
         let existing = meta.get(META_FORMAT)?.map(|v| v.value().to_vec());
         match existing {
@@ -1029,6 +1227,21 @@ mod tests {
         (dir, store)
     }
 
+    fn did(n: u8) -> DocumentId {
+        DocumentId([n; 32])
+    }
+
+    fn doc(n: u8) -> Holder {
+        Holder::Document(did(n))
+    }
+
+    fn upload() -> Holder {
+        Holder::Upload(
+            crate::identity::Identity::from_seed([9; 32], crate::identity::Role::Department)
+                .public(),
+        )
+    }
+
     const SMALL: usize = 1000;
     const LARGE: usize = INLINE_MAX + 1;
 
@@ -1052,7 +1265,7 @@ mod tests {
             let id = ShardId::of(&b);
             assert!(!s.has(&id).unwrap());
             assert_eq!(s.get(&id).unwrap(), None);
-            assert_eq!(s.put(&id, &b).unwrap(), PutOutcome::Stored);
+            assert_eq!(s.put(&id, &b, doc(1)).unwrap(), PutOutcome::Stored);
             assert!(s.has(&id).unwrap());
             assert_eq!(s.get(&id).unwrap().as_deref(), Some(&b[..]));
             assert_eq!(s.body_path(&id).exists(), len > INLINE_MAX, "len {len}");
@@ -1060,22 +1273,83 @@ mod tests {
     }
 
     #[test]
-    fn refcount_put_twice_delete_twice() {
+    fn references_belong_to_documents_and_go_once() {
         let (_d, s) = open_tmp();
         for len in [SMALL, LARGE] {
             let b = data(len as u64, len);
             let id = ShardId::of(&b);
-            assert_eq!(s.put(&id, &b).unwrap(), PutOutcome::Stored);
-            assert_eq!(s.put(&id, &b).unwrap(), PutOutcome::AlreadyPresent);
+            assert_eq!(s.put(&id, &b, doc(1)).unwrap(), PutOutcome::Stored);
+            // A retried put of the same document adds nothing.
+            assert_eq!(s.put(&id, &b, doc(1)).unwrap(), PutOutcome::AlreadyPresent);
+            assert_eq!(s.refcount(&id).unwrap(), Some(1));
+            // Another document sharing the bytes holds its own reference.
+            assert_eq!(s.put(&id, &b, doc(2)).unwrap(), PutOutcome::AlreadyPresent);
             assert_eq!(s.refcount(&id).unwrap(), Some(2));
-            assert_eq!(s.delete(&id).unwrap(), DeleteOutcome::Decremented);
+            // A document that holds none drops nothing, however often it asks.
+            for _ in 0..3 {
+                assert_eq!(s.delete(&id, &did(3)).unwrap(), DeleteOutcome::NotFound);
+            }
+            assert_eq!(s.refcount(&id).unwrap(), Some(2));
+            assert_eq!(s.delete(&id, &did(1)).unwrap(), DeleteOutcome::Decremented);
+            // Only once: document 1's second delete does not take document 2's reference.
+            assert_eq!(s.delete(&id, &did(1)).unwrap(), DeleteOutcome::NotFound);
+            assert!(s.has_ref(&id, &did(2)).unwrap());
+            assert!(!s.has_ref(&id, &did(1)).unwrap());
             assert_eq!(s.get(&id).unwrap().as_deref(), Some(&b[..]));
-            assert_eq!(s.delete(&id).unwrap(), DeleteOutcome::Removed);
+            assert_eq!(s.holders(&id).unwrap(), vec![(doc(2), 1)]);
+            assert_eq!(s.delete(&id, &did(2)).unwrap(), DeleteOutcome::Removed);
             assert_eq!(s.get(&id).unwrap(), None);
             assert!(!s.has(&id).unwrap());
             assert!(!s.body_path(&id).exists());
-            assert_eq!(s.delete(&id).unwrap(), DeleteOutcome::NotFound);
+            assert!(s.holders(&id).unwrap().is_empty());
+            assert_eq!(s.delete(&id, &did(2)).unwrap(), DeleteOutcome::NotFound);
         }
+        assert_eq!(s.usage().unwrap(), Usage::default());
+    }
+
+    #[test]
+    fn upload_references_bind_to_a_document_once_and_only_the_uploaders() {
+        let (_d, s) = open_tmp();
+        let other = Holder::Upload(
+            crate::identity::Identity::from_seed([8; 32], crate::identity::Role::Department)
+                .public(),
+        );
+        let Holder::Upload(me) = upload() else {
+            unreachable!()
+        };
+        let Holder::Upload(them) = other else {
+            unreachable!()
+        };
+        let b = data(90, LARGE);
+        let id = ShardId::of(&b);
+        // Two puts by the same key (two documents with the same bytes, ids not known yet).
+        s.put(&id, &b, upload()).unwrap();
+        s.put(&id, &b, upload()).unwrap();
+        s.put(&id, &b, other).unwrap();
+        assert_eq!(s.refcount(&id).unwrap(), Some(3));
+        assert_eq!(s.bind(&me, &did(1), &[id]).unwrap(), 1);
+        // Binding the same document again takes no second upload reference.
+        assert_eq!(s.bind(&me, &did(1), &[id]).unwrap(), 0);
+        assert_eq!(s.bind(&me, &did(2), &[id]).unwrap(), 1);
+        // Nothing of mine is left to bind: another key's upload is not mine to take.
+        assert_eq!(s.bind(&me, &did(3), &[id]).unwrap(), 0);
+        assert_eq!(s.refcount(&id).unwrap(), Some(3));
+        let mut holders = s.holders(&id).unwrap();
+        holders.sort_by_key(|(h, _)| format!("{h:?}"));
+        assert_eq!(holders.len(), 3, "{holders:?}");
+        assert!(holders.contains(&(doc(1), 1)) && holders.contains(&(doc(2), 1)));
+        assert!(holders.contains(&(other, 1)));
+        assert_eq!(s.bind(&them, &did(4), &[id]).unwrap(), 1);
+        for d in [1, 2] {
+            assert_eq!(s.delete(&id, &did(d)).unwrap(), DeleteOutcome::Decremented);
+        }
+        assert_eq!(s.delete(&id, &did(4)).unwrap(), DeleteOutcome::Removed);
+        assert!(!s.has(&id).unwrap());
+        // A quarantine drops every reference with the body.
+        s.put(&id, &b, doc(1)).unwrap();
+        s.put(&id, &b, upload()).unwrap();
+        assert_eq!(s.quarantine(&id).unwrap(), DeleteOutcome::Removed);
+        assert!(s.holders(&id).unwrap().is_empty());
         assert_eq!(s.usage().unwrap(), Usage::default());
     }
 
@@ -1085,7 +1359,7 @@ mod tests {
         for len in [SMALL, LARGE] {
             let b = data(7, len);
             let wrong = ShardId::of(b"something else");
-            let err = s.put(&wrong, &b).unwrap_err();
+            let err = s.put(&wrong, &b, doc(1)).unwrap_err();
             assert!(matches!(err, StoreError::HashMismatch { id } if id == wrong));
             assert!(!s.has(&wrong).unwrap());
             assert!(!s.body_path(&wrong).exists());
@@ -1098,7 +1372,7 @@ mod tests {
             (ShardId::of(b"x"), &bad[..]),
         ];
         assert!(matches!(
-            s.put_batch(&items),
+            s.put_batch(&items, upload()),
             Err(StoreError::HashMismatch { .. })
         ));
         assert!(s.list().unwrap().is_empty());
@@ -1112,7 +1386,7 @@ mod tests {
         for len in [SMALL, LARGE] {
             let b = data(10 + len as u64, len);
             let id = ShardId::of(&b);
-            s.put(&id, &b).unwrap();
+            s.put(&id, &b, doc(1)).unwrap();
             assert!(s.corrupt_for_test(&id, 123).unwrap());
             assert!(matches!(s.get(&id), Err(StoreError::Corrupt { id: c }) if c == id));
             // repair puts the right bytes back, keeping the refcount.
@@ -1128,7 +1402,7 @@ mod tests {
         let (_d, s) = open_tmp();
         let b = data(11, LARGE);
         let id = ShardId::of(&b);
-        s.put(&id, &b).unwrap();
+        s.put(&id, &b, doc(1)).unwrap();
         fs::remove_file(s.body_path(&id)).unwrap();
         assert!(matches!(s.get(&id), Err(StoreError::Corrupt { .. })));
         // A truncated file is caught too.
@@ -1146,9 +1420,9 @@ mod tests {
         let key = *blake3::hash(&manifest).as_bytes();
         {
             let s = ShardStore::open(dir.path()).unwrap();
-            s.put(&ShardId::of(&small), &small).unwrap();
-            s.put(&ShardId::of(&large), &large).unwrap();
-            s.put(&ShardId::of(&large), &large).unwrap();
+            s.put(&ShardId::of(&small), &small, doc(1)).unwrap();
+            s.put(&ShardId::of(&large), &large, doc(1)).unwrap();
+            s.put(&ShardId::of(&large), &large, doc(2)).unwrap();
             s.put_blob(&key, &manifest).unwrap();
         }
         let s = ShardStore::open(dir.path()).unwrap();
@@ -1173,7 +1447,7 @@ mod tests {
         let (kept_id, orphan_id) = (ShardId::of(&kept), ShardId::of(&orphan));
         let (orphan_path, tmp_path, stray_path) = {
             let s = ShardStore::open(dir.path()).unwrap();
-            s.put(&kept_id, &kept).unwrap();
+            s.put(&kept_id, &kept, doc(1)).unwrap();
             let orphan_path = s.body_path(&orphan_id);
             fs::write(&orphan_path, &orphan).unwrap();
             let tmp_path = s.tmp_dir.join("half-written.tmp");
@@ -1197,9 +1471,9 @@ mod tests {
         let a = data(40, SMALL);
         let b = data(41, LARGE);
         let (ia, ib) = (ShardId::of(&a), ShardId::of(&b));
-        s.put(&ia, &a).unwrap();
-        s.put(&ia, &a).unwrap();
-        s.put(&ib, &b).unwrap();
+        s.put(&ia, &a, doc(1)).unwrap();
+        s.put(&ia, &a, doc(2)).unwrap();
+        s.put(&ib, &b, doc(1)).unwrap();
         let total = (SMALL + LARGE) as u64;
         assert_eq!(
             s.usage().unwrap(),
@@ -1208,9 +1482,9 @@ mod tests {
                 bytes: total
             }
         );
-        s.delete(&ia).unwrap();
+        s.delete(&ia, &did(1)).unwrap();
         assert_eq!(s.usage().unwrap().bytes, total);
-        s.delete(&ia).unwrap();
+        s.delete(&ia, &did(2)).unwrap();
         assert_eq!(
             s.usage().unwrap(),
             Usage {
@@ -1218,7 +1492,7 @@ mod tests {
                 bytes: LARGE as u64
             }
         );
-        s.delete(&ib).unwrap();
+        s.delete(&ib, &did(1)).unwrap();
         assert_eq!(s.usage().unwrap(), Usage::default());
     }
 
@@ -1231,7 +1505,7 @@ mod tests {
         let mut items: Vec<(ShardId, &[u8])> =
             bodies.iter().map(|b| (ShardId::of(b), &b[..])).collect();
         items.push(items[1]); // the same id twice in one batch
-        let out = s.put_batch(&items).unwrap();
+        let out = s.put_batch(&items, upload()).unwrap();
         let mut expected = vec![PutOutcome::Stored; 6];
         expected.push(PutOutcome::AlreadyPresent);
         assert_eq!(out, expected);
@@ -1239,10 +1513,10 @@ mod tests {
         for (id, b) in &items {
             assert_eq!(s.get(id).unwrap().as_deref(), Some(*b));
         }
-        let again = s.put_batch(&items[..2]).unwrap();
+        let again = s.put_batch(&items[..2], upload()).unwrap();
         assert_eq!(again, vec![PutOutcome::AlreadyPresent; 2]);
         assert_eq!(s.usage().unwrap().shards, 6);
-        assert_eq!(s.put_batch(&[]).unwrap(), vec![]);
+        assert_eq!(s.put_batch(&[], upload()).unwrap(), vec![]);
     }
 
     #[test]
@@ -1252,7 +1526,7 @@ mod tests {
             .map(|i| {
                 let b = data(60 + i, 10);
                 let id = ShardId::of(&b);
-                s.put(&id, &b).unwrap();
+                s.put(&id, &b, doc(1)).unwrap();
                 id
             })
             .collect();
@@ -1306,9 +1580,9 @@ mod tests {
                     for round in 0..5 {
                         let b = &bodies[(t + round) % bodies.len()];
                         let id = ShardId::of(b);
-                        s.put(&id, b).unwrap();
+                        s.put(&id, b, doc(1)).unwrap();
                         assert_eq!(s.get(&id).unwrap().as_deref(), Some(&b[..]));
-                        s.delete(&id).unwrap();
+                        s.delete(&id, &did(1)).unwrap();
                     }
                 })
             })
@@ -1371,7 +1645,10 @@ mod tests {
             txn.commit().unwrap();
         }
         assert!(matches!(s.get(&id), Err(StoreError::Record { .. })));
-        assert!(matches!(s.delete(&id), Err(StoreError::Record { .. })));
+        assert!(matches!(
+            s.delete(&id, &did(1)),
+            Err(StoreError::Record { .. })
+        ));
         assert!(s.has(&id).unwrap());
     }
 
@@ -1390,7 +1667,7 @@ mod tests {
             let s = ShardStore::open_with_inline_max(dir.path(), inline_max).unwrap();
             let t = std::time::Instant::now();
             for (id, b) in ids.iter().zip(&bodies) {
-                s.put(id, b).unwrap();
+                s.put(id, b, doc(1)).unwrap();
             }
             let put_each = mb / t.elapsed().as_secs_f64();
             let t = std::time::Instant::now();
@@ -1407,7 +1684,7 @@ mod tests {
                 ids.iter().zip(&bodies).map(|(i, b)| (*i, &b[..])).collect();
             let t = std::time::Instant::now();
             for chunk in items.chunks(16) {
-                s.put_batch(chunk).unwrap();
+                s.put_batch(chunk, doc(1)).unwrap();
             }
             let put_batch = mb / t.elapsed().as_secs_f64();
             println!(

@@ -1,8 +1,12 @@
-//! The consortium chain: transactions, ledger state and Merkle proofs.
+//! The consortium chain: transactions, ledger state and its proofs, blocks, consensus.
 //!
-//! Today: signed transactions (`tx`), the state they change and its root (`state`), and
-//! BLAKE3 Merkle trees with inclusion proofs (`merkle`). Blocks, their store and consensus
-//! among department validators come next (see ARCHITECTURE.md, "Not built yet").
+//! `tx` (signed transactions), `state` (the state and the only code that changes it),
+//! `rooted` and `merkle` (Merkle trees and range proofs), `proof` (chain answers that carry
+//! their proof against a header a majority signed), `block` (headers, final signatures,
+//! inclusion proofs), `validators` (the validator set at any height, proven), `store`
+//! (blocks in redb), `raft` and `ledger` (a validator: consensus among the departments'
+//! validators over QUIC), `client` (asking the chain from outside, every answer checked).
+//! See ARCHITECTURE.md, room `chain`.
 
 pub mod block;
 pub mod client;

@@ -1,6 +1,8 @@
 //! The put pipeline: a document read as a stream, sealed and coded by the codec, its stripes
-//! uploaded to their placed peers under a write quorum, the manifest to its replicas, then
-//! (in `put`) registered on the chain.
+//! uploaded to their placed peers under a write quorum, the manifest to its replicas, the
+//! shards' references bound to the document on each peer (`Request::BindShards`: the id is
+//! known only once the manifest is; a one-stripe document's `PutMany` names it directly),
+//! then (in `put`) registered on the chain.
 
 use super::*;
 
@@ -57,11 +59,14 @@ impl Client {
         let mut done = 0u64;
         let mut shards_stored = 0u64;
         let mut shards_missing = Vec::new();
+        // The shards each peer acknowledged without a document: bound to it at the end.
+        let mut unbound: Vec<(u64, usize, NodeInfo, ShardId)> = Vec::new();
         let total = size.unwrap_or(0);
         let mut finish = |up: StripeUpload| {
             done += up.plain_len;
             shards_stored += up.stored as u64;
             shards_missing.extend(up.missing);
+            unbound.extend(up.unbound);
             progress(done, total.max(done));
         };
         let (id, manifest, key) = 'stored: {
@@ -117,6 +122,11 @@ impl Client {
             }
             (stored?, manifest, key)
         };
+        // The stripes' shards went out before the id existed: each peer now gives the
+        // document the references this key's puts hold there (`store`: references belong to
+        // documents). A peer that cannot is reported like a missing shard; repair adds the
+        // document's reference.
+        shards_missing.extend(self.bind(&id, unbound).await);
         Ok(PutReceipt {
             id,
             manifest,
@@ -144,6 +154,8 @@ impl Client {
             .cloned()
             .collect();
         let mut writes = FuturesUnordered::new();
+        // The document id is not known yet: each shard's reference is held by this key
+        // until `bind` gives it to the document.
         for (slot, ((id, body), node)) in stripe
             .ids
             .iter()
@@ -157,6 +169,7 @@ impl Client {
                 let req = Request::PutShard {
                     id,
                     len: body.len() as u64,
+                    document: None,
                 };
                 let res = client
                     .inner
@@ -168,10 +181,14 @@ impl Client {
         }
         let mut stored = 0;
         let mut missing = Vec::new();
+        let mut unbound = Vec::new();
         let mut errors = Vec::new();
         while let Some((slot, node, res)) = writes.next().await {
             match res {
-                Ok(_) => stored += 1,
+                Ok(_) => {
+                    stored += 1;
+                    unbound.push((stripe.index, slot, node, stripe.ids[slot]));
+                }
                 Err(e) => {
                     debug!(stripe = stripe.index, slot, error = %e, "shard write failed");
                     errors.push(e.to_string());
@@ -194,7 +211,44 @@ impl Client {
             plain_len: stripe.plain_len,
             stored,
             missing,
+            unbound,
         })
+    }
+
+    /// Binds the shards each peer acknowledged without a document to `document`, every
+    /// peer at once. Returns the (stripe, slot, peer) of those whose peer could not.
+    async fn bind(
+        &self,
+        document: &DocumentId,
+        unbound: Vec<(u64, usize, NodeInfo, ShardId)>,
+    ) -> Vec<(u64, usize, PublicId)> {
+        type Slots = Vec<(u64, usize, ShardId)>;
+        let mut by_peer: Vec<(NodeInfo, Slots)> = Vec::new();
+        for (stripe, slot, node, id) in unbound {
+            match by_peer.iter_mut().find(|(n, _)| n.key == node.key) {
+                Some((_, shards)) => shards.push((stripe, slot, id)),
+                None => by_peer.push((node, vec![(stripe, slot, id)])),
+            }
+        }
+        let net = &self.inner.net;
+        let binds = by_peer.into_iter().map(|(node, shards)| async move {
+            let ids: Vec<ShardId> = shards.iter().map(|(_, _, id)| *id).collect();
+            match net.shards_bind(&node, document, &ids).await {
+                Ok(_) => Vec::new(),
+                Err(e) => {
+                    warn!(peer = %node.key.short(), %document, error = %e, "shards not bound to their document; repair adds its references");
+                    shards
+                        .into_iter()
+                        .map(|(stripe, slot, _)| (stripe, slot, node.key))
+                        .collect()
+                }
+            }
+        });
+        futures::future::join_all(binds)
+            .await
+            .into_iter()
+            .flatten()
+            .collect()
     }
 
     /// Stores a one-stripe document with one request per peer (`PutMany`): each placed peer
@@ -234,6 +288,7 @@ impl Client {
             let req = Request::PutMany {
                 shards: shard.iter().map(|(i, b)| (*i, b.len() as u64)).collect(),
                 manifest: with_manifest.then_some((id, manifest_len)),
+                document: id,
             };
             let body = match (shard, with_manifest) {
                 (Some((_, b)), false) => b,
@@ -289,6 +344,7 @@ impl Client {
             plain_len: stripe.plain_len,
             stored,
             missing,
+            unbound: Vec::new(),
         };
         Ok((id, up))
     }
@@ -357,6 +413,8 @@ struct StripeUpload {
     plain_len: u64,
     stored: usize,
     missing: Vec<(u64, usize, PublicId)>,
+    /// (stripe, slot, peer, shard) acknowledged without a document, to bind.
+    unbound: Vec<(u64, usize, NodeInfo, ShardId)>,
 }
 
 fn join<T>(

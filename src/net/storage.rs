@@ -27,33 +27,77 @@ impl Net {
         }
     }
 
-    /// Stores a shard on `node`; `Ok` once the peer checked its hash and made it durable.
+    /// Stores a shard on `node`, its reference held by `document`; `Ok` once the peer
+    /// checked its hash and made it durable.
     pub async fn shard_put(
         &self,
         node: &NodeInfo,
         id: &ShardId,
         body: &Bytes,
+        document: &DocumentId,
     ) -> Result<PutOutcome, NetError> {
         let req = Request::PutShard {
             id: *id,
             len: body.len() as u64,
+            document: Some(*document),
         };
         self.call(node, &req, Some(body)).await
     }
 
     /// Whether `node` has a committed row for shard `id` (not re-hashed; scrub does that).
     pub async fn shard_has(&self, node: &NodeInfo, id: &ShardId) -> Result<bool, NetError> {
-        self.call(node, &Request::HasShard { id: *id }, None).await
+        let req = Request::HasShard {
+            id: *id,
+            document: None,
+        };
+        self.call(node, &req, None).await
     }
 
-    /// Drops one reference to shard `id` on `node`.
+    /// Whether `document` holds a reference to shard `id` on `node`.
+    pub async fn shard_held(
+        &self,
+        node: &NodeInfo,
+        id: &ShardId,
+        document: &DocumentId,
+    ) -> Result<bool, NetError> {
+        let req = Request::HasShard {
+            id: *id,
+            document: Some(*document),
+        };
+        self.call(node, &req, None).await
+    }
+
+    /// Drops `document`'s reference to shard `id` on `node`.
     pub async fn shard_delete(
         &self,
         node: &NodeInfo,
         id: &ShardId,
+        document: &DocumentId,
     ) -> Result<DeleteOutcome, NetError> {
-        self.call(node, &Request::DeleteShard { id: *id }, None)
-            .await
+        let req = Request::DeleteShard {
+            id: *id,
+            document: *document,
+        };
+        self.call(node, &req, None).await
+    }
+
+    /// Gives `document` this key's upload references to `shards` on `node` (in requests of
+    /// at most [`proto::MAX_BIND`] ids); how many were bound.
+    pub async fn shards_bind(
+        &self,
+        node: &NodeInfo,
+        document: &DocumentId,
+        shards: &[ShardId],
+    ) -> Result<u64, NetError> {
+        let mut bound = 0;
+        for chunk in shards.chunks(proto::MAX_BIND) {
+            let req = Request::BindShards {
+                document: *document,
+                shards: chunk.to_vec(),
+            };
+            bound += u64::from(self.call::<u32>(node, &req, None).await?);
+        }
+        Ok(bound)
     }
 
     /// The manifest of `id` held by `node`, checked against the id; `None` if it has none.

@@ -2,15 +2,20 @@
 //! stripe.
 //!
 //! For every registered document (listed from the chain) it reads the manifest and, for
-//! every stripe, makes each shard sit on the peer the client's *current* layout places it on:
+//! every stripe, makes each shard sit on the peer the client's *current* layout places it on,
+//! held there by that document's reference (`store`: references belong to documents; a
+//! shard two documents share is converged once for each, so every document's reference
+//! moves with it):
 //!
-//! 1. The placed peer already has the shard: nothing to write.
-//! 2. Otherwise the bytes come from the shard's peer under the *previous* layout (a move), or
-//!    are rebuilt from any k shards of the stripe that can be fetched (a repair): data
-//!    shards by Reed-Solomon, parity by encoding again, every rebuilt shard checked against
-//!    its BLAKE3 id. The write is acknowledged only once the destination has checked the
-//!    hash and committed it (`PutShard` → `Stored`).
-//! 3. Then, with a previous layout, the old copy is deleted, and the step is recorded.
+//! 1. The placed peer already holds the document's reference: nothing to write.
+//! 2. Otherwise the bytes come from the shard's peer under the *previous* layout (a move),
+//!    from the placed peer itself (the body is there for another holder), or are rebuilt
+//!    from any k shards of the stripe that can be fetched (a repair): data shards by
+//!    Reed-Solomon, parity by encoding again, every rebuilt shard checked against its
+//!    BLAKE3 id. The write names the document, and is acknowledged only once the
+//!    destination has checked the hash and committed it (`PutShard` → `Stored`).
+//! 3. Then, with a previous layout, the document's reference on the old peer is dropped
+//!    (the body goes with its last reference), and the step is recorded.
 //!
 //! Manifests follow the same rule (their `max(3, m + 1)` placed peers); they are converged
 //! while planning, before the stripes. A rebalance is `converge` with the previous layout
@@ -161,7 +166,7 @@ impl Worker for Converge<'_> {
             self.journal,
             self.options,
             run.throttle(),
-            &manifest,
+            (&id, &manifest),
             index,
         )
         .await
@@ -315,17 +320,27 @@ struct StripeOutcome {
     failures: Vec<String>,
 }
 
+/// The journal key of stripe `stripe` (its placement key) of `document`: two documents
+/// with the same stripe (shared shards) each move their own references.
+pub fn document_stripe_key(document: &DocumentId, stripe: &[u8; 32]) -> [u8; 32] {
+    let mut h = blake3::Hasher::new();
+    h.update(document.as_bytes());
+    h.update(stripe);
+    *h.finalize().as_bytes()
+}
+
 async fn converge_stripe(
     client: &Client,
     journal: Option<&Journal>,
     options: &OpsOptions,
     throttle: &Throttle,
-    manifest: &Manifest,
+    (document, manifest): (&DocumentId, &Manifest),
     index: usize,
 ) -> Result<StripeOutcome, OpsError> {
     let ids = &manifest.stripes[index];
     let width = ids.len();
     let key = stripe_key(ids);
+    let step_key = document_stripe_key(document, &key);
     let new: Vec<NodeInfo> = client
         .layout()
         .place(&key, width)?
@@ -342,7 +357,7 @@ async fn converge_stripe(
     let mut state = vec![0u8; width];
     if let Some(j) = journal {
         for (slot, s) in state.iter_mut().enumerate() {
-            *s = j.get(&key, slot)?;
+            *s = j.get(&step_key, slot)?;
         }
     }
     out.resumed = state.iter().filter(|&&s| s == DONE).count() as u64;
@@ -352,10 +367,14 @@ async fn converge_stripe(
             if done {
                 return true;
             }
-            client.net().shard_has(node, id).await.unwrap_or_else(|e| {
-                debug!(slot, error = %e, "placed peer unreachable");
-                false
-            })
+            client
+                .net()
+                .shard_held(node, id, document)
+                .await
+                .unwrap_or_else(|e| {
+                    debug!(slot, error = %e, "placed peer unreachable");
+                    false
+                })
         }
     });
     let mut present: Vec<bool> = futures::future::join_all(checks).await;
@@ -382,6 +401,13 @@ async fn converge_stripe(
             }
         }
         if bytes.is_none() {
+            // The placed peer may hold the body for another holder (a shared shard, or a
+            // put whose bind failed): only the document's reference is missing.
+            if let Ok(Some(b)) = client.net().shard_get(&new[slot], id).await {
+                bytes = Some((b, false));
+            }
+        }
+        if bytes.is_none() {
             if rebuilt.is_none() {
                 rebuilt = Some(rebuild(client, manifest, index, &new, old.as_deref()).await?);
             }
@@ -396,7 +422,11 @@ async fn converge_stripe(
             continue;
         };
         throttle.take(bytes.len() as u64).await;
-        match client.net().shard_put(&new[slot], id, &bytes).await {
+        match client
+            .net()
+            .shard_put(&new[slot], id, &bytes, document)
+            .await
+        {
             Ok(_) => {
                 present[slot] = true;
                 out.bytes += bytes.len() as u64;
@@ -406,7 +436,7 @@ async fn converge_stripe(
                     out.moved += 1;
                 }
                 if let Some(j) = journal {
-                    j.set(&key, slot, COPIED)?;
+                    j.set(&step_key, slot, COPIED)?;
                 }
             }
             Err(e) => out
@@ -431,8 +461,8 @@ async fn converge_stripe(
                 .zip(ids)
                 .any(|(n, other)| n.key == from.key && other == id);
             if !still_placed {
-                match client.net().shard_has(from, id).await {
-                    Ok(true) => match client.net().shard_delete(from, id).await {
+                match client.net().shard_held(from, id, document).await {
+                    Ok(true) => match client.net().shard_delete(from, id, document).await {
                         Ok(_) => out.deleted += 1,
                         Err(e) => {
                             out.failures
@@ -447,7 +477,7 @@ async fn converge_stripe(
                 }
             }
             if let Some(j) = journal {
-                j.set(&key, slot, DONE)?;
+                j.set(&step_key, slot, DONE)?;
             }
         }
     }

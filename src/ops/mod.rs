@@ -31,7 +31,7 @@ mod journal;
 mod scrub;
 mod worker;
 
-pub use converge::{ConvergeReport, converge, documents};
+pub use converge::{ConvergeReport, converge, document_stripe_key, documents};
 pub use journal::Journal;
 pub use scrub::{ScrubReport, scrub};
 pub use worker::{OnProgress, Progress, Throttle};

@@ -10,10 +10,13 @@
 //! clients' puts.
 //!
 //! Every request is authorised by `access` from the caller's key (authenticated by the TLS
-//! handshake) and the chain state now: reads by the owner, a live grantee, an operator or a
-//! storage node; writes and maintenance by the roles that need them; chain records by
+//! handshake) and the chain state now: reads by the owner, a live grantee or an operator;
+//! writes and maintenance by the roles that need them (a storage node's key by none:
+//! `access`); a shard delete drops only the reference of the document it names (`store`); chain records by
 //! `access::ChainScope`; read audits by the document's owner and operators. Every read
-//! served with document bytes is recorded in the peer's `audit::AuditLog`. A refusal is
+//! served with document bytes is recorded in the peer's `audit::AuditLog` before its bytes
+//! are sent; a read that cannot be recorded (the log's bounded buffer full, or its disk
+//! failing) is answered `ErrorCode::Unavailable` and sends nothing. A refusal is
 //! `ErrorCode::Refused` with the reason, before any body is read or any document byte sent.
 //! Authorisation runs within [`AUTHORISE_TIMEOUT`]; when the chain cannot say (unreachable,
 //! this peer's validator behind and no other answering, or too slow) the answer is
@@ -72,6 +75,10 @@ pub struct PeerLimits {
     pub commit_batch: usize,
     /// How often the peer commits the Merkle root of its new read records (`audit`).
     pub audit_interval: Duration,
+    /// Most read records waiting in memory for their write to the audit log; while it is
+    /// full (or the last write failed) reads are refused `Unavailable` (`audit`: fail
+    /// closed). 0: this peer records, and so serves, no read.
+    pub audit_buffer: usize,
 }
 
 impl Default for PeerLimits {
@@ -83,6 +90,7 @@ impl Default for PeerLimits {
             request_timeout: Duration::from_secs(60),
             commit_batch: 64,
             audit_interval: Duration::from_secs(10),
+            audit_buffer: crate::audit::DEFAULT_BUFFER,
         }
     }
 }
@@ -213,7 +221,8 @@ pub async fn start(
     let store = Arc::new(store);
     let audit = {
         let dir = data_dir.to_path_buf();
-        Arc::new(blocking(move || AuditLog::open(&dir)).await?)
+        let bound = limits.audit_buffer;
+        Arc::new(blocking(move || AuditLog::open(&dir, bound)).await?)
     };
     let endpoint = tls::endpoint(listen, identity, trust)?;
     let addr = endpoint.local_addr().map_err(PeerError::Addr)?;
@@ -402,13 +411,22 @@ async fn handle(
         Err(e) => return refuse(send, recv, state, &who, e).await,
     };
     match req {
-        Request::PutShard { id, len } => storage::put_shard(send, recv, state, id, len).await,
-        Request::PutMany { shards, manifest } => {
-            storage::put_many(send, recv, state, shards, manifest).await
+        Request::PutShard { id, len, document } => {
+            storage::put_shard(send, recv, state, who, (id, len, document)).await
         }
+        Request::PutMany {
+            shards,
+            manifest,
+            document,
+        } => storage::put_many(send, recv, state, shards, manifest, document).await,
         Request::GetShard { id } => storage::get_shard(send, state, who, read_of, id).await,
-        Request::HasShard { id } => storage::has_shard(send, state, id).await,
-        Request::DeleteShard { id } => storage::delete_shard(send, state, id).await,
+        Request::HasShard { id, document } => storage::has_shard(send, state, id, document).await,
+        Request::DeleteShard { id, document } => {
+            storage::delete_shard(send, state, id, document).await
+        }
+        Request::BindShards { document, shards } => {
+            storage::bind_shards(send, state, who, document, shards).await
+        }
         Request::ListShards { after, limit } => {
             storage::list_shards(send, state, after, limit).await
         }
@@ -481,7 +499,7 @@ async fn may_query_chain(
 /// (recorded in the audit log once served). Submissions, the chain's status, layout,
 /// validator set changes and accounts are open to every authenticated key (a transaction
 /// is checked by the chain itself); blocks and transactions are for the consortium's
-/// members, the document list for operators and nodes; a document's record is shown as
+/// members, the document list for operators and validators; a document's record is shown as
 /// `access::ChainScope` says (in the handler); consensus messages are checked where they
 /// are read (`validator_body`).
 async fn authorise(
@@ -515,7 +533,7 @@ async fn authorise(
             may_query_chain(
                 state,
                 who,
-                &[Role::Operator, Role::Node, Role::Validator],
+                &[Role::Operator, Role::Validator],
                 "list every document",
             )
             .await
@@ -523,8 +541,9 @@ async fn authorise(
         Request::PutShard { .. }
         | Request::PutManifest { .. }
         | Request::PutMany { .. }
+        | Request::BindShards { .. }
         | Request::HasShard { .. } => access.may_store(who).await,
-        Request::DeleteShard { id } => access.may_delete_shard(who, id, opened).await,
+        Request::DeleteShard { document, .. } => access.may_delete_shard(who, document).await,
         Request::DeleteManifest { id } => access.may_delete_manifest(who, id).await,
         Request::ListShards { .. } => access.may_maintain(who, "list shards").await,
         Request::Usage => access.may_maintain(who, "see the store's usage").await,

@@ -19,10 +19,10 @@ use crate::audit::ReadKind;
 use crate::id::{DocumentId, ShardId};
 use crate::identity::PublicId;
 use crate::proto::{
-    self, DeleteOutcome, ErrorCode, MAX_LIST, MAX_MANIFEST_BODY, MAX_PUT_MANY, MAX_PUT_MANY_BODY,
-    MAX_SCRUB, MAX_SHARD_BODY, ProtoError, Response,
+    self, DeleteOutcome, ErrorCode, MAX_BIND, MAX_LIST, MAX_MANIFEST_BODY, MAX_PUT_MANY,
+    MAX_PUT_MANY_BODY, MAX_SCRUB, MAX_SHARD_BODY, ProtoError, Response,
 };
-use crate::store::{self, INLINE_MAX, Prepared, ShardStore, StoreError};
+use crate::store::{self, Holder, INLINE_MAX, Prepared, ShardStore, StoreError};
 
 /// One durable write waiting for the committer: a prepared shard or a manifest record.
 pub(super) enum Pending {
@@ -124,12 +124,17 @@ async fn wait(rx: CommitReply) -> Response {
 /// blocking pool, in parallel with other requests; only the small redb commit is shared).
 /// A small body is only hashed (microseconds): no thread hop for it. The error is the
 /// answer to send.
-async fn prepare(state: &State, id: ShardId, body: Bytes) -> Result<Prepared, Response> {
+async fn prepare(
+    state: &State,
+    id: ShardId,
+    body: Bytes,
+    holder: Holder,
+) -> Result<Prepared, Response> {
     let store = state.store.clone();
     let prepared = if body.len() <= INLINE_MAX {
-        store.prepare(&id, body)
+        store.prepare(&id, body, holder)
     } else {
-        blocking(move || store.prepare(&id, body)).await
+        blocking(move || store.prepare(&id, body, holder)).await
     };
     prepared.map_err(|e| {
         state.stats.refused.fetch_add(1, Ordering::Relaxed);
@@ -137,19 +142,21 @@ async fn prepare(state: &State, id: ShardId, body: Bytes) -> Result<Prepared, Re
     })
 }
 
+/// Stores a shard, its reference held by `document`, or by `who` until it binds it.
 pub(super) async fn put_shard(
     send: &mut SendStream,
     recv: &mut RecvStream,
     state: &State,
-    id: ShardId,
-    len: u64,
+    who: PublicId,
+    (id, len, document): (ShardId, u64, Option<DocumentId>),
 ) -> Result<(), ProtoError> {
     if let Err(e) = proto::check_body_len("shard", len, MAX_SHARD_BODY) {
         let _ = recv.stop(ErrorCode::TooLarge.as_u32().into());
         return answer(send, &error(ErrorCode::TooLarge, e.to_string()), None).await;
     }
     let body = Bytes::from(proto::read_body(recv, len).await?);
-    let resp = match prepare(state, id, body).await {
+    let holder = document.map_or(Holder::Upload(who), Holder::Document);
+    let resp = match prepare(state, id, body, holder).await {
         Ok(prepared) => commit(state, Pending::Shard(prepared)).await,
         Err(resp) => resp,
     };
@@ -162,6 +169,7 @@ pub(super) async fn put_many(
     state: &State,
     shards: Vec<(ShardId, u64)>,
     manifest: Option<(DocumentId, u64)>,
+    document: DocumentId,
 ) -> Result<(), ProtoError> {
     let total = shards
         .iter()
@@ -190,7 +198,7 @@ pub(super) async fn put_many(
     let mut pending = Vec::with_capacity(shards.len() + 1);
     for (id, len) in shards {
         let body = Bytes::from(proto::read_body(recv, len).await?);
-        match prepare(state, id, body).await {
+        match prepare(state, id, body, Holder::Document(document)).await {
             Ok(prepared) => pending.push(Pending::Shard(prepared)),
             Err(resp) => return answer(send, &resp, None).await,
         }
@@ -219,7 +227,20 @@ pub(super) async fn put_many(
     answer(send, &resp, None).await
 }
 
-/// Serves a shard; a read of document `read_of` (see `authorise`) is recorded once served.
+/// Answers a read that the audit log cannot record: `Unavailable`, no document byte (fail
+/// closed, `audit`).
+async fn unrecorded(
+    send: &mut SendStream,
+    state: &State,
+    e: crate::audit::AuditError,
+) -> Result<(), ProtoError> {
+    state.stats.refused.fetch_add(1, Ordering::Relaxed);
+    warn!(error = %e, "read refused: it cannot be recorded");
+    answer(send, &error(ErrorCode::Unavailable, e.to_string()), None).await
+}
+
+/// Serves a shard; a read of document `read_of` (see `authorise`) is recorded before its
+/// bytes are sent, or refused if it cannot be.
 pub(super) async fn get_shard(
     send: &mut SendStream,
     state: &State,
@@ -230,10 +251,12 @@ pub(super) async fn get_shard(
     let store = state.store.clone();
     match blocking(move || store.get(&id)).await {
         Ok(Some(bytes)) => {
-            state.stats.shards_served.fetch_add(1, Ordering::Relaxed);
-            if let Some(document) = read_of {
-                state.audit.record(who, document, ReadKind::Shard(id));
+            if let Some(document) = read_of
+                && let Err(e) = state.audit.record(who, document, ReadKind::Shard(id))
+            {
+                return unrecorded(send, state, e).await;
             }
+            state.stats.shards_served.fetch_add(1, Ordering::Relaxed);
             let resp = Response::Shard {
                 len: bytes.len() as u64,
             };
@@ -248,23 +271,52 @@ pub(super) async fn has_shard(
     send: &mut SendStream,
     state: &State,
     id: ShardId,
+    document: Option<DocumentId>,
 ) -> Result<(), ProtoError> {
     let store = state.store.clone();
-    let resp = match blocking(move || store.has(&id)).await {
+    let resp = match blocking(move || match document {
+        Some(document) => store.has_ref(&id, &document),
+        None => store.has(&id),
+    })
+    .await
+    {
         Ok(has) => Response::Has(has),
         Err(e) => store_error(state, e),
     };
     answer(send, &resp, None).await
 }
 
+/// Drops `document`'s reference to a shard, and no other (`store`).
 pub(super) async fn delete_shard(
     send: &mut SendStream,
     state: &State,
     id: ShardId,
+    document: DocumentId,
 ) -> Result<(), ProtoError> {
     let store = state.store.clone();
-    let resp = match blocking(move || store.delete(&id)).await {
+    let resp = match blocking(move || store.delete(&id, &document)).await {
         Ok(outcome) => Response::Deleted(outcome.into()),
+        Err(e) => store_error(state, e),
+    };
+    answer(send, &resp, None).await
+}
+
+/// Gives `document` the references `who` holds by upload to `shards` (`store::bind`).
+pub(super) async fn bind_shards(
+    send: &mut SendStream,
+    state: &State,
+    who: PublicId,
+    document: DocumentId,
+    shards: Vec<ShardId>,
+) -> Result<(), ProtoError> {
+    if shards.len() > MAX_BIND {
+        state.stats.refused.fetch_add(1, Ordering::Relaxed);
+        let msg = format!("{} shards in one bind, at most {MAX_BIND}", shards.len());
+        return answer(send, &error(ErrorCode::TooLarge, msg), None).await;
+    }
+    let store = state.store.clone();
+    let resp = match blocking(move || store.bind(&who, &document, &shards)).await {
+        Ok(bound) => Response::Bound(bound as u32),
         Err(e) => store_error(state, e),
     };
     answer(send, &resp, None).await
@@ -318,7 +370,8 @@ pub(super) async fn put_manifest(
     answer(send, &resp, None).await
 }
 
-/// Serves a manifest; the read is recorded once served.
+/// Serves a manifest; the read is recorded before its bytes are sent, or refused if it
+/// cannot be.
 pub(super) async fn get_manifest(
     send: &mut SendStream,
     state: &State,
@@ -328,7 +381,9 @@ pub(super) async fn get_manifest(
     let store = state.store.clone();
     match blocking(move || store.get_blob(&id.0)).await {
         Ok(Some(bytes)) => {
-            state.audit.record(who, id, ReadKind::Manifest);
+            if let Err(e) = state.audit.record(who, id, ReadKind::Manifest) {
+                return unrecorded(send, state, e).await;
+            }
             let resp = Response::Manifest {
                 len: bytes.len() as u64,
             };

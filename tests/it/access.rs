@@ -1,5 +1,5 @@
 //! Enforcement on peers: a peer serves a document's manifest and shards only to its owning
-//! department, a live grantee, an operator or a storage node, as the chain says now; anyone
+//! department, a live grantee or an operator, as the chain says now; anyone
 //! else is refused and gets no bytes. Real peers, real QUIC, real redb; readers that are in
 //! no one's membership.
 
@@ -205,10 +205,17 @@ async fn only_owner_grantees_and_operators_are_served() {
     let put = Request::PutShard {
         id: ShardId::of(junk),
         len: junk.len() as u64,
+        document: None,
     };
     for (req, body) in [
         (put, Some(&junk[..])),
-        (Request::DeleteShard { id: shard_a }, None),
+        (
+            Request::DeleteShard {
+                id: shard_a,
+                document: doc_a.id,
+            },
+            None,
+        ),
         (
             Request::PutManifest {
                 id: DocumentId::of(junk),
@@ -308,7 +315,8 @@ async fn peers_serve_nothing_when_the_chain_is_unreachable() {
 /// The validator answers a document's record (grantees, wrapped keys) by the caller's
 /// identity: whole to its owner and to operators and nodes, with their own grant alone to a
 /// live grantee, to nobody else; blocks and transactions only to the consortium's members,
-/// the list of documents only to operators and nodes. A grantee's own `get` and receipt work.
+/// the list of documents only to operators and validators. A grantee's own `get` and
+/// receipt work.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chain_records_are_answered_by_who_asks() {
     let (cluster, dept) = common::start_cluster(6, 3).await;
@@ -379,7 +387,7 @@ async fn chain_records_are_answered_by_who_asks() {
         assert!(c.granted_key(&doc.id).await.is_err());
     }
     // Blocks and transactions: members of the consortium only; the document list:
-    // operators and nodes only.
+    // operators and validators only.
     let err = as_carol.chain().unwrap().block(1).await.unwrap_err();
     assert!(is_chain_refusal(&err), "{err}");
     assert!(is_chain_refusal(

@@ -266,3 +266,99 @@ async fn a_peer_with_no_new_reads_commits_no_root() {
     dept.close().await;
     cluster.shutdown().await;
 }
+
+/// A peer that cannot record a read in its audit log (here: its log may hold no record,
+/// `PeerLimits::audit_buffer = 0`; a full buffer or a failing disk refuse the same way)
+/// refuses the read `Unavailable`, sends no document byte and records nothing; the same
+/// requests are served by a peer that can record them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_cannot_record_a_read_refuses_it_unavailable_and_sends_nothing() {
+    use std::sync::Arc;
+    use std::sync::atomic::Ordering;
+
+    use crate::common::wire::Raw;
+    use dangan::client::stripe_key;
+    use dangan::proto::{ErrorCode, Request, Response};
+    use dangan::tls::AllowAny;
+
+    for (bound, served) in [(0, false), (PeerLimits::default().audit_buffer, true)] {
+        let tmp = tempfile::tempdir().unwrap();
+        let limits = PeerLimits {
+            audit_buffer: bound,
+            ..PeerLimits::default()
+        };
+        let cluster = LocalCluster::start_in(tmp.path(), 6, 3, limits)
+            .await
+            .unwrap();
+        let dept = common::department(&cluster);
+        let put = common::put(&dept, &common::data(10_000, 5)).await.unwrap();
+        let manifest = put.manifest.encode();
+        // A peer holding both the manifest and a shard, asked directly by the owner.
+        let replicas = dept.manifest_nodes(&put.id).unwrap();
+        let ids = &put.manifest.stripes[0];
+        let placed = cluster.layout().place(&stripe_key(ids), ids.len()).unwrap();
+        let (node, shard) = placed
+            .iter()
+            .zip(ids)
+            .find(|(n, _)| replicas.iter().any(|r| r.key == n.key))
+            .map(|(n, s)| ((*n).clone(), *s))
+            .unwrap();
+        let peer = cluster.peer(cluster.index_of(&node.key).unwrap()).unwrap();
+        let (raw, _) = Raw::connect(
+            cluster.department(),
+            node.addr.parse().unwrap(),
+            Arc::new(AllowAny),
+        )
+        .await;
+        let open = Request::OpenDocument {
+            document: put.id,
+            len: manifest.len() as u64,
+        };
+        let (resp, _) = raw.ask(&open, Some(&manifest)).await;
+        assert!(matches!(resp, Response::Opened { .. }), "{resp:?}");
+        for req in [
+            Request::GetManifest { id: put.id },
+            Request::GetShard { id: shard },
+        ] {
+            let (resp, body) = raw.ask(&req, None).await;
+            if served {
+                assert!(!body.is_empty(), "{req:?} → {resp:?}");
+                continue;
+            }
+            match &resp {
+                Response::Error {
+                    code: ErrorCode::Unavailable,
+                    message,
+                } => assert!(
+                    message.contains("cannot record the read in its audit log"),
+                    "{message}"
+                ),
+                other => panic!("{req:?} must be refused Unavailable, got {other:?}"),
+            }
+            assert!(body.is_empty(), "no document byte");
+        }
+        raw.close().await;
+        let recorded = peer.audit().recorded();
+        let shards = peer.stats().shards_served.load(Ordering::Relaxed);
+        if served {
+            assert_eq!((recorded, shards), (2, 1));
+        } else {
+            assert_eq!(
+                (recorded, shards),
+                (0, 0),
+                "nothing served, nothing recorded"
+            );
+            // Every peer is like it: the document cannot be read at all.
+            let short = ClientOptions {
+                unavailable_retry: Duration::from_millis(300),
+                ..common::options()
+            };
+            let reader = cluster.client(short).unwrap();
+            assert!(common::get(&reader, &put.id, &put.key).await.is_err());
+            assert_eq!(common::shards_served(&cluster), 0);
+            reader.close().await;
+        }
+        dept.close().await;
+        cluster.shutdown().await;
+    }
+}

@@ -3,9 +3,11 @@
 //! peer. Also: the example configs in `config/` load, `local-config` writes a coding that
 //! fits the number of peers, and the operator commands (`cluster status`, `scrub`, repair)
 //! find and fix a bit flipped on a peer's disk; validators removed and added again with
-//! `chain remove-validator` / `add-validator` proposals, `approve` and `enact`.
+//! `chain remove-validator` / `add-validator` proposals, `approve` and `enact`. Key files
+//! others may read are refused, and a get's output is the user's alone (0600).
 
 use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Instant;
 
@@ -54,9 +56,16 @@ fn peers_as_separate_processes_put_get_lose_one_and_refuse_strangers() {
         "put keeps the document key in the keyring"
     );
 
-    // 2. get it back.
+    // 2. get it back. A stale world-readable partial output left by an earlier run does not
+    // make this one readable by others: the output is the user's alone (0600).
     let out1 = root.join("out1.bin");
+    let stale = out1.with_extension("dangan-partial");
+    fs::write(&stale, b"stale").unwrap();
+    fs::set_permissions(&stale, fs::Permissions::from_mode(0o644)).unwrap();
     let get = dept.get(&id, &out1, "get").expect_ok("get");
+    let mode = fs::metadata(&out1).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "a get's output is readable by the user only");
+    assert!(!stale.exists(), "the partial output became the output");
     assert!(
         get.stdout
             .contains(&format!("{} bytes written", bytes.len())),
@@ -93,6 +102,18 @@ fn peers_as_separate_processes_put_get_lose_one_and_refuse_strangers() {
     assert!(
         fs::read_dir(&stranger_ring).map_or(true, |mut d| d.next().is_none()),
         "a refused put keeps no key"
+    );
+    // A key file that others may read is refused at load, with the fix in the message.
+    fs::set_permissions(&stranger_key, fs::Permissions::from_mode(0o644)).unwrap();
+    let open_key = stranger
+        .run(["put".as_ref(), input.as_os_str()], "put-open-key")
+        .expect_fail("put with a key file others may read");
+    assert!(
+        open_key
+            .stderr
+            .contains(&format!("chmod 600 {}", stranger_key.display())),
+        "the refusal names the fix: {}",
+        open_key.describe()
     );
 
     // 4. An id that was never stored: get asks the chain first, which does not know it.
@@ -394,6 +415,7 @@ fn example_configs_load() {
     );
     assert_eq!(node.limits.queue_timeout, d.queue_timeout);
     assert_eq!(node.limits.request_timeout, d.request_timeout);
+    assert_eq!(node.limits.audit_buffer, d.audit_buffer);
 }
 
 #[test]

@@ -163,16 +163,30 @@ async fn garbage_oversized_and_abandoned_requests_leave_the_peer_healthy() {
     // A shard body over the limit.
     let (_raw, mut send, mut recv) = raw_stream(&cluster, &me).await;
     let id = ShardId::of(b"x");
-    proto::write_frame(&mut send, &Request::PutShard { id, len: u64::MAX })
-        .await
-        .unwrap();
+    proto::write_frame(
+        &mut send,
+        &Request::PutShard {
+            id,
+            len: u64::MAX,
+            document: None,
+        },
+    )
+    .await
+    .unwrap();
     let resp: Response = proto::read_frame(&mut recv).await.unwrap();
     expect_error(&resp, ErrorCode::TooLarge);
 
     // A body that does not match its id.
     let raw = connect(&cluster, &me).await;
     let (resp, _) = raw
-        .ask(&Request::PutShard { id, len: 3 }, Some(b"abc"))
+        .ask(
+            &Request::PutShard {
+                id,
+                len: 3,
+                document: None,
+            },
+            Some(b"abc"),
+        )
         .await;
     expect_error(&resp, ErrorCode::HashMismatch);
 
@@ -189,6 +203,7 @@ async fn garbage_oversized_and_abandoned_requests_leave_the_peer_healthy() {
         &Request::PutShard {
             id: ShardId::of(&body),
             len: body.len() as u64,
+            document: None,
         },
     )
     .await
@@ -285,6 +300,7 @@ async fn a_slow_client_cannot_hold_a_peer_hostage() {
         let req = Request::PutShard {
             id: ShardId::of(b"never sent"),
             len: 100_000,
+            document: None,
         };
         proto::write_frame(&mut send, &req).await.unwrap();
         hung.push((raw, send, recv));
@@ -369,6 +385,7 @@ async fn a_batch_put_is_bounded_and_checked_whole() {
     let req = Request::PutMany {
         shards: many,
         manifest: None,
+        document: manifest_id,
     };
     proto::write_frame(&mut send, &req).await.unwrap();
     let resp: Response = proto::read_frame(&mut recv).await.unwrap();
@@ -377,6 +394,7 @@ async fn a_batch_put_is_bounded_and_checked_whole() {
     let req = Request::PutMany {
         shards: vec![(shard_id, proto::MAX_PUT_MANY_BODY), (shard_id, u64::MAX)],
         manifest: None,
+        document: manifest_id,
     };
     proto::write_frame(&mut send, &req).await.unwrap();
     let resp: Response = proto::read_frame(&mut recv).await.unwrap();
@@ -387,6 +405,7 @@ async fn a_batch_put_is_bounded_and_checked_whole() {
     let req = Request::PutMany {
         shards: vec![(shard_id, shard.len() as u64)],
         manifest: Some((dangan::id::DocumentId([7; 32]), manifest.len() as u64)),
+        document: manifest_id,
     };
     let (resp, _) = raw.ask(&req, Some(&[&shard[..], &manifest].concat())).await;
     expect_error(&resp, ErrorCode::HashMismatch);
@@ -397,6 +416,7 @@ async fn a_batch_put_is_bounded_and_checked_whole() {
     let req = Request::PutMany {
         shards: vec![(shard_id, shard.len() as u64)],
         manifest: Some((manifest_id, manifest.len() as u64)),
+        document: manifest_id,
     };
     let (resp, _) = raw.ask(&req, Some(&[&shard[..], &manifest].concat())).await;
     assert!(

@@ -98,7 +98,14 @@ fn wire_frames() {
     put(
         "wire_frame",
         "put_shard",
-        &with_body(Request::PutShard { id, len: 5 }, b"hello"),
+        &with_body(
+            Request::PutShard {
+                id,
+                len: 5,
+                document: None,
+            },
+            b"hello",
+        ),
     );
     put(
         "wire_frame",
@@ -123,8 +130,8 @@ fn wire_frames() {
     );
     let requests = [
         ("get_shard", Request::GetShard { id }),
-        ("has_shard", Request::HasShard { id }),
-        ("delete_shard", Request::DeleteShard { id }),
+        ("has_shard", Request::HasShard { id, document: None }),
+        ("delete_shard", Request::DeleteShard { id, document: doc }),
         (
             "list",
             Request::ListShards {

@@ -17,6 +17,7 @@ mod faults;
 mod fuzz_regressions;
 mod fuzz_seeds;
 mod grants;
+mod isolation;
 mod layering;
 mod ops;
 mod raft;

@@ -103,6 +103,23 @@ fn assert_exactly_placed(cluster: &LocalCluster, layout: &Layout, docs: &[Doc]) 
         for id in &got {
             assert!(store.get(id).unwrap().is_some());
         }
+        // Each copy is held by its document's reference, moved with it: none is left to the
+        // key that uploaded it, none to another document.
+        for doc in docs {
+            for ids in &doc.manifest.stripes {
+                let placed = layout.place(&stripe_key(ids), ids.len()).unwrap();
+                for (node, id) in placed.iter().zip(ids) {
+                    if node.key == peer {
+                        assert_eq!(
+                            store.holders(id).unwrap(),
+                            vec![(dangan::store::Holder::Document(doc.id), 1)],
+                            "peer {} shard {id}",
+                            peer.short()
+                        );
+                    }
+                }
+            }
+        }
     }
 }
 
