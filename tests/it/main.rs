@@ -18,6 +18,7 @@ mod fuzz_regressions;
 mod fuzz_seeds;
 mod grants;
 mod layering;
+mod liar;
 mod ops;
 mod raft;
 mod rekey;
