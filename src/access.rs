@@ -102,6 +102,10 @@ pub enum AccessError {
     )]
     Behind(String),
     #[error(
+        "access cannot be checked, so nothing is served: no validator host gave a chain answer that proves out ({0}); a validator host is faulty or lying"
+    )]
+    Unproven(String),
+    #[error(
         "access could not be checked within {0:?} (the chain is unreachable or slow), so nothing is served; try again shortly"
     )]
     TimedOut(Duration),
@@ -116,7 +120,7 @@ impl AccessError {
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
-            Self::ChainUnreachable(_) | Self::Behind(_) | Self::TimedOut(_)
+            Self::ChainUnreachable(_) | Self::Behind(_) | Self::TimedOut(_) | Self::Unproven(_)
         )
     }
 }
@@ -252,7 +256,7 @@ impl ChainView {
     /// Runs `ask` on where the chain is to be asked now: the own ledger while it is current,
     /// else the (other) validator hosts. `on_ledger` answers from the ledger; `on_remote`
     /// asks the hosts, its error mapped to `ChainUnreachable`, or `Behind` on a validator's
-    /// peer whose own ledger lags.
+    /// peer whose own ledger lags, or `Unproven` when no host's answer proved out.
     async fn ask<T, L, R, Fut>(&self, on_ledger: L, on_remote: R) -> Result<T, AccessError>
     where
         L: FnOnce(&Ledger) -> Result<T, AccessError>,
@@ -272,12 +276,12 @@ impl ChainView {
                 AccessError::NoChain
             });
         };
-        on_remote(client).await.map_err(|e| {
-            if behind {
-                AccessError::Behind(e.to_string())
-            } else {
-                AccessError::ChainUnreachable(e.to_string())
+        on_remote(client).await.map_err(|e| match e {
+            ChainError::Unproven { .. } | ChainError::Stale { .. } => {
+                AccessError::Unproven(e.to_string())
             }
+            e if behind => AccessError::Behind(e.to_string()),
+            e => AccessError::ChainUnreachable(e.to_string()),
         })
     }
 

@@ -428,6 +428,17 @@ impl LocalCluster {
         Ok(())
     }
 
+    /// Links running peer `i` to the validator hosts of `chain` instead of the cluster's
+    /// (`Node::link`): from now on it asks them to authorise requests.
+    pub fn link_peer(&self, i: usize, chain: ChainLink) -> Result<(), ClusterError> {
+        let node = self
+            .slots
+            .get(i)
+            .and_then(|s| s.node.as_ref())
+            .ok_or(ClusterError::PeerStopped(i))?;
+        Ok(node.link(chain)?)
+    }
+
     /// Where the embedded chain is, for clients.
     pub fn chain(&self) -> &ChainLink {
         &self.chain

@@ -24,7 +24,7 @@ use tracing::{debug, warn};
 
 use super::block::{Block, BlockError, TxInclusion};
 use super::ledger::ChainStatus;
-use super::proof::{ProofError, ProvenAccount, ProvenDocuments, ProvenRecord, ProvenState};
+use super::proof::{ProofError, Proven, ProvenAccount, ProvenDocuments, ProvenRecord, ProvenState};
 use super::state::{Account, ChainLayouts, DocumentRecord};
 use super::tx::{ChainKey, SignedTx, Tx, TxBody};
 use super::validators::{self, HistoryError, ValidatorHistory};
@@ -404,8 +404,7 @@ impl ChainClient {
             .proven(
                 &Request::GetAccount { id: *id },
                 "account",
-                |p: &ProvenAccount| p.state.height(),
-                |p, v| p.verify(id, v),
+                |p: &ProvenAccount, v| p.verify(id, v),
             )
             .await?;
         Ok(p.account)
@@ -418,8 +417,7 @@ impl ChainClient {
             .proven(
                 &Request::GetRecord { id: *id },
                 "document record",
-                |p: &ProvenRecord| p.state.height(),
-                |p, v| p.verify(id, v),
+                |p: &ProvenRecord, v| p.verify(id, v),
             )
             .await?;
         Ok(p.record)
@@ -428,12 +426,9 @@ impl ChainClient {
     /// The state's top (layouts, validators, validator hosts) as of the newest block,
     /// proven against its final header.
     pub async fn state(&self) -> Result<ProvenState, ChainError> {
-        self.proven(
-            &Request::GetLayout,
-            "layout",
-            ProvenState::height,
-            |p: &ProvenState, v| p.verify(v),
-        )
+        self.proven(&Request::GetLayout, "layout", |p: &ProvenState, v| {
+            p.verify(v)
+        })
         .await
     }
 
@@ -442,11 +437,10 @@ impl ChainClient {
     /// newest state this client has proven; then each other host is asked in turn, and the
     /// first sound answer is taken (the next requests go to that host). A proof that fails
     /// is never acted on: that host is faulty or lying.
-    async fn proven<P: DeserializeOwned>(
+    async fn proven<P: DeserializeOwned + Proven>(
         &self,
         req: &Request,
         what: &'static str,
-        height: impl Fn(&P) -> u64,
         check: impl Fn(&P, &[PublicId]) -> Result<(), ProofError>,
     ) -> Result<P, ChainError> {
         let net = &self.inner.net;
@@ -461,10 +455,10 @@ impl ChainClient {
             (other, _, node) => return Err(net.unexpected(&node, other).into()),
         };
         let seen = self.inner.newest.load(Ordering::Relaxed);
-        let first = self.check_proven(&body, &host, what, &height, &check).await;
+        let first = self.check_proven(&body, &host, what, &check).await;
         match &first {
-            Ok(p) if height(p) >= seen => {
-                self.inner.newest.fetch_max(height(p), Ordering::Relaxed);
+            Ok(p) if p.height() >= seen => {
+                self.inner.newest.fetch_max(p.height(), Ordering::Relaxed);
                 return first;
             }
             Ok(_) => {}
@@ -479,10 +473,10 @@ impl ChainClient {
             let Ok(Some(body)) = net.fetch(node, req, None, proto::MAX_CHAIN_BODY).await else {
                 continue;
             };
-            match self.check_proven(&body, node, what, &height, &check).await {
-                Ok(p) if height(&p) >= seen => {
+            match self.check_proven(&body, node, what, &check).await {
+                Ok(p) if p.height() >= seen => {
                     self.inner.host.store(i, Ordering::Relaxed);
-                    self.inner.newest.fetch_max(height(&p), Ordering::Relaxed);
+                    self.inner.newest.fetch_max(p.height(), Ordering::Relaxed);
                     return Ok(p);
                 }
                 Ok(_) => {}
@@ -494,7 +488,7 @@ impl ChainClient {
         match first {
             Ok(p) => Err(ChainError::Stale {
                 what,
-                got: height(&p),
+                got: p.height(),
                 seen,
             }),
             Err(e) => Err(e),
@@ -502,16 +496,15 @@ impl ChainClient {
     }
 
     /// Decodes a proven answer from `host` and checks its proof.
-    async fn check_proven<P: DeserializeOwned>(
+    async fn check_proven<P: DeserializeOwned + Proven>(
         &self,
         body: &[u8],
         host: &NodeInfo,
         what: &'static str,
-        height: &impl Fn(&P) -> u64,
         check: &impl Fn(&P, &[PublicId]) -> Result<(), ProofError>,
     ) -> Result<P, ChainError> {
         let p: P = decode(body, what)?;
-        self.check_final(height(&p), |v| check(&p, v))
+        self.check_final(p.height(), |v| check(&p, v))
             .await
             .map_err(|source| ChainError::Unproven {
                 what,
@@ -592,18 +585,12 @@ impl ChainClient {
         limit: u32,
     ) -> Result<Vec<DocumentId>, ChainError> {
         let req = Request::ListDocuments { after, limit };
-        let ids = std::sync::Mutex::new(Vec::new());
-        self.proven(
-            &req,
-            "document list",
-            |p: &ProvenDocuments| p.state.height(),
-            |p, v| {
-                *ids.lock().expect("ids lock") = p.verify(after.as_ref(), limit as usize, v)?;
-                Ok(())
-            },
-        )
-        .await?;
-        Ok(ids.into_inner().expect("ids lock"))
+        let page = self
+            .proven(&req, "document list", |p: &ProvenDocuments, v| {
+                p.verify(after.as_ref(), limit as usize, v)
+            })
+            .await?;
+        Ok(page.ids(after.as_ref(), limit as usize))
     }
 
     /// Checks on the chain that `id` is registered: the registering transaction, its Merkle

@@ -67,11 +67,6 @@ impl ProvenState {
         }
     }
 
-    /// The height of the block the state is after.
-    pub fn height(&self) -> u64 {
-        self.header.header.height
-    }
-
     /// Checks that a majority of `validators` (those of the header's height) signed the
     /// header, and that the top hashes to its state root.
     pub fn verify(&self, validators: &[PublicId]) -> Result<(), ProofError> {
@@ -82,6 +77,29 @@ impl ProvenState {
         Ok(())
     }
 }
+
+/// A proven answer: the state it was read from.
+pub trait Proven {
+    /// The height of the block whose state the answer is from.
+    fn height(&self) -> u64;
+}
+
+impl Proven for ProvenState {
+    fn height(&self) -> u64 {
+        self.header.header.height
+    }
+}
+
+macro_rules! proven_at_its_state {
+    ($($t:ty),*) => {$(
+        impl Proven for $t {
+            fn height(&self) -> u64 {
+                self.state.height()
+            }
+        }
+    )*};
+}
+proven_at_its_state!(ProvenAccount, ProvenRecord, ProvenDocuments);
 
 /// An account, or its absence, with its proof.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -217,30 +235,34 @@ impl ProvenDocuments {
         }
     }
 
-    /// Checks the page against the header (see [`ProvenState::verify`]) and returns up to
-    /// `limit` ids after `after`, in order. An empty list means there are none: a page that
-    /// holds none yet stops short of the end is refused.
+    /// Checks the page against the header (see [`ProvenState::verify`]) as the answer to
+    /// "up to `limit` ids after `after`": it starts at the cursor's bucket, and a page that
+    /// holds no id after it yet stops short of the end is refused.
     pub fn verify(
         &self,
         after: Option<&DocumentId>,
         limit: usize,
         validators: &[PublicId],
-    ) -> Result<Vec<DocumentId>, ProofError> {
+    ) -> Result<(), ProofError> {
         self.state.verify(validators)?;
         self.range.verify(&self.state.top.documents)?;
         let from = after.map_or([0; 32], |a| *a.as_bytes());
         self.range.lookup(&from)?; // the page starts at the cursor's bucket
-        let ids: Vec<DocumentId> = self
-            .range
+        if self.ids(after, limit).is_empty() && !self.range.reaches_end() {
+            return Err(ProofError::Range(RangeError::NotCovered));
+        }
+        Ok(())
+    }
+
+    /// Up to `limit` ids after `after` in the page, in order; of a verified page, every one
+    /// there is (none means there are no more).
+    pub fn ids(&self, after: Option<&DocumentId>, limit: usize) -> Vec<DocumentId> {
+        self.range
             .entries()
             .map(|(k, _)| DocumentId(*k))
             .filter(|id| after.is_none_or(|a| id > a))
             .take(limit)
-            .collect();
-        if ids.is_empty() && !self.range.reaches_end() {
-            return Err(ProofError::Range(RangeError::NotCovered));
-        }
-        Ok(ids)
+            .collect()
     }
 }
 
@@ -404,7 +426,8 @@ mod tests {
         let mut after = None;
         loop {
             let page = ProvenDocuments::of(&w.state, w.header.clone(), after.as_ref(), 7);
-            let ids = page.verify(after.as_ref(), 7, &v).unwrap();
+            page.verify(after.as_ref(), 7, &v).unwrap();
+            let ids = page.ids(after.as_ref(), 7);
             if ids.is_empty() {
                 break;
             }
