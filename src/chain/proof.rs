@@ -434,7 +434,7 @@ mod tests {
             after = ids.last().copied();
             all.extend(ids);
         }
-        let expected: Vec<DocumentId> = w.state.documents_after(None, 1000);
+        let expected: Vec<DocumentId> = w.state.document_map().keys().copied().collect();
         assert_eq!(all, expected);
         // A host that hides a document from the page is refused.
         let page = ProvenDocuments::of(&w.state, w.header.clone(), None, 1000);

@@ -923,20 +923,6 @@ impl State {
         self.documents.len()
     }
 
-    /// Registered document ids in order, after `after` (from the first when `None`), at
-    /// most `limit`.
-    pub fn documents_after(&self, after: Option<DocumentId>, limit: usize) -> Vec<DocumentId> {
-        let from = match after {
-            Some(a) => std::ops::Bound::Excluded(a),
-            None => std::ops::Bound::Unbounded,
-        };
-        self.documents
-            .range((from, std::ops::Bound::Unbounded))
-            .take(limit)
-            .map(|(id, _)| *id)
-            .collect()
-    }
-
     /// The current cluster layout.
     pub fn layout(&self) -> &Layout {
         &self.layout
@@ -945,14 +931,6 @@ impl State {
     /// The layout before the last change, while readers may still need it.
     pub fn previous_layout(&self) -> Option<&Layout> {
         self.previous_layout.as_ref()
-    }
-
-    /// Both layouts, for clients.
-    pub fn layouts(&self) -> ChainLayouts {
-        ChainLayouts {
-            current: self.layout.clone(),
-            previous: self.previous_layout.clone(),
-        }
     }
 
     /// Per storage peer, the first read record its next `AuditRoot` must start at.
