@@ -724,6 +724,12 @@ async fn put(
             receipt.shards_missing.len()
         );
     }
+    if !receipt.shards_standing_in.is_empty() {
+        eprintln!(
+            "note: {} shards went to stand-ins while their peers were down; `dangan repair` brings them home",
+            receipt.shards_standing_in.len()
+        );
+    }
     for to in grants {
         c.grant(receipt.id, &receipt.key, to, None)
             .await

@@ -9,13 +9,15 @@
 //!
 //! 1. The placed peer already holds the document's reference: nothing to write.
 //! 2. Otherwise the bytes come from the shard's peer under the *previous* layout (a move),
-//!    from the placed peer itself (the body is there for another holder), or are rebuilt
+//!    from the placed peer itself (the body is there for another holder), from a stand-in
+//!    (`Layout::standins`: a put wrote it there while its peer was down), or are rebuilt
 //!    from any k shards of the stripe that can be fetched (a repair): data shards by
 //!    Reed-Solomon, parity by encoding again, every rebuilt shard checked against its
 //!    BLAKE3 id. The write names the document, and is acknowledged only once the
 //!    destination has checked the hash and committed it (`PutShard` → `Stored`).
-//! 3. Then, with a previous layout, the document's reference on the old peer is dropped
-//!    (the body goes with its last reference), and the step is recorded.
+//! 3. Then the document's reference on every stand-in that holds one is dropped, and, with
+//!    a previous layout, on the old peer (the body goes with its last reference), and the
+//!    step is recorded.
 //!
 //! Manifests follow the same rule (their `max(3, m + 1)` placed peers); they are converged
 //! while planning, before the stripes. A rebalance is `converge` with the previous layout
@@ -41,7 +43,7 @@ use super::worker::{self, Advance, OnProgress, Plan, Run, Throttle, Worker};
 use super::{Journal, OpsError, OpsOptions};
 use crate::client::{Client, MANIFEST_REPLICAS, stripe_key};
 use crate::erasure::Erasure;
-use crate::id::DocumentId;
+use crate::id::{DocumentId, ShardId};
 use crate::manifest::Manifest;
 use crate::placement::{Layout, NodeInfo};
 use crate::proto::DeleteOutcome;
@@ -347,6 +349,13 @@ async fn converge_stripe(
         .into_iter()
         .cloned()
         .collect();
+    // Where a shard written while its placed peer was down may sit (`Layout::standins`).
+    let standins: Vec<NodeInfo> = client
+        .layout()
+        .standins(&key, width)?
+        .into_iter()
+        .cloned()
+        .collect();
     let old: Option<Vec<NodeInfo>> = match client.previous_layout() {
         Some(previous) => Some(previous.place(&key, width)?.into_iter().cloned().collect()),
         None => None,
@@ -408,8 +417,14 @@ async fn converge_stripe(
             }
         }
         if bytes.is_none() {
+            bytes = find_on_standins(client, &standins, &new[slot], id)
+                .await
+                .map(|b| (b, false));
+        }
+        if bytes.is_none() {
             if rebuilt.is_none() {
-                rebuilt = Some(rebuild(client, manifest, index, &new, old.as_deref()).await?);
+                let sources = (&new[..], old.as_deref(), &standins[..]);
+                rebuilt = Some(rebuild(client, manifest, index, sources).await?);
             }
             bytes = rebuilt
                 .as_ref()
@@ -437,6 +452,11 @@ async fn converge_stripe(
                 }
                 if let Some(j) = journal {
                     j.set(&step_key, slot, COPIED)?;
+                }
+                let home = (&new[..], &ids[..], slot);
+                match clear_standins(client, &standins, home, document).await {
+                    Ok(deleted) => out.deleted += deleted,
+                    Err(e) => out.failures.push(e),
                 }
             }
             Err(e) => out
@@ -484,14 +504,80 @@ async fn converge_stripe(
     Ok(out)
 }
 
+/// Shard `id` from the first of the stripe's stand-ins (other than its placed peer `home`)
+/// that holds it, verified against its id.
+async fn find_on_standins(
+    client: &Client,
+    standins: &[NodeInfo],
+    home: &NodeInfo,
+    id: &ShardId,
+) -> Option<Bytes> {
+    for node in standins.iter().filter(|n| n.key != home.key) {
+        match client.net().shard_get(node, id).await {
+            Ok(Some(bytes)) => return Some(bytes),
+            Ok(None) => {}
+            Err(e) => debug!(peer = %node.key.short(), error = %e, "stand-in not readable"),
+        }
+    }
+    None
+}
+
+/// Once the shard of `slot` is on its placed peer (`new[slot]`, whose write was
+/// acknowledged: hash checked there and committed): drops the document's reference to it on
+/// every stand-in that holds one (never where the stripe places that same shard), after
+/// checking that the placed peer holds it for the document. The number of copies deleted;
+/// an error if the home copy is not there or a stand-in could not drop its copy. A
+/// stand-in that does not answer keeps what it may hold (logged).
+async fn clear_standins(
+    client: &Client,
+    standins: &[NodeInfo],
+    (new, ids, slot): (&[NodeInfo], &[ShardId], usize),
+    document: &DocumentId,
+) -> Result<u64, String> {
+    let id = &ids[slot];
+    let placed_here = |node: &NodeInfo| {
+        new.iter()
+            .zip(ids)
+            .any(|(n, other)| n.key == node.key && other == id)
+    };
+    let mut home_checked = false;
+    let mut deleted = 0;
+    for node in standins.iter().filter(|n| !placed_here(n)) {
+        match client.net().shard_held(node, id, document).await {
+            Ok(true) => {}
+            Ok(false) => continue,
+            Err(e) => {
+                warn!(slot, peer = %node.key.short(), error = %e, "stand-in unreachable; a copy it may hold stays");
+                continue;
+            }
+        }
+        if !home_checked {
+            match client.net().shard_held(&new[slot], id, document).await {
+                Ok(true) => home_checked = true,
+                Ok(false) => {
+                    return Err(format!(
+                        "shard {slot} ({id}) not held at home after its write"
+                    ));
+                }
+                Err(e) => return Err(format!("shard {slot} ({id}) not checked at home: {e}")),
+            }
+        }
+        match client.net().shard_delete(node, id, document).await {
+            Ok(_) => deleted += 1,
+            Err(e) => return Err(format!("deleting the stand-in copy of {slot}: {e}")),
+        }
+    }
+    Ok(deleted)
+}
+
 /// Every shard of stripe `index`, rebuilt from any k that can be fetched (from the placed
-/// peers, then from the previous layout's); each checked against its id.
+/// peers, then from the previous layout's, then from the stand-ins); each checked against
+/// its id.
 async fn rebuild(
     client: &Client,
     manifest: &Manifest,
     index: usize,
-    new: &[NodeInfo],
-    old: Option<&[NodeInfo]>,
+    (new, old, standins): (&[NodeInfo], Option<&[NodeInfo]>, &[NodeInfo]),
 ) -> Result<Vec<Option<Bytes>>, OpsError> {
     let ids = &manifest.stripes[index];
     let k = usize::from(manifest.params.k);
@@ -510,7 +596,10 @@ async fn rebuild(
                 return (slot, Some(b));
             }
         }
-        (slot, None)
+        (
+            slot,
+            find_on_standins(client, standins, &new[slot], &ids[slot]).await,
+        )
     };
     let mut pending = futures::stream::FuturesUnordered::new();
     let mut next = 0;

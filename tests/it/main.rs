@@ -24,3 +24,4 @@ mod liar;
 mod ops;
 mod raft;
 mod rekey;
+mod standins;
