@@ -1501,6 +1501,7 @@ impl OpsArgs {
             rate: (self.rate_mb > 0.0).then_some(self.rate_mb * 1e6),
             parallel: self.parallel.max(1),
             dry_run: self.dry_run,
+            ..OpsOptions::default()
         }
     }
 }
