@@ -455,6 +455,16 @@ enum BenchCommand {
         #[arg(long, default_value_t = 32)]
         size_mib: u64,
     },
+    /// A repair over many small documents (one-stripe certificates): its time and the
+    /// process's peak memory, which must not grow with the number of documents.
+    OpsScale {
+        /// Documents stored and registered first.
+        #[arg(long, default_value_t = 10_000)]
+        documents: usize,
+        /// Puts in flight at once while storing them.
+        #[arg(long, default_value_t = 32)]
+        in_flight: usize,
+    },
     /// Each codec stage alone on one core, then whole encode and decode.
     Codec {
         /// Document size in MiB.
@@ -618,6 +628,17 @@ fn bench(command: BenchCommand) -> Result<()> {
                 documents,
                 document: size_mib << 20,
                 ..bench::OpsBenchOptions::default()
+            }))?;
+            println!("{report}");
+        }
+        BenchCommand::OpsScale {
+            documents,
+            in_flight,
+        } => {
+            let report = runtime()?.block_on(bench::ops_scale(bench::OpsScaleOptions {
+                documents,
+                in_flight,
+                ..bench::OpsScaleOptions::default()
             }))?;
             println!("{report}");
         }
@@ -1486,6 +1507,7 @@ impl OpsArgs {
             rate: (self.rate_mb > 0.0).then_some(self.rate_mb * 1e6),
             parallel: self.parallel.max(1),
             dry_run: self.dry_run,
+            ..OpsOptions::default()
         }
     }
 }

@@ -608,7 +608,11 @@ impl ShardStore {
             write_usage(&mut meta, &usage)?;
             let mut records = txn.open_table(BLOBS)?;
             for (key, bytes) in blobs {
-                if records.get(key)?.is_some() {
+                // A record that no longer hashes to its key is replaced by the good bytes.
+                let intact = records
+                    .get(key)?
+                    .is_some_and(|v| ShardId(*key).verifies(v.value()));
+                if intact {
                     blob_outcomes.push(PutOutcome::AlreadyPresent);
                 } else {
                     records.insert(key, *bytes)?;
@@ -912,7 +916,8 @@ impl ShardStore {
     }
 
     /// Stores a small record (a manifest) under `key` = BLAKE3(bytes), durably. Idempotent:
-    /// storing it again is `AlreadyPresent`; records have no refcount.
+    /// storing it again is `AlreadyPresent`; records have no refcount. A stored record that
+    /// no longer hashes to its key (a flipped bit) is replaced: `Stored`.
     pub fn put_blob(&self, key: &[u8; 32], bytes: &[u8]) -> Result<PutOutcome, StoreError> {
         let (_, mut outcomes) = self.commit(&[], &[(*key, bytes)])?;
         Ok(outcomes.pop().unwrap_or(PutOutcome::AlreadyPresent))
@@ -966,9 +971,25 @@ impl ShardStore {
         keys_after(&blobs, after, limit)
     }
 
-    /// TEST AID, not for production use: flips the lowest bit of byte
-    /// `byte_index % len` of the stored body of `id` in place (the inline row or the body
-    /// file), bypassing every check, to simulate disk corruption in tests of other modules.
+    /// TEST AID, not for production use: flips the lowest bit of the first byte of the
+    /// record under `key`, bypassing every check. Returns `false` if there is none.
+    #[doc(hidden)]
+    pub fn corrupt_blob_for_test(&self, key: &[u8; 32]) -> Result<bool, StoreError> {
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(Durability::Immediate)?;
+        {
+            let mut blobs = txn.open_table(BLOBS)?;
+            let mut bytes = match blobs.get(key)? {
+                Some(v) if !v.value().is_empty() => v.value().to_vec(),
+                _ => return Ok(false),
+            };
+            bytes[0] ^= 1;
+            blobs.insert(key, bytes.as_slice())?;
+        }
+        txn.commit()?;
+        Ok(true)
+    }
+
     /// The committed record of `id`, if any.
     fn record(&self, id: &ShardId) -> Result<Option<ShardRecord>, StoreError> {
         let txn = self.db.begin_read()?;
@@ -979,6 +1000,9 @@ impl ShardStore {
         }
     }
 
+    /// TEST AID, not for production use: flips the lowest bit of byte
+    /// `byte_index % len` of the stored body of `id` in place (the inline row or the body
+    /// file), bypassing every check, to simulate disk corruption in tests of other modules.
     /// Returns `false` if the shard is not present.
     #[doc(hidden)]
     pub fn corrupt_for_test(&self, id: &ShardId, byte_index: usize) -> Result<bool, StoreError> {
@@ -1543,6 +1567,23 @@ mod tests {
             paged.extend(page);
         }
         assert_eq!(paged, ids);
+    }
+
+    #[test]
+    fn a_corrupt_record_is_never_served_and_a_put_of_the_good_bytes_replaces_it() {
+        let (_d, s) = open_tmp();
+        let m = b"manifest bytes".to_vec();
+        let key = *blake3::hash(&m).as_bytes();
+        assert!(!s.corrupt_blob_for_test(&key).unwrap());
+        s.put_blob(&key, &m).unwrap();
+        assert!(s.corrupt_blob_for_test(&key).unwrap());
+        assert!(matches!(
+            s.get_blob(&key),
+            Err(StoreError::CorruptBlob { .. })
+        ));
+        assert_eq!(s.put_blob(&key, &m).unwrap(), PutOutcome::Stored);
+        assert_eq!(s.get_blob(&key).unwrap().unwrap(), m);
+        assert_eq!(s.put_blob(&key, &m).unwrap(), PutOutcome::AlreadyPresent);
     }
 
     #[test]

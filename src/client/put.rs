@@ -391,7 +391,9 @@ impl Client {
 
     /// Writes the manifest to its placed replicas; a replica that fails is replaced by the
     /// next peer of the layout (readers ask every peer in that same order). It needs as many
-    /// copies as the write quorum allows: all replicas, less the shards a stripe may lack.
+    /// copies as the write quorum allows (all replicas, less the shards a stripe may lack),
+    /// and never fewer than m + 1 on distinct peers, whatever the quorum: losing any m peers
+    /// right after the put must leave a copy.
     async fn store_manifest(
         &self,
         manifest: &Manifest,
@@ -401,8 +403,11 @@ impl Client {
         let id = DocumentId::of(&bytes);
         let nodes = self.manifest_candidates(&id)?;
         let replicas = self.manifest_nodes(&id)?.len();
-        let slack = self.inner.options.params.width() - quorum;
-        let needed = replicas.saturating_sub(slack).max(1);
+        let params = self.inner.options.params;
+        let slack = params.width() - quorum;
+        let needed = replicas
+            .saturating_sub(slack)
+            .max(usize::from(params.m) + 1);
         let order = (0..nodes.len()).collect();
         let net = &self.inner.net;
         let hedged = net

@@ -19,35 +19,37 @@
 //!    a previous layout, on the old peer (the body goes with its last reference), and the
 //!    step is recorded.
 //!
-//! Manifests follow the same rule (their `max(3, m + 1)` placed peers); they are converged
-//! while planning, before the stripes. A rebalance is `converge` with the previous layout
-//! set and a [`Journal`] keyed by the epoch pair, so a rebalance killed midway resumes where
-//! it was and never writes a shard twice: a slot is `copied` once the destination
-//! acknowledged it and `done` once the old copy is gone; a slot found already present at
-//! its destination is not written again. A repair is `converge` without a previous layout:
-//! it only writes what is missing.
+//! Documents come from `documents`, a page at a time with their manifests (whose copies it
+//! converges first, by the same rule), so memory stays bounded by a page whatever the number
+//! of documents; each page's stripes are units here. A rebalance is `converge` with the
+//! previous layout set and a [`Journal`] keyed by the epoch pair, so a rebalance killed
+//! midway resumes where it was and never writes a shard twice: a slot is `copied` once the
+//! destination acknowledged it and `done` once the old copy is gone; a slot found already
+//! present at its destination is not written again. A repair is `converge` without a
+//! previous layout: it only writes what is missing. Progress counts stripes against those
+//! found so far (the total grows page by page).
 //!
-//! Not for: deciding the layout (the chain), reading documents (operators hold no keys:
-//! repair works on ciphertext shards only), garbage-collecting orphan shards, or how the
-//! work is run (parallelism, throttle, progress, timing: [`super::worker`]).
+//! Not for: deciding the layout (the chain), listing documents and their manifests
+//! (`documents`), reading documents (operators hold no keys: repair works on ciphertext
+//! shards only), garbage-collecting orphan shards, or how the work is run (parallelism,
+//! throttle, progress, timing: [`super::worker`]).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::stream::StreamExt;
+use futures::stream::{self, StreamExt};
 use tracing::{debug, info, warn};
 
+use super::documents::{self, Found};
 use super::journal::{COPIED, DONE};
 use super::worker::{self, Advance, OnProgress, Plan, Run, Throttle, Worker};
 use super::{Journal, OpsError, OpsOptions};
-use crate::client::{Client, MANIFEST_REPLICAS, stripe_key};
+use crate::client::{Client, stripe_key};
 use crate::erasure::Erasure;
 use crate::id::{DocumentId, ShardId};
 use crate::manifest::Manifest;
-use crate::placement::{Layout, NodeInfo};
-use crate::proto::DeleteOutcome;
-use crate::proto::MAX_LIST;
+use crate::placement::NodeInfo;
 
 /// What a [`converge`] run found and did.
 #[derive(Debug, Clone, Default)]
@@ -96,7 +98,8 @@ pub async fn converge(
     worker::run(&worker, options, progress).await
 }
 
-/// The converge worker: one unit per stripe of every readable manifest.
+/// The converge worker: one unit per document found (recorded before its page's stripes)
+/// and one per stripe of every readable manifest.
 struct Converge<'a> {
     client: &'a Client,
     journal: Option<&'a Journal>,
@@ -110,59 +113,67 @@ struct Stripe {
     index: usize,
 }
 
-impl Worker for Converge<'_> {
-    type Unit = Stripe;
-    type Outcome = (DocumentId, usize, StripeOutcome);
-    type Report = ConvergeReport;
+enum Unit {
+    /// What listing found for one document and did to its manifest's copies.
+    Document(Found),
+    Stripe(Stripe),
+}
 
-    /// Lists the documents, reads their manifests, converges the manifests themselves, and
-    /// returns every stripe.
-    async fn plan(&self) -> Result<Plan<Stripe, ConvergeReport>, OpsError> {
-        let client = self.client;
-        let ids = documents(client).await?;
-        let mut report = ConvergeReport {
-            documents: ids.len() as u64,
-            ..ConvergeReport::default()
-        };
-        let mut manifests = Vec::with_capacity(ids.len());
-        for id in &ids {
-            match client.manifest(id).await {
-                Ok(manifest) => manifests.push((*id, Arc::new(manifest))),
-                // A version its department rekeyed is collected, manifest last: nothing to keep.
-                Err(_) if rekeyed_away(client, id).await => report.documents -= 1,
-                Err(e) => report.failures.push(format!("manifest of {id}: {e}")),
-            }
-        }
-        for (id, manifest) in &manifests {
-            if let Err(e) = converge_manifest(client, id, manifest, self.options, &mut report).await
-            {
-                report.failures.push(format!("manifest of {id}: {e}"));
-            }
-        }
-        let units: Vec<Stripe> = manifests
-            .iter()
-            .flat_map(|(id, m)| {
-                (0..m.stripes.len()).map(move |index| Stripe {
-                    id: *id,
-                    manifest: m.clone(),
+enum Outcome {
+    /// A document found, with its stripe count.
+    Document(Found, u64),
+    Stripe(DocumentId, usize, StripeOutcome),
+}
+
+/// A page of documents as units: each document first (so progress knows the page's
+/// stripes), then every stripe of the page.
+fn units(page: Vec<Found>) -> Vec<Unit> {
+    let stripes: Vec<Unit> = page
+        .iter()
+        .filter_map(|f| f.manifest.clone().map(|m| (f.id, m)))
+        .flat_map(|(id, manifest)| {
+            (0..manifest.stripes.len()).map(move |index| {
+                Unit::Stripe(Stripe {
+                    id,
+                    manifest: manifest.clone(),
                     index,
                 })
             })
-            .collect();
-        report.stripes = units.len() as u64;
+        })
+        .collect();
+    page.into_iter()
+        .map(Unit::Document)
+        .chain(stripes)
+        .collect()
+}
+
+impl Worker for Converge<'_> {
+    type Unit = Unit;
+    type Outcome = Outcome;
+    type Report = ConvergeReport;
+
+    /// The documents, page by page with their manifests' copies converged, as units.
+    async fn plan(&self) -> Result<Plan<'_, Unit, ConvergeReport>, OpsError> {
+        let pages = documents::pages(self.client, self.options).await?;
         Ok(Plan {
-            total: units.len() as u64,
-            units,
-            report,
+            units: pages.flat_map(|page| stream::iter(units(page))).boxed(),
+            total: 0,
+            report: ConvergeReport::default(),
         })
     }
 
-    async fn step(&self, unit: Stripe, run: &Run<'_, Self>) {
+    async fn step(&self, unit: Unit, run: &Run<'_, Self>) {
         let Stripe {
             id,
             manifest,
             index,
-        } = unit;
+        } = match unit {
+            Unit::Document(mut found) => {
+                let stripes = found.manifest.take().map_or(0, |m| m.stripes.len() as u64);
+                return run.record(Outcome::Document(found, stripes));
+            }
+            Unit::Stripe(stripe) => stripe,
+        };
         let outcome = converge_stripe(
             self.client,
             self.journal,
@@ -176,14 +187,24 @@ impl Worker for Converge<'_> {
             failures: vec![e.to_string()],
             ..StripeOutcome::default()
         });
-        run.record((id, index, outcome));
+        run.record(Outcome::Stripe(id, index, outcome));
     }
 
-    fn record(
-        &self,
-        r: &mut ConvergeReport,
-        (id, s, outcome): (DocumentId, usize, StripeOutcome),
-    ) -> Option<Advance> {
+    fn record(&self, r: &mut ConvergeReport, outcome: Outcome) -> Option<Advance> {
+        let (id, s, outcome) = match outcome {
+            Outcome::Document(found, stripes) => {
+                r.documents += u64::from(found.counted);
+                r.stripes += stripes;
+                r.manifests_written += found.manifests_written;
+                r.manifests_deleted += found.manifests_deleted;
+                r.failures.extend(found.failures);
+                return (stripes > 0).then_some(Advance {
+                    found: stripes,
+                    ..Advance::default()
+                });
+            }
+            Outcome::Stripe(id, s, outcome) => (id, s, outcome),
+        };
         r.stripes_below += u64::from(outcome.below);
         r.shards_moved += outcome.moved;
         r.shards_rebuilt += outcome.rebuilt;
@@ -199,6 +220,7 @@ impl Worker for Converge<'_> {
         Some(Advance {
             done: 1,
             bytes: outcome.bytes,
+            found: 0,
         })
     }
 
@@ -215,100 +237,6 @@ impl Worker for Converge<'_> {
             "converge finished"
         );
     }
-}
-
-/// Every registered document id, from the chain.
-pub async fn documents(client: &Client) -> Result<Vec<DocumentId>, OpsError> {
-    let mut all = Vec::new();
-    loop {
-        let page = client
-            .chain()?
-            .documents(all.last().copied(), MAX_LIST)
-            .await?;
-        let more = page.len() == MAX_LIST as usize;
-        all.extend(page);
-        if !more {
-            return Ok(all);
-        }
-    }
-}
-
-/// Whether document `id` was replaced by a rekey (`revision::rekey`), whose collect
-/// removes its shards and then its manifest.
-async fn rekeyed_away(client: &Client, id: &DocumentId) -> bool {
-    let Ok(chain) = client.chain() else {
-        return false;
-    };
-    let Ok(Some(record)) = chain.record(id).await else {
-        return false;
-    };
-    let Some(new) = record.superseded_by else {
-        return false;
-    };
-    matches!(
-        chain.record(&new).await,
-        Ok(Some(newer)) if newer.supersedes.is_some_and(|p| p.document == *id
-            && p.kind == crate::chain::tx::VersionKind::Rekey)
-    )
-}
-
-/// The peers a manifest is placed on under `layout` (as `Client::manifest_nodes`).
-fn manifest_places(layout: &Layout, id: &DocumentId, m: u16) -> Result<Vec<NodeInfo>, OpsError> {
-    let live = layout.nodes.iter().filter(|n| n.weight > 0).count();
-    let replicas = (usize::from(m) + 1).max(MANIFEST_REPLICAS).min(live);
-    Ok(layout
-        .place(id.as_bytes(), replicas)?
-        .into_iter()
-        .cloned()
-        .collect())
-}
-
-async fn converge_manifest(
-    client: &Client,
-    id: &DocumentId,
-    manifest: &Manifest,
-    options: &OpsOptions,
-    report: &mut ConvergeReport,
-) -> Result<(), OpsError> {
-    let m = manifest.params.m;
-    let targets = manifest_places(client.layout(), id, m)?;
-    let bytes = Bytes::from(manifest.encode());
-    for node in &targets {
-        if client.net().manifest_get(node, id).await?.is_none() {
-            if !options.dry_run {
-                client.net().manifest_put(node, id, &bytes).await?;
-            }
-            report.manifests_written += 1;
-        }
-    }
-    // Copies on peers that no longer place it: under the previous layout, and on peers
-    // draining now (weight 0).
-    let mut stale: Vec<NodeInfo> = match client.previous_layout() {
-        Some(previous) => manifest_places(previous, id, m)?,
-        None => Vec::new(),
-    };
-    stale.extend(
-        client
-            .layout()
-            .nodes
-            .iter()
-            .filter(|n| n.weight == 0)
-            .cloned(),
-    );
-    stale.retain(|n| !targets.iter().any(|t| t.key == n.key));
-    stale.dedup_by(|a, b| a.key == b.key);
-    for node in &stale {
-        if options.dry_run {
-            continue;
-        }
-        match client.net().manifest_delete(node, id).await {
-            Ok(DeleteOutcome::Removed) => report.manifests_deleted += 1,
-            Ok(_) => {}
-            // A peer that is gone for good holds nothing to delete.
-            Err(e) => debug!(document = %id, error = %e, "stale manifest copy not deleted"),
-        }
-    }
-    Ok(())
 }
 
 #[derive(Default)]

@@ -7,6 +7,8 @@
 //!   and the one runner that owns parallelism, the byte-rate [`Throttle`], [`Progress`] and
 //!   timing.
 //! - `converge`: repair and rebalance ([`converge()`]), one worker whose unit is a stripe.
+//! - `documents`: the documents converge walks, listed from the chain a page at a time with
+//!   their manifests (whose copies it converges), so memory is bounded by a page.
 //! - `scrub`: every peer re-hashes its shards ([`scrub()`]), one worker whose unit is a peer.
 //! - `journal`: the rebalance [`Journal`] in redb, and the settled layout.
 //!
@@ -27,11 +29,13 @@ use crate::net::NetError;
 use crate::placement::{Layout, NodeInfo, PlacementError};
 
 mod converge;
+mod documents;
 mod journal;
 mod scrub;
 mod worker;
 
-pub use converge::{ConvergeReport, converge, document_stripe_key, documents};
+pub use converge::{ConvergeReport, converge, document_stripe_key};
+pub use documents::documents;
 pub use journal::Journal;
 pub use scrub::{ScrubReport, scrub};
 pub use worker::{OnProgress, Progress, Throttle};
@@ -45,6 +49,9 @@ pub struct OpsOptions {
     pub parallel: usize,
     /// Only count what is missing or misplaced; change nothing.
     pub dry_run: bool,
+    /// Documents listed from the chain at a time (converge), their manifests held together:
+    /// what bounds a converge's memory. At most `proto::MAX_LIST`.
+    pub page: u32,
 }
 
 impl Default for OpsOptions {
@@ -53,6 +60,7 @@ impl Default for OpsOptions {
             rate: None,
             parallel: 8,
             dry_run: false,
+            page: crate::proto::MAX_LIST,
         }
     }
 }

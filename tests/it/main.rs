@@ -21,6 +21,7 @@ mod grants;
 mod isolation;
 mod layering;
 mod liar;
+mod manifests;
 mod ops;
 mod raft;
 mod rekey;
