@@ -827,8 +827,8 @@ impl Harness {
 /// rounds stop, kill and corrupt: one or two peers, kinds taken in turn (kill, cut off,
 /// corrupt body, corrupt inline), so every kind comes up every four rounds. Even rounds cut
 /// the network, in turn: a minority of two peers partitioned from the rest; the leader
-/// isolated and one peer mute or deaf; a validator partitioned from the others and one
-/// peer's link congested; one peer congested and another mute or deaf.
+/// isolated (alone); a validator partitioned from the others and one peer's link
+/// congested; one peer congested and another mute or deaf.
 fn plan(rng: &mut Rng, active: &[usize], round: usize) -> Vec<Fault> {
     if round.is_multiple_of(2) {
         return network_plan(rng, active, round / 2);
@@ -884,10 +884,9 @@ fn network_plan(rng: &mut Rng, active: &[usize], turn: usize) -> Vec<Fault> {
             let (a, b) = two(rng);
             vec![Fault::Minority(a.min(b), a.max(b))]
         }
-        2 => {
-            let p = rng.pick(&storage);
-            vec![Fault::IsolateLeader, one_way(rng, p)]
-        }
+        // Alone, so that puts go on (k + 1 placed peers reachable) and their registrations
+        // must find the new leader.
+        2 => vec![Fault::IsolateLeader],
         3 => vec![
             Fault::SplitValidator(rng.pick(&validators)),
             Fault::Congest(rng.pick(&storage)),
@@ -982,8 +981,9 @@ fn run_rounds(rounds: usize, default_name: &str, default_seed: Option<u64>) {
     }
 }
 
-/// The seed `cargo test` uses, so that CI is repeatable: the 60-round soak of 2026-11-27
-/// ran clean with it. `DANGAN_FAULT_SEED` picks another; the soak picks a random one.
+/// The seed `cargo test` uses, so that CI is repeatable (the 60-round soak of 2026-11-27,
+/// before the network faults, ran clean with it; its round 2 is now a minority partition).
+/// `DANGAN_FAULT_SEED` picks another; the soak picks a random one.
 const SHORT_FORM_SEED: u64 = 0x18ec_08ac_15e6_f133;
 
 #[test]
