@@ -7,7 +7,8 @@
 //! shard two documents share is converged once for each, so every document's reference
 //! moves with it):
 //!
-//! 1. The placed peer already holds the document's reference: nothing to write.
+//! 1. The placed peer already holds the document's reference (for a slot whose old copy is
+//!    deleted in step 3, it also re-hashed its body, `VerifyShard`): nothing to write.
 //! 2. Otherwise the bytes come from the shard's peer under the *previous* layout (a move),
 //!    from the placed peer itself (the body is there for another holder), or are rebuilt
 //!    from any k shards of the stripe that can be fetched (a repair): data shards by
@@ -233,7 +234,7 @@ pub async fn documents(client: &Client) -> Result<Vec<DocumentId>, OpsError> {
 
 /// Whether document `id` was replaced by a rekey (`revision::rekey`), whose collect
 /// removes its shards and then its manifest.
-async fn rekeyed_away(client: &Client, id: &DocumentId) -> bool {
+pub(super) async fn rekeyed_away(client: &Client, id: &DocumentId) -> bool {
     let Ok(chain) = client.chain() else {
         return false;
     };
@@ -363,18 +364,23 @@ async fn converge_stripe(
     out.resumed = state.iter().filter(|&&s| s == DONE).count() as u64;
     let checks = (0..width).map(|slot| {
         let (node, id, done) = (&new[slot], &ids[slot], state[slot] == DONE);
+        // A slot whose old copy is deleted after: the placed peer re-hashes its copy, so a
+        // corrupt or missing body is written again before the old copy goes.
+        let moving = old.as_ref().is_some_and(|old| old[slot].key != node.key);
         async move {
             if done {
                 return true;
             }
-            client
-                .net()
-                .shard_held(node, id, document)
-                .await
-                .unwrap_or_else(|e| {
-                    debug!(slot, error = %e, "placed peer unreachable");
-                    false
-                })
+            let net = client.net();
+            let held = if moving {
+                net.shard_verified(node, id, document).await
+            } else {
+                net.shard_held(node, id, document).await
+            };
+            held.unwrap_or_else(|e| {
+                debug!(slot, error = %e, "placed peer unreachable");
+                false
+            })
         }
     });
     let mut present: Vec<bool> = futures::future::join_all(checks).await;

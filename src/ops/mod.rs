@@ -8,13 +8,15 @@
 //!   timing.
 //! - `converge`: repair and rebalance ([`converge()`]), one worker whose unit is a stripe.
 //! - `scrub`: every peer re-hashes its shards ([`scrub()`]), one worker whose unit is a peer.
+//! - `collect`: the shards and manifests of puts that never registered, after a grace
+//!   period ([`collect()`]), one worker whose unit is a peer.
 //! - `journal`: the rebalance [`Journal`] in redb, and the settled layout.
 //!
 //! Every worker is throttled in bytes per second ([`OpsOptions::rate`]) and reports progress
 //! through a callback.
 //!
 //! Not for: deciding the layout (the chain), reading documents (operators hold no keys:
-//! repair works on ciphertext shards only), garbage-collecting orphan shards.
+//! repair works on ciphertext shards only).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -26,11 +28,13 @@ use crate::manifest::ManifestError;
 use crate::net::NetError;
 use crate::placement::{Layout, NodeInfo, PlacementError};
 
+mod collect;
 mod converge;
 mod journal;
 mod scrub;
 mod worker;
 
+pub use collect::{CollectOptions, CollectReport, DEFAULT_GRACE, collect, collect_before};
 pub use converge::{ConvergeReport, converge, document_stripe_key, documents};
 pub use journal::Journal;
 pub use scrub::{ScrubReport, scrub};
@@ -224,6 +228,21 @@ impl Operator {
         let (current, previous) = self.layouts().await?;
         let client = self.client(current, previous)?;
         let report = scrub(&client, options, progress).await;
+        client.close().await;
+        report
+    }
+
+    /// Collects the shards and manifests of puts that never registered, older than
+    /// `collect.grace`, on every peer (`collect`).
+    pub async fn collect(
+        &self,
+        options: &OpsOptions,
+        collect_options: &CollectOptions,
+        progress: OnProgress<'_>,
+    ) -> Result<CollectReport, OpsError> {
+        let (current, previous) = self.layouts().await?;
+        let client = self.client(current, previous)?;
+        let report = collect(&client, options, collect_options, progress).await;
         client.close().await;
         report
     }
