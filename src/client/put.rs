@@ -20,9 +20,17 @@ impl Client {
     where
         R: AsyncRead + Unpin + Send + 'static,
     {
-        let mut receipt = self.store(reader, size, info, progress).await?;
-        // Only now, with every shard durable and the manifest written, does the document
-        // come into existence: its registration on the chain.
+        let receipt = self.store(reader, size, info, progress).await?;
+        self.register(receipt).await
+    }
+
+    /// Registers a document [`Client::store`] stored (with a chain linked; without one the
+    /// receipt comes back as it was). Only now, with every shard durable and the manifest
+    /// written, does the document come into existence. A caller that keeps the data key
+    /// itself (`dangan put`: the keyring) saves it durably *before* this: a registration
+    /// that times out here may still commit later, and its document must not be left
+    /// without a key.
+    pub async fn register(&self, mut receipt: PutReceipt) -> Result<PutReceipt, ClientError> {
         if let Some(chain) = &self.inner.chain {
             let start = Instant::now();
             let id = receipt.id;

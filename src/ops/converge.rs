@@ -7,7 +7,8 @@
 //! shard two documents share is converged once for each, so every document's reference
 //! moves with it):
 //!
-//! 1. The placed peer already holds the document's reference: nothing to write.
+//! 1. The placed peer already holds the document's reference (for a slot whose old copy is
+//!    deleted in step 3, it also re-hashed its body, `VerifyShard`): nothing to write.
 //! 2. Otherwise the bytes come from the shard's peer under the *previous* layout (a move),
 //!    from the placed peer itself (the body is there for another holder), from a stand-in
 //!    (`Layout::standins`: a put wrote it there while its peer was down), or are rebuilt
@@ -300,18 +301,23 @@ async fn converge_stripe(
     out.resumed = state.iter().filter(|&&s| s == DONE).count() as u64;
     let checks = (0..width).map(|slot| {
         let (node, id, done) = (&new[slot], &ids[slot], state[slot] == DONE);
+        // A slot whose old copy is deleted after: the placed peer re-hashes its copy, so a
+        // corrupt or missing body is written again before the old copy goes.
+        let moving = old.as_ref().is_some_and(|old| old[slot].key != node.key);
         async move {
             if done {
                 return true;
             }
-            client
-                .net()
-                .shard_held(node, id, document)
-                .await
-                .unwrap_or_else(|e| {
-                    debug!(slot, error = %e, "placed peer unreachable");
-                    false
-                })
+            let net = client.net();
+            let held = if moving {
+                net.shard_verified(node, id, document).await
+            } else {
+                net.shard_held(node, id, document).await
+            };
+            held.unwrap_or_else(|e| {
+                debug!(slot, error = %e, "placed peer unreachable");
+                false
+            })
         }
     });
     let mut present: Vec<bool> = futures::future::join_all(checks).await;
@@ -480,7 +486,8 @@ async fn clear_standins(
             }
         }
         if !home_checked {
-            match client.net().shard_held(&new[slot], id, document).await {
+            // The stand-in copy goes only once the home copy re-hashed right there.
+            match client.net().shard_verified(&new[slot], id, document).await {
                 Ok(true) => home_checked = true,
                 Ok(false) => {
                     return Err(format!(

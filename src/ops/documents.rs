@@ -129,7 +129,7 @@ async fn find(client: &Client, options: &OpsOptions, id: DocumentId) -> Found {
 
 /// Whether document `id` was replaced by a rekey (`revision::rekey`), whose collect
 /// removes its shards and then its manifest.
-async fn rekeyed_away(client: &Client, id: &DocumentId) -> bool {
+pub(super) async fn rekeyed_away(client: &Client, id: &DocumentId) -> bool {
     let Ok(chain) = client.chain() else {
         return false;
     };
