@@ -210,6 +210,19 @@ enum Command {
         #[arg(long)]
         no_repair: bool,
     },
+    /// Remove the shards and manifests of puts that never registered (killed or refused
+    /// before their registration committed) once they are older than the grace period.
+    /// Nothing a registered document names is touched; a peer that cannot tell keeps it.
+    /// Run it again to finish an interrupted run.
+    Collect {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(flatten)]
+        ops: OpsArgs,
+        /// Hours a put has to register before its bytes may go (fractions allowed).
+        #[arg(long, default_value_t = 24.0)]
+        grace_hours: f64,
+    },
 }
 
 /// How an operations worker runs.
@@ -470,6 +483,16 @@ enum BenchCommand {
         #[arg(long, default_value_t = 32)]
         size_mib: u64,
     },
+    /// A repair over many small documents (one-stripe certificates): its time and the
+    /// process's peak memory, which must not grow with the number of documents.
+    OpsScale {
+        /// Documents stored and registered first.
+        #[arg(long, default_value_t = 10_000)]
+        documents: usize,
+        /// Puts in flight at once while storing them.
+        #[arg(long, default_value_t = 32)]
+        in_flight: usize,
+    },
     /// Each codec stage alone on one core, then whole encode and decode.
     Codec {
         /// Document size in MiB.
@@ -582,6 +605,11 @@ async fn run_async(command: Command) -> Result<()> {
             ops,
             no_repair,
         } => scrub(&client, &ops, no_repair).await,
+        Command::Collect {
+            client,
+            ops,
+            grace_hours,
+        } => collect(&client, &ops, grace_hours).await,
         Command::Rekey { id, client } => rekey(id, &client).await,
         Command::Supersede {
             id,
@@ -646,6 +674,17 @@ fn bench(command: BenchCommand) -> Result<()> {
                 documents,
                 document: size_mib << 20,
                 ..bench::OpsBenchOptions::default()
+            }))?;
+            println!("{report}");
+        }
+        BenchCommand::OpsScale {
+            documents,
+            in_flight,
+        } => {
+            let report = runtime()?.block_on(bench::ops_scale(bench::OpsScaleOptions {
+                documents,
+                in_flight,
+                ..bench::OpsScaleOptions::default()
             }))?;
             println!("{report}");
         }
@@ -732,8 +771,8 @@ async fn put(
         .with_context(|| format!("opening {}", file.display()))?;
     let size = f.metadata().await?.len();
     let bar = progress_bar(size, "put");
-    let receipt = c
-        .put(
+    let stored = c
+        .store(
             f,
             Some(size),
             DocumentInfo {
@@ -745,11 +784,20 @@ async fn put(
         )
         .await?;
     bar.finish_and_clear();
-    keyring.save(&receipt.id, &receipt.key)?;
+    // The key is durable in the keyring before the registration is submitted: a put killed
+    // after the commit, or a submit that times out and commits later, still leaves the key.
+    keyring.save(&stored.id, &stored.key)?;
+    let receipt = c.register(stored).await?;
     if !receipt.shards_missing.is_empty() {
         eprintln!(
             "warning: {} shard writes failed; the document is stored below full redundancy",
             receipt.shards_missing.len()
+        );
+    }
+    if !receipt.shards_standing_in.is_empty() {
+        eprintln!(
+            "note: {} shards went to stand-ins while their peers were down; `dangan repair` brings them home",
+            receipt.shards_standing_in.len()
         );
     }
     for to in grants {
@@ -1317,6 +1365,41 @@ async fn repair(client: &ClientArgs, ops: &OpsArgs) -> Result<()> {
     Ok(())
 }
 
+async fn collect(client: &ClientArgs, ops: &OpsArgs, grace_hours: f64) -> Result<()> {
+    if !(grace_hours.is_finite() && grace_hours >= 0.0) {
+        bail!("--grace-hours must be a number of hours, 0 or more");
+    }
+    let op = operator(client, &ops.data_dir)?;
+    let bar = ops_bar("collect");
+    let options = ops::CollectOptions {
+        grace: Duration::from_secs_f64(grace_hours * 3600.0),
+    };
+    let report = op
+        .collect(&ops.options(), &options, &bar_progress(&bar))
+        .await?;
+    bar.finish_and_clear();
+    println!(
+        "collect: {} peers, {} registered documents kept; {} entries older than {grace_hours} h: \
+         {} shard references and {} manifests {}, {} kept",
+        report.peers,
+        report.documents,
+        report.stale,
+        report.references_collected,
+        report.manifests_collected,
+        if ops.dry_run { "would go" } else { "removed" },
+        report.kept
+    );
+    if !report.shards_considered {
+        eprintln!(
+            "warning: no shard was collected: a registered document's manifest could not be read"
+        );
+    }
+    for f in &report.failures {
+        eprintln!("warning: {f}");
+    }
+    Ok(())
+}
+
 async fn scrub(client: &ClientArgs, ops: &OpsArgs, no_repair: bool) -> Result<()> {
     let op = operator(client, &ops.data_dir)?;
     let bar = ops_bar("scrub");
@@ -1508,6 +1591,7 @@ impl OpsArgs {
             rate: (self.rate_mb > 0.0).then_some(self.rate_mb * 1e6),
             parallel: self.parallel.max(1),
             dry_run: self.dry_run,
+            ..OpsOptions::default()
         }
     }
 }

@@ -1225,6 +1225,146 @@ pub async fn ops(options: OpsBenchOptions) -> Result<OpsBenchReport, crate::clus
     Ok(report)
 }
 
+/// What `dangan bench ops-scale` measures: the memory a repair needs over many small
+/// documents (each a one-stripe certificate).
+#[derive(Debug, Clone)]
+pub struct OpsScaleOptions {
+    /// Documents stored and registered before the repair.
+    pub documents: usize,
+    /// Size of each, bytes.
+    pub document: usize,
+    /// Puts in flight at once while storing them.
+    pub in_flight: usize,
+    /// Peers, all in one zone.
+    pub peers: usize,
+}
+
+impl Default for OpsScaleOptions {
+    fn default() -> Self {
+        Self {
+            documents: 10_000,
+            document: 256,
+            in_flight: 32,
+            peers: 6,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct OpsScaleReport {
+    pub options: OpsScaleOptions,
+    /// Putting and registering every document.
+    pub stored: Duration,
+    /// Resident memory of the whole process (peers, validator, client) before the repair.
+    pub rss_before: Option<u64>,
+    /// Peak resident memory during the repair (the window reset just before it, where the
+    /// OS allows: `reset`).
+    pub peak_rss: Option<u64>,
+    pub reset: bool,
+    pub documents: u64,
+    pub stripes: u64,
+    pub failures: usize,
+    pub repair: Duration,
+}
+
+impl fmt::Display for OpsScaleReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let o = &self.options;
+        let mib = |b: Option<u64>| b.map_or("?".to_string(), |b| format!("{} MiB", b >> 20));
+        writeln!(
+            f,
+            "ops scale bench: {} peers in one zone, {} documents of {} bytes stored and registered in {:.1} s ({:.0}/s, {} in flight)",
+            o.peers,
+            o.documents,
+            o.document,
+            self.stored.as_secs_f64(),
+            o.documents as f64 / self.stored.as_secs_f64().max(1e-9),
+            o.in_flight
+        )?;
+        write!(
+            f,
+            "repair over {} documents, {} stripes ({} failures) in {:.1} s: resident before {}, peak during the repair {}{}",
+            self.documents,
+            self.stripes,
+            self.failures,
+            self.repair.as_secs_f64(),
+            mib(self.rss_before),
+            mib(self.peak_rss),
+            if self.reset {
+                ""
+            } else {
+                " (peak since the start: the OS did not allow a reset)"
+            }
+        )
+    }
+}
+
+/// Resident memory of this process now (VmRSS), in bytes, where the OS reports it.
+pub fn current_rss() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// Stores `documents` small documents on a local cluster (`in_flight` puts at once, each
+/// registered on its chain), then measures a repair over all of them: its time and the
+/// process's peak resident memory while it runs. Nothing needs repairing; the repair still
+/// lists every document, reads every manifest and checks every shard.
+pub async fn ops_scale(
+    options: OpsScaleOptions,
+) -> Result<OpsScaleReport, crate::cluster::ClusterError> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use crate::client::ClientOptions;
+    use crate::cluster::{ClusterError, LocalCluster};
+    use crate::ops::{self, OpsOptions};
+
+    let cluster = LocalCluster::start(options.peers, 1).await?;
+    let client = cluster.client(ClientOptions::default())?;
+    let started = Instant::now();
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut puts = tokio::task::JoinSet::new();
+    for _ in 0..options.in_flight.max(1) {
+        let (client, next, options) = (client.clone(), next.clone(), options.clone());
+        puts.spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= options.documents {
+                    return Ok::<(), crate::client::ClientError>(());
+                }
+                let bytes = sample_data(options.document, i as u64);
+                crate::cluster::put_bytes(&client, bytes, "bench").await?;
+            }
+        });
+    }
+    while let Some(r) = puts.join_next().await {
+        r.map_err(|e| ClusterError::Check(format!("a put task failed: {e}")))??;
+    }
+    let stored = started.elapsed();
+    client.close().await;
+
+    let op = cluster.operator_client(cluster.layout().clone(), None, ClientOptions::default())?;
+    let rss_before = current_rss();
+    let reset = reset_peak_rss();
+    let r = ops::converge(&op, None, &OpsOptions::default(), &|_| {}).await;
+    let peak_rss = peak_rss();
+    op.close().await;
+    let r = r?;
+    cluster.shutdown().await;
+    Ok(OpsScaleReport {
+        options,
+        stored,
+        rss_before,
+        peak_rss,
+        reset,
+        documents: r.documents,
+        stripes: r.stripes,
+        failures: r.failures.len(),
+        repair: r.elapsed,
+    })
+}
+
 /// The machine a benchmark ran on, as `/proc` and the standard library report it.
 #[derive(Debug, Clone)]
 pub struct Machine {

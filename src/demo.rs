@@ -53,6 +53,7 @@ pub async fn run(big_mib: usize, step: Step<'_>) -> Result<(), ClusterError> {
         key: rekeyed.key.clone(),
         shards_stored: 0,
         shards_missing: Vec::new(),
+        shards_standing_in: Vec::new(),
         registered: Some((rekeyed.height, 0)),
         timings: Default::default(),
     };

@@ -2,7 +2,11 @@
 //!
 //! Until grants carry wrapped keys on chain, this is where `dangan put` keeps the key that
 //! `dangan get` needs. One file per document, `<dir>/<document id>.key`, holding the key as
-//! 64 hex digits, created with mode 0600 and never overwritten.
+//! 64 hex digits, created with mode 0600 and never overwritten. `dangan put` saves the key
+//! durably (file and directory fsync'd) *before* it submits the document's registration, so
+//! every registered document's key is here whatever moment the put was killed at; a key
+//! whose document never registered (the put died or was refused before the commit) stays
+//! here, harmless: `dangan get` of that id answers that the document is not registered.
 //!
 //! Not for: sharing keys with anyone (that is what grants are for).
 
@@ -50,26 +54,37 @@ impl Keyring {
         self.dir.join(format!("{id}.key"))
     }
 
-    /// Saves the key of document `id`, durably. A key already saved for `id` is kept.
+    /// Saves the key of document `id`, durably: the key is written to a temporary file and
+    /// fsync'd, linked under its name (so a crash never leaves a partial key file, and a key
+    /// already saved for `id` is kept), and the directory fsync'd, all before this returns.
+    /// `dangan put` calls it before it submits the registration.
     pub fn save(&self, id: &DocumentId, key: &DataKey) -> Result<(), KeyringError> {
         let path = self.path(id);
-        let io = |source| KeyringError::Io {
-            path: path.clone(),
-            source,
+        let tmp = self
+            .dir
+            .join(format!(".{id}.key.{}.tmp", std::process::id()));
+        let io = |p: &Path| {
+            let p = p.to_path_buf();
+            move |source| KeyringError::Io { path: p, source }
         };
         let mut opts = std::fs::OpenOptions::new();
-        opts.write(true).create_new(true);
+        opts.write(true).create(true).truncate(true);
         #[cfg(unix)]
         std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-        let mut file = match opts.open(&path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(()),
-            Err(e) => return Err(io(e)),
-        };
-        file.write_all(hex::encode(key.as_bytes()).as_bytes())
-            .map_err(io)?;
-        file.sync_all().map_err(io)?;
-        Ok(())
+        let written = (|| {
+            let mut file = opts.open(&tmp)?;
+            file.write_all(hex::encode(key.as_bytes()).as_bytes())?;
+            file.sync_all()
+        })();
+        let linked = written.and_then(|()| match std::fs::hard_link(&tmp, &path) {
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+            other => other,
+        });
+        let _ = std::fs::remove_file(&tmp);
+        linked.map_err(io(&path))?;
+        std::fs::File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io(&self.dir))
     }
 
     pub fn load(&self, id: &DocumentId) -> Result<DataKey, KeyringError> {

@@ -133,6 +133,11 @@ pub enum PlacementError {
     ZeroWidth,
 }
 
+/// Most live nodes outside a stripe's placement that stand in for its placed peers (see
+/// [`Layout::standins`]): enough for m placed peers down and a few stand-ins failing too,
+/// few enough that a reader or repair looking for a shard asks only a handful of peers.
+pub const MAX_STANDINS: usize = 4;
+
 /// How many (stripe, shard slot) assignments differ between two layouts. See [`moved`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct MoveStats {
@@ -252,6 +257,49 @@ impl Layout {
             }
         }
         Ok(placed)
+    }
+
+    /// Where a stripe's shards may sit besides their placed peers: the peers a writer puts a
+    /// shard on when its placed peer is down or fails (a *stand-in*), in the order it tries
+    /// them, and so the peers a reader or repair looks at when a placed peer lacks a shard.
+    ///
+    /// First up to [`MAX_STANDINS`] live nodes the stripe is not placed on, each time the
+    /// best-scoring one (the node's own weighted HRW score for the stripe, as within a zone)
+    /// in a zone the stripe and the stand-ins before it do not use yet, while there is one,
+    /// then the best-scoring of the rest. Then the `width` placed nodes themselves, in shard
+    /// order: the last resort when the layout has no other live peer (a peer then holds two
+    /// shards of the stripe; the writer's policy bounds how far that may go). Pure, like
+    /// [`Layout::place`], so the manifest never records where a shard stands in.
+    pub fn standins(
+        &self,
+        stripe_key: &[u8; 32],
+        width: usize,
+    ) -> Result<Vec<&NodeInfo>, PlacementError> {
+        let placed = self.place(stripe_key, width)?;
+        let mut zones: Vec<&str> = placed.iter().map(|n| n.zone.as_str()).collect();
+        let mut rest: Vec<(f64, &NodeInfo)> = self
+            .nodes
+            .iter()
+            .filter(|n| n.weight > 0 && !placed.iter().any(|p| p.key == n.key))
+            .map(|n| {
+                let point = node_point(stripe_key, &n.key);
+                (hrw_score(f64::from(n.weight), closeness(point, 0)), n)
+            })
+            .collect();
+        // Best first; ties by the smaller key.
+        rest.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.key.cmp(&b.1.key)));
+        let mut out: Vec<&NodeInfo> = Vec::with_capacity(MAX_STANDINS.min(rest.len()) + width);
+        while out.len() < MAX_STANDINS && !rest.is_empty() {
+            let next = rest
+                .iter()
+                .position(|(_, n)| !zones.contains(&n.zone.as_str()))
+                .unwrap_or(0);
+            let (_, node) = rest.remove(next);
+            zones.push(node.zone.as_str());
+            out.push(node);
+        }
+        out.extend(placed);
+        Ok(out)
     }
 
     /// Live nodes (weight > 0) grouped by zone, zones by name, members by key.
@@ -543,6 +591,7 @@ fn portable_ln(x: f64) -> f64 {
 mod tests {
     use super::*;
     use crate::identity::{Identity, Role};
+    use std::collections::BTreeSet;
 
     fn key(i: u32) -> NodeKey {
         let seed = *blake3::hash(&[b"test node ".as_slice(), &i.to_le_bytes()].concat()).as_bytes();
@@ -777,6 +826,50 @@ mod tests {
         assert!(matches!(
             raw.place(&[0; 32], 2),
             Err(PlacementError::DuplicateNode { .. })
+        ));
+    }
+
+    #[test]
+    fn standins_prefer_unused_zones_then_fall_back_to_the_placed_nodes() {
+        // Zones a..d of 3, 3, 3 and 2 nodes; width 4 leaves every stripe some zone unused
+        // only when it uses 3 zones, which round 0 never does (4 zones, 4 slots): so use
+        // width 3 (one zone unused) and width 6 (every zone used).
+        let zone = |i: u32| ["a", "b", "c", "d"][(i % 4) as usize];
+        let l = layout((0..11).map(|i| node(i, zone(i), 1 + i % 2)).collect());
+        let drained = layout(
+            (0..11)
+                .map(|i| node(i, zone(i), if i == 5 { 0 } else { 1 + i % 2 }))
+                .collect(),
+        );
+        for stripe in stripes(500) {
+            for width in [3usize, 6] {
+                let placed = l.place(&stripe, width).unwrap();
+                let all = l.standins(&stripe, width).unwrap();
+                assert_eq!(all, l.standins(&stripe, width).unwrap(), "deterministic");
+                let outside = all.len() - width;
+                assert_eq!(outside, MAX_STANDINS.min(11 - width));
+                // The placed nodes come last, in shard order; no node twice.
+                assert_eq!(&all[outside..], &placed[..]);
+                for (i, n) in all.iter().enumerate() {
+                    assert!(all[..i].iter().all(|m| m.key != n.key));
+                }
+                // The first stand-in is in a zone the stripe does not use, when one exists.
+                let used: BTreeSet<&str> = placed.iter().map(|n| n.zone.as_str()).collect();
+                if used.len() < 4 {
+                    assert!(!used.contains(all[0].zone.as_str()));
+                }
+                // A drained node never stands in.
+                let d = drained.standins(&stripe, width).unwrap();
+                assert!(d.iter().all(|n| n.key != key(5)));
+            }
+        }
+        // No node outside the placement: the placed nodes alone.
+        let six = layout((0..6).map(|i| node(i, "a", 1)).collect());
+        let placed = six.place(&[3; 32], 6).unwrap();
+        assert_eq!(six.standins(&[3; 32], 6).unwrap(), placed);
+        assert!(matches!(
+            six.standins(&[3; 32], 7),
+            Err(PlacementError::NotEnoughNodes { .. })
         ));
     }
 

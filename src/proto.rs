@@ -183,6 +183,30 @@ pub enum Request {
         document: DocumentId,
         shards: Vec<ShardId>,
     },
+    /// Whether `document` holds a reference to shard `id` here AND its stored body re-hashes
+    /// to `id`: `Has(true)`; `Has(false)` without the reference; `Error { Corrupt }` when the
+    /// body is corrupt or missing. What a rebalance asks before deleting the old copy
+    /// (`HasShard` only looks at the rows).
+    VerifyShard {
+        id: ShardId,
+        document: DocumentId,
+    },
+    /// References and manifests this peer last added before `before_ms` (ms since the
+    /// epoch), after `after`, looking at `limit` (capped at [`MAX_LIST`]) rows at most:
+    /// `StalePage`. For operators (`ops::collect`).
+    ListStale {
+        after: Option<StaleEntry>,
+        before_ms: u64,
+        limit: u32,
+    },
+    /// Drop `entry` if it is still older than `before_ms` and, when it names a document (a
+    /// document's reference, a manifest), the chain proves that document is not registered:
+    /// `Deleted`. A peer that cannot get that proof keeps it (`Unavailable`); a registered
+    /// document's is kept (`Refused`). For operators (`ops::collect`).
+    CollectStale {
+        entry: StaleEntry,
+        before_ms: u64,
+    },
 }
 
 /// Most shard ids one [`Request::BindShards`] carries (a frame holds them easily).
@@ -251,6 +275,30 @@ pub enum Response {
     Leader(crate::placement::NodeInfo),
     /// The answer to `BindShards`: how many upload references became the document's.
     Bound(u32),
+    /// The answer to `ListStale`.
+    StalePage(StalePage),
+}
+
+/// Who holds a reference, as the wire carries it (`store::Holder`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StaleHolder {
+    Document(DocumentId),
+    Upload(crate::identity::PublicId),
+}
+
+/// A reference or manifest that may be an orphan (`store::Stale`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StaleEntry {
+    Reference { shard: ShardId, holder: StaleHolder },
+    Manifest(DocumentId),
+}
+
+/// One page of `ListStale`: the entries older than the cutoff, and the last row looked at
+/// (pass it as `after` for the next page; `None` at the end).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StalePage {
+    pub stale: Vec<StaleEntry>,
+    pub last: Option<StaleEntry>,
 }
 
 /// What a put did (the answer to `PutShard`, `PutManifest` and each piece of `PutMany`).
@@ -486,6 +534,7 @@ expect! {
     Usage => Usage,
     ScrubPage => Scrubbed,
     u32 => Bound,
+    StalePage => StalePage,
 }
 
 /// The answer to [`Request::OpenDocument`]: the document's distinct shard count.
@@ -529,6 +578,14 @@ mod tests {
             format!("41000000{}{}{}", "03", "ab".repeat(32), "cd".repeat(32))
         );
         assert_eq!(hex::encode(encode_frame(&Request::Ping)), "0100000008");
+        let verify = encode_frame(&Request::VerifyShard {
+            id,
+            document: DocumentId([0xcd; 32]),
+        });
+        assert_eq!(
+            hex::encode(&verify),
+            format!("41000000{}{}{}", "1b", "ab".repeat(32), "cd".repeat(32))
+        );
         let open = encode_frame(&Request::OpenDocument {
             document: DocumentId([0xcd; 32]),
             len: 300,

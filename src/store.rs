@@ -36,6 +36,13 @@
 //! Upload references never bound (a put that failed before its manifest) are orphans, like
 //! the shards of any failed put.
 //!
+//! # Orphans
+//! Every reference and record carries the time it was last added ([`ShardStore::stale`]
+//! lists those older than a cutoff); [`ShardStore::collect`] drops one if it is still older
+//! than the cutoff (a put since then refreshed it: kept). Which of them are orphans (no
+//! registered document names them) is not the store's to say: `ops::collect` decides, and
+//! the peer checks the chain before it asks (`peer/storage.rs`).
+//!
 //! # On-disk layout
 //! ```text
 //! <dir>/shards.redb            redb database, the commit point
@@ -47,13 +54,17 @@
 //!                                           references (always 1 for a document)
 //!     table "inline-v1"        [u8; 32]  -> raw body bytes of shards <= INLINE_MAX
 //!     table "blobs-v1"         [u8; 32]  -> raw bytes of small replicated records (manifests)
+//!     table "ref-times-v1"     [u8; 65]  -> u64: when that reference was last added (ms)
+//!     table "record-times-v1"  [u8; 32]  -> u64: when that record was last stored (ms)
 //! <dir>/blobs/<64-hex id>      bodies larger than INLINE_MAX, one file per shard
 //! <dir>/blobs/tmp/             bodies being written (never trusted; removed on open)
 //! ```
 //! `refcount` is the sum of the shard's rows in `refs-v1`, kept in the same transactions.
 //! Table names carry their format version; `meta-v1/"format"` holds the store format,
 //! checked on open (format 3 added `refs-v1`; a store of format 2, with anonymous
-//! refcounts, is refused: there is no migration). A file holding tables of another version (`shards-v2`, ...) or an
+//! refcounts, is refused: there is no migration; format 4 added the two time tables, and a
+//! store of format 3 is migrated on open, each reference and record stamped with the time
+//! of the migration). A file holding tables of another version (`shards-v2`, ...) or an
 //! unknown format number is refused with [`StoreError::UnsupportedFormat`]. Every postcard
 //! record starts with a one-byte record format, checked before the rest is decoded.
 //!
@@ -121,7 +132,7 @@ mod body_io;
 pub const INLINE_MAX: usize = 16 * 1024;
 
 /// The store format this code reads and writes (`meta-v1/"format"`).
-pub const STORE_FORMAT: u32 = 3;
+pub const STORE_FORMAT: u32 = 4;
 
 /// redb's in-process page cache per store.
 pub const REDB_CACHE_BYTES: usize = 16 << 20;
@@ -132,13 +143,25 @@ const RECORD_FORMAT: u8 = 1;
 /// Version suffix of every table name; a table of the same family with another suffix means
 /// the file was written by a different store format.
 const TABLE_VERSION: &str = "1";
-const TABLE_FAMILIES: [&str; 5] = ["shards-v", "inline-v", "meta-v", "blobs-v", "refs-v"];
+const TABLE_FAMILIES: [&str; 7] = [
+    "shards-v",
+    "inline-v",
+    "meta-v",
+    "blobs-v",
+    "refs-v",
+    "ref-times-v",
+    "record-times-v",
+];
 
 const SHARDS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("shards-v1");
 const INLINE: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("inline-v1");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta-v1");
 const BLOBS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("blobs-v1");
 const REFS: TableDefinition<&[u8; 65], u64> = TableDefinition::new("refs-v1");
+/// When each reference of `refs-v1` (same key) was last added, in ms since the epoch.
+const REF_TIMES: TableDefinition<&[u8; 65], u64> = TableDefinition::new("ref-times-v1");
+/// When each record of `blobs-v1` (same key) was last stored, in ms since the epoch.
+const RECORD_TIMES: TableDefinition<&[u8; 32], u64> = TableDefinition::new("record-times-v1");
 
 const META_FORMAT: &str = "format";
 const META_USAGE: &str = "usage";
@@ -305,6 +328,16 @@ pub enum DeleteOutcome {
     /// The document holds no reference to this shard (or there is no such shard): nothing
     /// changed.
     NotFound,
+}
+
+/// A reference or a record that may be an orphan, as [`ShardStore::stale`] lists it (the
+/// wire's copy is `proto::StaleEntry`). Ordered as listed: references by key, then records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stale {
+    /// `holder`'s reference to `shard`.
+    Reference { shard: ShardId, holder: Holder },
+    /// The record (manifest) stored under this key.
+    Record([u8; 32]),
 }
 
 /// What one page of a scrub found. (The wire's copy is `proto::ScrubPage`.)
@@ -528,7 +561,10 @@ impl ShardStore {
         if !id.verifies(&bytes) {
             return Err(StoreError::HashMismatch { id: *id });
         }
-        if bytes.len() > self.inline_max && !self.body_path(id).exists() {
+        // A body file already here is re-hashed first: a put onto an id this peer holds is
+        // acknowledged only with a good body behind it, so a corrupt or missing one is
+        // replaced by the incoming verified bytes (atomically: temp file, then rename).
+        if bytes.len() > self.inline_max && !self.body_file_verifies(id) {
             self.write_body_file(id, &bytes)?;
         }
         Ok(Prepared {
@@ -564,16 +600,38 @@ impl ShardStore {
             let mut table = txn.open_table(SHARDS)?;
             let mut inline = txn.open_table(INLINE)?;
             let mut refs = txn.open_table(REFS)?;
+            let mut times = txn.open_table(REF_TIMES)?;
             let mut meta = txn.open_table(META)?;
             let mut usage = read_usage(&meta)?;
+            let now = crate::now_ms();
             for Prepared { id, bytes, holder } in shards {
                 let existing = match table.get(&id.0)? {
                     Some(v) => Some(decode_shard(v.value())?),
                     None => None,
                 };
                 let added = add_ref(&mut refs, id, holder)?;
+                times.insert(&holder.key(id), now)?;
                 let (rec, outcome) = match existing {
                     Some(mut rec) => {
+                        // The stored body must be good before this put is acknowledged:
+                        // an inline one is checked here, a file one was by `prepare` (its
+                        // file may only have gone since, by a quarantine racing this put).
+                        match rec.body {
+                            BodyLocation::Inline => {
+                                let good =
+                                    inline.get(&id.0)?.is_some_and(|v| id.verifies(v.value()));
+                                if !good {
+                                    warn!(shard = %id, "stored inline body was corrupt or missing; rewritten with the incoming verified bytes");
+                                    inline.insert(&id.0, bytes.as_ref())?;
+                                }
+                            }
+                            BodyLocation::File => {
+                                if !self.body_path(id).exists() {
+                                    self.write_body_file(id, bytes)?;
+                                    new_files = true;
+                                }
+                            }
+                        }
                         rec.refcount = rec.refcount.saturating_add(added);
                         (rec, PutOutcome::AlreadyPresent)
                     }
@@ -607,8 +665,15 @@ impl ShardStore {
             }
             write_usage(&mut meta, &usage)?;
             let mut records = txn.open_table(BLOBS)?;
+            let mut record_times = txn.open_table(RECORD_TIMES)?;
             for (key, bytes) in blobs {
-                if records.get(key)?.is_some() {
+                // Stored again (a put retried, a replica rewritten): its time starts again.
+                record_times.insert(key, now)?;
+                // A record that no longer hashes to its key is replaced by the good bytes.
+                let intact = records
+                    .get(key)?
+                    .is_some_and(|v| ShardId(*key).verifies(v.value()));
+                if intact {
                     blob_outcomes.push(PutOutcome::AlreadyPresent);
                 } else {
                     records.insert(key, *bytes)?;
@@ -703,14 +768,113 @@ impl ShardStore {
     /// Drops `document`'s reference to `id`, if it holds one (else `NotFound`, nothing
     /// changes); with no reference left, removes the row (committed first) and then the body.
     pub fn delete(&self, id: &ShardId, document: &DocumentId) -> Result<DeleteOutcome, StoreError> {
-        self.drop_refs(id, Some(Holder::Document(*document)))
+        self.drop_refs(id, Some(Holder::Document(*document)), None)
     }
 
     /// Removes a shard and every reference to it (a corrupt copy found by
     /// [`ShardStore::scrub`]), so that repair writes it again, for each document that names
     /// it, from the other shards of its stripe.
     pub fn quarantine(&self, id: &ShardId) -> Result<DeleteOutcome, StoreError> {
-        self.drop_refs(id, None)
+        self.drop_refs(id, None, None)
+    }
+
+    /// References and records last added before `before_ms`, in order (references by key,
+    /// then records) after `after`, looking at `scan` rows at most: the stale ones, and the
+    /// last row looked at (pass it as `after` for the next page; `None` at the end).
+    pub fn stale(
+        &self,
+        after: Option<Stale>,
+        before_ms: u64,
+        scan: usize,
+    ) -> Result<(Vec<Stale>, Option<Stale>), StoreError> {
+        let txn = self.db.begin_read()?;
+        let mut found = Vec::new();
+        let mut scanned = 0;
+        let mut last = None;
+        if !matches!(after, Some(Stale::Record(_))) {
+            let times = txn.open_table(REF_TIMES)?;
+            let from = match &after {
+                Some(Stale::Reference { shard, holder }) => Bound::Excluded(holder.key(shard)),
+                _ => Bound::Unbounded,
+            };
+            let range = match &from {
+                Bound::Excluded(k) => {
+                    times.range::<&[u8; 65]>((Bound::Excluded(k), Bound::Unbounded))?
+                }
+                _ => times.range::<&[u8; 65]>(..)?,
+            };
+            for entry in range {
+                if scanned >= scan {
+                    return Ok((found, last));
+                }
+                let (k, v) = entry?;
+                let key = k.value();
+                let mut shard = [0u8; 32];
+                shard.copy_from_slice(&key[..32]);
+                let stale = Stale::Reference {
+                    shard: ShardId(shard),
+                    holder: Holder::from_key(key)?,
+                };
+                if v.value() < before_ms {
+                    found.push(stale);
+                }
+                last = Some(stale);
+                scanned += 1;
+            }
+        }
+        let times = txn.open_table(RECORD_TIMES)?;
+        let after_record = match after {
+            Some(Stale::Record(k)) => Some(k),
+            _ => None,
+        };
+        let range = match &after_record {
+            Some(k) => times.range::<&[u8; 32]>((Bound::Excluded(k), Bound::Unbounded))?,
+            None => times.range::<&[u8; 32]>(..)?,
+        };
+        for entry in range {
+            if scanned >= scan {
+                return Ok((found, last));
+            }
+            let (k, v) = entry?;
+            let stale = Stale::Record(*k.value());
+            if v.value() < before_ms {
+                found.push(stale);
+            }
+            last = Some(stale);
+            scanned += 1;
+        }
+        Ok((found, None))
+    }
+
+    /// Drops `stale` if it is still older than `before_ms` (a put since then made it new
+    /// again: kept, `NotFound`). A reference goes whole (an uploader's every upload of the
+    /// shard), the body with the last reference; a record goes with its time.
+    pub fn collect(&self, stale: &Stale, before_ms: u64) -> Result<DeleteOutcome, StoreError> {
+        match stale {
+            Stale::Reference { shard, holder } => {
+                self.drop_refs(shard, Some(*holder), Some(before_ms))
+            }
+            Stale::Record(key) => {
+                let mut txn = self.db.begin_write()?;
+                txn.set_durability(Durability::Immediate)?;
+                let removed = {
+                    let mut times = txn.open_table(RECORD_TIMES)?;
+                    let old = times.get(key)?.is_some_and(|t| t.value() < before_ms);
+                    if old {
+                        times.remove(key)?;
+                        txn.open_table(BLOBS)?.remove(key)?;
+                    }
+                    old
+                };
+                if removed {
+                    txn.commit()?;
+                    Ok(DeleteOutcome::Removed)
+                } else {
+                    txn.abort()?;
+                    Ok(DeleteOutcome::NotFound)
+                }
+            }
+        }
     }
 
     /// Turns one of `uploader`'s upload references to each of `shards` into `document`'s
@@ -729,6 +893,8 @@ impl ShardStore {
         let mut bound = 0;
         {
             let mut refs = txn.open_table(REFS)?;
+            let mut times = txn.open_table(REF_TIMES)?;
+            let now = crate::now_ms();
             let upload = Holder::Upload(*uploader);
             let doc = Holder::Document(*document);
             for shard in shards {
@@ -741,8 +907,10 @@ impl ShardStore {
                     refs.insert(&up_key, uploads - 1)?;
                 } else {
                     refs.remove(&up_key)?;
+                    times.remove(&up_key)?;
                 }
                 refs.insert(&doc.key(shard), 1)?;
+                times.insert(&doc.key(shard), now)?;
                 bound += 1;
             }
         }
@@ -798,8 +966,14 @@ impl ShardStore {
         Ok(page)
     }
 
-    /// Drops `holder`'s reference (`None`: every reference, a quarantine).
-    fn drop_refs(&self, id: &ShardId, holder: Option<Holder>) -> Result<DeleteOutcome, StoreError> {
+    /// Drops `holder`'s reference (`None`: every reference, a quarantine); with
+    /// `older_than`, only if it was last added before that time (ms).
+    fn drop_refs(
+        &self,
+        id: &ShardId,
+        holder: Option<Holder>,
+        older_than: Option<u64>,
+    ) -> Result<DeleteOutcome, StoreError> {
         let _guards = self.lock_ids(std::iter::once(id));
         let mut txn = self.db.begin_write()?;
         txn.set_durability(Durability::Immediate)?;
@@ -810,16 +984,28 @@ impl ShardStore {
                 None => return Ok(DeleteOutcome::NotFound),
             };
             let mut refs = txn.open_table(REFS)?;
+            let mut times = txn.open_table(REF_TIMES)?;
+            let mut dropped = rec.refcount;
             if let Some(holder) = holder {
-                if refs.remove(&holder.key(id))?.is_none() {
-                    return Ok(DeleteOutcome::NotFound);
+                let key = holder.key(id);
+                if let Some(before) = older_than {
+                    let old = times.get(&key)?.is_some_and(|t| t.value() < before);
+                    if !old {
+                        return Ok(DeleteOutcome::NotFound);
+                    }
                 }
+                match refs.remove(&key)? {
+                    Some(count) => dropped = count.value(),
+                    None => return Ok(DeleteOutcome::NotFound),
+                }
+                times.remove(&key)?;
             } else {
                 let (low, high) = ref_range(id);
                 refs.retain_in::<&[u8; 65], _>(&low..=&high, |_, _| false)?;
+                times.retain_in::<&[u8; 65], _>(&low..=&high, |_, _| false)?;
             }
-            if rec.refcount > 1 && holder.is_some() {
-                rec.refcount -= 1;
+            if rec.refcount > dropped && holder.is_some() {
+                rec.refcount -= dropped;
                 shards.insert(&id.0, encode("shard", &rec)?.as_slice())?;
                 (DeleteOutcome::Decremented, false)
             } else {
@@ -912,7 +1098,8 @@ impl ShardStore {
     }
 
     /// Stores a small record (a manifest) under `key` = BLAKE3(bytes), durably. Idempotent:
-    /// storing it again is `AlreadyPresent`; records have no refcount.
+    /// storing it again is `AlreadyPresent`; records have no refcount. A stored record that
+    /// no longer hashes to its key (a flipped bit) is replaced: `Stored`.
     pub fn put_blob(&self, key: &[u8; 32], bytes: &[u8]) -> Result<PutOutcome, StoreError> {
         let (_, mut outcomes) = self.commit(&[], &[(*key, bytes)])?;
         Ok(outcomes.pop().unwrap_or(PutOutcome::AlreadyPresent))
@@ -947,6 +1134,7 @@ impl ShardStore {
         let mut txn = self.db.begin_write()?;
         txn.set_durability(Durability::Immediate)?;
         let removed = txn.open_table(BLOBS)?.remove(key)?.is_some();
+        txn.open_table(RECORD_TIMES)?.remove(key)?;
         if removed {
             txn.commit()?;
         } else {
@@ -966,9 +1154,25 @@ impl ShardStore {
         keys_after(&blobs, after, limit)
     }
 
-    /// TEST AID, not for production use: flips the lowest bit of byte
-    /// `byte_index % len` of the stored body of `id` in place (the inline row or the body
-    /// file), bypassing every check, to simulate disk corruption in tests of other modules.
+    /// TEST AID, not for production use: flips the lowest bit of the first byte of the
+    /// record under `key`, bypassing every check. Returns `false` if there is none.
+    #[doc(hidden)]
+    pub fn corrupt_blob_for_test(&self, key: &[u8; 32]) -> Result<bool, StoreError> {
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(Durability::Immediate)?;
+        {
+            let mut blobs = txn.open_table(BLOBS)?;
+            let mut bytes = match blobs.get(key)? {
+                Some(v) if !v.value().is_empty() => v.value().to_vec(),
+                _ => return Ok(false),
+            };
+            bytes[0] ^= 1;
+            blobs.insert(key, bytes.as_slice())?;
+        }
+        txn.commit()?;
+        Ok(true)
+    }
+
     /// The committed record of `id`, if any.
     fn record(&self, id: &ShardId) -> Result<Option<ShardRecord>, StoreError> {
         let txn = self.db.begin_read()?;
@@ -979,6 +1183,9 @@ impl ShardStore {
         }
     }
 
+    /// TEST AID, not for production use: flips the lowest bit of byte
+    /// `byte_index % len` of the stored body of `id` in place (the inline row or the body
+    /// file), bypassing every check, to simulate disk corruption in tests of other modules.
     /// Returns `false` if the shard is not present.
     #[doc(hidden)]
     pub fn corrupt_for_test(&self, id: &ShardId, byte_index: usize) -> Result<bool, StoreError> {
@@ -1025,6 +1232,20 @@ impl ShardStore {
             }
         }
         Ok(true)
+    }
+
+    /// Whether the body file of `id` is there and hashes to `id`; a file that does not is
+    /// logged (a put then writes the incoming verified bytes over it).
+    fn body_file_verifies(&self, id: &ShardId) -> bool {
+        let path = self.body_path(id);
+        match fs::read(&path) {
+            Ok(bytes) if id.verifies(&bytes) => true,
+            Ok(_) => {
+                warn!(shard = %id, path = %path.display(), "stored body file is corrupt; rewritten with the incoming verified bytes");
+                false
+            }
+            Err(_) => false,
+        }
     }
 
     fn body_path(&self, id: &ShardId) -> PathBuf {
@@ -1168,6 +1389,8 @@ fn init_tables(db: &Database, db_path: &Path) -> Result<(), StoreError> {
         txn.open_table(INLINE)?;
         txn.open_table(BLOBS)?;
         txn.open_table(REFS)?;
+        txn.open_table(REF_TIMES)?;
+        txn.open_table(RECORD_TIMES)?;
         let mut meta = txn.open_table(META)?;
         let existing = meta.get(META_FORMAT)?.map(|v| v.value().to_vec());
         match existing {
@@ -1179,7 +1402,27 @@ fn init_tables(db: &Database, db_path: &Path) -> Result<(), StoreError> {
                         found: "an unreadable format row".into(),
                         supported: STORE_FORMAT,
                     })?;
-                if found != STORE_FORMAT {
+                if found == 3 {
+                    // Format 3 had no times: every reference and record starts its grace
+                    // period now (`ops::collect` waits that long before it looks at them).
+                    let now = crate::now_ms();
+                    let refs = txn.open_table(REFS)?;
+                    let mut times = txn.open_table(REF_TIMES)?;
+                    for entry in refs.iter()? {
+                        times.insert(entry?.0.value(), now)?;
+                    }
+                    let blobs = txn.open_table(BLOBS)?;
+                    let mut record_times = txn.open_table(RECORD_TIMES)?;
+                    for entry in blobs.iter()? {
+                        record_times.insert(entry?.0.value(), now)?;
+                    }
+                    let f = FormatRecord {
+                        format: RECORD_FORMAT,
+                        store_format: STORE_FORMAT,
+                    };
+                    meta.insert(META_FORMAT, encode("format", &f)?.as_slice())?;
+                    info!(path = %db_path.display(), "shard store migrated from format 3 to 4");
+                } else if found != STORE_FORMAT {
                     return Err(StoreError::UnsupportedFormat {
                         path: db_path.to_path_buf(),
                         found: found.to_string(),
@@ -1398,6 +1641,30 @@ mod tests {
     }
 
     #[test]
+    fn a_put_onto_a_corrupt_or_missing_body_rewrites_it_before_acknowledging() {
+        let (_d, s) = open_tmp();
+        for (n, len) in [SMALL, LARGE].into_iter().enumerate() {
+            let b = data(20 + len as u64, len);
+            let id = ShardId::of(&b);
+            s.put(&id, &b, doc(1)).unwrap();
+            assert!(s.corrupt_for_test(&id, 77).unwrap());
+            // Another holder's put, and a retried put of the same holder: both rewrite.
+            assert_eq!(s.put(&id, &b, doc(2)).unwrap(), PutOutcome::AlreadyPresent);
+            assert_eq!(s.get(&id).unwrap().as_deref(), Some(&b[..]));
+            assert_eq!(s.refcount(&id).unwrap(), Some(2));
+            assert!(s.corrupt_for_test(&id, 78).unwrap());
+            s.put(&id, &b, doc(2)).unwrap();
+            assert_eq!(s.get(&id).unwrap().as_deref(), Some(&b[..]), "len {len}");
+            assert_eq!(s.refcount(&id).unwrap(), Some(2));
+            if n == 1 {
+                fs::remove_file(s.body_path(&id)).unwrap();
+                s.put(&id, &b, upload()).unwrap();
+                assert_eq!(s.get(&id).unwrap().as_deref(), Some(&b[..]));
+            }
+        }
+    }
+
+    #[test]
     fn missing_body_file_reads_as_corrupt() {
         let (_d, s) = open_tmp();
         let b = data(11, LARGE);
@@ -1546,6 +1813,23 @@ mod tests {
     }
 
     #[test]
+    fn a_corrupt_record_is_never_served_and_a_put_of_the_good_bytes_replaces_it() {
+        let (_d, s) = open_tmp();
+        let m = b"manifest bytes".to_vec();
+        let key = *blake3::hash(&m).as_bytes();
+        assert!(!s.corrupt_blob_for_test(&key).unwrap());
+        s.put_blob(&key, &m).unwrap();
+        assert!(s.corrupt_blob_for_test(&key).unwrap());
+        assert!(matches!(
+            s.get_blob(&key),
+            Err(StoreError::CorruptBlob { .. })
+        ));
+        assert_eq!(s.put_blob(&key, &m).unwrap(), PutOutcome::Stored);
+        assert_eq!(s.get_blob(&key).unwrap().unwrap(), m);
+        assert_eq!(s.put_blob(&key, &m).unwrap(), PutOutcome::AlreadyPresent);
+    }
+
+    #[test]
     fn blob_round_trip() {
         let (_d, s) = open_tmp();
         let m = b"manifest bytes".to_vec();
@@ -1630,6 +1914,104 @@ mod tests {
         }
         let err = ShardStore::open(dir.path()).unwrap_err();
         assert!(err.to_string().contains("shards-v2"), "{err}");
+    }
+
+    #[test]
+    fn stale_references_and_records_are_listed_and_collected_only_while_still_old() {
+        let (_d, s) = open_tmp();
+        let (a, b) = (data(30, SMALL), data(31, LARGE));
+        let (ia, ib) = (ShardId::of(&a), ShardId::of(&b));
+        s.put(&ia, &a, upload()).unwrap();
+        s.put(&ia, &a, upload()).unwrap();
+        s.put(&ib, &b, doc(1)).unwrap();
+        s.put(&ib, &b, doc(2)).unwrap();
+        let manifest = b"manifest bytes";
+        let mkey = *blake3::hash(manifest).as_bytes();
+        s.put_blob(&mkey, manifest).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        let cutoff = crate::now_ms();
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        // Nothing is older than a cutoff before it was written.
+        assert!(s.stale(None, cutoff - 1000, 100).unwrap().0.is_empty());
+        // Pages of two rows walk the four references and the record, in order.
+        let mut all = Vec::new();
+        let mut after = None;
+        loop {
+            let (found, last) = s.stale(after, cutoff, 2).unwrap();
+            all.extend(found);
+            match last {
+                Some(l) => after = Some(l),
+                None => break,
+            }
+        }
+        assert_eq!(all.len(), 4, "{all:?}");
+        assert_eq!(all[3], Stale::Record(mkey));
+        // Refreshed since the cutoff (a put of doc 2 again): kept.
+        s.put(&ib, &b, doc(2)).unwrap();
+        let doc2 = Stale::Reference {
+            shard: ib,
+            holder: doc(2),
+        };
+        assert_eq!(s.collect(&doc2, cutoff).unwrap(), DeleteOutcome::NotFound);
+        // The uploader's two uploads go at once; the body with them.
+        let up = Stale::Reference {
+            shard: ia,
+            holder: upload(),
+        };
+        assert_eq!(s.collect(&up, cutoff).unwrap(), DeleteOutcome::Removed);
+        assert_eq!(s.get(&ia).unwrap(), None);
+        assert_eq!(s.collect(&up, cutoff).unwrap(), DeleteOutcome::NotFound);
+        let doc1 = Stale::Reference {
+            shard: ib,
+            holder: doc(1),
+        };
+        assert_eq!(
+            s.collect(&doc1, cutoff).unwrap(),
+            DeleteOutcome::Decremented
+        );
+        assert_eq!(s.holders(&ib).unwrap(), vec![(doc(2), 1)]);
+        assert_eq!(s.get(&ib).unwrap().as_deref(), Some(&b[..]));
+        let record = Stale::Record(mkey);
+        assert_eq!(s.collect(&record, cutoff).unwrap(), DeleteOutcome::Removed);
+        assert_eq!(s.get_blob(&mkey).unwrap(), None);
+        assert_eq!(s.usage().unwrap().shards, 1);
+    }
+
+    #[test]
+    fn a_format_3_store_is_migrated_with_every_reference_and_record_timed() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = data(40, LARGE);
+        let id = ShardId::of(&b);
+        let manifest = b"manifest";
+        let mkey = *blake3::hash(manifest).as_bytes();
+        {
+            let s = ShardStore::open(dir.path()).unwrap();
+            s.put(&id, &b, doc(1)).unwrap();
+            s.put_blob(&mkey, manifest).unwrap();
+        }
+        // Back to format 3: no time tables.
+        {
+            let db = Database::create(dir.path().join(DB_FILE)).unwrap();
+            let txn = db.begin_write().unwrap();
+            txn.delete_table(REF_TIMES).unwrap();
+            txn.delete_table(RECORD_TIMES).unwrap();
+            {
+                let mut meta = txn.open_table(META).unwrap();
+                let f = FormatRecord {
+                    format: RECORD_FORMAT,
+                    store_format: 3,
+                };
+                meta.insert(META_FORMAT, encode("format", &f).unwrap().as_slice())
+                    .unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        let before = crate::now_ms();
+        let s = ShardStore::open(dir.path()).unwrap();
+        assert_eq!(s.get(&id).unwrap().as_deref(), Some(&b[..]));
+        assert!(s.stale(None, before, 10).unwrap().0.is_empty());
+        let (stale, _) = s.stale(None, crate::now_ms() + 1, 10).unwrap();
+        assert_eq!(stale.len(), 2, "{stale:?}");
     }
 
     #[test]

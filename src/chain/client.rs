@@ -434,7 +434,7 @@ impl ChainClient {
 
     /// A proven answer: asked (see [`ChainClient::call`]), checked against the validators
     /// of its header's height, and refused if its proof fails or it is older than the
-    /// newest state this client has proven; then each other host is asked in turn, and the
+    /// newest state this client had proven when it asked; then each other host is asked in turn, and the
     /// first sound answer is taken (the next requests go to that host). A proof that fails
     /// is never acted on: that host is faulty or lying.
     async fn proven<P: DeserializeOwned + Proven>(
@@ -444,6 +444,9 @@ impl ChainClient {
         check: impl Fn(&P, &[PublicId]) -> Result<(), ProofError>,
     ) -> Result<P, ChainError> {
         let net = &self.inner.net;
+        // What was proven before this question was asked: an answer racing a concurrent
+        // one that proved a newer block is not stale, one older than this is.
+        let seen = self.inner.newest.load(Ordering::Relaxed);
         let (body, host) = match self.call(req, None).await? {
             (Response::ChainBody { len }, mut recv, node) => (
                 read_record(&mut recv, len)
@@ -454,7 +457,6 @@ impl ChainClient {
             (Response::NotFound, _, _) => return Err(ChainError::Missing(what)),
             (other, _, node) => return Err(net.unexpected(&node, other).into()),
         };
-        let seen = self.inner.newest.load(Ordering::Relaxed);
         let first = self.check_proven(&body, &host, what, &check).await;
         match &first {
             Ok(p) if p.height() >= seen => {

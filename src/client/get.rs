@@ -124,6 +124,7 @@ impl Client {
             .fetch_stripe(reading, index, &ids, &nodes, k, None)
             .await;
         let mut tried_previous = false;
+        let mut tried_standins = false;
         loop {
             let shards = fetched.shards.clone();
             let (m, c) = (manifest.clone(), codec.clone());
@@ -148,6 +149,19 @@ impl Client {
                         }
                     }
                     fetched.corrupt.extend(more.corrupt);
+                    fetched.errors.extend(more.errors);
+                }
+                // A shard written while its placed peer was down sits on a stand-in.
+                Err(CodecError::StripeUnrecoverable { .. }) if !tried_standins => {
+                    tried_standins = true;
+                    let more = self
+                        .fetch_from_standins(reading, index, &ids, &fetched.shards)
+                        .await?;
+                    for (slot, shard) in more.shards.into_iter().enumerate() {
+                        if shard.is_some() {
+                            fetched.shards[slot] = shard;
+                        }
+                    }
                     fetched.errors.extend(more.errors);
                 }
                 // During a layout change, shards not yet moved sit on their old peers.
@@ -226,6 +240,62 @@ impl Client {
             errors,
             untried: hedged.untried,
         }
+    }
+
+    /// Looks for the shards of stripe `index` not in `have` on its stand-ins
+    /// (`Layout::standins`, which never include a peer twice): each missing shard asked of
+    /// the stand-ins in turn, the shards in parallel.
+    async fn fetch_from_standins(
+        &self,
+        reading: &Reading,
+        index: u64,
+        ids: &[ShardId],
+        have: &[Option<Bytes>],
+    ) -> Result<Fetched, ClientError> {
+        let standins: Vec<NodeInfo> = self
+            .inner
+            .layout
+            .standins(&stripe_key(ids), ids.len())?
+            .into_iter()
+            .cloned()
+            .collect();
+        let net = &self.inner.net;
+        let standins = &standins;
+        let lookups = (0..ids.len())
+            .filter(|&slot| have[slot].is_none())
+            .map(|slot| async move {
+                let req = Request::GetShard { id: ids[slot] };
+                let mut errors = Vec::new();
+                for node in standins {
+                    let got = async {
+                        self.open_document(node, reading).await?;
+                        net.fetch(node, &req, None, proto::MAX_SHARD_BODY).await
+                    };
+                    match got.await {
+                        Ok(Some(body)) => return (slot, Some(Bytes::from(body)), errors),
+                        Ok(None) => {}
+                        Err(e) => errors.push(e.to_string()),
+                    }
+                }
+                (slot, None, errors)
+            });
+        let mut fetched = Fetched {
+            shards: vec![None; ids.len()],
+            corrupt: Vec::new(),
+            errors: Vec::new(),
+            untried: Vec::new(),
+        };
+        for (slot, shard, errors) in futures::future::join_all(lookups).await {
+            debug!(
+                stripe = index,
+                slot,
+                found = shard.is_some(),
+                "shard looked for on stand-ins"
+            );
+            fetched.shards[slot] = shard;
+            fetched.errors.extend(errors);
+        }
+        Ok(fetched)
     }
 
     /// Opens document `id` (its `manifest` bytes) on the connection to `node`, so that the

@@ -3,9 +3,10 @@
 //! put: the plaintext streams through the codec on the blocking pool; each coded stripe is
 //! placed on k + m distinct peers (`placement`) and its shards upload in parallel, with at
 //! most `stripes_in_flight` stripes between the encoder and the peers (backpressure, bounded
-//! memory). A stripe counts as stored once `write_quorum` peers have acknowledged a durable
-//! write; the manifest goes, while the last stripes finish, to the peers its document id
-//! places it on. A put that fails midway is never registered, so no partial document can be
+//! memory). A shard whose placed peer fails goes to a stand-in (`Layout::standins`), so a
+//! stripe counts as stored once `write_quorum` shards (all k + m by default) have been
+//! acknowledged durable on at least k + 1 distinct peers; the manifest goes, while the last
+//! stripes finish, to the peers its document id places it on. A put that fails midway is never registered, so no partial document can be
 //! fetched (an unreferenced manifest or shards may stay behind). A one-stripe document (a
 //! certificate) sends each placed peer one `PutMany` carrying its shard and, on the
 //! manifest's replicas, the manifest: one request per peer, its pieces in one group commit.
@@ -61,7 +62,8 @@ pub struct ClientOptions {
     pub bind: SocketAddr,
     /// How documents are cut and coded.
     pub params: CodingParams,
-    /// Durable shard acknowledgements needed per stripe; `None` means all k + m.
+    /// Durable shard acknowledgements needed per stripe, stand-ins counted; `None` means
+    /// all k + m. Never on fewer than `min(k + 1, quorum)` distinct peers.
     pub write_quorum: Option<usize>,
     /// Stripes between the codec and the peers at once, each way.
     pub stripes_in_flight: usize,
@@ -175,6 +177,16 @@ pub enum ClientError {
     Write(#[source] std::io::Error),
     #[error("a background task failed: {0}")]
     Task(String),
+    #[error(
+        "stripe {stripe}: its shards reached only {peers} distinct peers, {needed} needed so \
+         that losing one more peer loses nothing ({errors})"
+    )]
+    TooFewPeers {
+        stripe: u64,
+        peers: usize,
+        needed: usize,
+        errors: String,
+    },
 }
 
 impl ClientError {
@@ -195,6 +207,9 @@ pub struct PutReceipt {
     pub shards_stored: u64,
     /// (stripe, slot, peer) of shard writes that failed while the stripe still met quorum.
     pub shards_missing: Vec<(u64, usize, PublicId)>,
+    /// (stripe, slot, stand-in) of shards written to a stand-in because their placed peer
+    /// failed (`Layout::standins`); repair brings them home.
+    pub shards_standing_in: Vec<(u64, usize, PublicId)>,
     /// (block height, index) of the `RegisterDocument` transaction, when a chain is linked.
     pub registered: Option<(u64, u32)>,
     /// Where the put's time went.

@@ -1,5 +1,6 @@
 //! The put pipeline: a document read as a stream, sealed and coded by the codec, its stripes
-//! uploaded to their placed peers under a write quorum, the manifest to its replicas, the
+//! uploaded to their placed peers (a shard whose peer fails to the next stand-in) under a
+//! write policy (`Written::upload`), the manifest to its replicas, the
 //! shards' references bound to the document on each peer (`Request::BindShards`: the id is
 //! known only once the manifest is; a one-stripe document's `PutMany` names it directly),
 //! then (in `put`) registered on the chain.
@@ -19,9 +20,17 @@ impl Client {
     where
         R: AsyncRead + Unpin + Send + 'static,
     {
-        let mut receipt = self.store(reader, size, info, progress).await?;
-        // Only now, with every shard durable and the manifest written, does the document
-        // come into existence: its registration on the chain.
+        let receipt = self.store(reader, size, info, progress).await?;
+        self.register(receipt).await
+    }
+
+    /// Registers a document [`Client::store`] stored (with a chain linked; without one the
+    /// receipt comes back as it was). Only now, with every shard durable and the manifest
+    /// written, does the document come into existence. A caller that keeps the data key
+    /// itself (`dangan put`: the keyring) saves it durably *before* this: a registration
+    /// that times out here may still commit later, and its document must not be left
+    /// without a key.
+    pub async fn register(&self, mut receipt: PutReceipt) -> Result<PutReceipt, ClientError> {
         if let Some(chain) = &self.inner.chain {
             let start = Instant::now();
             let id = receipt.id;
@@ -59,6 +68,7 @@ impl Client {
         let mut done = 0u64;
         let mut shards_stored = 0u64;
         let mut shards_missing = Vec::new();
+        let mut shards_standing_in = Vec::new();
         // The shards each peer acknowledged without a document: bound to it at the end.
         let mut unbound: Vec<(u64, usize, NodeInfo, ShardId)> = Vec::new();
         let total = size.unwrap_or(0);
@@ -66,6 +76,7 @@ impl Client {
             done += up.plain_len;
             shards_stored += up.stored as u64;
             shards_missing.extend(up.missing);
+            shards_standing_in.extend(up.standing_in);
             unbound.extend(up.unbound);
             progress(done, total.max(done));
         };
@@ -133,6 +144,7 @@ impl Client {
             key,
             shards_stored,
             shards_missing,
+            shards_standing_in,
             registered: None,
             timings: PutTimings {
                 stored: started.elapsed(),
@@ -146,73 +158,90 @@ impl Client {
         stripe: EncodedStripe,
         quorum: usize,
     ) -> Result<StripeUpload, ClientError> {
-        let nodes: Vec<NodeInfo> = self
-            .inner
-            .layout
-            .place(&stripe_key(&stripe.ids), stripe.ids.len())?
-            .into_iter()
-            .cloned()
-            .collect();
-        let mut writes = FuturesUnordered::new();
+        let (nodes, standins) = self.stripe_peers(&stripe.ids)?;
         // The document id is not known yet: each shard's reference is held by this key
         // until `bind` gives it to the document.
-        for (slot, ((id, body), node)) in stripe
-            .ids
-            .iter()
-            .zip(stripe.shards.iter())
-            .zip(nodes)
-            .enumerate()
-        {
-            let client = self.clone();
-            let (id, body) = (*id, body.clone());
-            writes.push(async move {
+        let write = |slot: usize, node: NodeInfo| {
+            let (id, body) = (stripe.ids[slot], stripe.shards[slot].clone());
+            async move {
                 let req = Request::PutShard {
                     id,
                     len: body.len() as u64,
                     document: None,
                 };
-                let res = client
-                    .inner
+                self.inner
                     .net
                     .call::<PutOutcome>(&node, &req, Some(&body))
-                    .await;
-                (slot, node, res)
-            });
+                    .await
+                    .map(|_| ())
+            }
+        };
+        let mut written = Written::new(stripe.ids.len());
+        let mut first: FuturesUnordered<_> = nodes
+            .iter()
+            .enumerate()
+            .map(|(slot, node)| {
+                let fut = write(slot, node.clone());
+                async move { (slot, node, fut.await) }
+            })
+            .collect();
+        while let Some((slot, node, res)) = first.next().await {
+            written.record(stripe.index, slot, node, res);
         }
-        let mut stored = 0;
-        let mut missing = Vec::new();
-        let mut unbound = Vec::new();
-        let mut errors = Vec::new();
-        while let Some((slot, node, res)) = writes.next().await {
-            match res {
-                Ok(_) => {
-                    stored += 1;
-                    unbound.push((stripe.index, slot, node, stripe.ids[slot]));
-                }
-                Err(e) => {
-                    debug!(stripe = stripe.index, slot, error = %e, "shard write failed");
-                    errors.push(e.to_string());
-                    missing.push((stripe.index, slot, node.key));
-                }
+        drop(first);
+        self.stand_in(stripe.index, &mut written, &standins, write)
+            .await;
+        written.upload(self, &stripe, &nodes, quorum, true)
+    }
+
+    /// A stripe's placed peers (shard `i` goes to the `i`th) and its stand-ins in the order
+    /// they are tried (`Layout::standins`).
+    fn stripe_peers(&self, ids: &[ShardId]) -> Result<(Vec<NodeInfo>, Vec<NodeInfo>), ClientError> {
+        let key = stripe_key(ids);
+        let layout = &self.inner.layout;
+        let nodes = layout
+            .place(&key, ids.len())?
+            .into_iter()
+            .cloned()
+            .collect();
+        let standins = layout
+            .standins(&key, ids.len())?
+            .into_iter()
+            .cloned()
+            .collect();
+        Ok((nodes, standins))
+    }
+
+    /// Writes every shard whose placed peer failed to the next stand-in that has not failed
+    /// and holds none of this stripe's shards yet (`write(slot, node)`), again on the next
+    /// one while a write fails, until every shard is written or the stand-ins run out.
+    async fn stand_in<F, Fut>(
+        &self,
+        stripe: u64,
+        written: &mut Written,
+        standins: &[NodeInfo],
+        write: F,
+    ) where
+        F: Fn(usize, NodeInfo) -> Fut,
+        Fut: std::future::Future<Output = Result<(), NetError>>,
+    {
+        let mut candidates = standins.iter();
+        loop {
+            let mut round = FuturesUnordered::new();
+            for slot in written.unwritten() {
+                let Some(node) = candidates.by_ref().find(|n| written.may_stand_in(n)) else {
+                    break;
+                };
+                let fut = write(slot, node.clone());
+                round.push(async move { (slot, node, fut.await) });
+            }
+            if round.is_empty() {
+                return;
+            }
+            while let Some((slot, node, res)) = round.next().await {
+                written.record(stripe, slot, node, res);
             }
         }
-        if stored < quorum {
-            return Err(ClientError::StripeNotStored {
-                stripe: stripe.index,
-                stored,
-                needed: quorum,
-                errors: errors.join("; "),
-            });
-        }
-        for (stripe, slot, peer) in &missing {
-            warn!(stripe, slot, peer = %peer.short(), "shard not written; stripe below full redundancy until repaired");
-        }
-        Ok(StripeUpload {
-            plain_len: stripe.plain_len,
-            stored,
-            missing,
-            unbound,
-        })
     }
 
     /// Binds the shards each peer acknowledged without a document to `document`, every
@@ -264,10 +293,7 @@ impl Client {
     ) -> Result<(DocumentId, StripeUpload), ClientError> {
         let manifest_bytes = Bytes::from(manifest.encode());
         let id = DocumentId::of(&manifest_bytes);
-        let nodes = self
-            .inner
-            .layout
-            .place(&stripe_key(&stripe.ids), stripe.ids.len())?;
+        let (nodes, standins) = self.stripe_peers(&stripe.ids)?;
         let replicas = self.manifest_nodes(&id)?;
         let holds_manifest = |node: &NodeInfo| replicas.iter().any(|r| r.key == node.key);
         let manifest_len = manifest_bytes.len() as u64;
@@ -275,7 +301,7 @@ impl Client {
         let mut targets: Vec<(Option<usize>, bool, NodeInfo)> = nodes
             .iter()
             .enumerate()
-            .map(|(slot, node)| (Some(slot), holds_manifest(node), (*node).clone()))
+            .map(|(slot, node)| (Some(slot), holds_manifest(node), node.clone()))
             .collect();
         for node in &replicas {
             if !nodes.iter().any(|n| n.key == node.key) {
@@ -309,43 +335,40 @@ impl Client {
                 (slot, with_manifest, node, res)
             });
         }
-        let (mut stored, mut manifests) = (0, 0);
-        let mut missing = Vec::new();
-        let mut errors = Vec::new();
+        let mut manifests = 0;
+        let mut written = Written::new(stripe.ids.len());
         while let Some((slot, with_manifest, node, res)) = writes.next().await {
             match (res, slot) {
-                (Ok(_), slot) => {
-                    stored += usize::from(slot.is_some());
-                    manifests += usize::from(with_manifest);
+                (res, Some(slot)) => {
+                    manifests += usize::from(with_manifest && res.is_ok());
+                    written.record(0, slot, &node, res.map(|_| ()));
                 }
-                (Err(e), Some(slot)) => {
-                    debug!(stripe = 0, slot, error = %e, "shard write failed");
-                    errors.push(e.to_string());
-                    missing.push((0, slot, node.key));
-                }
-                (Err(e), None) => errors.push(e.to_string()),
+                (Ok(_), None) => manifests += 1,
+                (Err(e), None) => written.errors.push(e.to_string()),
             }
         }
-        if stored < quorum {
-            return Err(ClientError::StripeNotStored {
-                stripe: 0,
-                stored,
-                needed: quorum,
-                errors: errors.join("; "),
-            });
-        }
-        for (stripe, slot, peer) in &missing {
-            warn!(stripe, slot, peer = %peer.short(), "shard not written; stripe below full redundancy until repaired");
-        }
+        drop(writes);
+        // A shard whose peer failed goes to a stand-in, named for the document at once.
+        let write = |slot: usize, node: NodeInfo| {
+            let body = stripe.shards[slot].clone();
+            let req = Request::PutMany {
+                shards: vec![(stripe.ids[slot], body.len() as u64)],
+                manifest: None,
+                document: id,
+            };
+            async move {
+                self.inner
+                    .net
+                    .call::<Vec<PutOutcome>>(&node, &req, Some(&body))
+                    .await
+                    .map(|_| ())
+            }
+        };
+        self.stand_in(0, &mut written, &standins, write).await;
+        let up = written.upload(self, &stripe, &nodes, quorum, false)?;
         if manifests < replicas.len() {
             self.store_manifest(manifest, quorum).await?;
         }
-        let up = StripeUpload {
-            plain_len: stripe.plain_len,
-            stored,
-            missing,
-            unbound: Vec::new(),
-        };
         Ok((id, up))
     }
 
@@ -376,7 +399,9 @@ impl Client {
 
     /// Writes the manifest to its placed replicas; a replica that fails is replaced by the
     /// next peer of the layout (readers ask every peer in that same order). It needs as many
-    /// copies as the write quorum allows: all replicas, less the shards a stripe may lack.
+    /// copies as the write quorum allows (all replicas, less the shards a stripe may lack),
+    /// and never fewer than m + 1 on distinct peers, whatever the quorum: losing any m peers
+    /// right after the put must leave a copy.
     async fn store_manifest(
         &self,
         manifest: &Manifest,
@@ -386,8 +411,11 @@ impl Client {
         let id = DocumentId::of(&bytes);
         let nodes = self.manifest_candidates(&id)?;
         let replicas = self.manifest_nodes(&id)?.len();
-        let slack = self.inner.options.params.width() - quorum;
-        let needed = replicas.saturating_sub(slack).max(1);
+        let params = self.inner.options.params;
+        let slack = params.width() - quorum;
+        let needed = replicas
+            .saturating_sub(slack)
+            .max(usize::from(params.m) + 1);
         let order = (0..nodes.len()).collect();
         let net = &self.inner.net;
         let hedged = net
@@ -413,8 +441,118 @@ struct StripeUpload {
     plain_len: u64,
     stored: usize,
     missing: Vec<(u64, usize, PublicId)>,
+    /// (stripe, slot, stand-in) of shards written to a stand-in.
+    standing_in: Vec<(u64, usize, PublicId)>,
     /// (stripe, slot, peer, shard) acknowledged without a document, to bind.
     unbound: Vec<(u64, usize, NodeInfo, ShardId)>,
+}
+
+/// Where a stripe's shards were acknowledged, while they are written.
+struct Written {
+    /// The peer that acknowledged each slot's shard.
+    holders: Vec<Option<NodeInfo>>,
+    /// Peers whose write failed: never asked again for this stripe.
+    failed: Vec<PublicId>,
+    errors: Vec<String>,
+}
+
+impl Written {
+    fn new(width: usize) -> Self {
+        Self {
+            holders: vec![None; width],
+            failed: Vec::new(),
+            errors: Vec::new(),
+        }
+    }
+
+    fn record(&mut self, stripe: u64, slot: usize, node: &NodeInfo, res: Result<(), NetError>) {
+        match res {
+            Ok(()) => self.holders[slot] = Some(node.clone()),
+            Err(e) => {
+                debug!(stripe, slot, peer = %node.key.short(), error = %e, "shard write failed");
+                self.errors.push(e.to_string());
+                self.failed.push(node.key);
+            }
+        }
+    }
+
+    fn unwritten(&self) -> Vec<usize> {
+        (0..self.holders.len())
+            .filter(|&s| self.holders[s].is_none())
+            .collect()
+    }
+
+    /// Whether `node` may take one more shard of the stripe: it has not failed, and holds
+    /// at most its own placed shard (stand-ins are tried before placed peers, so a peer
+    /// holds two shards of a stripe only when the layout has no other live peer).
+    fn may_stand_in(&self, node: &NodeInfo) -> bool {
+        !self.failed.contains(&node.key)
+            && self
+                .holders
+                .iter()
+                .flatten()
+                .filter(|h| h.key == node.key)
+                .count()
+                <= 1
+    }
+
+    /// The stripe's outcome under the write policy: at least `quorum` shards acknowledged
+    /// (all k + m by default, stand-ins counted) on at least k + 1 distinct peers (fewer
+    /// only if `quorum` is lower), so losing any one more peer loses nothing. `unbind`:
+    /// the writes held the shards for the uploading key, to bind to the document later.
+    fn upload(
+        self,
+        client: &Client,
+        stripe: &EncodedStripe,
+        nodes: &[NodeInfo],
+        quorum: usize,
+        unbind: bool,
+    ) -> Result<StripeUpload, ClientError> {
+        let index = stripe.index;
+        let stored = self.holders.iter().flatten().count();
+        let mut peers: Vec<PublicId> = self.holders.iter().flatten().map(|n| n.key).collect();
+        peers.sort_unstable();
+        peers.dedup();
+        let needed_peers = (usize::from(client.inner.options.params.k) + 1).min(quorum);
+        if stored < quorum {
+            return Err(ClientError::StripeNotStored {
+                stripe: index,
+                stored,
+                needed: quorum,
+                errors: self.errors.join("; "),
+            });
+        }
+        if peers.len() < needed_peers {
+            return Err(ClientError::TooFewPeers {
+                stripe: index,
+                peers: peers.len(),
+                needed: needed_peers,
+                errors: self.errors.join("; "),
+            });
+        }
+        let mut up = StripeUpload {
+            plain_len: stripe.plain_len,
+            stored,
+            missing: Vec::new(),
+            standing_in: Vec::new(),
+            unbound: Vec::new(),
+        };
+        for (slot, holder) in self.holders.into_iter().enumerate() {
+            let Some(holder) = holder else {
+                warn!(stripe = index, slot, peer = %nodes[slot].key.short(), "shard not written; stripe below full redundancy until repaired");
+                up.missing.push((index, slot, nodes[slot].key));
+                continue;
+            };
+            if holder.key != nodes[slot].key {
+                warn!(stripe = index, slot, peer = %nodes[slot].key.short(), standin = %holder.key.short(), "shard written to a stand-in; repair brings it home");
+                up.standing_in.push((index, slot, holder.key));
+            }
+            if unbind {
+                up.unbound.push((index, slot, holder, stripe.ids[slot]));
+            }
+        }
+        Ok(up)
+    }
 }
 
 fn join<T>(

@@ -67,6 +67,50 @@ impl Net {
         self.call(node, &req, None).await
     }
 
+    /// Whether `document` holds a reference to shard `id` on `node` and the peer re-hashed
+    /// its stored body and found it good (`Request::VerifyShard`); a corrupt or missing body
+    /// is an error (`remote_code()` `Corrupt`).
+    pub async fn shard_verified(
+        &self,
+        node: &NodeInfo,
+        id: &ShardId,
+        document: &DocumentId,
+    ) -> Result<bool, NetError> {
+        let req = Request::VerifyShard {
+            id: *id,
+            document: *document,
+        };
+        self.call(node, &req, None).await
+    }
+
+    /// One page of `node`'s references and manifests last added before `before_ms`.
+    pub async fn stale_page(
+        &self,
+        node: &NodeInfo,
+        after: Option<proto::StaleEntry>,
+        before_ms: u64,
+        limit: u32,
+    ) -> Result<proto::StalePage, NetError> {
+        let req = Request::ListStale {
+            after,
+            before_ms,
+            limit,
+        };
+        self.call(node, &req, None).await
+    }
+
+    /// Asks `node` to drop `entry` if it is still older than `before_ms` and names no
+    /// registered document (the peer checks the chain).
+    pub async fn stale_collect(
+        &self,
+        node: &NodeInfo,
+        entry: proto::StaleEntry,
+        before_ms: u64,
+    ) -> Result<DeleteOutcome, NetError> {
+        let req = Request::CollectStale { entry, before_ms };
+        self.call(node, &req, None).await
+    }
+
     /// Drops `document`'s reference to shard `id` on `node`.
     pub async fn shard_delete(
         &self,

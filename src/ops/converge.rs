@@ -7,45 +7,50 @@
 //! shard two documents share is converged once for each, so every document's reference
 //! moves with it):
 //!
-//! 1. The placed peer already holds the document's reference: nothing to write.
+//! 1. The placed peer already holds the document's reference (for a slot whose old copy is
+//!    deleted in step 3, it also re-hashed its body, `VerifyShard`): nothing to write.
 //! 2. Otherwise the bytes come from the shard's peer under the *previous* layout (a move),
-//!    from the placed peer itself (the body is there for another holder), or are rebuilt
+//!    from the placed peer itself (the body is there for another holder), from a stand-in
+//!    (`Layout::standins`: a put wrote it there while its peer was down), or are rebuilt
 //!    from any k shards of the stripe that can be fetched (a repair): data shards by
 //!    Reed-Solomon, parity by encoding again, every rebuilt shard checked against its
 //!    BLAKE3 id. The write names the document, and is acknowledged only once the
 //!    destination has checked the hash and committed it (`PutShard` → `Stored`).
-//! 3. Then, with a previous layout, the document's reference on the old peer is dropped
-//!    (the body goes with its last reference), and the step is recorded.
+//! 3. Then the document's reference on every stand-in that holds one is dropped, and, with
+//!    a previous layout, on the old peer (the body goes with its last reference), and the
+//!    step is recorded.
 //!
-//! Manifests follow the same rule (their `max(3, m + 1)` placed peers); they are converged
-//! while planning, before the stripes. A rebalance is `converge` with the previous layout
-//! set and a [`Journal`] keyed by the epoch pair, so a rebalance killed midway resumes where
-//! it was and never writes a shard twice: a slot is `copied` once the destination
-//! acknowledged it and `done` once the old copy is gone; a slot found already present at
-//! its destination is not written again. A repair is `converge` without a previous layout:
-//! it only writes what is missing.
+//! Documents come from `documents`, a page at a time with their manifests (whose copies it
+//! converges first, by the same rule), so memory stays bounded by a page whatever the number
+//! of documents; each page's stripes are units here. A rebalance is `converge` with the
+//! previous layout set and a [`Journal`] keyed by the epoch pair, so a rebalance killed
+//! midway resumes where it was and never writes a shard twice: a slot is `copied` once the
+//! destination acknowledged it and `done` once the old copy is gone; a slot found already
+//! present at its destination is not written again. A repair is `converge` without a
+//! previous layout: it only writes what is missing. Progress counts stripes against those
+//! found so far (the total grows page by page).
 //!
-//! Not for: deciding the layout (the chain), reading documents (operators hold no keys:
-//! repair works on ciphertext shards only), garbage-collecting orphan shards, or how the
-//! work is run (parallelism, throttle, progress, timing: [`super::worker`]).
+//! Not for: deciding the layout (the chain), listing documents and their manifests
+//! (`documents`), reading documents (operators hold no keys: repair works on ciphertext
+//! shards only), garbage-collecting orphan shards, or how the work is run (parallelism,
+//! throttle, progress, timing: [`super::worker`]).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::stream::StreamExt;
+use futures::stream::{self, StreamExt};
 use tracing::{debug, info, warn};
 
+use super::documents::{self, Found};
 use super::journal::{COPIED, DONE};
 use super::worker::{self, Advance, OnProgress, Plan, Run, Throttle, Worker};
 use super::{Journal, OpsError, OpsOptions};
-use crate::client::{Client, MANIFEST_REPLICAS, stripe_key};
+use crate::client::{Client, stripe_key};
 use crate::erasure::Erasure;
-use crate::id::DocumentId;
+use crate::id::{DocumentId, ShardId};
 use crate::manifest::Manifest;
-use crate::placement::{Layout, NodeInfo};
-use crate::proto::DeleteOutcome;
-use crate::proto::MAX_LIST;
+use crate::placement::NodeInfo;
 
 /// What a [`converge`] run found and did.
 #[derive(Debug, Clone, Default)]
@@ -94,7 +99,8 @@ pub async fn converge(
     worker::run(&worker, options, progress).await
 }
 
-/// The converge worker: one unit per stripe of every readable manifest.
+/// The converge worker: one unit per document found (recorded before its page's stripes)
+/// and one per stripe of every readable manifest.
 struct Converge<'a> {
     client: &'a Client,
     journal: Option<&'a Journal>,
@@ -108,59 +114,67 @@ struct Stripe {
     index: usize,
 }
 
-impl Worker for Converge<'_> {
-    type Unit = Stripe;
-    type Outcome = (DocumentId, usize, StripeOutcome);
-    type Report = ConvergeReport;
+enum Unit {
+    /// What listing found for one document and did to its manifest's copies.
+    Document(Found),
+    Stripe(Stripe),
+}
 
-    /// Lists the documents, reads their manifests, converges the manifests themselves, and
-    /// returns every stripe.
-    async fn plan(&self) -> Result<Plan<Stripe, ConvergeReport>, OpsError> {
-        let client = self.client;
-        let ids = documents(client).await?;
-        let mut report = ConvergeReport {
-            documents: ids.len() as u64,
-            ..ConvergeReport::default()
-        };
-        let mut manifests = Vec::with_capacity(ids.len());
-        for id in &ids {
-            match client.manifest(id).await {
-                Ok(manifest) => manifests.push((*id, Arc::new(manifest))),
-                // A version its department rekeyed is collected, manifest last: nothing to keep.
-                Err(_) if rekeyed_away(client, id).await => report.documents -= 1,
-                Err(e) => report.failures.push(format!("manifest of {id}: {e}")),
-            }
-        }
-        for (id, manifest) in &manifests {
-            if let Err(e) = converge_manifest(client, id, manifest, self.options, &mut report).await
-            {
-                report.failures.push(format!("manifest of {id}: {e}"));
-            }
-        }
-        let units: Vec<Stripe> = manifests
-            .iter()
-            .flat_map(|(id, m)| {
-                (0..m.stripes.len()).map(move |index| Stripe {
-                    id: *id,
-                    manifest: m.clone(),
+enum Outcome {
+    /// A document found, with its stripe count.
+    Document(Found, u64),
+    Stripe(DocumentId, usize, StripeOutcome),
+}
+
+/// A page of documents as units: each document first (so progress knows the page's
+/// stripes), then every stripe of the page.
+fn units(page: Vec<Found>) -> Vec<Unit> {
+    let stripes: Vec<Unit> = page
+        .iter()
+        .filter_map(|f| f.manifest.clone().map(|m| (f.id, m)))
+        .flat_map(|(id, manifest)| {
+            (0..manifest.stripes.len()).map(move |index| {
+                Unit::Stripe(Stripe {
+                    id,
+                    manifest: manifest.clone(),
                     index,
                 })
             })
-            .collect();
-        report.stripes = units.len() as u64;
+        })
+        .collect();
+    page.into_iter()
+        .map(Unit::Document)
+        .chain(stripes)
+        .collect()
+}
+
+impl Worker for Converge<'_> {
+    type Unit = Unit;
+    type Outcome = Outcome;
+    type Report = ConvergeReport;
+
+    /// The documents, page by page with their manifests' copies converged, as units.
+    async fn plan(&self) -> Result<Plan<'_, Unit, ConvergeReport>, OpsError> {
+        let pages = documents::pages(self.client, self.options).await?;
         Ok(Plan {
-            total: units.len() as u64,
-            units,
-            report,
+            units: pages.flat_map(|page| stream::iter(units(page))).boxed(),
+            total: 0,
+            report: ConvergeReport::default(),
         })
     }
 
-    async fn step(&self, unit: Stripe, run: &Run<'_, Self>) {
+    async fn step(&self, unit: Unit, run: &Run<'_, Self>) {
         let Stripe {
             id,
             manifest,
             index,
-        } = unit;
+        } = match unit {
+            Unit::Document(mut found) => {
+                let stripes = found.manifest.take().map_or(0, |m| m.stripes.len() as u64);
+                return run.record(Outcome::Document(found, stripes));
+            }
+            Unit::Stripe(stripe) => stripe,
+        };
         let outcome = converge_stripe(
             self.client,
             self.journal,
@@ -174,14 +188,24 @@ impl Worker for Converge<'_> {
             failures: vec![e.to_string()],
             ..StripeOutcome::default()
         });
-        run.record((id, index, outcome));
+        run.record(Outcome::Stripe(id, index, outcome));
     }
 
-    fn record(
-        &self,
-        r: &mut ConvergeReport,
-        (id, s, outcome): (DocumentId, usize, StripeOutcome),
-    ) -> Option<Advance> {
+    fn record(&self, r: &mut ConvergeReport, outcome: Outcome) -> Option<Advance> {
+        let (id, s, outcome) = match outcome {
+            Outcome::Document(found, stripes) => {
+                r.documents += u64::from(found.counted);
+                r.stripes += stripes;
+                r.manifests_written += found.manifests_written;
+                r.manifests_deleted += found.manifests_deleted;
+                r.failures.extend(found.failures);
+                return (stripes > 0).then_some(Advance {
+                    found: stripes,
+                    ..Advance::default()
+                });
+            }
+            Outcome::Stripe(id, s, outcome) => (id, s, outcome),
+        };
         r.stripes_below += u64::from(outcome.below);
         r.shards_moved += outcome.moved;
         r.shards_rebuilt += outcome.rebuilt;
@@ -197,6 +221,7 @@ impl Worker for Converge<'_> {
         Some(Advance {
             done: 1,
             bytes: outcome.bytes,
+            found: 0,
         })
     }
 
@@ -213,100 +238,6 @@ impl Worker for Converge<'_> {
             "converge finished"
         );
     }
-}
-
-/// Every registered document id, from the chain.
-pub async fn documents(client: &Client) -> Result<Vec<DocumentId>, OpsError> {
-    let mut all = Vec::new();
-    loop {
-        let page = client
-            .chain()?
-            .documents(all.last().copied(), MAX_LIST)
-            .await?;
-        let more = page.len() == MAX_LIST as usize;
-        all.extend(page);
-        if !more {
-            return Ok(all);
-        }
-    }
-}
-
-/// Whether document `id` was replaced by a rekey (`revision::rekey`), whose collect
-/// removes its shards and then its manifest.
-async fn rekeyed_away(client: &Client, id: &DocumentId) -> bool {
-    let Ok(chain) = client.chain() else {
-        return false;
-    };
-    let Ok(Some(record)) = chain.record(id).await else {
-        return false;
-    };
-    let Some(new) = record.superseded_by else {
-        return false;
-    };
-    matches!(
-        chain.record(&new).await,
-        Ok(Some(newer)) if newer.supersedes.is_some_and(|p| p.document == *id
-            && p.kind == crate::chain::tx::VersionKind::Rekey)
-    )
-}
-
-/// The peers a manifest is placed on under `layout` (as `Client::manifest_nodes`).
-fn manifest_places(layout: &Layout, id: &DocumentId, m: u16) -> Result<Vec<NodeInfo>, OpsError> {
-    let live = layout.nodes.iter().filter(|n| n.weight > 0).count();
-    let replicas = (usize::from(m) + 1).max(MANIFEST_REPLICAS).min(live);
-    Ok(layout
-        .place(id.as_bytes(), replicas)?
-        .into_iter()
-        .cloned()
-        .collect())
-}
-
-async fn converge_manifest(
-    client: &Client,
-    id: &DocumentId,
-    manifest: &Manifest,
-    options: &OpsOptions,
-    report: &mut ConvergeReport,
-) -> Result<(), OpsError> {
-    let m = manifest.params.m;
-    let targets = manifest_places(client.layout(), id, m)?;
-    let bytes = Bytes::from(manifest.encode());
-    for node in &targets {
-        if client.net().manifest_get(node, id).await?.is_none() {
-            if !options.dry_run {
-                client.net().manifest_put(node, id, &bytes).await?;
-            }
-            report.manifests_written += 1;
-        }
-    }
-    // Copies on peers that no longer place it: under the previous layout, and on peers
-    // draining now (weight 0).
-    let mut stale: Vec<NodeInfo> = match client.previous_layout() {
-        Some(previous) => manifest_places(previous, id, m)?,
-        None => Vec::new(),
-    };
-    stale.extend(
-        client
-            .layout()
-            .nodes
-            .iter()
-            .filter(|n| n.weight == 0)
-            .cloned(),
-    );
-    stale.retain(|n| !targets.iter().any(|t| t.key == n.key));
-    stale.dedup_by(|a, b| a.key == b.key);
-    for node in &stale {
-        if options.dry_run {
-            continue;
-        }
-        match client.net().manifest_delete(node, id).await {
-            Ok(DeleteOutcome::Removed) => report.manifests_deleted += 1,
-            Ok(_) => {}
-            // A peer that is gone for good holds nothing to delete.
-            Err(e) => debug!(document = %id, error = %e, "stale manifest copy not deleted"),
-        }
-    }
-    Ok(())
 }
 
 #[derive(Default)]
@@ -347,6 +278,13 @@ async fn converge_stripe(
         .into_iter()
         .cloned()
         .collect();
+    // Where a shard written while its placed peer was down may sit (`Layout::standins`).
+    let standins: Vec<NodeInfo> = client
+        .layout()
+        .standins(&key, width)?
+        .into_iter()
+        .cloned()
+        .collect();
     let old: Option<Vec<NodeInfo>> = match client.previous_layout() {
         Some(previous) => Some(previous.place(&key, width)?.into_iter().cloned().collect()),
         None => None,
@@ -363,18 +301,23 @@ async fn converge_stripe(
     out.resumed = state.iter().filter(|&&s| s == DONE).count() as u64;
     let checks = (0..width).map(|slot| {
         let (node, id, done) = (&new[slot], &ids[slot], state[slot] == DONE);
+        // A slot whose old copy is deleted after: the placed peer re-hashes its copy, so a
+        // corrupt or missing body is written again before the old copy goes.
+        let moving = old.as_ref().is_some_and(|old| old[slot].key != node.key);
         async move {
             if done {
                 return true;
             }
-            client
-                .net()
-                .shard_held(node, id, document)
-                .await
-                .unwrap_or_else(|e| {
-                    debug!(slot, error = %e, "placed peer unreachable");
-                    false
-                })
+            let net = client.net();
+            let held = if moving {
+                net.shard_verified(node, id, document).await
+            } else {
+                net.shard_held(node, id, document).await
+            };
+            held.unwrap_or_else(|e| {
+                debug!(slot, error = %e, "placed peer unreachable");
+                false
+            })
         }
     });
     let mut present: Vec<bool> = futures::future::join_all(checks).await;
@@ -408,8 +351,14 @@ async fn converge_stripe(
             }
         }
         if bytes.is_none() {
+            bytes = find_on_standins(client, &standins, &new[slot], id)
+                .await
+                .map(|b| (b, false));
+        }
+        if bytes.is_none() {
             if rebuilt.is_none() {
-                rebuilt = Some(rebuild(client, manifest, index, &new, old.as_deref()).await?);
+                let sources = (&new[..], old.as_deref(), &standins[..]);
+                rebuilt = Some(rebuild(client, manifest, index, sources).await?);
             }
             bytes = rebuilt
                 .as_ref()
@@ -437,6 +386,11 @@ async fn converge_stripe(
                 }
                 if let Some(j) = journal {
                     j.set(&step_key, slot, COPIED)?;
+                }
+                let home = (&new[..], &ids[..], slot);
+                match clear_standins(client, &standins, home, document).await {
+                    Ok(deleted) => out.deleted += deleted,
+                    Err(e) => out.failures.push(e),
                 }
             }
             Err(e) => out
@@ -484,14 +438,81 @@ async fn converge_stripe(
     Ok(out)
 }
 
+/// Shard `id` from the first of the stripe's stand-ins (other than its placed peer `home`)
+/// that holds it, verified against its id.
+async fn find_on_standins(
+    client: &Client,
+    standins: &[NodeInfo],
+    home: &NodeInfo,
+    id: &ShardId,
+) -> Option<Bytes> {
+    for node in standins.iter().filter(|n| n.key != home.key) {
+        match client.net().shard_get(node, id).await {
+            Ok(Some(bytes)) => return Some(bytes),
+            Ok(None) => {}
+            Err(e) => debug!(peer = %node.key.short(), error = %e, "stand-in not readable"),
+        }
+    }
+    None
+}
+
+/// Once the shard of `slot` is on its placed peer (`new[slot]`, whose write was
+/// acknowledged: hash checked there and committed): drops the document's reference to it on
+/// every stand-in that holds one (never where the stripe places that same shard), after
+/// checking that the placed peer holds it for the document. The number of copies deleted;
+/// an error if the home copy is not there or a stand-in could not drop its copy. A
+/// stand-in that does not answer keeps what it may hold (logged).
+async fn clear_standins(
+    client: &Client,
+    standins: &[NodeInfo],
+    (new, ids, slot): (&[NodeInfo], &[ShardId], usize),
+    document: &DocumentId,
+) -> Result<u64, String> {
+    let id = &ids[slot];
+    let placed_here = |node: &NodeInfo| {
+        new.iter()
+            .zip(ids)
+            .any(|(n, other)| n.key == node.key && other == id)
+    };
+    let mut home_checked = false;
+    let mut deleted = 0;
+    for node in standins.iter().filter(|n| !placed_here(n)) {
+        match client.net().shard_held(node, id, document).await {
+            Ok(true) => {}
+            Ok(false) => continue,
+            Err(e) => {
+                warn!(slot, peer = %node.key.short(), error = %e, "stand-in unreachable; a copy it may hold stays");
+                continue;
+            }
+        }
+        if !home_checked {
+            // The stand-in copy goes only once the home copy re-hashed right there.
+            match client.net().shard_verified(&new[slot], id, document).await {
+                Ok(true) => home_checked = true,
+                Ok(false) => {
+                    return Err(format!(
+                        "shard {slot} ({id}) not held at home after its write"
+                    ));
+                }
+                Err(e) => return Err(format!("shard {slot} ({id}) not checked at home: {e}")),
+            }
+        }
+        match client.net().shard_delete(node, id, document).await {
+            Ok(_) => deleted += 1,
+            Err(e) => return Err(format!("deleting the stand-in copy of {slot}: {e}")),
+        }
+    }
+    Ok(deleted)
+}
+
 /// Every shard of stripe `index`, rebuilt from any k that can be fetched (from the placed
-/// peers, then from the previous layout's); each checked against its id.
+/// peers, then from the previous layout's, then from the stand-ins); each checked against
+/// its id.
 async fn rebuild(
     client: &Client,
     manifest: &Manifest,
     index: usize,
-    new: &[NodeInfo],
-    old: Option<&[NodeInfo]>,
+    (new, old, standins): (&[NodeInfo], Option<&[NodeInfo]>, &[NodeInfo]),
 ) -> Result<Vec<Option<Bytes>>, OpsError> {
     let ids = &manifest.stripes[index];
     let k = usize::from(manifest.params.k);
@@ -510,7 +531,10 @@ async fn rebuild(
                 return (slot, Some(b));
             }
         }
-        (slot, None)
+        (
+            slot,
+            find_on_standins(client, standins, &new[slot], &ids[slot]).await,
+        )
     };
     let mut pending = futures::stream::FuturesUnordered::new();
     let mut next = 0;

@@ -7,14 +7,18 @@
 //!   and the one runner that owns parallelism, the byte-rate [`Throttle`], [`Progress`] and
 //!   timing.
 //! - `converge`: repair and rebalance ([`converge()`]), one worker whose unit is a stripe.
+//! - `documents`: the documents converge walks, listed from the chain a page at a time with
+//!   their manifests (whose copies it converges), so memory is bounded by a page.
 //! - `scrub`: every peer re-hashes its shards ([`scrub()`]), one worker whose unit is a peer.
+//! - `collect`: the shards and manifests of puts that never registered, after a grace
+//!   period ([`collect()`]), one worker whose unit is a peer.
 //! - `journal`: the rebalance [`Journal`] in redb, and the settled layout.
 //!
 //! Every worker is throttled in bytes per second ([`OpsOptions::rate`]) and reports progress
 //! through a callback.
 //!
 //! Not for: deciding the layout (the chain), reading documents (operators hold no keys:
-//! repair works on ciphertext shards only), garbage-collecting orphan shards.
+//! repair works on ciphertext shards only).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -26,12 +30,16 @@ use crate::manifest::ManifestError;
 use crate::net::NetError;
 use crate::placement::{Layout, NodeInfo, PlacementError};
 
+mod collect;
 mod converge;
+mod documents;
 mod journal;
 mod scrub;
 mod worker;
 
-pub use converge::{ConvergeReport, converge, document_stripe_key, documents};
+pub use collect::{CollectOptions, CollectReport, DEFAULT_GRACE, collect, collect_before};
+pub use converge::{ConvergeReport, converge, document_stripe_key};
+pub use documents::documents;
 pub use journal::Journal;
 pub use scrub::{ScrubReport, scrub};
 pub use worker::{OnProgress, Progress, Throttle};
@@ -45,6 +53,9 @@ pub struct OpsOptions {
     pub parallel: usize,
     /// Only count what is missing or misplaced; change nothing.
     pub dry_run: bool,
+    /// Documents listed from the chain at a time (converge), their manifests held together:
+    /// what bounds a converge's memory. At most `proto::MAX_LIST`.
+    pub page: u32,
 }
 
 impl Default for OpsOptions {
@@ -53,6 +64,7 @@ impl Default for OpsOptions {
             rate: None,
             parallel: 8,
             dry_run: false,
+            page: crate::proto::MAX_LIST,
         }
     }
 }
@@ -224,6 +236,21 @@ impl Operator {
         let (current, previous) = self.layouts().await?;
         let client = self.client(current, previous)?;
         let report = scrub(&client, options, progress).await;
+        client.close().await;
+        report
+    }
+
+    /// Collects the shards and manifests of puts that never registered, older than
+    /// `collect.grace`, on every peer (`collect`).
+    pub async fn collect(
+        &self,
+        options: &OpsOptions,
+        collect_options: &CollectOptions,
+        progress: OnProgress<'_>,
+    ) -> Result<CollectReport, OpsError> {
+        let (current, previous) = self.layouts().await?;
+        let client = self.client(current, previous)?;
+        let report = collect(&client, options, collect_options, progress).await;
         client.close().await;
         report
     }

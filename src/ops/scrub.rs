@@ -12,6 +12,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use futures::stream::StreamExt;
 use tracing::{info, warn};
 
 use super::worker::{self, Advance, OnProgress, Plan, Run, Worker};
@@ -78,7 +79,7 @@ impl Worker for Scrub<'_> {
     type Report = ScrubReport;
 
     /// Every peer of the current and previous layouts, with the shards each holds.
-    async fn plan(&self) -> Result<Plan<NodeInfo, ScrubReport>, OpsError> {
+    async fn plan(&self) -> Result<Plan<'_, NodeInfo, ScrubReport>, OpsError> {
         let client = self.client;
         let mut nodes: Vec<NodeInfo> = client.layout().nodes.clone();
         if let Some(previous) = client.previous_layout() {
@@ -105,10 +106,9 @@ impl Worker for Scrub<'_> {
         }
         Ok(Plan {
             total: totals.values().sum(),
-            units: nodes
-                .into_iter()
-                .filter(|n| totals.contains_key(&n.key))
-                .collect(),
+            units: futures::stream::iter(nodes)
+                .filter(move |n| std::future::ready(totals.contains_key(&n.key)))
+                .boxed(),
             report,
         })
     }
@@ -159,6 +159,7 @@ impl Worker for Scrub<'_> {
                 Some(Advance {
                     done: u64::from(checked),
                     bytes,
+                    found: 0,
                 })
             }
             PeerOutcome::Failed(failure) => {

@@ -1,8 +1,10 @@
 //! The one shape of an operations worker, and the one runner that drives it.
 //!
 //! A [`Worker`] (in the spirit of Garage's) says what its job is made of and nothing about
-//! how it is run: [`Worker::plan`] lists the units (a stripe, a peer) with the total that
-//! progress counts to, [`Worker::step`] does one unit (throttled, resumable through the
+//! how it is run: [`Worker::plan`] gives the units (a stripe, a peer) as a stream, read only
+//! as fast as they are worked on (so a worker over many documents holds a page of them, not
+//! all), with the total that progress counts to, which outcomes may raise as they find more
+//! units; [`Worker::step`] does one unit (throttled, resumable through the
 //! journal where the worker has one) and hands what it found to [`Run::record`], and
 //! [`Worker::record`] folds such an outcome into the report. [`run`] owns the rest: the
 //! parallelism (`OpsOptions::parallel` units at a time), the shared byte-rate
@@ -14,7 +16,7 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use futures::stream::{self, StreamExt};
+use futures::stream::{BoxStream, StreamExt};
 
 use super::{OpsError, OpsOptions};
 
@@ -56,20 +58,23 @@ impl Throttle {
     }
 }
 
-/// What a worker's plan found: the units to work on, the total progress counts to, and the
-/// report as planning left it (what it counted, what already failed).
-pub(crate) struct Plan<U, R> {
-    pub units: Vec<U>,
+/// What a worker's plan found: the units to work on (a stream, pulled `parallel` at a
+/// time), the total progress counts to as far as known, and the report as planning left it
+/// (what it counted, what already failed).
+pub(crate) struct Plan<'a, U, R> {
+    pub units: BoxStream<'a, U>,
     pub total: u64,
     pub report: R,
 }
 
-/// How far one recorded outcome moves progress: `done` units (a stripe, a page's shards)
-/// and `bytes` (written, or re-hashed).
+/// How far one recorded outcome moves progress: `done` units (a stripe, a page's shards),
+/// `bytes` (written, or re-hashed), and `found`: units it discovered, which raise the total
+/// (a streamed plan's total grows as it is read).
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Advance {
     pub done: u64,
     pub bytes: u64,
+    pub found: u64,
 }
 
 /// An operations worker: see the module doc.
@@ -81,8 +86,9 @@ pub(crate) trait Worker: Sized + Sync {
     /// What the whole run found and did.
     type Report;
 
-    /// Lists the units, the total progress counts to, and the report to start from.
-    async fn plan(&self) -> Result<Plan<Self::Unit, Self::Report>, OpsError>;
+    /// The units (a stream, read as they are worked on), the total progress counts to as
+    /// far as known, and the report to start from.
+    async fn plan(&self) -> Result<Plan<'_, Self::Unit, Self::Report>, OpsError>;
 
     /// Does one unit, throttled through `run.throttle()`, handing each outcome to
     /// `run.record` as soon as it is known: once for a unit, or once per part of a unit
@@ -101,7 +107,6 @@ pub(crate) trait Worker: Sized + Sync {
 pub(crate) struct Run<'a, W: Worker> {
     worker: &'a W,
     throttle: Throttle,
-    total: u64,
     progress: OnProgress<'a>,
     /// The report and the progress so far, changed together (progress is reported in order).
     state: Mutex<(W::Report, Progress)>,
@@ -120,7 +125,7 @@ impl<W: Worker> Run<'_, W> {
         if let Some(advance) = self.worker.record(report, outcome) {
             progress.done += advance.done;
             progress.bytes += advance.bytes;
-            progress.total = self.total.max(progress.done);
+            progress.total = (progress.total + advance.found).max(progress.done);
             (self.progress)(*progress);
         }
     }
@@ -149,12 +154,11 @@ pub(crate) async fn run<W: Worker>(
     let run = Run {
         worker,
         throttle,
-        total,
         progress,
         state: Mutex::new((report, start)),
     };
     progress(start);
-    stream::iter(units)
+    units
         .map(|unit| worker.step(unit, &run))
         .buffer_unordered(options.parallel.max(1))
         .collect::<()>()
@@ -205,9 +209,9 @@ mod tests {
         type Outcome = Result<u64, String>;
         type Report = Tally;
 
-        async fn plan(&self) -> Result<Plan<u64, Tally>, OpsError> {
+        async fn plan(&self) -> Result<Plan<'_, u64, Tally>, OpsError> {
             Ok(Plan {
-                units: (0..self.units).collect(),
+                units: futures::stream::iter(0..self.units).boxed(),
                 total: self.units,
                 report: Tally::default(),
             })
@@ -231,7 +235,11 @@ mod tests {
                 Ok(bytes) => {
                     report.units += 1;
                     report.bytes += bytes;
-                    Some(Advance { done: 1, bytes })
+                    Some(Advance {
+                        done: 1,
+                        bytes,
+                        found: 0,
+                    })
                 }
                 Err(e) => {
                     report.failures.push(e);

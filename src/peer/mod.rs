@@ -538,6 +538,17 @@ async fn handle(
         } => storage::put_many(send, recv, state, shards, manifest, document).await,
         Request::GetShard { id } => storage::get_shard(send, state, who, read_of, id).await,
         Request::HasShard { id, document } => storage::has_shard(send, state, id, document).await,
+        Request::VerifyShard { id, document } => {
+            storage::verify_shard(send, state, id, document).await
+        }
+        Request::ListStale {
+            after,
+            before_ms,
+            limit,
+        } => storage::list_stale(send, state, after, before_ms, limit).await,
+        Request::CollectStale { entry, before_ms } => {
+            storage::collect_stale(send, state, entry, before_ms).await
+        }
         Request::DeleteShard { id, document } => {
             storage::delete_shard(send, state, id, document).await
         }
@@ -659,12 +670,16 @@ async fn authorise(
         | Request::PutManifest { .. }
         | Request::PutMany { .. }
         | Request::BindShards { .. }
-        | Request::HasShard { .. } => access.may_store(who).await,
+        | Request::HasShard { .. }
+        | Request::VerifyShard { .. } => access.may_store(who).await,
         Request::DeleteShard { document, .. } => access.may_delete_shard(who, document).await,
         Request::DeleteManifest { id } => access.may_delete_manifest(who, id).await,
         Request::ListShards { .. } => access.may_maintain(who, "list shards").await,
         Request::Usage => access.may_maintain(who, "see the store's usage").await,
         Request::Scrub { .. } => access.may_maintain(who, "scrub").await,
+        Request::ListStale { .. } | Request::CollectStale { .. } => {
+            access.may_maintain(who, "collect orphans").await
+        }
         Request::Ping
         | Request::SubmitTx { .. }
         | Request::GetDocument { .. }

@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering;
 use bytes::Bytes;
 use quinn::{RecvStream, SendStream};
 use tokio::sync::{mpsc, oneshot};
-use tracing::warn;
+use tracing::{info, warn};
 
 use super::{PeerStats, State, answer, blocking, error};
 use crate::access::{AccessError, OpenDocuments};
@@ -286,6 +286,31 @@ pub(super) async fn has_shard(
     answer(send, &resp, None).await
 }
 
+/// Whether `document` holds a reference to shard `id` and the body re-hashes to it: the
+/// answer a rebalance needs before it deletes the old copy. A corrupt or missing body is
+/// answered `Corrupt` (and counted), so the caller writes the shard again (a put onto a
+/// corrupt body rewrites it, `store`).
+pub(super) async fn verify_shard(
+    send: &mut SendStream,
+    state: &State,
+    id: ShardId,
+    document: DocumentId,
+) -> Result<(), ProtoError> {
+    let store = state.store.clone();
+    let checked = blocking(move || {
+        if !store.has_ref(&id, &document)? {
+            return Ok(false);
+        }
+        store.get(&id).map(|body| body.is_some())
+    })
+    .await;
+    let resp = match checked {
+        Ok(good) => Response::Has(good),
+        Err(e) => store_error(state, e),
+    };
+    answer(send, &resp, None).await
+}
+
 /// Drops `document`'s reference to a shard, and no other (`store`).
 pub(super) async fn delete_shard(
     send: &mut SendStream,
@@ -459,6 +484,75 @@ pub(super) async fn scrub(
     answer(send, &resp, None).await
 }
 
+/// One page of stale references and manifests (`store::stale`).
+pub(super) async fn list_stale(
+    send: &mut SendStream,
+    state: &State,
+    after: Option<proto::StaleEntry>,
+    before_ms: u64,
+    limit: u32,
+) -> Result<(), ProtoError> {
+    let store = state.store.clone();
+    let limit = limit.clamp(1, MAX_LIST) as usize;
+    let after = after.map(store::Stale::from);
+    let resp = match blocking(move || store.stale(after, before_ms, limit)).await {
+        Ok((stale, last)) => Response::StalePage(proto::StalePage {
+            stale: stale.into_iter().map(Into::into).collect(),
+            last: last.map(Into::into),
+        }),
+        Err(e) => store_error(state, e),
+    };
+    answer(send, &resp, None).await
+}
+
+/// Drops a stale reference or manifest. One that names a document goes only once the chain
+/// proves that document is not registered (a proven answer, asked afresh); when the peer
+/// cannot tell, it keeps the bytes (`Unavailable`). The store drops it only if it is still
+/// older than `before_ms`.
+pub(super) async fn collect_stale(
+    send: &mut SendStream,
+    state: &State,
+    entry: proto::StaleEntry,
+    before_ms: u64,
+) -> Result<(), ProtoError> {
+    let named = match entry {
+        proto::StaleEntry::Reference {
+            holder: proto::StaleHolder::Document(d),
+            ..
+        }
+        | proto::StaleEntry::Manifest(d) => Some(d),
+        proto::StaleEntry::Reference { .. } => None,
+    };
+    if let Some(document) = named {
+        let refusal = match state.access.document(&document, true).await {
+            Ok(None) => None,
+            Ok(Some(_)) => Some(error(
+                ErrorCode::Refused,
+                format!("document {document} is registered; its bytes are kept"),
+            )),
+            Err(e) => Some(error(
+                ErrorCode::Unavailable,
+                format!("cannot tell whether document {document} is registered ({e}); kept"),
+            )),
+        };
+        if let Some(resp) = refusal {
+            return answer(send, &resp, None).await;
+        }
+    }
+    let store = state.store.clone();
+    let stale = store::Stale::from(entry);
+    let resp = match blocking(move || store.collect(&stale, before_ms)).await {
+        Ok(outcome) => {
+            if outcome != store::DeleteOutcome::NotFound {
+                info!(?entry, "orphan collected");
+            }
+            Response::Deleted(outcome.into())
+        }
+        Err(e) => store_error(state, e),
+    };
+    answer(send, &resp, None).await
+}
+
 fn store_error(state: &State, e: StoreError) -> Response {
     match e {
         StoreError::Corrupt { id } => {
@@ -536,5 +630,47 @@ impl From<store::Usage> for proto::Usage {
     fn from(u: store::Usage) -> Self {
         let store::Usage { shards, bytes } = u;
         Self { shards, bytes }
+    }
+}
+
+impl From<store::Holder> for proto::StaleHolder {
+    fn from(h: store::Holder) -> Self {
+        match h {
+            store::Holder::Document(d) => Self::Document(d),
+            store::Holder::Upload(k) => Self::Upload(k),
+        }
+    }
+}
+
+impl From<proto::StaleHolder> for store::Holder {
+    fn from(h: proto::StaleHolder) -> Self {
+        match h {
+            proto::StaleHolder::Document(d) => Self::Document(d),
+            proto::StaleHolder::Upload(k) => Self::Upload(k),
+        }
+    }
+}
+
+impl From<store::Stale> for proto::StaleEntry {
+    fn from(s: store::Stale) -> Self {
+        match s {
+            store::Stale::Reference { shard, holder } => Self::Reference {
+                shard,
+                holder: holder.into(),
+            },
+            store::Stale::Record(key) => Self::Manifest(DocumentId(key)),
+        }
+    }
+}
+
+impl From<proto::StaleEntry> for store::Stale {
+    fn from(e: proto::StaleEntry) -> Self {
+        match e {
+            proto::StaleEntry::Reference { shard, holder } => Self::Reference {
+                shard,
+                holder: holder.into(),
+            },
+            proto::StaleEntry::Manifest(d) => Self::Record(d.0),
+        }
     }
 }

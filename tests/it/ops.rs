@@ -443,3 +443,63 @@ async fn a_rebalance_killed_midway_resumes_and_finishes_with_nothing_lost_or_dup
     read_all(&common::department(&cluster), &docs).await;
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn converge_walks_the_documents_a_page_at_a_time() {
+    let (mut cluster, client) = common::start_cluster(7, 1).await;
+    // Seven documents of one and two stripes.
+    let mut docs = Vec::new();
+    for seed in 0..7u64 {
+        let len = if seed % 2 == 0 { 20_000 } else { 300_000 };
+        let bytes = common::data(len, 30 + seed);
+        let receipt = common::put(&client, &bytes).await.unwrap();
+        docs.push(Doc {
+            id: receipt.id,
+            key: receipt.key,
+            bytes,
+            manifest: receipt.manifest,
+        });
+    }
+    client.close().await;
+    let stripes: u64 = docs.iter().map(|d| d.manifest.stripes.len() as u64).sum();
+
+    // A peer is lost for good; repair walks the documents two at a time.
+    let lost = cluster.peer(3).unwrap().id();
+    cluster.stop_peer(3).await.unwrap();
+    let (_, new) = drain_node(&mut cluster, lost).await;
+    let op = common::operator(&cluster, &new, None);
+    let paged = OpsOptions {
+        page: 2,
+        parallel: 3,
+        ..OpsOptions::default()
+    };
+    let seen = std::sync::Mutex::new(Vec::new());
+    let progress = |p: ops::Progress| seen.lock().unwrap().push(p);
+    let report = ops::converge(&op, None, &paged, &progress).await.unwrap();
+    assert!(report.failures.is_empty(), "{:?}", report.failures);
+    assert_eq!((report.documents, report.stripes), (7, stripes));
+    assert!(report.shards_rebuilt > 0);
+    // Progress: the total grew as pages were found, up to every stripe, all done.
+    let seen = seen.into_inner().unwrap();
+    let last = seen.last().unwrap();
+    assert_eq!((last.done, last.total), (stripes, stripes));
+    assert!(
+        seen.windows(2)
+            .all(|w| w[0].total <= w[1].total && w[0].done <= w[1].done)
+    );
+
+    // Walked again one document a page, every stripe is whole.
+    let one = OpsOptions {
+        page: 1,
+        dry_run: true,
+        ..OpsOptions::default()
+    };
+    let check = ops::converge(&op, None, &one, quiet()).await.unwrap();
+    assert_eq!(
+        (check.documents, check.stripes, check.stripes_below),
+        (7, stripes, 0)
+    );
+    op.close().await;
+    read_all(&common::department(&cluster), &docs).await;
+    cluster.shutdown().await;
+}

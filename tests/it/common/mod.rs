@@ -2,13 +2,15 @@
 //!
 //! This file holds the steps of tests on an embedded cluster ([`LocalCluster`]): start one
 //! and connect as the department, a reader or the operator, put and read documents, grant
-//! them. Separate processes are in [`process`], the `dangan` commands their users run in
-//! [`cli`], signed transactions in [`chain`], raw wire requests in [`wire`]. Not for
-//! assertions a test makes: those stay in the test, where a reader looks for them.
+//! them. Separate processes are in [`process`] (in network namespaces of their own, cut
+//! and healed, with [`netns`]), the `dangan` commands their users run in [`cli`], signed
+//! transactions in [`chain`], raw wire requests in [`wire`]. Not for assertions a test
+//! makes: those stay in the test, where a reader looks for them.
 #![allow(dead_code)]
 
 pub mod chain;
 pub mod cli;
+pub mod netns;
 pub mod process;
 pub mod wire;
 

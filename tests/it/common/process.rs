@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use super::netns::Lab;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_dangan");
 /// Longest any one command may take before the test fails.
 pub const COMMAND_LIMIT: Duration = Duration::from_secs(60);
@@ -61,9 +63,14 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<std::ffi::OsStr>,
 {
-    let mut cmd = Command::new(BIN);
-    cmd.args(args)
-        .env("RUST_BACKTRACE", "0")
+    let mut cmd = quiet(Command::new(BIN));
+    cmd.args(args);
+    cmd
+}
+
+/// `cmd` with a quiet, deterministic environment and no input.
+fn quiet(mut cmd: Command) -> Command {
+    cmd.env("RUST_BACKTRACE", "0")
         .env("RUST_LIB_BACKTRACE", "0")
         .env_remove("RUST_LOG")
         .stdin(Stdio::null());
@@ -137,13 +144,25 @@ impl Node {
     /// Starts `dangan node --config CONFIG` and waits until it prints "serving on".
     /// `Err` carries the peer's stderr if it exited first.
     pub fn start(config: &Path, logs: &Path, name: &str) -> Result<Node, String> {
+        Node::start_command(Command::new(BIN), config, logs, name)
+    }
+
+    /// [`Node::start`] with `program` (the `dangan` binary, or a command that execs it,
+    /// such as `ip netns exec NS dangan`) as the first words of the command line.
+    pub fn start_command(
+        program: Command,
+        config: &Path,
+        logs: &Path,
+        name: &str,
+    ) -> Result<Node, String> {
         let mut n = 1;
         while logs.join(format!("{name}.{n}.stdout")).exists() {
             n += 1;
         }
         let stdout = logs.join(format!("{name}.{n}.stdout"));
         let stderr = logs.join(format!("{name}.{n}.stderr"));
-        let mut cmd = dangan([Path::new("node"), Path::new("--config"), config]);
+        let mut cmd = quiet(program);
+        cmd.args([Path::new("node"), Path::new("--config"), config]);
         cmd.stdout(File::create(&stdout).unwrap())
             .stderr(File::create(&stderr).unwrap());
         let mut node = Node {
@@ -248,6 +267,9 @@ pub struct ProcessCluster {
     pub nodes: Vec<Option<Node>>,
     /// What `local-config` printed.
     pub local_config: String,
+    /// The namespaces the peers run in, if any (dropped after the peers: it is the last
+    /// field).
+    pub lab: Option<Lab>,
 }
 
 impl ProcessCluster {
@@ -264,6 +286,18 @@ impl ProcessCluster {
         root: &Path,
         peers: usize,
         validators: usize,
+        prepare: impl Fn(&Path),
+    ) -> ProcessCluster {
+        Self::start_in(root, peers, validators, None, prepare)
+    }
+
+    /// [`ProcessCluster::start_with`], each peer i in `lab`'s namespace for node i when
+    /// there is a lab (`prepare` must then make the configs listen on `lab`'s addresses).
+    pub fn start_in(
+        root: &Path,
+        peers: usize,
+        validators: usize,
+        mut lab: Option<Lab>,
         prepare: impl Fn(&Path),
     ) -> ProcessCluster {
         let logs = root.join("logs");
@@ -295,6 +329,7 @@ impl ProcessCluster {
                 base_port: base,
                 nodes: Vec::new(),
                 local_config: lc.stdout,
+                lab: lab.take(),
             };
             let mut failed = None;
             for i in 1..=peers {
@@ -302,8 +337,12 @@ impl ProcessCluster {
                     Ok(node) => {
                         let line = node.serving_line();
                         let port = base + i as u16 - 1;
+                        let host = cluster
+                            .lab
+                            .as_ref()
+                            .map_or("127.0.0.1".into(), |lab| lab.node_addr(i).to_string());
                         assert!(
-                            line.ends_with(&format!("serving on 127.0.0.1:{port}")),
+                            line.ends_with(&format!("serving on {host}:{port}")),
                             "node{i}: {line}"
                         );
                         cluster.nodes.push(Some(node));
@@ -316,7 +355,10 @@ impl ProcessCluster {
             }
             match failed {
                 None => return cluster,
-                Some(e) if e.to_lowercase().contains("in use") => last_failure = e,
+                Some(e) if e.to_lowercase().contains("in use") => {
+                    lab = cluster.lab.take();
+                    last_failure = e
+                }
                 Some(e) => panic!("{e}"),
             }
         }
@@ -325,7 +367,11 @@ impl ProcessCluster {
 
     fn spawn(&self, i: usize) -> Result<Node, String> {
         let config = self.dir.join(format!("node{i}.toml"));
-        Node::start(&config, &self.logs, &format!("node{i}"))
+        let program = match &self.lab {
+            Some(lab) => lab.command(i, BIN),
+            None => Command::new(BIN),
+        };
+        Node::start_command(program, &config, &self.logs, &format!("node{i}"))
     }
 
     pub fn path(&self, rel: &str) -> PathBuf {
