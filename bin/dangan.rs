@@ -458,6 +458,21 @@ enum BenchCommand {
         #[arg(long, default_value_t = 16)]
         in_flight: usize,
     },
+    /// A local cluster under abuse by keys with no account: a department's put and get
+    /// throughput and certificate get p99, idle and while strangers (a) hold half-open
+    /// streams on every peer, (b) send refused requests, (c) open connections as fast as
+    /// they can.
+    Abuse {
+        /// Size of the document put and read back in each case, MiB.
+        #[arg(long, default_value_t = 64)]
+        size_mib: u64,
+        /// Certificates read back in each case.
+        #[arg(long, default_value_t = 128)]
+        certificates: usize,
+        /// Refused requests a second the attackers offer in case (b).
+        #[arg(long, default_value_t = 10_000)]
+        refused_rate: u64,
+    },
     /// Operations on a local cluster: shards moved against the minimum when adding and
     /// draining a peer, rebalance and repair MB/s, scrub MB/s.
     Ops {
@@ -635,6 +650,19 @@ fn bench(command: BenchCommand) -> Result<()> {
                 certificates,
                 in_flight,
                 ..bench::ClusterBenchOptions::default()
+            }))?;
+            println!("{report}");
+        }
+        BenchCommand::Abuse {
+            size_mib,
+            certificates,
+            refused_rate,
+        } => {
+            let report = runtime()?.block_on(bench::abuse(bench::AbuseBenchOptions {
+                document: size_mib << 20,
+                certificates,
+                refused_rate,
+                ..bench::AbuseBenchOptions::default()
             }))?;
             println!("{report}");
         }

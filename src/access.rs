@@ -28,9 +28,11 @@
 //! would be stale. An answer that allows is cached for at most [`ACCESS_TTL`] (1 s), so a
 //! revocation, an expiry or a role withdrawn takes effect on every peer within that bound,
 //! open connections included (each `GetShard` re-checks the grant). An answer that refuses
-//! is always checked again against the chain before the refusal is sent, so a grant counts
-//! as soon as it is committed (the price: each refused request costs the peer one chain
-//! query). If the chain cannot be asked, nothing is served (fail closed): the error is
+//! is always checked against a chain answer fetched for that request before the refusal is
+//! sent, so a grant counts as soon as it is committed (the price: each refused request
+//! costs the peer one chain query; `peer` rate-limits refusals per key). What exists on
+//! chain and what does not are cached apart: ids and keys made up by strangers fill only
+//! the second, and never push a member's answer out. If the chain cannot be asked, nothing is served (fail closed): the error is
 //! [`AccessError::is_retryable`], and the peer answers it `Unavailable`, not `Refused`.
 //!
 //! Not for: authenticating keys (`tls`), deciding what a transaction may change
@@ -38,6 +40,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -168,10 +171,63 @@ struct Cached<T> {
     value: T,
 }
 
+/// Answers cached by kind. What the chain has (an account, a registered document) is kept
+/// apart from what it has not (no account, not registered): the first only holds what
+/// exists on chain, so keys and ids made up by strangers, however many, land in the second
+/// and never push a member's answer out.
 #[derive(Default)]
 struct Cache {
-    documents: HashMap<DocumentId, Cached<Option<Arc<DocumentRecord>>>>,
-    roles: HashMap<PublicId, Cached<Option<Role>>>,
+    documents: Answers<DocumentId, Arc<DocumentRecord>>,
+    roles: Answers<PublicId, Role>,
+}
+
+struct Answers<K, V> {
+    found: HashMap<K, Cached<V>>,
+    absent: HashMap<K, Instant>,
+}
+
+impl<K, V> Default for Answers<K, V> {
+    fn default() -> Self {
+        Self {
+            found: HashMap::new(),
+            absent: HashMap::new(),
+        }
+    }
+}
+
+impl<K: std::hash::Hash + Eq + Copy, V: Clone> Answers<K, V> {
+    /// The cached answer for `key` if it was fetched at `since` or later (`None`: younger
+    /// than [`ACCESS_TTL`]).
+    fn get(&self, key: &K, since: Option<Instant>) -> Option<Option<V>> {
+        let usable = |at: Instant| since.map_or_else(|| fresh(at), |since| at >= since);
+        if let Some(hit) = self.found.get(key).filter(|c| usable(c.at)) {
+            return Some(Some(hit.value.clone()));
+        }
+        self.absent.get(key).filter(|at| usable(**at)).map(|_| None)
+    }
+
+    /// Caches `value` for `key`, fetched at `at`; a full map of its kind is emptied first.
+    fn remember(&mut self, key: K, value: Option<V>, at: Instant) {
+        match value {
+            Some(value) => {
+                self.absent.remove(&key);
+                if self.found.len() >= MAX_CACHED && !self.found.contains_key(&key) {
+                    self.found.retain(|_, c| fresh(c.at));
+                    if self.found.len() >= MAX_CACHED {
+                        self.found.clear();
+                    }
+                }
+                self.found.insert(key, Cached { at, value });
+            }
+            None => {
+                self.found.remove(&key);
+                if self.absent.len() >= MAX_CACHED {
+                    self.absent.clear();
+                }
+                self.absent.insert(key, at);
+            }
+        }
+    }
 }
 
 /// A peer's view of the chain, for authorising requests (see the module docs).
@@ -181,6 +237,8 @@ pub struct ChainView {
     /// The validator hosts (other than this peer), once linked.
     remote: RwLock<Option<ChainClient>>,
     cache: Mutex<Cache>,
+    /// Questions asked of the chain (the own ledger or the validator hosts) so far.
+    queries: AtomicU64,
 }
 
 impl std::fmt::Debug for ChainView {
@@ -199,6 +257,7 @@ impl ChainView {
             ledger: None,
             remote: RwLock::new(None),
             cache: Mutex::new(Cache::default()),
+            queries: AtomicU64::new(0),
         }
     }
 
@@ -263,6 +322,7 @@ impl ChainView {
         R: FnOnce(ChainClient) -> Fut,
         Fut: Future<Output = Result<T, ChainError>>,
     {
+        self.queries.fetch_add(1, Ordering::Relaxed);
         if let Some(ledger) = &self.ledger
             && ledger.is_current()
         {
@@ -299,17 +359,44 @@ impl ChainView {
     /// `who`'s role on the chain; `None` for a key with no account (a citizen). With
     /// `refresh`, asks the chain even if a cached answer is younger than [`ACCESS_TTL`].
     pub async fn role(&self, who: &PublicId, refresh: bool) -> Result<Option<Role>, AccessError> {
-        if !refresh && let Some(hit) = self.lock().roles.get(who).filter(|c| fresh(c.at)) {
-            return Ok(hit.value);
+        self.role_since(who, refresh.then(Instant::now)).await
+    }
+
+    /// `who`'s role: cached if fetched at `since` or later (`None`: within [`ACCESS_TTL`]).
+    async fn role_since(
+        &self,
+        who: &PublicId,
+        since: Option<Instant>,
+    ) -> Result<Option<Role>, AccessError> {
+        if let Some(hit) = self.lock().roles.get(who, since) {
+            return Ok(hit);
         }
+        let at = Instant::now();
         let role = self
             .ask(
                 |ledger| Ok(ledger.account(who).map(|a| a.role)),
                 |client| async move { Ok(client.account(who).await?.map(|a| a.role)) },
             )
             .await?;
-        remember(&mut self.lock().roles, *who, role);
+        self.lock().roles.remember(*who, role, at);
         Ok(role)
+    }
+
+    /// Whether `who` was last seen with an account on chain (however long ago): what a peer
+    /// sorts callers by for their budgets (`peer`), never what it authorises by.
+    pub fn known_member(&self, who: &PublicId) -> bool {
+        self.lock().roles.found.contains_key(who)
+    }
+
+    /// Whether the chain said within [`ACCESS_TTL`] that `who` has no account.
+    pub fn known_stranger(&self, who: &PublicId) -> bool {
+        matches!(self.lock().roles.get(who, None), Some(None))
+    }
+
+    /// Questions asked of the chain so far (the own ledger's or the validator hosts'):
+    /// what refusals and lookups cost.
+    pub fn queries(&self) -> u64 {
+        self.queries.load(Ordering::Relaxed)
     }
 
     /// Document `id`'s record; `None` if it is not registered. With `refresh`, asks the
@@ -319,9 +406,18 @@ impl ChainView {
         id: &DocumentId,
         refresh: bool,
     ) -> Result<Option<Arc<DocumentRecord>>, AccessError> {
-        if !refresh && let Some(hit) = self.lock().documents.get(id).filter(|c| fresh(c.at)) {
-            return Ok(hit.value.clone());
+        self.document_since(id, refresh.then(Instant::now)).await
+    }
+
+    async fn document_since(
+        &self,
+        id: &DocumentId,
+        since: Option<Instant>,
+    ) -> Result<Option<Arc<DocumentRecord>>, AccessError> {
+        if let Some(hit) = self.lock().documents.get(id, since) {
+            return Ok(hit);
         }
+        let at = Instant::now();
         let record = self
             .ask(
                 |ledger| Ok(ledger.record(id)),
@@ -329,13 +425,17 @@ impl ChainView {
             )
             .await?
             .map(Arc::new);
-        remember(&mut self.lock().documents, *id, record.clone());
+        self.lock().documents.remember(*id, record.clone(), at);
         Ok(record)
     }
 
     /// Whether `who` is an operator: operators read, repair and move every shard.
-    async fn is_operator(&self, who: &PublicId, refresh: bool) -> Result<bool, AccessError> {
-        Ok(self.role(who, refresh).await? == Some(Role::Operator))
+    async fn is_operator(
+        &self,
+        who: &PublicId,
+        since: Option<Instant>,
+    ) -> Result<bool, AccessError> {
+        Ok(self.role_since(who, since).await? == Some(Role::Operator))
     }
 
     /// Allowed when `who` has one of `roles`; else refused naming `action`.
@@ -345,11 +445,12 @@ impl ChainView {
         roles: &[Role],
         action: &'static str,
     ) -> Result<(), AccessError> {
-        let mut refresh = false;
+        let start = Instant::now();
+        let mut since = None;
         loop {
-            match self.role(who, refresh).await? {
+            match self.role_since(who, since).await? {
                 Some(role) if roles.contains(&role) => return Ok(()),
-                _ if !refresh => refresh = true,
+                _ if since.is_none() => since = Some(start),
                 role => {
                     return Err(AccessError::Forbidden {
                         who: *who,
@@ -393,9 +494,9 @@ impl ChainView {
     /// Whether `who` may read document `id` now: its owner, a live grantee or an operator,
     /// and only while it is registered.
     pub async fn may_read(&self, who: &PublicId, id: &DocumentId) -> Result<(), AccessError> {
-        Self::refused_twice(|refresh| async move {
-            let record = self.registered(id, refresh).await?;
-            if record.may_read(who, crate::now_ms()) || self.is_operator(who, refresh).await? {
+        Self::refused_twice(|since| async move {
+            let record = self.registered(id, since).await?;
+            if record.may_read(who, crate::now_ms()) || self.is_operator(who, since).await? {
                 Ok(())
             } else {
                 Err(AccessError::NotGranted {
@@ -410,9 +511,9 @@ impl ChainView {
     /// Whether `who` may see document `id`'s read records (`GetAudit`): its owner and
     /// operators only, since who read a citizen's document is itself sensitive.
     pub async fn may_audit(&self, who: &PublicId, id: &DocumentId) -> Result<(), AccessError> {
-        Self::refused_twice(|refresh| async move {
-            let record = self.registered(id, refresh).await?;
-            if record.owner == *who || self.role(who, refresh).await? == Some(Role::Operator) {
+        Self::refused_twice(|since| async move {
+            let record = self.registered(id, since).await?;
+            if record.owner == *who || self.is_operator(who, since).await? {
                 Ok(())
             } else {
                 Err(AccessError::NotAuditor {
@@ -458,6 +559,7 @@ impl ChainView {
                 Ok(r) => Ok(Ok(r.height)),
                 Err(
                     e @ (crate::chain::ledger::LedgerError::Unavailable(_)
+                    | crate::chain::ledger::LedgerError::Busy(_)
                     | crate::chain::ledger::LedgerError::Stopped),
                 ) => Err(AccessError::ChainUnreachable(e.to_string())),
                 Err(e) => Ok(Err(e.to_string())),
@@ -486,19 +588,22 @@ impl ChainView {
     }
 
     /// Runs `check` on cached answers and, if it refuses for want of a record or a grant,
-    /// once more on fresh ones: a refusal is never decided by a stale cache.
+    /// once more on answers fetched since it started: a refusal is never decided by a stale
+    /// cache, and an answer fetched for this very request is not asked twice (a refused
+    /// request for an id nobody registered costs one chain query).
     async fn refused_twice<F, Fut>(check: F) -> Result<(), AccessError>
     where
-        F: Fn(bool) -> Fut,
+        F: Fn(Option<Instant>) -> Fut,
         Fut: Future<Output = Result<(), AccessError>>,
     {
-        match check(false).await {
+        let start = Instant::now();
+        match check(None).await {
             Err(
                 AccessError::NotRegistered(_)
                 | AccessError::NotGranted { .. }
                 | AccessError::NotAuditor { .. }
                 | AccessError::NotCollectable { .. },
-            ) => check(true).await,
+            ) => check(Some(start)).await,
             done => done,
         }
     }
@@ -507,9 +612,9 @@ impl ChainView {
     async fn registered(
         &self,
         id: &DocumentId,
-        refresh: bool,
+        since: Option<Instant>,
     ) -> Result<Arc<DocumentRecord>, AccessError> {
-        self.document(id, refresh)
+        self.document_since(id, since)
             .await?
             .ok_or(AccessError::NotRegistered(*id))
     }
@@ -522,11 +627,11 @@ impl ChainView {
         who: &PublicId,
         id: &DocumentId,
     ) -> Result<(), AccessError> {
-        if self.is_operator(who, false).await? {
+        if self.is_operator(who, None).await? {
             return Ok(());
         }
-        Self::refused_twice(|refresh| async move {
-            let record = self.registered(id, refresh).await?;
+        Self::refused_twice(|since| async move {
+            let record = self.registered(id, since).await?;
             if record.owner == *who && record.superseded_by.is_some() {
                 Ok(())
             } else {
@@ -584,20 +689,6 @@ impl ChainView {
 
 fn fresh(at: Instant) -> bool {
     at.elapsed() < ACCESS_TTL
-}
-
-/// Caches `value` for `key` from now, emptying a full cache first.
-fn remember<K: std::hash::Hash + Eq, V>(map: &mut HashMap<K, Cached<V>>, key: K, value: V) {
-    if map.len() >= MAX_CACHED {
-        map.clear();
-    }
-    map.insert(
-        key,
-        Cached {
-            at: Instant::now(),
-            value,
-        },
-    );
 }
 
 /// The documents a connection has opened (`Request::OpenDocument`): the shard ids of each
@@ -733,6 +824,25 @@ mod tests {
         ] {
             assert!(!e.is_retryable(), "{e}");
         }
+    }
+
+    #[test]
+    fn ids_nobody_registered_never_push_out_an_answer_that_allows() {
+        let mut answers: Answers<DocumentId, u32> = Answers::default();
+        let mine = DocumentId::of(b"a department's document");
+        let at = Instant::now();
+        answers.remember(mine, Some(7), at);
+        for i in 0..(MAX_CACHED as u32 * 2 + 1) {
+            answers.remember(DocumentId::of(&i.to_le_bytes()), None, at);
+        }
+        assert_eq!(answers.get(&mine, None), Some(Some(7)));
+        assert!(answers.absent.len() <= MAX_CACHED);
+        // An answer fetched before `since` is not used; one fetched since is.
+        let later = Instant::now();
+        assert_eq!(answers.get(&mine, Some(later)), None);
+        answers.remember(mine, None, later);
+        assert_eq!(answers.get(&mine, Some(later)), Some(None));
+        assert!(!answers.found.contains_key(&mine), "withdrawn");
     }
 
     #[tokio::test]

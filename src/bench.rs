@@ -1802,3 +1802,421 @@ mod tests {
         assert_eq!(parse_mem_total("MemTotal: lots kB\n"), None);
     }
 }
+
+/// What `dangan bench abuse` measures: a department's put and get throughput and its
+/// certificates' get latency, idle and while keys with no account attack every peer and
+/// the validator's host.
+#[derive(Debug, Clone)]
+pub struct AbuseBenchOptions {
+    pub peers: usize,
+    pub document: u64,
+    pub certificates: usize,
+    pub in_flight: usize,
+    /// Refused requests a second the attackers offer in case (b), all peers together.
+    pub refused_rate: u64,
+}
+
+impl Default for AbuseBenchOptions {
+    fn default() -> Self {
+        Self {
+            peers: 6,
+            document: 64 << 20,
+            certificates: 128,
+            in_flight: 8,
+            refused_rate: 10_000,
+        }
+    }
+}
+
+/// The abuse of one run of the legitimate workload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Abuse {
+    Idle,
+    /// Streams that send one byte of a header and wait, on every peer.
+    HalfOpen,
+    /// Requests for documents nobody registered, at the offered rate.
+    Refused,
+    /// New connections as fast as the attackers can open them, a key each.
+    Connections,
+}
+
+impl fmt::Display for Abuse {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Abuse::Idle => "idle",
+            Abuse::HalfOpen => "(a) half-open streams",
+            Abuse::Refused => "(b) refused requests",
+            Abuse::Connections => "(c) connection flood",
+        })
+    }
+}
+
+/// What the attackers did during one case.
+#[derive(Debug, Clone, Default)]
+pub struct AttackCount {
+    /// Streams opened or requests sent, and connections opened.
+    pub sent: u64,
+    pub connections: u64,
+    /// Answers `Busy`, refusals, resets and closed connections they got.
+    pub turned_away: u64,
+    pub time: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct AbuseCase {
+    pub abuse: Abuse,
+    pub put: Figure,
+    pub get: Figure,
+    pub cert_get: Latency,
+    pub attack: AttackCount,
+}
+
+#[derive(Debug, Clone)]
+pub struct AbuseBenchReport {
+    pub options: AbuseBenchOptions,
+    pub cases: Vec<AbuseCase>,
+}
+
+impl fmt::Display for AbuseBenchReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let o = &self.options;
+        writeln!(
+            f,
+            "abuse benchmark: {} peers and a validator on 127.0.0.1 in this process, attackers in it too (they share the cores)",
+            o.peers
+        )?;
+        writeln!(
+            f,
+            "a department: put and get of a {} MiB document, get of {} certificates of 50 KiB, {} in flight; target: within 2x of idle",
+            o.document >> 20,
+            o.certificates,
+            o.in_flight
+        )?;
+        let idle = self.cases.first();
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        for c in &self.cases {
+            let ratio = |x: f64, idle: f64| {
+                if c.abuse == Abuse::Idle {
+                    String::new()
+                } else {
+                    format!(" ({:.2}x idle)", x / idle)
+                }
+            };
+            write!(
+                f,
+                "{:<24} put {:>6.0} MB/s{}, get {:>6.0} MB/s{}, certificate get p50 {:.1} ms, p99 {:.1} ms{}",
+                c.abuse.to_string(),
+                c.put.mb_per_s(),
+                ratio(c.put.mb_per_s(), idle.map_or(1.0, |i| i.put.mb_per_s())),
+                c.get.mb_per_s(),
+                ratio(c.get.mb_per_s(), idle.map_or(1.0, |i| i.get.mb_per_s())),
+                ms(c.cert_get.p50),
+                ms(c.cert_get.p99),
+                ratio(ms(c.cert_get.p99), idle.map_or(1.0, |i| ms(i.cert_get.p99))),
+            )?;
+            if c.abuse != Abuse::Idle {
+                let secs = c.attack.time.as_secs_f64().max(1e-9);
+                write!(
+                    f,
+                    "; attackers: {:.0} streams or requests/s, {:.0} connections/s, {:.0} turned away/s",
+                    c.attack.sent as f64 / secs,
+                    c.attack.connections as f64 / secs,
+                    c.attack.turned_away as f64 / secs,
+                )?;
+            }
+            writeln!(f)?;
+        }
+        Ok(())
+    }
+}
+
+/// Runs the abuse benchmark: the legitimate workload idle, then under each abuse, on one
+/// [`crate::cluster::LocalCluster`] with the default peer limits; fails if a run of the
+/// workload fails or the validator falls behind.
+pub async fn abuse(
+    options: AbuseBenchOptions,
+) -> Result<AbuseBenchReport, crate::cluster::ClusterError> {
+    use crate::client::ClientOptions;
+    use crate::cluster::{ClusterError, LocalCluster};
+
+    let cluster = LocalCluster::start(options.peers, 3).await?;
+    let mut targets: Vec<std::net::SocketAddr> = (0..cluster.len())
+        .filter_map(|i| cluster.peer(i).map(|p| p.addr()))
+        .collect();
+    for host in &cluster.chain().hosts {
+        if let Ok(addr) = host.addr.parse() {
+            targets.push(addr);
+        }
+    }
+    let client = cluster.client(ClientOptions::default())?;
+    let cert = Arc::new(sample_data(50 << 10, 9));
+    let workers = options.in_flight.max(1);
+    let per_worker = options.certificates.div_ceil(workers);
+    let (_, _, certs) =
+        certificate_round(&client, &cert, workers, per_worker, false, Arc::default()).await?;
+    let certs = Arc::new(certs);
+
+    let mut cases = Vec::new();
+    for abuse in [
+        Abuse::Idle,
+        Abuse::HalfOpen,
+        Abuse::Refused,
+        Abuse::Connections,
+    ] {
+        let attack = Attack::start(abuse, &targets, options.refused_rate)?;
+        let size = options.document;
+        let start = Instant::now();
+        let receipt = client
+            .put(
+                SampleStream::new(size, 3),
+                Some(size),
+                bench_info(),
+                &|_, _| {},
+            )
+            .await?;
+        let put = figure("put", size as usize, start.elapsed());
+        let mut check = SampleCheck::new(size, 3);
+        let start = Instant::now();
+        client
+            .get(&receipt.id, &receipt.key, &mut check, &|_, _| {})
+            .await?;
+        let get = figure("get", size as usize, start.elapsed());
+        if !check.matched() {
+            return Err(ClusterError::Check("the document read back differs".into()));
+        }
+        let start = Instant::now();
+        let (times, _, _) =
+            certificate_round(&client, &cert, workers, per_worker, true, certs.clone()).await?;
+        let cert_get = latency(times, start.elapsed());
+        let attack = attack.stop().await;
+        if !cluster.ledger().is_current() {
+            return Err(ClusterError::Check(format!(
+                "the validator fell behind under {abuse}"
+            )));
+        }
+        cases.push(AbuseCase {
+            abuse,
+            put,
+            get,
+            cert_get,
+            attack,
+        });
+    }
+    client.close().await;
+    cluster.shutdown().await;
+    Ok(AbuseBenchReport { options, cases })
+}
+
+/// Attackers with keys that hold no account, running until stopped.
+struct Attack {
+    tasks: tokio::task::JoinSet<()>,
+    counts: Arc<AttackCounters>,
+    endpoints: Vec<quinn::Endpoint>,
+    start: Instant,
+}
+
+#[derive(Default)]
+struct AttackCounters {
+    sent: std::sync::atomic::AtomicU64,
+    connections: std::sync::atomic::AtomicU64,
+    turned_away: std::sync::atomic::AtomicU64,
+}
+
+impl AttackCounters {
+    fn add(counter: &std::sync::atomic::AtomicU64) {
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// A stranger's endpoint: a fresh key that no account holds.
+fn stranger() -> Result<quinn::Endpoint, crate::cluster::ClusterError> {
+    let key = crate::identity::Identity::generate(crate::identity::Role::Citizen);
+    crate::tls::endpoint(
+        std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+        &key,
+        Arc::new(crate::tls::AllowAny),
+    )
+    .map_err(|e| crate::cluster::ClusterError::Check(format!("attacker endpoint: {e}")))
+}
+
+impl Attack {
+    fn start(
+        abuse: Abuse,
+        targets: &[std::net::SocketAddr],
+        refused_rate: u64,
+    ) -> Result<Self, crate::cluster::ClusterError> {
+        let mut attack = Attack {
+            tasks: tokio::task::JoinSet::new(),
+            counts: Arc::default(),
+            endpoints: Vec::new(),
+            start: Instant::now(),
+        };
+        match abuse {
+            Abuse::Idle => {}
+            Abuse::HalfOpen => {
+                // One key, two connections to each peer, 256 streams on each.
+                let endpoint = stranger()?;
+                for &addr in targets {
+                    for _ in 0..2 {
+                        let (endpoint, counts) = (endpoint.clone(), attack.counts.clone());
+                        attack.tasks.spawn(half_open(endpoint, addr, counts));
+                    }
+                }
+                attack.endpoints.push(endpoint);
+            }
+            Abuse::Refused => {
+                // Four keys, each sending to every peer its share of the rate.
+                let per_task = refused_rate as f64 / (4 * targets.len()) as f64;
+                for _ in 0..4 {
+                    let endpoint = stranger()?;
+                    for &addr in targets {
+                        let (endpoint, counts) = (endpoint.clone(), attack.counts.clone());
+                        attack
+                            .tasks
+                            .spawn(refused(endpoint, addr, per_task, counts));
+                    }
+                    attack.endpoints.push(endpoint);
+                }
+            }
+            Abuse::Connections => {
+                // Eight dialers, each connection with a key of its own.
+                for i in 0..8 {
+                    let (targets, counts) = (targets.to_vec(), attack.counts.clone());
+                    attack.tasks.spawn(dial(targets, i, counts));
+                }
+            }
+        }
+        Ok(attack)
+    }
+
+    async fn stop(mut self) -> AttackCount {
+        let time = self.start.elapsed();
+        self.tasks.shutdown().await;
+        for endpoint in self.endpoints {
+            endpoint.close(0u32.into(), b"done");
+        }
+        let get = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+        AttackCount {
+            sent: get(&self.counts.sent),
+            connections: get(&self.counts.connections),
+            turned_away: get(&self.counts.turned_away),
+            time,
+        }
+    }
+}
+
+/// Keeps 256 streams open on one connection to `addr`, each with one byte of a header,
+/// opening another whenever the peer resets or refuses one.
+async fn half_open(
+    endpoint: quinn::Endpoint,
+    addr: std::net::SocketAddr,
+    counts: Arc<AttackCounters>,
+) {
+    loop {
+        let Ok((conn, _)) = crate::tls::connect(&endpoint, addr).await else {
+            AttackCounters::add(&counts.turned_away);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        AttackCounters::add(&counts.connections);
+        let mut streams = tokio::task::JoinSet::new();
+        for _ in 0..256 {
+            let (conn, counts) = (conn.clone(), counts.clone());
+            streams.spawn(async move {
+                loop {
+                    let Ok((mut send, mut recv)) = conn.open_bi().await else {
+                        return;
+                    };
+                    AttackCounters::add(&counts.sent);
+                    if send.write_all(&[1]).await.is_err() {
+                        return;
+                    }
+                    let mut buf = [0u8; 64];
+                    while let Ok(Some(_)) = recv.read(&mut buf).await {}
+                    AttackCounters::add(&counts.turned_away);
+                }
+            });
+        }
+        let _ = conn.closed().await;
+        AttackCounters::add(&counts.turned_away);
+        streams.shutdown().await;
+    }
+}
+
+/// Sends `rate` requests a second to `addr` for documents nobody registered.
+async fn refused(
+    endpoint: quinn::Endpoint,
+    addr: std::net::SocketAddr,
+    rate: f64,
+    counts: Arc<AttackCounters>,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate.max(1.0)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut n = 0u64;
+    loop {
+        let Ok((conn, _)) = crate::tls::connect(&endpoint, addr).await else {
+            AttackCounters::add(&counts.turned_away);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        AttackCounters::add(&counts.connections);
+        while conn.close_reason().is_none() {
+            tick.tick().await;
+            n += 1;
+            let id = crate::id::DocumentId::of(
+                &[addr.port().to_le_bytes().as_slice(), &n.to_le_bytes()].concat(),
+            );
+            let (conn, counts) = (conn.clone(), counts.clone());
+            tokio::spawn(async move {
+                AttackCounters::add(&counts.sent);
+                let Ok((mut send, mut recv)) = conn.open_bi().await else {
+                    return;
+                };
+                let req = crate::proto::Request::GetManifest { id };
+                if crate::proto::write_frame(&mut send, &req).await.is_err() {
+                    return;
+                }
+                let _ = send.finish();
+                if let Ok(crate::proto::Response::Error { .. }) =
+                    crate::proto::read_frame::<_, crate::proto::Response>(&mut recv).await
+                {
+                    AttackCounters::add(&counts.turned_away);
+                }
+            });
+        }
+    }
+}
+
+/// Opens connections to the targets in turn as fast as it can, each with a fresh key, and
+/// sends a ping on each.
+async fn dial(targets: Vec<std::net::SocketAddr>, offset: usize, counts: Arc<AttackCounters>) {
+    for i in offset.. {
+        let addr = targets[i % targets.len()];
+        let Ok(endpoint) = stranger() else {
+            return;
+        };
+        AttackCounters::add(&counts.connections);
+        let pinged = async {
+            let (conn, _) = crate::tls::connect(&endpoint, addr).await.ok()?;
+            let (mut send, mut recv) = conn.open_bi().await.ok()?;
+            crate::proto::write_frame(&mut send, &crate::proto::Request::Ping)
+                .await
+                .ok()?;
+            let _ = send.finish();
+            AttackCounters::add(&counts.sent);
+            match crate::proto::read_frame::<_, crate::proto::Response>(&mut recv).await {
+                Ok(crate::proto::Response::Pong) => Some(()),
+                _ => None,
+            }
+        };
+        if tokio::time::timeout(Duration::from_secs(2), pinged)
+            .await
+            .ok()
+            .flatten()
+            .is_none()
+        {
+            AttackCounters::add(&counts.turned_away);
+        }
+        endpoint.close(0u32.into(), b"next");
+    }
+}

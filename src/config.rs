@@ -302,6 +302,19 @@ pub struct LimitsSection {
     pub audit_interval_ms: u64,
     /// Most read records waiting in memory for their write; while full, reads are refused.
     pub audit_buffer: usize,
+    /// Time for a request's whole header, from its stream's first byte.
+    pub header_timeout_ms: u64,
+    pub streams_per_connection: usize,
+    pub connections_per_identity: usize,
+    pub requests_per_identity: usize,
+    /// Connections and request slots all keys without an account share.
+    pub stranger_connections: usize,
+    pub stranger_requests: usize,
+    /// Request slots kept for the hosts of the chain's validators.
+    pub consensus_requests: usize,
+    pub refusals_per_second: u32,
+    pub stranger_refusals_per_second: u32,
+    pub lookups_per_second: u32,
 }
 
 impl Default for LimitsSection {
@@ -314,6 +327,16 @@ impl Default for LimitsSection {
             request_timeout_secs: d.request_timeout.as_secs(),
             audit_interval_ms: d.audit_interval.as_millis() as u64,
             audit_buffer: d.audit_buffer,
+            header_timeout_ms: d.header_timeout.as_millis() as u64,
+            streams_per_connection: d.streams_per_connection,
+            connections_per_identity: d.connections_per_identity,
+            requests_per_identity: d.requests_per_identity,
+            stranger_connections: d.stranger_connections,
+            stranger_requests: d.stranger_requests,
+            consensus_requests: d.consensus_requests,
+            refusals_per_second: d.refusals_per_second,
+            stranger_refusals_per_second: d.stranger_refusals_per_second,
+            lookups_per_second: d.lookups_per_second,
         }
     }
 }
@@ -339,7 +362,26 @@ impl NodeFile {
             message: message.to_owned(),
         };
         let l = file.limits;
-        if l.max_connections == 0 || l.max_concurrent_requests == 0 || l.audit_buffer == 0 {
+        if [
+            l.max_connections,
+            l.max_concurrent_requests,
+            l.audit_buffer,
+            l.streams_per_connection,
+            l.connections_per_identity,
+            l.requests_per_identity,
+            l.stranger_connections,
+            l.stranger_requests,
+            l.consensus_requests,
+        ]
+        .contains(&0)
+            || [
+                l.refusals_per_second,
+                l.stranger_refusals_per_second,
+                l.lookups_per_second,
+            ]
+            .contains(&0)
+            || l.header_timeout_ms == 0
+        {
             return Err(invalid("[limits] values must be at least 1"));
         }
         if l.audit_interval_ms < 100 {
@@ -360,6 +402,16 @@ impl NodeFile {
                 request_timeout: Duration::from_secs(l.request_timeout_secs),
                 audit_interval: Duration::from_millis(l.audit_interval_ms),
                 audit_buffer: l.audit_buffer,
+                header_timeout: Duration::from_millis(l.header_timeout_ms),
+                streams_per_connection: l.streams_per_connection,
+                connections_per_identity: l.connections_per_identity,
+                requests_per_identity: l.requests_per_identity,
+                stranger_connections: l.stranger_connections,
+                stranger_requests: l.stranger_requests,
+                consensus_requests: l.consensus_requests,
+                refusals_per_second: l.refusals_per_second,
+                stranger_refusals_per_second: l.stranger_refusals_per_second,
+                lookups_per_second: l.lookups_per_second,
                 ..PeerLimits::default()
             },
             validator: file.validator.map(|v| ValidatorSection {

@@ -478,15 +478,23 @@ pub fn check_body_len(what: &'static str, len: u64, max: u64) -> Result<(), Prot
     Ok(())
 }
 
-/// Reads exactly `len` body bytes (already checked against its limit).
+/// Reads exactly `len` body bytes (already checked against its limit). The buffer grows as
+/// bytes arrive: a body announced and never sent costs the reader [`BODY_START`] bytes,
+/// not its announced length.
 pub async fn read_body<R>(r: &mut R, len: u64) -> Result<Vec<u8>, ProtoError>
 where
     R: AsyncRead + Unpin,
 {
-    let mut buf = vec![0u8; len as usize];
-    r.read_exact(&mut buf).await.map_err(map_eof)?;
+    let mut buf = Vec::with_capacity(len.min(BODY_START) as usize);
+    let read = r.take(len).read_to_end(&mut buf).await.map_err(map_eof)?;
+    if (read as u64) < len {
+        return Err(ProtoError::Closed);
+    }
     Ok(buf)
 }
+
+/// What a body's buffer starts with before its bytes arrive.
+pub const BODY_START: u64 = 64 << 10;
 
 /// Turns an error answer into an error, passing anything else through.
 pub fn expect_ok(resp: Response) -> Result<Response, ProtoError> {

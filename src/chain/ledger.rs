@@ -30,6 +30,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -54,6 +55,10 @@ use crate::tls::TrustPolicy;
 
 /// Most transactions gathered into one block.
 pub const MAX_BATCH: usize = 4096;
+/// Transactions the leader holds at once between their submission and their answer (in a
+/// block or refused) by default; past it a submission is answered `Busy` at once
+/// ([`Ledger::set_submit_queue`]).
+pub const SUBMIT_QUEUE: usize = 2 * MAX_BATCH;
 /// How long the leader waits for endorsements of a block.
 pub const ENDORSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How far past its applied tip a validator endorses: twice the blocks a leader has in
@@ -82,6 +87,8 @@ pub enum LedgerError {
     RefusedByLeader(String),
     #[error("the ledger stopped")]
     Stopped,
+    #[error("the chain's leader is busy: {0}; try again shortly")]
+    Busy(String),
     #[error("{0} is not a validator of this chain")]
     NotValidator(PublicId),
     #[error("the chain is unavailable: {0}")]
@@ -164,6 +171,9 @@ pub struct Ledger {
     /// When the leader's last `AppendEntries` was accepted here, and its commit index then.
     contact: Mutex<Option<(Instant, Option<u64>)>>,
     submit: Mutex<Option<mpsc::UnboundedSender<Job>>>,
+    /// Transactions submitted here and not answered yet, and the most allowed.
+    queued: Arc<AtomicUsize>,
+    max_queued: AtomicUsize,
     committer: Mutex<Option<tokio::task::JoinHandle<()>>>,
     members: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Held through [`Ledger::shutdown`]; true once it has run.
@@ -336,6 +346,8 @@ impl Ledger {
             me,
             contact: Mutex::new(None),
             submit: Mutex::new(Some(submit)),
+            queued: Arc::new(AtomicUsize::new(0)),
+            max_queued: AtomicUsize::new(SUBMIT_QUEUE),
             committer: Mutex::new(Some(committer)),
             members: Mutex::new(Some(members)),
             stopped: tokio::sync::Mutex::new(false),
@@ -493,7 +505,31 @@ impl Ledger {
         })
     }
 
+    /// Bounds the transactions this validator holds, as leader, between their submission
+    /// and their answer: past `max`, submissions are answered [`LedgerError::Busy`].
+    pub fn set_submit_queue(&self, max: usize) {
+        self.max_queued.store(max, Ordering::Relaxed);
+    }
+
+    /// Transactions submitted to this validator, as leader, not answered yet.
+    pub fn queued(&self) -> usize {
+        self.queued.load(Ordering::Relaxed)
+    }
+
     async fn submit_here(&self, tx: SignedTx, start: Instant) -> Result<TxReceipt, LedgerError> {
+        // A sender with no account is refused by the state anyway: it takes no place in
+        // the queue (strangers cannot fill it).
+        if self.account(&tx.tx.sender).is_none() {
+            return Err(LedgerError::Refused(TxError::UnknownSender(tx.tx.sender)));
+        }
+        let max = self.max_queued.load(Ordering::Relaxed);
+        if self.queued.fetch_add(1, Ordering::AcqRel) >= max {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+            return Err(LedgerError::Busy(format!(
+                "{max} transactions are waiting for a block"
+            )));
+        }
+        let _held = Held(self.queued.clone());
         let (reply, rx) = oneshot::channel();
         self.submit
             .lock()
@@ -533,6 +569,9 @@ impl Ledger {
             Ok((other, _)) => Err(LedgerError::Unavailable(format!(
                 "the leader answered {other:?}"
             ))),
+            Err(e) if e.remote_code() == Some(crate::proto::ErrorCode::Busy) => {
+                Err(LedgerError::Busy(format!("the leader answered: {e}")))
+            }
             Err(e) => match e.refusal() {
                 Some(reason) => Err(LedgerError::RefusedByLeader(reason.to_string())),
                 None => Err(LedgerError::Unavailable(format!(
@@ -970,6 +1009,16 @@ async fn commit_loop(
 
 /// A transaction waiting for a block, with how long it may wait for a missing nonce.
 type Queued = (Job, Instant);
+
+/// One transaction counted in [`Ledger::queued`] until it is answered (or its submitter
+/// gives up waiting).
+struct Held(Arc<AtomicUsize>);
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
 
 /// How raft answers a block handed to it.
 type WriteResponder = <super::raft::ChainRaft as openraft::RaftTypeConfig>::Responder;

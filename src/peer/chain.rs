@@ -65,6 +65,7 @@ pub(super) async fn submit_tx(
             Err(e @ (LedgerError::Unavailable(_) | LedgerError::Stopped)) => {
                 error(ErrorCode::Unavailable, e.to_string())
             }
+            Err(e @ LedgerError::Busy(_)) => error(ErrorCode::Busy, e.to_string()),
             Err(e) => error(ErrorCode::Refused, e.to_string()),
         },
     };

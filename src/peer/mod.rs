@@ -23,8 +23,13 @@
 //! `ErrorCode::Unavailable` instead, equally before any body or byte: the reader asks again
 //! shortly or asks another peer.
 //!
+//! Nobody starved (`limits`): a request takes a slot only once its whole header arrived
+//! within `PeerLimits::header_timeout`; callers are sorted into validator hosts, members
+//! (an account on chain) and strangers, each with its own pool of slots, and one connection
+//! and one key hold bounded shares; refusals are rate-limited per key.
+//!
 //! Layout: this module starts the peer, accepts connections and streams, and authorises each
-//! request and routes it to its concern: `storage` (shards, manifests, the group committer,
+//! request and routes it to its concern (the budgets in `limits`): `storage` (shards, manifests, the group committer,
 //! scrub, usage, lists), `chain` (chain queries, submissions, validator-to-validator
 //! consensus, records as the caller may see them) and `audit` (this peer's read records).
 //!
@@ -54,22 +59,27 @@ use crate::tls::{self, TrustPolicy};
 
 mod audit;
 mod chain;
+mod limits;
 mod storage;
+
+use limits::{Class, Gate};
 
 /// Longest a request waits for its authorisation (`access`) before it is answered
 /// `Unavailable`: well within a reader's time limit, so it asks again or elsewhere.
 pub const AUTHORISE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Limits that keep one slow or hostile client from exhausting a peer.
+/// Limits that keep one slow or hostile client from exhausting a peer, and strangers (keys
+/// with no account on chain) from starving its members (`limits`).
 #[derive(Debug, Clone)]
 pub struct PeerLimits {
     /// Open connections at once; more are refused during the handshake.
     pub max_connections: usize,
-    /// Requests being served at once across all connections.
+    /// Requests of members (keys with an account on chain) being served at once across all
+    /// connections.
     pub max_concurrent_requests: usize,
     /// How long a request waits for a slot before it is answered `Busy`.
     pub queue_timeout: Duration,
-    /// Time for a whole request, from its first byte to the last byte of the answer.
+    /// Time for a whole request, from its header to the last byte of the answer.
     pub request_timeout: Duration,
     /// Most shards gathered into one durable commit.
     pub commit_batch: usize,
@@ -79,6 +89,30 @@ pub struct PeerLimits {
     /// full (or the last write failed) reads are refused `Unavailable` (`audit`: fail
     /// closed). 0: this peer records, and so serves, no read.
     pub audit_buffer: usize,
+    /// Time for a request's whole header to arrive once its stream opened; a stream still
+    /// waiting then is reset. No slot is taken before the header is whole.
+    pub header_timeout: Duration,
+    /// Requests open at once on one connection (slot or not); more are answered `Busy`.
+    pub streams_per_connection: usize,
+    /// Connections one key holds at once; more are closed after the handshake.
+    pub connections_per_identity: usize,
+    /// Request slots one key holds at once; more are answered `Busy`.
+    pub requests_per_identity: usize,
+    /// Connections all keys without an account hold together.
+    pub stranger_connections: usize,
+    /// Request slots all keys without an account share (apart from the members').
+    pub stranger_requests: usize,
+    /// Request slots for the hosts of the chain's validators (consensus), apart from
+    /// everyone else's.
+    pub consensus_requests: usize,
+    /// Refusals a second one key may cost before its requests are answered `Busy` without
+    /// asking the chain.
+    pub refusals_per_second: u32,
+    /// The same, for all keys without an account together.
+    pub stranger_refusals_per_second: u32,
+    /// Keys not met before looked up on chain per second (to sort them into members and
+    /// strangers); past it, they count as strangers until a lookup says otherwise.
+    pub lookups_per_second: u32,
 }
 
 impl Default for PeerLimits {
@@ -91,6 +125,16 @@ impl Default for PeerLimits {
             commit_batch: 64,
             audit_interval: Duration::from_secs(10),
             audit_buffer: crate::audit::DEFAULT_BUFFER,
+            header_timeout: Duration::from_secs(2),
+            streams_per_connection: 128,
+            connections_per_identity: 16,
+            requests_per_identity: 128,
+            stranger_connections: 64,
+            stranger_requests: 32,
+            consensus_requests: 64,
+            refusals_per_second: 20,
+            stranger_refusals_per_second: 200,
+            lookups_per_second: 200,
         }
     }
 }
@@ -122,7 +166,7 @@ pub struct PeerStats {
 struct State {
     store: Arc<ShardStore>,
     committer: mpsc::UnboundedSender<storage::CommitJob>,
-    slots: Semaphore,
+    gate: Arc<Gate>,
     ledger: Option<Arc<Ledger>>,
     access: Arc<ChainView>,
     audit: Arc<AuditLog>,
@@ -234,7 +278,7 @@ pub async fn start(
     let state = Arc::new(State {
         store: store.clone(),
         committer: storage::spawn_committer(store.clone(), limits.commit_batch, stats.clone()),
-        slots: Semaphore::new(limits.max_concurrent_requests),
+        gate: Gate::new(&limits),
         ledger: ledger.clone(),
         access: access.clone(),
         audit: audit.clone(),
@@ -299,15 +343,34 @@ async fn accept_loop(endpoint: quinn::Endpoint, state: Arc<State>) {
                 conn.close(1u32.into(), b"no identity");
                 return;
             };
-            debug!(%remote, client = %who.short(), "connection accepted");
-            serve_connection(conn, who, state).await;
-            drop(permit);
+            let class = state
+                .gate
+                .classify(
+                    &who,
+                    state.ledger.as_ref(),
+                    &state.access,
+                    AUTHORISE_TIMEOUT,
+                )
+                .await;
+            let pass = match state.gate.connect(&who, class) {
+                Ok(pass) => pass,
+                Err(refusal) => {
+                    state.stats.refused.fetch_add(1, Ordering::Relaxed);
+                    debug!(%remote, client = %who.short(), reason = %refusal.0, "connection refused");
+                    conn.close(ErrorCode::Busy.as_u32().into(), refusal.0.as_bytes());
+                    return;
+                }
+            };
+            debug!(%remote, client = %who.short(), ?class, "connection accepted");
+            serve_connection(conn, who, class, state).await;
+            drop((pass, permit));
         });
     }
 }
 
-async fn serve_connection(conn: quinn::Connection, who: PublicId, state: Arc<State>) {
+async fn serve_connection(conn: quinn::Connection, who: PublicId, class: Class, state: Arc<State>) {
     let opened = Arc::new(OpenDocuments::default());
+    let streams = Arc::new(Semaphore::new(state.limits.streams_per_connection));
     loop {
         let (send, recv) = match conn.accept_bi().await {
             Ok(streams) => streams,
@@ -316,33 +379,94 @@ async fn serve_connection(conn: quinn::Connection, who: PublicId, state: Arc<Sta
                 return;
             }
         };
+        state.stats.requests.fetch_add(1, Ordering::Relaxed);
+        let Ok(open) = streams.clone().try_acquire_owned() else {
+            // Over the connection's share: answered at once, nothing read.
+            tokio::spawn(busy(
+                send,
+                recv,
+                state.clone(),
+                "too many requests open on this connection",
+            ));
+            continue;
+        };
         let (state, opened) = (state.clone(), opened.clone());
         tokio::spawn(async move {
-            serve_stream(send, recv, who, state, opened).await;
+            serve_stream(send, recv, who, class, state, opened).await;
+            drop(open);
         });
     }
 }
 
+/// Answers `Busy` without reading the request.
+async fn busy(mut send: SendStream, mut recv: RecvStream, state: Arc<State>, why: &str) {
+    state.stats.refused.fetch_add(1, Ordering::Relaxed);
+    let _ = recv.stop(ErrorCode::Busy.as_u32().into());
+    let _ = answer(&mut send, &error(ErrorCode::Busy, why), None).await;
+}
+
+/// Serves one request: its header within `header_timeout` (no slot held meanwhile), then a
+/// slot of the caller's class, its authorisation and its handler within `request_timeout`.
 async fn serve_stream(
     mut send: SendStream,
     mut recv: RecvStream,
     who: PublicId,
+    class: Class,
     state: Arc<State>,
     opened: Arc<OpenDocuments>,
 ) {
-    state.stats.requests.fetch_add(1, Ordering::Relaxed);
-    let permit = match tokio::time::timeout(state.limits.queue_timeout, state.slots.acquire()).await
-    {
-        Ok(Ok(p)) => p,
-        _ => {
+    let header = tokio::time::timeout(state.limits.header_timeout, proto::read_frame(&mut recv));
+    let req: Request = match header.await {
+        Ok(Ok(req)) => req,
+        Ok(Err(e @ (ProtoError::Malformed(_) | ProtoError::TooLarge { .. }))) => {
+            let code = if matches!(e, ProtoError::TooLarge { .. }) {
+                ErrorCode::TooLarge
+            } else {
+                ErrorCode::Malformed
+            };
             state.stats.refused.fetch_add(1, Ordering::Relaxed);
-            let _ = recv.stop(ErrorCode::Busy.as_u32().into());
-            let _ = answer(&mut send, &error(ErrorCode::Busy, "peer is busy"), None).await;
+            let _ = recv.stop(code.as_u32().into());
+            let _ = answer(&mut send, &error(code, e.to_string()), None).await;
+            return;
+        }
+        Ok(Err(e)) => {
+            debug!(client = %who.short(), error = %e, "request header not read");
+            return;
+        }
+        Err(_) => {
+            state.stats.refused.fetch_add(1, Ordering::Relaxed);
+            debug!(client = %who.short(), "request header incomplete within its time; stream reset");
+            let _ = recv.stop(ErrorCode::Timeout.as_u32().into());
+            let _ = send.reset(ErrorCode::Timeout.as_u32().into());
             return;
         }
     };
+    // A connection sorted as a stranger's may belong to a key that has an account since.
+    let class = match class {
+        Class::Stranger => {
+            state
+                .gate
+                .classify(
+                    &who,
+                    state.ledger.as_ref(),
+                    &state.access,
+                    AUTHORISE_TIMEOUT,
+                )
+                .await
+        }
+        known => known,
+    };
+    if !state.gate.may_be_refused(&who, class) {
+        let why = "too many refused requests from this key; slow down";
+        return busy(send, recv, state, why).await;
+    }
+    let slot = match state.gate.slot(&who, class).await {
+        Ok(slot) => slot,
+        Err(refusal) => return busy(send, recv, state, &refusal.0).await,
+    };
     let timeout = state.limits.request_timeout;
-    match tokio::time::timeout(timeout, handle(&mut send, &mut recv, &state, who, &opened)).await {
+    let handled = handle(&mut send, &mut recv, &state, who, class, req, &opened);
+    match tokio::time::timeout(timeout, handled).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => debug!(client = %who.short(), error = %e, "request failed"),
         Err(_) => {
@@ -351,7 +475,7 @@ async fn serve_stream(
             let _ = send.reset(ErrorCode::Timeout.as_u32().into());
         }
     }
-    drop(permit);
+    drop(slot);
 }
 
 fn error(code: ErrorCode, message: impl Into<String>) -> Response {
@@ -381,34 +505,27 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
         .expect("store calls do not panic")
 }
 
-/// Reads one request, authorises it, and routes it to the handler of its concern.
+/// Authorises one request and routes it to the handler of its concern.
 async fn handle(
     send: &mut SendStream,
     recv: &mut RecvStream,
     state: &Arc<State>,
     who: PublicId,
+    class: Class,
+    req: Request,
     opened: &OpenDocuments,
 ) -> Result<(), ProtoError> {
-    let req: Request = match proto::read_frame(recv).await {
-        Ok(req) => req,
-        Err(e @ (ProtoError::Malformed(_) | ProtoError::TooLarge { .. })) => {
-            let code = if matches!(e, ProtoError::TooLarge { .. }) {
-                ErrorCode::TooLarge
-            } else {
-                ErrorCode::Malformed
-            };
-            state.stats.refused.fetch_add(1, Ordering::Relaxed);
-            let _ = recv.stop(code.as_u32().into());
-            return answer(send, &error(code, e.to_string()), None).await;
-        }
-        Err(e) => return Err(e),
-    };
     let authorised = tokio::time::timeout(AUTHORISE_TIMEOUT, authorise(state, &who, &req, opened))
         .await
         .unwrap_or(Err(AccessError::TimedOut(AUTHORISE_TIMEOUT)));
     let read_of = match authorised {
         Ok(document) => document,
-        Err(e) => return refuse(send, recv, state, &who, e).await,
+        Err(e) => {
+            if !e.is_retryable() {
+                state.gate.refused(&who, class);
+            }
+            return refuse(send, recv, state, &who, e).await;
+        }
     };
     match req {
         Request::PutShard { id, len, document } => {

@@ -28,3 +28,4 @@ mod orphans;
 mod raft;
 mod rekey;
 mod standins;
+mod starve;
