@@ -217,8 +217,7 @@ impl Client {
             .hedged_retrying(nodes, order, want, |node, slot| {
                 let req = Request::GetShard { id: ids[slot] };
                 async move {
-                    self.open_document(&node, reading).await?;
-                    match net.fetch(&node, &req, None, proto::MAX_SHARD_BODY).await? {
+                    match self.fetch_shard(&node, reading, &req).await? {
                         Some(body) => Ok(Bytes::from(body)),
                         None => Err(net.unexpected(&node, Response::NotFound)),
                     }
@@ -259,7 +258,6 @@ impl Client {
             .into_iter()
             .cloned()
             .collect();
-        let net = &self.inner.net;
         let standins = &standins;
         let lookups = (0..ids.len())
             .filter(|&slot| have[slot].is_none())
@@ -267,11 +265,7 @@ impl Client {
                 let req = Request::GetShard { id: ids[slot] };
                 let mut errors = Vec::new();
                 for node in standins {
-                    let got = async {
-                        self.open_document(node, reading).await?;
-                        net.fetch(node, &req, None, proto::MAX_SHARD_BODY).await
-                    };
-                    match got.await {
+                    match self.fetch_shard(node, reading, &req).await {
                         Ok(Some(body)) => return (slot, Some(Bytes::from(body)), errors),
                         Ok(None) => {}
                         Err(e) => errors.push(e.to_string()),
@@ -308,6 +302,38 @@ impl Client {
         manifest: Bytes,
     ) -> Result<(), NetError> {
         self.open_document(node, &Reading { id, manifest }).await
+    }
+
+    /// Fetches shard `req` (a `GetShard`) from `node`, with `reading` opened on that
+    /// connection first. A peer keeps only the last [`proto::MAX_OPEN_DOCUMENTS`] documents
+    /// open on a connection, so a document this client opened there long ago may have been
+    /// closed: a refusal is answered by opening it again and asking once more (the open is
+    /// itself authorised, so a reader the chain does not allow is refused again).
+    async fn fetch_shard(
+        &self,
+        node: &NodeInfo,
+        reading: &Reading,
+        req: &Request,
+    ) -> Result<Option<Vec<u8>>, NetError> {
+        let net = &self.inner.net;
+        self.open_document(node, reading).await?;
+        match net.fetch(node, req, None, proto::MAX_SHARD_BODY).await {
+            Err(e) if e.remote_code() == Some(ErrorCode::Refused) => {
+                debug!(peer = %node.key.short(), error = %e, "shard refused; opening the document again");
+                self.forget_opened(node, reading.id).await;
+                self.open_document(node, reading).await?;
+                net.fetch(node, req, None, proto::MAX_SHARD_BODY).await
+            }
+            other => other,
+        }
+    }
+
+    /// Forgets that `document` is open on the connection to `node`.
+    async fn forget_opened(&self, node: &NodeInfo, document: DocumentId) {
+        if let Ok(conn) = self.inner.net.connection(node).await {
+            let key = (conn.stable_id(), document);
+            self.inner.opened.lock().expect("opened lock").remove(&key);
+        }
     }
 
     /// Opens `reading` on the connection to `node`, unless it already is.

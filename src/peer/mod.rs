@@ -442,6 +442,8 @@ async fn serve_stream(
         }
     };
     // A connection sorted as a stranger's may belong to a key that has an account since.
+    // Asked briefly (a quarter of the authorisation time), so that with the chain slow or
+    // unreachable a request is still answered within about `AUTHORISE_TIMEOUT` in all.
     let class = match class {
         Class::Stranger => {
             state
@@ -450,7 +452,7 @@ async fn serve_stream(
                     &who,
                     state.ledger.as_ref(),
                     &state.access,
-                    AUTHORISE_TIMEOUT,
+                    AUTHORISE_TIMEOUT / 4,
                 )
                 .await
         }

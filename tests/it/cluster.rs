@@ -472,3 +472,22 @@ async fn a_certificate_put_with_a_manifest_replica_down_still_reads() {
     }
     cluster.shutdown().await;
 }
+
+/// A peer keeps only the last `MAX_OPEN_DOCUMENTS` documents open on a connection; a client
+/// that read more than that on one connection reads the first one again (it opens it anew).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_document_read_again_after_more_than_a_connection_keeps_open_still_reads() {
+    let (cluster, client) = start_cluster(6, 3).await;
+    let count = dangan::proto::MAX_OPEN_DOCUMENTS + 2;
+    let mut docs = Vec::new();
+    for i in 0..count {
+        let bytes = data(20 << 10, 500 + i as u64);
+        let receipt = put(&client, &bytes).await.unwrap();
+        docs.push((receipt, bytes));
+    }
+    for (receipt, bytes) in docs.iter().chain(docs.iter().take(3)) {
+        let got = read(&client, &receipt.id, &receipt.key).await;
+        assert_eq!(&got, bytes, "document {} read back differs", receipt.id);
+    }
+    cluster.shutdown().await;
+}
