@@ -218,6 +218,15 @@ impl ChainClient {
                 }
                 Err(e) if worth_another_host(&e) => {
                     debug!(host = %node.key.short(), error = %e, "validator host failed; trying the next");
+                    // Calls that start from now on begin at the next host, so a host that
+                    // stopped answering (cut off, not refusing connections) costs one wait,
+                    // not one per call until it is marked down.
+                    let _ = self.inner.host.compare_exchange(
+                        i,
+                        (i + 1) % n,
+                        Ordering::Relaxed,
+                        Ordering::Relaxed,
+                    );
                     last = Some(e);
                     if (attempt + 1) % n == 0 {
                         tokio::time::sleep(Duration::from_millis(500)).await;
