@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 use crate::common;
 use crate::common::cli::Cli;
 use crate::common::process::{ProcessCluster, signal};
-use dangan::chain::tx::TxBody;
 use dangan::client::{Client, ClientOptions, stripe_key};
 use dangan::cluster::LocalCluster;
 use dangan::config::ClusterFile;
@@ -21,7 +20,7 @@ use dangan::identity::Identity;
 use dangan::keyring::Keyring;
 use dangan::manifest::Manifest;
 use dangan::ops::{self, Journal, OpsOptions};
-use dangan::placement::{Layout, NodeInfo};
+use dangan::placement::NodeInfo;
 use dangan::store::BODY_DIR;
 use dangan::tls::Membership;
 
@@ -73,25 +72,6 @@ fn remove_body_file(cluster: &LocalCluster, node: &NodeInfo, id: &ShardId) {
 }
 
 /// A new peer in `zone`, added to the layout on chain; (old layout, new layout, the peer).
-async fn add_node(cluster: &mut LocalCluster, zone: &str) -> (Layout, Layout, NodeInfo) {
-    let old = cluster.layout().clone();
-    let (_, info) = cluster.add_peer(zone).await.unwrap();
-    let op = common::operator(cluster, &old, None);
-    op.chain()
-        .unwrap()
-        .submit(TxBody::AddNode {
-            node: info.key,
-            addr: info.addr.clone(),
-            zone: info.zone.clone(),
-            weight: info.weight,
-        })
-        .await
-        .unwrap();
-    op.close().await;
-    let new = cluster.sync_layout().clone();
-    (old, new, info)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_rebalance_deletes_the_old_copy_only_after_the_destination_verified_its_own() {
     let (mut cluster, client) = common::start_cluster(6, 1).await;
@@ -99,7 +79,7 @@ async fn a_rebalance_deletes_the_old_copy_only_after_the_destination_verified_it
     for seed in 0..4 {
         docs.push(store(&client, (1 << 20) - 1000 * seed as usize, seed).await);
     }
-    let (old, new, added) = add_node(&mut cluster, "zone-0").await;
+    let (old, new, added) = common::add_node(&mut cluster, "zone-0").await;
     // (document, shard, its peer under the old layout) of every slot the new peer takes.
     let mut moving = Vec::new();
     for (d, doc) in docs.iter().enumerate() {

@@ -269,16 +269,7 @@ async fn manifest_copies_follow_the_layout_when_a_peer_is_added_and_when_one_is_
     let ids: Vec<DocumentId> = docs.iter().map(|(p, _)| p.id).collect();
 
     // A seventh peer joins.
-    let (_, info) = cluster.add_peer("zone-0").await.unwrap();
-    let (old, new) = cluster
-        .change_layout(TxBody::AddNode {
-            node: info.key,
-            addr: info.addr.clone(),
-            zone: info.zone.clone(),
-            weight: info.weight,
-        })
-        .await
-        .unwrap();
+    let (old, new, _) = common::add_node(&mut cluster, "zone-0").await;
     let (written, _) = rebalance_and_check(&cluster, &old, &new, &ids).await;
     assert!(written > 0, "the new peer became no manifest's replica");
 

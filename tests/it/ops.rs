@@ -14,7 +14,7 @@ use dangan::id::{DocumentId, ShardId};
 use dangan::identity::PublicId;
 use dangan::manifest::Manifest;
 use dangan::ops::{self, Journal, OpsOptions};
-use dangan::placement::{Layout, NodeInfo};
+use dangan::placement::Layout;
 
 struct Doc {
     id: DocumentId,
@@ -124,26 +124,6 @@ fn assert_exactly_placed(cluster: &LocalCluster, layout: &Layout, docs: &[Doc]) 
 }
 
 /// Adds a new peer in `zone` to the layout on chain; returns (old layout, new layout).
-async fn add_node(cluster: &mut LocalCluster, zone: &str) -> (Layout, Layout, NodeInfo) {
-    let old = cluster.layout().clone();
-    let (_, info) = cluster.add_peer(zone).await.unwrap();
-    let op = common::operator(cluster, &old, None);
-    op.chain()
-        .unwrap()
-        .submit(TxBody::AddNode {
-            node: info.key,
-            addr: info.addr.clone(),
-            zone: info.zone.clone(),
-            weight: info.weight,
-        })
-        .await
-        .unwrap();
-    op.close().await;
-    let new = cluster.sync_layout().clone();
-    assert_eq!(new.epoch, old.epoch + 1);
-    (old, new, info)
-}
-
 async fn drain_node(cluster: &mut LocalCluster, node: PublicId) -> (Layout, Layout) {
     let old = cluster.layout().clone();
     let op = common::operator(cluster, &old, None);
@@ -175,7 +155,7 @@ fn quiet() -> &'static (dyn Fn(ops::Progress) + Send + Sync) {
 async fn adding_a_seventh_peer_in_one_zone_moves_the_minimum_and_every_document_stays_readable() {
     let (mut cluster, client) = common::start_cluster(6, 1).await;
     let docs = store_docs(&client, 12).await;
-    let (old, new, added) = add_node(&mut cluster, "zone-0").await;
+    let (old, new, added) = common::add_node(&mut cluster, "zone-0").await;
 
     // The floor: the shards the new peer receives. The placement moves no other.
     let floor: u64 = expected(&new, &docs)[&added.key].len() as u64;
@@ -390,7 +370,7 @@ async fn scrub_finds_every_flipped_bit_and_repair_rewrites_them() {
 async fn a_rebalance_killed_midway_resumes_and_finishes_with_nothing_lost_or_duplicated() {
     let (mut cluster, client) = common::start_cluster(6, 1).await;
     let docs = store_docs(&client, 8).await;
-    let (old, new, added) = add_node(&mut cluster, "zone-0").await;
+    let (old, new, added) = common::add_node(&mut cluster, "zone-0").await;
     let floor = expected(&new, &docs)[&added.key].len() as u64;
     let journal_dir = tempfile::tempdir().unwrap();
 

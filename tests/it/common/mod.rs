@@ -118,3 +118,23 @@ pub fn shards_served(cluster: &LocalCluster) -> u64 {
         .map(|p| p.stats().shards_served.load(Ordering::Relaxed))
         .sum()
 }
+
+/// Adds a peer in `zone` to the running cluster and commits its `AddNode` as the operator:
+/// the layouts before and after (one epoch on), and the new peer.
+pub async fn add_node(
+    cluster: &mut LocalCluster,
+    zone: &str,
+) -> (Layout, Layout, dangan::placement::NodeInfo) {
+    let (_, info) = cluster.add_peer(zone).await.unwrap();
+    let (old, new) = cluster
+        .change_layout(dangan::chain::tx::TxBody::AddNode {
+            node: info.key,
+            addr: info.addr.clone(),
+            zone: info.zone.clone(),
+            weight: info.weight,
+        })
+        .await
+        .unwrap();
+    assert_eq!(new.epoch, old.epoch + 1);
+    (old, new, info)
+}
