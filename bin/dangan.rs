@@ -222,6 +222,11 @@ enum Command {
         /// Hours a put has to register before its bytes may go (fractions allowed).
         #[arg(long, default_value_t = 24.0)]
         grace_hours: f64,
+        /// Keep running as the background collector: a round every this many hours
+        /// (fractions allowed) until Ctrl-C; a failed round is reported and the next one
+        /// runs as planned.
+        #[arg(long)]
+        every_hours: Option<f64>,
     },
 }
 
@@ -609,7 +614,8 @@ async fn run_async(command: Command) -> Result<()> {
             client,
             ops,
             grace_hours,
-        } => collect(&client, &ops, grace_hours).await,
+            every_hours,
+        } => collect(&client, &ops, grace_hours, every_hours).await,
         Command::Rekey { id, client } => rekey(id, &client).await,
         Command::Supersede {
             id,
@@ -1365,19 +1371,56 @@ async fn repair(client: &ClientArgs, ops: &OpsArgs) -> Result<()> {
     Ok(())
 }
 
-async fn collect(client: &ClientArgs, ops: &OpsArgs, grace_hours: f64) -> Result<()> {
+async fn collect(
+    client: &ClientArgs,
+    ops: &OpsArgs,
+    grace_hours: f64,
+    every_hours: Option<f64>,
+) -> Result<()> {
     if !(grace_hours.is_finite() && grace_hours >= 0.0) {
         bail!("--grace-hours must be a number of hours, 0 or more");
     }
     let op = operator(client, &ops.data_dir)?;
-    let bar = ops_bar("collect");
     let options = ops::CollectOptions {
         grace: Duration::from_secs_f64(grace_hours * 3600.0),
     };
+    if let Some(every) = every_hours {
+        if !(every.is_finite() && every > 0.0) {
+            bail!("--every-hours must be a number of hours above 0");
+        }
+        println!(
+            "collect: the background collector runs every {every} h (grace {grace_hours} h) until Ctrl-C"
+        );
+        let rounds = op
+            .collect_every(
+                &ops.options(),
+                &options,
+                Duration::from_secs_f64(every * 3600.0),
+                async {
+                    let _ = tokio::signal::ctrl_c().await;
+                },
+                &|round, report| match report {
+                    Ok(report) => {
+                        print!("round {round}: ");
+                        print_collect(report, grace_hours, ops.dry_run);
+                    }
+                    Err(e) => eprintln!("round {round} failed (the next one runs as planned): {e}"),
+                },
+            )
+            .await;
+        println!("collect: stopped after {rounds} rounds");
+        return Ok(());
+    }
+    let bar = ops_bar("collect");
     let report = op
         .collect(&ops.options(), &options, &bar_progress(&bar))
         .await?;
     bar.finish_and_clear();
+    print_collect(&report, grace_hours, ops.dry_run);
+    Ok(())
+}
+
+fn print_collect(report: &ops::CollectReport, grace_hours: f64, dry_run: bool) {
     println!(
         "collect: {} peers, {} registered documents kept; {} entries older than {grace_hours} h: \
          {} shard references and {} manifests {}, {} kept",
@@ -1386,7 +1429,7 @@ async fn collect(client: &ClientArgs, ops: &OpsArgs, grace_hours: f64) -> Result
         report.stale,
         report.references_collected,
         report.manifests_collected,
-        if ops.dry_run { "would go" } else { "removed" },
+        if dry_run { "would go" } else { "removed" },
         report.kept
     );
     if !report.shards_considered {
@@ -1397,7 +1440,6 @@ async fn collect(client: &ClientArgs, ops: &OpsArgs, grace_hours: f64) -> Result
     for f in &report.failures {
         eprintln!("warning: {f}");
     }
-    Ok(())
 }
 
 async fn scrub(client: &ClientArgs, ops: &OpsArgs, no_repair: bool) -> Result<()> {

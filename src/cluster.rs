@@ -249,6 +249,18 @@ impl LocalCluster {
         &self.other_department
     }
 
+    /// The operator's [`crate::ops::Operator`] over this cluster, its data directory `dir`
+    /// (what `dangan rebalance|repair|collect` run).
+    pub fn operator_ops(&self, dir: &Path) -> crate::ops::Operator {
+        crate::ops::Operator::new(
+            &self.operator,
+            Arc::new(self.membership.clone()),
+            self.layout().clone(),
+            self.local_options(ClientOptions::default()),
+            dir,
+        )
+    }
+
     /// A client with the operator's identity, placing by `layout` and falling back to
     /// `previous` (what the operations workers use).
     pub fn operator_client(

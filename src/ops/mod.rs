@@ -255,6 +255,45 @@ impl Operator {
         report
     }
 
+    /// The background collector: [`Self::collect`] again every `every` (each round with the
+    /// chain's layout of the moment and its own cutoff) until `shutdown` resolves. A round
+    /// that fails (the chain or a peer unreachable) is reported to `on_round` and the next
+    /// one runs as planned; a round cut short by `shutdown` is resumed by the next run, as
+    /// any collect is. Returns the number of rounds that ran to their end.
+    pub async fn collect_every(
+        &self,
+        options: &OpsOptions,
+        collect_options: &CollectOptions,
+        every: std::time::Duration,
+        shutdown: impl std::future::Future<Output = ()>,
+        on_round: &(dyn Fn(u64, &Result<CollectReport, OpsError>) + Send + Sync),
+    ) -> u64 {
+        tokio::pin!(shutdown);
+        let mut rounds = 0u64;
+        loop {
+            let round = tokio::select! {
+                report = self.collect(options, collect_options, &|_| {}) => report,
+                () = &mut shutdown => return rounds,
+            };
+            rounds += 1;
+            match &round {
+                Ok(report) => tracing::info!(
+                    round = rounds,
+                    references = report.references_collected,
+                    manifests = report.manifests_collected,
+                    kept = report.kept,
+                    "background collect round done"
+                ),
+                Err(e) => tracing::warn!(round = rounds, "background collect round failed: {e}"),
+            }
+            on_round(rounds, &round);
+            tokio::select! {
+                () = tokio::time::sleep(every) => {}
+                () = &mut shutdown => return rounds,
+            }
+        }
+    }
+
     /// Peers with their usage, and how many stripes are below full redundancy.
     pub async fn status(&self, progress: OnProgress<'_>) -> Result<ClusterStatus, OpsError> {
         let (current, previous) = self.layouts().await?;

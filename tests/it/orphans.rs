@@ -240,3 +240,81 @@ async fn a_peer_that_cannot_ask_the_chain_keeps_the_bytes() {
     assert!(manifest_copies(&cluster, &failed.id) >= 3);
     cluster.shutdown().await;
 }
+
+/// The background collector (`dangan collect --every-hours`): round after round, the bytes
+/// of puts that never registered go once older than the grace period, those of a put made
+/// while it runs included, and the registered document stays whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_background_collector_removes_orphans_round_after_round_and_keeps_the_registered() {
+    let (cluster, client) = common::start_cluster(6, 3).await;
+    let registered = common::put(&client, &common::data(300 << 10, 7))
+        .await
+        .unwrap();
+    let kept_ids = shard_ids(&registered);
+    let kept_before = holdings(&cluster, &kept_ids);
+    let first = store_only(&client, 40 << 10, 8).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let op = cluster.operator_ops(dir.path());
+    let (rounds_tx, mut rounds_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let collector = tokio::spawn(async move {
+        let grace = ops::CollectOptions {
+            grace: Duration::from_secs(2),
+        };
+        op.collect_every(
+            &OpsOptions::default(),
+            &grace,
+            Duration::from_millis(100),
+            async {
+                let _ = stop_rx.await;
+            },
+            &move |round, report| {
+                let report = report.as_ref().map_err(|e| e.to_string()).cloned();
+                let _ = rounds_tx.send((round, report));
+            },
+        )
+        .await
+    });
+    // Rounds until `receipt`'s bytes are gone from every peer (each round looked at).
+    async fn until_collected(
+        cluster: &LocalCluster,
+        rounds: &mut tokio::sync::mpsc::UnboundedReceiver<(
+            u64,
+            Result<ops::CollectReport, String>,
+        )>,
+        receipt: &PutReceipt,
+    ) -> u64 {
+        loop {
+            let (round, report) = rounds.recv().await.expect("the collector stopped");
+            let report = report.expect("a round failed");
+            assert!(report.failures.is_empty(), "{:?}", report.failures);
+            if holdings(cluster, &shard_ids(receipt)).is_empty()
+                && manifest_copies(cluster, &receipt.id) == 0
+            {
+                return round;
+            }
+            assert!(
+                round < 200,
+                "the orphan was still there after {round} rounds"
+            );
+        }
+    }
+    let gone_first = until_collected(&cluster, &mut rounds_rx, &first).await;
+    // A put that fails while the collector runs goes too, in a later round.
+    let second = store_only(&client, 40 << 10, 9).await;
+    assert!(!holdings(&cluster, &shard_ids(&second)).is_empty());
+    let gone_second = until_collected(&cluster, &mut rounds_rx, &second).await;
+    assert!(gone_second > gone_first);
+
+    stop_tx.send(()).unwrap();
+    let rounds = collector.await.unwrap();
+    assert!(rounds >= gone_second, "{rounds} rounds");
+    assert_eq!(holdings(&cluster, &kept_ids), kept_before);
+    let (bytes, _) = common::get(&client, &registered.id, &registered.key)
+        .await
+        .unwrap();
+    assert!(bytes == common::data(300 << 10, 7));
+    client.close().await;
+    cluster.shutdown().await;
+}
