@@ -690,6 +690,7 @@ fn bench(command: BenchCommand) -> Result<()> {
             let report = runtime()?.block_on(bench::ops_scale(bench::OpsScaleOptions {
                 documents,
                 in_flight,
+                repair_process: Some(std::env::current_exe()?),
                 ..bench::OpsScaleOptions::default()
             }))?;
             println!("{report}");

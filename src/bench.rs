@@ -1237,6 +1237,10 @@ pub struct OpsScaleOptions {
     pub in_flight: usize,
     /// Peers, all in one zone.
     pub peers: usize,
+    /// The `dangan` executable to run the repair again with, in a process of its own, so
+    /// that its peak memory is the worker's alone (the in-process figure includes the peers
+    /// and the validator).
+    pub repair_process: Option<std::path::PathBuf>,
 }
 
 impl Default for OpsScaleOptions {
@@ -1246,6 +1250,7 @@ impl Default for OpsScaleOptions {
             document: 256,
             in_flight: 32,
             peers: 6,
+            repair_process: None,
         }
     }
 }
@@ -1265,6 +1270,9 @@ pub struct OpsScaleReport {
     pub stripes: u64,
     pub failures: usize,
     pub repair: Duration,
+    /// `dangan repair` run as its own process over the same cluster: its time and peak
+    /// resident memory (`ru_maxrss`).
+    pub process: Option<(Duration, u64)>,
 }
 
 impl fmt::Display for OpsScaleReport {
@@ -1295,8 +1303,55 @@ impl fmt::Display for OpsScaleReport {
             } else {
                 " (peak since the start: the OS did not allow a reset)"
             }
-        )
+        )?;
+        if let Some((took, peak)) = self.process {
+            write!(
+                f,
+                "\n`dangan repair` in its own process over the same cluster: {:.1} s, peak resident {}",
+                took.as_secs_f64(),
+                mib(Some(peak))
+            )?;
+        }
+        Ok(())
     }
+}
+
+/// Runs `exe repair` over `cluster` as the operator, in a process of its own: its time and
+/// peak resident memory.
+async fn repair_in_process(
+    exe: &std::path::Path,
+    cluster: &crate::cluster::LocalCluster,
+) -> Result<(Duration, u64), crate::cluster::ClusterError> {
+    use crate::cluster::ClusterError;
+    let dir = cluster.root().join("operator-files");
+    let (file, key) = cluster.write_operator_files(&dir)?;
+    let started = Instant::now();
+    let out = tokio::process::Command::new(exe)
+        .arg("repair")
+        .arg("--cluster")
+        .arg(&file)
+        .arg("--key")
+        .arg(&key)
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await?;
+    let took = started.elapsed();
+    if !out.status.success() {
+        return Err(ClusterError::Check(format!(
+            "`dangan repair` failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    // SAFETY: getrusage writes into the struct it is given and nothing else.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) } != 0 {
+        return Err(ClusterError::Io(std::io::Error::last_os_error()));
+    }
+    // Linux reports ru_maxrss in KiB; the repair is the only child this process waited for.
+    Ok((took, usage.ru_maxrss as u64 * 1024))
 }
 
 /// Resident memory of this process now (VmRSS), in bytes, where the OS reports it.
@@ -1351,6 +1406,10 @@ pub async fn ops_scale(
     let peak_rss = peak_rss();
     op.close().await;
     let r = r?;
+    let process = match &options.repair_process {
+        Some(exe) => Some(repair_in_process(exe, &cluster).await?),
+        None => None,
+    };
     cluster.shutdown().await;
     Ok(OpsScaleReport {
         options,
@@ -1362,6 +1421,7 @@ pub async fn ops_scale(
         stripes: r.stripes,
         failures: r.failures.len(),
         repair: r.elapsed,
+        process,
     })
 }
 

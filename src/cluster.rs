@@ -261,6 +261,66 @@ impl LocalCluster {
         )
     }
 
+    /// This cluster as files a `dangan` process can use: `cluster.toml` (its peers, the
+    /// validator's host as a peer of weight 0, the departments and the operator as clients)
+    /// and the operator's key, written to `dir`. Returns their paths.
+    pub fn write_operator_files(&self, dir: &Path) -> Result<(PathBuf, PathBuf), ClusterError> {
+        use crate::config::{ChainSection, ClientEntry, ClusterFile, PeerEntry, ValidatorEntry};
+        std::fs::create_dir_all(dir)?;
+        let addr = |node: &NodeInfo| {
+            node.addr
+                .parse::<SocketAddr>()
+                .map_err(|e| ClusterError::Check(format!("peer address {}: {e}", node.addr)))
+        };
+        let mut peers = Vec::new();
+        for node in self.layout.nodes.iter().chain(&self.chain.hosts) {
+            peers.push(PeerEntry {
+                id: node.key,
+                addr: addr(node)?,
+                zone: node.zone.clone(),
+                weight: node.weight,
+            });
+        }
+        let clients = [
+            (&self.client_identity, "department"),
+            (&self.other_department, "other department"),
+            (&self.operator, "operator"),
+        ]
+        .into_iter()
+        .map(|(identity, name)| ClientEntry {
+            id: identity.public(),
+            name: name.into(),
+        })
+        .collect();
+        let file = ClusterFile {
+            epoch: self.layout.epoch,
+            coding: Default::default(),
+            peers,
+            clients,
+            chain: Some(ChainSection {
+                validators: self
+                    .chain
+                    .validators
+                    .iter()
+                    .zip(&self.chain.hosts)
+                    .map(|(id, host)| ValidatorEntry {
+                        id: *id,
+                        peer: host.key,
+                    })
+                    .collect(),
+            }),
+        };
+        let text = toml::to_string(&file)
+            .map_err(|e| ClusterError::Check(format!("cluster file: {e}")))?;
+        let cluster = dir.join("cluster.toml");
+        std::fs::write(&cluster, text)?;
+        let key = dir.join("operator.key");
+        self.operator
+            .save(&key)
+            .map_err(|e| ClusterError::Check(format!("operator key: {e}")))?;
+        Ok((cluster, key))
+    }
+
     /// A client with the operator's identity, placing by `layout` and falling back to
     /// `previous` (what the operations workers use).
     pub fn operator_client(
