@@ -1317,7 +1317,8 @@ impl fmt::Display for OpsScaleReport {
 }
 
 /// Runs `exe repair` over `cluster` as the operator, in a process of its own: its time and
-/// peak resident memory.
+/// peak resident memory (its `VmHWM`, read every 100 ms while it runs; `ru_maxrss` of a
+/// child would count the pages it shared with this process before its exec).
 async fn repair_in_process(
     exe: &std::path::Path,
     cluster: &crate::cluster::LocalCluster,
@@ -1325,8 +1326,9 @@ async fn repair_in_process(
     use crate::cluster::ClusterError;
     let dir = cluster.root().join("operator-files");
     let (file, key) = cluster.write_operator_files(&dir)?;
+    let errors = dir.join("repair.stderr");
     let started = Instant::now();
-    let out = tokio::process::Command::new(exe)
+    let mut child = tokio::process::Command::new(exe)
         .arg("repair")
         .arg("--cluster")
         .arg(&file)
@@ -1335,23 +1337,32 @@ async fn repair_in_process(
         .arg("--data-dir")
         .arg(dir.join("data"))
         .stdin(std::process::Stdio::null())
-        .output()
-        .await?;
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&errors)?)
+        .spawn()?;
+    let status_file = child.id().map(|pid| format!("/proc/{pid}/status"));
+    let hwm = || -> Option<u64> {
+        let status = std::fs::read_to_string(status_file.as_ref()?).ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kib * 1024)
+    };
+    let mut peak = 0u64;
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let status = loop {
+        tokio::select! {
+            status = child.wait() => break status?,
+            _ = tick.tick() => peak = peak.max(hwm().unwrap_or(0)),
+        }
+    };
     let took = started.elapsed();
-    if !out.status.success() {
+    if !status.success() {
         return Err(ClusterError::Check(format!(
-            "`dangan repair` failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
+            "`dangan repair` failed ({status}): {}",
+            std::fs::read_to_string(&errors).unwrap_or_default().trim()
         )));
     }
-    // SAFETY: getrusage writes into the struct it is given and nothing else.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    if unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) } != 0 {
-        return Err(ClusterError::Io(std::io::Error::last_os_error()));
-    }
-    // Linux reports ru_maxrss in KiB; the repair is the only child this process waited for.
-    Ok((took, usage.ru_maxrss as u64 * 1024))
+    Ok((took, peak))
 }
 
 /// Resident memory of this process now (VmRSS), in bytes, where the OS reports it.
