@@ -14,7 +14,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use dangan::audit::Verdict;
 use dangan::bench::{self, CodecBenchOptions};
 use dangan::chain::tx::{ChainKey, Tx, TxBody};
-use dangan::client::{Client, ClientOptions};
+use dangan::client::Client;
 use dangan::codec::DocumentInfo;
 use dangan::config::local::{LocalConfig, LocalOptions};
 use dangan::config::{self, ClusterFile, NodeFile};
@@ -26,7 +26,6 @@ use dangan::manifest::CodingParams;
 use dangan::ops::{self, Operator, OpsOptions};
 use dangan::receipt::Receipt;
 use dangan::revision;
-use dangan::tls::Membership;
 
 #[derive(Parser)]
 #[command(
@@ -60,6 +59,22 @@ enum Command {
         /// Size of the large file, MiB.
         #[arg(long, default_value_t = 64)]
         big_mib: usize,
+        /// Instead of the story: start the cluster with a department gateway on
+        /// 127.0.0.1, print its console and portal URLs, an admin token and a sample
+        /// citizen key file, and serve until Ctrl-C.
+        #[arg(long)]
+        serve: bool,
+        /// The gateway's TCP port with --serve (0: any free port).
+        #[arg(long, default_value_t = 8080)]
+        port: u16,
+    },
+    /// Run a department's HTTP gateway (REST API, console, portal) over a cluster, or
+    /// manage its API tokens.
+    Gateway {
+        #[arg(long, default_value = "config/gateway.toml")]
+        config: PathBuf,
+        #[command(subcommand)]
+        command: Option<GatewayCommand>,
     },
     /// Run one storage peer.
     Node {
@@ -227,6 +242,33 @@ enum Command {
         /// runs as planned.
         #[arg(long)]
         every_hours: Option<f64>,
+    },
+}
+
+#[derive(Subcommand)]
+enum GatewayCommand {
+    /// Manage the gateway's API tokens (with the gateway stopped: it holds its database).
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Create a token; it is printed once and stored only hashed.
+    Add {
+        #[arg(long)]
+        name: String,
+        /// What it may do: store, fetch, grant, revoke, supersede, verify, audit, status,
+        /// admin (everything). Repeat or separate with commas.
+        #[arg(long = "scope", value_delimiter = ',', required = true)]
+        scopes: Vec<dangan::gateway::Scope>,
+    },
+    /// List the tokens (names and scopes; never the tokens).
+    List,
+    /// Remove a token by name.
+    Revoke {
+        #[arg(long)]
+        name: String,
     },
 }
 
@@ -539,6 +581,10 @@ fn main() -> Result<()> {
         .init();
     match cli.command {
         Command::Bench(command) => bench(command),
+        Command::Gateway {
+            config,
+            command: Some(GatewayCommand::Token(command)),
+        } => token(&config, command),
         Command::Keys(command) => keys(command),
         Command::LocalConfig {
             dir,
@@ -567,7 +613,14 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 /// The commands that run in the async runtime.
 async fn run_async(command: Command) -> Result<()> {
     match command {
-        Command::Demo { big_mib } => demo(big_mib).await,
+        Command::Demo {
+            serve: true, port, ..
+        } => demo_serve(port).await,
+        Command::Demo { big_mib, .. } => demo(big_mib).await,
+        Command::Gateway {
+            config,
+            command: None,
+        } => gateway(&config).await,
         Command::Node { config } => node(&config).await,
         Command::Put {
             file,
@@ -751,6 +804,60 @@ async fn demo(big_mib: usize) -> Result<()> {
     let start = Instant::now();
     dangan::demo::run(big_mib, &mut |line| println!("{line}")).await?;
     println!("demo finished in {:.1} s", start.elapsed().as_secs_f64());
+    Ok(())
+}
+
+async fn demo_serve(port: u16) -> Result<()> {
+    let mut signal = Ok(());
+    dangan::demo::serve(
+        port,
+        async {
+            signal = tokio::signal::ctrl_c().await;
+        },
+        &mut |line| println!("{line}"),
+    )
+    .await?;
+    signal.context("waiting for Ctrl-C")
+}
+
+/// Runs the gateway until Ctrl-C.
+async fn gateway(config: &Path) -> Result<()> {
+    let config = dangan::gateway::GatewayFile::load(config)?;
+    println!("gateway listening on http://{}", config.listen);
+    let mut signal = Ok(());
+    dangan::gateway::run(config, async {
+        signal = tokio::signal::ctrl_c().await;
+    })
+    .await?;
+    signal.context("waiting for Ctrl-C")
+}
+
+fn token(config: &Path, command: TokenCommand) -> Result<()> {
+    let db = dangan::gateway::GatewayFile::load(config)?.db()?;
+    match command {
+        TokenCommand::Add { name, scopes } => {
+            let token = db.add(&name, &scopes)?;
+            eprintln!("token {name:?} created; it is shown only now:");
+            println!("{token}");
+        }
+        TokenCommand::List => {
+            for t in db.list()? {
+                let scopes: Vec<&str> = t.scopes.iter().map(|s| s.as_str()).collect();
+                println!(
+                    "{}\t{}\tcreated {}",
+                    t.name,
+                    scopes.join(","),
+                    dangan::audit::utc(t.created_ms)
+                );
+            }
+        }
+        TokenCommand::Revoke { name } => {
+            if !db.revoke(&name)? {
+                bail!("no token named {name:?}");
+            }
+            println!("token {name:?} revoked");
+        }
+    }
     Ok(())
 }
 
@@ -1610,21 +1717,7 @@ async fn submit_all(client: &ClientArgs, bodies: Vec<TxBody>, done: &str) -> Res
 /// fall back to the file's).
 async fn connect(args: &ClientArgs) -> Result<(Client, Keyring)> {
     let identity = Identity::load(&args.key)?;
-    let cluster = ClusterFile::load(&args.cluster)?;
-    let membership = Membership::new();
-    membership.replace(cluster.members.iter().copied());
-    let client = Client::with_chain_layout(
-        &identity,
-        Arc::new(membership),
-        cluster.layout,
-        ClientOptions {
-            params: cluster.params,
-            write_quorum: cluster.write_quorum,
-            chain: cluster.chain,
-            ..ClientOptions::default()
-        },
-    )
-    .await?;
+    let client = ClusterFile::load(&args.cluster)?.connect(&identity).await?;
     Ok((client, Keyring::open(&args.keyring)?))
 }
 
@@ -1642,18 +1735,11 @@ impl OpsArgs {
 fn operator(args: &ClientArgs, data_dir: &Path) -> Result<Operator> {
     let identity = Identity::load(&args.key)?;
     let cluster = ClusterFile::load(&args.cluster)?;
-    let membership = Membership::new();
-    membership.replace(cluster.members.iter().copied());
     Ok(Operator::new(
         &identity,
-        Arc::new(membership),
-        cluster.layout,
-        ClientOptions {
-            params: cluster.params,
-            write_quorum: cluster.write_quorum,
-            chain: cluster.chain,
-            ..ClientOptions::default()
-        },
+        cluster.trust(),
+        cluster.layout.clone(),
+        cluster.options(),
         data_dir,
     ))
 }

@@ -171,6 +171,41 @@ pub struct Cluster {
     pub chain: Option<ChainLink>,
 }
 
+impl Cluster {
+    /// A document client of this cluster as `identity`: trusting its members, placing by
+    /// the chain's layout (this file's while the chain has none; reads fall back to it).
+    /// What `dangan put`/`get` and the gateway connect with.
+    pub async fn connect(
+        &self,
+        identity: &Identity,
+    ) -> Result<crate::client::Client, crate::client::ClientError> {
+        crate::client::Client::with_chain_layout(
+            identity,
+            self.trust(),
+            self.layout.clone(),
+            self.options(),
+        )
+        .await
+    }
+
+    /// The peers and clients this cluster trusts, as a TLS trust policy.
+    pub fn trust(&self) -> std::sync::Arc<crate::tls::Membership> {
+        let membership = crate::tls::Membership::new();
+        membership.replace(self.members.iter().copied());
+        std::sync::Arc::new(membership)
+    }
+
+    /// Client options with this cluster's coding, write quorum and chain.
+    pub fn options(&self) -> crate::client::ClientOptions {
+        crate::client::ClientOptions {
+            params: self.params,
+            write_quorum: self.write_quorum,
+            chain: self.chain.clone(),
+            ..crate::client::ClientOptions::default()
+        }
+    }
+}
+
 impl ClusterFile {
     pub fn load(path: &Path) -> Result<Cluster, ConfigError> {
         let file: ClusterFile = read_toml(path)?;

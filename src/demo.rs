@@ -610,3 +610,62 @@ async fn rebalance(
     }
     Ok(report)
 }
+
+/// `dangan demo --serve`: the embedded cluster with the department's gateway on
+/// 127.0.0.1:`port` (0: any free port), an admin token, and a sample citizen key file
+/// (with its grant address) in the cluster's temporary directory; told to `step`, then
+/// served until `shutdown` completes.
+pub async fn serve(
+    port: u16,
+    shutdown: impl std::future::Future<Output = ()>,
+    step: Step<'_>,
+) -> Result<(), ClusterError> {
+    let cluster = LocalCluster::start(6, 3).await?;
+    let root = cluster.root().to_path_buf();
+    let gateway_dir = root.join("gateway");
+    let db = crate::gateway::GatewayDb::open(&gateway_dir).map_err(gateway_error)?;
+    let token = db
+        .add("demo-admin", &[crate::gateway::Scope::Admin])
+        .map_err(gateway_error)?;
+    drop(db);
+    let citizen = Identity::generate(Role::Citizen);
+    let citizen_key = root.join("citizen.key");
+    citizen
+        .save(&citizen_key)
+        .map_err(|e| ClusterError::Check(format!("writing the citizen's key: {e}")))?;
+    let setup = crate::gateway::GatewaySetup {
+        listen: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        client: cluster.client(ClientOptions::default())?,
+        keyring: crate::keyring::Keyring::open(root.join("keyring"))?,
+        data_dir: gateway_dir,
+        department: "civil-registry".into(),
+        limits: crate::gateway::GatewayLimits::default(),
+    };
+    let gateway = crate::gateway::start(setup).await.map_err(gateway_error)?;
+    let url = format!("http://{}", gateway.addr());
+    step(&format!(
+        "cluster: 6 peers in 3 zones and a validator, files in {}",
+        root.display()
+    ));
+    step(&format!("department console: {url}/console/"));
+    step(&format!("citizen portal:     {url}/portal/"));
+    step(&format!("verify page:        {url}/verify/"));
+    step(&format!("API token (admin, shown once): {token}"));
+    step(&format!(
+        "sample citizen key file: {}",
+        citizen_key.display()
+    ));
+    step(&format!(
+        "its grant address (paste it in the console to grant a document): {}",
+        crate::grant::GrantAddress::of(&citizen)
+    ));
+    step("press Ctrl-C to stop");
+    shutdown.await;
+    let stopped = gateway.stop().await;
+    cluster.shutdown().await;
+    stopped.map_err(gateway_error)
+}
+
+fn gateway_error(e: crate::gateway::GatewayError) -> ClusterError {
+    ClusterError::Check(format!("gateway: {e}"))
+}

@@ -87,6 +87,36 @@ impl Keyring {
             .map_err(io(&self.dir))
     }
 
+    /// Up to `limit` ids of the documents this keyring holds keys for, in id order, after
+    /// `after` (a page of a department's documents). The directory is read whole: one name
+    /// per key, so memory grows with the number of keys, not with their documents.
+    pub fn ids(
+        &self,
+        after: Option<&DocumentId>,
+        limit: usize,
+    ) -> Result<Vec<DocumentId>, KeyringError> {
+        let io = |source| KeyringError::Io {
+            path: self.dir.clone(),
+            source,
+        };
+        let mut ids = Vec::new();
+        for entry in std::fs::read_dir(&self.dir).map_err(io)? {
+            let name = entry.map_err(io)?.file_name();
+            let parsed = name
+                .to_str()
+                .and_then(|n| n.strip_suffix(".key"))
+                .and_then(|n| n.parse::<DocumentId>().ok());
+            if let Some(id) = parsed
+                && after.is_none_or(|a| id > *a)
+            {
+                ids.push(id);
+            }
+        }
+        ids.sort();
+        ids.truncate(limit);
+        Ok(ids)
+    }
+
     pub fn load(&self, id: &DocumentId) -> Result<DataKey, KeyringError> {
         let path = self.path(id);
         let text = match std::fs::read_to_string(&path) {

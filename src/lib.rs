@@ -17,6 +17,7 @@ pub mod config;
 pub mod crypto;
 pub mod demo;
 pub mod erasure;
+pub mod gateway;
 pub mod grant;
 pub mod id;
 pub mod identity;

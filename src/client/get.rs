@@ -63,7 +63,7 @@ impl Client {
         &self,
         id: &DocumentId,
         key: &DataKey,
-        mut writer: W,
+        writer: W,
         progress: Progress<'_>,
     ) -> Result<GetReport, ClientError>
     where
@@ -72,15 +72,43 @@ impl Client {
         if let Some(chain) = &self.inner.chain {
             chain.check_registered(id).await?;
         }
-        let manifest = Arc::new(self.manifest(id).await?);
+        let manifest = self.manifest(id).await?;
+        let size = manifest.size;
+        self.read_range(&manifest, key, 0..size, writer, progress)
+            .await
+    }
+
+    /// Writes bytes `range` of the document whose `manifest` the caller read with
+    /// [`Client::manifest`] (after checking its registration, as [`Client::get`] does),
+    /// opened with `key`, to `writer`: only the stripes the range touches are fetched. The
+    /// range is clamped to the document's size.
+    pub async fn read_range<W>(
+        &self,
+        manifest: &Manifest,
+        key: &DataKey,
+        range: std::ops::Range<u64>,
+        mut writer: W,
+        progress: Progress<'_>,
+    ) -> Result<GetReport, ClientError>
+    where
+        W: AsyncWrite + Unpin,
+    {
+        let id = manifest.id();
+        let end = range.end.min(manifest.size);
+        let start = range.start.min(end);
+        let manifest = Arc::new(manifest.clone());
         let codec = Arc::new(StripeCodec::for_manifest(&manifest, key)?);
         let reading = Arc::new(Reading {
-            id: *id,
+            id,
             manifest: Bytes::from(manifest.encode()),
         });
         let mut report = GetReport::default();
         let in_flight = self.inner.options.stripes_in_flight.max(1);
-        let mut opened = futures::stream::iter(0..manifest.stripe_count())
+        let touched = (0..manifest.stripe_count()).filter(|&i| {
+            let g = manifest.stripe(i);
+            g.plain_offset < end && g.plain_offset + g.plain_len > start
+        });
+        let mut opened = futures::stream::iter(touched)
             .map(|i| {
                 let (manifest, codec, reading) = (manifest.clone(), codec.clone(), reading.clone());
                 async move { self.fetch_and_open(manifest, codec, &reading, i).await }
@@ -88,14 +116,17 @@ impl Client {
             .buffered(in_flight);
         while let Some(res) = opened.next().await {
             let (stripe, corrupt) = res?;
+            let offset = manifest.stripe(stripe.index).plain_offset;
+            let from = start.saturating_sub(offset) as usize;
+            let to = ((end - offset) as usize).min(stripe.plaintext.len());
             writer
-                .write_all(&stripe.plaintext)
+                .write_all(&stripe.plaintext[from..to])
                 .await
                 .map_err(ClientError::Write)?;
-            report.bytes += stripe.plaintext.len() as u64;
+            report.bytes += (to - from) as u64;
             report.stripes_rebuilt += u64::from(stripe.rebuilt);
             report.corrupt.extend(corrupt);
-            progress(report.bytes, manifest.size);
+            progress(report.bytes, end - start);
         }
         writer.flush().await.map_err(ClientError::Write)?;
         for (stripe, slot, peer) in &report.corrupt {

@@ -18,6 +18,7 @@ mod durability;
 mod faults;
 mod fuzz_regressions;
 mod fuzz_seeds;
+mod gateway;
 mod grants;
 mod isolation;
 mod layering;
