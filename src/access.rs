@@ -6,6 +6,11 @@
 //!   open manifest) is for its owning department, a live grantee
 //!   ([`DocumentRecord::may_read`]: not revoked, not expired) and operators (repair,
 //!   rebalance and scrub run as one, and read shards no open document names);
+//! - a gateway reads a document for a citizen (`OpenDelegated`, `GetDelegatedManifest`,
+//!   `GetDelegatedShard`) only under the citizen's read delegation (`delegation`) naming the
+//!   gateway's key, this chain and this document, unexpired, and only while the citizen
+//!   holds a live grant ([`ChainView::may_read_delegated`]); what the gateway's own key may
+//!   do counts for nothing there;
 //! - storing shards and manifests is for departments and operators;
 //! - deleting, listing, usage and scrub are for operators; the owning department may also
 //!   delete the manifest, and its document's references to shards, of its own document once
@@ -47,6 +52,7 @@ use std::time::{Duration, Instant};
 use crate::chain::client::{ChainClient, ChainError, ChainLink};
 use crate::chain::ledger::Ledger;
 use crate::chain::state::DocumentRecord;
+use crate::delegation::Delegation;
 use crate::id::{DocumentId, ShardId};
 use crate::identity::{Identity, PublicId, Role};
 use crate::manifest::Manifest;
@@ -114,6 +120,8 @@ pub enum AccessError {
     TimedOut(Duration),
     #[error("access cannot be checked, so it is refused: this peer is linked to no chain")]
     NoChain,
+    #[error("read delegation refused: {0}")]
+    BadDelegation(String),
 }
 
 impl AccessError {
@@ -508,6 +516,86 @@ impl ChainView {
         .await
     }
 
+    /// Whether the caller `gateway` may read `delegation.document` for the citizen who signed
+    /// `delegation` now: the delegation names `gateway` (the caller's TLS identity), is
+    /// signed by the citizen for this chain and not expired nor living too long
+    /// (`delegation`), and the citizen holds a live grant on the document. Ownership or a
+    /// role of the citizen's key count for nothing here, nor does anything the gateway's own
+    /// key may do.
+    pub async fn may_read_delegated(
+        &self,
+        gateway: &PublicId,
+        delegation: &Delegation,
+    ) -> Result<(), AccessError> {
+        self.check_delegation(gateway, delegation).await?;
+        self.has_live_grant(&delegation.citizen, &delegation.document)
+            .await
+    }
+
+    /// The part of [`ChainView::may_read_delegated`] that needs no document record: the
+    /// delegation names the caller `gateway`, is signed by its citizen for this chain, and
+    /// is neither expired nor living too long.
+    pub async fn check_delegation(
+        &self,
+        gateway: &PublicId,
+        delegation: &Delegation,
+    ) -> Result<(), AccessError> {
+        if delegation.gateway != *gateway {
+            return Err(AccessError::BadDelegation(format!(
+                "it names gateway {}, not the caller {gateway}",
+                delegation.gateway
+            )));
+        }
+        let chain = self.chain_key().await?;
+        delegation
+            .verify(&chain.0, crate::now_ms())
+            .map_err(|e| AccessError::BadDelegation(e.to_string()))
+    }
+
+    /// Whether the caller `gateway` may fetch `shard` of `document` for `citizen` on a
+    /// connection with `opened`: the document opened there under `citizen`'s delegation
+    /// (its signature checked then), naming the shard, the delegation not expired, and the
+    /// citizen's grant still live.
+    pub async fn may_read_delegated_shard(
+        &self,
+        gateway: &PublicId,
+        shard: &ShardId,
+        document: &DocumentId,
+        citizen: &PublicId,
+        opened: &OpenDocuments,
+    ) -> Result<(), AccessError> {
+        let Some(delegation) = opened.delegation_for(document, citizen, shard) else {
+            return Err(AccessError::NotOpened {
+                who: *gateway,
+                shard: *shard,
+            });
+        };
+        let now = crate::now_ms();
+        if delegation.expires_ms <= now {
+            return Err(AccessError::BadDelegation(format!(
+                "it expired at {} (now {now})",
+                delegation.expires_ms
+            )));
+        }
+        self.has_live_grant(citizen, document).await
+    }
+
+    /// Whether `who` holds a live grant on `id` (not ownership, not a role).
+    async fn has_live_grant(&self, who: &PublicId, id: &DocumentId) -> Result<(), AccessError> {
+        Self::refused_twice(|since| async move {
+            let record = self.registered(id, since).await?;
+            if record.live_grant(who, crate::now_ms()).is_some() {
+                Ok(())
+            } else {
+                Err(AccessError::NotGranted {
+                    who: *who,
+                    document: *id,
+                })
+            }
+        })
+        .await
+    }
+
     /// Whether `who` may see document `id`'s read records (`GetAudit`): its owner and
     /// operators only, since who read a citizen's document is itself sensitive.
     pub async fn may_audit(&self, who: &PublicId, id: &DocumentId) -> Result<(), AccessError> {
@@ -691,17 +779,51 @@ fn fresh(at: Instant) -> bool {
     at.elapsed() < ACCESS_TTL
 }
 
-/// The documents a connection has opened (`Request::OpenDocument`): the shard ids of each
-/// manifest, at most [`MAX_OPEN_DOCUMENTS`] documents (the oldest is dropped first).
+/// The documents a connection has opened (`Request::OpenDocument`, or
+/// `Request::OpenDelegated` for a citizen): the shard ids of each manifest, at most
+/// [`MAX_OPEN_DOCUMENTS`] openings (the oldest is dropped first). A delegated opening is
+/// kept apart per citizen and serves only `GetDelegatedShard` naming that citizen.
 #[derive(Debug, Default)]
 pub struct OpenDocuments {
-    documents: Mutex<VecDeque<(DocumentId, HashSet<ShardId>)>>,
+    documents: Mutex<VecDeque<Opening>>,
+}
+
+#[derive(Debug)]
+struct Opening {
+    document: DocumentId,
+    shards: HashSet<ShardId>,
+    delegation: Option<Delegation>,
+}
+
+impl Opening {
+    fn citizen(&self) -> Option<PublicId> {
+        self.delegation.map(|d| d.citizen)
+    }
 }
 
 impl OpenDocuments {
     /// Checks that `manifest` (the bytes a reader sent) hashes to `document` and decodes,
     /// and opens it: returns how many distinct shards it names.
     pub fn open(&self, document: DocumentId, manifest: &[u8]) -> Result<usize, AccessError> {
+        self.open_as(document, manifest, None)
+    }
+
+    /// As [`OpenDocuments::open`], for `delegation.document` on behalf of the citizen who
+    /// signed `delegation` (already checked by [`ChainView::may_read_delegated`]).
+    pub fn open_delegated(
+        &self,
+        delegation: &Delegation,
+        manifest: &[u8],
+    ) -> Result<usize, AccessError> {
+        self.open_as(delegation.document, manifest, Some(*delegation))
+    }
+
+    fn open_as(
+        &self,
+        document: DocumentId,
+        manifest: &[u8],
+        delegation: Option<Delegation>,
+    ) -> Result<usize, AccessError> {
         if !document.verifies(manifest) {
             return Err(AccessError::ManifestMismatch(document));
         }
@@ -711,28 +833,56 @@ impl OpenDocuments {
         })?;
         let shards: HashSet<ShardId> = decoded.stripes.into_iter().flatten().collect();
         let count = shards.len();
-        self.insert(document, shards);
+        self.insert(document, shards, delegation);
         Ok(count)
     }
 
-    fn insert(&self, document: DocumentId, shards: HashSet<ShardId>) {
+    fn insert(
+        &self,
+        document: DocumentId,
+        shards: HashSet<ShardId>,
+        delegation: Option<Delegation>,
+    ) {
         let mut open = self.documents.lock().unwrap_or_else(|e| e.into_inner());
-        open.retain(|(d, _)| *d != document);
+        let citizen = delegation.map(|d| d.citizen);
+        open.retain(|o| !(o.document == document && o.citizen() == citizen));
         if open.len() >= MAX_OPEN_DOCUMENTS {
             open.pop_front();
         }
-        open.push_back((document, shards));
+        open.push_back(Opening {
+            document,
+            shards,
+            delegation,
+        });
     }
 
-    /// The open documents that name `shard`.
+    /// The documents opened directly (not under a delegation) that name `shard`.
     pub fn documents_with(&self, shard: &ShardId) -> Vec<DocumentId> {
         self.documents
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .iter()
-            .filter(|(_, shards)| shards.contains(shard))
-            .map(|(d, _)| *d)
+            .filter(|o| o.delegation.is_none() && o.shards.contains(shard))
+            .map(|o| o.document)
             .collect()
+    }
+
+    /// The delegation `document` was opened under for `citizen`, if that opening names
+    /// `shard`.
+    pub fn delegation_for(
+        &self,
+        document: &DocumentId,
+        citizen: &PublicId,
+        shard: &ShardId,
+    ) -> Option<Delegation> {
+        self.documents
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .find(|o| {
+                o.document == *document && o.citizen() == Some(*citizen) && o.shards.contains(shard)
+            })
+            .and_then(|o| o.delegation)
     }
 }
 
@@ -795,10 +945,10 @@ mod tests {
         open.open(id, &bytes).unwrap();
         assert_eq!(open.documents.lock().unwrap().len(), 1);
         for i in 0..MAX_OPEN_DOCUMENTS - 1 {
-            open.insert(DocumentId::of(&[i as u8]), HashSet::new());
+            open.insert(DocumentId::of(&[i as u8]), HashSet::new(), None);
         }
         assert_eq!(open.documents_with(&first), vec![id]);
-        open.insert(DocumentId::of(b"one more"), HashSet::new());
+        open.insert(DocumentId::of(b"one more"), HashSet::new(), None);
         assert!(
             open.documents_with(&first).is_empty(),
             "the oldest was closed"

@@ -5,7 +5,9 @@
 //! On a peer, [`AuditLog`] keeps one [`AuditRecord`] per served read that names a document
 //! (a `GetManifest` answered with the manifest, a `GetShard` answered with a shard of a
 //! document opened on the connection): reader, document, time, what was read, and a
-//! sequence number. Records are buffered in memory and written to `<data dir>/audit.redb`
+//! sequence number. A gateway's read under a citizen's read delegation (`delegation`) is
+//! recorded as the citizen's, naming the gateway ([`ReadKind::ManifestVia`],
+//! [`ReadKind::ShardVia`]; variants appended, so older records decode as before). Records are buffered in memory and written to `<data dir>/audit.redb`
 //! in one durable transaction every [`FLUSH_EVERY`] or [`FLUSH_AT`] records, so a read does
 //! not pay an fsync (a crash loses at most the records of that last second).
 //!
@@ -89,6 +91,26 @@ const ROOTS: TableDefinition<u64, &[u8]> = TableDefinition::new("audit-roots-v1"
 pub enum ReadKind {
     Manifest,
     Shard(ShardId),
+    /// The manifest, fetched by `gateway` under the reader's read delegation
+    /// (`delegation`): the record's reader is the citizen who signed it.
+    ManifestVia {
+        gateway: PublicId,
+    },
+    /// A shard, fetched by `gateway` under the reader's read delegation.
+    ShardVia {
+        shard: ShardId,
+        gateway: PublicId,
+    },
+}
+
+impl ReadKind {
+    /// The gateway a delegated read went through (`None`: the reader read directly).
+    pub fn gateway(&self) -> Option<PublicId> {
+        match self {
+            Self::Manifest | Self::Shard(_) => None,
+            Self::ManifestVia { gateway } | Self::ShardVia { gateway, .. } => Some(*gateway),
+        }
+    }
 }
 
 impl std::fmt::Display for ReadKind {
@@ -96,6 +118,14 @@ impl std::fmt::Display for ReadKind {
         match self {
             Self::Manifest => f.write_str("manifest"),
             Self::Shard(id) => write!(f, "shard {}", &id.to_string()[..12]),
+            Self::ManifestVia { gateway } => write!(f, "manifest via gateway {gateway}"),
+            Self::ShardVia { shard, gateway } => {
+                write!(
+                    f,
+                    "shard {} via gateway {gateway}",
+                    &shard.to_string()[..12]
+                )
+            }
         }
     }
 }

@@ -214,73 +214,14 @@ impl StripeCodec {
         index: u64,
         shards: Vec<Option<Bytes>>,
     ) -> Result<OpenedStripe, CodecError> {
-        let count = manifest.stripe_count();
-        let ids = manifest
-            .stripes
-            .get(index as usize)
-            .ok_or(CodecError::NoSuchStripe {
-                stripe: index,
-                count,
-            })?;
-        let k = usize::from(self.params.k);
-        if shards.len() != ids.len() {
-            return Err(CodecError::ShardSlots {
-                stripe: index,
-                expected: ids.len(),
-                got: shards.len(),
-            });
-        }
+        let SealedStripe {
+            sealed: mut buf,
+            corrupt,
+            rebuilt,
+            ..
+        } = rebuild_sealed(manifest, &self.erasure, index, shards)?;
         let g = manifest.stripe(index);
-        let shard_len = g.shard_len as usize;
         let small = (g.cipher_len as usize) < PARALLEL_MIN;
-        let verify = |(shard, id): (Option<Bytes>, &ShardId)| match shard {
-            Some(s) if s.len() == shard_len && id.verifies(&s) => (Some(s), false),
-            Some(_) => (None, true),
-            None => (None, false),
-        };
-        let verified: Vec<(Option<Bytes>, bool)> = if small {
-            shards.into_iter().zip(ids.iter()).map(verify).collect()
-        } else {
-            shards
-                .into_par_iter()
-                .zip(ids.par_iter())
-                .map(verify)
-                .collect()
-        };
-        let corrupt: Vec<usize> = verified
-            .iter()
-            .enumerate()
-            .filter_map(|(i, (_, bad))| bad.then_some(i))
-            .collect();
-        let intact = verified.iter().filter(|(s, _)| s.is_some()).count();
-        let rebuilt = verified[..k].iter().any(|(s, _)| s.is_none());
-        let mut buf = Vec::with_capacity(k * shard_len);
-        if !rebuilt {
-            for (s, _) in &verified[..k] {
-                buf.extend_from_slice(s.as_ref().expect("checked present"));
-            }
-        } else {
-            let mut slots: Vec<Option<Vec<u8>>> = verified
-                .into_iter()
-                .map(|(s, _)| s.map(Vec::from))
-                .collect();
-            self.erasure
-                .reconstruct_data(&mut slots)
-                .map_err(|e| match e {
-                    ErasureError::TooFewShards { .. } => CodecError::StripeUnrecoverable {
-                        stripe: index,
-                        intact,
-                        k,
-                        missing: ids.len() - intact - corrupt.len(),
-                        corrupt: corrupt.len(),
-                    },
-                    other => CodecError::Erasure(other),
-                })?;
-            for s in &slots[..k] {
-                buf.extend_from_slice(s.as_ref().expect("reconstructed"));
-            }
-        }
-        buf.truncate(g.cipher_len as usize);
         let sealed_len = self.params.sealed_segment_len() as usize;
         let seg_len = self.params.segment_size as usize;
         let last_segment = g.segments as usize - 1;
@@ -319,6 +260,102 @@ impl StripeCodec {
             rebuilt,
         })
     }
+}
+
+/// One stripe's sealed segments, rebuilt from its shards without the data key.
+#[derive(Debug, Clone)]
+pub struct SealedStripe {
+    pub index: u64,
+    /// The stripe's STREAM segments in order, each sealed (ciphertext then its 16-byte
+    /// tag), exactly as `StripeCodec::seal` sealed them: the stripe's `cipher_len` bytes.
+    pub sealed: Vec<u8>,
+    /// Slots whose shard was offered but did not match its id (to be reported for repair).
+    pub corrupt: Vec<usize>,
+    /// Whether data shards had to be rebuilt from parity.
+    pub rebuilt: bool,
+}
+
+/// Verifies the shards of stripe `index` of `manifest` (`None` for a missing one, one slot
+/// per shard id), rebuilds missing data shards with `erasure` (the manifest's k + m) if
+/// needed, and returns the stripe's sealed segments, not opened: what a relay that must not
+/// hold the data key (a gateway serving a citizen's browser) forwards.
+pub fn rebuild_sealed(
+    manifest: &Manifest,
+    erasure: &Erasure,
+    index: u64,
+    shards: Vec<Option<Bytes>>,
+) -> Result<SealedStripe, CodecError> {
+    let count = manifest.stripe_count();
+    let ids = manifest
+        .stripes
+        .get(index as usize)
+        .ok_or(CodecError::NoSuchStripe {
+            stripe: index,
+            count,
+        })?;
+    let k = usize::from(manifest.params.k);
+    if shards.len() != ids.len() {
+        return Err(CodecError::ShardSlots {
+            stripe: index,
+            expected: ids.len(),
+            got: shards.len(),
+        });
+    }
+    let g = manifest.stripe(index);
+    let shard_len = g.shard_len as usize;
+    let small = (g.cipher_len as usize) < PARALLEL_MIN;
+    let verify = |(shard, id): (Option<Bytes>, &ShardId)| match shard {
+        Some(s) if s.len() == shard_len && id.verifies(&s) => (Some(s), false),
+        Some(_) => (None, true),
+        None => (None, false),
+    };
+    let verified: Vec<(Option<Bytes>, bool)> = if small {
+        shards.into_iter().zip(ids.iter()).map(verify).collect()
+    } else {
+        shards
+            .into_par_iter()
+            .zip(ids.par_iter())
+            .map(verify)
+            .collect()
+    };
+    let corrupt: Vec<usize> = verified
+        .iter()
+        .enumerate()
+        .filter_map(|(i, (_, bad))| bad.then_some(i))
+        .collect();
+    let intact = verified.iter().filter(|(s, _)| s.is_some()).count();
+    let rebuilt = verified[..k].iter().any(|(s, _)| s.is_none());
+    let mut buf = Vec::with_capacity(k * shard_len);
+    if !rebuilt {
+        for (s, _) in &verified[..k] {
+            buf.extend_from_slice(s.as_ref().expect("checked present"));
+        }
+    } else {
+        let mut slots: Vec<Option<Vec<u8>>> = verified
+            .into_iter()
+            .map(|(s, _)| s.map(Vec::from))
+            .collect();
+        erasure.reconstruct_data(&mut slots).map_err(|e| match e {
+            ErasureError::TooFewShards { .. } => CodecError::StripeUnrecoverable {
+                stripe: index,
+                intact,
+                k,
+                missing: ids.len() - intact - corrupt.len(),
+                corrupt: corrupt.len(),
+            },
+            other => CodecError::Erasure(other),
+        })?;
+        for s in &slots[..k] {
+            buf.extend_from_slice(s.as_ref().expect("reconstructed"));
+        }
+    }
+    buf.truncate(g.cipher_len as usize);
+    Ok(SealedStripe {
+        index,
+        sealed: buf,
+        corrupt,
+        rebuilt,
+    })
 }
 
 /// Stripes with less ciphertext than this are sealed, hashed and opened on the calling

@@ -15,6 +15,7 @@ pub mod cluster;
 pub mod codec;
 pub mod config;
 pub mod crypto;
+pub mod delegation;
 pub mod demo;
 pub mod erasure;
 pub mod gateway;

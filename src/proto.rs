@@ -207,6 +207,36 @@ pub enum Request {
         entry: StaleEntry,
         before_ms: u64,
     },
+    /// A gateway opens a document for reading its shards on behalf of a citizen, under the
+    /// citizen's signed `delegation` (`delegation`): `len` body bytes of the canonical
+    /// manifest of `delegation.document` follow (at most [`MAX_MANIFEST_BODY`]). The peer
+    /// checks the delegation (signed for this chain, not expired, naming the caller's TLS
+    /// identity as the gateway) and that the citizen holds a live grant now (`access`), then
+    /// answers `Opened`; `GetDelegatedShard` naming that citizen then serves the manifest's
+    /// shards on this connection, each read recorded as the citizen's via the gateway.
+    OpenDelegated {
+        delegation: crate::delegation::Delegation,
+        len: u64,
+    },
+    /// A shard of `document`, opened on this connection with `OpenDelegated` for `citizen`:
+    /// `Shard { len }` and the body, or `NotFound`; refused once the delegation expired or
+    /// the grant is no longer live.
+    GetDelegatedShard {
+        id: ShardId,
+        document: DocumentId,
+        citizen: crate::identity::PublicId,
+    },
+    /// The manifest of `delegation.document` under the delegation (checked as for
+    /// `OpenDelegated`): `Manifest { len }` and the body, or `NotFound`.
+    GetDelegatedManifest {
+        delegation: crate::delegation::Delegation,
+    },
+    /// As `GetDocument` for `delegation.document`, under the delegation (checked as for
+    /// `OpenDelegated`), the record showing the citizen's grant alone: what a gateway needs
+    /// to hand the citizen its wrapped key and receipt.
+    GetDelegatedDocument {
+        delegation: crate::delegation::Delegation,
+    },
 }
 
 /// Most shard ids one [`Request::BindShards`] carries (a frame holds them easily).

@@ -615,7 +615,29 @@ impl ChainClient {
         &self,
         id: &DocumentId,
     ) -> Result<(DocumentRecord, TxInclusion), ChainError> {
-        let req = Request::GetDocument { id: *id };
+        self.registration_by(id, &Request::GetDocument { id: *id })
+            .await
+    }
+
+    /// As [`ChainClient::registration`] for the document of a citizen's read `delegation`
+    /// naming this client as its gateway: the record shows the citizen's grant alone (its
+    /// wrapped key), refused (`Refused`) unless that grant is live.
+    pub async fn delegated_registration(
+        &self,
+        delegation: &crate::delegation::Delegation,
+    ) -> Result<(DocumentRecord, TxInclusion), ChainError> {
+        let req = Request::GetDelegatedDocument {
+            delegation: *delegation,
+        };
+        self.registration_by(&delegation.document, &req).await
+    }
+
+    async fn registration_by(
+        &self,
+        id: &DocumentId,
+        req: &Request,
+    ) -> Result<(DocumentRecord, TxInclusion), ChainError> {
+        let req = req.clone();
         let body = match self.query_bytes(&req).await? {
             Some(body) => body,
             // A validator that lags (just restarted) may not have the block yet: only

@@ -6,11 +6,38 @@ use super::*;
 
 /// A document being read: its id and canonical manifest, sent once per connection to each
 /// peer asked for its shards (`Request::OpenDocument`), which serves a reader only the
-/// shards of documents opened so.
-struct Reading {
-    id: DocumentId,
-    manifest: Bytes,
+/// shards of documents opened so; with a citizen's read delegation, opened and read under
+/// it (`Request::OpenDelegated`, `Request::GetDelegatedShard`).
+pub(super) struct Reading {
+    pub(super) id: DocumentId,
+    pub(super) manifest: Bytes,
+    pub(super) delegation: Option<Delegation>,
 }
+
+impl Reading {
+    /// The citizen this document is read for under a delegation.
+    fn citizen(&self) -> Option<PublicId> {
+        self.delegation.map(|d| d.citizen)
+    }
+
+    /// The request for shard `id` of this document.
+    fn shard_request(&self, id: ShardId) -> Request {
+        match &self.delegation {
+            None => Request::GetShard { id },
+            Some(d) => Request::GetDelegatedShard {
+                id,
+                document: d.document,
+                citizen: d.citizen,
+            },
+        }
+    }
+}
+
+/// Decodes one stripe from the shards fetched (one slot per shard id), on the blocking
+/// pool: the decoded stripe and the slots whose shard was corrupt.
+pub(super) type Decode<T> = Arc<
+    dyn Fn(&Manifest, u64, Vec<Option<Bytes>>) -> Result<(T, Vec<usize>), CodecError> + Send + Sync,
+>;
 
 impl Client {
     /// Every live peer in the order a manifest is written and read: its placed replicas,
@@ -97,10 +124,16 @@ impl Client {
         let end = range.end.min(manifest.size);
         let start = range.start.min(end);
         let manifest = Arc::new(manifest.clone());
-        let codec = Arc::new(StripeCodec::for_manifest(&manifest, key)?);
+        let codec = StripeCodec::for_manifest(&manifest, key)?;
+        let decode: Decode<codec::OpenedStripe> = Arc::new(move |m, i, shards| {
+            let stripe = codec.open(m, i, shards)?;
+            let corrupt = stripe.corrupt.clone();
+            Ok((stripe, corrupt))
+        });
         let reading = Arc::new(Reading {
             id,
             manifest: Bytes::from(manifest.encode()),
+            delegation: None,
         });
         let mut report = GetReport::default();
         let in_flight = self.inner.options.stripes_in_flight.max(1);
@@ -110,8 +143,9 @@ impl Client {
         });
         let mut opened = futures::stream::iter(touched)
             .map(|i| {
-                let (manifest, codec, reading) = (manifest.clone(), codec.clone(), reading.clone());
-                async move { self.fetch_and_open(manifest, codec, &reading, i).await }
+                let (manifest, decode, reading) =
+                    (manifest.clone(), decode.clone(), reading.clone());
+                async move { self.fetch_and_decode(manifest, decode, &reading, i).await }
             })
             .buffered(in_flight);
         while let Some(res) = opened.next().await {
@@ -135,13 +169,16 @@ impl Client {
         Ok(report)
     }
 
-    async fn fetch_and_open(
+    /// Fetches stripe `index` (hedged; then untried slots, stand-ins, the previous layout's
+    /// peers as needed) and decodes it with `decode`: the decoded stripe and the corrupt
+    /// shards found as (stripe, slot, peer).
+    pub(super) async fn fetch_and_decode<T: Send + 'static>(
         &self,
         manifest: Arc<Manifest>,
-        codec: Arc<StripeCodec>,
+        decode: Decode<T>,
         reading: &Reading,
         index: u64,
-    ) -> Result<(codec::OpenedStripe, Vec<(u64, usize, PublicId)>), ClientError> {
+    ) -> Result<(T, Vec<(u64, usize, PublicId)>), ClientError> {
         let ids = manifest.stripes[index as usize].clone();
         let nodes: Vec<NodeInfo> = self
             .inner
@@ -158,14 +195,14 @@ impl Client {
         let mut tried_standins = false;
         loop {
             let shards = fetched.shards.clone();
-            let (m, c) = (manifest.clone(), codec.clone());
-            let opened = tokio::task::spawn_blocking(move || c.open(&m, index, shards))
+            let (m, d) = (manifest.clone(), decode.clone());
+            let opened = tokio::task::spawn_blocking(move || d(&m, index, shards))
                 .await
                 .map_err(|e| ClientError::Task(e.to_string()))?;
             match opened {
-                Ok(stripe) => {
+                Ok((stripe, bad)) => {
                     let mut corrupt = fetched.corrupt.clone();
-                    corrupt.extend(stripe.corrupt.iter().map(|&s| (index, s, nodes[s].key)));
+                    corrupt.extend(bad.iter().map(|&s| (index, s, nodes[s].key)));
                     return Ok((stripe, corrupt));
                 }
                 // Some fetched shards were bad: ask the slots not yet tried, once.
@@ -246,7 +283,7 @@ impl Client {
         let net = &self.inner.net;
         let hedged = net
             .hedged_retrying(nodes, order, want, |node, slot| {
-                let req = Request::GetShard { id: ids[slot] };
+                let req = reading.shard_request(ids[slot]);
                 async move {
                     match self.fetch_shard(&node, reading, &req).await? {
                         Some(body) => Ok(Bytes::from(body)),
@@ -293,7 +330,7 @@ impl Client {
         let lookups = (0..ids.len())
             .filter(|&slot| have[slot].is_none())
             .map(|slot| async move {
-                let req = Request::GetShard { id: ids[slot] };
+                let req = reading.shard_request(ids[slot]);
                 let mut errors = Vec::new();
                 for node in standins {
                     match self.fetch_shard(node, reading, &req).await {
@@ -332,7 +369,12 @@ impl Client {
         id: DocumentId,
         manifest: Bytes,
     ) -> Result<(), NetError> {
-        self.open_document(node, &Reading { id, manifest }).await
+        let reading = Reading {
+            id,
+            manifest,
+            delegation: None,
+        };
+        self.open_document(node, &reading).await
     }
 
     /// Fetches shard `req` (a `GetShard`) from `node`, with `reading` opened on that
@@ -351,7 +393,7 @@ impl Client {
         match net.fetch(node, req, None, proto::MAX_SHARD_BODY).await {
             Err(e) if e.remote_code() == Some(ErrorCode::Refused) => {
                 debug!(peer = %node.key.short(), error = %e, "shard refused; opening the document again");
-                self.forget_opened(node, reading.id).await;
+                self.forget_opened(node, reading).await;
                 self.open_document(node, reading).await?;
                 net.fetch(node, req, None, proto::MAX_SHARD_BODY).await
             }
@@ -359,10 +401,10 @@ impl Client {
         }
     }
 
-    /// Forgets that `document` is open on the connection to `node`.
-    async fn forget_opened(&self, node: &NodeInfo, document: DocumentId) {
+    /// Forgets that `reading` is open on the connection to `node`.
+    async fn forget_opened(&self, node: &NodeInfo, reading: &Reading) {
         if let Ok(conn) = self.inner.net.connection(node).await {
-            let key = (conn.stable_id(), document);
+            let key = (conn.stable_id(), reading.id, reading.citizen());
             self.inner.opened.lock().expect("opened lock").remove(&key);
         }
     }
@@ -370,7 +412,7 @@ impl Client {
     /// Opens `reading` on the connection to `node`, unless it already is.
     async fn open_document(&self, node: &NodeInfo, reading: &Reading) -> Result<(), NetError> {
         let conn = self.inner.net.connection(node).await?;
-        let key = (conn.stable_id(), reading.id);
+        let key = (conn.stable_id(), reading.id, reading.citizen());
         if self
             .inner
             .opened
@@ -380,9 +422,13 @@ impl Client {
         {
             return Ok(());
         }
-        let req = Request::OpenDocument {
-            document: reading.id,
-            len: reading.manifest.len() as u64,
+        let len = reading.manifest.len() as u64;
+        let req = match reading.delegation {
+            None => Request::OpenDocument {
+                document: reading.id,
+                len,
+            },
+            Some(delegation) => Request::OpenDelegated { delegation, len },
         };
         let net = &self.inner.net;
         net.call::<Opened>(node, &req, Some(&reading.manifest))

@@ -26,6 +26,9 @@
 
 mod get;
 mod put;
+mod sealed;
+
+pub use sealed::{SEALED_MAGIC, SealedDocument};
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -42,6 +45,7 @@ use crate::chain::client::{CHAIN_QUERY_TIMEOUT, ChainClient, ChainError, ChainLi
 use crate::chain::tx::TxBody;
 use crate::codec::{self, CodecError, DocumentInfo, EncodedStripe, StripeCodec};
 use crate::crypto::DataKey;
+use crate::delegation::Delegation;
 use crate::grant::{GrantAddress, WrappedKey};
 use crate::id::{DocumentId, ShardId};
 use crate::identity::{Identity, PublicId};
@@ -169,6 +173,8 @@ pub enum ClientError {
     },
     #[error("{reader} holds no live grant on document {id}")]
     NotGranted { id: DocumentId, reader: PublicId },
+    #[error("the read of document {id} was refused: {reason}")]
+    Refused { id: DocumentId, reason: String },
     #[error(transparent)]
     Grant(#[from] crate::grant::GrantError),
     #[error("receipt: {0}")]
@@ -261,8 +267,9 @@ struct Inner {
     /// The layout before the current one while a rebalance runs: reads fall back to it.
     previous: Option<Layout>,
     options: ClientOptions,
-    /// (connection, document) pairs opened for reading (`OpenDocument`).
-    opened: Mutex<HashSet<(usize, DocumentId)>>,
+    /// (connection, document, citizen of a delegated read) opened for reading
+    /// (`OpenDocument`, `OpenDelegated`).
+    opened: Mutex<HashSet<(usize, DocumentId, Option<PublicId>)>>,
 }
 
 /// Most (connection, document) pairs a client remembers as opened; past it, it forgets them
@@ -480,13 +487,25 @@ impl Client {
     /// registration, both checked here first.
     pub async fn receipt(&self, id: &DocumentId) -> Result<Receipt, ClientError> {
         let chain = self.chain()?;
-        let validators = &chain.link().validators;
         let (_, registration) = chain.registration(id).await?;
         let manifest = self.manifest(id).await?;
+        self.receipt_of(*id, manifest.encode(), registration).await
+    }
+
+    /// The receipt of document `id` from its manifest and verified registration, with the
+    /// validator set changes before it if the set changed; checked here.
+    async fn receipt_of(
+        &self,
+        id: DocumentId,
+        manifest: Vec<u8>,
+        registration: crate::chain::block::TxInclusion,
+    ) -> Result<Receipt, ClientError> {
+        let chain = self.chain()?;
+        let validators = &chain.link().validators;
         let height = registration.header.header.height;
         let mut receipt = Receipt {
-            document: *id,
-            manifest: manifest.encode(),
+            document: id,
+            manifest,
             registration,
             validator_changes: Vec::new(),
         };

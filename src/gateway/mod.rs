@@ -15,6 +15,7 @@
 
 pub mod api;
 pub mod assets;
+pub mod portal;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -613,8 +614,8 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     api::router().split_for_parts().1
 }
 
-/// The gateway's routes over `state`.
-pub fn router(state: Arc<AppState>) -> axum::Router {
+/// The gateway's routes over `state`, and the citizens' portal over `portal`.
+pub fn router(state: Arc<AppState>, portal: Arc<portal::Portal>) -> axum::Router {
     let (api, doc) = api::router().split_for_parts();
     let doc = Arc::new(doc);
     axum::Router::new()
@@ -627,6 +628,7 @@ pub fn router(state: Arc<AppState>) -> axum::Router {
             }),
         )
         .merge(assets::router())
+        .merge(portal::router(portal))
         // Uploads are limited by the gateway's own limits, not axum's default.
         .layer(axum::extract::DefaultBodyLimit::disable())
         .layer(axum::middleware::map_response(utf8_json))
@@ -694,6 +696,7 @@ pub async fn start(setup: GatewaySetup) -> Result<Gateway, GatewayError> {
             source,
         })?;
     let client = setup.client.clone();
+    let portal = Arc::new(portal::Portal::new(client.clone(), setup.department.clone()).await?);
     let state = Arc::new(AppState {
         client: setup.client,
         keyring: setup.keyring,
@@ -702,7 +705,7 @@ pub async fn start(setup: GatewaySetup) -> Result<Gateway, GatewayError> {
         limits: setup.limits,
         transfers: Arc::new(Semaphore::new(setup.limits.max_transfers)),
     });
-    let app = router(state);
+    let app = router(state, portal);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(async move {
         let served = axum::serve(listener, app)

@@ -140,6 +140,41 @@ pub(super) async fn get_document(
     chain_answer(send, found).await
 }
 
+/// `delegation.document`'s record showing the citizen's grant alone, with its proof and the
+/// proof of its registration: what the citizen would see (the delegation checked by
+/// `authorise`, the grant live).
+pub(super) async fn get_delegated_document(
+    send: &mut SendStream,
+    recv: &mut RecvStream,
+    state: &State,
+    delegation: &crate::delegation::Delegation,
+) -> Result<(), ProtoError> {
+    let ledger = current_ledger!(state, send);
+    let (id, citizen) = (delegation.document, delegation.citizen);
+    let found = blocking(move || ledger.document(&id)).await;
+    let found = match found {
+        Ok(Some((record, proof))) => {
+            let live = record
+                .record
+                .as_ref()
+                .is_some_and(|r| r.live_grant(&citizen, crate::now_ms()).is_some());
+            let seen = live.then(|| record.only_grant_of(&citizen)).flatten();
+            match seen {
+                Some(record) => Ok(Some((record, proof))),
+                None => {
+                    let e = AccessError::NotGranted {
+                        who: citizen,
+                        document: id,
+                    };
+                    return refuse(send, recv, state, &citizen, e).await;
+                }
+            }
+        }
+        other => other,
+    };
+    chain_answer(send, found).await
+}
+
 pub(super) async fn get_block(
     send: &mut SendStream,
     state: &State,

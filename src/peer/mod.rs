@@ -49,7 +49,7 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use crate::access::{AccessError, ChainView, OpenDocuments};
-use crate::audit::{AuditError, AuditLog};
+use crate::audit::{AuditError, AuditLog, ReadKind};
 use crate::chain::ledger::Ledger;
 use crate::id::DocumentId;
 use crate::identity::{Identity, PublicId, Role};
@@ -538,7 +538,31 @@ async fn handle(
             manifest,
             document,
         } => storage::put_many(send, recv, state, shards, manifest, document).await,
-        Request::GetShard { id } => storage::get_shard(send, state, who, read_of, id).await,
+        Request::GetShard { id } => {
+            let record = read_of.map(|d| (who, d, ReadKind::Shard(id)));
+            storage::get_shard(send, state, record, id).await
+        }
+        Request::GetDelegatedShard {
+            id,
+            document,
+            citizen,
+        } => {
+            let read = ReadKind::ShardVia {
+                shard: id,
+                gateway: who,
+            };
+            storage::get_shard(send, state, Some((citizen, document, read)), id).await
+        }
+        Request::GetDelegatedManifest { delegation } => {
+            let read = ReadKind::ManifestVia { gateway: who };
+            storage::get_manifest(send, state, delegation.citizen, read, delegation.document).await
+        }
+        Request::OpenDelegated { delegation, len } => {
+            storage::open_delegated(send, recv, state, opened, &delegation, len).await
+        }
+        Request::GetDelegatedDocument { delegation } => {
+            chain::get_delegated_document(send, recv, state, &delegation).await
+        }
         Request::HasShard { id, document } => storage::has_shard(send, state, id, document).await,
         Request::VerifyShard { id, document } => {
             storage::verify_shard(send, state, id, document).await
@@ -562,7 +586,9 @@ async fn handle(
         }
         Request::Usage => storage::usage(send, state).await,
         Request::PutManifest { id, len } => storage::put_manifest(send, recv, state, id, len).await,
-        Request::GetManifest { id } => storage::get_manifest(send, state, who, id).await,
+        Request::GetManifest { id } => {
+            storage::get_manifest(send, state, who, ReadKind::Manifest, id).await
+        }
         Request::OpenDocument { document, len } => {
             storage::open_document(send, recv, state, opened, document, len).await
         }
@@ -629,9 +655,9 @@ async fn may_query_chain(
 /// (recorded in the audit log once served). Submissions, the chain's status, layout,
 /// validator set changes and accounts are open to every authenticated key (a transaction
 /// is checked by the chain itself); blocks and transactions are for the consortium's
-/// members, the document list for operators and validators; a document's record is shown as
-/// `access::ChainScope` says (in the handler); consensus messages are checked where they
-/// are read (`validator_body`).
+/// members, the document list for operators, validators and departments (who read every
+/// block anyway); a document's record is shown as `access::ChainScope` says (in the
+/// handler); consensus messages are checked where they are read (`validator_body`).
 async fn authorise(
     state: &State,
     who: &PublicId,
@@ -644,6 +670,22 @@ async fn authorise(
         Request::GetManifest { id } => return access.may_read(who, id).await.map(|()| Some(*id)),
         Request::OpenDocument { document: id, .. } => access.may_read(who, id).await,
         Request::GetAudit { document, .. } => access.may_audit(who, document).await,
+        Request::OpenDelegated { delegation, .. } | Request::GetDelegatedManifest { delegation } => {
+            access.may_read_delegated(who, delegation).await
+        }
+        // The citizen's live grant is checked by the handler, from the ledger's record.
+        Request::GetDelegatedDocument { delegation } => {
+            access.check_delegation(who, delegation).await
+        }
+        Request::GetDelegatedShard {
+            id,
+            document,
+            citizen,
+        } => {
+            access
+                .may_read_delegated_shard(who, id, document, citizen, opened)
+                .await
+        }
         // Blocks and transactions carry every grant: for the consortium's members only.
         Request::GetBlock { .. } | Request::GetTx { .. } => {
             may_query_chain(
@@ -659,11 +701,13 @@ async fn authorise(
             )
             .await
         }
+        // Departments may read every block already; a gateway lists its department's
+        // documents with it (the portal).
         Request::ListDocuments { .. } => {
             may_query_chain(
                 state,
                 who,
-                &[Role::Operator, Role::Validator],
+                &[Role::Operator, Role::Validator, Role::Department],
                 "list every document",
             )
             .await

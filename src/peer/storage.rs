@@ -241,18 +241,19 @@ async fn unrecorded(
 
 /// Serves a shard; a read of document `read_of` (see `authorise`) is recorded before its
 /// bytes are sent, or refused if it cannot be.
+/// Serves shard `id`; `record` is the read to record first (reader, document, kind), if
+/// it names a document.
 pub(super) async fn get_shard(
     send: &mut SendStream,
     state: &State,
-    who: PublicId,
-    read_of: Option<DocumentId>,
+    record: Option<(PublicId, DocumentId, ReadKind)>,
     id: ShardId,
 ) -> Result<(), ProtoError> {
     let store = state.store.clone();
     match blocking(move || store.get(&id)).await {
         Ok(Some(bytes)) => {
-            if let Some(document) = read_of
-                && let Err(e) = state.audit.record(who, document, ReadKind::Shard(id))
+            if let Some((reader, document, read)) = record
+                && let Err(e) = state.audit.record(reader, document, read)
             {
                 return unrecorded(send, state, e).await;
             }
@@ -397,16 +398,18 @@ pub(super) async fn put_manifest(
 
 /// Serves a manifest; the read is recorded before its bytes are sent, or refused if it
 /// cannot be.
+/// Serves document `id`'s manifest, recorded first as `reader`'s read `read`.
 pub(super) async fn get_manifest(
     send: &mut SendStream,
     state: &State,
-    who: PublicId,
+    reader: PublicId,
+    read: ReadKind,
     id: DocumentId,
 ) -> Result<(), ProtoError> {
     let store = state.store.clone();
     match blocking(move || store.get_blob(&id.0)).await {
         Ok(Some(bytes)) => {
-            if let Err(e) = state.audit.record(who, id, ReadKind::Manifest) {
+            if let Err(e) = state.audit.record(reader, id, read) {
                 return unrecorded(send, state, e).await;
             }
             let resp = Response::Manifest {
@@ -428,12 +431,39 @@ pub(super) async fn open_document(
     document: DocumentId,
     len: u64,
 ) -> Result<(), ProtoError> {
+    open_with(send, recv, state, len, |body| opened.open(document, body)).await
+}
+
+/// Opens `delegation.document` on this connection for the citizen who signed it (the
+/// delegation already checked by `authorise`).
+pub(super) async fn open_delegated(
+    send: &mut SendStream,
+    recv: &mut RecvStream,
+    state: &State,
+    opened: &OpenDocuments,
+    delegation: &crate::delegation::Delegation,
+    len: u64,
+) -> Result<(), ProtoError> {
+    open_with(send, recv, state, len, |body| {
+        opened.open_delegated(delegation, body)
+    })
+    .await
+}
+
+/// Reads a manifest body of `len` bytes and opens it with `open`.
+async fn open_with(
+    send: &mut SendStream,
+    recv: &mut RecvStream,
+    state: &State,
+    len: u64,
+    open: impl FnOnce(&[u8]) -> Result<usize, AccessError>,
+) -> Result<(), ProtoError> {
     if let Err(e) = proto::check_body_len("manifest", len, MAX_MANIFEST_BODY) {
         let _ = recv.stop(ErrorCode::TooLarge.as_u32().into());
         return answer(send, &error(ErrorCode::TooLarge, e.to_string()), None).await;
     }
     let body = proto::read_body(recv, len).await?;
-    let resp = match opened.open(document, &body) {
+    let resp = match open(&body) {
         Ok(shards) => Response::Opened {
             shards: shards as u32,
         },

@@ -63,8 +63,8 @@ fn reads_by_reader(report: &AuditReport) -> BTreeMap<PublicId, (usize, usize)> {
     for l in &report.lines {
         let e = by.entry(l.record.reader).or_insert((0, 0));
         match l.record.read {
-            ReadKind::Manifest => e.0 += 1,
-            ReadKind::Shard(_) => e.1 += 1,
+            ReadKind::Manifest | ReadKind::ManifestVia { .. } => e.0 += 1,
+            ReadKind::Shard(_) | ReadKind::ShardVia { .. } => e.1 += 1,
         }
     }
     by

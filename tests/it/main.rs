@@ -13,6 +13,7 @@ mod chain;
 mod cli;
 mod cluster;
 mod codec;
+mod delegation;
 mod docs;
 mod durability;
 mod faults;
