@@ -34,6 +34,8 @@ function status(kind, text) {
   s.className = `status ${kind}`;
   s.textContent = text;
   s.dataset.kind = kind;
+  // On a phone the message sits below the fold: bring it into view.
+  s.scrollIntoView({ block: "nearest" });
 }
 
 /** The sentence a citizen sees for an error. */
