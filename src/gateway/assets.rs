@@ -1,8 +1,9 @@
 //! The static files the gateway serves, embedded in the binary at build time: an explicit
 //! list of (path, content type, bytes), so nothing on disk is served and nothing is
 //! fetched at run time. The console (`web/console/`, plain JS without npm imports) is
-//! served under `/console/`; the portal's and verify page's bundle (`web/dist/`) joins
-//! this list when it is merged. Every text type declares `charset=utf-8`.
+//! served under `/console/`; the citizen portal and the verify page are the bundle that
+//! `web/build.sh` writes to `web/dist/` (committed, so building needs no npm), served
+//! under `/portal/`, `/verify/` and `/assets/`. Every text type declares `charset=utf-8`.
 //!
 //! Not for: anything generated per request (`api`).
 
@@ -26,6 +27,31 @@ pub const ASSETS: &[(&str, &str, &[u8])] = &[
         "/console/console.css",
         "text/css; charset=utf-8",
         include_bytes!("../../web/console/console.css"),
+    ),
+    (
+        "/portal/",
+        "text/html; charset=utf-8",
+        include_bytes!("../../web/dist/portal/index.html"),
+    ),
+    (
+        "/verify/",
+        "text/html; charset=utf-8",
+        include_bytes!("../../web/dist/verify/index.html"),
+    ),
+    (
+        "/assets/portal.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../web/dist/assets/portal.js"),
+    ),
+    (
+        "/assets/verify.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../web/dist/assets/verify.js"),
+    ),
+    (
+        "/assets/style.css",
+        "text/css; charset=utf-8",
+        include_bytes!("../../web/dist/assets/style.css"),
     ),
 ];
 
@@ -84,6 +110,22 @@ pub fn router() -> axum::Router {
             "/console/{file}",
             axum::routing::get(|Path(file): Path<String>| async move {
                 serve(&format!("/console/{file}"))
+            }),
+        )
+        .route(
+            "/portal",
+            axum::routing::get(|| async { Redirect::to("/portal/") }),
+        )
+        .route("/portal/", axum::routing::get(|| async { serve("/portal/") }))
+        .route(
+            "/verify",
+            axum::routing::get(|| async { Redirect::to("/verify/") }),
+        )
+        .route("/verify/", axum::routing::get(|| async { serve("/verify/") }))
+        .route(
+            "/assets/{file}",
+            axum::routing::get(|Path(file): Path<String>| async move {
+                serve(&format!("/assets/{file}"))
             }),
         )
 }

@@ -9,6 +9,7 @@ mod common;
 
 mod access;
 mod audit;
+mod browser;
 mod chain;
 mod cli;
 mod cluster;

@@ -1,0 +1,58 @@
+// Self-contained checks of the library's pieces (no cluster needed).
+
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import {
+  Reader,
+  Identity,
+  KeyFileError,
+  fromBase64Url,
+  toBase64Url,
+  fromHex,
+  openSegment,
+  sealSegment,
+  TamperError,
+} from "../lib/index.js";
+import { segmentNonce } from "../lib/stream.js";
+
+test("postcard varints are read strictly", () => {
+  assert.equal(new Reader(Uint8Array.of(0x7f)).u64(), 127);
+  assert.equal(new Reader(Uint8Array.of(0x80, 0x01)).u64(), 128);
+  assert.throws(() => new Reader(Uint8Array.of(0x80, 0x00)).u64(), /non-minimal/);
+  assert.throws(() => new Reader(Uint8Array.of(0xff, 0xff, 0x7f)).u16(), /over 16 bits/);
+  assert.throws(() => new Reader(Uint8Array.of(2)).bool(), /bad bool/);
+  assert.throws(() => new Reader(Uint8Array.of(5, 1)).byteVec(), /expected 5 bytes/);
+  assert.throws(() => new Reader(Uint8Array.of(2, 0xc3, 0x28)).string(), /UTF-8/);
+});
+
+test("STREAM nonces are prefix, big-endian counter, last flag", () => {
+  const n = segmentNonce(Uint8Array.of(1, 2, 3, 4, 5, 6, 7), 0x01020304, true);
+  assert.deepEqual([...n], [1, 2, 3, 4, 5, 6, 7, 1, 2, 3, 4, 1]);
+});
+
+test("a segment opens only at its position and with its flag", () => {
+  const key = new Uint8Array(32).fill(9);
+  const prefix = new Uint8Array(7).fill(4);
+  const sealed = sealSegment(key, prefix, 5, false, new TextEncoder().encode("abc"));
+  assert.deepEqual(new TextDecoder().decode(openSegment(key, prefix, 5, false, sealed)), "abc");
+  assert.throws(() => openSegment(key, prefix, 6, false, sealed), TamperError);
+  assert.throws(() => openSegment(key, prefix, 5, true, sealed), TamperError);
+});
+
+test("key files: the Rust layout loads, anything else is refused with a reason", () => {
+  const secret = "11".repeat(32);
+  const text = `# Dangan identity key.\nversion = 1\nrole = "citizen"\nsecret = "${secret}"\n`;
+  const id = Identity.fromKeyFile(text);
+  assert.ok(id.publicText().startsWith("dgn1"));
+  const withPublic = text + `public = "${id.publicText()}"\n`;
+  assert.equal(Identity.fromKeyFile(withPublic).publicText(), id.publicText());
+  assert.throws(() => Identity.fromKeyFile(text.replace("version = 1", "version = 2")), /version 2/);
+  assert.throws(() => Identity.fromKeyFile(text + `public = "dgn1${"00".repeat(32)}"\n`), /does not match/);
+  assert.throws(() => Identity.fromKeyFile(text + "extra = 1\n"), /unknown field/);
+  assert.throws(() => Identity.fromKeyFile("hello"), KeyFileError);
+});
+
+test("base64url round-trips", () => {
+  const b = fromHex("00ff10fe7f", 5);
+  assert.deepEqual(fromBase64Url(toBase64Url(b)), b);
+});
