@@ -1,7 +1,6 @@
 //! The `dangan` command line: parses arguments, calls the library, prints.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
