@@ -116,12 +116,18 @@ pub fn router() -> axum::Router {
             "/portal",
             axum::routing::get(|| async { Redirect::to("/portal/") }),
         )
-        .route("/portal/", axum::routing::get(|| async { serve("/portal/") }))
+        .route(
+            "/portal/",
+            axum::routing::get(|| async { serve("/portal/") }),
+        )
         .route(
             "/verify",
             axum::routing::get(|| async { Redirect::to("/verify/") }),
         )
-        .route("/verify/", axum::routing::get(|| async { serve("/verify/") }))
+        .route(
+            "/verify/",
+            axum::routing::get(|| async { serve("/verify/") }),
+        )
         .route(
             "/assets/{file}",
             axum::routing::get(|Path(file): Path<String>| async move {
