@@ -830,3 +830,103 @@ fn the_committed_bundle_is_a_fresh_build() {
         );
     }
 }
+
+/// End to end through the real gateway (`gateway::start` over a real cluster): the
+/// department stores a certificate and grants it to a citizen over its REST API; the
+/// citizen, in headless Chromium, loads their key on the gateway's portal and downloads it,
+/// byte-identical (that the gateway relays ciphertext only: `it::delegation`); a second
+/// citizen is refused in words.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_citizen_downloads_through_the_real_gateway_what_the_department_granted() {
+    use reqwest::Method as M;
+    ensure_test_deps();
+    let gw = crate::gateway::start(Default::default(), crate::gateway::ADMIN).await;
+    let admin = gw.tokens[0].clone();
+    let plain = common::data(200_000, 41);
+    let res = gw
+        .req(
+            M::POST,
+            "/api/v1/documents?type=certificate&name=birth.bin",
+            &admin,
+        )
+        .body(plain.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    let stored: serde_json::Value = res.json().await.unwrap();
+    let id = stored["id"].as_str().unwrap().to_string();
+    let citizen = Identity::generate(Role::Citizen);
+    let stranger = Identity::generate(Role::Citizen);
+    let res = gw
+        .req(M::POST, &format!("/api/v1/documents/{id}/grants"), &admin)
+        .json(&serde_json::json!({ "address": GrantAddress::of(&citizen).to_string() }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200, "{}", res.text().await.unwrap());
+    let keys = tempfile::tempdir().unwrap();
+    citizen.save(keys.path().join("citizen.key")).unwrap();
+    stranger.save(keys.path().join("stranger.key")).unwrap();
+
+    let browser = Browser::start(390, 844).await;
+    browser.goto(&gw.url("/portal/?blob")).await;
+    browser.wait_for("document.body.dataset.ready").await;
+    browser
+        .upload("#key-file", &keys.path().join("citizen.key"))
+        .await;
+    browser
+        .wait_for("document.querySelector('#docs tbody button')")
+        .await;
+    browser.click("#docs tbody button").await;
+    let kind = browser
+        .wait_for("document.getElementById('status').dataset.blake3 && document.getElementById('status').dataset.kind")
+        .await;
+    assert_eq!(kind, "ok");
+    let digest = browser
+        .script(
+            "return document.getElementById('status').dataset.blake3",
+            &[],
+        )
+        .await;
+    assert_eq!(digest, blake3::hash(&plain).to_hex().as_str());
+    let mut saved = None;
+    for _ in 0..200 {
+        saved = std::fs::read_dir(browser.downloads.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .find(|p| p.extension().is_some_and(|x| x == "bin"));
+        if saved.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(std::fs::read(saved.expect("saved")).unwrap(), plain);
+
+    // The second citizen: refused in words.
+    browser.goto(&gw.url("/portal/?blob")).await;
+    browser.wait_for("document.body.dataset.ready").await;
+    browser
+        .upload("#key-file", &keys.path().join("stranger.key"))
+        .await;
+    browser
+        .wait_for("!document.getElementById('docs-none').classList.contains('hidden')")
+        .await;
+    browser
+        .script(
+            "document.getElementById('doc-id').value = arguments[0]",
+            &[serde_json::json!(id)],
+        )
+        .await;
+    browser.click("#download-id").await;
+    let message = browser
+        .wait_for("document.getElementById('status').dataset.kind === 'bad' && document.getElementById('status').textContent")
+        .await;
+    assert!(
+        message.as_str().unwrap().contains("此文件未授权给您"),
+        "{message}"
+    );
+    browser.quit().await;
+    gw.stop().await;
+}

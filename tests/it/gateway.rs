@@ -18,7 +18,7 @@ use serde_json::Value;
 
 use crate::common;
 
-struct Gw {
+pub struct Gw {
     cluster: LocalCluster,
     gateway: Gateway,
     base: String,
@@ -27,11 +27,11 @@ struct Gw {
     /// The department's own client (for checks from outside the gateway).
     dept: Client,
     /// Tokens asked for, in order.
-    tokens: Vec<String>,
+    pub tokens: Vec<String>,
 }
 
 /// A 6-peer cluster with the department's gateway, and a token per `(name, scopes)`.
-async fn start(limits: GatewayLimits, tokens: &[(&str, &[Scope])]) -> Gw {
+pub async fn start(limits: GatewayLimits, tokens: &[(&str, &[Scope])]) -> Gw {
     let cluster = LocalCluster::start(6, 3).await.unwrap();
     let root = cluster.root().to_path_buf();
     let data_dir = root.join("gateway");
@@ -64,15 +64,15 @@ async fn start(limits: GatewayLimits, tokens: &[(&str, &[Scope])]) -> Gw {
 }
 
 impl Gw {
-    fn url(&self, path: &str) -> String {
+    pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
 
-    fn req(&self, method: reqwest::Method, path: &str, token: &str) -> reqwest::RequestBuilder {
+    pub fn req(&self, method: reqwest::Method, path: &str, token: &str) -> reqwest::RequestBuilder {
         self.http.request(method, self.url(path)).bearer_auth(token)
     }
 
-    async fn stop(self) {
+    pub async fn stop(self) {
         self.gateway.stop().await.unwrap();
         self.dept.close().await;
         self.cluster.shutdown().await;
@@ -130,7 +130,7 @@ async fn json(res: reqwest::Response, status: StatusCode) -> Value {
     serde_json::from_str(&body).unwrap()
 }
 
-const ADMIN: &[(&str, &[Scope])] = &[("admin", &[Scope::Admin])];
+pub const ADMIN: &[(&str, &[Scope])] = &[("admin", &[Scope::Admin])];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_department_stores_fetches_ranges_grants_and_audits_over_http() {
