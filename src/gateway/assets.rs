@@ -148,6 +148,9 @@ mod tests {
             if content_type.starts_with("text/html") {
                 let text = std::str::from_utf8(bytes).unwrap();
                 assert!(text.contains("<meta charset=\"utf-8\">"), "{path}");
+                // The CSP (`default-src 'self'`) refuses inline styles and scripts.
+                assert!(!text.contains(" style=\""), "{path} has an inline style");
+                assert!(!text.contains("<script>"), "{path} has an inline script");
             }
         }
     }
