@@ -115,22 +115,15 @@ impl Delegation {
         document: DocumentId,
         expires_ms: u64,
     ) -> Self {
-        let me = citizen.public();
-        let msg = message(
-            DELEGATION_DOMAIN,
-            chain,
-            &gateway,
-            Some(&document),
-            &me,
-            expires_ms,
-        );
-        Self {
-            citizen: me,
+        let mut delegation = Self {
+            citizen: citizen.public(),
             gateway,
             document,
             expires_ms,
-            signature: citizen.sign(&msg),
-        }
+            signature: [0; SIGNATURE_LEN],
+        };
+        delegation.signature = citizen.sign(&delegation.signed_bytes(chain));
+        delegation
     }
 
     /// The bytes the citizen signs for chain `chain`.
@@ -149,25 +142,43 @@ impl Delegation {
     /// the bytes for chain `chain`. Who presents it and whether the citizen may read are the
     /// caller's to check.
     pub fn verify(&self, chain: &[u8; 32], now_ms: u64) -> Result<(), DelegationError> {
-        check_time(self.expires_ms, now_ms)?;
-        self.citizen
-            .verify(&self.signed_bytes(chain), &self.signature)
-            .map_err(|_| DelegationError::BadSignature(self.citizen))
+        verify_signed(
+            &self.citizen,
+            &self.signature,
+            self.expires_ms,
+            &self.signed_bytes(chain),
+            now_ms,
+        )
     }
+}
+
+/// What both signed forms check: the expiry against `now_ms`, then `citizen`'s signature
+/// (strict Ed25519) over `bytes`.
+fn verify_signed(
+    citizen: &PublicId,
+    signature: &[u8; SIGNATURE_LEN],
+    expires_ms: u64,
+    bytes: &[u8],
+    now_ms: u64,
+) -> Result<(), DelegationError> {
+    check_time(expires_ms, now_ms)?;
+    citizen
+        .verify(bytes, signature)
+        .map_err(|_| DelegationError::BadSignature(*citizen))
 }
 
 impl ListingRequest {
     /// `citizen` lets `gateway` list its granted documents on chain `chain` until
     /// `expires_ms`.
     pub fn sign(citizen: &Identity, chain: &[u8; 32], gateway: PublicId, expires_ms: u64) -> Self {
-        let me = citizen.public();
-        let msg = message(LISTING_DOMAIN, chain, &gateway, None, &me, expires_ms);
-        Self {
-            citizen: me,
+        let mut request = Self {
+            citizen: citizen.public(),
             gateway,
             expires_ms,
-            signature: citizen.sign(&msg),
-        }
+            signature: [0; SIGNATURE_LEN],
+        };
+        request.signature = citizen.sign(&request.signed_bytes(chain));
+        request
     }
 
     pub fn signed_bytes(&self, chain: &[u8; 32]) -> Vec<u8> {
@@ -183,10 +194,13 @@ impl ListingRequest {
 
     /// As [`Delegation::verify`].
     pub fn verify(&self, chain: &[u8; 32], now_ms: u64) -> Result<(), DelegationError> {
-        check_time(self.expires_ms, now_ms)?;
-        self.citizen
-            .verify(&self.signed_bytes(chain), &self.signature)
-            .map_err(|_| DelegationError::BadSignature(self.citizen))
+        verify_signed(
+            &self.citizen,
+            &self.signature,
+            self.expires_ms,
+            &self.signed_bytes(chain),
+            now_ms,
+        )
     }
 }
 
