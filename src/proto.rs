@@ -237,6 +237,15 @@ pub enum Request {
     GetDelegatedDocument {
         delegation: crate::delegation::Delegation,
     },
+    /// Documents with a live grant to `grantee` after `after`, found by a scan of the
+    /// records: `ChainBody` with the postcard bytes of a `chain::proof::ProvenGranted`. The
+    /// caller sees the records it may (`access::ChainScope`): its own whole, the grant to
+    /// itself alone, nothing of others. For departments, operators, validators and the
+    /// grantee itself.
+    ListGranted {
+        grantee: crate::identity::PublicId,
+        after: Option<DocumentId>,
+    },
 }
 
 /// Most shard ids one [`Request::BindShards`] carries (a frame holds them easily).

@@ -24,7 +24,9 @@ use tracing::{debug, warn};
 
 use super::block::{Block, BlockError, TxInclusion};
 use super::ledger::ChainStatus;
-use super::proof::{ProofError, Proven, ProvenAccount, ProvenDocuments, ProvenRecord, ProvenState};
+use super::proof::{
+    ProofError, Proven, ProvenAccount, ProvenDocuments, ProvenGranted, ProvenRecord, ProvenState,
+};
 use super::state::{Account, ChainLayouts, DocumentRecord};
 use super::tx::{ChainKey, SignedTx, Tx, TxBody};
 use super::validators::{self, HistoryError, ValidatorHistory};
@@ -602,6 +604,28 @@ impl ChainClient {
             })
             .await?;
         Ok(page.ids(after.as_ref(), limit as usize))
+    }
+
+    /// A page of the documents with a live grant to `grantee` (at most
+    /// [`proof::MAX_GRANTED`](super::proof::MAX_GRANTED)) from a scan after `after`, each
+    /// record as this client may see it, proven; and where the next page's scan starts
+    /// (`None`: no more). A page may be empty and still have a next one.
+    pub async fn granted(
+        &self,
+        grantee: &PublicId,
+        after: Option<DocumentId>,
+    ) -> Result<(Vec<(DocumentId, DocumentRecord)>, Option<DocumentId>), ChainError> {
+        let req = Request::ListGranted {
+            grantee: *grantee,
+            after,
+        };
+        let page = self
+            .proven(&req, "granted documents", |p: &ProvenGranted, v| {
+                p.verify(grantee, after.as_ref(), v)
+            })
+            .await?;
+        let found = page.entries.into_iter().map(|e| (e.id, e.record)).collect();
+        Ok((found, page.next))
     }
 
     /// Checks on the chain that `id` is registered: the registering transaction, its Merkle

@@ -41,7 +41,9 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
 use super::block::{Block, SignedHeader, TxInclusion};
-use super::proof::{ProvenAccount, ProvenDocuments, ProvenRecord, ProvenState};
+use super::proof::{
+    ProvenAccount, ProvenDocuments, ProvenGranted, ProvenRecord, ProvenState, Sight,
+};
 use super::raft::{self, Applied, ChainMachine, Links, LinksFactory, LogStore, Raft, Shared};
 use super::state::{DocumentRecord, Genesis, State};
 use super::store::{ChainStore, ChainStoreError};
@@ -815,6 +817,25 @@ impl Ledger {
     ) -> Result<ProvenDocuments, LedgerError> {
         let (state, header) = self.proven_tip()?;
         Ok(ProvenDocuments::of(&state, header, after, limit))
+    }
+
+    /// Documents with a live grant to `grantee` after `after`, as `sight` lets the asker see
+    /// them (see [`ProvenGranted`]).
+    pub fn proven_granted(
+        &self,
+        grantee: &PublicId,
+        after: Option<&DocumentId>,
+        sight: impl Fn(&DocumentRecord) -> Sight,
+    ) -> Result<ProvenGranted, LedgerError> {
+        let (state, header) = self.proven_tip()?;
+        Ok(ProvenGranted::of(
+            &state,
+            header,
+            grantee,
+            after,
+            crate::now_ms(),
+            sight,
+        ))
     }
 
     /// A copy of the current state.

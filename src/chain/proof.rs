@@ -11,7 +11,9 @@
 //! - [`ProvenRecord`]: a document record or its absence; a grantee who may see only its own
 //!   grant gets that grant with its Merkle path among the record's grants;
 //! - [`ProvenDocuments`]: a page of the registered document ids with nothing left out (whole
-//!   buckets of the documents map).
+//!   buckets of the documents map);
+//! - [`ProvenGranted`]: the documents with a live grant to one grantee found by a scan of the
+//!   records, each proven as a [`ProvenRecord`] is (that none was left out is not).
 //!
 //! `verify` checks each against the validators of the header's height (the caller finds them:
 //! `chain::client` proves validator set changes from its trusted set). What a proof cannot
@@ -99,7 +101,7 @@ macro_rules! proven_at_its_state {
         }
     )*};
 }
-proven_at_its_state!(ProvenAccount, ProvenRecord, ProvenDocuments);
+proven_at_its_state!(ProvenAccount, ProvenRecord, ProvenDocuments, ProvenGranted);
 
 /// An account, or its absence, with its proof.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -168,16 +170,7 @@ impl ProvenRecord {
     /// Keeps only `grantee`'s grant in the record, with its path: what a grantee may see.
     /// Returns `None` if the record has no grant for `grantee`.
     pub fn only_grant_of(mut self, grantee: &PublicId) -> Option<Self> {
-        let record = self.record.as_mut()?;
-        let index = record.grants.keys().position(|g| g == grantee)?;
-        let leaves: Vec<_> = record
-            .grants
-            .iter()
-            .map(|(g, r)| grant_leaf(g, r))
-            .collect();
-        let path = super::merkle::prove(&leaves, index).ok()?;
-        record.grants.retain(|g, _| g == grantee);
-        self.grant = Some(path);
+        self.grant = Some(keep_one_grant(self.record.as_mut()?, grantee)?);
         Some(self)
     }
 
@@ -187,22 +180,192 @@ impl ProvenRecord {
             return Err(ProofError::OtherKey(self.id.to_string()));
         }
         self.state.verify(validators)?;
-        self.range.verify(&self.state.top.documents)?;
-        let held = self.range.lookup(id.as_bytes())?;
-        let sent = match (&self.record, &self.grant) {
-            (None, _) => None,
-            (Some(record), None) => Some(document_leaf(id, record, grants_root(&record.grants))),
-            (Some(record), Some(path)) => {
-                let mut grants = record.grants.iter();
-                let (Some((grantee, grant)), None) = (grants.next(), grants.next()) else {
-                    return Err(ProofError::Entry);
-                };
-                let root = path.root_from(&grant_leaf(grantee, grant))?;
-                Some(document_leaf(id, record, root))
-            }
+        check_record(
+            &self.state.top,
+            id,
+            self.record.as_ref(),
+            self.grant.as_ref(),
+            &self.range,
+        )
+    }
+}
+
+/// Keeps only `grantee`'s grant in `record` and returns its path among all the record's
+/// grants; `None` (and `record` unchanged) if it has none.
+fn keep_one_grant(record: &mut DocumentRecord, grantee: &PublicId) -> Option<Proof> {
+    let index = record.grants.keys().position(|g| g == grantee)?;
+    let leaves: Vec<_> = record
+        .grants
+        .iter()
+        .map(|(g, r)| grant_leaf(g, r))
+        .collect();
+    let path = super::merkle::prove(&leaves, index).ok()?;
+    record.grants.retain(|g, _| g == grantee);
+    Some(path)
+}
+
+/// Checks that `record` (whole, or one grant of it with that grant's `path`; `None`: not
+/// registered) is what the documents map of `top` holds for `id`.
+fn check_record(
+    top: &StateTop,
+    id: &DocumentId,
+    record: Option<&DocumentRecord>,
+    path: Option<&Proof>,
+    range: &RangeProof,
+) -> Result<(), ProofError> {
+    range.verify(&top.documents)?;
+    let held = range.lookup(id.as_bytes())?;
+    let sent = match (record, path) {
+        (None, _) => None,
+        (Some(record), None) => Some(document_leaf(id, record, grants_root(&record.grants))),
+        (Some(record), Some(path)) => {
+            let mut grants = record.grants.iter();
+            let (Some((grantee, grant)), None) = (grants.next(), grants.next()) else {
+                return Err(ProofError::Entry);
+            };
+            let root = path.root_from(&grant_leaf(grantee, grant))?;
+            Some(document_leaf(id, record, root))
+        }
+    };
+    if held != sent {
+        return Err(ProofError::Entry);
+    }
+    Ok(())
+}
+
+/// Most document records one [`ProvenGranted`] answer looks at.
+pub const MAX_GRANTED_SCAN: usize = 20_000;
+
+/// Most documents one [`ProvenGranted`] answer lists.
+pub const MAX_GRANTED: usize = 64;
+
+/// Documents with a live grant to `grantee`, as the asker may see them, found by a scan of
+/// the document records from the first after `after` on: each entry is proven as a
+/// [`ProvenRecord`] is; that the scan left none out is not (a lying host may hide one, never
+/// invent one). `next` is where the next scan starts; `None` once the scan reached the end.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProvenGranted {
+    pub state: ProvenState,
+    pub grantee: PublicId,
+    pub entries: Vec<GrantedEntry>,
+    pub next: Option<DocumentId>,
+}
+
+/// One document of a [`ProvenGranted`] answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GrantedEntry {
+    pub id: DocumentId,
+    /// Whole for its owner and readers of every record, else with the grantee's grant alone
+    /// (and `grant` set to its path among all the record's grants).
+    pub record: DocumentRecord,
+    pub grant: Option<Proof>,
+    pub range: RangeProof,
+}
+
+/// How much of a record the asker of a [`ProvenGranted`] may see.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sight {
+    Whole,
+    /// The grantee's grant alone.
+    OneGrant,
+    /// Nothing: the record is not listed.
+    Nothing,
+}
+
+impl ProvenGranted {
+    /// Scans at most [`MAX_GRANTED_SCAN`] records after `after` for a grant to `grantee`
+    /// live at `now_ms`, listing at most [`MAX_GRANTED`] of them as `sight` allows.
+    pub fn of(
+        state: &State,
+        header: SignedHeader,
+        grantee: &PublicId,
+        after: Option<&DocumentId>,
+        now_ms: u64,
+        sight: impl Fn(&DocumentRecord) -> Sight,
+    ) -> Self {
+        let map = state.document_map();
+        let from = match after {
+            Some(a) => std::ops::Bound::Excluded(*a),
+            None => std::ops::Bound::Unbounded,
         };
-        if held != sent {
-            return Err(ProofError::Entry);
+        let mut entries = Vec::new();
+        let mut last = None;
+        let records = map.range((from, std::ops::Bound::Unbounded));
+        for (scanned, (id, record)) in records.enumerate() {
+            if scanned == MAX_GRANTED_SCAN || entries.len() == MAX_GRANTED {
+                return Self {
+                    state: ProvenState::of(state, header),
+                    grantee: *grantee,
+                    entries,
+                    next: last,
+                };
+            }
+            last = Some(*id);
+            if record.live_grant(grantee, now_ms).is_none() {
+                continue;
+            }
+            let (record, grant) = match sight(record) {
+                Sight::Whole => (record.clone(), None),
+                Sight::OneGrant => {
+                    let mut record = record.clone();
+                    match keep_one_grant(&mut record, grantee) {
+                        Some(path) => (record, Some(path)),
+                        None => continue,
+                    }
+                }
+                Sight::Nothing => continue,
+            };
+            entries.push(GrantedEntry {
+                id: *id,
+                record,
+                grant,
+                range: map.prove_range(id.as_bytes(), 0, |k, d| {
+                    document_leaf(k, d, grants_root(&d.grants))
+                }),
+            });
+        }
+        Self {
+            state: ProvenState::of(state, header),
+            grantee: *grantee,
+            entries,
+            next: None,
+        }
+    }
+
+    /// Checks the answer against the header (see [`ProvenState::verify`]) as the answer to
+    /// "documents granted to `grantee` after `after`": every entry is in the state, after the
+    /// cursor, in order, before `next`, and holds a grant to `grantee`.
+    pub fn verify(
+        &self,
+        grantee: &PublicId,
+        after: Option<&DocumentId>,
+        validators: &[PublicId],
+    ) -> Result<(), ProofError> {
+        if self.grantee != *grantee {
+            return Err(ProofError::OtherKey(self.grantee.to_string()));
+        }
+        self.state.verify(validators)?;
+        let mut previous = after.copied();
+        for entry in &self.entries {
+            if previous.is_some_and(|p| entry.id <= p) || self.next.is_some_and(|n| entry.id > n) {
+                return Err(ProofError::Entry);
+            }
+            if !entry.record.grants.contains_key(grantee) {
+                return Err(ProofError::Entry);
+            }
+            check_record(
+                &self.state.top,
+                &entry.id,
+                Some(&entry.record),
+                entry.grant.as_ref(),
+                &entry.range,
+            )?;
+            previous = Some(entry.id);
+        }
+        if let (Some(next), Some(after)) = (self.next, after)
+            && next <= *after
+        {
+            return Err(ProofError::Entry); // a scan that does not move on
         }
         Ok(())
     }
@@ -441,5 +604,67 @@ mod tests {
         let mut hidden = page.clone();
         hidden.range.drop_first_entry_for_test();
         assert!(hidden.verify(None, 1000, &v).is_err());
+    }
+
+    #[test]
+    fn a_scan_for_a_grantee_lists_every_grant_proven_and_nothing_else() {
+        let readers: Vec<Identity> = (0..2).map(|_| Identity::generate(Role::Citizen)).collect();
+        let w = world(70, &readers);
+        let v = keys(&w);
+        let reader = readers[0].public();
+        let scan = |after: Option<DocumentId>, sight: Sight| {
+            let mut all = Vec::new();
+            let mut after = after;
+            loop {
+                let page = ProvenGranted::of(
+                    &w.state,
+                    w.header.clone(),
+                    &reader,
+                    after.as_ref(),
+                    0,
+                    |_| sight,
+                );
+                page.verify(&reader, after.as_ref(), &v).unwrap();
+                all.extend(page.entries.iter().cloned());
+                match page.next {
+                    Some(next) => after = Some(next),
+                    None => return all,
+                }
+            }
+        };
+        // Whole records, across pages (70 > MAX_GRANTED), every document once, in order.
+        let whole = scan(None, Sight::Whole);
+        let expected: Vec<DocumentId> = w.state.document_map().keys().copied().collect();
+        assert_eq!(whole.iter().map(|e| e.id).collect::<Vec<_>>(), expected);
+        assert!(whole.iter().all(|e| e.record.grants.len() == 2));
+        // The grantee's own view: its grant alone, with its path.
+        let own = scan(None, Sight::OneGrant);
+        assert_eq!(own.len(), 70);
+        assert!(
+            own.iter()
+                .all(|e| { e.grant.is_some() && e.record.grants.keys().eq([&reader]) })
+        );
+        assert!(scan(None, Sight::Nothing).is_empty());
+        // A key with no grant finds nothing.
+        let stranger = Identity::generate(Role::Citizen).public();
+        let none = ProvenGranted::of(&w.state, w.header.clone(), &stranger, None, 0, |_| {
+            Sight::Whole
+        });
+        assert!(none.entries.is_empty() && none.next.is_none());
+
+        // Lies are refused: an answer about another key, an entry changed, one made up, one
+        // from before the cursor.
+        let page = ProvenGranted::of(&w.state, w.header.clone(), &reader, None, 0, |_| {
+            Sight::OneGrant
+        });
+        assert!(page.verify(&readers[1].public(), None, &v).is_err());
+        let mut changed = page.clone();
+        changed.entries[0].record.owner = reader;
+        assert_eq!(changed.verify(&reader, None, &v), Err(ProofError::Entry));
+        let mut made_up = page.clone();
+        made_up.entries[1].id = DocumentId::of(b"never registered");
+        assert!(made_up.verify(&reader, None, &v).is_err());
+        let second = page.entries[1].id;
+        assert!(page.verify(&reader, Some(&second), &v).is_err());
     }
 }

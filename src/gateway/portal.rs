@@ -46,8 +46,6 @@ use crate::identity::PublicId;
 pub const SEALED_CONTENT_TYPE: &str = "application/vnd.dangan.sealed";
 /// Most documents one `granted` answer lists.
 pub const MAX_LISTED: usize = 1000;
-/// Document ids asked of the chain per page while listing.
-const LIST_PAGE: u32 = 256;
 /// Bytes buffered between the sealed fetch and the HTTP response.
 const STREAM_BUFFER: usize = 256 << 10;
 
@@ -231,33 +229,29 @@ async fn granted(
     Ok(json_response(StatusCode::OK, &Granted { documents }))
 }
 
-/// This department's documents with a live grant to `citizen`: the chain's document list a
-/// page at a time, each record proven (the department sees its own whole; another's is
-/// refused and skipped), the labels from the manifest.
+/// This department's documents with a live grant to `citizen`: the chain scans the
+/// records for grants to the citizen a page at a time (`ChainClient::granted`, each record
+/// proven; this gateway sees its own department's), the labels from the manifest.
 async fn list_granted(
     portal: &Portal,
     citizen: &PublicId,
 ) -> Result<Vec<GrantedDocument>, ClientError> {
     let chain = portal.client.chain()?;
     let me = portal.gateway();
+    let now = crate::now_ms();
     let mut found = Vec::new();
     let mut after = None;
     loop {
-        let page = chain.documents(after, LIST_PAGE).await?;
-        for id in &page {
-            let record = match chain.record(id).await {
-                Ok(Some(record)) => record,
-                Ok(None) | Err(ChainError::Refused(_)) => continue,
-                Err(e) => return Err(e.into()),
-            };
+        let (page, next) = chain.granted(citizen, after).await?;
+        for (id, record) in page {
             if record.owner != me {
-                continue;
+                continue; // another department's, listed to an operator key
             }
-            let Some(grant) = record.live_grant(citizen, crate::now_ms()) else {
+            let Some(grant) = record.live_grant(citizen, now) else {
                 continue;
             };
             let expires_ms = grant.expires_ms;
-            let manifest = portal.client.manifest(id).await?;
+            let manifest = portal.client.manifest(&id).await?;
             found.push(GrantedDocument {
                 document: id.to_string(),
                 department: manifest.department,
@@ -270,10 +264,10 @@ async fn list_granted(
                 return Ok(found);
             }
         }
-        if page.len() < LIST_PAGE as usize {
-            return Ok(found);
+        match next {
+            Some(next) => after = Some(next),
+            None => return Ok(found),
         }
-        after = page.last().copied();
     }
 }
 

@@ -16,7 +16,8 @@ use tracing::warn;
 use super::{State, answer, blocking, error, refuse};
 use crate::access::{AccessError, ChainScope};
 use crate::chain::ledger::{Ledger, LedgerError};
-use crate::chain::proof::ProvenRecord;
+use crate::chain::proof::{ProvenRecord, Sight};
+use crate::chain::state::DocumentRecord;
 use crate::chain::tx::SignedTx;
 use crate::id::DocumentId;
 use crate::identity::PublicId;
@@ -254,6 +255,42 @@ pub(super) async fn list_documents(
     let ledger = current_ledger!(state, send);
     let limit = limit.clamp(1, MAX_LIST) as usize;
     let page = blocking(move || ledger.proven_documents(after.as_ref(), limit).map(Some)).await;
+    chain_answer(send, page).await
+}
+
+/// The documents with a live grant to `grantee` after `after`, each record as `who` may
+/// see it (`access::ChainScope`): whole if `who` may see every record or owns it, the grant
+/// alone if `who` is the grantee, else left out.
+pub(super) async fn list_granted(
+    send: &mut SendStream,
+    recv: &mut RecvStream,
+    state: &State,
+    who: &PublicId,
+    grantee: PublicId,
+    after: Option<DocumentId>,
+) -> Result<(), ProtoError> {
+    let ledger = current_ledger!(state, send);
+    let everything = ledger.is_validator_host(who)
+        || match state.access.chain_scope(who).await {
+            Ok(scope) => scope == ChainScope::Everything,
+            Err(e) => return refuse(send, recv, state, who, e).await,
+        };
+    let who = *who;
+    let sight = move |record: &DocumentRecord| {
+        if everything || record.owner == who {
+            Sight::Whole
+        } else if grantee == who {
+            Sight::OneGrant
+        } else {
+            Sight::Nothing
+        }
+    };
+    let page = blocking(move || {
+        ledger
+            .proven_granted(&grantee, after.as_ref(), sight)
+            .map(Some)
+    })
+    .await;
     chain_answer(send, page).await
 }
 

@@ -612,6 +612,9 @@ async fn handle(
         Request::ListDocuments { after, limit } => {
             chain::list_documents(send, state, after, limit).await
         }
+        Request::ListGranted { grantee, after } => {
+            chain::list_granted(send, recv, state, &who, grantee, after).await
+        }
     }
 }
 
@@ -709,6 +712,18 @@ async fn authorise(
                 who,
                 &[Role::Operator, Role::Validator, Role::Department],
                 "list every document",
+            )
+            .await
+        }
+        // The grantee asks for its own; the members of the consortium for anyone's (each
+        // sees of a record what `access::ChainScope` lets it, in the handler).
+        Request::ListGranted { grantee, .. } if grantee == who => Ok(()),
+        Request::ListGranted { .. } => {
+            may_query_chain(
+                state,
+                who,
+                &[Role::Operator, Role::Validator, Role::Department],
+                "list the documents granted to a key",
             )
             .await
         }
