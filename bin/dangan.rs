@@ -35,6 +35,16 @@ use dangan::revision;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log lines on standard error: `human` (default) or `json` (one object a line, for
+    /// log collectors). RUST_LOG sets the level (default: warnings).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Human,
+    Json,
 }
 
 /// Where a client finds its identity, the cluster and its keyring.
@@ -83,6 +93,32 @@ enum Command {
     /// Manage identity keys.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Set up one node of a cluster across machines: its key (and its validator's) and its
+    /// node.toml; prints the entries to add to the shared cluster file and genesis. Asks
+    /// for what is missing when run in a terminal; never overwrites a key.
+    Init {
+        /// Directory for the node's config and keys (created if missing).
+        #[arg(long, default_value = "/etc/dangan")]
+        dir: PathBuf,
+        /// UDP address to listen on, e.g. 0.0.0.0:7101.
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+        /// The address other machines reach this node at (default: --listen).
+        #[arg(long)]
+        addr: Option<std::net::SocketAddr>,
+        /// Failure zone: a rack, room or site.
+        #[arg(long)]
+        zone: Option<String>,
+        /// Relative capacity (0 takes no new shards).
+        #[arg(long, default_value_t = 100)]
+        weight: u32,
+        /// This node also hosts one of the chain's validators.
+        #[arg(long)]
+        validator: bool,
+        /// Where the node keeps its data (relative paths: to --dir).
+        #[arg(long, default_value = "/var/lib/dangan")]
+        data_dir: PathBuf,
+    },
     /// Write keys and configs for a cluster of peers on this machine.
     LocalConfig {
         /// Directory to write into (must not exist).
@@ -571,13 +607,16 @@ fn main() -> Result<()> {
     } else {
         "warn"
     };
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter)),
         )
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Human => logs.init(),
+        LogFormat::Json => logs.json().init(),
+    }
     match cli.command {
         Command::Bench(command) => bench(command),
         Command::Gateway {
@@ -585,6 +624,15 @@ fn main() -> Result<()> {
             command: Some(GatewayCommand::Token(command)),
         } => token(&config, command),
         Command::Keys(command) => keys(command),
+        Command::Init {
+            dir,
+            listen,
+            addr,
+            zone,
+            weight,
+            validator,
+            data_dir,
+        } => init(&dir, listen, addr, zone, weight, validator, data_dir),
         Command::LocalConfig {
             dir,
             peers,
@@ -1832,4 +1880,98 @@ fn local_config(dir: &Path, options: LocalOptions) -> Result<()> {
         k + m
     );
     Ok(())
+}
+
+/// `dangan init`: asks in a terminal for what the flags left out, refuses elsewhere.
+fn init(
+    dir: &Path,
+    listen: Option<std::net::SocketAddr>,
+    addr: Option<std::net::SocketAddr>,
+    zone: Option<String>,
+    weight: u32,
+    validator: bool,
+    data_dir: PathBuf,
+) -> Result<()> {
+    let listen = match listen {
+        Some(listen) => listen,
+        None => ask("UDP address to listen on", "0.0.0.0:7101", "--listen")?
+            .parse()
+            .context("the listen address (host:port)")?,
+    };
+    let addr = match addr {
+        Some(addr) => Some(addr),
+        None if listen.ip().is_unspecified() => Some(
+            ask(
+                "Address other machines reach this node at (host:port)",
+                "",
+                "--addr",
+            )?
+            .parse()
+            .context("the node's address (host:port)")?,
+        ),
+        None => None,
+    };
+    let zone = match zone {
+        Some(zone) => zone,
+        None => ask("Failure zone (rack, room or site)", "zone-1", "--zone")?,
+    };
+    let done = config::init::write(
+        dir,
+        &config::init::InitOptions {
+            listen,
+            addr,
+            zone,
+            weight,
+            validator,
+            data_dir,
+        },
+    )?;
+    let d = dir.display();
+    println!("node {}", done.node);
+    if let Some(v) = done.validator {
+        println!("validator {v}");
+    }
+    println!(
+        "wrote {} and its keys under {d}/keys (keep them secret; back them up)\n\n\
+         Add to the consortium's cluster.toml, on every machine:\n\n{}\n\
+         Add to the genesis (before the chain starts; afterwards `dangan cluster add` / \
+         `dangan chain add-validator`):\n\n{}\n\
+         Then put cluster.toml{} in {d} and start: dangan node --config {}",
+        done.config.display(),
+        done.cluster_entry,
+        done.genesis_entry,
+        if done.validator.is_some() {
+            " and genesis.toml"
+        } else {
+            ""
+        },
+        done.config.display(),
+    );
+    Ok(())
+}
+
+/// Asks `question` on the terminal (`default` on an empty answer); without a terminal, says
+/// which flag to give instead.
+fn ask(question: &str, default: &str, flag: &str) -> Result<String> {
+    use std::io::{BufRead, IsTerminal, Write};
+    if !std::io::stdin().is_terminal() {
+        bail!("{flag} is required (no terminal to ask on)");
+    }
+    let shown = if default.is_empty() {
+        String::new()
+    } else {
+        format!(" [{default}]")
+    };
+    eprint!("{question}{shown}: ");
+    std::io::stderr().flush()?;
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line)?;
+    let answer = line.trim();
+    if answer.is_empty() {
+        if default.is_empty() {
+            bail!("{flag} is required");
+        }
+        return Ok(default.to_string());
+    }
+    Ok(answer.to_string())
 }

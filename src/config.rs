@@ -27,6 +27,7 @@ use crate::manifest::CodingParams;
 use crate::peer::PeerLimits;
 use crate::placement::{Layout, NodeInfo};
 
+pub mod init;
 pub mod local;
 
 /// Largest config file read.

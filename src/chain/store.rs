@@ -120,6 +120,11 @@ impl ChainStore {
         path: &Path,
         genesis: &Genesis,
     ) -> Result<(Self, State, BlockHeader), ChainStoreError> {
+        // A first start: the directory may not exist yet (as the shard store's may not).
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| ChainStoreError::Database(Box::new(redb::Error::Io(e))))?;
+        }
         let db = Database::create(path)?;
         let txn = db.begin_write()?;
         let format = {

@@ -15,6 +15,7 @@ mod cli;
 mod cluster;
 mod codec;
 mod delegation;
+mod deploy;
 mod docs;
 mod durability;
 mod faults;

@@ -1,0 +1,236 @@
+//! Deployment from the binary: `dangan init` on each machine of a real cluster, the
+//! consortium's shared files assembled from what it printed, the peers started as
+//! processes; and the systemd units in `config/`.
+
+use std::fs;
+use std::path::Path;
+
+use crate::common::cli::new_key;
+use crate::common::process::{BIN, Node, dangan, free_port_range, run};
+
+/// The text of `out` between `from` and `to`.
+fn between<'a>(out: &'a str, from: &str, to: &str) -> &'a str {
+    let start = out
+        .find(from)
+        .unwrap_or_else(|| panic!("no {from:?} in:\n{out}"))
+        + from.len();
+    let end = out[start..]
+        .find(to)
+        .unwrap_or_else(|| panic!("no {to:?} in:\n{out}"));
+    &out[start..start + end]
+}
+
+#[test]
+fn three_machines_set_up_with_init_form_a_cluster_that_stores_and_reads() {
+    let root = tempfile::tempdir().unwrap();
+    let logs = root.path().join("logs");
+    fs::create_dir_all(&logs).unwrap();
+    let base = free_port_range(3);
+    let (mut peers, mut chain, mut nodes, mut validators) =
+        (String::new(), String::new(), String::new(), String::new());
+    let machines: Vec<_> = (0..3)
+        .map(|i| root.path().join(format!("machine{i}")))
+        .collect();
+    for (i, dir) in machines.iter().enumerate() {
+        let listen = format!("127.0.0.1:{}", base + i as u16);
+        let zone = format!("room {i}");
+        let mut args = vec![
+            "init",
+            "--dir",
+            dir.to_str().unwrap(),
+            "--listen",
+            &listen,
+            "--zone",
+            &zone,
+            "--data-dir",
+            "data",
+        ];
+        if i == 0 {
+            args.push("--validator");
+        }
+        let out = run(dangan(&args), &logs, &format!("init{i}"))
+            .expect_ok("init")
+            .stdout;
+        let cluster_entry = between(&out, "on every machine:\n\n", "\nAdd to the genesis");
+        let genesis_entry = between(&out, "add-validator`):\n\n", "\nThen put");
+        let (peer, validator) = cluster_entry
+            .split_once("[[chain.validator]]")
+            .unwrap_or((cluster_entry, ""));
+        peers.push_str(peer);
+        if !validator.is_empty() {
+            chain.push_str(&format!("[[chain.validator]]{validator}"));
+        }
+        let (node, validator) = genesis_entry
+            .split_once("[[validator]]")
+            .unwrap_or((genesis_entry, ""));
+        nodes.push_str(node);
+        if !validator.is_empty() {
+            validators.push_str(&format!("[[validator]]{validator}"));
+        }
+    }
+    let keys = root.path().join("keys");
+    fs::create_dir_all(&keys).unwrap();
+    let dept = new_key(
+        "department",
+        &keys.join("department.key"),
+        &logs,
+        "dept-key",
+    );
+    let operator = new_key("operator", &keys.join("operator.key"), &logs, "op-key");
+    let cluster = format!(
+        "epoch = 1\n\n[coding]\nk = 2\nm = 1\nshard_kib = 1024\n\n{peers}\n\
+         [[client]]\nid = \"{dept}\"\nname = \"department\"\n\n\
+         [[client]]\nid = \"{operator}\"\nname = \"operator\"\n\n{chain}"
+    );
+    let genesis = format!(
+        "chain_id = \"init-test\"\n\n{validators}\n\
+         [[account]]\nid = \"{dept}\"\nrole = \"department\"\nname = \"department\"\n\n\
+         [[account]]\nid = \"{operator}\"\nrole = \"operator\"\nname = \"operator\"\n\n{nodes}"
+    );
+    fs::write(root.path().join("cluster.toml"), &cluster).unwrap();
+    for dir in &machines {
+        fs::write(dir.join("cluster.toml"), &cluster).unwrap();
+    }
+    fs::write(machines[0].join("genesis.toml"), &genesis).unwrap();
+
+    // Machine 0 logs JSON, as for a log collector (`env` execs the node with RUST_LOG set).
+    let program = |i: usize| {
+        let mut program = std::process::Command::new("env");
+        program.arg("RUST_LOG=info").arg(BIN);
+        if i == 0 {
+            program.args(["--log-format", "json"]);
+        }
+        program
+    };
+    let running: Vec<Node> = machines
+        .iter()
+        .enumerate()
+        .map(|(i, dir)| {
+            Node::start_command(
+                program(i),
+                &dir.join("node.toml"),
+                &logs,
+                &format!("node{i}"),
+            )
+            .unwrap_or_else(|e| panic!("{e}\ncluster.toml:\n{cluster}\ngenesis.toml:\n{genesis}"))
+        })
+        .collect();
+    let input = root.path().join("certificate.pdf");
+    fs::write(&input, crate::common::data(300 << 10, 5)).unwrap();
+    let client = |cmd: &str, more: &[&Path]| {
+        let mut args: Vec<&std::ffi::OsStr> = vec![cmd.as_ref()];
+        args.extend(more.iter().map(|p| p.as_os_str()));
+        let mut c = dangan(args);
+        c.arg("--key")
+            .arg(keys.join("department.key"))
+            .arg("--cluster")
+            .arg(root.path().join("cluster.toml"))
+            .arg("--keyring")
+            .arg(root.path().join("keyring"));
+        c
+    };
+    let put = run(client("put", &[&input]), &logs, "put").expect_ok("put on the init cluster");
+    let id = put.last_line();
+    let output = root.path().join("back.pdf");
+    run(
+        client("get", &[Path::new(&id), Path::new("-o"), &output]),
+        &logs,
+        "get",
+    )
+    .expect_ok("get on the init cluster");
+    assert_eq!(fs::read(&output).unwrap(), fs::read(&input).unwrap());
+    let json = running[0].stderr_text();
+    let lines: Vec<&str> = json.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(lines.iter().any(|l| l.contains("peer serving")), "{json}");
+    for line in lines {
+        let v: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}"));
+        assert!(v["level"].is_string() && v["fields"].is_object(), "{line}");
+    }
+    assert!(
+        !running[1].stderr_text().starts_with('{'),
+        "human logs by default"
+    );
+
+    // Run again on a machine, it refuses and the key stays; without a terminal, a missing
+    // flag is named instead of asked for.
+    let key = fs::read(machines[1].join("keys/node.key")).unwrap();
+    let again = dangan([
+        "init",
+        "--dir",
+        machines[1].to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:7000",
+        "--zone",
+        "z",
+    ]);
+    let refused = run(again, &logs, "init-again").expect_fail("init over a node");
+    assert!(
+        refused.stderr.contains("already exists"),
+        "{}",
+        refused.describe()
+    );
+    assert_eq!(fs::read(machines[1].join("keys/node.key")).unwrap(), key);
+    let fresh = root.path().join("machine9");
+    // (`dangan` runs every command with no input.)
+    let asked = dangan(["init", "--dir", fresh.to_str().unwrap(), "--zone", "z"]);
+    let refused = run(asked, &logs, "init-no-listen").expect_fail("init without --listen");
+    assert!(
+        refused.stderr.contains("--listen is required"),
+        "{}",
+        refused.describe()
+    );
+    assert!(!fresh.exists());
+}
+
+/// The units in `config/` are what `systemd-analyze verify` accepts without a warning
+/// (with ExecStart pointing at this build's binary), and keep the service user, its state
+/// directory, restart on failure and the hardening the README promises.
+#[test]
+fn the_systemd_units_verify_and_keep_their_hardening() {
+    let Some(analyze) = which("systemd-analyze") else {
+        println!("systemd-analyze is not installed here: units not verified");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    for unit in ["dangan-node.service", "dangan-gateway.service"] {
+        let text = fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("config")
+                .join(unit),
+        )
+        .unwrap();
+        for needed in [
+            "User=dangan",
+            "StateDirectory=",
+            "Restart=on-failure",
+            "ProtectSystem=strict",
+            "NoNewPrivileges=yes",
+            "ExecStart=/usr/local/bin/dangan ",
+        ] {
+            assert!(text.contains(needed), "{unit} lacks {needed}");
+        }
+        let here = text.replace("/usr/local/bin/dangan", BIN);
+        fs::write(dir.path().join(unit), here).unwrap();
+        let out = std::process::Command::new(&analyze)
+            .arg("verify")
+            .arg(dir.path().join(unit))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && stderr.trim().is_empty(),
+            "systemd-analyze verify {unit}: {}\n{stderr}",
+            out.status
+        );
+    }
+}
+
+/// The path of `program` on PATH.
+fn which(program: &str) -> Option<std::path::PathBuf> {
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|d| d.join(program))
+        .find(|p| p.is_file())
+}
