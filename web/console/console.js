@@ -33,7 +33,7 @@ const I18N = {
     scan_no_code: "图片中没有找到二维码，请换一张更清晰的图片。",
     scan_not_image: "无法读取该文件，请选择一张图片。",
     scan_no_camera: "无法打开摄像头（需要授权，并且页面须通过 HTTPS 访问）。",
-    via_gateway: "（经网关，公民门户）", stored_at: "区块高度",
+    via_gateway: "（经网关，公民门户）", read_manifest: "文档清单", read_shard: "数据分片",
     err_unauthorized: "令牌无效或已撤销，请重新登录。",
     err_missing_scope: "此令牌没有执行该操作的权限。",
     err_too_large: "文件超过网关允许的大小。",
@@ -78,7 +78,7 @@ const I18N = {
     scan_no_code: "No QR code found in that picture. Try a sharper one.",
     scan_not_image: "That file cannot be read as a picture.",
     scan_no_camera: "The camera cannot be opened (it needs permission, and the page must be served over HTTPS).",
-    via_gateway: " (via the gateway: citizen portal)", stored_at: "block",
+    via_gateway: " (via the gateway: citizen portal)", read_manifest: "manifest", read_shard: "shard",
     err_unauthorized: "The token is not valid (or was revoked). Sign in again.",
     err_missing_scope: "This token is not allowed to do that.",
     err_too_large: "The file is larger than the gateway accepts.",
@@ -271,7 +271,8 @@ async function showAudit() {
       const row = rows.insertRow();
       cell(row, when(r.at_ms));
       cell(row, short(r.reader) + " (" + t(r.role) + ")").title = r.reader;
-      cell(row, r.read.split(" ")[0] + (r.read.includes(" via gateway ") ? t("via_gateway") : "")).title = r.read;
+      const kind = r.read.split(" ")[0]; // "manifest" or "shard"
+      cell(row, t("read_" + kind) + (r.read.includes(" via gateway ") ? t("via_gateway") : "")).title = r.read;
       const s = cell(row, t(r.state, { h: r.height, r: r.reason || "" }));
       s.className = "state-" + r.state;
     }
