@@ -49,6 +49,11 @@ pub const ASSETS: &[(&str, &str, &[u8])] = &[
         include_bytes!("../../web/dist/assets/verify.js"),
     ),
     (
+        "/assets/scan.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../web/dist/assets/scan.js"),
+    ),
+    (
         "/assets/style.css",
         "text/css; charset=utf-8",
         include_bytes!("../../web/dist/assets/style.css"),

@@ -82,6 +82,10 @@ pub enum GatewayError {
     Conflict(String),
     #[error("no such endpoint ({0}); see /openapi.json")]
     NoSuchEndpoint(String),
+    /// A citizen's signed request (delegation or listing) refused: by this gateway's
+    /// checks or by the peers'.
+    #[error("{0}")]
+    DelegationRefused(String),
     #[error(transparent)]
     Client(#[from] ClientError),
     #[error(transparent)]
@@ -126,6 +130,7 @@ impl GatewayError {
             GatewayError::Busy(_) => (StatusCode::TOO_MANY_REQUESTS, "busy"),
             GatewayError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             GatewayError::NoSuchEndpoint(_) => (StatusCode::NOT_FOUND, "no_such_endpoint"),
+            GatewayError::DelegationRefused(_) => (StatusCode::FORBIDDEN, "delegation_refused"),
             GatewayError::Client(e) => client(e),
             GatewayError::Chain(e) => chain(e),
             GatewayError::Revision(e) => match e {
@@ -153,7 +158,7 @@ impl GatewayError {
     }
 }
 
-/// A JSON error as every endpoint returns it.
+/// A JSON error as every endpoint returns it (the department API's and the portal's).
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ErrorBody {
     /// Stable, snake_case: what a program matches on.

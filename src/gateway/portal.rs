@@ -15,9 +15,9 @@
 //! - `POST /portal/v1/documents/{id}/sealed` (a delegation for `id`): the sealed stream,
 //!   `application/vnd.dangan.sealed`.
 //!
-//! Errors before the first byte are JSON `{"code", "message"}` with a fitting status (400
-//! malformed, 403 refused, 404 unknown document, 503 cluster unavailable); an error after
-//! streaming began aborts the response.
+//! Errors before the first byte are the gateway's JSON errors ([`GatewayError`]: 400
+//! `malformed`, 403 `delegation_refused` or `not_granted`, 404 `unknown_document`, 503
+//! `cluster_unavailable`); an error after streaming began aborts the response.
 //!
 //! Not for: the department's REST API, tokens or the console (the rest of `gateway`), or
 //! deciding who may read (the peers do).
@@ -35,6 +35,7 @@ use futures::StreamExt;
 use serde::Serialize;
 use tracing::{debug, warn};
 
+use super::GatewayError;
 use crate::chain::client::ChainError;
 use crate::chain::tx::ChainKey;
 use crate::client::{Client, ClientError};
@@ -101,81 +102,19 @@ pub fn router(portal: Arc<Portal>) -> Router {
         .with_state(portal)
 }
 
-/// A JSON error: `{"code": "stable_snake_case", "message": "human sentence"}`.
-#[derive(Debug)]
-pub struct PortalError {
-    pub status: StatusCode,
-    pub code: &'static str,
-    pub message: String,
-}
-
-impl PortalError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            code,
-            message: message.into(),
-        }
-    }
-
-    fn malformed(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "malformed", message)
-    }
-
-    fn refused(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::FORBIDDEN, "delegation_refused", message)
+fn malformed(message: impl Into<String>) -> GatewayError {
+    GatewayError::BadRequest {
+        code: "malformed",
+        message: message.into(),
     }
 }
 
-#[derive(Serialize)]
-struct ErrorBody<'a> {
-    code: &'a str,
-    message: &'a str,
-}
-
-impl IntoResponse for PortalError {
-    fn into_response(self) -> Response {
-        let body = ErrorBody {
-            code: self.code,
-            message: &self.message,
-        };
-        json_response(self.status, &body)
-    }
-}
-
-/// `value` as JSON with its charset declared.
-fn json_response<T: Serialize>(status: StatusCode, value: &T) -> Response {
-    let bytes = serde_json::to_vec(value).expect("encoding JSON into memory cannot fail");
-    (
-        status,
-        [(header::CONTENT_TYPE, "application/json; charset=utf-8")],
-        bytes,
-    )
-        .into_response()
-}
-
-impl From<ClientError> for PortalError {
-    fn from(e: ClientError) -> Self {
-        match &e {
-            ClientError::NotGranted { .. } => {
-                Self::new(StatusCode::FORBIDDEN, "not_granted", e.to_string())
-            }
-            ClientError::Refused { .. } => Self::refused(e.to_string()),
-            ClientError::Chain(ChainError::NotRegistered(_)) => {
-                Self::new(StatusCode::NOT_FOUND, "unknown_document", e.to_string())
-            }
-            ClientError::Chain(_) | ClientError::Net(_) | ClientError::NotFound { .. } => {
-                Self::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "cluster_unavailable",
-                    e.to_string(),
-                )
-            }
-            _ => {
-                warn!(error = %e, "portal request failed");
-                Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
-            }
-        }
+/// A cluster error met serving a citizen: a peer's refusal is a refusal of the citizen's
+/// delegation; the rest as for any gateway request.
+fn citizen_error(e: ClientError) -> GatewayError {
+    match e {
+        ClientError::Refused { .. } => GatewayError::DelegationRefused(e.to_string()),
+        e => e.into(),
     }
 }
 
@@ -194,7 +133,7 @@ async fn info(State(portal): State<Arc<Portal>>) -> Response {
         validators: portal.validators.iter().map(|v| v.to_string()).collect(),
         department: portal.department.clone(),
     };
-    json_response(StatusCode::OK, &info)
+    Json(info).into_response()
 }
 
 /// One document in a `granted` answer.
@@ -217,16 +156,17 @@ struct Granted {
 async fn granted(
     State(portal): State<Arc<Portal>>,
     body: Result<Json<ListingJson>, JsonRejection>,
-) -> Result<Response, PortalError> {
-    let Json(json) = body.map_err(|e| PortalError::malformed(e.body_text()))?;
-    let listing =
-        ListingRequest::try_from(json).map_err(|e| PortalError::malformed(e.to_string()))?;
+) -> Result<Response, GatewayError> {
+    let Json(json) = body.map_err(|e| malformed(e.body_text()))?;
+    let listing = ListingRequest::try_from(json).map_err(|e| malformed(e.to_string()))?;
     check_gateway(&portal, &listing.gateway)?;
     listing
         .verify(&portal.chain.0, crate::now_ms())
-        .map_err(|e| PortalError::refused(e.to_string()))?;
-    let documents = list_granted(&portal, &listing.citizen).await?;
-    Ok(json_response(StatusCode::OK, &Granted { documents }))
+        .map_err(|e| GatewayError::DelegationRefused(e.to_string()))?;
+    let documents = list_granted(&portal, &listing.citizen)
+        .await
+        .map_err(citizen_error)?;
+    Ok(Json(Granted { documents }).into_response())
 }
 
 /// This department's documents with a live grant to `citizen`: the chain scans the
@@ -271,9 +211,9 @@ async fn list_granted(
     }
 }
 
-fn check_gateway(portal: &Portal, named: &PublicId) -> Result<(), PortalError> {
+fn check_gateway(portal: &Portal, named: &PublicId) -> Result<(), GatewayError> {
     if *named != portal.gateway() {
-        return Err(PortalError::refused(format!(
+        return Err(GatewayError::DelegationRefused(format!(
             "the request names gateway {named}, this gateway is {}",
             portal.gateway()
         )));
@@ -285,15 +225,14 @@ async fn sealed(
     State(portal): State<Arc<Portal>>,
     Path(id): Path<String>,
     body: Result<Json<DelegationJson>, JsonRejection>,
-) -> Result<Response, PortalError> {
+) -> Result<Response, GatewayError> {
     let id: DocumentId = id
         .parse()
-        .map_err(|e| PortalError::malformed(format!("document id: {e}")))?;
-    let Json(json) = body.map_err(|e| PortalError::malformed(e.body_text()))?;
-    let delegation =
-        Delegation::try_from(json).map_err(|e| PortalError::malformed(e.to_string()))?;
+        .map_err(|e| malformed(format!("document id: {e}")))?;
+    let Json(json) = body.map_err(|e| malformed(e.body_text()))?;
+    let delegation = Delegation::try_from(json).map_err(|e| malformed(e.to_string()))?;
     if delegation.document != id {
-        return Err(PortalError::refused(format!(
+        return Err(GatewayError::DelegationRefused(format!(
             "the delegation is for document {}, not {id}",
             delegation.document
         )));
@@ -301,8 +240,12 @@ async fn sealed(
     check_gateway(&portal, &delegation.gateway)?;
     delegation
         .verify(&portal.chain.0, crate::now_ms())
-        .map_err(|e| PortalError::refused(e.to_string()))?;
-    let doc = portal.client.prepare_sealed(&delegation).await?;
+        .map_err(|e| GatewayError::DelegationRefused(e.to_string()))?;
+    let doc = portal
+        .client
+        .prepare_sealed(&delegation)
+        .await
+        .map_err(citizen_error)?;
     let len = doc.len();
     let (writer, reader) = tokio::io::duplex(STREAM_BUFFER);
     let client = portal.client.clone();

@@ -239,6 +239,11 @@ impl Browser {
     /// Starts chromedriver on a free port and a headless Chromium with a fresh profile and a
     /// viewport of `width` × `height` CSS pixels.
     pub async fn start(width: u32, height: u32) -> Browser {
+        Self::start_with(width, height, &[]).await
+    }
+
+    /// Like [`Browser::start`], with more Chromium switches (`--name=value`).
+    pub async fn start_with(width: u32, height: u32, switches: &[String]) -> Browser {
         ensure_test_deps();
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -268,18 +273,27 @@ impl Browser {
         assert!(ready, "chromedriver did not answer on port {port}");
         let profile = tempfile::tempdir().unwrap();
         let downloads = tempfile::tempdir().unwrap();
+        let mut args: Vec<String> = [
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--disable-dev-shm-usage",
+        ]
+        .map(String::from)
+        .to_vec();
+        args.push(format!("--user-data-dir={}", profile.path().display()));
+        args.push(format!("--window-size={width},{height}"));
+        args.extend(switches.iter().cloned());
         let caps = serde_json::json!({"capabilities": {"alwaysMatch": {
             "browserName": "chrome",
             "goog:chromeOptions": {
                 "binary": "/usr/bin/chromium",
-                "args": [
-                    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                    "--no-first-run", "--disable-background-networking",
-                    "--disable-component-update", "--disable-sync",
-                    "--disable-dev-shm-usage",
-                    format!("--user-data-dir={}", profile.path().display()),
-                    format!("--window-size={width},{height}"),
-                ],
+                "args": args,
                 "prefs": {
                     "download.default_directory": downloads.path(),
                     "download.prompt_for_download": false,
@@ -328,7 +342,12 @@ impl Browser {
         b
     }
 
-    async fn cmd(&self, method: &str, path: &str, body: serde_json::Value) -> serde_json::Value {
+    async fn try_cmd(
+        &self,
+        method: &str,
+        path: &str,
+        body: serde_json::Value,
+    ) -> Result<serde_json::Value, String> {
         let url = format!("{}/session/{}/{path}", self.base, self.session);
         let req = match method {
             "GET" => self.http.get(url),
@@ -336,9 +355,18 @@ impl Browser {
         };
         let r: serde_json::Value = req.send().await.unwrap().json().await.unwrap();
         if let Some(e) = r["value"].get("error") {
-            panic!("WebDriver {method} {path}: {e}: {}", r["value"]["message"]);
+            return Err(format!(
+                "WebDriver {method} {path}: {e}: {}",
+                r["value"]["message"]
+            ));
         }
-        r["value"].clone()
+        Ok(r["value"].clone())
+    }
+
+    async fn cmd(&self, method: &str, path: &str, body: serde_json::Value) -> serde_json::Value {
+        self.try_cmd(method, path, body)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
     }
 
     pub async fn goto(&self, url: &str) {
@@ -384,13 +412,47 @@ impl Browser {
 
     /// Gives the file input `css` the file at `path` (as a citizen choosing it).
     pub async fn upload(&self, css: &str, path: &Path) {
+        self.send_keys(css, &path.display().to_string()).await;
+    }
+
+    /// Types `text` into the field `css`, as a person typing or pasting it.
+    pub async fn send_keys(&self, css: &str, text: &str) {
         let el = self.element(css).await;
         self.cmd(
             "POST",
             &format!("element/{el}/value"),
-            serde_json::json!({"text": path.display().to_string()}),
+            serde_json::json!({ "text": text }),
         )
         .await;
+    }
+
+    /// Presses OK on the page's `confirm()`, which may open a moment after the click.
+    pub async fn accept_prompt(&self) {
+        let mut last = String::new();
+        for _ in 0..100 {
+            match self
+                .try_cmd("POST", "alert/accept", serde_json::json!({}))
+                .await
+            {
+                Ok(_) => return,
+                Err(e) => last = e,
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        panic!("no prompt to accept: {last}");
+    }
+
+    /// A PNG of the element `css` alone, as it is drawn.
+    pub async fn element_screenshot(&self, css: &str) -> Vec<u8> {
+        let el = self.element(css).await;
+        let v = self
+            .cmd(
+                "GET",
+                &format!("element/{el}/screenshot"),
+                serde_json::Value::Null,
+            )
+            .await;
+        base64_decode(v.as_str().unwrap())
     }
 
     pub async fn click(&self, css: &str) {
@@ -463,323 +525,6 @@ fn base64_decode(text: &str) -> Vec<u8> {
     }
     out
 }
-
-fn content_type(path: &str) -> &'static str {
-    match path.rsplit('.').next() {
-        Some("html") => "text/html; charset=utf-8",
-        Some("js") => "text/javascript; charset=utf-8",
-        Some("css") => "text/css; charset=utf-8",
-        _ => "application/octet-stream",
-    }
-}
-
-/// A stand-in for the gateway until `gateway::run` is merged: web/dist at `/portal/`,
-/// `/verify/` and `/assets/`, and the portal endpoints of the contract answered from the
-/// artefacts of a real cluster, each signed request checked (a delegation that does not
-/// verify, or names another citizen, gets 403 as the contract says).
-async fn serve_stand_in(a: &Artefacts, gateway: PublicId) -> String {
-    use axum::body::Body;
-    use axum::http::{StatusCode, Uri, header};
-    use axum::response::Response;
-
-    #[derive(Clone)]
-    struct State {
-        chain: [u8; 32],
-        gateway: PublicId,
-        citizen: PublicId,
-        document: dangan::id::DocumentId,
-        info: serde_json::Value,
-        granted: serde_json::Value,
-        sealed: std::sync::Arc<Vec<u8>>,
-    }
-
-    fn json(status: StatusCode, v: serde_json::Value) -> Response {
-        Response::builder()
-            .status(status)
-            .header(header::CONTENT_TYPE, "application/json; charset=utf-8")
-            .body(Body::from(v.to_string()))
-            .unwrap()
-    }
-
-    fn refused(code: &str, message: &str) -> Response {
-        json(
-            StatusCode::FORBIDDEN,
-            serde_json::json!({"code": code, "message": message}),
-        )
-    }
-
-    /// Checks a signed request of the contract; the citizen it is from, if it verifies.
-    fn check(
-        s: &State,
-        body: &[u8],
-        document: Option<&dangan::id::DocumentId>,
-    ) -> Option<PublicId> {
-        let v: serde_json::Value = serde_json::from_slice(body).ok()?;
-        let citizen: PublicId = v["citizen"].as_str()?.parse().ok()?;
-        let gateway: PublicId = v["gateway"].as_str()?.parse().ok()?;
-        let expires = v["expires_ms"].as_u64()?;
-        let mut sig = [0u8; 64];
-        hex::decode_to_slice(v["signature"].as_str()?, &mut sig).ok()?;
-        let now = dangan::now_ms();
-        if gateway != s.gateway || expires <= now || expires > now + 10 * 60 * 1000 {
-            return None;
-        }
-        let msg = delegation_bytes(&s.chain, &gateway, document, &citizen, expires);
-        citizen.verify(&msg, &sig).ok()?;
-        Some(citizen)
-    }
-
-    let state = State {
-        chain: a.chain,
-        gateway,
-        citizen: a.citizen.public(),
-        document: a.document,
-        info: serde_json::json!({
-            "gateway": hex::encode(gateway.as_bytes()),
-            "chain": hex::encode(a.chain),
-            "validators": a.validators.iter().map(|v| hex::encode(v.as_bytes())).collect::<Vec<_>>(),
-            "department": "civil-registry",
-        }),
-        granted: {
-            let m =
-                dangan::manifest::Manifest::decode(&Receipt::decode(&a.receipt).unwrap().manifest)
-                    .unwrap();
-            serde_json::json!({"documents": [{
-                "document": a.document.to_string(),
-                "department": m.department,
-                "document_type": m.document_type,
-                "size": m.size,
-                "created_at_ms": m.created_at_ms,
-                "expires_ms": null,
-            }]})
-        },
-        sealed: std::sync::Arc::new(std::fs::read(a.dir.path().join("sealed.bin")).unwrap()),
-    };
-    let dist = root().join("web/dist");
-    let app = axum::Router::new()
-        .route(
-            "/portal/v1/info",
-            axum::routing::get(|axum::extract::State(s): axum::extract::State<State>| async move {
-                json(StatusCode::OK, s.info.clone())
-            }),
-        )
-        .route(
-            "/portal/v1/granted",
-            axum::routing::post(
-                |axum::extract::State(s): axum::extract::State<State>, body: axum::body::Bytes| async move {
-                    match check(&s, &body, None) {
-                        Some(c) if c == s.citizen => json(StatusCode::OK, s.granted.clone()),
-                        Some(_) => json(StatusCode::OK, serde_json::json!({"documents": []})),
-                        None => refused("bad_delegation", "the listing request does not verify"),
-                    }
-                },
-            ),
-        )
-        .route(
-            "/portal/v1/documents/{id}/sealed",
-            axum::routing::post(
-                |axum::extract::State(s): axum::extract::State<State>,
-                 axum::extract::Path(id): axum::extract::Path<String>,
-                 body: axum::body::Bytes| async move {
-                    let Ok(id) = id.parse::<dangan::id::DocumentId>() else {
-                        return json(StatusCode::BAD_REQUEST, serde_json::json!({"code": "bad_id", "message": "not a document id"}));
-                    };
-                    if id != s.document {
-                        return json(StatusCode::NOT_FOUND, serde_json::json!({"code": "unknown_document", "message": "no such document"}));
-                    }
-                    match check(&s, &body, Some(&id)) {
-                        Some(c) if c == s.citizen => Response::builder()
-                            .header(header::CONTENT_TYPE, "application/vnd.dangan.sealed")
-                            .body(Body::from(s.sealed.to_vec()))
-                            .unwrap(),
-                        Some(_) => refused("not_granted", "this document is not granted to this citizen"),
-                        None => refused("bad_delegation", "the delegation does not verify"),
-                    }
-                },
-            ),
-        )
-        .fallback(move |uri: Uri| {
-            let dist = dist.clone();
-            async move {
-                let path = uri.path();
-                let file = match path {
-                    "/portal/" => "portal/index.html".to_string(),
-                    "/verify/" => "verify/index.html".to_string(),
-                    p if p.starts_with("/assets/") && !p.contains("..") => p[1..].to_string(),
-                    _ => return Response::builder().status(404).body(Body::empty()).unwrap(),
-                };
-                match std::fs::read(dist.join(&file)) {
-                    Ok(bytes) => Response::builder()
-                        .header(header::CONTENT_TYPE, content_type(&file))
-                        .body(Body::from(bytes))
-                        .unwrap(),
-                    Err(_) => Response::builder().status(404).body(Body::empty()).unwrap(),
-                }
-            }
-        })
-        .with_state(state);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    format!("http://{addr}")
-}
-
-/// The verify page, at a phone's width: the real receipt (from the link a certificate
-/// carries) is genuine and shows who issued what when; the same receipt with one flipped
-/// byte (dropped in as a file) is not.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_verify_page_accepts_a_real_receipt_and_refuses_a_flipped_byte() {
-    let a = make_artefacts(50 << 10).await;
-    let url = serve_stand_in(&a, Identity::generate(Role::Node).public()).await;
-    let browser = Browser::start(390, 844).await;
-
-    let link = base64url(&a.receipt);
-    browser.goto(&format!("{url}/verify/#{link}")).await;
-    let verdict = browser
-        .wait_for("document.getElementById('result').dataset.verdict")
-        .await;
-    assert_eq!(verdict, "genuine");
-    let shown = browser
-        .script("return document.getElementById('fields').innerText", &[])
-        .await;
-    let shown = shown.as_str().unwrap();
-    assert!(
-        shown.contains("civil-registry") && shown.contains("test"),
-        "{shown}"
-    );
-    assert!(shown.contains(&a.document.to_string()), "{shown}");
-    let lang = browser
-        .script("return document.documentElement.lang", &[])
-        .await;
-    assert_eq!(lang, "zh-CN");
-    let overflow = browser
-        .script(
-            "return document.documentElement.scrollWidth > document.documentElement.clientWidth",
-            &[],
-        )
-        .await;
-    assert_eq!(overflow, false, "the verify page is wider than a phone");
-    browser
-        .screenshot(&screenshot_path(a.dir.path(), "verify.png"))
-        .await;
-
-    // One flipped byte in the middle of the proof, given as a file.
-    let mut bad = a.receipt.clone();
-    let at = bad.len() - 40;
-    bad[at] ^= 0x01;
-    let bad_path = a.dir.path().join("flipped.receipt");
-    std::fs::write(&bad_path, &bad).unwrap();
-    browser.goto(&format!("{url}/verify/")).await;
-    browser.wait_for("document.body.dataset.ready").await;
-    browser.upload("#receipt-file", &bad_path).await;
-    let verdict = browser
-        .wait_for("document.getElementById('result').dataset.verdict")
-        .await;
-    assert_eq!(verdict, "invalid");
-    let overflow = browser
-        .script(
-            "return document.documentElement.scrollWidth > document.documentElement.clientWidth",
-            &[],
-        )
-        .await;
-    assert_eq!(overflow, false, "the refusal is wider than a phone");
-    browser
-        .screenshot(&screenshot_path(a.dir.path(), "verify-refused.png"))
-        .await;
-    browser.quit().await;
-}
-
-/// The portal, at a phone's width: the citizen's key file loads (kept in the page), the
-/// grant address shows as text and QR code, the granted document is listed and downloads
-/// through the sealed path byte-identical; another citizen's key is refused with a clear
-/// message.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_portal_downloads_a_granted_document_and_refuses_another_citizen() {
-    let a = make_artefacts(300_000).await;
-    let url = serve_stand_in(&a, Identity::generate(Role::Node).public()).await;
-    let browser = Browser::start(390, 844).await;
-
-    browser.goto(&format!("{url}/portal/?blob")).await;
-    browser.wait_for("document.body.dataset.ready").await;
-    browser
-        .upload("#key-file", &a.dir.path().join("citizen.key"))
-        .await;
-    let address = browser
-        .wait_for("document.getElementById('key-address').textContent")
-        .await;
-    assert_eq!(address, GrantAddress::of(&a.citizen).to_string());
-    browser
-        .wait_for("document.querySelector('#docs tbody button')")
-        .await;
-    let overflow = browser
-        .script(
-            "return document.documentElement.scrollWidth > document.documentElement.clientWidth",
-            &[],
-        )
-        .await;
-    assert_eq!(overflow, false, "the portal is wider than a phone");
-    browser
-        .screenshot(&screenshot_path(a.dir.path(), "portal.png"))
-        .await;
-
-    browser.click("#docs tbody button").await;
-    let kind = browser
-        .wait_for("document.getElementById('status').dataset.blake3 && document.getElementById('status').dataset.kind")
-        .await;
-    assert_eq!(kind, "ok");
-    let digest = browser
-        .script(
-            "return document.getElementById('status').dataset.blake3",
-            &[],
-        )
-        .await;
-    let plain = std::fs::read(a.dir.path().join("plain.bin")).unwrap();
-    assert_eq!(digest, blake3::hash(&plain).to_hex().as_str());
-    // The file the browser saved is the document.
-    let mut saved = None;
-    for _ in 0..200 {
-        saved = std::fs::read_dir(browser.downloads.path())
-            .unwrap()
-            .filter_map(|e| e.ok())
-            .map(|e| e.path())
-            .find(|p| p.extension().is_some_and(|x| x == "bin"));
-        if saved.is_some() {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    let saved = saved.expect("the browser saved the document");
-    assert_eq!(std::fs::read(saved).unwrap(), plain);
-    browser
-        .screenshot(&screenshot_path(a.dir.path(), "portal-downloaded.png"))
-        .await;
-
-    // Another citizen: nothing listed, and asking by id is refused in words.
-    browser.goto(&format!("{url}/portal/?blob")).await;
-    browser.wait_for("document.body.dataset.ready").await;
-    browser
-        .upload("#key-file", &a.dir.path().join("stranger.key"))
-        .await;
-    browser
-        .wait_for("!document.getElementById('docs-none').classList.contains('hidden')")
-        .await;
-    browser
-        .script(
-            "document.getElementById('doc-id').value = arguments[0]",
-            &[serde_json::json!(a.document.to_string())],
-        )
-        .await;
-    browser.click("#download-id").await;
-    let message = browser
-        .wait_for("document.getElementById('status').dataset.kind === 'bad' && document.getElementById('status').textContent")
-        .await;
-    assert!(
-        message.as_str().unwrap().contains("此文件未授权给您"),
-        "{message}"
-    );
-    browser.quit().await;
-}
-
 /// Every file under `dir`, relative to it, sorted.
 fn files_under(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
@@ -831,53 +576,36 @@ fn the_committed_bundle_is_a_fresh_build() {
     }
 }
 
-/// End to end through the real gateway (`gateway::start` over a real cluster): the
-/// department stores a certificate and grants it to a citizen over its REST API; the
-/// citizen, in headless Chromium, loads their key on the gateway's portal and downloads it,
-/// byte-identical (that the gateway relays ciphertext only: `it::delegation`); a second
-/// citizen is refused in words.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_citizen_downloads_through_the_real_gateway_what_the_department_granted() {
-    use reqwest::Method as M;
-    ensure_test_deps();
-    let gw = crate::gateway::start(Default::default(), crate::gateway::ADMIN).await;
-    let admin = gw.tokens[0].clone();
-    let plain = common::data(200_000, 41);
-    let res = gw
-        .req(
-            M::POST,
-            "/api/v1/documents?type=certificate&name=birth.bin",
-            &admin,
-        )
-        .body(plain.clone())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 201);
-    let stored: serde_json::Value = res.json().await.unwrap();
-    let id = stored["id"].as_str().unwrap().to_string();
-    let citizen = Identity::generate(Role::Citizen);
-    let stranger = Identity::generate(Role::Citizen);
-    let res = gw
-        .req(M::POST, &format!("/api/v1/documents/{id}/grants"), &admin)
-        .json(&serde_json::json!({ "address": GrantAddress::of(&citizen).to_string() }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200, "{}", res.text().await.unwrap());
-    let keys = tempfile::tempdir().unwrap();
-    citizen.save(keys.path().join("citizen.key")).unwrap();
-    stranger.save(keys.path().join("stranger.key")).unwrap();
+// ---------- the citizen in the gateway's portal (shared by the tests below) ----------
 
-    let browser = Browser::start(390, 844).await;
-    browser.goto(&gw.url("/portal/?blob")).await;
+/// The citizen opens the portal at `url` and loads their key file.
+pub async fn portal_load_key(browser: &Browser, url: &str, key: &Path) {
+    browser.goto(url).await;
     browser.wait_for("document.body.dataset.ready").await;
+    browser.upload("#key-file", key).await;
     browser
-        .upload("#key-file", &keys.path().join("citizen.key"))
+        .wait_for("document.getElementById('key-address').textContent")
         .await;
+}
+
+/// The files the browser has saved so far.
+fn saved_files(browser: &Browser) -> Vec<PathBuf> {
+    std::fs::read_dir(browser.downloads.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "bin"))
+        .collect()
+}
+
+/// The citizen (key loaded) downloads the first document the portal lists: the page's checks
+/// pass (its BLAKE3 of what it wrote is given back), and the bytes the browser saved are
+/// returned.
+pub async fn portal_download_first(browser: &Browser) -> Vec<u8> {
     browser
         .wait_for("document.querySelector('#docs tbody button')")
         .await;
+    let before = saved_files(browser);
     browser.click("#docs tbody button").await;
     let kind = browser
         .wait_for("document.getElementById('status').dataset.blake3 && document.getElementById('status').dataset.kind")
@@ -889,27 +617,24 @@ async fn a_citizen_downloads_through_the_real_gateway_what_the_department_grante
             &[],
         )
         .await;
-    assert_eq!(digest, blake3::hash(&plain).to_hex().as_str());
-    let mut saved = None;
     for _ in 0..200 {
-        saved = std::fs::read_dir(browser.downloads.path())
-            .unwrap()
-            .filter_map(|e| e.ok())
-            .map(|e| e.path())
-            .find(|p| p.extension().is_some_and(|x| x == "bin"));
-        if saved.is_some() {
-            break;
+        if let Some(new) = saved_files(browser)
+            .into_iter()
+            .find(|p| !before.contains(p))
+        {
+            let bytes = std::fs::read(new).unwrap();
+            assert_eq!(digest, blake3::hash(&bytes).to_hex().as_str());
+            return bytes;
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    assert_eq!(std::fs::read(saved.expect("saved")).unwrap(), plain);
+    panic!("the browser saved no new file");
+}
 
-    // The second citizen: refused in words.
-    browser.goto(&gw.url("/portal/?blob")).await;
-    browser.wait_for("document.body.dataset.ready").await;
-    browser
-        .upload("#key-file", &keys.path().join("stranger.key"))
-        .await;
+/// The citizen with `key` asks the portal at `url` for document `id` by its id (it is not
+/// listed): the refusal the page shows.
+pub async fn portal_refused(browser: &Browser, url: &str, key: &Path, id: &str) -> String {
+    portal_load_key(browser, url, key).await;
     browser
         .wait_for("!document.getElementById('docs-none').classList.contains('hidden')")
         .await;
@@ -923,10 +648,546 @@ async fn a_citizen_downloads_through_the_real_gateway_what_the_department_grante
     let message = browser
         .wait_for("document.getElementById('status').dataset.kind === 'bad' && document.getElementById('status').textContent")
         .await;
+    message.as_str().unwrap().to_string()
+}
+
+fn overflows(v: serde_json::Value) -> bool {
+    v != false
+}
+
+const OVERFLOW: &str =
+    "return document.documentElement.scrollWidth > document.documentElement.clientWidth";
+
+/// A document stored over the gateway's REST API with `admin`: its id.
+async fn store(gw: &crate::gateway::Gw, admin: &str, query: &str, plain: &[u8]) -> String {
+    let res = gw
+        .req(
+            reqwest::Method::POST,
+            &format!("/api/v1/documents?{query}"),
+            admin,
+        )
+        .body(plain.to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    let stored: serde_json::Value = res.json().await.unwrap();
+    stored["id"].as_str().unwrap().to_string()
+}
+
+/// What the gateway gives back for document `id` (the department's own fetch).
+async fn fetched(gw: &crate::gateway::Gw, admin: &str, id: &str) -> Vec<u8> {
+    let res = gw
+        .req(
+            reqwest::Method::GET,
+            &format!("/api/v1/documents/{id}"),
+            admin,
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    res.bytes().await.unwrap().to_vec()
+}
+
+/// The verify page of the real gateway, at a phone's width: the document's real receipt
+/// (from the link a certificate carries) is genuine and shows what was issued; the same
+/// receipt with one flipped byte (dropped in as a file) is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_verify_page_accepts_a_real_receipt_and_refuses_a_flipped_byte() {
+    ensure_test_deps();
+    let gw = crate::gateway::start(Default::default(), crate::gateway::ADMIN).await;
+    let admin = gw.tokens[0].clone();
+    let id = store(&gw, &admin, "type=certificate", &common::data(50 << 10, 7)).await;
+    let res = gw
+        .req(
+            reqwest::Method::GET,
+            &format!("/api/v1/documents/{id}/receipt"),
+            &admin,
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let receipt = res.bytes().await.unwrap().to_vec();
+    let tmp = tempfile::tempdir().unwrap();
+    let browser = Browser::start(390, 844).await;
+
+    browser
+        .goto(&gw.url(&format!("/verify/#{}", base64url(&receipt))))
+        .await;
+    let verdict = browser
+        .wait_for("document.getElementById('result').dataset.verdict")
+        .await;
+    assert_eq!(verdict, "genuine");
+    let shown = browser
+        .script("return document.getElementById('fields').innerText", &[])
+        .await;
+    let shown = shown.as_str().unwrap();
     assert!(
-        message.as_str().unwrap().contains("此文件未授权给您"),
-        "{message}"
+        shown.contains("certificate") && shown.contains(&id),
+        "{shown}"
     );
+    let lang = browser
+        .script("return document.documentElement.lang", &[])
+        .await;
+    assert_eq!(lang, "zh-CN");
+    assert!(
+        !overflows(browser.script(OVERFLOW, &[]).await),
+        "the verify page is wider than a phone"
+    );
+    browser
+        .screenshot(&screenshot_path(tmp.path(), "verify.png"))
+        .await;
+
+    // One flipped byte in the middle of the proof, given as a file.
+    let mut bad = receipt.clone();
+    let at = bad.len() - 40;
+    bad[at] ^= 0x01;
+    let bad_path = tmp.path().join("flipped.receipt");
+    std::fs::write(&bad_path, &bad).unwrap();
+    browser.goto(&gw.url("/verify/")).await;
+    browser.wait_for("document.body.dataset.ready").await;
+    browser.upload("#receipt-file", &bad_path).await;
+    let verdict = browser
+        .wait_for("document.getElementById('result').dataset.verdict")
+        .await;
+    assert_eq!(verdict, "invalid");
+    assert!(
+        !overflows(browser.script(OVERFLOW, &[]).await),
+        "the refusal is wider than a phone"
+    );
+    browser
+        .screenshot(&screenshot_path(tmp.path(), "verify-refused.png"))
+        .await;
+    browser.quit().await;
+    gw.stop().await;
+}
+
+/// End to end through the real gateway (`gateway::start` over a real cluster), at a phone's
+/// width: the department stores a certificate and grants it to a citizen over its REST API;
+/// the citizen loads their key on the gateway's portal (the grant address shown as text and
+/// QR code), sees the document listed and downloads it, byte-identical (that the gateway
+/// relays ciphertext only: `it::delegation`); a second citizen is refused in words.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_citizen_downloads_through_the_real_gateway_what_the_department_granted() {
+    ensure_test_deps();
+    let gw = crate::gateway::start(Default::default(), crate::gateway::ADMIN).await;
+    let admin = gw.tokens[0].clone();
+    let plain = common::data(200_000, 41);
+    let id = store(&gw, &admin, "type=certificate&name=birth.bin", &plain).await;
+    let citizen = Identity::generate(Role::Citizen);
+    let stranger = Identity::generate(Role::Citizen);
+    let res = gw
+        .req(
+            reqwest::Method::POST,
+            &format!("/api/v1/documents/{id}/grants"),
+            &admin,
+        )
+        .json(&serde_json::json!({ "address": GrantAddress::of(&citizen).to_string() }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200, "{}", res.text().await.unwrap());
+    let keys = tempfile::tempdir().unwrap();
+    citizen.save(keys.path().join("citizen.key")).unwrap();
+    stranger.save(keys.path().join("stranger.key")).unwrap();
+
+    let browser = Browser::start(390, 844).await;
+    portal_load_key(
+        &browser,
+        &gw.url("/portal/?blob"),
+        &keys.path().join("citizen.key"),
+    )
+    .await;
+    let address = browser
+        .script(
+            "return document.getElementById('key-address').textContent",
+            &[],
+        )
+        .await;
+    assert_eq!(address, GrantAddress::of(&citizen).to_string());
+    browser
+        .wait_for(
+            "document.querySelector('#key-qr svg') && document.querySelector('#docs tbody button')",
+        )
+        .await;
+    assert!(
+        !overflows(browser.script(OVERFLOW, &[]).await),
+        "the portal is wider than a phone"
+    );
+    browser
+        .screenshot(&screenshot_path(keys.path(), "portal.png"))
+        .await;
+    assert_eq!(portal_download_first(&browser).await, plain);
+    browser
+        .screenshot(&screenshot_path(keys.path(), "portal-downloaded.png"))
+        .await;
+
+    // The second citizen: nothing listed, and asking by id is refused in words.
+    let message = portal_refused(
+        &browser,
+        &gw.url("/portal/?blob"),
+        &keys.path().join("stranger.key"),
+        &id,
+    )
+    .await;
+    assert!(message.contains("此文件未授权给您"), "{message}");
+    browser.quit().await;
+    gw.stop().await;
+}
+
+/// A video for Chromium's fake camera (`--use-file-for-fake-video-capture`): the QR code of
+/// `text`, as the `qr` package encodes it (run by node), drawn black on white in Y4M frames
+/// of 640 × 480.
+fn qr_video(text: &str, path: &Path) {
+    let out = Command::new("node")
+        .current_dir(root().join("web"))
+        .args([
+            "--input-type=module",
+            "-e",
+            "import encodeQR from 'qr'; \
+             console.log(JSON.stringify(encodeQR(process.argv[1], 'raw', { border: 4 })))",
+            text,
+        ])
+        .output()
+        .expect("node runs (scripts/test-deps.sh installs it)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let modules: Vec<Vec<bool>> = serde_json::from_slice(&out.stdout).unwrap();
+    let (w, h) = (640usize, 480usize);
+    let scale = 440 / modules.len();
+    let (x0, y0) = (
+        (w - modules.len() * scale) / 2,
+        (h - modules.len() * scale) / 2,
+    );
+    let mut luma = vec![255u8; w * h];
+    for (y, row) in modules.iter().enumerate() {
+        for (x, dark) in row.iter().enumerate() {
+            if *dark {
+                for dy in 0..scale {
+                    let at = (y0 + y * scale + dy) * w + x0 + x * scale;
+                    luma[at..at + scale].fill(0);
+                }
+            }
+        }
+    }
+    let mut video = format!("YUV4MPEG2 W{w} H{h} F10:1 Ip A1:1 C420jpeg\n").into_bytes();
+    for _ in 0..2 {
+        video.extend(b"FRAME\n");
+        video.extend(&luma);
+        video.extend(vec![128u8; w * h / 2]);
+    }
+    std::fs::write(path, video).unwrap();
+}
+
+/// The console's `#message` once shown: its class (`ok` or `error`) and text.
+const MESSAGE: &str = "(() => { const m = document.getElementById('message'); \
+    return !m.hidden && m.textContent && [m.className, m.textContent]; })()";
+
+async fn message(browser: &Browser) -> (String, String) {
+    let v = browser.wait_for(MESSAGE).await;
+    (
+        v[0].as_str().unwrap().to_string(),
+        v[1].as_str().unwrap().to_string(),
+    )
+}
+
+/// Clears the console's message, so the next one is the answer to what follows.
+async fn clear_message(browser: &Browser) {
+    browser
+        .script(
+            "const m = document.getElementById('message'); m.hidden = true; m.textContent = ''",
+            &[],
+        )
+        .await;
+}
+
+/// Opens document `id` in the console's list (the Documents view shown).
+async fn open_in_console(browser: &Browser, id: &str) {
+    browser
+        .wait_for(&format!(
+            "[...document.querySelectorAll('#doc-rows tr')].some(r => r.cells[0].title === '{id}')"
+        ))
+        .await;
+    browser
+        .script(
+            "[...document.querySelectorAll('#doc-rows tr')].find(r => r.cells[0].title === arguments[0]).querySelector('button').click()",
+            &[serde_json::json!(id)],
+        )
+        .await;
+    browser
+        .wait_for(&format!(
+            "!document.getElementById('detail').hidden && document.getElementById('detail-id').textContent === '{id}'"
+        ))
+        .await;
+}
+
+/// The department console at work in Chromium, through the real gateway: a clerk signs in
+/// with a token (a wrong one refused in words), uploads a certificate by choosing the file
+/// and another document by dropping it (a real `drop` event carrying a `File` made in the
+/// page), sees the progress and each new id; reads the citizen's grant address from the
+/// camera (Chromium's fake camera playing a video of the QR code) and from a picture of the
+/// portal's QR code, and grants; the citizen downloads the certificate in the
+/// portal, byte-identical; the clerk revokes and the citizen is refused in words; the read
+/// audit shows the citizen's reads via the gateway, verified against the chain; the health
+/// view shows every peer up; the English toggle redraws what is shown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_clerk_stores_grants_and_revokes_in_the_console_and_the_citizen_reads_in_the_portal() {
+    ensure_test_deps();
+    let peers = dangan::peer::PeerLimits {
+        audit_interval: std::time::Duration::from_millis(300),
+        ..Default::default()
+    };
+    let gw = crate::gateway::start_with(Default::default(), crate::gateway::ADMIN, peers).await;
+    let admin = gw.tokens[0].clone();
+    let citizen = Identity::generate(Role::Citizen);
+    let address = GrantAddress::of(&citizen).to_string();
+    let tmp = tempfile::tempdir().unwrap();
+    let key = tmp.path().join("citizen.key");
+    citizen.save(&key).unwrap();
+    let certificate = dangan::cluster::sample_certificate();
+    let cert_path = tmp.path().join("出生证明.txt");
+    std::fs::write(&cert_path, &certificate).unwrap();
+    let shot = |name: &str| screenshot_path(tmp.path(), name);
+
+    // The computer's camera, as Chromium fakes it, films the citizen's QR code.
+    let video = tmp.path().join("grant-address.y4m");
+    qr_video(&address, &video);
+    let camera = [
+        "--use-fake-device-for-media-stream".to_string(),
+        "--use-fake-ui-for-media-stream".to_string(),
+        format!("--use-file-for-fake-video-capture={}", video.display()),
+    ];
+    let browser = Browser::start_with(1280, 900, &camera).await;
+    // The citizen shows their grant address as the portal draws it; the clerk gets a picture
+    // of that QR code (as from a phone's screen).
+    portal_load_key(&browser, &gw.url("/portal/"), &key).await;
+    let qr_path = tmp.path().join("grant-address.png");
+    std::fs::write(&qr_path, browser.element_screenshot("#key-qr svg").await).unwrap();
+
+    // Sign in: a wrong token is refused in words, the right one opens the console.
+    browser.goto(&gw.url("/console/")).await;
+    browser
+        .wait_for("!document.getElementById('login-view').hidden")
+        .await;
+    let lang = browser
+        .script("return document.documentElement.lang", &[])
+        .await;
+    assert_eq!(lang, "zh-CN");
+    browser.screenshot(&shot("console-login.png")).await;
+    browser
+        .send_keys("#token", &format!("dgt1{}", "0".repeat(64)))
+        .await;
+    browser.click("#login-form button[type=submit]").await;
+    let (kind, text) = message(&browser).await;
+    assert_eq!(kind, "error");
+    assert!(text.contains("令牌无效"), "{text}");
+    browser.send_keys("#token", &admin).await;
+    browser.click("#login-form button[type=submit]").await;
+    browser
+        .wait_for("!document.getElementById('app-view').hidden")
+        .await;
+
+    // Upload by choosing the file: progress to 100 %, the new id shown.
+    browser.click("nav button[data-view=upload]").await;
+    browser.upload("#file", &cert_path).await;
+    browser
+        .wait_for("document.getElementById('chosen').textContent.includes('出生证明.txt')")
+        .await;
+    clear_message(&browser).await;
+    browser.click("#upload-submit").await;
+    let stored = "(() => { const m = document.getElementById('message'); \
+        const c = m.querySelector('code'); return m.className === 'ok' && c && c.textContent; })()";
+    let cert_id = browser.wait_for(stored).await.as_str().unwrap().to_string();
+    let progress = browser
+        .script(
+            "return [document.getElementById('progress-row').hidden, \
+             document.getElementById('progress').value, \
+             document.getElementById('progress-text').textContent]",
+            &[],
+        )
+        .await;
+    assert_eq!(progress, serde_json::json!([false, 100, "100%"]));
+    browser.screenshot(&shot("console-upload.png")).await;
+    assert_eq!(fetched(&gw, &admin, &cert_id).await, certificate);
+
+    // Upload by dropping a file on the drop zone.
+    let dropped: Vec<u8> = (0..70_000u32).map(|i| (i * 131 + 7) as u8).collect();
+    browser
+        .script(
+            "const bytes = new Uint8Array(arguments[0]); \
+             for (let i = 0; i < bytes.length; i++) bytes[i] = (i * 131 + 7) & 255; \
+             const dt = new DataTransfer(); \
+             dt.items.add(new File([bytes], '扫描件.bin', { type: 'application/octet-stream' })); \
+             const drop = document.getElementById('drop'); \
+             for (const type of ['dragenter', 'dragover', 'drop']) \
+               drop.dispatchEvent(new DragEvent(type, { bubbles: true, cancelable: true, dataTransfer: dt }));",
+            &[serde_json::json!(dropped.len())],
+        )
+        .await;
+    browser
+        .wait_for("document.getElementById('chosen').textContent.includes('扫描件.bin')")
+        .await;
+    clear_message(&browser).await;
+    browser.click("#upload-submit").await;
+    let dropped_id = browser.wait_for(stored).await.as_str().unwrap().to_string();
+    assert_ne!(dropped_id, cert_id);
+    assert_eq!(fetched(&gw, &admin, &dropped_id).await, dropped);
+
+    // Both listed under their names; the certificate opened, the grant address read from
+    // the picture of the QR code, the grant committed.
+    browser.click("nav button[data-view=documents]").await;
+    open_in_console(&browser, &cert_id).await;
+    let names = browser
+        .script(
+            "return [...document.querySelectorAll('#doc-rows tr')].map(r => r.cells[0].textContent)",
+            &[],
+        )
+        .await;
+    let names: Vec<String> = serde_json::from_value(names).unwrap();
+    assert!(
+        names.contains(&"出生证明.txt".to_string()) && names.contains(&"扫描件.bin".to_string()),
+        "{names:?}"
+    );
+    // From the camera: the address lands in the field, the camera is let go.
+    browser.click("#scan").await;
+    browser
+        .wait_for("!document.getElementById('scanner').hidden && !document.getElementById('scan-camera').hidden")
+        .await;
+    browser.click("#scan-camera").await;
+    let scanned = browser
+        .wait_for("document.getElementById('grant-address').value")
+        .await;
+    assert_eq!(scanned, address.as_str());
+    browser
+        .wait_for("document.getElementById('scanner').hidden && document.getElementById('scan-video').hidden")
+        .await;
+    browser
+        .script("document.getElementById('grant-address').value = ''", &[])
+        .await;
+    // From a picture of the portal's QR code.
+    browser.click("#scan").await;
+    browser
+        .wait_for("!document.getElementById('scanner').hidden")
+        .await;
+    browser.upload("#scan-file", &qr_path).await;
+    let scanned = browser
+        .wait_for("document.getElementById('grant-address').value")
+        .await;
+    assert_eq!(scanned, address.as_str());
+    clear_message(&browser).await;
+    browser.click("#grant-form button[type=submit]").await;
+    let granted = "(() => { const m = document.getElementById('message'); \
+        return !m.hidden && m.textContent.startsWith('已授权') && [m.className, m.textContent]; })()";
+    let (kind, text) = {
+        let v = browser.wait_for(granted).await;
+        (v[0].clone(), v[1].clone())
+    };
+    assert_eq!(kind, "ok", "{text}");
+    let reader = citizen.public().to_string();
+    browser
+        .wait_for(&format!(
+            "document.getElementById('grant-list').textContent.includes('{reader}')"
+        ))
+        .await;
+    browser.screenshot(&shot("console-grant.png")).await;
+
+    // The citizen downloads the certificate in the portal, byte-identical.
+    portal_load_key(&browser, &gw.url("/portal/?blob"), &key).await;
+    assert_eq!(portal_download_first(&browser).await, certificate);
+
+    // The clerk revokes (confirming); the citizen is refused in words.
+    browser.goto(&gw.url("/console/")).await;
+    open_in_console(&browser, &cert_id).await;
+    clear_message(&browser).await;
+    browser.click("#grant-list button").await;
+    browser.accept_prompt().await;
+    let (kind, text) = message(&browser).await;
+    assert_eq!((kind.as_str(), text.as_str()), ("ok", "已撤销授权。"));
+    let refused = portal_refused(&browser, &gw.url("/portal/?blob"), &key, &cert_id).await;
+    assert!(refused.contains("此文件未授权给您"), "{refused}");
+
+    // The read audit: the citizen's reads via the gateway, each verified against a root on
+    // chain once the peers have committed theirs.
+    browser.goto(&gw.url("/console/")).await;
+    open_in_console(&browser, &cert_id).await;
+    let citizen_rows = format!(
+        "[...document.querySelectorAll('#audit-rows tr')].filter(r => r.cells[1].title === '{reader}')"
+    );
+    let mut all_verified = false;
+    for _ in 0..50 {
+        browser
+            .script(
+                "document.getElementById('audit-rows').textContent = ''; \
+                 document.getElementById('show-audit').click()",
+                &[],
+            )
+            .await;
+        browser
+            .wait_for("document.querySelectorAll('#audit-rows tr').length > 0")
+            .await;
+        let states = browser
+            .script(
+                &format!(
+                    "return {citizen_rows}.map(r => [r.cells[2].textContent, r.cells[3].className])"
+                ),
+                &[],
+            )
+            .await;
+        let states: Vec<(String, String)> = serde_json::from_value(states).unwrap();
+        assert!(!states.is_empty(), "the citizen's reads are in the audit");
+        assert!(
+            states.iter().all(|(what, _)| what.contains("经网关")),
+            "{states:?}"
+        );
+        assert!(
+            states.iter().all(|(_, s)| s != "state-failed"),
+            "{states:?}"
+        );
+        if states.iter().all(|(_, s)| s == "state-verified") {
+            all_verified = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    }
+    assert!(all_verified, "the citizen's reads stayed pending");
+    browser
+        .script("document.getElementById('audit').scrollIntoView()", &[])
+        .await;
+    browser.screenshot(&shot("console-audit.png")).await;
+
+    // The cluster's health: every peer up.
+    browser.click("nav button[data-view=health]").await;
+    let summary = browser
+        .wait_for("document.getElementById('health-summary').textContent")
+        .await;
+    assert!(
+        summary.as_str().unwrap().contains("节点 6/6 在线"),
+        "{summary}"
+    );
+    let states = browser
+        .script(
+            "return [...document.querySelectorAll('#peer-rows tr')].map(r => r.cells[3].textContent)",
+            &[],
+        )
+        .await;
+    assert_eq!(states, serde_json::json!(vec!["在线"; 6]));
+    browser.screenshot(&shot("console-health.png")).await;
+
+    // The English toggle redraws the view shown.
+    browser.click("#lang").await;
+    let summary = browser
+        .wait_for("document.documentElement.lang === 'en' && document.getElementById('health-summary').textContent.includes('peers up') && document.getElementById('health-summary').textContent")
+        .await;
+    assert!(
+        summary.as_str().unwrap().contains("6 of 6 peers up"),
+        "{summary}"
+    );
+    browser.screenshot(&shot("console-health-en.png")).await;
     browser.quit().await;
     gw.stop().await;
 }

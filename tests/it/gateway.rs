@@ -12,6 +12,7 @@ use dangan::gateway::{self, Gateway, GatewayDb, GatewayLimits, GatewaySetup, Sco
 use dangan::grant::GrantAddress;
 use dangan::identity::{Identity, Role};
 use dangan::keyring::Keyring;
+use dangan::peer::PeerLimits;
 use dangan::receipt::Receipt;
 use reqwest::StatusCode;
 use serde_json::Value;
@@ -32,7 +33,16 @@ pub struct Gw {
 
 /// A 6-peer cluster with the department's gateway, and a token per `(name, scopes)`.
 pub async fn start(limits: GatewayLimits, tokens: &[(&str, &[Scope])]) -> Gw {
-    let cluster = LocalCluster::start(6, 3).await.unwrap();
+    start_with(limits, tokens, PeerLimits::default()).await
+}
+
+/// Like [`start`], the peers with `peer_limits` (e.g. a short audit interval).
+pub async fn start_with(
+    limits: GatewayLimits,
+    tokens: &[(&str, &[Scope])],
+    peer_limits: PeerLimits,
+) -> Gw {
+    let cluster = LocalCluster::start_with(6, 3, peer_limits).await.unwrap();
     let root = cluster.root().to_path_buf();
     let data_dir = root.join("gateway");
     let db = GatewayDb::open(&data_dir).unwrap();

@@ -23,10 +23,17 @@ const I18N = {
     confirm_rekey: "重新加密会生成新版本并使旧密钥失效。确定继续吗？",
     confirm_revoke: "确定撤销此公民的授权吗？",
     verified: "已验证（区块 {h}）", pending: "待上链", failed: "验证失败：{r}",
-    owner: "本部门", grantee: "被授权人", other: "其他",
+    owner: "本部门", grantee: "被授权人", other: "无当前授权",
     audit_summary: "共 {n} 条读取记录：{v} 条已验证，{p} 条待上链，{f} 条验证失败。",
     health_summary: "链 {c}，区块高度 {h}，文档 {d} 个，验证者 {v} 个；节点 {r}/{n} 在线（每个条带可丢失 {m} 个节点）。",
     scan_unavailable: "此浏览器暂不支持扫描二维码，请粘贴授权地址。",
+    scan_picture: "从图片读取二维码（照片或截图）", scan_camera: "使用摄像头", cancel: "取消",
+    scanned: "已读取授权地址，请核对后点击“授权”。",
+    scan_not_address: "二维码中不是授权地址（应以 dga1 开头）。",
+    scan_no_code: "图片中没有找到二维码，请换一张更清晰的图片。",
+    scan_not_image: "无法读取该文件，请选择一张图片。",
+    scan_no_camera: "无法打开摄像头（需要授权，并且页面须通过 HTTPS 访问）。",
+    via_gateway: "（经网关，公民门户）", read_manifest: "文档清单", read_shard: "数据分片",
     err_unauthorized: "令牌无效或已撤销，请重新登录。",
     err_missing_scope: "此令牌没有执行该操作的权限。",
     err_too_large: "文件超过网关允许的大小。",
@@ -60,10 +67,18 @@ const I18N = {
     confirm_rekey: "Re-encrypting stores a new version and makes the old key useless. Go on?",
     confirm_revoke: "Revoke this citizen's grant?",
     verified: "verified (block {h})", pending: "pending (no root on chain yet)",
-    failed: "FAILED: {r}", owner: "this department", grantee: "grantee", other: "other",
+    failed: "FAILED: {r}", owner: "this department", grantee: "grantee", other: "no current grant",
     audit_summary: "{n} reads recorded: {v} verified, {p} pending, {f} failed.",
     health_summary: "Chain {c} at height {h}, {d} documents, {v} validators; {r} of {n} peers up (any {m} per stripe may be lost).",
     scan_unavailable: "This browser cannot scan QR codes yet; paste the grant address.",
+    scan_picture: "Read the QR code from a picture (photo or screenshot)",
+    scan_camera: "Use the camera", cancel: "Cancel",
+    scanned: "Grant address read. Check it, then press Grant.",
+    scan_not_address: "That QR code is not a grant address (those start with dga1).",
+    scan_no_code: "No QR code found in that picture. Try a sharper one.",
+    scan_not_image: "That file cannot be read as a picture.",
+    scan_no_camera: "The camera cannot be opened (it needs permission, and the page must be served over HTTPS).",
+    via_gateway: " (via the gateway: citizen portal)", read_manifest: "manifest", read_shard: "shard",
     err_unauthorized: "The token is not valid (or was revoked). Sign in again.",
     err_missing_scope: "This token is not allowed to do that.",
     err_too_large: "The file is larger than the gateway accepts.",
@@ -80,6 +95,7 @@ const I18N = {
 let lang = localStorage.getItem("dangan-lang") || "zh-CN";
 let current = null; // the document shown in detail
 let after = null;   // the next page's cursor
+let view = "documents"; // the section shown
 const $ = (id) => document.getElementById(id);
 const t = (key, vars) => {
   let s = (I18N[lang] && I18N[lang][key]) || I18N.en[key] || key;
@@ -93,11 +109,14 @@ function applyLanguage() {
   for (const el of document.querySelectorAll("[data-i18n]")) el.textContent = t(el.dataset.i18n);
 }
 
-function say(text, isError) {
+// A message for the clerk; `code` (an id, say) is shown after it, whole and selectable.
+function say(text, isError, code) {
   const m = $("message");
   m.textContent = text;
+  if (code) m.appendChild(document.createElement("code")).textContent = code;
   m.className = isError ? "error" : "ok";
   m.hidden = false;
+  m.scrollIntoView({ block: "nearest" });
 }
 
 function token() { return sessionStorage.getItem("dangan-token"); }
@@ -134,8 +153,10 @@ function showApp() {
   show("documents");
 }
 
-function show(view) {
+function show(which) {
+  view = which;
   for (const s of document.querySelectorAll(".view")) s.hidden = s.id !== view;
+  for (const b of document.querySelectorAll("nav button")) b.classList.toggle("current", b.dataset.view === view);
   if (view === "documents") loadDocuments(true);
   if (view === "health") loadHealth();
 }
@@ -195,6 +216,7 @@ async function revoke(reader) {
     say(t("revoked"));
     current.grants = current.grants.filter((g) => g.reader !== reader);
     openDocument(current);
+    loadDocuments(true);
   } catch (e) { say(e.message, true); }
 }
 
@@ -212,6 +234,7 @@ async function grant(ev) {
       .concat([{ reader: r.reader, expires_ms: body.expires_ms || null }]);
     $("grant-address").value = "";
     openDocument(current);
+    loadDocuments(true);
   } catch (e) { say(e.message, true); }
 }
 
@@ -248,7 +271,8 @@ async function showAudit() {
       const row = rows.insertRow();
       cell(row, when(r.at_ms));
       cell(row, short(r.reader) + " (" + t(r.role) + ")").title = r.reader;
-      cell(row, r.read.split(" ")[0]);
+      const kind = r.read.split(" ")[0]; // "manifest" or "shard"
+      cell(row, t("read_" + kind) + (r.read.includes(" via gateway ") ? t("via_gateway") : "")).title = r.read;
       const s = cell(row, t(r.state, { h: r.height, r: r.reason || "" }));
       s.className = "state-" + r.state;
     }
@@ -283,19 +307,29 @@ function upload(ev) {
   form.append("file", file, file.name);
   const xhr = new XMLHttpRequest();
   const bar = $("progress");
-  bar.hidden = false; bar.value = 0;
+  const progress = (pct) => { bar.value = pct; $("progress-text").textContent = pct + "%"; };
+  $("progress-row").hidden = false;
+  progress(0);
+  $("upload-submit").disabled = true;
   say(t("uploading"));
+  // The bytes sent; the document is stored (durable, registered on chain) only at the 201.
   xhr.upload.addEventListener("progress", (e) => {
-    if (e.lengthComputable) bar.value = Math.round((e.loaded / e.total) * 100);
+    if (e.lengthComputable) progress(Math.min(99, Math.floor((e.loaded / e.total) * 100)));
   });
+  xhr.addEventListener("loadend", () => { $("upload-submit").disabled = false; });
   xhr.addEventListener("load", () => {
-    bar.hidden = true;
     let j = {};
     try { j = JSON.parse(xhr.responseText); } catch (e) { /* not JSON */ }
-    if (xhr.status === 201) { say(t("stored") + j.id); $("file").value = ""; $("chosen").textContent = ""; }
-    else say(I18N[lang]["err_" + j.code] || t("err_other") + (j.message || xhr.statusText), true);
+    if (xhr.status === 201) {
+      progress(100);
+      say(t("stored"), false, j.id);
+      $("file").value = ""; $("chosen").textContent = "";
+    } else {
+      $("progress-row").hidden = true;
+      say(I18N[lang]["err_" + j.code] || t("err_other") + (j.message || xhr.statusText), true);
+    }
   });
-  xhr.addEventListener("error", () => { bar.hidden = true; say(t("err_network"), true); });
+  xhr.addEventListener("error", () => { $("progress-row").hidden = true; say(t("err_network"), true); });
   xhr.open("POST", "/api/v1/documents");
   xhr.setRequestHeader("Authorization", "Bearer " + token());
   xhr.send(form);
@@ -305,8 +339,15 @@ function upload(ev) {
 // returning a Promise of the scanned text; until then the button says to paste.
 async function scan() {
   if (typeof window.danganScanGrantAddress !== "function") { say(t("scan_unavailable"), true); return; }
-  try { $("grant-address").value = (await window.danganScanGrantAddress()).trim(); }
-  catch (e) { say(e.message, true); }
+  let text;
+  try { text = String(await window.danganScanGrantAddress()).trim(); }
+  catch (e) {
+    if (e.code !== "cancelled") say(I18N[lang]["scan_" + e.code] || t("err_other") + e.message, true);
+    return;
+  }
+  if (!text.startsWith("dga1")) { say(t("scan_not_address"), true); return; }
+  $("grant-address").value = text;
+  say(t("scanned"));
 }
 
 document.addEventListener("DOMContentLoaded", () => {
@@ -315,6 +356,14 @@ document.addEventListener("DOMContentLoaded", () => {
     lang = lang === "zh-CN" ? "en" : "zh-CN";
     localStorage.setItem("dangan-lang", lang);
     applyLanguage();
+    $("message").hidden = true;
+    // What was drawn in the other language is drawn again.
+    if (!$("app-view").hidden) {
+      const open = current && !$("detail").hidden ? current : null;
+      const audit = open && !$("audit").hidden;
+      show(view);
+      if (open) { openDocument(open); if (audit) showAudit(); }
+    }
   });
   $("login-form").addEventListener("submit", async (ev) => {
     ev.preventDefault();
