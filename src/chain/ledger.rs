@@ -817,6 +817,11 @@ impl Ledger {
         Ok(ProvenDocuments::of(&state, header, after, limit))
     }
 
+    /// `f` over the buckets and names as of the last block (no proof).
+    pub fn names<T>(&self, f: impl FnOnce(&super::names::Names) -> T) -> T {
+        f(self.shared.tip.lock().expect("ledger lock").state.names())
+    }
+
     /// A copy of the current state.
     pub fn state(&self) -> State {
         State::clone(&self.shared.tip.lock().expect("ledger lock").state)

@@ -612,6 +612,27 @@ async fn handle(
         Request::ListDocuments { after, limit } => {
             chain::list_documents(send, state, after, limit).await
         }
+        Request::GetBucket { bucket } => chain::get_bucket(send, state, &bucket).await,
+        Request::ListBuckets => chain::list_buckets(send, state, &who).await,
+        Request::GetName { bucket, key } => {
+            chain::get_name(send, recv, state, &who, &bucket, &key).await
+        }
+        Request::ListNames {
+            bucket,
+            prefix,
+            delimiter,
+            from,
+            limit,
+        } => {
+            let query = chain::NameQuery {
+                bucket,
+                prefix,
+                delimiter,
+                from,
+                limit,
+            };
+            chain::list_names(send, recv, state, &who, query).await
+        }
     }
 }
 
@@ -711,6 +732,19 @@ async fn authorise(
                 "list every document",
             )
             .await
+        }
+        // Buckets and names: the members; a bucket's names only its owner (in the handler).
+        Request::GetBucket { .. } | Request::GetName { .. } | Request::ListNames { .. } => {
+            may_query_chain(
+                state,
+                who,
+                &[Role::Operator, Role::Validator, Role::Department],
+                "read buckets and names",
+            )
+            .await
+        }
+        Request::ListBuckets => {
+            may_query_chain(state, who, &[Role::Department], "list its buckets").await
         }
         Request::PutShard { .. }
         | Request::PutManifest { .. }
