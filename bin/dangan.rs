@@ -285,6 +285,26 @@ enum GatewayCommand {
     /// Manage the gateway's API tokens (with the gateway stopped: it holds its database).
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Manage the gateway's S3 access keys (with the gateway stopped). Secrets are derived
+    /// from the department's key, never stored: `add` prints the pair once.
+    #[command(subcommand, name = "s3-key")]
+    S3Key(S3KeyCommand),
+}
+
+#[derive(Subcommand)]
+enum S3KeyCommand {
+    /// Create an access key; its secret is printed once.
+    Add {
+        #[arg(long)]
+        name: String,
+    },
+    /// List the access keys (names and ids; never the secrets).
+    List,
+    /// Remove an access key by name or id.
+    Revoke {
+        #[arg(long)]
+        name: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -623,6 +643,10 @@ fn main() -> Result<()> {
             config,
             command: Some(GatewayCommand::Token(command)),
         } => token(&config, command),
+        Command::Gateway {
+            config,
+            command: Some(GatewayCommand::S3Key(command)),
+        } => s3_key(&config, command),
         Command::Keys(command) => keys(command),
         Command::Init {
             dir,
@@ -903,6 +927,38 @@ fn token(config: &Path, command: TokenCommand) -> Result<()> {
                 bail!("no token named {name:?}");
             }
             println!("token {name:?} revoked");
+        }
+    }
+    Ok(())
+}
+
+fn s3_key(config: &Path, command: S3KeyCommand) -> Result<()> {
+    let config = dangan::gateway::GatewayFile::load(config)?;
+    let db = config.db()?;
+    match command {
+        S3KeyCommand::Add { name } => {
+            let identity = dangan::identity::Identity::load(&config.key)?;
+            let key = db.s3_key_add(&name)?;
+            let secret = dangan::gateway::s3::secret_key(&identity, &key.access_key);
+            eprintln!("S3 key {name:?} created; its secret is shown only now:");
+            println!("AWS_ACCESS_KEY_ID={}", key.access_key);
+            println!("AWS_SECRET_ACCESS_KEY={secret}");
+        }
+        S3KeyCommand::List => {
+            for k in db.s3_keys()? {
+                println!(
+                    "{}\t{}\tcreated {}",
+                    k.name,
+                    k.access_key,
+                    dangan::audit::utc(k.created_ms)
+                );
+            }
+        }
+        S3KeyCommand::Revoke { name } => {
+            if !db.s3_key_revoke(&name)? {
+                bail!("no S3 key named {name:?}");
+            }
+            println!("S3 key {name:?} revoked");
         }
     }
     Ok(())

@@ -1,10 +1,37 @@
 #!/usr/bin/env bash
-# Installs what the browser tests need, and only what is missing (safe to run again):
-# Debian's headless Chromium, its WebDriver and a CJK font (apt-get), and the web/ npm
-# packages pinned by web/package-lock.json (npm ci). Called by tests/it/browser.rs before
-# the tests that need it; run it by hand on a fresh machine to install ahead of time.
+# Installs what the browser and S3 tests need, and only what is missing (safe to run again).
+#   browser: Debian's headless Chromium, its WebDriver and a CJK font (apt-get), and the web/
+#            npm packages pinned by web/package-lock.json (npm ci); called by
+#            tests/it/browser.rs.
+#   s3:      a Python venv (python3 -m venv, with Debian's python3-venv if it is missing)
+#            holding boto3 and the AWS CLI from PyPI at the versions pinned below, in
+#            $DANGAN_S3_VENV (default ~/.cache/dangan/s3-venv); called by tests/it/s3.rs.
+# Usage: scripts/test-deps.sh [browser|s3|all] (default all). Run it by hand on a fresh
+# machine to install ahead of time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+what="${1:-all}"
+
+if [ "$what" = s3 ] || [ "$what" = all ]; then
+    venv="${DANGAN_S3_VENV:-$HOME/.cache/dangan/s3-venv}"
+    pins="boto3==1.44.* awscli==1.46.*"
+    if ! cmp -s <(echo "$pins") "$venv/.dangan-installed" 2>/dev/null; then
+        if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
+            echo "test-deps: installing python3-venv with apt-get" >&2
+            sudo=""
+            [ "$(id -u)" -eq 0 ] || sudo="sudo"
+            export DEBIAN_FRONTEND=noninteractive
+            $sudo apt-get update -q >&2
+            $sudo apt-get install -y -q --no-install-recommends python3-venv >&2
+        fi
+        echo "test-deps: making the S3 clients' venv in $venv" >&2
+        python3 -m venv "$venv" >&2
+        # shellcheck disable=SC2086
+        "$venv/bin/pip" install -q --disable-pip-version-check $pins >&2
+        echo "$pins" >"$venv/.dangan-installed"
+    fi
+    [ "$what" = s3 ] && exit 0
+fi
 
 missing=()
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)

@@ -93,6 +93,8 @@ pub enum AccessError {
         "{who} may not delete what document {document} holds: only its owner, once a newer version superseded it, or an operator may"
     )]
     NotCollectable { who: PublicId, document: DocumentId },
+    #[error("{who} may not read the names of bucket {bucket:?}: only its owner may")]
+    NotBucketOwner { who: PublicId, bucket: String },
     #[error("{who} may not see who read document {document}: only its owner and operators may")]
     NotAuditor { who: PublicId, document: DocumentId },
     #[error("the manifest sent does not hash to document {0}")]

@@ -635,6 +635,7 @@ pub async fn serve(
         .map_err(|e| ClusterError::Check(format!("writing the citizen's key: {e}")))?;
     let setup = crate::gateway::GatewaySetup {
         listen: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        s3_listen: None,
         client: cluster.client(ClientOptions::default())?,
         keyring: crate::keyring::Keyring::open(root.join("keyring"))?,
         data_dir: gateway_dir,

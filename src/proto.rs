@@ -246,6 +246,30 @@ pub enum Request {
         grantee: crate::identity::PublicId,
         after: Option<DocumentId>,
     },
+    /// A bucket's record (`chain::names`): `ChainBody` with the postcard bytes of a
+    /// `BucketRecord`, or `NotFound`. For the consortium's members.
+    GetBucket {
+        bucket: String,
+    },
+    /// The caller's own buckets: `ChainBody` with the postcard bytes of a
+    /// `Vec<BucketRecord>`. For departments.
+    ListBuckets,
+    /// A name bound in a bucket: `ChainBody` with the postcard bytes of a `NameRecord`, or
+    /// `NotFound`. Only for the bucket's owner (and validator hosts).
+    GetName {
+        bucket: String,
+        key: String,
+    },
+    /// A page of a bucket's names (`Names::list`: prefix, delimiter, from `from` on, at
+    /// most `limit`, capped at `MAX_NAME_PAGE`): `ChainBody` with the postcard bytes of a
+    /// `NamePage`, or `NotFound` without the bucket. Only for the bucket's owner.
+    ListNames {
+        bucket: String,
+        prefix: String,
+        delimiter: Option<String>,
+        from: Vec<u8>,
+        limit: u32,
+    },
 }
 
 /// Most shard ids one [`Request::BindShards`] carries (a frame holds them easily).

@@ -24,6 +24,7 @@ use tracing::{debug, warn};
 
 use super::block::{Block, BlockError, TxInclusion};
 use super::ledger::ChainStatus;
+use super::names::{BucketRecord, NamePage, NameRecord};
 use super::proof::{
     ProofError, Proven, ProvenAccount, ProvenDocuments, ProvenGranted, ProvenRecord, ProvenState,
 };
@@ -626,6 +627,49 @@ impl ChainClient {
             .await?;
         let found = page.entries.into_iter().map(|e| (e.id, e.record)).collect();
         Ok((found, page.next))
+    }
+
+    /// A bucket's record (`chain::names`), as the validator host answering says (no proof:
+    /// see SECURITY.md, known limits).
+    pub async fn bucket(&self, bucket: &str) -> Result<Option<BucketRecord>, ChainError> {
+        let req = Request::GetBucket {
+            bucket: bucket.to_string(),
+        };
+        self.query(&req, "bucket").await
+    }
+
+    /// This client's own buckets.
+    pub async fn buckets(&self) -> Result<Vec<BucketRecord>, ChainError> {
+        self.query_some(&Request::ListBuckets, "bucket list").await
+    }
+
+    /// The name `key` in one of this client's buckets.
+    pub async fn name(&self, bucket: &str, key: &str) -> Result<Option<NameRecord>, ChainError> {
+        let req = Request::GetName {
+            bucket: bucket.to_string(),
+            key: key.to_string(),
+        };
+        self.query(&req, "name").await
+    }
+
+    /// A page of the names of one of this client's buckets (`Names::list`); `None` if the
+    /// bucket does not exist.
+    pub async fn names(
+        &self,
+        bucket: &str,
+        prefix: &str,
+        delimiter: Option<&str>,
+        from: &[u8],
+        limit: u32,
+    ) -> Result<Option<NamePage>, ChainError> {
+        let req = Request::ListNames {
+            bucket: bucket.to_string(),
+            prefix: prefix.to_string(),
+            delimiter: delimiter.map(str::to_string),
+            from: from.to_vec(),
+            limit,
+        };
+        self.query(&req, "name list").await
     }
 
     /// Checks on the chain that `id` is registered: the registering transaction, its Merkle

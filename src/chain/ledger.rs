@@ -838,6 +838,11 @@ impl Ledger {
         ))
     }
 
+    /// `f` over the buckets and names as of the last block (no proof).
+    pub fn names<T>(&self, f: impl FnOnce(&super::names::Names) -> T) -> T {
+        f(self.shared.tip.lock().expect("ledger lock").state.names())
+    }
+
     /// A copy of the current state.
     pub fn state(&self) -> State {
         State::clone(&self.shared.tip.lock().expect("ledger lock").state)

@@ -1,6 +1,7 @@
 //! The consortium chain: transactions, ledger state and its proofs, blocks, consensus.
 //!
 //! `tx` (signed transactions), `state` (the state and the only code that changes it),
+//! `names` (buckets and object names, part of the state),
 //! `rooted` and `merkle` (Merkle trees and range proofs), `proof` (chain answers that carry
 //! their proof against a header a majority signed), `block` (headers, final signatures,
 //! inclusion proofs), `validators` (the validator set at any height, proven), `store`
@@ -12,6 +13,7 @@ pub mod block;
 pub mod client;
 pub mod ledger;
 pub mod merkle;
+pub mod names;
 pub mod proof;
 pub mod raft;
 pub mod rooted;

@@ -42,6 +42,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use super::merkle::{self, Hash};
+use super::names::{self, BucketRecord, NameId, NameRecord, Names};
 use super::rooted::RootedMap;
 use super::tx::{CarriedGrant, ChainKey, MAX_LABEL, SignedTx, Tx, TxBody, TxError, VersionKind};
 use crate::grant::{SEALED_LEN, WrappedKey};
@@ -250,6 +251,8 @@ pub struct State {
     /// The last nonce of every removed account, so the same key admitted again continues
     /// from it and its old transactions stay spent.
     retired: BTreeMap<PublicId, u64>,
+    /// Buckets and object names (`chain::names`).
+    names: Names,
 }
 
 /// Most read records one `AuditRoot` covers.
@@ -275,6 +278,10 @@ enum Entry<'a> {
     ValidatorHosts(&'a BTreeMap<PublicId, NodeInfo>),
     ChainKey(&'a ChainKey),
     Retired(&'a BTreeMap<PublicId, u64>),
+    Bucket(&'a NameId, &'a BucketRecord),
+    Name(&'a NameId, &'a NameRecord),
+    /// The roots of the buckets' and the names' maps.
+    Names(&'a Hash, &'a Hash),
 }
 
 /// A document record as hashed into the state: its grants by their Merkle root, so a
@@ -303,6 +310,16 @@ pub fn grant_leaf(grantee: &PublicId, grant: &GrantRecord) -> Hash {
 pub fn grants_root(grants: &BTreeMap<PublicId, GrantRecord>) -> Hash {
     let leaves: Vec<Hash> = grants.iter().map(|(g, r)| grant_leaf(g, r)).collect();
     merkle::root(&leaves)
+}
+
+/// The leaf hash of a bucket in the buckets' map.
+pub fn bucket_leaf(id: &NameId, record: &BucketRecord) -> Hash {
+    entry_leaf(Entry::Bucket(id, record))
+}
+
+/// The leaf hash of a name in the names' map.
+pub fn name_leaf(id: &NameId, record: &NameRecord) -> Hash {
+    entry_leaf(Entry::Name(id, record))
 }
 
 /// The leaf hash of an account in the accounts map.
@@ -340,6 +357,8 @@ pub struct StateTop {
     pub validator_hosts: BTreeMap<PublicId, NodeInfo>,
     pub chain_key: ChainKey,
     pub retired: BTreeMap<PublicId, u64>,
+    /// The roots of the buckets' and the names' maps, once there is a bucket.
+    pub names: Option<(Hash, Hash)>,
 }
 
 impl StateTop {
@@ -371,6 +390,10 @@ impl StateTop {
         // Only once an account was removed.
         if !self.retired.is_empty() {
             leaves.push(entry_leaf(Entry::Retired(&self.retired)));
+        }
+        // Only once a bucket was created.
+        if let Some((buckets, names)) = &self.names {
+            leaves.push(entry_leaf(Entry::Names(buckets, names)));
         }
         merkle::root(&leaves)
     }
@@ -426,6 +449,7 @@ impl State {
             audits: BTreeMap::new(),
             validator_hosts: BTreeMap::new(),
             retired: BTreeMap::new(),
+            names: Names::default(),
         })
     }
 
@@ -450,6 +474,7 @@ impl State {
             validator_hosts: self.validator_hosts.clone(),
             chain_key: self.chain_key,
             retired: self.retired.clone(),
+            names: (!self.names.is_empty()).then(|| self.names.roots(bucket_leaf, name_leaf)),
         }
     }
 
@@ -498,6 +523,10 @@ impl State {
             | TxBody::RemoveValidator { .. }
             | TxBody::SetValidatorHost { .. } => self.validator_change(caller, tx)?,
             TxBody::AuditRoot { .. } => self.audit_change(caller, &tx.body)?,
+            TxBody::CreateBucket { .. }
+            | TxBody::DeleteBucket { .. }
+            | TxBody::PutName { .. }
+            | TxBody::DeleteName { .. } => self.name_change(caller, &tx.body, height)?,
         };
         change(self);
         if let Some(account) = self.accounts.get_mut(&sender) {
@@ -878,6 +907,106 @@ impl State {
         })
     }
 
+    /// What a `CreateBucket`, `DeleteBucket`, `PutName` or `DeleteName` changes, once all
+    /// its checks passed (`chain::names`: only the bucket's owner writes it).
+    fn name_change(&self, caller: Caller, body: &TxBody, height: u64) -> Result<Change, TxError> {
+        let sender = caller.id;
+        caller.require(Role::Department, "keep buckets and names")?;
+        Ok(match body {
+            TxBody::CreateBucket { bucket } => {
+                self.names.check_create(bucket, &sender)?;
+                let record = BucketRecord {
+                    name: bucket.clone(),
+                    owner: sender,
+                    height,
+                };
+                Box::new(move |s| s.names.insert_bucket(record))
+            }
+            TxBody::DeleteBucket { bucket } => {
+                self.names.owned_bucket(bucket, &sender)?;
+                if self.names.holds_names(bucket) {
+                    return Err(TxError::BucketNotEmpty(bucket.clone()));
+                }
+                let bucket = bucket.clone();
+                Box::new(move |s| s.names.remove_bucket(&bucket))
+            }
+            TxBody::PutName {
+                bucket,
+                key,
+                document,
+                size,
+                meta,
+            } => {
+                self.names.owned_bucket(bucket, &sender)?;
+                names::check_key(key)?;
+                if meta.len() > names::MAX_NAME_META {
+                    return Err(TxError::Invalid(format!(
+                        "an object's metadata is at most {} bytes",
+                        names::MAX_NAME_META
+                    )));
+                }
+                if self.documents.contains_key(document) {
+                    return Err(TxError::AlreadyRegistered(*document));
+                }
+                let mut record = DocumentRecord::new(sender, height);
+                let mut versions = 1;
+                let old = match self.names.name(bucket, key) {
+                    Some(bound) => {
+                        let previous = self.owned(&bound.document, sender)?;
+                        if previous.superseded_by.is_some() {
+                            return Err(TxError::AlreadySuperseded(bound.document));
+                        }
+                        record.supersedes = Some(PreviousVersion {
+                            document: bound.document,
+                            kind: VersionKind::Reissue,
+                        });
+                        versions = bound.versions.saturating_add(1);
+                        Some(bound.document)
+                    }
+                    None => None,
+                };
+                let (new, name) = (
+                    *document,
+                    NameRecord {
+                        bucket: bucket.clone(),
+                        key: key.clone(),
+                        document: *document,
+                        size: *size,
+                        meta: meta.clone(),
+                        height,
+                        versions,
+                    },
+                );
+                Box::new(move |s| {
+                    if let Some(old) = old
+                        && let Some(r) = s.documents.get_mut(&old)
+                    {
+                        r.superseded_by = Some(new);
+                    }
+                    s.documents.insert(new, record);
+                    s.names.bind(name);
+                })
+            }
+            TxBody::DeleteName { bucket, key } => {
+                self.names.owned_bucket(bucket, &sender)?;
+                if self.names.name(bucket, key).is_none() {
+                    return Err(TxError::NoSuchName {
+                        bucket: bucket.clone(),
+                        key: key.clone(),
+                    });
+                }
+                let (bucket, key) = (bucket.clone(), key.clone());
+                Box::new(move |s| s.names.unbind(&bucket, &key))
+            }
+            other => return Err(misrouted(other)),
+        })
+    }
+
+    /// Buckets and object names (`chain::names`), read-only.
+    pub fn names(&self) -> &Names {
+        &self.names
+    }
+
     /// Starts a new layout epoch; the current layout becomes the previous one.
     fn set_layout(&mut self, layout: Layout) {
         self.previous_layout = Some(std::mem::replace(&mut self.layout, layout));
@@ -1106,6 +1235,137 @@ mod tests {
         assert_eq!(*state, before);
         assert_eq!(state.root(), root);
         err
+    }
+
+    fn put_name(bucket: &str, key: &str, n: u8) -> TxBody {
+        TxBody::PutName {
+            bucket: bucket.into(),
+            key: key.into(),
+            document: doc(n),
+            size: u64::from(n),
+            meta: vec![n; 4],
+        }
+    }
+
+    #[test]
+    fn names_register_supersede_and_unbind_only_in_the_owners_bucket() {
+        let mut w = world();
+        let root0 = w.state.root();
+        let create = |b: &str| TxBody::CreateBucket { bucket: b.into() };
+        // Only departments keep buckets; names need a bucket.
+        assert!(matches!(
+            refused(&mut w.state, &tx(&w.operator, 1, create("photos"))),
+            TxError::Forbidden { .. }
+        ));
+        assert!(matches!(
+            refused(&mut w.state, &tx(&w.dept, 1, put_name("photos", "a", 1))),
+            TxError::NoSuchBucket(_)
+        ));
+        assert!(matches!(
+            refused(&mut w.state, &tx(&w.dept, 1, create("No_Such"))),
+            TxError::Invalid(_)
+        ));
+        w.state.apply(&tx(&w.dept, 1, create("photos")), 1).unwrap();
+        assert_ne!(w.state.root(), root0, "a bucket changes the state root");
+        assert!(matches!(
+            refused(&mut w.state, &tx(&w.other_dept, 1, create("photos"))),
+            TxError::BucketExists(_)
+        ));
+        // A name registers its document in the same transaction.
+        w.state
+            .apply(&tx(&w.dept, 2, put_name("photos", "a/1", 1)), 2)
+            .unwrap();
+        assert_eq!(w.state.document(&doc(1)).unwrap().owner, w.dept.public());
+        let bound = w.state.names().name("photos", "a/1").unwrap();
+        assert_eq!((bound.document, bound.versions, bound.size), (doc(1), 1, 1));
+        // Another department may neither write nor delete in it, nor delete the bucket.
+        for body in [
+            put_name("photos", "a/1", 9),
+            TxBody::DeleteName {
+                bucket: "photos".into(),
+                key: "a/1".into(),
+            },
+            TxBody::DeleteBucket {
+                bucket: "photos".into(),
+            },
+        ] {
+            assert!(matches!(
+                refused(&mut w.state, &tx(&w.other_dept, 1, body)),
+                TxError::NotBucketOwner { .. }
+            ));
+        }
+        // A document registered already cannot be named.
+        assert!(matches!(
+            refused(&mut w.state, &tx(&w.dept, 3, put_name("photos", "b", 1))),
+            TxError::AlreadyRegistered(_)
+        ));
+        // A new PUT of the name supersedes the previous version.
+        w.state
+            .apply(&tx(&w.dept, 3, put_name("photos", "a/1", 2)), 3)
+            .unwrap();
+        assert_eq!(
+            w.state.document(&doc(1)).unwrap().superseded_by,
+            Some(doc(2))
+        );
+        assert_eq!(
+            w.state.document(&doc(2)).unwrap().supersedes,
+            Some(PreviousVersion {
+                document: doc(1),
+                kind: VersionKind::Reissue
+            })
+        );
+        assert_eq!(w.state.names().name("photos", "a/1").unwrap().versions, 2);
+        // A bucket that holds names is not deleted; a delete unbinds, the documents stay.
+        let delete_bucket = TxBody::DeleteBucket {
+            bucket: "photos".into(),
+        };
+        assert!(matches!(
+            refused(&mut w.state, &tx(&w.dept, 4, delete_bucket.clone())),
+            TxError::BucketNotEmpty(_)
+        ));
+        let unbind = TxBody::DeleteName {
+            bucket: "photos".into(),
+            key: "a/1".into(),
+        };
+        w.state.apply(&tx(&w.dept, 4, unbind.clone()), 4).unwrap();
+        assert!(w.state.names().name("photos", "a/1").is_none());
+        assert!(w.state.document(&doc(2)).is_some());
+        assert!(matches!(
+            refused(&mut w.state, &tx(&w.dept, 5, unbind)),
+            TxError::NoSuchName { .. }
+        ));
+        // Replayed: refused by its nonce.
+        assert!(matches!(
+            refused(&mut w.state, &tx(&w.dept, 3, put_name("photos", "c", 7))),
+            TxError::BadNonce { .. }
+        ));
+        w.state.apply(&tx(&w.dept, 5, delete_bucket), 5).unwrap();
+        assert!(w.state.names().bucket("photos").is_none());
+        assert!(w.state.names().buckets_of(&w.dept.public()).is_empty());
+    }
+
+    #[test]
+    fn the_names_root_depends_only_on_the_names() {
+        let mut a = world();
+        let mut b = State::clone(&a.state);
+        let dept = &a.dept;
+        let create = |x: &str| TxBody::CreateBucket { bucket: x.into() };
+        a.state.apply(&tx(dept, 1, create("one")), 1).unwrap();
+        a.state
+            .apply(&tx(dept, 2, put_name("one", "k", 1)), 1)
+            .unwrap();
+        b.apply(&tx(dept, 1, create("one")), 1).unwrap();
+        b.apply(&tx(dept, 2, put_name("one", "k", 1)), 1).unwrap();
+        assert_eq!(a.state.root(), b.root());
+        let decoded: State =
+            postcard::from_bytes(&postcard::to_allocvec(&a.state).unwrap()).unwrap();
+        assert_eq!(decoded.root(), a.state.root());
+        assert_eq!(
+            decoded.names().list("one", "", None, b"", 10).names.len(),
+            1
+        );
+        b.apply(&tx(dept, 3, put_name("one", "l", 2)), 1).unwrap();
+        assert_ne!(a.state.root(), b.root());
     }
 
     #[test]

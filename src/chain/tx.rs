@@ -105,6 +105,27 @@ pub enum TxBody {
         addr: String,
         approvals: Vec<Approval>,
     },
+    /// A department creates a bucket: a named collection of names of its documents (the S3
+    /// gateway's buckets). Bucket names are unique on the chain.
+    CreateBucket { bucket: String },
+    /// The owning department deletes one of its buckets; refused while it holds a name.
+    DeleteBucket { bucket: String },
+    /// The owning department stores `document` under `key` in `bucket`, registering it in
+    /// the same step (no window where a stored object has no name): a first registration if
+    /// the name is free, else a new version (`Reissue`) that supersedes the document the name
+    /// points at (its grants are not carried). `size` is the plaintext size the manifest
+    /// says; `meta` is the object's metadata sealed with the document's data key (opaque to
+    /// the chain, at most `MAX_NAME_META` bytes).
+    PutName {
+        bucket: String,
+        key: String,
+        document: DocumentId,
+        size: u64,
+        meta: Vec<u8>,
+    },
+    /// The owning department unbinds a name: the entry goes, the documents it named stay
+    /// registered (every version readable by its id).
+    DeleteName { bucket: String, key: String },
 }
 
 /// A validator's approval of a governance transaction (see the module docs).
@@ -341,6 +362,18 @@ pub enum TxError {
         "the raft node id of {key} (the first 8 bytes of the key) is already that of validator {holder}: use another key"
     )]
     NodeIdTaken { key: PublicId, holder: PublicId },
+    #[error("bucket {0:?} does not exist")]
+    NoSuchBucket(String),
+    #[error("bucket {0:?} already exists")]
+    BucketExists(String),
+    #[error("bucket {bucket:?} belongs to another department ({owner})")]
+    NotBucketOwner { bucket: String, owner: PublicId },
+    #[error("bucket {0:?} still holds names")]
+    BucketNotEmpty(String),
+    #[error("bucket {bucket:?} holds no name {key:?}")]
+    NoSuchName { bucket: String, key: String },
+    #[error("{0} already has the most buckets a department may have")]
+    TooManyBuckets(PublicId),
 }
 
 impl Tx {

@@ -429,6 +429,11 @@ impl Client {
         &self.inner.options
     }
 
+    /// A secret derived from this client's key for `context` (`Identity::derive_secret`).
+    pub(crate) fn derive_secret(&self, context: &str) -> [u8; 32] {
+        self.inner.identity.derive_secret(context)
+    }
+
     /// Closes every connection.
     pub async fn close(&self) {
         self.inner.net.close().await;

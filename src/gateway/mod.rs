@@ -16,6 +16,7 @@
 pub mod api;
 pub mod assets;
 pub mod portal;
+pub mod s3;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -38,6 +39,11 @@ const TOKENS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("tokens-0
 /// File names given at upload, for downloads and the console: document id -> UTF-8 name.
 /// A convenience of this gateway only; the chain and the manifest do not hold names.
 const FILE_NAMES: TableDefinition<&[u8; 32], &str> = TableDefinition::new("file-names-0");
+/// S3 access key ids -> a postcard [`S3KeyRecord`]. Never a secret: each is derived from
+/// the department's key (`s3::secret_key`).
+const S3_KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("s3-keys-0");
+/// Format of a stored [`S3KeyRecord`].
+const S3_KEY_FORMAT: u8 = 1;
 /// How a token is written: this prefix and 64 hex digits.
 pub const TOKEN_PREFIX: &str = "dgt1";
 /// Format of a stored [`TokenRecord`].
@@ -266,6 +272,15 @@ impl TokenRecord {
     }
 }
 
+/// An S3 access key as the gateway keeps it: its id and a name, never its secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct S3KeyRecord {
+    pub format: u8,
+    pub access_key: String,
+    pub name: String,
+    pub created_ms: u64,
+}
+
 /// The gateway's own redb: its API tokens (hashed) and the file names given at upload.
 pub struct GatewayDb {
     db: redb::Database,
@@ -286,7 +301,15 @@ impl GatewayDb {
         let tx = db.begin_write().map_err(|e| err(&e))?;
         tx.open_table(TOKENS).map_err(|e| err(&e))?;
         tx.open_table(FILE_NAMES).map_err(|e| err(&e))?;
+        tx.open_table(S3_KEYS).map_err(|e| err(&e))?;
         tx.commit().map_err(|e| err(&e))?;
+        // Only the gateway's own user reads it (it holds no secret, but names and hashes).
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| err(&e))?;
+        }
         Ok(Self { db, path })
     }
 
@@ -367,6 +390,82 @@ impl GatewayDb {
         Ok(found.is_some())
     }
 
+    /// Adds an S3 access key named `name`; returns its record (the id: its secret is
+    /// `s3::secret_key` of the department's key and the id). Names are unique.
+    pub fn s3_key_add(&self, name: &str) -> Result<S3KeyRecord, GatewayError> {
+        let name = name.trim();
+        if name.is_empty() || name.len() > 128 {
+            return Err(GatewayError::BadRequest {
+                code: "bad_key",
+                message: "an S3 key needs a name of 1 to 128 bytes".into(),
+            });
+        }
+        if self.s3_keys()?.iter().any(|k| k.name == name) {
+            return Err(GatewayError::Conflict(format!(
+                "an S3 key named {name:?} exists; revoke it first"
+            )));
+        }
+        let record = S3KeyRecord {
+            format: S3_KEY_FORMAT,
+            access_key: s3::new_access_key(),
+            name: name.to_string(),
+            created_ms: crate::now_ms(),
+        };
+        let bytes = postcard::to_allocvec(&record).map_err(|e| self.err(e))?;
+        let tx = self.db.begin_write().map_err(|e| self.err(e))?;
+        {
+            let mut t = tx.open_table(S3_KEYS).map_err(|e| self.err(e))?;
+            t.insert(record.access_key.as_str(), bytes.as_slice())
+                .map_err(|e| self.err(e))?;
+        }
+        tx.commit().map_err(|e| self.err(e))?;
+        Ok(record)
+    }
+
+    /// Every S3 key, by name.
+    pub fn s3_keys(&self) -> Result<Vec<S3KeyRecord>, GatewayError> {
+        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let t = tx.open_table(S3_KEYS).map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        for row in t.iter().map_err(|e| self.err(e))? {
+            let (_, v) = row.map_err(|e| self.err(e))?;
+            out.push(postcard::from_bytes::<S3KeyRecord>(v.value()).map_err(|e| self.err(e))?);
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    /// The S3 key with id `access_key`, if it is one of these.
+    pub fn s3_key(&self, access_key: &str) -> Result<Option<S3KeyRecord>, GatewayError> {
+        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let t = tx.open_table(S3_KEYS).map_err(|e| self.err(e))?;
+        match t.get(access_key).map_err(|e| self.err(e))? {
+            Some(v) => Ok(Some(
+                postcard::from_bytes(v.value()).map_err(|e| self.err(e))?,
+            )),
+            None => Ok(None),
+        }
+    }
+
+    /// Removes the S3 key named (or with id) `name`; whether there was one.
+    pub fn s3_key_revoke(&self, name: &str) -> Result<bool, GatewayError> {
+        let found = self
+            .s3_keys()?
+            .into_iter()
+            .find(|k| k.name == name || k.access_key == name);
+        let Some(found) = found else {
+            return Ok(false);
+        };
+        let tx = self.db.begin_write().map_err(|e| self.err(e))?;
+        {
+            let mut t = tx.open_table(S3_KEYS).map_err(|e| self.err(e))?;
+            t.remove(found.access_key.as_str())
+                .map_err(|e| self.err(e))?;
+        }
+        tx.commit().map_err(|e| self.err(e))?;
+        Ok(true)
+    }
+
     /// Remembers `name` as the file name of `id` (durably).
     pub fn set_file_name(
         &self,
@@ -420,6 +519,9 @@ impl GatewayDb {
 pub struct GatewayFile {
     /// TCP address the HTTP server listens on.
     pub listen: SocketAddr,
+    /// TCP address the S3 service listens on (none: no S3).
+    #[serde(default)]
+    pub s3_listen: Option<SocketAddr>,
     /// The cluster file.
     pub cluster: PathBuf,
     /// The department's key file.
@@ -478,6 +580,7 @@ impl Default for GatewayLimits {
 #[derive(Debug, Clone)]
 pub struct GatewayConfig {
     pub listen: SocketAddr,
+    pub s3_listen: Option<SocketAddr>,
     pub cluster: PathBuf,
     pub key: PathBuf,
     pub keyring: PathBuf,
@@ -528,6 +631,7 @@ impl GatewayFile {
         }
         Ok(GatewayConfig {
             listen: self.listen,
+            s3_listen: self.s3_listen,
             cluster: base.join(self.cluster),
             key: base.join(self.key),
             keyring: base.join(self.keyring),
@@ -546,6 +650,8 @@ impl GatewayFile {
 /// the demo assembles on an embedded cluster.
 pub struct GatewaySetup {
     pub listen: SocketAddr,
+    /// Where the S3 service listens (none: no S3).
+    pub s3_listen: Option<SocketAddr>,
     /// The department's client of the cluster.
     pub client: Client,
     pub keyring: Keyring,
@@ -561,6 +667,7 @@ impl GatewayConfig {
         let cluster = ClusterFile::load(&self.cluster)?;
         Ok(GatewaySetup {
             listen: self.listen,
+            s3_listen: self.s3_listen,
             client: cluster.connect(&identity).await?,
             keyring: Keyring::open(&self.keyring)?,
             data_dir: self.data_dir.clone(),
@@ -645,6 +752,22 @@ pub fn router(state: Arc<AppState>, portal: Arc<portal::Portal>) -> axum::Router
         )
 }
 
+/// Every request of the S3 listener goes to the S3 service (`s3s` answers S3's XML).
+fn s3_router(service: s3s::service::S3Service) -> axum::Router {
+    axum::Router::new().fallback(move |req: axum::extract::Request| {
+        let service = service.clone();
+        async move {
+            match service.call(req.map(s3s::Body::http_body_unsync)).await {
+                Ok(response) => response.map(axum::body::Body::new),
+                Err(e) => {
+                    tracing::warn!(error = ?e, "S3 request failed");
+                    StatusCode::INTERNAL_SERVER_ERROR.into_response()
+                }
+            }
+        }
+    })
+}
+
 /// JSON is UTF-8: said so in its content type, as on every text response.
 async fn utf8_json(mut response: Response) -> Response {
     let json = response
@@ -663,7 +786,8 @@ async fn utf8_json(mut response: Response) -> Response {
 /// A running gateway.
 pub struct Gateway {
     addr: SocketAddr,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    s3_addr: Option<SocketAddr>,
+    stop: Option<tokio::sync::watch::Sender<bool>>,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
 }
 
@@ -673,10 +797,15 @@ impl Gateway {
         self.addr
     }
 
+    /// Where the S3 service listens, if it runs.
+    pub fn s3_addr(&self) -> Option<SocketAddr> {
+        self.s3_addr
+    }
+
     /// Stops accepting, lets requests in progress finish, and closes the cluster client.
     pub async fn stop(mut self) -> Result<(), GatewayError> {
         if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
+            let _ = stop.send(true);
         }
         match (&mut self.task).await {
             Ok(r) => r.map_err(GatewayError::Serve),
@@ -710,20 +839,56 @@ pub async fn start(setup: GatewaySetup) -> Result<Gateway, GatewayError> {
         limits: setup.limits,
         transfers: Arc::new(Semaphore::new(setup.limits.max_transfers)),
     });
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let until_stopped = |mut stopped: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = stopped.wait_for(|s| *s).await;
+    };
+    let s3 = match setup.s3_listen {
+        Some(s3_listen) => {
+            let listener = tokio::net::TcpListener::bind(s3_listen)
+                .await
+                .map_err(|source| GatewayError::Listen {
+                    addr: s3_listen,
+                    source,
+                })?;
+            let s3_addr = listener
+                .local_addr()
+                .map_err(|source| GatewayError::Listen {
+                    addr: s3_listen,
+                    source,
+                })?;
+            let app = s3_router(s3::service(state.clone()));
+            let stopped = until_stopped(stopped.clone());
+            let task = tokio::spawn(async move {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(stopped)
+                    .await
+            });
+            tracing::info!(addr = %s3_addr, "gateway S3 service listening");
+            Some((s3_addr, task))
+        }
+        None => None,
+    };
     let app = router(state, portal);
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let (s3_addr, s3_task) = match s3 {
+        Some((a, t)) => (Some(a), Some(t)),
+        None => (None, None),
+    };
     let task = tokio::spawn(async move {
         let served = axum::serve(listener, app)
-            .with_graceful_shutdown(async {
-                let _ = stopped.await;
-            })
+            .with_graceful_shutdown(until_stopped(stopped))
             .await;
+        let s3_served = match s3_task {
+            Some(t) => t.await.unwrap_or_else(|e| Err(std::io::Error::other(e))),
+            None => Ok(()),
+        };
         client.close().await;
-        served
+        served.and(s3_served)
     });
     tracing::info!(%addr, "gateway listening");
     Ok(Gateway {
         addr,
+        s3_addr,
         stop: Some(stop),
         task,
     })
@@ -767,6 +932,36 @@ mod tests {
         assert!(tokens.revoke("billing").unwrap());
         assert!(tokens.check(&t).unwrap().is_none());
         assert!(!tokens.revoke("billing").unwrap());
+    }
+
+    #[test]
+    fn s3_keys_are_kept_without_secrets_in_a_private_file_and_revocable() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = GatewayDb::open(dir.path()).unwrap();
+        let dept = Identity::generate(crate::identity::Role::Department);
+        let k = db.s3_key_add("backup").unwrap();
+        assert!(k.access_key.starts_with(s3::ACCESS_KEY_PREFIX));
+        assert_eq!(db.s3_key(&k.access_key).unwrap(), Some(k.clone()));
+        assert!(matches!(
+            db.s3_key_add("backup"),
+            Err(GatewayError::Conflict(_))
+        ));
+        let secret = s3::secret_key(&dept, &k.access_key);
+        drop(db);
+        let path = dir.path().join("gateway.redb");
+        let raw = std::fs::read(&path).unwrap();
+        assert!(!raw.windows(secret.len()).any(|w| w == secret.as_bytes()));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o077, 0, "{mode:o}");
+        }
+        let db = GatewayDb::open(dir.path()).unwrap();
+        assert_eq!(db.s3_keys().unwrap().len(), 1);
+        assert!(db.s3_key_revoke("backup").unwrap());
+        assert_eq!(db.s3_key(&k.access_key).unwrap(), None);
+        assert!(!db.s3_key_revoke("backup").unwrap());
     }
 
     #[test]

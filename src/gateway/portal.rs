@@ -36,7 +36,6 @@ use serde::Serialize;
 use tracing::{debug, warn};
 
 use super::GatewayError;
-use crate::chain::client::ChainError;
 use crate::chain::tx::ChainKey;
 use crate::client::{Client, ClientError};
 use crate::delegation::{Delegation, DelegationJson, ListingJson, ListingRequest};

@@ -294,6 +294,93 @@ pub(super) async fn list_granted(
     chain_answer(send, page).await
 }
 
+/// A bucket's record.
+pub(super) async fn get_bucket(
+    send: &mut SendStream,
+    state: &State,
+    bucket: &str,
+) -> Result<(), ProtoError> {
+    let ledger = current_ledger!(state, send);
+    let found = ledger.names(|n| n.bucket(bucket).cloned());
+    chain_answer(send, Ok(found)).await
+}
+
+/// The caller's own buckets.
+pub(super) async fn list_buckets(
+    send: &mut SendStream,
+    state: &State,
+    who: &PublicId,
+) -> Result<(), ProtoError> {
+    let ledger = current_ledger!(state, send);
+    let found = ledger.names(|n| n.buckets_of(who));
+    chain_answer(send, Ok(Some(found))).await
+}
+
+/// Refused unless `who` owns `bucket` or hosts a validator: a bucket's names are its
+/// owner's. An unknown bucket is no secret.
+fn may_read_names(ledger: &Ledger, who: &PublicId, bucket: &str) -> Result<(), AccessError> {
+    let owner = ledger.names(|n| n.bucket(bucket).map(|b| b.owner));
+    match owner {
+        Some(owner) if owner != *who && !ledger.is_validator_host(who) => {
+            Err(AccessError::NotBucketOwner {
+                who: *who,
+                bucket: bucket.to_string(),
+            })
+        }
+        _ => Ok(()),
+    }
+}
+
+/// A name bound in a bucket, for the bucket's owner.
+pub(super) async fn get_name(
+    send: &mut SendStream,
+    recv: &mut RecvStream,
+    state: &State,
+    who: &PublicId,
+    bucket: &str,
+    key: &str,
+) -> Result<(), ProtoError> {
+    let ledger = current_ledger!(state, send);
+    if let Err(e) = may_read_names(&ledger, who, bucket) {
+        return refuse(send, recv, state, who, e).await;
+    }
+    let found = ledger.names(|n| n.name(bucket, key).cloned());
+    chain_answer(send, Ok(found)).await
+}
+
+/// What a `ListNames` asks.
+pub(super) struct NameQuery {
+    pub bucket: String,
+    pub prefix: String,
+    pub delimiter: Option<String>,
+    pub from: Vec<u8>,
+    pub limit: u32,
+}
+
+/// A page of a bucket's names, for the bucket's owner.
+pub(super) async fn list_names(
+    send: &mut SendStream,
+    recv: &mut RecvStream,
+    state: &State,
+    who: &PublicId,
+    q: NameQuery,
+) -> Result<(), ProtoError> {
+    let ledger = current_ledger!(state, send);
+    if let Err(e) = may_read_names(&ledger, who, &q.bucket) {
+        return refuse(send, recv, state, who, e).await;
+    }
+    let limit = (q.limit as usize).clamp(1, crate::chain::names::MAX_NAME_PAGE);
+    let page = blocking(move || {
+        Ok(ledger.names(|n| {
+            n.bucket(&q.bucket)
+                .is_some()
+                .then(|| n.list(&q.bucket, &q.prefix, q.delimiter.as_deref(), &q.from, limit))
+        }))
+    })
+    .await;
+    chain_answer(send, page).await
+}
+
 /// `proven` (the record of `document`, whole) as `who` may see it from this validator
 /// (`access::ChainScope`): whole, its own grant alone with that grant's path, or refused.
 async fn redact(

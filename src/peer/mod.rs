@@ -615,6 +615,27 @@ async fn handle(
         Request::ListGranted { grantee, after } => {
             chain::list_granted(send, recv, state, &who, grantee, after).await
         }
+        Request::GetBucket { bucket } => chain::get_bucket(send, state, &bucket).await,
+        Request::ListBuckets => chain::list_buckets(send, state, &who).await,
+        Request::GetName { bucket, key } => {
+            chain::get_name(send, recv, state, &who, &bucket, &key).await
+        }
+        Request::ListNames {
+            bucket,
+            prefix,
+            delimiter,
+            from,
+            limit,
+        } => {
+            let query = chain::NameQuery {
+                bucket,
+                prefix,
+                delimiter,
+                from,
+                limit,
+            };
+            chain::list_names(send, recv, state, &who, query).await
+        }
     }
 }
 
@@ -726,6 +747,19 @@ async fn authorise(
                 "list the documents granted to a key",
             )
             .await
+        }
+        // Buckets and names: the members; a bucket's names only its owner (in the handler).
+        Request::GetBucket { .. } | Request::GetName { .. } | Request::ListNames { .. } => {
+            may_query_chain(
+                state,
+                who,
+                &[Role::Operator, Role::Validator, Role::Department],
+                "read buckets and names",
+            )
+            .await
+        }
+        Request::ListBuckets => {
+            may_query_chain(state, who, &[Role::Department], "list its buckets").await
         }
         Request::PutShard { .. }
         | Request::PutManifest { .. }

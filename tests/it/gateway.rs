@@ -54,6 +54,7 @@ pub async fn start_with(
     let keyring = Keyring::open(root.join("keyring")).unwrap();
     let gateway = gateway::start(GatewaySetup {
         listen: "127.0.0.1:0".parse().unwrap(),
+        s3_listen: None,
         client: common::department(&cluster),
         keyring: keyring.clone(),
         data_dir,

@@ -31,5 +31,6 @@ mod ops;
 mod orphans;
 mod raft;
 mod rekey;
+mod s3;
 mod standins;
 mod starve;
