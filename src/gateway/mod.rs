@@ -183,7 +183,7 @@ impl IntoResponse for GatewayError {
             code: code.to_string(),
             message: self.to_string(),
         };
-        let mut response = (status, axum::Json(body)).into_response();
+        let mut response = json_response(status, &body);
         if let GatewayError::RangeNotSatisfiable { size, .. } = &self
             && let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}"))
         {
@@ -191,6 +191,18 @@ impl IntoResponse for GatewayError {
         }
         response
     }
+}
+
+/// `value` as JSON, its charset declared (also where a router is served without
+/// [`router`]'s layers, as the portal's alone in tests).
+pub(crate) fn json_response<T: Serialize>(status: StatusCode, value: &T) -> Response {
+    let bytes = serde_json::to_vec(value).expect("encoding JSON into memory cannot fail");
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json; charset=utf-8")],
+        bytes,
+    )
+        .into_response()
 }
 
 /// What an API token may do. `admin` may do everything.

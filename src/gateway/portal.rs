@@ -35,7 +35,7 @@ use futures::StreamExt;
 use serde::Serialize;
 use tracing::{debug, warn};
 
-use super::GatewayError;
+use super::{GatewayError, json_response};
 use crate::chain::tx::ChainKey;
 use crate::client::{Client, ClientError};
 use crate::delegation::{Delegation, DelegationJson, ListingJson, ListingRequest};
@@ -132,7 +132,7 @@ async fn info(State(portal): State<Arc<Portal>>) -> Response {
         validators: portal.validators.iter().map(|v| v.to_string()).collect(),
         department: portal.department.clone(),
     };
-    Json(info).into_response()
+    json_response(StatusCode::OK, &info)
 }
 
 /// One document in a `granted` answer.
@@ -165,7 +165,7 @@ async fn granted(
     let documents = list_granted(&portal, &listing.citizen)
         .await
         .map_err(citizen_error)?;
-    Ok(Json(Granted { documents }).into_response())
+    Ok(json_response(StatusCode::OK, &Granted { documents }))
 }
 
 /// This department's documents with a live grant to `citizen`: the chain scans the
