@@ -323,6 +323,7 @@ impl TxInclusion {
         let registers = match &self.tx.tx.body {
             TxBody::RegisterDocument { document: d } => d == document,
             TxBody::Supersede { new, .. } => new == document,
+            TxBody::PutName { document: d, .. } => d == document,
             _ => false,
         };
         if !registers {

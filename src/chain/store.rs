@@ -406,6 +406,9 @@ impl ChainStore {
                     TxBody::Supersede { new, .. } => {
                         docs.insert(new.as_bytes(), at)?;
                     }
+                    TxBody::PutName { document, .. } => {
+                        docs.insert(document.as_bytes(), at)?;
+                    }
                     _ => {}
                 }
             }

@@ -185,6 +185,10 @@ fn s3(e: impl Into<GatewayError>) -> S3Error {
             S3Error::with_message(S3ErrorCode::EntityTooLarge, e.to_string())
         }
         GatewayError::Busy(_) => S3Error::with_message(S3ErrorCode::SlowDown, e.to_string()),
+        GatewayError::Chain(ChainError::NotRegistered(_))
+        | GatewayError::Client(ClientError::Chain(ChainError::NotRegistered(_))) => {
+            S3Error::with_message(S3ErrorCode::NoSuchKey, e.to_string())
+        }
         GatewayError::Chain(ChainError::Refused(_))
         | GatewayError::Client(ClientError::Chain(ChainError::Refused(_))) => {
             S3Error::with_message(S3ErrorCode::AccessDenied, e.to_string())
