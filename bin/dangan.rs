@@ -521,7 +521,7 @@ fn parse_role(s: &str) -> Result<Role, String> {
 
 #[derive(Subcommand)]
 enum BenchCommand {
-    /// Every benchmark in one go (cluster, ops, chain with 1 and 3 validators, codec) and
+    /// Every benchmark in one go (cluster, ops, gateway, chain with 1 and 3 validators, codec) and
     /// one table of MB/s, documents/s, p50/p99, moved/minimum and peak RSS, headed by the
     /// machine and the build, to compare releases. Takes a few minutes.
     All {
@@ -594,6 +594,31 @@ enum BenchCommand {
         /// Puts in flight at once while storing them.
         #[arg(long, default_value_t = 32)]
         in_flight: usize,
+    },
+    /// The department gateway as its own `dangan gateway` process over a local cluster:
+    /// a large fetch over HTTP against `dangan get` of the same document (and the
+    /// in-process client), small stores and fetches in flight (p50, p99), and the
+    /// gateway's peak memory during a very large upload and download. Every byte checked.
+    Gateway {
+        /// Size of the document fetched through the gateway and with `dangan get`, MiB.
+        #[arg(long, default_value_t = 256)]
+        fetch_mib: u64,
+        /// Runs of each large fetch (alternated; medians compared).
+        #[arg(long, default_value_t = 3)]
+        reps: usize,
+        /// Size of each small document, KiB.
+        #[arg(long, default_value_t = 50)]
+        small_kib: usize,
+        /// Small documents stored, then fetched.
+        #[arg(long, default_value_t = 500)]
+        small: usize,
+        /// Small stores or fetches in flight at once.
+        #[arg(long, default_value_t = 16)]
+        in_flight: usize,
+        /// Size of the document uploaded then downloaded for the gateway's peak memory,
+        /// MiB (streamed from a generator and checked as it arrives; 0 skips it).
+        #[arg(long, default_value_t = 4096)]
+        large_mib: u64,
     },
     /// Each codec stage alone on one core, then whole encode and decode.
     Codec {
@@ -819,12 +844,36 @@ fn bench(command: BenchCommand) -> Result<()> {
             }))?;
             println!("{report}");
         }
+        BenchCommand::Gateway {
+            fetch_mib,
+            reps,
+            small_kib,
+            small,
+            in_flight,
+            large_mib,
+        } => {
+            let options = bench::gateway::GatewayBenchOptions {
+                fetch: fetch_mib << 20,
+                repetitions: reps,
+                small: small_kib << 10,
+                small_count: small,
+                in_flight,
+                large: large_mib << 20,
+                ..bench::gateway::GatewayBenchOptions::new(std::env::current_exe()?)
+            };
+            let report = runtime()?.block_on(bench::gateway::run(options))?;
+            println!("{report}");
+        }
         BenchCommand::All { quick } => {
-            let options = if quick {
+            let mut options = if quick {
                 bench::AllBenchOptions::quick()
             } else {
                 bench::AllBenchOptions::default()
             };
+            options.gateway = Some(bench::gateway::GatewayBenchOptions::in_all(
+                std::env::current_exe()?,
+                quick,
+            ));
             let version = format!(
                 "{} ({})",
                 env!("CARGO_PKG_VERSION"),
@@ -894,7 +943,6 @@ async fn demo_serve(port: u16) -> Result<()> {
 /// Runs the gateway until Ctrl-C.
 async fn gateway(config: &Path) -> Result<()> {
     let config = dangan::gateway::GatewayFile::load(config)?;
-    println!("gateway listening on http://{}", config.listen);
     let mut signal = Ok(());
     dangan::gateway::run(config, async {
         signal = tokio::signal::ctrl_c().await;

@@ -4,6 +4,8 @@
 //! can be compared across machines and releases. Not for: regression gating (criterion
 //! benches in `benches/` do that), and never used by tests as timing assertions.
 
+pub mod gateway;
+
 use std::fmt;
 use std::io::{Cursor, Write};
 use std::sync::Arc;
@@ -1508,6 +1510,8 @@ pub struct AllBenchOptions {
     pub chain_departments: usize,
     pub chain_per_department: usize,
     pub ops: OpsBenchOptions,
+    /// The gateway benchmark (it needs the `dangan` executable); `None`: not run.
+    pub gateway: Option<gateway::GatewayBenchOptions>,
 }
 
 impl Default for AllBenchOptions {
@@ -1519,6 +1523,7 @@ impl Default for AllBenchOptions {
             chain_departments: 256,
             chain_per_department: 100,
             ops: OpsBenchOptions::default(),
+            gateway: None,
         }
     }
 }
@@ -1560,6 +1565,7 @@ pub struct AllBenchReport {
     pub chain: Vec<(ChainBenchReport, PeakRss)>,
     pub ops: OpsBenchReport,
     pub ops_rss: PeakRss,
+    pub gateway: Option<gateway::GatewayBenchReport>,
     pub elapsed: Duration,
 }
 
@@ -1592,6 +1598,10 @@ pub async fn all(options: AllBenchOptions, version: String) -> Result<AllBenchRe
     let ops_rss = PeakRss {
         bytes: peak_rss(),
         own,
+    };
+    let gateway = match options.gateway.clone() {
+        Some(o) => Some(self::gateway::run(o).await?),
+        None => None,
     };
     let mut chain = Vec::new();
     for &v in &options.chain_validators {
@@ -1635,6 +1645,7 @@ pub async fn all(options: AllBenchOptions, version: String) -> Result<AllBenchRe
         chain,
         ops,
         ops_rss,
+        gateway,
         elapsed: start.elapsed(),
     })
 }
@@ -1659,7 +1670,61 @@ impl AllBenchReport {
         self.cluster_rows(&mut rows);
         self.chain_rows(&mut rows);
         self.ops_rows(&mut rows);
+        self.gateway_rows(&mut rows);
         rows
+    }
+
+    /// The large fetch three ways, the small documents, and the large upload and download
+    /// with the gateway process's own peak RSS.
+    fn gateway_rows(&self, rows: &mut Vec<Row>) {
+        let Some(g) = &self.gateway else { return };
+        let o = &g.options;
+        let (gw, cli, inproc) = g.fetch_medians();
+        let mib = o.fetch >> 20;
+        for (what, mb_s) in [
+            (
+                format!(
+                    "fetch {mib} MiB over HTTP ({:.2} of `dangan get`)",
+                    g.ratio()
+                ),
+                gw,
+            ),
+            (format!("`dangan get` {mib} MiB, its own process"), cli),
+            (format!("`Client::get` {mib} MiB, in process"), inproc),
+        ] {
+            rows.push(Row {
+                bench: "gateway",
+                what,
+                mb_s: Some(mb_s),
+                ..Row::default()
+            });
+        }
+        for (name, l) in [("store", &g.small_store), ("fetch", &g.small_fetch)] {
+            rows.push(Row {
+                bench: "gateway",
+                what: format!("{name} {} KiB, {} in flight", o.small >> 10, o.in_flight),
+                docs_s: Some(l.per_second),
+                p50: Some(l.p50),
+                p99: Some(l.p99),
+                ..Row::default()
+            });
+        }
+        for (name, phase) in [("upload", &g.upload), ("download", &g.download)] {
+            if let Some((fig, peak)) = phase {
+                rows.push(Row {
+                    bench: "gateway",
+                    what: format!(
+                        "{name} {} MiB (peak RSS: the gateway process)",
+                        fig.bytes >> 20
+                    ),
+                    mb_s: Some(fig.mb_per_s()),
+                    rss: peak.map(|b| {
+                        format!("{}{}", b >> 20, if g.reset { "" } else { " (since start)" })
+                    }),
+                    ..Row::default()
+                });
+            }
+        }
     }
 
     /// One row per codec figure; the last one carries the codec's peak RSS.

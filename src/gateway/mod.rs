@@ -912,6 +912,9 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), GatewayError> {
     let gateway = start(config.setup().await?).await?;
+    // The bound address (the port chosen when `listen` asks for port 0), as `node::run`
+    // prints its own: what a supervisor or the gateway benchmark waits for.
+    println!("gateway listening on http://{}", gateway.addr());
     shutdown.await;
     gateway.stop().await
 }

@@ -701,3 +701,43 @@ async fn oversized_interrupted_and_excess_requests_change_nothing() {
     assert_eq!(documents().await, before + 1);
     gw.stop().await;
 }
+
+/// `dangan bench gateway` at a tiny size, so it keeps working: the gateway as its own
+/// process over a local cluster, every byte it moves checked by the bench (a mismatch is an
+/// error), the CLI's get and the in-process get of the same document alongside.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_gateway_runs_and_checks_every_byte() {
+    use dangan::bench::gateway::{self as bench, GatewayBenchOptions};
+    let options = GatewayBenchOptions {
+        fetch: (5 << 20) + 12_345,
+        repetitions: 1,
+        small: 6 << 10,
+        small_count: 12,
+        in_flight: 4,
+        large: (9 << 20) + 1,
+        ..GatewayBenchOptions::new(common::process::BIN.into())
+    };
+    let report = bench::run(options.clone()).await.unwrap();
+    assert_eq!(report.store.bytes, options.fetch);
+    for runs in [
+        &report.fetch_gateway,
+        &report.fetch_cli,
+        &report.fetch_in_process,
+    ] {
+        assert_eq!(runs.len(), 1);
+        assert_eq!(runs[0].bytes, options.fetch);
+    }
+    let (upload, download) = (
+        report.upload.clone().unwrap(),
+        report.download.clone().unwrap(),
+    );
+    assert_eq!(
+        (upload.0.bytes, download.0.bytes),
+        (options.large, options.large)
+    );
+    // The gateway process's own memory, read from /proc while it ran.
+    assert!(upload.1.is_some_and(|b| b > 0) && report.idle_rss.is_some());
+    assert!(report.small_fetch.p99 >= report.small_fetch.p50);
+    let text = report.to_string();
+    assert!(text.contains("gateway / `dangan get`"), "{text}");
+}
