@@ -46,7 +46,7 @@ pub struct CodingParams {
 
 impl Default for CodingParams {
     /// k = 4, m = 2, 64 KiB segments, 64 segments a stripe: shards of 1 MiB + 256 B.
-    /// See README "Performance" for the measurements behind the shard size.
+    /// See docs/benchmarks.md for the measurements behind the shard size.
     fn default() -> Self {
         Self {
             k: 4,

@@ -185,7 +185,7 @@ fn three_machines_set_up_with_init_form_a_cluster_that_stores_and_reads() {
 
 /// The units in `config/` are what `systemd-analyze verify` accepts without a warning
 /// (with ExecStart pointing at this build's binary), and keep the service user, its state
-/// directory, restart on failure and the hardening the README promises.
+/// directory, restart on failure and the hardening docs/deployment.md promises.
 #[test]
 fn the_systemd_units_verify_and_keep_their_hardening() {
     let Some(analyze) = which("systemd-analyze") else {

@@ -365,7 +365,7 @@ impl Harness {
             write_quorum: file.write_quorum,
             chain,
             connect_timeout: Duration::from_secs(1),
-            // Short, so a request stuck on a stale connection (see the README) costs little.
+            // Short, so a request stuck on a stale connection (see docs/faults.md) costs little.
             request_timeout: Duration::from_secs(5),
             ..ClientOptions::default()
         }

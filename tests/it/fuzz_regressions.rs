@@ -1,4 +1,4 @@
-//! Inputs the fuzz targets (`fuzz/`, see README "Fuzzing") turned up, kept so they stay
+//! Inputs the fuzz targets (`fuzz/`, see docs/fuzzing.md) turned up, kept so they stay
 //! fixed. Each test names the target and what went wrong.
 
 use dangan::config::{ClusterFile, ConfigError};

@@ -3,7 +3,7 @@
 //! of one module (those sit beside their code in `src/`).
 //!
 //! Run one area with a filter on the module path, e.g. `cargo test --test it raft::`; the
-//! ignored tests are run by name (README: "Fault injection", "Fuzzing").
+//! ignored tests are run by name (docs/faults.md, docs/fuzzing.md).
 
 mod common;
 
