@@ -69,7 +69,7 @@ const I18N = {
     verified: "verified (block {h})", pending: "pending (no root on chain yet)",
     failed: "FAILED: {r}", owner: "this department", grantee: "grantee", other: "no current grant",
     audit_summary: "{n} reads recorded: {v} verified, {p} pending, {f} failed.",
-    health_summary: "Chain {c} at height {h}, {d} documents, {v} validators; {r} of {n} peers up (any {m} per stripe may be lost).",
+    health_summary: "Chain {c} at height {h}, documents: {d}, validators: {v}; {r} of {n} peers up (any {m} per stripe may be lost).",
     scan_unavailable: "This browser cannot scan QR codes yet; paste the grant address.",
     scan_picture: "Read the QR code from a picture (photo or screenshot)",
     scan_camera: "Use the camera", cancel: "Cancel",
