@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
+use dangan::chain::tx::TxBody;
 use dangan::crypto::SegmentCipher;
 use dangan::grant::GrantAddress;
 use dangan::identity::{Identity, PublicId, Role};
@@ -69,6 +70,34 @@ pub async fn make_artefacts(len: usize) -> Artefacts {
     let put = common::put(&dept, &plain).await.unwrap();
     common::grant(&dept, &put, &citizen, None).await;
     let receipt = dept.receipt(&put.id).await.unwrap();
+    // An object stored with its name (the S3 gateway's `PutName`): its receipt too.
+    let chain_client = dept.chain().unwrap();
+    chain_client
+        .submit(TxBody::CreateBucket {
+            bucket: "records".into(),
+        })
+        .await
+        .unwrap();
+    let named = dept
+        .store(
+            std::io::Cursor::new(common::data(5_000, 23)),
+            Some(5_000),
+            common::info(),
+            &|_, _| {},
+        )
+        .await
+        .unwrap();
+    chain_client
+        .submit(TxBody::PutName {
+            bucket: "records".into(),
+            key: "2026/certificate.pdf".into(),
+            document: named.id,
+            size: 5_000,
+            meta: vec![],
+        })
+        .await
+        .unwrap();
+    let named_receipt = dept.receipt(&named.id).await.unwrap();
     let record = cluster.ledger().record(&put.id).unwrap();
     let wrapped = record
         .live_grant(&citizen.public(), dangan::now_ms())
@@ -103,12 +132,14 @@ pub async fn make_artefacts(len: usize) -> Artefacts {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path();
     std::fs::write(p.join("receipt.bin"), &receipt_bytes).unwrap();
+    std::fs::write(p.join("receipt-named.bin"), named_receipt.encode()).unwrap();
     std::fs::write(p.join("sealed.bin"), &sealed).unwrap();
     std::fs::write(p.join("plain.bin"), &plain).unwrap();
     citizen.save(p.join("citizen.key")).unwrap();
     stranger.save(p.join("stranger.key")).unwrap();
     let context = serde_json::json!({
         "document": put.id.to_string(),
+        "named_document": named.id.to_string(),
         "chain": chain.to_string(),
         "validators": validators.iter().map(|v| hex::encode(v.as_bytes())).collect::<Vec<_>>(),
         "citizen": citizen.public().to_string(),

@@ -110,6 +110,25 @@ const BODIES = [
       approvals(r, b);
     },
   ],
+  ["CreateBucket", (r, b) => (b.bucket = r.string())],
+  ["DeleteBucket", (r, b) => (b.bucket = r.string())],
+  [
+    "PutName",
+    (r, b) => {
+      b.bucket = r.string();
+      b.key = r.string();
+      b.document = r.fixed(32);
+      b.size = r.u64();
+      b.meta = r.byteVec();
+    },
+  ],
+  [
+    "DeleteName",
+    (r, b) => {
+      b.bucket = r.string();
+      b.key = r.string();
+    },
+  ],
 ];
 
 /** `SignedTx`: { sender, nonce, body, signature, bytes (the SignedTx), txBytes (the Tx) }. */

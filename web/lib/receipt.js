@@ -50,6 +50,7 @@ export function verifyReceipt(receipt, validators, chain) {
   const body = reg.tx.body;
   const registers =
     (body.kind === "RegisterDocument" && equalBytes(body.document, receipt.document)) ||
+    (body.kind === "PutName" && equalBytes(body.document, receipt.document)) ||
     (body.kind === "Supersede" && equalBytes(body.new, receipt.document));
   if (!registers) {
     throw new ProofError("not_registration", `the proven transaction does not register document ${toHex(receipt.document)}`);

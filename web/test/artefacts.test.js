@@ -50,6 +50,12 @@ test("the receipt verifies against the genesis validators and chain", () => {
   assert.ok(s.signers.length * 2 > validators.length);
 });
 
+test("the receipt of an object stored with its name (S3's PutName) verifies too", () => {
+  const s = verifyReceipt(decodeReceipt(file("receipt-named.bin")), validators, chain);
+  assert.equal(s.document, ctx.named_document);
+  assert.ok(s.signers.length * 2 > validators.length);
+});
+
 test("a receipt with any flipped byte is refused", () => {
   const bytes = file("receipt.bin");
   let refused = 0;
