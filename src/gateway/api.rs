@@ -25,7 +25,7 @@ use futures::StreamExt;
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use serde::{Deserialize, Serialize};
-use tokio_util::io::{ReaderStream, StreamReader};
+use tokio_util::io::StreamReader;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -44,8 +44,6 @@ use crate::receipt::{MAX_RECEIPT_BYTES, Receipt};
 pub const MAX_PAGE: usize = 100;
 /// Chunks between an upload's body and the codec (each what the HTTP layer delivers).
 const UPLOAD_CHUNKS: usize = 8;
-/// The pipe between a fetch's stripes and the response body.
-const FETCH_PIPE: usize = 256 << 10;
 
 type St = State<Arc<AppState>>;
 
@@ -580,30 +578,14 @@ async fn fetch(
         .map(|v| parse_range(v, size))
         .transpose()?;
     let (start, end) = range.unwrap_or((0, size));
-    let (writer, reader) = tokio::io::duplex(FETCH_PIPE);
-    let client = c.clone();
-    let task = tokio::spawn(async move {
-        let _slot = slot;
-        client
-            .read_range(&manifest, &key, start..end, writer, &|_, _| {})
-            .await
-    });
-    // After the last byte, the read's outcome: a failure aborts the response.
     let want = end - start;
-    let outcome = futures::stream::once(async move {
-        let end: Option<io::Result<Bytes>> = match task.await {
-            Ok(Ok(r)) if r.bytes == want => None,
-            Ok(Ok(r)) => Some(Err(io::Error::other(format!(
-                "short read: {} of {want} bytes",
-                r.bytes
-            )))),
-            Ok(Err(e)) => Some(Err(io::Error::other(e))),
-            Err(e) => Some(Err(io::Error::other(e))),
-        };
-        end
-    })
-    .filter_map(futures::future::ready);
-    let body = Body::from_stream(ReaderStream::new(reader).chain(outcome));
+    let body = Body::from_stream(super::fetch_stream(
+        c.clone(),
+        manifest,
+        key,
+        start..end,
+        slot,
+    ));
     let mut response = Response::new(body);
     let h = response.headers_mut();
     h.insert(

@@ -733,6 +733,44 @@ impl AppState {
     }
 }
 
+/// The pipe between a fetch's stripes and the response body.
+const FETCH_PIPE: usize = 256 << 10;
+
+/// The bytes `range` of a document (its `manifest`, opened with `key`) as a response body,
+/// read in the background while the transfer `slot` is held: the REST fetch's and S3's GET.
+/// After the last byte, a read that failed or came up short ends the stream with an error,
+/// so the response is aborted, never silently cut short.
+fn fetch_stream(
+    client: Client,
+    manifest: crate::manifest::Manifest,
+    key: crate::crypto::DataKey,
+    range: std::ops::Range<u64>,
+    slot: tokio::sync::OwnedSemaphorePermit,
+) -> impl futures::Stream<Item = std::io::Result<bytes::Bytes>> + Send + 'static {
+    use futures::StreamExt;
+    let want = range.end - range.start;
+    let (writer, reader) = tokio::io::duplex(FETCH_PIPE);
+    let task = tokio::spawn(async move {
+        let _slot = slot;
+        client
+            .read_range(&manifest, &key, range, writer, &|_, _| {})
+            .await
+    });
+    let outcome = futures::stream::once(async move {
+        match task.await {
+            Ok(Ok(r)) if r.bytes == want => None,
+            Ok(Ok(r)) => Some(Err(std::io::Error::other(format!(
+                "short read: {} of {want} bytes",
+                r.bytes
+            )))),
+            Ok(Err(e)) => Some(Err(std::io::Error::other(e))),
+            Err(e) => Some(Err(std::io::Error::other(e))),
+        }
+    })
+    .filter_map(futures::future::ready);
+    tokio_util::io::ReaderStream::new(reader).chain(outcome)
+}
+
 /// The OpenAPI document of the department API.
 pub fn openapi() -> utoipa::openapi::OpenApi {
     api::router().split_for_parts().1

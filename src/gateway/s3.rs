@@ -59,8 +59,6 @@ const SECRETS_CONTEXT: &str = "dangan 2026 s3 secret keys v1";
 const META_CONTEXT: &str = "dangan 2026 s3 object metadata v1";
 /// Format of sealed [`ObjectMeta`].
 const META_FORMAT: u8 = 1;
-/// The pipe between a GET's stripes and the response body.
-const FETCH_PIPE: usize = 256 << 10;
 /// Chunks between a PUT's body and the codec.
 const UPLOAD_CHUNKS: usize = 8;
 
@@ -558,7 +556,7 @@ impl S3 for DanganS3 {
         let client = self.state.client.clone();
         let manifest = client.manifest(&document).await.map_err(s3)?;
         let size = manifest.size;
-        let (writer, reader) = tokio::io::duplex(FETCH_PIPE);
+        let (writer, reader) = tokio::io::duplex(super::FETCH_PIPE);
         let read = tokio::spawn(async move {
             let _slot = slot;
             client
@@ -651,29 +649,14 @@ impl S3 for DanganS3 {
             None => None,
         };
         let (start, end) = range.clone().map_or((0, size), |r| (r.start, r.end));
-        let (writer, reader) = tokio::io::duplex(FETCH_PIPE);
-        let fetcher = client.clone();
-        let task = tokio::spawn(async move {
-            let _slot = slot;
-            fetcher
-                .read_range(&manifest, &key, start..end, writer, &|_, _| {})
-                .await
-        });
-        // After the last byte, the read's outcome: a failure aborts the response.
         let want = end - start;
-        let outcome = futures::stream::once(async move {
-            match task.await {
-                Ok(Ok(r)) if r.bytes == want => None,
-                Ok(Ok(r)) => Some(Err(io::Error::other(format!(
-                    "short read: {} of {want} bytes",
-                    r.bytes
-                )))),
-                Ok(Err(e)) => Some(Err(io::Error::other(e))),
-                Err(e) => Some(Err(io::Error::other(e))),
-            }
-        })
-        .filter_map(futures::future::ready);
-        let body = StreamingBlob::wrap(ReaderStream::new(reader).chain(outcome));
+        let body = StreamingBlob::wrap(super::fetch_stream(
+            client.clone(),
+            manifest,
+            key,
+            start..end,
+            slot,
+        ));
         Ok(S3Response::new(GetObjectOutput {
             body: Some(body),
             content_length: Some(want as i64),
