@@ -1,13 +1,14 @@
 //! The `dangan` command line: parses arguments, calls the library, prints.
 
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use dangan::audit::Verdict;
@@ -16,6 +17,7 @@ use dangan::chain::tx::{ChainKey, Tx, TxBody};
 use dangan::client::Client;
 use dangan::codec::DocumentInfo;
 use dangan::config::local::{LocalConfig, LocalOptions};
+use dangan::config::profile::{ClientConfigFile, ClientEnv, ClientFlags, ClientPaths};
 use dangan::config::{self, ClusterFile, NodeFile};
 use dangan::grant::GrantAddress;
 use dangan::id::DocumentId;
@@ -30,7 +32,8 @@ use dangan::revision;
 #[command(
     name = "dangan",
     version,
-    about = "Dangan: a distributed document store"
+    about = "Dangan: a distributed document store",
+    after_help = EXIT_CODES
 )]
 struct Cli {
     #[command(subcommand)]
@@ -47,18 +50,47 @@ enum LogFormat {
     Json,
 }
 
-/// Where a client finds its identity, the cluster and its keyring.
+/// Where a client finds its identity, the cluster and its keyring: each flag, else its
+/// `DANGAN_*` environment variable, else the profile's value, else the default under
+/// `config/` (`dangan profile` shows what a command would use).
 #[derive(clap::Args)]
 struct ClientArgs {
-    /// This client's key file.
-    #[arg(long, default_value = "config/keys/department.key")]
-    key: PathBuf,
-    /// The cluster file.
-    #[arg(long, default_value = "config/cluster.toml")]
-    cluster: PathBuf,
-    /// Directory of document keys kept by this client.
-    #[arg(long, default_value = "config/keyring")]
-    keyring: PathBuf,
+    /// The client profile (`[profile.NAME]` of the client config file) [env: DANGAN_PROFILE]
+    #[arg(long)]
+    profile: Option<String>,
+    /// This client's key file [env: DANGAN_KEY] [default: config/keys/department.key]
+    #[arg(long)]
+    key: Option<PathBuf>,
+    /// The cluster file [env: DANGAN_CLUSTER] [default: config/cluster.toml]
+    #[arg(long)]
+    cluster: Option<PathBuf>,
+    /// Directory of document keys kept by this client [env: DANGAN_KEYRING] [default:
+    /// config/keyring]
+    #[arg(long)]
+    keyring: Option<PathBuf>,
+}
+
+impl ClientArgs {
+    /// The paths this command uses: flag, environment, profile, default.
+    fn paths(&self) -> Result<ClientPaths> {
+        let flags = ClientFlags {
+            profile: self.profile.clone(),
+            key: self.key.clone(),
+            cluster: self.cluster.clone(),
+            keyring: self.keyring.clone(),
+        };
+        Ok(ClientPaths::resolve(&flags, &ClientEnv::from_process())?)
+    }
+
+    /// This client's identity, from the resolved key file.
+    fn identity(&self) -> Result<Identity> {
+        Ok(Identity::load(self.paths()?.key_path()?)?)
+    }
+
+    /// The resolved cluster file, loaded.
+    fn cluster(&self) -> Result<dangan::config::Cluster> {
+        Ok(ClusterFile::load(self.paths()?.cluster_path()?)?)
+    }
 }
 
 #[derive(Subcommand)]
@@ -93,6 +125,18 @@ enum Command {
     /// Manage identity keys.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Show which identity, cluster file and keyring a client command would use and where
+    /// each comes from (flag, environment, profile, default); `profile list` lists the
+    /// profiles of the client config file (docs/cli.md).
+    Profile {
+        #[command(subcommand)]
+        command: Option<ProfileCommand>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Print a shell completion script to standard output (docs/cli.md says where to put
+    /// it).
+    Completions { shell: clap_complete::Shell },
     /// Set up one node of a cluster across machines: its key (and its validator's) and its
     /// node.toml; prints the entries to add to the shared cluster file and genesis. Asks
     /// for what is missing when run in a terminal; never overwrites a key.
@@ -137,6 +181,7 @@ enum Command {
     },
     /// Store a document; prints its id.
     Put {
+        /// The file to store; `-` reads standard input.
         file: PathBuf,
         #[command(flatten)]
         client: ClientArgs,
@@ -195,6 +240,8 @@ enum Command {
     /// Fetch a document by id (its newest version, if it was superseded).
     Get {
         id: DocumentId,
+        /// Where to write the document; `-` writes it to standard output (and nothing
+        /// else: messages go to standard error).
         #[arg(short, long)]
         output: PathBuf,
         /// Read exactly this version, even if it was superseded.
@@ -278,6 +325,12 @@ enum Command {
         #[arg(long)]
         every_hours: Option<f64>,
     },
+}
+
+#[derive(Subcommand)]
+enum ProfileCommand {
+    /// The profiles of the client config file, the default marked.
+    List,
 }
 
 #[derive(Subcommand)]
@@ -640,8 +693,118 @@ enum BenchCommand {
     },
 }
 
-fn main() -> Result<()> {
+fn main() -> ExitCode {
+    // Usage errors exit here with clap's code 2.
     let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {e:?}");
+            ExitCode::from(exit_code(&e))
+        }
+    }
+}
+
+/// Exit codes scripts can tell apart (the table in docs/cli.md and `dangan --help`).
+mod exit {
+    /// Any other failure.
+    pub const OTHER: u8 = 1;
+    /// Not allowed: no live grant, no account, a role that may not do it, a refused
+    /// transaction.
+    pub const REFUSED: u8 = 3;
+    /// Not registered on the chain, or not found on the peers.
+    pub const NOT_FOUND: u8 = 4;
+    /// Not enough peers reachable, or the chain unreachable or without a leader: try again.
+    pub const UNAVAILABLE: u8 = 5;
+    /// Verification failed: corrupt shards, a proof or signature that does not check.
+    pub const CORRUPT: u8 = 6;
+    /// A key, cluster, profile or node file missing, unreadable or invalid.
+    pub const CONFIG: u8 = 7;
+}
+
+const EXIT_CODES: &str = "Exit codes: 0 ok, 1 other error, 2 usage, 3 refused (not authorised), \
+4 not found (not registered, not on the peers), 5 unavailable (too few peers, chain \
+unreachable: try again), 6 corrupt (verification failed), 7 configuration (key, cluster or \
+profile file missing or invalid). See docs/cli.md.";
+
+/// The exit code of a failed command: the first error in its chain that says what kind of
+/// failure it is.
+fn exit_code(e: &anyhow::Error) -> u8 {
+    use dangan::chain::client::ChainError;
+    use dangan::client::ClientError;
+    use dangan::codec::CodecError;
+    use dangan::net::NetError;
+    use dangan::proto::ErrorCode;
+    let net = |e: &NetError| match e.remote_code() {
+        Some(ErrorCode::Refused) => Some(exit::REFUSED),
+        Some(ErrorCode::Corrupt | ErrorCode::HashMismatch) => Some(exit::CORRUPT),
+        Some(ErrorCode::Unavailable | ErrorCode::Busy | ErrorCode::Timeout) => {
+            Some(exit::UNAVAILABLE)
+        }
+        _ if e.is_transport() => Some(exit::UNAVAILABLE),
+        _ => None,
+    };
+    for cause in e.chain() {
+        let code = if let Some(e) = cause.downcast_ref::<ClientError>() {
+            match e {
+                ClientError::NotGranted { .. } | ClientError::Refused { .. } => Some(exit::REFUSED),
+                ClientError::NotFound { .. } => Some(exit::NOT_FOUND),
+                ClientError::StripeUnavailable { corrupt, .. } if *corrupt > 0 => {
+                    Some(exit::CORRUPT)
+                }
+                ClientError::StripeUnavailable { .. }
+                | ClientError::StripeNotStored { .. }
+                | ClientError::ManifestNotStored { .. }
+                | ClientError::TooFewPeers { .. } => Some(exit::UNAVAILABLE),
+                _ => None,
+            }
+        } else if let Some(e) = cause.downcast_ref::<ChainError>() {
+            match e {
+                ChainError::Refused(_) | ChainError::NoAccount(_) => Some(exit::REFUSED),
+                ChainError::NotRegistered(_) => Some(exit::NOT_FOUND),
+                ChainError::NoLeader { .. } | ChainError::NoHosts => Some(exit::UNAVAILABLE),
+                ChainError::Net(e) => net(e),
+                ChainError::Proof { .. }
+                | ChainError::Unproven { .. }
+                | ChainError::Stale { .. }
+                | ChainError::History(_)
+                | ChainError::OtherTransaction
+                | ChainError::OtherSender(_)
+                | ChainError::Decode { .. } => Some(exit::CORRUPT),
+                _ => None,
+            }
+        } else if let Some(e) = cause.downcast_ref::<NetError>() {
+            net(e)
+        } else if let Some(e) = cause.downcast_ref::<CodecError>() {
+            match e {
+                CodecError::Auth { .. } => Some(exit::CORRUPT),
+                CodecError::StripeUnrecoverable { corrupt, .. } if *corrupt > 0 => {
+                    Some(exit::CORRUPT)
+                }
+                _ => None,
+            }
+        } else if cause
+            .downcast_ref::<dangan::receipt::ReceiptError>()
+            .is_some()
+        {
+            Some(exit::CORRUPT)
+        } else if cause.downcast_ref::<config::ConfigError>().is_some()
+            || cause
+                .downcast_ref::<dangan::identity::IdentityError>()
+                .is_some()
+        {
+            Some(exit::CONFIG)
+        } else {
+            None
+        };
+        if let Some(code) = code {
+            return code;
+        }
+    }
+    exit::OTHER
+}
+
+fn run(cli: Cli) -> Result<()> {
     // `bench` and `demo` start every validator of their cluster at once in this process,
     // and openraft reports the first election's unanswered votes and appends as errors:
     // noise in a report. Elsewhere (a `dangan node`) they say a validator is unreachable.
@@ -673,6 +836,11 @@ fn main() -> Result<()> {
             command: Some(GatewayCommand::S3Key(command)),
         } => s3_key(&config, command),
         Command::Keys(command) => keys(command),
+        Command::Profile { command, client } => profile(command, &client),
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "dangan", &mut std::io::stdout());
+            Ok(())
+        }
         Command::Init {
             dir,
             listen,
@@ -920,6 +1088,69 @@ fn keys(command: KeysCommand) -> Result<()> {
     Ok(())
 }
 
+/// `dangan profile [list]`.
+fn profile(command: Option<ProfileCommand>, client: &ClientArgs) -> Result<()> {
+    match command {
+        Some(ProfileCommand::List) => {
+            let env = ClientEnv::from_process();
+            let Some((path, _)) = env.config_path() else {
+                bail!("no client config file: neither DANGAN_CONFIG nor HOME is set");
+            };
+            if !path.exists() {
+                println!("no client config file at {} (no profiles)", path.display());
+                return Ok(());
+            }
+            let file = ClientConfigFile::load(&path)?;
+            println!("profiles in {}:", path.display());
+            let shown = |p: &Option<PathBuf>| {
+                p.as_ref()
+                    .map_or("-".to_owned(), |p| p.display().to_string())
+            };
+            for (name, entry) in &file.profile {
+                let mark = if file.default.as_deref() == Some(name) {
+                    " (default)"
+                } else {
+                    ""
+                };
+                println!(
+                    "{name}{mark}\tkey {}\tcluster {}\tkeyring {}",
+                    shown(&entry.key),
+                    shown(&entry.cluster),
+                    shown(&entry.keyring)
+                );
+            }
+        }
+        None => {
+            let paths = client.paths()?;
+            match &paths.config {
+                Some((path, true)) => println!("config file: {}", path.display()),
+                Some((path, false)) => println!("config file: {} (none there)", path.display()),
+                None => println!("config file: none (HOME is not set)"),
+            }
+            match &paths.profile {
+                Some((name, from)) => println!("profile:     {name} (from {from})"),
+                None => println!("profile:     none"),
+            }
+            match paths.key_path().map(Identity::load) {
+                Ok(Ok(identity)) => {
+                    println!("identity:    {} ({})", identity.public(), identity.role())
+                }
+                Ok(Err(e)) => println!("identity:    cannot be loaded: {e}"),
+                Err(e) => println!("identity:    none: {e}"),
+            }
+            for (what, r) in [
+                ("key:        ", &paths.key),
+                ("cluster:    ", &paths.cluster),
+                ("keyring:    ", &paths.keyring),
+            ] {
+                let missing = if r.path.exists() { "" } else { " (missing)" };
+                println!("{what} {}{missing} (from {})", r.path.display(), r.source);
+            }
+        }
+    }
+    Ok(())
+}
+
 async fn demo(big_mib: usize) -> Result<()> {
     let start = Instant::now();
     dangan::demo::run(big_mib, &mut |line| println!("{line}")).await?;
@@ -1031,15 +1262,23 @@ async fn put(
     grants: &[GrantAddress],
 ) -> Result<()> {
     let (c, keyring) = connect(client).await?;
-    let f = tokio::fs::File::open(file)
-        .await
-        .with_context(|| format!("opening {}", file.display()))?;
-    let size = f.metadata().await?.len();
-    let bar = progress_bar(size, "put");
+    // `-` is standard input, streamed like a file (the codec reads a stripe at a time and
+    // needs no size ahead), so a pipe of any length stays in bounded memory.
+    let (input, size): (Box<dyn tokio::io::AsyncRead + Unpin + Send>, Option<u64>) =
+        if file == Path::new("-") {
+            (Box::new(tokio::io::stdin()), None)
+        } else {
+            let f = tokio::fs::File::open(file)
+                .await
+                .with_context(|| format!("opening {}", file.display()))?;
+            let size = f.metadata().await?.len();
+            (Box::new(f), Some(size))
+        };
+    let bar = progress_bar(size.unwrap_or(0), "put");
     let stored = c
         .store(
-            f,
-            Some(size),
+            input,
+            size,
             DocumentInfo {
                 department,
                 document_type,
@@ -1134,32 +1373,62 @@ async fn get(
             .with_context(|| format!("{missing}, nor a grant on the chain"))?,
         other => other?,
     };
-    let tmp = output.with_extension("dangan-partial");
-    let f = create_private(&tmp)
-        .await
-        .with_context(|| format!("creating {}", tmp.display()))?;
     let bar = progress_bar(0, "get");
-    let result = c.get(&id, &key, f, &advance(&bar)).await;
-    bar.finish_and_clear();
-    let report = match result {
-        Ok(r) => r,
-        Err(e) => {
-            let _ = tokio::fs::remove_file(&tmp).await;
-            return Err(e.into());
-        }
+    // `-o -`: the document, and only the document, goes to standard output; what is said
+    // about it goes to standard error.
+    let to_stdout = output == Path::new("-");
+    let report = if to_stdout {
+        let mut out = tokio::io::stdout();
+        let result = c.get(&id, &key, &mut out, &advance(&bar)).await;
+        bar.finish_and_clear();
+        let report = result?;
+        tokio::io::AsyncWriteExt::flush(&mut out)
+            .await
+            .context("writing to standard output")?;
+        report
+    } else {
+        let tmp = output.with_extension("dangan-partial");
+        let f = create_private(&tmp)
+            .await
+            .with_context(|| format!("creating {}", tmp.display()))?;
+        let result = c.get(&id, &key, f, &advance(&bar)).await;
+        bar.finish_and_clear();
+        let report = match result {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = tokio::fs::remove_file(&tmp).await;
+                return Err(e.into());
+            }
+        };
+        tokio::fs::rename(&tmp, output).await?;
+        report
     };
-    tokio::fs::rename(&tmp, output).await?;
     for (stripe, slot, peer) in &report.corrupt {
         eprintln!(
             "warning: corrupt shard (stripe {stripe}, slot {slot}) on peer {}; reported for repair",
             peer.short()
         );
     }
-    println!("{} bytes written to {}", report.bytes, output.display());
+    let said = |line: String| {
+        if to_stdout {
+            eprintln!("{line}")
+        } else {
+            println!("{line}")
+        }
+    };
+    if to_stdout {
+        said(format!("{} bytes written to standard output", report.bytes));
+    } else {
+        said(format!(
+            "{} bytes written to {}",
+            report.bytes,
+            output.display()
+        ));
+    }
     if let Some(path) = receipt {
         let r = c.receipt(&id).await?;
         std::fs::write(path, r.encode()).with_context(|| format!("writing {}", path.display()))?;
-        println!("receipt written to {}", path.display());
+        said(format!("receipt written to {}", path.display()));
     }
     c.close().await;
     Ok(())
@@ -1202,7 +1471,7 @@ async fn chain(command: ChainCommand) -> Result<()> {
         ChainCommand::SetValidatorHost {
             host, addr, client, ..
         } => {
-            let me = Identity::load(&client.key)?.public();
+            let me = client.identity()?.public();
             let done = format!("validator {me} is hosted by {host} at {addr}");
             let body = TxBody::SetValidatorHost {
                 validator: me,
@@ -1230,7 +1499,7 @@ async fn chain(command: ChainCommand) -> Result<()> {
 
 /// Writes a proposal of `body` by this client's key (its next nonce), approved by it.
 async fn propose(client: &ClientArgs, body: TxBody, path: &Path) -> Result<()> {
-    let me = Identity::load(&client.key)?;
+    let me = client.identity()?;
     let (c, _) = connect(client).await?;
     let asked = async {
         let chain = c.chain()?;
@@ -1278,7 +1547,7 @@ async fn propose(client: &ClientArgs, body: TxBody, path: &Path) -> Result<()> {
 }
 
 async fn approve(client: &ClientArgs, path: &Path) -> Result<()> {
-    let me = Identity::load(&client.key)?;
+    let me = client.identity()?;
     let mut proposal = Proposal::load(path)?;
     let (c, _) = connect(client).await?;
     let asked = async {
@@ -1329,7 +1598,7 @@ async fn approve(client: &ClientArgs, path: &Path) -> Result<()> {
 }
 
 async fn enact(client: &ClientArgs, path: &Path) -> Result<()> {
-    let me = Identity::load(&client.key)?;
+    let me = client.identity()?;
     let proposal = Proposal::load(path)?;
     if proposal.tx.sender != me.public() {
         bail!(
@@ -1459,7 +1728,7 @@ async fn audit(id: DocumentId, client: &ClientArgs) -> Result<()> {
 
 /// `verify --receipt`: offline, against the cluster file's validator set.
 fn verify_receipt(id: Option<DocumentId>, path: &Path, client: &ClientArgs) -> Result<()> {
-    let cluster = ClusterFile::load(&client.cluster)?;
+    let cluster = client.cluster()?;
     let chain = cluster
         .chain
         .context("the cluster file names no [chain] validators to check against")?;
@@ -1867,9 +2136,12 @@ async fn submit_all(client: &ClientArgs, bodies: Vec<TxBody>, done: &str) -> Res
 /// A client placing by the chain's layout (the cluster file's if the chain has none; reads
 /// fall back to the file's).
 async fn connect(args: &ClientArgs) -> Result<(Client, Keyring)> {
-    let identity = Identity::load(&args.key)?;
-    let client = ClusterFile::load(&args.cluster)?.connect(&identity).await?;
-    Ok((client, Keyring::open(&args.keyring)?))
+    let paths = args.paths()?;
+    let identity = Identity::load(paths.key_path()?)?;
+    let client = ClusterFile::load(paths.cluster_path()?)?
+        .connect(&identity)
+        .await?;
+    Ok((client, Keyring::open(&paths.keyring.path)?))
 }
 
 impl OpsArgs {
@@ -1884,8 +2156,8 @@ impl OpsArgs {
 }
 
 fn operator(args: &ClientArgs, data_dir: &Path) -> Result<Operator> {
-    let identity = Identity::load(&args.key)?;
-    let cluster = ClusterFile::load(&args.cluster)?;
+    let identity = args.identity()?;
+    let cluster = args.cluster()?;
     Ok(Operator::new(
         &identity,
         cluster.trust(),

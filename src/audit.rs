@@ -42,7 +42,8 @@
 //!
 //! On-disk layout (`audit.redb`): `audit-records-v1` seq → postcard [`AuditRecord`];
 //! `audit-by-document-v1` (document ‖ seq big-endian) → (); `audit-roots-v1` first seq →
-//! postcard root entry (count, root, signed transaction, committed).
+//! postcard root entry (count, root, signed transaction, committed); `audit-meta-v1`
+//! "format" → [`AUDIT_FORMAT`] (a log written before it was recorded has none: format 1).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -85,6 +86,9 @@ const RECORD_FORMAT: u8 = 1;
 const RECORDS: TableDefinition<u64, &[u8]> = TableDefinition::new("audit-records-v1");
 const BY_DOCUMENT: TableDefinition<&[u8], ()> = TableDefinition::new("audit-by-document-v1");
 const ROOTS: TableDefinition<u64, &[u8]> = TableDefinition::new("audit-roots-v1");
+const META: TableDefinition<&str, u64> = TableDefinition::new("audit-meta-v1");
+/// The audit log's format; a log of a newer one is refused on open.
+pub const AUDIT_FORMAT: u64 = 1;
 
 /// What a read served.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -207,6 +211,11 @@ pub enum AuditError {
          ask another peer or again shortly"
     )]
     CannotRecord(String),
+    #[error(
+        "the audit log was written by a newer Dangan (audit format {found}; this build reads \
+         up to {AUDIT_FORMAT}): upgrade this binary"
+    )]
+    Newer { found: u64 },
 }
 
 fn dberr<E: std::fmt::Display>(e: E) -> AuditError {
@@ -273,6 +282,17 @@ impl AuditLog {
         txn.open_table(RECORDS).map_err(dberr)?;
         txn.open_table(BY_DOCUMENT).map_err(dberr)?;
         txn.open_table(ROOTS).map_err(dberr)?;
+        {
+            let mut meta = txn.open_table(META).map_err(dberr)?;
+            let found = meta.get("format").map_err(dberr)?.map(|v| v.value());
+            match found {
+                Some(found) if found > AUDIT_FORMAT => return Err(AuditError::Newer { found }),
+                Some(_) => {}
+                None => {
+                    meta.insert("format", AUDIT_FORMAT).map_err(dberr)?;
+                }
+            }
+        }
         txn.commit().map_err(dberr)?;
         let next_seq = {
             let txn = db.begin_read().map_err(dberr)?;
@@ -899,6 +919,30 @@ impl std::fmt::Display for Verdict {
 mod tests {
     use super::*;
     use crate::identity::Role;
+
+    #[test]
+    fn a_log_written_by_a_newer_format_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(AuditLog::open(dir.path(), DEFAULT_BUFFER).unwrap());
+        {
+            let db = Database::create(dir.path().join(AUDIT_FILE)).unwrap();
+            let txn = db.begin_write().unwrap();
+            {
+                let mut meta = txn.open_table(META).unwrap();
+                assert_eq!(meta.get("format").unwrap().unwrap().value(), AUDIT_FORMAT);
+                meta.insert("format", AUDIT_FORMAT + 1).unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        let err = AuditLog::open(dir.path(), DEFAULT_BUFFER)
+            .err()
+            .expect("a newer log is refused");
+        assert!(
+            err.to_string()
+                .contains("newer Dangan (audit format 2; this build reads up to 1)"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn times_print_in_utc() {

@@ -29,6 +29,7 @@ use crate::placement::{Layout, NodeInfo};
 
 pub mod init;
 pub mod local;
+pub mod profile;
 
 /// Largest config file read.
 pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
@@ -56,6 +57,32 @@ pub enum ConfigError {
     Genesis(TxError),
     #[error("this peer's identity {id} is not in {cluster}")]
     NotInCluster { id: PublicId, cluster: PathBuf },
+    /// A client profile named (by `--profile`, `DANGAN_PROFILE` or `default`) that the
+    /// client config file does not have.
+    #[error("no profile {name:?} (named by {from}): {message}")]
+    NoProfile {
+        name: String,
+        from: String,
+        message: String,
+    },
+    /// A path a client command needs does not exist.
+    #[error("{what} {path} (from {from}) does not exist")]
+    MissingPath {
+        what: &'static str,
+        path: PathBuf,
+        from: String,
+    },
+    /// A file written by a newer Dangan: refused rather than misread.
+    #[error(
+        "{path}: written by a newer Dangan ({what} format {found}; this build reads up to \
+         {supported}): upgrade this binary"
+    )]
+    NewerFormat {
+        what: &'static str,
+        path: PathBuf,
+        found: u64,
+        supported: u64,
+    },
 }
 
 /// `cluster.toml`: who is in the cluster and how documents are coded.

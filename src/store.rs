@@ -214,6 +214,17 @@ pub enum StoreError {
     },
     #[error("stored {what} record is unreadable: {detail}")]
     Record { what: &'static str, detail: String },
+    /// A store written by a newer Dangan: refused, never misread or migrated down.
+    #[error(
+        "the shard store at {} was written by a newer Dangan (store format {found}; this \
+         build reads up to {supported}): upgrade this binary",
+        path.display()
+    )]
+    Newer {
+        path: PathBuf,
+        found: u32,
+        supported: u32,
+    },
 }
 
 macro_rules! from_redb {
@@ -1422,6 +1433,12 @@ fn init_tables(db: &Database, db_path: &Path) -> Result<(), StoreError> {
                     };
                     meta.insert(META_FORMAT, encode("format", &f)?.as_slice())?;
                     info!(path = %db_path.display(), "shard store migrated from format 3 to 4");
+                } else if found > STORE_FORMAT {
+                    return Err(StoreError::Newer {
+                        path: db_path.to_path_buf(),
+                        found,
+                        supported: STORE_FORMAT,
+                    });
                 } else if found != STORE_FORMAT {
                     return Err(StoreError::UnsupportedFormat {
                         path: db_path.to_path_buf(),
@@ -1900,8 +1917,12 @@ mod tests {
             txn.commit().unwrap();
         }
         let err = ShardStore::open(dir.path()).unwrap_err();
-        assert!(matches!(err, StoreError::UnsupportedFormat { .. }), "{err}");
-        assert!(err.to_string().contains("99"), "{err}");
+        assert!(matches!(err, StoreError::Newer { found: 99, .. }), "{err}");
+        assert!(
+            err.to_string()
+                .contains("newer Dangan (store format 99; this build reads up to 4)"),
+            "{err}"
+        );
 
         // A file with tables of a future version is refused too.
         let dir = tempfile::tempdir().unwrap();

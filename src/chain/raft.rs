@@ -24,7 +24,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt::Debug;
 use std::io::Cursor;
 use std::ops::{Bound, RangeBounds};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -186,6 +186,23 @@ fn encode<T: Serialize>(v: &T) -> Vec<u8> {
 
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft-log-v1");
 const LOG_META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft-meta-v1");
+/// The raft log's format, in `raft-meta-v1` "format" (u64 little-endian; a log written
+/// before it was recorded has none and is format 1).
+pub const RAFT_LOG_FORMAT: u64 = 1;
+const LOG_FORMAT_KEY: &str = "format";
+
+/// Why the raft log did not open.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LogOpenError {
+    #[error("raft log database: {0}")]
+    Db(#[from] redb::Error),
+    #[error(
+        "the raft log at {path} was written by a newer Dangan (raft log format {found}; this \
+         build reads up to {RAFT_LOG_FORMAT}): upgrade this binary"
+    )]
+    Newer { path: PathBuf, found: u64 },
+}
 
 /// Called once an append is durable (or failed): raft's `LogFlushed`, or a test's probe.
 type Done = Box<dyn FnOnce(Result<(), std::io::Error>) + Send>;
@@ -255,12 +272,31 @@ impl Drop for LogInner {
 }
 
 impl LogStore {
-    pub fn open(path: &Path) -> Result<Self, redb::Error> {
-        let db = Database::create(path)?;
-        let txn = db.begin_write()?;
-        txn.open_table(LOG)?;
-        txn.open_table(LOG_META)?;
-        txn.commit()?;
+    pub fn open(path: &Path) -> Result<Self, LogOpenError> {
+        let db = Database::create(path).map_err(redb::Error::from)?;
+        let txn = db.begin_write().map_err(redb::Error::from)?;
+        txn.open_table(LOG).map_err(redb::Error::from)?;
+        {
+            let mut meta = txn.open_table(LOG_META).map_err(redb::Error::from)?;
+            let found = meta
+                .get(LOG_FORMAT_KEY)
+                .map_err(redb::Error::from)?
+                .and_then(|v| v.value().try_into().ok().map(u64::from_le_bytes));
+            match found {
+                Some(found) if found > RAFT_LOG_FORMAT => {
+                    return Err(LogOpenError::Newer {
+                        path: path.to_owned(),
+                        found,
+                    });
+                }
+                Some(_) => {}
+                None => {
+                    meta.insert(LOG_FORMAT_KEY, RAFT_LOG_FORMAT.to_le_bytes().as_slice())
+                        .map_err(redb::Error::from)?;
+                }
+            }
+        }
+        txn.commit().map_err(redb::Error::from)?;
         let db = Arc::new(db);
         let pending: Pending = Arc::default();
         let (queue, rx) = std::sync::mpsc::channel();
@@ -268,7 +304,8 @@ impl LogStore {
             let (db, pending) = (db.clone(), pending.clone());
             std::thread::Builder::new()
                 .name("raft-log".into())
-                .spawn(move || write_log(&db, &pending, rx))?
+                .spawn(move || write_log(&db, &pending, rx))
+                .map_err(redb::Error::from)?
         };
         Ok(Self {
             inner: Arc::new(LogInner {
@@ -1268,6 +1305,35 @@ mod tests {
         assert_eq!(last(&log).await, Some(log_id(2, 11)));
         drop(log);
         LogStore::open(&path).unwrap();
+    }
+
+    #[test]
+    fn a_log_written_by_a_newer_format_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("chain.raft");
+        drop(LogStore::open(&path).unwrap());
+        {
+            let db = Database::create(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            {
+                let mut meta = txn.open_table(LOG_META).unwrap();
+                let stored = meta.get(LOG_FORMAT_KEY).unwrap().unwrap().value().to_vec();
+                assert_eq!(
+                    stored,
+                    RAFT_LOG_FORMAT.to_le_bytes(),
+                    "a new log says its format"
+                );
+                meta.insert(LOG_FORMAT_KEY, 2u64.to_le_bytes().as_slice())
+                    .unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        let err = LogStore::open(&path).err().expect("a newer log is refused");
+        assert!(
+            err.to_string()
+                .contains("newer Dangan (raft log format 2; this build reads up to 1)"),
+            "{err}"
+        );
     }
 
     /// What a test does to the log, in order.

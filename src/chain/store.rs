@@ -17,7 +17,8 @@
 //! are dropped with the blocks that pass them); `meta-v1` "format" and "tip".
 //!
 //! Format 2: transactions are signed for the chain key and headers carry it; a format 1
-//! chain is refused with [`ChainStoreError::Format`].
+//! chain is refused with [`ChainStoreError::Format`] ([`ChainStoreError::Newer`] when a
+//! newer Dangan wrote it).
 
 use std::path::Path;
 
@@ -50,6 +51,12 @@ pub enum ChainStoreError {
     Database(#[from] Box<redb::Error>),
     #[error("chain database format {found} is not supported (this build reads {CHAIN_FORMAT})")]
     Format { found: u64 },
+    /// A chain written by a newer Dangan: refused, never misread.
+    #[error(
+        "the chain database was written by a newer Dangan (chain format {found}; this build \
+         reads up to {CHAIN_FORMAT}): upgrade this binary"
+    )]
+    Newer { found: u64 },
     #[error("stored block {height} does not decode: {reason}")]
     Decode { height: u64, reason: String },
     #[error("stored block {height} failed verification: {source}")]
@@ -146,6 +153,9 @@ impl ChainStore {
         txn.open_table(SET_CHANGES)?;
         txn.open_table(ENDORSED)?;
         txn.commit()?;
+        if format > CHAIN_FORMAT {
+            return Err(ChainStoreError::Newer { found: format });
+        }
         if format != CHAIN_FORMAT {
             return Err(ChainStoreError::Format { found: format });
         }

@@ -256,10 +256,11 @@ impl Client {
                     }
                     fetched.errors.extend(more.errors);
                 }
-                Err(CodecError::StripeUnrecoverable { .. }) => {
+                Err(CodecError::StripeUnrecoverable { corrupt, .. }) => {
                     return Err(ClientError::StripeUnavailable {
                         stripe: index,
                         k,
+                        corrupt: corrupt + fetched.corrupt.len(),
                         errors: fetched.errors.join("; "),
                     });
                 }

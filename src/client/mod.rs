@@ -162,13 +162,16 @@ pub enum ClientError {
     },
     #[error("document {id} was not found on any of the peers it is placed on ({errors})")]
     NotFound { id: DocumentId, errors: String },
+    /// `corrupt`: how many of the shards found failed verification (on the peer or here):
+    /// with none, the stripe is only unreachable.
     #[error(
-        "stripe {stripe}: fewer than {k} intact shards could be fetched; unreachable or \
-         failing: {errors}"
+        "stripe {stripe}: fewer than {k} intact shards could be fetched ({corrupt} found \
+         corrupt); unreachable or failing: {errors}"
     )]
     StripeUnavailable {
         stripe: u64,
         k: usize,
+        corrupt: usize,
         errors: String,
     },
     #[error("{reader} holds no live grant on document {id}")]

@@ -42,6 +42,10 @@ const FILE_NAMES: TableDefinition<&[u8; 32], &str> = TableDefinition::new("file-
 /// S3 access key ids -> a postcard [`S3KeyRecord`]. Never a secret: each is derived from
 /// the department's key (`s3::secret_key`).
 const S3_KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("s3-keys-0");
+/// `gateway-meta-0` "format": the database's format (absent in one written before it was
+/// recorded: format 1). A database of a newer format is refused on open.
+const META: TableDefinition<&str, u64> = TableDefinition::new("gateway-meta-0");
+pub const GATEWAY_DB_FORMAT: u64 = 1;
 /// Format of a stored [`S3KeyRecord`].
 const S3_KEY_FORMAT: u8 = 1;
 /// How a token is written: this prefix and 64 hex digits.
@@ -314,6 +318,23 @@ impl GatewayDb {
         tx.open_table(TOKENS).map_err(|e| err(&e))?;
         tx.open_table(FILE_NAMES).map_err(|e| err(&e))?;
         tx.open_table(S3_KEYS).map_err(|e| err(&e))?;
+        {
+            let mut meta = tx.open_table(META).map_err(|e| err(&e))?;
+            let found = meta.get("format").map_err(|e| err(&e))?.map(|v| v.value());
+            match found {
+                Some(found) if found > GATEWAY_DB_FORMAT => {
+                    return Err(err(&format!(
+                        "written by a newer Dangan (gateway database format {found}; this \
+                         build reads up to {GATEWAY_DB_FORMAT}): upgrade this binary"
+                    )));
+                }
+                Some(_) => {}
+                None => {
+                    meta.insert("format", GATEWAY_DB_FORMAT)
+                        .map_err(|e| err(&e))?;
+                }
+            }
+        }
         tx.commit().map_err(|e| err(&e))?;
         // Only the gateway's own user reads it (it holds no secret, but names and hashes).
         #[cfg(unix)]
@@ -960,6 +981,33 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_database_written_by_a_newer_format_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(GatewayDb::open(dir.path()).unwrap());
+        {
+            let db = redb::Database::create(dir.path().join("gateway.redb")).unwrap();
+            let tx = db.begin_write().unwrap();
+            {
+                let mut meta = tx.open_table(META).unwrap();
+                assert_eq!(
+                    meta.get("format").unwrap().unwrap().value(),
+                    GATEWAY_DB_FORMAT
+                );
+                meta.insert("format", GATEWAY_DB_FORMAT + 1).unwrap();
+            }
+            tx.commit().unwrap();
+        }
+        let err = GatewayDb::open(dir.path())
+            .err()
+            .expect("a newer database is refused");
+        assert!(
+            err.to_string()
+                .contains("newer Dangan (gateway database format 2; this build reads up to 1)"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn tokens_are_stored_hashed_scoped_and_revocable() {

@@ -5,8 +5,10 @@
 use std::fs;
 use std::path::Path;
 
+use redb::ReadableTable;
+
 use crate::common::cli::new_key;
-use crate::common::process::{BIN, Node, dangan, free_port_range, run};
+use crate::common::process::{BIN, Node, ProcessCluster, dangan, free_port_range, run};
 
 /// The text of `out` between `from` and `to`.
 fn between<'a>(out: &'a str, from: &str, to: &str) -> &'a str {
@@ -233,4 +235,97 @@ fn which(program: &str) -> Option<std::path::PathBuf> {
         .flat_map(std::env::split_paths)
         .map(|d| d.join(program))
         .find(|p| p.is_file())
+}
+
+/// Sets `key` of redb table `table` (`&str` → `&[u8]`) in the file at `path`; the old value.
+fn swap_bytes(path: &Path, table: &'static str, key: &str, value: &[u8]) -> Vec<u8> {
+    let db = redb::Database::create(path).unwrap();
+    let txn = db.begin_write().unwrap();
+    let old = {
+        let mut t = txn
+            .open_table(redb::TableDefinition::<&str, &[u8]>::new(table))
+            .unwrap();
+        let old = t
+            .get(key)
+            .unwrap()
+            .expect("the format is recorded")
+            .value()
+            .to_vec();
+        t.insert(key, value).unwrap();
+        old
+    };
+    txn.commit().unwrap();
+    old
+}
+
+/// Sets `key` of redb table `table` (`&str` → `u64`) in the file at `path`; the old value.
+fn swap_u64(path: &Path, table: &'static str, key: &str, value: u64) -> u64 {
+    let db = redb::Database::create(path).unwrap();
+    let txn = db.begin_write().unwrap();
+    let old = {
+        let mut t = txn
+            .open_table(redb::TableDefinition::<&str, u64>::new(table))
+            .unwrap();
+        let old = t.get(key).unwrap().expect("the format is recorded").value();
+        t.insert(key, value).unwrap();
+        old
+    };
+    txn.commit().unwrap();
+    old
+}
+
+#[test]
+fn a_node_refuses_a_store_or_chain_written_by_a_newer_format_and_starts_once_it_is_back() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cluster = ProcessCluster::start(tmp.path(), 2, 1);
+    cluster.kill(1);
+    let data = cluster.path("data");
+    let config = cluster.path("node1.toml");
+    let refused = |name: &str, says: &str| {
+        let err = match Node::start(&config, &cluster.logs, name) {
+            Ok(_) => panic!("{name}: a node started on a format newer than it reads"),
+            Err(e) => e,
+        };
+        assert!(
+            err.contains(says) && err.contains("upgrade this binary"),
+            "{name}: {err}"
+        );
+    };
+
+    // The chain (validator node 1's): meta-v1 "format".
+    let chain = data.join("chain1.redb");
+    let old = swap_u64(&chain, "meta-v1", "format", 3);
+    refused(
+        "newer-chain",
+        "written by a newer Dangan (chain format 3; this build reads up to 2)",
+    );
+    swap_u64(&chain, "meta-v1", "format", old);
+    // Its raft log.
+    let raft = data.join("chain1.raft");
+    let old = swap_bytes(&raft, "raft-meta-v1", "format", &2u64.to_le_bytes());
+    refused(
+        "newer-raft",
+        "written by a newer Dangan (raft log format 2; this build reads up to 1)",
+    );
+    swap_bytes(&raft, "raft-meta-v1", "format", &old);
+    // The peer's shard store: a postcard format record (record format 1, store format).
+    let store = data.join("peer1").join("shards.redb");
+    let old = swap_bytes(&store, "meta-v1", "format", &[1, 99]);
+    refused(
+        "newer-store",
+        "written by a newer Dangan (store format 99; this build reads up to 4)",
+    );
+    swap_bytes(&store, "meta-v1", "format", &old);
+    // Its audit log.
+    let audit = data.join("peer1").join(dangan::audit::AUDIT_FILE);
+    let old = swap_u64(&audit, "audit-meta-v1", "format", 2);
+    refused(
+        "newer-audit",
+        "written by a newer Dangan (audit format 2; this build reads up to 1)",
+    );
+    swap_u64(&audit, "audit-meta-v1", "format", old);
+
+    // Nothing was changed by the refusals: the node starts on its files as they were.
+    cluster.restart(1);
+    cluster.assert_no_panics();
 }

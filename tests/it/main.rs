@@ -32,5 +32,6 @@ mod orphans;
 mod raft;
 mod rekey;
 mod s3;
+mod scripting;
 mod standins;
 mod starve;
