@@ -934,9 +934,7 @@ mod tests {
             }
             txn.commit().unwrap();
         }
-        let err = AuditLog::open(dir.path(), DEFAULT_BUFFER)
-            .err()
-            .expect("a newer log is refused");
+        let err = AuditLog::open(dir.path(), DEFAULT_BUFFER).expect_err("a newer log is refused");
         assert!(
             err.to_string()
                 .contains("newer Dangan (audit format 2; this build reads up to 1)"),
