@@ -565,6 +565,20 @@ enum KeysCommand {
     /// Print the grant address (`dga1…`) of a key file: give it to a department so it can
     /// grant you access to documents.
     Address { file: PathBuf },
+    /// Print the public id of an Ed25519 key in a PKCS#11 token (read from its public key
+    /// object, no PIN needed), to list it in the cluster and genesis files; see "Keys in an
+    /// HSM" in docs/deployment.md for the key file that then names it.
+    Pkcs11Id {
+        /// The PKCS#11 module, e.g. /usr/lib/softhsm/libsofthsm2.so.
+        #[arg(long)]
+        module: PathBuf,
+        /// The token's label.
+        #[arg(long)]
+        token: String,
+        /// The label of the key pair's objects.
+        #[arg(long)]
+        key_label: String,
+    },
 }
 
 fn parse_role(s: &str) -> Result<Role, String> {
@@ -1082,7 +1096,21 @@ fn keys(command: KeysCommand) -> Result<()> {
         }
         KeysCommand::Show { file } => println!("{}", PublicId::load(&file)?),
         KeysCommand::Address { file } => {
-            println!("{}", GrantAddress::of(&Identity::load(&file)?));
+            println!("{}", GrantAddress::of(&Identity::load(&file)?)?);
+        }
+        KeysCommand::Pkcs11Id {
+            module,
+            token,
+            key_label,
+        } => {
+            let spec = dangan::identity::token::Pkcs11Key {
+                module,
+                token,
+                key_label,
+                pin_file: None,
+                pin_env: None,
+            };
+            println!("{}", dangan::identity::token::public_id(&spec)?);
         }
     }
     Ok(())
@@ -1218,7 +1246,7 @@ fn s3_key(config: &Path, command: S3KeyCommand) -> Result<()> {
         S3KeyCommand::Add { name } => {
             let identity = dangan::identity::Identity::load(&config.key)?;
             let key = db.s3_key_add(&name)?;
-            let secret = dangan::gateway::s3::secret_key(&identity, &key.access_key);
+            let secret = dangan::gateway::s3::secret_key(&identity, &key.access_key)?;
             eprintln!("S3 key {name:?} created; its secret is shown only now:");
             println!("AWS_ACCESS_KEY_ID={}", key.access_key);
             println!("AWS_SECRET_ACCESS_KEY={secret}");

@@ -6,7 +6,9 @@
 #   s3:      a Python venv (python3 -m venv, with Debian's python3-venv if it is missing)
 #            holding boto3 and the AWS CLI from PyPI at the versions pinned below, in
 #            $DANGAN_S3_VENV (default ~/.cache/dangan/s3-venv); called by tests/it/s3.rs.
-# Usage: scripts/test-deps.sh [browser|s3|all] (default all). Run it by hand on a fresh
+#   hsm:     Debian's SoftHSM2 (a PKCS#11 token in files) and OpenSC's pkcs11-tool (apt-get);
+#            called by tests/it/hsm.rs.
+# Usage: scripts/test-deps.sh [browser|s3|hsm|all] (default all). Run it by hand on a fresh
 # machine to install ahead of time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,6 +33,23 @@ if [ "$what" = s3 ] || [ "$what" = all ]; then
         echo "$pins" >"$venv/.dangan-installed"
     fi
     [ "$what" = s3 ] && exit 0
+fi
+
+if [ "$what" = hsm ] || [ "$what" = all ]; then
+    missing=()
+    [ -e /usr/lib/softhsm/libsofthsm2.so ] && command -v softhsm2-util >/dev/null 2>&1 \
+        || missing+=(softhsm2)
+    command -v pkcs11-tool >/dev/null 2>&1 || missing+=(opensc)
+    if [ "${#missing[@]}" -gt 0 ]; then
+        echo "test-deps: installing ${missing[*]} with apt-get" >&2
+        sudo=""
+        [ "$(id -u)" -eq 0 ] || sudo="sudo"
+        export DEBIAN_FRONTEND=noninteractive
+        $sudo apt-get update -q >&2
+        $sudo apt-get install -y -q --no-install-recommends "${missing[@]}" >&2
+    fi
+    [ -e /usr/lib/softhsm/libsofthsm2.so ] || { echo "test-deps: no /usr/lib/softhsm/libsofthsm2.so" >&2; exit 1; }
+    [ "$what" = hsm ] && exit 0
 fi
 
 missing=()

@@ -67,6 +67,17 @@ struct Slot {
     node: Option<Node>,
 }
 
+/// Keys a [`LocalCluster`] uses instead of generating them; `None` generates.
+#[derive(Debug, Default)]
+pub struct ClusterKeys {
+    /// The department (`LocalCluster::department`).
+    pub department: Option<Identity>,
+    /// The validator, which signs every block header.
+    pub validator: Option<Identity>,
+    /// The node hosting the validator (its QUIC/TLS key).
+    pub validator_host: Option<Identity>,
+}
+
 /// Peers on 127.0.0.1 in this process, each with its own redb store in a temp directory.
 pub struct LocalCluster {
     _tmp: Option<tempfile::TempDir>,
@@ -113,8 +124,35 @@ impl LocalCluster {
         zones: usize,
         limits: PeerLimits,
     ) -> Result<Self, ClusterError> {
+        Self::start_keyed(root, peers, zones, limits, ClusterKeys::default()).await
+    }
+
+    /// Like [`LocalCluster::start`], with the keys `keys` gives (e.g. keys in a PKCS#11
+    /// token) instead of fresh ones, with data in a fresh temporary directory.
+    pub async fn start_with_keys(
+        peers: usize,
+        zones: usize,
+        keys: ClusterKeys,
+    ) -> Result<Self, ClusterError> {
+        let tmp = tempfile::Builder::new().prefix("dangan-").tempdir()?;
+        let root = tmp.path().to_path_buf();
+        let mut cluster =
+            Self::start_keyed(&root, peers, zones, PeerLimits::default(), keys).await?;
+        cluster._tmp = Some(tmp);
+        Ok(cluster)
+    }
+
+    async fn start_keyed(
+        root: &Path,
+        peers: usize,
+        zones: usize,
+        limits: PeerLimits,
+        keys: ClusterKeys,
+    ) -> Result<Self, ClusterError> {
         let membership = Membership::new();
-        let client_identity = Identity::generate(Role::Department);
+        let client_identity = keys
+            .department
+            .unwrap_or_else(|| Identity::generate(Role::Department));
         let other_department = Identity::generate(Role::Department);
         let operator = Identity::generate(Role::Operator);
         let identities: Vec<Identity> =
@@ -147,7 +185,9 @@ impl LocalCluster {
             .collect();
 
         // One validator in this process, the embedded default; the department has an account.
-        let signer = Identity::generate(Role::Validator);
+        let signer = keys
+            .validator
+            .unwrap_or_else(|| Identity::generate(Role::Validator));
         let genesis = Genesis {
             chain_id: "local".into(),
             validators: vec![GenesisAccount::of(&signer, Role::Validator)],
@@ -161,7 +201,9 @@ impl LocalCluster {
         let chain_dir = root.join("validator");
         std::fs::create_dir_all(&chain_dir)?;
         let validators = vec![signer.public()];
-        let host = Identity::generate(Role::Node);
+        let host = keys
+            .validator_host
+            .unwrap_or_else(|| Identity::generate(Role::Node));
         membership.add(host.public());
         let validator = node::start(NodeSetup {
             validator: Some(ValidatorSetup {

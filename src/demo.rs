@@ -246,7 +246,7 @@ async fn grant(story: &Story, client: &Client, step: Step<'_>) -> Result<Grant, 
         .grant(
             cert_put.id,
             &cert_put.key,
-            &crate::grant::GrantAddress::of(&citizen),
+            &crate::grant::GrantAddress::of(&citizen).expect("a generated key has a grant key"),
             None,
         )
         .await?;
@@ -658,7 +658,7 @@ pub async fn serve(
     ));
     step(&format!(
         "its grant address (paste it in the console to grant a document): {}",
-        crate::grant::GrantAddress::of(&citizen)
+        crate::grant::GrantAddress::of(&citizen).expect("a generated key has a grant key")
     ));
     step("press Ctrl-C to stop");
     shutdown.await;

@@ -57,6 +57,9 @@ pub enum GrantError {
         "the wrapped key does not open for this reader and document (not granted to this key, or altered)"
     )]
     Unwrap,
+    /// The identity's X25519 key cannot be derived: its key is in a token.
+    #[error("no grant key: {0}")]
+    NoX25519Key(String),
 }
 
 /// Where a department sends a reader's data keys: the reader's id and X25519 key.
@@ -68,15 +71,16 @@ pub struct GrantAddress {
 }
 
 impl GrantAddress {
-    /// `identity`'s grant address.
-    pub fn of(identity: &Identity) -> Self {
-        let x25519 = x25519_public(identity);
+    /// `identity`'s grant address; none for a key in a token (its X25519 key is derived
+    /// from the secret).
+    pub fn of(identity: &Identity) -> Result<Self, GrantError> {
+        let x25519 = x25519_keypair(identity)?.1;
         let signature = identity.sign(&address_message(&x25519));
-        Self {
+        Ok(Self {
             id: identity.public(),
             x25519,
             signature,
-        }
+        })
     }
 
     /// Checks that the X25519 key is signed by the id.
@@ -141,17 +145,17 @@ impl FromStr for GrantAddress {
     }
 }
 
-fn x25519_keypair(identity: &Identity) -> (<Kem as hpke::Kem>::PrivateKey, [u8; 32]) {
-    let mut ikm = identity.derive_secret(X25519_CONTEXT);
+fn x25519_keypair(
+    identity: &Identity,
+) -> Result<(<Kem as hpke::Kem>::PrivateKey, [u8; 32]), GrantError> {
+    let mut ikm = identity
+        .derive_secret(X25519_CONTEXT)
+        .map_err(|e| GrantError::NoX25519Key(e.to_string()))?;
     let (secret, public) = Kem::derive_keypair(&ikm);
     zeroize::Zeroize::zeroize(&mut ikm);
     let mut bytes = [0u8; 32];
     bytes.copy_from_slice(&public.to_bytes());
-    (secret, bytes)
-}
-
-fn x25519_public(identity: &Identity) -> [u8; 32] {
-    x25519_keypair(identity).1
+    Ok((secret, bytes))
 }
 
 fn info(document: &DocumentId, grantee: &PublicId) -> Vec<u8> {
@@ -228,7 +232,7 @@ impl WrappedKey {
         }
         let enc = <Kem as hpke::Kem>::EncappedKey::from_bytes(&self.enc)
             .map_err(|_| GrantError::Unwrap)?;
-        let (secret, _) = x25519_keypair(me);
+        let (secret, _) = x25519_keypair(me)?;
         let mut plain = hpke::single_shot_open::<Aead, Kdf, Kem>(
             &OpModeR::Base,
             &secret,
@@ -256,8 +260,12 @@ mod tests {
         let other = Identity::generate(Role::Citizen);
         let doc = DocumentId::of(b"certificate");
         let key = DataKey::generate();
-        let address: GrantAddress = GrantAddress::of(&citizen).to_string().parse().unwrap();
-        assert_eq!(address, GrantAddress::of(&citizen));
+        let address: GrantAddress = GrantAddress::of(&citizen)
+            .unwrap()
+            .to_string()
+            .parse()
+            .unwrap();
+        assert_eq!(address, GrantAddress::of(&citizen).unwrap());
         let wrapped = WrappedKey::wrap(&key, &doc, &address).unwrap();
         assert_eq!(wrapped.sealed.len(), SEALED_LEN);
         assert_eq!(
@@ -296,8 +304,12 @@ mod tests {
         let citizen = Identity::generate(Role::Citizen);
         let (old, new) = (DocumentId::of(b"v1"), DocumentId::of(b"v2"));
         let (old_key, new_key) = (DataKey::generate(), DataKey::generate());
-        let wrapped = WrappedKey::wrap(&old_key, &old, &GrantAddress::of(&citizen)).unwrap();
-        assert_eq!(wrapped.recipient, GrantAddress::of(&citizen).x25519);
+        let wrapped =
+            WrappedKey::wrap(&old_key, &old, &GrantAddress::of(&citizen).unwrap()).unwrap();
+        assert_eq!(
+            wrapped.recipient,
+            GrantAddress::of(&citizen).unwrap().x25519
+        );
         let carried = wrapped.rewrap(&new_key, &new, &citizen.public()).unwrap();
         assert_eq!(carried.recipient, wrapped.recipient);
         assert_eq!(
@@ -317,8 +329,8 @@ mod tests {
     fn an_address_whose_x25519_key_is_swapped_is_refused() {
         let citizen = Identity::generate(Role::Citizen);
         let mallory = Identity::generate(Role::Citizen);
-        let mut forged = GrantAddress::of(&citizen);
-        forged.x25519 = GrantAddress::of(&mallory).x25519;
+        let mut forged = GrantAddress::of(&citizen).unwrap();
+        forged.x25519 = GrantAddress::of(&mallory).unwrap().x25519;
         assert_eq!(
             forged.verify().unwrap_err(),
             GrantError::AddressNotSigned(citizen.public())
@@ -336,6 +348,9 @@ mod tests {
         let seed = [7u8; 32];
         let a = Identity::from_seed(seed, Role::Citizen);
         let b = Identity::from_seed(seed, Role::Citizen);
-        assert_eq!(GrantAddress::of(&a).x25519, GrantAddress::of(&b).x25519);
+        assert_eq!(
+            GrantAddress::of(&a).unwrap().x25519,
+            GrantAddress::of(&b).unwrap().x25519
+        );
     }
 }

@@ -35,9 +35,32 @@
 //! `<file name>.pub` (e.g. `node.key` → `node.key.pub`) holding just the public id text and
 //! a newline. [`PublicId::load`] reads either file.
 //!
-//! Not for: key storage in hardware or encrypted key files (the key file is plaintext,
-//! protected only by file permissions), key rotation, or authorisation decisions (what a
-//! role may do is decided by the chain, not here).
+//! # Keys in a token
+//!
+//! The key may instead live in a PKCS#11 token (an HSM): the same file then holds, instead
+//! of `secret`, a `[pkcs11]` table naming the module, the token, the key's label and where
+//! the PIN is ([`token::Pkcs11Key`]); `public`, when present, must match the token's key.
+//! An [`Identity`] is one of the two kinds, the rest of the code does not see which:
+//! [`Identity::sign`] signs in the token, and so does the TLS handshake (see [`crate::tls`]).
+//! What needs the secret itself cannot move into a token:
+//! [`Identity::derive_secret`] (the X25519 key that opens grants, the gateway's S3
+//! secrets) fails with [`IdentityError::SecretInToken`], and a citizen, who reads only
+//! through grants, is refused a token key at load.
+//!
+//! ```toml
+//! version = 1
+//! role = "department"
+//! public = "dgn1…"
+//! [pkcs11]
+//! module = "/usr/lib/softhsm/libsofthsm2.so"
+//! token = "dangan"
+//! key_label = "dept-a"
+//! pin_file = "dept-a.pin"   # mode 0600; or pin_env = "DANGAN_PIN"
+//! ```
+//!
+//! Not for: encrypted key files (the key file is plaintext, protected only by file
+//! permissions), key rotation, or authorisation decisions (what a role may do is decided by
+//! the chain, not here).
 
 use std::fmt;
 use std::fs;
@@ -47,6 +70,10 @@ use std::str::FromStr;
 
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
+
+pub mod token;
+
+use token::{Pkcs11Key, SharedTokenKey, TokenKey};
 
 /// Length in bytes of a [`PublicId`].
 pub const PUBLIC_ID_LEN: usize = 32;
@@ -97,6 +124,15 @@ pub enum IdentityError {
          its secret must be readable by its owner only: run `chmod 600 {path}`"
     )]
     InsecureKeyFile { path: PathBuf, mode: u32 },
+    /// A PKCS#11 token could not be used: the module, token, key, PIN or a signature.
+    #[error("{what}: {message}")]
+    Token { what: String, message: String },
+    /// The key of `id` is in a token, and `purpose` needs the secret key itself.
+    #[error(
+        "{id}'s key is in a PKCS#11 token, and {purpose} needs a secret derived from the key \
+         itself, which never leaves the token: use a key file for this identity"
+    )]
+    SecretInToken { id: PublicId, purpose: String },
 }
 
 /// What an identity was made for. Serialized lowercase (`"node"`, …).
@@ -226,7 +262,18 @@ impl PublicId {
                     reason: e.to_string(),
                 });
         }
-        Ok(Identity::from_key_file_text(path, &text)?.public())
+        let mut text = text;
+        let parsed = parse_key_file(path, &text);
+        wipe_string(&mut text);
+        match parsed? {
+            Parsed::Seed(id) => Ok(id.public()),
+            // The token's public key object, no PIN needed.
+            Parsed::Token { spec, public, .. } => {
+                let id = token::public_id(&spec)?;
+                check_stated(path, public, id)?;
+                Ok(id)
+            }
+        }
     }
 }
 
@@ -297,8 +344,19 @@ impl<'de> Deserialize<'de> for PublicId {
 /// An Ed25519 signing key and the role it was made for. `Debug` shows only the public id.
 #[derive(Clone)]
 pub struct Identity {
-    key: SigningKey,
+    key: Key,
     role: Role,
+}
+
+/// The two kinds of key an identity can have. The file kind is the common one and stays
+/// inline (no allocation per identity), hence the size difference.
+#[derive(Clone)]
+#[allow(clippy::large_enum_variant)]
+enum Key {
+    /// From a key file (or generated): the secret is in this process.
+    File(SigningKey),
+    /// In a PKCS#11 token: only the public key is here.
+    Token(SharedTokenKey),
 }
 
 impl fmt::Debug for Identity {
@@ -318,7 +376,12 @@ struct KeyFile {
     role: Role,
     #[serde(default)]
     public: Option<String>,
-    secret: String,
+    /// The secret key (seed) in hex; exactly one of `secret` and `pkcs11`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    secret: Option<String>,
+    /// Where the key is when it is in a token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pkcs11: Option<Pkcs11Key>,
 }
 
 impl Identity {
@@ -339,33 +402,92 @@ impl Identity {
     /// simulations and key import.
     pub fn from_seed(seed: [u8; 32], role: Role) -> Self {
         Self {
-            key: SigningKey::from_bytes(&seed),
+            key: Key::File(SigningKey::from_bytes(&seed)),
             role,
         }
     }
 
+    /// The identity whose key is the one `spec` names in a PKCS#11 token: logs in and
+    /// checks the key signs. A citizen is refused (it reads only through grants, which need
+    /// the secret).
+    pub fn from_token(spec: &Pkcs11Key, role: Role) -> Result<Self, IdentityError> {
+        if role == Role::Citizen {
+            return Err(IdentityError::Token {
+                what: format!("PKCS#11 token {:?} key {:?}", spec.token, spec.key_label),
+                message: "a citizen reads only through grants, whose X25519 key is derived \
+                          from the identity's secret: a citizen's key must be a key file"
+                    .into(),
+            });
+        }
+        Ok(Self {
+            key: Key::Token(std::sync::Arc::new(TokenKey::open(spec)?)),
+            role,
+        })
+    }
+
+    /// Whether the key is in a PKCS#11 token.
+    pub fn in_token(&self) -> bool {
+        matches!(self.key, Key::Token(_))
+    }
+
     pub fn public(&self) -> PublicId {
-        PublicId(self.key.verifying_key().to_bytes())
+        match &self.key {
+            Key::File(key) => PublicId(key.verifying_key().to_bytes()),
+            Key::Token(key) => key.public(),
+        }
     }
 
     pub fn role(&self) -> Role {
         self.role
     }
 
-    /// Ed25519 signature over `msg`.
+    /// Ed25519 signature over `msg`, made in the token for a token key.
+    ///
+    /// Fail-stop: a token that cannot sign any more (unplugged, session lost, a signature
+    /// that does not verify) ends the process after logging why, rather than let a node go
+    /// on without its signatures; a service manager restarts it, and opening the key again
+    /// says what is wrong. Where a failure can be reported instead, use
+    /// [`try_sign`](Self::try_sign).
     pub fn sign(&self, msg: &[u8]) -> [u8; SIGNATURE_LEN] {
-        self.key.sign(msg).to_bytes()
+        match self.try_sign(msg) {
+            Ok(sig) => sig,
+            Err(e) => {
+                tracing::error!(id = %self.public(), "cannot sign, stopping: {e}");
+                eprintln!("dangan: {} cannot sign, stopping: {e}", self.public());
+                std::process::abort()
+            }
+        }
+    }
+
+    /// Ed25519 signature over `msg`, or why the token could not make it (a key file
+    /// always can).
+    pub fn try_sign(&self, msg: &[u8]) -> Result<[u8; SIGNATURE_LEN], IdentityError> {
+        match &self.key {
+            Key::File(key) => Ok(key.sign(msg).to_bytes()),
+            Key::Token(key) => key.sign(msg),
+        }
     }
 
     /// A 32-byte secret for `context`, derived from this identity's secret key (BLAKE3
     /// key derivation), so one key file holds every key the identity needs. Secret material.
-    pub(crate) fn derive_secret(&self, context: &str) -> [u8; 32] {
-        blake3::derive_key(context, self.key.as_bytes())
+    /// A token key has no secret here: [`IdentityError::SecretInToken`], naming `context`.
+    pub(crate) fn derive_secret(&self, context: &str) -> Result<[u8; 32], IdentityError> {
+        match &self.key {
+            Key::File(key) => Ok(blake3::derive_key(context, key.as_bytes())),
+            Key::Token(_) => Err(IdentityError::SecretInToken {
+                id: self.public(),
+                purpose: format!("{context:?}"),
+            }),
+        }
     }
 
     /// The key as PKCS#8 v1 DER (RFC 8410: the 16-byte fixed header, then the 32-byte
-    /// seed), for building the TLS certificate. Secret material.
+    /// seed), for tests that build TLS configurations by hand. Secret material.
+    #[cfg(test)]
     pub(crate) fn pkcs8_der(&self) -> Vec<u8> {
+        let Key::File(key) = &self.key else {
+            panic!("a token key has no PKCS#8 form");
+        };
         const HEADER: [u8; 16] = [
             0x30, 0x2e, // SEQUENCE, 46 bytes
             0x02, 0x01, 0x00, // INTEGER 0 (version v1)
@@ -374,7 +496,7 @@ impl Identity {
         ];
         let mut der = Vec::with_capacity(HEADER.len() + 32);
         der.extend_from_slice(&HEADER);
-        der.extend_from_slice(self.key.as_bytes());
+        der.extend_from_slice(key.as_bytes());
         der
     }
 
@@ -396,14 +518,21 @@ impl Identity {
                 return Err(IdentityError::AlreadyExists { path: p.to_owned() });
             }
         }
-        let mut secret_hex = hex::encode(self.key.as_bytes());
+        let Key::File(key) = &self.key else {
+            return Err(IdentityError::MalformedKeyFile {
+                path: path.to_owned(),
+                reason: "the key is in a token: write its [pkcs11] key file by hand".into(),
+            });
+        };
+        let mut secret_hex = hex::encode(key.as_bytes());
         let body = format!(
             "# Dangan identity key. Secret: anyone holding this file can act as this identity.\n{}",
             toml::to_string(&KeyFile {
                 version: KEY_FILE_VERSION,
                 role: self.role,
                 public: Some(self.public().to_string()),
-                secret: secret_hex.clone(),
+                secret: Some(secret_hex.clone()),
+                pkcs11: None,
             })
             .map_err(|e| IdentityError::MalformedKeyFile {
                 path: path.to_owned(),
@@ -422,20 +551,12 @@ impl Identity {
     /// others may read or write (any of mode `0o077`) is refused
     /// ([`IdentityError::InsecureKeyFile`], naming the `chmod` that fixes it): a secret
     /// others can read is no longer this identity's alone.
+    ///
+    /// A key file with a `[pkcs11]` table opens the key in its token (PIN and all, see the
+    /// module docs); the same mode rule holds for it and for its PIN file.
     pub fn load(path: impl AsRef<Path>) -> Result<Self, IdentityError> {
         let path = path.as_ref();
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            let meta = fs::metadata(path).map_err(io_err(path))?;
-            let mode = meta.permissions().mode() & 0o777;
-            if mode & 0o077 != 0 {
-                return Err(IdentityError::InsecureKeyFile {
-                    path: path.to_owned(),
-                    mode,
-                });
-            }
-        }
+        check_private(path)?;
         let mut text = read_small(path)?;
         let result = Self::from_key_file_text(path, &text);
         wipe_string(&mut text);
@@ -443,53 +564,123 @@ impl Identity {
     }
 
     fn from_key_file_text(path: &Path, text: &str) -> Result<Self, IdentityError> {
-        let malformed = |reason: String| IdentityError::MalformedKeyFile {
-            path: path.to_owned(),
-            reason,
-        };
-        let table: toml::Table = text
-            .parse()
-            .map_err(|e: toml::de::Error| malformed(e.message().to_owned()))?;
-        match table.get("version") {
-            None => return Err(malformed("missing `version`".into())),
-            Some(toml::Value::Integer(v)) if *v == i64::from(KEY_FILE_VERSION) => {}
-            Some(toml::Value::Integer(v)) => {
-                return Err(IdentityError::UnsupportedVersion {
-                    path: path.to_owned(),
-                    found: *v,
-                    supported: KEY_FILE_VERSION,
-                });
-            }
-            Some(_) => return Err(malformed("`version` must be an integer".into())),
-        }
-        let file: KeyFile = table
-            .try_into()
-            .map_err(|e: toml::de::Error| malformed(e.message().to_owned()))?;
-        let mut seed = [0u8; 32];
-        if file.secret.len() != 64 {
-            return Err(malformed(format!(
-                "`secret` must be 64 hex digits, got {} characters",
-                file.secret.chars().count()
-            )));
-        }
-        hex::decode_to_slice(&file.secret, &mut seed)
-            .map_err(|_| malformed("`secret` must be 64 hex digits".into()))?;
-        let mut secret = file.secret;
-        wipe_string(&mut secret);
-        let id = Self::from_seed(seed, file.role);
-        wipe(&mut seed);
-        if let Some(public) = file.public {
-            let stated: PublicId = public
-                .parse()
-                .map_err(|e: IdentityError| malformed(format!("`public`: {e}")))?;
-            if stated != id.public() {
-                return Err(IdentityError::PublicKeyMismatch {
-                    path: path.to_owned(),
-                });
+        match parse_key_file(path, text)? {
+            Parsed::Seed(id) => Ok(id),
+            Parsed::Token { spec, role, public } => {
+                let id = Self::from_token(&spec, role)?;
+                check_stated(path, public, id.public())?;
+                Ok(id)
             }
         }
-        Ok(id)
     }
+}
+
+/// A key file, read: a key file's identity, or where a token key is.
+enum Parsed {
+    Seed(Identity),
+    Token {
+        spec: Pkcs11Key,
+        role: Role,
+        public: Option<PublicId>,
+    },
+}
+
+/// `public` as stated in a key file must be the key's.
+fn check_stated(
+    path: &Path,
+    stated: Option<PublicId>,
+    actual: PublicId,
+) -> Result<(), IdentityError> {
+    match stated {
+        Some(stated) if stated != actual => Err(IdentityError::PublicKeyMismatch {
+            path: path.to_owned(),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Refuses (on unix) a file that group or others may read or write.
+fn check_private(path: &Path) -> Result<(), IdentityError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let meta = fs::metadata(path).map_err(io_err(path))?;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(IdentityError::InsecureKeyFile {
+                path: path.to_owned(),
+                mode,
+            });
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
+}
+
+fn parse_key_file(path: &Path, text: &str) -> Result<Parsed, IdentityError> {
+    let malformed = |reason: String| IdentityError::MalformedKeyFile {
+        path: path.to_owned(),
+        reason,
+    };
+    let table: toml::Table = text
+        .parse()
+        .map_err(|e: toml::de::Error| malformed(e.message().to_owned()))?;
+    match table.get("version") {
+        None => return Err(malformed("missing `version`".into())),
+        Some(toml::Value::Integer(v)) if *v == i64::from(KEY_FILE_VERSION) => {}
+        Some(toml::Value::Integer(v)) => {
+            return Err(IdentityError::UnsupportedVersion {
+                path: path.to_owned(),
+                found: *v,
+                supported: KEY_FILE_VERSION,
+            });
+        }
+        Some(_) => return Err(malformed("`version` must be an integer".into())),
+    }
+    let file: KeyFile = table
+        .try_into()
+        .map_err(|e: toml::de::Error| malformed(e.message().to_owned()))?;
+    let public = file
+        .public
+        .map(|p| p.parse::<PublicId>())
+        .transpose()
+        .map_err(|e| malformed(format!("`public`: {e}")))?;
+    let secret = match (file.secret, file.pkcs11) {
+        (Some(secret), None) => secret,
+        (None, Some(spec)) => {
+            return Ok(Parsed::Token {
+                spec: spec.resolve(path.parent().unwrap_or(Path::new("."))),
+                role: file.role,
+                public,
+            });
+        }
+        (None, None) => {
+            return Err(malformed(
+                "missing `secret` (or a [pkcs11] table for a key in a token)".into(),
+            ));
+        }
+        (Some(_), Some(_)) => {
+            return Err(malformed(
+                "both `secret` and [pkcs11]: a key is in a file or in a token".into(),
+            ));
+        }
+    };
+    let mut seed = [0u8; 32];
+    if secret.len() != 64 {
+        return Err(malformed(format!(
+            "`secret` must be 64 hex digits, got {} characters",
+            secret.chars().count()
+        )));
+    }
+    hex::decode_to_slice(&secret, &mut seed)
+        .map_err(|_| malformed("`secret` must be 64 hex digits".into()))?;
+    let mut secret = secret;
+    wipe_string(&mut secret);
+    let id = Identity::from_seed(seed, file.role);
+    wipe(&mut seed);
+    check_stated(path, public, id.public())?;
+    Ok(Parsed::Seed(id))
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> IdentityError + '_ {
@@ -783,6 +974,57 @@ mod tests {
     }
 
     #[test]
+    fn token_key_files_are_parsed_and_refused_clearly() {
+        let dir = tmp();
+        let secret = hex::encode([7u8; 32]);
+        let table = "[pkcs11]\nmodule = \"/nonexistent/libpkcs11.so\"\ntoken = \"t\"\n\
+                     key_label = \"k\"\npin_env = \"PATH\"\n";
+        let both = dir.path().join("both");
+        write_private(
+            &both,
+            format!("version = 1\nrole = \"node\"\nsecret = \"{secret}\"\n{table}").as_bytes(),
+        );
+        let err = Identity::load(&both).unwrap_err().to_string();
+        assert!(err.contains("both `secret` and [pkcs11]"), "{err}");
+        let neither = dir.path().join("neither");
+        write_private(&neither, b"version = 1\nrole = \"node\"\n");
+        let err = Identity::load(&neither).unwrap_err().to_string();
+        assert!(err.contains("missing `secret`"), "{err}");
+        // A PIN in the key file itself is refused: it is not a field.
+        let pin = dir.path().join("pin");
+        write_private(
+            &pin,
+            format!("version = 1\nrole = \"node\"\n{table}pin = \"1234\"\n").as_bytes(),
+        );
+        let err = Identity::load(&pin).unwrap_err().to_string();
+        assert!(err.contains("pin"), "{err}");
+        // A token key file whose module is missing: a clear error naming it, from both loads.
+        let token = dir.path().join("token");
+        write_private(
+            &token,
+            format!("version = 1\nrole = \"department\"\n{table}").as_bytes(),
+        );
+        for err in [
+            Identity::load(&token).unwrap_err(),
+            PublicId::load(&token).unwrap_err(),
+        ] {
+            assert!(matches!(err, IdentityError::Token { .. }), "{err}");
+            assert!(
+                err.to_string().contains("/nonexistent/libpkcs11.so"),
+                "{err}"
+            );
+        }
+        // A citizen reads through grants: never a token key, refused before the token.
+        let citizen = dir.path().join("citizen");
+        write_private(
+            &citizen,
+            format!("version = 1\nrole = \"citizen\"\n{table}").as_bytes(),
+        );
+        let err = Identity::load(&citizen).unwrap_err().to_string();
+        assert!(err.contains("a citizen's key must be a key file"), "{err}");
+    }
+
+    #[test]
     fn public_id_text_round_trip_and_errors() {
         let id = Identity::generate(Role::Node).public();
         let text = id.to_string();
@@ -872,7 +1114,7 @@ mod tests {
         use ed25519_dalek::pkcs8::DecodePrivateKey;
         let id = Identity::generate(Role::Node);
         let back = SigningKey::from_pkcs8_der(&id.pkcs8_der()).unwrap();
-        assert_eq!(back.to_bytes(), id.key.to_bytes());
+        assert_eq!(back.verifying_key().to_bytes(), *id.public().as_bytes());
     }
 
     #[test]

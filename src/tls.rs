@@ -35,10 +35,7 @@ use std::time::{Duration, Instant};
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::WebPkiSupportedAlgorithms;
-use rustls::pki_types::{
-    CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, SubjectPublicKeyInfoDer,
-    UnixTime,
-};
+use rustls::pki_types::{CertificateDer, ServerName, SubjectPublicKeyInfoDer, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 
@@ -199,19 +196,78 @@ impl TrustPolicy for AllowAny {
 // ---------------------------------------------------------------------------------------------
 // Certificates
 
-/// A self-signed certificate whose subject public key is `identity`'s Ed25519 key, and that
-/// key as PKCS#8, ready for rustls.
-fn certificate(
-    identity: &Identity,
-) -> Result<(CertificateDer<'static>, PrivateKeyDer<'static>), TlsError> {
-    let pkcs8 = PrivatePkcs8KeyDer::from(identity.pkcs8_der());
-    let key_pair = rcgen::KeyPair::from_pkcs8_der_and_sign_algo(&pkcs8, &rcgen::PKCS_ED25519)?;
+/// A self-signed certificate whose subject public key is `identity`'s Ed25519 key, with the
+/// key that signs for it, ready for rustls. Both the certificate's signature and every
+/// handshake signature go through [`Identity::try_sign`], so a key in a PKCS#11 token signs
+/// inside the token and no secret key is ever handed to rustls.
+fn certified_key(identity: &Identity) -> Result<rustls::sign::CertifiedKey, TlsError> {
+    let signer = IdentitySigner {
+        identity: identity.clone(),
+        public: identity.public().to_bytes(),
+    };
     let mut params = rcgen::CertificateParams::new(vec![SERVER_NAME.to_owned()])?;
     let mut dn = rcgen::DistinguishedName::new();
     dn.push(rcgen::DnType::CommonName, identity.public().to_string());
     params.distinguished_name = dn;
-    let cert = params.self_signed(&key_pair)?;
-    Ok((cert.der().clone(), PrivateKeyDer::Pkcs8(pkcs8)))
+    let cert = params.self_signed(&signer)?;
+    Ok(rustls::sign::CertifiedKey::new(
+        vec![cert.der().clone()],
+        Arc::new(signer),
+    ))
+}
+
+/// An identity signing for rcgen (the certificate) and rustls (the handshake): Ed25519 only.
+#[derive(Debug, Clone)]
+struct IdentitySigner {
+    identity: Identity,
+    public: [u8; 32],
+}
+
+impl rcgen::PublicKeyData for IdentitySigner {
+    fn der_bytes(&self) -> &[u8] {
+        &self.public
+    }
+
+    fn algorithm(&self) -> &'static rcgen::SignatureAlgorithm {
+        &rcgen::PKCS_ED25519
+    }
+}
+
+impl rcgen::SigningKey for IdentitySigner {
+    fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, rcgen::Error> {
+        self.identity
+            .try_sign(msg)
+            .map(|s| s.to_vec())
+            .map_err(|e| {
+                tracing::error!("signing the TLS certificate: {e}");
+                rcgen::Error::RemoteKeyError
+            })
+    }
+}
+
+impl rustls::sign::SigningKey for IdentitySigner {
+    fn choose_scheme(&self, offered: &[SignatureScheme]) -> Option<Box<dyn rustls::sign::Signer>> {
+        offered
+            .contains(&SignatureScheme::ED25519)
+            .then(|| Box::new(self.clone()) as Box<dyn rustls::sign::Signer>)
+    }
+
+    fn algorithm(&self) -> rustls::SignatureAlgorithm {
+        rustls::SignatureAlgorithm::ED25519
+    }
+}
+
+impl rustls::sign::Signer for IdentitySigner {
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, rustls::Error> {
+        self.identity
+            .try_sign(message)
+            .map(|s| s.to_vec())
+            .map_err(|e| rustls::Error::General(format!("signing the handshake: {e}")))
+    }
+
+    fn scheme(&self) -> SignatureScheme {
+        SignatureScheme::ED25519
+    }
 }
 
 /// One DER TLV.
@@ -488,11 +544,11 @@ fn server_config_with(
     transport: quinn::TransportConfig,
 ) -> Result<quinn::ServerConfig, TlsError> {
     let provider = provider();
-    let (cert, key) = certificate(identity)?;
+    let certified = certified_key(identity)?;
     let mut tls = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier(&provider, trust, "server"))
-        .with_single_cert(vec![cert], key)?;
+        .with_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(certified)));
     tls.alpn_protocols = vec![ALPN.to_vec()];
     // No resumption: every connection presents and checks certificates afresh.
     tls.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
@@ -509,12 +565,12 @@ fn client_config_with(
     transport: quinn::TransportConfig,
 ) -> Result<quinn::ClientConfig, TlsError> {
     let provider = provider();
-    let (cert, key) = certificate(identity)?;
+    let certified = certified_key(identity)?;
     let mut tls = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
         .with_custom_certificate_verifier(verifier(&provider, trust, "client"))
-        .with_client_auth_cert(vec![cert], key)?;
+        .with_client_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(certified)));
     tls.alpn_protocols = vec![ALPN.to_vec()];
     tls.resumption = rustls::client::Resumption::disabled();
     tls.enable_early_data = false;
@@ -826,7 +882,7 @@ mod tests {
     #[test]
     fn certificate_carries_the_identity_key() {
         let id = node();
-        let (cert, _) = certificate(&id).unwrap();
+        let cert = certified_key(&id).unwrap().cert[0].clone();
         let (spki, got) = identity_from_certificate(&cert).unwrap();
         assert_eq!(got, id.public());
         assert_eq!(spki.len(), 44);
@@ -1026,9 +1082,10 @@ mod tests {
         server: &Identity,
     ) -> quinn::ClientConfig {
         let provider = provider();
-        let signer =
-            rustls::crypto::ring::sign::any_eddsa_type(&PrivatePkcs8KeyDer::from(key.pkcs8_der()))
-                .unwrap();
+        let signer = rustls::crypto::ring::sign::any_eddsa_type(
+            &rustls::pki_types::PrivatePkcs8KeyDer::from(key.pkcs8_der()),
+        )
+        .unwrap();
         let certified = rustls::sign::CertifiedKey::new(vec![cert], signer);
         let mut tls = rustls::ClientConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13])
@@ -1048,7 +1105,12 @@ mod tests {
         let srv = tokio::spawn(async move { expect_server_refuses(&server).await });
 
         // Same identity checks, different protocol.
-        let config = custom_client(certificate(&c).unwrap().0, &c, b"dangan/0", &s);
+        let config = custom_client(
+            certified_key(&c).unwrap().cert[0].clone(),
+            &c,
+            b"dangan/0",
+            &s,
+        );
         let client = quinn::Endpoint::client(LOCAL).unwrap();
         let err = timeout(
             LIMIT,
@@ -1075,7 +1137,12 @@ mod tests {
         let addr = server.local_addr().unwrap();
         let srv = tokio::spawn(async move { expect_server_refuses(&server).await });
 
-        let config = custom_client(certificate(&c).unwrap().0, &mallory, ALPN, &s);
+        let config = custom_client(
+            certified_key(&c).unwrap().cert[0].clone(),
+            &mallory,
+            ALPN,
+            &s,
+        );
         let client = quinn::Endpoint::client(LOCAL).unwrap();
         let outcome = timeout(
             LIMIT,

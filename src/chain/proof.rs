@@ -483,7 +483,7 @@ mod tests {
                 let wrapped = WrappedKey::wrap(
                     &crate::crypto::DataKey::generate(),
                     &document,
-                    &crate::grant::GrantAddress::of(r),
+                    &crate::grant::GrantAddress::of(r).unwrap(),
                 )
                 .unwrap();
                 txs.push(

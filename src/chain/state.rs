@@ -1561,7 +1561,7 @@ mod tests {
         w.state
             .apply(&tx(&w.dept, 1, TxBody::RegisterDocument { document: d }), 1)
             .unwrap();
-        let address = crate::grant::GrantAddress::of(&w.citizen);
+        let address = crate::grant::GrantAddress::of(&w.citizen).unwrap();
         let key = crate::crypto::DataKey::generate();
         let wrapped = WrappedKey::wrap(&key, &d, &address).unwrap();
         let grant = |expires_ms| TxBody::Grant {
@@ -1659,7 +1659,7 @@ mod tests {
         let (d1, d2, d3) = (doc(1), doc(2), doc(3));
         let (c, dept) = (w.citizen.public(), w.dept.public());
         let other = Identity::generate(Role::Citizen);
-        let address = crate::grant::GrantAddress::of(&w.citizen);
+        let address = crate::grant::GrantAddress::of(&w.citizen).unwrap();
         let key = crate::crypto::DataKey::generate();
         let wrap = |d: &DocumentId| WrappedKey::wrap(&key, d, &address).unwrap();
         w.state
@@ -1763,7 +1763,7 @@ mod tests {
         redirected.wrapped = WrappedKey::wrap(
             &key,
             &d2,
-            &crate::grant::GrantAddress::of(&Identity::generate(Role::Citizen)),
+            &crate::grant::GrantAddress::of(&Identity::generate(Role::Citizen)).unwrap(),
         )
         .unwrap();
         assert!(matches!(

@@ -433,7 +433,10 @@ impl Client {
     }
 
     /// A secret derived from this client's key for `context` (`Identity::derive_secret`).
-    pub(crate) fn derive_secret(&self, context: &str) -> [u8; 32] {
+    pub(crate) fn derive_secret(
+        &self,
+        context: &str,
+    ) -> Result<[u8; 32], crate::identity::IdentityError> {
         self.inner.identity.derive_secret(context)
     }
 

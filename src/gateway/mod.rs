@@ -928,7 +928,7 @@ pub async fn start(setup: GatewaySetup) -> Result<Gateway, GatewayError> {
                     addr: s3_listen,
                     source,
                 })?;
-            let app = s3_router(s3::service(state.clone()));
+            let app = s3_router(s3::service(state.clone())?);
             let stopped = until_stopped(stopped.clone());
             let task = tokio::spawn(async move {
                 axum::serve(listener, app)
@@ -1047,7 +1047,7 @@ mod tests {
             db.s3_key_add("backup"),
             Err(GatewayError::Conflict(_))
         ));
-        let secret = s3::secret_key(&dept, &k.access_key);
+        let secret = s3::secret_key(&dept, &k.access_key).unwrap();
         drop(db);
         let path = dir.path().join("gateway.redb");
         let raw = std::fs::read(&path).unwrap();

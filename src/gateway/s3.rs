@@ -64,8 +64,15 @@ const UPLOAD_CHUNKS: usize = 8;
 
 /// The secret of access key `access_key` for the department `identity`: 40 hex digits,
 /// derived (never stored), so the gateway's disk holds no secret.
-pub fn secret_key(identity: &Identity, access_key: &str) -> String {
-    secret_from(&identity.derive_secret(SECRETS_CONTEXT), access_key)
+/// None for a department whose key is in a token.
+pub fn secret_key(
+    identity: &Identity,
+    access_key: &str,
+) -> Result<String, crate::identity::IdentityError> {
+    Ok(secret_from(
+        &identity.derive_secret(SECRETS_CONTEXT)?,
+        access_key,
+    ))
 }
 
 fn secret_from(root: &[u8; 32], access_key: &str) -> String {
@@ -151,15 +158,18 @@ impl S3Auth for S3Keys {
     }
 }
 
-/// The S3 service of a gateway over `state`.
-pub fn service(state: Arc<AppState>) -> s3s::service::S3Service {
-    let root = state.client.derive_secret(SECRETS_CONTEXT);
+/// The S3 service of a gateway over `state`; refused for a department whose key is in a
+/// token (the S3 secrets are derived from the key).
+pub fn service(
+    state: Arc<AppState>,
+) -> Result<s3s::service::S3Service, crate::identity::IdentityError> {
+    let root = state.client.derive_secret(SECRETS_CONTEXT)?;
     let mut builder = s3s::service::S3ServiceBuilder::new(DanganS3 {
         state: state.clone(),
     });
     // Never without: s3s serves anonymous requests when no auth is set.
     builder.set_auth(S3Keys { state, root });
-    builder.build()
+    Ok(builder.build())
 }
 
 /// The [`S3`] implementation.
@@ -782,11 +792,11 @@ mod tests {
         let other = Identity::generate(Role::Department);
         let id = new_access_key();
         assert!(id.starts_with(ACCESS_KEY_PREFIX) && id.len() == 20);
-        let s = secret_key(&dept, &id);
+        let s = secret_key(&dept, &id).unwrap();
         assert_eq!(s.len(), 40);
-        assert_eq!(s, secret_key(&dept, &id));
-        assert_ne!(s, secret_key(&other, &id));
-        assert_ne!(s, secret_key(&dept, &new_access_key()));
+        assert_eq!(s, secret_key(&dept, &id).unwrap());
+        assert_ne!(s, secret_key(&other, &id).unwrap());
+        assert_ne!(s, secret_key(&dept, &new_access_key()).unwrap());
     }
 
     #[test]

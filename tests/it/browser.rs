@@ -143,7 +143,7 @@ pub async fn make_artefacts(len: usize) -> Artefacts {
         "chain": chain.to_string(),
         "validators": validators.iter().map(|v| hex::encode(v.as_bytes())).collect::<Vec<_>>(),
         "citizen": citizen.public().to_string(),
-        "grant_address": GrantAddress::of(&citizen).to_string(),
+        "grant_address": GrantAddress::of(&citizen).unwrap().to_string(),
         "department": m.department,
         "document_type": m.document_type,
         "size": m.size,
@@ -815,7 +815,7 @@ async fn a_citizen_downloads_through_the_real_gateway_what_the_department_grante
             &format!("/api/v1/documents/{id}/grants"),
             &admin,
         )
-        .json(&serde_json::json!({ "address": GrantAddress::of(&citizen).to_string() }))
+        .json(&serde_json::json!({ "address": GrantAddress::of(&citizen).unwrap().to_string() }))
         .send()
         .await
         .unwrap();
@@ -837,7 +837,7 @@ async fn a_citizen_downloads_through_the_real_gateway_what_the_department_grante
             &[],
         )
         .await;
-    assert_eq!(address, GrantAddress::of(&citizen).to_string());
+    assert_eq!(address, GrantAddress::of(&citizen).unwrap().to_string());
     browser
         .wait_for(
             "document.querySelector('#key-qr svg') && document.querySelector('#docs tbody button')",
@@ -976,7 +976,7 @@ async fn a_clerk_stores_grants_and_revokes_in_the_console_and_the_citizen_reads_
     let gw = crate::gateway::start_with(Default::default(), crate::gateway::ADMIN, peers).await;
     let admin = gw.tokens[0].clone();
     let citizen = Identity::generate(Role::Citizen);
-    let address = GrantAddress::of(&citizen).to_string();
+    let address = GrantAddress::of(&citizen).unwrap().to_string();
     let tmp = tempfile::tempdir().unwrap();
     let key = tmp.path().join("citizen.key");
     citizen.save(&key).unwrap();

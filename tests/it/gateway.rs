@@ -259,7 +259,7 @@ async fn a_department_stores_fetches_ranges_grants_and_audits_over_http() {
     let citizen = Identity::generate(Role::Citizen);
     let as_citizen = common::client_as(&gw.cluster, &citizen);
     let grants = format!("/api/v1/documents/{id}/grants");
-    let body = serde_json::json!({ "address": GrantAddress::of(&citizen).to_string() });
+    let body = serde_json::json!({ "address": GrantAddress::of(&citizen).unwrap().to_string() });
     let res = gw
         .req(M::POST, &grants, &admin)
         .json(&body)

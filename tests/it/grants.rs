@@ -39,7 +39,7 @@ async fn a_granted_citizen_reads_and_others_get_no_key() {
     // A citizen cannot grant, and a grant can't be copied to another reader.
     assert!(
         as_citizen
-            .grant(id, &key, &GrantAddress::of(&stranger), None)
+            .grant(id, &key, &GrantAddress::of(&stranger).unwrap(), None)
             .await
             .is_err()
     );

@@ -23,6 +23,7 @@ mod fuzz_regressions;
 mod fuzz_seeds;
 mod gateway;
 mod grants;
+mod hsm;
 mod isolation;
 mod layering;
 mod liar;

@@ -1072,7 +1072,12 @@ async fn a_validator_host_behind_the_chain_authorises_reads_by_the_others() {
         .await
         .unwrap();
     client
-        .grant(id, &DataKey::generate(), &GrantAddress::of(&reader), None)
+        .grant(
+            id,
+            &DataKey::generate(),
+            &GrantAddress::of(&reader).unwrap(),
+            None,
+        )
         .await
         .unwrap();
     assert!(!behind.ledger.is_current(), "the fourth host's ledger lags");
@@ -1128,7 +1133,7 @@ async fn a_validator_host_behind_the_chain_authorises_reads_by_the_others() {
         .grant(
             later_id,
             &DataKey::generate(),
-            &GrantAddress::of(&reader),
+            &GrantAddress::of(&reader).unwrap(),
             None,
         )
         .await

@@ -217,7 +217,7 @@ async fn supersede_carries_grants_and_adds_more_and_a_rekey_resumes_its_collect(
         std::io::Cursor::new(v2_bytes.clone()),
         Some(v2_bytes.len() as u64),
         common::info(),
-        &[GrantAddress::of(&newcomer)],
+        &[GrantAddress::of(&newcomer).unwrap()],
         &keyring,
         &|_, _| {},
     )

@@ -71,7 +71,7 @@ async fn start() -> S3Gw {
     let db = GatewayDb::open(&data_dir).unwrap();
     let access_key = db.s3_key_add("tests").unwrap().access_key;
     drop(db);
-    let secret = gateway::s3::secret_key(cluster.department(), &access_key);
+    let secret = gateway::s3::secret_key(cluster.department(), &access_key).unwrap();
     let keyring = Keyring::open(root.join("keyring")).unwrap();
     let gateway = gateway::start(GatewaySetup {
         listen: "127.0.0.1:0".parse().unwrap(),

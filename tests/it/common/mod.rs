@@ -106,7 +106,12 @@ pub async fn read(client: &Client, id: &DocumentId, key: &DataKey) -> Vec<u8> {
 /// grant must commit.
 pub async fn grant(owner: &Client, put: &PutReceipt, who: &Identity, expires_ms: Option<u64>) {
     owner
-        .grant(put.id, &put.key, &GrantAddress::of(who), expires_ms)
+        .grant(
+            put.id,
+            &put.key,
+            &GrantAddress::of(who).unwrap(),
+            expires_ms,
+        )
         .await
         .unwrap();
 }
