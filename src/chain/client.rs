@@ -528,7 +528,8 @@ impl ChainClient {
         Ok(p)
     }
 
-    /// A block by height (checked: majority-signed by the validators of its height).
+    /// A block by height (checked: majority-signed by the validators of its height, and its
+    /// transactions those its header commits to).
     pub async fn block(&self, height: u64) -> Result<Option<Block>, ChainError> {
         let Some(block) = self
             .query::<Block>(&Request::GetBlock { height }, "block")
@@ -536,12 +537,15 @@ impl ChainClient {
         else {
             return Ok(None);
         };
-        self.check_final(block.header.header.height, |v| block.header.verify_final(v))
-            .await
-            .map_err(|source| ChainError::Proof {
-                what: format!("block {height}"),
-                source,
-            })?;
+        self.check_final(block.header.header.height, |v| {
+            block.header.verify_final(v)?;
+            block.check_tx_root()
+        })
+        .await
+        .map_err(|source| ChainError::Proof {
+            what: format!("block {height}"),
+            source,
+        })?;
         Ok(Some(block))
     }
 
