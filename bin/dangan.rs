@@ -687,6 +687,28 @@ enum BenchCommand {
         #[arg(long, default_value_t = 4096)]
         large_mib: u64,
     },
+    /// The gateway's S3 service driven by boto3 against `dangan put` and `dangan get` as
+    /// processes on the same cluster (needs the venv `scripts/test-deps.sh s3` makes).
+    S3 {
+        /// Size of the large object, MiB.
+        #[arg(long, default_value_t = 256)]
+        size_mib: u64,
+        /// Runs of each large PUT and GET (alternated; medians compared).
+        #[arg(long, default_value_t = 3)]
+        reps: usize,
+        /// Small objects PUT.
+        #[arg(long, default_value_t = 1000)]
+        small: usize,
+        /// Size of each small object, KiB.
+        #[arg(long, default_value_t = 50)]
+        small_kib: usize,
+        /// Threads putting small objects.
+        #[arg(long, default_value_t = 16)]
+        threads: usize,
+        /// A Python with boto3 (default: the venv of `scripts/test-deps.sh s3`).
+        #[arg(long)]
+        python: Option<PathBuf>,
+    },
     /// Each codec stage alone on one core, then whole encode and decode.
     Codec {
         /// Document size in MiB.
@@ -1044,6 +1066,28 @@ fn bench(command: BenchCommand) -> Result<()> {
                 ..bench::gateway::GatewayBenchOptions::new(std::env::current_exe()?)
             };
             let report = runtime()?.block_on(bench::gateway::run(options))?;
+            println!("{report}");
+        }
+        BenchCommand::S3 {
+            size_mib,
+            reps,
+            small,
+            small_kib,
+            threads,
+            python,
+        } => {
+            let python = python
+                .or_else(bench::s3::default_python)
+                .context("no Python with boto3: run `scripts/test-deps.sh s3`, or pass --python")?;
+            let options = bench::s3::S3BenchOptions {
+                large: size_mib << 20,
+                repetitions: reps,
+                small_count: small,
+                small: small_kib << 10,
+                threads,
+                ..bench::s3::S3BenchOptions::new(std::env::current_exe()?, python)
+            };
+            let report = runtime()?.block_on(bench::s3::run(options))?;
             println!("{report}");
         }
         BenchCommand::All { quick } => {

@@ -215,7 +215,7 @@ impl std::fmt::Display for GatewayBenchReport {
     }
 }
 
-fn check(message: impl Into<String>) -> ClusterError {
+pub(super) fn check(message: impl Into<String>) -> ClusterError {
     ClusterError::Check(message.into())
 }
 
@@ -228,22 +228,27 @@ fn proc_kib(pid: u32, field: &str) -> Option<u64> {
 }
 
 /// The `dangan gateway` child process.
-struct GatewayProcess {
+pub(super) struct GatewayProcess {
     child: tokio::process::Child,
     pid: u32,
     addr: SocketAddr,
+    /// Where its S3 service listens, when started with one.
+    pub(super) s3_addr: Option<SocketAddr>,
+    /// Its S3 access key id, when started with an S3 service.
+    pub(super) s3_key: Option<String>,
     stderr: PathBuf,
 }
 
 impl GatewayProcess {
     /// Writes the cluster's files, the department's key and a `gateway.toml` in `dir`,
     /// adds a store and fetch token, starts `exe gateway` on a free port and waits for it
-    /// to say where it listens.
-    async fn start(
+    /// to say where it listens (with an S3 service on a free port too when `s3`).
+    pub(super) async fn start(
         exe: &Path,
         cluster: &LocalCluster,
         dir: &Path,
         in_flight: usize,
+        s3: bool,
     ) -> Result<(Self, String), ClusterError> {
         let (cluster_file, _) = cluster.write_operator_files(dir)?;
         let key = dir.join("department.key");
@@ -252,9 +257,19 @@ impl GatewayProcess {
             .save(&key)
             .map_err(|e| check(format!("department key: {e}")))?;
         let data_dir = dir.join("gateway");
-        let token = GatewayDb::open(&data_dir)
-            .and_then(|db| db.add("bench", &[Scope::Store, Scope::Fetch]))
+        let db = GatewayDb::open(&data_dir).map_err(|e| check(format!("gateway db: {e}")))?;
+        let token = db
+            .add("bench", &[Scope::Store, Scope::Fetch])
             .map_err(|e| check(format!("gateway token: {e}")))?;
+        let s3_key = match s3 {
+            true => Some(
+                db.s3_key_add("bench")
+                    .map_err(|e| check(format!("an S3 key: {e}")))?
+                    .access_key,
+            ),
+            false => None,
+        };
+        drop(db);
         let config = dir.join("gateway.toml");
         let text = format!(
             "listen = \"127.0.0.1:0\"\ncluster = {:?}\nkey = {:?}\nkeyring = {:?}\n\
@@ -267,6 +282,11 @@ impl GatewayProcess {
             // its last byte, which the bench may have read already.
             4 * in_flight.max(1),
         );
+        let text = if s3 {
+            format!("s3_listen = \"127.0.0.1:0\"\n{text}")
+        } else {
+            text
+        };
         std::fs::write(&config, text)?;
         let stderr = dir.join("gateway.stderr");
         let mut child = tokio::process::Command::new(exe)
@@ -283,8 +303,12 @@ impl GatewayProcess {
             .ok_or_else(|| check("the gateway exited at once"))?;
         let stdout = child.stdout.take().expect("stdout is piped");
         let mut lines = tokio::io::BufReader::new(stdout).lines();
+        let mut s3_addr = None;
         let said = tokio::time::timeout(Duration::from_secs(60), async {
             while let Some(line) = lines.next_line().await? {
+                if let Some(url) = line.strip_prefix("S3 listening on http://") {
+                    s3_addr = url.parse::<SocketAddr>().ok();
+                }
                 if let Some(url) = line.strip_prefix("gateway listening on http://") {
                     return Ok(url.parse::<SocketAddr>().ok());
                 }
@@ -311,6 +335,8 @@ impl GatewayProcess {
                 child,
                 pid,
                 addr,
+                s3_addr,
+                s3_key,
                 stderr,
             },
             token,
@@ -318,11 +344,11 @@ impl GatewayProcess {
     }
 
     /// Starts a new peak window; false where the OS does not allow it.
-    fn reset_peak(&self) -> bool {
+    pub(super) fn reset_peak(&self) -> bool {
         std::fs::write(format!("/proc/{}/clear_refs", self.pid), b"5").is_ok()
     }
 
-    fn peak(&self) -> Option<u64> {
+    pub(super) fn peak(&self) -> Option<u64> {
         proc_kib(self.pid, "VmHWM:")
     }
 
@@ -331,7 +357,7 @@ impl GatewayProcess {
     }
 
     /// An error if the gateway has exited (with what it wrote).
-    fn alive(&mut self) -> Result<(), ClusterError> {
+    pub(super) fn alive(&mut self) -> Result<(), ClusterError> {
         match self.child.try_wait()? {
             None => Ok(()),
             Some(status) => Err(check(format!(
@@ -343,7 +369,7 @@ impl GatewayProcess {
         }
     }
 
-    async fn stop(mut self) {
+    pub(super) async fn stop(mut self) {
         let _ = self.child.kill().await;
     }
 }
@@ -492,12 +518,12 @@ fn generated(size: u64, seed: u64) -> Body {
 }
 
 /// Seeds of the generated documents.
-const FETCHED: u64 = 21;
+pub(super) const FETCHED: u64 = 21;
 const LARGE: u64 = 22;
 
 /// Runs `dangan get` of `id` on the cluster files in `dir` into a file there: its time,
 /// then the file checked against the document and removed.
-async fn cli_get(
+pub(super) async fn cli_get(
     exe: &Path,
     dir: &Path,
     id: &crate::id::DocumentId,
@@ -590,7 +616,8 @@ async fn small_round(
 pub async fn run(options: GatewayBenchOptions) -> Result<GatewayBenchReport, ClusterError> {
     let cluster = LocalCluster::start(options.peers, 3).await?;
     let dir = cluster.root().join("gateway-bench");
-    let started = GatewayProcess::start(&options.exe, &cluster, &dir, options.in_flight).await;
+    let started =
+        GatewayProcess::start(&options.exe, &cluster, &dir, options.in_flight, false).await;
     let result = match started {
         Ok((mut gw, token)) => {
             let r = measure(&options, &cluster, &dir, &mut gw, &token).await;

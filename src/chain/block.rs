@@ -228,6 +228,15 @@ impl Block {
         Ok(())
     }
 
+    /// Checks that the transactions are those the header's transaction root commits to.
+    pub fn check_tx_root(&self) -> Result<(), BlockError> {
+        let h = &self.header.header;
+        if merkle::root(&tx_leaves(&self.txs)) != h.tx_root {
+            return Err(BlockError::TxRoot(h.height));
+        }
+        Ok(())
+    }
+
     /// Checks this block against the previous header and returns `state` after it (for a
     /// caller that owns a copy already: no second copy is made).
     pub fn apply_to(&self, mut next: State, prev: &BlockHeader) -> Result<State, BlockError> {
@@ -251,9 +260,7 @@ impl Block {
         if self.txs.len() > MAX_BLOCK_TXS {
             return Err(BlockError::TooManyTxs(h.height));
         }
-        if merkle::root(&tx_leaves(&self.txs)) != h.tx_root {
-            return Err(BlockError::TxRoot(h.height));
-        }
+        self.check_tx_root()?;
         for (index, tx) in self.txs.iter().enumerate() {
             next.apply(tx, h.height).map_err(|source| BlockError::Tx {
                 height: h.height,

@@ -41,6 +41,11 @@ use crate::proto::{self, Request, Response};
 /// of one submission (which waits for its block): past it the next host is asked.
 pub const CHAIN_QUERY_TIMEOUT: Duration = Duration::from_secs(5);
 pub const CHAIN_SUBMIT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How a refusal for a nonce that is not the next ends (`TxError::BadNonce`, as the
+/// validators send it).
+const NONCE_REFUSAL: &str = "replayed or out of order";
+/// Times a submission signs again after its nonce was taken by another client.
+const NONCE_RETRIES: u32 = 8;
 
 /// Where the chain is: the peers that host validators (asked in turn: one that is down or
 /// answers `Unavailable` is skipped), and the validator set whose signatures make a block
@@ -300,33 +305,52 @@ impl ChainClient {
 
     /// Signs `body` with this client's key and the next nonce of its account, submits it
     /// and waits until its block is final: (height, index in the block).
+    ///
+    /// Another client of the same identity (a clerk's `dangan put` beside the department's
+    /// gateway) takes nonces this one does not see: a refusal for a nonce that is not the
+    /// next makes it learn the account's nonce from the chain and sign again (a refused
+    /// transaction was not applied, so nothing is done twice), a few times at most.
     pub async fn submit(&self, body: TxBody) -> Result<(u64, u32), ChainError> {
-        let mut next = self.inner.nonce.lock().await;
-        let nonce = match *next {
-            Some(n) => n,
-            None => self.own_nonce().await? + 1,
-        };
-        *next = Some(nonce + 1);
-        drop(next);
-        let chain = match self.chain_key().await {
-            Ok(chain) => chain,
-            Err(e) => {
-                *self.inner.nonce.lock().await = None;
-                return Err(e);
+        let mut attempt = 0;
+        loop {
+            let mut next = self.inner.nonce.lock().await;
+            let nonce = match *next {
+                Some(n) => n,
+                None => match self.own_nonce().await {
+                    Ok(n) => n + 1,
+                    Err(e) => return Err(e),
+                },
+            };
+            *next = Some(nonce + 1);
+            drop(next);
+            let chain = match self.chain_key().await {
+                Ok(chain) => chain,
+                Err(e) => {
+                    *self.inner.nonce.lock().await = None;
+                    return Err(e);
+                }
+            };
+            let tx = Tx {
+                sender: self.inner.identity.public(),
+                nonce,
+                body: body.clone(),
             }
-        };
-        let tx = Tx {
-            sender: self.inner.identity.public(),
-            nonce,
-            body,
-        }
-        .sign(&self.inner.identity, &chain);
-        match self.submit_tx(&tx).await {
-            Ok(at) => Ok(at),
-            Err(e) => {
-                // The nonce may not have been used: ask the chain again next time.
-                *self.inner.nonce.lock().await = None;
-                Err(e)
+            .sign(&self.inner.identity, &chain);
+            match self.submit_tx(&tx).await {
+                Ok(at) => return Ok(at),
+                Err(ChainError::Refused(reason))
+                    if reason.contains(NONCE_REFUSAL) && attempt < NONCE_RETRIES =>
+                {
+                    attempt += 1;
+                    tracing::debug!(nonce, attempt, %reason, "nonce taken elsewhere: signing again");
+                    *self.inner.nonce.lock().await = None;
+                    tokio::time::sleep(Duration::from_millis(20 * attempt as u64)).await;
+                }
+                Err(e) => {
+                    // The nonce may not have been used: ask the chain again next time.
+                    *self.inner.nonce.lock().await = None;
+                    return Err(e);
+                }
             }
         }
     }
@@ -386,9 +410,7 @@ impl ChainClient {
                     ambiguous = true;
                     leader = None;
                 }
-                Err(ChainError::Refused(reason))
-                    if ambiguous && reason.contains("replayed or out of order") =>
-                {
+                Err(ChainError::Refused(reason)) if ambiguous && reason.contains(NONCE_REFUSAL) => {
                     // An earlier attempt committed after all.
                     return match self.tx(tx.id()).await? {
                         Some(p) => Ok((p.header.header.height, p.proof.index as u32)),
@@ -528,7 +550,8 @@ impl ChainClient {
         Ok(p)
     }
 
-    /// A block by height (checked: majority-signed by the validators of its height).
+    /// A block by height (checked: majority-signed by the validators of its height, and its
+    /// transactions those its header commits to).
     pub async fn block(&self, height: u64) -> Result<Option<Block>, ChainError> {
         let Some(block) = self
             .query::<Block>(&Request::GetBlock { height }, "block")
@@ -536,12 +559,15 @@ impl ChainClient {
         else {
             return Ok(None);
         };
-        self.check_final(block.header.header.height, |v| block.header.verify_final(v))
-            .await
-            .map_err(|source| ChainError::Proof {
-                what: format!("block {height}"),
-                source,
-            })?;
+        self.check_final(block.header.header.height, |v| {
+            block.header.verify_final(v)?;
+            block.check_tx_root()
+        })
+        .await
+        .map_err(|source| ChainError::Proof {
+            what: format!("block {height}"),
+            source,
+        })?;
         Ok(Some(block))
     }
 

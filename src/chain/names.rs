@@ -134,7 +134,7 @@ pub fn check_key(key: &str) -> Result<(), TxError> {
 
 /// The smallest byte string greater than every string starting with `prefix` (`None`: there
 /// is none, the prefix being all 0xFF, which UTF-8 never is).
-fn after_prefix(prefix: &[u8]) -> Option<Vec<u8>> {
+pub fn after_prefix(prefix: &[u8]) -> Option<Vec<u8>> {
     let mut out = prefix.to_vec();
     while let Some(last) = out.pop() {
         if last < 0xFF {

@@ -973,6 +973,9 @@ pub async fn run(
     let gateway = start(config.setup().await?).await?;
     // The bound address (the port chosen when `listen` asks for port 0), as `node::run`
     // prints its own: what a supervisor or the gateway benchmark waits for.
+    if let Some(s3) = gateway.s3_addr() {
+        println!("S3 listening on http://{s3}");
+    }
     println!("gateway listening on http://{}", gateway.addr());
     shutdown.await;
     gateway.stop().await

@@ -6,8 +6,9 @@
 //! Buckets and object names live on chain (`chain::names`): every gateway of the department
 //! sees the same, and losing one loses none. An object is an ordinary Dangan document stored
 //! with `Client::store` and registered *with* its name (one `PutName` transaction); a new PUT
-//! of a name supersedes the previous version; a DELETE unbinds the name (no delete marker:
-//! the documents stay registered, readable by id with `dangan get`).
+//! of a name supersedes the previous version (the version id is the document id; an older
+//! version's metadata is read back from the `PutName` in its block); a DELETE unbinds the
+//! name (no delete marker: the documents stay registered, readable by id with `dangan get`).
 //!
 //! Object metadata (ETag = MD5 of the bytes, Content-Type, `x-amz-meta-*`, time of the PUT)
 //! travels on chain sealed with a key derived from the document's data key: only holders of
@@ -34,8 +35,9 @@ use s3s::dto::{
     CreateBucketInput, CreateBucketOutput, DeleteBucketInput, DeleteBucketOutput,
     DeleteObjectInput, DeleteObjectOutput, DeleteObjectsInput, DeleteObjectsOutput, DeletedObject,
     ETag, GetObjectInput, GetObjectOutput, HeadBucketInput, HeadBucketOutput, HeadObjectInput,
-    HeadObjectOutput, ListBucketsInput, ListBucketsOutput, ListObjectsV2Input, ListObjectsV2Output,
-    Metadata, MetadataDirective, Object, PutObjectInput, PutObjectOutput, StreamingBlob, Timestamp,
+    HeadObjectOutput, ListBucketsInput, ListBucketsOutput, ListObjectVersionsInput,
+    ListObjectVersionsOutput, ListObjectsV2Input, ListObjectsV2Output, Metadata, MetadataDirective,
+    Object, ObjectVersion, PutObjectInput, PutObjectOutput, StreamingBlob, Timestamp,
 };
 use s3s::{S3, S3Error, S3ErrorCode, S3Request, S3Response, S3Result, s3_error};
 use serde::{Deserialize, Serialize};
@@ -43,11 +45,12 @@ use tokio_util::io::{ReaderStream, StreamReader};
 
 use super::{AppState, GatewayError};
 use crate::chain::client::ChainError;
-use crate::chain::names::{MAX_NAME_META, NameRecord};
+use crate::chain::names::{MAX_NAME_META, NameRecord, after_prefix};
 use crate::chain::tx::TxBody;
 use crate::client::ClientError;
 use crate::codec::DocumentInfo;
 use crate::crypto::{DataKey, NONCE_PREFIX_LEN, SegmentCipher, TAG_LEN};
+use crate::id::DocumentId;
 use crate::identity::Identity;
 use crate::keyring::KeyringError;
 
@@ -340,7 +343,7 @@ impl DanganS3 {
         stored: StoredObject,
         content_type: Option<String>,
         user: Vec<(String, String)>,
-    ) -> S3Result<(crate::id::DocumentId, ObjectMeta)> {
+    ) -> S3Result<(DocumentId, ObjectMeta)> {
         let meta = ObjectMeta {
             format: META_FORMAT,
             md5: stored.md5,
@@ -380,29 +383,93 @@ impl DanganS3 {
         Ok(())
     }
 
-    /// The document of version `version_id` of `name` (its current one without): one of
-    /// the documents its current version supersedes, each step proven on chain.
-    async fn version(
-        &self,
-        name: &NameRecord,
-        version_id: Option<&str>,
-    ) -> S3Result<crate::id::DocumentId> {
+    /// Version `version_id` of `name` (its current one without): one of the documents its
+    /// current version supersedes, each step proven on chain; `NoSuchVersion` otherwise.
+    async fn version(&self, name: &NameRecord, version_id: Option<&str>) -> S3Result<Version> {
         let Some(wanted) = version_id.filter(|v| *v != "null") else {
-            return Ok(name.document);
+            return self.describe(name, name.document, name.height).await;
         };
-        let wanted: crate::id::DocumentId = wanted.parse().map_err(|_| s3_error!(NoSuchVersion))?;
+        let wanted: DocumentId = wanted.parse().map_err(|_| s3_error!(NoSuchVersion))?;
         let chain = self.chain()?;
         let mut at = name.document;
         for _ in 0..=name.versions {
+            let record = chain.check_registered(&at).await.map_err(s3)?;
             if at == wanted {
-                return Ok(at);
+                return self.describe(name, at, record.height).await;
             }
-            match chain.check_registered(&at).await.map_err(s3)?.supersedes {
+            match record.supersedes {
                 Some(previous) => at = previous.document,
                 None => break,
             }
         }
         Err(s3_error!(NoSuchVersion))
+    }
+
+    /// Every version of `name`, newest first (the documents its current version
+    /// supersedes, back to the one that bound it afresh), each step proven on chain.
+    async fn versions(&self, name: &NameRecord) -> S3Result<Vec<Version>> {
+        let chain = self.chain()?;
+        let mut out = vec![self.describe(name, name.document, name.height).await?];
+        let mut at = name.document;
+        while out.len() < name.versions.max(1) as usize {
+            let Some(previous) = chain.check_registered(&at).await.map_err(s3)?.supersedes else {
+                break;
+            };
+            at = previous.document;
+            let height = chain.check_registered(&at).await.map_err(s3)?.height;
+            out.push(self.describe(name, at, height).await?);
+        }
+        Ok(out)
+    }
+
+    /// The size and metadata `document`, a version of `name` registered in block
+    /// `height`, was bound with: the current version's from the name record; an older
+    /// one's from the `PutName` that bound it, in that block (checked against its signed
+    /// header). A version stored otherwise (`dangan supersede`) has no metadata; its size
+    /// comes from its manifest.
+    async fn describe(
+        &self,
+        name: &NameRecord,
+        document: DocumentId,
+        height: u64,
+    ) -> S3Result<Version> {
+        let key = self.state.keyring.load(&document).ok();
+        let open = |sealed: &[u8]| key.as_ref().and_then(|k| ObjectMeta::open(sealed, k));
+        if document == name.document {
+            return Ok(Version {
+                document,
+                size: name.size,
+                meta: open(&name.meta),
+            });
+        }
+        let block = self.chain()?.block(height).await.map_err(s3)?;
+        let bound = block
+            .iter()
+            .flat_map(|b| &b.txs)
+            .find_map(|tx| match &tx.tx.body {
+                TxBody::PutName {
+                    document: d,
+                    size,
+                    meta,
+                    ..
+                } if *d == document => Some((*size, meta.clone())),
+                _ => None,
+            });
+        match bound {
+            Some((size, sealed)) => Ok(Version {
+                document,
+                size,
+                meta: open(&sealed),
+            }),
+            None => {
+                let manifest = self.state.client.manifest(&document).await.map_err(s3)?;
+                Ok(Version {
+                    document,
+                    size: manifest.size,
+                    meta: None,
+                })
+            }
+        }
     }
 
     /// Submits a name transaction; a refusal of the chain is S3's `InvalidRequest` with
@@ -419,10 +486,19 @@ impl DanganS3 {
 
 /// What `store_object` stored: not registered yet.
 struct StoredObject {
-    id: crate::id::DocumentId,
+    id: DocumentId,
     key: DataKey,
     md5: [u8; 16],
     size: u64,
+}
+
+/// One version of a name, as a versioned GET or HEAD and ListObjectVersions show it.
+struct Version {
+    document: DocumentId,
+    size: u64,
+    /// `None` when it does not open here (stored otherwise, or the key is not in this
+    /// gateway's keyring).
+    meta: Option<ObjectMeta>,
 }
 
 /// `x-amz-meta-*` in name order.
@@ -549,11 +625,8 @@ impl S3 for DanganS3 {
         };
         self.own_bucket(&input.bucket).await?;
         let source = self.own_name(from_bucket, from_key).await?;
-        let document = self.version(&source, version_id.as_deref()).await?;
+        let Version { document, meta, .. } = self.version(&source, version_id.as_deref()).await?;
         let key = self.state.keyring.load(&document).map_err(s3)?;
-        let meta = (document == source.document)
-            .then(|| ObjectMeta::open(&source.meta, &key))
-            .flatten();
         let replace = input
             .metadata_directive
             .as_ref()
@@ -635,12 +708,9 @@ impl S3 for DanganS3 {
     ) -> S3Result<S3Response<GetObjectOutput>> {
         let input = req.input;
         let name = self.own_name(&input.bucket, &input.key).await?;
-        let document = self.version(&name, input.version_id.as_deref()).await?;
+        let Version { document, meta, .. } =
+            self.version(&name, input.version_id.as_deref()).await?;
         let key = self.state.keyring.load(&document).map_err(s3)?;
-        // An older version's metadata went with its name record: only its bytes remain.
-        let meta = (document == name.document)
-            .then(|| ObjectMeta::open(&name.meta, &key))
-            .flatten();
         let slot = self.state.transfer().map_err(s3)?;
         let client = &self.state.client;
         // The registration proven (and this department's), then the manifest.
@@ -687,15 +757,18 @@ impl S3 for DanganS3 {
     ) -> S3Result<S3Response<HeadObjectOutput>> {
         let input = req.input;
         let name = self.own_name(&input.bucket, &input.key).await?;
-        let (_, meta) = self.key_and_meta(&name)?;
+        let version = self.version(&name, input.version_id.as_deref()).await?;
+        // Refused like a GET when this gateway does not hold the document's key.
+        self.state.keyring.load(&version.document).map_err(s3)?;
+        let meta = version.meta.as_ref();
         Ok(S3Response::new(HeadObjectOutput {
-            content_length: Some(name.size as i64),
+            content_length: Some(version.size as i64),
             accept_ranges: Some("bytes".to_string()),
-            content_type: meta.content_type.clone(),
-            e_tag: Some(meta.etag()),
-            last_modified: Some(meta.modified()),
-            metadata: meta.metadata(),
-            version_id: Some(name.document.to_string()),
+            content_type: meta.and_then(|m| m.content_type.clone()),
+            e_tag: meta.map(ObjectMeta::etag),
+            last_modified: meta.map(ObjectMeta::modified),
+            metadata: meta.and_then(ObjectMeta::metadata),
+            version_id: Some(version.document.to_string()),
             ..Default::default()
         }))
     }
@@ -775,6 +848,122 @@ impl S3 for DanganS3 {
             is_truncated: Some(page.next.is_some()),
             next_continuation_token: page.next.map(hex::encode),
             contents: Some(contents),
+            common_prefixes: (!prefixes.is_empty()).then_some(prefixes),
+            ..Default::default()
+        }))
+    }
+
+    async fn list_object_versions(
+        &self,
+        req: S3Request<ListObjectVersionsInput>,
+    ) -> S3Result<S3Response<ListObjectVersionsOutput>> {
+        let input = req.input;
+        self.own_bucket(&input.bucket).await?;
+        let prefix = input.prefix.clone().unwrap_or_default();
+        let delimiter = input.delimiter.clone().filter(|d| !d.is_empty());
+        let max_keys = input.max_keys.unwrap_or(1000).clamp(0, 1000) as usize;
+        // Where to start: at the marker's key when a version marker goes with it (the rest
+        // of its versions follow), after it otherwise; after a whole common prefix when the
+        // marker is one.
+        let marker = input.key_marker.clone().filter(|k| !k.is_empty());
+        let version_marker = input.version_id_marker.clone().filter(|_| marker.is_some());
+        let mut from = match (&marker, &delimiter) {
+            (Some(k), Some(d)) if k.ends_with(d.as_str()) && k.starts_with(&prefix) => {
+                after_prefix(k.as_bytes()).unwrap_or_else(|| k.as_bytes().to_vec())
+            }
+            (Some(k), _) if version_marker.is_some() => k.as_bytes().to_vec(),
+            (Some(k), _) => [k.as_bytes(), &[0]].concat(),
+            (None, _) => Vec::new(),
+        };
+        let mut versions: Vec<ObjectVersion> = Vec::new();
+        let mut prefixes: Vec<CommonPrefix> = Vec::new();
+        // The last entry listed, as a (key marker, version marker) pair; and the markers
+        // of the next page, set once an entry is left over.
+        let mut last: Option<(String, Option<String>)> = None;
+        let mut next: Option<(String, Option<String>)> = None;
+        let mut skipping = version_marker.clone();
+        'pages: loop {
+            if max_keys == 0 {
+                break;
+            }
+            let page = self
+                .chain()?
+                .names(
+                    &input.bucket,
+                    &prefix,
+                    delimiter.as_deref(),
+                    &from,
+                    max_keys as u32,
+                )
+                .await
+                .map_err(s3)?
+                .ok_or_else(|| s3_error!(NoSuchBucket))?;
+            // Names and common prefixes, merged back into key order.
+            let mut entries: Vec<(&str, Option<&NameRecord>)> = page
+                .names
+                .iter()
+                .map(|n| (n.key.as_str(), Some(n)))
+                .chain(page.prefixes.iter().map(|p| (p.as_str(), None)))
+                .collect();
+            entries.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+            for (key, name) in entries {
+                let Some(name) = name else {
+                    if versions.len() + prefixes.len() == max_keys {
+                        next = last;
+                        break 'pages;
+                    }
+                    prefixes.push(CommonPrefix {
+                        prefix: Some(key.to_string()),
+                    });
+                    last = Some((key.to_string(), None));
+                    continue;
+                };
+                let mut all = self.versions(name).await?;
+                if marker.as_deref() == Some(key)
+                    && let Some(skip) = skipping.take()
+                {
+                    // Only the versions after the marker's (none if it is not one of them).
+                    let at = all.iter().position(|v| v.document.to_string() == skip);
+                    all.drain(..at.map_or(all.len(), |i| i + 1));
+                }
+                for v in &all {
+                    if versions.len() + prefixes.len() == max_keys {
+                        next = last;
+                        break 'pages;
+                    }
+                    let id = v.document.to_string();
+                    versions.push(ObjectVersion {
+                        key: Some(key.to_string()),
+                        version_id: Some(id.clone()),
+                        is_latest: Some(v.document == name.document),
+                        size: Some(v.size as i64),
+                        e_tag: v.meta.as_ref().map(ObjectMeta::etag),
+                        last_modified: v.meta.as_ref().map(ObjectMeta::modified),
+                        ..Default::default()
+                    });
+                    last = Some((key.to_string(), Some(id)));
+                }
+            }
+            match page.next {
+                None => break,
+                Some(_) if versions.len() + prefixes.len() == max_keys => {
+                    next = last;
+                    break;
+                }
+                Some(n) => from = n,
+            }
+        }
+        Ok(S3Response::new(ListObjectVersionsOutput {
+            name: Some(input.bucket),
+            prefix: Some(prefix),
+            delimiter,
+            max_keys: Some(max_keys as i32),
+            key_marker: input.key_marker,
+            version_id_marker: input.version_id_marker,
+            is_truncated: Some(next.is_some()),
+            next_key_marker: next.as_ref().map(|(k, _)| k.clone()),
+            next_version_id_marker: next.and_then(|(_, v)| v),
+            versions: Some(versions),
             common_prefixes: (!prefixes.is_empty()).then_some(prefixes),
             ..Default::default()
         }))

@@ -482,3 +482,33 @@ async fn validators_sharing_a_raft_node_id_are_refused_at_start() {
         "{err}"
     );
 }
+
+/// Two clients of one department (a gateway and a clerk's `dangan put`, say) each keep
+/// their own idea of the account's next nonce: each in turn finds its nonce taken by the
+/// other, learns the chain's and signs again, and every transaction lands once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_clients_of_one_department_take_turns_without_refusals() {
+    let cluster = dangan::cluster::LocalCluster::start(3, 1).await.unwrap();
+    let (a, b) = (
+        crate::common::department(&cluster),
+        crate::common::department(&cluster),
+    );
+    for round in 0..3 {
+        for (who, client) in [("a", &a), ("b", &b)] {
+            let bucket = format!("turns-{who}-{round}");
+            client
+                .chain()
+                .unwrap()
+                .submit(TxBody::CreateBucket {
+                    bucket: bucket.clone(),
+                })
+                .await
+                .unwrap_or_else(|e| panic!("{bucket}: {e}"));
+        }
+    }
+    let buckets = a.chain().unwrap().buckets().await.unwrap();
+    assert_eq!(buckets.len(), 6, "{buckets:?}");
+    a.close().await;
+    b.close().await;
+    cluster.shutdown().await;
+}

@@ -166,7 +166,11 @@ async fn boto3_stores_reads_ranges_versions_and_deletes_and_each_object_is_a_doc
         .name(bucket, key)
         .await
         .unwrap();
-    assert_eq!(name.map(|n| (n.document, n.versions)), Some((new, 2)));
+    // clients.py put a third version after naming the second.
+    let name = name.expect("the name is bound");
+    assert_eq!(name.versions, 3);
+    let third = chain.check_registered(&name.document).await.unwrap();
+    assert_eq!(third.supersedes.map(|p| p.document), Some(new));
     gw.stop().await;
 }
 
@@ -215,4 +219,35 @@ async fn s3_refuses_wrong_secrets_skew_expired_presigns_and_another_departments_
         .await;
     assert!(listed.is_err(), "{listed:?}");
     gw.stop().await;
+}
+
+/// `dangan bench s3` at a tiny size, so it keeps working: the gateway as its own process
+/// with its S3 service, boto3 putting and getting (the bench checks the MD5 of every GET
+/// and `dangan get`'s file: a mismatch is an error), `dangan put`/`get` alongside.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_s3_runs_and_checks_what_it_reads() {
+    use dangan::bench::s3::{self as bench, S3BenchOptions};
+    let options = S3BenchOptions {
+        peers: 6,
+        large: (3 << 20) + 4321,
+        repetitions: 1,
+        small_count: 24,
+        small: 6 << 10,
+        threads: 4,
+        ..S3BenchOptions::new(common::process::BIN.into(), python())
+    };
+    let report = bench::run(options.clone()).await.unwrap();
+    for runs in [
+        &report.put_s3,
+        &report.put_cli,
+        &report.get_s3,
+        &report.get_cli,
+    ] {
+        assert_eq!(runs.len(), 1);
+        assert_eq!(runs[0].bytes, options.large);
+    }
+    assert!(report.small.per_second > 0.0 && report.small.p99 >= report.small.p50);
+    assert!(report.peak_put.is_some_and(|b| b > 0));
+    let text = report.to_string();
+    assert!(text.contains("S3 / CLI"), "{text}");
 }

@@ -126,6 +126,35 @@ def basic():
         lambda: s3.get_object(Bucket=BUCKET, Key="docs/a.bin", VersionId="00" * 32),
         "an unknown version id",
     )
+    old_head = s3.head_object(Bucket=BUCKET, Key="docs/a.bin", VersionId=first_version)
+    assert old_head["ContentLength"] == len(body) and old_head["ETag"] == f'"{md5}"', old_head
+    assert old_head["Metadata"] == {"clerk": "li", "case": "42"} and old_head["VersionId"] == first_version
+    assert old["ContentType"] == "application/x-test" and old["ETag"] == f'"{md5}"', old
+    ok("an older version keeps its size, ETag, Content-Type and metadata")
+
+    third = s3.put_object(Bucket=BUCKET, Key="docs/a.bin", Body=b"third")["VersionId"]
+    s3.put_object(Bucket=BUCKET, Key="docs/b.bin", Body=b"b")
+    listed = s3.list_object_versions(Bucket=BUCKET, Prefix="docs/")
+    got = [(v["Key"], v["VersionId"], v["IsLatest"], v["Size"], v["ETag"]) for v in listed["Versions"]]
+    assert got[:3] == [
+        ("docs/a.bin", third, True, 5, '"%s"' % hashlib.md5(b"third").hexdigest()),
+        ("docs/a.bin", put2["VersionId"], False, len(newer), '"%s"' % hashlib.md5(newer).hexdigest()),
+        ("docs/a.bin", first_version, False, len(body), f'"{md5}"'),
+    ], got
+    assert [g[0] for g in got[3:]] == ["docs/b.bin"] and got[3][2] and not listed["IsTruncated"], got
+    ok("ListObjectVersions: every version of a name, newest first")
+    paged = []
+    pages = s3.get_paginator("list_object_versions").paginate(
+        Bucket=BUCKET, Prefix="docs/", PaginationConfig={"PageSize": 2}
+    )
+    for page in pages:
+        assert len(page.get("Versions", [])) <= 2
+        paged += [(v["Key"], v["VersionId"]) for v in page.get("Versions", [])]
+    assert paged == [(g[0], g[1]) for g in got], paged
+    top = s3.list_object_versions(Bucket=BUCKET, Delimiter="/")
+    assert "docs/" in [p["Prefix"] for p in top.get("CommonPrefixes", [])], top
+    assert all("/" not in v["Key"] for v in top.get("Versions", [])), top
+    ok("ListObjectVersions pages by key and version marker, and rolls up prefixes")
 
     s3.put_object(Bucket=BUCKET, Key="src.txt", Body=b"copied bytes", ContentType="text/plain", Metadata={"k": "v"})
     copied = s3.copy_object(Bucket=BUCKET, Key="copies/dst.txt", CopySource={"Bucket": BUCKET, "Key": "src.txt"})
