@@ -242,6 +242,7 @@ fn truncated_reordered_or_spliced_segments_are_refused() {
     // as the last) must not decode into a shorter document.
     let mut cut = manifest.clone();
     cut.size = 2 * 3 * 1024;
+    cut.pieces[0].size = cut.size;
     cut.stripes.truncate(2);
     let err = decode(&cut, &key, &all_shards(&stripes[..2])).unwrap_err();
     assert!(matches!(err, CodecError::Auth { stripe: 1, .. }), "{err}");

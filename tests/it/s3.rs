@@ -177,6 +177,8 @@ async fn multipart(mib: u32) {
     let gw = start().await;
     let mib = mib.to_string();
     let out = gw.run("multipart", "parts", &[("S3_MP_MIB", &mib)]).await;
+    // The clients' figures (upload time), shown with `--nocapture`.
+    println!("{out}");
     let line = out
         .lines()
         .find_map(|l| l.strip_prefix("object: "))
