@@ -40,7 +40,10 @@ use crate::crypto::{
 };
 use crate::erasure::{Erasure, ErasureError};
 use crate::id::ShardId;
-use crate::manifest::{CodingParams, MANIFEST_VERSION, Manifest, ManifestError, StripeGeometry};
+use crate::manifest::{
+    CodingParams, MANIFEST_VERSION, MANIFEST_VERSION_PIECES, Manifest, ManifestError, Piece,
+    StripeGeometry,
+};
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -121,7 +124,8 @@ pub struct OpenedStripe {
 /// Seals, codes and opens the stripes of one document. Shared by all threads working on it.
 pub struct StripeCodec {
     params: CodingParams,
-    cipher: SegmentCipher,
+    /// One STREAM per piece of the document (one for a codec that seals).
+    ciphers: Vec<SegmentCipher>,
     erasure: Erasure,
 }
 
@@ -134,14 +138,31 @@ impl StripeCodec {
         params.validate()?;
         Ok(Self {
             params,
-            cipher: SegmentCipher::new(key, nonce_prefix),
+            ciphers: vec![SegmentCipher::new(key, nonce_prefix)],
             erasure: Erasure::new(params.k.into(), params.m.into())?,
         })
     }
 
+    /// The codec that opens `manifest`'s stripes: one STREAM per piece, all under `key`.
     pub fn for_manifest(manifest: &Manifest, key: &DataKey) -> Result<Self, CodecError> {
         manifest.validate()?;
-        Self::new(manifest.params, key, &manifest.nonce_prefix)
+        let params = manifest.params;
+        Ok(Self {
+            params,
+            ciphers: manifest
+                .pieces
+                .iter()
+                .map(|p| SegmentCipher::new(key, &p.nonce_prefix))
+                .collect(),
+            erasure: Erasure::new(params.k.into(), params.m.into())?,
+        })
+    }
+
+    fn cipher(&self, g: &StripeGeometry) -> Result<&SegmentCipher, CodecError> {
+        self.ciphers.get(g.piece).ok_or(CodecError::NoSuchStripe {
+            stripe: g.index,
+            count: 0,
+        })
     }
 
     pub fn params(&self) -> &CodingParams {
@@ -163,6 +184,7 @@ impl StripeCodec {
         buf.resize(k * shard_len, 0);
         let plain_len = g.plain_len as usize;
         let last_segment = g.segments as usize - 1;
+        let cipher = self.cipher(&g)?;
         let seal_segment = |(j, seg): (usize, &mut [u8])| {
             let len = if j == last_segment {
                 plain_len - j * seg_len
@@ -170,8 +192,7 @@ impl StripeCodec {
                 seg_len
             };
             let position = (g.first_segment + j as u64) as u32;
-            self.cipher
-                .seal_in_place(position, g.last && j == last_segment, seg, len);
+            cipher.seal_in_place(position, g.last && j == last_segment, seg, len);
         };
         let cipher = &mut buf[..g.cipher_len as usize];
         if cipher.len() < PARALLEL_MIN {
@@ -225,9 +246,10 @@ impl StripeCodec {
         let sealed_len = self.params.sealed_segment_len() as usize;
         let seg_len = self.params.segment_size as usize;
         let last_segment = g.segments as usize - 1;
+        let cipher = self.cipher(&g)?;
         let open_segment = |(j, seg): (usize, &mut [u8])| {
             let position = (g.first_segment + j as u64) as u32;
-            self.cipher
+            cipher
                 .open_in_place(position, g.last && j == last_segment, seg)
                 .map_err(|source| CodecError::Auth {
                     stripe: index,
@@ -455,6 +477,7 @@ impl<R: Read> StripeReader<R> {
         let cipher_len = len as u64 + segments * TAG_LEN as u64;
         let geometry = StripeGeometry {
             index,
+            piece: 0,
             first_segment,
             segments,
             plain_offset: self.offset,
@@ -509,8 +532,39 @@ pub fn encode_with_key<R, F>(
     info: DocumentInfo,
     key: &DataKey,
     nonce_prefix: [u8; NONCE_PREFIX_LEN],
-    mut sink: F,
+    sink: F,
 ) -> Result<Manifest, CodecError>
+where
+    R: Read + Send,
+    F: FnMut(EncodedStripe) -> Result<(), CodecError>,
+{
+    let (size, stripes) = seal_stream(reader, params, key, nonce_prefix, sink)?;
+    let manifest = Manifest {
+        version: MANIFEST_VERSION,
+        suite: CipherSuite::ChaCha20Poly1305StreamBe32Blake3,
+        params,
+        shard_len: params.full_shard_len() as u32,
+        size,
+        pieces: vec![Piece { nonce_prefix, size }],
+        department: info.department,
+        document_type: info.document_type,
+        created_at_ms: info.created_at_ms.unwrap_or_else(crate::now_ms),
+        stripes,
+    };
+    manifest.validate()?;
+    Ok(manifest)
+}
+
+/// Seals, codes and hashes one STREAM read from `reader` (a whole version 1 document, or one
+/// piece of a version 2 one), handing each stripe to `sink` in order; returns the plaintext
+/// size and the stripes' shard ids. Stripe indices count from 0 within the stream.
+fn seal_stream<R, F>(
+    reader: R,
+    params: CodingParams,
+    key: &DataKey,
+    nonce_prefix: [u8; NONCE_PREFIX_LEN],
+    mut sink: F,
+) -> Result<(u64, Vec<Vec<ShardId>>), CodecError>
 where
     R: Read + Send,
     F: FnMut(EncodedStripe) -> Result<(), CodecError>,
@@ -557,17 +611,65 @@ where
         }
         current = next?;
     }
-    let size = reader.bytes_read();
+    Ok((reader.bytes_read(), stripes))
+}
+
+/// One piece of a version 2 document, sealed by [`encode_piece`]: its [`Piece`] and the
+/// shard ids of its stripes.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SealedPiece {
+    pub piece: Piece,
+    pub stripes: Vec<Vec<ShardId>>,
+}
+
+/// Seals one piece of a version 2 document under the document's `key` with a fresh nonce
+/// prefix (its own STREAM, its last segment flagged), each stripe to `sink` in order.
+/// Pieces of one document may be sealed in any order and in parallel; [`pieces_manifest`]
+/// puts them together.
+pub fn encode_piece<R, F>(
+    reader: R,
+    params: CodingParams,
+    key: &DataKey,
+    sink: F,
+) -> Result<SealedPiece, CodecError>
+where
+    R: Read + Send,
+    F: FnMut(EncodedStripe) -> Result<(), CodecError>,
+{
+    let nonce_prefix = rand::random();
+    let (size, stripes) = seal_stream(reader, params, key, nonce_prefix, sink)?;
+    Ok(SealedPiece {
+        piece: Piece { nonce_prefix, size },
+        stripes,
+    })
+}
+
+/// The version 2 manifest of a document made of `pieces` (in document order).
+pub fn pieces_manifest(
+    params: CodingParams,
+    info: DocumentInfo,
+    pieces: Vec<SealedPiece>,
+) -> Result<Manifest, CodecError> {
+    let size = pieces
+        .iter()
+        .map(|p| p.piece.size)
+        .fold(0u64, u64::saturating_add);
+    let mut stripes = Vec::new();
+    let mut list = Vec::with_capacity(pieces.len());
+    for p in pieces {
+        list.push(p.piece);
+        stripes.extend(p.stripes);
+    }
     let manifest = Manifest {
-        version: MANIFEST_VERSION,
+        version: MANIFEST_VERSION_PIECES,
         suite: CipherSuite::ChaCha20Poly1305StreamBe32Blake3,
-        nonce_prefix,
         params,
         shard_len: params.full_shard_len() as u32,
         size,
         department: info.department,
         document_type: info.document_type,
         created_at_ms: info.created_at_ms.unwrap_or_else(crate::now_ms),
+        pieces: list,
         stripes,
     };
     manifest.validate()?;
@@ -593,6 +695,31 @@ where
     let bridge = tokio_util::io::SyncIoBridge::new(reader);
     let task = tokio::task::spawn_blocking(move || {
         encode(bridge, params, info, |stripe| {
+            tx.blocking_send(stripe).map_err(|_| CodecError::Cancelled)
+        })
+    });
+    (rx, task)
+}
+
+/// [`encode_piece`] of an async stream on the blocking pool, as [`encode_async`] does for a
+/// whole document: stripes on the returned channel (at most `in_flight` held), the sealed
+/// piece from the task.
+pub fn encode_piece_async<R>(
+    reader: R,
+    params: CodingParams,
+    key: DataKey,
+    in_flight: usize,
+) -> (
+    tokio::sync::mpsc::Receiver<EncodedStripe>,
+    tokio::task::JoinHandle<Result<SealedPiece, CodecError>>,
+)
+where
+    R: tokio::io::AsyncRead + Unpin + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(in_flight.max(1));
+    let bridge = tokio_util::io::SyncIoBridge::new(reader);
+    let task = tokio::task::spawn_blocking(move || {
+        encode_piece(bridge, params, &key, |stripe| {
             tx.blocking_send(stripe).map_err(|_| CodecError::Cancelled)
         })
     });

@@ -3,7 +3,8 @@
 //!
 //! Properties: decoding never panics; what decodes re-encodes to the identical bytes (the
 //! encoding is canonical: one document, one id); every stripe's geometry adds up to the
-//! document size and fits the recorded shard length.
+//! document size and fits the recorded shard length; each piece's stripes follow each other,
+//! its last one flagged last.
 #![no_main]
 
 use dangan::id::DocumentId;
@@ -34,7 +35,9 @@ fuzz_target!(|data: &[u8]| {
             "stripe {i} over the shard length"
         );
         assert!(g.shard_len * u64::from(m.params.k) >= g.cipher_len);
-        assert_eq!(g.last, i + 1 == n);
+        let next_piece = i + 1 == n || m.stripe(i + 1).piece != g.piece;
+        assert_eq!(g.last, next_piece, "stripe {i}: last of its piece");
+        assert!(g.piece < m.pieces.len());
         plain += g.plain_len;
     }
     assert_eq!(plain, m.size, "stripes cover the document exactly");

@@ -287,7 +287,8 @@ async fn measure(
         .s3_key
         .clone()
         .ok_or_else(|| check("the gateway has no S3 key"))?;
-    let secret = crate::gateway::s3::secret_key(cluster.department(), &access_key);
+    let secret = crate::gateway::s3::secret_key(cluster.department(), &access_key)
+        .map_err(|e| check(format!("the S3 secret: {e}")))?;
     let script = dir.join("s3_client.py");
     std::fs::write(&script, CLIENT)?;
     let boto = Boto {

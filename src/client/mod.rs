@@ -28,6 +28,7 @@ mod get;
 mod put;
 mod sealed;
 
+pub use put::StoredPiece;
 pub use sealed::{SEALED_MAGIC, SealedDocument};
 
 use std::collections::HashSet;
@@ -43,7 +44,7 @@ use tracing::{debug, warn};
 
 use crate::chain::client::{CHAIN_QUERY_TIMEOUT, ChainClient, ChainError, ChainLink};
 use crate::chain::tx::TxBody;
-use crate::codec::{self, CodecError, DocumentInfo, EncodedStripe, StripeCodec};
+use crate::codec::{self, CodecError, DocumentInfo, EncodedStripe, SealedPiece, StripeCodec};
 use crate::crypto::DataKey;
 use crate::delegation::Delegation;
 use crate::grant::{GrantAddress, WrappedKey};
@@ -195,6 +196,11 @@ pub enum ClientError {
         peers: usize,
         needed: usize,
         errors: String,
+    },
+    #[error("a piece was coded with {piece:?}, this client codes with {client:?}")]
+    PieceParams {
+        piece: CodingParams,
+        client: CodingParams,
     },
 }
 

@@ -4,6 +4,11 @@
 //! shards' references bound to the document on each peer (`Request::BindShards`: the id is
 //! known only once the manifest is; a one-stripe document's `PutMany` names it directly),
 //! then (in `put`) registered on the chain.
+//!
+//! A document of separately sealed pieces (an S3 multipart upload, manifest version 2):
+//! `store_piece` streams each piece through the codec and uploads its stripes as `store`
+//! does, held by the uploading key, in any order and in parallel; `store_pieces` then writes
+//! the manifest of the pieces in order and binds their shards to it. Nothing is sealed twice.
 
 use super::*;
 
@@ -434,6 +439,142 @@ impl Client {
             });
         }
         Ok(id)
+    }
+}
+
+/// A piece of a document stored by [`Client::store_piece`]: its shards durable on the
+/// peers but held by the uploading key (no document yet), nothing registered. An upload
+/// that never completes leaves them to `collect` after its grace period.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StoredPiece {
+    pub params: CodingParams,
+    pub sealed: SealedPiece,
+    /// (stripe within the piece, slot, peer, shard) of every acknowledged shard, to bind.
+    pub held: Vec<(u64, usize, PublicId, ShardId)>,
+}
+
+impl Client {
+    /// Stores one piece of a multipart document read from `reader`, sealed under the
+    /// document's `key` as its own STREAM (`codec::encode_piece`); memory bounded as for
+    /// [`Client::store`]. Pieces of one document may be stored concurrently.
+    pub async fn store_piece<R>(&self, reader: R, key: &DataKey) -> Result<StoredPiece, ClientError>
+    where
+        R: AsyncRead + Unpin + Send + 'static,
+    {
+        let opts = &self.inner.options;
+        let quorum = opts.write_quorum.unwrap_or(opts.params.width());
+        let in_flight = opts.stripes_in_flight.max(1);
+        let (mut stripes, encoder) =
+            codec::encode_piece_async(reader, opts.params, key.clone(), in_flight);
+        let mut uploads: JoinSet<Result<StripeUpload, ClientError>> = JoinSet::new();
+        let mut held = Vec::new();
+        let mut keep = |up: StripeUpload| {
+            held.extend(
+                up.unbound
+                    .into_iter()
+                    .map(|(i, s, n, id)| (i, s, n.key, id)),
+            );
+        };
+        let failed = loop {
+            if uploads.len() >= in_flight {
+                match join(uploads.join_next().await) {
+                    Ok(up) => keep(up),
+                    Err(e) => break Some(e),
+                }
+                continue;
+            }
+            let Some(stripe) = stripes.recv().await else {
+                break None;
+            };
+            let client = self.clone();
+            uploads.spawn(async move { client.upload_stripe(stripe, quorum).await });
+        };
+        let failed = match failed {
+            Some(e) => Some(e),
+            None => loop {
+                match uploads.join_next().await {
+                    None => break None,
+                    Some(res) => match join(Some(res)) {
+                        Ok(up) => keep(up),
+                        Err(e) => break Some(e),
+                    },
+                }
+            },
+        };
+        if let Some(e) = failed {
+            uploads.abort_all();
+            drop(stripes);
+            let _ = encoder.await;
+            return Err(e);
+        }
+        let sealed = encoder
+            .await
+            .map_err(|e| ClientError::Task(e.to_string()))??;
+        Ok(StoredPiece {
+            params: opts.params,
+            sealed,
+            held,
+        })
+    }
+
+    /// Puts stored `pieces` together, in this order, into one document (manifest version 2,
+    /// labelled with `info`): its manifest written durably to its replicas, then every
+    /// piece's shards bound to it. Not registered: the caller registers it (with its name,
+    /// for S3) after saving `key`. No byte is sealed again.
+    pub async fn store_pieces(
+        &self,
+        pieces: Vec<StoredPiece>,
+        info: DocumentInfo,
+        key: DataKey,
+    ) -> Result<PutReceipt, ClientError> {
+        let started = Instant::now();
+        let opts = &self.inner.options;
+        let quorum = opts.write_quorum.unwrap_or(opts.params.width());
+        let mut held = Vec::new();
+        let mut sealed = Vec::with_capacity(pieces.len());
+        let mut first = 0u64;
+        for p in pieces {
+            if p.params != opts.params {
+                return Err(ClientError::PieceParams {
+                    piece: p.params,
+                    client: opts.params,
+                });
+            }
+            held.extend(
+                p.held
+                    .into_iter()
+                    .map(|(i, s, n, id)| (first + i, s, n, id)),
+            );
+            first += p.sealed.stripes.len() as u64;
+            sealed.push(p.sealed);
+        }
+        let manifest = codec::pieces_manifest(opts.params, info, sealed)?;
+        let id = self.store_manifest(&manifest, quorum).await?;
+        let nodes = &self.inner.layout.nodes;
+        let mut shards_missing = Vec::new();
+        let mut unbound = Vec::with_capacity(held.len());
+        for (stripe, slot, peer, shard) in held {
+            match nodes.iter().find(|n| n.key == peer) {
+                Some(node) => unbound.push((stripe, slot, node.clone(), shard)),
+                // Left the layout since: repair gives the document its shard.
+                None => shards_missing.push((stripe, slot, peer)),
+            }
+        }
+        let shards_stored = unbound.len() as u64;
+        shards_missing.extend(self.bind(&id, unbound).await);
+        Ok(PutReceipt {
+            id,
+            manifest,
+            key,
+            shards_stored,
+            shards_missing,
+            shards_standing_in: Vec::new(),
+            registered: None,
+            timings: PutTimings {
+                stored: started.elapsed(),
+                registered: Duration::ZERO,
+            },
+        })
     }
 }
 

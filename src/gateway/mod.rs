@@ -17,6 +17,7 @@ pub mod api;
 pub mod assets;
 pub mod portal;
 pub mod s3;
+pub mod uploads;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -335,6 +336,8 @@ impl GatewayDb {
                 }
             }
         }
+        tx.open_table(uploads::UPLOADS).map_err(|e| err(&e))?;
+        tx.open_table(uploads::PARTS).map_err(|e| err(&e))?;
         tx.commit().map_err(|e| err(&e))?;
         // Only the gateway's own user reads it (it holds no secret, but names and hashes).
         #[cfg(unix)]

@@ -31,18 +31,23 @@ use futures::StreamExt;
 use md5::Digest;
 use s3s::auth::{S3Auth, SecretKey};
 use s3s::dto::{
-    Bucket, CommonPrefix, CopyObjectInput, CopyObjectOutput, CopyObjectResult, CopySource,
-    CreateBucketInput, CreateBucketOutput, DeleteBucketInput, DeleteBucketOutput,
+    AbortMultipartUploadInput, AbortMultipartUploadOutput, Bucket, CommonPrefix,
+    CompleteMultipartUploadInput, CompleteMultipartUploadOutput, CopyObjectInput, CopyObjectOutput,
+    CopyObjectResult, CopySource, CreateBucketInput, CreateBucketOutput,
+    CreateMultipartUploadInput, CreateMultipartUploadOutput, DeleteBucketInput, DeleteBucketOutput,
     DeleteObjectInput, DeleteObjectOutput, DeleteObjectsInput, DeleteObjectsOutput, DeletedObject,
     ETag, GetObjectInput, GetObjectOutput, HeadBucketInput, HeadBucketOutput, HeadObjectInput,
-    HeadObjectOutput, ListBucketsInput, ListBucketsOutput, ListObjectVersionsInput,
-    ListObjectVersionsOutput, ListObjectsV2Input, ListObjectsV2Output, Metadata, MetadataDirective,
-    Object, ObjectVersion, PutObjectInput, PutObjectOutput, StreamingBlob, Timestamp,
+    HeadObjectOutput, ListBucketsInput, ListBucketsOutput, ListMultipartUploadsInput,
+    ListMultipartUploadsOutput, ListObjectVersionsInput, ListObjectVersionsOutput,
+    ListObjectsV2Input, ListObjectsV2Output, ListPartsInput, ListPartsOutput, Metadata,
+    MetadataDirective, MultipartUpload, Object, ObjectVersion, Part, PutObjectInput,
+    PutObjectOutput, StreamingBlob, Timestamp, UploadPartInput, UploadPartOutput,
 };
 use s3s::{S3, S3Error, S3ErrorCode, S3Request, S3Response, S3Result, s3_error};
 use serde::{Deserialize, Serialize};
 use tokio_util::io::{ReaderStream, StreamReader};
 
+use super::uploads::{self, PartRecord, UploadRecord};
 use super::{AppState, GatewayError};
 use crate::chain::client::ChainError;
 use crate::chain::names::{MAX_NAME_META, NameRecord, after_prefix};
@@ -60,8 +65,12 @@ pub const ACCESS_KEY_PREFIX: &str = "DGN";
 const SECRETS_CONTEXT: &str = "dangan 2026 s3 secret keys v1";
 /// Context of the key that seals an object's metadata, from its data key.
 const META_CONTEXT: &str = "dangan 2026 s3 object metadata v1";
-/// Format of sealed [`ObjectMeta`].
-const META_FORMAT: u8 = 1;
+/// Format of sealed [`ObjectMeta`] (1: without `parts`, still read).
+const META_FORMAT: u8 = 2;
+/// Smallest part but the last of a multipart upload (S3's).
+pub const MIN_PART_SIZE: u64 = 5 << 20;
+/// Highest part number (S3's).
+pub const MAX_PART_NUMBER: i32 = 10_000;
 /// Chunks between a PUT's body and the codec.
 const UPLOAD_CHUNKS: usize = 8;
 
@@ -101,11 +110,28 @@ pub struct ObjectMeta {
     pub user: Vec<(String, String)>,
     /// When the PUT was made, Unix milliseconds.
     pub modified_ms: u64,
+    /// Parts of a multipart upload (`md5` is then the MD5 of the parts' MD5s, and the ETag
+    /// `md5-parts`, as S3's); 0 for a single PUT.
+    pub parts: u32,
+}
+
+/// [`ObjectMeta`] as format 1 sealed it (no `parts`).
+#[derive(Deserialize)]
+struct ObjectMetaV1 {
+    format: u8,
+    md5: [u8; 16],
+    content_type: Option<String>,
+    user: Vec<(String, String)>,
+    modified_ms: u64,
 }
 
 impl ObjectMeta {
     fn etag(&self) -> ETag {
-        ETag::Strong(hex::encode(self.md5))
+        if self.parts == 0 {
+            ETag::Strong(hex::encode(self.md5))
+        } else {
+            ETag::Strong(format!("{}-{}", hex::encode(self.md5), self.parts))
+        }
     }
 
     fn metadata(&self) -> Option<Metadata> {
@@ -136,7 +162,21 @@ impl ObjectMeta {
         let mut buf = sealed[NONCE_PREFIX_LEN..].to_vec();
         let cipher = SegmentCipher::new(&meta_key(key), &prefix);
         let len = cipher.open_in_place(0, true, &mut buf).ok()?;
-        postcard::from_bytes(&buf[..len]).ok()
+        let plain = &buf[..len];
+        postcard::from_bytes::<ObjectMeta>(plain)
+            .ok()
+            .filter(|m| m.format == META_FORMAT)
+            .or_else(|| {
+                let m = postcard::from_bytes::<ObjectMetaV1>(plain).ok()?;
+                (m.format == 1).then_some(ObjectMeta {
+                    format: m.format,
+                    md5: m.md5,
+                    content_type: m.content_type,
+                    user: m.user,
+                    modified_ms: m.modified_ms,
+                    parts: 0,
+                })
+            })
     }
 }
 
@@ -276,35 +316,7 @@ impl DanganS3 {
         if declared.is_some_and(|l| l > limit) {
             return Err(s3(GatewayError::TooLarge { limit }));
         }
-        let seen = Arc::new(Mutex::new((md5::Md5::new(), 0u64, false)));
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<io::Result<Bytes>>(UPLOAD_CHUNKS);
-        let pump = {
-            let seen = seen.clone();
-            async move {
-                let mut body = body;
-                while let Some(chunk) = body.next().await {
-                    let item = match chunk {
-                        Ok(bytes) => {
-                            let mut s = seen.lock().expect("md5 lock");
-                            s.0.update(&bytes);
-                            s.1 += bytes.len() as u64;
-                            if s.1 > limit {
-                                s.2 = true;
-                                Err(io::Error::other("the body is over the gateway's limit"))
-                            } else {
-                                Ok(bytes)
-                            }
-                        }
-                        Err(e) => Err(io::Error::other(e.to_string())),
-                    };
-                    let stop = item.is_err();
-                    if tx.send(item).await.is_err() || stop {
-                        return;
-                    }
-                }
-            }
-        };
-        let reader = StreamReader::new(futures::stream::poll_fn(move |cx| rx.poll_recv(cx)));
+        let (pump, reader, seen) = counted(body, limit);
         let info = DocumentInfo {
             department: self.state.department.clone(),
             document_type: "s3-object".to_string(),
@@ -312,25 +324,14 @@ impl DanganS3 {
         };
         let client = &self.state.client;
         let ((), stored) = tokio::join!(pump, client.store(reader, declared, info, &|_, _| {}));
-        let (md5, size, over) = {
-            let s = seen.lock().expect("md5 lock");
-            (s.0.clone().finalize(), s.1, s.2)
-        };
-        if over {
-            return Err(s3(GatewayError::TooLarge { limit }));
-        }
+        let (md5, size) = seen.finish(limit, expected)?;
         let stored = stored.map_err(s3)?;
-        let mut digest = [0u8; 16];
-        digest.copy_from_slice(&md5);
-        let md5 = digest;
-        if expected.is_some_and(|e| e != md5) {
-            return Err(s3_error!(BadDigest));
-        }
         Ok(StoredObject {
             id: stored.id,
             key: stored.key,
             md5,
             size,
+            parts: 0,
         })
     }
 
@@ -350,6 +351,7 @@ impl DanganS3 {
             content_type,
             user,
             modified_ms: crate::now_ms(),
+            parts: stored.parts,
         };
         let sealed = meta.seal(&stored.key);
         if sealed.len() > MAX_NAME_META {
@@ -472,6 +474,19 @@ impl DanganS3 {
         }
     }
 
+    /// The upload `upload_id` of `bucket`/`key` in progress on this gateway, or
+    /// `NoSuchUpload` (unknown, aborted, completed, or of another name or department).
+    fn own_upload(&self, bucket: &str, key: &str, upload_id: &str) -> S3Result<UploadRecord> {
+        match self.state.db.upload(upload_id).map_err(s3)? {
+            Some(u)
+                if u.bucket == bucket && u.key == key && u.owner == self.state.client.public() =>
+            {
+                Ok(u)
+            }
+            _ => Err(s3_error!(NoSuchUpload)),
+        }
+    }
+
     /// Submits a name transaction; a refusal of the chain is S3's `InvalidRequest` with
     /// the chain's reason.
     async fn submit(&self, body: TxBody) -> S3Result<(u64, u32)> {
@@ -484,12 +499,84 @@ impl DanganS3 {
     }
 }
 
-/// What `store_object` stored: not registered yet.
+/// What `store_object` (or a completed multipart upload) stored: not registered yet.
 struct StoredObject {
     id: DocumentId,
     key: DataKey,
     md5: [u8; 16],
     size: u64,
+    /// Parts of a multipart upload (`md5` is the MD5 of theirs), 0 for a PUT.
+    parts: u32,
+}
+
+/// The MD5 and size of a body as it went by, and whether it went past the limit.
+struct Seen(Arc<Mutex<(md5::Md5, u64, bool)>>);
+
+impl Seen {
+    /// (MD5, size) once the body was read: `EntityTooLarge` past `limit`, `BadDigest` if a
+    /// `Content-MD5` was `expected` and does not match.
+    fn finish(&self, limit: u64, expected: Option<[u8; 16]>) -> S3Result<([u8; 16], u64)> {
+        let (md5, size, over) = {
+            let s = self.0.lock().expect("md5 lock");
+            (s.0.clone().finalize(), s.1, s.2)
+        };
+        if over {
+            return Err(s3(GatewayError::TooLarge { limit }));
+        }
+        let mut digest = [0u8; 16];
+        digest.copy_from_slice(&md5);
+        if expected.is_some_and(|e| e != digest) {
+            return Err(s3_error!(BadDigest));
+        }
+        Ok((digest, size))
+    }
+}
+
+/// A request body as a reader for the codec, its MD5 and size counted as the bytes go by
+/// (refused past `limit`), through a channel of `UPLOAD_CHUNKS` (bounded memory): the pump
+/// to run alongside the reader's consumer, the reader, what was seen.
+fn counted<S, E>(
+    body: S,
+    limit: u64,
+) -> (
+    impl std::future::Future<Output = ()>,
+    impl tokio::io::AsyncRead + Unpin + Send + 'static,
+    Seen,
+)
+where
+    S: futures::Stream<Item = Result<Bytes, E>> + Unpin + Send,
+    E: std::fmt::Display,
+{
+    let seen = Arc::new(Mutex::new((md5::Md5::new(), 0u64, false)));
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<io::Result<Bytes>>(UPLOAD_CHUNKS);
+    let pump = {
+        let seen = seen.clone();
+        async move {
+            let mut body = body;
+            while let Some(chunk) = body.next().await {
+                let item = match chunk {
+                    Ok(bytes) => {
+                        let mut s = seen.lock().expect("md5 lock");
+                        s.0.update(&bytes);
+                        s.1 += bytes.len() as u64;
+                        if s.1 > limit {
+                            s.2 = true;
+                            Err(io::Error::other("the body is over the gateway's limit"))
+                        } else {
+                            Ok(bytes)
+                        }
+                    }
+                    Err(e) => Err(io::Error::other(e.to_string())),
+                };
+                let stop = item.is_err();
+                if tx.send(item).await.is_err() || stop {
+                    return;
+                }
+            }
+        }
+    };
+    let reader = StreamReader::new(futures::stream::poll_fn(move |cx| rx.poll_recv(cx)));
+    (pump, reader, Seen(seen))
 }
 
 /// One version of a name, as a versioned GET or HEAD and ListObjectVersions show it.
@@ -783,6 +870,285 @@ impl S3 for DanganS3 {
         Ok(S3Response::new(DeleteObjectOutput::default()))
     }
 
+    async fn create_multipart_upload(
+        &self,
+        req: S3Request<CreateMultipartUploadInput>,
+    ) -> S3Result<S3Response<CreateMultipartUploadOutput>> {
+        let input = req.input;
+        self.own_bucket(&input.bucket).await?;
+        crate::chain::names::check_key(&input.key)
+            .map_err(|e| S3Error::with_message(S3ErrorCode::KeyTooLongError, e.to_string()))?;
+        let upload_id = uploads::new_upload_id();
+        let slot = uploads::key_slot(&upload_id);
+        // The data key is durable before any part is sealed with it.
+        let key = DataKey::generate();
+        self.state.keyring.save(&slot, &key).map_err(s3)?;
+        let record = UploadRecord::new(
+            input.bucket.clone(),
+            input.key.clone(),
+            self.state.client.public(),
+            slot,
+            input.content_type,
+            user_metadata(input.metadata),
+        );
+        self.state
+            .db
+            .upload_create(&upload_id, &record)
+            .map_err(s3)?;
+        Ok(S3Response::new(CreateMultipartUploadOutput {
+            bucket: Some(input.bucket),
+            key: Some(input.key),
+            upload_id: Some(upload_id),
+            ..Default::default()
+        }))
+    }
+
+    async fn upload_part(
+        &self,
+        req: S3Request<UploadPartInput>,
+    ) -> S3Result<S3Response<UploadPartOutput>> {
+        let input = req.input;
+        if !(1..=MAX_PART_NUMBER).contains(&input.part_number) {
+            return Err(S3Error::with_message(
+                S3ErrorCode::InvalidArgument,
+                format!("part numbers are 1 to {MAX_PART_NUMBER}"),
+            ));
+        }
+        let upload = self.own_upload(&input.bucket, &input.key, &input.upload_id)?;
+        let expected = content_md5(input.content_md5.as_deref())?;
+        let limit = self.state.limits.max_upload;
+        let declared = input.content_length.and_then(|l| u64::try_from(l).ok());
+        if declared.is_some_and(|l| l > limit) {
+            return Err(s3(GatewayError::TooLarge { limit }));
+        }
+        let key = self.state.keyring.load(&upload.key_slot).map_err(s3)?;
+        let _slot = self.state.transfer().map_err(s3)?;
+        let body = input.body.ok_or_else(|| s3_error!(IncompleteBody))?;
+        let (pump, reader, seen) = counted(body, limit);
+        let client = &self.state.client;
+        let ((), stored) = tokio::join!(pump, client.store_piece(reader, &key));
+        let (md5, size) = seen.finish(limit, expected)?;
+        let piece = stored.map_err(s3)?;
+        let part = PartRecord::new(md5, size, piece);
+        let number = input.part_number as u32;
+        if !self
+            .state
+            .db
+            .part_put(&input.upload_id, number, &part)
+            .map_err(s3)?
+        {
+            // Aborted or completed meanwhile: the piece is an orphan `collect` removes.
+            return Err(s3_error!(NoSuchUpload));
+        }
+        Ok(S3Response::new(UploadPartOutput {
+            e_tag: Some(ETag::Strong(hex::encode(md5))),
+            ..Default::default()
+        }))
+    }
+
+    async fn list_parts(
+        &self,
+        req: S3Request<ListPartsInput>,
+    ) -> S3Result<S3Response<ListPartsOutput>> {
+        let input = req.input;
+        self.own_upload(&input.bucket, &input.key, &input.upload_id)?;
+        let max = input.max_parts.unwrap_or(1000).clamp(1, 1000) as usize;
+        let after = input.part_number_marker.unwrap_or(0).max(0) as u32;
+        let parts = self.state.db.parts(&input.upload_id).map_err(s3)?;
+        let mut page: Vec<(u32, PartRecord)> =
+            parts.into_iter().filter(|(n, _)| *n > after).collect();
+        let truncated = page.len() > max;
+        page.truncate(max);
+        let next = page.last().map(|(n, _)| *n as i32);
+        let parts = page
+            .into_iter()
+            .map(|(n, p)| Part {
+                part_number: Some(n as i32),
+                e_tag: Some(ETag::Strong(hex::encode(p.md5))),
+                size: Some(p.size as i64),
+                last_modified: Some(Timestamp::from(
+                    SystemTime::UNIX_EPOCH + Duration::from_millis(p.modified_ms),
+                )),
+                ..Default::default()
+            })
+            .collect();
+        Ok(S3Response::new(ListPartsOutput {
+            bucket: Some(input.bucket),
+            key: Some(input.key),
+            upload_id: Some(input.upload_id),
+            max_parts: Some(max as i32),
+            part_number_marker: input.part_number_marker,
+            is_truncated: Some(truncated),
+            next_part_number_marker: if truncated { next } else { None },
+            parts: Some(parts),
+            ..Default::default()
+        }))
+    }
+
+    async fn complete_multipart_upload(
+        &self,
+        req: S3Request<CompleteMultipartUploadInput>,
+    ) -> S3Result<S3Response<CompleteMultipartUploadOutput>> {
+        let input = req.input;
+        let upload = self.own_upload(&input.bucket, &input.key, &input.upload_id)?;
+        let listed = input
+            .multipart_upload
+            .and_then(|m| m.parts)
+            .unwrap_or_default();
+        if listed.is_empty() {
+            return Err(s3_error!(MalformedXML, "the upload lists no part"));
+        }
+        let mut stored: std::collections::BTreeMap<u32, PartRecord> = self
+            .state
+            .db
+            .parts(&input.upload_id)
+            .map_err(s3)?
+            .into_iter()
+            .collect();
+        // The listed parts, in strictly ascending order, each uploaded with the ETag given,
+        // each but the last at least `MIN_PART_SIZE`.
+        let mut chosen: Vec<PartRecord> = Vec::with_capacity(listed.len());
+        let mut previous = 0;
+        for part in &listed {
+            let number = part.part_number.unwrap_or(0);
+            if number <= previous {
+                return Err(s3_error!(InvalidPartOrder));
+            }
+            previous = number;
+            let record = u32::try_from(number)
+                .ok()
+                .and_then(|n| stored.remove(&n))
+                .ok_or_else(|| {
+                    S3Error::with_message(
+                        S3ErrorCode::InvalidPart,
+                        format!("part {number} was not uploaded"),
+                    )
+                })?;
+            let etag = part
+                .e_tag
+                .as_ref()
+                .map(|e| e.value().trim_matches('"').to_string());
+            if etag.is_some_and(|e| e != hex::encode(record.md5)) {
+                return Err(S3Error::with_message(
+                    S3ErrorCode::InvalidPart,
+                    format!("part {number}'s ETag does not match"),
+                ));
+            }
+            chosen.push(record);
+        }
+        if let Some(small) = chosen[..chosen.len() - 1]
+            .iter()
+            .position(|p| p.size < MIN_PART_SIZE)
+        {
+            return Err(S3Error::with_message(
+                S3ErrorCode::EntityTooSmall,
+                format!(
+                    "part {} is {} bytes; every part but the last needs {MIN_PART_SIZE}",
+                    listed[small].part_number.unwrap_or(0),
+                    chosen[small].size
+                ),
+            ));
+        }
+        let mut md5s = md5::Md5::new();
+        for p in &chosen {
+            md5s.update(p.md5);
+        }
+        let mut md5 = [0u8; 16];
+        md5.copy_from_slice(&md5s.finalize());
+        let size: u64 = chosen.iter().map(|p| p.size).sum();
+        let limit = self.state.limits.max_upload;
+        if size > limit {
+            return Err(s3(GatewayError::TooLarge { limit }));
+        }
+        let parts = chosen.len() as u32;
+        let key = self.state.keyring.load(&upload.key_slot).map_err(s3)?;
+        let info = DocumentInfo {
+            department: self.state.department.clone(),
+            document_type: "s3-object".to_string(),
+            created_at_ms: None,
+        };
+        // The pieces as they were sealed: only the manifest is new.
+        let pieces = chosen.into_iter().map(|p| p.piece).collect();
+        let receipt = self
+            .state
+            .client
+            .store_pieces(pieces, info, key)
+            .await
+            .map_err(s3)?;
+        let object = StoredObject {
+            id: receipt.id,
+            key: receipt.key,
+            md5,
+            size,
+            parts,
+        };
+        let (id, meta) = self
+            .register_object(
+                input.bucket.clone(),
+                input.key.clone(),
+                object,
+                upload.content_type,
+                upload.user,
+            )
+            .await?;
+        self.state.db.upload_remove(&input.upload_id).map_err(s3)?;
+        Ok(S3Response::new(CompleteMultipartUploadOutput {
+            bucket: Some(input.bucket),
+            key: Some(input.key),
+            e_tag: Some(meta.etag()),
+            version_id: Some(id.to_string()),
+            ..Default::default()
+        }))
+    }
+
+    async fn abort_multipart_upload(
+        &self,
+        req: S3Request<AbortMultipartUploadInput>,
+    ) -> S3Result<S3Response<AbortMultipartUploadOutput>> {
+        let input = req.input;
+        self.own_upload(&input.bucket, &input.key, &input.upload_id)?;
+        // The parts' shards were never bound to a document: `collect` removes them after
+        // its grace period.
+        self.state.db.upload_remove(&input.upload_id).map_err(s3)?;
+        Ok(S3Response::new(AbortMultipartUploadOutput::default()))
+    }
+
+    async fn list_multipart_uploads(
+        &self,
+        req: S3Request<ListMultipartUploadsInput>,
+    ) -> S3Result<S3Response<ListMultipartUploadsOutput>> {
+        let input = req.input;
+        self.own_bucket(&input.bucket).await?;
+        let prefix = input.prefix.clone().unwrap_or_default();
+        let mut uploads: Vec<(String, UploadRecord)> = self
+            .state
+            .db
+            .uploads()
+            .map_err(s3)?
+            .into_iter()
+            .filter(|(_, u)| u.bucket == input.bucket && u.key.starts_with(&prefix))
+            .collect();
+        uploads.sort_by(|a, b| (&a.1.key, &a.0).cmp(&(&b.1.key, &b.0)));
+        let uploads = uploads
+            .into_iter()
+            .map(|(id, u)| MultipartUpload {
+                key: Some(u.key),
+                upload_id: Some(id),
+                initiated: Some(Timestamp::from(
+                    SystemTime::UNIX_EPOCH + Duration::from_millis(u.created_ms),
+                )),
+                ..Default::default()
+            })
+            .collect();
+        Ok(S3Response::new(ListMultipartUploadsOutput {
+            bucket: Some(input.bucket),
+            prefix: input.prefix,
+            is_truncated: Some(false),
+            uploads: Some(uploads),
+            ..Default::default()
+        }))
+    }
+
     async fn list_objects_v2(
         &self,
         req: S3Request<ListObjectsV2Input>,
@@ -997,6 +1363,7 @@ mod tests {
             content_type: Some("text/plain".into()),
             user: vec![("a".into(), "b".into())],
             modified_ms: 5,
+            parts: 0,
         };
         let sealed = meta.seal(&key);
         assert_eq!(ObjectMeta::open(&sealed, &key), Some(meta.clone()));
@@ -1006,5 +1373,14 @@ mod tests {
         assert_eq!(ObjectMeta::open(&flipped, &key), None);
         assert_eq!(ObjectMeta::open(&sealed[..3], &key), None);
         assert_eq!(meta.etag(), ETag::Strong("07".repeat(16)));
+        let multipart = ObjectMeta { parts: 3, ..meta };
+        assert_eq!(
+            multipart.etag(),
+            ETag::Strong(format!("{}-3", "07".repeat(16)))
+        );
+        assert_eq!(
+            ObjectMeta::open(&multipart.seal(&key), &key),
+            Some(multipart)
+        );
     }
 }

@@ -112,7 +112,7 @@ pub async fn make_artefacts(len: usize) -> Artefacts {
     // The sealed segments, exactly as `codec` sealed them before coding (STREAM is
     // deterministic for a key, nonce prefix and position).
     let m = &put.manifest;
-    let cipher = SegmentCipher::new(&put.key, &m.nonce_prefix);
+    let cipher = SegmentCipher::new(&put.key, &m.pieces[0].nonce_prefix);
     let receipt_bytes = receipt.encode();
     let mut sealed = b"DGNSEAL1".to_vec();
     sealed.extend((receipt_bytes.len() as u32).to_be_bytes());

@@ -63,7 +63,7 @@ fn open_sealed(
     };
     at += 80;
     let key = wrapped.unwrap(id, citizen).unwrap();
-    let cipher = SegmentCipher::new(&key, &manifest.nonce_prefix);
+    let cipher = SegmentCipher::new(&key, &manifest.pieces[0].nonce_prefix);
     let sealed_len = manifest.params.sealed_segment_len() as usize;
     let segments = manifest.params.segment_count(manifest.size) as usize;
     let mut plain = Vec::new();

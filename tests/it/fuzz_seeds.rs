@@ -230,6 +230,30 @@ fn manifests() -> Vec<u8> {
         put("manifest", name, &manifest.encode());
         last = manifest.encode();
     }
+    // Version 2: three pieces (an S3 multipart upload's parts), each sealed on its own.
+    let params = params(2, 1, 2);
+    let pieces = [3000usize, 0, 700]
+        .iter()
+        .enumerate()
+        .map(|(n, &size)| {
+            let data: Vec<u8> = (0..size).map(|i| (i * 7 + n) as u8).collect();
+            let info = DocumentInfo::default();
+            let key = DataKey::from_bytes([5; 32]);
+            let m = codec::encode_with_key(&data[..], params, info, &key, [n as u8; 7], |_| Ok(()))
+                .unwrap();
+            codec::SealedPiece {
+                piece: m.pieces[0],
+                stripes: m.stripes,
+            }
+        })
+        .collect();
+    let info = DocumentInfo {
+        department: "records".into(),
+        document_type: "s3-object".into(),
+        created_at_ms: Some(1_700_000_000_000),
+    };
+    let pieces = codec::pieces_manifest(params, info, pieces).unwrap();
+    put("manifest", "pieces", &pieces.encode());
     last
 }
 

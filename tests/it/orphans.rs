@@ -318,3 +318,60 @@ async fn the_background_collector_removes_orphans_round_after_round_and_keeps_th
     client.close().await;
     cluster.shutdown().await;
 }
+
+/// The pieces of a multipart upload (`Client::store_piece`, as S3's UploadPart stores a
+/// part) are held by the uploading key: the pieces of an upload that never completes (aborted
+/// or abandoned) go after the grace period; those of a completed one (`store_pieces`,
+/// registered), and a piece stored after the cutoff, stay, and the document reads back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_pieces_of_an_upload_never_completed_go_after_the_grace_period() {
+    let (cluster, client) = common::start_cluster(6, 3).await;
+    let layout = cluster.layout().clone();
+    let key = dangan::crypto::DataKey::generate();
+    let piece = |seed: u64, len: usize| {
+        let (client, key) = (client.clone(), key.clone());
+        async move {
+            let bytes = common::data(len, seed);
+            client
+                .store_piece(std::io::Cursor::new(bytes), &key)
+                .await
+                .unwrap()
+        }
+    };
+    let (done_a, done_b, abandoned) =
+        tokio::join!(piece(1, 5 << 20), piece(2, 300 << 10), piece(3, 1 << 20));
+    let completed = client
+        .store_pieces(vec![done_a, done_b], common::info(), key.clone())
+        .await
+        .unwrap();
+    let completed = client.register(completed).await.unwrap();
+    assert_eq!(completed.manifest.pieces.len(), 2);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let cutoff = dangan::now_ms();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let late = piece(4, 200 << 10).await;
+
+    let ids = |p: &dangan::client::StoredPiece| -> Vec<ShardId> {
+        p.sealed.stripes.iter().flatten().copied().collect()
+    };
+    let orphans = ids(&abandoned);
+    let late_ids = ids(&late);
+    assert!(!holdings(&cluster, &orphans).is_empty());
+    let kept_before = holdings(&cluster, &shard_ids(&completed));
+    let late_before = holdings(&cluster, &late_ids);
+    assert!(!late_before.is_empty());
+
+    let op = common::operator(&cluster, &layout, None);
+    let report = ops::collect_before(&op, &OpsOptions::default(), cutoff, &|_| {})
+        .await
+        .unwrap();
+    assert!(report.failures.is_empty(), "{:?}", report.failures);
+    assert_eq!(holdings(&cluster, &orphans), Holdings::new());
+    assert_eq!(holdings(&cluster, &shard_ids(&completed)), kept_before);
+    assert_eq!(holdings(&cluster, &late_ids), late_before);
+    let mut want = common::data(5 << 20, 1);
+    want.extend(common::data(300 << 10, 2));
+    assert!(common::read(&client, &completed.id, &key).await == want);
+    op.close().await;
+    cluster.shutdown().await;
+}

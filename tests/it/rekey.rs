@@ -141,7 +141,7 @@ async fn rekey_locks_out_a_revoked_reader_and_collects_the_old_shards() {
     assert_eq!(stripes.len(), 4);
     assert!(!opens_any(&manifest, &stolen, &stripes));
     let mut with_old_nonce = manifest.clone();
-    with_old_nonce.nonce_prefix = put.manifest.nonce_prefix;
+    with_old_nonce.pieces[0].nonce_prefix = put.manifest.pieces[0].nonce_prefix;
     assert!(!opens_any(&with_old_nonce, &stolen, &stripes));
     assert!(opens_any(&manifest, &report.key, &stripes));
     let new_ids: HashSet<ShardId> = manifest.stripes.iter().flatten().copied().collect();

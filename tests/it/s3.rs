@@ -174,6 +174,52 @@ async fn boto3_stores_reads_ranges_versions_and_deletes_and_each_object_is_a_doc
     gw.stop().await;
 }
 
+/// Runs the `multipart` scenario with `mib` MiB objects and checks the boto3 one from Rust:
+/// an ordinary document (manifest version 2, one piece a part), registered by the
+/// department, read back byte-identical with the library's client.
+async fn multipart(mib: u32) {
+    let gw = start().await;
+    let mib = mib.to_string();
+    let out = gw.run("multipart", "parts", &[("S3_MP_MIB", &mib)]).await;
+    // The clients' figures (upload time), shown with `--nocapture`.
+    println!("{out}");
+    let line = out
+        .lines()
+        .find_map(|l| l.strip_prefix("object: "))
+        .expect("clients.py names its object");
+    let parts: Vec<&str> = line.split(' ').collect();
+    let id = DocumentId::from_str(parts[2]).unwrap();
+    let record = gw
+        .dept
+        .chain()
+        .unwrap()
+        .check_registered(&id)
+        .await
+        .unwrap();
+    assert_eq!(record.owner, gw.dept.public());
+    let manifest = gw.dept.manifest(&id).await.unwrap();
+    assert_eq!(manifest.version, dangan::manifest::MANIFEST_VERSION_PIECES);
+    let size: u64 = (mib.parse::<u64>().unwrap() << 20) + 12345;
+    assert_eq!(manifest.size, size);
+    assert_eq!(manifest.pieces.len() as u64, size.div_ceil(8 << 20));
+    let bytes = common::read(&gw.dept, &id, &gw.keyring.load(&id).unwrap()).await;
+    use md5::Digest;
+    assert_eq!(hex::encode(md5::Md5::digest(&bytes)), parts[3]);
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn boto3_and_the_cli_upload_in_parallel_parts_and_each_upload_is_a_document() {
+    multipart(40).await;
+}
+
+/// The size: `cargo test --test it s3::multipart_of_200_mib -- --ignored`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "200 MiB twice through S3: run on demand"]
+async fn multipart_of_200_mib() {
+    multipart(200).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn boto3_lists_1500_objects_by_prefix_delimiter_and_continuation() {
     let gw = start().await;

@@ -245,6 +245,126 @@ def aws_cli():
     ok("aws s3 cp, ls, cp back, rm")
 
 
+def sha_md5s(path, chunk):
+    """(sha256 of the file, the MD5 of each `chunk`-sized part) of `path`."""
+    h, md5s = hashlib.sha256(), []
+    with open(path, "rb") as f:
+        while True:
+            b = f.read(chunk)
+            if not b:
+                break
+            h.update(b)
+            md5s.append(hashlib.md5(b).digest())
+    return h.hexdigest(), md5s
+
+
+def streamed_sha(s3, key, **extra):
+    """sha256 and length of an object read with one streamed GET."""
+    body = s3.get_object(Bucket=BUCKET, Key=key, **extra)["Body"]
+    h, n = hashlib.sha256(), 0
+    for b in iter(lambda: body.read(1 << 20), b""):
+        h.update(b)
+        n += len(b)
+    return h.hexdigest(), n
+
+
+def multipart():
+    """Multipart uploads: boto3's upload_file and the AWS CLI in parallel parts (S3_MP_MIB,
+    40 unless set), read back identical, by a range across a part boundary, ETags `-N`; the
+    low-level calls: list parts and uploads, bad order, unknown part, too small, abort."""
+    from boto3.s3.transfer import TransferConfig
+
+    s3 = client()
+    s3.create_bucket(Bucket=BUCKET)
+    size = int(os.environ.get("S3_MP_MIB", "40")) << 20
+    chunk = 8 << 20
+    with tempfile.TemporaryDirectory() as d:
+        src = os.path.join(d, "big.bin")
+        with open(src, "wb") as f:
+            for _ in range(size // (1 << 20)):
+                f.write(os.urandom(1 << 20))
+            f.write(os.urandom(12345))
+        size += 12345
+        sha, md5s = sha_md5s(src, chunk)
+        etag = f"{hashlib.md5(b''.join(md5s)).hexdigest()}-{len(md5s)}"
+        cfg = TransferConfig(multipart_threshold=chunk, multipart_chunksize=chunk, max_concurrency=4)
+        started = time.monotonic()
+        s3.upload_file(src, BUCKET, "big/boto3.bin", Config=cfg)
+        took = time.monotonic() - started
+        head = s3.head_object(Bucket=BUCKET, Key="big/boto3.bin")
+        assert head["ETag"].strip('"') == etag, (head["ETag"], etag)
+        assert head["ContentLength"] == size
+        ok(f"upload_file of {size} bytes in {len(md5s)} parts, 4 at a time ({took:.1f} s), ETag {etag}")
+        assert streamed_sha(s3, "big/boto3.bin") == (sha, size)
+        ok("read back identical")
+        with open(src, "rb") as f:
+            f.seek(chunk - 100)
+            want = f.read(200)
+        got = s3.get_object(Bucket=BUCKET, Key="big/boto3.bin", Range=f"bytes={chunk - 100}-{chunk + 99}")["Body"].read()
+        assert got == want
+        ok("range across a part boundary")
+        whole = hashlib.md5()
+        with open(src, "rb") as f:
+            for b in iter(lambda: f.read(1 << 20), b""):
+                whole.update(b)
+        print(f"object: {BUCKET} big/boto3.bin {head['VersionId']} {whole.hexdigest()}", flush=True)
+
+        aws = [os.path.join(os.path.dirname(sys.executable), "aws"), "--endpoint-url", ENDPOINT]
+        env = dict(os.environ, AWS_DEFAULT_REGION="us-east-1")
+        out = subprocess.run(aws + ["s3", "cp", src, f"s3://{BUCKET}/big/cli.bin"], env=env, capture_output=True, text=True)
+        assert out.returncode == 0, f"aws s3 cp: {out.returncode}\n{out.stdout}\n{out.stderr}"
+        head = s3.head_object(Bucket=BUCKET, Key="big/cli.bin")
+        assert head["ETag"].strip('"').endswith(f"-{len(md5s)}"), head["ETag"]
+        back = os.path.join(d, "back.bin")
+        out = subprocess.run(aws + ["s3", "cp", f"s3://{BUCKET}/big/cli.bin", back], env=env, capture_output=True, text=True)
+        assert out.returncode == 0, f"aws s3 cp back: {out.returncode}\n{out.stdout}\n{out.stderr}"
+        assert sha_md5s(back, chunk)[0] == sha
+        ok(f"aws s3 cp up in parts and back, identical, ETag {head['ETag']}")
+
+    key = "parts/low-level"
+    up = s3.create_multipart_upload(Bucket=BUCKET, Key=key, ContentType="application/x-parts")["UploadId"]
+    one, two = os.urandom(5 << 20), os.urandom(1000)
+    e2 = s3.upload_part(Bucket=BUCKET, Key=key, UploadId=up, PartNumber=2, Body=two)["ETag"]
+    e1 = s3.upload_part(Bucket=BUCKET, Key=key, UploadId=up, PartNumber=1, Body=one)["ETag"]
+    assert e1.strip('"') == hashlib.md5(one).hexdigest() and e2.strip('"') == hashlib.md5(two).hexdigest()
+    parts = s3.list_parts(Bucket=BUCKET, Key=key, UploadId=up)["Parts"]
+    assert [(p["PartNumber"], p["Size"], p["ETag"]) for p in parts] == [(1, len(one), e1), (2, len(two), e2)], parts
+    ok("upload parts out of order, list parts")
+    uploads = s3.list_multipart_uploads(Bucket=BUCKET).get("Uploads", [])
+    assert [(u["Key"], u["UploadId"]) for u in uploads] == [(key, up)], uploads
+    ok("list uploads")
+
+    def complete(upload, parts, k=key):
+        return lambda: s3.complete_multipart_upload(
+            Bucket=BUCKET, Key=k, UploadId=upload,
+            MultipartUpload={"Parts": [{"PartNumber": n, "ETag": e} for n, e in parts]})
+
+    expect_code("InvalidPartOrder", complete(up, [(2, e2), (1, e1)]), "complete in the wrong order")
+    expect_code("InvalidPart", complete(up, [(1, e1), (3, e2)]), "complete with a part never uploaded")
+    expect_code("InvalidPart", complete(up, [(1, e2), (2, e2)]), "complete with a wrong ETag")
+    small = s3.create_multipart_upload(Bucket=BUCKET, Key="parts/small")["UploadId"]
+    s1 = s3.upload_part(Bucket=BUCKET, Key="parts/small", UploadId=small, PartNumber=1, Body=b"x" * 1000)["ETag"]
+    s2 = s3.upload_part(Bucket=BUCKET, Key="parts/small", UploadId=small, PartNumber=2, Body=b"y")["ETag"]
+    expect_code("EntityTooSmall", complete(small, [(1, s1), (2, s2)], "parts/small"), "complete with a small part")
+    done = complete(up, [(1, e1), (2, e2)])()
+    want = f"{hashlib.md5(hashlib.md5(one).digest() + hashlib.md5(two).digest()).hexdigest()}-2"
+    assert done["ETag"].strip('"') == want, (done["ETag"], want)
+    got = s3.get_object(Bucket=BUCKET, Key=key)
+    assert got["Body"].read() == one + two and got["ContentType"] == "application/x-parts"
+    assert got["ETag"].strip('"') == want
+    ok("complete: the parts in order, ETag -2, Content-Type kept")
+    expect_code("NoSuchUpload", lambda: s3.list_parts(Bucket=BUCKET, Key=key, UploadId=up), "list parts once completed")
+
+    s3.abort_multipart_upload(Bucket=BUCKET, Key="parts/small", UploadId=small)
+    expect_code("NoSuchUpload", lambda: s3.list_parts(Bucket=BUCKET, Key="parts/small", UploadId=small), "list parts once aborted")
+    expect_code("NoSuchUpload", lambda: s3.upload_part(Bucket=BUCKET, Key="parts/small", UploadId=small, PartNumber=3, Body=b"z"), "upload a part once aborted")
+    expect_code("NoSuchUpload", complete(small, [(1, s1)], "parts/small"), "complete once aborted")
+    expect_code("NoSuchUpload", lambda: s3.abort_multipart_upload(Bucket=BUCKET, Key="parts/small", UploadId=small), "abort again")
+    expect_code(("404", "NoSuchKey"), lambda: s3.head_object(Bucket=BUCKET, Key="parts/small"), "an aborted upload leaves no object")
+    assert s3.list_multipart_uploads(Bucket=BUCKET).get("Uploads", []) == []
+    ok("abort")
+
+
 def listing():
     s3 = client()
     s3.create_bucket(Bucket=BUCKET)
@@ -362,5 +482,5 @@ def auth():
 
 
 if __name__ == "__main__":
-    {"basic": basic, "listing": listing, "auth": auth}[sys.argv[1]]()
+    {"basic": basic, "listing": listing, "auth": auth, "multipart": multipart}[sys.argv[1]]()
     print("done", flush=True)

@@ -2,7 +2,7 @@
 export * from "./bytes.js";
 export { Reader } from "./postcard.js";
 export { ProofError } from "./chain.js";
-export { decodeManifest, segmentCount, sealedSegmentLen } from "./manifest.js";
+export { decodeManifest, segmentCount, segments } from "./manifest.js";
 export { decodeReceipt, verifyReceipt } from "./receipt.js";
 export { Identity, KeyFileError, UnwrapError, parsePublicId, publicIdText } from "./identity.js";
 export { TamperError, openSegment, sealSegment, openSealedStream, openSealedBytes, SEALED_MAGIC } from "./stream.js";

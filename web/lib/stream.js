@@ -8,7 +8,7 @@
 
 import { FormatError, concatBytes, equalBytes, toHex, utf8 } from "./bytes.js";
 import { decodeReceipt, verifyReceipt } from "./receipt.js";
-import { sealedSegmentLen, segmentCount } from "./manifest.js";
+import { segments } from "./manifest.js";
 import { chacha20poly1305 } from "./primitives.js";
 
 export const SEALED_MAGIC = utf8("DGNSEAL1");
@@ -121,13 +121,14 @@ export async function openSealedStream(readable, { identity, expected, validator
   const sealed = await need(r, 48, "the wrapped key");
   const key = await identity.unwrap(receipt.document, enc, sealed);
   try {
-    const count = segmentCount(m);
     let written = 0;
-    for (let i = 0; i < count; i++) {
-      const last = i === count - 1;
-      const seg = await r.read(sealedSegmentLen(m, i), `segment ${i}`);
-      if (seg === null) throw new TamperError(i);
-      const plain = openSegment(key, m.noncePrefix, i, last, seg);
+    let n = 0;
+    // Piece after piece, each its own STREAM (one piece unless an S3 multipart upload).
+    for (const s of segments(m)) {
+      const seg = await r.read(s.len, `segment ${n}`);
+      if (seg === null) throw new TamperError(n);
+      n++;
+      const plain = openSegment(key, s.noncePrefix, s.index, s.last, seg);
       await sink(plain);
       written += plain.length;
       if (progress) progress(written, m.size);

@@ -56,3 +56,29 @@ test("base64url round-trips", () => {
   const b = fromHex("00ff10fe7f", 5);
   assert.deepEqual(fromBase64Url(toBase64Url(b)), b);
 });
+
+test("manifests of both versions decode: version 2 lists its pieces, each its own STREAM", async () => {
+  const { readFileSync } = await import("node:fs");
+  const { decodeManifest, segments, segmentCount } = await import("../lib/index.js");
+  const seed = (name) => new Uint8Array(readFileSync(new URL(`../../fuzz/seeds/manifest/${name}`, import.meta.url)));
+  const one = decodeManifest(seed("small"));
+  assert.equal(one.version, 1);
+  assert.deepEqual(one.pieces.map((p) => p.size), [3000]);
+  assert.equal(segmentCount(one), 3);
+  // `it::fuzz_seeds` writes it: pieces of 3000, 0 and 700 bytes, 1 KiB segments.
+  const m = decodeManifest(seed("pieces"));
+  assert.equal(m.version, 2);
+  assert.deepEqual(m.pieces.map((p) => p.size), [3000, 0, 700]);
+  assert.deepEqual(m.pieces.map((p) => p.noncePrefix[0]), [0, 1, 2]);
+  const segs = [...segments(m)].map((s) => [s.noncePrefix[0], s.index, s.last, s.len]);
+  assert.deepEqual(segs, [
+    [0, 0, false, 1040],
+    [0, 1, false, 1040],
+    [0, 2, true, 968],
+    [1, 0, true, 16],
+    [2, 0, true, 716],
+  ]);
+  // Cut short anywhere: refused.
+  const bytes = seed("pieces");
+  for (let n = 0; n < bytes.length; n++) assert.throws(() => decodeManifest(bytes.subarray(0, n)));
+});
