@@ -881,6 +881,7 @@ async fn start_validators(
                 ..Default::default()
             },
             Some(ledger.clone()),
+            &mut Default::default(),
         )
         .await?;
         running.push((ledger, peer));
