@@ -162,6 +162,10 @@ enum Command {
         /// Where the node keeps its data (relative paths: to --dir).
         #[arg(long, default_value = "/var/lib/dangan")]
         data_dir: PathBuf,
+        /// TCP address of the node's plain-HTTP metrics and health probes, e.g.
+        /// 10.0.0.5:9101 on a scrape network (default: none).
+        #[arg(long)]
+        metrics_listen: Option<std::net::SocketAddr>,
     },
     /// Write keys and configs for a cluster of peers on this machine.
     LocalConfig {
@@ -885,7 +889,17 @@ fn run(cli: Cli) -> Result<()> {
             weight,
             validator,
             data_dir,
-        } => init(&dir, listen, addr, zone, weight, validator, data_dir),
+            metrics_listen,
+        } => init(
+            &dir,
+            listen,
+            addr,
+            zone,
+            weight,
+            validator,
+            data_dir,
+            metrics_listen,
+        ),
         Command::LocalConfig {
             dir,
             peers,
@@ -1915,41 +1929,7 @@ async fn cluster_status(client: &ClientArgs, data_dir: &Path) -> Result<()> {
         })
         .await?;
     bar.finish_and_clear();
-    println!("layout epoch {}", status.layout.epoch);
-    if let Some(from) = &status.moving_from {
-        println!("rebalance pending from epoch {}", from.epoch);
-    }
-    println!(
-        "{:<14} {:<10} {:>6} {:>8} {:>12}  health",
-        "peer", "zone", "weight", "shards", "used"
-    );
-    for p in &status.peers {
-        let (shards, used, health) = match &p.usage {
-            Ok(u) => (
-                u.shards.to_string(),
-                format!("{:.1} MB", u.bytes as f64 / 1e6),
-                "up".to_string(),
-            ),
-            Err(e) => ("-".into(), "-".into(), format!("DOWN ({e})")),
-        };
-        let health = if p.node.weight == 0 {
-            format!("{health}, draining")
-        } else {
-            health
-        };
-        println!(
-            "{:<14} {:<10} {:>6} {:>8} {:>12}  {health}",
-            p.node.key.short(),
-            p.node.zone,
-            p.node.weight,
-            shards,
-            used
-        );
-    }
-    println!(
-        "{} documents, {} stripes, {} below full redundancy",
-        status.documents, status.stripes, status.stripes_below
-    );
+    print!("{}", status.table());
     Ok(())
 }
 
@@ -2331,6 +2311,7 @@ fn local_config(dir: &Path, options: LocalOptions) -> Result<()> {
 }
 
 /// `dangan init`: asks in a terminal for what the flags left out, refuses elsewhere.
+#[allow(clippy::too_many_arguments)] // one per flag of `dangan init`
 fn init(
     dir: &Path,
     listen: Option<std::net::SocketAddr>,
@@ -2339,6 +2320,7 @@ fn init(
     weight: u32,
     validator: bool,
     data_dir: PathBuf,
+    metrics_listen: Option<std::net::SocketAddr>,
 ) -> Result<()> {
     let listen = match listen {
         Some(listen) => listen,
@@ -2372,6 +2354,7 @@ fn init(
             weight,
             validator,
             data_dir,
+            metrics_listen,
         },
     )?;
     let d = dir.display();

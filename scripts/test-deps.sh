@@ -8,23 +8,40 @@
 #            $DANGAN_S3_VENV (default ~/.cache/dangan/s3-venv); called by tests/it/s3.rs.
 #   hsm:     Debian's SoftHSM2 (a PKCS#11 token in files) and OpenSC's pkcs11-tool (apt-get);
 #            called by tests/it/hsm.rs.
-# Usage: scripts/test-deps.sh [browser|s3|hsm|all] (default all). Run it by hand on a fresh
-# machine to install ahead of time.
+#   metrics: `promtool` from Debian's prometheus package (apt-get), which checks the metrics
+#            exposition; called by tests/it/metrics.rs.
+# Usage: scripts/test-deps.sh [browser|s3|hsm|metrics|all] (default all). Run it by hand on
+# a fresh machine to install ahead of time. Without apt-get (or rights to use it) it fails
+# and says so: the tests that need it fail rather than pass without checking.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 what="${1:-all}"
+
+# The one way packages are installed: Debian's apt-get, as root or through sudo.
+apt_install() {
+    echo "test-deps: installing $* with apt-get" >&2
+    if ! command -v apt-get >/dev/null 2>&1; then
+        echo "test-deps: apt-get is not available here; install $* by hand" >&2
+        exit 1
+    fi
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    export DEBIAN_FRONTEND=noninteractive
+    $sudo apt-get update -q >&2
+    $sudo apt-get install -y -q --no-install-recommends "$@" >&2
+}
+
+if [ "$what" = metrics ] || [ "$what" = all ]; then
+    command -v promtool >/dev/null 2>&1 || apt_install prometheus
+    [ "$what" = metrics ] && exit 0
+fi
 
 if [ "$what" = s3 ] || [ "$what" = all ]; then
     venv="${DANGAN_S3_VENV:-$HOME/.cache/dangan/s3-venv}"
     pins="boto3==1.44.* awscli==1.46.*"
     if ! cmp -s <(echo "$pins") "$venv/.dangan-installed" 2>/dev/null; then
         if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
-            echo "test-deps: installing python3-venv with apt-get" >&2
-            sudo=""
-            [ "$(id -u)" -eq 0 ] || sudo="sudo"
-            export DEBIAN_FRONTEND=noninteractive
-            $sudo apt-get update -q >&2
-            $sudo apt-get install -y -q --no-install-recommends python3-venv >&2
+            apt_install python3-venv
         fi
         echo "test-deps: making the S3 clients' venv in $venv" >&2
         python3 -m venv "$venv" >&2
@@ -41,12 +58,7 @@ if [ "$what" = hsm ] || [ "$what" = all ]; then
         || missing+=(softhsm2)
     command -v pkcs11-tool >/dev/null 2>&1 || missing+=(opensc)
     if [ "${#missing[@]}" -gt 0 ]; then
-        echo "test-deps: installing ${missing[*]} with apt-get" >&2
-        sudo=""
-        [ "$(id -u)" -eq 0 ] || sudo="sudo"
-        export DEBIAN_FRONTEND=noninteractive
-        $sudo apt-get update -q >&2
-        $sudo apt-get install -y -q --no-install-recommends "${missing[@]}" >&2
+        apt_install "${missing[@]}"
     fi
     [ -e /usr/lib/softhsm/libsofthsm2.so ] || { echo "test-deps: no /usr/lib/softhsm/libsofthsm2.so" >&2; exit 1; }
     [ "$what" = hsm ] && exit 0
@@ -59,12 +71,7 @@ command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
 command -v node >/dev/null 2>&1 || missing+=(nodejs)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
 if [ "${#missing[@]}" -gt 0 ]; then
-    echo "test-deps: installing ${missing[*]} with apt-get" >&2
-    sudo=""
-    [ "$(id -u)" -eq 0 ] || sudo="sudo"
-    export DEBIAN_FRONTEND=noninteractive
-    $sudo apt-get update -q >&2
-    $sudo apt-get install -y -q --no-install-recommends "${missing[@]}" >&2
+    apt_install "${missing[@]}"
 fi
 
 # npm ci only when node_modules was not installed from this very lockfile (a stamp copy of

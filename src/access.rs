@@ -249,6 +249,9 @@ pub struct ChainView {
     cache: Mutex<Cache>,
     /// Questions asked of the chain (the own ledger or the validator hosts) so far.
     queries: AtomicU64,
+    /// Roles and documents looked up in the cache: found there, and not.
+    hits: AtomicU64,
+    misses: AtomicU64,
 }
 
 impl std::fmt::Debug for ChainView {
@@ -268,6 +271,8 @@ impl ChainView {
             remote: RwLock::new(None),
             cache: Mutex::new(Cache::default()),
             queries: AtomicU64::new(0),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
         }
     }
 
@@ -379,8 +384,10 @@ impl ChainView {
         since: Option<Instant>,
     ) -> Result<Option<Role>, AccessError> {
         if let Some(hit) = self.lock().roles.get(who, since) {
+            self.hits.fetch_add(1, Ordering::Relaxed);
             return Ok(hit);
         }
+        self.misses.fetch_add(1, Ordering::Relaxed);
         let at = Instant::now();
         let role = self
             .ask(
@@ -409,6 +416,24 @@ impl ChainView {
         self.queries.load(Ordering::Relaxed)
     }
 
+    /// Roles and documents looked up in the cache so far: (found, not found).
+    pub fn cache_counts(&self) -> (u64, u64) {
+        (
+            self.hits.load(Ordering::Relaxed),
+            self.misses.load(Ordering::Relaxed),
+        )
+    }
+
+    /// The chain's height as the chain is asked now (the own ledger while current, else
+    /// the validator hosts): whether it answers is what a peer's readiness checks.
+    pub async fn chain_height(&self) -> Result<u64, AccessError> {
+        self.ask(
+            |ledger| Ok(ledger.status().height),
+            |client| async move { Ok(client.status().await?.height) },
+        )
+        .await
+    }
+
     /// Document `id`'s record; `None` if it is not registered. With `refresh`, asks the
     /// chain even if a cached answer is younger than [`ACCESS_TTL`].
     pub async fn document(
@@ -425,8 +450,10 @@ impl ChainView {
         since: Option<Instant>,
     ) -> Result<Option<Arc<DocumentRecord>>, AccessError> {
         if let Some(hit) = self.lock().documents.get(id, since) {
+            self.hits.fetch_add(1, Ordering::Relaxed);
             return Ok(hit);
         }
+        self.misses.fetch_add(1, Ordering::Relaxed);
         let at = Instant::now();
         let record = self
             .ask(

@@ -413,6 +413,25 @@ impl AuditLog {
         }
     }
 
+    /// Records not yet covered by a root committed on chain (buffered ones included):
+    /// what `dangan_audit_pending_records` shows. One read of the roots table.
+    pub fn pending(&self) -> Result<u64, AuditError> {
+        let next = self.buffer().next_seq;
+        let txn = self.db.begin_read().map_err(dberr)?;
+        let roots = txn.open_table(ROOTS).map_err(dberr)?;
+        let mut rooted = 0;
+        for item in roots.iter().map_err(dberr)?.rev() {
+            let (first, bytes) = item.map_err(dberr)?;
+            let first = first.value();
+            let entry: RootEntry = decode(format!("root {first}"), bytes.value())?;
+            if entry.committed {
+                rooted = first + entry.count;
+                break;
+            }
+        }
+        Ok(next.saturating_sub(rooted))
+    }
+
     /// The root stored but not known to be committed, if any: (first seq, entry).
     fn uncommitted(&self) -> Result<Option<(u64, RootEntry)>, AuditError> {
         let txn = self.db.begin_read().map_err(dberr)?;

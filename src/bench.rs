@@ -882,6 +882,7 @@ async fn start_validators(
                 ..Default::default()
             },
             Some(ledger.clone()),
+            &mut Default::default(),
         )
         .await?;
         running.push((ledger, peer));

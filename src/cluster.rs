@@ -95,6 +95,8 @@ pub struct LocalCluster {
     operator: Identity,
     root: PathBuf,
     limits: PeerLimits,
+    /// Whether every node serves its metrics and health probes on 127.0.0.1.
+    metrics: bool,
 }
 
 impl LocalCluster {
@@ -117,6 +119,24 @@ impl LocalCluster {
         Ok(cluster)
     }
 
+    /// Like [`LocalCluster::start`], with every node (the validator's too) serving its
+    /// metrics and health probes on 127.0.0.1, any port ([`LocalCluster::metrics_addr`]).
+    pub async fn start_observed(peers: usize, zones: usize) -> Result<Self, ClusterError> {
+        let tmp = tempfile::Builder::new().prefix("dangan-").tempdir()?;
+        let root = tmp.path().to_path_buf();
+        let mut cluster = Self::start_keyed(
+            &root,
+            peers,
+            zones,
+            PeerLimits::default(),
+            ClusterKeys::default(),
+            true,
+        )
+        .await?;
+        cluster._tmp = Some(tmp);
+        Ok(cluster)
+    }
+
     /// Like [`LocalCluster::start`], in `root` (kept).
     pub async fn start_in(
         root: &Path,
@@ -124,7 +144,7 @@ impl LocalCluster {
         zones: usize,
         limits: PeerLimits,
     ) -> Result<Self, ClusterError> {
-        Self::start_keyed(root, peers, zones, limits, ClusterKeys::default()).await
+        Self::start_keyed(root, peers, zones, limits, ClusterKeys::default(), false).await
     }
 
     /// Like [`LocalCluster::start`], with the keys `keys` gives (e.g. keys in a PKCS#11
@@ -137,7 +157,7 @@ impl LocalCluster {
         let tmp = tempfile::Builder::new().prefix("dangan-").tempdir()?;
         let root = tmp.path().to_path_buf();
         let mut cluster =
-            Self::start_keyed(&root, peers, zones, PeerLimits::default(), keys).await?;
+            Self::start_keyed(&root, peers, zones, PeerLimits::default(), keys, false).await?;
         cluster._tmp = Some(tmp);
         Ok(cluster)
     }
@@ -148,6 +168,7 @@ impl LocalCluster {
         zones: usize,
         limits: PeerLimits,
         keys: ClusterKeys,
+        metrics: bool,
     ) -> Result<Self, ClusterError> {
         let membership = Membership::new();
         let client_identity = keys
@@ -165,7 +186,8 @@ impl LocalCluster {
         let mut slots = Vec::with_capacity(peers);
         for (i, identity) in identities.into_iter().enumerate() {
             let dir = root.join(format!("peer-{i}"));
-            let node = node::start(peer_setup(&identity, loopback(), &dir, &limits, None)).await?;
+            let setup = peer_setup(&identity, loopback(), &dir, &limits, None, metrics);
+            let node = node::start(setup).await?;
             slots.push(Slot {
                 zone: format!("zone-{}", i % zones.max(1)),
                 addr: node.addr(),
@@ -211,7 +233,14 @@ impl LocalCluster {
                 genesis,
                 chain: chain_dir.join("chain.redb"),
             }),
-            ..peer_setup(&host, loopback(), &chain_dir.join("store"), &limits, None)
+            ..peer_setup(
+                &host,
+                loopback(),
+                &chain_dir.join("store"),
+                &limits,
+                None,
+                metrics,
+            )
         })
         .await?;
         let ledger = validator
@@ -247,6 +276,7 @@ impl LocalCluster {
             operator,
             root: root.to_path_buf(),
             limits,
+            metrics,
         })
     }
 
@@ -258,8 +288,15 @@ impl LocalCluster {
         let i = self.slots.len();
         let dir = self.root.join(format!("peer-{i}"));
         let chain = Some(self.chain.clone());
-        let node =
-            node::start(peer_setup(&identity, loopback(), &dir, &self.limits, chain)).await?;
+        let setup = peer_setup(
+            &identity,
+            loopback(),
+            &dir,
+            &self.limits,
+            chain,
+            self.metrics,
+        );
+        let node = node::start(setup).await?;
         let info = NodeInfo {
             key: identity.public(),
             zone: zone.to_string(),
@@ -536,7 +573,14 @@ impl LocalCluster {
         let chain = Some(self.chain.clone());
         let slot = self.slots.get_mut(i).ok_or(ClusterError::PeerStopped(i))?;
         if slot.node.is_none() {
-            let setup = peer_setup(&slot.identity, slot.addr, &slot.dir, &self.limits, chain);
+            let setup = peer_setup(
+                &slot.identity,
+                slot.addr,
+                &slot.dir,
+                &self.limits,
+                chain,
+                self.metrics,
+            );
             slot.node = Some(node::start(setup).await?);
         }
         Ok(())
@@ -551,6 +595,17 @@ impl LocalCluster {
             .and_then(|s| s.node.as_ref())
             .ok_or(ClusterError::PeerStopped(i))?;
         Ok(node.link(chain)?)
+    }
+
+    /// Where running peer `i` serves its metrics and health probes (a cluster started with
+    /// [`LocalCluster::start_observed`]).
+    pub fn metrics_addr(&self, i: usize) -> Option<SocketAddr> {
+        self.slots.get(i)?.node.as_ref()?.metrics_addr()
+    }
+
+    /// Where the validator's node serves its metrics and health probes, while it runs.
+    pub fn validator_metrics_addr(&self) -> Option<SocketAddr> {
+        self.validator.as_ref()?.metrics_addr()
     }
 
     /// Where the embedded chain is, for clients.
@@ -588,13 +643,15 @@ fn loopback() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 0))
 }
 
-/// A storage node of the embedded cluster: no validator; linked to `chain` when given.
+/// A storage node of the embedded cluster: no validator; linked to `chain` when given;
+/// with `metrics`, serving them on 127.0.0.1, any port.
 fn peer_setup(
     identity: &Identity,
     listen: SocketAddr,
     dir: &Path,
     limits: &PeerLimits,
     chain: Option<ChainLink>,
+    metrics: bool,
 ) -> NodeSetup {
     NodeSetup {
         identity: identity.clone(),
@@ -605,6 +662,7 @@ fn peer_setup(
         // Trusted keys matter only to a validator that has others to reach.
         members: Vec::new(),
         validator: None,
+        metrics_listen: metrics.then(loopback),
     }
 }
 

@@ -340,6 +340,10 @@ pub struct NodeFile {
     /// Present on the node that runs the chain's validator.
     #[serde(default)]
     pub validator: Option<ValidatorSection>,
+    /// TCP address of the plain-HTTP metrics and health listener (`/metrics`, `/healthz`,
+    /// `/readyz`); absent: none.
+    #[serde(default)]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// `[validator]`: this node also runs the chain's validator.
@@ -414,6 +418,7 @@ pub struct NodeConfig {
     pub limits: PeerLimits,
     /// The validator section with its paths resolved.
     pub validator: Option<ValidatorSection>,
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl NodeFile {
@@ -482,6 +487,7 @@ impl NodeFile {
                 genesis: base.join(v.genesis),
                 chain: base.join(v.chain),
             }),
+            metrics_listen: file.metrics_listen,
         })
     }
 }
@@ -502,6 +508,8 @@ pub struct NodeSetup {
     pub members: Vec<PublicId>,
     /// The validator this node hosts, if any.
     pub validator: Option<ValidatorSetup>,
+    /// Where its metrics and health probes are served over plain HTTP (none: not served).
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// The validator a node hosts: `[validator]` with its key and genesis loaded.
@@ -542,6 +550,7 @@ impl NodeConfig {
             chain: cluster.chain,
             members: cluster.members,
             validator,
+            metrics_listen: self.metrics_listen,
         })
     }
 }

@@ -640,6 +640,7 @@ pub async fn serve(
         keyring: crate::keyring::Keyring::open(root.join("keyring"))?,
         data_dir: gateway_dir,
         department: "civil-registry".into(),
+        metrics_listen: None,
         limits: crate::gateway::GatewayLimits::default(),
     };
     let gateway = crate::gateway::start(setup).await.map_err(gateway_error)?;

@@ -24,6 +24,7 @@ pub mod id;
 pub mod identity;
 pub mod keyring;
 pub mod manifest;
+pub mod metrics;
 pub mod net;
 pub mod node;
 pub mod ops;

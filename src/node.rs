@@ -3,7 +3,9 @@
 //!
 //! [`run`] is what `dangan node` does (load, start, serve until told to stop, stop);
 //! [`start`] gives the running [`Node`] to callers that need it, such as the embedded
-//! cluster (`cluster`), so there is one way to wire a node. Not here: reading config files
+//! cluster (`cluster`), so there is one way to wire a node. Each node has its own metrics
+//! registry (the peer's requests and figures, the validator's commit latency), served with
+//! its health probes on `metrics_listen` when set (`metrics`). Not here: reading config files
 //! (`config`), serving requests (`peer`), ordering blocks (`chain`), authorising requests
 //! (`access`).
 
@@ -16,6 +18,7 @@ use crate::chain::client::ChainLink;
 use crate::chain::ledger::{Ledger, LedgerError, ValidatorNet};
 use crate::config::{ConfigError, NodeConfig, NodeSetup};
 use crate::identity::{Identity, PublicId};
+use crate::metrics::{MetricsError, MetricsServer};
 use crate::net::NetError;
 use crate::peer::{self, PeerError, PeerHandle};
 use crate::tls::{AllowAny, Membership};
@@ -35,6 +38,8 @@ pub enum NodeError {
     Peer(#[from] PeerError),
     #[error("linking the peer to the chain's validators")]
     Link(#[source] NetError),
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
 }
 
 /// A running node: its peer and, on a validator's node, the ledger. Dropping it does not
@@ -45,6 +50,7 @@ pub struct Node {
     bind: SocketAddr,
     peer: PeerHandle,
     ledger: Option<Arc<Ledger>>,
+    metrics: Option<MetricsServer>,
 }
 
 impl Node {
@@ -58,6 +64,11 @@ impl Node {
 
     pub fn peer(&self) -> &PeerHandle {
         &self.peer
+    }
+
+    /// Where its metrics and health probes are served, if they are.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().map(MetricsServer::addr)
     }
 
     /// The ledger of the validator this node hosts, if any.
@@ -75,8 +86,12 @@ impl Node {
             .map_err(NodeError::Link)
     }
 
-    /// Stops the peer (and with it the validator it hosts), then the ledger for good.
+    /// Stops the metrics listener, the peer (and with it the validator it hosts), then the
+    /// ledger for good.
     pub async fn shutdown(self) {
+        if let Some(metrics) = self.metrics {
+            metrics.stop().await;
+        }
         self.peer.shutdown().await;
         if let Some(ledger) = &self.ledger {
             ledger.shutdown().await;
@@ -97,7 +112,9 @@ pub async fn start(setup: NodeSetup) -> Result<Node, NodeError> {
         chain,
         members,
         validator,
+        metrics_listen,
     } = setup;
+    let mut registry = prometheus_client::registry::Registry::with_prefix("dangan");
     let ledger = match validator {
         None => None,
         Some(v) => {
@@ -112,6 +129,11 @@ pub async fn start(setup: NodeSetup) -> Result<Node, NodeError> {
                     path: v.chain.clone(),
                     source,
                 })?;
+            registry.register(
+                "chain_commit_duration_seconds",
+                "Seconds from proposing a block to its commit and apply, on this validator as leader",
+                ledger.commit_latency(),
+            );
             Some(Arc::new(ledger))
         }
     };
@@ -124,6 +146,7 @@ pub async fn start(setup: NodeSetup) -> Result<Node, NodeError> {
         &data_dir,
         limits,
         ledger.clone(),
+        &mut registry,
     )
     .await
     {
@@ -135,11 +158,28 @@ pub async fn start(setup: NodeSetup) -> Result<Node, NodeError> {
             return Err(e.into());
         }
     };
+    let metrics = match metrics_listen {
+        None => None,
+        Some(addr) => {
+            let probe = peer.ready_probe();
+            match crate::metrics::serve(addr, Arc::new(registry), probe).await {
+                Ok(server) => Some(server),
+                Err(e) => {
+                    peer.shutdown().await;
+                    if let Some(ledger) = &ledger {
+                        ledger.shutdown().await;
+                    }
+                    return Err(e.into());
+                }
+            }
+        }
+    };
     let node = Node {
         identity,
         bind: SocketAddr::new(listen.ip(), 0),
         peer,
         ledger,
+        metrics,
     };
     // A peer hosting a validator is linked to the other validators too (`link` leaves this
     // host out): its own ledger answers only while it is current, and after a restart,
@@ -173,6 +213,9 @@ pub async fn run(config: NodeConfig, shutdown: impl Future) -> Result<(), NodeEr
         );
     }
     println!("peer {} serving on {}", node.id(), node.addr());
+    if let Some(addr) = node.metrics_addr() {
+        println!("metrics and health probes on http://{addr}/metrics (plain HTTP)");
+    }
     shutdown.await;
     node.shutdown().await;
     Ok(())

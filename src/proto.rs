@@ -270,6 +270,57 @@ pub enum Request {
         from: Vec<u8>,
         limit: u32,
     },
+    /// This node's figures, the same its metrics expose (`peer::status`): answered
+    /// `NodeStatus`. For operators (`dangan cluster status`).
+    NodeStatus,
+}
+
+impl Request {
+    /// The request's kind, snake case (a metrics label: never anything it carries).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Request::PutShard { .. } => "put_shard",
+            Request::GetShard { .. } => "get_shard",
+            Request::HasShard { .. } => "has_shard",
+            Request::DeleteShard { .. } => "delete_shard",
+            Request::ListShards { .. } => "list_shards",
+            Request::Usage => "usage",
+            Request::PutManifest { .. } => "put_manifest",
+            Request::GetManifest { .. } => "get_manifest",
+            Request::Ping => "ping",
+            Request::SubmitTx { .. } => "submit_tx",
+            Request::GetDocument { .. } => "get_document",
+            Request::GetBlock { .. } => "get_block",
+            Request::ChainStatus => "chain_status",
+            Request::GetAccount { .. } => "get_account",
+            Request::GetTx { .. } => "get_tx",
+            Request::DeleteManifest { .. } => "delete_manifest",
+            Request::Scrub { .. } => "scrub",
+            Request::GetLayout => "get_layout",
+            Request::ListDocuments { .. } => "list_documents",
+            Request::Raft { .. } => "raft",
+            Request::Endorse { .. } => "endorse",
+            Request::OpenDocument { .. } => "open_document",
+            Request::GetRecord { .. } => "get_record",
+            Request::GetAudit { .. } => "get_audit",
+            Request::PutMany { .. } => "put_many",
+            Request::GetValidatorChanges => "get_validator_changes",
+            Request::BindShards { .. } => "bind_shards",
+            Request::VerifyShard { .. } => "verify_shard",
+            Request::ListStale { .. } => "list_stale",
+            Request::CollectStale { .. } => "collect_stale",
+            Request::OpenDelegated { .. } => "open_delegated",
+            Request::GetDelegatedShard { .. } => "get_delegated_shard",
+            Request::GetDelegatedManifest { .. } => "get_delegated_manifest",
+            Request::GetDelegatedDocument { .. } => "get_delegated_document",
+            Request::ListGranted { .. } => "list_granted",
+            Request::GetBucket { .. } => "get_bucket",
+            Request::ListBuckets => "list_buckets",
+            Request::GetName { .. } => "get_name",
+            Request::ListNames { .. } => "list_names",
+            Request::NodeStatus => "node_status",
+        }
+    }
 }
 
 /// Most shard ids one [`Request::BindShards`] carries (a frame holds them easily).
@@ -340,6 +391,64 @@ pub enum Response {
     Bound(u32),
     /// The answer to `ListStale`.
     StalePage(StalePage),
+    /// The answer to `NodeStatus`.
+    NodeStatus(NodeStatus),
+}
+
+/// A node's figures (the answer to `NodeStatus`): what its metrics expose as gauges, read
+/// from the same source (`peer::status`), so the two cannot disagree.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    /// Unique shards held and their bytes (`Usage`).
+    pub shards: u64,
+    pub bytes: u64,
+    /// Read records not yet covered by a root committed on chain (`audit`).
+    pub audit_pending: u64,
+    /// Why the node does not serve now (`/readyz`'s reason); `None`: ready.
+    pub not_ready: Option<String>,
+    /// The validator this node hosts, if any.
+    pub validator: Option<ValidatorStatus>,
+}
+
+/// A hosted validator's place in the chain (from its ledger and openraft's metrics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ValidatorStatus {
+    /// Height of the last block applied here.
+    pub height: u64,
+    pub role: RaftRole,
+    /// Raft's current term.
+    pub term: u64,
+}
+
+/// A validator's raft role (openraft's `ServerState`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RaftRole {
+    Learner,
+    Follower,
+    Candidate,
+    Leader,
+    Shutdown,
+}
+
+impl RaftRole {
+    /// Every role, in the order of the variants.
+    pub const ALL: [RaftRole; 5] = [
+        RaftRole::Learner,
+        RaftRole::Follower,
+        RaftRole::Candidate,
+        RaftRole::Leader,
+        RaftRole::Shutdown,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RaftRole::Learner => "learner",
+            RaftRole::Follower => "follower",
+            RaftRole::Candidate => "candidate",
+            RaftRole::Leader => "leader",
+            RaftRole::Shutdown => "shutdown",
+        }
+    }
 }
 
 /// Who holds a reference, as the wire carries it (`store::Holder`).
@@ -598,6 +707,7 @@ expect! {
     ScrubPage => Scrubbed,
     u32 => Bound,
     StalePage => StalePage,
+    NodeStatus => NodeStatus,
 }
 
 /// The answer to [`Request::OpenDocument`]: the document's distinct shard count.

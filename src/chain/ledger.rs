@@ -182,6 +182,9 @@ pub struct Ledger {
     stopped: tokio::sync::Mutex<bool>,
     /// The tip's signed header, once a proof needed it (`chain::proof`).
     signed_tip: Mutex<Option<SignedHeader>>,
+    /// Seconds from proposing a block to its commit and apply, led here
+    /// (`dangan_chain_commit_duration_seconds`).
+    commit_seconds: prometheus_client::metrics::histogram::Histogram,
 }
 
 impl Ledger {
@@ -319,6 +322,7 @@ impl Ledger {
         }
         let (submit, rx) = mpsc::unbounded_channel();
         let seal = Arc::new(tokio::sync::Notify::new());
+        let commit_seconds = crate::metrics::latency_histogram();
         let committer = tokio::spawn(commit_loop(
             rx,
             shared.clone(),
@@ -326,6 +330,7 @@ impl Ledger {
             net.clone(),
             me,
             seal.clone(),
+            commit_seconds.clone(),
         ));
         tokio::spawn(seal_genesis(
             Arc::downgrade(&shared),
@@ -354,6 +359,7 @@ impl Ledger {
             members: Mutex::new(Some(members)),
             stopped: tokio::sync::Mutex::new(false),
             signed_tip: Mutex::new(None),
+            commit_seconds,
         })
     }
 
@@ -511,6 +517,12 @@ impl Ledger {
     /// and their answer: past `max`, submissions are answered [`LedgerError::Busy`].
     pub fn set_submit_queue(&self, max: usize) {
         self.max_queued.store(max, Ordering::Relaxed);
+    }
+
+    /// The histogram of block commit times on this validator as leader (from proposing a
+    /// block to its commit and apply): the node registers it with its metrics.
+    pub fn commit_latency(&self) -> prometheus_client::metrics::histogram::Histogram {
+        self.commit_seconds.clone()
     }
 
     /// Transactions submitted to this validator, as leader, not answered yet.
@@ -933,6 +945,7 @@ async fn commit_loop(
     net: Arc<Links>,
     me: u64,
     seal: Arc<tokio::sync::Notify>,
+    commit_seconds: prometheus_client::metrics::histogram::Histogram,
 ) {
     let (retry_tx, mut retry_rx) = mpsc::unbounded_channel::<Queued>();
     let in_flight = Arc::new(tokio::sync::Semaphore::new(BLOCKS_IN_FLIGHT));
@@ -1021,6 +1034,7 @@ async fn commit_loop(
             committing,
         };
         let (raft, retry_tx, reset) = (raft.clone(), retry_tx.clone(), reset.clone());
+        let commit_seconds = commit_seconds.clone();
         tokio::spawn(async move {
             let outcome = match pending.await {
                 Ok(Ok(resp)) => Ok(resp.data),
@@ -1028,7 +1042,8 @@ async fn commit_loop(
                 Err(_) => Err("raft stopped".to_string()),
             };
             drop(permit);
-            answer_block(outcome, height, included, times, &raft, &retry_tx, &reset).await;
+            let done = (&raft, &retry_tx, &*reset, &commit_seconds);
+            answer_block(outcome, height, included, times, done).await;
         });
     }
 }
@@ -1304,12 +1319,17 @@ async fn answer_block(
     height: u64,
     included: Vec<(Queued, u32)>,
     times: BlockTimes,
-    raft: &Raft,
-    retry_tx: &mpsc::UnboundedSender<Queued>,
-    reset: &std::sync::atomic::AtomicBool,
+    (raft, retry_tx, reset, commit_seconds): (
+        &Raft,
+        &mpsc::UnboundedSender<Queued>,
+        &std::sync::atomic::AtomicBool,
+        &prometheus_client::metrics::histogram::Histogram,
+    ),
 ) {
     match outcome {
         Ok(Applied::Block { height: h }) if h == height => {
+            let took = times.proposed + times.endorse + times.committing.elapsed();
+            commit_seconds.observe(took.as_secs_f64());
             debug!(
                 target: "dangan::chain",
                 height,

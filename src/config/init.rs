@@ -56,6 +56,8 @@ pub struct InitOptions {
     /// Where the node keeps its data: the shard store in `store/` under it, the chain in
     /// `chain.redb`. Relative paths are relative to the config directory.
     pub data_dir: PathBuf,
+    /// Where the node serves its metrics and health probes over plain HTTP (none: not).
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// What was written, and what the consortium adds to its shared files.
@@ -105,6 +107,10 @@ pub fn write(dir: &Path, options: &InitOptions) -> Result<Initialized, InitError
         options.listen,
         path(&options.data_dir.join("store")),
     );
+    if let Some(at) = options.metrics_listen {
+        // Plain HTTP: a scrape network's address, never a public one (docs/operations.md).
+        node_file.push_str(&format!("metrics_listen = \"{at}\"\n"));
+    }
     let mut cluster_entry = format!(
         "[[peer]]\nid = \"{}\"\naddr = \"{addr}\"\nzone = {}\nweight = {}\n",
         node.public(),
@@ -172,6 +178,7 @@ mod tests {
             weight: 100,
             validator,
             data_dir: "data".into(),
+            metrics_listen: validator.then(|| "10.0.1.5:9101".parse().unwrap()),
         }
     }
 
@@ -183,6 +190,7 @@ mod tests {
             toml::from_str(&std::fs::read_to_string(&done.config).unwrap()).unwrap();
         assert_eq!(file.data_dir, Path::new("data/store"));
         assert_eq!(file.validator.unwrap().chain, Path::new("data/chain.redb"));
+        assert_eq!(file.metrics_listen, Some("10.0.1.5:9101".parse().unwrap()));
         let key = Identity::load(dir.path().join("keys/node.key")).unwrap();
         assert_eq!(key.public(), done.node);
         // The entries are what the shared files take.

@@ -15,6 +15,7 @@
 
 pub mod api;
 pub mod assets;
+pub mod observe;
 pub mod portal;
 pub mod s3;
 pub mod uploads;
@@ -73,6 +74,8 @@ pub enum GatewayError {
     },
     #[error("the HTTP server stopped: {0}")]
     Serve(#[source] std::io::Error),
+    #[error(transparent)]
+    Metrics(#[from] crate::metrics::MetricsError),
     /// No token, or one the gateway does not know.
     #[error("a valid API token is needed (Authorization: Bearer dgt1…)")]
     Unauthorized,
@@ -570,6 +573,9 @@ pub struct GatewayFile {
     pub department: String,
     #[serde(default)]
     pub limits: LimitsSection,
+    /// TCP address of the plain-HTTP metrics and health listener (none: not served).
+    #[serde(default)]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -623,6 +629,7 @@ pub struct GatewayConfig {
     pub data_dir: PathBuf,
     pub department: String,
     pub limits: GatewayLimits,
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl GatewayFile {
@@ -678,6 +685,7 @@ impl GatewayFile {
                 max_json: (l.max_json_kib << 10) as usize,
                 max_transfers: l.max_transfers,
             },
+            metrics_listen: self.metrics_listen,
         })
     }
 }
@@ -694,6 +702,8 @@ pub struct GatewaySetup {
     pub data_dir: PathBuf,
     pub department: String,
     pub limits: GatewayLimits,
+    /// Where its metrics and health probes are served over plain HTTP (none: not served).
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl GatewayConfig {
@@ -709,6 +719,7 @@ impl GatewayConfig {
             data_dir: self.data_dir.clone(),
             department: self.department.clone(),
             limits: self.limits,
+            metrics_listen: self.metrics_listen,
         })
     }
 
@@ -863,6 +874,7 @@ pub struct Gateway {
     s3_addr: Option<SocketAddr>,
     stop: Option<tokio::sync::watch::Sender<bool>>,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
+    metrics: Option<crate::metrics::MetricsServer>,
 }
 
 impl Gateway {
@@ -876,8 +888,18 @@ impl Gateway {
         self.s3_addr
     }
 
+    /// Where its metrics and health probes are served, if they are.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics
+            .as_ref()
+            .map(crate::metrics::MetricsServer::addr)
+    }
+
     /// Stops accepting, lets requests in progress finish, and closes the cluster client.
     pub async fn stop(mut self) -> Result<(), GatewayError> {
+        if let Some(metrics) = self.metrics.take() {
+            metrics.stop().await;
+        }
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(true);
         }
@@ -904,6 +926,18 @@ pub async fn start(setup: GatewaySetup) -> Result<Gateway, GatewayError> {
             source,
         })?;
     let client = setup.client.clone();
+    let mut registry = prometheus_client::registry::Registry::with_prefix("dangan");
+    let metrics = observe::GatewayMetrics::new(&mut registry);
+    let counting = |route: Option<&'static str>| {
+        axum::middleware::from_fn_with_state((metrics.clone(), route), observe::count)
+    };
+    let metrics_server = match setup.metrics_listen {
+        Some(at) => {
+            let probe = observe::ready_probe(client.clone());
+            Some(crate::metrics::serve(at, Arc::new(registry), probe).await?)
+        }
+        None => None,
+    };
     let portal = Arc::new(portal::Portal::new(client.clone(), setup.department.clone()).await?);
     let state = Arc::new(AppState {
         client: setup.client,
@@ -931,7 +965,8 @@ pub async fn start(setup: GatewaySetup) -> Result<Gateway, GatewayError> {
                     addr: s3_listen,
                     source,
                 })?;
-            let app = s3_router(s3::service(state.clone())?);
+            let app =
+                s3_router(s3::service(state.clone())?).layer(counting(Some(observe::S3_ROUTE)));
             let stopped = until_stopped(stopped.clone());
             let task = tokio::spawn(async move {
                 axum::serve(listener, app)
@@ -943,7 +978,7 @@ pub async fn start(setup: GatewaySetup) -> Result<Gateway, GatewayError> {
         }
         None => None,
     };
-    let app = router(state, portal);
+    let app = router(state, portal).layer(counting(None));
     let (s3_addr, s3_task) = match s3 {
         Some((a, t)) => (Some(a), Some(t)),
         None => (None, None),
@@ -965,6 +1000,7 @@ pub async fn start(setup: GatewaySetup) -> Result<Gateway, GatewayError> {
         s3_addr,
         stop: Some(stop),
         task,
+        metrics: metrics_server,
     })
 }
 
@@ -980,6 +1016,9 @@ pub async fn run(
         println!("S3 listening on http://{s3}");
     }
     println!("gateway listening on http://{}", gateway.addr());
+    if let Some(addr) = gateway.metrics_addr() {
+        println!("metrics and health probes on http://{addr}/metrics (plain HTTP)");
+    }
     shutdown.await;
     gateway.stop().await
 }

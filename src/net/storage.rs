@@ -8,7 +8,9 @@ use tracing::warn;
 use super::{Net, NetError};
 use crate::id::{DocumentId, ShardId};
 use crate::placement::NodeInfo;
-use crate::proto::{self, DeleteOutcome, ProtoError, PutOutcome, Request, ScrubPage, Usage};
+use crate::proto::{
+    self, DeleteOutcome, NodeStatus, ProtoError, PutOutcome, Request, ScrubPage, Usage,
+};
 
 impl Net {
     /// Shard `id` from `node`, verified against its id; `None` if the peer has none.
@@ -193,6 +195,11 @@ impl Net {
     /// What `node` stores.
     pub async fn usage(&self, node: &NodeInfo) -> Result<Usage, NetError> {
         self.call(node, &Request::Usage, None).await
+    }
+
+    /// `node`'s figures and readiness (what its metrics expose): for operators.
+    pub async fn node_status(&self, node: &NodeInfo) -> Result<NodeStatus, NetError> {
+        self.call(node, &Request::NodeStatus, None).await
     }
 
     /// Asks `node` to re-hash one page of its shards (quarantining corrupt ones).

@@ -92,8 +92,9 @@ pub enum OpsError {
 #[derive(Debug, Clone)]
 pub struct PeerStatus {
     pub node: NodeInfo,
-    /// What it stores, or why it did not answer.
-    pub usage: Result<crate::proto::Usage, String>,
+    /// Its figures (`Request::NodeStatus`: the ones its metrics expose), or why it did not
+    /// answer.
+    pub status: Result<crate::proto::NodeStatus, String>,
 }
 
 /// The cluster as an operator sees it.
@@ -107,6 +108,84 @@ pub struct ClusterStatus {
     pub stripes: u64,
     /// Stripes with fewer than k + m shards on their placed peers.
     pub stripes_below: u64,
+}
+
+impl ClusterStatus {
+    /// The table `dangan cluster status` prints: one line per peer (its figures as its
+    /// metrics show them), then the stripes found below k + m.
+    pub fn table(&self) -> String {
+        use std::fmt::Write;
+        let mut out = String::new();
+        let _ = writeln!(out, "layout epoch {}", self.layout.epoch);
+        if let Some(from) = &self.moving_from {
+            let _ = writeln!(out, "rebalance pending from epoch {}", from.epoch);
+        }
+        let _ = writeln!(
+            out,
+            "{:<14} {:<10} {:>6} {:<9} {:>8} {:>12} {:>7} {:<9} {:>6} {:>13}",
+            "peer",
+            "zone",
+            "weight",
+            "up",
+            "shards",
+            "bytes",
+            "height",
+            "raft",
+            "term",
+            "audit pending"
+        );
+        for p in &self.peers {
+            let up = match (&p.status, p.node.weight) {
+                (Err(_), _) => "DOWN",
+                (Ok(s), _) if s.not_ready.is_some() => "not ready",
+                (Ok(_), 0) => "draining",
+                (Ok(_), _) => "up",
+            };
+            let dash = || "-".to_string();
+            let (shards, bytes, height, role, term, audit) = match &p.status {
+                Ok(s) => (
+                    s.shards.to_string(),
+                    s.bytes.to_string(),
+                    s.validator.map_or_else(dash, |v| v.height.to_string()),
+                    s.validator
+                        .map_or_else(dash, |v| v.role.as_str().to_string()),
+                    s.validator.map_or_else(dash, |v| v.term.to_string()),
+                    s.audit_pending.to_string(),
+                ),
+                Err(_) => (dash(), dash(), dash(), dash(), dash(), dash()),
+            };
+            let _ = writeln!(
+                out,
+                "{:<14} {:<10} {:>6} {:<9} {:>8} {:>12} {:>7} {:<9} {:>6} {:>13}",
+                p.node.key.short(),
+                p.node.zone,
+                p.node.weight,
+                up,
+                shards,
+                bytes,
+                height,
+                role,
+                term,
+                audit
+            );
+            match &p.status {
+                Err(e) => {
+                    let _ = writeln!(out, "  {}: {e}", p.node.key.short());
+                }
+                Ok(s) => {
+                    if let Some(why) = &s.not_ready {
+                        let _ = writeln!(out, "  {}: {why}", p.node.key.short());
+                    }
+                }
+            }
+        }
+        let _ = writeln!(
+            out,
+            "{} documents, {} stripes, {} below full redundancy",
+            self.documents, self.stripes, self.stripes_below
+        );
+        out
+    }
 }
 
 /// An operator's view of a cluster: the layout from the chain (the cluster file's when the
@@ -300,10 +379,14 @@ impl Operator {
         let client = self.client(current.clone(), previous.clone())?;
         let mut peers = Vec::new();
         for node in &current.nodes {
-            let usage = client.net().usage(node).await.map_err(|e| e.to_string());
+            let status = client
+                .net()
+                .node_status(node)
+                .await
+                .map_err(|e| e.to_string());
             peers.push(PeerStatus {
                 node: node.clone(),
-                usage,
+                status,
             });
         }
         let check = OpsOptions {

@@ -31,18 +31,22 @@
 //! Layout: this module starts the peer, accepts connections and streams, and authorises each
 //! request and routes it to its concern (the budgets in `limits`): `storage` (shards, manifests, the group committer,
 //! scrub, usage, lists), `chain` (chain queries, submissions, validator-to-validator
-//! consensus, records as the caller may see them) and `audit` (this peer's read records).
+//! consensus, records as the caller may see them), `audit` (this peer's read records) and
+//! `status` (requests counted once here, by kind and outcome; the figures the node's
+//! metrics and `NodeStatus` both read; readiness).
 //!
 //! Not for: deciding placement, or deciding who may read (that is the chain's and
 //! `access`'s).
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use prometheus_client::registry::Registry;
 use quinn::{RecvStream, SendStream};
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinHandle;
@@ -60,6 +64,7 @@ use crate::tls::{self, TrustPolicy};
 mod audit;
 mod chain;
 mod limits;
+mod status;
 mod storage;
 
 use limits::{Class, Gate};
@@ -172,6 +177,8 @@ struct State {
     audit: Arc<AuditLog>,
     limits: PeerLimits,
     stats: Arc<PeerStats>,
+    metrics: status::RequestMetrics,
+    sources: status::Sources,
 }
 
 /// A running peer. Dropping the handle does not stop it; call [`PeerHandle::shutdown`].
@@ -186,6 +193,7 @@ pub struct PeerHandle {
     audit: Arc<AuditLog>,
     auditor: JoinHandle<()>,
     ledger: Option<Arc<Ledger>>,
+    sources: status::Sources,
 }
 
 impl PeerHandle {
@@ -215,6 +223,26 @@ impl PeerHandle {
     /// The peer's read records (`audit`).
     pub fn audit(&self) -> &Arc<AuditLog> {
         &self.audit
+    }
+
+    /// Whether the peer serves now (`/readyz`): its store reads and the chain it authorises
+    /// by is current; `Err` says why not.
+    pub async fn readiness(&self) -> Result<(), String> {
+        status::readiness(&self.sources).await
+    }
+
+    /// [`PeerHandle::readiness`] as the metrics listener's `/readyz` asks it.
+    pub fn ready_probe(&self) -> crate::metrics::Ready {
+        let sources = self.sources.clone();
+        Arc::new(move || {
+            let sources = sources.clone();
+            Box::pin(async move { status::readiness(&sources).await })
+        })
+    }
+
+    /// The peer's figures and readiness now: what `NodeStatus` answers and its metrics show.
+    pub async fn status(&self) -> proto::NodeStatus {
+        node_status(&self.sources).await
     }
 
     /// Stops accepting, closes every connection, stops the validator this peer hosts (if
@@ -248,6 +276,7 @@ impl PeerHandle {
 /// the peer is also a validator and answers chain requests, and authorises requests by it.
 /// `trust` decides which keys complete the handshake: a storage peer that serves citizens
 /// passes [`crate::tls::AllowAny`] and relies on per-request authorisation (`access`).
+/// Its request counters and figures are registered in `registry` (`status`).
 pub async fn start(
     identity: &Identity,
     trust: Arc<dyn TrustPolicy>,
@@ -255,6 +284,7 @@ pub async fn start(
     data_dir: &Path,
     limits: PeerLimits,
     ledger: Option<Arc<Ledger>>,
+    registry: &mut Registry,
 ) -> Result<PeerHandle, PeerError> {
     let store = {
         let dir = data_dir.to_path_buf();
@@ -275,7 +305,17 @@ pub async fn start(
         Some(ledger) => ChainView::of_ledger(ledger.clone()),
         None => ChainView::unlinked(),
     });
+    let sources = status::Sources {
+        store: store.clone(),
+        audit: audit.clone(),
+        ledger: ledger.clone(),
+        access: access.clone(),
+        stats: stats.clone(),
+    };
+    status::register(registry, sources.clone());
     let state = Arc::new(State {
+        metrics: status::RequestMetrics::new(registry),
+        sources: sources.clone(),
         store: store.clone(),
         committer: storage::spawn_committer(store.clone(), limits.commit_batch, stats.clone()),
         gate: Gate::new(&limits),
@@ -305,6 +345,7 @@ pub async fn start(
         audit,
         auditor,
         ledger,
+        sources,
     })
 }
 
@@ -381,20 +422,41 @@ async fn serve_connection(conn: quinn::Connection, who: PublicId, class: Class, 
         };
         state.stats.requests.fetch_add(1, Ordering::Relaxed);
         let Ok(open) = streams.clone().try_acquire_owned() else {
-            // Over the connection's share: answered at once, nothing read.
-            tokio::spawn(busy(
-                send,
-                recv,
-                state.clone(),
-                "too many requests open on this connection",
-            ));
+            // Over the connection's share: answered at once, nothing read (its kind unknown).
+            let state = state.clone();
+            tokio::spawn(counted(state.clone(), async move {
+                busy(
+                    send,
+                    recv,
+                    state,
+                    "too many requests open on this connection",
+                )
+                .await;
+                Some("unknown")
+            }));
             continue;
         };
         let (state, opened) = (state.clone(), opened.clone());
         tokio::spawn(async move {
-            serve_stream(send, recv, who, class, state, opened).await;
+            let served = serve_stream(send, recv, who, class, state.clone(), opened);
+            counted(state, served).await;
             drop(open);
         });
+    }
+}
+
+/// Serves one request and counts it once (`status`): its kind, as `serve` returns it, and
+/// its outcome, as its answer said (none sent: `failed`), with the time it took.
+async fn counted(state: Arc<State>, serve: impl Future<Output = Option<&'static str>>) {
+    let started = Instant::now();
+    let (kind, outcome) = status::OUTCOME
+        .scope(std::cell::Cell::new(status::Outcome::Failed), async {
+            let kind = serve.await;
+            (kind, status::OUTCOME.with(std::cell::Cell::get))
+        })
+        .await;
+    if let Some(kind) = kind {
+        state.metrics.record(kind, outcome, started.elapsed());
     }
 }
 
@@ -407,6 +469,8 @@ async fn busy(mut send: SendStream, mut recv: RecvStream, state: Arc<State>, why
 
 /// Serves one request: its header within `header_timeout` (no slot held meanwhile), then a
 /// slot of the caller's class, its authorisation and its handler within `request_timeout`.
+/// Returns the request's kind (`unknown` when its header did not decode or came too slowly;
+/// `None` when the caller gave up before sending one: not a request).
 async fn serve_stream(
     mut send: SendStream,
     mut recv: RecvStream,
@@ -414,7 +478,7 @@ async fn serve_stream(
     class: Class,
     state: Arc<State>,
     opened: Arc<OpenDocuments>,
-) {
+) -> Option<&'static str> {
     let header = tokio::time::timeout(state.limits.header_timeout, proto::read_frame(&mut recv));
     let req: Request = match header.await {
         Ok(Ok(req)) => req,
@@ -427,20 +491,22 @@ async fn serve_stream(
             state.stats.refused.fetch_add(1, Ordering::Relaxed);
             let _ = recv.stop(code.as_u32().into());
             let _ = answer(&mut send, &error(code, e.to_string()), None).await;
-            return;
+            return Some("unknown");
         }
         Ok(Err(e)) => {
             debug!(client = %who.short(), error = %e, "request header not read");
-            return;
+            return None;
         }
         Err(_) => {
             state.stats.refused.fetch_add(1, Ordering::Relaxed);
+            status::note(status::Outcome::Refused);
             debug!(client = %who.short(), "request header incomplete within its time; stream reset");
             let _ = recv.stop(ErrorCode::Timeout.as_u32().into());
             let _ = send.reset(ErrorCode::Timeout.as_u32().into());
-            return;
+            return Some("unknown");
         }
     };
+    let kind = req.kind();
     // A connection sorted as a stranger's may belong to a key that has an account since.
     // Asked briefly (a quarter of the authorisation time), so that with the chain slow or
     // unreachable a request is still answered within about `AUTHORISE_TIMEOUT` in all.
@@ -460,11 +526,15 @@ async fn serve_stream(
     };
     if !state.gate.may_be_refused(&who, class) {
         let why = "too many refused requests from this key; slow down";
-        return busy(send, recv, state, why).await;
+        busy(send, recv, state, why).await;
+        return Some(kind);
     }
     let slot = match state.gate.slot(&who, class).await {
         Ok(slot) => slot,
-        Err(refusal) => return busy(send, recv, state, &refusal.0).await,
+        Err(refusal) => {
+            busy(send, recv, state, &refusal.0).await;
+            return Some(kind);
+        }
     };
     let timeout = state.limits.request_timeout;
     let handled = handle(&mut send, &mut recv, &state, who, class, req, &opened);
@@ -472,12 +542,14 @@ async fn serve_stream(
         Ok(Ok(())) => {}
         Ok(Err(e)) => debug!(client = %who.short(), error = %e, "request failed"),
         Err(_) => {
+            status::note(status::Outcome::Failed);
             warn!(client = %who.short(), ?timeout, "request timed out");
             let _ = recv.stop(ErrorCode::Timeout.as_u32().into());
             let _ = send.reset(ErrorCode::Timeout.as_u32().into());
         }
     }
     drop(slot);
+    Some(kind)
 }
 
 fn error(code: ErrorCode, message: impl Into<String>) -> Response {
@@ -492,6 +564,7 @@ async fn answer(
     resp: &Response,
     body: Option<Bytes>,
 ) -> Result<(), ProtoError> {
+    status::note(status::Outcome::of(resp));
     proto::write_frame(send, resp).await?;
     if let Some(body) = body {
         send.write_chunk(body).await.map_err(std::io::Error::from)?;
@@ -603,6 +676,10 @@ async fn handle(
         Request::GetRecord { id } => chain::get_record(send, recv, state, &who, id).await,
         Request::GetAccount { id } => chain::get_account(send, state, id).await,
         Request::ChainStatus => chain::status(send, state).await,
+        Request::NodeStatus => {
+            let resp = Response::NodeStatus(node_status(&state.sources).await);
+            answer(send, &resp, None).await
+        }
         Request::DeleteManifest { id } => storage::delete_manifest(send, state, id).await,
         Request::Scrub { after, limit } => storage::scrub(send, state, after, limit).await,
         Request::GetLayout => chain::get_layout(send, state).await,
@@ -637,6 +714,15 @@ async fn handle(
             chain::list_names(send, recv, state, &who, query).await
         }
     }
+}
+
+/// The figures and readiness of a peer now (`status`).
+async fn node_status(sources: &status::Sources) -> proto::NodeStatus {
+    let ready = status::readiness(sources).await;
+    let s = sources.clone();
+    let mut figures = blocking(move || status::figures(&s)).await;
+    figures.not_ready = ready.err();
+    figures
 }
 
 /// Answers a refusal: nothing changed and no document byte was sent. `Refused` when the
@@ -772,6 +858,7 @@ async fn authorise(
         Request::ListShards { .. } => access.may_maintain(who, "list shards").await,
         Request::Usage => access.may_maintain(who, "see the store's usage").await,
         Request::Scrub { .. } => access.may_maintain(who, "scrub").await,
+        Request::NodeStatus => access.may_maintain(who, "see the node's status").await,
         Request::ListStale { .. } | Request::CollectStale { .. } => {
             access.may_maintain(who, "collect orphans").await
         }

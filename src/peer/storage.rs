@@ -507,6 +507,7 @@ pub(super) async fn scrub(
                 .stats
                 .corrupt_detected
                 .fetch_add(page.corrupt.len() as u64, Ordering::Relaxed);
+            state.metrics.scrubbed(page.checked, page.corrupt.len());
             Response::Scrubbed(page.into())
         }
         Err(e) => store_error(state, e),

@@ -274,6 +274,7 @@ async fn a_validator_peer_serves_transactions_proofs_blocks_and_status() {
         &dir.path().join("store"),
         Default::default(),
         Some(ledger.clone()),
+        &mut Default::default(),
     )
     .await
     .unwrap();

@@ -59,6 +59,7 @@ pub async fn start_with(
         keyring: keyring.clone(),
         data_dir,
         department: "civil-registry".into(),
+        metrics_listen: None,
         limits,
     })
     .await

@@ -28,6 +28,7 @@ mod isolation;
 mod layering;
 mod liar;
 mod manifests;
+mod metrics;
 mod ops;
 mod orphans;
 mod raft;

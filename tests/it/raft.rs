@@ -187,6 +187,7 @@ impl Net {
             &self.dirs[i].join("store"),
             Default::default(),
             Some(ledger.clone()),
+            &mut Default::default(),
         )
         .await
         .unwrap();

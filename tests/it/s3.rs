@@ -81,6 +81,7 @@ async fn start() -> S3Gw {
         data_dir,
         department: "civil-registry".into(),
         limits: GatewayLimits::default(),
+        metrics_listen: None,
     })
     .await
     .unwrap();
