@@ -209,15 +209,9 @@ async fn multipart(mib: u32) {
     gw.stop().await;
 }
 
+/// 200 MiB, the size, each way (boto3 and the AWS CLI).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn boto3_and_the_cli_upload_in_parallel_parts_and_each_upload_is_a_document() {
-    multipart(40).await;
-}
-
-/// The size: `cargo test --test it s3::multipart_of_200_mib -- --ignored`.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "200 MiB twice through S3: run on demand"]
-async fn multipart_of_200_mib() {
     multipart(200).await;
 }
 
