@@ -106,7 +106,7 @@ pub struct GatewayBenchReport {
     pub reset: bool,
 }
 
-fn median(figures: &[Figure]) -> f64 {
+pub(super) fn median(figures: &[Figure]) -> f64 {
     let mut v: Vec<f64> = figures.iter().map(Figure::mb_per_s).collect();
     v.sort_by(f64::total_cmp);
     v.get(v.len() / 2).copied().unwrap_or(0.0)
@@ -521,6 +521,41 @@ fn generated(size: u64, seed: u64) -> Body {
 pub(super) const FETCHED: u64 = 21;
 const LARGE: u64 = 22;
 
+/// Runs `dangan ARGS` as the department, on the cluster files in `dir`: its time and its
+/// standard output, or an error with what it wrote on standard error.
+pub(super) async fn cli(
+    exe: &Path,
+    dir: &Path,
+    args: &[&std::ffi::OsStr],
+) -> Result<(Duration, Vec<u8>), ClusterError> {
+    let what = args
+        .first()
+        .map_or(String::new(), |a| a.to_string_lossy().into_owned());
+    let errors = dir.join(format!("{what}.stderr"));
+    let started = Instant::now();
+    let out = tokio::process::Command::new(exe)
+        .args(args)
+        .arg("--key")
+        .arg(dir.join("department.key"))
+        .arg("--cluster")
+        .arg(dir.join("cluster.toml"))
+        .arg("--keyring")
+        .arg(dir.join("keyring"))
+        .stdin(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&errors)?)
+        .output()
+        .await?;
+    let took = started.elapsed();
+    if !out.status.success() {
+        return Err(check(format!(
+            "`dangan {what}` failed ({}): {}",
+            out.status,
+            std::fs::read_to_string(&errors).unwrap_or_default().trim()
+        )));
+    }
+    Ok((took, out.stdout))
+}
+
 /// Runs `dangan get` of `id` on the cluster files in `dir` into a file there: its time,
 /// then the file checked against the document and removed.
 pub(super) async fn cli_get(
@@ -530,31 +565,18 @@ pub(super) async fn cli_get(
     size: u64,
 ) -> Result<Duration, ClusterError> {
     let out = dir.join("fetched.bin");
-    let errors = dir.join("get.stderr");
-    let started = Instant::now();
-    let status = tokio::process::Command::new(exe)
-        .arg("get")
-        .arg(id.to_string())
-        .arg("--output")
-        .arg(&out)
-        .arg("--key")
-        .arg(dir.join("department.key"))
-        .arg("--cluster")
-        .arg(dir.join("cluster.toml"))
-        .arg("--keyring")
-        .arg(dir.join("keyring"))
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(&errors)?)
-        .status()
-        .await?;
-    let took = started.elapsed();
-    if !status.success() {
-        return Err(check(format!(
-            "`dangan get` failed ({status}): {}",
-            std::fs::read_to_string(&errors).unwrap_or_default().trim()
-        )));
-    }
+    let id = id.to_string();
+    let (took, _) = cli(
+        exe,
+        dir,
+        &[
+            "get".as_ref(),
+            id.as_ref(),
+            "--output".as_ref(),
+            out.as_os_str(),
+        ],
+    )
+    .await?;
     let mut written = SampleCheck::new(size, FETCHED);
     let mut file = tokio::fs::File::open(&out).await?;
     tokio::io::copy(&mut file, &mut written).await?;

@@ -14,11 +14,11 @@
 //! Not for: timing assertions.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use md5::Digest;
 
-use super::gateway::{FETCHED, GatewayProcess, check, cli_get};
+use super::gateway::{FETCHED, GatewayProcess, check, cli, cli_get, median};
 use super::{Figure, Latency, SampleStream, figure, latency};
 use crate::cluster::{ClusterError, LocalCluster};
 
@@ -81,12 +81,6 @@ pub struct S3BenchReport {
     pub peak_put: Option<u64>,
     pub peak_get: Option<u64>,
     pub peak_small: Option<u64>,
-}
-
-fn median(figures: &[Figure]) -> f64 {
-    let mut v: Vec<f64> = figures.iter().map(Figure::mb_per_s).collect();
-    v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
 
 impl S3BenchReport {
@@ -226,30 +220,8 @@ async fn cli_put(
     dir: &Path,
     file: &Path,
 ) -> Result<(Duration, crate::id::DocumentId), ClusterError> {
-    let errors = dir.join("put.stderr");
-    let started = Instant::now();
-    let out = tokio::process::Command::new(exe)
-        .arg("put")
-        .arg(file)
-        .arg("--key")
-        .arg(dir.join("department.key"))
-        .arg("--cluster")
-        .arg(dir.join("cluster.toml"))
-        .arg("--keyring")
-        .arg(dir.join("keyring"))
-        .stdin(std::process::Stdio::null())
-        .stderr(std::fs::File::create(&errors)?)
-        .output()
-        .await?;
-    let took = started.elapsed();
-    if !out.status.success() {
-        return Err(check(format!(
-            "`dangan put` failed ({}): {}",
-            out.status,
-            std::fs::read_to_string(&errors).unwrap_or_default().trim()
-        )));
-    }
-    let id = String::from_utf8_lossy(&out.stdout)
+    let (took, stdout) = cli(exe, dir, &["put".as_ref(), file.as_os_str()]).await?;
+    let id = String::from_utf8_lossy(&stdout)
         .trim()
         .parse()
         .map_err(|e| check(format!("`dangan put` printed no document id: {e}")))?;
