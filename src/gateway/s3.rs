@@ -412,14 +412,20 @@ impl DanganS3 {
     async fn versions(&self, name: &NameRecord) -> S3Result<Vec<Version>> {
         let chain = self.chain()?;
         let mut out = vec![self.describe(name, name.document, name.height).await?];
-        let mut at = name.document;
-        while out.len() < name.versions.max(1) as usize {
-            let Some(previous) = chain.check_registered(&at).await.map_err(s3)?.supersedes else {
-                break;
-            };
-            at = previous.document;
-            let height = chain.check_registered(&at).await.map_err(s3)?.height;
-            out.push(self.describe(name, at, height).await?);
+        let limit = name.versions.max(1) as usize;
+        // Each version's registration, asked once: its height and the one it replaced.
+        let mut previous = match limit {
+            1 => None,
+            _ => {
+                let current = chain.check_registered(&name.document).await;
+                current.map_err(s3)?.supersedes
+            }
+        };
+        while out.len() < limit {
+            let Some(p) = previous else { break };
+            let record = chain.check_registered(&p.document).await.map_err(s3)?;
+            out.push(self.describe(name, p.document, record.height).await?);
+            previous = record.supersedes;
         }
         Ok(out)
     }
