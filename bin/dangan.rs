@@ -325,9 +325,40 @@ enum Command {
         grace_hours: f64,
         /// Keep running as the background collector: a round every this many hours
         /// (fractions allowed) until Ctrl-C; a failed round is reported and the next one
-        /// runs as planned.
+        /// runs as planned. (`dangan maintain --no-scrub --no-repair` with metrics.)
         #[arg(long)]
         every_hours: Option<f64>,
+    },
+    /// The maintenance service: scrub, repair and collect every period until stopped
+    /// (SIGTERM or Ctrl-C), with Prometheus metrics of what it finds: among them the
+    /// stripes below k + m and each job's progress. Run one per cluster
+    /// (config/dangan-maintain.service).
+    Maintain {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(flatten)]
+        ops: OpsArgs,
+        /// Hours between the end of a round and the start of the next (fractions allowed).
+        #[arg(long, default_value_t = 24.0)]
+        every_hours: f64,
+        /// Collect's grace period in hours: how long a put has to register.
+        #[arg(long, default_value_t = 24.0)]
+        grace_hours: f64,
+        /// Leave out scrub (re-hashing every shard).
+        #[arg(long)]
+        no_scrub: bool,
+        /// Leave out repair (rebuilding stripes below k + m).
+        #[arg(long)]
+        no_repair: bool,
+        /// Leave out collect (removing the bytes of puts that never registered).
+        #[arg(long)]
+        no_collect: bool,
+        /// Run one round and exit: 0 if it left nothing wrong, else 1 (for a timer or cron).
+        #[arg(long)]
+        once: bool,
+        /// Serve /metrics, /healthz and /readyz here (plain HTTP, for a scrape network).
+        #[arg(long)]
+        metrics_listen: Option<std::net::SocketAddr>,
     },
 }
 
@@ -983,6 +1014,26 @@ async fn run_async(command: Command) -> Result<()> {
             grace_hours,
             every_hours,
         } => collect(&client, &ops, grace_hours, every_hours).await,
+        Command::Maintain {
+            client,
+            ops,
+            every_hours,
+            grace_hours,
+            no_scrub,
+            no_repair,
+            no_collect,
+            once,
+            metrics_listen,
+        } => {
+            let jobs = ops::Jobs {
+                scrub: !no_scrub,
+                repair: !no_repair,
+                collect: (!no_collect)
+                    .then(|| collect_options(grace_hours))
+                    .transpose()?,
+            };
+            maintain(&client, &ops, &jobs, every_hours, once, metrics_listen).await
+        }
         Command::Rekey { id, client } => rekey(id, &client).await,
         Command::Supersede {
             id,
@@ -1245,27 +1296,46 @@ async fn demo(big_mib: usize) -> Result<()> {
 }
 
 async fn demo_serve(port: u16) -> Result<()> {
-    let mut signal = Ok(());
-    dangan::demo::serve(
-        port,
-        async {
-            signal = tokio::signal::ctrl_c().await;
-        },
-        &mut |line| println!("{line}"),
-    )
-    .await?;
-    signal.context("waiting for Ctrl-C")
+    dangan::demo::serve(port, stopped(), &mut |line| println!("{line}")).await?;
+    Ok(())
 }
 
-/// Runs the gateway until Ctrl-C.
+/// Resolves on Ctrl-C (SIGINT) or SIGTERM (what systemd and container runtimes send), so a
+/// service stops cleanly either way. If a signal handler cannot be installed, that signal
+/// is not waited for (the process then ends the default way on it) and a warning says so.
+async fn stopped() {
+    let interrupt = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::warn!("cannot wait for Ctrl-C: {e}");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                term.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!("cannot wait for SIGTERM: {e}");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = interrupt => tracing::info!("Ctrl-C: stopping"),
+        () = terminate => tracing::info!("SIGTERM: stopping"),
+    }
+}
+
+/// Runs the gateway until Ctrl-C or SIGTERM.
 async fn gateway(config: &Path) -> Result<()> {
     let config = dangan::gateway::GatewayFile::load(config)?;
-    let mut signal = Ok(());
-    dangan::gateway::run(config, async {
-        signal = tokio::signal::ctrl_c().await;
-    })
-    .await?;
-    signal.context("waiting for Ctrl-C")
+    dangan::gateway::run(config, stopped()).await?;
+    Ok(())
 }
 
 fn token(config: &Path, command: TokenCommand) -> Result<()> {
@@ -1329,15 +1399,11 @@ fn s3_key(config: &Path, command: S3KeyCommand) -> Result<()> {
     Ok(())
 }
 
-/// Runs the node until Ctrl-C.
+/// Runs the node until Ctrl-C or SIGTERM.
 async fn node(config: &Path) -> Result<()> {
     let config = NodeFile::load(config)?;
-    let mut signal = Ok(());
-    dangan::node::run(config, async {
-        signal = tokio::signal::ctrl_c().await;
-    })
-    .await?;
-    signal.context("waiting for Ctrl-C")
+    dangan::node::run(config, stopped()).await?;
+    Ok(())
 }
 
 async fn put(
@@ -1951,52 +2017,152 @@ async fn repair(client: &ClientArgs, ops: &OpsArgs) -> Result<()> {
     Ok(())
 }
 
+fn collect_options(grace_hours: f64) -> Result<ops::CollectOptions> {
+    if !(grace_hours.is_finite() && grace_hours >= 0.0) {
+        bail!("--grace-hours must be a number of hours, 0 or more");
+    }
+    Ok(ops::CollectOptions {
+        grace: Duration::from_secs_f64(grace_hours * 3600.0),
+    })
+}
+
 async fn collect(
     client: &ClientArgs,
     ops: &OpsArgs,
     grace_hours: f64,
     every_hours: Option<f64>,
 ) -> Result<()> {
-    if !(grace_hours.is_finite() && grace_hours >= 0.0) {
-        bail!("--grace-hours must be a number of hours, 0 or more");
+    let options = collect_options(grace_hours)?;
+    if let Some(every) = every_hours {
+        let jobs = ops::Jobs {
+            scrub: false,
+            repair: false,
+            collect: Some(options),
+        };
+        return maintain(client, ops, &jobs, every, false, None).await;
     }
     let op = operator(client, &ops.data_dir)?;
-    let options = ops::CollectOptions {
-        grace: Duration::from_secs_f64(grace_hours * 3600.0),
-    };
-    if let Some(every) = every_hours {
-        if !(every.is_finite() && every > 0.0) {
-            bail!("--every-hours must be a number of hours above 0");
-        }
-        println!(
-            "collect: the background collector runs every {every} h (grace {grace_hours} h) until Ctrl-C"
-        );
-        let rounds = op
-            .collect_every(
-                &ops.options(),
-                &options,
-                Duration::from_secs_f64(every * 3600.0),
-                async {
-                    let _ = tokio::signal::ctrl_c().await;
-                },
-                &|round, report| match report {
-                    Ok(report) => {
-                        print!("round {round}: ");
-                        print_collect(report, grace_hours, ops.dry_run);
-                    }
-                    Err(e) => eprintln!("round {round} failed (the next one runs as planned): {e}"),
-                },
-            )
-            .await;
-        println!("collect: stopped after {rounds} rounds");
-        return Ok(());
-    }
     let bar = ops_bar("collect");
     let report = op
         .collect(&ops.options(), &options, &bar_progress(&bar))
         .await?;
     bar.finish_and_clear();
     print_collect(&report, grace_hours, ops.dry_run);
+    Ok(())
+}
+
+/// `dangan maintain` (and `collect --every-hours`): rounds of `jobs` until SIGTERM or
+/// Ctrl-C, or one round with `once`.
+async fn maintain(
+    client: &ClientArgs,
+    ops: &OpsArgs,
+    jobs: &ops::Jobs,
+    every_hours: f64,
+    once: bool,
+    metrics_listen: Option<std::net::SocketAddr>,
+) -> Result<()> {
+    if !(every_hours.is_finite() && every_hours > 0.0) {
+        bail!("--every-hours must be a number of hours above 0");
+    }
+    let op = operator(client, &ops.data_dir)?;
+    let mut registry =
+        dangan::metrics::prometheus_client::registry::Registry::with_prefix("dangan");
+    let metrics = ops::MaintainMetrics::new(&mut registry);
+    let server = match metrics_listen {
+        Some(at) => {
+            let m = metrics.clone();
+            let ready: dangan::metrics::Ready = std::sync::Arc::new(move || {
+                let problem = m.last_problem();
+                Box::pin(async move { problem.map_or(Ok(()), Err) })
+            });
+            let server = dangan::metrics::serve(at, std::sync::Arc::new(registry), ready).await?;
+            println!("metrics on http://{}/metrics", server.addr());
+            Some(server)
+        }
+        None => None,
+    };
+    let names: Vec<&str> = [
+        (jobs.scrub, "scrub"),
+        (jobs.repair, "repair"),
+        (jobs.collect.is_some(), "collect"),
+    ]
+    .into_iter()
+    .filter_map(|(on, name)| on.then_some(name))
+    .collect();
+    if names.is_empty() {
+        bail!("nothing to do: every job was left out");
+    }
+    let grace = jobs
+        .collect
+        .as_ref()
+        .map_or(0.0, |c| c.grace.as_secs_f64() / 3600.0);
+    let print = |round: &ops::Round| {
+        if let Some(r) = &round.scrub {
+            match r {
+                Ok(r) => println!(
+                    "round {}: scrub: {} shards on {} peers, {} corrupt",
+                    round.number,
+                    r.shards_checked,
+                    r.peers,
+                    r.corrupt.len()
+                ),
+                Err(e) => eprintln!("round {}: scrub failed: {e}", round.number),
+            }
+        }
+        if let Some(r) = &round.repair {
+            match r {
+                Ok(r) => {
+                    print!("round {}: ", round.number);
+                    print_converge("repair", r);
+                }
+                Err(e) => eprintln!("round {}: repair failed: {e}", round.number),
+            }
+        }
+        if let Some(r) = &round.collect {
+            match r {
+                Ok(r) => {
+                    print!("round {}: ", round.number);
+                    print_collect(r, grace, ops.dry_run);
+                }
+                Err(e) => eprintln!(
+                    "round {}: collect failed (the next round runs as planned): {e}",
+                    round.number
+                ),
+            }
+        }
+    };
+    if once {
+        let round = op
+            .maintain_once(&ops.options(), jobs, Some(&metrics), 1)
+            .await;
+        print(&round);
+        if let Some(server) = server {
+            server.stop().await;
+        }
+        let problems = round.problems();
+        if !problems.is_empty() {
+            bail!("the round left {} problems", problems.len());
+        }
+        return Ok(());
+    }
+    println!(
+        "maintain: {} every {every_hours} h until stopped",
+        names.join(", ")
+    );
+    let rounds = op
+        .maintain_every(
+            &ops.options(),
+            jobs,
+            Duration::from_secs_f64(every_hours * 3600.0),
+            Some(&metrics),
+            stopped(),
+            &print,
+        )
+        .await;
+    if let Some(server) = server {
+        server.stop().await;
+    }
+    println!("maintain: stopped after {rounds} rounds");
     Ok(())
 }
 

@@ -217,6 +217,8 @@ pub async fn run(config: NodeConfig, shutdown: impl Future) -> Result<(), NodeEr
         println!("metrics and health probes on http://{addr}/metrics (plain HTTP)");
     }
     shutdown.await;
+    let id = node.id();
     node.shutdown().await;
+    println!("peer {id} stopped cleanly");
     Ok(())
 }

@@ -13,6 +13,8 @@
 //! - `collect`: the shards and manifests of puts that never registered, after a grace
 //!   period ([`collect()`]), one worker whose unit is a peer.
 //! - `journal`: the rebalance [`Journal`] in redb, and the settled layout.
+//! - `maintain`: the maintenance service (scrub, repair, collect every period) and its
+//!   metrics, among them the stripes below k + m that only a walk can count.
 //!
 //! Every worker is throttled in bytes per second ([`OpsOptions::rate`]) and reports progress
 //! through a callback.
@@ -34,6 +36,7 @@ mod collect;
 mod converge;
 mod documents;
 mod journal;
+mod maintain;
 mod scrub;
 mod worker;
 
@@ -41,6 +44,7 @@ pub use collect::{CollectOptions, CollectReport, DEFAULT_GRACE, collect, collect
 pub use converge::{ConvergeReport, converge, document_stripe_key};
 pub use documents::documents;
 pub use journal::Journal;
+pub use maintain::{Job, Jobs, MaintainMetrics, Round};
 pub use scrub::{ScrubReport, scrub};
 pub use worker::{OnProgress, Progress, Throttle};
 
@@ -332,45 +336,6 @@ impl Operator {
         let report = collect(&client, options, collect_options, progress).await;
         client.close().await;
         report
-    }
-
-    /// The background collector: [`Self::collect`] again every `every` (each round with the
-    /// chain's layout of the moment and its own cutoff) until `shutdown` resolves. A round
-    /// that fails (the chain or a peer unreachable) is reported to `on_round` and the next
-    /// one runs as planned; a round cut short by `shutdown` is resumed by the next run, as
-    /// any collect is. Returns the number of rounds that ran to their end.
-    pub async fn collect_every(
-        &self,
-        options: &OpsOptions,
-        collect_options: &CollectOptions,
-        every: std::time::Duration,
-        shutdown: impl std::future::Future<Output = ()>,
-        on_round: &(dyn Fn(u64, &Result<CollectReport, OpsError>) + Send + Sync),
-    ) -> u64 {
-        tokio::pin!(shutdown);
-        let mut rounds = 0u64;
-        loop {
-            let round = tokio::select! {
-                report = self.collect(options, collect_options, &|_| {}) => report,
-                () = &mut shutdown => return rounds,
-            };
-            rounds += 1;
-            match &round {
-                Ok(report) => tracing::info!(
-                    round = rounds,
-                    references = report.references_collected,
-                    manifests = report.manifests_collected,
-                    kept = report.kept,
-                    "background collect round done"
-                ),
-                Err(e) => tracing::warn!(round = rounds, "background collect round failed: {e}"),
-            }
-            on_round(rounds, &round);
-            tokio::select! {
-                () = tokio::time::sleep(every) => {}
-                () = &mut shutdown => return rounds,
-            }
-        }
     }
 
     /// Peers with their usage, and how many stripes are below full redundancy.

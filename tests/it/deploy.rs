@@ -195,7 +195,11 @@ fn the_systemd_units_verify_and_keep_their_hardening() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    for unit in ["dangan-node.service", "dangan-gateway.service"] {
+    for unit in [
+        "dangan-node.service",
+        "dangan-gateway.service",
+        "dangan-maintain.service",
+    ] {
         let text = fs::read_to_string(
             Path::new(env!("CARGO_MANIFEST_DIR"))
                 .join("config")
@@ -225,6 +229,23 @@ fn the_systemd_units_verify_and_keep_their_hardening() {
             "systemd-analyze verify {unit}: {}\n{stderr}",
             out.status
         );
+    }
+}
+
+/// A service manager stops a node with SIGTERM (systemd's default, and the units'
+/// `KillSignal`): the node shuts down cleanly (its stores closed, its audit records
+/// written) and exits 0, rather than dying on the signal.
+#[test]
+fn a_node_stops_cleanly_on_sigterm() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cluster = ProcessCluster::start(tmp.path(), 2, 1);
+    for i in [2, 1] {
+        let node = cluster.nodes[i - 1].take().unwrap();
+        let stdout = node.stdout.clone();
+        let status = node.terminate();
+        let out = fs::read_to_string(&stdout).unwrap();
+        assert!(status.success(), "peer {i} ended with {status}:\n{out}");
+        assert!(out.contains("stopped cleanly"), "peer {i}:\n{out}");
     }
 }
 

@@ -7,13 +7,13 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use dangan::cluster::LocalCluster;
 use dangan::gateway::{self, GatewayLimits, GatewaySetup};
 use dangan::keyring::Keyring;
 use dangan::net::NetError;
-use dangan::ops::OpsOptions;
+use dangan::ops::{self, OpsOptions};
 use dangan::proto::ErrorCode;
 
 use crate::common;
@@ -302,5 +302,122 @@ async fn node_status_is_for_operators() {
     let dept = common::department(&cluster);
     let err: NetError = dept.net().node_status(&node).await.unwrap_err();
     assert_eq!(err.remote_code(), Some(ErrorCode::Refused), "{err}");
+    cluster.shutdown().await;
+}
+
+/// The maintenance service (`dangan maintain`) owns the walks that count what no peer can
+/// see: a round of scrub and repair over corrupt copies shows them found, the stripes they
+/// left below k + m, the shards rebuilt and each job's progress at its end; with a peer
+/// down, the stripes repair could not bring back show, and `/readyz` says what is wrong.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_maintenance_service_counts_stripes_below_redundancy_and_shows_its_progress() {
+    let (mut cluster, client) = common::start_cluster(6, 3).await;
+    for seed in 0..3 {
+        common::put(&client, &common::data(300 << 10, seed))
+            .await
+            .unwrap();
+    }
+    client.close().await;
+    // Three corrupt copies on one peer: three stripes (a stripe has one shard per peer).
+    let store = cluster.peer(0).unwrap().store();
+    let held = store.list().unwrap();
+    assert!(held.len() >= 3, "{} shards on peer 0", held.len());
+    for (i, id) in held.iter().take(3).enumerate() {
+        assert!(store.corrupt_for_test(id, 7 + i).unwrap());
+    }
+
+    let mut registry =
+        dangan::metrics::prometheus_client::registry::Registry::with_prefix("dangan");
+    let metrics = ops::MaintainMetrics::new(&mut registry);
+    let m = metrics.clone();
+    let ready: dangan::metrics::Ready = Arc::new(move || {
+        let problem = m.last_problem();
+        Box::pin(async move { problem.map_or(Ok(()), Err) })
+    });
+    let server = dangan::metrics::serve("127.0.0.1:0".parse().unwrap(), Arc::new(registry), ready)
+        .await
+        .unwrap();
+    let addr = server.addr();
+    let dir = tempfile::tempdir().unwrap();
+    let op = cluster.operator_ops(dir.path());
+    let jobs = ops::Jobs {
+        scrub: true,
+        repair: true,
+        collect: None,
+    };
+
+    let round = op
+        .maintain_once(&OpsOptions::default(), &jobs, Some(&metrics), 1)
+        .await;
+    assert!(round.problems().is_empty(), "{:?}", round.problems());
+    let repair = round.repair.as_ref().unwrap().as_ref().unwrap();
+    let text = scrape(addr).await;
+    check_exposition("the maintenance service", &text);
+    assert_eq!(
+        sum(&text, "dangan_scrub_corrupt_shards_found_total", &[]),
+        3.0
+    );
+    assert_eq!(sum(&text, "dangan_stripes_below_redundancy", &[]), 3.0);
+    assert_eq!(sum(&text, "dangan_repair_shards_rebuilt_total", &[]), 3.0);
+    assert_eq!(sum(&text, "dangan_stripes_unrepaired", &[]), 0.0);
+    assert_eq!(sum(&text, "dangan_stripes", &[]), repair.stripes as f64);
+    assert_eq!(sum(&text, "dangan_documents", &[]), 3.0);
+    for job in ["scrub", "repair"] {
+        let j = [("job", job)];
+        let done = sum(&text, "dangan_maintenance_units_done", &j);
+        assert!(done > 0.0, "{job}: nothing done\n{text}");
+        assert_eq!(
+            done,
+            sum(&text, "dangan_maintenance_units_planned", &j),
+            "{job}"
+        );
+        assert_eq!(sum(&text, "dangan_maintenance_running", &j), 0.0);
+        assert_eq!(
+            sum(
+                &text,
+                "dangan_maintenance_runs_total",
+                &[("job", job), ("outcome", "ok")]
+            ),
+            1.0
+        );
+        assert!(
+            sum(
+                &text,
+                "dangan_maintenance_last_success_timestamp_seconds",
+                &j
+            ) > 1.7e9
+        );
+    }
+    assert!(
+        sum(&text, "dangan_maintenance_bytes_total", &[("job", "scrub")]) > 0.0,
+        "{text}"
+    );
+    assert_eq!(http(addr, "/readyz").await.0, 200);
+
+    // A peer down: every stripe has a shard there, none can be brought back to k + m.
+    cluster.stop_peer(5).await.unwrap();
+    let round = op
+        .maintain_once(&OpsOptions::default(), &jobs, Some(&metrics), 2)
+        .await;
+    assert!(!round.problems().is_empty());
+    let text = scrape(addr).await;
+    check_exposition("the maintenance service, a peer down", &text);
+    assert_eq!(
+        sum(&text, "dangan_stripes_below_redundancy", &[]),
+        repair.stripes as f64
+    );
+    assert!(sum(&text, "dangan_stripes_unrepaired", &[]) > 0.0, "{text}");
+    assert_eq!(
+        sum(
+            &text,
+            "dangan_maintenance_runs_total",
+            &[("job", "repair"), ("outcome", "incomplete")]
+        ),
+        1.0
+    );
+    let (status, why) = http(addr, "/readyz").await;
+    assert_eq!(status, 503);
+    assert!(why.contains("repair"), "{why}");
+    server.stop().await;
     cluster.shutdown().await;
 }

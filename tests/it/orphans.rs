@@ -259,19 +259,27 @@ async fn the_background_collector_removes_orphans_round_after_round_and_keeps_th
     let (rounds_tx, mut rounds_rx) = tokio::sync::mpsc::unbounded_channel();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let collector = tokio::spawn(async move {
-        let grace = ops::CollectOptions {
-            grace: Duration::from_secs(2),
+        let jobs = ops::Jobs {
+            scrub: false,
+            repair: false,
+            collect: Some(ops::CollectOptions {
+                grace: Duration::from_secs(2),
+            }),
         };
-        op.collect_every(
+        op.maintain_every(
             &OpsOptions::default(),
-            &grace,
+            &jobs,
             Duration::from_millis(100),
+            None,
             async {
                 let _ = stop_rx.await;
             },
-            &move |round, report| {
-                let report = report.as_ref().map_err(|e| e.to_string()).cloned();
-                let _ = rounds_tx.send((round, report));
+            &move |round| {
+                let report = match round.collect.as_ref().expect("collect ran") {
+                    Ok(r) => Ok(r.clone()),
+                    Err(e) => Err(e.to_string()),
+                };
+                let _ = rounds_tx.send((round.number, report));
             },
         )
         .await

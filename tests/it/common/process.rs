@@ -223,6 +223,23 @@ impl Node {
         self.stopped
     }
 
+    /// SIGTERM, as a service manager stops a node, and the way it ended (waits up to 30 s,
+    /// then kills it and panics).
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        signal(self.pid(), "TERM");
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "the node did not stop within 30 s of SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// The node's stderr so far (every start's own file).
     pub fn stderr_text(&self) -> String {
         fs::read_to_string(&self.stderr).unwrap_or_default()
