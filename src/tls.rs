@@ -740,6 +740,34 @@ pub async fn close(endpoint: &quinn::Endpoint, reason: &[u8]) {
     tracing::debug!(%addr, "released the port of an endpoint whose connections still drain");
 }
 
+/// Longest [`close_ephemeral`] waits for each connection's CONNECTION_CLOSE to leave.
+pub const CLOSE_FLUSH: Duration = Duration::from_millis(100);
+
+/// Closes every connection of an endpoint bound to an ephemeral port (a client's): each
+/// connection's CONNECTION_CLOSE leaves (seen as a datagram it sent after the close; at most
+/// [`CLOSE_FLUSH`]), so its peer frees the connection at once, but the drain that [`close`]
+/// waits for is not waited for: nobody needs the port back, and the drain goes on in the
+/// background, or ends with the process (RFC 9000 section 10.2 allows it). On loopback the
+/// drain is three probe timeouts, about 90 ms, which was most of a short `dangan get`.
+/// `conns` are the endpoint's connections.
+pub async fn close_ephemeral(
+    endpoint: &quinn::Endpoint,
+    conns: &[quinn::Connection],
+    reason: &[u8],
+) {
+    let before: Vec<u64> = conns.iter().map(|c| c.stats().udp_tx.datagrams).collect();
+    endpoint.close(0u32.into(), reason);
+    let deadline = tokio::time::Instant::now() + CLOSE_FLUSH;
+    while conns
+        .iter()
+        .zip(&before)
+        .any(|(c, sent)| c.stats().udp_tx.datagrams <= *sent)
+        && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
 /// The authenticated identity of the other end of `conn`.
 pub fn peer_identity(conn: &quinn::Connection) -> Option<PublicId> {
     let certs = conn
@@ -918,6 +946,33 @@ mod tests {
         assert_eq!(shared.members(), vec![c]);
         assert!(!m.contains(&b));
         assert_eq!(m.len(), 1);
+    }
+
+    /// A client's quick close still tells the server: its connection ends closed by the
+    /// application (not by the idle timeout, 30 s away), with the client's reason.
+    #[tokio::test]
+    async fn an_ephemeral_close_reaches_the_server_without_waiting_for_the_drain() {
+        let (s, c) = (node(), node());
+        let server = endpoint(LOCAL, &s, trusting(&[&c])).unwrap();
+        let client = endpoint(LOCAL, &c, trusting(&[&s])).unwrap();
+        let addr = server.local_addr().unwrap();
+        let srv = tokio::spawn(async move {
+            let conn = server.accept().await.unwrap().await.unwrap();
+            conn.closed().await
+        });
+        let (conn, _) = timeout(LIMIT, connect(&client, addr))
+            .await
+            .unwrap()
+            .unwrap();
+        timeout(LIMIT, close_ephemeral(&client, &[conn], b"client closing"))
+            .await
+            .unwrap();
+        match timeout(LIMIT, srv).await.unwrap().unwrap() {
+            quinn::ConnectionError::ApplicationClosed(close) => {
+                assert_eq!(&close.reason[..], b"client closing");
+            }
+            other => panic!("the server saw {other:?}"),
+        }
     }
 
     /// Server side of the refusal tests: the next incoming connection must fail its handshake.

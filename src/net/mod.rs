@@ -183,7 +183,9 @@ impl Net {
         &self.inner.options
     }
 
-    /// Closes every connection and releases the endpoint's port (see [`tls::close`]).
+    /// Closes every connection. An endpoint bound to a chosen port waits until the port is
+    /// released (see [`tls::close`]); one on an ephemeral port (a client's) returns once each
+    /// connection's close has left ([`tls::close_ephemeral`]).
     pub async fn close(&self) {
         let slots: Vec<_> = self
             .inner
@@ -193,6 +195,7 @@ impl Net {
             .iter()
             .map(|(id, slot)| (*id, slot.clone()))
             .collect();
+        let mut open = Vec::new();
         for (id, slot) in slots {
             // A slot held by a connection attempt to a dead peer has no statistics to give.
             if let Ok(guard) = slot.try_lock()
@@ -207,9 +210,14 @@ impl Net {
                     rtt = ?stats.path.rtt,
                     "connection statistics"
                 );
+                open.push(conn.clone());
             }
         }
-        tls::close(&self.inner.endpoint, b"client closing").await;
+        if self.inner.options.bind.port() == 0 {
+            tls::close_ephemeral(&self.inner.endpoint, &open, b"client closing").await;
+        } else {
+            tls::close(&self.inner.endpoint, b"client closing").await;
+        }
     }
 
     /// Sends `req` (and its `body`) to `node` and takes out the response it names.
