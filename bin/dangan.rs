@@ -44,6 +44,43 @@ struct Cli {
     log_format: LogFormat,
 }
 
+#[derive(Subcommand)]
+enum SimCommand {
+    /// Placement at a province's size with the real placement function: load per peer
+    /// against its weight, and the shards moved when a peer joins, a peer drains and a
+    /// whole zone joins, against the minimum. Takes seconds.
+    Placement {
+        #[arg(long, default_value_t = 1000)]
+        peers: usize,
+        /// Failure zones (for example one per prefecture-level city).
+        #[arg(long, default_value_t = 16)]
+        zones: usize,
+        #[arg(long, default_value_t = 200_000)]
+        stripes: u64,
+        /// Shards per stripe (k + m).
+        #[arg(long, default_value_t = 6)]
+        width: usize,
+        /// Zones of equal size, or skewed (the biggest four times the smallest).
+        #[arg(long, value_enum, default_value_t = SimZones::Equal)]
+        zone_sizes: SimZones,
+        /// Every weight 1, or 1, 2 and 4 in turn.
+        #[arg(long, value_enum, default_value_t = SimWeights::Equal)]
+        weights: SimWeights,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum SimZones {
+    Equal,
+    Skewed,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum SimWeights {
+    Equal,
+    Mixed,
+}
+
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum LogFormat {
     Human,
@@ -283,6 +320,9 @@ enum Command {
     /// Measure this machine.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Simulate at a size this machine cannot hold (no cluster, no I/O).
+    #[command(subcommand)]
+    Sim(SimCommand),
     /// Operate the cluster: status, add, drain and remove peers (layout on chain).
     #[command(subcommand)]
     Cluster(ClusterCommand),
@@ -898,6 +938,32 @@ fn run(cli: Cli) -> Result<()> {
     }
     match cli.command {
         Command::Bench(command) => bench(command),
+        Command::Sim(SimCommand::Placement {
+            peers,
+            zones,
+            stripes,
+            width,
+            zone_sizes,
+            weights,
+        }) => {
+            use dangan::bench::placement::{self, PlacementSimOptions, Weights, ZoneSizes};
+            let report = placement::placement(PlacementSimOptions {
+                peers,
+                zones,
+                stripes,
+                width,
+                zone_sizes: match zone_sizes {
+                    SimZones::Equal => ZoneSizes::Equal,
+                    SimZones::Skewed => ZoneSizes::Skewed,
+                },
+                weights: match weights {
+                    SimWeights::Equal => Weights::Equal,
+                    SimWeights::Mixed => Weights::Mixed,
+                },
+            })?;
+            print!("{}", report.table());
+            Ok(())
+        }
         Command::Gateway {
             config,
             command: Some(GatewayCommand::Token(command)),

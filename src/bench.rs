@@ -5,6 +5,7 @@
 //! benches in `benches/` do that), and never used by tests as timing assertions.
 
 pub mod gateway;
+pub mod placement;
 pub mod s3;
 
 use std::fmt;

@@ -217,46 +217,17 @@ impl Layout {
         stripe_key: &[u8; 32],
         width: usize,
     ) -> Result<Vec<&NodeInfo>, PlacementError> {
-        if width == 0 {
-            return Err(PlacementError::ZeroWidth);
-        }
-        let zones = self.live_zones();
-        let available: usize = zones.iter().map(|zone| zone.members.len()).sum();
-        if available < width {
-            return Err(PlacementError::NotEnoughNodes {
-                needed: width,
-                available,
-            });
-        }
+        self.placer().place(stripe_key, width)
+    }
 
-        let labels = assign_zones(stripe_key, &zones, width);
-        let mut chosen: Vec<Option<usize>> = vec![None; width];
-        for (zone_index, zone) in zones.iter().enumerate() {
-            let zone_labels: Vec<(u32, usize)> = labels
-                .iter()
-                .enumerate()
-                .filter(|(_, label)| label.0 == zone_index)
-                .map(|(slot, label)| (label.1, slot))
-                .collect();
-            if !zone_labels.is_empty() {
-                assign_nodes(stripe_key, &self.nodes, zone, &zone_labels, &mut chosen);
-            }
+    /// What [`Layout::place`] works from, computed once (the live zones, each zone's join
+    /// history), for placing many stripes under one layout: a walk over every stripe, a
+    /// simulation.
+    pub fn placer(&self) -> Placer<'_> {
+        Placer {
+            nodes: &self.nodes,
+            zones: self.live_zones(),
         }
-
-        let placed: Vec<&NodeInfo> = chosen
-            .into_iter()
-            .map(|index| {
-                // Invariant: level 1 fills every slot, and a zone with L labels has more than
-                // L - 1 live nodes (label j comes from round j < its node count).
-                &self.nodes[index.expect("every slot is matched to a node")]
-            })
-            .collect();
-        for (i, node) in placed.iter().enumerate() {
-            if placed[..i].iter().any(|other| other.key == node.key) {
-                return Err(PlacementError::DuplicateNode { key: node.key });
-            }
-        }
-        Ok(placed)
     }
 
     /// Where a stripe's shards may sit besides their placed peers: the peers a writer puts a
@@ -305,7 +276,9 @@ impl Layout {
     /// Live nodes (weight > 0) grouped by zone, zones by name, members by key.
     fn live_zones(&self) -> Vec<Zone<'_>> {
         let mut by_name: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+        let mut history: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
         for (index, node) in self.nodes.iter().enumerate() {
+            history.entry(node.zone.as_str()).or_default().push(index);
             if node.weight > 0 {
                 by_name.entry(node.zone.as_str()).or_default().push(index);
             }
@@ -322,16 +295,77 @@ impl Layout {
                     name,
                     mean_weight: total / members.len() as f64,
                     members,
+                    history: history.remove(name).unwrap_or_default(),
                 }
             })
             .collect()
     }
 }
 
-/// A zone's live nodes, as indices into `Layout::nodes`, sorted by key.
+/// A layout prepared for placing many stripes ([`Layout::placer`]); places exactly as
+/// [`Layout::place`] does (which is one of these, made for one stripe).
+pub struct Placer<'a> {
+    nodes: &'a [NodeInfo],
+    zones: Vec<Zone<'a>>,
+}
+
+impl<'a> Placer<'a> {
+    /// [`Layout::place`].
+    pub fn place(
+        &self,
+        stripe_key: &[u8; 32],
+        width: usize,
+    ) -> Result<Vec<&'a NodeInfo>, PlacementError> {
+        let nodes = self.nodes;
+        if width == 0 {
+            return Err(PlacementError::ZeroWidth);
+        }
+        let zones = &self.zones;
+        let available: usize = zones.iter().map(|zone| zone.members.len()).sum();
+        if available < width {
+            return Err(PlacementError::NotEnoughNodes {
+                needed: width,
+                available,
+            });
+        }
+
+        let labels = assign_zones(stripe_key, zones, width);
+        let mut chosen: Vec<Option<usize>> = vec![None; width];
+        for (zone_index, zone) in zones.iter().enumerate() {
+            let zone_labels: Vec<(u32, usize)> = labels
+                .iter()
+                .enumerate()
+                .filter(|(_, label)| label.0 == zone_index)
+                .map(|(slot, label)| (label.1, slot))
+                .collect();
+            if !zone_labels.is_empty() {
+                assign_nodes(stripe_key, nodes, zone, &zone_labels, &mut chosen);
+            }
+        }
+
+        let placed: Vec<&'a NodeInfo> = chosen
+            .into_iter()
+            .map(|index| {
+                // Invariant: level 1 fills every slot, and a zone with L labels has more than
+                // L - 1 live nodes (label j comes from round j < its node count).
+                &nodes[index.expect("every slot is matched to a node")]
+            })
+            .collect();
+        for (i, node) in placed.iter().enumerate() {
+            if placed[..i].iter().any(|other| other.key == node.key) {
+                return Err(PlacementError::DuplicateNode { key: node.key });
+            }
+        }
+        Ok(placed)
+    }
+}
+
+/// A zone's live nodes, as indices into `Layout::nodes`, sorted by key; and every node of
+/// the zone, drained ones too, in join order (what `assign_nodes` replays).
 struct Zone<'a> {
     name: &'a str,
     members: Vec<usize>,
+    history: Vec<usize>,
     mean_weight: f64,
 }
 
@@ -443,10 +477,7 @@ fn assign_nodes(
         order => order == std::cmp::Ordering::Greater,
     };
     let mut held: Vec<(f64, usize)> = Vec::with_capacity(width);
-    for (i, node) in nodes.iter().enumerate() {
-        if node.zone != zone.name {
-            continue;
-        }
+    for &i in &zone.history {
         let candidate = (score_of(i), i);
         if held.len() < width {
             held.push(candidate);
