@@ -313,6 +313,14 @@ impl ChainClient {
     /// next makes it learn the account's nonce from the chain and sign again (a refused
     /// transaction was not applied, so nothing is done twice), a few times at most.
     pub async fn submit(&self, body: TxBody) -> Result<(u64, u32), ChainError> {
+        self.submit_numbered(body)
+            .await
+            .map(|(_, height, index)| (height, index))
+    }
+
+    /// [`ChainClient::submit`], also saying the nonce the committed transaction carries
+    /// (what a proposal's id is derived from, `workflow::ProposalId::of`).
+    pub async fn submit_numbered(&self, body: TxBody) -> Result<(u64, u64, u32), ChainError> {
         let mut attempt = 0;
         loop {
             let mut next = self.inner.nonce.lock().await;
@@ -339,7 +347,7 @@ impl ChainClient {
             }
             .sign(&self.inner.identity, &chain);
             match self.submit_tx(&tx).await {
-                Ok(at) => return Ok(at),
+                Ok((height, index)) => return Ok((nonce, height, index)),
                 Err(ChainError::Refused(reason))
                     if reason.contains(NONCE_REFUSAL) && attempt < NONCE_RETRIES =>
                 {
