@@ -14,7 +14,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use dangan::audit::Verdict;
 use dangan::bench::{self, CodecBenchOptions};
 use dangan::chain::tx::{ChainKey, Tx, TxBody};
-use dangan::client::Client;
+use dangan::chain::workflow::{Action, ProposalId};
+use dangan::client::{Client, ProposalTerms};
 use dangan::codec::DocumentInfo;
 use dangan::config::local::{LocalConfig, LocalOptions};
 use dangan::config::profile::{ClientConfigFile, ClientEnv, ClientFlags, ClientPaths};
@@ -247,6 +248,10 @@ enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Workflows between departments: propose a grant or a registration that named
+    /// departments approve on chain, answer one, see where one stands (docs/approvals.md).
+    #[command(subcommand)]
+    Approval(ApprovalCommand),
     /// Withdraw a reader's grant on one of your documents.
     Revoke {
         id: DocumentId,
@@ -511,6 +516,88 @@ enum ClusterCommand {
         client: ClientArgs,
         #[arg(long, default_value = "config/operator")]
         data_dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum ApprovalCommand {
+    /// Propose an action; prints the proposal's id. The chain carries it out, as if you
+    /// had sent it, on the last approval required.
+    Propose {
+        #[command(subcommand)]
+        action: ProposedAction,
+    },
+    /// Approve a proposal that names you.
+    Approve {
+        id: ProposalId,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Refuse a proposal that names you, saying why.
+    Refuse {
+        id: ProposalId,
+        #[arg(long)]
+        reason: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Who approved and refused, the expiry and the outcome, proven from the chain.
+    Status {
+        id: ProposalId,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// The open proposals that name you and that you have not answered.
+    List {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+/// Who approves a proposal, how many, for how long; and the client.
+#[derive(clap::Args)]
+struct ProposalArgs {
+    /// The approvers' public ids (`dgn1…`), comma-separated: departments or operators.
+    #[arg(long, value_delimiter = ',', required = true)]
+    approvers: Vec<PublicId>,
+    /// How many of them must approve.
+    #[arg(long)]
+    required: u32,
+    /// Blocks after the proposal's own in which answers count; then it expires and
+    /// does nothing.
+    #[arg(long)]
+    expires_in: u64,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+#[derive(Subcommand)]
+enum ProposedAction {
+    /// Grant one of your documents to another department or reader.
+    Grant {
+        id: DocumentId,
+        /// The reader's grant address (`dga1…`, from `dangan keys address`).
+        #[arg(long)]
+        to: GrantAddress,
+        /// The grant lapses this many days after it is carried out (default: never).
+        #[arg(long)]
+        expires_in_days: Option<u64>,
+        #[command(flatten)]
+        terms: ProposalArgs,
+    },
+    /// Store a document now and register it only once approved (until then nobody reads
+    /// it; its key stays in your keyring).
+    Register {
+        /// The file to store.
+        file: PathBuf,
+        /// Owning department label recorded in the manifest.
+        #[arg(long, default_value = "department")]
+        department: String,
+        /// Document type recorded in the manifest.
+        #[arg(long = "type", default_value = "document")]
+        document_type: String,
+        #[command(flatten)]
+        terms: ProposalArgs,
     },
 }
 
@@ -884,6 +971,11 @@ fn exit_code(e: &anyhow::Error) -> u8 {
                 | ChainError::Decode { .. } => Some(exit::CORRUPT),
                 _ => None,
             }
+        } else if let Some(e) = cause.downcast_ref::<dangan::chain::tx::TxError>() {
+            match e {
+                dangan::chain::tx::TxError::NoSuchProposal(_) => Some(exit::NOT_FOUND),
+                _ => Some(exit::REFUSED),
+            }
         } else if let Some(e) = cause.downcast_ref::<NetError>() {
             net(e)
         } else if let Some(e) = cause.downcast_ref::<CodecError>() {
@@ -1047,6 +1139,7 @@ async fn run_async(command: Command) -> Result<()> {
             client,
         } => grant(id, &address, expires_in_days, &client).await,
         Command::Revoke { id, reader, client } => revoke(id, reader, &client).await,
+        Command::Approval(command) => approval(command).await,
         Command::Get {
             id,
             output,
@@ -1545,6 +1638,140 @@ async fn grant(
     let (height, _) = c.grant(id, &key, address, expires_ms).await?;
     println!("granted {id} to {} in block {height}", address.id);
     c.close().await;
+    Ok(())
+}
+
+async fn approval(command: ApprovalCommand) -> Result<()> {
+    match command {
+        ApprovalCommand::Propose { action } => {
+            let args = match &action {
+                ProposedAction::Grant { terms, .. } | ProposedAction::Register { terms, .. } => {
+                    terms
+                }
+            };
+            let (c, keyring) = connect(&args.client).await?;
+            let terms = ProposalTerms {
+                approvers: args.approvers.clone(),
+                required: args.required,
+                expires_in: args.expires_in,
+            };
+            let action = match action {
+                ProposedAction::Grant {
+                    id,
+                    to,
+                    expires_in_days,
+                    ..
+                } => {
+                    let key = keyring.load(&id)?;
+                    let expires_ms = expires_in_days.map(|d| dangan::now_ms() + d * 86_400_000);
+                    Client::grant_action(id, &key, &to, expires_ms)?
+                }
+                ProposedAction::Register {
+                    file,
+                    department,
+                    document_type,
+                    ..
+                } => {
+                    let f = tokio::fs::File::open(&file)
+                        .await
+                        .with_context(|| format!("opening {}", file.display()))?;
+                    let size = f.metadata().await?.len();
+                    let info = DocumentInfo {
+                        department,
+                        document_type,
+                        created_at_ms: None,
+                    };
+                    let stored = c.store(f, Some(size), info, &|_, _| {}).await?;
+                    // The key is durable before the proposal can register the document.
+                    keyring.save(&stored.id, &stored.key)?;
+                    eprintln!(
+                        "stored {} on the peers, unregistered until approved",
+                        stored.id
+                    );
+                    Action::Register {
+                        document: stored.id,
+                    }
+                }
+            };
+            eprintln!("proposing: {action}");
+            let proposed = c.propose(action, terms).await?;
+            eprintln!(
+                "proposed in block {}; expires at height {}",
+                proposed.height, proposed.expires_at
+            );
+            println!("{}", proposed.id);
+            c.close().await;
+        }
+        ApprovalCommand::Approve { id, client } => {
+            let (c, _) = connect(&client).await?;
+            let height = c.approve(id).await?;
+            println!("approved {id} in block {height}");
+            match c.proposal(&id).await? {
+                Some((p, at)) => println!("{}", p.status(at + 1)),
+                None => bail!("proposal {id} is not on the chain"),
+            }
+            c.close().await;
+        }
+        ApprovalCommand::Refuse { id, reason, client } => {
+            let (c, _) = connect(&client).await?;
+            let height = c.refuse(id, reason).await?;
+            println!("refused {id} in block {height}");
+            if let Some((p, at)) = c.proposal(&id).await? {
+                println!("{}", p.status(at + 1));
+            }
+            c.close().await;
+        }
+        ApprovalCommand::Status { id, client } => {
+            let (c, _) = connect(&client).await?;
+            let Some((p, at)) = c.proposal(&id).await? else {
+                return Err(dangan::chain::tx::TxError::NoSuchProposal(id))
+                    .context("its absence is proven against the validators' signatures");
+            };
+            println!("proposal  {id}");
+            println!("action    {}", p.action);
+            println!("proposer  {} (block {})", p.proposer, p.height);
+            println!(
+                "requires  {} of {}: {}",
+                p.required,
+                p.approvers.len(),
+                p.approvers
+                    .iter()
+                    .map(|a| a.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            for a in &p.approvals {
+                println!("approved  {} (block {})", a.approver, a.height);
+            }
+            for r in &p.refusals {
+                println!(
+                    "refused   {} (block {}): {}",
+                    r.approver, r.height, r.reason
+                );
+            }
+            println!("expires   at height {} (chain at {at})", p.expires_at);
+            println!("outcome   {}", p.status(at + 1));
+            c.close().await;
+        }
+        ApprovalCommand::List { client } => {
+            let (c, _) = connect(&client).await?;
+            let open = c.proposals_awaiting_me().await?;
+            if open.is_empty() {
+                eprintln!("no open proposal awaits your answer");
+            }
+            for (id, p, _) in open {
+                println!(
+                    "{id}  {}  by {}  {} of {}  expires at {}",
+                    p.action,
+                    p.proposer,
+                    p.required,
+                    p.approvers.len(),
+                    p.expires_at
+                );
+            }
+            c.close().await;
+        }
+    }
     Ok(())
 }
 

@@ -466,6 +466,17 @@ impl ChainView {
         Ok(record)
     }
 
+    /// Whether `document` waits for an open proposal that would register it
+    /// (`chain::workflow`), as of the newest block: its stored bytes are not orphans. Not
+    /// cached.
+    pub async fn awaits_registration(&self, document: &DocumentId) -> Result<bool, AccessError> {
+        self.ask(
+            |ledger| Ok(ledger.awaits_registration(document)),
+            |client| async move { client.awaits_registration(document).await },
+        )
+        .await
+    }
+
     /// Whether `who` is an operator: operators read, repair and move every shard.
     async fn is_operator(
         &self,

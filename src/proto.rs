@@ -273,6 +273,26 @@ pub enum Request {
     /// This node's figures, the same its metrics expose (`peer::status`): answered
     /// `NodeStatus`. For operators (`dangan cluster status`).
     NodeStatus,
+    /// A workflow's proposal (`chain::workflow`, by its id's bytes) with its answers and outcome:
+    /// `ChainBody` with the postcard bytes of a `chain::proof::ProvenProposal` (its absence
+    /// proven too). For the consortium's members.
+    GetProposal {
+        id: [u8; 32],
+    },
+    /// The proposals open now that name the caller as an approver and that it has not
+    /// answered, after `after` (at most `workflow::MAX_PROPOSAL_PAGE`): `ChainBody` with
+    /// the postcard bytes of a `Vec<ProposalId>` (no proof: each is proven by
+    /// `GetProposal`). For departments and operators.
+    ListProposals {
+        after: Option<[u8; 32]>,
+    },
+    /// The proposal `document` waits for, to be registered: `ChainBody` with the postcard
+    /// bytes of a `chain::proof::ProvenAwaiting` (its absence proven too). What a peer asks
+    /// before collecting an unregistered document's bytes. Open to every key (as
+    /// `GetRecord`).
+    GetAwaiting {
+        document: DocumentId,
+    },
 }
 
 impl Request {
@@ -319,6 +339,9 @@ impl Request {
             Request::GetName { .. } => "get_name",
             Request::ListNames { .. } => "list_names",
             Request::NodeStatus => "node_status",
+            Request::GetProposal { .. } => "get_proposal",
+            Request::ListProposals { .. } => "list_proposals",
+            Request::GetAwaiting { .. } => "get_awaiting",
         }
     }
 }

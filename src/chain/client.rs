@@ -26,11 +26,13 @@ use super::block::{Block, BlockError, TxInclusion};
 use super::ledger::ChainStatus;
 use super::names::{BucketRecord, NamePage, NameRecord};
 use super::proof::{
-    ProofError, Proven, ProvenAccount, ProvenDocuments, ProvenGranted, ProvenRecord, ProvenState,
+    ProofError, Proven, ProvenAccount, ProvenAwaiting, ProvenDocuments, ProvenGranted,
+    ProvenProposal, ProvenRecord, ProvenState,
 };
 use super::state::{Account, ChainLayouts, DocumentRecord};
 use super::tx::{ChainKey, SignedTx, Tx, TxBody};
 use super::validators::{self, HistoryError, ValidatorHistory};
+use super::workflow::{Proposal, ProposalId};
 use crate::id::DocumentId;
 use crate::identity::{Identity, PublicId};
 use crate::net::{Net, NetError};
@@ -311,6 +313,14 @@ impl ChainClient {
     /// next makes it learn the account's nonce from the chain and sign again (a refused
     /// transaction was not applied, so nothing is done twice), a few times at most.
     pub async fn submit(&self, body: TxBody) -> Result<(u64, u32), ChainError> {
+        self.submit_numbered(body)
+            .await
+            .map(|(_, height, index)| (height, index))
+    }
+
+    /// [`ChainClient::submit`], also saying the nonce the committed transaction carries
+    /// (what a proposal's id is derived from, `workflow::ProposalId::of`).
+    pub async fn submit_numbered(&self, body: TxBody) -> Result<(u64, u64, u32), ChainError> {
         let mut attempt = 0;
         loop {
             let mut next = self.inner.nonce.lock().await;
@@ -337,7 +347,7 @@ impl ChainClient {
             }
             .sign(&self.inner.identity, &chain);
             match self.submit_tx(&tx).await {
-                Ok(at) => return Ok(at),
+                Ok((height, index)) => return Ok((nonce, height, index)),
                 Err(ChainError::Refused(reason))
                     if reason.contains(NONCE_REFUSAL) && attempt < NONCE_RETRIES =>
                 {
@@ -653,6 +663,49 @@ impl ChainClient {
             .await?;
         let found = page.entries.into_iter().map(|e| (e.id, e.record)).collect();
         Ok((found, page.next))
+    }
+
+    /// A proposal (`chain::workflow`) with its answers and outcome, and the height of the
+    /// block its state is from, proven against a final header; `None` if the chain holds
+    /// no such proposal.
+    pub async fn proposal(&self, id: &ProposalId) -> Result<Option<(Proposal, u64)>, ChainError> {
+        let p: ProvenProposal = self
+            .proven(
+                &Request::GetProposal { id: id.0 },
+                "proposal",
+                |p: &ProvenProposal, v| p.verify(id, v),
+            )
+            .await?;
+        let height = p.height();
+        Ok(p.proposal.map(|proposal| (proposal, height)))
+    }
+
+    /// The proposals open now that name this client as an approver and that it has not
+    /// answered, after `after` (a page: see `workflow::MAX_PROPOSAL_PAGE`), as the
+    /// validator host answering says: prove each with [`ChainClient::proposal`].
+    pub async fn proposals_awaiting_me(
+        &self,
+        after: Option<ProposalId>,
+    ) -> Result<Vec<ProposalId>, ChainError> {
+        let req = Request::ListProposals {
+            after: after.map(|a| a.0),
+        };
+        self.query_some(&req, "proposal list").await
+    }
+
+    /// Whether `document` waits, as of the newest block, for an open proposal that would
+    /// register it, proven against a final header.
+    pub async fn awaits_registration(&self, document: &DocumentId) -> Result<bool, ChainError> {
+        let p: ProvenAwaiting = self
+            .proven(
+                &Request::GetAwaiting {
+                    document: *document,
+                },
+                "awaiting document",
+                |p: &ProvenAwaiting, v| p.verify(document, v),
+            )
+            .await?;
+        Ok(p.waits())
     }
 
     /// A bucket's record (`chain::names`), as the validator host answering says (no proof:

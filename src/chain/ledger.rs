@@ -42,12 +42,14 @@ use tracing::{debug, info, warn};
 
 use super::block::{Block, SignedHeader, TxInclusion};
 use super::proof::{
-    ProvenAccount, ProvenDocuments, ProvenGranted, ProvenRecord, ProvenState, Sight,
+    ProvenAccount, ProvenAwaiting, ProvenDocuments, ProvenGranted, ProvenProposal, ProvenRecord,
+    ProvenState, Sight,
 };
 use super::raft::{self, Applied, ChainMachine, Links, LinksFactory, LogStore, Raft, Shared};
 use super::state::{DocumentRecord, Genesis, State};
 use super::store::{ChainStore, ChainStoreError};
 use super::tx::{ChainKey, Signature, SignedTx, TxError};
+use super::workflow::ProposalId;
 use crate::id::DocumentId;
 use crate::identity::{Identity, PublicId};
 use crate::net::{Net, NetOptions};
@@ -818,6 +820,41 @@ impl Ledger {
     pub fn proven_record(&self, id: &DocumentId) -> Result<ProvenRecord, LedgerError> {
         let (state, header) = self.proven_tip()?;
         Ok(ProvenRecord::of(&state, header, id))
+    }
+
+    /// A proposal (or its absence) as of the last block, with its proof.
+    pub fn proven_proposal(&self, id: &ProposalId) -> Result<ProvenProposal, LedgerError> {
+        let (state, header) = self.proven_tip()?;
+        Ok(ProvenProposal::of(&state, header, id))
+    }
+
+    /// The proposal `document` waits for (or none) as of the last block, with its proof.
+    pub fn proven_awaiting(&self, document: &DocumentId) -> Result<ProvenAwaiting, LedgerError> {
+        let (state, header) = self.proven_tip()?;
+        Ok(ProvenAwaiting::of(&state, header, document))
+    }
+
+    /// Whether `document` waits, as of the last block, for an open proposal that would
+    /// register it (`chain::workflow`).
+    pub fn awaits_registration(&self, document: &DocumentId) -> bool {
+        let tip = self.shared.tip.lock().expect("ledger lock");
+        tip.state
+            .workflows()
+            .awaiting(document)
+            .is_some_and(|a| tip.header.height < a.expires_at)
+    }
+
+    /// The proposals open now that name `approver` and that it has not answered, after
+    /// `after` (`Workflows::awaiting_answer`, no proof).
+    pub fn proposals_awaiting(
+        &self,
+        approver: &PublicId,
+        after: Option<ProposalId>,
+    ) -> Vec<ProposalId> {
+        let tip = self.shared.tip.lock().expect("ledger lock");
+        // The next block is the first that could apply an answer.
+        let next = tip.header.height.saturating_add(1);
+        tip.state.workflows().awaiting_answer(approver, next, after)
     }
 
     /// A page of at least `limit` registered document ids after `after` (or up to the

@@ -1,7 +1,8 @@
 //! The consortium chain: transactions, ledger state and its proofs, blocks, consensus.
 //!
 //! `tx` (signed transactions), `state` (the state and the only code that changes it),
-//! `names` (buckets and object names, part of the state),
+//! `names` (buckets and object names, part of the state), `workflow` (proposals between
+//! departments that collect approvals, part of the state),
 //! `rooted` and `merkle` (Merkle trees and range proofs), `proof` (chain answers that carry
 //! their proof against a header a majority signed), `block` (headers, final signatures,
 //! inclusion proofs), `validators` (the validator set at any height, proven), `store`
@@ -21,3 +22,4 @@ pub mod state;
 pub mod store;
 pub mod tx;
 pub mod validators;
+pub mod workflow;

@@ -12,6 +12,8 @@
 //!   grant gets that grant with its Merkle path among the record's grants;
 //! - [`ProvenDocuments`]: a page of the registered document ids with nothing left out (whole
 //!   buckets of the documents map);
+//! - [`ProvenProposal`], [`ProvenAwaiting`]: a workflow's proposal with its answers and
+//!   outcome, or the proposal a document waits for (`chain::workflow`), or their absence;
 //! - [`ProvenGranted`]: the documents with a live grant to one grantee found by a scan of the
 //!   records, each proven as a [`ProvenRecord`] is (that none was left out is not).
 //!
@@ -27,11 +29,13 @@
 use serde::{Deserialize, Serialize};
 
 use super::block::{BlockError, SignedHeader};
-use super::merkle::{MerkleError, Proof};
+use super::merkle::{Hash, MerkleError, Proof};
 use super::rooted::{RangeError, RangeProof};
 use super::state::{
-    Account, DocumentRecord, State, StateTop, account_leaf, document_leaf, grant_leaf, grants_root,
+    Account, DocumentRecord, State, StateTop, account_leaf, awaiting_leaf, document_leaf,
+    grant_leaf, grants_root, proposal_leaf,
 };
+use super::workflow::{Awaiting, Proposal, ProposalId};
 use crate::id::DocumentId;
 use crate::identity::PublicId;
 
@@ -101,7 +105,14 @@ macro_rules! proven_at_its_state {
         }
     )*};
 }
-proven_at_its_state!(ProvenAccount, ProvenRecord, ProvenDocuments, ProvenGranted);
+proven_at_its_state!(
+    ProvenAccount,
+    ProvenRecord,
+    ProvenDocuments,
+    ProvenGranted,
+    ProvenProposal,
+    ProvenAwaiting
+);
 
 /// An account, or its absence, with its proof.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -427,6 +438,104 @@ impl ProvenDocuments {
             .take(limit)
             .collect()
     }
+}
+
+/// A proposal (`chain::workflow`), or its absence, with its proof.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProvenProposal {
+    pub state: ProvenState,
+    pub id: ProposalId,
+    pub proposal: Option<Proposal>,
+    pub range: RangeProof,
+}
+
+impl ProvenProposal {
+    pub fn of(state: &State, header: SignedHeader, id: &ProposalId) -> Self {
+        Self {
+            range: state
+                .workflows()
+                .proposal_map()
+                .prove_range(&id.0, 0, proposal_leaf),
+            proposal: state.workflows().proposal(id).cloned(),
+            id: *id,
+            state: ProvenState::of(state, header),
+        }
+    }
+
+    /// Checks the whole answer (see [`ProvenState::verify`]) and that it is about `id`.
+    pub fn verify(&self, id: &ProposalId, validators: &[PublicId]) -> Result<(), ProofError> {
+        if self.id != *id {
+            return Err(ProofError::OtherKey(self.id.to_string()));
+        }
+        self.state.verify(validators)?;
+        let root = self.state.top.workflows.map(|(proposals, _)| proposals);
+        let sent = self.proposal.as_ref().map(|p| proposal_leaf(id, p));
+        check_entry(root, &id.0, sent, &self.range)
+    }
+}
+
+/// The proposal a document waits for (`chain::workflow::Awaiting`), or none, with its
+/// proof: what a peer asks before collecting the bytes of an unregistered document.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProvenAwaiting {
+    pub state: ProvenState,
+    pub document: DocumentId,
+    pub awaiting: Option<Awaiting>,
+    pub range: RangeProof,
+}
+
+impl ProvenAwaiting {
+    pub fn of(state: &State, header: SignedHeader, document: &DocumentId) -> Self {
+        Self {
+            range: state.workflows().awaiting_map().prove_range(
+                document.as_bytes(),
+                0,
+                awaiting_leaf,
+            ),
+            awaiting: state.workflows().awaiting(document).copied(),
+            document: *document,
+            state: ProvenState::of(state, header),
+        }
+    }
+
+    /// Checks the whole answer (see [`ProvenState::verify`]) and that it is about
+    /// `document`.
+    pub fn verify(&self, document: &DocumentId, validators: &[PublicId]) -> Result<(), ProofError> {
+        if self.document != *document {
+            return Err(ProofError::OtherKey(self.document.to_string()));
+        }
+        self.state.verify(validators)?;
+        let root = self.state.top.workflows.map(|(_, awaiting)| awaiting);
+        let sent = self.awaiting.as_ref().map(|a| awaiting_leaf(document, a));
+        check_entry(root, document.as_bytes(), sent, &self.range)
+    }
+
+    /// Whether the document waits, at the proven height, for a proposal not expired.
+    pub fn waits(&self) -> bool {
+        self.awaiting
+            .is_some_and(|a| self.state.header.header.height < a.expires_at)
+    }
+}
+
+/// Checks that `sent` (a leaf hash; `None`: absent) is what the map whose root is `root`
+/// (`None`: the state holds no such map yet, so nothing is in it) holds at `key`.
+fn check_entry(
+    root: Option<Hash>,
+    key: &[u8; 32],
+    sent: Option<Hash>,
+    range: &RangeProof,
+) -> Result<(), ProofError> {
+    let Some(root) = root else {
+        return match sent {
+            None => Ok(()),
+            Some(_) => Err(ProofError::Entry),
+        };
+    };
+    range.verify(&root)?;
+    if range.lookup(key)? != sent {
+        return Err(ProofError::Entry);
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -45,6 +45,7 @@ use super::merkle::{self, Hash};
 use super::names::{self, BucketRecord, NameId, NameRecord, Names};
 use super::rooted::RootedMap;
 use super::tx::{CarriedGrant, ChainKey, MAX_LABEL, SignedTx, Tx, TxBody, TxError, VersionKind};
+use super::workflow::{Answer, Awaiting, Effect, Outcome, Proposal, ProposalId, Workflows};
 use crate::grant::{SEALED_LEN, WrappedKey};
 use crate::id::DocumentId;
 use crate::identity::{PublicId, Role};
@@ -253,6 +254,8 @@ pub struct State {
     retired: BTreeMap<PublicId, u64>,
     /// Buckets and object names (`chain::names`).
     names: Names,
+    /// Proposals between departments and the documents awaiting them (`chain::workflow`).
+    workflows: Workflows,
 }
 
 /// Most read records one `AuditRoot` covers.
@@ -282,6 +285,10 @@ enum Entry<'a> {
     Name(&'a NameId, &'a NameRecord),
     /// The roots of the buckets' and the names' maps.
     Names(&'a Hash, &'a Hash),
+    Proposal(&'a ProposalId, &'a Proposal),
+    Awaiting(&'a DocumentId, &'a Awaiting),
+    /// The roots of the proposals' and the awaiting documents' maps.
+    Workflows(&'a Hash, &'a Hash),
 }
 
 /// A document record as hashed into the state: its grants by their Merkle root, so a
@@ -322,6 +329,16 @@ pub fn name_leaf(id: &NameId, record: &NameRecord) -> Hash {
     entry_leaf(Entry::Name(id, record))
 }
 
+/// The leaf hash of a proposal in the proposals' map.
+pub fn proposal_leaf(id: &ProposalId, proposal: &Proposal) -> Hash {
+    entry_leaf(Entry::Proposal(id, proposal))
+}
+
+/// The leaf hash of a document awaiting a proposal, in the awaiting documents' map.
+pub fn awaiting_leaf(id: &DocumentId, awaiting: &Awaiting) -> Hash {
+    entry_leaf(Entry::Awaiting(id, awaiting))
+}
+
 /// The leaf hash of an account in the accounts map.
 pub fn account_leaf(id: &PublicId, account: &Account) -> Hash {
     entry_leaf(Entry::Account(id, account))
@@ -359,6 +376,9 @@ pub struct StateTop {
     pub retired: BTreeMap<PublicId, u64>,
     /// The roots of the buckets' and the names' maps, once there is a bucket.
     pub names: Option<(Hash, Hash)>,
+    /// The roots of the proposals' and the awaiting documents' maps, once there is a
+    /// proposal (`chain::workflow`).
+    pub workflows: Option<(Hash, Hash)>,
 }
 
 impl StateTop {
@@ -394,6 +414,10 @@ impl StateTop {
         // Only once a bucket was created.
         if let Some((buckets, names)) = &self.names {
             leaves.push(entry_leaf(Entry::Names(buckets, names)));
+        }
+        // Only once a proposal was made.
+        if let Some((proposals, awaiting)) = &self.workflows {
+            leaves.push(entry_leaf(Entry::Workflows(proposals, awaiting)));
         }
         merkle::root(&leaves)
     }
@@ -450,6 +474,7 @@ impl State {
             validator_hosts: BTreeMap::new(),
             retired: BTreeMap::new(),
             names: Names::default(),
+            workflows: Workflows::default(),
         })
     }
 
@@ -475,6 +500,8 @@ impl State {
             chain_key: self.chain_key,
             retired: self.retired.clone(),
             names: (!self.names.is_empty()).then(|| self.names.roots(bucket_leaf, name_leaf)),
+            workflows: (!self.workflows.is_empty())
+                .then(|| self.workflows.roots(proposal_leaf, awaiting_leaf)),
         }
     }
 
@@ -527,6 +554,9 @@ impl State {
             | TxBody::DeleteBucket { .. }
             | TxBody::PutName { .. }
             | TxBody::DeleteName { .. } => self.name_change(caller, &tx.body, height)?,
+            TxBody::Propose { .. } | TxBody::Approve { .. } | TxBody::Refuse { .. } => {
+                self.workflow_change(caller, tx, height)?
+            }
         };
         change(self);
         if let Some(account) = self.accounts.get_mut(&sender) {
@@ -1000,6 +1030,112 @@ impl State {
             }
             other => return Err(misrouted(other)),
         })
+    }
+
+    /// What a `Propose`, `Approve` or `Refuse` changes, once all its checks passed
+    /// (`chain::workflow`). The approval that reaches the number required also carries out
+    /// the action, checked now by the action's own code path as if its proposer sent it.
+    fn workflow_change(&self, caller: Caller, tx: &Tx, height: u64) -> Result<Change, TxError> {
+        let sender = caller.id;
+        Ok(match &tx.body {
+            TxBody::Propose {
+                action,
+                approvers,
+                required,
+                expires_at,
+            } => {
+                let proposal = self.workflows.check_propose(
+                    sender,
+                    height,
+                    action,
+                    approvers,
+                    *required,
+                    *expires_at,
+                    |id| self.accounts.get(id).map(|a| a.role),
+                )?;
+                // The action must be one the proposer may carry out now (checked again
+                // on the last approval); its change is dropped.
+                drop(self.action_change(sender, &action.body(), height)?);
+                let id = ProposalId::of(&sender, tx.nonce);
+                Box::new(move |s| s.workflows.insert(id, proposal))
+            }
+            TxBody::Approve { proposal } => {
+                let id = *proposal;
+                let answer = Answer {
+                    approver: sender,
+                    height,
+                    reason: String::new(),
+                };
+                match self.workflows.check_answer(&id, &sender, height, None)? {
+                    Effect::Reached => {
+                        let p = self
+                            .workflows
+                            .proposal(&id)
+                            .ok_or(TxError::NoSuchProposal(id))?;
+                        match self.action_change(p.proposer, &p.action.body(), height) {
+                            Ok(action) => Box::new(move |s| {
+                                s.workflows.answer(&id, answer, true);
+                                s.workflows.close(&id, Outcome::Carried { height });
+                                action(s);
+                            }),
+                            Err(e) => {
+                                let reason = e.to_string();
+                                Box::new(move |s| {
+                                    s.workflows.answer(&id, answer, true);
+                                    s.workflows.close(&id, Outcome::Failed { height, reason });
+                                })
+                            }
+                        }
+                    }
+                    _ => Box::new(move |s| s.workflows.answer(&id, answer, true)),
+                }
+            }
+            TxBody::Refuse { proposal, reason } => {
+                let id = *proposal;
+                let effect = self
+                    .workflows
+                    .check_answer(&id, &sender, height, Some(reason))?;
+                let answer = Answer {
+                    approver: sender,
+                    height,
+                    reason: reason.clone(),
+                };
+                Box::new(move |s| {
+                    s.workflows.answer(&id, answer, false);
+                    if effect == Effect::Unreachable {
+                        s.workflows.close(&id, Outcome::Refused { height });
+                    }
+                })
+            }
+            other => return Err(misrouted(other)),
+        })
+    }
+
+    /// What a proposal's action changes when carried out for `proposer` at `height`, by
+    /// the action's own transaction's checks and code path.
+    fn action_change(
+        &self,
+        proposer: PublicId,
+        body: &TxBody,
+        height: u64,
+    ) -> Result<Change, TxError> {
+        let role = self
+            .accounts
+            .get(&proposer)
+            .map(|a| a.role)
+            .ok_or(TxError::UnknownSender(proposer))?;
+        let caller = Caller { id: proposer, role };
+        match body {
+            TxBody::RegisterDocument { .. } | TxBody::Grant { .. } => {
+                self.document_change(caller, body, height)
+            }
+            other => Err(misrouted(other)),
+        }
+    }
+
+    /// Proposals between departments (`chain::workflow`), read-only.
+    pub fn workflows(&self) -> &Workflows {
+        &self.workflows
     }
 
     /// Buckets and object names (`chain::names`), read-only.

@@ -126,6 +126,27 @@ pub enum TxBody {
     /// The owning department unbinds a name: the entry goes, the documents it named stay
     /// registered (every version readable by its id).
     DeleteName { bucket: String, key: String },
+    /// A workflow between departments (`chain::workflow`): `action`, carried out by the
+    /// chain as if the sender had sent it, once `required` of `approvers` (named accounts:
+    /// departments or operators) approved it, each in its own `Approve`, before height
+    /// `expires_at`. Its id is derived from the sender and this transaction's nonce
+    /// (`workflow::ProposalId::of`).
+    Propose {
+        action: crate::chain::workflow::Action,
+        approvers: Vec<PublicId>,
+        required: u32,
+        expires_at: u64,
+    },
+    /// A named approver approves an open proposal; the `required`-th approval carries out
+    /// its action in the same transaction.
+    Approve {
+        proposal: crate::chain::workflow::ProposalId,
+    },
+    /// A named approver refuses an open proposal, saying why.
+    Refuse {
+        proposal: crate::chain::workflow::ProposalId,
+        reason: String,
+    },
 }
 
 /// A validator's approval of a governance transaction (see the module docs).
@@ -374,6 +395,30 @@ pub enum TxError {
     NoSuchName { bucket: String, key: String },
     #[error("{0} already has the most buckets a department may have")]
     TooManyBuckets(PublicId),
+    #[error("no proposal {0} on this chain")]
+    NoSuchProposal(crate::chain::workflow::ProposalId),
+    #[error("proposal {id} expired at height {expires_at}: it accepts nothing more")]
+    ProposalExpired {
+        id: crate::chain::workflow::ProposalId,
+        expires_at: u64,
+    },
+    #[error("proposal {id} is closed ({outcome}): it accepts nothing more")]
+    ProposalClosed {
+        id: crate::chain::workflow::ProposalId,
+        outcome: String,
+    },
+    #[error("{who} is not one of the approvers proposal {id} names")]
+    NotAnApprover {
+        id: crate::chain::workflow::ProposalId,
+        who: PublicId,
+    },
+    #[error("the sender already {done} proposal {id}: each approver answers once")]
+    AlreadyAnswered {
+        id: crate::chain::workflow::ProposalId,
+        done: &'static str,
+    },
+    #[error("{0} already has the most open proposals a sender may have")]
+    TooManyProposals(PublicId),
 }
 
 impl Tx {

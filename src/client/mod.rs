@@ -24,10 +24,12 @@
 //! Not for: serving (`peer`), deciding who may read (`access`, on the peers), keeping keys
 //! (see `keyring`).
 
+mod approvals;
 mod get;
 mod put;
 mod sealed;
 
+pub use approvals::{ProposalTerms, Proposed};
 pub use put::StoredPiece;
 pub use sealed::{SEALED_MAGIC, SealedDocument};
 

@@ -19,6 +19,7 @@ use crate::chain::ledger::{Ledger, LedgerError};
 use crate::chain::proof::{ProvenRecord, Sight};
 use crate::chain::state::DocumentRecord;
 use crate::chain::tx::SignedTx;
+use crate::chain::workflow::ProposalId;
 use crate::id::DocumentId;
 use crate::identity::PublicId;
 use crate::proto::{
@@ -303,6 +304,39 @@ pub(super) async fn get_bucket(
     let ledger = current_ledger!(state, send);
     let found = ledger.names(|n| n.bucket(bucket).cloned());
     chain_answer(send, Ok(found)).await
+}
+
+/// A proposal (`chain::workflow`) with its proof.
+pub(super) async fn get_proposal(
+    send: &mut SendStream,
+    state: &State,
+    id: ProposalId,
+) -> Result<(), ProtoError> {
+    let ledger = current_ledger!(state, send);
+    chain_answer(send, ledger.proven_proposal(&id).map(Some)).await
+}
+
+/// The proposals open now that name the caller and that it has not answered.
+pub(super) async fn list_proposals(
+    send: &mut SendStream,
+    state: &State,
+    who: &PublicId,
+    after: Option<ProposalId>,
+) -> Result<(), ProtoError> {
+    let ledger = current_ledger!(state, send);
+    let who = *who;
+    let found = blocking(move || ledger.proposals_awaiting(&who, after)).await;
+    chain_answer(send, Ok(Some(found))).await
+}
+
+/// The proposal a document waits for, with its proof.
+pub(super) async fn get_awaiting(
+    send: &mut SendStream,
+    state: &State,
+    document: DocumentId,
+) -> Result<(), ProtoError> {
+    let ledger = current_ledger!(state, send);
+    chain_answer(send, ledger.proven_awaiting(&document).map(Some)).await
 }
 
 /// The caller's own buckets.

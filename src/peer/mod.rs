@@ -55,6 +55,7 @@ use tracing::{debug, info, warn};
 use crate::access::{AccessError, ChainView, OpenDocuments};
 use crate::audit::{AuditError, AuditLog, ReadKind};
 use crate::chain::ledger::Ledger;
+use crate::chain::workflow::ProposalId;
 use crate::id::DocumentId;
 use crate::identity::{Identity, PublicId, Role};
 use crate::proto::{self, ErrorCode, ProtoError, Request, Response};
@@ -713,6 +714,11 @@ async fn handle(
             };
             chain::list_names(send, recv, state, &who, query).await
         }
+        Request::GetProposal { id } => chain::get_proposal(send, state, ProposalId(id)).await,
+        Request::ListProposals { after } => {
+            chain::list_proposals(send, state, &who, after.map(ProposalId)).await
+        }
+        Request::GetAwaiting { document } => chain::get_awaiting(send, state, document).await,
     }
 }
 
@@ -847,6 +853,25 @@ async fn authorise(
         Request::ListBuckets => {
             may_query_chain(state, who, &[Role::Department], "list its buckets").await
         }
+        // Workflows: the members read any proposal; an approver lists what awaits it.
+        Request::GetProposal { .. } => {
+            may_query_chain(
+                state,
+                who,
+                &[Role::Operator, Role::Validator, Role::Department],
+                "read proposals",
+            )
+            .await
+        }
+        Request::ListProposals { .. } => {
+            may_query_chain(
+                state,
+                who,
+                &[Role::Operator, Role::Department],
+                "list the proposals awaiting it",
+            )
+            .await
+        }
         Request::PutShard { .. }
         | Request::PutManifest { .. }
         | Request::PutMany { .. }
@@ -868,6 +893,8 @@ async fn authorise(
         | Request::ChainStatus
         | Request::GetAccount { .. }
         | Request::GetRecord { .. }
+        // Only whether a document id (unguessable) waits for a proposal, and until when.
+        | Request::GetAwaiting { .. }
         | Request::GetLayout
         // Only the set changes and their headers: what any reader needs to check a proof.
         | Request::GetValidatorChanges

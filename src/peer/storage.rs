@@ -556,7 +556,21 @@ pub(super) async fn collect_stale(
     };
     if let Some(document) = named {
         let refusal = match state.access.document(&document, true).await {
-            Ok(None) => None,
+            Ok(None) => match state.access.awaits_registration(&document).await {
+                Ok(false) => None,
+                Ok(true) => Some(error(
+                    ErrorCode::Refused,
+                    format!(
+                        "document {document} waits for a proposal that registers it; its bytes are kept"
+                    ),
+                )),
+                Err(e) => Some(error(
+                    ErrorCode::Unavailable,
+                    format!(
+                        "cannot tell whether document {document} waits for a proposal ({e}); kept"
+                    ),
+                )),
+            },
             Ok(Some(_)) => Some(error(
                 ErrorCode::Refused,
                 format!("document {document} is registered; its bytes are kept"),

@@ -8,6 +8,7 @@
 mod common;
 
 mod access;
+mod approvals;
 mod audit;
 mod browser;
 mod chain;
