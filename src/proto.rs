@@ -273,6 +273,20 @@ pub enum Request {
     /// This node's figures, the same its metrics expose (`peer::status`): answered
     /// `NodeStatus`. For operators (`dangan cluster status`).
     NodeStatus,
+    /// Validator to validator: the hosted validator's signature of the checkpoint of block
+    /// `height` (`chain::checkpoint`), which it builds from its own store: `ChainBody` with
+    /// the postcard bytes of a `CheckpointSignature`, or `NotFound` before it applied the
+    /// block. Refused unless the caller hosts a validator.
+    SignCheckpoint {
+        height: u64,
+    },
+    /// The signed checkpoint kept at `height` (with `None`, the latest; with `covering`, the
+    /// first at or above `height`): `ChainBody` with the postcard bytes of a
+    /// `StoredCheckpoint` (note, anchor answers, timestamp token), or `NotFound`.
+    GetCheckpoint {
+        height: Option<u64>,
+        covering: bool,
+    },
 }
 
 impl Request {
@@ -319,6 +333,8 @@ impl Request {
             Request::GetName { .. } => "get_name",
             Request::ListNames { .. } => "list_names",
             Request::NodeStatus => "node_status",
+            Request::SignCheckpoint { .. } => "sign_checkpoint",
+            Request::GetCheckpoint { .. } => "get_checkpoint",
         }
     }
 }

@@ -18,6 +18,7 @@ mod delegation;
 mod deploy;
 mod docs;
 mod durability;
+mod evidence;
 mod faults;
 mod fuzz_regressions;
 mod fuzz_seeds;
