@@ -296,6 +296,10 @@ enum Command {
         /// Also write an offline-verifiable receipt (manifest + registration proof) here.
         #[arg(long)]
         receipt: Option<PathBuf>,
+        /// With --receipt: also put in it the signed checkpoint that covers the
+        /// registration, with its timestamp token (refused while none covers it yet).
+        #[arg(long, requires = "receipt")]
+        with_checkpoint: bool,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -307,11 +311,16 @@ enum Command {
     /// file's validator set is used.
     Verify {
         /// The document id (optional with --receipt).
-        #[arg(required_unless_present = "receipt")]
+        #[arg(required_unless_present_any = ["receipt", "checkpoint"])]
         id: Option<DocumentId>,
         /// A receipt written by `dangan get --receipt`, checked with no network.
         #[arg(long)]
         receipt: Option<PathBuf>,
+        /// A signed checkpoint written by `dangan chain checkpoint -o FILE`, checked with no
+        /// network against the cluster file's validators (for a chain whose set changed
+        /// since, verify a receipt that carries its checkpoint instead).
+        #[arg(long, conflicts_with_all = ["receipt", "id"])]
+        checkpoint: Option<PathBuf>,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -617,6 +626,17 @@ enum ChainCommand {
     /// One transaction by id (64 hex digits), with its inclusion proof checked.
     Tx {
         id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// A signed checkpoint (C2SP signed note): the latest, or the one at --height, checked
+    /// against the validators proven from the cluster file's; written to -o FILE (its
+    /// RFC 3161 timestamp token, if any, to FILE.tsr), else printed.
+    Checkpoint {
+        #[arg(long)]
+        height: Option<u64>,
+        #[arg(short, long)]
+        output: Option<PathBuf>,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -968,6 +988,7 @@ fn exit_code(e: &anyhow::Error) -> u8 {
                 | ChainError::History(_)
                 | ChainError::OtherTransaction
                 | ChainError::OtherSender(_)
+                | ChainError::Checkpoint(_)
                 | ChainError::Decode { .. } => Some(exit::CORRUPT),
                 _ => None,
             }
@@ -989,6 +1010,9 @@ fn exit_code(e: &anyhow::Error) -> u8 {
         } else if cause
             .downcast_ref::<dangan::receipt::ReceiptError>()
             .is_some()
+            || cause
+                .downcast_ref::<dangan::chain::checkpoint::CheckpointError>()
+                .is_some()
         {
             Some(exit::CORRUPT)
         } else if cause.downcast_ref::<config::ConfigError>().is_some()
@@ -1145,19 +1169,30 @@ async fn run_async(command: Command) -> Result<()> {
             output,
             exact,
             receipt,
+            with_checkpoint,
             client,
-        } => get(id, &output, exact, receipt.as_deref(), &client).await,
+        } => {
+            let receipt = receipt.map(|r| (r, with_checkpoint));
+            get(id, &output, exact, receipt.as_ref(), &client).await
+        }
         Command::Chain(command) => chain(command).await,
         Command::Audit { id, client } => audit(id, &client).await,
+        Command::Verify {
+            checkpoint: Some(path),
+            client,
+            ..
+        } => verify_checkpoint(&path, &client),
         Command::Verify {
             id,
             receipt: Some(path),
             client,
+            ..
         } => verify_receipt(id, &path, &client),
         Command::Verify {
             id: Some(id),
             receipt: None,
             client,
+            ..
         } => verify(id, &client).await,
         Command::Cluster(command) => cluster(command).await,
         Command::Rebalance { client, ops } => rebalance(&client, &ops).await,
@@ -1805,7 +1840,7 @@ async fn get(
     id: DocumentId,
     output: &Path,
     exact: bool,
-    receipt: Option<&Path>,
+    receipt: Option<&(PathBuf, bool)>,
     client: &ClientArgs,
 ) -> Result<()> {
     let (c, keyring) = connect(client).await?;
@@ -1870,8 +1905,14 @@ async fn get(
             output.display()
         ));
     }
-    if let Some(path) = receipt {
-        let r = c.receipt(&id).await?;
+    if let Some((path, with_checkpoint)) = receipt {
+        let r = if *with_checkpoint {
+            c.receipt_with_checkpoint(&id)
+                .await?
+                .context("no signed checkpoint covers the registration yet; try again later")?
+        } else {
+            c.receipt(&id).await?
+        };
         std::fs::write(path, r.encode()).with_context(|| format!("writing {}", path.display()))?;
         said(format!("receipt written to {}", path.display()));
     }
@@ -1884,6 +1925,11 @@ async fn chain(command: ChainCommand) -> Result<()> {
         ChainCommand::Status { client } => chain_status(&client).await,
         ChainCommand::Block { height, client } => chain_block(height, &client).await,
         ChainCommand::Tx { id, client } => chain_tx(&id, &client).await,
+        ChainCommand::Checkpoint {
+            height,
+            output,
+            client,
+        } => chain_checkpoint(height, output.as_deref(), &client).await,
         ChainCommand::AddValidator {
             id,
             host,
@@ -2083,6 +2129,47 @@ async fn chain_status(client: &ClientArgs) -> Result<()> {
     Ok(())
 }
 
+async fn chain_checkpoint(
+    height: Option<u64>,
+    output: Option<&Path>,
+    client: &ClientArgs,
+) -> Result<()> {
+    let (c, _) = connect(client).await?;
+    let found = c.chain()?.checkpoint(height, false).await;
+    c.close().await;
+    let Some((stored, checkpoint)) = found? else {
+        match height {
+            Some(h) => bail!("no signed checkpoint at height {h}"),
+            None => bail!("no signed checkpoint yet"),
+        }
+    };
+    let Some(path) = output else {
+        print!("{}", String::from_utf8_lossy(stored.note.as_bytes()));
+        return Ok(());
+    };
+    std::fs::write(path, stored.note.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))?;
+    if let Some(token) = &stored.token {
+        let tsr = path.with_extension("tsr");
+        std::fs::write(&tsr, token).with_context(|| format!("writing {}", tsr.display()))?;
+    }
+    eprintln!(
+        "checkpoint at height {} (block {}) verified against the validators of its height, written to {}{}",
+        checkpoint.height,
+        hex::encode(checkpoint.block_hash),
+        path.display(),
+        if stored.token.is_some() {
+            " with its timestamp token"
+        } else {
+            ""
+        }
+    );
+    for a in &stored.anchors {
+        eprintln!("anchored in {}", a.anchor);
+    }
+    Ok(())
+}
+
 async fn chain_block(height: u64, client: &ClientArgs) -> Result<()> {
     let (c, _) = connect(client).await?;
     let Some(block) = c.chain()?.block(height).await? else {
@@ -2171,6 +2258,30 @@ async fn audit(id: DocumentId, client: &ClientArgs) -> Result<()> {
     Ok(())
 }
 
+/// `verify --checkpoint`: offline, against the cluster file's validator set.
+fn verify_checkpoint(path: &Path, client: &ClientArgs) -> Result<()> {
+    use dangan::chain::checkpoint::SignedCheckpoint;
+    use dangan::chain::validators::ValidatorHistory;
+    let cluster = client.cluster()?;
+    let chain = cluster
+        .chain
+        .context("the cluster file names no [chain] validators to check against")?;
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let note = SignedCheckpoint::from_bytes(&bytes)?;
+    let key = note.checkpoint()?.chain;
+    let (c, signers) = note.verify(&key, &ValidatorHistory::trusted(&chain.validators))?;
+    println!(
+        "checkpoint verified offline: height {}, block {}, state root {}, signed by {} of {} validators",
+        c.height,
+        hex::encode(c.block_hash),
+        hex::encode(c.state_root),
+        signers.len(),
+        chain.validators.len()
+    );
+    println!("chain key {key} (compare with `dangan chain status`)");
+    Ok(())
+}
+
 /// `verify --receipt`: offline, against the cluster file's validator set.
 fn verify_receipt(id: Option<DocumentId>, path: &Path, client: &ClientArgs) -> Result<()> {
     let cluster = client.cluster()?;
@@ -2199,6 +2310,12 @@ fn verify_receipt(id: Option<DocumentId>, path: &Path, client: &ClientArgs) -> R
         "chain key {} (compare with `dangan chain status`)",
         r.chain()
     );
+    if let Some(c) = r.checkpoint(&chain.validators)? {
+        println!(
+            "covered by the checkpoint at height {}, signed by a majority of its validators",
+            c.height
+        );
+    }
     Ok(())
 }
 

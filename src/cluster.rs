@@ -232,6 +232,8 @@ impl LocalCluster {
                 signer,
                 genesis,
                 chain: chain_dir.join("chain.redb"),
+                checkpoint_every: 0,
+                anchor_file: None,
             }),
             ..peer_setup(
                 &host,

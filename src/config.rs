@@ -356,6 +356,14 @@ pub struct ValidatorSection {
     pub genesis: PathBuf,
     /// The chain database (redb).
     pub chain: PathBuf,
+    /// Make a signed checkpoint every this many blocks (`chain::checkpoint`); 0, the
+    /// default: none. A validator setting, not a genesis one: validators sign any final
+    /// height asked of them, so they need not agree on it.
+    #[serde(default)]
+    pub checkpoint_every: u64,
+    /// An append-only file each new checkpoint's digest is anchored in (`chain::anchor`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub anchor_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -486,6 +494,8 @@ impl NodeFile {
                 key: base.join(v.key),
                 genesis: base.join(v.genesis),
                 chain: base.join(v.chain),
+                checkpoint_every: v.checkpoint_every,
+                anchor_file: v.anchor_file.map(|a| base.join(a)),
             }),
             metrics_listen: file.metrics_listen,
         })
@@ -520,6 +530,9 @@ pub struct ValidatorSetup {
     pub genesis: Genesis,
     /// The chain database (redb); its raft log lives next to it.
     pub chain: PathBuf,
+    /// A checkpoint every this many blocks (0: none), and the file it is anchored in.
+    pub checkpoint_every: u64,
+    pub anchor_file: Option<PathBuf>,
 }
 
 impl NodeConfig {
@@ -540,6 +553,8 @@ impl NodeConfig {
                 signer: Identity::load(&v.key)?,
                 genesis: Genesis::load(&v.genesis).map_err(ConfigError::Genesis)?,
                 chain: v.chain.clone(),
+                checkpoint_every: v.checkpoint_every,
+                anchor_file: v.anchor_file.clone(),
             }),
         };
         Ok(NodeSetup {

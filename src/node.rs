@@ -129,12 +129,24 @@ pub async fn start(setup: NodeSetup) -> Result<Node, NodeError> {
                     path: v.chain.clone(),
                     source,
                 })?;
+            let ledger = Arc::new(ledger);
+            ledger.start_checkpoints(crate::chain::checkpoint::CheckpointConfig {
+                every: v.checkpoint_every,
+                anchors: v
+                    .anchor_file
+                    .iter()
+                    .map(|f| {
+                        Arc::new(crate::chain::anchor::FileAnchor::new(f))
+                            as Arc<dyn crate::chain::anchor::Anchor>
+                    })
+                    .collect(),
+            });
             registry.register(
                 "chain_commit_duration_seconds",
                 "Seconds from proposing a block to its commit and apply, on this validator as leader",
                 ledger.commit_latency(),
             );
-            Some(Arc::new(ledger))
+            Some(ledger)
         }
     };
     // Any key may connect; each request is authorised by the chain: the ledger here while

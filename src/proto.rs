@@ -293,6 +293,20 @@ pub enum Request {
     GetAwaiting {
         document: DocumentId,
     },
+    /// Validator to validator: the hosted validator's signature of the checkpoint of block
+    /// `height` (`chain::checkpoint`), which it builds from its own store: `ChainBody` with
+    /// the postcard bytes of a `CheckpointSignature`, or `NotFound` before it applied the
+    /// block. Refused unless the caller hosts a validator.
+    SignCheckpoint {
+        height: u64,
+    },
+    /// The signed checkpoint kept at `height` (with `None`, the latest; with `covering`, the
+    /// first at or above `height`): `ChainBody` with the postcard bytes of a
+    /// `StoredCheckpoint` (note, anchor answers, timestamp token), or `NotFound`.
+    GetCheckpoint {
+        height: Option<u64>,
+        covering: bool,
+    },
 }
 
 impl Request {
@@ -342,6 +356,8 @@ impl Request {
             Request::GetProposal { .. } => "get_proposal",
             Request::ListProposals { .. } => "list_proposals",
             Request::GetAwaiting { .. } => "get_awaiting",
+            Request::SignCheckpoint { .. } => "sign_checkpoint",
+            Request::GetCheckpoint { .. } => "get_checkpoint",
         }
     }
 }

@@ -13,10 +13,19 @@
 //! names its chain ([`Receipt::chain`]) and [`Receipt::verify_on`] refuses one of another
 //! chain whose validators the verifier also trusts.
 //!
+//! Format 3 ([`MAGIC_WITH_CHECKPOINT`]): the same followed by the signed checkpoint that
+//! covers the registration (`chain::checkpoint`), the headers from the registration's block
+//! to the checkpoint's (each linking to the one before), and the checkpoint's RFC 3161
+//! timestamp token if it has one. The validator set changes then run up to the checkpoint's
+//! height. So the receipt shows, offline, that the registration is in the chain a majority
+//! of validators signed at that height, which was anchored and timestamped outside the
+//! cluster; formats 1 and 2 decode and verify as before.
+//!
 //! Not for: the document's bytes or key; a receipt proves what was registered, not who may
 //! read it.
 
-use crate::chain::block::{BlockError, TxInclusion};
+use crate::chain::block::{BlockError, BlockHeader, TxInclusion};
+use crate::chain::checkpoint::{Checkpoint, CheckpointError, SignedCheckpoint};
 use crate::chain::tx::ChainKey;
 use crate::chain::validators::{HistoryError, ValidatorHistory};
 use crate::id::DocumentId;
@@ -27,6 +36,8 @@ use crate::manifest::{MAX_MANIFEST_BYTES, Manifest, ManifestError};
 pub const MAGIC: &[u8; 8] = b"DGNRCPT1";
 /// First bytes of a receipt file that carries validator set changes.
 pub const MAGIC_WITH_CHANGES: &[u8; 8] = b"DGNRCPT2";
+/// First bytes of a receipt file that carries the checkpoint covering its registration.
+pub const MAGIC_WITH_CHECKPOINT: &[u8; 8] = b"DGNRCPT3";
 /// Largest receipt accepted: a manifest at its limit plus a generous proof.
 pub const MAX_RECEIPT_BYTES: usize = MAX_MANIFEST_BYTES + (1 << 20);
 
@@ -40,6 +51,18 @@ pub struct Receipt {
     /// The validator set changes before the registration's block, in chain order, each
     /// with its proof; empty while the set is the genesis one.
     pub validator_changes: Vec<TxInclusion>,
+    /// The checkpoint that covers the registration, if the receipt carries one (format 3).
+    pub checkpoint: Option<ReceiptCheckpoint>,
+}
+
+/// A signed checkpoint at or above a registration's block, and what links the two.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ReceiptCheckpoint {
+    pub note: SignedCheckpoint,
+    /// The headers after the registration's block up to the checkpoint's, in order.
+    pub headers: Vec<BlockHeader>,
+    /// The checkpoint's RFC 3161 timestamp token (DER), if it has one.
+    pub token: Option<Vec<u8>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -63,12 +86,21 @@ pub enum ReceiptError {
     Validators(#[from] HistoryError),
     #[error("the receipt is of chain {found}, not of chain {expected}")]
     OtherChain { found: ChainKey, expected: ChainKey },
+    #[error("the receipt's checkpoint: {0}")]
+    Checkpoint(#[from] CheckpointError),
+    #[error("the receipt's headers do not link its block {from} to its checkpoint at {to}")]
+    Unlinked { from: u64, to: u64 },
 }
 
 impl Receipt {
     pub fn encode(&self) -> Vec<u8> {
         let head = (&self.document, &self.manifest, &self.registration);
-        let (mut out, body) = if self.validator_changes.is_empty() {
+        let (mut out, body) = if let Some(checkpoint) = &self.checkpoint {
+            (
+                MAGIC_WITH_CHECKPOINT.to_vec(),
+                postcard::to_allocvec(&(head, &self.validator_changes, checkpoint)),
+            )
+        } else if self.validator_changes.is_empty() {
             (MAGIC.to_vec(), postcard::to_allocvec(&head))
         } else {
             (
@@ -86,11 +118,19 @@ impl Receipt {
             return Err(ReceiptError::TooLarge(bytes.len()));
         }
         let malformed = |e: postcard::Error| ReceiptError::Malformed(e.to_string());
-        let ((document, manifest, registration), validator_changes) =
+        let ((document, manifest, registration), validator_changes, checkpoint) =
             if let Some(body) = bytes.strip_prefix(MAGIC) {
-                (postcard::from_bytes(body).map_err(malformed)?, Vec::new())
+                (
+                    postcard::from_bytes(body).map_err(malformed)?,
+                    Vec::new(),
+                    None,
+                )
             } else if let Some(body) = bytes.strip_prefix(MAGIC_WITH_CHANGES) {
-                postcard::from_bytes(body).map_err(malformed)?
+                let (head, changes) = postcard::from_bytes(body).map_err(malformed)?;
+                (head, changes, None)
+            } else if let Some(body) = bytes.strip_prefix(MAGIC_WITH_CHECKPOINT) {
+                let (head, changes, checkpoint) = postcard::from_bytes(body).map_err(malformed)?;
+                (head, changes, Some(checkpoint))
             } else {
                 return Err(ReceiptError::BadMagic);
             };
@@ -99,6 +139,7 @@ impl Receipt {
             manifest,
             registration,
             validator_changes,
+            checkpoint,
         };
         if receipt.encode() != bytes {
             return Err(ReceiptError::NotCanonical);
@@ -150,6 +191,45 @@ impl Receipt {
         let height = self.registration.header.header.height;
         self.registration
             .verify_registration(&self.document, history.at(height))?;
+        if let Some(c) = &self.checkpoint {
+            self.verify_checkpoint(c, &history)?;
+        }
         Ok(manifest)
+    }
+
+    /// The checkpoint this receipt carries, verified offline from `validators` (with the
+    /// receipt's set changes), and that it covers the registration.
+    pub fn checkpoint(&self, validators: &[PublicId]) -> Result<Option<Checkpoint>, ReceiptError> {
+        let Some(c) = &self.checkpoint else {
+            return Ok(None);
+        };
+        let history = ValidatorHistory::prove(validators, &self.validator_changes)?;
+        self.verify_checkpoint(c, &history).map(Some)
+    }
+
+    fn verify_checkpoint(
+        &self,
+        c: &ReceiptCheckpoint,
+        history: &ValidatorHistory,
+    ) -> Result<Checkpoint, ReceiptError> {
+        let (checkpoint, _) = c.note.verify(&self.chain(), history)?;
+        let from = self.registration.header.header.height;
+        let unlinked = ReceiptError::Unlinked {
+            from,
+            to: checkpoint.height,
+        };
+        let mut hash = self.registration.header.header.hash();
+        let mut at = from;
+        for header in &c.headers {
+            if header.prev != hash || header.height != at + 1 {
+                return Err(unlinked);
+            }
+            hash = header.hash();
+            at = header.height;
+        }
+        if at != checkpoint.height || hash != checkpoint.block_hash {
+            return Err(unlinked);
+        }
+        Ok(checkpoint)
     }
 }

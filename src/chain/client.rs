@@ -23,6 +23,7 @@ use serde::de::DeserializeOwned;
 use tracing::{debug, warn};
 
 use super::block::{Block, BlockError, TxInclusion};
+use super::checkpoint::{Checkpoint, StoredCheckpoint};
 use super::ledger::ChainStatus;
 use super::names::{BucketRecord, NamePage, NameRecord};
 use super::proof::{
@@ -115,6 +116,8 @@ pub enum ChainError {
     OtherTransaction,
     #[error("the chain answered with a proof of another department's transaction for {0}")]
     OtherSender(DocumentId),
+    #[error(transparent)]
+    Checkpoint(#[from] super::checkpoint::CheckpointError),
 }
 
 impl From<NetError> for ChainError {
@@ -857,6 +860,35 @@ impl ChainClient {
         )?);
         *self.inner.validators.lock().expect("validators lock") = Some(history.clone());
         Ok(history)
+    }
+
+    /// The signed checkpoint kept at `height` (with `covering`, the first at or above it;
+    /// without a height, the latest), checked against the validators proven from the
+    /// cluster file's set: the stored record and what its note says.
+    pub async fn checkpoint(
+        &self,
+        height: Option<u64>,
+        covering: bool,
+    ) -> Result<Option<(StoredCheckpoint, Checkpoint)>, ChainError> {
+        let found: Option<StoredCheckpoint> = self
+            .query(&Request::GetCheckpoint { height, covering }, "checkpoint")
+            .await?;
+        let Some(stored) = found else {
+            return Ok(None);
+        };
+        let key = self.chain_key().await?;
+        let history = self.prove_validators().await?;
+        let (checkpoint, _) = stored.note.verify(&key, &history)?;
+        if height.is_some_and(|h| {
+            if covering {
+                checkpoint.height < h
+            } else {
+                checkpoint.height != h
+            }
+        }) {
+            return Err(ChainError::Missing("the checkpoint asked for"));
+        }
+        Ok(Some((stored, checkpoint)))
     }
 
     /// The chain's validator set changes with their proofs, as a validator sent them

@@ -41,6 +41,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
 use super::block::{Block, SignedHeader, TxInclusion};
+use super::checkpoint::{Checkpoint, CheckpointConfig, CheckpointSignature, StoredCheckpoint};
 use super::proof::{
     ProvenAccount, ProvenAwaiting, ProvenDocuments, ProvenGranted, ProvenProposal, ProvenRecord,
     ProvenState, Sight,
@@ -49,6 +50,7 @@ use super::raft::{self, Applied, ChainMachine, Links, LinksFactory, LogStore, Ra
 use super::state::{DocumentRecord, Genesis, State};
 use super::store::{ChainStore, ChainStoreError};
 use super::tx::{ChainKey, Signature, SignedTx, TxError};
+use super::validators::ValidatorHistory;
 use super::workflow::ProposalId;
 use crate::id::DocumentId;
 use crate::identity::{Identity, PublicId};
@@ -187,6 +189,10 @@ pub struct Ledger {
     /// Seconds from proposing a block to its commit and apply, led here
     /// (`dangan_chain_commit_duration_seconds`).
     commit_seconds: prometheus_client::metrics::histogram::Histogram,
+    /// The genesis validators, from which the set at any height is proven.
+    genesis_validators: Vec<PublicId>,
+    /// The task gathering checkpoints (`chain::checkpoint`), once started.
+    checkpointer: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl Ledger {
@@ -230,6 +236,7 @@ impl Ledger {
                 .map_err(|e| LedgerError::Log(e.to_string()))??
         };
         let me_id = validator.public();
+        let genesis_validators: Vec<PublicId> = genesis.validators.iter().map(|v| v.id).collect();
         let member = state.validators().contains(&me_id);
         let joining = !member
             && net
@@ -362,6 +369,8 @@ impl Ledger {
             stopped: tokio::sync::Mutex::new(false),
             signed_tip: Mutex::new(None),
             commit_seconds,
+            genesis_validators,
+            checkpointer: Mutex::new(None),
         })
     }
 
@@ -376,7 +385,8 @@ impl Ledger {
         self.submit.lock().expect("submit lock").take();
         let committer = self.committer.lock().expect("committer lock").take();
         let members = self.members.lock().expect("members lock").take();
-        for task in [committer, members].into_iter().flatten() {
+        let checkpointer = self.checkpointer.lock().expect("checkpointer lock").take();
+        for task in [committer, members, checkpointer].into_iter().flatten() {
             task.abort();
             let _ = task.await;
         }
@@ -924,6 +934,94 @@ impl Ledger {
             out.push(proof);
         }
         Ok(out)
+    }
+
+    /// The validator set at every height, proven from the genesis set.
+    pub fn validator_history(&self) -> Result<ValidatorHistory, LedgerError> {
+        ValidatorHistory::prove(&self.genesis_validators, &self.validator_changes()?)
+            .map_err(|e| LedgerError::Log(format!("the stored validator set changes: {e}")))
+    }
+
+    /// Starts making a signed checkpoint every `config.every` blocks (`chain::checkpoint`);
+    /// stopped by [`Ledger::shutdown`].
+    pub fn start_checkpoints(self: &Arc<Self>, config: CheckpointConfig) {
+        let task = tokio::spawn(super::checkpoint::gather(Arc::downgrade(self), config));
+        if let Some(old) = self
+            .checkpointer
+            .lock()
+            .expect("checkpointer lock")
+            .replace(task)
+        {
+            old.abort();
+        }
+    }
+
+    /// This validator's signature of the checkpoint of block `height`, once it applied it.
+    pub fn checkpoint_signature(
+        &self,
+        height: u64,
+    ) -> Result<Option<CheckpointSignature>, LedgerError> {
+        if height == 0 || height > *self.shared.applied.borrow() {
+            return Ok(None);
+        }
+        Ok(self.shared.store.block(height)?.map(|b| {
+            CheckpointSignature::sign(&Checkpoint::of(&b.header.header), &self.shared.validator)
+        }))
+    }
+
+    /// The checkpoint kept at `height`, or the latest one.
+    pub fn checkpoint(&self, height: Option<u64>) -> Result<Option<StoredCheckpoint>, LedgerError> {
+        match self.shared.store.checkpoint(height)? {
+            None => Ok(None),
+            Some((h, bytes)) => postcard::from_bytes(&bytes).map(Some).map_err(|e| {
+                ChainStoreError::Decode {
+                    height: h,
+                    reason: format!("stored checkpoint: {e}"),
+                }
+                .into()
+            }),
+        }
+    }
+
+    /// The first checkpoint kept at or above `height` (the one that covers a block).
+    pub fn checkpoint_covering(
+        &self,
+        height: u64,
+    ) -> Result<Option<StoredCheckpoint>, LedgerError> {
+        match self.shared.store.checkpoint_covering(height)? {
+            None => Ok(None),
+            Some(h) => self.checkpoint(Some(h)),
+        }
+    }
+
+    /// Keeps `stored` as the checkpoint of `height`, durably.
+    pub(crate) async fn keep_checkpoint(
+        &self,
+        height: u64,
+        stored: &StoredCheckpoint,
+    ) -> Result<(), LedgerError> {
+        let shared = self.shared.clone();
+        let bytes = postcard::to_allocvec(stored).expect("encoding into memory cannot fail");
+        tokio::task::spawn_blocking(move || shared.store.put_checkpoint(height, &bytes))
+            .await
+            .map_err(|e| LedgerError::Unavailable(e.to_string()))??;
+        Ok(())
+    }
+
+    /// The applied height, for waiters.
+    pub(crate) fn applied_heights(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.shared.applied.subscribe()
+    }
+
+    /// Asks the validator of raft node `node` (over the validators' links).
+    pub(crate) fn ask_validator(
+        &self,
+        node: u64,
+        req: Request,
+        timeout: Duration,
+    ) -> impl std::future::Future<Output = Result<Vec<u8>, String>> + Send + 'static {
+        let links = self.links.clone();
+        async move { links.request(node, &req, Vec::new(), timeout).await }
     }
 
     /// The inclusion proof of transaction `index` of block `height`.

@@ -7,10 +7,14 @@
 //! their proof against a header a majority signed), `block` (headers, final signatures,
 //! inclusion proofs), `validators` (the validator set at any height, proven), `store`
 //! (blocks in redb), `raft` and `ledger` (a validator: consensus among the departments'
-//! validators over QUIC), `client` (asking the chain from outside, every answer checked).
+//! validators over QUIC), `client` (asking the chain from outside, every answer checked),
+//! `checkpoint` and `anchor` (signed checkpoints for evidence outside the cluster, and
+//! where they are anchored).
 //! See ARCHITECTURE.md, room `chain`.
 
+pub mod anchor;
 pub mod block;
+pub mod checkpoint;
 pub mod client;
 pub mod ledger;
 pub mod merkle;

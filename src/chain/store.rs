@@ -41,6 +41,10 @@ const SET_CHANGES: TableDefinition<(u64, u32), ()> = TableDefinition::new("valid
 const RAFT_SM: TableDefinition<&str, &[u8]> = TableDefinition::new("raft-sm-v1");
 /// The block this validator signed at each height above the applied tip.
 const ENDORSED: TableDefinition<u64, &[u8]> = TableDefinition::new("endorsed-v1");
+/// Signed checkpoints (`chain::checkpoint`): height → postcard `StoredCheckpoint` (the
+/// signed note, its anchor answers and timestamp token). Added beside format 2: a store
+/// without it has none yet.
+const CHECKPOINTS: TableDefinition<u64, &[u8]> = TableDefinition::new("checkpoints-v1");
 /// The on-disk format this code reads and writes.
 pub const CHAIN_FORMAT: u64 = 2;
 
@@ -201,6 +205,45 @@ impl ChainStore {
             .map(|row| Ok(row?.0.value()))
             .collect::<Result<_, redb::StorageError>>()
             .map_err(Into::into)
+    }
+
+    /// Keeps `bytes` (a postcard `StoredCheckpoint`) as the checkpoint of `height`, durably.
+    pub fn put_checkpoint(&self, height: u64, bytes: &[u8]) -> Result<(), ChainStoreError> {
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(Durability::Immediate)?;
+        txn.open_table(CHECKPOINTS)?.insert(height, bytes)?;
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// The stored checkpoint at `height`, or (with `None`) the highest one: (height, bytes).
+    pub fn checkpoint(
+        &self,
+        height: Option<u64>,
+    ) -> Result<Option<(u64, Vec<u8>)>, ChainStoreError> {
+        let txn = self.db.begin_read()?;
+        let table = match txn.open_table(CHECKPOINTS) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let found = match height {
+            Some(h) => table.get(h)?.map(|v| (h, v.value().to_vec())),
+            None => table.last()?.map(|(k, v)| (k.value(), v.value().to_vec())),
+        };
+        Ok(found)
+    }
+
+    /// The height of the first stored checkpoint at or above `height`.
+    pub fn checkpoint_covering(&self, height: u64) -> Result<Option<u64>, ChainStoreError> {
+        let txn = self.db.begin_read()?;
+        let table = match txn.open_table(CHECKPOINTS) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let mut range = table.range(height..)?;
+        Ok(range.next().transpose()?.map(|(k, _)| k.value()))
     }
 
     pub fn tip_height(&self) -> Result<u64, ChainStoreError> {

@@ -396,6 +396,7 @@ mod tests {
             manifest: manifest.encode(),
             registration,
             validator_changes: Vec::new(),
+            checkpoint: None,
         };
         assert!(matches!(
             receipt.verify(&genesis),
@@ -434,5 +435,197 @@ mod tests {
             Receipt::decode(&relabelled),
             Err(ReceiptError::NotCanonical)
         ));
+    }
+
+    /// A manifest and its document id, for receipts.
+    fn manifest() -> (crate::id::DocumentId, Vec<u8>) {
+        use crate::codec::{self, DocumentInfo};
+        use crate::manifest::CodingParams;
+        let info = DocumentInfo {
+            department: "records".into(),
+            document_type: "certificate".into(),
+            created_at_ms: Some(1),
+        };
+        let (manifest, _) =
+            codec::encode(&[7u8; 3000][..], CodingParams::default(), info, |_| Ok(())).unwrap();
+        (manifest.id(), manifest.encode())
+    }
+
+    fn add(v: &Identity) -> TxBody {
+        TxBody::AddValidator {
+            validator: v.public(),
+            host: None,
+            approvals: vec![],
+        }
+    }
+
+    fn remove(v: &Identity) -> TxBody {
+        TxBody::RemoveValidator {
+            validator: v.public(),
+            approvals: vec![],
+        }
+    }
+
+    #[test]
+    fn an_old_receipt_with_its_checkpoint_verifies_after_several_set_changes() {
+        use crate::chain::block::BlockHeader;
+        use crate::chain::checkpoint::{Checkpoint, CheckpointSignature, SignedCheckpoint};
+        use crate::receipt::{MAGIC_WITH_CHECKPOINT, Receipt, ReceiptCheckpoint, ReceiptError};
+
+        let v = ids(5);
+        let (a, b, c, d, e) = (&v[0], &v[1], &v[2], &v[3], &v[4]);
+        let genesis = public(&[a, b, c]);
+        let dept = Identity::generate(Role::Department);
+        // Block 2 adds d; block 4 removes a; block 6 adds e: from block 7 on, {b, c, d, e}.
+        let mut changes = change(2, a, &[add(d)], &[a, b]);
+        changes.extend(change(4, b, &[remove(a)], &[b, c, d]));
+        changes.extend(change(6, c, &[add(e)], &[c, d]));
+        // Block 8 registers the document; blocks 9 and 10 follow; 10 is checkpointed.
+        let (document, manifest) = manifest();
+        let registration = change(
+            8,
+            &dept,
+            &[TxBody::RegisterDocument { document }],
+            &[c, d, e],
+        )
+        .remove(0);
+        let mut headers: Vec<BlockHeader> = Vec::new();
+        let mut prev = registration.header.header.hash();
+        for height in 9..=10 {
+            let h = BlockHeader {
+                height,
+                prev,
+                tx_root: merkle::root(&[]),
+                state_root: [height as u8; 32],
+                time_ms: height * 1000,
+                proposer: b.public(),
+                chain: CHAIN,
+            };
+            prev = h.hash();
+            headers.push(h);
+        }
+        let checkpoint = Checkpoint::of(headers.last().unwrap());
+        let sign = |who: &[&Identity]| {
+            let sigs: Vec<_> = who
+                .iter()
+                .map(|i| CheckpointSignature::sign(&checkpoint, i))
+                .collect();
+            SignedCheckpoint::assemble(&checkpoint, &sigs)
+        };
+        // Later the set changes twice more (blocks 12 and 14): the receipt needs none of it.
+        let later = change(12, b, &[remove(b)], &[b, c, d]);
+        let mut all = changes.clone();
+        all.extend(later);
+        all.extend(change(14, c, &[remove(c)], &[c, d, e]));
+        ValidatorHistory::prove(&genesis, &all).unwrap();
+
+        let receipt = Receipt {
+            document,
+            manifest,
+            registration,
+            validator_changes: changes.clone(),
+            checkpoint: Some(ReceiptCheckpoint {
+                note: sign(&[b, d, e]),
+                headers: headers.clone(),
+                token: None,
+            }),
+        };
+        let bytes = receipt.encode();
+        assert!(bytes.starts_with(MAGIC_WITH_CHECKPOINT));
+        let decoded = Receipt::decode(&bytes).unwrap();
+        assert_eq!(decoded, receipt);
+        decoded.verify(&genesis).unwrap();
+        assert_eq!(
+            decoded.checkpoint(&genesis).unwrap(),
+            Some(checkpoint.clone())
+        );
+
+        // Signed by the genesis set, one of which (a) was removed: not a majority at 10.
+        let mut old_set = receipt.clone();
+        old_set.checkpoint.as_mut().unwrap().note = sign(&[a, b, c]);
+        assert!(matches!(
+            old_set.verify(&genesis),
+            Err(ReceiptError::Checkpoint(_))
+        ));
+        // A header left out, or another chain of headers: not linked.
+        let mut cut = receipt.clone();
+        cut.checkpoint.as_mut().unwrap().headers.remove(0);
+        assert!(matches!(
+            cut.verify(&genesis),
+            Err(ReceiptError::Unlinked { from: 8, to: 10 })
+        ));
+        let mut other = receipt.clone();
+        other.checkpoint.as_mut().unwrap().headers[0].time_ms += 1;
+        assert!(matches!(
+            other.verify(&genesis),
+            Err(ReceiptError::Unlinked { .. })
+        ));
+        // Without the set changes the checkpoint's signers are unknown.
+        let mut bare = receipt.clone();
+        bare.validator_changes.clear();
+        assert!(bare.verify(&genesis).is_err());
+        // Flipped bytes: refused when decoding or verifying.
+        for i in (0..bytes.len()).step_by(5) {
+            let mut bad = bytes.clone();
+            bad[i] ^= 0x20;
+            assert!(
+                Receipt::decode(&bad)
+                    .and_then(|r| r.verify(&genesis))
+                    .is_err(),
+                "byte {i} of {}",
+                bytes.len()
+            );
+        }
+    }
+
+    /// Receipts of formats 1 and 2 written by an earlier build (`tests/golden/`), with the
+    /// genesis validators they verify against: they still decode to the same bytes and
+    /// verify. `DANGAN_WRITE_GOLDEN=1` writes new ones (never needed for a format that
+    /// exists already).
+    #[test]
+    fn golden_receipts_of_formats_1_and_2_still_verify() {
+        use crate::receipt::{MAGIC, MAGIC_WITH_CHANGES, Receipt};
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
+        if std::env::var_os("DANGAN_WRITE_GOLDEN").is_some() {
+            let v = ids(3);
+            let (a, b, c) = (&v[0], &v[1], &v[2]);
+            let dept = Identity::generate(Role::Department);
+            let (document, manifest) = manifest();
+            let v1 = Receipt {
+                document,
+                manifest: manifest.clone(),
+                registration: change(3, &dept, &[TxBody::RegisterDocument { document }], &[a, b])
+                    .remove(0),
+                validator_changes: Vec::new(),
+                checkpoint: None,
+            };
+            let v2 = Receipt {
+                registration: change(5, &dept, &[TxBody::RegisterDocument { document }], &[b, c])
+                    .remove(0),
+                validator_changes: change(2, a, &[add(c)], &[a, b]),
+                ..v1.clone()
+            };
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join("receipt-v1.bin"), v1.encode()).unwrap();
+            std::fs::write(dir.join("receipt-v2.bin"), v2.encode()).unwrap();
+            let set: Vec<u8> = [a, b].iter().flat_map(|i| i.public().to_bytes()).collect();
+            std::fs::write(dir.join("receipt-validators.bin"), set).unwrap();
+        }
+        let set: Vec<PublicId> = std::fs::read(dir.join("receipt-validators.bin"))
+            .unwrap()
+            .chunks(32)
+            .map(|k| PublicId::from_bytes(k.try_into().unwrap()).unwrap())
+            .collect();
+        for (file, magic) in [
+            ("receipt-v1.bin", MAGIC),
+            ("receipt-v2.bin", MAGIC_WITH_CHANGES),
+        ] {
+            let bytes = std::fs::read(dir.join(file)).unwrap();
+            assert!(bytes.starts_with(magic), "{file}");
+            let r = Receipt::decode(&bytes).unwrap();
+            assert_eq!(r.encode(), bytes, "{file}");
+            r.verify(&set).unwrap();
+            assert_eq!(r.checkpoint(&set).unwrap(), None);
+        }
     }
 }

@@ -527,6 +527,7 @@ impl Client {
             manifest,
             registration,
             validator_changes: Vec::new(),
+            checkpoint: None,
         };
         // Changes are carried only when the set of the registration's block is not the
         // trusted one, so receipts stay as they were while the set never changed.
@@ -538,6 +539,42 @@ impl Client {
             receipt.verify(validators)?;
         }
         Ok(receipt)
+    }
+}
+
+impl Client {
+    /// [`Client::receipt`] with the signed checkpoint that covers the registration
+    /// (receipt format 3), and the headers and set changes up to it; `None` while no
+    /// checkpoint covers it yet. Checked here.
+    pub async fn receipt_with_checkpoint(
+        &self,
+        id: &DocumentId,
+    ) -> Result<Option<Receipt>, ClientError> {
+        let chain = self.chain()?;
+        let mut receipt = self.receipt(id).await?;
+        let height = receipt.registration.header.header.height;
+        let Some((stored, checkpoint)) = chain.checkpoint(Some(height), true).await? else {
+            return Ok(None);
+        };
+        let mut headers = Vec::new();
+        for h in height + 1..=checkpoint.height {
+            let block = chain
+                .block(h)
+                .await?
+                .ok_or(ChainError::Missing("a block under a checkpoint"))?;
+            headers.push(block.header.header);
+        }
+        receipt.validator_changes = chain.validator_changes().await?;
+        receipt
+            .validator_changes
+            .retain(|c| c.header.header.height < checkpoint.height);
+        receipt.checkpoint = Some(crate::receipt::ReceiptCheckpoint {
+            note: stored.note,
+            headers,
+            token: stored.token,
+        });
+        receipt.verify(&chain.link().validators)?;
+        Ok(Some(receipt))
     }
 }
 

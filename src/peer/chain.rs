@@ -206,6 +206,43 @@ pub(super) async fn get_validator_changes(
     chain_answer(send, found).await
 }
 
+/// The hosted validator's signature of a checkpoint, for another validator's host.
+pub(super) async fn sign_checkpoint(
+    send: &mut SendStream,
+    state: &State,
+    who: &PublicId,
+    height: u64,
+) -> Result<(), ProtoError> {
+    let Some(ledger) = state.ledger.clone() else {
+        return answer(send, &not_validator(), None).await;
+    };
+    if !ledger.is_validator_host(who) {
+        state.stats.refused.fetch_add(1, Ordering::Relaxed);
+        let msg = format!("{} hosts no validator of this chain", who.short());
+        return answer(send, &error(ErrorCode::Refused, msg), None).await;
+    }
+    let found = blocking(move || ledger.checkpoint_signature(height)).await;
+    chain_answer(send, found).await
+}
+
+/// A kept checkpoint with its anchor answers and timestamp token.
+pub(super) async fn get_checkpoint(
+    send: &mut SendStream,
+    state: &State,
+    height: Option<u64>,
+    covering: bool,
+) -> Result<(), ProtoError> {
+    let Some(ledger) = state.ledger.clone() else {
+        return answer(send, &not_validator(), None).await;
+    };
+    let found = blocking(move || match (height, covering) {
+        (Some(h), true) => ledger.checkpoint_covering(h),
+        _ => ledger.checkpoint(height),
+    })
+    .await;
+    chain_answer(send, found).await
+}
+
 /// A document's record (as `who` may see it) or its absence, with its proof.
 pub(super) async fn get_record(
     send: &mut SendStream,

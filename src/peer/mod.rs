@@ -674,6 +674,12 @@ async fn handle(
         Request::GetBlock { height } => chain::get_block(send, state, height).await,
         Request::GetTx { id } => chain::get_tx(send, state, id).await,
         Request::GetValidatorChanges => chain::get_validator_changes(send, state).await,
+        Request::SignCheckpoint { height } => {
+            chain::sign_checkpoint(send, state, &who, height).await
+        }
+        Request::GetCheckpoint { height, covering } => {
+            chain::get_checkpoint(send, state, height, covering).await
+        }
         Request::GetRecord { id } => chain::get_record(send, recv, state, &who, id).await,
         Request::GetAccount { id } => chain::get_account(send, state, id).await,
         Request::ChainStatus => chain::status(send, state).await,
@@ -898,6 +904,10 @@ async fn authorise(
         | Request::GetLayout
         // Only the set changes and their headers: what any reader needs to check a proof.
         | Request::GetValidatorChanges
+        // Checkpoints are evidence for anyone; signing one is for validator hosts (checked
+        // by its handler, as consensus messages are).
+        | Request::GetCheckpoint { .. }
+        | Request::SignCheckpoint { .. }
         | Request::Raft { .. }
         | Request::Endorse { .. } => Ok(()),
     }

@@ -82,6 +82,7 @@ fn receipts(manifest: &[u8]) {
         manifest: manifest.to_vec(),
         registration: block.inclusion(0).unwrap(),
         validator_changes: Vec::new(),
+        checkpoint: None,
     };
     receipt.verify(&w.validators).unwrap();
     put("receipt", "receipt", &receipt.encode());

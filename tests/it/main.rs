@@ -19,6 +19,7 @@ mod delegation;
 mod deploy;
 mod docs;
 mod durability;
+mod evidence;
 mod faults;
 mod fuzz_regressions;
 mod fuzz_seeds;
