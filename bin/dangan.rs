@@ -13,6 +13,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use dangan::audit::Verdict;
 use dangan::bench::{self, CodecBenchOptions};
+use dangan::chain::records;
 use dangan::chain::tx::{ChainKey, Tx, TxBody};
 use dangan::chain::workflow::{Action, ProposalId};
 use dangan::client::{Client, ProposalTerms};
@@ -230,9 +231,14 @@ enum Command {
         /// Owning department label recorded in the manifest.
         #[arg(long, default_value = "department")]
         department: String,
-        /// Document type recorded in the manifest.
+        /// Document type recorded in the manifest; with --meta, a document type on the
+        /// chain (`dangan type list`) whose schema the metadata must match.
         #[arg(long = "type", default_value = "document")]
         document_type: String,
+        /// A JSON file of the document's metadata: checked against the --type's schema
+        /// before anything is stored, sealed with the document (docs/records.md).
+        #[arg(long)]
+        meta: Option<PathBuf>,
         /// Grant addresses (`dga1…`, from `dangan keys address`) that may read it.
         #[arg(long = "grant")]
         grants: Vec<GrantAddress>,
@@ -300,6 +306,9 @@ enum Command {
         /// registration, with its timestamp token (refused while none covers it yet).
         #[arg(long, requires = "receipt")]
         with_checkpoint: bool,
+        /// Also write a typed document's metadata (JSON, opened with its key) here.
+        #[arg(long)]
+        meta: Option<PathBuf>,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -331,6 +340,13 @@ enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Document types on the chain: define or change one (with a majority of the
+    /// validators' approvals), list them, show one (docs/records.md).
+    #[command(subcommand)]
+    Type(TypeCommand),
+    /// Legal holds on documents, set and lifted by an archives authority with a reason.
+    #[command(subcommand)]
+    Hold(HoldCommand),
     /// Measure this machine.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -707,6 +723,61 @@ enum ChainCommand {
     },
 }
 
+#[derive(Subcommand)]
+enum TypeCommand {
+    /// Propose a document type from a type file (config/types/*.json): writes a proposal
+    /// file carrying this key's approval (a validator's or an operator's). Each validator
+    /// runs `dangan chain approve FILE`; once a majority approved, the proposer runs `dangan
+    /// chain enact FILE`. A type already defined gets its next version.
+    Define {
+        file: PathBuf,
+        /// Where to write the proposal.
+        #[arg(long)]
+        proposal: PathBuf,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Every document type: name, version, retention and class, who may store it.
+    List {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// One document type (its current version, or --version), proven against the chain,
+    /// with its schema.
+    Show {
+        name: String,
+        #[arg(long)]
+        version: Option<u32>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum HoldCommand {
+    /// Set a legal hold named --name (e.g. a case reference) on a document: it may not be
+    /// destroyed while the hold stands, whatever its retention says.
+    Set {
+        id: DocumentId,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        reason: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Lift a legal hold, saying why.
+    Lift {
+        id: DocumentId,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        reason: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
 /// A governance change waiting for approvals: the unsigned transaction (its approvals so
 /// far inside) and the chain it is for. Written as `PROPOSAL_MAGIC` then postcard.
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -974,6 +1045,8 @@ fn exit_code(e: &anyhow::Error) -> u8 {
                 | ClientError::StripeNotStored { .. }
                 | ClientError::ManifestNotStored { .. }
                 | ClientError::TooFewPeers { .. } => Some(exit::UNAVAILABLE),
+                ClientError::NoSuchType(_) => Some(exit::NOT_FOUND),
+                ClientError::Records(_) | ClientError::MetaSealed(_) => Some(exit::REFUSED),
                 _ => None,
             }
         } else if let Some(e) = cause.downcast_ref::<ChainError>() {
@@ -1154,8 +1227,19 @@ async fn run_async(command: Command) -> Result<()> {
             client,
             department,
             document_type,
+            meta,
             grants,
-        } => put(&file, &client, department, document_type, &grants).await,
+        } => {
+            put(
+                &file,
+                &client,
+                department,
+                document_type,
+                meta.as_deref(),
+                &grants,
+            )
+            .await
+        }
         Command::Grant {
             id,
             address,
@@ -1170,12 +1254,23 @@ async fn run_async(command: Command) -> Result<()> {
             exact,
             receipt,
             with_checkpoint,
+            meta,
             client,
         } => {
             let receipt = receipt.map(|r| (r, with_checkpoint));
-            get(id, &output, exact, receipt.as_ref(), &client).await
+            get(
+                id,
+                &output,
+                exact,
+                receipt.as_ref(),
+                meta.as_deref(),
+                &client,
+            )
+            .await
         }
         Command::Chain(command) => chain(command).await,
+        Command::Type(command) => doc_type(command).await,
+        Command::Hold(command) => hold(command).await,
         Command::Audit { id, client } => audit(id, &client).await,
         Command::Verify {
             checkpoint: Some(path),
@@ -1605,9 +1700,23 @@ async fn put(
     client: &ClientArgs,
     department: String,
     document_type: String,
+    meta: Option<&Path>,
     grants: &[GrantAddress],
 ) -> Result<()> {
     let (c, keyring) = connect(client).await?;
+    // A typed record: the type from the chain, the metadata checked against its schema and
+    // the department against its list, before anything is stored.
+    let record = match meta {
+        Some(path) => {
+            let meta =
+                std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            let t = c.record_type(&document_type).await?;
+            c.check_record(&t, &meta)
+                .with_context(|| format!("{} refused, nothing stored", path.display()))?;
+            Some((t, meta))
+        }
+        None => None,
+    };
     // `-` is standard input, streamed like a file (the codec reads a stripe at a time and
     // needs no size ahead), so a pipe of any length stays in bounded memory.
     let (input, size): (Box<dyn tokio::io::AsyncRead + Unpin + Send>, Option<u64>) =
@@ -1637,7 +1746,10 @@ async fn put(
     // The key is durable in the keyring before the registration is submitted: a put killed
     // after the commit, or a submit that times out and commits later, still leaves the key.
     keyring.save(&stored.id, &stored.key)?;
-    let receipt = c.register(stored).await?;
+    let receipt = match &record {
+        Some((t, meta)) => c.register_record(stored, t, meta).await?,
+        None => c.register(stored).await?,
+    };
     if !receipt.shards_missing.is_empty() {
         eprintln!(
             "warning: {} shard writes failed; the document is stored below full redundancy",
@@ -1841,6 +1953,7 @@ async fn get(
     output: &Path,
     exact: bool,
     receipt: Option<&(PathBuf, bool)>,
+    meta: Option<&Path>,
     client: &ClientArgs,
 ) -> Result<()> {
     let (c, keyring) = connect(client).await?;
@@ -1915,6 +2028,14 @@ async fn get(
         };
         std::fs::write(path, r.encode()).with_context(|| format!("writing {}", path.display()))?;
         said(format!("receipt written to {}", path.display()));
+    }
+    if let Some(path) = meta {
+        let opened = c
+            .record_meta(&id, &key)
+            .await?
+            .with_context(|| format!("{id} is not a typed document: it has no metadata"))?;
+        std::fs::write(path, opened).with_context(|| format!("writing {}", path.display()))?;
+        said(format!("metadata written to {}", path.display()));
     }
     c.close().await;
     Ok(())
@@ -2002,9 +2123,10 @@ async fn propose(client: &ClientArgs, body: TxBody, path: &Path) -> Result<()> {
     .await;
     c.close().await;
     let (chain, account, status) = asked?;
-    if !status.validators.contains(&me.public()) {
+    let operator_may = matches!(body, TxBody::DefineType { .. }) && me.role() == Role::Operator;
+    if !status.validators.contains(&me.public()) && !operator_may {
         bail!(
-            "{} is not a validator of this chain: only validators propose changes to it",
+            "{} is not a validator of this chain: only validators propose changes to it (and operators document types)",
             me.public()
         );
     }
@@ -2016,15 +2138,21 @@ async fn propose(client: &ClientArgs, body: TxBody, path: &Path) -> Result<()> {
         nonce: account.nonce + 1,
         body,
     };
-    let mine = tx.approve(&me, &chain);
-    tx.body
+    // A validator's own approval counts; an operator's proposal starts with none.
+    let mine = status
+        .validators
+        .contains(&me.public())
+        .then(|| tx.approve(&me, &chain));
+    let approvals = tx
+        .body
         .approvals_mut()
-        .context("not a change that takes approvals")?
-        .push(mine);
+        .context("not a change that takes approvals")?;
+    approvals.extend(mine);
+    let have = approvals.len();
     Proposal { chain, tx }.save(path)?;
     let needed = status.validators.len() / 2 + 1;
     println!(
-        "proposal written to {} with 1 of the {needed} approvals it needs (of {} validators);",
+        "proposal written to {} with {have} of the {needed} approvals it needs (of {} validators);",
         path.display(),
         status.validators.len()
     );
@@ -2320,7 +2448,7 @@ fn verify_receipt(id: Option<DocumentId>, path: &Path, client: &ClientArgs) -> R
 }
 
 async fn verify(id: DocumentId, client: &ClientArgs) -> Result<()> {
-    let (c, _) = connect(client).await?;
+    let (c, keyring) = connect(client).await?;
     let chain = c.chain()?.link().clone();
     let record = c.chain()?.check_registered(&id).await?;
     println!(
@@ -2336,7 +2464,165 @@ async fn verify(id: DocumentId, client: &ClientArgs) -> Result<()> {
     if let Some(p) = record.supersedes {
         println!("it is a {} of {}", p.kind, p.document);
     }
+    // Its record entry (type, retention, holds), proven like the registration.
+    let entry = c.record_entry(&id).await?;
+    let typed = entry.as_ref().and_then(|e| e.typed.as_ref());
+    match typed {
+        Some(t) => {
+            println!(
+                "type {} v{}, retention class {}, registered {}",
+                t.type_name,
+                t.type_version,
+                t.class,
+                records::utc(t.registered_ms)
+            );
+            match t.retention_ends_ms {
+                Some(ends) => println!("retention ends on {}", records::utc(ends)),
+                None => println!("retention: permanent"),
+            }
+        }
+        None => println!("untyped: no retention period"),
+    }
+    let holds = entry.as_ref().map(|e| &e.holds);
+    if holds.is_none_or(|h| h.is_empty()) {
+        println!("no legal hold");
+    }
+    for (name, h) in holds.into_iter().flatten() {
+        println!(
+            "legal hold {name:?} since {} (block {}) by {}: {}",
+            records::utc(h.time_ms),
+            h.height,
+            h.by,
+            h.reason
+        );
+    }
+    // The metadata, for a reader holding the key (its keyring, or a grant).
+    if let Some(t) = typed {
+        let key = match keyring.load(&id) {
+            Ok(key) => Some(key),
+            Err(_) => c.granted_key(&id).await.ok(),
+        };
+        match key.and_then(|k| dangan::crypto::open_meta(&k, &t.meta)) {
+            Some(meta) => println!("metadata: {}", String::from_utf8_lossy(&meta)),
+            None => println!("metadata: sealed (this key holds no grant on it)"),
+        }
+    }
     c.close().await;
+    Ok(())
+}
+
+async fn doc_type(command: TypeCommand) -> Result<()> {
+    match command {
+        TypeCommand::Define {
+            file,
+            proposal,
+            client,
+        } => {
+            let def = records::TypeFile::load(&file)?;
+            let (c, _) = connect(&client).await?;
+            let current = c.chain()?.doc_type(&def.name, None).await;
+            c.close().await;
+            let version = current?.map_or(1, |t| t.version + 1);
+            println!("{} version {version}", def.name);
+            let body = TxBody::DefineType {
+                def,
+                version,
+                approvals: Vec::new(),
+            };
+            propose(&client, body, &proposal).await
+        }
+        TypeCommand::List { client } => {
+            let (c, _) = connect(&client).await?;
+            let types = c.chain()?.doc_types().await;
+            c.close().await;
+            for t in types? {
+                println!(
+                    "{} v{}: retention {} ({}), stored by {}",
+                    t.def.name,
+                    t.version,
+                    t.def.retention,
+                    t.def.class,
+                    stores(&t.def.stores)
+                );
+            }
+            Ok(())
+        }
+        TypeCommand::Show {
+            name,
+            version,
+            client,
+        } => {
+            let (c, _) = connect(&client).await?;
+            let t = c.chain()?.doc_type(&name, version).await;
+            c.close().await;
+            let t = t?.with_context(|| match version {
+                Some(v) => format!("type {name:?} has no version {v}"),
+                None => format!("there is no document type {name:?}"),
+            })?;
+            println!(
+                "{} v{} (block {}, {}), proven against the chain",
+                t.def.name,
+                t.version,
+                t.height,
+                records::utc(t.time_ms)
+            );
+            println!("retention: {} ({})", t.def.retention, t.def.class);
+            println!("stored by: {}", stores(&t.def.stores));
+            let schema: serde_json::Value = serde_json::from_str(&t.def.schema)?;
+            println!("schema: {}", serde_json::to_string_pretty(&schema)?);
+            Ok(())
+        }
+    }
+}
+
+fn stores(s: &records::Stores) -> String {
+    match s {
+        records::Stores::Any => "any department".into(),
+        records::Stores::Departments(d) => d
+            .iter()
+            .map(|p| p.to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+    }
+}
+
+async fn hold(command: HoldCommand) -> Result<()> {
+    let (body, client, done) = match command {
+        HoldCommand::Set {
+            id,
+            name,
+            reason,
+            client,
+        } => (
+            TxBody::SetHold {
+                document: id,
+                hold: name.clone(),
+                reason,
+            },
+            client,
+            format!("legal hold {name:?} set on {id}"),
+        ),
+        HoldCommand::Lift {
+            id,
+            name,
+            reason,
+            client,
+        } => (
+            TxBody::LiftHold {
+                document: id,
+                hold: name.clone(),
+                reason,
+            },
+            client,
+            format!("legal hold {name:?} lifted from {id}"),
+        ),
+    };
+    let (c, _) = connect(&client).await?;
+    let committed =
+        async { Ok::<_, dangan::client::ClientError>(c.chain()?.submit(body).await?) }.await;
+    c.close().await;
+    let (height, _) = committed?;
+    println!("{done} in block {height}");
     Ok(())
 }
 

@@ -93,6 +93,8 @@ pub struct LocalCluster {
     other_department: Identity,
     /// The operator: may change the layout on chain and run the operations workers.
     operator: Identity,
+    /// The archives authority: sets and lifts legal holds (`chain::records`).
+    archives: Identity,
     root: PathBuf,
     limits: PeerLimits,
     /// Whether every node serves its metrics and health probes on 127.0.0.1.
@@ -176,6 +178,7 @@ impl LocalCluster {
             .unwrap_or_else(|| Identity::generate(Role::Department));
         let other_department = Identity::generate(Role::Department);
         let operator = Identity::generate(Role::Operator);
+        let archives = Identity::generate(Role::Archives);
         let identities: Vec<Identity> =
             (0..peers).map(|_| Identity::generate(Role::Node)).collect();
         for id in &identities {
@@ -217,6 +220,7 @@ impl LocalCluster {
                 GenesisAccount::of(&client_identity, Role::Department),
                 GenesisAccount::of(&other_department, Role::Department),
                 GenesisAccount::of(&operator, Role::Operator),
+                GenesisAccount::of(&archives, Role::Archives),
             ],
             nodes: nodes.clone(),
         };
@@ -276,6 +280,7 @@ impl LocalCluster {
             client_identity,
             other_department,
             operator,
+            archives,
             root: root.to_path_buf(),
             limits,
             metrics,
@@ -318,6 +323,11 @@ impl LocalCluster {
     /// The operator's identity (an `Operator` account on the chain).
     pub fn operator(&self) -> &Identity {
         &self.operator
+    }
+
+    /// The archives authority's identity (an `Archives` account: sets and lifts holds).
+    pub fn archives(&self) -> &Identity {
+        &self.archives
     }
 
     /// The department's identity (a `Department` account on the chain).

@@ -145,6 +145,41 @@ impl aead_stream::aead::Buffer for SliceBuffer<'_> {
     }
 }
 
+/// Context of the key that seals a document's small metadata from its data key (an S3
+/// object's, a typed record's). The label names S3, where it was first used: kept, so what
+/// was sealed stays readable.
+const META_CONTEXT: &str = "dangan 2026 s3 object metadata v1";
+
+/// The key [`seal_meta`] seals with: derived from the document's data key, never the key itself.
+fn meta_key(key: &DataKey) -> DataKey {
+    DataKey::from_bytes(blake3::derive_key(META_CONTEXT, key.as_bytes()))
+}
+
+/// A document's small metadata sealed with a key derived from its data key: a random STREAM
+/// nonce prefix, then the plaintext as one sealed (last) segment. Whoever can read the
+/// document (its data key) can open it; nobody else learns more than its length.
+pub fn seal_meta(key: &DataKey, plain: &[u8]) -> Vec<u8> {
+    let prefix: [u8; NONCE_PREFIX_LEN] = rand::random();
+    let cipher = SegmentCipher::new(&meta_key(key), &prefix);
+    let mut out = prefix.to_vec();
+    let at = out.len();
+    out.extend_from_slice(plain);
+    out.resize(at + plain.len() + TAG_LEN, 0);
+    cipher.seal_in_place(0, true, &mut out[at..], plain.len());
+    out
+}
+
+/// Opens what [`seal_meta`] sealed with `key`; `None` if it does not open (another key,
+/// altered or cut bytes).
+pub fn open_meta(key: &DataKey, sealed: &[u8]) -> Option<Vec<u8>> {
+    let prefix: [u8; NONCE_PREFIX_LEN] = sealed.get(..NONCE_PREFIX_LEN)?.try_into().ok()?;
+    let mut buf = sealed[NONCE_PREFIX_LEN..].to_vec();
+    let cipher = SegmentCipher::new(&meta_key(key), &prefix);
+    let len = cipher.open_in_place(0, true, &mut buf).ok()?;
+    buf.truncate(len);
+    Some(buf)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -191,5 +226,20 @@ mod tests {
         let c = SegmentCipher::new(&key, &prefix);
         assert_eq!(seal(&c, 0, false, b"first"), a);
         assert_eq!(seal(&c, 1, true, b"second"), b);
+    }
+
+    #[test]
+    fn sealed_metadata_opens_only_with_its_key_and_unaltered() {
+        let key = DataKey::generate();
+        let sealed = seal_meta(&key, b"{\"child\":\"Li Wei\"}");
+        assert_eq!(open_meta(&key, &sealed).unwrap(), b"{\"child\":\"Li Wei\"}");
+        assert!(open_meta(&DataKey::generate(), &sealed).is_none());
+        for i in 0..sealed.len() {
+            let mut bad = sealed.clone();
+            bad[i] ^= 1;
+            assert!(open_meta(&key, &bad).is_none(), "byte {i}");
+        }
+        assert!(open_meta(&key, &sealed[..sealed.len() - 1]).is_none());
+        assert!(open_meta(&key, &[]).is_none());
     }
 }

@@ -144,15 +144,18 @@ pub enum Role {
     Operator,
     Node,
     Validator,
+    /// An archives authority: sets and lifts legal holds on documents (`chain::records`).
+    Archives,
 }
 
 impl Role {
-    pub const ALL: [Role; 5] = [
+    pub const ALL: [Role; 6] = [
         Role::Department,
         Role::Citizen,
         Role::Operator,
         Role::Node,
         Role::Validator,
+        Role::Archives,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -162,6 +165,7 @@ impl Role {
             Role::Operator => "operator",
             Role::Node => "node",
             Role::Validator => "validator",
+            Role::Archives => "archives",
         }
     }
 }

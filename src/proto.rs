@@ -307,6 +307,22 @@ pub enum Request {
         height: Option<u64>,
         covering: bool,
     },
+    /// A document type's version (the current one without `version`): `ChainBody` with the
+    /// postcard bytes of a `chain::proof::ProvenType` (its absence proven too). Types are
+    /// public: for every authenticated key.
+    GetType {
+        name: String,
+        version: Option<u32>,
+    },
+    /// The current version of every document type: `ChainBody` with the postcard bytes of
+    /// a `Vec<chain::records::TypeRecord>` (no proof: each is proven with `GetType`).
+    ListTypes,
+    /// A document's record entry (type, retention, holds; `chain::records`):
+    /// `ChainBody` with the postcard bytes of a `chain::proof::ProvenRecordEntry`. Public,
+    /// as the type and retention are; the metadata in it is sealed.
+    GetRecordEntry {
+        id: DocumentId,
+    },
 }
 
 impl Request {
@@ -358,6 +374,9 @@ impl Request {
             Request::GetAwaiting { .. } => "get_awaiting",
             Request::SignCheckpoint { .. } => "sign_checkpoint",
             Request::GetCheckpoint { .. } => "get_checkpoint",
+            Request::GetType { .. } => "get_type",
+            Request::ListTypes => "list_types",
+            Request::GetRecordEntry { .. } => "get_record_entry",
         }
     }
 }

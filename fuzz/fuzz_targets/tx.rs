@@ -38,7 +38,7 @@ fn untrusted(bytes: &[u8]) {
     );
     assert_eq!(tx.id(), *blake3::hash(bytes).as_bytes());
     let mut state = world().state.clone();
-    if state.apply(&tx, 1).is_err() {
+    if state.apply(&tx, 1, 0).is_err() {
         assert_eq!(
             state,
             world().state,
@@ -68,7 +68,7 @@ fn signed_sequence(mut rest: &[u8]) {
             assert_eq!(back, stx);
         }
         let before = state.clone();
-        match state.apply(&stx, height) {
+        match state.apply(&stx, height, 0) {
             Err(_) => assert_eq!(state, before, "a refused transaction changed the state"),
             Ok(()) => {
                 state

@@ -196,7 +196,7 @@ impl Block {
                 outcomes.push(Err(TxError::Invalid("block full; submit again".into())));
                 continue;
             }
-            match state.apply(&tx, height) {
+            match state.apply(&tx, height, time_ms) {
                 Ok(()) => {
                     outcomes.push(Ok(txs.len() as u32));
                     txs.push(tx);
@@ -262,11 +262,12 @@ impl Block {
         }
         self.check_tx_root()?;
         for (index, tx) in self.txs.iter().enumerate() {
-            next.apply(tx, h.height).map_err(|source| BlockError::Tx {
-                height: h.height,
-                index,
-                source,
-            })?;
+            next.apply(tx, h.height, h.time_ms)
+                .map_err(|source| BlockError::Tx {
+                    height: h.height,
+                    index,
+                    source,
+                })?;
         }
         if next.root() != h.state_root {
             return Err(BlockError::StateRoot(h.height));
@@ -320,7 +321,8 @@ impl TxInclusion {
     }
 
     /// [`verify`](Self::verify), and that the transaction is the one that registered
-    /// `document` (a `RegisterDocument`, or the `Supersede` that introduced it).
+    /// `document` (a `RegisterDocument`, `PutName` or `RegisterRecord`, or the `Supersede` that
+    /// introduced it).
     pub fn verify_registration(
         &self,
         document: &crate::id::DocumentId,
@@ -331,6 +333,7 @@ impl TxInclusion {
             TxBody::RegisterDocument { document: d } => d == document,
             TxBody::Supersede { new, .. } => new == document,
             TxBody::PutName { document: d, .. } => d == document,
+            TxBody::RegisterRecord { document: d, .. } => d == document,
             _ => false,
         };
         if !registers {

@@ -28,8 +28,9 @@ use super::ledger::ChainStatus;
 use super::names::{BucketRecord, NamePage, NameRecord};
 use super::proof::{
     ProofError, Proven, ProvenAccount, ProvenAwaiting, ProvenDocuments, ProvenGranted,
-    ProvenProposal, ProvenRecord, ProvenState,
+    ProvenProposal, ProvenRecord, ProvenRecordEntry, ProvenState, ProvenType,
 };
+use super::records::{RecordEntry, TypeRecord};
 use super::state::{Account, ChainLayouts, DocumentRecord};
 use super::tx::{ChainKey, SignedTx, Tx, TxBody};
 use super::validators::{self, HistoryError, ValidatorHistory};
@@ -709,6 +710,44 @@ impl ChainClient {
             )
             .await?;
         Ok(p.waits())
+    }
+
+    /// Document type `name` at `version` (its current version without), proven against a
+    /// final header; `None` if there is no such type or version.
+    pub async fn doc_type(
+        &self,
+        name: &str,
+        version: Option<u32>,
+    ) -> Result<Option<TypeRecord>, ChainError> {
+        let req = Request::GetType {
+            name: name.to_string(),
+            version,
+        };
+        let p: ProvenType = self
+            .proven(&req, "document type", |p: &ProvenType, v| {
+                p.verify(name, version, v)
+            })
+            .await?;
+        Ok(p.record)
+    }
+
+    /// The current version of every document type, as the validator host answering says
+    /// (no proof: [`ChainClient::doc_type`] proves one).
+    pub async fn doc_types(&self) -> Result<Vec<TypeRecord>, ChainError> {
+        self.query_some(&Request::ListTypes, "document types").await
+    }
+
+    /// `id`'s record entry (type, retention, holds; `chain::records`), proven against a
+    /// final header; `None` for a document with neither a type nor a hold.
+    pub async fn record_entry(&self, id: &DocumentId) -> Result<Option<RecordEntry>, ChainError> {
+        let p: ProvenRecordEntry = self
+            .proven(
+                &Request::GetRecordEntry { id: *id },
+                "record entry",
+                |p: &ProvenRecordEntry, v| p.verify(id, v),
+            )
+            .await?;
+        Ok(p.entry)
     }
 
     /// A bucket's record (`chain::names`), as the validator host answering says (no proof:

@@ -44,7 +44,7 @@ use super::block::{Block, SignedHeader, TxInclusion};
 use super::checkpoint::{Checkpoint, CheckpointConfig, CheckpointSignature, StoredCheckpoint};
 use super::proof::{
     ProvenAccount, ProvenAwaiting, ProvenDocuments, ProvenGranted, ProvenProposal, ProvenRecord,
-    ProvenState, Sight,
+    ProvenRecordEntry, ProvenState, ProvenType, Sight,
 };
 use super::raft::{self, Applied, ChainMachine, Links, LinksFactory, LogStore, Raft, Shared};
 use super::state::{DocumentRecord, Genesis, State};
@@ -895,6 +895,25 @@ impl Ledger {
             crate::now_ms(),
             sight,
         ))
+    }
+
+    /// A document type's version (the current one without `version`), or its absence, as
+    /// of the last block, with its proof.
+    pub fn proven_type(&self, name: &str, version: Option<u32>) -> Result<ProvenType, LedgerError> {
+        let (state, header) = self.proven_tip()?;
+        Ok(ProvenType::of(&state, header, name, version))
+    }
+
+    /// A document's record entry (type, retention, holds), or its absence, as of the last
+    /// block, with its proof.
+    pub fn proven_record_entry(&self, id: &DocumentId) -> Result<ProvenRecordEntry, LedgerError> {
+        let (state, header) = self.proven_tip()?;
+        Ok(ProvenRecordEntry::of(&state, header, id))
+    }
+
+    /// `f` over the document types and record entries as of the last block (no proof).
+    pub fn records<T>(&self, f: impl FnOnce(&super::records::Records) -> T) -> T {
+        f(self.shared.tip.lock().expect("ledger lock").state.records())
     }
 
     /// `f` over the buckets and names as of the last block (no proof).

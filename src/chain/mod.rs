@@ -21,6 +21,7 @@ pub mod merkle;
 pub mod names;
 pub mod proof;
 pub mod raft;
+pub mod records;
 pub mod rooted;
 pub mod state;
 pub mod store;

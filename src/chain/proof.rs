@@ -14,6 +14,8 @@
 //!   buckets of the documents map);
 //! - [`ProvenProposal`], [`ProvenAwaiting`]: a workflow's proposal with its answers and
 //!   outcome, or the proposal a document waits for (`chain::workflow`), or their absence;
+//! - [`ProvenType`], [`ProvenRecordEntry`]: a document type's version, a document's record
+//!   entry (type, retention, holds: `chain::records`), or their absence;
 //! - [`ProvenGranted`]: the documents with a live grant to one grantee found by a scan of the
 //!   records, each proven as a [`ProvenRecord`] is (that none was left out is not).
 //!
@@ -30,10 +32,12 @@ use serde::{Deserialize, Serialize};
 
 use super::block::{BlockError, SignedHeader};
 use super::merkle::{Hash, MerkleError, Proof};
+use super::records::{RecordEntry, TypeKey, TypeRecord};
+use super::rooted::RootedMap;
 use super::rooted::{RangeError, RangeProof};
 use super::state::{
     Account, DocumentRecord, State, StateTop, account_leaf, awaiting_leaf, document_leaf,
-    grant_leaf, grants_root, proposal_leaf,
+    grant_leaf, grants_root, proposal_leaf, record_entry_leaf, type_leaf,
 };
 use super::workflow::{Awaiting, Proposal, ProposalId};
 use crate::id::DocumentId;
@@ -111,7 +115,9 @@ proven_at_its_state!(
     ProvenDocuments,
     ProvenGranted,
     ProvenProposal,
-    ProvenAwaiting
+    ProvenAwaiting,
+    ProvenType,
+    ProvenRecordEntry
 );
 
 /// An account, or its absence, with its proof.
@@ -437,6 +443,104 @@ impl ProvenDocuments {
             .filter(|id| after.is_none_or(|a| id > a))
             .take(limit)
             .collect()
+    }
+}
+
+/// A document type's version (the current one when `version` is `None`), or its absence,
+/// with its proof.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProvenType {
+    pub state: ProvenState,
+    pub name: String,
+    pub version: Option<u32>,
+    pub record: Option<TypeRecord>,
+    pub range: RangeProof,
+}
+
+impl ProvenType {
+    pub fn of(state: &State, header: SignedHeader, name: &str, version: Option<u32>) -> Self {
+        let key = TypeKey::of(name, version.unwrap_or(0));
+        Self {
+            range: state.records().type_map().prove_range(&key.0, 0, type_leaf),
+            record: state.records().type_version(name, version).cloned(),
+            name: name.to_string(),
+            version,
+            state: ProvenState::of(state, header),
+        }
+    }
+
+    /// Checks the whole answer and that it is about `name` at `version`.
+    pub fn verify(
+        &self,
+        name: &str,
+        version: Option<u32>,
+        validators: &[PublicId],
+    ) -> Result<(), ProofError> {
+        if self.name != name || self.version != version {
+            return Err(ProofError::OtherKey(format!(
+                "{} {:?}",
+                self.name, self.version
+            )));
+        }
+        if let Some(r) = &self.record
+            && (r.def.name != name || version.is_some_and(|v| v != r.version))
+        {
+            return Err(ProofError::Entry);
+        }
+        self.state.verify(validators)?;
+        let root = self.state.top.records.map_or_else(
+            || RootedMap::<TypeKey, TypeRecord>::new().root(type_leaf),
+            |(types, _)| types,
+        );
+        self.range.verify(&root)?;
+        let key = TypeKey::of(name, version.unwrap_or(0));
+        let held = self.range.lookup(&key.0)?;
+        if held != self.record.as_ref().map(|r| type_leaf(&key, r)) {
+            return Err(ProofError::Entry);
+        }
+        Ok(())
+    }
+}
+
+/// A document's record entry (type, retention, holds), or its absence (an untyped document
+/// with no hold), with its proof.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProvenRecordEntry {
+    pub state: ProvenState,
+    pub id: DocumentId,
+    pub entry: Option<RecordEntry>,
+    pub range: RangeProof,
+}
+
+impl ProvenRecordEntry {
+    pub fn of(state: &State, header: SignedHeader, id: &DocumentId) -> Self {
+        Self {
+            range: state
+                .records()
+                .entry_map()
+                .prove_range(id.as_bytes(), 0, record_entry_leaf),
+            entry: state.records().entry(id).cloned(),
+            id: *id,
+            state: ProvenState::of(state, header),
+        }
+    }
+
+    /// Checks the whole answer and that it is about `id`.
+    pub fn verify(&self, id: &DocumentId, validators: &[PublicId]) -> Result<(), ProofError> {
+        if self.id != *id {
+            return Err(ProofError::OtherKey(self.id.to_string()));
+        }
+        self.state.verify(validators)?;
+        let root = self.state.top.records.map_or_else(
+            || RootedMap::<DocumentId, RecordEntry>::new().root(record_entry_leaf),
+            |(_, entries)| entries,
+        );
+        self.range.verify(&root)?;
+        let held = self.range.lookup(id.as_bytes())?;
+        if held != self.entry.as_ref().map(|e| record_entry_leaf(id, e)) {
+            return Err(ProofError::Entry);
+        }
+        Ok(())
     }
 }
 

@@ -43,6 +43,7 @@ use serde::{Deserialize, Serialize};
 
 use super::merkle::{self, Hash};
 use super::names::{self, BucketRecord, NameId, NameRecord, Names};
+use super::records::{Hold, RecordEntry, Records, TypeKey, TypeRecord, Why};
 use super::rooted::RootedMap;
 use super::tx::{CarriedGrant, ChainKey, MAX_LABEL, SignedTx, Tx, TxBody, TxError, VersionKind};
 use super::workflow::{Answer, Awaiting, Effect, Outcome, Proposal, ProposalId, Workflows};
@@ -256,6 +257,8 @@ pub struct State {
     names: Names,
     /// Proposals between departments and the documents awaiting them (`chain::workflow`).
     workflows: Workflows,
+    /// Document types, typed documents' retention, legal holds (`chain::records`).
+    records: Records,
 }
 
 /// Most read records one `AuditRoot` covers.
@@ -289,6 +292,10 @@ enum Entry<'a> {
     Awaiting(&'a DocumentId, &'a Awaiting),
     /// The roots of the proposals' and the awaiting documents' maps.
     Workflows(&'a Hash, &'a Hash),
+    Type(&'a TypeKey, &'a TypeRecord),
+    Record(&'a DocumentId, &'a RecordEntry),
+    /// The roots of the types' and the record entries' maps.
+    Records(&'a Hash, &'a Hash),
 }
 
 /// A document record as hashed into the state: its grants by their Merkle root, so a
@@ -339,6 +346,16 @@ pub fn awaiting_leaf(id: &DocumentId, awaiting: &Awaiting) -> Hash {
     entry_leaf(Entry::Awaiting(id, awaiting))
 }
 
+/// The leaf hash of a type version in the types map (`chain::records`).
+pub fn type_leaf(key: &TypeKey, record: &TypeRecord) -> Hash {
+    entry_leaf(Entry::Type(key, record))
+}
+
+/// The leaf hash of a document's record entry (type, retention, holds).
+pub fn record_entry_leaf(id: &DocumentId, entry: &RecordEntry) -> Hash {
+    entry_leaf(Entry::Record(id, entry))
+}
+
 /// The leaf hash of an account in the accounts map.
 pub fn account_leaf(id: &PublicId, account: &Account) -> Hash {
     entry_leaf(Entry::Account(id, account))
@@ -379,6 +396,8 @@ pub struct StateTop {
     /// The roots of the proposals' and the awaiting documents' maps, once there is a
     /// proposal (`chain::workflow`).
     pub workflows: Option<(Hash, Hash)>,
+    /// The roots of the types' and the record entries' maps, once there is a type or a hold.
+    pub records: Option<(Hash, Hash)>,
 }
 
 impl StateTop {
@@ -418,6 +437,10 @@ impl StateTop {
         // Only once a proposal was made.
         if let Some((proposals, awaiting)) = &self.workflows {
             leaves.push(entry_leaf(Entry::Workflows(proposals, awaiting)));
+        }
+        // Only once a type was defined or a hold set.
+        if let Some((types, entries)) = &self.records {
+            leaves.push(entry_leaf(Entry::Records(types, entries)));
         }
         merkle::root(&leaves)
     }
@@ -475,6 +498,7 @@ impl State {
             retired: BTreeMap::new(),
             names: Names::default(),
             workflows: Workflows::default(),
+            records: Records::default(),
         })
     }
 
@@ -502,6 +526,8 @@ impl State {
             names: (!self.names.is_empty()).then(|| self.names.roots(bucket_leaf, name_leaf)),
             workflows: (!self.workflows.is_empty())
                 .then(|| self.workflows.roots(proposal_leaf, awaiting_leaf)),
+            records: (!self.records.is_empty())
+                .then(|| self.records.roots(type_leaf, record_entry_leaf)),
         }
     }
 
@@ -515,8 +541,9 @@ impl State {
         &self.documents
     }
 
-    /// Checks `stx` against the current state and, only if every check passes, applies it.
-    pub fn apply(&mut self, stx: &SignedTx, height: u64) -> Result<(), TxError> {
+    /// Checks `stx` against the current state and, only if every check passes, applies it,
+    /// in the block of height `height` and time `time_ms` (its header's).
+    pub fn apply(&mut self, stx: &SignedTx, height: u64, time_ms: u64) -> Result<(), TxError> {
         stx.verify_signature(&self.chain_key)?;
         let tx = &stx.tx;
         let sender = tx.sender;
@@ -557,6 +584,10 @@ impl State {
             TxBody::Propose { .. } | TxBody::Approve { .. } | TxBody::Refuse { .. } => {
                 self.workflow_change(caller, tx, height)?
             }
+            TxBody::DefineType { .. }
+            | TxBody::RegisterRecord { .. }
+            | TxBody::SetHold { .. }
+            | TxBody::LiftHold { .. } => self.records_change(caller, tx, height, time_ms)?,
         };
         change(self);
         if let Some(account) = self.accounts.get_mut(&sender) {
@@ -1111,6 +1142,95 @@ impl State {
         })
     }
 
+    /// What a `DefineType`, `RegisterRecord`, `SetHold` or `LiftHold` changes, once all its
+    /// checks passed (`chain::records`): a type needs a majority of the validators' approvals
+    /// and is sent by a validator or an operator; a record is registered by a department the
+    /// type allows; holds are set and lifted by an archives authority alone.
+    fn records_change(
+        &self,
+        caller: Caller,
+        tx: &Tx,
+        height: u64,
+        time_ms: u64,
+    ) -> Result<Change, TxError> {
+        let sender = caller.id;
+        Ok(match &tx.body {
+            TxBody::DefineType {
+                def,
+                version,
+                approvals: _,
+            } => {
+                if caller.role != Role::Operator {
+                    caller.require(Role::Validator, "define document types")?;
+                }
+                let validators: Vec<PublicId> = self.validators.iter().copied().collect();
+                tx.check_majority(&self.chain_key, &validators, "defining a document type")?;
+                self.records.check_define(def, *version)?;
+                let record = TypeRecord {
+                    def: def.clone(),
+                    version: *version,
+                    height,
+                    time_ms,
+                };
+                Box::new(move |s| s.records.define(record))
+            }
+            TxBody::RegisterRecord {
+                document,
+                type_name,
+                type_version,
+                meta,
+            } => {
+                caller.require(Role::Department, "register documents")?;
+                if self.documents.contains_key(document) {
+                    return Err(TxError::AlreadyRegistered(*document));
+                }
+                let entry = self.records.check_register(
+                    &sender,
+                    type_name,
+                    *type_version,
+                    meta,
+                    time_ms,
+                )?;
+                let document = *document;
+                Box::new(move |s| {
+                    s.documents
+                        .insert(document, DocumentRecord::new(sender, height));
+                    s.records.insert_entry(document, entry);
+                })
+            }
+            TxBody::SetHold {
+                document,
+                hold,
+                reason,
+            } => {
+                caller.require(Role::Archives, "set legal holds")?;
+                if !self.documents.contains_key(document) {
+                    return Err(TxError::NotRegistered(*document));
+                }
+                self.records.check_set_hold(document, hold, reason)?;
+                let (document, name) = (*document, hold.clone());
+                let hold = Hold {
+                    reason: reason.clone(),
+                    by: sender,
+                    height,
+                    time_ms,
+                };
+                Box::new(move |s| s.records.set_hold(document, name, hold))
+            }
+            TxBody::LiftHold {
+                document,
+                hold,
+                reason,
+            } => {
+                caller.require(Role::Archives, "lift legal holds")?;
+                self.records.check_lift_hold(document, hold, reason)?;
+                let (document, hold) = (*document, hold.clone());
+                Box::new(move |s| s.records.lift_hold(&document, &hold))
+            }
+            other => return Err(misrouted(other)),
+        })
+    }
+
     /// What a proposal's action changes when carried out for `proposer` at `height`, by
     /// the action's own transaction's checks and code path.
     fn action_change(
@@ -1136,6 +1256,19 @@ impl State {
     /// Proposals between departments (`chain::workflow`), read-only.
     pub fn workflows(&self) -> &Workflows {
         &self.workflows
+    }
+
+    /// Document types, typed documents and holds (`chain::records`), read-only.
+    pub fn records(&self) -> &Records {
+        &self.records
+    }
+
+    /// Why `document` may not be destroyed at `now_ms` (its retention has not ended, a hold
+    /// stands, or it is not registered), or `None`: the check destruction makes
+    /// (`Records::destruction_blocked`).
+    pub fn destruction_blocked(&self, document: &DocumentId, now_ms: u64) -> Option<Why> {
+        self.records
+            .destruction_blocked(document, self.documents.contains_key(document), now_ms)
     }
 
     /// Buckets and object names (`chain::names`), read-only.
@@ -1367,7 +1500,7 @@ mod tests {
     fn refused(state: &mut State, stx: &SignedTx) -> TxError {
         let before = state.clone();
         let root = state.root();
-        let err = state.apply(stx, 9).unwrap_err();
+        let err = state.apply(stx, 9, 0).unwrap_err();
         assert_eq!(*state, before);
         assert_eq!(state.root(), root);
         err
@@ -1401,7 +1534,9 @@ mod tests {
             refused(&mut w.state, &tx(&w.dept, 1, create("No_Such"))),
             TxError::Invalid(_)
         ));
-        w.state.apply(&tx(&w.dept, 1, create("photos")), 1).unwrap();
+        w.state
+            .apply(&tx(&w.dept, 1, create("photos")), 1, 0)
+            .unwrap();
         assert_ne!(w.state.root(), root0, "a bucket changes the state root");
         assert!(matches!(
             refused(&mut w.state, &tx(&w.other_dept, 1, create("photos"))),
@@ -1409,7 +1544,7 @@ mod tests {
         ));
         // A name registers its document in the same transaction.
         w.state
-            .apply(&tx(&w.dept, 2, put_name("photos", "a/1", 1)), 2)
+            .apply(&tx(&w.dept, 2, put_name("photos", "a/1", 1)), 2, 0)
             .unwrap();
         assert_eq!(w.state.document(&doc(1)).unwrap().owner, w.dept.public());
         let bound = w.state.names().name("photos", "a/1").unwrap();
@@ -1437,7 +1572,7 @@ mod tests {
         ));
         // A new PUT of the name supersedes the previous version.
         w.state
-            .apply(&tx(&w.dept, 3, put_name("photos", "a/1", 2)), 3)
+            .apply(&tx(&w.dept, 3, put_name("photos", "a/1", 2)), 3, 0)
             .unwrap();
         assert_eq!(
             w.state.document(&doc(1)).unwrap().superseded_by,
@@ -1463,7 +1598,9 @@ mod tests {
             bucket: "photos".into(),
             key: "a/1".into(),
         };
-        w.state.apply(&tx(&w.dept, 4, unbind.clone()), 4).unwrap();
+        w.state
+            .apply(&tx(&w.dept, 4, unbind.clone()), 4, 0)
+            .unwrap();
         assert!(w.state.names().name("photos", "a/1").is_none());
         assert!(w.state.document(&doc(2)).is_some());
         assert!(matches!(
@@ -1475,7 +1612,7 @@ mod tests {
             refused(&mut w.state, &tx(&w.dept, 3, put_name("photos", "c", 7))),
             TxError::BadNonce { .. }
         ));
-        w.state.apply(&tx(&w.dept, 5, delete_bucket), 5).unwrap();
+        w.state.apply(&tx(&w.dept, 5, delete_bucket), 5, 0).unwrap();
         assert!(w.state.names().bucket("photos").is_none());
         assert!(w.state.names().buckets_of(&w.dept.public()).is_empty());
     }
@@ -1486,12 +1623,13 @@ mod tests {
         let mut b = State::clone(&a.state);
         let dept = &a.dept;
         let create = |x: &str| TxBody::CreateBucket { bucket: x.into() };
-        a.state.apply(&tx(dept, 1, create("one")), 1).unwrap();
+        a.state.apply(&tx(dept, 1, create("one")), 1, 0).unwrap();
         a.state
-            .apply(&tx(dept, 2, put_name("one", "k", 1)), 1)
+            .apply(&tx(dept, 2, put_name("one", "k", 1)), 1, 0)
             .unwrap();
-        b.apply(&tx(dept, 1, create("one")), 1).unwrap();
-        b.apply(&tx(dept, 2, put_name("one", "k", 1)), 1).unwrap();
+        b.apply(&tx(dept, 1, create("one")), 1, 0).unwrap();
+        b.apply(&tx(dept, 2, put_name("one", "k", 1)), 1, 0)
+            .unwrap();
         assert_eq!(a.state.root(), b.root());
         let decoded: State =
             postcard::from_bytes(&postcard::to_allocvec(&a.state).unwrap()).unwrap();
@@ -1500,7 +1638,8 @@ mod tests {
             decoded.names().list("one", "", None, b"", 10).names.len(),
             1
         );
-        b.apply(&tx(dept, 3, put_name("one", "l", 2)), 1).unwrap();
+        b.apply(&tx(dept, 3, put_name("one", "l", 2)), 1, 0)
+            .unwrap();
         assert_ne!(a.state.root(), b.root());
     }
 
@@ -1512,6 +1651,7 @@ mod tests {
             .apply(
                 &tx(&w.dept, 1, TxBody::RegisterDocument { document: doc(1) }),
                 1,
+                0,
             )
             .unwrap();
         assert_ne!(w.state.root(), root0);
@@ -1529,6 +1669,7 @@ mod tests {
                     },
                 ),
                 2,
+                0,
             )
             .unwrap();
         assert_eq!(w.state.documents[&doc(1)].superseded_by, Some(doc(2)));
@@ -1539,7 +1680,7 @@ mod tests {
     fn replayed_forged_wrong_role_and_invalid_transactions_change_nothing() {
         let mut w = world();
         let first = tx(&w.dept, 1, TxBody::RegisterDocument { document: doc(1) });
-        w.state.apply(&first, 1).unwrap();
+        w.state.apply(&first, 1, 0).unwrap();
         // Replay.
         assert!(matches!(
             refused(&mut w.state, &first),
@@ -1671,18 +1812,23 @@ mod tests {
             zone: "z0".into(),
             weight: 100,
         };
-        w.state.apply(&tx(&w.operator, 1, add), 1).unwrap();
+        w.state.apply(&tx(&w.operator, 1, add), 1, 0).unwrap();
         assert_eq!(w.state.layout.epoch, 2);
         assert_eq!(w.state.previous_layout.as_ref().unwrap().epoch, 1);
         assert_eq!(w.state.accounts[&new_node].role, Role::Node);
         w.state
-            .apply(&tx(&w.operator, 2, TxBody::DrainNode { node: new_node }), 2)
+            .apply(
+                &tx(&w.operator, 2, TxBody::DrainNode { node: new_node }),
+                2,
+                0,
+            )
             .unwrap();
         assert_eq!(w.state.layout.epoch, 3);
         w.state
             .apply(
                 &tx(&w.operator, 3, TxBody::RemoveNode { node: new_node }),
                 3,
+                0,
             )
             .unwrap();
         assert_eq!(w.state.layout.epoch, 4);
@@ -1695,7 +1841,11 @@ mod tests {
         let mut w = world();
         let (d, c) = (doc(1), w.citizen.public());
         w.state
-            .apply(&tx(&w.dept, 1, TxBody::RegisterDocument { document: d }), 1)
+            .apply(
+                &tx(&w.dept, 1, TxBody::RegisterDocument { document: d }),
+                1,
+                0,
+            )
             .unwrap();
         let address = crate::grant::GrantAddress::of(&w.citizen).unwrap();
         let key = crate::crypto::DataKey::generate();
@@ -1731,7 +1881,7 @@ mod tests {
         assert!(record.may_read(&w.dept.public(), 0));
         assert!(!record.may_read(&c, 0));
         w.state
-            .apply(&tx(&w.dept, 2, grant(Some(1_000))), 2)
+            .apply(&tx(&w.dept, 2, grant(Some(1_000))), 2, 0)
             .unwrap();
         let record = &w.state.documents[&d];
         assert!(record.may_read(&c, 999));
@@ -1758,6 +1908,7 @@ mod tests {
                     },
                 ),
                 3,
+                0,
             )
             .unwrap();
         assert!(!w.state.documents[&d].may_read(&c, 0));
@@ -1782,7 +1933,7 @@ mod tests {
             kind: VersionKind::Reissue,
             grants: vec![],
         };
-        w.state.apply(&tx(&w.dept, 4, sup), 4).unwrap();
+        w.state.apply(&tx(&w.dept, 4, sup), 4, 0).unwrap();
         assert_eq!(
             refused(&mut w.state, &tx(&w.dept, 5, grant(None))),
             TxError::Superseded(d)
@@ -1802,6 +1953,7 @@ mod tests {
             .apply(
                 &tx(&w.dept, 1, TxBody::RegisterDocument { document: d1 }),
                 1,
+                0,
             )
             .unwrap();
         let grant = TxBody::Grant {
@@ -1810,7 +1962,7 @@ mod tests {
             wrapped: wrap(&d1),
             expires_ms: Some(5_000),
         };
-        w.state.apply(&tx(&w.dept, 2, grant), 2).unwrap();
+        w.state.apply(&tx(&w.dept, 2, grant), 2, 0).unwrap();
         let carried = |grantee, d: &DocumentId, expires_ms| CarriedGrant {
             grantee,
             wrapped: wrap(d),
@@ -1925,7 +2077,7 @@ mod tests {
             3,
             sup(VersionKind::Rekey, vec![carried(c, &d2, Some(5_000))]),
         );
-        w.state.apply(&rekey, 3).unwrap();
+        w.state.apply(&rekey, 3, 0).unwrap();
         assert_eq!(w.state.documents[&d1].superseded_by, Some(d2));
         let new = &w.state.documents[&d2];
         assert_eq!(
@@ -1962,7 +2114,7 @@ mod tests {
             kind: VersionKind::Reissue,
             grants: vec![carried(c, &d3, None), carried(other.public(), &d3, None)],
         };
-        w.state.apply(&tx(&w.dept, 4, reissue), 4).unwrap();
+        w.state.apply(&tx(&w.dept, 4, reissue), 4, 0).unwrap();
         assert_eq!(w.state.documents[&d3].grants.len(), 2);
         assert_eq!(
             w.state.documents[&d3].supersedes.unwrap().kind,
@@ -2016,7 +2168,9 @@ mod tests {
             TxError::AuditGap { expected: 0, .. }
         ));
         assert_eq!(w.state.root(), root_before);
-        w.state.apply(&tx(&node, 1, audit(&node, 0, 3)), 1).unwrap();
+        w.state
+            .apply(&tx(&node, 1, audit(&node, 0, 3)), 1, 0)
+            .unwrap();
         assert_eq!(w.state.audits[&node.public()], 3);
         assert_ne!(w.state.root(), root_before);
         // The same range again (a second root for records already covered): refused.
@@ -2024,9 +2178,11 @@ mod tests {
             refused(&mut w.state, &tx(&node, 2, audit(&node, 0, 3))),
             TxError::AuditGap { expected: 3, .. }
         ));
-        w.state.apply(&tx(&node, 2, audit(&node, 3, 1)), 2).unwrap();
         w.state
-            .apply(&tx(&other, 1, audit(&other, 0, 5)), 2)
+            .apply(&tx(&node, 2, audit(&node, 3, 1)), 2, 0)
+            .unwrap();
+        w.state
+            .apply(&tx(&other, 1, audit(&other, 0, 5)), 2, 0)
             .unwrap();
         assert_eq!(w.state.audits[&node.public()], 4);
         assert_eq!(w.state.audits[&other.public()], 5);
@@ -2105,7 +2261,7 @@ mod tests {
         ));
         // With a majority: seated, its host named.
         let t = approved(&state, &[&v[0], &v[2]], 1, add(&newcomer.public()));
-        state.apply(&t, 1).unwrap();
+        state.apply(&t, 1, 0).unwrap();
         assert!(state.validators.contains(&newcomer.public()));
         assert!(state.validator_hosts.contains_key(&newcomer.public()));
         // Now four: two approvals are not a majority to remove one.
@@ -2130,9 +2286,9 @@ mod tests {
             refused(&mut state, &t),
             TxError::NoMajority { .. }
         ));
-        state.apply(&tx(&v[1], 1, host(&v[1])), 2).unwrap();
+        state.apply(&tx(&v[1], 1, host(&v[1])), 2, 0).unwrap();
         let t = approved(&state, &[&v[0], &v[2], &newcomer], 2, host(&v[1]));
-        state.apply(&t, 3).unwrap();
+        state.apply(&t, 3, 0).unwrap();
         // A validator not admitted gets its host in its AddValidator only.
         let stranger = Identity::generate(Role::Validator);
         let t = approved(&state, &[&v[0], &v[1], &v[2]], 3, host(&stranger));
@@ -2141,7 +2297,7 @@ mod tests {
             TxError::NoSuchValidator(_)
         ));
         let t = approved(&state, &[&v[0], &v[1], &newcomer], 3, remove);
-        state.apply(&t, 4).unwrap();
+        state.apply(&t, 4, 0).unwrap();
         assert!(!state.validators.contains(&v[2].public()));
     }
 
@@ -2162,7 +2318,7 @@ mod tests {
             })
             .collect();
         for (h, t) in moves.iter().enumerate() {
-            state.apply(t, h as u64 + 1).unwrap();
+            state.apply(t, h as u64 + 1, 0).unwrap();
         }
         let remove = TxBody::RemoveValidator {
             validator: leaving.public(),
@@ -2170,7 +2326,7 @@ mod tests {
         };
         let before = state.root();
         state
-            .apply(&approved(&state, &[&v[0], &v[1]], 1, remove), 3)
+            .apply(&approved(&state, &[&v[0], &v[1]], 1, remove), 3, 0)
             .unwrap();
         assert_eq!(state.retired_nonce(&leaving.public()), Some(2));
         assert_ne!(state.root(), before);
@@ -2180,7 +2336,7 @@ mod tests {
             approvals: vec![],
         };
         state
-            .apply(&approved(&state, &[&v[0], &v[1]], 2, add), 4)
+            .apply(&approved(&state, &[&v[0], &v[1]], 2, add), 4, 0)
             .unwrap();
         // Back, it continues from nonce 2: its old transactions are replays.
         assert_eq!(state.accounts[&leaving.public()].nonce, 2);
@@ -2200,7 +2356,9 @@ mod tests {
             zone: "z0".into(),
             weight: 100,
         };
-        w.state.apply(&tx(&w.operator, 1, add.clone()), 1).unwrap();
+        w.state
+            .apply(&tx(&w.operator, 1, add.clone()), 1, 0)
+            .unwrap();
         let audit = tx(
             &node,
             1,
@@ -2211,7 +2369,7 @@ mod tests {
                 root: [1; 32],
             },
         );
-        w.state.apply(&audit, 2).unwrap();
+        w.state.apply(&audit, 2, 0).unwrap();
         for (n, body) in [
             TxBody::DrainNode {
                 node: node.public(),
@@ -2225,7 +2383,7 @@ mod tests {
         .enumerate()
         {
             w.state
-                .apply(&tx(&w.operator, n as u64 + 2, body), 3)
+                .apply(&tx(&w.operator, n as u64 + 2, body), 3, 0)
                 .unwrap();
         }
         assert_eq!(w.state.accounts[&node.public()].nonce, 1);
@@ -2241,9 +2399,12 @@ mod tests {
         let mut other = a.state.clone();
         other.chain_key = ChainKey([9; 32]);
         let t = tx(&a.dept, 1, TxBody::RegisterDocument { document: doc(1) });
-        a.state.apply(&t, 1).unwrap();
+        a.state.apply(&t, 1, 0).unwrap();
         let before = other.clone();
-        assert!(matches!(other.apply(&t, 1), Err(TxError::BadSignature(_))));
+        assert!(matches!(
+            other.apply(&t, 1, 0),
+            Err(TxError::BadSignature(_))
+        ));
         assert_eq!(other, before);
     }
 
@@ -2256,8 +2417,8 @@ mod tests {
             tx(&a.dept, 2, TxBody::RegisterDocument { document: doc(2) }),
         ];
         for (h, t) in txs.iter().enumerate() {
-            a.state.apply(t, h as u64).unwrap();
-            b.apply(t, h as u64).unwrap();
+            a.state.apply(t, h as u64, 0).unwrap();
+            b.apply(t, h as u64, 0).unwrap();
         }
         assert_eq!(a.state.root(), b.root());
     }

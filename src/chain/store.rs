@@ -462,6 +462,9 @@ impl ChainStore {
                     TxBody::PutName { document, .. } => {
                         docs.insert(document.as_bytes(), at)?;
                     }
+                    TxBody::RegisterRecord { document, .. } => {
+                        docs.insert(document.as_bytes(), at)?;
+                    }
                     _ => {}
                 }
             }

@@ -147,6 +147,38 @@ pub enum TxBody {
         proposal: crate::chain::workflow::ProposalId,
         reason: String,
     },
+    /// A validator or an operator defines a document type, or changes it (`version`: 1 for a
+    /// new type, the current version + 1 for a change), approved by a majority of the
+    /// current validators (`chain::records`).
+    DefineType {
+        def: super::records::TypeDef,
+        version: u32,
+        approvals: Vec<Approval>,
+    },
+    /// A department registers `document` as a record of type `type_name` at its current
+    /// version `type_version` (the one its metadata was checked against), with the
+    /// metadata sealed with the document's data key (opaque to the chain, at most
+    /// `records::MAX_RECORD_META` bytes). The chain computes the retention end.
+    RegisterRecord {
+        document: DocumentId,
+        type_name: String,
+        type_version: u32,
+        meta: Vec<u8>,
+    },
+    /// An archives authority sets a legal hold named `hold` (e.g. a case reference) on a
+    /// registered document, with its reason: the document may not be destroyed while it
+    /// stands, whatever its retention says.
+    SetHold {
+        document: DocumentId,
+        hold: String,
+        reason: String,
+    },
+    /// An archives authority lifts a hold, saying why.
+    LiftHold {
+        document: DocumentId,
+        hold: String,
+        reason: String,
+    },
 }
 
 /// A validator's approval of a governance transaction (see the module docs).
@@ -184,7 +216,8 @@ impl TxBody {
         match self {
             TxBody::AddValidator { approvals, .. }
             | TxBody::RemoveValidator { approvals, .. }
-            | TxBody::SetValidatorHost { approvals, .. } => approvals,
+            | TxBody::SetValidatorHost { approvals, .. }
+            | TxBody::DefineType { approvals, .. } => approvals,
             _ => &[],
         }
     }
@@ -194,7 +227,8 @@ impl TxBody {
         match self {
             TxBody::AddValidator { approvals, .. }
             | TxBody::RemoveValidator { approvals, .. }
-            | TxBody::SetValidatorHost { approvals, .. } => Some(approvals),
+            | TxBody::SetValidatorHost { approvals, .. }
+            | TxBody::DefineType { approvals, .. } => Some(approvals),
             _ => None,
         }
     }
@@ -419,6 +453,22 @@ pub enum TxError {
     },
     #[error("{0} already has the most open proposals a sender may have")]
     TooManyProposals(PublicId),
+    #[error("there is no document type {0:?}")]
+    NoSuchType(String),
+    #[error("type {name:?}: version {got} is not the one expected ({expected})")]
+    TypeVersion {
+        name: String,
+        expected: u32,
+        got: u32,
+    },
+    #[error(
+        "type {name:?} may be stored only by the departments it names, and {department} is not one"
+    )]
+    TypeNotForDepartment { name: String, department: PublicId },
+    #[error("document {document} already has a hold named {hold:?}")]
+    HoldExists { document: DocumentId, hold: String },
+    #[error("document {document} has no hold named {hold:?}")]
+    NoSuchHold { document: DocumentId, hold: String },
 }
 
 impl Tx {

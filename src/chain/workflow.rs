@@ -618,7 +618,7 @@ mod tests {
             let t = self.tx(who, body);
             self.height += 1;
             let before = (self.state.clone(), self.state.root());
-            let result = self.state.apply(&t, self.height);
+            let result = self.state.apply(&t, self.height, 0);
             match &result {
                 Ok(()) => *self.nonces.entry(who.public()).or_default() += 1,
                 // A refusal changes nothing.
@@ -738,7 +738,7 @@ mod tests {
         forged.signature = w.tx(&b, TxBody::Approve { proposal: id }).signature;
         let forged = SignedTx::decode(&forged.encode()).unwrap();
         assert!(matches!(
-            w.state.apply(&forged, w.height + 1),
+            w.state.apply(&forged, w.height + 1, 0),
             Err(TxError::BadSignature(_))
         ));
         assert_eq!(w.proposal(id).approvals.len(), 1);

@@ -27,6 +27,7 @@
 mod approvals;
 mod get;
 mod put;
+mod records;
 mod sealed;
 
 pub use approvals::{ProposalTerms, Proposed};
@@ -204,6 +205,12 @@ pub enum ClientError {
         piece: CodingParams,
         client: CodingParams,
     },
+    #[error("there is no document type {0:?} on the chain")]
+    NoSuchType(String),
+    #[error(transparent)]
+    Records(#[from] crate::chain::records::RecordsError),
+    #[error("the metadata of {0} does not open with this key")]
+    MetaSealed(DocumentId),
 }
 
 impl ClientError {

@@ -1,6 +1,6 @@
 //! `dangan local-config`: keys and config files for a cluster of peers on this machine
-//! (cluster file, one node file per peer, genesis, a department and an operator key), in a
-//! new directory.
+//! (cluster file, one node file per peer, genesis, a department, an operator and an archives
+//! authority key), in a new directory.
 //!
 //! Not here: reading those files back (the parent module `config`) or starting the peers
 //! (`node`).
@@ -150,8 +150,14 @@ pub fn write(dir: &Path, options: LocalOptions) -> Result<LocalConfig, LocalConf
         "\n[[client]]\nid = \"{}\"\nname = \"operator\"\n",
         operator.public()
     ));
+    let archives = Identity::generate(Role::Archives);
+    archives.save(dir.join("keys/archives.key"))?;
+    cluster.push_str(&format!(
+        "\n[[client]]\nid = \"{}\"\nname = \"archives\"\n",
+        archives.public()
+    ));
     let mut genesis = format!(
-        "# Genesis written by `dangan local-config`: {validators} validator(s), one department, one operator.\n\
+        "# Genesis written by `dangan local-config`: {validators} validator(s), one department, one operator, one archives authority.\n\
          chain_id = \"local\"\n"
     );
     for (n, v) in validator_keys.iter().enumerate() {
@@ -164,9 +170,11 @@ pub fn write(dir: &Path, options: LocalOptions) -> Result<LocalConfig, LocalConf
     genesis.push_str(&format!(
         "\n[[account]]\nid = \"{}\"\nrole = \"department\"\nname = \"department\"\n\n\
          [[account]]\nid = \"{}\"\nrole = \"operator\"\nname = \"operator\"\n\n\
+         [[account]]\nid = \"{}\"\nrole = \"archives\"\nname = \"archives\"\n\n\
          # The storage peers: the chain's first layout (epoch 1).\n{genesis_nodes}",
         dept.public(),
-        operator.public()
+        operator.public(),
+        archives.public()
     ));
     std::fs::write(dir.join("genesis.toml"), genesis)?;
     cluster.push_str(&chain_section);

@@ -54,7 +54,7 @@ use crate::chain::names::{MAX_NAME_META, NameRecord, after_prefix};
 use crate::chain::tx::TxBody;
 use crate::client::ClientError;
 use crate::codec::DocumentInfo;
-use crate::crypto::{DataKey, NONCE_PREFIX_LEN, SegmentCipher, TAG_LEN};
+use crate::crypto::{self, DataKey};
 use crate::id::DocumentId;
 use crate::identity::Identity;
 use crate::keyring::KeyringError;
@@ -63,8 +63,6 @@ use crate::keyring::KeyringError;
 pub const ACCESS_KEY_PREFIX: &str = "DGN";
 /// Context of the derivation of every S3 secret from the department's key.
 const SECRETS_CONTEXT: &str = "dangan 2026 s3 secret keys v1";
-/// Context of the key that seals an object's metadata, from its data key.
-const META_CONTEXT: &str = "dangan 2026 s3 object metadata v1";
 /// Format of sealed [`ObjectMeta`] (1: without `parts`, still read).
 const META_FORMAT: u8 = 2;
 /// Smallest part but the last of a multipart upload (S3's).
@@ -142,27 +140,15 @@ impl ObjectMeta {
         Timestamp::from(SystemTime::UNIX_EPOCH + Duration::from_millis(self.modified_ms))
     }
 
-    /// Sealed with a key derived from `key`: a random STREAM nonce prefix, then one sealed
-    /// segment.
+    /// Sealed with a key derived from `key` (`crypto::seal_meta`).
     pub fn seal(&self, key: &DataKey) -> Vec<u8> {
         let plain = postcard::to_allocvec(self).expect("encoding into memory cannot fail");
-        let prefix: [u8; NONCE_PREFIX_LEN] = rand::random();
-        let cipher = SegmentCipher::new(&meta_key(key), &prefix);
-        let mut out = prefix.to_vec();
-        let at = out.len();
-        out.extend_from_slice(&plain);
-        out.resize(at + plain.len() + TAG_LEN, 0);
-        cipher.seal_in_place(0, true, &mut out[at..], plain.len());
-        out
+        crypto::seal_meta(key, &plain)
     }
 
     /// Opens what [`ObjectMeta::seal`] sealed with `key`; `None` if it does not open.
     pub fn open(sealed: &[u8], key: &DataKey) -> Option<Self> {
-        let prefix: [u8; NONCE_PREFIX_LEN] = sealed.get(..NONCE_PREFIX_LEN)?.try_into().ok()?;
-        let mut buf = sealed[NONCE_PREFIX_LEN..].to_vec();
-        let cipher = SegmentCipher::new(&meta_key(key), &prefix);
-        let len = cipher.open_in_place(0, true, &mut buf).ok()?;
-        let plain = &buf[..len];
+        let plain = &crypto::open_meta(key, sealed)?;
         postcard::from_bytes::<ObjectMeta>(plain)
             .ok()
             .filter(|m| m.format == META_FORMAT)
@@ -178,10 +164,6 @@ impl ObjectMeta {
                 })
             })
     }
-}
-
-fn meta_key(key: &DataKey) -> DataKey {
-    DataKey::from_bytes(blake3::derive_key(META_CONTEXT, key.as_bytes()))
 }
 
 /// The access keys `s3s` asks about: known ids get their derived secret.
@@ -1375,7 +1357,7 @@ mod tests {
         assert_eq!(ObjectMeta::open(&sealed, &key), Some(meta.clone()));
         assert_eq!(ObjectMeta::open(&sealed, &DataKey::generate()), None);
         let mut flipped = sealed.clone();
-        flipped[NONCE_PREFIX_LEN + 1] ^= 1;
+        flipped[crate::crypto::NONCE_PREFIX_LEN + 1] ^= 1;
         assert_eq!(ObjectMeta::open(&flipped, &key), None);
         assert_eq!(ObjectMeta::open(&sealed[..3], &key), None);
         assert_eq!(meta.etag(), ETag::Strong("07".repeat(16)));

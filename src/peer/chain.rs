@@ -272,6 +272,34 @@ pub(super) async fn get_account(
     chain_answer(send, ledger.proven_account(&id).map(Some)).await
 }
 
+/// A document type's version (or its absence), with its proof.
+pub(super) async fn get_type(
+    send: &mut SendStream,
+    state: &State,
+    name: &str,
+    version: Option<u32>,
+) -> Result<(), ProtoError> {
+    let ledger = current_ledger!(state, send);
+    chain_answer(send, ledger.proven_type(name, version).map(Some)).await
+}
+
+/// The current version of every document type (no proof).
+pub(super) async fn list_types(send: &mut SendStream, state: &State) -> Result<(), ProtoError> {
+    let ledger = current_ledger!(state, send);
+    let found = ledger.records(|r| r.current_types());
+    chain_answer(send, Ok(Some(found))).await
+}
+
+/// A document's record entry (type, retention, holds) or its absence, with its proof.
+pub(super) async fn get_record_entry(
+    send: &mut SendStream,
+    state: &State,
+    id: DocumentId,
+) -> Result<(), ProtoError> {
+    let ledger = current_ledger!(state, send);
+    chain_answer(send, ledger.proven_record_entry(&id).map(Some)).await
+}
+
 pub(super) async fn status(send: &mut SendStream, state: &State) -> Result<(), ProtoError> {
     let ledger = current_ledger!(state, send);
     chain_answer(send, Ok(Some(ledger.status()))).await

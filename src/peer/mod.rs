@@ -682,6 +682,9 @@ async fn handle(
         }
         Request::GetRecord { id } => chain::get_record(send, recv, state, &who, id).await,
         Request::GetAccount { id } => chain::get_account(send, state, id).await,
+        Request::GetType { name, version } => chain::get_type(send, state, &name, version).await,
+        Request::ListTypes => chain::list_types(send, state).await,
+        Request::GetRecordEntry { id } => chain::get_record_entry(send, state, id).await,
         Request::ChainStatus => chain::status(send, state).await,
         Request::NodeStatus => {
             let resp = Response::NodeStatus(node_status(&state.sources).await);
@@ -901,6 +904,10 @@ async fn authorise(
         | Request::GetRecord { .. }
         // Only whether a document id (unguessable) waits for a proposal, and until when.
         | Request::GetAwaiting { .. }
+        // Document types and records' type, retention and holds are public chain state.
+        | Request::GetType { .. }
+        | Request::ListTypes
+        | Request::GetRecordEntry { .. }
         | Request::GetLayout
         // Only the set changes and their headers: what any reader needs to check a proof.
         | Request::GetValidatorChanges

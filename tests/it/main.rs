@@ -34,6 +34,7 @@ mod metrics;
 mod ops;
 mod orphans;
 mod raft;
+mod records;
 mod rekey;
 mod s3;
 mod scripting;
