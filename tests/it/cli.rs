@@ -323,8 +323,8 @@ fn local_config_fits_the_coding_to_the_peers_and_refuses_fewer_than_two() {
         assert_eq!(cluster.layout.nodes.len(), peers);
         assert_eq!(
             cluster.members.len(),
-            peers + 2,
-            "peers, the department and the operator"
+            peers + 3,
+            "peers, the department, the operator and the archives authority"
         );
         for i in 1..=peers {
             let node = NodeFile::load(&dir.join(format!("node{i}.toml"))).unwrap();
