@@ -10,7 +10,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
 
 use dangan::chain::tx::TxBody;
 use dangan::crypto::SegmentCipher;
@@ -24,28 +23,9 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// Runs `scripts/test-deps.sh` once per test binary; panics with its output if it fails.
+/// Chromium, chromedriver and the npm packages, installed by `scripts/test-deps.sh`.
 pub fn ensure_test_deps() {
-    static DONE: OnceLock<Result<(), String>> = OnceLock::new();
-    let result = DONE.get_or_init(|| {
-        let out = Command::new("bash")
-            .arg(root().join("scripts/test-deps.sh"))
-            .output()
-            .map_err(|e| format!("could not run scripts/test-deps.sh: {e}"))?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(format!(
-                "scripts/test-deps.sh failed ({}):\n{}{}",
-                out.status,
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ))
-        }
-    });
-    if let Err(e) = result {
-        panic!("the browser tests' dependencies are missing: {e}");
-    }
+    common::test_deps(None, "the browser tests' dependencies are missing");
 }
 
 /// A document stored through a real cluster, granted to a citizen, and everything the

@@ -6,8 +6,7 @@
 //! the metrics show; and a peer whose chain is gone says it is not ready.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use dangan::cluster::LocalCluster;
 use dangan::gateway::{self, GatewayLimits, GatewaySetup};
@@ -20,28 +19,10 @@ use crate::common;
 
 /// `promtool`, installed once per test binary by `scripts/test-deps.sh metrics`.
 fn promtool() -> &'static str {
-    static DONE: OnceLock<Result<(), String>> = OnceLock::new();
-    let done = DONE.get_or_init(|| {
-        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/test-deps.sh");
-        let out = std::process::Command::new("bash")
-            .arg(script)
-            .arg("metrics")
-            .output()
-            .map_err(|e| format!("could not run scripts/test-deps.sh: {e}"))?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(format!(
-                "scripts/test-deps.sh metrics failed ({}):\n{}{}",
-                out.status,
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ))
-        }
-    });
-    if let Err(e) = done {
-        panic!("promtool is needed to check the exposition: {e}");
-    }
+    common::test_deps(
+        Some("metrics"),
+        "promtool is needed to check the exposition",
+    );
     "promtool"
 }
 

@@ -26,19 +26,7 @@ fn root() -> PathBuf {
 fn python() -> PathBuf {
     static DONE: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     let done = DONE.get_or_init(|| {
-        let out = std::process::Command::new("bash")
-            .arg(root().join("scripts/test-deps.sh"))
-            .arg("s3")
-            .output()
-            .map_err(|e| format!("could not run scripts/test-deps.sh: {e}"))?;
-        if !out.status.success() {
-            return Err(format!(
-                "scripts/test-deps.sh s3 failed ({}):\n{}{}",
-                out.status,
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ));
-        }
+        common::test_deps(Some("s3"), "the S3 tests' clients are missing");
         let venv = std::env::var_os("DANGAN_S3_VENV")
             .map(PathBuf::from)
             .unwrap_or_else(|| {

@@ -143,3 +143,36 @@ pub async fn add_node(
     assert_eq!(new.epoch, old.epoch + 1);
     (old, new, info)
 }
+
+/// Runs `scripts/test-deps.sh PART` (with `None`, the browser tests' part) once per test
+/// binary and part, and panics with its output and `needed_for` if it failed. The
+/// parts run one at a time (they share apt and pip).
+pub fn test_deps(part: Option<&'static str>, needed_for: &str) {
+    use std::collections::BTreeMap;
+    use std::sync::Mutex;
+    static DONE: Mutex<BTreeMap<Option<&'static str>, Result<(), String>>> =
+        Mutex::new(BTreeMap::new());
+    let mut done = DONE.lock().unwrap_or_else(|e| e.into_inner());
+    let result = done.entry(part).or_insert_with(|| {
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/test-deps.sh");
+        let mut command = std::process::Command::new("bash");
+        command.arg(script).args(part);
+        let out = command
+            .output()
+            .map_err(|e| format!("could not run scripts/test-deps.sh: {e}"))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "scripts/test-deps.sh {} failed ({}):\n{}{}",
+                part.unwrap_or_default(),
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ))
+        }
+    });
+    if let Err(e) = result {
+        panic!("{needed_for}: {e}");
+    }
+}
