@@ -73,33 +73,24 @@ impl Round {
     /// every job ran clean.
     pub fn problems(&self) -> Vec<String> {
         let mut out = Vec::new();
-        let mut job = |name: &str, failed: Option<String>, failures: &[String]| {
-            if let Some(e) = failed {
-                out.push(format!("{name} failed: {e}"));
-            }
-            for f in failures {
-                out.push(format!("{name}: {f}"));
-            }
-        };
-        if let Some(r) = &self.scrub {
-            match r {
-                Ok(r) => job("scrub", None, &r.failures),
-                Err(e) => job("scrub", Some(e.to_string()), &[]),
-            }
-        }
-        if let Some(r) = &self.repair {
-            match r {
-                Ok(r) => job("repair", None, &r.failures),
-                Err(e) => job("repair", Some(e.to_string()), &[]),
-            }
-        }
-        if let Some(r) = &self.collect {
-            match r {
-                Ok(r) => job("collect", None, &r.failures),
-                Err(e) => job("collect", Some(e.to_string()), &[]),
-            }
-        }
+        note(&mut out, "scrub", self.scrub.as_ref(), |r| &r.failures);
+        note(&mut out, "repair", self.repair.as_ref(), |r| &r.failures);
+        note(&mut out, "collect", self.collect.as_ref(), |r| &r.failures);
         out
+    }
+}
+
+/// Adds a job's problems to `out`: that it failed, or each failure its report lists.
+fn note<R>(
+    out: &mut Vec<String>,
+    name: &str,
+    result: Option<&Result<R, OpsError>>,
+    failures: impl Fn(&R) -> &[String],
+) {
+    match result {
+        None => {}
+        Some(Err(e)) => out.push(format!("{name} failed: {e}")),
+        Some(Ok(r)) => out.extend(failures(r).iter().map(|f| format!("{name}: {f}"))),
     }
 }
 
@@ -307,12 +298,14 @@ impl Operator {
             repair: None,
             collect: None,
         };
+        // Progress bytes count from the start of each job's run.
+        let seen = Mutex::new(0u64);
         let begin = |job| {
+            *seen.lock().expect("progress lock") = 0;
             if let Some(m) = metrics {
                 m.started(job);
             }
         };
-        let seen = Mutex::new(0u64);
         let on = |job| {
             let seen = &seen;
             move |p: Progress| {
@@ -323,7 +316,6 @@ impl Operator {
         };
         if jobs.scrub {
             begin(Job::Scrub);
-            *seen.lock().expect("progress lock") = 0;
             let r = self.scrub(options, &on(Job::Scrub)).await;
             if let Some(m) = metrics {
                 if let Ok(r) = &r {
@@ -335,7 +327,6 @@ impl Operator {
         }
         if jobs.repair {
             begin(Job::Repair);
-            *seen.lock().expect("progress lock") = 0;
             let r = self.repair(options, &on(Job::Repair)).await;
             if let Some(m) = metrics {
                 if let Ok(r) = &r {
@@ -347,7 +338,6 @@ impl Operator {
         }
         if let Some(collect) = &jobs.collect {
             begin(Job::Collect);
-            *seen.lock().expect("progress lock") = 0;
             let r = self.collect(options, collect, &on(Job::Collect)).await;
             if let Some(m) = metrics {
                 m.finished(Job::Collect, outcome(&r, |r| r.failures.len()));
