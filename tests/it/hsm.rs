@@ -36,10 +36,6 @@ struct Hsm {
     ctx: Pkcs11,
 }
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
 fn run(cmd: &mut Command) -> String {
     let out = cmd
         .output()
@@ -59,9 +55,7 @@ fn run(cmd: &mut Command) -> String {
 fn hsm() -> &'static Hsm {
     static HSM: OnceLock<Hsm> = OnceLock::new();
     HSM.get_or_init(|| {
-        run(Command::new("bash")
-            .arg(root().join("scripts/test-deps.sh"))
-            .arg("hsm"));
+        common::test_deps(Some("hsm"), "SoftHSM2 and OpenSC are missing");
         let dir = tempfile::Builder::new()
             .prefix("dangan-hsm-")
             .tempdir()
